@@ -1,0 +1,100 @@
+"""Test harness: a real PostgreSQL (TEST_DATABASE_URL or an embedded server), a template database built
+once from the migrations, and a fresh copy of it for every test."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import asyncpg
+import pytest
+
+from worker.db.connect import connect, create_pool, with_database
+from worker.db.embedded import EmbeddedPostgres, start_embedded
+from worker.db.migrate import migrate
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[EmbeddedPostgres | None]:
+    """The embedded server when TEST_DATABASE_URL is unset, else None."""
+    if os.environ.get("TEST_DATABASE_URL"):
+        yield None
+        return
+    server = start_embedded()
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def admin_url(pg_server: EmbeddedPostgres | None) -> str:
+    """A URL to the server's maintenance database, used to create and drop test databases."""
+    url = os.environ.get("TEST_DATABASE_URL")
+    if url:
+        return url
+    assert pg_server is not None
+    return pg_server.url
+
+
+@pytest.fixture(scope="session")
+async def template_db(admin_url: str) -> AsyncIterator[str]:
+    """Name of a database migrated once, cloned for each test."""
+    name = f"ap_tmpl_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(admin_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        conn = await connect(with_database(admin_url, name))
+        try:
+            await migrate(conn)
+        finally:
+            await conn.close()
+        yield name
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+@pytest.fixture
+async def db_url(admin_url: str, template_db: str) -> AsyncIterator[str]:
+    """URL of a fresh, migrated database of this test's own."""
+    name = f"ap_test_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(admin_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}" STRATEGY FILE_COPY')
+        yield with_database(admin_url, name)
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+@pytest.fixture
+async def empty_db_url(admin_url: str) -> AsyncIterator[str]:
+    """URL of a fresh database with no schema at all (for migration tests)."""
+    name = f"ap_empty_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(admin_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        yield with_database(admin_url, name)
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+@pytest.fixture
+async def conn(db_url: str) -> AsyncIterator[asyncpg.Connection]:
+    c = await connect(db_url)
+    try:
+        yield c
+    finally:
+        await c.close()
+
+
+@pytest.fixture
+async def pool(db_url: str) -> AsyncIterator[asyncpg.Pool]:
+    p = await create_pool(db_url, min_size=1, max_size=10)
+    try:
+        yield p
+    finally:
+        await p.close()

@@ -1,0 +1,42 @@
+"""structlog, configured once: JSON lines for containers, readable lines on a terminal."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import structlog
+
+_SECRET_KEYS = ("password", "secret", "token", "routing_key", "webhook_url", "authorization", "api_key")
+
+
+def redact_secrets(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """Mask values whose key names a secret, wherever a caller forgot to."""
+    for key in list(event_dict):
+        if any(part in key.lower() for part in _SECRET_KEYS) and event_dict[key] not in (None, ""):
+            event_dict[key] = "***"
+    return event_dict
+
+
+def configure_logging(level: str = "info", fmt: str = "auto") -> None:
+    """Configure structlog and the stdlib root logger; ``fmt`` is auto, json or console."""
+    use_json = fmt == "json" or (fmt == "auto" and not sys.stdout.isatty())
+    renderer: Any = structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer()
+    numeric = getattr(logging, level.upper(), logging.INFO)
+    processors: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        redact_secrets,
+        structlog.processors.StackInfoRenderer(),
+    ]
+    if use_json:
+        processors.append(structlog.processors.format_exc_info)
+    structlog.configure(
+        processors=[*processors, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stdout),
+        cache_logger_on_first_use=False,
+    )
+    logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr)
