@@ -7,6 +7,7 @@ The only exception raised is StatsInputError, for inputs no statistic can be com
 
 from __future__ import annotations
 
+from . import reasons
 from .effects import compare_arms, error_rate_test
 from .errors import StatsInputError
 from .experiment import analyze_experiment
@@ -46,5 +47,6 @@ __all__ = [
     "compare_arms",
     "error_rate_test",
     "latency_degradation",
+    "reasons",
     "srm_test",
 ]

@@ -58,8 +58,7 @@ def analyze_experiment(
 
     treat = [i for i in range(len(variants)) if i != ci]
     effects = [
-        effect_from_moments(n_a, mu_a, var_a, *moments[i], metric_type=mt, method=m, alpha=a, n_star=ns)
-        for i in treat
+        effect_from_moments(n_a, mu_a, var_a, *moments[i], metric_type=mt, method=m, alpha=a, n_star=ns) for i in treat
     ]
     adjusted = adjust_pvalues([e.p_value for e in effects], corr)
     comparisons = []

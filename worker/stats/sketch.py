@@ -102,13 +102,13 @@ class LatencySketch:
 
         Raises StatsInputError on a negative, NaN or infinite value. Vectorised: 10^6 values take ~50 ms.
         """
-        if isinstance(values, np.ndarray):
-            arr = values.astype(np.float64, copy=False).ravel()
-        else:
-            try:
+        try:
+            if isinstance(values, np.ndarray):
+                arr = values.astype(np.float64, copy=False).ravel()
+            else:
                 arr = np.fromiter((float(v) for v in values), dtype=np.float64)
-            except (TypeError, ValueError) as exc:
-                raise StatsInputError(f"latency values must be numbers: {exc}") from None
+        except (TypeError, ValueError) as exc:
+            raise StatsInputError(f"latency values must be numbers: {exc}") from None
         if arr.size == 0:
             return cls()
         if not np.all(np.isfinite(arr)):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
 from scipy import special
@@ -54,5 +55,7 @@ def _srm(obs: tuple[int, ...], ws: tuple[float, ...], thr: float) -> SrmResult:
         if e > 0.0:
             d = obs[i] - e
             chi2 += d * d / e
+    # A weight tiny next to the others can push chi2 to inf; cap it so results stay JSON-safe.
+    chi2 = min(chi2, sys.float_info.max)
     p = min(max(float(special.chdtrc(df, chi2)), 0.0), 1.0)
     return SrmResult(chi2, p, p < thr, tuple(expected), obs, None, df)

@@ -387,7 +387,7 @@ def _srm_many(n: I64, w: F64, pres: B, thr: float) -> tuple[F64, F64, B, I64, F6
     with np.errstate(all="ignore"):
         e = np.where(active, w / wsum[:, None] * total[:, None], 0.0)
         d = n - e
-        chi2 = np.where(active & (e > 0.0), d * d / e, 0.0).sum(axis=1)
+        chi2 = np.minimum(np.where(active & (e > 0.0), d * d / e, 0.0).sum(axis=1), np.finfo(np.float64).max)
     code = np.select(
         [k == 0, k == 1, total == 0.0],
         [np.int8(1), np.int8(2), np.int8(3)],
