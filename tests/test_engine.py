@@ -1,0 +1,378 @@
+"""The engine on a real database: every eligibility criterion, promote, dry-run, rollback, races, scan."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import anyio
+import asyncpg
+import pytest
+
+from tests.factories import create_experiment, record
+from worker.config import EffectiveConfig, Settings, load_config, load_settings
+from worker.engine import (
+    AlreadyPromoted,
+    AlreadyRolledBack,
+    Engine,
+    ExperimentNotFound,
+    InvalidRequest,
+    PromotionNotFound,
+)
+
+WINNER = {"control": (17_500, 1_750), "variant-b": (17_000, 1_904)}  # 10.0% vs 11.2%: about +12%
+
+
+def _settings(**env: str) -> Settings:
+    return load_settings({"SLACK_WEBHOOK_URL": "http://127.0.0.1:9/slack-hook", **env})
+
+
+def _config(**overrides: Any) -> EffectiveConfig:
+    return load_config(env={}, overrides=overrides)
+
+
+@pytest.fixture
+def engine(pool: asyncpg.Pool) -> Engine:
+    return Engine(pool, _settings(), _config())
+
+
+async def seed_winner(conn: asyncpg.Connection, name: str = "homepage-cta-test", *, errors: tuple[int, int] = (0, 0),
+                      latencies: tuple[list[float] | None, list[float] | None] = (None, None),
+                      **kwargs: Any) -> int:
+    exp_id = await create_experiment(conn, name, list(WINNER), **kwargs)
+    for i, (variant, (n, conv)) in enumerate(WINNER.items()):
+        await record(conn, name, variant, n, conv, errors[i], latencies[i])
+    return exp_id
+
+
+async def test_homepage_cta_test_is_eligible_with_seed_shape(engine: Engine, conn: asyncpg.Connection) -> None:
+    await seed_winner(conn)
+    data = await engine.check_promotion_eligibility("homepage-cta-test")
+    assert data["eligible"] is True, data["reasons"]
+    assert data["reasons"] == []
+    assert data["experimentName"] == "homepage-cta-test"
+    assert data["winningVariant"]["variantName"] == "variant-b"
+    assert data["winningVariant"]["sampleSize"] == 17_000
+    assert data["winningVariant"]["successRate"] == pytest.approx(0.112)
+    assert 95 <= data["confidence"] < 100
+    assert data["improvement"] == pytest.approx(12.0, abs=0.01)
+    assert {c["name"] for c in data["safetyChecks"]} == {
+        "Error Rate Check", "Latency Check", "Traffic Balance Check", "Critical Alerts Check"}
+    for check in data["safetyChecks"]:
+        assert set(check) == {"name", "passed", "message", "severity"}
+    latency = next(c for c in data["safetyChecks"] if c["name"] == "Latency Check")
+    assert latency["passed"] is True and latency["severity"] == "warning" and "no latency samples" in latency["message"]
+    assert data["method"] == "sequential"
+    assert [v["name"] for v in data["variants"]] == ["control", "variant-b"]
+
+
+async def test_check_sees_updates_no_daemon_has_folded(engine: Engine, conn: asyncpg.Connection) -> None:
+    await seed_winner(conn)
+    assert await conn.fetchval("SELECT count(*) FROM ab_metric_updates") == 2
+    data = await engine.check_promotion_eligibility("homepage-cta-test")
+    assert data["variants"][0]["exposures"] == 17_500
+    assert await conn.fetchval("SELECT count(*) FROM ab_metric_updates") == 0
+
+
+@pytest.mark.parametrize(
+    ("setup", "overrides", "expected"),
+    [
+        ({"status": "paused"}, {}, "status is 'paused', not 'running'"),
+        ({}, {"excludedExperiments": ["homepage-*"]}, "excluded by configuration (pattern 'homepage-*')"),
+        ({}, {"thresholds": {"minSampleSize": 17_200}}, "sample size 17,000 < 17,200 for variant-b"),
+        ({"started_hours_ago": 2.0}, {}, "runtime 2.0 h < 24 h minimum"),
+        ({}, {"thresholds": {"minImprovement": 15}}, "improvement 12.00% < 15% minimum"),
+        ({}, {"thresholds": {"minConfidence": 99.9}},
+         "no treatment beats control at 99.9% confidence (best: variant-b"),
+    ],
+)
+async def test_each_failing_criterion_yields_exactly_its_reason(
+    pool: asyncpg.Pool, conn: asyncpg.Connection, setup: dict[str, Any], overrides: dict[str, Any], expected: str
+) -> None:
+    await seed_winner(conn, **setup)
+    data = await Engine(pool, _settings(), _config(**overrides)).check_promotion_eligibility("homepage-cta-test")
+    assert data["eligible"] is False
+    assert len(data["reasons"]) == 1, data["reasons"]
+    assert data["reasons"][0].startswith(expected), data["reasons"]
+
+
+async def test_no_winner_still_reports_best_treatment_figures(engine: Engine, conn: asyncpg.Connection) -> None:
+    await create_experiment(conn, "aa", ["control", "b", "c"])
+    await record(conn, "aa", "control", 20_000, 2_000)
+    await record(conn, "aa", "b", 20_000, 2_010)
+    await record(conn, "aa", "c", 20_000, 2_030)
+    data = await engine.check_promotion_eligibility("aa")
+    assert data["eligible"] is False and data["winningVariant"] is None
+    assert data["bestVariant"] == "c"
+    assert data["improvement"] == pytest.approx(1.5, abs=0.01)
+    assert 0 <= data["confidence"] < 95
+    assert data["reasons"][0].startswith("no treatment beats control at 95% confidence (best: c at")
+
+
+async def test_active_promotion_blocks(engine: Engine, conn: asyncpg.Connection) -> None:
+    exp_id = await seed_winner(conn)
+    await conn.execute(
+        "INSERT INTO experiment_promotions (experiment_id, experiment_name, promoted_variant_name, confidence,"
+        " improvement, promoted_by, previous_weights) VALUES ($1, 'homepage-cta-test', 'variant-b', 97, 12, 'x', '{}')",
+        exp_id,
+    )
+    data = await engine.check_promotion_eligibility("homepage-cta-test")
+    assert len(data["reasons"]) == 1 and data["reasons"][0].startswith("experiment already has an active promotion")
+
+
+async def test_error_rate_check_blocks_with_numbers(engine: Engine, conn: asyncpg.Connection) -> None:
+    await seed_winner(conn, errors=(170, 1_190))  # 0.97% vs 7.00%
+    data = await engine.check_promotion_eligibility("homepage-cta-test")
+    check = next(c for c in data["safetyChecks"] if c["name"] == "Error Rate Check")
+    assert check["passed"] is False and check["severity"] == "critical"
+    assert "7.00%" in check["message"] and "5.00% maximum" in check["message"]
+    assert data["reasons"] == [f"safety check failed: Error Rate Check: {check['message']}"]
+
+
+async def test_error_rate_significantly_above_control_blocks(engine: Engine, conn: asyncpg.Connection) -> None:
+    await seed_winner(conn, errors=(35, 510))  # 0.2% vs 3.0%: under the maximum but clearly worse
+    data = await engine.check_promotion_eligibility("homepage-cta-test")
+    check = next(c for c in data["safetyChecks"] if c["name"] == "Error Rate Check")
+    assert check["passed"] is False and "significantly above control" in check["message"]
+
+
+async def test_latency_check_blocks_on_p95_degradation(engine: Engine, conn: asyncpg.Connection) -> None:
+    control = [50.0 + (i % 100) for i in range(1000)]
+    slow = [80.0 + 1.5 * (i % 100) for i in range(1000)]
+    await seed_winner(conn, latencies=(control, slow))
+    data = await engine.check_promotion_eligibility("homepage-cta-test")
+    check = next(c for c in data["safetyChecks"] if c["name"] == "Latency Check")
+    assert check["passed"] is False and "max +20%" in check["message"]
+    assert len(data["reasons"]) == 1 and "Latency Check" in data["reasons"][0]
+
+
+async def test_missing_latency_fails_when_configured(pool: asyncpg.Pool, conn: asyncpg.Connection) -> None:
+    await seed_winner(conn)
+    engine = Engine(pool, _settings(), _config(safetyChecks={"failOnMissingData": True}))
+    data = await engine.check_promotion_eligibility("homepage-cta-test")
+    check = next(c for c in data["safetyChecks"] if c["name"] == "Latency Check")
+    assert check["passed"] is False and check["severity"] == "critical"
+    assert data["eligible"] is False
+
+
+async def test_sample_ratio_mismatch_blocks(engine: Engine, conn: asyncpg.Connection) -> None:
+    await seed_winner(conn, weights=[0.7, 0.3])
+    data = await engine.check_promotion_eligibility("homepage-cta-test")
+    check = next(c for c in data["safetyChecks"] if c["name"] == "Traffic Balance Check")
+    assert check["passed"] is False and "sample-ratio mismatch" in check["message"]
+    assert len(data["reasons"]) == 1
+
+
+async def test_critical_alert_blocks_and_global_alert_too(engine: Engine, conn: asyncpg.Connection) -> None:
+    await seed_winner(conn)
+    alert_id = await conn.fetchval("SELECT ab_raise_alert(NULL, 'critical', 'payments are down')")
+    data = await engine.check_promotion_eligibility("homepage-cta-test")
+    check = next(c for c in data["safetyChecks"] if c["name"] == "Critical Alerts Check")
+    assert check["passed"] is False and "payments are down" in check["message"]
+    await conn.execute("UPDATE ab_alerts SET resolved_at = now() WHERE id = $1", alert_id)
+    await conn.execute("SELECT ab_raise_alert('homepage-cta-test', 'warning', 'only a warning')")
+    assert (await engine.check_promotion_eligibility("homepage-cta-test"))["eligible"] is True
+
+
+async def test_unknown_experiment_and_hostile_names(engine: Engine) -> None:
+    with pytest.raises(ExperimentNotFound):
+        await engine.check_promotion_eligibility("x'; drop table ab_experiments;--")
+    with pytest.raises(InvalidRequest):
+        await engine.check_promotion_eligibility("")
+
+
+async def test_promote_commits_everything_in_one_transaction(engine: Engine, conn: asyncpg.Connection) -> None:
+    exp_id = await seed_winner(conn)
+    data = await engine.promote_winner("homepage-cta-test", actor="alice")
+    assert data["success"] is True
+    assert set(data) >= {"success", "experimentName", "promotedVariantName", "confidence", "improvement",
+                         "promotionId", "notificationsQueued"}
+    assert data["promotedVariantName"] == "variant-b"
+    promo = await conn.fetchrow("SELECT * FROM experiment_promotions WHERE id = $1", uuid.UUID(data["promotionId"]))
+    assert promo["promoted_by"] == "alice" and promo["rollback_at"] is None
+    assert promo["previous_weights"] == {"control": 1.0, "variant-b": 1.0}
+    assert promo["confidence"] == pytest.approx(data["confidence"])
+    assert promo["baseline_stats"]["variant-b"]["exposures"] == 17_000
+    weights = dict(await conn.fetch("SELECT name, traffic_weight::float8 FROM ab_variants WHERE experiment_id = $1",
+                                    exp_id))
+    assert weights == {"control": 0.0, "variant-b": 100.0}
+    assert await conn.fetchval("SELECT status FROM ab_experiments WHERE id = $1", exp_id) == "promoted"
+    audit = await conn.fetchrow("SELECT * FROM ab_promotion_audit_log WHERE action = 'promoted'")
+    assert audit["actor"] == "alice" and str(audit["promotion_id"]) == data["promotionId"]
+    assert audit["details"]["decision"]["eligible"] is True
+    assert audit["details"]["config"]["thresholds"]["minConfidence"] == 95.0
+    outbox = await conn.fetch("SELECT * FROM notification_outbox WHERE promotion_id = $1", promo["id"])
+    assert len(outbox) == data["notificationsQueued"] >= 1
+    assert {r["event"] for r in outbox} == {"promotion.promoted"}
+
+
+async def test_second_promote_is_a_clear_refusal(engine: Engine, conn: asyncpg.Connection) -> None:
+    await seed_winner(conn)
+    await engine.promote_winner("homepage-cta-test")
+    with pytest.raises(AlreadyPromoted, match="already has an active promotion"):
+        await engine.promote_winner("homepage-cta-test")
+
+
+async def test_not_eligible_promote_changes_nothing_but_audit(engine: Engine, conn: asyncpg.Connection) -> None:
+    await seed_winner(conn, started_hours_ago=1)
+    data = await engine.promote_winner("homepage-cta-test")
+    assert data["success"] is False and data["reasons"][0].startswith("runtime 1.0 h")
+    assert await conn.fetchval("SELECT count(*) FROM experiment_promotions") == 0
+    assert await conn.fetchval("SELECT status FROM ab_experiments") == "running"
+    assert await conn.fetchval("SELECT count(*) FROM notification_outbox") == 0
+    assert await conn.fetchval("SELECT action FROM ab_promotion_audit_log") == "promotion_refused"
+
+
+async def test_dry_run_writes_only_its_audit_row(engine: Engine, conn: asyncpg.Connection) -> None:
+    exp_id = await seed_winner(conn)
+    data = await engine.promote_winner("homepage-cta-test", dry_run=True)
+    assert data["success"] is True and data["dryRun"] is True and data["promotionId"] is None
+    assert await conn.fetchval("SELECT count(*) FROM experiment_promotions") == 0
+    assert await conn.fetchval("SELECT count(*) FROM notification_outbox") == 0
+    assert await conn.fetchval("SELECT status FROM ab_experiments") == "running"
+    weights = [r[0] for r in await conn.fetch(
+        "SELECT traffic_weight::float8 FROM ab_variants WHERE experiment_id = $1", exp_id)]
+    assert weights == [1.0, 1.0]
+    audit = await conn.fetch("SELECT action, details FROM ab_promotion_audit_log")
+    assert [a["action"] for a in audit] == ["dry_run"]
+    assert audit[0]["details"]["wouldPromote"] is True
+
+
+async def test_rollback_restores_previous_weights(engine: Engine, conn: asyncpg.Connection) -> None:
+    exp_id = await seed_winner(conn, weights=[3.0, 1.0], config={"safetyChecks": {"checkTrafficBalance": False}})
+    promoted = await engine.promote_winner("homepage-cta-test")
+    assert promoted["success"], promoted
+    with pytest.raises(InvalidRequest, match="reason"):
+        await engine.rollback_promotion(promoted["promotionId"], "  ", actor="bob")
+    result = await engine.rollback_promotion(promoted["promotionId"], "checkout errors", actor="bob")
+    assert result["success"] is True and result["restoredWeights"] == {"control": 3.0, "variant-b": 1.0}
+    weights = dict(await conn.fetch("SELECT name, traffic_weight::float8 FROM ab_variants WHERE experiment_id = $1",
+                                    exp_id))
+    assert weights == {"control": 3.0, "variant-b": 1.0}
+    promo = await conn.fetchrow("SELECT * FROM experiment_promotions")
+    assert promo["rollback_reason"] == "checkout errors" and promo["rolled_back_by"] == "bob"
+    assert promo["rollback_at"] is not None
+    assert await conn.fetchval("SELECT status FROM ab_experiments") == "rolled_back"
+    assert await conn.fetchval("SELECT count(*) FROM ab_promotion_audit_log WHERE action = 'rolled_back'") == 1
+    queued = await conn.fetchval("SELECT count(*) FROM notification_outbox WHERE event = 'promotion.rolled_back'")
+    assert queued == result["notificationsQueued"]
+    with pytest.raises(AlreadyRolledBack, match="already rolled back"):
+        await engine.rollback_promotion(promoted["promotionId"], "again", actor="bob")
+    assert await conn.fetchval("SELECT count(*) FROM ab_promotion_audit_log WHERE action = 'rolled_back'") == 1
+    # A rolled-back experiment is not promoted again until a person sets it running.
+    again = await engine.check_promotion_eligibility("homepage-cta-test")
+    assert again["eligible"] is False and again["reasons"][0] == "status is 'rolled_back', not 'running'"
+
+
+async def test_rollback_of_unknown_or_malformed_promotion(engine: Engine) -> None:
+    with pytest.raises(PromotionNotFound):
+        await engine.rollback_promotion(str(uuid.uuid4()), "why")
+    with pytest.raises(InvalidRequest, match="not a UUID"):
+        await engine.rollback_promotion("not-a-uuid", "why")
+
+
+async def test_racing_promotes_yield_one_promotion_and_one_refusal(db_url: str, conn: asyncpg.Connection) -> None:
+    await seed_winner(conn)
+    from worker.db.connect import create_pool
+
+    outcomes: list[Any] = []
+    pools = [await create_pool(db_url, min_size=1, max_size=2) for _ in range(2)]
+    try:
+        engines = [Engine(p, _settings(), _config()) for p in pools]
+
+        async def attempt(e: Engine) -> None:
+            try:
+                outcomes.append(await e.promote_winner("homepage-cta-test"))
+            except AlreadyPromoted as exc:
+                outcomes.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            for e in engines:
+                tg.start_soon(attempt, e)
+    finally:
+        for p in pools:
+            await p.close()
+    successes = [o for o in outcomes if isinstance(o, dict) and o["success"]]
+    refusals = [o for o in outcomes if isinstance(o, AlreadyPromoted)]
+    assert len(successes) == 1 and len(refusals) == 1
+    assert await conn.fetchval("SELECT count(*) FROM experiment_promotions") == 1
+    assert await conn.fetchval("SELECT count(*) FROM ab_promotion_audit_log WHERE action = 'promoted'") == 1
+
+
+async def test_promote_racing_rollback_leaves_a_consistent_state(db_url: str, conn: asyncpg.Connection) -> None:
+    from worker.db.connect import create_pool
+
+    await seed_winner(conn)
+    pools = [await create_pool(db_url, min_size=1, max_size=2) for _ in range(2)]
+    try:
+        first = Engine(pools[0], _settings(), _config())
+        promoted = await first.promote_winner("homepage-cta-test")
+        await conn.execute("UPDATE ab_experiments SET status = 'running'")  # a person restarts it
+        second = Engine(pools[1], _settings(), _config())
+        results: list[Any] = []
+
+        async def do_rollback() -> None:
+            results.append(await first.rollback_promotion(promoted["promotionId"], "regression"))
+
+        async def do_promote() -> None:
+            try:
+                results.append(await second.promote_winner("homepage-cta-test"))
+            except AlreadyPromoted as exc:
+                results.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(do_rollback)
+            tg.start_soon(do_promote)
+    finally:
+        for p in pools:
+            await p.close()
+    active = await conn.fetch("SELECT * FROM experiment_promotions WHERE rollback_at IS NULL")
+    status = await conn.fetchval("SELECT status FROM ab_experiments")
+    weights = dict(await conn.fetch("SELECT name, traffic_weight::float8 FROM ab_variants"))
+    if active:  # the promote ran after the rollback: a new, complete promotion
+        assert len(active) == 1 and status == "promoted" and weights == {"control": 0.0, "variant-b": 100.0}
+    else:  # the promote was refused: the rollback's state stands
+        assert status == "rolled_back" and weights == {"control": 1.0, "variant-b": 1.0}
+    assert await conn.fetchval("SELECT count(*) FROM experiment_promotions WHERE rollback_at IS NOT NULL") == 1
+
+
+async def test_scan_over_1000_experiments_reports_every_one(engine: Engine, conn: asyncpg.Connection) -> None:
+    await conn.execute(
+        """WITH e AS (INSERT INTO ab_experiments (name, status, started_at)
+                      SELECT 'exp-' || g, 'running', now() - interval '2 days' FROM generate_series(1, 999) g
+                      RETURNING id)
+           INSERT INTO ab_variants (experiment_id, name, is_control)
+           SELECT id, v.name, v.ctl FROM e, (VALUES ('control', true), ('b', false)) AS v(name, ctl)"""
+    )
+    await conn.execute(
+        """INSERT INTO ab_variant_stats (variant_id, experiment_id, exposures, conversions)
+           SELECT v.id, v.experiment_id, 5000, CASE WHEN v.is_control THEN 500 ELSE 505 END FROM ab_variants v"""
+    )
+    # One experiment whose recorded statistics are impossible (conversions > exposures, written around the API).
+    await conn.execute("UPDATE ab_variant_stats SET conversions = 9999 WHERE variant_id = "
+                       "(SELECT v.id FROM ab_variants v JOIN ab_experiments e ON e.id = v.experiment_id "
+                       " WHERE e.name = 'exp-7' AND v.name = 'b')")
+    await seed_winner(conn)
+    data = await engine.scan_and_promote_winners()
+    assert data["scanned"] == 1000
+    assert len(data["results"]) == 1000
+    assert data["eligible"] == 1 and data["promoted"] == 1
+    by_name = {r["experimentName"]: r for r in data["results"]}
+    assert by_name["homepage-cta-test"]["promoted"] is True
+    assert "statistics cannot be computed" in by_name["exp-7"]["reasons"][0]
+    assert by_name["exp-8"]["eligible"] is False and by_name["exp-8"]["reasons"]
+
+
+async def test_scan_honours_max_concurrent_promotions_and_dry_run(pool: asyncpg.Pool, conn: asyncpg.Connection) -> None:
+    for i in range(3):
+        await seed_winner(conn, f"winner-{i}")
+    dry = await Engine(pool, _settings(), _config()).scan_and_promote_winners(dry_run=True)
+    assert dry["eligible"] == 3 and dry["promoted"] == 0
+    assert await conn.fetchval("SELECT count(*) FROM experiment_promotions") == 0
+    engine = Engine(pool, _settings(), _config(maxConcurrentPromotions=2))
+    data = await engine.scan_and_promote_winners()
+    assert data["promoted"] == 2
+    assert await conn.fetchval("SELECT count(*) FROM experiment_promotions") == 2
+    # The third stays blocked while two promotions are inside their guard window.
+    third = await engine.check_promotion_eligibility("winner-2")
+    assert any(r.startswith("concurrency limit: 2 promotion(s) inside their guard window") for r in third["reasons"])

@@ -1,0 +1,23 @@
+"""The named SQL of ``queries.sql``, loaded once into a dict of name -> text."""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+
+_HEADER = re.compile(r"^-- name: ([a-z_][a-z0-9_]*)\s*$", re.MULTILINE)
+
+
+def _load() -> dict[str, str]:
+    text = resources.files("worker.db").joinpath("queries.sql").read_text(encoding="utf-8")
+    parts = _HEADER.split(text)
+    queries: dict[str, str] = {}
+    for name, body in zip(parts[1::2], parts[2::2], strict=True):
+        lines = [line for line in body.strip().splitlines() if not line.startswith("--")]
+        if name in queries:
+            raise RuntimeError(f"queries.sql: duplicate query name {name!r}")
+        queries[name] = "\n".join(lines).strip().rstrip(";")
+    return queries
+
+
+Q: dict[str, str] = _load()

@@ -1,0 +1,184 @@
+-- Every query of the worker, each under a "-- name: NAME" header with a one-line description.
+-- Loaded once by worker/db/queries.py; values always go through $n parameters.
+
+-- name: fold_pending
+-- Claim up to $1 pending metric updates and fold them into ab_variant_stats, in one statement.
+-- fold.py derives a per-experiment variant by replacing the /*filter*/ marker with a WHERE clause on $2.
+WITH claimed AS (
+    DELETE FROM ab_metric_updates
+     WHERE id IN (SELECT id FROM ab_metric_updates /*filter*/ ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
+    RETURNING *
+), agg AS (
+    SELECT variant_id, min(experiment_id) AS experiment_id, count(*) AS n,
+           sum(exposures) AS exposures, sum(conversions) AS conversions, sum(errors) AS errors,
+           coalesce(sum(value_sum), 0) AS value_sum, coalesce(sum(value_sum_sq), 0) AS value_sum_sq,
+           ab_sketch_sum(latency_sketch) FILTER (WHERE latency_sketch IS NOT NULL) AS latency_sketch,
+           sum(latency_count) AS latency_count, max(recorded_at) AS last_recorded_at
+      FROM claimed GROUP BY variant_id
+), upserted AS (
+    INSERT INTO ab_variant_stats AS s (variant_id, experiment_id, exposures, conversions, errors, value_sum,
+                                      value_sum_sq, latency_sketch, latency_count, updates_folded, updated_at)
+    SELECT variant_id, experiment_id, exposures, conversions, errors, value_sum, value_sum_sq,
+           coalesce(latency_sketch, '{}'::jsonb), latency_count, n, now()
+      FROM agg ORDER BY variant_id
+    ON CONFLICT (variant_id) DO UPDATE SET
+        exposures = s.exposures + EXCLUDED.exposures,
+        conversions = s.conversions + EXCLUDED.conversions,
+        errors = s.errors + EXCLUDED.errors,
+        value_sum = s.value_sum + EXCLUDED.value_sum,
+        value_sum_sq = s.value_sum_sq + EXCLUDED.value_sum_sq,
+        latency_sketch = ab_sketch_merge(s.latency_sketch, EXCLUDED.latency_sketch),
+        latency_count = s.latency_count + EXCLUDED.latency_count,
+        updates_folded = s.updates_folded + EXCLUDED.updates_folded,
+        updated_at = now()
+    RETURNING 1
+)
+SELECT experiment_id, sum(n)::bigint AS updates, max(last_recorded_at) AS last_recorded_at,
+       (SELECT count(*) FROM upserted) AS variants
+  FROM agg GROUP BY experiment_id;
+
+-- name: queue_backlog
+-- Approximate number of pending metric updates (cheap: no full count on a large queue).
+SELECT CASE WHEN (SELECT count(*) FROM (SELECT 1 FROM ab_metric_updates LIMIT 100001) s) <= 100000
+            THEN (SELECT count(*) FROM ab_metric_updates)
+            ELSE (SELECT reltuples::bigint FROM pg_class WHERE oid = 'ab_metric_updates'::regclass) END;
+
+-- name: experiments_with_pending
+-- Experiments that have unfolded metric updates.
+SELECT DISTINCT experiment_id FROM ab_metric_updates;
+
+-- name: experiment_by_name
+-- One experiment by name.
+SELECT * FROM ab_experiments WHERE name = $1;
+
+-- name: experiment_by_id
+-- One experiment by id.
+SELECT * FROM ab_experiments WHERE id = $1;
+
+-- name: lock_experiment
+-- Lock one experiment row for the rest of the transaction.
+SELECT * FROM ab_experiments WHERE id = $1 FOR UPDATE;
+
+-- name: running_experiments
+-- Every running experiment (the scan's input).
+SELECT * FROM ab_experiments WHERE status = 'running' ORDER BY id;
+
+-- name: insert_promotion
+-- Record a promotion; returns its id and time.
+INSERT INTO experiment_promotions (experiment_id, experiment_name, promoted_variant_name, control_variant_name,
+                                   confidence, improvement, method, promoted_by, previous_weights, baseline_stats,
+                                   guard_until, decision)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now() + make_interval(secs => $11), $12)
+RETURNING id, promoted_at;
+
+-- name: promote_weights
+-- Send all traffic to the winner: its weight 100, every other variant 0.
+UPDATE ab_variants SET traffic_weight = CASE WHEN name = $2 THEN 100 ELSE 0 END WHERE experiment_id = $1;
+
+-- name: restore_weight
+-- Restore one variant's weight (rollback).
+UPDATE ab_variants SET traffic_weight = $3 WHERE experiment_id = $1 AND name = $2;
+
+-- name: set_status
+-- Change an experiment's status.
+UPDATE ab_experiments SET status = $2 WHERE id = $1;
+
+-- name: insert_audit
+-- Append one audit row.
+INSERT INTO ab_promotion_audit_log (actor, action, experiment_id, experiment_name, promotion_id, details)
+VALUES ($1, $2, $3, $4, $5, $6) RETURNING id;
+
+-- name: lock_promotion
+-- Lock one promotion row.
+SELECT * FROM experiment_promotions WHERE id = $1 FOR UPDATE;
+
+-- name: promotion_by_id
+-- One promotion.
+SELECT * FROM experiment_promotions WHERE id = $1;
+
+-- name: mark_rolled_back
+-- Fill the rollback columns of a promotion.
+UPDATE experiment_promotions SET rollback_at = now(), rollback_reason = $2, rolled_back_by = $3 WHERE id = $1
+RETURNING rollback_at;
+
+-- name: upsert_state
+-- Remember the last decision for an experiment; returns whether eligibility changed.
+INSERT INTO ab_experiment_state AS s (experiment_id, last_evaluated_at, evaluations, eligible, decision)
+VALUES ($1, now(), 1, $2, $3)
+ON CONFLICT (experiment_id) DO UPDATE SET last_evaluated_at = now(), evaluations = s.evaluations + 1,
+    eligible = EXCLUDED.eligible, decision = EXCLUDED.decision
+RETURNING (xmax = 0) AS inserted, evaluations;
+
+-- name: upsert_states_bulk
+-- The scan's bulk version of upsert_state.
+INSERT INTO ab_experiment_state AS s (experiment_id, last_evaluated_at, evaluations, eligible, decision)
+SELECT id, now(), 1, el, d FROM unnest($1::bigint[], $2::boolean[], $3::jsonb[]) AS u(id, el, d)
+ON CONFLICT (experiment_id) DO UPDATE SET last_evaluated_at = now(), evaluations = s.evaluations + 1,
+    eligible = EXCLUDED.eligible, decision = EXCLUDED.decision;
+
+-- name: last_snapshot
+-- Time and control exposures of the latest evaluation snapshot of an experiment.
+SELECT created_at, control_exposures FROM ab_evaluation_snapshots WHERE experiment_id = $1
+ ORDER BY created_at DESC, id DESC LIMIT 1;
+
+-- name: insert_snapshots
+-- One evaluation snapshot row per treatment.
+INSERT INTO ab_evaluation_snapshots (experiment_id, variant_name, exposures, control_exposures, lift, ci_low,
+                                     ci_high, confidence, eligible)
+SELECT $1, * FROM unnest($2::text[], $3::bigint[], $4::bigint[], $5::float8[], $6::float8[], $7::float8[],
+                         $8::float8[], $9::boolean[]);
+
+-- name: thin_snapshots
+-- Keep the snapshot history of one experiment bounded.
+SELECT ab_thin_evaluation_snapshots($1, $2);
+
+-- name: pending_rollback_requests
+-- Rollbacks asked for with ab_request_rollback that nobody has carried out yet.
+SELECT id, experiment_name, rollback_request_reason, rollback_requested_by FROM experiment_promotions
+ WHERE rollback_requested_at IS NOT NULL AND rollback_at IS NULL ORDER BY rollback_requested_at;
+
+-- name: experiment_snapshot
+-- Everything a decision reads about experiment $1, in one round trip; $2 = critical-alert lookback in seconds.
+SELECT e.id, e.name, e.status, e.started_at, e.metric_type, e.priority, e.config, now() AS now,
+       (SELECT coalesce(json_agg(json_build_object(
+                   'name', v.name, 'is_control', v.is_control, 'weight', v.traffic_weight::float8,
+                   'exposures', coalesce(s.exposures, 0), 'conversions', coalesce(s.conversions, 0),
+                   'errors', coalesce(s.errors, 0), 'value_sum', coalesce(s.value_sum, 0),
+                   'value_sum_sq', coalesce(s.value_sum_sq, 0),
+                   'latency_sketch', coalesce(s.latency_sketch, '{}'::jsonb))
+                   ORDER BY v.is_control DESC, v.id), '[]'::json)
+          FROM ab_variants v LEFT JOIN ab_variant_stats s ON s.variant_id = v.id
+         WHERE v.experiment_id = e.id) AS variants,
+       (SELECT p.id FROM experiment_promotions p WHERE p.experiment_id = e.id AND p.rollback_at IS NULL)
+           AS active_promotion_id,
+       (SELECT coalesce(json_agg(json_build_object('id', a.id, 'message', a.message, 'created_at', a.created_at,
+                                                   'global', a.experiment_id IS NULL)
+                                 ORDER BY a.created_at DESC), '[]'::json)
+          FROM ab_alerts a
+         WHERE a.severity = 'critical' AND a.resolved_at IS NULL
+           AND (a.experiment_id = e.id OR a.experiment_id IS NULL)
+           AND a.created_at >= now() - make_interval(secs => $2)) AS critical_alerts,
+       (SELECT count(*) FROM experiment_promotions p WHERE p.rollback_at IS NULL AND p.guard_until > now())
+           AS promotions_in_guard_window
+  FROM ab_experiments e WHERE e.id = $1;
+
+-- name: all_open_critical_alerts
+-- Unresolved critical alerts raised within the last $1 seconds (the scan's bulk input).
+SELECT id, experiment_id, message, created_at FROM ab_alerts
+ WHERE severity = 'critical' AND resolved_at IS NULL AND created_at >= now() - make_interval(secs => $1)
+ ORDER BY created_at DESC;
+
+-- name: all_active_promotions
+-- Every active promotion: experiment id, promotion id, whether still inside its guard window.
+SELECT experiment_id, id, guard_until > now() AS in_guard FROM experiment_promotions WHERE rollback_at IS NULL;
+
+-- name: running_variants_with_stats
+-- Variants and folded statistics of every running experiment, control first (the scan's bulk input).
+SELECT v.experiment_id, v.name, v.is_control, v.traffic_weight::float8 AS weight,
+       coalesce(s.exposures, 0) AS exposures, coalesce(s.conversions, 0) AS conversions,
+       coalesce(s.errors, 0) AS errors, coalesce(s.value_sum, 0) AS value_sum,
+       coalesce(s.value_sum_sq, 0) AS value_sum_sq, coalesce(s.latency_sketch, '{}'::jsonb) AS latency_sketch
+  FROM ab_variants v JOIN ab_experiments e ON e.id = v.experiment_id
+  LEFT JOIN ab_variant_stats s ON s.variant_id = v.id
+ WHERE e.status = 'running'
+ ORDER BY v.experiment_id, v.is_control DESC, v.id;

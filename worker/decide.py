@@ -1,0 +1,415 @@
+"""The promotion decision: a snapshot of one experiment + the effective config + the clock -> Decision.
+
+Pure: no database, no network, no global state. ``engine.py`` loads snapshots and acts on decisions.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from worker.config import AutoPromotionConfig
+from worker.stats import (
+    Comparison,
+    ExperimentAnalysis,
+    LatencySketch,
+    StatsInputError,
+    VariantStats,
+    analyze_experiment,
+    error_rate_test,
+    latency_degradation,
+)
+
+Severity = Literal["info", "warning", "critical"]
+
+ERROR_RATE_CHECK = "Error Rate Check"
+LATENCY_CHECK = "Latency Check"
+TRAFFIC_BALANCE_CHECK = "Traffic Balance Check"
+CRITICAL_ALERTS_CHECK = "Critical Alerts Check"
+
+
+@dataclass(frozen=True, slots=True)
+class VariantSnapshot:
+    name: str
+    is_control: bool
+    weight: float
+    exposures: int
+    conversions: int
+    errors: int
+    value_sum: float
+    value_sum_sq: float
+    latency: LatencySketch
+
+    def to_stats(self) -> VariantStats:
+        return VariantStats(
+            name=self.name, is_control=self.is_control, exposures=self.exposures, conversions=self.conversions,
+            value_sum=self.value_sum, value_sum_sq=self.value_sum_sq, errors=self.errors, weight=self.weight,
+            latency=self.latency if self.latency.count else None,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class AlertInfo:
+    id: int
+    message: str
+    created_at: datetime
+    global_alert: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ExperimentSnapshot:
+    """Everything the decision looks at, read in one consistent moment."""
+
+    id: int
+    name: str
+    status: str
+    started_at: datetime | None
+    metric_type: Literal["conversion", "mean"]
+    priority: str
+    variants: tuple[VariantSnapshot, ...]
+    now: datetime
+    active_promotion_id: str | None = None
+    critical_alerts: tuple[AlertInfo, ...] = ()
+    promotions_in_guard_window: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SafetyCheck:
+    name: str
+    passed: bool
+    message: str
+    severity: Severity
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "passed": self.passed, "message": self.message, "severity": self.severity}
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The outcome for one experiment: eligible or not, and every reason why not, with numbers."""
+
+    experiment_id: int
+    experiment_name: str
+    eligible: bool
+    reasons: tuple[str, ...]
+    safety_checks: tuple[SafetyCheck, ...]
+    winner: Comparison | None
+    best: Comparison | None
+    analysis: ExperimentAnalysis | None
+    variants: tuple[VariantSnapshot, ...]
+    method: str
+    metric_type: str
+    priority: str
+    evaluated_at: datetime
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def candidate(self) -> Comparison | None:
+        """The winner if any, else the best treatment: what a person wants to see numbers for."""
+        return self.winner or self.best
+
+    @property
+    def confidence(self) -> float:
+        c = self.candidate
+        return _round(c.confidence) if c is not None else 0.0
+
+    @property
+    def improvement(self) -> float:
+        c = self.candidate
+        return _round(c.improvement) if c is not None and c.improvement is not None else 0.0
+
+    def variant(self, name: str) -> VariantSnapshot | None:
+        return next((v for v in self.variants if v.name == name), None)
+
+    def variant_stats_json(self) -> list[dict[str, Any]]:
+        """Per-variant statistics as the API, audit log and notifications show them."""
+        out: list[dict[str, Any]] = []
+        comparisons = {c.variant: c for c in (self.analysis.comparisons if self.analysis else ())}
+        for v in self.variants:
+            rate = _rate(v, self.metric_type)
+            p95 = v.latency.p95() if v.latency.count else None
+            item: dict[str, Any] = {
+                "name": v.name,
+                "isControl": v.is_control,
+                "weight": v.weight,
+                "exposures": v.exposures,
+                "conversions": v.conversions,
+                "rate": _round(rate, 6),
+                "errors": v.errors,
+                "errorRate": _round(v.errors / v.exposures, 6) if v.exposures else None,
+                "p95LatencyMs": _round(p95, 3) if p95 is not None else None,
+                "latencySamples": v.latency.count,
+            }
+            if self.metric_type == "mean":
+                item["valueSum"] = v.value_sum
+                item["valueSumSq"] = v.value_sum_sq
+            c = comparisons.get(v.name)
+            if c is not None:
+                item.update(
+                    {
+                        "lift": _round(c.lift, 6) if c.lift is not None else None,
+                        "ciLow": _round(c.ci_low, 6) if c.ci_low is not None else None,
+                        "ciHigh": _round(c.ci_high, 6) if c.ci_high is not None else None,
+                        "pValue": _round(c.p_value, 8),
+                        "adjustedP": _round(c.adjusted_p, 8),
+                        "confidence": _round(c.confidence),
+                        "improvement": _round(c.improvement) if c.improvement is not None else None,
+                        "significant": c.significant,
+                        "note": c.reason,
+                    }
+                )
+            out.append(item)
+        return out
+
+    def to_check_data(self) -> dict[str, Any]:
+        """The seed's ``check`` response ``data``, plus per-variant statistics and the method."""
+        winner = self.winner if self.eligible or self.winner is not None else None
+        winning_variant = None
+        if winner is not None:
+            v = self.variant(winner.variant)
+            if v is not None:
+                winning_variant = {
+                    "variantName": v.name,
+                    "successRate": _round(_rate(v, self.metric_type), 6),
+                    "sampleSize": v.exposures,
+                }
+        best = self.candidate
+        srm = self.analysis.srm if self.analysis is not None else None
+        return {
+            "eligible": self.eligible,
+            "experimentName": self.experiment_name,
+            "winningVariant": winning_variant,
+            "confidence": self.confidence,
+            "improvement": self.improvement,
+            "safetyChecks": [c.to_json() for c in self.safety_checks],
+            "reasons": list(self.reasons),
+            "bestVariant": best.variant if best is not None else None,
+            "controlVariant": self.analysis.control if self.analysis is not None else _control_name(self.variants),
+            "method": self.method,
+            "metricType": self.metric_type,
+            "priority": self.priority,
+            "variants": self.variant_stats_json(),
+            "srm": None if srm is None else {"pValue": _round(srm.p_value, 10), "flagged": srm.flagged},
+            "evaluatedAt": self.evaluated_at.isoformat(),
+        }
+
+
+def _round(x: float | None, digits: int = 4) -> float:
+    if x is None or not math.isfinite(x):
+        return 0.0 if x is None or math.isnan(x) else (1e308 if x > 0 else -1e308)
+    return round(x, digits)
+
+
+def _rate(v: VariantSnapshot, metric_type: str) -> float:
+    if v.exposures <= 0:
+        return 0.0
+    if metric_type == "mean":
+        return v.value_sum / v.exposures
+    return v.conversions / v.exposures
+
+
+def _control_name(variants: tuple[VariantSnapshot, ...]) -> str | None:
+    return next((v.name for v in variants if v.is_control), None)
+
+
+def _pct(x: float, digits: int = 2) -> str:
+    return f"{100 * x:.{digits}f}%"
+
+
+def _fmt_num(x: float) -> str:
+    return f"{x:,.0f}" if float(x).is_integer() else f"{x:,.2f}".rstrip("0").rstrip(".")
+
+
+def decide(snapshot: ExperimentSnapshot, config: AutoPromotionConfig) -> Decision:
+    """Evaluate every eligibility criterion; each one that fails adds a reason that names its numbers.
+
+    Raises StatsInputError only when the recorded statistics are impossible (e.g. conversions > exposures).
+    """
+    reasons: list[str] = []
+    t = config.thresholds
+    if snapshot.status != "running":
+        reasons.append(f"status is '{snapshot.status}', not 'running'")
+    pattern = config.is_excluded(snapshot.name)
+    if pattern is not None:
+        reasons.append(
+            "excluded by configuration"
+            + (f" (pattern '{pattern}')" if pattern != snapshot.name else " (excludedExperiments)")
+        )
+    control = next((v for v in snapshot.variants if v.is_control), None)
+    treatments = [v for v in snapshot.variants if not v.is_control]
+    analysis: ExperimentAnalysis | None = None
+    winner: Comparison | None = None
+    best: Comparison | None = None
+    if control is None or not treatments:
+        reasons.append(
+            "experiment has no control variant" if control is None else "experiment has no treatment variant"
+        )
+    else:
+        analysis = analyze_experiment(
+            [control.to_stats(), *(v.to_stats() for v in treatments)],
+            metric_type=snapshot.metric_type,
+            method=config.method,
+            alpha=config.alpha,
+            n_star=config.sequential_tuning,
+            correction=config.correction,
+            srm_threshold=config.safety_checks.srm_threshold,
+        )
+        winner = analysis.winner()
+        best = analysis.best()
+        if winner is None:
+            if best is not None and best.lift is None:
+                reasons.append(f"no winner: {best.reason or 'lift undefined'}")
+            elif best is not None:
+                imp = best.improvement if best.improvement is not None else 0.0
+                reasons.append(
+                    f"no treatment beats control at {t.min_confidence:g}% confidence "
+                    f"(best: {best.variant} at {best.confidence:.2f}% confidence, {imp:+.2f}%)"
+                )
+    candidate = winner or best
+    cand_snap = next((v for v in treatments if candidate is not None and v.name == candidate.variant), None)
+    if cand_snap is not None and control is not None:
+        for v in (cand_snap, control):
+            if v.exposures < t.min_sample_size:
+                reasons.append(f"sample size {v.exposures:,} < {t.min_sample_size:,} for {v.name}")
+    if snapshot.started_at is None:
+        reasons.append("experiment has no started_at; runtime unknown")
+    else:
+        hours = (snapshot.now - snapshot.started_at).total_seconds() / 3600.0
+        if hours < t.min_runtime_hours:
+            reasons.append(f"runtime {hours:.1f} h < {_fmt_num(t.min_runtime_hours)} h minimum")
+    if snapshot.active_promotion_id is not None:
+        reasons.append(f"experiment already has an active promotion ({snapshot.active_promotion_id})")
+    if winner is not None and winner.improvement is not None and winner.improvement < t.min_improvement:
+        reasons.append(f"improvement {winner.improvement:.2f}% < {_fmt_num(t.min_improvement)}% minimum")
+    if snapshot.promotions_in_guard_window >= config.max_concurrent_promotions:
+        reasons.append(
+            f"concurrency limit: {snapshot.promotions_in_guard_window} promotion(s) inside their guard window "
+            f"(maxConcurrentPromotions {config.max_concurrent_promotions})"
+        )
+    checks = run_safety_checks(snapshot, config, analysis, cand_snap, control)
+    for check in checks:
+        if not check.passed:
+            reasons.append(f"safety check failed: {check.name}: {check.message}")
+    eligible = not reasons and winner is not None
+    return Decision(
+        experiment_id=snapshot.id,
+        experiment_name=snapshot.name,
+        eligible=eligible,
+        reasons=tuple(reasons),
+        safety_checks=tuple(checks),
+        winner=winner,
+        best=best,
+        analysis=analysis,
+        variants=snapshot.variants,
+        method=config.method,
+        metric_type=snapshot.metric_type,
+        priority=snapshot.priority,
+        evaluated_at=snapshot.now,
+    )
+
+
+def run_safety_checks(
+    snapshot: ExperimentSnapshot,
+    config: AutoPromotionConfig,
+    analysis: ExperimentAnalysis | None,
+    candidate: VariantSnapshot | None,
+    control: VariantSnapshot | None,
+) -> list[SafetyCheck]:
+    """The four safety checks of the seed, against the candidate (winner, else best treatment)."""
+    sc = config.safety_checks
+    missing: Severity = "critical" if sc.fail_on_missing_data else "warning"
+    missing_passes = not sc.fail_on_missing_data
+    checks: list[SafetyCheck] = []
+
+    # Error Rate Check
+    if candidate is None or control is None:
+        checks.append(SafetyCheck(ERROR_RATE_CHECK, missing_passes, "no treatment to check", missing))
+    elif candidate.exposures == 0:
+        checks.append(SafetyCheck(ERROR_RATE_CHECK, missing_passes,
+                                  f"no exposures recorded for {candidate.name}", missing))
+    else:
+        rate = candidate.errors / candidate.exposures
+        result = error_rate_test(control.to_stats(), candidate.to_stats(), method=config.method,
+                                 alpha=config.alpha, n_star=config.sequential_tuning)
+        base = f"Winner error rate: {_pct(rate)} (control {_pct(result.control_rate)})"
+        if rate > sc.max_error_rate:
+            checks.append(SafetyCheck(ERROR_RATE_CHECK, False,
+                                      f"{base} exceeds the {_pct(sc.max_error_rate)} maximum", "critical"))
+        elif result.significant_increase:
+            checks.append(SafetyCheck(
+                ERROR_RATE_CHECK, False,
+                f"{base} is significantly above control (p = {result.p_value:.2g})", "critical"))
+        else:
+            checks.append(SafetyCheck(ERROR_RATE_CHECK, True, base, "info"))
+
+    # Latency Check
+    if candidate is None or control is None or not candidate.latency.count or not control.latency.count:
+        who = "winner" if candidate is not None and not candidate.latency.count else "control"
+        checks.append(SafetyCheck(LATENCY_CHECK, missing_passes,
+                                  f"no latency samples recorded for the {who}; latency not checked", missing))
+    else:
+        c95 = control.latency.p95() or 0.0
+        t95 = candidate.latency.p95() or 0.0
+        degradation = latency_degradation(c95, t95)
+        msg = (f"Winner P95 {t95:.1f} ms vs control {c95:.1f} ms ({degradation:+.1f}%, "
+               f"max +{_fmt_num(sc.max_latency_degradation)}%)")
+        passed = degradation <= sc.max_latency_degradation
+        checks.append(SafetyCheck(LATENCY_CHECK, passed, msg, "info" if passed else "critical"))
+
+    # Traffic Balance Check
+    if not sc.check_traffic_balance:
+        checks.append(SafetyCheck(TRAFFIC_BALANCE_CHECK, True, "disabled by configuration", "info"))
+    elif analysis is None or (analysis.srm.reason is not None and analysis.srm.p_value >= 1.0):
+        why = analysis.srm.reason if analysis is not None and analysis.srm.reason else "not enough variants"
+        checks.append(SafetyCheck(TRAFFIC_BALANCE_CHECK, missing_passes, f"not checked: {why}", missing))
+    else:
+        srm = analysis.srm
+        observed = "/".join(f"{o:,}" for o in srm.observed)
+        expected = "/".join(f"{e:,.0f}" for e in srm.expected)
+        if srm.flagged:
+            checks.append(SafetyCheck(
+                TRAFFIC_BALANCE_CHECK, False,
+                f"sample-ratio mismatch: p = {srm.p_value:.2g} < {sc.srm_threshold:g} "
+                f"(observed {observed}, expected {expected})", "critical"))
+        else:
+            checks.append(SafetyCheck(TRAFFIC_BALANCE_CHECK, True,
+                                      f"traffic matches the weights (p = {srm.p_value:.3g})", "info"))
+
+    # Critical Alerts Check
+    if not sc.check_critical_alerts:
+        checks.append(SafetyCheck(CRITICAL_ALERTS_CHECK, True, "disabled by configuration", "info"))
+    else:
+        lookback = sc.alert_lookback_hours * 3600.0
+        alerts = [a for a in snapshot.critical_alerts if (snapshot.now - a.created_at).total_seconds() <= lookback]
+        if alerts:
+            first = alerts[0]
+            scope = "global" if first.global_alert else "experiment"
+            checks.append(SafetyCheck(
+                CRITICAL_ALERTS_CHECK, False,
+                f"{len(alerts)} unresolved critical alert(s) in the last {_fmt_num(sc.alert_lookback_hours)} h "
+                f"(latest, {scope}: {first.message[:120]!r})", "critical"))
+        else:
+            checks.append(SafetyCheck(
+                CRITICAL_ALERTS_CHECK, True,
+                f"no unresolved critical alerts in the last {_fmt_num(sc.alert_lookback_hours)} h", "info"))
+    return checks
+
+
+def failed_decision(snapshot: ExperimentSnapshot, config: AutoPromotionConfig, error: str) -> Decision:
+    """A not-eligible decision for an experiment whose statistics or config could not be evaluated."""
+    return Decision(
+        experiment_id=snapshot.id, experiment_name=snapshot.name, eligible=False, reasons=(error,),
+        safety_checks=(), winner=None, best=None, analysis=None, variants=snapshot.variants,
+        method=config.method, metric_type=snapshot.metric_type, priority=snapshot.priority,
+        evaluated_at=snapshot.now, extra={"error": error},
+    )
+
+
+def safe_decide(snapshot: ExperimentSnapshot, config: AutoPromotionConfig) -> Decision:
+    """decide(), with impossible statistics turned into a not-eligible decision that says what is wrong."""
+    try:
+        return decide(snapshot, config)
+    except StatsInputError as exc:
+        return failed_decision(snapshot, config, f"statistics cannot be computed: {exc}")

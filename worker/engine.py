@@ -1,0 +1,653 @@
+"""The seed's operations — check, promote, scan, rollback — as transactions around ``decide.py``.
+
+The daemon, the CLI and the HTTP API all call these methods; none of them contains decision logic.
+Every answer first folds the experiment's pending metric updates, so it never depends on whether a daemon
+is running.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import structlog
+
+from worker import metrics
+from worker.config import AutoPromotionConfig, ConfigError, EffectiveConfig, Settings, with_experiment_overrides
+from worker.db.queries import Q
+from worker.decide import (
+    AlertInfo,
+    Decision,
+    ExperimentSnapshot,
+    VariantSnapshot,
+    failed_decision,
+    safe_decide,
+)
+from worker.fold import fold_pending_updates
+from worker.stats import LatencySketch, StatsInputError
+
+log = structlog.get_logger("worker.engine")
+
+# Transaction-level advisory lock taken by every promotion, so that concurrent promotions of different
+# experiments cannot both slip under maxConcurrentPromotions.
+PROMOTION_SLOT_LOCK = 0x61627073  # "abps"
+SNAPSHOT_MIN_INTERVAL_S = 5.0
+SNAPSHOT_MAX_ROWS = 400
+
+
+class EngineError(Exception):
+    """A refusal a caller can act on; ``code`` and ``status`` map onto the API's error shape."""
+
+    code = "engine_error"
+    status = 400
+
+    def __init__(self, message: str, details: Mapping[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = dict(details or {})
+
+
+class InvalidRequest(EngineError):
+    code, status = "invalid_request", 400
+
+
+class ExperimentNotFound(EngineError):
+    code, status = "experiment_not_found", 404
+
+
+class PromotionNotFound(EngineError):
+    code, status = "promotion_not_found", 404
+
+
+class AlreadyPromoted(EngineError):
+    code, status = "already_promoted", 409
+
+
+class AlreadyRolledBack(EngineError):
+    code, status = "already_rolled_back", 409
+
+
+@dataclass(frozen=True, slots=True)
+class Evaluation:
+    """What one daemon evaluation concluded and did."""
+
+    experiment_id: int
+    experiment_name: str
+    decision: Decision | None
+    action: str  # skipped | evaluated | promoted | dry_run | refused
+    promotion: dict[str, Any] | None = None
+
+
+def _snapshot_from_row(row: Mapping[str, Any]) -> ExperimentSnapshot:
+    variants = tuple(
+        VariantSnapshot(
+            name=v["name"], is_control=bool(v["is_control"]), weight=float(v["weight"]),
+            exposures=int(v["exposures"]), conversions=int(v["conversions"]), errors=int(v["errors"]),
+            value_sum=float(v["value_sum"]), value_sum_sq=float(v["value_sum_sq"]),
+            latency=LatencySketch.from_json(v["latency_sketch"] or None),
+        )
+        for v in row["variants"]
+    )
+    alerts = tuple(
+        AlertInfo(id=int(a["id"]), message=a["message"], created_at=_parse_ts(a["created_at"]),
+                  global_alert=bool(a["global"]))
+        for a in row["critical_alerts"]
+    )
+    active = row["active_promotion_id"]
+    return ExperimentSnapshot(
+        id=row["id"], name=row["name"], status=row["status"], started_at=row["started_at"],
+        metric_type=row["metric_type"], priority=row["priority"], variants=variants, now=row["now"],
+        active_promotion_id=str(active) if active is not None else None, critical_alerts=alerts,
+        promotions_in_guard_window=int(row["promotions_in_guard_window"]),
+    )
+
+
+def _parse_ts(value: Any) -> datetime:
+    if isinstance(value, datetime):
+        return value
+    return datetime.fromisoformat(str(value))
+
+
+def _json_safe(x: Any) -> Any:
+    """Replace non-finite floats so that every JSON we write is valid JSON."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_json_safe(v) for v in x]
+    return x
+
+
+def _parse_promotion_id(promotion_id: str | uuid.UUID | None) -> uuid.UUID:
+    if isinstance(promotion_id, uuid.UUID):
+        return promotion_id
+    if not promotion_id or not str(promotion_id).strip():
+        raise InvalidRequest("promotionId is required", {"field": "promotionId"})
+    try:
+        return uuid.UUID(str(promotion_id).strip())
+    except ValueError:
+        raise InvalidRequest(
+            f"promotionId {str(promotion_id)[:80]!r} is not a UUID", {"field": "promotionId"}
+        ) from None
+
+
+class Engine:
+    """check / promote / scan / rollback / evaluate on one database."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        settings: Settings,
+        config: EffectiveConfig,
+        *,
+        on_committed: Callable[[str, dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.pool = pool
+        self.settings = settings
+        self.config = config
+        self.on_committed = on_committed
+
+    # ------------------------------------------------------------------------------------------- helpers
+    def experiment_config(
+        self, effective: EffectiveConfig, overrides: Mapping[str, Any] | None
+    ) -> AutoPromotionConfig:
+        """The effective config with the experiment's own ``config`` column applied (ConfigError if invalid)."""
+        return with_experiment_overrides(effective, overrides)
+
+    async def _snapshot(
+        self, conn: asyncpg.Connection, experiment_id: int, lookback_hours: float
+    ) -> ExperimentSnapshot | None:
+        row = await conn.fetchrow(Q["experiment_snapshot"], experiment_id, lookback_hours * 3600.0)
+        return None if row is None else _snapshot_from_row(row)
+
+    async def _find(self, conn: asyncpg.Connection, name: str) -> asyncpg.Record:
+        if not isinstance(name, str) or not name.strip():
+            raise InvalidRequest("experimentName is required", {"field": "experimentName"})
+        row = await conn.fetchrow(Q["experiment_by_name"], name)
+        if row is None:
+            raise ExperimentNotFound(f"no experiment named {name[:200]!r}", {"experimentName": name[:200]})
+        return row
+
+    def _decide(self, snapshot: ExperimentSnapshot, effective: EffectiveConfig,
+                overrides: Mapping[str, Any] | None) -> tuple[Decision, AutoPromotionConfig]:
+        try:
+            cfg = self.experiment_config(effective, overrides)
+        except ConfigError as exc:
+            cfg = effective.config
+            return failed_decision(snapshot, cfg, "invalid per-experiment config: " + "; ".join(exc.errors)), cfg
+        return safe_decide(snapshot, cfg), cfg
+
+    async def _audit(self, conn: asyncpg.Connection, actor: str, action: str, experiment_id: int | None,
+                     experiment_name: str | None, promotion_id: uuid.UUID | None, details: dict[str, Any]) -> None:
+        await conn.execute(Q["insert_audit"], actor, action, experiment_id, experiment_name, promotion_id,
+                           _json_safe(details))
+
+    async def _notify(self, conn: asyncpg.Connection, event: str, payload: dict[str, Any],
+                      cfg: AutoPromotionConfig) -> int:
+        from worker.notify import enqueue_notifications
+
+        queued: int = await enqueue_notifications(conn, event=event, payload=_json_safe(payload), config=cfg,
+                                                  settings=self.settings)
+        return queued
+
+    def _committed(self, event: str, data: dict[str, Any]) -> None:
+        if self.on_committed is not None:
+            self.on_committed(event, data)
+
+    def _payload(self, event: str, decision: Decision | None, *, actor: str, experiment_name: str,
+                 priority: str, promotion_id: uuid.UUID | None, variant: str | None, reason: str | None = None,
+                 dry_run: bool = False, confidence: float | None = None,
+                 improvement: float | None = None) -> dict[str, Any]:
+        return {
+            "event": event,
+            "experimentName": experiment_name,
+            "priority": priority,
+            "promotionId": str(promotion_id) if promotion_id else None,
+            "occurredAt": datetime.now().astimezone().isoformat(),
+            "actor": actor,
+            "variant": variant,
+            "controlVariant": decision.analysis.control if decision and decision.analysis else None,
+            "confidence": confidence if confidence is not None else (decision.confidence if decision else None),
+            "improvement": improvement if improvement is not None else (decision.improvement if decision else None),
+            "method": decision.method if decision else None,
+            "safetyChecks": [c.to_json() for c in decision.safety_checks] if decision else [],
+            "reason": reason,
+            "variants": decision.variant_stats_json() if decision else [],
+            "dryRun": dry_run,
+        }
+
+    async def _record_evaluation(self, conn: asyncpg.Connection, decision: Decision) -> bool | None:
+        """Store the last decision and a thinned history snapshot; returns the previous eligibility."""
+        previous = await conn.fetchval("SELECT eligible FROM ab_experiment_state WHERE experiment_id = $1",
+                                       decision.experiment_id)
+        await conn.execute(Q["upsert_state"], decision.experiment_id, decision.eligible,
+                           _json_safe(decision.to_check_data()))
+        analysis = decision.analysis
+        if analysis is not None and analysis.comparisons:
+            control = next((v for v in decision.variants if v.is_control), None)
+            control_n = control.exposures if control else 0
+            last = await conn.fetchrow(Q["last_snapshot"], decision.experiment_id)
+            due = (
+                last is None
+                or (decision.evaluated_at - last["created_at"]).total_seconds() >= SNAPSHOT_MIN_INTERVAL_S
+                or control_n >= 1.25 * max(1, int(last["control_exposures"]))
+                or decision.eligible
+            )
+            if due and control_n > 0:
+                by_name = {v.name: v for v in decision.variants}
+                comps = analysis.comparisons
+                await conn.execute(
+                    Q["insert_snapshots"], decision.experiment_id,
+                    [c.variant for c in comps],
+                    [by_name[c.variant].exposures if c.variant in by_name else 0 for c in comps],
+                    [control_n for _ in comps],
+                    [_finite(c.lift) for c in comps], [_finite(c.ci_low) for c in comps],
+                    [_finite(c.ci_high) for c in comps], [_finite(c.confidence) for c in comps],
+                    [decision.eligible for _ in comps],
+                )
+                await conn.execute(Q["thin_snapshots"], decision.experiment_id, SNAPSHOT_MAX_ROWS)
+        return None if previous is None else bool(previous)
+
+    # --------------------------------------------------------------------------------------------- check
+    async def check_promotion_eligibility(
+        self, experiment_name: str, *, config: EffectiveConfig | None = None
+    ) -> dict[str, Any]:
+        """The seed's check ``data`` for one experiment; ExperimentNotFound if it does not exist."""
+        effective = config or self.config
+        async with self.pool.acquire() as conn:
+            exp = await self._find(conn, experiment_name)
+            await fold_pending_updates(conn, experiment_ids=[exp["id"]], batch_size=self.settings.fold_batch_size)
+            async with conn.transaction():
+                snapshot = await self._snapshot(conn, exp["id"], self._lookback(effective, exp["config"]))
+                if snapshot is None:
+                    raise ExperimentNotFound(f"no experiment named {experiment_name[:200]!r}")
+                decision, _ = self._decide(snapshot, effective, exp["config"])
+                await self._record_evaluation(conn, decision)
+        metrics.EVALUATIONS.labels("eligible" if decision.eligible else "not_eligible").inc()
+        return decision.to_check_data()
+
+    def _lookback(self, effective: EffectiveConfig, overrides: Mapping[str, Any] | None) -> float:
+        try:
+            return self.experiment_config(effective, overrides).safety_checks.alert_lookback_hours
+        except ConfigError:
+            return effective.config.safety_checks.alert_lookback_hours
+
+    # ------------------------------------------------------------------------------------------- promote
+    async def promote_winner(
+        self,
+        experiment_name: str,
+        *,
+        config: EffectiveConfig | None = None,
+        actor: str = "autopromote",
+        dry_run: bool | None = None,
+    ) -> dict[str, Any]:
+        """Check and promote in ONE transaction on the locked experiment row; the seed's promote ``data``.
+
+        Raises ExperimentNotFound, or AlreadyPromoted when an active promotion exists. Not eligible is a
+        result (``success: false`` with ``reasons``), not an exception. In dry-run only an audit row is written.
+        """
+        effective = config or self.config
+        async with self.pool.acquire() as conn:
+            exp = await self._find(conn, experiment_name)
+            try:
+                return await self._promote_locked(conn, exp["id"], effective, actor=actor, dry_run=dry_run)
+            except (EngineError, asyncpg.exceptions.UniqueViolationError) as exc:
+                if isinstance(exc, asyncpg.exceptions.UniqueViolationError):
+                    raise AlreadyPromoted(f"experiment {experiment_name!r} already has an active promotion") from exc
+                raise
+            except (asyncpg.PostgresError, StatsInputError, OSError) as exc:
+                await self._record_failure(conn, exp, effective, actor, exc)
+                raise
+
+    async def _promote_locked(self, conn: asyncpg.Connection, experiment_id: int, effective: EffectiveConfig, *,
+                              actor: str, dry_run: bool | None, from_daemon: bool = False) -> dict[str, Any]:
+        async with conn.transaction():
+            exp = await conn.fetchrow(Q["lock_experiment"], experiment_id)
+            if exp is None:
+                raise ExperimentNotFound(f"experiment {experiment_id} disappeared")
+            await fold_pending_updates(conn, experiment_ids=[experiment_id], batch_size=self.settings.fold_batch_size)
+            snapshot = await self._snapshot(conn, experiment_id, self._lookback(effective, exp["config"]))
+            assert snapshot is not None
+            decision, cfg = self._decide(snapshot, effective, exp["config"])
+            dry = cfg.dry_run if dry_run is None else dry_run
+            if not cfg.enabled and not dry:
+                dry = True
+            if snapshot.active_promotion_id is not None and not dry:
+                raise AlreadyPromoted(
+                    f"experiment {snapshot.name!r} already has an active promotion ({snapshot.active_promotion_id})",
+                    {"promotionId": snapshot.active_promotion_id},
+                )
+            if not dry and decision.eligible:
+                # Serialise promotions so that the guard-window count cannot be raced past its limit.
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", PROMOTION_SLOT_LOCK)
+                in_guard = await conn.fetchval(
+                    "SELECT count(*) FROM experiment_promotions WHERE rollback_at IS NULL AND guard_until > now()"
+                )
+                if in_guard != snapshot.promotions_in_guard_window:
+                    snapshot = await self._snapshot(conn, experiment_id, self._lookback(effective, exp["config"]))
+                    assert snapshot is not None
+                    decision, cfg = self._decide(snapshot, effective, exp["config"])
+            check = decision.to_check_data()
+            winner = decision.winner
+            promoted_name = winner.variant if winner is not None and decision.eligible else None
+            base: dict[str, Any] = {
+                "experimentName": snapshot.name,
+                "promotedVariantName": promoted_name,
+                "confidence": decision.confidence,
+                "improvement": decision.improvement,
+            }
+            audit_details = {"decision": check, "config": cfg.public(), "preset": effective.preset, "dryRun": dry}
+            if dry:
+                queued = 0
+                if decision.eligible:
+                    queued = await self._notify(conn, "promotion.eligible", self._payload(
+                        "promotion.eligible", decision, actor=actor, experiment_name=snapshot.name,
+                        priority=snapshot.priority, promotion_id=None, variant=promoted_name,
+                        dry_run=True), cfg)
+                await self._audit(conn, actor, "dry_run", snapshot.id, snapshot.name, None,
+                                  {**audit_details, "wouldPromote": decision.eligible,
+                                   "reasons": list(decision.reasons)})
+                await self._record_evaluation(conn, decision)
+                return {"success": decision.eligible, **base, "promotionId": None, "notificationsQueued": queued,
+                        "dryRun": True, "enabled": cfg.enabled, "reasons": list(decision.reasons),
+                        "eligibility": check}
+            if not decision.eligible or winner is None:
+                if not from_daemon:
+                    await self._audit(conn, actor, "promotion_refused", snapshot.id, snapshot.name, None,
+                                      {**audit_details, "reasons": list(decision.reasons)})
+                await self._record_evaluation(conn, decision)
+                return {"success": False, **base, "promotionId": None, "notificationsQueued": 0, "dryRun": False,
+                        "reasons": list(decision.reasons), "eligibility": check}
+            previous_weights = {v.name: v.weight for v in snapshot.variants}
+            baseline = {
+                v.name: {"exposures": v.exposures, "conversions": v.conversions, "errors": v.errors,
+                         "valueSum": v.value_sum, "valueSumSq": v.value_sum_sq,
+                         "latencySketch": v.latency.to_json()}
+                for v in snapshot.variants
+            }
+            row = await conn.fetchrow(
+                Q["insert_promotion"], snapshot.id, snapshot.name, winner.variant,
+                decision.analysis.control if decision.analysis else None,
+                decision.confidence, decision.improvement, decision.method, actor, previous_weights, baseline,
+                cfg.guard.guard_hours * 3600.0, _json_safe(check),
+            )
+            promotion_id: uuid.UUID = row["id"]
+            await conn.execute(Q["promote_weights"], snapshot.id, winner.variant)
+            await conn.execute(Q["set_status"], snapshot.id, "promoted")
+            await self._audit(conn, actor, "promoted", snapshot.id, snapshot.name, promotion_id,
+                              {**audit_details, "previousWeights": previous_weights,
+                               "promotedVariant": winner.variant})
+            queued = await self._notify(conn, "promotion.promoted", self._payload(
+                "promotion.promoted", decision, actor=actor, experiment_name=snapshot.name,
+                priority=snapshot.priority, promotion_id=promotion_id, variant=winner.variant), cfg)
+            await self._record_evaluation(conn, decision)
+        metrics.PROMOTIONS.labels("daemon" if from_daemon else "request").inc()
+        result = {"success": True, **base, "promotionId": str(promotion_id), "notificationsQueued": queued,
+                  "dryRun": False, "promotedAt": row["promoted_at"].isoformat(), "eligibility": check}
+        log.info("promotion.committed", experiment=snapshot.name, variant=winner.variant,
+                 promotion_id=str(promotion_id), confidence=decision.confidence, improvement=decision.improvement,
+                 actor=actor)
+        self._committed("promotion.promoted", result)
+        return result
+
+    async def _record_failure(self, conn: asyncpg.Connection, exp: Mapping[str, Any], effective: EffectiveConfig,
+                              actor: str, exc: BaseException) -> None:
+        """After a failed promotion transaction: audit it and tell people, in a transaction of its own."""
+        log.error("promotion.failed", experiment=exp["name"], error=str(exc), error_type=type(exc).__name__)
+        try:
+            async with conn.transaction():
+                await self._audit(conn, actor, "promotion_failed", exp["id"], exp["name"], None,
+                                  {"error": f"{type(exc).__name__}: {exc}"[:2000]})
+                await self._notify(conn, "promotion.failed", self._payload(
+                    "promotion.failed", None, actor=actor, experiment_name=exp["name"], priority=exp["priority"],
+                    promotion_id=None, variant=None, reason=f"{type(exc).__name__}: {exc}"[:500]),
+                    effective.config)
+        except (asyncpg.PostgresError, OSError) as second:
+            log.error("promotion.failure_not_recorded", experiment=exp["name"], error=str(second))
+
+    # ------------------------------------------------------------------------------------------ rollback
+    async def rollback_promotion(
+        self,
+        promotion_id: str | uuid.UUID | None,
+        reason: str | None,
+        *,
+        actor: str = "autopromote",
+        trigger: str = "manual",
+        config: EffectiveConfig | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Restore the previous weights and mark the promotion rolled back, in one transaction.
+
+        Raises InvalidRequest (no reason, bad id), PromotionNotFound, or AlreadyRolledBack (nothing changed).
+        """
+        if reason is None or not str(reason).strip():
+            raise InvalidRequest("a non-empty reason is required to roll back", {"field": "reason"})
+        pid = _parse_promotion_id(promotion_id)
+        effective = config or self.config
+        async with self.pool.acquire() as conn, conn.transaction():
+            promo = await conn.fetchrow(Q["promotion_by_id"], pid)
+            if promo is None:
+                raise PromotionNotFound(f"no promotion with id {pid}", {"promotionId": str(pid)})
+            # Same lock order as promote (experiment first), so the two cannot deadlock.
+            exp = await conn.fetchrow(Q["lock_experiment"], promo["experiment_id"])
+            promo = await conn.fetchrow(Q["lock_promotion"], pid)
+            if promo["rollback_at"] is not None:
+                raise AlreadyRolledBack(
+                    f"promotion {pid} was already rolled back at {promo['rollback_at'].isoformat()} "
+                    f"by {promo['rolled_back_by']}: {promo['rollback_reason']}",
+                    {"promotionId": str(pid), "rolledBackAt": promo["rollback_at"].isoformat()},
+                )
+            previous: dict[str, Any] = promo["previous_weights"] or {}
+            for name, weight in previous.items():
+                await conn.execute(Q["restore_weight"], promo["experiment_id"], name, weight)
+            await conn.execute(Q["set_status"], promo["experiment_id"], "rolled_back")
+            rolled_at = await conn.fetchval(Q["mark_rolled_back"], pid, reason, actor)
+            try:
+                cfg = self.experiment_config(effective, exp["config"] if exp else None)
+            except ConfigError:
+                cfg = effective.config
+            await self._audit(conn, actor, "rolled_back", promo["experiment_id"], promo["experiment_name"], pid,
+                              {"reason": reason, "trigger": trigger, "restoredWeights": previous,
+                               "promotedVariant": promo["promoted_variant_name"], **(details or {})})
+            payload = self._payload(
+                "promotion.rolled_back", None, actor=actor, experiment_name=promo["experiment_name"],
+                priority=exp["priority"] if exp else "normal", promotion_id=pid,
+                variant=promo["promoted_variant_name"], reason=reason,
+                confidence=promo["confidence"], improvement=promo["improvement"],
+            )
+            payload["controlVariant"] = promo["control_variant_name"]
+            payload["trigger"] = trigger
+            queued = await self._notify(conn, "promotion.rolled_back", payload, cfg)
+        metrics.ROLLBACKS.labels(trigger).inc()
+        result = {
+            "success": True,
+            "promotionId": str(pid),
+            "experimentName": promo["experiment_name"],
+            "rolledBackVariantName": promo["promoted_variant_name"],
+            "reason": reason,
+            "rolledBackBy": actor,
+            "rolledBackAt": rolled_at.isoformat(),
+            "restoredWeights": previous,
+            "trigger": trigger,
+            "notificationsQueued": queued,
+        }
+        log.info("promotion.rolled_back", experiment=promo["experiment_name"], promotion_id=str(pid),
+                 reason=reason, actor=actor, trigger=trigger)
+        self._committed("promotion.rolled_back", result)
+        return result
+
+    # ------------------------------------------------------------------------------------------ evaluate
+    async def evaluate_experiment(self, experiment_id: int, *, actor: str = "autopromote") -> Evaluation:
+        """The daemon's step: decide on fresh statistics and, when eligible, promote through the engine."""
+        effective = self.config
+        async with self.pool.acquire() as conn:
+            async with conn.transaction():
+                lookback = effective.config.safety_checks.alert_lookback_hours
+                snapshot = await self._snapshot(conn, experiment_id, lookback)
+                if snapshot is None:
+                    return Evaluation(experiment_id, "?", None, "skipped")
+                if snapshot.status != "running":
+                    return Evaluation(experiment_id, snapshot.name, None, "skipped")
+                exp_config = await conn.fetchval("SELECT config FROM ab_experiments WHERE id = $1", experiment_id)
+                if exp_config:
+                    snapshot = await self._snapshot(conn, experiment_id, self._lookback(effective, exp_config))
+                    assert snapshot is not None
+                decision, cfg = self._decide(snapshot, effective, exp_config)
+                previous = await self._record_evaluation(conn, decision)
+            metrics.EVALUATIONS.labels("eligible" if decision.eligible else "not_eligible").inc()
+            for check in decision.safety_checks:
+                if not check.passed:
+                    metrics.SAFETY_CHECK_FAILURES.labels(check.name).inc()
+            log.debug("experiment.evaluated", experiment=snapshot.name, eligible=decision.eligible,
+                      confidence=decision.confidence, reasons=list(decision.reasons))
+            if not decision.eligible or not cfg.enabled:
+                return Evaluation(experiment_id, snapshot.name, decision, "evaluated")
+            if cfg.dry_run:
+                if previous is True:
+                    return Evaluation(experiment_id, snapshot.name, decision, "evaluated")
+                result = await self._promote_locked(conn, experiment_id, effective, actor=actor, dry_run=True,
+                                                    from_daemon=True)
+                return Evaluation(experiment_id, snapshot.name, decision, "dry_run", result)
+            try:
+                result = await self._promote_locked(conn, experiment_id, effective, actor=actor, dry_run=None,
+                                                    from_daemon=True)
+            except AlreadyPromoted:
+                return Evaluation(experiment_id, snapshot.name, decision, "refused")
+            except (asyncpg.PostgresError, StatsInputError) as exc:
+                exp = await conn.fetchrow(Q["experiment_by_id"], experiment_id)
+                if exp is not None:
+                    await self._record_failure(conn, exp, effective, actor, exc)
+                raise
+            return Evaluation(experiment_id, snapshot.name, decision,
+                              "promoted" if result["success"] else "refused", result)
+
+    # ---------------------------------------------------------------------------------------------- scan
+    async def scan_and_promote_winners(
+        self,
+        *,
+        config: EffectiveConfig | None = None,
+        actor: str = "autopromote",
+        dry_run: bool | None = None,
+    ) -> dict[str, Any]:
+        """Evaluate every running experiment; promote the eligible ones (at most maxConcurrentPromotions).
+
+        One experiment's failure is reported in its result and never stops the scan.
+        """
+        effective = config or self.config
+        base_cfg = effective.config
+        dry = base_cfg.dry_run if dry_run is None else dry_run
+        async with self.pool.acquire() as conn:
+            await fold_pending_updates(conn, batch_size=self.settings.fold_batch_size)
+            decisions = await self._decide_all(conn, effective)
+            results: list[dict[str, Any]] = []
+            promoted = 0
+            eligible = 0
+            states: list[tuple[int, bool, dict[str, Any]]] = []
+            for decision in decisions:
+                check = decision.to_check_data()
+                states.append((decision.experiment_id, decision.eligible, check))
+                item: dict[str, Any] = {
+                    "experimentName": decision.experiment_name,
+                    "eligible": decision.eligible,
+                    "confidence": decision.confidence,
+                    "improvement": decision.improvement,
+                    "winningVariant": check["winningVariant"],
+                    "reasons": list(decision.reasons),
+                    "promoted": False,
+                }
+                if "error" in decision.extra:
+                    item["error"] = decision.extra["error"]
+                if decision.eligible:
+                    eligible += 1
+                    limit = base_cfg.max_concurrent_promotions
+                    if not dry and base_cfg.enabled and promoted >= limit:
+                        item["reasons"] = [f"concurrency limit: {limit} promotion(s) already made in this scan"]
+                        item["eligible"] = False
+                    elif base_cfg.enabled or dry:
+                        try:
+                            outcome = await self._promote_locked(conn, decision.experiment_id, effective,
+                                                                 actor=actor, dry_run=dry)
+                        except EngineError as exc:
+                            item["error"] = exc.message
+                        except (asyncpg.PostgresError, StatsInputError) as exc:
+                            item["error"] = f"{type(exc).__name__}: {exc}"
+                            exp = await conn.fetchrow(Q["experiment_by_id"], decision.experiment_id)
+                            if exp is not None:
+                                await self._record_failure(conn, exp, effective, actor, exc)
+                        else:
+                            item["dryRun"] = bool(outcome.get("dryRun"))
+                            if outcome["success"] and not outcome.get("dryRun"):
+                                promoted += 1
+                                item["promoted"] = True
+                                item["promotionId"] = outcome["promotionId"]
+                            elif not outcome["success"]:
+                                item["reasons"] = outcome["reasons"]
+                results.append(item)
+            if states:
+                await conn.execute(Q["upsert_states_bulk"], [s[0] for s in states], [s[1] for s in states],
+                                   [_json_safe(s[2]) for s in states])
+        metrics.SCANS.inc()
+        log.info("scan.completed", scanned=len(results), eligible=eligible, promoted=promoted, dry_run=dry)
+        return {"scanned": len(results), "eligible": eligible, "promoted": promoted, "dryRun": dry,
+                "results": results}
+
+    async def _decide_all(self, conn: asyncpg.Connection, effective: EffectiveConfig) -> list[Decision]:
+        """Decisions for every running experiment, from three bulk reads."""
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            experiments = await conn.fetch(Q["running_experiments"])
+            variant_rows = await conn.fetch(Q["running_variants_with_stats"])
+            alert_rows = await conn.fetch(Q["all_open_critical_alerts"],
+                                          max(effective.config.safety_checks.alert_lookback_hours, 24 * 90) * 3600.0)
+            promo_rows = await conn.fetch(Q["all_active_promotions"])
+            now = await conn.fetchval("SELECT now()")
+        variants: dict[int, list[VariantSnapshot]] = {}
+        for v in variant_rows:
+            variants.setdefault(v["experiment_id"], []).append(VariantSnapshot(
+                name=v["name"], is_control=v["is_control"], weight=v["weight"], exposures=v["exposures"],
+                conversions=v["conversions"], errors=v["errors"], value_sum=v["value_sum"],
+                value_sum_sq=v["value_sum_sq"], latency=_sketch(v["latency_sketch"])))
+        global_alerts = tuple(AlertInfo(a["id"], a["message"], a["created_at"], True)
+                              for a in alert_rows if a["experiment_id"] is None)
+        alerts: dict[int, list[AlertInfo]] = {}
+        for a in alert_rows:
+            if a["experiment_id"] is not None:
+                info = AlertInfo(a["id"], a["message"], a["created_at"], False)
+                alerts.setdefault(a["experiment_id"], []).append(info)
+        active = {p["experiment_id"]: str(p["id"]) for p in promo_rows}
+        in_guard = sum(1 for p in promo_rows if p["in_guard"])
+        decisions: list[Decision] = []
+        for exp in experiments:
+            snapshot = ExperimentSnapshot(
+                id=exp["id"], name=exp["name"], status=exp["status"], started_at=exp["started_at"],
+                metric_type=exp["metric_type"], priority=exp["priority"],
+                variants=tuple(variants.get(exp["id"], ())), now=now,
+                active_promotion_id=active.get(exp["id"]),
+                critical_alerts=tuple(sorted((*alerts.get(exp["id"], ()), *global_alerts),
+                                             key=lambda a: a.created_at, reverse=True)),
+                promotions_in_guard_window=in_guard,
+            )
+            try:
+                decision, _ = self._decide(snapshot, effective, exp["config"])
+            except Exception as exc:
+                why = f"evaluation failed: {type(exc).__name__}: {exc}"
+                decision = failed_decision(snapshot, effective.config, why)
+            decisions.append(decision)
+        return decisions
+
+
+def _sketch(raw: Any) -> LatencySketch:
+    try:
+        return LatencySketch.from_json(raw or None)
+    except StatsInputError:
+        return LatencySketch()
+
+
+def _finite(x: float | None) -> float | None:
+    return x if x is not None and math.isfinite(x) else None
+
