@@ -1,0 +1,194 @@
+"""Benchmark of the statistics core: speed, sequential power cost, and A/A false-positive rates under peeking.
+
+Prints ONE JSON object on stdout and asserts nothing. `--quick` runs a seconds-long smoke version with
+small simulation sizes (its numbers are noisy; use the full run for reporting).
+
+    .venv/bin/python bench/bench_stats.py [--quick] [--seed N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy
+from scipy import stats as sps
+
+# Runnable as a script from anywhere: make the repository importable without installing it.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from worker.stats import VariantStats, analyze_experiment, analyze_many
+from worker.stats.models import Method
+
+ALPHA = 0.05
+N_STAR = 5000.0
+METHODS: tuple[Method, ...] = ("sequential", "fixed")
+
+
+def percentile_us(samples_ns: list[int], q: float) -> float:
+    return float(np.percentile(np.asarray(samples_ns, dtype=np.float64), q)) / 1000.0
+
+
+def bench_scalar(iterations: int) -> dict[str, Any]:
+    """Wall time of one 2-variant analyze_experiment call (conversion metric, realistic counts)."""
+    variants = [VariantStats("control", True, 10_000, 1_000), VariantStats("b", False, 10_050, 1_090)]
+    out: dict[str, Any] = {"iterations": iterations}
+    for method in METHODS:
+        for _ in range(min(1000, iterations)):  # warm caches and scipy's ufunc dispatch
+            analyze_experiment(variants, method=method)
+        samples: list[int] = []
+        gc.disable()
+        try:
+            for _ in range(iterations):
+                t0 = time.perf_counter_ns()
+                analyze_experiment(variants, method=method)
+                samples.append(time.perf_counter_ns() - t0)
+        finally:
+            gc.enable()
+        out[method] = {
+            "median_us": round(percentile_us(samples, 50), 2),
+            "p99_us": round(percentile_us(samples, 99), 2),
+        }
+    return out
+
+
+def bench_vectorised(repeats: int, seed: int) -> dict[str, Any]:
+    """Wall time of analyze_many on 10,000 experiments x 3 variants."""
+    rng = np.random.default_rng(seed)
+    n = rng.integers(1_000, 200_000, size=(10_000, 3))
+    c = rng.binomial(n, 0.1)
+    out: dict[str, Any] = {"experiments": 10_000, "variants": 3, "repeats": repeats}
+    for method in METHODS:
+        analyze_many(n, c, method=method)
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            analyze_many(n, c, method=method)
+            times.append(time.perf_counter() - t0)
+        out[method] = {"median_ms": round(1000 * float(np.median(times)), 2), "max_ms": round(1000 * max(times), 2)}
+    return out
+
+
+def fixed_sample_size(p_a: float, p_b: float, power: float, alpha: float) -> dict[str, float]:
+    """Per-arm n for a two-sided fixed-horizon test at `power`: textbook and relative-scale versions."""
+    z = float(sps.norm.ppf(1 - alpha / 2) + sps.norm.ppf(power))
+    var_a, var_b = p_a * (1 - p_a), p_b * (1 - p_b)
+    lift = (p_b - p_a) / p_a
+    # Delta-method variance of the relative lift, times n: the test analyze_experiment actually runs. It
+    # needs ~10% more users than the textbook two-proportion z-test because r**2 inflates the control term.
+    rel_var = (var_b + var_a * (p_b / p_a) ** 2) / p_a**2
+    return {
+        "two_proportion_z": z * z * (var_a + var_b) / (p_b - p_a) ** 2,
+        "relative_delta_method": z * z * rel_var / lift**2,
+    }
+
+
+def bench_power(sims: int, seed: int) -> dict[str, Any]:
+    """True +10% relative lift at a 10% baseline: when does the sequential test first find the winner?"""
+    p_a, p_b, step = 0.10, 0.11, 500
+    n_fixed = fixed_sample_size(p_a, p_b, 0.8, ALPHA)
+    n_z, n_rel = n_fixed["two_proportion_z"], n_fixed["relative_delta_method"]
+    max_looks = int(np.ceil(5 * n_rel / step))
+    rng = np.random.default_rng(seed)
+    conv = np.cumsum(rng.binomial(step, [p_a, p_b], size=(max_looks, sims, 2)), axis=0)
+    first = np.full(sims, np.inf)
+    fixed_power = 0.0
+    # The first look at or beyond the relative-scale horizon, where the fixed test's power is read off.
+    horizon_look = int(np.ceil(n_rel / step)) - 1
+    for look in range(max_looks):
+        exposures = np.full((sims, 2), step * (look + 1))
+        res = analyze_many(exposures, conv[look], method="sequential", alpha=ALPHA, n_star=N_STAR)
+        hit = res.better[:, 0] & np.isinf(first)
+        first[hit] = step * (look + 1)
+        if look == horizon_look:
+            fixed = analyze_many(exposures, conv[look], method="fixed", alpha=ALPHA)
+            fixed_power = float(fixed.better[:, 0].mean())
+    found = np.isfinite(first)
+    median = float(np.median(first)) if found.mean() > 0.5 else None
+    return {
+        "baseline_rate": p_a,
+        "true_relative_lift": round((p_b - p_a) / p_a, 6),
+        "look_every_per_arm": step,
+        "n_star": N_STAR,
+        "simulations": sims,
+        "fixed_n_per_arm_80pct_power": round(n_z, 1),
+        "fixed_n_per_arm_80pct_power_relative_test": round(n_rel, 1),
+        "fixed_power_observed_at_relative_test_n": round(fixed_power, 4),
+        "fixed_power_observed_at_n": step * (horizon_look + 1),
+        "sequential_median_n_per_arm_to_winner": median,
+        "sequential_found_winner_fraction": round(float(found.mean()), 4),
+        "sequential_found_by_relative_test_n_fraction": round(float((first <= step * (horizon_look + 1)).mean()), 4),
+        "ratio_sequential_median_to_fixed_n": None if median is None else round(median / n_z, 4),
+        "ratio_sequential_median_to_fixed_n_relative_test": None if median is None else round(median / n_rel, 4),
+        "max_n_per_arm_simulated": step * max_looks,
+    }
+
+
+def bench_aa(sims: int, seed: int) -> dict[str, Any]:
+    """A/A false-positive rates (ever significant) with 10, 50 and 200 equally spaced looks to one horizon."""
+    horizon, looks_max = 20_000, 200
+    step = horizon // looks_max
+    rng = np.random.default_rng(seed)
+    conv = np.cumsum(rng.binomial(step, 0.1, size=(looks_max, sims, 2)), axis=0)
+    sig = {m: np.zeros((looks_max, sims), dtype=bool) for m in METHODS}
+    for look in range(looks_max):
+        exposures = np.full((sims, 2), step * (look + 1))
+        for m in METHODS:
+            sig[m][look] = analyze_many(exposures, conv[look], method=m, alpha=ALPHA, n_star=N_STAR).significant[:, 0]
+    out: dict[str, Any] = {"alpha": ALPHA, "simulations": sims, "horizon_per_arm": horizon, "baseline_rate": 0.1}
+    for looks in (10, 50, 200):
+        # Nested grids: 10 looks use every 20th of the 200 batches, so all three see the same data.
+        idx = np.arange(looks_max // looks - 1, looks_max, looks_max // looks)
+        out[f"looks_{looks}"] = {m: round(float(sig[m][idx].any(axis=0).mean()), 4) for m in METHODS}
+    return out
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or None,
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("--quick", action="store_true", help="seconds-long smoke run with small sizes")
+    ap.add_argument("--seed", type=int, default=20240611)
+    args = ap.parse_args(argv)
+    quick: bool = args.quick
+    t0 = time.perf_counter()
+    result = {
+        "benchmark": "bench_stats",
+        "quick": quick,
+        "machine": machine(),
+        "analyze_experiment_2_variants": bench_scalar(500 if quick else 20_000),
+        "analyze_many_10000x3": bench_vectorised(2 if quick else 15, args.seed),
+        "power": bench_power(100 if quick else 2_000, args.seed + 1),
+        "aa_false_positive_rate": bench_aa(200 if quick else 4_000, args.seed + 2),
+    }
+    result["targets"] = {
+        "analyze_experiment_median_us_max": 50,
+        "analyze_many_ms_max": 200,
+        "power_ratio_max": 1.5,
+    }
+    result["elapsed_s"] = round(time.perf_counter() - t0, 2)
+    json.dump(result, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
+if __name__ == "__main__":
+    main()
