@@ -1,0 +1,191 @@
+"""CLI commands over the engine: check, promote, scan, rollback. Tables by default; --json prints the API's data."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from worker.cli import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, CliError, _config, _run_async, _settings, register
+from worker.config import PRESET_NAMES, EffectiveConfig, Settings
+
+
+@asynccontextmanager
+async def open_engine(settings: Settings, config: EffectiveConfig) -> AsyncIterator[Any]:
+    """An Engine on DATABASE_URL (or a migrated embedded server when it is unset)."""
+    from worker.db.connect import connect, create_pool, resolve_database
+    from worker.db.migrate import migrate, pending_migrations
+    from worker.engine import Engine
+
+    async with resolve_database(settings.database_url) as db:
+        conn = await connect(db.url)
+        try:
+            if db.embedded is not None:
+                print("note: DATABASE_URL is not set; using a throw-away embedded database", file=sys.stderr)
+                await migrate(conn)
+            elif await pending_migrations(conn):
+                raise CliError("the database schema is not up to date; run `autopromote migrate` first", EXIT_USAGE)
+        finally:
+            await conn.close()
+        pool = await create_pool(db.url, min_size=1, max_size=4)
+        try:
+            yield Engine(pool, settings, config)
+        finally:
+            await pool.close()
+
+
+def _engine_command(
+    args: argparse.Namespace,
+    action: Callable[[Any], Awaitable[dict[str, Any]]],
+    render: Callable[[dict[str, Any]], None],
+    ok: Callable[[dict[str, Any]], bool],
+) -> int:
+    from worker.engine import EngineError
+
+    settings = _settings()
+    overrides: dict[str, Any] = {}
+    if getattr(args, "dry_run", False):
+        overrides["dryRun"] = True
+    config = _config(args.preset, overrides)
+
+    async def go() -> int:
+        async with open_engine(settings, config) as engine:
+            try:
+                data = await action(engine)
+            except EngineError as exc:
+                code = EXIT_USAGE if exc.status in (400, 404) else EXIT_REFUSED
+                raise CliError(exc.message, code) from None
+        if args.json:
+            print(json.dumps(data, indent=2, default=str))
+        else:
+            render(data)
+        return EXIT_OK if ok(data) else EXIT_REFUSED
+
+    return _run_async(go)
+
+
+def _table(rows: list[list[str]], headers: list[str]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=False)]
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
+    out = [line, "  ".join("-" * w for w in widths)]
+    out += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join(out)
+
+
+def _render_check(data: dict[str, Any]) -> None:
+    verdict = "ELIGIBLE" if data["eligible"] else "not eligible"
+    print(f"{data['experimentName']}: {verdict}  (method {data.get('method')}, "
+          f"confidence {data['confidence']:.2f}%, improvement {data['improvement']:+.2f}%)")
+    winner = data.get("winningVariant")
+    if winner:
+        print(f"winner: {winner['variantName']}  rate {winner['successRate']:.4f}  n={winner['sampleSize']:,}")
+    variants = data.get("variants") or []
+    if variants:
+        rows = [[v["name"] + (" (control)" if v["isControl"] else ""), f"{v['exposures']:,}", f"{v['rate']:.4f}",
+                 "-" if v.get("lift") is None else f"{100 * v['lift']:+.2f}%",
+                 "-" if v.get("confidence") is None else f"{v['confidence']:.2f}%",
+                 "-" if v.get("errorRate") is None else f"{100 * v['errorRate']:.2f}%",
+                 "-" if v.get("p95LatencyMs") is None else f"{v['p95LatencyMs']:.1f} ms"] for v in variants]
+        print(_table(rows, ["variant", "exposures", "rate", "lift", "confidence", "errors", "p95"]))
+    print("safety checks:")
+    for c in data.get("safetyChecks", []):
+        mark = "pass" if c["passed"] else "FAIL"
+        print(f"  [{mark}] {c['name']} ({c['severity']}): {c['message']}")
+    if data.get("reasons"):
+        print("why not:")
+        for r in data["reasons"]:
+            print(f"  - {r}")
+
+
+def _render_promote(data: dict[str, Any]) -> None:
+    if data.get("dryRun"):
+        verdict = "would promote" if data["success"] else "would not promote"
+        print(f"dry run: {data['experimentName']} {verdict}"
+              + (f" {data['promotedVariantName']}" if data.get("promotedVariantName") else ""))
+    elif data["success"]:
+        print(f"promoted {data['promotedVariantName']} of {data['experimentName']} "
+              f"(confidence {data['confidence']:.2f}%, improvement {data['improvement']:+.2f}%)")
+        print(f"promotion id: {data['promotionId']}  notifications queued: {data['notificationsQueued']}")
+    else:
+        print(f"not promoted: {data['experimentName']}")
+    for r in data.get("reasons") or []:
+        print(f"  - {r}")
+
+
+def _render_scan(data: dict[str, Any]) -> None:
+    print(f"scanned {data['scanned']}, eligible {data['eligible']}, promoted {data['promoted']}"
+          + (" (dry run)" if data.get("dryRun") else ""))
+    rows = []
+    for r in data["results"]:
+        status = "promoted" if r.get("promoted") else ("eligible" if r["eligible"] else "blocked")
+        why = r.get("error") or ("; ".join(r["reasons"]) if r["reasons"] else "")
+        rows.append([r["experimentName"], status, f"{r['confidence']:.2f}%", f"{r['improvement']:+.2f}%", why[:100]])
+    if rows:
+        print(_table(rows, ["experiment", "decision", "confidence", "improvement", "reason"]))
+
+
+def _render_rollback(data: dict[str, Any]) -> None:
+    print(f"rolled back {data['rolledBackVariantName']} of {data['experimentName']} ({data['promotionId']})")
+    print(f"restored weights: {json.dumps(data['restoredWeights'])}  notifications queued: {data['notificationsQueued']}")
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    return _engine_command(args, lambda e: e.check_promotion_eligibility(args.name), _render_check,
+                           lambda d: bool(d["eligible"]))
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    return _engine_command(
+        args, lambda e: e.promote_winner(args.name, actor=args.actor, dry_run=True if args.dry_run else None),
+        _render_promote, lambda d: bool(d["success"]))
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    return _engine_command(
+        args, lambda e: e.scan_and_promote_winners(actor=args.actor, dry_run=True if args.dry_run else None),
+        _render_scan, lambda d: True)
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    if not args.reason or not args.reason.strip():
+        raise CliError("--reason must not be empty: say why you roll back", EXIT_USAGE)
+    return _engine_command(args, lambda e: e.rollback_promotion(args.promotion_id, args.reason, actor=args.actor),
+                           _render_rollback, lambda d: bool(d["success"]))
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", choices=PRESET_NAMES, help="preset to start from (default: AUTO_PROMOTION_PRESET)")
+    p.add_argument("--json", action="store_true", help="print exactly the API's data object")
+
+
+def _register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("check", help="is an experiment eligible for promotion, and if not, why")
+    p.add_argument("name", help="experiment name")
+    _common(p)
+    p.set_defaults(handler=cmd_check)
+
+    p = sub.add_parser("promote", help="promote an experiment's winner (one transaction, all checks on locked state)")
+    p.add_argument("name", help="experiment name")
+    p.add_argument("--dry-run", action="store_true", help="decide and audit, change nothing")
+    p.add_argument("--actor", default="cli", help="who acts, recorded in the audit log (default: cli)")
+    _common(p)
+    p.set_defaults(handler=cmd_promote)
+
+    p = sub.add_parser("scan", help="evaluate every running experiment and promote the eligible ones")
+    p.add_argument("--dry-run", action="store_true", help="decide and audit, change nothing")
+    p.add_argument("--actor", default="cli", help="who acts, recorded in the audit log (default: cli)")
+    _common(p)
+    p.set_defaults(handler=cmd_scan)
+
+    p = sub.add_parser("rollback", help="roll a promotion back and restore the previous weights")
+    p.add_argument("promotion_id", metavar="PROMOTION_ID")
+    p.add_argument("--reason", required=True, help="why (required, recorded and sent in notifications)")
+    p.add_argument("--actor", default="cli", help="who acts, recorded in the audit log (default: cli)")
+    _common(p)
+    p.set_defaults(handler=cmd_rollback)
+
+
+register(_register)
