@@ -129,7 +129,8 @@ def _render_scan(data: dict[str, Any]) -> None:
 
 def _render_rollback(data: dict[str, Any]) -> None:
     print(f"rolled back {data['rolledBackVariantName']} of {data['experimentName']} ({data['promotionId']})")
-    print(f"restored weights: {json.dumps(data['restoredWeights'])}  notifications queued: {data['notificationsQueued']}")
+    print(f"restored weights: {json.dumps(data['restoredWeights'])}")
+    print(f"notifications queued: {data['notificationsQueued']}")
 
 
 def cmd_check(args: argparse.Namespace) -> int:
