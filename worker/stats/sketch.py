@@ -37,7 +37,8 @@ def bucket_key(x: float) -> int:
     """Return the bucket key ceil(ln(x)/ln(GAMMA)) of one positive value, as SQL computes it.
 
     x must be finite and > 0 (zeros live in the separate "z" bucket). Uses numpy's log so a single value
-    lands in the same bucket as it would in from_values.
+    lands in the same bucket as it would in from_values. SQL must use float8 and GAMMA = 1.01/0.99; a value
+    within one ulp of a bucket boundary may still land one bucket apart there (a 2% error at worst).
     """
     if not (math.isfinite(x) and x > 0.0):
         raise StatsInputError(f"bucket_key needs a finite value > 0, got {x!r}")
