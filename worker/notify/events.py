@@ -1,0 +1,246 @@
+"""Notification events and the facts every channel tells about one: pure, tolerant of missing payload keys."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+EVENTS: tuple[str, ...] = (
+    "promotion.promoted",
+    "promotion.rolled_back",
+    "guard.breached",
+    "promotion.failed",
+    "promotion.eligible",
+)
+# What the environment defaults (and a notification_configs row by default) subscribe to; eligible is opt-in.
+DEFAULT_EVENTS: tuple[str, ...] = EVENTS[:4]
+PRIORITIES: tuple[str, ...] = ("normal", "high", "critical")
+
+_TITLES = {
+    "promotion.promoted": "Promoted",
+    "promotion.rolled_back": "Rolled back",
+    "guard.breached": "Guard breached",
+    "promotion.failed": "Promotion failed",
+    "promotion.eligible": "Eligible for promotion (dry run)",
+}
+
+
+def priority_rank(priority: str) -> int:
+    """0 for normal, 1 for high, 2 for critical; an unknown value counts as normal."""
+    return PRIORITIES.index(priority) if priority in PRIORITIES else 0
+
+
+def normalize_priority(value: object) -> str:
+    return value if isinstance(value, str) and value in PRIORITIES else "normal"
+
+
+@dataclass(frozen=True, slots=True)
+class SafetyCheckFact:
+    name: str
+    passed: bool
+    message: str
+    severity: str
+
+    @property
+    def verdict(self) -> str:
+        """pass, warn (failed but only a warning) or FAIL."""
+        if self.passed:
+            return "pass"
+        return "warn" if self.severity in ("warning", "info") else "FAIL"
+
+
+@dataclass(frozen=True, slots=True)
+class VariantFact:
+    name: str
+    is_control: bool
+    exposures: float | None
+    conversions: float | None
+    rate: float | None
+    errors: float | None
+    error_rate: float | None
+    p95_latency_ms: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class EventFacts:
+    """What a message says about one event, read from the engine's payload."""
+
+    event: str
+    experiment: str
+    priority: str
+    promotion_id: str | None
+    occurred_at: str | None
+    actor: str
+    variant: str | None
+    control_variant: str | None
+    confidence: float | None
+    improvement: float | None
+    method: str | None
+    reason: str | None
+    dry_run: bool
+    safety_checks: tuple[SafetyCheckFact, ...]
+    variants: tuple[VariantFact, ...]
+    dashboard_url: str | None
+
+    @classmethod
+    def from_payload(cls, event: str, payload: Mapping[str, Any], *, public_url: str | None) -> EventFacts:
+        """Facts from a payload; missing or malformed keys become None or empty rather than errors."""
+        experiment = _text(payload.get("experimentName")) or "(unknown experiment)"
+        checks = tuple(
+            SafetyCheckFact(
+                name=_text(c.get("name")) or "check",
+                passed=bool(c.get("passed")),
+                message=_text(c.get("message")) or "",
+                severity=_text(c.get("severity")) or "error",
+            )
+            for c in _dicts(payload.get("safetyChecks"))
+        )
+        variants = tuple(
+            VariantFact(
+                name=_text(v.get("name")) or "?",
+                is_control=bool(v.get("isControl")),
+                exposures=_number(v.get("exposures")),
+                conversions=_number(v.get("conversions")),
+                rate=_number(v.get("rate")),
+                errors=_number(v.get("errors")),
+                error_rate=_number(v.get("errorRate")),
+                p95_latency_ms=_number(v.get("p95LatencyMs")),
+            )
+            for v in _dicts(payload.get("variants"))
+        )
+        dashboard = None
+        if public_url and _text(payload.get("experimentName")):
+            dashboard = f"{public_url.rstrip('/')}/experiments/{quote(experiment, safe='')}"
+        return cls(
+            event=event,
+            experiment=experiment,
+            priority=normalize_priority(payload.get("priority")),
+            promotion_id=_text(payload.get("promotionId")),
+            occurred_at=_text(payload.get("occurredAt")),
+            actor=_text(payload.get("actor")) or "autopromote",
+            variant=_text(payload.get("variant")),
+            control_variant=_text(payload.get("controlVariant")),
+            confidence=_number(payload.get("confidence")),
+            improvement=_number(payload.get("improvement")),
+            method=_text(payload.get("method")),
+            reason=_text(payload.get("reason")),
+            dry_run=bool(payload.get("dryRun")),
+            safety_checks=checks,
+            variants=variants,
+            dashboard_url=dashboard,
+        )
+
+    @property
+    def title(self) -> str:
+        return _TITLES.get(self.event, self.event)
+
+    @property
+    def headline(self) -> str:
+        """One sentence: what happened to which variant of which experiment."""
+        variant = self.variant or "the variant"
+        control = f" over {self.control_variant}" if self.control_variant else ""
+        match self.event:
+            case "promotion.promoted":
+                return f"{self.experiment}: promoted {variant}{control}"
+            case "promotion.rolled_back":
+                return f"{self.experiment}: rolled back the promotion of {variant}"
+            case "guard.breached":
+                return f"{self.experiment}: post-promotion guard breached for {variant}"
+            case "promotion.failed":
+                return f"{self.experiment}: promoting {variant} failed"
+            case "promotion.eligible":
+                return f"{self.experiment}: {variant} is eligible for promotion{control} (dry run, nothing changed)"
+        return f"{self.experiment}: {self.event}"
+
+    @property
+    def variant_label(self) -> str:
+        return "Winning variant" if self.event in ("promotion.promoted", "promotion.eligible") else "Promoted variant"
+
+    def fact_rows(self) -> list[tuple[str, str]]:
+        """The labelled facts every channel shows, in order."""
+        variant = self.variant or "n/a"
+        if self.control_variant:
+            variant = f"{variant} (control: {self.control_variant})"
+        rows = [
+            ("Experiment", self.experiment),
+            (self.variant_label, variant),
+            ("Confidence", format_percent(self.confidence)),
+            ("Improvement", format_percent(self.improvement, signed=True)),
+            ("Method", self.method or "n/a"),
+            ("Priority", self.priority),
+            ("Acted by", self.actor),
+        ]
+        if self.occurred_at:
+            rows.append(("When", self.occurred_at))
+        if self.promotion_id:
+            rows.append(("Promotion", self.promotion_id))
+        return rows
+
+    def variant_table(self) -> list[list[str]]:
+        """Per-variant statistics as rows of cells, header first (empty when the payload has none)."""
+        if not self.variants:
+            return []
+        table = [["variant", "exposures", "conversions", "rate", "errors", "error rate", "p95 ms"]]
+        for v in self.variants:
+            table.append([
+                f"{v.name} (control)" if v.is_control else v.name,
+                format_count(v.exposures),
+                format_count(v.conversions),
+                format_ratio(v.rate),
+                format_count(v.errors),
+                format_ratio(v.error_rate),
+                "n/a" if v.p95_latency_ms is None else f"{v.p95_latency_ms:.1f}",
+            ])
+        return table
+
+
+def format_percent(value: float | None, *, signed: bool = False) -> str:
+    """A value already in percent (97.3 -> '97.30%')."""
+    if value is None:
+        return "n/a"
+    return f"{value:+.2f}%" if signed else f"{value:.2f}%"
+
+
+def format_ratio(value: float | None) -> str:
+    """A fraction as percent (0.0123 -> '1.23%')."""
+    return "n/a" if value is None else f"{value * 100:.2f}%"
+
+
+def format_count(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    return f"{int(value):,}" if float(value).is_integer() else f"{value:,.2f}"
+
+
+def text_table(rows: Sequence[Sequence[str]]) -> str:
+    """Left-aligned monospace columns."""
+    if not rows:
+        return ""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)
+
+
+def _text(value: object) -> str | None:
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _dicts(value: object) -> list[Mapping[str, Any]]:
+    if not isinstance(value, list | tuple):
+        return []
+    return [item for item in value if isinstance(item, Mapping)]

@@ -1,0 +1,184 @@
+"""The notification outbox: enqueue inside the caller's transaction, and the claim and bookkeeping the
+dispatcher does around each attempt. The SQL lives in queries.sql."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import structlog
+
+from worker.config import AutoPromotionConfig, Settings
+from worker.notify.delivery import AttemptResult, OutboxRow
+from worker.notify.events import EVENTS, normalize_priority
+from worker.notify.routing import ConfigRow, plan_routes
+
+log = structlog.get_logger("worker.notify")
+
+_NAME_RE = re.compile(r"^--\s*name:\s*([a-z_]+)\s*$", re.MULTILINE)
+
+
+def load_queries(path: Path) -> dict[str, str]:
+    """Queries by name from a file of ``-- name: <name>`` sections."""
+    text = path.read_text(encoding="utf-8")
+    matches = list(_NAME_RE.finditer(text))
+    queries: dict[str, str] = {}
+    for i, match in enumerate(matches):
+        end = matches[i + 1].start() if i + 1 < len(matches) else len(text)
+        body = "\n".join(line for line in text[match.end():end].splitlines() if not line.startswith("--")).strip()
+        queries[match.group(1)] = body.rstrip(";")
+    return queries
+
+
+Q = load_queries(Path(__file__).with_name("queries.sql"))
+
+
+async def enqueue_notifications(
+    conn: asyncpg.Connection,
+    *,
+    event: str,
+    payload: dict[str, Any],
+    config: AutoPromotionConfig,
+    settings: Settings,
+) -> int:
+    """Route ``event`` to every matching target and write one outbox row per target, on ``conn`` (the caller's
+    transaction). Returns the number of rows written (the promote result's notificationsQueued).
+
+    Nothing is sent here: a slow or dead channel cannot delay or fail the caller. Rows hold a redacted label and
+    a reference to where the secret lives, never the secret. ValueError for an unknown event.
+    """
+    if event not in EVENTS:
+        raise ValueError(f"unknown notification event {event!r}; expected one of {', '.join(EVENTS)}")
+    if not config.notifications.enabled:
+        return 0
+    priority = normalize_priority(payload.get("priority"))
+    experiment = payload.get("experimentName")
+    experiment_name = str(experiment) if experiment is not None else None
+    promotion_id = _uuid_or_none(payload.get("promotionId"))
+    rows = [
+        ConfigRow(r["id"], r["name"], r["channel"], r["target"], tuple(r["events"]), r["min_priority"])
+        for r in await conn.fetch(Q["routable_configs"], event)
+    ]
+    breached: list[str] = []
+    if event == "promotion.rolled_back" and promotion_id is not None:
+        breached = [r["target_ref"] for r in await conn.fetch(Q["breach_triggered_refs"], promotion_id)]
+    routes, unroutable = plan_routes(
+        event, priority, config=config, settings=settings, rows=rows, breach_triggered_refs=breached
+    )
+    for u in unroutable:
+        log.warning("notification.unroutable", channel=u.channel, target=u.target_label, reason=u.reason,
+                    notification_event=event, experiment=experiment_name)
+    if not routes:
+        return 0
+    body = json.dumps(payload, default=str, separators=(",", ":"))
+    await conn.executemany(
+        Q["insert_outbox"],
+        [
+            (event, r.channel, r.config_id, r.target_ref, r.target_label, experiment_name, promotion_id, priority,
+             body, r.action, config.notifications.include_detailed_metrics)
+            for r in routes
+        ],
+    )
+    log.info("notification.queued", notification_event=event, experiment=experiment_name, rows=len(routes),
+             targets=[r.target_label for r in routes])
+    return len(routes)
+
+
+async def claim_due(
+    conn: asyncpg.Connection, *, limit: int, per_target: int, lease_base: float, rate: float
+) -> list[OutboxRow]:
+    """Lease due rows (one statement, its own short transaction); see queries.sql ``claim_due``."""
+    records = await conn.fetch(Q["claim_due"], limit, per_target, lease_base, rate)
+    rows = [
+        OutboxRow(
+            id=r["id"],
+            event=r["event"],
+            channel=r["channel"],
+            config_id=r["config_id"],
+            target_ref=r["target_ref"],
+            target_label=r["target_label"],
+            experiment_name=r["experiment_name"],
+            promotion_id=r["promotion_id"],
+            priority=r["priority"],
+            payload=_payload(r["payload"]),
+            action=r["action"],
+            detailed=r["detailed"],
+            attempts=r["attempts"],
+            lease_seconds=r["lease_seconds"],
+        )
+        for r in records
+    ]
+    rows.sort(key=lambda row: row.id)
+    return rows
+
+
+async def fetch_configs(conn: asyncpg.Connection, ids: Sequence[int]) -> dict[int, asyncpg.Record]:
+    """The secret-bearing config rows for a batch, read at send time."""
+    if not ids:
+        return {}
+    return {r["id"]: r for r in await conn.fetch(Q["configs_by_id"], list(ids))}
+
+
+async def record_attempt(
+    conn: asyncpg.Connection,
+    row: OutboxRow,
+    *,
+    outcome: str,
+    result: AttemptResult,
+    retry_in: float,
+    duration_ms: float,
+) -> bool:
+    """Log the attempt and move the row (sent, retry in ``retry_in`` s, or dead) in one transaction.
+
+    Returns False when the row had moved on without us (another worker claimed it after our lease ran out);
+    the attempt is logged either way.
+    """
+    async with conn.transaction():
+        if outcome == "sent":
+            moved = await conn.fetchval(Q["mark_sent"], row.id)
+        elif outcome == "retry":
+            moved = await conn.fetchval(Q["mark_retry"], row.id, row.attempts, retry_in, result.error)
+        else:
+            moved = await conn.fetchval(Q["mark_dead"], row.id, row.attempts, result.error)
+        await conn.execute(
+            Q["insert_log"], row.id, row.channel, row.target_label, row.event, outcome, row.attempts,
+            result.http_status, result.smtp_reply, result.error, duration_ms,
+        )
+    return moved is not None
+
+
+async def release(conn: asyncpg.Connection, row: OutboxRow, *, retry_in: float) -> bool:
+    """Give a claimed, unattempted row back (its attempt uncounted), due in ``retry_in`` seconds."""
+    return await conn.fetchval(Q["release"], row.id, row.attempts, retry_in) is not None
+
+
+async def next_due_in(conn: asyncpg.Connection) -> float | None:
+    """Seconds until the next claimable row is due (negative: overdue), None when nothing is pending."""
+    value = await conn.fetchval(Q["next_due_in"])
+    return None if value is None else float(value)
+
+
+async def requeue_dead(conn: asyncpg.Connection, outbox_ids: Sequence[int] | None = None) -> int:
+    """Give dead-lettered rows (all, or ``outbox_ids``) a fresh set of attempts; returns how many."""
+    ids = None if outbox_ids is None else list(outbox_ids)
+    return len(await conn.fetch(Q["requeue_dead"], ids))
+
+
+def _uuid_or_none(value: object) -> str | None:
+    if value is None:
+        return None
+    try:
+        return str(uuid.UUID(str(value)))
+    except ValueError:
+        log.warning("notification.bad_promotion_id", promotion_id=str(value))
+        return None
+
+
+def _payload(text: str) -> Mapping[str, Any]:
+    value = json.loads(text)
+    return value if isinstance(value, dict) else {}
