@@ -142,6 +142,30 @@ def cmd_config_validate(args: argparse.Namespace) -> int:
     return EXIT_OK if not errors else EXIT_REFUSED
 
 
+def settings_reference_markdown() -> str:
+    """The configuration reference table of the README, generated from the config models."""
+    from worker.config import all_settings
+
+    lines = ["| Setting | Environment variable | Default | What it does |", "|---|---|---|---|"]
+    for info in all_settings():
+        default = info.default
+        if isinstance(default, tuple):
+            shown = ",".join(str(x) for x in default) if default else "(empty)"
+        elif default is None:
+            shown = "(unset)"
+        elif isinstance(default, bool):
+            shown = str(default).lower()
+        else:
+            shown = str(default)
+        lines.append(f"| `{info.path}` | `{info.env}` | `{shown}` | {info.description} |")
+    return "\n".join(lines)
+
+
+def cmd_config_reference(args: argparse.Namespace) -> int:
+    print(settings_reference_markdown())
+    return EXIT_OK
+
+
 # ---------------------------------------------------------------------------------------------------- main
 Handler = Callable[[argparse.Namespace], int]
 _EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = []
@@ -169,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=PRESET_NAMES)
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_config_validate)
+    p = cfg_sub.add_parser("reference", help="print every setting, its default and variable as a Markdown table")
+    p.set_defaults(handler=cmd_config_reference)
 
     for register in _EXTRA_COMMANDS:
         register(sub)

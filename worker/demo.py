@@ -1,0 +1,325 @@
+"""`autopromote demo`: every path of the product, live, on an embedded PostgreSQL.
+
+Seven experiments, a traffic simulator that records metrics through ab_record_metrics in real time (traffic
+follows the current weights, as a real assignment service would), the worker itself, and a local sink that
+prints each notification as it is delivered.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+import anyio
+import asyncpg
+from aiohttp import web
+
+TICK_SECONDS = 0.25
+
+
+@dataclass(frozen=True, slots=True)
+class Arm:
+    name: str
+    rate: float  # conversion rate
+    error_rate: float = 0.005
+    latency_ms: float = 120.0  # median latency (log-normal)
+    weight: float = 1.0
+    traffic_share: float | None = None  # actual share of traffic when it differs from the weight (SRM)
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    name: str
+    story: str  # what the demo shows with it
+    arms: tuple[Arm, ...]
+    expected: str
+    post_promotion_error_rate: float | None = None  # the guard scenario: errors jump after promotion
+    manual_rollback_after: float | None = None  # seconds after promotion
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+SCENARIOS: tuple[Scenario, ...] = (
+    Scenario("homepage-cta", "a clear winner", (Arm("control", 0.10), Arm("variant-b", 0.135)), "promoted"),
+    Scenario("button-color-aa", "an A/A test: identical arms",
+             (Arm("control", 0.10), Arm("variant-b", 0.10)), "never promoted"),
+    Scenario("search-ranking", "a winner with too many errors",
+             (Arm("control", 0.10), Arm("variant-b", 0.14, error_rate=0.08)), "blocked by Error Rate Check"),
+    Scenario("signup-flow", "a sample-ratio mismatch (50/50 weights, 60/40 traffic)",
+             (Arm("control", 0.10, traffic_share=0.6), Arm("variant-b", 0.14, traffic_share=0.4)),
+             "blocked by Traffic Balance Check"),
+    Scenario("legacy-checkout", "a winner excluded by configuration (excludedExperiments: legacy-*)",
+             (Arm("control", 0.10), Arm("variant-b", 0.14)), "excluded"),
+    Scenario("checkout-flow", "promoted, then its error rate jumps: the guard rolls it back",
+             (Arm("control", 0.10), Arm("variant-b", 0.14)), "rolled back by the guard",
+             post_promotion_error_rate=0.15),
+    Scenario("pricing-banner", "promoted, then rolled back by hand with ab_request_rollback",
+             (Arm("control", 0.10), Arm("variant-b", 0.14)), "rolled back by hand",
+             manual_rollback_after=4.0),
+)
+
+DEMO_CONFIG_ENV = {
+    # The demo compresses days into a minute: experiments "started" two days ago, the guard watches for an
+    # hour and acts after a few hundred exposures, and the reconciliation scan runs every 5 seconds.
+    "AUTO_PROMOTION_EXCLUDED": "legacy-*",
+    "AUTO_PROMOTION_GUARD_HOURS": "1",
+    "AUTO_PROMOTION_GUARD_MIN_SAMPLES": "300",
+    "AUTO_PROMOTION_SCAN_INTERVAL": "5",
+    "AUTO_PROMOTION_POLL_INTERVAL": "1",
+    "AUTO_PROMOTION_API_AUTH": "disabled",
+    "AUTO_PROMOTION_NOTIFY_RATE": "20",
+    "AUTO_PROMOTION_NOTIFY_BACKOFF": "0.2",
+}
+
+
+async def create_scenarios(conn: asyncpg.Connection, scenarios: tuple[Scenario, ...] = SCENARIOS) -> None:
+    """Insert the demo experiments (running for two days already) and their variants."""
+    async with conn.transaction():
+        for s in scenarios:
+            exp_id = await conn.fetchval(
+                """INSERT INTO ab_experiments (name, status, started_at, description, config)
+                   VALUES ($1, 'running', now() - interval '2 days', $2, $3) RETURNING id""",
+                s.name, s.story, s.config,
+            )
+            for i, arm in enumerate(s.arms):
+                await conn.execute(
+                    "INSERT INTO ab_variants (experiment_id, name, is_control, traffic_weight) VALUES ($1, $2, $3, $4)",
+                    exp_id, arm.name, i == 0, arm.weight,
+                )
+
+
+def _binomial(rng: random.Random, n: int, p: float) -> int:
+    if n <= 0 or p <= 0:
+        return 0
+    mean = n * p
+    if n < 50:
+        return sum(1 for _ in range(n) if rng.random() < p)
+    # Normal approximation is plenty for a demo at these sizes.
+    return max(0, min(n, round(rng.gauss(mean, math.sqrt(mean * (1 - p))))))
+
+
+class TrafficSimulator:
+    """Records one batch per tick for every running or promoted experiment, following the current weights."""
+
+    def __init__(self, pool: asyncpg.Pool, scenarios: tuple[Scenario, ...] = SCENARIOS, *,
+                 exposures_per_tick: int = 220, seed: int = 7) -> None:
+        self.pool = pool
+        self.scenarios = {s.name: s for s in scenarios}
+        self.per_tick = exposures_per_tick
+        self.rng = random.Random(seed)
+        self.recorded_exposures = 0
+
+    async def tick(self) -> None:
+        rows = await self.pool.fetch(
+            """SELECT e.name, e.status, v.name AS variant, v.traffic_weight::float8 AS weight
+                 FROM ab_experiments e JOIN ab_variants v ON v.experiment_id = e.id
+                WHERE e.status IN ('running', 'promoted', 'rolled_back') ORDER BY e.id, v.id"""
+        )
+        by_exp: dict[str, list[asyncpg.Record]] = {}
+        for r in rows:
+            by_exp.setdefault(r["name"], []).append(r)
+        calls: list[tuple[Any, ...]] = []
+        for name, variants in by_exp.items():
+            scenario = self.scenarios.get(name)
+            if scenario is None:
+                continue
+            arms = {a.name: a for a in scenario.arms}
+            total_weight = sum(v["weight"] for v in variants) or 1.0
+            promoted = variants[0]["status"] == "promoted"
+            for v in variants:
+                arm = arms.get(v["variant"])
+                if arm is None:
+                    continue
+                share = v["weight"] / total_weight
+                if arm.traffic_share is not None and not promoted:
+                    share = arm.traffic_share
+                n = _binomial(self.rng, self.per_tick * len(variants), share) if share < 1 else self.per_tick
+                if n == 0:
+                    continue
+                error_rate = arm.error_rate
+                if promoted and scenario.post_promotion_error_rate is not None:
+                    error_rate = scenario.post_promotion_error_rate
+                latencies = [round(self.rng.lognormvariate(math.log(arm.latency_ms), 0.35), 2)
+                             for _ in range(min(n, 40))]
+                calls.append((name, v["variant"], n, _binomial(self.rng, n, arm.rate),
+                              _binomial(self.rng, n, error_rate), latencies))
+        if not calls:
+            return
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.executemany("SELECT ab_record_metrics($1, $2, $3, $4, $5, $6)", calls)
+        self.recorded_exposures += sum(c[2] for c in calls)
+
+    async def run(self, stop: anyio.Event) -> None:
+        while not stop.is_set():
+            started = time.monotonic()
+            await self.tick()
+            with anyio.move_on_after(max(0.0, TICK_SECONDS - (time.monotonic() - started))):
+                await stop.wait()
+
+
+async def manual_rollbacks(pool: asyncpg.Pool, stop: anyio.Event, scenarios: tuple[Scenario, ...] = SCENARIOS) -> None:
+    """What an operator would do from psql: ab_request_rollback() a few seconds after the promotion."""
+    pending = {s.name: s.manual_rollback_after for s in scenarios if s.manual_rollback_after is not None}
+    while pending and not stop.is_set():
+        rows = await pool.fetch(
+            """SELECT id, experiment_name, extract(epoch FROM now() - promoted_at) AS age FROM experiment_promotions
+                WHERE experiment_name = ANY($1::text[]) AND rollback_at IS NULL AND rollback_requested_at IS NULL""",
+            list(pending),
+        )
+        for r in rows:
+            delay = pending.get(r["experiment_name"])
+            if delay is not None and r["age"] >= delay:
+                await pool.execute(
+                    "SELECT ab_request_rollback($1, $2, 'demo-operator')", r["id"],
+                    "conversion drop reported by the support team (demo: rolled back by hand)",
+                )
+                pending.pop(r["experiment_name"], None)
+        with anyio.move_on_after(0.5):
+            await stop.wait()
+
+
+# ------------------------------------------------------------------------------------------- notifications
+@dataclass(slots=True)
+class NotificationSink:
+    """A local stand-in for Slack and a webhook receiver that prints what it gets."""
+
+    lines: list[str] = field(default_factory=list)
+    on_line: Callable[[str], None] | None = None
+    count: int = 0
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/slack", self._slack)
+        app.router.add_post("/webhook", self._webhook)
+        return app
+
+    def _emit(self, line: str) -> None:
+        self.count += 1
+        self.lines.append(line)
+        if self.on_line is not None:
+            self.on_line(line)
+
+    async def _slack(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self._emit("slack    " + str(body.get("text", ""))[:150])
+        return web.Response(text="ok")
+
+    async def _webhook(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        what = body.get("event", "?")
+        exp = body.get("experimentName", "?")
+        extra = body.get("reason") or (
+            f"{body.get('variant')} at {body.get('confidence', 0):.1f}% confidence, {body.get('improvement', 0):+.1f}%"
+            if body.get("variant") else "")
+        self._emit(f"webhook  {what:<22} {exp:<16} {str(extra)[:90]}")
+        return web.Response(text="ok")
+
+
+# ------------------------------------------------------------------------------------------------- display
+STATUS_QUERY = """
+SELECT e.name, e.status,
+       coalesce((SELECT json_agg(json_build_object('name', v.name, 'n', coalesce(s.exposures, 0)) ORDER BY v.id)
+                   FROM ab_variants v LEFT JOIN ab_variant_stats s ON s.variant_id = v.id
+                  WHERE v.experiment_id = e.id), '[]'::json) AS variants,
+       st.decision,
+       (SELECT json_build_object('variant', p.promoted_variant_name, 'confidence', p.confidence,
+                                 'improvement', p.improvement, 'rollback_reason', p.rollback_reason,
+                                 'rolled_back_by', p.rolled_back_by)
+          FROM experiment_promotions p WHERE p.experiment_id = e.id ORDER BY p.promoted_at DESC LIMIT 1) AS promotion
+  FROM ab_experiments e LEFT JOIN ab_experiment_state st ON st.experiment_id = e.id
+ ORDER BY e.id
+"""
+
+
+def describe(row: asyncpg.Record) -> tuple[str, str, str, str]:
+    """experiment, exposures per variant, confidence, decision or blocking reason."""
+    variants = row["variants"] or []
+    exposures = " / ".join(f"{v['n']:,}" for v in variants)
+    decision = row["decision"] or {}
+    promotion = row["promotion"]
+    confidence = f"{decision.get('confidence', 0.0):6.2f}%" if decision else "     -"
+    status = row["status"]
+    if status == "promoted" and promotion:
+        what = f"PROMOTED {promotion['variant']} ({promotion['improvement']:+.1f}%)"
+    elif status == "rolled_back" and promotion:
+        who = promotion.get("rolled_back_by") or "?"
+        what = f"ROLLED BACK by {who}: {promotion.get('rollback_reason') or ''}"
+    elif decision.get("reasons"):
+        what = "waiting: " + decision["reasons"][0]
+    elif decision.get("eligible"):
+        what = "eligible"
+    else:
+        what = "collecting data"
+    return row["name"], exposures, confidence, what
+
+
+def render_table(rows: list[asyncpg.Record], width: int = 150) -> list[str]:
+    data = [describe(r) for r in rows]
+    head = ("experiment", "exposures per variant", "confidence", "decision / blocking reason")
+    widths = [max(len(head[i]), *(len(d[i]) for d in data)) if data else len(head[i]) for i in range(3)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(head[:3], widths, strict=True)) + "  " + head[3]]
+    lines.append("-" * min(width, sum(widths) + 6 + 40))
+    for d in data:
+        line = "  ".join(x.ljust(w) for x, w in zip(d[:3], widths, strict=True)) + "  " + d[3]
+        lines.append(line[:width])
+    return lines
+
+
+class Display:
+    """A refreshing table on a terminal; plain progress lines when the output is a file or a pipe."""
+
+    def __init__(self, out: TextIO = sys.stdout) -> None:
+        self.out = out
+        self.live = out.isatty()
+        self.events: list[str] = []
+        self._last_plain: dict[str, str] = {}
+
+    def notification(self, line: str) -> None:
+        stamped = f"{time.strftime('%H:%M:%S')}  {line}"
+        self.events.append(stamped)
+        if not self.live:
+            print(f"notification  {line}", file=self.out, flush=True)
+
+    def update(self, rows: list[asyncpg.Record], header: list[str]) -> None:
+        if self.live:
+            lines = [*header, "", *render_table(rows), "", "notifications delivered to the local sink:"]
+            lines += [f"  {e}" for e in self.events[-10:]] or ["  (none yet)"]
+            self.out.write("\x1b[H\x1b[2J" + "\n".join(lines) + "\n")
+            self.out.flush()
+            return
+        for name, exposures, confidence, what in (describe(r) for r in rows):
+            state = f"{what}"
+            if self._last_plain.get(name) != state:
+                self._last_plain[name] = state
+                print(f"progress      {name:<16} n={exposures:<22} confidence {confidence}  {what}",
+                      file=self.out, flush=True)
+
+
+def summary_lines(rows: list[asyncpg.Record]) -> list[str]:
+    promoted, blocked, rolled = [], [], []
+    for r in rows:
+        decision = r["decision"] or {}
+        promotion = r["promotion"]
+        if r["status"] == "promoted" and promotion:
+            promoted.append(f"  {r['name']}: {promotion['variant']} at {promotion['confidence']:.2f}% confidence, "
+                            f"{promotion['improvement']:+.2f}%")
+        elif r["status"] == "rolled_back" and promotion:
+            rolled.append(f"  {r['name']}: {promotion['variant']} rolled back by {promotion['rolled_back_by']}: "
+                          f"{promotion['rollback_reason']}")
+        else:
+            reason = (decision.get("reasons") or ["no decision yet"])[0]
+            blocked.append(f"  {r['name']}: {reason}")
+    out = ["", "summary", "======="]
+    out += [f"promoted ({len(promoted)}):", *(promoted or ["  none"])]
+    out += [f"blocked ({len(blocked)}):", *(blocked or ["  none"])]
+    out += [f"rolled back ({len(rolled)}):", *(rolled or ["  none"])]
+    return out
+
+
+def dump_json(rows: list[asyncpg.Record]) -> str:
+    return json.dumps([describe(r) for r in rows])
