@@ -1,4 +1,7 @@
-"""structlog, configured once: JSON lines for containers, readable lines on a terminal."""
+"""structlog, configured once: JSON lines for containers, readable lines on a terminal.
+
+Logs go to stderr so that stdout carries only command output (tables, --json, the demo's screen).
+"""
 
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ def redact_secrets(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any
 
 def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     """Configure structlog and the stdlib root logger; ``fmt`` is auto, json or console."""
-    use_json = fmt == "json" or (fmt == "auto" and not sys.stdout.isatty())
+    use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     renderer: Any = structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer()
     numeric = getattr(logging, level.upper(), logging.INFO)
     processors: list[Any] = [
@@ -36,7 +39,7 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     structlog.configure(
         processors=[*processors, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stdout),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
     logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr)
