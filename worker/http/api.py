@@ -1,0 +1,663 @@
+"""The seed's REST interface: ``POST/GET /api/experiments/auto-promote`` and the read endpoints.
+
+Handlers authenticate, validate, and call the engine or one named query; none contains decision logic.
+Every response is JSON: ``{"success": true, ...}`` or the error shape of ``errors.py``.
+
+Response conventions (also in the OpenAPI document):
+- POST answers ``{success, action, data, config: {enabled, dryRun, preset}}``, ``data`` being the engine's
+  result. For ``promote`` the top-level ``success`` mirrors ``data.success``: a promotion that is not
+  eligible is a 200 with ``success: false`` and ``data.reasons`` (the request was fine; the experiment was
+  not ready). 409 is only for "already promoted" and "already rolled back".
+- GET answers ``{success: true, data}``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import uuid
+from collections.abc import Iterator, Mapping
+from datetime import date, datetime
+from decimal import Decimal
+from importlib import resources
+from typing import Annotated, Any, Literal, TypeVar, get_args
+
+from aiohttp import web
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+
+from worker.config import PRESET_NAMES, PRESETS, ConfigError, EffectiveConfig, load_config
+from worker.db.queries import Q
+from worker.engine import ExperimentNotFound
+from worker.http import auth
+from worker.http.app import CTX, AppContext
+from worker.http.errors import (
+    ApiError,
+    api_error_middleware,
+    config_error,
+    field_error,
+    invalid_request,
+    json_response,
+)
+from worker.http.openapi import openapi_document
+from worker.http.ratelimit import SlidingWindowLimiter
+from worker.stats import LatencySketch, StatsInputError
+
+Action = Literal["scan", "promote", "check", "rollback"]
+ACTIONS: tuple[str, ...] = get_args(Action)
+MUTATING_ACTIONS = frozenset({"scan", "promote", "rollback"})
+ExperimentStatus = Literal["draft", "running", "paused", "promoted", "rolled_back", "stopped"]
+MAX_REASON = 2000
+HISTORY_ROWS = 5000
+DETAIL_PROMOTIONS = 100
+DETAIL_AUDIT = 50
+DETAIL_ALERTS = 50
+
+LIMITER: web.AppKey[SlidingWindowLimiter] = web.AppKey("rate_limiter", SlidingWindowLimiter)
+
+_HEADER = re.compile(r"^-- name: ([a-z_][a-z0-9_]*)\s*$", re.MULTILINE)
+
+
+def _load_queries() -> dict[str, str]:
+    text = resources.files("worker.http").joinpath("queries.sql").read_text(encoding="utf-8")
+    parts = _HEADER.split(text)
+    return {
+        name: "\n".join(line for line in body.strip().splitlines() if not line.startswith("--")).strip().rstrip(";")
+        for name, body in zip(parts[1::2], parts[2::2], strict=True)
+    }
+
+
+HQ: dict[str, str] = _load_queries()
+
+
+# ------------------------------------------------------------------------------------------------ routes
+def add_routes(app: web.Application) -> None:
+    """Install auth (ConfigError on malformed tokens), the rate limiter, the error middleware and the routes."""
+    ctx = app[CTX]
+    auth.install(app, ctx.settings)
+    app[LIMITER] = SlidingWindowLimiter(ctx.settings.rate_limit_per_minute)
+    app.middlewares.append(api_error_middleware)
+    # auto-promote before {name}: aiohttp matches in registration order.
+    app.router.add_post("/api/experiments/auto-promote", post_auto_promote)
+    app.router.add_get("/api/experiments/auto-promote", get_auto_promote)
+    app.router.add_get("/api/experiments", list_experiments)
+    app.router.add_get("/api/experiments/{name}", get_experiment)
+    app.router.add_get("/api/promotions", list_promotions)
+    app.router.add_get("/api/promotions/stats", promotion_stats)
+    app.router.add_get("/api/audit", list_audit)
+    app.router.add_get("/api/openapi.json", get_openapi)
+
+
+# ------------------------------------------------------------------------------------------- validation
+def _text_problem(value: str) -> str | None:
+    if "\x00" in value:
+        return "must not contain NUL characters"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "must be valid Unicode (no lone surrogates)"
+    return None
+
+
+def _clean_text(value: str) -> str:
+    problem = _text_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+Text = Annotated[str, AfterValidator(_clean_text)]
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "an array"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _validation_errors(exc: ValidationError, prefix: str = "") -> list[dict[str, str]]:
+    out: list[dict[str, str]] = []
+    for err in exc.errors():
+        path = prefix + ".".join(str(p) for p in err["loc"])
+        kind = err["type"]
+        given = err.get("input")
+        if kind == "missing":
+            message = "is required"
+        elif kind == "extra_forbidden":
+            message = "unknown field; check the spelling (fields are camelCase)"
+        elif kind == "literal_error" and path.endswith("action"):
+            message = f"unknown action {_describe(given)}; use one of {', '.join(ACTIONS)}"
+        elif kind == "value_error":
+            message = str(err["msg"]).removeprefix("Value error, ")
+        else:
+            message = f"{err['msg']}, got {_describe(given)}"
+        out.append(field_error(path or "body", message))
+    return out
+
+
+def _walk_strings(node: Any, path: str) -> Iterator[tuple[str, str]]:
+    """Every string (keys included) in a JSON tree with its path, for the NUL / surrogate check."""
+    if isinstance(node, str):
+        yield path, node
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            sub = f"{path}.{key}" if path else str(key)
+            yield sub, key
+            yield from _walk_strings(value, sub)
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _walk_strings(value, f"{path}[{i}]")
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+async def read_json_object(request: web.Request) -> dict[str, Any]:
+    """The body as a JSON object, whatever the Content-Type (the seed's curl examples send none)."""
+    raw = await request.read()  # over client_max_size: aiohttp raises 413, the middleware shapes it
+    if not raw.strip():
+        raise ApiError(400, "malformed_json", "the request body is empty; send a JSON object")
+    try:
+        data = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+    except UnicodeDecodeError:
+        raise ApiError(400, "malformed_json", "the request body is not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise ApiError(400, "malformed_json", f"the request body is not valid JSON: {exc.msg}",
+                       {"line": exc.lineno, "column": exc.colno}) from None
+    except (ValueError, RecursionError) as exc:
+        message = str(exc)[:200] if isinstance(exc, ValueError) else "nested too deeply"
+        raise ApiError(400, "malformed_json", f"the request body is not valid JSON: {message}") from None
+    if not isinstance(data, dict):
+        raise invalid_request("the request body must be a JSON object",
+                              [field_error("body", f"must be a JSON object, got {type(data).__name__}")])
+    problems = [field_error(p or "body", why) for p, s in _walk_strings(data, "") if (why := _text_problem(s))]
+    if problems:
+        raise invalid_request("the request body contains text PostgreSQL cannot store", problems[:20])
+    return data
+
+
+class AutoPromoteRequest(BaseModel):
+    """The seed's POST body."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, populate_by_name=False)
+
+    action: Action
+    experiment_name: str | None = Field(None, alias="experimentName")
+    promotion_id: str | None = Field(None, alias="promotionId")
+    reason: str | None = Field(None, max_length=MAX_REASON)
+    config: dict[str, Any] | None = None
+    preset: str | None = None
+    dry_run: bool | None = Field(None, alias="dryRun")
+
+
+def _action_problems(req: AutoPromoteRequest) -> list[dict[str, str]]:
+    """Fields each action needs, and fields it would silently ignore (refused, so nobody is misled)."""
+    errors: list[dict[str, str]] = []
+    if req.action in ("promote", "check"):
+        if req.experiment_name is None or not req.experiment_name.strip():
+            errors.append(field_error("experimentName", f"is required for action '{req.action}'"))
+    elif req.experiment_name is not None:
+        hint = ("scan covers every running experiment; use 'check' or 'promote' for one"
+                if req.action == "scan" else "rollback is identified by promotionId alone")
+        errors.append(field_error("experimentName", f"is not used by action '{req.action}': {hint}"))
+    if req.action == "rollback":
+        if req.promotion_id is None or not req.promotion_id.strip():
+            errors.append(field_error("promotionId", "is required for action 'rollback'"))
+        else:
+            try:
+                uuid.UUID(req.promotion_id.strip())
+            except ValueError:
+                errors.append(field_error("promotionId", f"must be a UUID, got {_describe(req.promotion_id)}"))
+        if req.reason is None or not req.reason.strip():
+            errors.append(field_error("reason", "is required for action 'rollback': say why"))
+        if req.dry_run or (req.config or {}).get("dryRun") is True:
+            errors.append(field_error("dryRun", "rollback has no dry run; it always changes the weights back"))
+    else:
+        for name, value in (("promotionId", req.promotion_id), ("reason", req.reason)):
+            if value is not None:
+                errors.append(field_error(name, f"is only used by action 'rollback', not '{req.action}'"))
+    nested = (req.config or {}).get("dryRun")
+    if req.dry_run is not None and isinstance(nested, bool) and nested != req.dry_run:
+        errors.append(field_error("dryRun", f"is {str(req.dry_run).lower()} but config.dryRun is "
+                                            f"{str(nested).lower()}; give one"))
+    return errors
+
+
+_Q = TypeVar("_Q", bound=BaseModel)
+
+
+def parse_query(request: web.Request, model: type[_Q]) -> _Q:
+    """Query parameters through ``model``; unknown or repeated parameters are errors."""
+    values: dict[str, str] = {}
+    errors: list[dict[str, str]] = []
+    for key in request.query:
+        if key in values:
+            continue
+        all_values = request.query.getall(key)
+        if len(all_values) > 1:
+            errors.append(field_error(f"query.{key}", "is given more than once"))
+        values[key] = all_values[0]
+    try:
+        parsed = model.model_validate(values)
+    except ValidationError as exc:
+        errors.extend(_validation_errors(exc, "query."))
+        parsed = None
+    if errors or parsed is None:
+        raise invalid_request("invalid query parameters", errors)
+    return parsed
+
+
+class _Query(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _Page(_Query):
+    limit: int = Field(50, ge=1, le=500)
+    offset: int = Field(0, ge=0, le=1_000_000_000)
+
+
+class ConfigQuery(_Query):
+    preset: Literal["aggressive", "conservative", "balanced"] | None = None
+
+
+class ExperimentsQuery(_Page):
+    limit: int = Field(100, ge=1, le=500)
+    status: ExperimentStatus | None = None
+
+
+class PromotionsQuery(_Page):
+    status: Literal["active", "rolled_back", "all"] = "all"
+    experiment: Annotated[Text, Field(min_length=1, max_length=500)] | None = None
+
+
+class StatsQuery(_Query):
+    days: int = Field(30, ge=1, le=3650)
+
+
+class AuditQuery(_Page):
+    experiment: Annotated[Text, Field(min_length=1, max_length=500)] | None = None
+    action: Annotated[Text, Field(min_length=1, max_length=100)] | None = None
+
+
+# ------------------------------------------------------------------------------------------------ config
+def _env_string(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | tuple):
+        return ",".join(str(v) for v in value)
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def server_layers(effective: EffectiveConfig) -> tuple[dict[str, str], dict[str, Any]]:
+    """The layers above the preset that the server started with, rebuilt from the config's sources.
+
+    Returns the environment (as variables) and any other overrides (as a camelCase tree). A request's preset
+    and overrides are layered over exactly the configuration the server runs with, and the process
+    environment is not read again at request time.
+    """
+    env: dict[str, str] = {}
+    tree: dict[str, Any] = {}
+    public = effective.config.public()
+    for path, source in effective.sources.items():
+        if source == "default" or source.startswith("preset:"):
+            continue
+        parts = path.split(".")
+        node: Any = public
+        for part in parts:
+            node = node[part]
+        if source.startswith("env:"):
+            env[source.removeprefix("env:")] = _env_string(node)
+        else:
+            branch = tree
+            for part in parts[:-1]:
+                branch = branch.setdefault(part, {})
+            branch[parts[-1]] = node
+    return env, tree
+
+
+def startup_env(effective: EffectiveConfig) -> dict[str, str]:
+    """The environment layer of ``server_layers``."""
+    return server_layers(effective)[0]
+
+
+def _merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def request_config(ctx: AppContext, preset: str | None, overrides: Mapping[str, Any] | None) -> EffectiveConfig:
+    """The server's config with the request's preset and overrides; ConfigError lists every problem."""
+    if preset is None and not overrides:
+        return ctx.config
+    env, server_tree = server_layers(ctx.config)
+    return load_config(preset=preset or ctx.config.preset, env=env, overrides=_merge(server_tree, overrides or {}))
+
+
+def _config_summary(effective: EffectiveConfig) -> dict[str, Any]:
+    return {"enabled": effective.config.enabled, "dryRun": effective.config.dry_run, "preset": effective.preset}
+
+
+# ------------------------------------------------------------------------------------------------ output
+def plain(x: Any) -> Any:
+    """JSON-ready: datetimes as ISO 8601, UUIDs as strings, non-finite numbers as null."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {str(k): plain(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [plain(v) for v in x]
+    if isinstance(x, datetime | date):
+        return x.isoformat()
+    if isinstance(x, uuid.UUID):
+        return str(x)
+    if isinstance(x, Decimal):
+        return plain(float(x))
+    return x
+
+
+def ok(data: Any, headers: Mapping[str, str] | None = None) -> web.Response:
+    return json_response({"success": True, "data": plain(data)}, headers=headers)
+
+
+# ------------------------------------------------------------------------------------------ POST action
+async def post_auto_promote(request: web.Request) -> web.Response:
+    """The seed's POST: scan | promote | check | rollback."""
+    ctx = request.app[CTX]
+    principal = await auth.require_role(request, "viewer")
+    body = await read_json_object(request)
+    try:
+        req = AutoPromoteRequest.model_validate(body)
+    except ValidationError as exc:
+        errors = _validation_errors(exc)
+        raise invalid_request(f"invalid request ({len(errors)} problem{'s' if len(errors) != 1 else ''})",
+                              errors) from None
+    if req.action in MUTATING_ACTIONS:
+        await auth.require_role(request, "operator")
+    problems = _action_problems(req)
+    if problems:
+        raise invalid_request(f"invalid request for action '{req.action}'", problems)
+    overrides = dict(req.config or {})
+    if req.dry_run is not None:
+        overrides["dryRun"] = req.dry_run
+    explicit_dry = overrides.get("dryRun") if isinstance(overrides.get("dryRun"), bool) else None
+    try:
+        effective = request_config(ctx, req.preset, overrides)
+    except ConfigError as exc:
+        raise config_error(exc) from None
+
+    headers: dict[str, str] = {}
+    if req.action in MUTATING_ACTIONS:
+        decision = request.app[LIMITER].hit(principal.name)
+        headers = {"X-RateLimit-Limit": str(decision.limit), "X-RateLimit-Remaining": str(decision.remaining)}
+        if not decision.allowed:
+            raise ApiError(
+                429, "rate_limited",
+                f"rate limit reached: {decision.limit} scan/promote/rollback calls per minute for token "
+                f"{principal.name!r}; retry in {decision.retry_after_header} s",
+                {"limit": decision.limit, "windowSeconds": 60, "retryAfterSeconds": int(decision.retry_after_header)},
+                headers={**headers, "Retry-After": decision.retry_after_header},
+            )
+
+    engine = ctx.engine
+    data: dict[str, Any]
+    if req.action == "check":
+        assert req.experiment_name is not None
+        data = await engine.check_promotion_eligibility(req.experiment_name, config=effective)
+        success = True
+    elif req.action == "promote":
+        assert req.experiment_name is not None
+        data = await engine.promote_winner(req.experiment_name, config=effective, actor=principal.name,
+                                           dry_run=explicit_dry)
+        success = bool(data.get("success"))
+    elif req.action == "scan":
+        await _audit_scan(ctx, principal.name, effective, overrides, explicit_dry)
+        data = await engine.scan_and_promote_winners(config=effective, actor=principal.name, dry_run=explicit_dry)
+        success = True
+    else:
+        assert req.promotion_id is not None and req.reason is not None
+        data = await engine.rollback_promotion(req.promotion_id.strip(), req.reason, actor=principal.name,
+                                               config=effective)
+        success = True
+    body_out = {"success": success, "action": req.action, "data": plain(data), "config": _config_summary(effective)}
+    return json_response(body_out, headers=headers)
+
+
+async def _audit_scan(ctx: AppContext, actor: str, effective: EffectiveConfig, overrides: Mapping[str, Any],
+                      explicit_dry: bool | None) -> None:
+    """The scan itself leaves a row (the engine audits what it does to each experiment)."""
+    details = {"dryRun": effective.config.dry_run if explicit_dry is None else explicit_dry,
+               "enabled": effective.config.enabled, "preset": effective.preset, "overrides": plain(overrides),
+               "via": "api"}
+    async with ctx.pool.acquire() as conn:
+        await conn.execute(Q["insert_audit"], actor, "scan_requested", None, None, None, details)
+
+
+# --------------------------------------------------------------------------------------------- GET config
+async def get_auto_promote(request: web.Request) -> web.Response:
+    """The effective configuration, where each value came from, its validation, and the presets."""
+    ctx = request.app[CTX]
+    await auth.require_role(request, "viewer")
+    query = parse_query(request, ConfigQuery)
+    effective: EffectiveConfig | None = ctx.config
+    errors: list[str] = []
+    if query.preset is not None:
+        try:
+            effective = request_config(ctx, query.preset, None)
+        except ConfigError as exc:
+            effective, errors = None, list(exc.errors)
+    presets = {query.preset: PRESETS[query.preset]} if query.preset else dict(PRESETS)
+    authenticator = request.app[auth.AUTH]
+    warnings: list[str] = []
+    if not authenticator.enabled:
+        warnings.append("API authentication is disabled (AUTO_PROMOTION_API_AUTH=disabled)")
+    return ok({
+        "preset": effective.preset if effective else query.preset,
+        "config": effective.config.public() if effective else None,
+        "sources": effective.sources if effective else {},
+        "validation": {"valid": not errors, "errors": errors},
+        "presets": presets,
+        "presetNames": list(PRESET_NAMES),
+        "api": {"auth": "enabled" if authenticator.enabled else "disabled",
+                "rateLimitPerMinute": ctx.settings.rate_limit_per_minute,
+                "maxBodyBytes": ctx.settings.max_body_bytes},
+        "warnings": warnings,
+    })
+
+
+# ------------------------------------------------------------------------------------------- experiments
+def _variant_json(v: Mapping[str, Any], metric_type: str) -> dict[str, Any]:
+    exposures = int(v["exposures"])
+    numerator = float(v["value_sum"]) if metric_type == "mean" else float(v["conversions"])
+    try:
+        sketch = LatencySketch.from_json(v["latency_sketch"] or None)
+        p95 = sketch.p95() if sketch.count else None
+    except StatsInputError:
+        p95 = None
+    return {
+        "name": v["name"],
+        "isControl": bool(v["is_control"]),
+        "weight": v["weight"],
+        "exposures": exposures,
+        "conversions": int(v["conversions"]),
+        "rate": numerator / exposures if exposures else None,
+        "errors": int(v["errors"]),
+        "errorRate": int(v["errors"]) / exposures if exposures else None,
+        "p95LatencyMs": round(p95, 3) if p95 is not None else None,
+        "latencySamples": int(v["latency_count"]),
+        "updatedAt": v["updated_at"],
+    }
+
+
+_DECISION_SUMMARY = ("eligible", "confidence", "improvement", "winningVariant", "bestVariant", "controlVariant",
+                     "method", "reasons")
+
+
+def _experiment_json(row: Mapping[str, Any], *, full_decision: bool) -> dict[str, Any]:
+    last: dict[str, Any] | None = None
+    if row["last_evaluated_at"] is not None:
+        decision = row["decision"] if isinstance(row["decision"], dict) else {}
+        shown = decision if full_decision else {k: decision.get(k) for k in _DECISION_SUMMARY}
+        last = {**shown, "eligible": bool(row["eligible"]), "lastEvaluatedAt": row["last_evaluated_at"],
+                "evaluations": row["evaluations"]}
+        last.setdefault("reasons", [])
+        if last.get("reasons") is None:
+            last["reasons"] = []
+    return {
+        "id": row["id"],
+        "name": row["name"],
+        "status": row["status"],
+        "metricType": row["metric_type"],
+        "priority": row["priority"],
+        "description": row["description"],
+        "config": row["config"],
+        "startedAt": row["started_at"],
+        "createdAt": row["created_at"],
+        "updatedAt": row["updated_at"],
+        "activePromotionId": row["active_promotion_id"],
+        "variants": [_variant_json(v, row["metric_type"]) for v in row["variants"]],
+        "lastDecision": last,
+    }
+
+
+async def list_experiments(request: web.Request) -> web.Response:
+    """Every experiment with live per-variant statistics and the last decision."""
+    ctx = request.app[CTX]
+    await auth.require_role(request, "viewer")
+    query = parse_query(request, ExperimentsQuery)
+    async with ctx.pool.acquire() as conn:
+        rows = await conn.fetch(HQ["experiments_page"], query.status, None, query.limit, query.offset)
+        total = await conn.fetchval(HQ["experiments_count"], query.status)
+    return ok({"experiments": [_experiment_json(r, full_decision=False) for r in rows], "total": total,
+               "limit": query.limit, "offset": query.offset})
+
+
+def _name_from_path(request: web.Request) -> str:
+    name = request.match_info["name"]
+    problem = _text_problem(name)
+    if problem:
+        raise invalid_request("invalid experiment name", [field_error("path.name", problem)])
+    return name
+
+
+async def get_experiment(request: web.Request) -> web.Response:
+    """One experiment with its evaluation history, promotions, recent audit rows and open alerts."""
+    ctx = request.app[CTX]
+    await auth.require_role(request, "viewer")
+    parse_query(request, _Query)
+    name = _name_from_path(request)
+    async with ctx.pool.acquire() as conn:
+        row = await conn.fetchrow(HQ["experiments_page"], None, name, 1, 0)
+        if row is None:
+            raise ExperimentNotFound(f"no experiment named {name[:200]!r}", {"experimentName": name[:200]})
+        history = await conn.fetch(HQ["evaluation_history"], row["id"], HISTORY_ROWS)
+        promotions = await conn.fetch(HQ["promotions_page"], None, name, DETAIL_PROMOTIONS, 0)
+        audit_rows = await conn.fetch(HQ["audit_page"], name, None, DETAIL_AUDIT, 0)
+        alerts = await conn.fetch(HQ["experiment_alerts"], row["id"], DETAIL_ALERTS)
+    return ok({
+        "experiment": _experiment_json(row, full_decision=True),
+        "history": [_history_json(h) for h in history],
+        "promotions": [_promotion_json(p) for p in promotions],
+        "audit": [_audit_json(a) for a in audit_rows],
+        "alerts": [{"id": a["id"], "global": a["global"], "severity": a["severity"], "message": a["message"],
+                    "createdAt": a["created_at"]} for a in alerts],
+    })
+
+
+def _history_json(h: Mapping[str, Any]) -> dict[str, Any]:
+    return {"createdAt": h["created_at"], "variantName": h["variant_name"], "exposures": h["exposures"],
+            "controlExposures": h["control_exposures"], "lift": h["lift"], "ciLow": h["ci_low"],
+            "ciHigh": h["ci_high"], "confidence": h["confidence"], "eligible": h["eligible"]}
+
+
+# -------------------------------------------------------------------------------------------- promotions
+def _promotion_json(p: Mapping[str, Any]) -> dict[str, Any]:
+    if p["rollback_at"] is not None:
+        status = "rolled_back"
+    elif p["rollback_requested_at"] is not None:
+        status = "rollback_requested"
+    else:
+        status = "active"
+    return {
+        "id": p["id"], "status": status, "experimentName": p["experiment_name"],
+        "promotedVariantName": p["promoted_variant_name"], "controlVariantName": p["control_variant_name"],
+        "confidence": p["confidence"], "improvement": p["improvement"], "method": p["method"],
+        "promotedAt": p["promoted_at"], "promotedBy": p["promoted_by"], "previousWeights": p["previous_weights"],
+        "guardUntil": p["guard_until"], "rollbackRequestedAt": p["rollback_requested_at"],
+        "rollbackRequestedBy": p["rollback_requested_by"], "rollbackRequestReason": p["rollback_request_reason"],
+        "rollbackAt": p["rollback_at"], "rollbackReason": p["rollback_reason"], "rolledBackBy": p["rolled_back_by"],
+    }
+
+
+async def list_promotions(request: web.Request) -> web.Response:
+    """Promotions, newest first; ``status`` active | rolled_back | all, optional ``experiment``, paginated."""
+    ctx = request.app[CTX]
+    await auth.require_role(request, "viewer")
+    query = parse_query(request, PromotionsQuery)
+    status = None if query.status == "all" else query.status
+    async with ctx.pool.acquire() as conn:
+        rows = await conn.fetch(HQ["promotions_page"], status, query.experiment, query.limit, query.offset)
+        total = await conn.fetchval(HQ["promotions_count"], status, query.experiment)
+    return ok({"promotions": [_promotion_json(r) for r in rows], "total": total, "limit": query.limit,
+               "offset": query.offset})
+
+
+_STATS_FIELDS = {
+    "period_days": "periodDays", "total_promotions": "totalPromotions", "promotions_per_day": "promotionsPerDay",
+    "successful_promotions": "successfulPromotions", "failed_promotions": "failedPromotions",
+    "avg_confidence": "avgConfidence", "avg_improvement": "avgImprovement",
+    "avg_hours_to_promotion": "avgHoursToPromotion", "rollback_count": "rollbackCount",
+    "rollback_rate": "rollbackRate", "active_promotions": "activePromotions",
+}
+
+
+async def promotion_stats(request: web.Request) -> web.Response:
+    """get_promotion_stats() and get_promotions_per_day() for the last ``days`` days."""
+    ctx = request.app[CTX]
+    await auth.require_role(request, "viewer")
+    query = parse_query(request, StatsQuery)
+    async with ctx.pool.acquire() as conn:
+        stats = await conn.fetchrow(HQ["promotion_stats"], query.days)
+        per_day = await conn.fetch(HQ["promotions_per_day"], query.days)
+    assert stats is not None  # an aggregate always returns one row
+    return ok({
+        "days": query.days,
+        "stats": {camel: stats[col] for col, camel in _STATS_FIELDS.items()},
+        "perDay": [{"day": r["day"], "promotions": r["promotions"], "rollbacks": r["rollbacks"]} for r in per_day],
+    })
+
+
+# ------------------------------------------------------------------------------------------------- audit
+def _audit_json(a: Mapping[str, Any]) -> dict[str, Any]:
+    return {"id": a["id"], "createdAt": a["created_at"], "actor": a["actor"], "action": a["action"],
+            "experimentId": a["experiment_id"], "experimentName": a["experiment_name"],
+            "promotionId": a["promotion_id"], "details": a["details"]}
+
+
+async def list_audit(request: web.Request) -> web.Response:
+    """The audit log, newest first; optional ``experiment`` and ``action`` filters, paginated."""
+    ctx = request.app[CTX]
+    await auth.require_role(request, "viewer")
+    query = parse_query(request, AuditQuery)
+    async with ctx.pool.acquire() as conn:
+        rows = await conn.fetch(HQ["audit_page"], query.experiment, query.action, query.limit, query.offset)
+        total = await conn.fetchval(HQ["audit_count"], query.experiment, query.action)
+    return ok({"entries": [_audit_json(r) for r in rows], "total": total, "limit": query.limit,
+               "offset": query.offset})
+
+
+# ----------------------------------------------------------------------------------------------- openapi
+async def get_openapi(request: web.Request) -> web.Response:
+    """The OpenAPI 3.1 document. Public: it describes the API and holds no data."""
+    parse_query(request, _Query)
+    return json_response(openapi_document())

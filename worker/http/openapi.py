@@ -1,0 +1,400 @@
+"""The OpenAPI 3.1 document of the HTTP API, built from the same models the handlers validate with.
+
+The tests validate every response they receive against this document, and a property-based fuzz sends
+requests generated from it; a change of behaviour that is not written down here fails the suite.
+"""
+
+from __future__ import annotations
+
+import copy
+from functools import lru_cache
+from typing import Any
+
+from worker import __version__
+from worker.config import PRESET_NAMES, AutoPromotionConfig
+
+ACTIONS = ("scan", "promote", "check", "rollback")
+EXPERIMENT_STATUSES = ("draft", "running", "paused", "promoted", "rolled_back", "stopped")
+ERROR_CODES = (
+    "malformed_json", "invalid_request", "invalid_config", "unauthorized", "forbidden", "not_found",
+    "experiment_not_found", "promotion_not_found", "method_not_allowed", "already_promoted", "already_rolled_back",
+    "payload_too_large", "rate_limited", "internal_error", "database_unavailable",
+)
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _obj(props: dict[str, Any], required: list[str] | tuple[str, ...] | None = None, *,
+         additional: bool | dict[str, Any] = True, description: str | None = None) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "object", "properties": props,
+                              "required": list(props) if required is None else list(required)}
+    if additional is not True:
+        schema["additionalProperties"] = additional
+    if description:
+        schema["description"] = description
+    return schema
+
+
+def _arr(items: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "array", "items": items}
+
+
+def _null(type_: str, **extra: Any) -> dict[str, Any]:
+    return {"type": [type_, "null"], **extra}
+
+
+STR, INT, NUM, BOOL = {"type": "string"}, {"type": "integer"}, {"type": "number"}, {"type": "boolean"}
+TIME = {"type": "string", "format": "date-time"}
+NTIME = _null("string", format="date-time")
+NSTR, NNUM, NINT = _null("string"), _null("number"), _null("integer")
+ANY_OBJECT: dict[str, Any] = {"type": "object"}
+
+
+def _config_schemas() -> dict[str, Any]:
+    raw = AutoPromotionConfig.model_json_schema(by_alias=True, ref_template="#/components/schemas/{model}")
+    defs = raw.pop("$defs", {})
+    schemas = {"AutoPromotionConfig": raw, **defs}
+
+    def clean(node: Any) -> Any:
+        if isinstance(node, dict):
+            out = {}
+            for key, value in node.items():
+                if key == "title":
+                    continue
+                out["x-env" if key == "env" else key] = clean(value)
+            return out
+        if isinstance(node, list):
+            return [clean(v) for v in node]
+        return node
+
+    cleaned: dict[str, Any] = clean(schemas)
+    cleaned["AutoPromotionConfig"]["description"] = (
+        "The decision configuration in camelCase. As a request's `config`, every field is optional and overrides "
+        "the server's configuration (defaults <- preset <- environment <- request <- per-experiment config). "
+        "Value ranges are checked by the server: a value out of range is a 400 `invalid_config` listing every "
+        "problem with its path."
+    )
+    return cleaned
+
+
+def _schemas() -> dict[str, Any]:
+    variant_live = _obj({
+        "name": STR, "isControl": BOOL, "weight": NUM, "exposures": INT, "conversions": INT, "rate": NNUM,
+        "errors": INT, "errorRate": NNUM, "p95LatencyMs": NNUM, "latencySamples": INT, "updatedAt": NTIME,
+    }, description="Live statistics of one variant, from ab_variant_stats (as of the last fold).")
+    safety_check = _obj({"name": STR, "passed": BOOL, "message": STR,
+                         "severity": {"type": "string", "enum": ["info", "warning", "critical"]}})
+    winning = {"anyOf": [_obj({"variantName": STR, "successRate": NUM, "sampleSize": INT}), {"type": "null"}]}
+    check = _obj({
+        "eligible": BOOL, "experimentName": STR, "winningVariant": winning, "confidence": NUM, "improvement": NUM,
+        "safetyChecks": _arr(_ref("SafetyCheck")), "reasons": _arr(STR), "bestVariant": NSTR,
+        "controlVariant": NSTR, "method": STR, "metricType": STR, "priority": STR, "variants": _arr(ANY_OBJECT),
+        "srm": {"anyOf": [_obj({"pValue": NUM, "flagged": BOOL}), {"type": "null"}]}, "evaluatedAt": STR,
+    }, required=["eligible", "experimentName", "winningVariant", "confidence", "improvement", "safetyChecks",
+                 "reasons"], description="The seed's check result: eligibility, figures, safety checks, reasons.")
+    promote = _obj({
+        "success": {"type": "boolean", "description": "True when promoted (or, in a dry run, when it would be)."},
+        "experimentName": STR, "promotedVariantName": NSTR, "confidence": NNUM, "improvement": NNUM,
+        "promotionId": NSTR, "notificationsQueued": {"type": "integer", "description":
+                                                     "Notifications put in the outbox (the seed's notificationsSent)"},
+        "dryRun": BOOL, "enabled": BOOL, "reasons": _arr(STR), "eligibility": _ref("CheckResult"),
+        "promotedAt": STR,
+    }, required=["success", "experimentName", "promotedVariantName", "confidence", "improvement", "promotionId",
+                 "notificationsQueued", "dryRun"])
+    scan_item = _obj({
+        "experimentName": STR, "eligible": BOOL, "confidence": NNUM, "improvement": NNUM, "winningVariant": winning,
+        "reasons": _arr(STR), "promoted": BOOL, "error": STR, "dryRun": BOOL, "promotionId": STR,
+    }, required=["experimentName", "eligible", "reasons", "promoted"])
+    scan = _obj({"scanned": INT, "eligible": INT, "promoted": INT, "dryRun": BOOL,
+                 "results": _arr(_ref("ScanItem"))},
+                required=["scanned", "eligible", "promoted", "results"])
+    rollback = _obj({
+        "success": BOOL, "promotionId": STR, "experimentName": STR, "rolledBackVariantName": STR, "reason": STR,
+        "rolledBackBy": STR, "rolledBackAt": STR, "restoredWeights": {"type": "object",
+                                                                      "additionalProperties": NUM},
+        "trigger": STR, "notificationsQueued": INT,
+    })
+    config_summary = _obj({"enabled": BOOL, "dryRun": BOOL,
+                           "preset": {"type": "string", "enum": list(PRESET_NAMES)}}, additional=False)
+
+    def envelope(action: str, data: str, success: dict[str, Any]) -> dict[str, Any]:
+        return _obj({"success": success, "action": {"const": action}, "data": _ref(data),
+                     "config": _ref("ConfigSummary")}, additional=False)
+
+    last_decision = {"anyOf": [{**_obj({
+        "eligible": BOOL, "confidence": NNUM, "improvement": NNUM, "winningVariant": winning, "bestVariant": NSTR,
+        "controlVariant": NSTR, "method": NSTR, "reasons": _arr(STR), "lastEvaluatedAt": TIME, "evaluations": INT,
+    }, required=["eligible", "reasons", "lastEvaluatedAt", "evaluations"],
+        description="The last decision stored in ab_experiment_state (the detail view adds the full check data)."
+    )}, {"type": "null"}]}
+    experiment = _obj({
+        "id": INT, "name": STR, "status": {"type": "string", "enum": list(EXPERIMENT_STATUSES)},
+        "metricType": STR, "priority": STR, "description": STR, "config": ANY_OBJECT, "startedAt": NTIME,
+        "createdAt": TIME, "updatedAt": TIME, "activePromotionId": NSTR,
+        "variants": _arr(_ref("VariantStats")), "lastDecision": last_decision,
+    })
+    promotion = _obj({
+        "id": STR, "status": {"type": "string", "enum": ["active", "rollback_requested", "rolled_back"]},
+        "experimentName": STR, "promotedVariantName": STR, "controlVariantName": NSTR, "confidence": NUM,
+        "improvement": NUM, "method": STR, "promotedAt": TIME, "promotedBy": STR,
+        "previousWeights": ANY_OBJECT, "guardUntil": NTIME, "rollbackRequestedAt": NTIME,
+        "rollbackRequestedBy": NSTR, "rollbackRequestReason": NSTR, "rollbackAt": NTIME,
+        "rollbackReason": NSTR, "rolledBackBy": NSTR,
+    })
+    audit = _obj({"id": INT, "createdAt": TIME, "actor": STR, "action": STR, "experimentId": NINT,
+                  "experimentName": NSTR, "promotionId": NSTR, "details": ANY_OBJECT})
+    history = _obj({"createdAt": TIME, "variantName": STR, "exposures": INT, "controlExposures": INT,
+                    "lift": NNUM, "ciLow": NNUM, "ciHigh": NNUM, "confidence": NNUM, "eligible": BOOL})
+    alert = _obj({"id": INT, "global": BOOL, "severity": {"type": "string", "enum": ["info", "warning", "critical"]},
+                  "message": STR, "createdAt": TIME})
+
+    def page(key: str, item: str) -> dict[str, Any]:
+        return _ok(_obj({key: _arr(_ref(item)), "total": INT, "limit": INT, "offset": INT}))
+
+    schemas: dict[str, Any] = {
+        **_config_schemas(),
+        "AutoPromoteRequest": _obj({
+            "action": {"type": "string", "enum": list(ACTIONS),
+                       "description": "check needs the viewer role; scan, promote and rollback need operator."},
+            "experimentName": {"type": ["string", "null"], "description": "Required for promote and check; "
+                               "refused for scan and rollback."},
+            "promotionId": {"type": ["string", "null"], "format": "uuid",
+                            "description": "Required for rollback, refused otherwise."},
+            "reason": {"type": ["string", "null"], "maxLength": 2000,
+                       "description": "Required (non-blank) for rollback, refused otherwise."},
+            "config": {"anyOf": [_ref("AutoPromotionConfig"), {"type": "null"}],
+                       "description": "Overrides for this request, camelCase."},
+            "preset": {"type": ["string", "null"], "enum": [*PRESET_NAMES, None]},
+            "dryRun": {"type": ["boolean", "null"], "description":
+                       "Same as config.dryRun (give one, or both equal). Refused as true for rollback."},
+        }, required=["action"], additional=False),
+        "ConfigSummary": config_summary,
+        "SafetyCheck": safety_check,
+        "CheckResult": check,
+        "PromoteResult": promote,
+        "ScanItem": scan_item,
+        "ScanResult": scan,
+        "RollbackResult": rollback,
+        "ActionResponse": {"oneOf": [
+            envelope("check", "CheckResult", {"const": True}),
+            envelope("promote", "PromoteResult", {"type": "boolean", "description": "Mirrors data.success."}),
+            envelope("scan", "ScanResult", {"const": True}),
+            envelope("rollback", "RollbackResult", {"const": True}),
+        ]},
+        "Error": _obj({
+            "success": {"const": False},
+            "error": _obj({"code": {"type": "string", "enum": list(ERROR_CODES)}, "message": STR,
+                           "details": ANY_OBJECT}, additional=False),
+        }, additional=False),
+        "VariantStats": variant_live,
+        "Experiment": experiment,
+        "Promotion": promotion,
+        "AuditEntry": audit,
+        "ConfigResponse": _ok(_obj({
+            "preset": {"type": "string", "enum": list(PRESET_NAMES)},
+            "config": {"anyOf": [_ref("AutoPromotionConfig"), {"type": "null"}]},
+            "sources": {"type": "object", "additionalProperties": STR,
+                        "description": "camelCase path -> default | preset:NAME | env:VAR"},
+            "validation": _obj({"valid": BOOL, "errors": _arr(STR)}),
+            "presets": {"type": "object", "additionalProperties": ANY_OBJECT},
+            "presetNames": _arr(STR),
+            "api": _obj({"auth": {"type": "string", "enum": ["enabled", "disabled"]}, "rateLimitPerMinute": INT,
+                         "maxBodyBytes": INT}),
+            "warnings": _arr(STR),
+        })),
+        "ExperimentList": page("experiments", "Experiment"),
+        "ExperimentDetail": _ok(_obj({
+            "experiment": _ref("Experiment"), "history": _arr(history), "promotions": _arr(_ref("Promotion")),
+            "audit": _arr(_ref("AuditEntry")), "alerts": _arr(alert),
+        })),
+        "PromotionList": page("promotions", "Promotion"),
+        "PromotionStats": _ok(_obj({
+            "days": INT,
+            "stats": _obj({"periodDays": INT, "totalPromotions": INT, "promotionsPerDay": NUM,
+                           "successfulPromotions": INT, "failedPromotions": INT, "avgConfidence": NNUM,
+                           "avgImprovement": NNUM, "avgHoursToPromotion": NNUM, "rollbackCount": INT,
+                           "rollbackRate": NUM, "activePromotions": INT}),
+            "perDay": _arr(_obj({"day": {"type": "string", "format": "date"}, "promotions": INT,
+                                 "rollbacks": INT})),
+        })),
+        "AuditList": page("entries", "AuditEntry"),
+    }
+    return schemas
+
+
+def _ok(data: dict[str, Any]) -> dict[str, Any]:
+    return _obj({"success": {"const": True}, "data": data}, additional=False)
+
+
+_ERROR_TEXT = {
+    "400": "Bad input: malformed_json, invalid_request or invalid_config; `details.errors` lists "
+           "`{path, message}` for every problem.",
+    "401": "No token, a malformed Authorization header, or an unknown token (`WWW-Authenticate: Bearer`).",
+    "403": "The token's role is too weak for the action (`details.requiredRole`).",
+    "404": "experiment_not_found or promotion_not_found.",
+    "409": "already_promoted (the experiment has an active promotion) or already_rolled_back.",
+    "413": "payload_too_large: the body is over AUTO_PROMOTION_MAX_BODY_BYTES.",
+    "429": "rate_limited: over AUTO_PROMOTION_RATE_LIMIT scan/promote/rollback calls per minute for this token; "
+           "see `Retry-After`.",
+    "500": "internal_error: an unexpected failure, logged under `details.requestId`; no stack trace is sent.",
+    "503": "database_unavailable: the database cannot be reached; see `Retry-After`.",
+}
+
+
+def _errors(*statuses: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for status in statuses:
+        response: dict[str, Any] = {"description": _ERROR_TEXT[status],
+                                    "content": {"application/json": {"schema": _ref("Error")}}}
+        if status in ("429", "503"):
+            response["headers"] = {"Retry-After": {"schema": {"type": "integer"},
+                                                   "description": "Seconds to wait before retrying"}}
+        if status == "401":
+            response["headers"] = {"WWW-Authenticate": {"schema": STR}}
+        out[status] = response
+    return out
+
+
+def _json(schema_name: str, description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ref(schema_name)}}}
+
+
+def _param(name: str, schema: dict[str, Any], description: str, where: str = "query",
+           required: bool = False) -> dict[str, Any]:
+    return {"name": name, "in": where, "required": required, "schema": schema, "description": description}
+
+
+def _page_params(default_limit: int) -> list[dict[str, Any]]:
+    return [
+        _param("limit", {"type": "integer", "minimum": 1, "maximum": 500, "default": default_limit},
+               "Page size"),
+        _param("offset", {"type": "integer", "minimum": 0, "maximum": 1_000_000_000, "default": 0},
+               "Rows to skip"),
+    ]
+
+
+_READ_ERRORS = ("400", "401", "500", "503")
+_VIEWER: list[dict[str, list[str]]] = [{"bearer": []}]
+
+_POST_DESCRIPTION = """The seed's actions. `check` needs the viewer role; `scan`, `promote` and `rollback` need
+operator, are audited with the token's name as the actor, and are rate limited per token (dry runs included).
+
+Responses are `{success, action, data, config: {enabled, dryRun, preset}}` with `data` the engine's result:
+- `check`: the eligibility (`data.eligible`, `data.reasons`); `success` is true.
+- `promote`: `success` mirrors `data.success`. Not eligible is **200 with `success: false`** and
+  `data.reasons`: the request was valid, the experiment was not ready. A dry run reports `success: true`
+  when it would promote. 409 is reserved for "already promoted".
+- `scan`: counts and one result per running experiment; `success` is true.
+- `rollback`: the restored weights; 409 when already rolled back.
+
+`dryRun` is accepted at the top level (as in the seed's example) and inside `config`. The body is read as
+JSON whatever the Content-Type. Fields an action does not use are refused rather than ignored."""
+
+
+@lru_cache(maxsize=1)
+def _document() -> dict[str, Any]:
+    experiment_name = _param("experiment", {"type": "string", "minLength": 1, "maxLength": 500},
+                             "Only rows of this experiment (exact name)")
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "ab-autopromote API",
+            "version": __version__,
+            "description": "Auto-promotion of A/B test winners: the seed's REST interface plus read endpoints. "
+                           "Every error is `{success: false, error: {code, message, details}}`.",
+        },
+        "components": {
+            "securitySchemes": {"bearer": {
+                "type": "http", "scheme": "bearer",
+                "description": "A token from `autopromote token create`; the server stores only its SHA-256 "
+                               "in AUTO_PROMOTION_API_TOKENS. Roles: viewer (reads, check), operator (also "
+                               "scan, promote, rollback).",
+            }},
+            "schemas": _schemas(),
+        },
+        "security": _VIEWER,
+        "paths": {
+            "/api/experiments/auto-promote": {
+                "post": {
+                    "operationId": "autoPromote",
+                    "summary": "Run scan, promote, check or rollback",
+                    "description": _POST_DESCRIPTION,
+                    "x-roles": {"check": "viewer", "scan": "operator", "promote": "operator",
+                                "rollback": "operator"},
+                    "requestBody": {"required": True, "content": {
+                        "application/json": {"schema": _ref("AutoPromoteRequest")}}},
+                    "responses": {
+                        "200": {**_json("ActionResponse", "The action ran (see the description for `success`)"),
+                                "headers": {"X-RateLimit-Limit": {"schema": INT},
+                                            "X-RateLimit-Remaining": {"schema": INT}}},
+                        **_errors("400", "401", "403", "404", "409", "413", "429", "500", "503"),
+                    },
+                },
+                "get": {
+                    "operationId": "getConfig",
+                    "summary": "The effective configuration, its validation result and the presets",
+                    "parameters": [_param("preset", {"type": "string", "enum": list(PRESET_NAMES)},
+                                          "Show the configuration with this preset, and only this preset")],
+                    "responses": {"200": _json("ConfigResponse", "The configuration"), **_errors(*_READ_ERRORS)},
+                },
+            },
+            "/api/experiments": {"get": {
+                "operationId": "listExperiments",
+                "summary": "Experiments with live per-variant statistics and the last decision, newest first",
+                "parameters": [_param("status", {"type": "string", "enum": list(EXPERIMENT_STATUSES)},
+                                      "Only experiments with this status"), *_page_params(100)],
+                "responses": {"200": _json("ExperimentList", "A page of experiments"), **_errors(*_READ_ERRORS)},
+            }},
+            "/api/experiments/{name}": {"get": {
+                "operationId": "getExperiment",
+                "summary": "One experiment with evaluation history, promotions, recent audit rows and open alerts",
+                "description": "The name is URL-encoded. (An experiment named `auto-promote` is shadowed by "
+                               "the configuration endpoint; find it in the list.)",
+                "parameters": [_param("name", {"type": "string", "minLength": 1}, "Experiment name", "path", True)],
+                "responses": {"200": _json("ExperimentDetail", "The experiment"),
+                              **_errors("400", "401", "404", "500", "503")},
+            }},
+            "/api/promotions": {"get": {
+                "operationId": "listPromotions",
+                "summary": "Promotions, newest first",
+                "parameters": [
+                    _param("status", {"type": "string", "enum": ["active", "rolled_back", "all"], "default": "all"},
+                           "active (not rolled back; includes rollback_requested), rolled_back, or all"),
+                    experiment_name, *_page_params(50),
+                ],
+                "responses": {"200": _json("PromotionList", "A page of promotions"), **_errors(*_READ_ERRORS)},
+            }},
+            "/api/promotions/stats": {"get": {
+                "operationId": "promotionStats",
+                "summary": "get_promotion_stats() and get_promotions_per_day()",
+                "parameters": [_param("days", {"type": "integer", "minimum": 1, "maximum": 3650, "default": 30},
+                                      "Period in days")],
+                "responses": {"200": _json("PromotionStats", "The statistics"), **_errors(*_READ_ERRORS)},
+            }},
+            "/api/audit": {"get": {
+                "operationId": "listAudit",
+                "summary": "The promotion audit log, newest first",
+                "parameters": [experiment_name,
+                               _param("action", {"type": "string", "minLength": 1, "maxLength": 100},
+                                      "Only this action (promoted, rolled_back, dry_run, promotion_refused, "
+                                      "promotion_failed, scan_requested, rollback_requested, ...)"),
+                               *_page_params(50)],
+                "responses": {"200": _json("AuditList", "A page of audit rows"), **_errors(*_READ_ERRORS)},
+            }},
+            "/api/openapi.json": {"get": {
+                "operationId": "openapi",
+                "summary": "This document (no authentication)",
+                "security": [],
+                "responses": {"200": {"description": "The OpenAPI document",
+                                      "content": {"application/json": {"schema": ANY_OBJECT}}},
+                              **_errors("400")},
+            }},
+        },
+    }
+
+
+def openapi_document() -> dict[str, Any]:
+    """A copy of the document (built once)."""
+    return copy.deepcopy(_document())
