@@ -501,3 +501,23 @@ async def test_run_delivers_on_wake_and_stops_when_asked(
                 await _wait_db(conn, _all(conn, "sent"))
             stop.set()
     assert await _statuses(conn) == ["sent", "sent"]
+
+
+async def test_429_holds_back_the_targets_queued_rows_without_counting_an_attempt(
+    conn: asyncpg.Connection, pool: asyncpg.Pool, http: FakeHTTPReceiver
+) -> None:
+    settings = _settings(http, pagerduty_routing_key=None, webhook_url=None, notify_rate_per_second=2.0)
+    http.script(SLACK_PATH, Reply(429, "rate_limited", {"Retry-After": "1"}))
+    for i in range(3):
+        await enqueue_notifications(conn, event="promotion.promoted",
+                                    payload=engine_payload(experimentName=f"exp-{i}"), config=_config(),
+                                    settings=settings)
+    dispatcher = Dispatcher(pool, settings)
+    assert await dispatcher.dispatch_once() == 1  # the other two were waiting for their slot when the 429 came
+    assert len(http.received(SLACK_PATH)) == 1
+    await _drive(dispatcher, _all(conn, "sent"))
+    first, *rest = http.received(SLACK_PATH)
+    assert len(rest) == 3 and all(r.received_at - first.received_at >= 0.95 for r in rest)
+    rows = await conn.fetch("SELECT attempts FROM notification_outbox ORDER BY id")
+    assert [r["attempts"] for r in rows] == [2, 1, 1]
+    assert [(r["status"], r["http_status"]) for r in await _logs(conn)].count(("retry", 429)) == 1

@@ -289,6 +289,7 @@ def test_token_bucket_spaces_messages_and_queues_rather_than_drops() -> None:
     now[0] += 10.0  # idle: the backlog is gone
     assert bucket.reserve() == 0.0
     bucket.pause(3.0)
+    assert bucket.paused_for() == 3.0
     assert bucket.delay() == 3.0
     assert bucket.reserve() == 3.0
     assert bucket.reserve() == 3.5

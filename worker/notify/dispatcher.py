@@ -163,11 +163,13 @@ class Dispatcher:
         lease_left = claimed_at + row.lease_seconds - time.monotonic()
         if wait + self._settings.notify_timeout > lease_left:
             # The target is paused (a 429) or backed up beyond this lease: hand the row back uncounted.
-            async with self._pool.acquire() as conn:
-                await outbox.release(conn, row, retry_in=wait)
-            bound.info("notification.deferred", retry_in=round(wait, 3))
+            await self._release(row, wait, bound)
             return False
         await anyio.sleep(bucket.reserve())
+        if (paused := bucket.paused_for()) > 0:
+            # The target answered 429 while this row waited for its slot: honour Retry-After for it too.
+            await self._release(row, paused, bound)
+            return False
 
         secrets = [*target.secrets(), self._settings.smtp_password]
         started = time.monotonic()
@@ -183,6 +185,11 @@ class Dispatcher:
             bucket.pause(result.retry_after)
         await self._finish(row, result, duration_ms, secrets, bound)
         return True
+
+    async def _release(self, row: OutboxRow, retry_in: float, bound: Any) -> None:
+        async with self._pool.acquire() as conn:
+            await outbox.release(conn, row, retry_in=retry_in)
+        bound.info("notification.deferred", retry_in=round(retry_in, 3))
 
     async def _finish(
         self,

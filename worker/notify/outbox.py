@@ -25,7 +25,13 @@ _NAME_RE = re.compile(r"^--\s*name:\s*([a-z_]+)\s*$", re.MULTILINE)
 
 def load_queries(path: Path) -> dict[str, str]:
     """Queries by name from a file of ``-- name: <name>`` sections."""
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RuntimeError(
+            f"{path} is missing: the package was built without it; list notify/*.sql under "
+            "[tool.setuptools.package-data] in pyproject.toml"
+        ) from None
     matches = list(_NAME_RE.finditer(text))
     queries: dict[str, str] = {}
     for i, match in enumerate(matches):

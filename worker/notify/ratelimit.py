@@ -38,6 +38,10 @@ class TokenBucket:
         self._next = max(self._next, now + wait) + self._interval
         return wait
 
+    def paused_for(self) -> float:
+        """Seconds left of a pause (0 when not paused)."""
+        return max(0.0, self._paused_until - self._clock())
+
     def pause(self, seconds: float) -> None:
         """No slot starts before ``seconds`` from now."""
         self._paused_until = max(self._paused_until, self._clock() + seconds)
