@@ -28,13 +28,14 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from worker.config import PRESET_NAMES, PRESETS, ConfigError, EffectiveConfig, load_config
 from worker.db.queries import Q
-from worker.engine import ExperimentNotFound
+from worker.engine import EngineError, ExperimentNotFound
 from worker.http import auth
 from worker.http.app import CTX, AppContext
 from worker.http.errors import (
     ApiError,
     api_error_middleware,
     config_error,
+    error_response,
     field_error,
     invalid_request,
     json_response,
@@ -409,6 +410,17 @@ async def post_auto_promote(request: web.Request) -> web.Response:
                 headers={**headers, "Retry-After": decision.retry_after_header},
             )
 
+    try:
+        success, data = await _run_action(ctx, req, effective, overrides, explicit_dry, principal.name)
+    except EngineError as exc:  # keep the rate-limit headers on refusals too
+        return error_response(exc.status, exc.code, exc.message, exc.details, headers)
+    body_out = {"success": success, "action": req.action, "data": plain(data), "config": _config_summary(effective)}
+    return json_response(body_out, headers=headers)
+
+
+async def _run_action(ctx: AppContext, req: AutoPromoteRequest, effective: EffectiveConfig,
+                      overrides: Mapping[str, Any], explicit_dry: bool | None, actor: str) -> tuple[bool, Any]:
+    """One engine call; returns the top-level ``success`` and the engine's data."""
     engine = ctx.engine
     data: dict[str, Any]
     if req.action == "check":
@@ -417,20 +429,17 @@ async def post_auto_promote(request: web.Request) -> web.Response:
         success = True
     elif req.action == "promote":
         assert req.experiment_name is not None
-        data = await engine.promote_winner(req.experiment_name, config=effective, actor=principal.name,
-                                           dry_run=explicit_dry)
+        data = await engine.promote_winner(req.experiment_name, config=effective, actor=actor, dry_run=explicit_dry)
         success = bool(data.get("success"))
     elif req.action == "scan":
-        await _audit_scan(ctx, principal.name, effective, overrides, explicit_dry)
-        data = await engine.scan_and_promote_winners(config=effective, actor=principal.name, dry_run=explicit_dry)
+        await _audit_scan(ctx, actor, effective, overrides, explicit_dry)
+        data = await engine.scan_and_promote_winners(config=effective, actor=actor, dry_run=explicit_dry)
         success = True
     else:
         assert req.promotion_id is not None and req.reason is not None
-        data = await engine.rollback_promotion(req.promotion_id.strip(), req.reason, actor=principal.name,
-                                               config=effective)
+        data = await engine.rollback_promotion(req.promotion_id.strip(), req.reason, actor=actor, config=effective)
         success = True
-    body_out = {"success": success, "action": req.action, "data": plain(data), "config": _config_summary(effective)}
-    return json_response(body_out, headers=headers)
+    return success, data
 
 
 async def _audit_scan(ctx: AppContext, actor: str, effective: EffectiveConfig, overrides: Mapping[str, Any],
