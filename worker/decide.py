@@ -218,6 +218,11 @@ def _pct(x: float, digits: int = 2) -> str:
     return f"{100 * x:.{digits}f}%"
 
 
+def _p(p: float) -> str:
+    """A p-value for people: "= 0.0123", "= 4.2e-05", or "< 1e-300" where floating point runs out."""
+    return "< 1e-300" if p < 1e-300 else f"= {p:.2g}"
+
+
 def _fmt_num(x: float) -> str:
     return f"{x:,.0f}" if float(x).is_integer() else f"{x:,.2f}".rstrip("0").rstrip(".")
 
@@ -371,8 +376,8 @@ def run_safety_checks(
         if srm.flagged:
             checks.append(SafetyCheck(
                 TRAFFIC_BALANCE_CHECK, False,
-                f"sample-ratio mismatch: p = {srm.p_value:.2g} < {sc.srm_threshold:g} "
-                f"(observed {observed}, expected {expected})", "critical"))
+                f"sample-ratio mismatch (chi-square p {_p(srm.p_value)}, threshold {sc.srm_threshold:g}): "
+                f"observed {observed}, expected {expected}", "critical"))
         else:
             checks.append(SafetyCheck(TRAFFIC_BALANCE_CHECK, True,
                                       f"traffic matches the weights (p = {srm.p_value:.3g})", "info"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -60,7 +61,7 @@ SCENARIOS: tuple[Scenario, ...] = (
              post_promotion_error_rate=0.15),
     Scenario("pricing-banner", "promoted, then rolled back by hand with ab_request_rollback",
              (Arm("control", 0.10), Arm("variant-b", 0.14)), "rolled back by hand",
-             manual_rollback_after=4.0),
+             manual_rollback_after=3.0),
 )
 
 DEMO_CONFIG_ENV = {
@@ -71,7 +72,6 @@ DEMO_CONFIG_ENV = {
     "AUTO_PROMOTION_GUARD_MIN_SAMPLES": "300",
     "AUTO_PROMOTION_SCAN_INTERVAL": "5",
     "AUTO_PROMOTION_POLL_INTERVAL": "1",
-    "AUTO_PROMOTION_API_AUTH": "disabled",
     "AUTO_PROMOTION_NOTIFY_RATE": "20",
     "AUTO_PROMOTION_NOTIFY_BACKOFF": "0.2",
 }
@@ -107,7 +107,7 @@ class TrafficSimulator:
     """Records one batch per tick for every running or promoted experiment, following the current weights."""
 
     def __init__(self, pool: asyncpg.Pool, scenarios: tuple[Scenario, ...] = SCENARIOS, *,
-                 exposures_per_tick: int = 220, seed: int = 7) -> None:
+                 exposures_per_tick: int = 300, seed: int = 7) -> None:
         self.pool = pool
         self.scenarios = {s.name: s for s in scenarios}
         self.per_tick = exposures_per_tick
@@ -292,11 +292,12 @@ class Display:
             self.out.write("\x1b[H\x1b[2J" + "\n".join(lines) + "\n")
             self.out.flush()
             return
+        # Plain output: one line when an experiment's decision changes kind, not on every new number.
         for name, exposures, confidence, what in (describe(r) for r in rows):
-            state = f"{what}"
-            if self._last_plain.get(name) != state:
-                self._last_plain[name] = state
-                print(f"progress      {name:<16} n={exposures:<22} confidence {confidence}  {what}",
+            kind = re.sub(r"[-+]?[\d.,]+(e-?\d+)?%?", "#", what)
+            if self._last_plain.get(name) != kind:
+                self._last_plain[name] = kind
+                print(f"progress      {name:<16} n={exposures:<18} confidence {confidence}  {what}",
                       file=self.out, flush=True)
 
 

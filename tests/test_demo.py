@@ -1,0 +1,37 @@
+"""`autopromote demo` as a newcomer runs it, output piped to a file: every path shows up in the summary."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.mark.slow
+def test_demo_runs_every_path_to_its_summary_without_a_terminal() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AUTO_PROMOTION_", "DATABASE_URL"))}
+    result = subprocess.run([sys.executable, "-m", "worker", "demo", "--duration", "25"], capture_output=True,
+                            text=True, timeout=180, env=env)
+    out = result.stdout
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "\x1b[" not in out  # plain lines, not a refreshing screen, when piped
+    summary = out[out.index("\nsummary\n"):]
+    assert "homepage-cta: variant-b at" in summary.split("blocked")[0]
+    assert "button-color-aa: no treatment beats control" in summary
+    assert "search-ranking: safety check failed: Error Rate Check" in summary
+    assert "signup-flow: safety check failed: Traffic Balance Check" in summary
+    assert "legacy-checkout: excluded by configuration" in summary
+    assert "checkout-flow: variant-b rolled back by autopromote-guard: guard: error rate" in summary
+    assert "pricing-banner: variant-b rolled back by demo-operator" in summary
+    assert "notification  webhook  promotion.promoted" in out
+    assert "notification  webhook  promotion.rolled_back" in out
+    assert "dashboard/API was at http://127.0.0.1:" in out and "postgresql://" in out
+    assert "Traceback" not in result.stderr
+
+
+def test_demo_rejects_a_bad_duration() -> None:
+    result = subprocess.run([sys.executable, "-m", "worker", "demo", "--duration", "0"], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 2 and "--duration must be a positive number" in result.stderr
