@@ -18,7 +18,7 @@ test: $(STAMP)
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 check: $(STAMP)
-	$(BIN)/ruff check worker tests bench
+	$(BIN)/ruff check worker tests bench deploy
 	$(BIN)/mypy worker
 
 demo: $(STAMP)

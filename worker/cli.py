@@ -172,6 +172,7 @@ _EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentPars
 
 
 def build_parser() -> argparse.ArgumentParser:
+    _load_command_modules()
     parser = argparse.ArgumentParser(
         prog="autopromote",
         description="Promote A/B test winners with peeking-safe statistics, driven by PostgreSQL events.",
@@ -209,7 +210,6 @@ def _version() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``autopromote`` and ``python -m worker``."""
-    _load_command_modules()
     parser = build_parser()
     args = parser.parse_args(argv)
     from worker.logging import configure_logging
