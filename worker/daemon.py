@@ -1,0 +1,335 @@
+"""``autopromote run``: one root task group that owns the listener, folder, evaluator, guard, rollback handler,
+scanner, notification dispatcher and HTTP server, and one shutdown path.
+
+Shutdown: SIGTERM or SIGINT sets the stop event. Every service stops taking work, finishes the unit in flight (one
+transaction) and returns; whatever is still running ``shutdown_grace`` seconds later is cancelled, and its open
+transaction is rolled back by PostgreSQL, so nothing is lost either way. A second signal cancels everything at once.
+Exit codes: 0 after a signal, 2 bad configuration or pending migrations, 3 database unreachable at start.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import asyncpg
+import structlog
+from aiohttp import web
+
+from worker.config import EffectiveConfig, Settings
+from worker.db.connect import connect, create_pool, redact_url, resolve_database
+from worker.db.migrate import migrate, pending_migrations
+from worker.engine import Engine, Evaluation
+from worker.evaluator import Evaluator, Folder, Wake, evaluation_event
+from worker.events import EventBus
+from worker.guard import PostPromotionGuard, default_identity
+from worker.http.app import AppContext, Health, create_app
+from worker.listener import DB_ERRORS, Backoff, Listener, PromotionEvent, sleep_or_stop
+from worker.rollbacks import carry_out_rollback_requests
+from worker.scanner import AdvisoryLockLeadership, Leadership, LeaseLeadership, Scanner
+
+log = structlog.get_logger("worker.daemon")
+
+EXIT_OK, EXIT_CONFIG, EXIT_DB = 0, 2, 3
+
+
+class StartupError(Exception):
+    """The worker refuses to start; ``code`` is the process exit code."""
+
+    def __init__(self, message: str, code: int = EXIT_CONFIG) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(slots=True)
+class ShutdownState:
+    forced_by: int | None = None  # the signal that forced an immediate exit
+    requested_at: float | None = None
+    grace_exceeded: bool = False
+    signals: list[str] = field(default_factory=list)
+
+
+class Daemon:
+    """The worker on one database. ``run(stop)`` returns once ``stop`` is set and the work in flight has ended."""
+
+    def __init__(self, *, url: str, pool: asyncpg.Pool, settings: Settings, config: EffectiveConfig,
+                 events: EventBus | None = None, health: Health | None = None, identity: str | None = None,
+                 serve_http: bool = True) -> None:
+        self.url = url
+        self.pool = pool
+        self.settings = settings
+        self.config = config
+        self.events = events or EventBus()
+        self.health = health or Health(listener_required=not settings.poll_only)
+        self.health.listener_required = not settings.poll_only
+        self.identity = identity or default_identity()
+        self.serve_http = serve_http
+        self.engine = Engine(pool, settings, config, on_committed=self._on_committed)
+        self.guard = PostPromotionGuard(pool, self.engine, settings, config, identity=self.identity)
+        self.evaluator = Evaluator(pool, self.engine, self.guard, concurrency=evaluation_concurrency(settings),
+                                   on_evaluated=self._on_evaluated)
+        self.folder = Folder(pool, settings, self.evaluator, on_tick=self._on_tick, on_caught_up=self._caught_up,
+                             catch_up_at_start=settings.poll_only)
+        self.rollback_wake = Wake()
+        self.guard_wake = Wake()
+        interval = config.config.scan_interval_seconds
+        leadership: Leadership = (
+            LeaseLeadership(pool, self.identity, ttl=max(3 * interval, 10.0)) if settings.poll_only
+            else AdvisoryLockLeadership(url)
+        )
+        self.scanner = Scanner(leadership, self.scan_once, interval=interval)
+        self.listener = (None if settings.poll_only
+                         else Listener(url, self, liveness_interval=settings.liveness_interval))
+        self.dispatcher = _dispatcher(pool, settings)
+        self.http_port: int | None = None
+        self.http_ready = anyio.Event()
+        self.caught_up = anyio.Event()
+        self.stopping = False
+
+    # ---------------------------------------------------------------------------------------------- running
+    async def run(self, stop: anyio.Event) -> None:
+        """Run every service until ``stop``; then give the work in flight ``shutdown_grace`` seconds."""
+        self.health.started_at = time.time()
+        grace = self.settings.shutdown_grace
+        log.info("daemon.starting", identity=self.identity, poll_only=self.settings.poll_only,
+                 scan_interval=self.scanner.interval, poll_interval=self.settings.poll_interval,
+                 evaluation_concurrency=self.evaluator.concurrency, grace_seconds=grace,
+                 dispatcher=self.dispatcher is not None)
+        http_stop = anyio.Event()
+        async with anyio.create_task_group() as outer:
+            if self.serve_http:
+                await outer.start(self._serve_http, http_stop)
+            else:
+                self.http_ready.set()
+            async with anyio.create_task_group() as work:
+                work.start_soon(self._fan_out_stop, stop)
+                work.start_soon(self.folder.run, stop)
+                work.start_soon(self.evaluator.run, stop)
+                work.start_soon(self._run_on_wake, "rollback_requests", self.rollback_wake, stop,
+                                self._carry_out_rollbacks)
+                work.start_soon(self._run_on_wake, "guard", self.guard_wake, stop, self._check_guard)
+                work.start_soon(self.scanner.run, stop)
+                if self.listener is not None:
+                    work.start_soon(self.listener.run, stop)
+                if self.dispatcher is not None:
+                    work.start_soon(self.dispatcher.run, stop)
+                await stop.wait()
+                self.stopping = True
+                self.health.details["stopping"] = True
+                # Everything still running once the work budget is spent is cancelled (and rolled back).
+                work.cancel_scope.deadline = anyio.current_time() + _work_budget(grace)
+            if work.cancel_scope.cancelled_caught:
+                log.warning("shutdown.grace_exceeded", grace_seconds=grace)
+            http_stop.set()
+        log.info("daemon.stopped", folded=self.folder.folded_total, evaluations=self.evaluator.evaluations)
+
+    async def _fan_out_stop(self, stop: anyio.Event) -> None:
+        await stop.wait()
+        for wake in (self.folder.wake, self.evaluator.wake, self.rollback_wake, self.guard_wake):
+            wake.set()
+
+    async def _run_on_wake(self, name: str, wake: Wake, stop: anyio.Event,
+                           fn: Callable[[], Awaitable[object]]) -> None:
+        """Run ``fn`` whenever ``wake`` is set (coalescing), retrying database failures with backoff."""
+        backoff = Backoff(base=0.5, cap=30.0)
+        while True:
+            await wake.wait()
+            if stop.is_set():
+                return
+            try:
+                await fn()
+            except DB_ERRORS as exc:
+                delay = backoff.next()
+                log.warning(f"{name}.failed", error=f"{type(exc).__name__}: {exc}", retry_in=round(delay, 3))
+                await sleep_or_stop(stop, delay)
+                wake.set()
+                continue
+            backoff.reset()
+
+    async def _carry_out_rollbacks(self) -> None:
+        await carry_out_rollback_requests(self.pool, self.engine)
+
+    async def _check_guard(self) -> None:
+        await self.guard.check(None)
+
+    async def scan_once(self) -> dict[str, Any]:
+        """The reconciliation scan: promote what became eligible, then guard checks and rollback requests."""
+        result = await self.engine.scan_and_promote_winners()
+        outcomes = await self.guard.check(None)
+        rollbacks = await carry_out_rollback_requests(self.pool, self.engine)
+        return {"scanned": result["scanned"], "eligible": result["eligible"], "promoted": result["promoted"],
+                "guard_actions": sum(1 for o in outcomes if o.action != "none"),
+                "rollback_requests": sum(1 for r in rollbacks if r.action == "rolled_back")}
+
+    # ------------------------------------------------------------------------------------------------- HTTP
+    async def _serve_http(self, http_stop: anyio.Event, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+        ctx = AppContext(pool=self.pool, settings=self.settings, config=self.config, engine=self.engine,
+                         events=self.events, health=self.health)
+        runner = web.AppRunner(create_app(ctx), handle_signals=False, access_log=None, shutdown_timeout=0.5)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, self.settings.http_host, self.settings.http_port, shutdown_timeout=0.5)
+            await site.start()
+            sockets = [a for a in runner.addresses if isinstance(a, tuple)]
+            self.http_port = int(sockets[0][1]) if sockets else self.settings.http_port
+            log.info("http.started", host=self.settings.http_host, port=self.http_port)
+            self.http_ready.set()
+            task_status.started()
+            await http_stop.wait()
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(1.0):
+                await runner.cleanup()
+
+    # ------------------------------------------------------------------------------------- listener hooks
+    def on_metrics(self, experiment_id: int | None) -> None:
+        self.folder.hint(experiment_id)
+        if experiment_id is None:
+            self.guard_wake.set()  # a global critical alert: every watched promotion
+
+    def on_promotion_event(self, event: PromotionEvent) -> None:
+        if event.event == "rollback_requested":
+            self.rollback_wake.set()
+        kind = "promotion" if event.event == "promoted" else "rollback"
+        self.events.publish({"type": kind, "event": event.event, "promotionId": str(event.promotion_id),
+                             "experimentName": event.experiment_name, "at": time.time()})
+
+    def on_connected(self, reconnected: bool) -> None:
+        self.health.listener_connected = True
+        self.health.catchup_done = False
+        self.folder.request_catch_up()
+
+    def on_disconnected(self) -> None:
+        self.health.listener_connected = False
+
+    # --------------------------------------------------------------------------------------- other hooks
+    def _caught_up(self) -> None:
+        self.health.catchup_done = True
+        self.caught_up.set()
+
+    def _on_tick(self, catch_up: bool) -> None:
+        """Each poll interval (and after each catch-up): look for what a lost NOTIFY would have said."""
+        self.rollback_wake.set()
+        self.guard_wake.set()
+
+    def _on_evaluated(self, evaluation: Evaluation, latency: float | None) -> None:
+        if self.events.subscriber_count:
+            self.events.publish(evaluation_event(evaluation, latency))
+
+    def _on_committed(self, event: str, data: dict[str, Any]) -> None:
+        if self.dispatcher is not None:
+            self.dispatcher.wake()
+        if self.settings.poll_only:
+            # No ab_promotion_events to tell the dashboard, so tell it from here.
+            kind = "promotion" if event == "promotion.promoted" else "rollback"
+            self.events.publish({"type": kind, "event": event, "promotionId": data.get("promotionId"),
+                                 "experimentName": data.get("experimentName"), "at": time.time()})
+
+
+def evaluation_concurrency(settings: Settings) -> int:
+    """Evaluations at once: each holds two pooled connections (its lock session and the engine's)."""
+    return max(1, min(16, (settings.pool_size - 2) // 2))
+
+
+def _work_budget(grace: float) -> float:
+    """The part of the grace period the services get; the rest is for closing the HTTP server and the pool."""
+    return max(0.0, grace - min(1.5, grace * 0.2))
+
+
+def _dispatcher(pool: asyncpg.Pool, settings: Settings) -> Any:
+    try:
+        from worker.notify import Dispatcher
+    except ImportError as exc:  # notifications are optional for the decision path
+        log.warning("notify.unavailable", error=str(exc))
+        return None
+    return Dispatcher(pool, settings)
+
+
+# ------------------------------------------------------------------------------------------------ process
+async def check_migrations(url: str, *, apply: bool, schema_dir: Path | None) -> list[str]:
+    """Apply pending migrations when ``apply``, else StartupError naming them; the files applied."""
+    try:
+        conn = await connect(url, timeout=10)
+    except DB_ERRORS as exc:
+        raise StartupError(str(exc), EXIT_DB) from exc
+    try:
+        pending = await pending_migrations(conn, schema_dir)
+        if pending and not apply:
+            raise StartupError(
+                f"the database at {redact_url(url)} has {len(pending)} pending migration(s): {', '.join(pending)}. "
+                "Run `autopromote migrate` first (or start with `autopromote run --migrate`).", EXIT_CONFIG)
+        if pending:
+            result = await migrate(conn, schema_dir)
+            log.info("migrations.applied", applied=result.applied)
+            return result.applied
+        return []
+    finally:
+        await conn.close()
+
+
+async def run_worker(settings: Settings, config: EffectiveConfig, *, apply_migrations: bool = False,
+                     handle_signals: bool = True, stop: anyio.Event | None = None,
+                     on_started: Callable[[Daemon], None] | None = None) -> int:
+    """The whole process: database (embedded when DATABASE_URL is unset), migrations, pool, daemon, signals.
+
+    Returns the exit code; StartupError (with its code) when it cannot start.
+    """
+    stop = stop or anyio.Event()
+    state = ShutdownState()
+    schema_dir = Path(settings.schema_dir) if settings.schema_dir else None
+    async with resolve_database(settings.database_url) as db:
+        if db.embedded is not None:
+            log.warning("database.embedded", url=redact_url(db.url),
+                        note="DATABASE_URL is not set: a throw-away embedded PostgreSQL, gone when the worker exits")
+        await check_migrations(db.url, apply=apply_migrations or db.embedded is not None, schema_dir=schema_dir)
+        try:
+            pool = await create_pool(db.url, min_size=2, max_size=settings.pool_size, timeout=10)
+        except DB_ERRORS as exc:
+            raise StartupError(str(exc), EXIT_DB) from exc
+        try:
+            daemon = Daemon(url=db.url, pool=pool, settings=settings, config=config)
+            async with anyio.create_task_group() as root:
+                if handle_signals:
+                    root.start_soon(_watch_signals, stop, root.cancel_scope, state, settings.shutdown_grace)
+                if on_started is not None:
+                    root.start_soon(_notify_started, daemon, on_started)
+                await daemon.run(stop)
+                root.cancel_scope.cancel()
+        finally:
+            await _close_pool(pool, force=state.forced_by is not None)
+    if state.forced_by is not None:
+        return 128 + state.forced_by
+    return EXIT_OK
+
+
+async def _close_pool(pool: asyncpg.Pool, *, force: bool) -> None:
+    if not force:
+        with anyio.CancelScope(shield=True), anyio.move_on_after(1.0):
+            await pool.close()
+            return
+    pool.terminate()
+
+
+async def _notify_started(daemon: Daemon, on_started: Callable[[Daemon], None]) -> None:
+    await daemon.http_ready.wait()
+    on_started(daemon)
+
+
+async def _watch_signals(stop: anyio.Event, scope: anyio.CancelScope, state: ShutdownState, grace: float) -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            name = signal.Signals(signum).name
+            state.signals.append(name)
+            if not stop.is_set():
+                state.requested_at = time.monotonic()
+                log.info("shutdown.requested", signal=name, grace_seconds=grace)
+                stop.set()
+                continue
+            log.warning("shutdown.forced", signal=name)
+            state.forced_by = int(signum)
+            scope.cancel()
+            return

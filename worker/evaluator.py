@@ -1,0 +1,285 @@
+"""Drain the metric queue in big batches, then evaluate each touched experiment once.
+
+Coalescing: a wake-up (NOTIFY, poll tick, catch-up) makes the ``Folder`` fold everything pending, batch after batch,
+each batch one transaction (``worker.fold``: an update is folded once or not at all). Every experiment a batch
+touched goes into the ``Evaluator``'s dirty set. The evaluator runs at most ``concurrency`` evaluations at a time and
+at most one per experiment: an experiment that gets dirty again while it is being evaluated is evaluated once more
+afterwards, however many updates arrived meanwhile. So 10,000 updates for one experiment arriving together cost a
+handful of evaluations, not 10,000.
+
+Across replicas an evaluation holds a session advisory lock on the experiment (``pg_try_advisory_lock``); a replica
+that finds it taken evaluates a moment later instead of at the same time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime
+from typing import Any
+
+import anyio
+import asyncpg
+import structlog
+
+from worker import metrics
+from worker.config import Settings
+from worker.db.daemon_queries import DQ
+from worker.engine import Engine, Evaluation
+from worker.fold import fold_batch
+from worker.guard import PostPromotionGuard
+from worker.listener import DB_ERRORS, Backoff, sleep_or_stop
+
+log = structlog.get_logger("worker.evaluator")
+
+# Session advisory-lock keys of experiment evaluations: this prefix in the top 16 bits, the experiment id below.
+# Other keys of the project (migrations, promotion slot, scan leadership) are below 2**32, so they never collide.
+EVALUATION_LOCK_PREFIX = 0x6576 << 48  # "ev"
+_LOCK_RETRY_SECONDS = 0.02
+
+
+def evaluation_lock_key(experiment_id: int) -> int:
+    """The advisory-lock key that serialises evaluations of one experiment across replicas."""
+    return EVALUATION_LOCK_PREFIX | (experiment_id & ((1 << 48) - 1))
+
+
+class Wake:
+    """A coalescing wake-up: any number of ``set()`` calls before ``wait()`` returns count as one."""
+
+    def __init__(self) -> None:
+        self._event = anyio.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    async def wait(self, within: float | None = None) -> bool:
+        """Wait for a ``set()`` (at most ``within`` seconds); True when woken. Clears the wake-up."""
+        with anyio.move_on_after(within):
+            await self._event.wait()
+        woken = self._event.is_set()
+        if woken:
+            self._event = anyio.Event()
+        return woken
+
+
+class Evaluator:
+    """The dirty set and the bounded pool of evaluations; ``run`` returns after ``stop`` once in-flight ones end."""
+
+    def __init__(self, pool: asyncpg.Pool, engine: Engine, guard: PostPromotionGuard, *, concurrency: int,
+                 on_evaluated: Callable[[Evaluation, float | None], None] | None = None) -> None:
+        self.pool = pool
+        self.engine = engine
+        self.guard = guard
+        self.concurrency = max(1, concurrency)
+        self.on_evaluated = on_evaluated
+        self.wake = Wake()
+        # experiment id -> newest recorded_at folded since its last evaluation started (None: not from a fold)
+        self._dirty: dict[int, datetime | None] = {}
+        self._inflight: set[int] = set()
+        self.evaluations = 0
+        self.deferred = 0
+
+    @property
+    def pending(self) -> int:
+        return len(self._dirty)
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._dirty or self._inflight)
+
+    def mark(self, experiment_ids: Iterable[int]) -> None:
+        """Evaluate these experiments (again) soon."""
+        added = False
+        for exp_id in experiment_ids:
+            if exp_id not in self._dirty:
+                self._dirty[exp_id] = None
+            added = True
+        if added:
+            self.wake.set()
+
+    def mark_folded(self, experiments: Mapping[int, datetime]) -> None:
+        """Evaluate the experiments a fold touched; remembers the newest update's time for the latency metric."""
+        for exp_id, recorded_at in experiments.items():
+            self._put(exp_id, recorded_at)
+        if experiments:
+            self.wake.set()
+
+    def _put(self, exp_id: int, recorded_at: datetime | None) -> None:
+        if exp_id not in self._dirty:
+            self._dirty[exp_id] = recorded_at
+            return
+        current = self._dirty[exp_id]
+        if recorded_at is not None and (current is None or recorded_at > current):
+            self._dirty[exp_id] = recorded_at
+
+    async def run(self, stop: anyio.Event) -> None:
+        async with anyio.create_task_group() as tg:
+            while True:
+                await self.wake.wait()
+                if stop.is_set():
+                    break  # the task group waits for the evaluations in flight
+                for exp_id in list(self._dirty):
+                    if len(self._inflight) >= self.concurrency:
+                        break
+                    if exp_id in self._inflight:
+                        continue
+                    recorded_at = self._dirty.pop(exp_id)
+                    self._inflight.add(exp_id)
+                    tg.start_soon(self._evaluate, exp_id, recorded_at, stop)
+
+    async def _evaluate(self, exp_id: int, recorded_at: datetime | None, stop: anyio.Event) -> None:
+        try:
+            with structlog.contextvars.bound_contextvars(experiment_id=exp_id):
+                retry_in = await self._evaluate_locked(exp_id, recorded_at)
+            if retry_in is not None and not stop.is_set():
+                await sleep_or_stop(stop, retry_in)
+                if not stop.is_set():
+                    self._put(exp_id, recorded_at)
+        finally:
+            self._inflight.discard(exp_id)
+            self.wake.set()
+
+    async def _evaluate_locked(self, exp_id: int, recorded_at: datetime | None) -> float | None:
+        """Evaluate one experiment under its cross-replica lock; the delay before a retry, or None when done."""
+        try:
+            async with self.pool.acquire() as lock_conn:
+                key = evaluation_lock_key(exp_id)
+                if not await lock_conn.fetchval("SELECT pg_try_advisory_lock($1)", key):
+                    self.deferred += 1
+                    return _LOCK_RETRY_SECONDS  # another replica is evaluating it right now
+                try:
+                    evaluation = await self.engine.evaluate_experiment(exp_id)
+                    if evaluation.action == "skipped":
+                        # Not running: promoted ones are the guard's. The update that shows a breach acts now.
+                        await self.guard.check([exp_id])
+                finally:
+                    # Released explicitly so the next evaluation need not wait for the pool's reset query
+                    # (which would release it too: asyncpg runs pg_advisory_unlock_all() on release).
+                    if not lock_conn.is_closed():
+                        with anyio.CancelScope(shield=True), anyio.move_on_after(2.0):
+                            await lock_conn.execute("SELECT pg_advisory_unlock($1)", key)
+        except DB_ERRORS as exc:
+            metrics.EVALUATIONS.labels("error").inc()
+            log.warning("evaluation.failed", error=f"{type(exc).__name__}: {exc}", retry_in=1.0)
+            return 1.0
+        except Exception as exc:
+            # One experiment's failure must not stop the others; the scan retries it.
+            metrics.EVALUATIONS.labels("error").inc()
+            log.exception("evaluation.crashed", error=f"{type(exc).__name__}: {exc}")
+            return None
+        self.evaluations += 1
+        latency = None
+        if recorded_at is not None:
+            latency = max(0.0, time.time() - recorded_at.timestamp())
+            metrics.DECISION_LATENCY.observe(latency)
+        if self.on_evaluated is not None:
+            self.on_evaluated(evaluation, latency)
+        return None
+
+
+class Folder:
+    """Folds the queue whenever woken, and at least every ``poll_interval`` seconds."""
+
+    def __init__(self, pool: asyncpg.Pool, settings: Settings, evaluator: Evaluator, *,
+                 on_tick: Callable[[bool], None] | None = None,
+                 on_caught_up: Callable[[], None] | None = None, catch_up_at_start: bool = True) -> None:
+        self.pool = pool
+        self.settings = settings
+        self.evaluator = evaluator
+        self.on_tick = on_tick
+        self.on_caught_up = on_caught_up
+        self.wake = Wake()
+        self._hints: set[int] = set()
+        # With a listener, its first connect asks for the catch-up (after LISTEN, so nothing slips between).
+        self._catch_up = catch_up_at_start
+        self.folded_total = 0
+
+    def hint(self, experiment_id: int | None) -> None:
+        """A NOTIFY said this experiment changed (an alert may have no metric update behind it)."""
+        if experiment_id is not None:
+            self._hints.add(experiment_id)
+        self.wake.set()
+
+    def request_catch_up(self) -> None:
+        """Fold everything, re-evaluate what was left unevaluated, then report caught up."""
+        self._catch_up = True
+        self.wake.set()
+
+    async def run(self, stop: anyio.Event) -> None:
+        backoff = Backoff(base=0.2, cap=10.0)
+        next_tick = anyio.current_time()
+        while not stop.is_set():
+            await self.wake.wait(max(0.0, next_tick - anyio.current_time()))
+            if stop.is_set():
+                break
+            catch_up, self._catch_up = self._catch_up, False
+            hints, self._hints = self._hints, set()
+            try:
+                await self.drain(stop, catch_up=catch_up)
+                stale: list[int] = []
+                if catch_up:
+                    async with self.pool.acquire() as conn:
+                        stale = [r["id"] for r in await conn.fetch(DQ["stale_experiments"])]
+            except DB_ERRORS as exc:
+                self._hints |= hints
+                self._catch_up = self._catch_up or catch_up
+                delay = backoff.next()
+                log.warning("fold.failed", error=f"{type(exc).__name__}: {exc}", retry_in=round(delay, 3))
+                await sleep_or_stop(stop, delay)
+                self.wake.set()
+                continue
+            backoff.reset()
+            self.evaluator.mark(hints)
+            if catch_up:
+                self.evaluator.mark(stale)
+                log.info("daemon.caught_up", stale_experiments=len(stale))
+                if self.on_caught_up is not None:
+                    self.on_caught_up()
+            now = anyio.current_time()
+            if catch_up or now >= next_tick:
+                next_tick = now + self.settings.poll_interval
+                if self.on_tick is not None:
+                    self.on_tick(catch_up)
+
+    async def drain(self, stop: anyio.Event | None = None, *, catch_up: bool = False) -> int:
+        """Fold batches until the queue is empty (or ``stop`` is set between two batches)."""
+        total = 0
+        limit = self.settings.fold_batch_size
+        while True:
+            started = time.perf_counter()
+            async with self.pool.acquire() as conn, conn.transaction():
+                result = await fold_batch(conn, limit=limit)
+            if result.updates:
+                total += result.updates
+                self.folded_total += result.updates
+                metrics.UPDATES_FOLDED.inc(result.updates)
+                self.evaluator.mark_folded(result.experiments)
+                (log.info if catch_up or result.updates >= limit else log.debug)(
+                    "metrics.folded", updates=result.updates, experiments=len(result.experiments),
+                    ms=round(1000 * (time.perf_counter() - started), 2), catch_up=catch_up)
+            if result.updates < limit or (stop is not None and stop.is_set()):
+                return total
+
+
+def evaluation_event(evaluation: Evaluation, latency: float | None) -> dict[str, Any]:
+    """The EventBus message after an evaluation (the dashboard pushes it live)."""
+    decision = evaluation.decision
+    event: dict[str, Any] = {
+        "type": "evaluation",
+        "experimentId": evaluation.experiment_id,
+        "experimentName": evaluation.experiment_name,
+        "action": evaluation.action,
+        "eligible": decision.eligible if decision else None,
+        "confidence": decision.confidence if decision else None,
+        "improvement": decision.improvement if decision else None,
+        "reasons": list(decision.reasons) if decision else [],
+        "at": time.time(),
+    }
+    if evaluation.promotion and evaluation.promotion.get("promotionId"):
+        event["promotionId"] = evaluation.promotion["promotionId"]
+    if latency is not None:
+        event["decisionLatencySeconds"] = round(latency, 6)
+    return event

@@ -1,0 +1,245 @@
+"""LISTEN on a dedicated connection, reconnect with capped jittered backoff, and probe liveness.
+
+NOTIFY is only a wake-up; the queue table is the truth. After every (re)connect the owner is told to catch up,
+because notifications sent while no session was listening are gone for good. A half-open TCP connection delivers
+nothing and raises nothing, so every ``liveness_interval`` seconds the listener asks its own session which channels
+it listens on, with a timeout; no answer, or the wrong answer, means reconnect.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import uuid
+from collections.abc import Callable
+from typing import Any, Literal, Protocol
+
+import anyio
+import asyncpg
+import structlog
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from worker import metrics
+from worker.db.connect import DatabaseUnavailable, connect
+from worker.db.daemon_queries import DQ
+
+log = structlog.get_logger("worker.listener")
+
+METRICS_CHANNEL = "ab_metrics"
+PROMOTION_CHANNEL = "ab_promotion_events"
+CHANNELS = (METRICS_CHANNEL, PROMOTION_CHANNEL)
+APPLICATION_NAME = "autopromote-listener"
+
+# What a lost or unusable database connection raises; anything else is a bug and propagates.
+DB_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError, DatabaseUnavailable,
+)
+
+_EXPERIMENT_ID = re.compile(r"[0-9]{1,19}")
+
+
+class BadPayload(ValueError):
+    """A NOTIFY payload that is not what the schema sends."""
+
+
+class PromotionEvent(BaseModel):
+    """The JSON of an ``ab_promotion_events`` notification (see notify_promotion_event() in 0001_core.sql)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    event: Literal["promoted", "rolled_back", "rollback_requested"]
+    promotion_id: uuid.UUID
+    experiment_name: str
+
+
+def parse_metrics_payload(payload: str) -> int | None:
+    """The experiment id of an ``ab_metrics`` wake-up, or None for ``*`` (a global alert: every experiment).
+
+    Raises BadPayload for anything else.
+    """
+    text = payload.strip()
+    if text == "*":
+        return None
+    if not _EXPERIMENT_ID.fullmatch(text) or not 0 < int(text) < 2**63:
+        raise BadPayload(f"expected an experiment id or '*', got {payload[:80]!r}")
+    return int(text)
+
+
+def parse_promotion_payload(payload: str) -> PromotionEvent:
+    """The event of an ``ab_promotion_events`` notification; BadPayload when it is not one."""
+    try:
+        return PromotionEvent.model_validate_json(payload)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'payload'}: {e['msg']}" for e in exc.errors())
+        raise BadPayload(problems[:300]) from None
+
+
+class Backoff:
+    """Capped exponential backoff with jitter: about base, 2*base, 4*base ... up to cap, each scaled by 0.5-1.
+
+    The jitter spreads the reconnects of many replicas after a database restart.
+    """
+
+    def __init__(self, base: float = 0.1, cap: float = 30.0, rng: random.Random | None = None) -> None:
+        self.base = base
+        self.cap = cap
+        self.failures = 0
+        self._rng = rng or random.Random()
+
+    def next(self) -> float:
+        """The delay before the next attempt (and count this failure)."""
+        delay = min(self.cap, self.base * 2.0 ** min(self.failures, 30))
+        self.failures += 1
+        return float(delay * self._rng.uniform(0.5, 1.0))
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+class ListenerHooks(Protocol):
+    """What the listener tells its owner. Called on the event loop; must not block or raise."""
+
+    def on_metrics(self, experiment_id: int | None) -> None: ...
+
+    def on_promotion_event(self, event: PromotionEvent) -> None: ...
+
+    def on_connected(self, reconnected: bool) -> None: ...
+
+    def on_disconnected(self) -> None: ...
+
+
+class ListenerLost(Exception):
+    """The LISTEN session is gone or no longer answers."""
+
+
+LOST_ERRORS: tuple[type[BaseException], ...] = (*DB_ERRORS, ListenerLost)
+
+
+async def wait_any(*events: anyio.Event) -> None:
+    """Return as soon as one of ``events`` is set."""
+    if any(e.is_set() for e in events):
+        return
+    async with anyio.create_task_group() as tg:
+        async def one(event: anyio.Event) -> None:
+            await event.wait()
+            tg.cancel_scope.cancel()
+
+        for event in events:
+            tg.start_soon(one, event)
+
+
+async def sleep_or_stop(stop: anyio.Event, seconds: float) -> None:
+    """Sleep ``seconds`` unless ``stop`` is set first."""
+    with anyio.move_on_after(seconds):
+        await stop.wait()
+
+
+class Listener:
+    """Owns the LISTEN connection for the life of the worker; ``run`` returns once ``stop`` is set."""
+
+    def __init__(self, url: str, hooks: ListenerHooks, *, liveness_interval: float = 3.0,
+                 application_name: str = APPLICATION_NAME, backoff: Backoff | None = None,
+                 connect_timeout: float = 10.0) -> None:
+        self.url = url
+        self.hooks = hooks
+        self.liveness_interval = liveness_interval
+        self.application_name = application_name
+        self.backoff = backoff or Backoff()
+        self.connect_timeout = connect_timeout
+        self.connected = False
+        self.backend_pid: int | None = None
+
+    async def run(self, stop: anyio.Event) -> None:
+        ever_connected = False
+        while not stop.is_set():
+            try:
+                conn = await connect(self.url, timeout=self.connect_timeout,
+                                     server_settings={"application_name": self.application_name})
+            except DB_ERRORS as exc:
+                delay = self.backoff.next()
+                log.warning("listener.connect_failed", error=_describe(exc), retry_in=round(delay, 3),
+                            attempt=self.backoff.failures)
+                await sleep_or_stop(stop, delay)
+                continue
+            lost = anyio.Event()
+            healthy_exit = False
+            try:
+                conn.add_termination_listener(_setter(lost))
+                for channel in CHANNELS:
+                    await conn.add_listener(channel, self._on_notification)
+                self.backoff.reset()
+                self.backend_pid = conn.get_server_pid()
+                self._set_connected(True)
+                if ever_connected:
+                    metrics.LISTENER_RECONNECTS.inc()
+                    log.info("listener.reconnected", backend_pid=self.backend_pid)
+                else:
+                    log.info("listener.connected", backend_pid=self.backend_pid, channels=list(CHANNELS))
+                self.hooks.on_connected(ever_connected)
+                ever_connected = True
+                await self._watch(conn, stop, lost)
+                healthy_exit = True
+            except LOST_ERRORS as exc:
+                log.warning("listener.lost", error=_describe(exc), backend_pid=self.backend_pid)
+            finally:
+                was_connected = self.connected
+                self._set_connected(False)
+                if was_connected:
+                    self.hooks.on_disconnected()
+                await _close(conn, graceful=healthy_exit)
+            if not healthy_exit:
+                await sleep_or_stop(stop, self.backoff.next())
+
+    async def _watch(self, conn: asyncpg.Connection, stop: anyio.Event, lost: anyio.Event) -> None:
+        """Return when ``stop`` is set; raise ListenerLost when the session dies or stops answering."""
+        probe_timeout = max(1.0, min(5.0, self.liveness_interval))
+        while True:
+            with anyio.move_on_after(self.liveness_interval):
+                await wait_any(stop, lost)
+            if stop.is_set():
+                return
+            if lost.is_set() or conn.is_closed():
+                raise ListenerLost("the LISTEN connection was closed")
+            channels: list[str] | None = None
+            with anyio.move_on_after(probe_timeout):
+                channels = await conn.fetchval(DQ["listening_channels"])
+            if channels is None:
+                raise ListenerLost(f"liveness probe got no answer within {probe_timeout:g} s")
+            if sorted(channels) != sorted(CHANNELS):
+                raise ListenerLost(f"session listens on {channels}, expected {list(CHANNELS)}")
+
+    def _on_notification(self, _conn: Any, _pid: int, channel: str, payload: str) -> None:
+        try:
+            if channel == METRICS_CHANNEL:
+                self.hooks.on_metrics(parse_metrics_payload(payload))
+            elif channel == PROMOTION_CHANNEL:
+                self.hooks.on_promotion_event(parse_promotion_payload(payload))
+        except BadPayload as exc:
+            log.warning("listener.bad_payload", channel=channel, payload=payload[:200], error=str(exc))
+
+    def _set_connected(self, up: bool) -> None:
+        self.connected = up
+        metrics.LISTENER_CONNECTED.set(1 if up else 0)
+
+
+def _setter(event: anyio.Event) -> Callable[[Any], None]:
+    def set_event(_conn: Any) -> None:
+        event.set()
+
+    return set_event
+
+
+async def _close(conn: asyncpg.Connection, *, graceful: bool) -> None:
+    if conn.is_closed():
+        return
+    if graceful:
+        with anyio.CancelScope(shield=True), anyio.move_on_after(2.0):
+            await conn.close()
+            return
+    conn.terminate()
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
