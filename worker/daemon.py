@@ -173,7 +173,7 @@ class Daemon:
         runner = web.AppRunner(create_app(ctx), handle_signals=False, access_log=None, shutdown_timeout=0.5)
         await runner.setup()
         try:
-            site = web.TCPSite(runner, self.settings.http_host, self.settings.http_port, shutdown_timeout=0.5)
+            site = web.TCPSite(runner, self.settings.http_host, self.settings.http_port)
             await site.start()
             sockets = [a for a in runner.addresses if isinstance(a, tuple)]
             self.http_port = int(sockets[0][1]) if sockets else self.settings.http_port
