@@ -4,7 +4,6 @@ aiosmtpd receiving mail. Every test waits for a condition with a deadline."""
 from __future__ import annotations
 
 import asyncio
-import itertools
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -353,7 +352,7 @@ async def _wait_db(conn: asyncpg.Connection, check: Callable[[], Awaitable[bool]
 async def test_crash_between_send_and_mark_gives_one_duplicate_with_the_same_key(
     conn: asyncpg.Connection, pool: asyncpg.Pool, http: FakeHTTPReceiver
 ) -> None:
-    settings = _settings(http, slack_webhook_url=None, pagerduty_routing_key=None, notify_timeout=1.0)
+    settings = _settings(http, slack_webhook_url=None, pagerduty_routing_key=None, notify_timeout=2.0)
     http.script(HOOK_PATH, Reply(200, "ok", delay=30.0))  # the receiver has it; the sender never hears back
     await enqueue_notifications(conn, event="promotion.promoted", payload=engine_payload(), config=_config(),
                                 settings=settings)
@@ -389,7 +388,8 @@ async def test_rate_limit_queues_messages_to_one_target_rather_than_dropping(
     assert await _statuses(conn) == ["sent"] * 4
     arrivals = [r.received_at for r in http.received(SLACK_PATH)]
     assert len(arrivals) == 4
-    assert all(later - earlier >= 0.18 for earlier, later in itertools.pairwise(arrivals))
+    # Four sends at 5 per second start 0.2 s apart: at least 0.6 s from first to last, less some network jitter.
+    assert arrivals[-1] - arrivals[0] >= 0.5
 
 
 async def test_no_secret_appears_in_logs_or_rows(
@@ -507,7 +507,8 @@ async def test_429_holds_back_the_targets_queued_rows_without_counting_an_attemp
     conn: asyncpg.Connection, pool: asyncpg.Pool, http: FakeHTTPReceiver
 ) -> None:
     settings = _settings(http, pagerduty_routing_key=None, webhook_url=None, notify_rate_per_second=2.0)
-    http.script(SLACK_PATH, Reply(429, "rate_limited", {"Retry-After": "1"}))
+    # Slots at 0, 0.5 and 1.0 s; the 429 on the first asks for 2 s, so the other two are still held back.
+    http.script(SLACK_PATH, Reply(429, "rate_limited", {"Retry-After": "2"}))
     for i in range(3):
         await enqueue_notifications(conn, event="promotion.promoted",
                                     payload=engine_payload(experimentName=f"exp-{i}"), config=_config(),
@@ -517,7 +518,7 @@ async def test_429_holds_back_the_targets_queued_rows_without_counting_an_attemp
     assert len(http.received(SLACK_PATH)) == 1
     await _drive(dispatcher, _all(conn, "sent"))
     first, *rest = http.received(SLACK_PATH)
-    assert len(rest) == 3 and all(r.received_at - first.received_at >= 0.95 for r in rest)
+    assert len(rest) == 3 and all(r.received_at - first.received_at >= 1.95 for r in rest)
     rows = await conn.fetch("SELECT attempts FROM notification_outbox ORDER BY id")
     assert [r["attempts"] for r in rows] == [2, 1, 1]
     assert [(r["status"], r["http_status"]) for r in await _logs(conn)].count(("retry", 429)) == 1

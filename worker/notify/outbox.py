@@ -90,7 +90,7 @@ async def enqueue_notifications(
             for r in routes
         ],
     )
-    log.info("notification.queued", notification_event=event, experiment=experiment_name, rows=len(routes),
+    log.debug("notification.queued", notification_event=event, experiment=experiment_name, rows=len(routes),
              targets=[r.target_label for r in routes])
     return len(routes)
 
