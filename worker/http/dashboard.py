@@ -1,0 +1,883 @@
+"""The monitoring dashboard: server-rendered pages, the HTML fragments a page re-fetches when a server-sent
+event says that something changed, the ``/events`` stream, and a LISTEN bridge from ``ab_promotion_events``
+to the application's EventBus.
+
+Every page is a few read-only queries (dashboard.sql) rendered to HTML here; every value that comes from the
+database goes through ``h()`` (experiment names are user input). The browser side is one small script of our
+own (static/dashboard.js): it listens to ``/events``, re-fetches the affected fragment, keeps the operator's API
+token in session storage, and calls the HTTP API after a confirmation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import math
+import mimetypes
+import re
+from collections.abc import AsyncIterator, Mapping, Sequence
+from datetime import datetime
+from html import escape
+from importlib import resources
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import asyncpg
+import structlog
+from aiohttp import web
+
+from worker.http.app import CTX, AppContext
+from worker.http.svg import DayCount, LiftPoint, interval_bar, interval_scale, lift_chart, pct, promotions_chart
+
+log = structlog.get_logger("worker.http.dashboard")
+
+EVENTS_CHANNEL = "ab_promotion_events"
+# health.details key with which the daemon says that it already feeds NOTIFYs into ctx.events.
+BRIDGED_FLAG = "events_bridged"
+# health.details key where this module reports its own bridge ("listening", "reconnecting", "off: ...").
+BRIDGE_STATE = "dashboard_events_bridge"
+HEARTBEAT_S = 15.0
+MAX_EXPERIMENTS = 300
+AUDIT_ROWS = 100
+PROMOTION_ROWS = 100
+DEFAULT_DAYS = 30
+MAX_EVENT_FIELD = 500
+
+_NAME_RE = re.compile(r"^--\s*name:\s*([a-z_]+)\s*$", re.MULTILINE)
+# Same shape as the daemon's listener publishes: {"type": promotion|rollback, "event": <NOTIFY event>, ...}.
+_BRIDGE_EVENTS = {"promoted": "promotion", "rolled_back": "rollback", "rollback_requested": "rollback"}
+
+_STREAMS = web.AppKey[set[asyncio.Queue[dict[str, Any]]]]("dashboard_streams")
+
+
+def _load_queries() -> dict[str, str]:
+    text = resources.files("worker.http").joinpath("dashboard.sql").read_text(encoding="utf-8")
+    matches = list(_NAME_RE.finditer(text))
+    queries: dict[str, str] = {}
+    for i, match in enumerate(matches):
+        end = matches[i + 1].start() if i + 1 < len(matches) else len(text)
+        body = "\n".join(line for line in text[match.end():end].splitlines() if not line.startswith("--"))
+        queries[match.group(1)] = body.strip().rstrip(";")
+    return queries
+
+
+Q = _load_queries()
+
+
+# ----------------------------------------------------------------------------------------------- static files
+def _load_static() -> dict[str, tuple[bytes, str, str]]:
+    """Our own CSS and JS, read once: name -> (bytes, content type, short content hash for cache busting)."""
+    files: dict[str, tuple[bytes, str, str]] = {}
+    folder = resources.files("worker.http").joinpath("static")
+    for entry in folder.iterdir():
+        if entry.is_file() and entry.name.endswith((".css", ".js", ".svg")):
+            body = entry.read_bytes()
+            ctype = mimetypes.guess_type(entry.name)[0] or "application/octet-stream"
+            if entry.name.endswith(".js"):
+                ctype = "text/javascript"
+            files[entry.name] = (body, ctype, hashlib.sha256(body).hexdigest()[:12])
+    return files
+
+
+STATIC = _load_static()
+
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    "object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+_PAGE_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Cache-Control": "no-store",
+}
+
+
+def _static_url(name: str) -> str:
+    return f"/static/{name}?v={STATIC[name][2]}"
+
+
+async def static_file(request: web.Request) -> web.Response:
+    """One of our own static files; long-cached because every link carries the content hash."""
+    item = STATIC.get(request.match_info["file"])
+    if item is None:
+        raise web.HTTPNotFound(text="no such file")
+    body, ctype, digest = item
+    etag = f'"{digest}"'
+    headers = {"ETag": etag, "X-Content-Type-Options": "nosniff",
+               "Cache-Control": "public, max-age=31536000, immutable" if request.query.get("v") == digest
+               else "no-cache"}
+    if request.headers.get("If-None-Match") == etag:
+        return web.Response(status=304, headers=headers)
+    charset = "utf-8" if ctype.startswith("text/") or ctype.endswith("+xml") else None
+    return web.Response(body=body, content_type=ctype, charset=charset, headers=headers)
+
+
+# --------------------------------------------------------------------------------------------- formatting
+def h(value: object) -> str:
+    """HTML-escape anything (quotes included, so it is safe in attribute values too)."""
+    return escape("" if value is None else str(value), quote=True)
+
+
+def _experiment_href(name: str) -> str:
+    return "/experiments/" + quote(name, safe="")
+
+
+def _fragment_href(name: str) -> str:
+    return "/fragments/experiment?" + urlencode({"name": name})
+
+
+def _slug(name: str) -> str:
+    """A stable id for an experiment's elements (names may contain anything; ids must not)."""
+    return "x" + hashlib.sha1(name.encode("utf-8"), usedforsecurity=False).hexdigest()[:10]
+
+
+def _time(ts: datetime | None) -> str:
+    if ts is None:
+        return '<span class="muted">–</span>'
+    return f'<time datetime="{h(ts.isoformat())}">{h(ts.strftime("%Y-%m-%d %H:%M:%S"))} UTC</time>'
+
+
+def _num(value: Any, digits: int = 2, suffix: str = "") -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}{suffix}"
+    return f"{float(value):,.{digits}f}{suffix}"
+
+
+def _rate(value: Any, metric_type: str) -> str:
+    if value is None:
+        return "–"
+    return pct(float(value), 2, signed=False) if metric_type == "conversion" else _num(float(value), 4)
+
+
+def _json(value: Any) -> Any:
+    """jsonb arrives decoded with the project's pool codecs; tolerate a pool without them."""
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return None
+    return value
+
+
+STATUS_LABELS = {
+    "running": ("▶", "running"),
+    "promoted": ("★", "promoted"),
+    "rolled_back": ("↩", "rolled back"),
+    "paused": ("⏸", "paused"),
+    "draft": ("✎", "draft"),
+    "stopped": ("■", "stopped"),
+}
+
+
+def _status_badge(status: str) -> str:
+    icon, label = STATUS_LABELS.get(status, ("•", status))
+    return (f'<span class="badge status-{h(status)}"><span aria-hidden="true">{icon}</span> '
+            f'<span class="visually-hidden">status: </span>{h(label)}</span>')
+
+
+def _decision_badge(decision: Mapping[str, Any] | None, status: str = "running") -> str:
+    if not decision:
+        return '<span class="badge neutral"><span aria-hidden="true">…</span> not evaluated yet</span>'
+    if status != "running":  # evaluations stop with the run: the last decision is history, not a verdict
+        last = "eligible" if decision.get("eligible") else "blocked"
+        return f'<span class="badge neutral">last decision: {last}</span>'
+    if decision.get("eligible"):
+        return '<span class="badge ok"><span aria-hidden="true">✓</span> eligible</span>'
+    return '<span class="badge bad"><span aria-hidden="true">✗</span> blocked</span>'
+
+
+# ------------------------------------------------------------------------------------------------- views
+def _variant_rows(row: Mapping[str, Any]) -> tuple[list[dict[str, Any]], bool]:
+    """Variants as of the last decision when there is one (consistent figures), else the folded statistics."""
+    decision = _json(row["decision"]) or {}
+    evaluated = decision.get("variants") or []
+    if evaluated:
+        return [dict(v) for v in evaluated], True
+    out = []
+    for v in _json(row["variants"]) or []:
+        n = int(v.get("exposures") or 0)
+        rate_num = v.get("conversions") if row["metric_type"] == "conversion" else v.get("valueSum")
+        out.append({**v, "rate": (float(rate_num or 0) / n) if n else None,
+                    "errorRate": (int(v.get("errors") or 0) / n) if n else None})
+    return out, False
+
+
+def _variants_table(row: Mapping[str, Any], *, detailed: bool = False) -> str:
+    variants, evaluated = _variant_rows(row)
+    if not variants:
+        return '<p class="muted">No variants defined.</p>'
+    metric = row["metric_type"]
+    scale = interval_scale([(v.get("lift"), v.get("ciLow"), v.get("ciHigh")) for v in variants
+                            if not v.get("isControl")])
+    rate_head = "Conversion rate" if metric == "conversion" else "Mean"
+    heads = ["Variant", "Exposures", rate_head, "Lift (interval)", "Confidence"]
+    if detailed:
+        heads += ["Error rate", "p95 latency"]
+    caption = ("Variants at the last evaluation" if evaluated
+               else "Variants (folded statistics; not evaluated yet)")
+    out = [f'<div class="table-wrap"><table class="stack variants"><caption>{h(caption)}</caption><thead><tr>']
+    out += [f'<th scope="col">{h(c)}</th>' for c in heads]
+    out.append("</tr></thead><tbody>")
+    for v in variants:
+        control = bool(v.get("isControl"))
+        tagged = control and str(v.get("name")).strip().lower() != "control"
+        name = f'{h(v.get("name"))}' + (' <span class="tag">control</span>' if tagged else "")
+        if control:
+            lift = '<span class="muted">baseline</span>'
+            conf = '<span class="muted">–</span>'
+        elif v.get("lift") is None:
+            lift = '<span class="muted">not computed</span>'
+            conf = '<span class="muted">–</span>'
+        else:
+            bar = interval_bar(v.get("lift"), v.get("ciLow"), v.get("ciHigh"), lo=scale[0], hi=scale[1])
+            lift = (f'<span class="lift">{h(pct(v.get("lift")))}</span> '
+                    f'<span class="ci">[{h(pct(v.get("ciLow")))}, {h(pct(v.get("ciHigh")))}]</span>{bar}')
+            conf = h(_num(v.get("confidence"), 1, "%"))
+        cells = [
+            ("Variant", name, "variant"),
+            ("Exposures", h(_num(int(v.get("exposures") or 0))), "num"),
+            (rate_head, h(_rate(v.get("rate"), metric)), "num"),
+            ("Lift (interval)", lift, "lift-cell"),
+            ("Confidence", conf, "num"),
+        ]
+        if detailed:
+            p95 = v.get("p95LatencyMs")
+            cells += [("Error rate", h(_rate(v.get("errorRate"), "conversion")), "num"),
+                      ("p95 latency", h(_num(p95, 1, " ms")) if p95 is not None else '<span class="muted">–</span>',
+                       "num")]
+        out.append("<tr>")
+        for i, (label, content, cls) in enumerate(cells):
+            tag = "th scope=\"row\"" if i == 0 else "td"
+            out.append(f'<{tag} class="{cls}" data-label="{h(label)}">{content}</{tag.split()[0]}>')
+        out.append("</tr>")
+    out.append("</tbody></table></div>")
+    return "".join(out)
+
+
+def _reasons(decision: Mapping[str, Any] | None, status: str) -> str:
+    if not decision:
+        return ('<p class="reasons muted">No decision stored yet: the daemon evaluates on new metrics, '
+                "or run a dry-run check.</p>")
+    reasons = decision.get("reasons") or []
+    when = "" if status == "running" else "At the last evaluation: "
+    if decision.get("eligible"):
+        winner = (decision.get("winningVariant") or {}).get("variantName") or decision.get("bestVariant")
+        return (f'<p class="reasons">{when}winner <strong>{h(winner)}</strong> at '
+                f'{h(_num(decision.get("confidence"), 1))}% confidence, improvement '
+                f'{h(_num(decision.get("improvement"), 2))}%.</p>')
+    if not reasons:
+        return '<p class="reasons muted">Not eligible (no reason recorded).</p>'
+    items = "".join(f"<li>{h(r)}</li>" for r in reasons)
+    title = "Why not yet eligible:" if status == "running" else "Why it was not eligible at the last evaluation:"
+    return f'<div class="reasons"><p>{title}</p><ul>{items}</ul></div>'
+
+
+def _actions(name: str, status: str, active_promotion_id: Any, eligible: bool) -> str:
+    buttons = [f'<button type="button" class="btn" data-action="check" data-experiment="{h(name)}">'
+               f'Dry-run check<span class="visually-hidden"> of {h(name)}</span></button>']
+    if status == "running" and active_promotion_id is None:
+        style = "btn primary" if eligible else "btn"  # the API refuses a blocked one; do not invite the click
+        buttons.append(f'<button type="button" class="{style}" data-action="promote" data-experiment="{h(name)}">'
+                       f'Promote<span class="visually-hidden"> the winner of {h(name)}</span></button>')
+    if active_promotion_id is not None:
+        buttons.append(_rollback_button(name, active_promotion_id))
+    return f'<div class="actions" role="group" aria-label="Operator actions for {h(name)}">{"".join(buttons)}</div>'
+
+
+def _rollback_button(name: str, promotion_id: Any) -> str:
+    return (f'<button type="button" class="btn danger" data-action="rollback" data-experiment="{h(name)}" '
+            f'data-promotion-id="{h(promotion_id)}">Roll back<span class="visually-hidden"> the promotion of '
+            f"{h(name)}</span></button>")
+
+
+def _experiment_card(row: Mapping[str, Any]) -> str:
+    name: str = row["name"]
+    decision = _json(row["decision"]) or None
+    active = row["active_promotion_id"]
+    evaluated = (f'Last evaluated {_time(row["last_evaluated_at"])} ({h(_num(row["evaluations"]))} evaluations)'
+                 if row["last_evaluated_at"] else "Not evaluated yet")
+    promo = ' · <span class="tag">active promotion</span>' if active is not None else ""
+    return (
+        f'<article class="card exp" id="{_slug(name)}" data-experiment="{h(name)}" '
+        f'data-status="{h(row["status"])}" aria-labelledby="{_slug(name)}-h">'
+        f'<header class="card-head"><h2 id="{_slug(name)}-h"><a href="{h(_experiment_href(name))}">{h(name)}</a></h2>'
+        f'<p class="badges">{_status_badge(row["status"])} {_decision_badge(decision, row["status"])}</p></header>'
+        f'<p class="meta">{evaluated}{promo}</p>'
+        f'{_variants_table(row)}{_reasons(decision, row["status"])}'
+        f'{_actions(name, row["status"], active, bool((decision or {}).get("eligible")))}</article>'
+    )
+
+
+async def render_overview(ctx: AppContext) -> str:
+    """The experiments list (the body of ``/`` and of ``/fragments/experiments``)."""
+    async with ctx.pool.acquire() as conn:
+        rows = await conn.fetch(Q["experiments_overview"], MAX_EXPERIMENTS)
+        total = await conn.fetchval(Q["experiment_count"])
+    if not rows:
+        return ('<p class="empty">No experiments yet. Create one in <code>ab_experiments</code> with its '
+                "<code>ab_variants</code>, then record metrics with <code>ab_record_metrics()</code>.</p>")
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    summary = ", ".join(f"{n} {STATUS_LABELS.get(s, ('', s))[1]}" for s, n in counts.items())
+    eligible = sum(1 for r in rows if (_json(r["decision"]) or {}).get("eligible") and r["status"] == "running")
+    more = (f' Showing the first {len(rows)} of {total}.' if total > len(rows) else "")
+    return (f'<p class="summary">{h(total)} experiment(s): {h(summary)}; {h(eligible)} running and eligible.'
+            f"{h(more)}</p>" + "".join(_experiment_card(r) for r in rows))
+
+
+def _safety_checks(decision: Mapping[str, Any] | None) -> str:
+    checks = (decision or {}).get("safetyChecks") or []
+    if not checks:
+        return '<p class="muted">No safety checks recorded yet.</p>'
+    out = ['<ul class="checks">']
+    for c in checks:
+        passed = bool(c.get("passed"))
+        severity = str(c.get("severity") or "")
+        if passed and severity == "warning":
+            icon, label, cls = "⚠", "passed with a warning", "warn"
+        elif passed:
+            icon, label, cls = "✓", "passed", "ok"
+        else:
+            icon, label, cls = "✗", "failed", "bad"
+        out.append(f'<li class="check {cls}"><span class="check-state"><span aria-hidden="true">{icon}</span> '
+                   f'{h(label)}</span> <strong>{h(c.get("name"))}</strong>: {h(c.get("message"))}</li>')
+    out.append("</ul>")
+    return "".join(out)
+
+
+def _promotion_state(p: Mapping[str, Any]) -> str:
+    if p["rollback_at"] is not None:
+        return (f'<span class="badge bad"><span aria-hidden="true">↩</span> rolled back</span> '
+                f'{_time(p["rollback_at"])} by {h(p["rolled_back_by"])}: {h(p["rollback_reason"])}')
+    if p.get("rollback_requested_at") is not None:
+        return (f'<span class="badge warn"><span aria-hidden="true">⏳</span> rollback requested</span> '
+                f'by {h(p["rollback_requested_by"])}: {h(p["rollback_request_reason"])}')
+    guard = p.get("guard_until")
+    watched = f" · guarded until {_time(guard)}" if guard is not None else ""
+    return f'<span class="badge ok"><span aria-hidden="true">★</span> active</span>{watched}'
+
+
+def _history_table(name: str, promotions: Sequence[Mapping[str, Any]]) -> str:
+    if not promotions:
+        return '<p class="muted">Never promoted.</p>'
+    out = ['<div class="table-wrap"><table class="stack"><caption>Promotions, newest first</caption><thead><tr>'
+           '<th scope="col">Promoted</th><th scope="col">Variant</th><th scope="col">Confidence</th>'
+           '<th scope="col">Improvement</th><th scope="col">By</th><th scope="col">State</th>'
+           '<th scope="col"><span class="visually-hidden">Action</span></th></tr></thead><tbody>']
+    for p in promotions:
+        action = _rollback_button(name, p["id"]) if p["rollback_at"] is None else ""
+        out.append(
+            f'<tr data-promotion-id="{h(p["id"])}"><th scope="row" data-label="Promoted">{_time(p["promoted_at"])}</th>'
+            f'<td data-label="Variant">{h(p["promoted_variant_name"])}</td>'
+            f'<td data-label="Confidence" class="num">{h(_num(p["confidence"], 1, "%"))}</td>'
+            f'<td data-label="Improvement" class="num">{h(_num(p["improvement"], 2, "%"))}</td>'
+            f'<td data-label="By">{h(p["promoted_by"])}</td>'
+            f'<td class="wide" data-label="State">{_promotion_state(p)}</td>'
+            f'<td class="wide act" data-label="Action">{action}</td></tr>'
+        )
+    out.append("</tbody></table></div>")
+    return "".join(out)
+
+
+def _audit_summary(action: str, details: Mapping[str, Any]) -> str:
+    parts: list[str] = []
+    for key in ("reason", "trigger", "promotedVariant", "wouldPromote", "error"):
+        if key in details and details[key] not in (None, ""):
+            parts.append(f"{key}: {details[key]}")
+    reasons = details.get("reasons")
+    if isinstance(reasons, list) and reasons:
+        parts.append("reasons: " + "; ".join(str(r) for r in reasons[:3]) + (" …" if len(reasons) > 3 else ""))
+    return " · ".join(parts)[:600]
+
+
+def _audit_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    if not rows:
+        return '<p class="muted">No audit entries.</p>'
+    out = ['<div class="table-wrap"><table class="stack audit"><caption>Newest first</caption><thead><tr>'
+           '<th scope="col">When</th><th scope="col">Actor</th><th scope="col">Action</th>'
+           '<th scope="col">Summary</th></tr></thead><tbody>']
+    for r in rows:
+        details = _json(r["details"]) or {}
+        text = json.dumps(details, indent=1, sort_keys=True, default=str)
+        if len(text) > 6000:
+            text = text[:6000] + "\n… (truncated)"
+        summary = _audit_summary(r["action"], details if isinstance(details, dict) else {})
+        out.append(
+            f'<tr><th scope="row" data-label="When">{_time(r["created_at"])}</th>'
+            f'<td data-label="Actor">{h(r["actor"])}</td>'
+            f'<td data-label="Action"><code>{h(r["action"])}</code></td>'
+            f'<td class="wide" data-label="Summary">{h(summary) or "<span class=muted>–</span>"}'
+            f'<details><summary>Details<span class="visually-hidden"> of audit entry {h(r["id"])}</span></summary>'
+            f"<pre>{h(text)}</pre></details></td></tr>"
+        )
+    out.append("</tbody></table></div>")
+    return "".join(out)
+
+
+def _both_widths(wide: str, narrow: str) -> str:
+    """A chart drawn twice; the stylesheet shows one (SVG text scales with the drawing, so a phone needs its own)."""
+    return f'<div class="chart-wide">{wide}</div><div class="chart-narrow">{narrow}</div>'
+
+
+def _lift_section(ctx: AppContext, name: str, control: str | None, snapshots: Sequence[Mapping[str, Any]],
+                  promotions: Sequence[Mapping[str, Any]]) -> str:
+    level = ctx.config.config.thresholds.min_confidence
+    marks: list[tuple[datetime, str]] = []
+    for p in promotions:
+        marks.append((p["promoted_at"], f"promoted {p['promoted_variant_name']}"))
+        if p["rollback_at"] is not None:
+            marks.append((p["rollback_at"], "rolled back"))
+    by_variant: dict[str, list[LiftPoint]] = {}
+    raw: dict[str, list[Mapping[str, Any]]] = {}
+    for s in snapshots:
+        by_variant.setdefault(s["variant_name"], []).append(
+            LiftPoint(s["created_at"], s["lift"], s["ci_low"], s["ci_high"], bool(s["eligible"])))
+        raw.setdefault(s["variant_name"], []).append(s)
+    if not by_variant:
+        return ('<p class="muted">No evaluation history yet. Each evaluation stores a snapshot of lift and '
+                "interval per treatment (thinned so that storage stays bounded).</p>")
+    out = []
+    for i, (variant, points) in enumerate(sorted(by_variant.items())):
+        title = f"Lift of {variant} over {control or 'control'}"
+        out.append(f'<figure class="chart-box"><figcaption><h3>{h(title)}</h3></figcaption>')
+        out.append(_both_widths(
+            lift_chart(points, chart_id=f"lift-{_slug(name)}-{i}", title=title, level=level, marks=marks),
+            lift_chart(points, chart_id=f"lift-{_slug(name)}-{i}-n", title=title, level=level, compact=True,
+                       marks=marks)))
+        rows = raw[variant][-25:]
+        out.append(f'<details class="chart-data"><summary>Chart data ({len(raw[variant])} kept evaluations'
+                   f'{", last 25 shown" if len(raw[variant]) > 25 else ""})</summary>'
+                   '<div class="table-wrap"><table class="stack"><thead><tr><th scope="col">When</th>'
+                   '<th scope="col">Exposures</th><th scope="col">Control exposures</th><th scope="col">Lift</th>'
+                   '<th scope="col">Interval</th><th scope="col">Confidence</th><th scope="col">Eligible</th>'
+                   "</tr></thead><tbody>")
+        for s in reversed(rows):
+            out.append(
+                f'<tr><th scope="row" data-label="When">{_time(s["created_at"])}</th>'
+                f'<td data-label="Exposures" class="num">{h(_num(s["exposures"]))}</td>'
+                f'<td data-label="Control exposures" class="num">{h(_num(s["control_exposures"]))}</td>'
+                f'<td data-label="Lift" class="num">{h(pct(s["lift"]))}</td>'
+                f'<td class="wide" data-label="Interval">[{h(pct(s["ci_low"]))}, {h(pct(s["ci_high"]))}]</td>'
+                f'<td data-label="Confidence" class="num">{h(_num(s["confidence"], 1, "%"))}</td>'
+                f'<td data-label="Eligible">{"✓ yes" if s["eligible"] else "✗ no"}</td></tr>'
+            )
+        out.append("</tbody></table></div></details></figure>")
+    return "".join(out)
+
+
+async def render_experiment(ctx: AppContext, name: str) -> str | None:
+    """The body of ``/experiments/{name}``; None when there is no such experiment."""
+    async with ctx.pool.acquire() as conn:
+        row = await conn.fetchrow(Q["experiment_detail"], name)
+        if row is None:
+            return None
+        snapshots = await conn.fetch(Q["evaluation_snapshots"], row["id"])
+        promotions = await conn.fetch(Q["experiment_promotions"], row["id"])
+        audit = await conn.fetch(Q["experiment_audit"], name, AUDIT_ROWS)
+    decision = _json(row["decision"]) or None
+    control = (decision or {}).get("controlVariant") or next(
+        (v["name"] for v in (_json(row["variants"]) or []) if v.get("isControl")), None)
+    started = f'started {_time(row["started_at"])}' if row["started_at"] else "not started"
+    evaluated = (f'last evaluated {_time(row["last_evaluated_at"])} ({h(_num(row["evaluations"]))} evaluations)'
+                 if row["last_evaluated_at"] else "not evaluated yet")
+    figures = ""
+    if decision:
+        figures = (f'<dl class="figures"><div><dt>Confidence</dt><dd>{h(_num(decision.get("confidence"), 2, "%"))}'
+                   f'</dd></div><div><dt>Improvement</dt><dd>{h(_num(decision.get("improvement"), 2, "%"))}</dd></div>'
+                   f'<div><dt>Best variant</dt><dd>{h(decision.get("bestVariant") or "–")}</dd></div>'
+                   f'<div><dt>Method</dt><dd>{h(decision.get("method") or "–")}</dd></div></dl>')
+    description = f'<p class="description">{h(row["description"])}</p>' if row["description"] else ""
+    return (
+        f'<section class="card" aria-labelledby="state-h"><h2 id="state-h">Current state</h2>'
+        f'<p class="badges">{_status_badge(row["status"])} {_decision_badge(decision, row["status"])} '
+        f'<span class="tag">{h(row["metric_type"])}</span> <span class="tag">priority {h(row["priority"])}</span></p>'
+        f'{description}<p class="meta">{started}; {evaluated}</p>{figures}{_reasons(decision, row["status"])}'
+        f'{_actions(name, row["status"], row["active_promotion_id"], bool((decision or {}).get("eligible")))}'
+        "</section>"
+        f'<section class="card" aria-labelledby="lift-h"><h2 id="lift-h">Lift and confidence sequence over time</h2>'
+        f"{_lift_section(ctx, name, control, snapshots, promotions)}</section>"
+        f'<section class="card" aria-labelledby="variants-h"><h2 id="variants-h">Variants</h2>'
+        f"{_variants_table(row, detailed=True)}</section>"
+        f'<section class="card" aria-labelledby="checks-h"><h2 id="checks-h">Safety checks</h2>'
+        f"{_safety_checks(decision)}</section>"
+        f'<section class="card" aria-labelledby="history-h"><h2 id="history-h">Promotion and rollback history</h2>'
+        f"{_history_table(name, promotions)}</section>"
+        f'<section class="card" aria-labelledby="audit-h"><h2 id="audit-h">Audit log</h2>'
+        f"{_audit_table(audit)}</section>"
+    )
+
+
+def _days(request: web.Request) -> int:
+    try:
+        days = int(request.query.get("days", DEFAULT_DAYS))
+    except ValueError:
+        raise web.HTTPBadRequest(text="days must be a whole number from 1 to 365") from None
+    if not 1 <= days <= 365:
+        raise web.HTTPBadRequest(text="days must be a whole number from 1 to 365")
+    return days
+
+
+async def render_promotions(ctx: AppContext, days: int) -> str:
+    """The body of ``/promotions``: get_promotion_stats(), promotions per day, active and rolled back."""
+    async with ctx.pool.acquire() as conn:
+        stats = await conn.fetchrow(Q["promotion_stats"], days)
+        per_day = await conn.fetch(Q["promotions_per_day"], days)
+        active = await conn.fetch(Q["active_promotions"], PROMOTION_ROWS)
+        rolled = await conn.fetch(Q["rolled_back_promotions"], PROMOTION_ROWS)
+    assert stats is not None
+    hours = stats["avg_hours_to_promotion"]
+    figures = [
+        ("Promotions", _num(stats["total_promotions"])),
+        ("Per day", _num(stats["promotions_per_day"], 2)),
+        ("Still active", _num(stats["successful_promotions"])),
+        ("Failed attempts", _num(stats["failed_promotions"])),
+        ("Rolled back", _num(stats["rollback_count"])),
+        ("Rollback rate", pct(stats["rollback_rate"], 1, signed=False)),
+        ("Avg confidence", _num(stats["avg_confidence"], 1, "%")),
+        ("Avg improvement", _num(stats["avg_improvement"], 2, "%")),
+        ("Avg time to promotion", _num(hours, 1, " h")),
+        ("Active now (all time)", _num(stats["active_promotions"])),
+    ]
+    fig_html = "".join(f"<div><dt>{h(k)}</dt><dd>{h(v)}</dd></div>" for k, v in figures)
+    counts = [DayCount(d["day"], int(d["promotions"]), int(d["rollbacks"])) for d in per_day]
+    chart = _both_widths(promotions_chart(counts, chart_id="per-day"),
+                         promotions_chart(counts, chart_id="per-day-n", compact=True))
+    return (
+        f'<section class="card" aria-labelledby="stats-h"><h2 id="stats-h">Last {h(days)} days</h2>'
+        f'<dl class="figures">{fig_html}</dl>'
+        f'<figure class="chart-box"><figcaption><h3>Promotions per day</h3></figcaption>{chart}</figure></section>'
+        f'<section class="card" aria-labelledby="active-h"><h2 id="active-h">Active promotions ({len(active)})</h2>'
+        f"{_promotions_table(active, rolled_back=False)}</section>"
+        f'<section class="card" aria-labelledby="rolled-h"><h2 id="rolled-h">Rolled back ({len(rolled)})</h2>'
+        f"{_promotions_table(rolled, rolled_back=True)}</section>"
+    )
+
+
+def _promotions_table(rows: Sequence[Mapping[str, Any]], *, rolled_back: bool) -> str:
+    if not rows:
+        return f'<p class="muted">{"No rollbacks." if rolled_back else "No active promotions."}</p>'
+    last = ("Rolled back", "Reason") if rolled_back else ("State", "Action")
+    out = ['<div class="table-wrap"><table class="stack promotions"><thead><tr>'
+           '<th scope="col">Experiment</th><th scope="col">Variant</th><th scope="col">Promoted</th>'
+           '<th scope="col">Confidence</th><th scope="col">Improvement</th>'
+           f'<th scope="col">{h(last[0])}</th><th scope="col">{h(last[1])}</th></tr></thead><tbody>']
+    for p in rows:
+        name = p["experiment_name"]
+        if rolled_back:
+            tail = (f'<td class="wide" data-label="Rolled back">{_time(p["rollback_at"])} '
+                    f'by {h(p["rolled_back_by"])}</td>'
+                    f'<td class="wide" data-label="Reason">{h(p["rollback_reason"])}</td>')
+        else:
+            state = ({**p, "rollback_at": None})
+            tail = (f'<td class="wide" data-label="State">{_promotion_state(state)}</td>'
+                    f'<td class="wide act" data-label="Action">{_rollback_button(name, p["id"])}</td>')
+        out.append(
+            f'<tr data-promotion-id="{h(p["id"])}" data-experiment="{h(name)}">'
+            f'<th scope="row" data-label="Experiment"><a href="{h(_experiment_href(name))}">{h(name)}</a></th>'
+            f'<td data-label="Variant">{h(p["promoted_variant_name"])}</td>'
+            f'<td data-label="Promoted">{_time(p["promoted_at"])} by {h(p["promoted_by"])}</td>'
+            f'<td data-label="Confidence" class="num">{h(_num(p["confidence"], 1, "%"))}</td>'
+            f'<td data-label="Improvement" class="num">{h(_num(p["improvement"], 2, "%"))}</td>{tail}</tr>'
+        )
+    out.append("</tbody></table></div>")
+    return "".join(out)
+
+
+# ------------------------------------------------------------------------------------------------ layout
+NAV = (("overview", "/", "Experiments"), ("promotions", "/promotions", "Promotions"))
+
+
+def _region(region_id: str, fragment: str, refresh_on: str, body: str, experiment: str | None = None) -> str:
+    scope = f' data-experiment="{h(experiment)}"' if experiment is not None else ""
+    return (f'<div id="{h(region_id)}" class="region" data-fragment="{h(fragment)}" data-refresh-on="{h(refresh_on)}"'
+            f"{scope}>{body}</div>")
+
+
+def _layout(*, title: str, page: str, heading: str, body: str, lead: str = "") -> str:
+    current = ' aria-current="page"'
+    nav = "".join(f'<a href="{href}"{current if key == page else ""}>{label}</a>' for key, href, label in NAV)
+    lead_html = f'<p class="lead">{lead}</p>' if lead else ""
+    return f"""<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{h(title)} · ab-autopromote</title>
+<link rel="icon" href="{_static_url("favicon.svg")}" type="image/svg+xml">
+<link rel="stylesheet" href="{_static_url("dashboard.css")}">
+<script src="{_static_url("dashboard.js")}" defer></script>
+</head>
+<body data-page="{h(page)}">
+<a class="skip" href="#main">Skip to content</a>
+<header class="top">
+<div class="top-inner">
+<p class="brand">ab-autopromote</p>
+<nav aria-label="Main">{nav}</nav>
+<p class="live" id="live-status" data-state="connecting"><span class="live-dot" aria-hidden="true"></span>
+<span class="live-text">Live updates: connecting…</span></p>
+</div>
+</header>
+<div class="page">
+<details class="operator card" id="operator">
+<summary>Operator token: <span id="token-state">not set</span></summary>
+<form id="token-form" class="token-form" autocomplete="off">
+<label for="api-token">API token (operator role to promote or roll back; viewer role for dry-run checks)</label>
+<div class="token-row">
+<input id="api-token" type="password" autocomplete="off" spellcheck="false" aria-describedby="token-hint">
+<button type="submit" class="btn primary">Use token</button>
+<button type="button" class="btn" id="token-forget">Forget token</button>
+</div>
+<p id="token-hint" class="hint">Kept in this browser tab's session storage only and sent in an Authorization
+header; never put in a URL. Closing the tab forgets it.</p>
+</form>
+</details>
+<main id="main" tabindex="-1">
+<h1>{heading}</h1>
+{lead_html}
+{body}
+</main>
+<aside class="card activity" aria-labelledby="activity-h">
+<h2 id="activity-h">Live activity</h2>
+<ol id="activity" class="activity-list"><li class="muted" data-placeholder="1">Nothing yet: evaluations, promotions
+and rollbacks appear here as they happen.</li></ol>
+</aside>
+</div>
+<div id="action-status" class="toast" hidden></div>
+<div id="announcer" class="visually-hidden" role="status" aria-live="polite"></div>
+<dialog id="confirm-dialog" aria-labelledby="confirm-title" aria-describedby="confirm-text">
+<form method="dialog" id="confirm-form">
+<h2 id="confirm-title">Confirm</h2>
+<p id="confirm-text"></p>
+<div id="reason-field" class="field" hidden>
+<label for="confirm-reason">Reason for the rollback (required, recorded in the audit log)</label>
+<textarea id="confirm-reason" rows="3" maxlength="1000"></textarea>
+</div>
+<div class="dialog-buttons">
+<button type="submit" value="cancel" class="btn" formnovalidate id="confirm-cancel">Cancel</button>
+<button type="submit" value="confirm" class="btn primary" id="confirm-ok">Confirm</button>
+</div>
+</form>
+</dialog>
+</body>
+</html>
+"""
+
+
+def _html(body: str, status: int = 200) -> web.Response:
+    return web.Response(text=body, status=status, content_type="text/html", charset="utf-8",
+                        headers=_PAGE_HEADERS)
+
+
+REFRESH_ALL = "evaluation promotion rollback"
+REFRESH_PROMOTIONS = "promotion rollback"
+
+
+async def overview_page(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    body = _region("experiments", "/fragments/experiments", REFRESH_ALL, await render_overview(ctx))
+    return _html(_layout(title="Experiments", page="overview", heading="Experiments", body=body,
+                         lead="Status, exposures, rates and lift with its interval per variant, and the current "
+                              "decision with its reasons. Updates arrive live."))
+
+
+async def overview_fragment(request: web.Request) -> web.Response:
+    return _html(await render_overview(request.app[CTX]))
+
+
+async def experiment_page(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    name = request.match_info["name"]
+    body = await render_experiment(ctx, name)
+    if body is None:
+        return _html(_layout(title="Not found", page="experiment", heading="No such experiment",
+                             body=f'<p>There is no experiment named <code>{h(name)}</code>. '
+                                  '<a href="/">Back to the experiments</a>.</p>'), status=404)
+    region = _region("experiment", _fragment_href(name), REFRESH_ALL, body, experiment=name)
+    return _html(_layout(title=name, page="experiment", heading=f'Experiment <span class="name">{h(name)}</span>',
+                         body=f'<p class="crumbs"><a href="/">← All experiments</a></p>{region}'))
+
+
+async def experiment_fragment(request: web.Request) -> web.Response:
+    name = request.query.get("name", "")
+    body = await render_experiment(request.app[CTX], name)
+    if body is None:
+        return _html(f'<p class="empty">The experiment <code>{h(name)}</code> no longer exists.</p>', status=404)
+    return _html(body)
+
+
+async def promotions_page(request: web.Request) -> web.Response:
+    days = _days(request)
+    body = _region("promotions", f"/fragments/promotions?days={days}", REFRESH_PROMOTIONS,
+                   await render_promotions(request.app[CTX], days))
+    return _html(_layout(title="Promotions", page="promotions", heading="Promotions", body=body,
+                         lead="Active and rolled-back promotions, the promotion statistics and the rollback rate."))
+
+
+async def promotions_fragment(request: web.Request) -> web.Response:
+    return _html(await render_promotions(request.app[CTX], _days(request)))
+
+
+# ---------------------------------------------------------------------------------------------- live events
+def _public_event(event: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The scalar fields of a bus event, strings cut short: enough for the page to know what to re-fetch."""
+    if not isinstance(event.get("type"), str):
+        return None
+    out: dict[str, Any] = {}
+    for key, value in event.items():
+        if not isinstance(key, str):
+            continue
+        if isinstance(value, str):
+            out[key] = value[:MAX_EVENT_FIELD]
+        elif value is None or isinstance(value, bool | int):
+            out[key] = value
+        elif isinstance(value, float):
+            out[key] = value if math.isfinite(value) else None
+    return out
+
+
+async def events_stream(request: web.Request) -> web.StreamResponse:
+    """``text/event-stream`` of the EventBus: one ``data:`` JSON line per event, a comment as heartbeat."""
+    ctx = request.app[CTX]
+    response = web.StreamResponse(headers={
+        "Content-Type": "text/event-stream; charset=utf-8",
+        "Cache-Control": "no-store",
+        "X-Accel-Buffering": "no",  # a reverse proxy must not buffer the stream
+        "X-Content-Type-Options": "nosniff",
+    })
+    streams = request.app[_STREAMS]
+    async with ctx.events.subscribe() as queue:
+        streams.add(queue)
+        try:
+            await response.prepare(request)
+            await response.write(b"retry: 2000\n: connected\n\n")
+            while True:
+                try:
+                    event = await asyncio.wait_for(queue.get(), HEARTBEAT_S)
+                except TimeoutError:
+                    await response.write(b": heartbeat\n\n")
+                    continue
+                if event.get("type") == "_shutdown":
+                    break
+                public = _public_event(event)
+                if public is None:
+                    continue
+                data = json.dumps(public, separators=(",", ":"), default=str)
+                await response.write(f"data: {data}\n\n".encode())
+        except (ConnectionResetError, ConnectionError):
+            pass  # the browser went away; EventSource reconnects by itself when it comes back
+        finally:
+            streams.discard(queue)
+    return response
+
+
+async def _close_streams(app: web.Application) -> None:
+    """On shutdown, end every open event stream so that the server does not wait for them."""
+    for queue in app[_STREAMS].copy():
+        if queue.full():
+            queue.get_nowait()
+        queue.put_nowait({"type": "_shutdown"})
+
+
+def _bridge_event(payload: str) -> dict[str, Any] | None:
+    """The bus event for one ab_promotion_events NOTIFY payload; None when it is not one we know."""
+    try:
+        data = json.loads(payload)
+    except ValueError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    kind = _BRIDGE_EVENTS.get(str(data.get("event")))
+    if kind is None:
+        return None
+    return {"type": kind, "experimentName": data.get("experiment_name"),
+            "promotionId": str(data["promotion_id"]) if data.get("promotion_id") else None,
+            "event": data.get("event"), "source": "database"}
+
+
+async def _listen_until_lost(ctx: AppContext) -> None:
+    """LISTEN on one pooled connection and publish each NOTIFY until that connection stops answering."""
+    lost = asyncio.Event()
+
+    def on_notify(_conn: object, _pid: int, _channel: str, payload: str) -> None:
+        if ctx.health.details.get(BRIDGED_FLAG):
+            return  # the daemon took over; its copy is already on the bus
+        event = _bridge_event(payload)
+        if event is not None:
+            ctx.events.publish(event)
+
+    async with ctx.pool.acquire() as conn:
+        conn.add_termination_listener(lambda _c: lost.set())
+        await conn.add_listener(EVENTS_CHANNEL, on_notify)
+        ctx.health.details[BRIDGE_STATE] = "listening"
+        log.info("dashboard.events_bridge.listening", channel=EVENTS_CHANNEL)
+        try:
+            while not lost.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(lost.wait(), HEARTBEAT_S)
+                    break
+                await conn.fetchval("SELECT 1", timeout=5)  # a dead socket shows here, not in a silent LISTEN
+        finally:
+            if not conn.is_closed():
+                await conn.remove_listener(EVENTS_CHANNEL, on_notify)
+
+
+async def run_events_bridge(ctx: AppContext) -> None:
+    """Publish ab_promotion_events NOTIFYs to ctx.events forever, reconnecting with backoff."""
+    delay = 0.5
+    while True:
+        try:
+            await _listen_until_lost(ctx)
+            delay = 0.5
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("dashboard.events_bridge.lost", error=f"{type(exc).__name__}: {exc}", retry_in=delay)
+        ctx.health.details[BRIDGE_STATE] = "reconnecting"
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 30.0)
+
+
+async def _events_bridge_ctx(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: run our own LISTEN bridge unless the daemon says it already bridges."""
+    ctx = app[CTX]
+    if ctx.health.details.get(BRIDGED_FLAG):
+        ctx.health.details[BRIDGE_STATE] = "off: the daemon bridges events"
+        yield
+        return
+    task = asyncio.create_task(run_events_bridge(ctx), name="dashboard.events_bridge")
+    try:
+        yield
+    finally:
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise
+        ctx.health.details[BRIDGE_STATE] = "stopped"
+
+
+# ------------------------------------------------------------------------------------------------- routes
+def add_routes(app: web.Application) -> None:
+    """Register the dashboard's pages, fragments, event stream, static files and LISTEN bridge."""
+    app[_STREAMS] = set()
+    app.router.add_get("/", overview_page, name="dashboard")
+    app.router.add_get("/experiments/{name:.+}", experiment_page, name="dashboard_experiment")
+    app.router.add_get("/promotions", promotions_page, name="dashboard_promotions")
+    app.router.add_get("/fragments/experiments", overview_fragment)
+    app.router.add_get("/fragments/experiment", experiment_fragment)
+    app.router.add_get("/fragments/promotions", promotions_fragment)
+    app.router.add_get("/events", events_stream, name="dashboard_events")
+    app.router.add_get("/static/{file}", static_file)
+    app.on_shutdown.append(_close_streams)
+    app.cleanup_ctx.append(_events_bridge_ctx)
+
+
+__all__ = ["BRIDGED_FLAG", "EVENTS_CHANNEL", "add_routes", "h", "render_experiment", "render_overview",
+           "render_promotions", "run_events_bridge"]
