@@ -503,3 +503,12 @@ async def test_every_documented_schema_reference_resolves() -> None:
     for ref in refs(DOC):
         name = ref.removeprefix("#/components/schemas/")
         assert name in DOC["components"]["schemas"], ref
+
+
+@pytest.mark.parametrize(("raw_path", "statuses"), [("%00", {400}), ("%FF", {400, 404}), ("%ED%A0%80", {400, 404}),
+                                                    ("a%2Fb", {404})])
+async def test_odd_experiment_paths_are_client_errors(api: Api, raw_path: str, statuses: set[int]) -> None:
+    from yarl import URL
+
+    reply = await api.request("GET", URL("/api/experiments/" + raw_path, encoded=True), token=VIEWER_TOKEN)
+    assert reply.status in statuses, reply.body

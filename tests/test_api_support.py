@@ -18,6 +18,7 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from yarl import URL
 
 from tests.factories import create_experiment, record
 from worker.config import load_config, load_settings
@@ -156,6 +157,7 @@ def path_template(path: str) -> str | None:
     """The documented path a concrete path belongs to (exact paths win over templates)."""
     if path in DOC["paths"]:
         return path
+    template: str
     for template, pattern in _TEMPLATES:
         if pattern.match(path):
             return template
@@ -210,8 +212,8 @@ class Api:
     app: web.Application
     seen: list[tuple[str, str, int]] = field(default_factory=list)
 
-    async def request(self, method: str, path: str, *, token: str | None = OPERATOR_TOKEN, json_body: Any = _UNSET,
-                      data: bytes | str | None = None, params: Mapping[str, str] | None = None,
+    async def request(self, method: str, path: str | URL, *, token: str | None = OPERATOR_TOKEN,
+                      json_body: Any = _UNSET, data: bytes | str | None = None, params: Mapping[str, str] | None = None,
                       headers: Mapping[str, str] | None = None, check: bool = True) -> Reply:
         hdrs = dict(headers or {})
         if token is not None:
@@ -232,7 +234,7 @@ class Api:
             problems = response_problems(method, raw_path, status, resp_headers, body)
             assert not problems, f"{method} {path} -> {status} breaks the OpenAPI document:\n" + "\n".join(
                 problems[:10]) + f"\n{json.dumps(body)[:1500]}"
-        self.seen.append((method, path, status))
+        self.seen.append((method, str(path), status))
         return Reply(status, body, resp_headers)
 
     async def post(self, body: Any, *, token: str | None = OPERATOR_TOKEN, **kwargs: Any) -> Reply:

@@ -56,6 +56,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise CliError(f"--port must be between 0 and 65535, got {args.port}")
         settings = settings.model_copy(update={"http_port": args.port})
     effective = _config(None)
+    try:
+        parse_tokens(settings.api_tokens)  # before any database work: a typo should fail fast
+    except ConfigError as exc:
+        raise CliError(str(exc)) from None
 
     async def go() -> int:
         from pathlib import Path

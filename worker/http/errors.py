@@ -6,6 +6,7 @@ become a 500 ``internal_error`` whose details carry a request id that the server
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -147,14 +148,17 @@ async def api_error_middleware(request: web.Request, handler: Handler) -> web.St
             response = _from_http_exception(request, exc)
     except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError,
             asyncpg.TooManyConnectionsError) as exc:
-        log.error("api.database_unavailable", path=request.path, method=request.method, error=str(exc),
-                  error_type=type(exc).__name__)
+        with contextlib.suppress(Exception):
+            log.error("api.database_unavailable", path=request.path, method=request.method, error=str(exc),
+                      error_type=type(exc).__name__)
         response = error_response(503, "database_unavailable", "the database is unreachable; try again shortly",
                                   headers={"Retry-After": "5"})
     except Exception as exc:
         request_id = uuid.uuid4().hex
-        log.error("api.internal_error", path=request.path, method=request.method, request_id=request_id,
-                  error_type=type(exc).__name__, exc_info=True)
+        # A broken log sink must not turn this answer into aiohttp's plain-text 500.
+        with contextlib.suppress(Exception):
+            log.error("api.internal_error", path=request.path, method=request.method, request_id=request_id,
+                      error_type=type(exc).__name__, exc_info=True)
         response = error_response(500, "internal_error",
                                   "internal error; the server log has the details under this request id",
                                   {"requestId": request_id})
