@@ -285,7 +285,7 @@ class Settings(_Model):
         10.0, "AUTO_PROMOTION_NOTIFY_TIMEOUT", "Seconds one notification attempt may take"
     )
     notify_max_attempts: Annotated[int, AfterValidator(_between(1, 100))] = setting(
-        8, "AUTO_PROMOTION_NOTIFY_MAX_ATTEMPTS", "Attempts before a notification is dead-lettered"
+        12, "AUTO_PROMOTION_NOTIFY_MAX_ATTEMPTS", "Attempts before a notification is dead-lettered (~1 h)"
     )
     notify_backoff_base: Annotated[float, AfterValidator(_between(0.01, 3600))] = setting(
         2.0, "AUTO_PROMOTION_NOTIFY_BACKOFF", "First retry delay in seconds (doubles each attempt)"
