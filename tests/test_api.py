@@ -398,7 +398,8 @@ async def test_list_experiments_has_live_stats_and_last_decision(api: Api, conn:
     assert cta["lastDecision"]["eligible"] is True and cta["lastDecision"]["evaluations"] >= 1
     pricing = by_name["pricing-page"]
     assert pricing["lastDecision"] is None
-    assert pricing["variants"][0]["exposures"] == 0  # recorded but not folded yet: the queue is the truth
+    assert pricing["variants"][0]["exposures"] == 0 and pricing["pendingUpdates"] == 1  # recorded, not folded yet
+    assert cta["pendingUpdates"] == 0
     paused = await api.get("/api/experiments", params={"status": "paused"})
     assert [e["name"] for e in paused.body["data"]["experiments"]] == ["pricing-page"]
     page = await api.get("/api/experiments", params={"limit": "1", "offset": "1"})

@@ -534,6 +534,7 @@ def _experiment_json(row: Mapping[str, Any], *, full_decision: bool) -> dict[str
         "createdAt": row["created_at"],
         "updatedAt": row["updated_at"],
         "activePromotionId": row["active_promotion_id"],
+        "pendingUpdates": row["pending_updates"],
         "variants": [_variant_json(v, row["metric_type"]) for v in row["variants"]],
         "lastDecision": last,
     }

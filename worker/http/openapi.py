@@ -133,6 +133,9 @@ def _schemas() -> dict[str, Any]:
         "id": INT, "name": STR, "status": {"type": "string", "enum": list(EXPERIMENT_STATUSES)},
         "metricType": STR, "priority": STR, "description": STR, "config": ANY_OBJECT, "startedAt": NTIME,
         "createdAt": TIME, "updatedAt": TIME, "activePromotionId": NSTR,
+        "pendingUpdates": {"type": "integer", "minimum": 0, "maximum": 10_001, "description":
+                           "Metric updates recorded but not folded into the statistics yet (10001 means more); "
+                           "the daemon folds them within moments, and any check, promote or scan folds first"},
         "variants": _arr(_ref("VariantStats")), "lastDecision": last_decision,
     })
     promotion = _obj({

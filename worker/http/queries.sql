@@ -3,7 +3,7 @@
 
 -- name: experiments_page
 -- Experiments with live per-variant statistics, last decision and active promotion; $1 status or NULL,
--- $2 name or NULL, $3 limit, $4 offset. Newest first.
+-- $2 name or NULL, $3 limit, $4 offset. Newest first. pending_updates (not folded yet) is capped at 10,001.
 SELECT e.id, e.name, e.status, e.metric_type, e.priority, e.description, e.config, e.started_at, e.created_at,
        e.updated_at,
        (SELECT coalesce(json_agg(json_build_object(
@@ -17,7 +17,9 @@ SELECT e.id, e.name, e.status, e.metric_type, e.priority, e.description, e.confi
          WHERE v.experiment_id = e.id) AS variants,
        st.last_evaluated_at, st.evaluations, st.eligible, st.decision,
        (SELECT p.id FROM experiment_promotions p WHERE p.experiment_id = e.id AND p.rollback_at IS NULL)
-           AS active_promotion_id
+           AS active_promotion_id,
+       (SELECT count(*) FROM (SELECT 1 FROM ab_metric_updates u WHERE u.experiment_id = e.id LIMIT 10001) q)
+           AS pending_updates
   FROM ab_experiments e LEFT JOIN ab_experiment_state st ON st.experiment_id = e.id
  WHERE ($1::text IS NULL OR e.status = $1) AND ($2::text IS NULL OR e.name = $2)
  ORDER BY e.id DESC
