@@ -75,6 +75,7 @@ async def test_overview_shows_each_experiment_with_its_figures_and_reasons(
     for name in (WINNER, AA, BLOCKED, PROMOTED, ROLLED_BACK):
         assert f'data-experiment="{name}"' in body
     assert body.count('<article class="card exp"') == 5
+    assert body.count('data-fragment="/fragments/experiment-card?name=') == 5
     assert "17,500" in body and "10.00%" in body and "+12.0%" in body
     assert "safety check failed: Error Rate Check: Winner error rate: 7.00%" in body
     assert "no treatment beats control at 95% confidence" in body

@@ -192,12 +192,23 @@ async def test_promotion_made_in_database_appears_without_reload(
         await overview.screenshot(path=str(screenshot_path("overview-after-live-promotion-1280")), full_page=True)
         await detail.screenshot(path=str(screenshot_path("experiment-after-live-promotion-390")), full_page=True)
 
-        # An evaluation event refreshes the figures of that experiment only.
+        # An evaluation event re-fetches that experiment's card (and the summary line), not the whole list.
+        list_version = await overview.locator("#experiments").get_attribute("data-version")
         await record(conn, AA, "control", 5_000, 500)
         await ctx.engine.check_promotion_eligibility(AA)
         ctx.events.publish({"type": "evaluation", "experimentName": AA, "eligible": False})
         aa = overview.locator(f'article.exp[data-experiment="{AA}"]')
         await expect(aa.locator("tbody tr").first).to_contain_text("22,500")
+        await _flush_events(ctx, overview, "zz-marker")
+        assert await overview.locator("#experiments").get_attribute("data-version") == list_version
+
+        # An evaluation of an experiment the page has not shown yet brings in its card.
+        await create_experiment(conn, "brand-new-test")
+        await record(conn, "brand-new-test", "control", 100, 10)
+        await ctx.engine.check_promotion_eligibility("brand-new-test")
+        ctx.events.publish({"type": "evaluation", "experimentName": "brand-new-test", "eligible": False})
+        await expect(overview.locator('article.exp[data-experiment="brand-new-test"]')).to_be_visible()
+        await expect(overview.locator("#experiments-summary")).to_contain_text("6 experiment(s): 3 running")
         assert await _no_reload(overview)
     assert new_page.errors == []
 
@@ -314,9 +325,14 @@ async def test_operator_actions_report_api_refusals(
         await expect(page.locator("#api-token")).to_be_focused()
         await page.screenshot(path=str(screenshot_path("overview-api-refusal-390")))
 
-        # An operator promotes; the page shows the result and the card updates in place.
+        # An operator promotes; a blocked experiment is refused with its reasons ...
         await page.get_by_label("API token").fill(OPERATOR_TOKEN)
         await page.get_by_role("button", name="Use token").click()
+        await card.get_by_role("button", name=f"Promote the winner of {AA}").click()
+        await page.locator("#confirm-dialog").get_by_role("button", name="Promote").click()
+        await expect(page.locator("#action-status")).to_contain_text(f"Not promoted: “{AA}”")
+        await expect(page.locator("#action-status li").first).to_contain_text("no treatment beats control")
+        # ... the winner is promoted, and its card updates in place.
         await winner.get_by_role("button", name=f"Promote the winner of {WINNER}").click()
         await page.locator("#confirm-dialog").get_by_role("button", name="Promote").click()
         await expect(page.locator("#action-status")).to_contain_text(f"Promoted variant-b of “{WINNER}”")

@@ -314,22 +314,45 @@ def _experiment_card(row: Mapping[str, Any]) -> str:
     )
 
 
+def _card_region(row: Mapping[str, Any]) -> str:
+    """One experiment's card as a region of its own: an evaluation re-fetches this card, not the whole list."""
+    name: str = row["name"]
+    return _region(f"card-{_slug(name)}", "/fragments/experiment-card?" + urlencode({"name": name}), "evaluation",
+                   _experiment_card(row), experiment=name)
+
+
+def _summary(counts: Sequence[Mapping[str, Any]]) -> str:
+    total = sum(int(c["experiments"]) for c in counts)
+    parts = ", ".join(f"{c['experiments']} {STATUS_LABELS.get(c['status'], ('', c['status']))[1]}" for c in counts)
+    eligible = sum(int(c["eligible"]) for c in counts if c["status"] == "running")
+    return f'<p class="summary">{h(total)} experiment(s): {h(parts)}; {h(eligible)} running and eligible.</p>'
+
+
+async def render_summary(ctx: AppContext) -> str:
+    """The one-line count above the experiment cards."""
+    async with ctx.pool.acquire() as conn:
+        return _summary(await conn.fetch(Q["experiment_summary"]))
+
+
 async def render_overview(ctx: AppContext) -> str:
     """The experiments list (the body of ``/`` and of ``/fragments/experiments``)."""
     async with ctx.pool.acquire() as conn:
         rows = await conn.fetch(Q["experiments_overview"], MAX_EXPERIMENTS)
-        total = await conn.fetchval(Q["experiment_count"])
+        counts = await conn.fetch(Q["experiment_summary"])
     if not rows:
         return ('<p class="empty">No experiments yet. Create one in <code>ab_experiments</code> with its '
                 "<code>ab_variants</code>, then record metrics with <code>ab_record_metrics()</code>.</p>")
-    counts: dict[str, int] = {}
-    for r in rows:
-        counts[r["status"]] = counts.get(r["status"], 0) + 1
-    summary = ", ".join(f"{n} {STATUS_LABELS.get(s, ('', s))[1]}" for s, n in counts.items())
-    eligible = sum(1 for r in rows if (_json(r["decision"]) or {}).get("eligible") and r["status"] == "running")
-    more = (f' Showing the first {len(rows)} of {total}.' if total > len(rows) else "")
-    return (f'<p class="summary">{h(total)} experiment(s): {h(summary)}; {h(eligible)} running and eligible.'
-            f"{h(more)}</p>" + "".join(_experiment_card(r) for r in rows))
+    total = sum(int(c["experiments"]) for c in counts)
+    more = (f'<p class="summary">Showing the first {len(rows)} of {total}.</p>' if total > len(rows) else "")
+    summary = _region("experiments-summary", "/fragments/experiments-summary", REFRESH_ALL, _summary(counts))
+    return summary + more + "".join(_card_region(r) for r in rows)
+
+
+async def render_card(ctx: AppContext, name: str) -> str | None:
+    """One experiment's card for the overview; None when there is no such experiment."""
+    async with ctx.pool.acquire() as conn:
+        row = await conn.fetchrow(Q["experiment_detail"], name)
+    return None if row is None else _experiment_card(row)
 
 
 def _safety_checks(decision: Mapping[str, Any] | None) -> str:
@@ -582,7 +605,7 @@ def _promotions_table(rows: Sequence[Mapping[str, Any]], *, rolled_back: bool) -
             f'<tr data-promotion-id="{h(p["id"])}" data-experiment="{h(name)}">'
             f'<th scope="row" data-label="Experiment"><a href="{h(_experiment_href(name))}">{h(name)}</a></th>'
             f'<td data-label="Variant">{h(p["promoted_variant_name"])}</td>'
-            f'<td data-label="Promoted">{_time(p["promoted_at"])} by {h(p["promoted_by"])}</td>'
+            f'<td class="wide" data-label="Promoted">{_time(p["promoted_at"])} by {h(p["promoted_by"])}</td>'
             f'<td data-label="Confidence" class="num">{h(_num(p["confidence"], 1, "%"))}</td>'
             f'<td data-label="Improvement" class="num">{h(_num(p["improvement"], 2, "%"))}</td>{tail}</tr>'
         )
@@ -681,7 +704,10 @@ REFRESH_PROMOTIONS = "promotion rollback"
 
 async def overview_page(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    body = _region("experiments", "/fragments/experiments", REFRESH_ALL, await render_overview(ctx))
+    # The list as a whole changes on promotions, rollbacks and experiments it has not shown yet; each card
+    # and the summary line refresh themselves on evaluations.
+    body = _region("experiments", "/fragments/experiments", "promotion rollback evaluation:new",
+                   await render_overview(ctx))
     return _html(_layout(title="Experiments", page="overview", heading="Experiments", body=body,
                          lead="Status, exposures, rates and lift with its interval per variant, and the current "
                               "decision with its reasons. Updates arrive live."))
@@ -689,6 +715,18 @@ async def overview_page(request: web.Request) -> web.Response:
 
 async def overview_fragment(request: web.Request) -> web.Response:
     return _html(await render_overview(request.app[CTX]))
+
+
+async def summary_fragment(request: web.Request) -> web.Response:
+    return _html(await render_summary(request.app[CTX]))
+
+
+async def card_fragment(request: web.Request) -> web.Response:
+    name = request.query.get("name", "")
+    body = await render_card(request.app[CTX], name)
+    if body is None:
+        return _html(f'<p class="empty">The experiment <code>{h(name)}</code> no longer exists.</p>', status=404)
+    return _html(body)
 
 
 async def experiment_page(request: web.Request) -> web.Response:
@@ -871,6 +909,8 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/experiments/{name:.+}", experiment_page, name="dashboard_experiment")
     app.router.add_get("/promotions", promotions_page, name="dashboard_promotions")
     app.router.add_get("/fragments/experiments", overview_fragment)
+    app.router.add_get("/fragments/experiments-summary", summary_fragment)
+    app.router.add_get("/fragments/experiment-card", card_fragment)
     app.router.add_get("/fragments/experiment", experiment_fragment)
     app.router.add_get("/fragments/promotions", promotions_fragment)
     app.router.add_get("/events", events_stream, name="dashboard_events")
@@ -879,5 +919,5 @@ def add_routes(app: web.Application) -> None:
     app.cleanup_ctx.append(_events_bridge_ctx)
 
 
-__all__ = ["BRIDGED_FLAG", "EVENTS_CHANNEL", "add_routes", "h", "render_experiment", "render_overview",
-           "render_promotions", "run_events_bridge"]
+__all__ = ["BRIDGED_FLAG", "EVENTS_CHANNEL", "add_routes", "h", "render_card", "render_experiment",
+           "render_overview", "render_promotions", "render_summary", "run_events_bridge"]

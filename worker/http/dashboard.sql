@@ -19,12 +19,17 @@ SELECT e.id, e.name, e.status, e.priority, e.metric_type, e.started_at,
                         ELSE 4 END, e.name
  LIMIT $1;
 
--- name: experiment_count
--- How many experiments exist (the overview shows the first few hundred).
-SELECT count(*) FROM ab_experiments;
+-- name: experiment_summary
+-- Experiments per status, and how many of them the last decision found eligible.
+SELECT e.status, count(*) AS experiments, count(*) FILTER (WHERE s.eligible) AS eligible
+  FROM ab_experiments e
+  LEFT JOIN ab_experiment_state s ON s.experiment_id = e.id
+ GROUP BY e.status
+ ORDER BY CASE e.status WHEN 'running' THEN 0 WHEN 'promoted' THEN 1 WHEN 'paused' THEN 2 WHEN 'draft' THEN 3
+                        ELSE 4 END, e.status;
 
 -- name: experiment_detail
--- One experiment by name, with the same columns as experiments_overview.
+-- One experiment by name, with the columns of experiments_overview and its description (page and card).
 SELECT e.id, e.name, e.status, e.priority, e.metric_type, e.started_at, e.description,
        s.last_evaluated_at, s.evaluations, s.eligible, s.decision,
        (SELECT coalesce(jsonb_agg(jsonb_build_object(

@@ -51,6 +51,12 @@
       if (!value) { showStatus("error", "Enter a token first."); input.focus(); return; }
       setToken(value);
       showStatus("ok", "Token saved for this tab. Operator actions will use it.");
+      var panel = byId("operator");
+      if (panel) {
+        panel.open = false;
+        var summary = panel.querySelector("summary");
+        if (summary) { summary.focus(); }
+      }
     });
     if (forget) {
       forget.addEventListener("click", function () {
@@ -97,26 +103,45 @@
   // ----------------------------------------------------------------------------------------- regions
   function regions() { return Array.prototype.slice.call(document.querySelectorAll("[data-fragment]")); }
 
-  function concerns(region, ev) {
-    var types = (region.dataset.refreshOn || "").split(/\s+/);
-    if (types.indexOf(ev.type) < 0) { return false; }
+  // Which kinds of change a region listens to (data-refresh-on) and, optionally, for which experiment.
+  // "evaluation:new" is an evaluation of an experiment the page has no region for: a list must grow.
+  function concerns(region, ev, kinds) {
+    var wanted = (region.dataset.refreshOn || "").split(/\s+/);
+    if (!kinds.some(function (k) { return wanted.indexOf(k) >= 0; })) { return false; }
     var scope = region.dataset.experiment;
     return scope === undefined || scope === ev.experimentName;
   }
 
+  function kindsOf(ev, all) {
+    var kinds = [ev.type];
+    if (ev.type === "evaluation" && !all.some(function (r) { return r.dataset.experiment === ev.experimentName; })) {
+      kinds.push("evaluation:new");
+    }
+    return kinds;
+  }
+
+  // A burst of events becomes one fetch, and a region is fetched at most about once a second however busy
+  // the daemon is.
+  var MIN_INTERVAL_MS = 1000;
+  var lastFetch = new Map(); // region id -> time of the last fetch
   function scheduleRefresh(region, delay) {
     var id = region.id;
-    if (timers.has(id)) { return; } // coalesce a burst of events into one fetch
+    if (timers.has(id)) { return; }
+    var wait = delay === undefined ? 150 : delay;
+    var since = Date.now() - (lastFetch.get(id) || 0);
+    if (delay === undefined && since < MIN_INTERVAL_MS) { wait = Math.max(wait, MIN_INTERVAL_MS - since); }
     timers.set(id, window.setTimeout(function () {
       timers.delete(id);
       refresh(region);
-    }, delay === undefined ? 150 : delay));
+    }, wait));
   }
 
   function refresh(region) {
     var id = region.id;
+    if (!document.contains(region)) { return Promise.resolve(); } // replaced by a refresh of its parent
     if (inflight.get(id)) { dirty.add(id); return Promise.resolve(); }
     inflight.set(id, true);
+    lastFetch.set(id, Date.now());
     region.setAttribute("aria-busy", "true");
     return fetch(region.dataset.fragment, { headers: { "Accept": "text/html" }, cache: "no-store",
                                             credentials: "same-origin" })
@@ -158,11 +183,14 @@
     }
   }
 
-  function refreshFor(experimentName) {
-    regions().forEach(function (region) {
-      var scope = region.dataset.experiment;
-      if (scope === undefined || scope === experimentName) { scheduleRefresh(region, 0); }
-    });
+  // After an operator action: refresh what the matching event would (a check stores a decision but sends
+  // no event; a promotion or rollback also arrives as an event, and the two refreshes coalesce).
+  function refreshAfter(action, experimentName) {
+    var ev = { type: action === "check" ? "evaluation" : action === "promote" ? "promotion" : "rollback",
+               experimentName: experimentName };
+    var all = regions();
+    var kinds = kindsOf(ev, all);
+    all.forEach(function (region) { if (concerns(region, ev, kinds)) { scheduleRefresh(region, 0); } });
   }
 
   // -------------------------------------------------------------------------------------- live events
@@ -198,7 +226,7 @@
     var time = document.createElement("time");
     var now = new Date();
     time.dateTime = now.toISOString();
-    time.textContent = now.toLocaleTimeString();
+    time.textContent = now.toISOString().slice(11, 19) + " UTC"; // the pages show UTC throughout
     li.appendChild(time);
     li.appendChild(document.createTextNode(" " + describe(ev)));
     list.insertBefore(li, list.firstChild);
@@ -233,7 +261,9 @@
     if (!ev || typeof ev.type !== "string" || ev.type.charAt(0) === "_") { return; }
     if (duplicate(ev)) { return; }
     addActivity(ev);
-    regions().forEach(function (region) { if (concerns(region, ev)) { scheduleRefresh(region); } });
+    var all = regions();
+    var kinds = kindsOf(ev, all);
+    all.forEach(function (region) { if (concerns(region, ev, kinds)) { scheduleRefresh(region); } });
   }
 
   function connect() {
@@ -373,7 +403,8 @@
         cache: "no-store"
       }).then(function (res) {
         return res.json().catch(function () { return null; }).then(function (payload) {
-          if (res.ok && payload && payload.success) {
+          if (res.ok && payload && payload.data) {
+            // A promotion that is not eligible is a 200 with success false and the reasons in data.
             var r = describeResult(body.action, payload.data);
             showStatus(r.kind, r.title, r.items);
           } else {
@@ -389,7 +420,7 @@
       }).then(function () {
         button.disabled = false;
         // A check stores a fresh decision without a live event; a promotion or rollback also arrives as one.
-        refreshFor(b.experiment);
+        refreshAfter(body.action, b.experiment);
       });
     });
   }
