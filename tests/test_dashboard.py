@@ -240,6 +240,7 @@ async def test_bridge_publishes_promotion_events_made_in_sql(pool: asyncpg.Pool,
     exp_id = await create_experiment(conn, "sql-made", status="promoted")
     async with serve(ctx) as _, ctx.events.subscribe() as queue:
         await _wait_for(lambda: ctx.health.details.get(dashboard.BRIDGE_STATE) == "listening")
+        assert pool.get_idle_size() == pool.get_size(), "the LISTEN session must not hold a pooled connection"
         pid = await conn.fetchval(
             "INSERT INTO experiment_promotions (experiment_id, experiment_name, promoted_variant_name, confidence,"
             " improvement, promoted_by, previous_weights) VALUES ($1, 'sql-made', 'variant-b', 97, 12, 'dba', '{}')"

@@ -839,6 +839,30 @@ def _bridge_event(payload: str) -> dict[str, Any] | None:
             "event": data.get("event"), "source": "database"}
 
 
+@contextlib.asynccontextmanager
+async def _listen_session(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
+    """A connection of its own for LISTEN, opened with the pool's connection arguments.
+
+    It is held for the application's lifetime, so it must not take one of the pooled connections the daemon
+    sizes its evaluation concurrency by. asyncpg keeps those arguments in ``_connect_args``/``_connect_kwargs``
+    (what its public ``set_connect_args`` sets); should a future asyncpg drop them, fall back to the pool.
+    """
+    args = getattr(pool, "_connect_args", None)
+    kwargs = getattr(pool, "_connect_kwargs", None)
+    if not isinstance(args, list | tuple) or not isinstance(kwargs, dict):
+        async with pool.acquire() as pooled:
+            yield pooled
+        return
+    conn: asyncpg.Connection = await asyncpg.connect(*args, **kwargs)
+    try:
+        yield conn
+    finally:
+        try:
+            await conn.close(timeout=2)
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            conn.terminate()
+
+
 async def _listen_until_lost(ctx: AppContext) -> None:
     """LISTEN on one pooled connection and publish each NOTIFY until that connection stops answering."""
     lost = asyncio.Event()
@@ -850,7 +874,7 @@ async def _listen_until_lost(ctx: AppContext) -> None:
         if event is not None:
             ctx.events.publish(event)
 
-    async with ctx.pool.acquire() as conn:
+    async with _listen_session(ctx.pool) as conn:
         conn.add_termination_listener(lambda _c: lost.set())
         await conn.add_listener(EVENTS_CHANNEL, on_notify)
         ctx.health.details[BRIDGE_STATE] = "listening"
