@@ -268,7 +268,9 @@ class Engine:
                 if snapshot is None:
                     raise ExperimentNotFound(f"no experiment named {experiment_name[:200]!r}")
                 decision, _ = self._decide(snapshot, effective, exp["config"])
-                await self._record_evaluation(conn, decision)
+                if config is None:
+                    # Only a check under the server's own config is "the last decision"; a caller's what-if is not.
+                    await self._record_evaluation(conn, decision)
         metrics.EVALUATIONS.labels("eligible" if decision.eligible else "not_eligible").inc()
         return decision.to_check_data()
 
