@@ -282,6 +282,11 @@ async def test_operator_rollback_from_the_page_end_to_end(
                                        "reason": "conversion dropped in the EU after the promotion"}
         assert all(OPERATOR_TOKEN not in r.url for r in requests)
         await page.screenshot(path=str(screenshot_path("promotions-after-rollback-1280")), full_page=True)
+
+        await page.get_by_text("Operator token:").click()
+        await page.get_by_role("button", name="Forget token").click()
+        await expect(page.locator("#token-state")).to_have_text("not set")
+        assert await page.evaluate("sessionStorage.getItem('autopromote.apiToken')") is None
     assert new_page.errors == []
 
 
@@ -329,6 +334,8 @@ async def test_operator_actions_report_api_refusals(
         await page.get_by_label("API token").fill(OPERATOR_TOKEN)
         await page.get_by_role("button", name="Use token").click()
         await card.get_by_role("button", name=f"Promote the winner of {AA}").click()
+        await expect(page.locator("#confirm-dialog")).to_be_visible()
+        await page.screenshot(path=str(screenshot_path("overview-promote-dialog-390")))
         await page.locator("#confirm-dialog").get_by_role("button", name="Promote").click()
         await expect(page.locator("#action-status")).to_contain_text(f"Not promoted: “{AA}”")
         await expect(page.locator("#action-status li").first).to_contain_text("no treatment beats control")

@@ -50,7 +50,7 @@
       input.value = "";
       if (!value) { showStatus("error", "Enter a token first."); input.focus(); return; }
       setToken(value);
-      showStatus("ok", "Token saved for this tab. Operator actions will use it.");
+      showStatus("ok", "Token saved for this tab. Operator actions will use it.", [], 4000);
       var panel = byId("operator");
       if (panel) {
         panel.open = false;
@@ -61,7 +61,7 @@
     if (forget) {
       forget.addEventListener("click", function () {
         setToken("");
-        showStatus("ok", "Token forgotten.");
+        showStatus("ok", "Token forgotten.", [], 4000);
         input.focus();
       });
     }
@@ -71,9 +71,12 @@
   // ------------------------------------------------------------------------------------- status area
   // Results show in a toast at the bottom of the window (the button may be far down the page) and are read
   // out through the polite live region.
-  function showStatus(kind, title, items) {
+  var hideTimer = 0;
+  function showStatus(kind, title, items, hideAfterMs) {
     var box = byId("action-status");
     if (!box) { return; }
+    window.clearTimeout(hideTimer);
+    if (hideAfterMs) { hideTimer = window.setTimeout(function () { box.hidden = true; }, hideAfterMs); }
     box.textContent = "";
     box.dataset.kind = kind;
     var p = document.createElement("p");
