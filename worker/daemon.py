@@ -25,7 +25,7 @@ from worker.config import EffectiveConfig, Settings
 from worker.db.connect import connect, create_pool, redact_url, resolve_database
 from worker.db.migrate import migrate, pending_migrations
 from worker.engine import Engine, Evaluation
-from worker.evaluator import Evaluator, Folder, Wake, evaluation_event
+from worker.evaluator import Evaluator, Folder, Wake, evaluation_event, keep_session
 from worker.events import EventBus
 from worker.guard import PostPromotionGuard, default_identity
 from worker.http.app import AppContext, Health, create_app
@@ -34,6 +34,9 @@ from worker.rollbacks import carry_out_rollback_requests
 from worker.scanner import AdvisoryLockLeadership, Leadership, LeaseLeadership, Scanner
 
 log = structlog.get_logger("worker.daemon")
+
+EVENTS_BRIDGED = "events_bridged"  # health.details flag read by worker/http/dashboard.py
+LOCK_APPLICATION_NAME = "autopromote-evaluation-locks"
 
 EXIT_OK, EXIT_CONFIG, EXIT_DB = 0, 2, 3
 
@@ -67,6 +70,8 @@ class Daemon:
         self.events = events or EventBus()
         self.health = health or Health(listener_required=not settings.poll_only)
         self.health.listener_required = not settings.poll_only
+        # The dashboard runs its own LISTEN bridge to the EventBus unless told that the daemon publishes already.
+        self.health.details[EVENTS_BRIDGED] = True
         self.identity = identity or default_identity()
         self.serve_http = serve_http
         self.engine = Engine(pool, settings, config, on_committed=self._on_committed)
@@ -101,6 +106,19 @@ class Daemon:
                  evaluation_concurrency=self.evaluator.concurrency, grace_seconds=grace,
                  dispatcher=self.dispatcher is not None)
         http_stop = anyio.Event()
+        if not self.settings.poll_only:
+            self.evaluator.lock_pool = await create_pool(
+                self.url, min_size=0, max_size=self.evaluator.concurrency, reset=keep_session,
+                max_inactive_connection_lifetime=0, server_settings={"application_name": LOCK_APPLICATION_NAME})
+        try:
+            await self._run(stop, http_stop, grace)
+        finally:
+            lock_pool, self.evaluator.lock_pool = self.evaluator.lock_pool, None
+            if lock_pool is not None:
+                await _close_pool(lock_pool, force=False)
+        log.info("daemon.stopped", folded=self.folder.folded_total, evaluations=self.evaluator.evaluations)
+
+    async def _run(self, stop: anyio.Event, http_stop: anyio.Event, grace: float) -> None:
         async with anyio.create_task_group() as outer:
             if self.serve_http:
                 await outer.start(self._serve_http, http_stop)
@@ -126,7 +144,6 @@ class Daemon:
             if work.cancel_scope.cancelled_caught:
                 log.warning("shutdown.grace_exceeded", grace_seconds=grace)
             http_stop.set()
-        log.info("daemon.stopped", folded=self.folder.folded_total, evaluations=self.evaluator.evaluations)
 
     async def _fan_out_stop(self, stop: anyio.Event) -> None:
         await stop.wait()
@@ -231,8 +248,9 @@ class Daemon:
 
 
 def evaluation_concurrency(settings: Settings) -> int:
-    """Evaluations at once: each holds two pooled connections (its lock session and the engine's)."""
-    return max(1, min(16, (settings.pool_size - 2) // 2))
+    """Evaluations at once: each holds one pooled connection at a time; the folder keeps one, and three stay for
+    the guard, rollbacks, scan, dispatcher and HTTP."""
+    return max(1, min(16, settings.pool_size - 4))
 
 
 def _work_budget(grace: float) -> float:
@@ -287,7 +305,8 @@ async def run_worker(settings: Settings, config: EffectiveConfig, *, apply_migra
                         note="DATABASE_URL is not set: a throw-away embedded PostgreSQL, gone when the worker exits")
         await check_migrations(db.url, apply=apply_migrations or db.embedded is not None, schema_dir=schema_dir)
         try:
-            pool = await create_pool(db.url, min_size=2, max_size=settings.pool_size, timeout=10)
+            pool = await create_pool(db.url, min_size=2, max_size=settings.pool_size, timeout=10,
+                                     reset=keep_session)
         except DB_ERRORS as exc:
             raise StartupError(str(exc), EXIT_DB) from exc
         try:

@@ -8,7 +8,10 @@ afterwards, however many updates arrived meanwhile. So 10,000 updates for one ex
 handful of evaluations, not 10,000.
 
 Across replicas an evaluation holds a session advisory lock on the experiment (``pg_try_advisory_lock``); a replica
-that finds it taken evaluates a moment later instead of at the same time.
+that finds it taken evaluates a moment later instead of at the same time. The locks live on a small pool of sessions
+of their own whose release skips asyncpg's reset query (the unlock is explicit), so a lock costs two short round
+trips and no pooled connection. In poll-only mode (PgBouncer transaction pooling) session locks do not hold, so
+there is no such lock, and the engine's row lock alone keeps a promotion single.
 """
 
 from __future__ import annotations
@@ -69,8 +72,10 @@ class Evaluator:
     """The dirty set and the bounded pool of evaluations; ``run`` returns after ``stop`` once in-flight ones end."""
 
     def __init__(self, pool: asyncpg.Pool, engine: Engine, guard: PostPromotionGuard, *, concurrency: int,
-                 on_evaluated: Callable[[Evaluation, float | None], None] | None = None) -> None:
+                 on_evaluated: Callable[[Evaluation, float | None], None] | None = None,
+                 lock_pool: asyncpg.Pool | None = None) -> None:
         self.pool = pool
+        self.lock_pool = lock_pool
         self.engine = engine
         self.guard = guard
         self.concurrency = max(1, concurrency)
@@ -145,22 +150,19 @@ class Evaluator:
     async def _evaluate_locked(self, exp_id: int, recorded_at: datetime | None) -> float | None:
         """Evaluate one experiment under its cross-replica lock; the delay before a retry, or None when done."""
         try:
-            async with self.pool.acquire() as lock_conn:
-                key = evaluation_lock_key(exp_id)
-                if not await lock_conn.fetchval("SELECT pg_try_advisory_lock($1)", key):
-                    self.deferred += 1
-                    return _LOCK_RETRY_SECONDS  # another replica is evaluating it right now
-                try:
-                    evaluation = await self.engine.evaluate_experiment(exp_id)
-                    if evaluation.action == "skipped":
-                        # Not running: promoted ones are the guard's. The update that shows a breach acts now.
-                        await self.guard.check([exp_id])
-                finally:
-                    # Released explicitly so the next evaluation need not wait for the pool's reset query
-                    # (which would release it too: asyncpg runs pg_advisory_unlock_all() on release).
-                    if not lock_conn.is_closed():
-                        with anyio.CancelScope(shield=True), anyio.move_on_after(2.0):
-                            await lock_conn.execute("SELECT pg_advisory_unlock($1)", key)
+            if self.lock_pool is None:
+                evaluation = await self._evaluate_now(exp_id)
+            else:
+                async with self.lock_pool.acquire() as lock_conn:
+                    key = evaluation_lock_key(exp_id)
+                    if not await lock_conn.fetchval("SELECT pg_try_advisory_lock($1)", key):
+                        self.deferred += 1
+                        log.debug("evaluation.deferred", reason="another replica is evaluating it")
+                        return _LOCK_RETRY_SECONDS
+                    try:
+                        evaluation = await self._evaluate_now(exp_id)
+                    finally:
+                        await _unlock(lock_conn, key)
         except DB_ERRORS as exc:
             metrics.EVALUATIONS.labels("error").inc()
             log.warning("evaluation.failed", error=f"{type(exc).__name__}: {exc}", retry_in=1.0)
@@ -179,6 +181,13 @@ class Evaluator:
             self.on_evaluated(evaluation, latency)
         return None
 
+    async def _evaluate_now(self, exp_id: int) -> Evaluation:
+        evaluation = await self.engine.evaluate_experiment(exp_id)
+        if evaluation.action == "skipped":
+            # Not running: promoted ones are the guard's. The update that shows a breach acts now.
+            await self.guard.check([exp_id])
+        return evaluation
+
 
 class Folder:
     """Folds the queue whenever woken, and at least every ``poll_interval`` seconds."""
@@ -196,6 +205,7 @@ class Folder:
         # With a listener, its first connect asks for the catch-up (after LISTEN, so nothing slips between).
         self._catch_up = catch_up_at_start
         self.folded_total = 0
+        self._conn: asyncpg.Connection | None = None  # kept between folds: one wake-up per update at high rates
 
     def hint(self, experiment_id: int | None) -> None:
         """A NOTIFY said this experiment changed (an alert may have no metric update behind it)."""
@@ -209,6 +219,23 @@ class Folder:
         self.wake.set()
 
     async def run(self, stop: anyio.Event) -> None:
+        try:
+            await self._run(stop)
+        finally:
+            await self._release()
+
+    async def _connection(self) -> asyncpg.Connection:
+        if self._conn is None:
+            self._conn = await self.pool.acquire()
+        return self._conn
+
+    async def _release(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(2.0):
+                await self.pool.release(conn)
+
+    async def _run(self, stop: anyio.Event) -> None:
         backoff = Backoff(base=0.2, cap=10.0)
         next_tick = anyio.current_time()
         while not stop.is_set():
@@ -221,9 +248,10 @@ class Folder:
                 await self.drain(stop, catch_up=catch_up)
                 stale: list[int] = []
                 if catch_up:
-                    async with self.pool.acquire() as conn:
-                        stale = [r["id"] for r in await conn.fetch(DQ["stale_experiments"])]
+                    conn = await self._connection()
+                    stale = [r["id"] for r in await conn.fetch(DQ["stale_experiments"])]
             except DB_ERRORS as exc:
+                await self._release()  # a broken connection goes back to the pool, which replaces it
                 self._hints |= hints
                 self._catch_up = self._catch_up or catch_up
                 delay = backoff.next()
@@ -250,8 +278,10 @@ class Folder:
         limit = self.settings.fold_batch_size
         while True:
             started = time.perf_counter()
-            async with self.pool.acquire() as conn, conn.transaction():
-                result = await fold_batch(conn, limit=limit)
+            conn = await self._connection()
+            # One statement (DELETE ... RETURNING feeding the upsert) is its own transaction: atomic without a
+            # BEGIN/COMMIT pair, which would cost two more round trips on the decision path.
+            result = await fold_batch(conn, limit=limit)
             if result.updates:
                 total += result.updates
                 self.folded_total += result.updates
@@ -262,6 +292,25 @@ class Folder:
                     ms=round(1000 * (time.perf_counter() - started), 2), catch_up=catch_up)
             if result.updates < limit or (stop is not None and stop.is_set()):
                 return total
+
+
+async def _unlock(conn: asyncpg.Connection, key: int) -> None:
+    """Release an evaluation lock; a session whose unlock fails is terminated, which releases it too."""
+    unlocked = False
+    with anyio.CancelScope(shield=True), anyio.move_on_after(2.0):
+        try:
+            unlocked = bool(await conn.fetchval("SELECT pg_advisory_unlock($1)", key))
+        except DB_ERRORS:
+            unlocked = False
+    if not unlocked and not conn.is_closed():
+        conn.terminate()
+
+
+async def keep_session(_conn: asyncpg.Connection) -> None:
+    """A pool ``reset`` that keeps session state: asyncpg still rolls back an open transaction on release; the
+    reset query it would otherwise send on every release (unlock all, close cursors, unlisten, reset settings)
+    clears state nothing here leaves behind, and costs a round trip per pooled operation."""
+    return None
 
 
 def evaluation_event(evaluation: Evaluation, latency: float | None) -> dict[str, Any]:
