@@ -407,11 +407,12 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``override`` laid over it, nested mappings merged key by key (neither is modified)."""
     out = dict(base)
     for key, value in override.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], value)
         else:
             out[key] = value
     return out
@@ -499,7 +500,7 @@ def load_config(
     for label, layer in layers:
         if not isinstance(layer, Mapping):
             continue
-        merged = _deep_merge(merged, layer)
+        merged = deep_merge(merged, layer)
         for path in _flatten(layer):
             sources[path] = f"env:{env_paths.get(path, '?')}" if label == "env" else label
     if errors:
@@ -533,7 +534,7 @@ def with_experiment_overrides(
         return base.config
     if not isinstance(experiment_config, Mapping):
         raise ConfigError([f"experiment config: must be a JSON object, got {type(experiment_config).__name__}"])
-    merged = _deep_merge(base.config.model_dump(by_alias=True), experiment_config)
+    merged = deep_merge(base.config.model_dump(by_alias=True), experiment_config)
     try:
         return AutoPromotionConfig.model_validate(_json_types(merged))
     except ValidationError as exc:

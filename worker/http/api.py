@@ -26,7 +26,7 @@ from typing import Annotated, Any, Literal, TypeVar, get_args
 from aiohttp import web
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
-from worker.config import PRESET_NAMES, PRESETS, ConfigError, EffectiveConfig, load_config
+from worker.config import PRESET_NAMES, PRESETS, ConfigError, EffectiveConfig, deep_merge, load_config
 from worker.db.queries import Q
 from worker.engine import EngineError, ExperimentNotFound
 from worker.http import auth
@@ -327,22 +327,13 @@ def startup_env(effective: EffectiveConfig) -> dict[str, str]:
     return server_layers(effective)[0]
 
 
-def _merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in override.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
 
 def request_config(ctx: AppContext, preset: str | None, overrides: Mapping[str, Any] | None) -> EffectiveConfig:
     """The server's config with the request's preset and overrides; ConfigError lists every problem."""
     if preset is None and not overrides:
         return ctx.config
     env, server_tree = server_layers(ctx.config)
-    return load_config(preset=preset or ctx.config.preset, env=env, overrides=_merge(server_tree, overrides or {}))
+    return load_config(preset=preset or ctx.config.preset, env=env, overrides=deep_merge(server_tree, overrides or {}))
 
 
 def _config_summary(effective: EffectiveConfig) -> dict[str, Any]:
