@@ -391,3 +391,38 @@ async def test_evaluations_and_promotion_events_are_published_to_the_event_bus(d
         assert evaluation["experimentName"] == "live"
         promotion = next(e for e in seen if e["type"] == "promotion")
         assert promotion["event"] == "promoted" and promotion["experimentName"] == "live"
+
+
+# ------------------------------------------------------------------------------------------- notifications
+async def test_a_channel_that_never_answers_does_not_delay_promotions(db_url: str) -> None:
+    from aiohttp import web
+
+    received: list[str] = []
+    release = anyio.Event()
+
+    async def hang(request: web.Request) -> web.Response:
+        received.append((await request.json())["text"] if request.can_read_body else "")
+        await release.wait()  # a Slack that accepts the connection and never answers
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_post("/hook", hang)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        async with db(db_url) as conn, running_daemon(db_url, SLACK_WEBHOOK_URL=f"http://127.0.0.1:{port}/hook",
+                                                      AUTO_PROMOTION_NOTIFY_TIMEOUT="120"):
+            first = await seed_winner(conn, "first-winner")
+            await wait_for(lambda: promotions(conn, first), what="the first promotion")
+            await wait_for(lambda: _true(bool(received)), what="its notification to reach the hanging channel")
+            second = await seed_winner(conn, "second-winner")
+            await wait_for(lambda: promotions(conn, second), what="the second promotion")
+            assert not release.is_set()  # the first notification is still in flight
+            assert await conn.fetchval("SELECT count(*) FROM notification_outbox WHERE status = 'sent'") == 0
+            release.set()
+    finally:
+        release.set()
+        await runner.cleanup()

@@ -4,7 +4,12 @@ scanner, notification dispatcher and HTTP server, and one shutdown path.
 Shutdown: SIGTERM or SIGINT sets the stop event. Every service stops taking work, finishes the unit in flight (one
 transaction) and returns; whatever is still running ``shutdown_grace`` seconds later is cancelled, and its open
 transaction is rolled back by PostgreSQL, so nothing is lost either way. A second signal cancels everything at once.
-Exit codes: 0 after a signal, 2 bad configuration or pending migrations, 3 database unreachable at start.
+Exit codes: 0 after a signal, 2 bad configuration or pending migrations, 3 database unreachable at start; a second
+signal exits with 128 + its number.
+
+Connections per replica: the pool (``AUTO_PROMOTION_POOL_SIZE``, shared with the HTTP API and the dispatcher; the
+folder keeps one and ``pool_size - 4`` evaluations run at once), plus the LISTEN session, the scan-leadership
+session, and up to ``pool_size - 4`` evaluation-lock sessions (none in poll-only mode, where only the pool is used).
 """
 
 from __future__ import annotations
