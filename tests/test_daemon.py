@@ -82,8 +82,10 @@ async def test_concurrency_limit_is_honoured(db_url: str) -> None:
         await record(conn, "exp-a", "control", 10, 1)
         await record(conn, "exp-b", "control", 10, 1)
         await wait_for(lambda: _queue_len_is(conn, 0), what="the queue to drain")
-        await wait_for(lambda: conn.fetchval("SELECT count(*) = 2 FROM ab_experiment_state WHERE evaluations > 1"),
-                       what="both evaluated again")
+        # The promoted one is the guard's now; the other, still running, is evaluated again.
+        await wait_for(lambda: conn.fetchval("SELECT s.evaluations > 1 FROM ab_experiment_state s JOIN ab_experiments e"
+                                             " ON e.id = s.experiment_id WHERE e.status = 'running'"),
+                       what="the running one evaluated again")
         assert len(await promotions(conn, a)) + len(await promotions(conn, b)) == 1
         reasons = await conn.fetchval("SELECT decision->'reasons' FROM ab_experiment_state s "
                                       "JOIN ab_experiments e ON e.id = s.experiment_id WHERE e.status = 'running'")

@@ -123,15 +123,18 @@ async def test_sigterm_exits_zero_within_the_grace_period(db_url: str, workers: 
 
 
 async def _hold_experiment_lock(db_url: str, name: str, held: anyio.Event, release: anyio.Event) -> None:
+    from worker.engine import PROMOTION_SLOT_LOCK
+
     async with db(db_url) as conn, conn.transaction():
-        # Blocks the engine's FOR UPDATE but not the producers' foreign-key checks (FOR KEY SHARE).
-        await conn.execute("SELECT 1 FROM ab_experiments WHERE name = $1 FOR NO KEY UPDATE", name)
+        # The promotion slot lock: the daemon's transaction has locked the experiment row and decided to promote,
+        # then waits here, in flight, before writing anything.
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", PROMOTION_SLOT_LOCK)
         held.set()
         await release.wait()
 
 
 async def _stuck_promotion(db_url: str, workers: Any, grace: float) -> tuple[Any, anyio.Event, Any]:
-    """A worker whose promotion transaction waits on a row lock the test holds: work that is in flight."""
+    """A worker whose promotion transaction waits on a lock the test holds: work that is in flight."""
     async with db(db_url) as conn:
         await create_experiment(conn, "stuck", list(WINNER))
     held, release = anyio.Event(), anyio.Event()

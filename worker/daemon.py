@@ -41,7 +41,6 @@ from worker.scanner import AdvisoryLockLeadership, Leadership, LeaseLeadership, 
 log = structlog.get_logger("worker.daemon")
 
 EVENTS_BRIDGED = "events_bridged"  # health.details flag read by worker/http/dashboard.py
-LOCK_APPLICATION_NAME = "autopromote-evaluation-locks"
 
 EXIT_OK, EXIT_CONFIG, EXIT_DB = 0, 2, 3
 
@@ -111,16 +110,7 @@ class Daemon:
                  evaluation_concurrency=self.evaluator.concurrency, grace_seconds=grace,
                  dispatcher=self.dispatcher is not None)
         http_stop = anyio.Event()
-        if not self.settings.poll_only:
-            self.evaluator.lock_pool = await create_pool(
-                self.url, min_size=0, max_size=self.evaluator.concurrency, reset=keep_session,
-                max_inactive_connection_lifetime=0, server_settings={"application_name": LOCK_APPLICATION_NAME})
-        try:
-            await self._run(stop, http_stop, grace)
-        finally:
-            lock_pool, self.evaluator.lock_pool = self.evaluator.lock_pool, None
-            if lock_pool is not None:
-                await _close_pool(lock_pool, force=False)
+        await self._run(stop, http_stop, grace)
         log.info("daemon.stopped", folded=self.folder.folded_total, evaluations=self.evaluator.evaluations)
 
     async def _run(self, stop: anyio.Event, http_stop: anyio.Event, grace: float) -> None:

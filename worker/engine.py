@@ -19,6 +19,7 @@ import structlog
 
 from worker import metrics
 from worker.config import AutoPromotionConfig, ConfigError, EffectiveConfig, Settings, with_experiment_overrides
+from worker.db.connect import json_safe
 from worker.db.queries import Q
 from worker.decide import (
     AlertInfo,
@@ -113,17 +114,6 @@ def _parse_ts(value: Any) -> datetime:
     return datetime.fromisoformat(str(value))
 
 
-def _json_safe(x: Any) -> Any:
-    """Replace non-finite floats so that every JSON we write is valid JSON."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _json_safe(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_json_safe(v) for v in x]
-    return x
-
-
 def _parse_promotion_id(promotion_id: str | uuid.UUID | None) -> uuid.UUID:
     if isinstance(promotion_id, uuid.UUID):
         return promotion_id
@@ -185,14 +175,13 @@ class Engine:
 
     async def _audit(self, conn: asyncpg.Connection, actor: str, action: str, experiment_id: int | None,
                      experiment_name: str | None, promotion_id: uuid.UUID | None, details: dict[str, Any]) -> None:
-        await conn.execute(Q["insert_audit"], actor, action, experiment_id, experiment_name, promotion_id,
-                           _json_safe(details))
+        await conn.execute(Q["insert_audit"], actor, action, experiment_id, experiment_name, promotion_id, details)
 
     async def _notify(self, conn: asyncpg.Connection, event: str, payload: dict[str, Any],
                       cfg: AutoPromotionConfig) -> int:
         from worker.notify import enqueue_notifications
 
-        queued: int = await enqueue_notifications(conn, event=event, payload=_json_safe(payload), config=cfg,
+        queued: int = await enqueue_notifications(conn, event=event, payload=json_safe(payload), config=cfg,
                                                   settings=self.settings)
         return queued
 
@@ -223,35 +212,23 @@ class Engine:
         }
 
     async def _record_evaluation(self, conn: asyncpg.Connection, decision: Decision) -> bool | None:
-        """Store the last decision and a thinned history snapshot; returns the previous eligibility."""
-        previous = await conn.fetchval("SELECT eligible FROM ab_experiment_state WHERE experiment_id = $1",
-                                       decision.experiment_id)
-        await conn.execute(Q["upsert_state"], decision.experiment_id, decision.eligible,
-                           _json_safe(decision.to_check_data()))
-        analysis = decision.analysis
-        if analysis is not None and analysis.comparisons:
-            control = next((v for v in decision.variants if v.is_control), None)
-            control_n = control.exposures if control else 0
-            last = await conn.fetchrow(Q["last_snapshot"], decision.experiment_id)
-            due = (
-                last is None
-                or (decision.evaluated_at - last["created_at"]).total_seconds() >= SNAPSHOT_MIN_INTERVAL_S
-                or control_n >= 1.25 * max(1, int(last["control_exposures"]))
-                or decision.eligible
-            )
-            if due and control_n > 0:
-                by_name = {v.name: v for v in decision.variants}
-                comps = analysis.comparisons
-                await conn.execute(
-                    Q["insert_snapshots"], decision.experiment_id,
-                    [c.variant for c in comps],
-                    [by_name[c.variant].exposures if c.variant in by_name else 0 for c in comps],
-                    [control_n for _ in comps],
-                    [_finite(c.lift) for c in comps], [_finite(c.ci_low) for c in comps],
-                    [_finite(c.ci_high) for c in comps], [_finite(c.confidence) for c in comps],
-                    [decision.eligible for _ in comps],
-                )
-                await conn.execute(Q["thin_snapshots"], decision.experiment_id, SNAPSHOT_MAX_ROWS)
+        """Store the last decision and, when due, a history snapshot (one statement); the previous eligibility."""
+        comps = decision.analysis.comparisons if decision.analysis is not None else ()
+        control = next((v for v in decision.variants if v.is_control), None)
+        control_n = control.exposures if control is not None and comps else 0
+        by_name = {v.name: v for v in decision.variants}
+        row = await conn.fetchrow(
+            Q["record_evaluation"], decision.experiment_id, decision.eligible, decision.to_check_data(),
+            [c.variant for c in comps],
+            [by_name[c.variant].exposures if c.variant in by_name else 0 for c in comps],
+            [control_n for _ in comps],
+            [_finite(c.lift) for c in comps], [_finite(c.ci_low) for c in comps],
+            [_finite(c.ci_high) for c in comps], [_finite(c.confidence) for c in comps],
+            [decision.eligible for _ in comps], control_n, SNAPSHOT_MIN_INTERVAL_S,
+        )
+        if row["snapshots"] and row["evaluations"] % 25 == 0:
+            await conn.execute(Q["thin_snapshots"], decision.experiment_id, SNAPSHOT_MAX_ROWS)
+        previous = row["previous"]
         return None if previous is None else bool(previous)
 
     # --------------------------------------------------------------------------------------------- check
@@ -308,95 +285,126 @@ class Engine:
                 raise
 
     async def _promote_locked(self, conn: asyncpg.Connection, experiment_id: int, effective: EffectiveConfig, *,
-                              actor: str, dry_run: bool | None, from_daemon: bool = False) -> dict[str, Any]:
+                              actor: str, dry_run: bool | None, mode: str = "request") -> dict[str, Any]:
+        """Check and, when eligible, promote one experiment in one transaction; the promote ``data``."""
         async with conn.transaction():
-            exp = await conn.fetchrow(Q["lock_experiment"], experiment_id)
-            if exp is None:
-                raise ExperimentNotFound(f"experiment {experiment_id} disappeared")
+            outcome = await self._decide_and_act(conn, experiment_id, effective, actor=actor, dry_run=dry_run,
+                                                 mode=mode)
+        assert outcome.promotion is not None
+        if outcome.action == "promoted":
+            self._after_promotion(outcome, mode)
+        return outcome.promotion
+
+    def _after_promotion(self, outcome: Evaluation, mode: str) -> None:
+        result = outcome.promotion
+        assert result is not None
+        metrics.PROMOTIONS.labels(mode).inc()
+        log.info("promotion.committed", experiment=outcome.experiment_name, variant=result["promotedVariantName"],
+                 promotion_id=result["promotionId"], confidence=result["confidence"],
+                 improvement=result["improvement"])
+        self._committed("promotion.promoted", result)
+
+    async def _decide_and_act(self, conn: asyncpg.Connection, experiment_id: int, effective: EffectiveConfig, *,
+                              actor: str, dry_run: bool | None, mode: str) -> Evaluation:
+        """The one evaluation path, inside the caller's transaction, on the locked experiment row.
+
+        ``mode``: "request" (API/CLI promote: waits for the row lock, folds pending updates, audits refusals),
+        "scan" (like request, refusals not audited), "daemon" (skips a row another transaction holds, relies on
+        the folder having folded, skips experiments that are not running, audits a dry-run decision only when
+        eligibility changes).
+        """
+        daemon = mode == "daemon"
+        exp = await conn.fetchrow(Q["try_lock_experiment" if daemon else "lock_experiment"], experiment_id)
+        if exp is None:
+            if daemon:
+                exists = await conn.fetchval("SELECT 1 FROM ab_experiments WHERE id = $1", experiment_id)
+                return Evaluation(experiment_id, "?", None, "busy" if exists else "skipped")
+            raise ExperimentNotFound(f"experiment {experiment_id} disappeared")
+        if daemon and exp["status"] != "running":
+            return Evaluation(experiment_id, exp["name"], None, "skipped")
+        if not daemon:
             await fold_pending_updates(conn, experiment_ids=[experiment_id], batch_size=self.settings.fold_batch_size)
+        snapshot = await self._snapshot(conn, experiment_id, self._lookback(effective, exp["config"]))
+        assert snapshot is not None
+        decision, cfg = self._decide(snapshot, effective, exp["config"])
+        dry = cfg.dry_run if dry_run is None else dry_run
+        if not cfg.enabled and not dry:
+            dry = True
+        if snapshot.active_promotion_id is not None and not dry and not daemon:
+            raise AlreadyPromoted(
+                f"experiment {snapshot.name!r} already has an active promotion ({snapshot.active_promotion_id})",
+                {"promotionId": snapshot.active_promotion_id},
+            )
+        check = decision.to_check_data()
+        winner = decision.winner
+        promoted_name = winner.variant if winner is not None and decision.eligible else None
+        base: dict[str, Any] = {
+            "experimentName": snapshot.name,
+            "promotedVariantName": promoted_name,
+            "confidence": decision.confidence,
+            "improvement": decision.improvement,
+        }
+        audit_details = {"decision": check, "config": cfg.public(), "preset": effective.preset, "dryRun": dry}
+        if daemon and not decision.eligible:
+            await self._record_evaluation(conn, decision)
+            return Evaluation(experiment_id, snapshot.name, decision, "evaluated")
+        if daemon and not cfg.enabled:
+            await self._record_evaluation(conn, decision)
+            return Evaluation(experiment_id, snapshot.name, decision, "evaluated")
+        if dry:
+            previous = await self._record_evaluation(conn, decision)
+            if daemon and previous is True:
+                return Evaluation(experiment_id, snapshot.name, decision, "evaluated")
+            queued = 0
+            if decision.eligible:
+                queued = await self._notify(conn, "promotion.eligible", self._payload(
+                    "promotion.eligible", decision, actor=actor, experiment_name=snapshot.name,
+                    priority=snapshot.priority, promotion_id=None, variant=promoted_name, dry_run=True), cfg)
+            await self._audit(conn, actor, "dry_run", snapshot.id, snapshot.name, None,
+                              {**audit_details, "wouldPromote": decision.eligible, "reasons": list(decision.reasons)})
+            return Evaluation(experiment_id, snapshot.name, decision, "dry_run", {
+                "success": decision.eligible, **base, "promotionId": None, "notificationsQueued": queued,
+                "dryRun": True, "enabled": cfg.enabled, "reasons": list(decision.reasons), "eligibility": check})
+        refused = {"success": False, **base, "promotionId": None, "notificationsQueued": 0, "dryRun": False,
+                   "reasons": list(decision.reasons), "eligibility": check}
+        if not decision.eligible or winner is None:
+            if mode == "request":
+                await self._audit(conn, actor, "promotion_refused", snapshot.id, snapshot.name, None,
+                                  {**audit_details, "reasons": list(decision.reasons)})
+            await self._record_evaluation(conn, decision)
+            return Evaluation(experiment_id, snapshot.name, decision, "refused", refused)
+        # Serialise promotions so that the guard-window count cannot be raced past its limit.
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", PROMOTION_SLOT_LOCK)
+        previous_weights = {v.name: v.weight for v in snapshot.variants}
+        baseline = {
+            v.name: {"exposures": v.exposures, "conversions": v.conversions, "errors": v.errors,
+                     "valueSum": v.value_sum, "valueSumSq": v.value_sum_sq, "latencySketch": v.latency.to_json()}
+            for v in snapshot.variants
+        }
+        row = await conn.fetchrow(
+            Q["promote_write"], snapshot.id, snapshot.name, winner.variant,
+            decision.analysis.control if decision.analysis else None,
+            decision.confidence, decision.improvement, decision.method, actor, previous_weights, baseline,
+            cfg.guard.guard_hours * 3600.0, check,
+            {**audit_details, "previousWeights": previous_weights, "promotedVariant": winner.variant},
+            cfg.max_concurrent_promotions,
+        )
+        if row is None:
+            # The guard window filled up since the snapshot: decide again to report it with its numbers.
             snapshot = await self._snapshot(conn, experiment_id, self._lookback(effective, exp["config"]))
             assert snapshot is not None
             decision, cfg = self._decide(snapshot, effective, exp["config"])
-            dry = cfg.dry_run if dry_run is None else dry_run
-            if not cfg.enabled and not dry:
-                dry = True
-            if snapshot.active_promotion_id is not None and not dry:
-                raise AlreadyPromoted(
-                    f"experiment {snapshot.name!r} already has an active promotion ({snapshot.active_promotion_id})",
-                    {"promotionId": snapshot.active_promotion_id},
-                )
-            if not dry and decision.eligible:
-                # Serialise promotions so that the guard-window count cannot be raced past its limit.
-                await conn.execute("SELECT pg_advisory_xact_lock($1)", PROMOTION_SLOT_LOCK)
-                in_guard = await conn.fetchval(
-                    "SELECT count(*) FROM experiment_promotions WHERE rollback_at IS NULL AND guard_until > now()"
-                )
-                if in_guard != snapshot.promotions_in_guard_window:
-                    snapshot = await self._snapshot(conn, experiment_id, self._lookback(effective, exp["config"]))
-                    assert snapshot is not None
-                    decision, cfg = self._decide(snapshot, effective, exp["config"])
-            check = decision.to_check_data()
-            winner = decision.winner
-            promoted_name = winner.variant if winner is not None and decision.eligible else None
-            base: dict[str, Any] = {
-                "experimentName": snapshot.name,
-                "promotedVariantName": promoted_name,
-                "confidence": decision.confidence,
-                "improvement": decision.improvement,
-            }
-            audit_details = {"decision": check, "config": cfg.public(), "preset": effective.preset, "dryRun": dry}
-            if dry:
-                queued = 0
-                if decision.eligible:
-                    queued = await self._notify(conn, "promotion.eligible", self._payload(
-                        "promotion.eligible", decision, actor=actor, experiment_name=snapshot.name,
-                        priority=snapshot.priority, promotion_id=None, variant=promoted_name,
-                        dry_run=True), cfg)
-                await self._audit(conn, actor, "dry_run", snapshot.id, snapshot.name, None,
-                                  {**audit_details, "wouldPromote": decision.eligible,
-                                   "reasons": list(decision.reasons)})
-                await self._record_evaluation(conn, decision)
-                return {"success": decision.eligible, **base, "promotionId": None, "notificationsQueued": queued,
-                        "dryRun": True, "enabled": cfg.enabled, "reasons": list(decision.reasons),
-                        "eligibility": check}
-            if not decision.eligible or winner is None:
-                if not from_daemon:
-                    await self._audit(conn, actor, "promotion_refused", snapshot.id, snapshot.name, None,
-                                      {**audit_details, "reasons": list(decision.reasons)})
-                await self._record_evaluation(conn, decision)
-                return {"success": False, **base, "promotionId": None, "notificationsQueued": 0, "dryRun": False,
-                        "reasons": list(decision.reasons), "eligibility": check}
-            previous_weights = {v.name: v.weight for v in snapshot.variants}
-            baseline = {
-                v.name: {"exposures": v.exposures, "conversions": v.conversions, "errors": v.errors,
-                         "valueSum": v.value_sum, "valueSumSq": v.value_sum_sq,
-                         "latencySketch": v.latency.to_json()}
-                for v in snapshot.variants
-            }
-            row = await conn.fetchrow(
-                Q["insert_promotion"], snapshot.id, snapshot.name, winner.variant,
-                decision.analysis.control if decision.analysis else None,
-                decision.confidence, decision.improvement, decision.method, actor, previous_weights, baseline,
-                cfg.guard.guard_hours * 3600.0, _json_safe(check),
-            )
-            promotion_id: uuid.UUID = row["id"]
-            await conn.execute(Q["promote_weights"], snapshot.id, winner.variant)
-            await conn.execute(Q["set_status"], snapshot.id, "promoted")
-            await self._audit(conn, actor, "promoted", snapshot.id, snapshot.name, promotion_id,
-                              {**audit_details, "previousWeights": previous_weights,
-                               "promotedVariant": winner.variant})
-            queued = await self._notify(conn, "promotion.promoted", self._payload(
-                "promotion.promoted", decision, actor=actor, experiment_name=snapshot.name,
-                priority=snapshot.priority, promotion_id=promotion_id, variant=winner.variant), cfg)
             await self._record_evaluation(conn, decision)
-        metrics.PROMOTIONS.labels("daemon" if from_daemon else "request").inc()
+            refused["reasons"] = list(decision.reasons) or ["concurrency limit reached"]
+            return Evaluation(experiment_id, snapshot.name, decision, "refused", refused)
+        promotion_id: uuid.UUID = row["id"]
+        queued = await self._notify(conn, "promotion.promoted", self._payload(
+            "promotion.promoted", decision, actor=actor, experiment_name=snapshot.name,
+            priority=snapshot.priority, promotion_id=promotion_id, variant=winner.variant), cfg)
+        await self._record_evaluation(conn, decision)
         result = {"success": True, **base, "promotionId": str(promotion_id), "notificationsQueued": queued,
                   "dryRun": False, "promotedAt": row["promoted_at"].isoformat(), "eligibility": check}
-        log.info("promotion.committed", experiment=snapshot.name, variant=winner.variant,
-                 promotion_id=str(promotion_id), confidence=decision.confidence, improvement=decision.improvement,
-                 actor=actor)
-        self._committed("promotion.promoted", result)
-        return result
+        return Evaluation(experiment_id, snapshot.name, decision, "promoted", result)
 
     async def _record_failure(self, conn: asyncpg.Connection, exp: Mapping[str, Any], effective: EffectiveConfig,
                               actor: str, exc: BaseException) -> None:
@@ -486,48 +494,33 @@ class Engine:
 
     # ------------------------------------------------------------------------------------------ evaluate
     async def evaluate_experiment(self, experiment_id: int, *, actor: str = "autopromote") -> Evaluation:
-        """The daemon's step: decide on fresh statistics and, when eligible, promote through the engine."""
+        """The daemon's step: decide on the folded statistics and, when eligible, promote — one transaction.
+
+        Returns action "busy" when another transaction (another replica) holds the experiment: retry later;
+        "skipped" when it is not running (promoted ones are the guard's).
+        """
         effective = self.config
         async with self.pool.acquire() as conn:
-            async with conn.transaction():
-                lookback = effective.config.safety_checks.alert_lookback_hours
-                snapshot = await self._snapshot(conn, experiment_id, lookback)
-                if snapshot is None:
-                    return Evaluation(experiment_id, "?", None, "skipped")
-                if snapshot.status != "running":
-                    return Evaluation(experiment_id, snapshot.name, None, "skipped")
-                exp_config = await conn.fetchval("SELECT config FROM ab_experiments WHERE id = $1", experiment_id)
-                if exp_config:
-                    snapshot = await self._snapshot(conn, experiment_id, self._lookback(effective, exp_config))
-                    assert snapshot is not None
-                decision, cfg = self._decide(snapshot, effective, exp_config)
-                previous = await self._record_evaluation(conn, decision)
-            metrics.EVALUATIONS.labels("eligible" if decision.eligible else "not_eligible").inc()
-            for check in decision.safety_checks:
-                if not check.passed:
-                    metrics.SAFETY_CHECK_FAILURES.labels(check.name).inc()
-            log.debug("experiment.evaluated", experiment=snapshot.name, eligible=decision.eligible,
-                      confidence=decision.confidence, reasons=list(decision.reasons))
-            if not decision.eligible or not cfg.enabled:
-                return Evaluation(experiment_id, snapshot.name, decision, "evaluated")
-            if cfg.dry_run:
-                if previous is True:
-                    return Evaluation(experiment_id, snapshot.name, decision, "evaluated")
-                result = await self._promote_locked(conn, experiment_id, effective, actor=actor, dry_run=True,
-                                                    from_daemon=True)
-                return Evaluation(experiment_id, snapshot.name, decision, "dry_run", result)
             try:
-                result = await self._promote_locked(conn, experiment_id, effective, actor=actor, dry_run=None,
-                                                    from_daemon=True)
-            except AlreadyPromoted:
-                return Evaluation(experiment_id, snapshot.name, decision, "refused")
+                async with conn.transaction():
+                    outcome = await self._decide_and_act(conn, experiment_id, effective, actor=actor, dry_run=None,
+                                                         mode="daemon")
             except (asyncpg.PostgresError, StatsInputError) as exc:
                 exp = await conn.fetchrow(Q["experiment_by_id"], experiment_id)
                 if exp is not None:
                     await self._record_failure(conn, exp, effective, actor, exc)
                 raise
-            return Evaluation(experiment_id, snapshot.name, decision,
-                              "promoted" if result["success"] else "refused", result)
+        decision = outcome.decision
+        if decision is not None:
+            metrics.EVALUATIONS.labels("eligible" if decision.eligible else "not_eligible").inc()
+            for check in decision.safety_checks:
+                if not check.passed:
+                    metrics.SAFETY_CHECK_FAILURES.labels(check.name).inc()
+            log.debug("experiment.evaluated", experiment=outcome.experiment_name, eligible=decision.eligible,
+                      confidence=decision.confidence, action=outcome.action)
+        if outcome.action == "promoted":
+            self._after_promotion(outcome, "daemon")
+        return outcome
 
     # ---------------------------------------------------------------------------------------------- scan
     async def scan_and_promote_winners(
@@ -574,7 +567,7 @@ class Engine:
                     elif base_cfg.enabled or dry:
                         try:
                             outcome = await self._promote_locked(conn, decision.experiment_id, effective,
-                                                                 actor=actor, dry_run=dry)
+                                                                 actor=actor, dry_run=dry, mode="scan")
                         except EngineError as exc:
                             item["error"] = exc.message
                         except (asyncpg.PostgresError, StatsInputError) as exc:
@@ -593,7 +586,7 @@ class Engine:
                 results.append(item)
             if states:
                 await conn.execute(Q["upsert_states_bulk"], [s[0] for s in states], [s[1] for s in states],
-                                   [_json_safe(s[2]) for s in states])
+                                   [s[2] for s in states])
         metrics.SCANS.inc()
         log.info("scan.completed", scanned=len(results), eligible=eligible, promoted=promoted, dry_run=dry)
         return {"scanned": len(results), "eligible": eligible, "promoted": promoted, "dryRun": dry,

@@ -7,11 +7,9 @@ at most one per experiment: an experiment that gets dirty again while it is bein
 afterwards, however many updates arrived meanwhile. So 10,000 updates for one experiment arriving together cost a
 handful of evaluations, not 10,000.
 
-Across replicas an evaluation holds a session advisory lock on the experiment (``pg_try_advisory_lock``); a replica
-that finds it taken evaluates a moment later instead of at the same time. The locks live on a small pool of sessions
-of their own whose release skips asyncpg's reset query (the unlock is explicit), so a lock costs two short round
-trips and no pooled connection. In poll-only mode (PgBouncer transaction pooling) session locks do not hold, so
-there is no such lock, and the engine's row lock alone keeps a promotion single.
+Across replicas an evaluation holds the experiment's row lock for its whole transaction (the engine takes it with
+``FOR NO KEY UPDATE SKIP LOCKED``); a replica that finds it taken gets "busy" back and evaluates a moment later
+instead of at the same time. A transaction-scoped lock works behind PgBouncer in transaction pooling too.
 """
 
 from __future__ import annotations
@@ -35,15 +33,7 @@ from worker.listener import DB_ERRORS, Backoff, sleep_or_stop
 
 log = structlog.get_logger("worker.evaluator")
 
-# Session advisory-lock keys of experiment evaluations: this prefix in the top 16 bits, the experiment id below.
-# Other keys of the project (migrations, promotion slot, scan leadership) are below 2**32, so they never collide.
-EVALUATION_LOCK_PREFIX = 0x6576 << 48  # "ev"
 _LOCK_RETRY_SECONDS = 0.02
-
-
-def evaluation_lock_key(experiment_id: int) -> int:
-    """The advisory-lock key that serialises evaluations of one experiment across replicas."""
-    return EVALUATION_LOCK_PREFIX | (experiment_id & ((1 << 48) - 1))
 
 
 class Wake:
@@ -72,10 +62,8 @@ class Evaluator:
     """The dirty set and the bounded pool of evaluations; ``run`` returns after ``stop`` once in-flight ones end."""
 
     def __init__(self, pool: asyncpg.Pool, engine: Engine, guard: PostPromotionGuard, *, concurrency: int,
-                 on_evaluated: Callable[[Evaluation, float | None], None] | None = None,
-                 lock_pool: asyncpg.Pool | None = None) -> None:
+                 on_evaluated: Callable[[Evaluation, float | None], None] | None = None) -> None:
         self.pool = pool
-        self.lock_pool = lock_pool
         self.engine = engine
         self.guard = guard
         self.concurrency = max(1, concurrency)
@@ -150,19 +138,11 @@ class Evaluator:
     async def _evaluate_locked(self, exp_id: int, recorded_at: datetime | None) -> float | None:
         """Evaluate one experiment under its cross-replica lock; the delay before a retry, or None when done."""
         try:
-            if self.lock_pool is None:
-                evaluation = await self._evaluate_now(exp_id)
-            else:
-                async with self.lock_pool.acquire() as lock_conn:
-                    key = evaluation_lock_key(exp_id)
-                    if not await lock_conn.fetchval("SELECT pg_try_advisory_lock($1)", key):
-                        self.deferred += 1
-                        log.debug("evaluation.deferred", reason="another replica is evaluating it")
-                        return _LOCK_RETRY_SECONDS
-                    try:
-                        evaluation = await self._evaluate_now(exp_id)
-                    finally:
-                        await _unlock(lock_conn, key)
+            evaluation = await self._evaluate_now(exp_id)
+            if evaluation.action == "busy":
+                self.deferred += 1
+                log.debug("evaluation.deferred", reason="another replica is evaluating it")
+                return _LOCK_RETRY_SECONDS
         except DB_ERRORS as exc:
             metrics.EVALUATIONS.labels("error").inc()
             log.warning("evaluation.failed", error=f"{type(exc).__name__}: {exc}", retry_in=1.0)
@@ -292,18 +272,6 @@ class Folder:
                     ms=round(1000 * (time.perf_counter() - started), 2), catch_up=catch_up)
             if result.updates < limit or (stop is not None and stop.is_set()):
                 return total
-
-
-async def _unlock(conn: asyncpg.Connection, key: int) -> None:
-    """Release an evaluation lock; a session whose unlock fails is terminated, which releases it too."""
-    unlocked = False
-    with anyio.CancelScope(shield=True), anyio.move_on_after(2.0):
-        try:
-            unlocked = bool(await conn.fetchval("SELECT pg_advisory_unlock($1)", key))
-        except DB_ERRORS:
-            unlocked = False
-    if not unlocked and not conn.is_closed():
-        conn.terminate()
 
 
 async def keep_session(_conn: asyncpg.Connection) -> None:

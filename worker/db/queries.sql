@@ -55,33 +55,13 @@ SELECT * FROM ab_experiments WHERE name = $1;
 -- One experiment by id.
 SELECT * FROM ab_experiments WHERE id = $1;
 
--- name: lock_experiment
--- Lock one experiment row for the rest of the transaction.
-SELECT * FROM ab_experiments WHERE id = $1 FOR UPDATE;
-
 -- name: running_experiments
 -- Every running experiment (the scan's input).
 SELECT * FROM ab_experiments WHERE status = 'running' ORDER BY id;
 
--- name: insert_promotion
--- Record a promotion; returns its id and time.
-INSERT INTO experiment_promotions (experiment_id, experiment_name, promoted_variant_name, control_variant_name,
-                                   confidence, improvement, method, promoted_by, previous_weights, baseline_stats,
-                                   guard_until, decision)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now() + make_interval(secs => $11), $12)
-RETURNING id, promoted_at;
-
--- name: promote_weights
--- Send all traffic to the winner: its weight 100, every other variant 0.
-UPDATE ab_variants SET traffic_weight = CASE WHEN name = $2 THEN 100 ELSE 0 END WHERE experiment_id = $1;
-
 -- name: restore_weight
 -- Restore one variant's weight (rollback).
 UPDATE ab_variants SET traffic_weight = $3 WHERE experiment_id = $1 AND name = $2;
-
--- name: set_status
--- Change an experiment's status.
-UPDATE ab_experiments SET status = $2 WHERE id = $1;
 
 -- name: insert_audit
 -- Append one audit row.
@@ -101,36 +81,12 @@ SELECT * FROM experiment_promotions WHERE id = $1;
 UPDATE experiment_promotions SET rollback_at = now(), rollback_reason = $2, rolled_back_by = $3 WHERE id = $1
 RETURNING rollback_at;
 
--- name: upsert_state
--- Remember the last decision for an experiment; returns whether eligibility changed.
-INSERT INTO ab_experiment_state AS s (experiment_id, last_evaluated_at, evaluations, eligible, decision)
-VALUES ($1, now(), 1, $2, $3)
-ON CONFLICT (experiment_id) DO UPDATE SET last_evaluated_at = now(), evaluations = s.evaluations + 1,
-    eligible = EXCLUDED.eligible, decision = EXCLUDED.decision
-RETURNING (xmax = 0) AS inserted, evaluations;
-
 -- name: upsert_states_bulk
 -- The scan's bulk version of upsert_state.
 INSERT INTO ab_experiment_state AS s (experiment_id, last_evaluated_at, evaluations, eligible, decision)
 SELECT id, now(), 1, el, d FROM unnest($1::bigint[], $2::boolean[], $3::jsonb[]) AS u(id, el, d)
 ON CONFLICT (experiment_id) DO UPDATE SET last_evaluated_at = now(), evaluations = s.evaluations + 1,
     eligible = EXCLUDED.eligible, decision = EXCLUDED.decision;
-
--- name: last_snapshot
--- Time and control exposures of the latest evaluation snapshot of an experiment.
-SELECT created_at, control_exposures FROM ab_evaluation_snapshots WHERE experiment_id = $1
- ORDER BY created_at DESC, id DESC LIMIT 1;
-
--- name: insert_snapshots
--- One evaluation snapshot row per treatment.
-INSERT INTO ab_evaluation_snapshots (experiment_id, variant_name, exposures, control_exposures, lift, ci_low,
-                                     ci_high, confidence, eligible)
-SELECT $1, * FROM unnest($2::text[], $3::bigint[], $4::bigint[], $5::float8[], $6::float8[], $7::float8[],
-                         $8::float8[], $9::boolean[]);
-
--- name: thin_snapshots
--- Keep the snapshot history of one experiment bounded.
-SELECT ab_thin_evaluation_snapshots($1, $2);
 
 -- name: pending_rollback_requests
 -- Rollbacks asked for with ab_request_rollback that nobody has carried out yet.
@@ -182,3 +138,75 @@ SELECT v.experiment_id, v.name, v.is_control, v.traffic_weight::float8 AS weight
   LEFT JOIN ab_variant_stats s ON s.variant_id = v.id
  WHERE e.status = 'running'
  ORDER BY v.experiment_id, v.is_control DESC, v.id;
+
+-- name: lock_experiment
+-- Lock one experiment row until the end of the transaction. NO KEY UPDATE: producers' foreign-key checks (KEY
+-- SHARE) never wait for it.
+SELECT id, name, status, config, priority FROM ab_experiments WHERE id = $1 FOR NO KEY UPDATE;
+
+-- name: try_lock_experiment
+-- Same, but skip (no row) when another transaction holds it: the daemon retries that experiment later.
+SELECT id, name, status, config, priority FROM ab_experiments WHERE id = $1 FOR NO KEY UPDATE SKIP LOCKED;
+
+-- name: promote_write
+-- Everything a promotion writes except notifications, in one statement: the promotion row (only while fewer than
+-- $14 promotions are inside their guard window), the winner's weight 100 and the others' 0, status 'promoted',
+-- and the audit row. No row back means the concurrency limit was reached.
+WITH p AS (
+    INSERT INTO experiment_promotions (experiment_id, experiment_name, promoted_variant_name, control_variant_name,
+                                       confidence, improvement, method, promoted_by, previous_weights,
+                                       baseline_stats, guard_until, decision)
+    SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now() + make_interval(secs => $11), $12
+     WHERE (SELECT count(*) FROM experiment_promotions
+             WHERE rollback_at IS NULL AND guard_until > now()) < $14
+    RETURNING id, promoted_at
+), w AS (
+    UPDATE ab_variants SET traffic_weight = CASE WHEN name = $3 THEN 100 ELSE 0 END
+     WHERE experiment_id = $1 AND EXISTS (SELECT 1 FROM p)
+    RETURNING 1
+), s AS (
+    UPDATE ab_experiments SET status = 'promoted' WHERE id = $1 AND EXISTS (SELECT 1 FROM p) RETURNING 1
+), a AS (
+    INSERT INTO ab_promotion_audit_log (actor, action, experiment_id, experiment_name, promotion_id, details)
+    SELECT $8, 'promoted', $1, $2, p.id, $13 FROM p
+    RETURNING 1
+)
+SELECT id, promoted_at FROM p;
+
+-- name: record_evaluation
+-- Remember the last decision ($2 eligible, $3 check data) and, when due, append a history snapshot per treatment
+-- ($4.. arrays): due when there is none yet, the last is $13 seconds old, the control grew by a quarter, or the
+-- decision is eligible. Returns the previous eligibility, the evaluation count and whether a snapshot was added.
+WITH prev AS (
+    SELECT eligible FROM ab_experiment_state WHERE experiment_id = $1
+), up AS (
+    INSERT INTO ab_experiment_state AS st (experiment_id, last_evaluated_at, evaluations, eligible, decision)
+    VALUES ($1, now(), 1, $2, $3)
+    ON CONFLICT (experiment_id) DO UPDATE SET last_evaluated_at = now(), evaluations = st.evaluations + 1,
+        eligible = EXCLUDED.eligible, decision = EXCLUDED.decision
+    RETURNING evaluations
+), last AS (
+    SELECT created_at, control_exposures FROM ab_evaluation_snapshots WHERE experiment_id = $1
+     ORDER BY created_at DESC, id DESC LIMIT 1
+), ins AS (
+    INSERT INTO ab_evaluation_snapshots (experiment_id, variant_name, exposures, control_exposures, lift, ci_low,
+                                         ci_high, confidence, eligible)
+    SELECT $1, u.* FROM unnest($4::text[], $5::bigint[], $6::bigint[], $7::float8[], $8::float8[], $9::float8[],
+                               $10::float8[], $11::boolean[]) AS u
+     WHERE $12::bigint > 0
+       AND (NOT EXISTS (SELECT 1 FROM last)
+            OR (SELECT created_at FROM last) <= now() - make_interval(secs => $13)
+            OR $12::bigint >= 1.25 * (SELECT greatest(control_exposures, 1) FROM last)
+            OR $2)
+    RETURNING 1
+)
+SELECT (SELECT eligible FROM prev) AS previous, (SELECT evaluations FROM up) AS evaluations,
+       (SELECT count(*) FROM ins) AS snapshots;
+
+-- name: thin_snapshots
+-- Keep the snapshot history of one experiment bounded.
+SELECT ab_thin_evaluation_snapshots($1, $2);
+
+-- name: set_status
+-- Change an experiment's status.
+UPDATE ab_experiments SET status = $2 WHERE id = $1;
