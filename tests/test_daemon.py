@@ -99,20 +99,19 @@ async def test_a_burst_for_one_experiment_coalesces_and_is_never_evaluated_twice
         running: set[int] = set()
         overlaps: list[int] = []
         calls: list[int] = []
-        real = daemon.engine.evaluate_experiment
+        real = daemon.engine.evaluate_many
 
-        async def watched(experiment_id: int, **kwargs: Any) -> Evaluation:
-            if experiment_id in running:
-                overlaps.append(experiment_id)
-            running.add(experiment_id)
-            calls.append(experiment_id)
+        async def watched(experiment_ids: list[int], **kwargs: Any) -> list[Evaluation]:
+            overlaps.extend(i for i in experiment_ids if i in running)
+            running.update(experiment_ids)
+            calls.extend(experiment_ids)
             try:
                 await anyio.sleep(0.05)  # widen the window in which a second evaluation could start
-                return await real(experiment_id, **kwargs)
+                return await real(experiment_ids, **kwargs)
             finally:
-                running.discard(experiment_id)
+                running.difference_update(experiment_ids)
 
-        daemon.engine.evaluate_experiment = watched  # type: ignore[method-assign]
+        daemon.engine.evaluate_many = watched  # type: ignore[method-assign]
         for _ in range(10):  # 10 transactions of 1,000 updates each, as fast as the database takes them
             async with conn.transaction():
                 await conn.executemany("SELECT ab_record_metrics('bursty', $1, 1, 0)",

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import anyio
+import anyio.lowlevel
 import asyncpg
 import structlog
 
@@ -522,6 +524,88 @@ class Engine:
             self._after_promotion(outcome, "daemon")
         return outcome
 
+    async def _record_many(self, conn: asyncpg.Connection, decisions: list[Decision]) -> None:
+        """_record_evaluation for many decisions in one statement (plus thinning where due)."""
+        if not decisions:
+            return
+        ids, eligible, checks = [], [], []
+        s_ids, s_names, s_n, s_ctl, s_lift, s_lo, s_hi, s_conf, s_el = ([] for _ in range(9))
+        for i, d in enumerate(decisions):
+            if i % 500 == 499:
+                await anyio.lowlevel.checkpoint()
+            ids.append(d.experiment_id)
+            eligible.append(d.eligible)
+            checks.append(d.to_check_data())
+            comps = d.analysis.comparisons if d.analysis is not None else ()
+            control = next((v for v in d.variants if v.is_control), None)
+            by_name = {v.name: v for v in d.variants}
+            for c in comps:
+                s_ids.append(d.experiment_id)
+                s_names.append(c.variant)
+                s_n.append(by_name[c.variant].exposures if c.variant in by_name else 0)
+                s_ctl.append(control.exposures if control is not None else 0)
+                s_lift.append(_finite(c.lift))
+                s_lo.append(_finite(c.ci_low))
+                s_hi.append(_finite(c.ci_high))
+                s_conf.append(_finite(c.confidence))
+                s_el.append(d.eligible)
+        thin = await conn.fetch(Q["record_evaluations_bulk"], ids, eligible, checks, s_ids, s_names, s_n, s_ctl,
+                                s_lift, s_lo, s_hi, s_conf, s_el, SNAPSHOT_MIN_INTERVAL_S)
+        for row in thin:
+            await conn.execute(Q["thin_snapshots"], row["experiment_id"], SNAPSHOT_MAX_ROWS)
+
+    async def evaluate_many(self, experiment_ids: list[int], *, actor: str = "autopromote") -> list[Evaluation]:
+        """The daemon's batch step: evaluate many experiments in one transaction from bulk reads.
+
+        Each running experiment is locked (``SKIP LOCKED``: one held elsewhere comes back "busy"); the
+        not-eligible ones are recorded in one statement; an eligible one goes through the single-experiment path
+        (re-decided on its locked row, promoted, notifications queued) inside a savepoint of its own. Experiments
+        that are not running come back "skipped" (promoted ones are the guard's).
+        """
+        effective = self.config
+        out: list[Evaluation] = []
+        promoted: list[Evaluation] = []
+        async with self.pool.acquire() as conn, conn.transaction():
+            locked = list(await conn.fetch(Q["lock_running_experiments"], experiment_ids))
+            locked_ids = {r["id"] for r in locked}
+            others = [i for i in experiment_ids if i not in locked_ids]
+            if others:
+                rows = await conn.fetch("SELECT id, name, status FROM ab_experiments WHERE id = ANY($1::bigint[])",
+                                        others)
+                found = {r["id"]: r for r in rows}
+                for exp_id in others:
+                    r = found.get(exp_id)
+                    busy = r is not None and r["status"] == "running"
+                    out.append(Evaluation(exp_id, r["name"] if r else "?", None, "busy" if busy else "skipped"))
+            decisions = await self._decide_all(conn, effective, locked) if locked else []
+            plain = [d for d in decisions if not d.eligible]
+            await self._record_many(conn, plain)
+            out.extend(Evaluation(d.experiment_id, d.experiment_name, d, "evaluated") for d in plain)
+            for d in decisions:
+                if not d.eligible:
+                    continue
+                try:
+                    async with conn.transaction():  # a savepoint: one failure never takes the batch down
+                        outcome = await self._decide_and_act(conn, d.experiment_id, effective, actor=actor,
+                                                             dry_run=None, mode="daemon")
+                except (asyncpg.PostgresError, StatsInputError) as exc:
+                    exp = await conn.fetchrow(Q["experiment_by_id"], d.experiment_id)
+                    if exp is not None:
+                        await self._record_failure(conn, exp, effective, actor, exc)
+                    outcome = Evaluation(d.experiment_id, d.experiment_name, d, "failed")
+                out.append(outcome)
+                if outcome.action == "promoted":
+                    promoted.append(outcome)
+        for e in out:
+            if e.decision is not None:
+                metrics.EVALUATIONS.labels("eligible" if e.decision.eligible else "not_eligible").inc()
+                for check in e.decision.safety_checks:
+                    if not check.passed:
+                        metrics.SAFETY_CHECK_FAILURES.labels(check.name).inc()
+        for outcome in promoted:
+            self._after_promotion(outcome, "daemon")
+        return out
+
     # ---------------------------------------------------------------------------------------------- scan
     async def scan_and_promote_winners(
         self,
@@ -543,10 +627,10 @@ class Engine:
             results: list[dict[str, Any]] = []
             promoted = 0
             eligible = 0
-            states: list[tuple[int, bool, dict[str, Any]]] = []
-            for decision in decisions:
+            for i, decision in enumerate(decisions):
+                if i % 500 == 499:
+                    await anyio.lowlevel.checkpoint()  # a long scan must not stall the event loop (HTTP, listener)
                 check = decision.to_check_data()
-                states.append((decision.experiment_id, decision.eligible, check))
                 item: dict[str, Any] = {
                     "experimentName": decision.experiment_name,
                     "eligible": decision.eligible,
@@ -584,21 +668,26 @@ class Engine:
                             elif not outcome["success"]:
                                 item["reasons"] = outcome["reasons"]
                 results.append(item)
-            if states:
-                await conn.execute(Q["upsert_states_bulk"], [s[0] for s in states], [s[1] for s in states],
-                                   [s[2] for s in states])
+            await self._record_many(conn, [d for d in decisions if not d.eligible])
         metrics.SCANS.inc()
         log.info("scan.completed", scanned=len(results), eligible=eligible, promoted=promoted, dry_run=dry)
         return {"scanned": len(results), "eligible": eligible, "promoted": promoted, "dryRun": dry,
                 "results": results}
 
-    async def _decide_all(self, conn: asyncpg.Connection, effective: EffectiveConfig) -> list[Decision]:
-        """Decisions for every running experiment, from three bulk reads."""
-        async with conn.transaction(isolation="repeatable_read", readonly=True):
-            experiments = await conn.fetch(Q["running_experiments"])
-            variant_rows = await conn.fetch(Q["running_variants_with_stats"])
-            alert_rows = await conn.fetch(Q["all_open_critical_alerts"],
-                                          max(effective.config.safety_checks.alert_lookback_hours, 24 * 90) * 3600.0)
+    async def _decide_all(self, conn: asyncpg.Connection, effective: EffectiveConfig,
+                          experiments: list[asyncpg.Record] | None = None) -> list[Decision]:
+        """Decisions for every running experiment (or for ``experiments``, already locked), from bulk reads."""
+        lookback = max(effective.config.safety_checks.alert_lookback_hours, 24 * 90) * 3600.0
+        if experiments is None:
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                experiments = await conn.fetch(Q["running_experiments"])
+                variant_rows = await conn.fetch(Q["running_variants_with_stats"])
+                alert_rows = await conn.fetch(Q["all_open_critical_alerts"], lookback)
+                promo_rows = await conn.fetch(Q["all_active_promotions"])
+                now = await conn.fetchval("SELECT now()")
+        else:
+            variant_rows = await conn.fetch(Q["variants_with_stats_for"], [e["id"] for e in experiments])
+            alert_rows = await conn.fetch(Q["all_open_critical_alerts"], lookback)
             promo_rows = await conn.fetch(Q["all_active_promotions"])
             now = await conn.fetchval("SELECT now()")
         variants: dict[int, list[VariantSnapshot]] = {}

@@ -34,6 +34,8 @@ from worker.listener import DB_ERRORS, Backoff, sleep_or_stop
 log = structlog.get_logger("worker.evaluator")
 
 _LOCK_RETRY_SECONDS = 0.02
+# Experiments per evaluation transaction: bulk reads make each one cost a fraction of a lone evaluation.
+BATCH_MAX = 256
 
 
 class Wake:
@@ -72,6 +74,7 @@ class Evaluator:
         # experiment id -> newest recorded_at folded since its last evaluation started (None: not from a fold)
         self._dirty: dict[int, datetime | None] = {}
         self._inflight: set[int] = set()
+        self._batches_inflight = 0
         self.evaluations = 0
         self.deferred = 0
 
@@ -114,59 +117,68 @@ class Evaluator:
                 await self.wake.wait()
                 if stop.is_set():
                     break  # the task group waits for the evaluations in flight
-                for exp_id in list(self._dirty):
-                    if len(self._inflight) >= self.concurrency:
+                while self._dirty and self._batches_inflight < self.concurrency:
+                    batch: dict[int, datetime | None] = {}
+                    for exp_id in list(self._dirty):
+                        if exp_id in self._inflight:
+                            continue
+                        batch[exp_id] = self._dirty.pop(exp_id)
+                        if len(batch) >= BATCH_MAX:
+                            break
+                    if not batch:
                         break
-                    if exp_id in self._inflight:
-                        continue
-                    recorded_at = self._dirty.pop(exp_id)
-                    self._inflight.add(exp_id)
-                    tg.start_soon(self._evaluate, exp_id, recorded_at, stop)
+                    self._inflight.update(batch)
+                    self._batches_inflight += 1
+                    tg.start_soon(self._evaluate_batch, batch, stop)
 
-    async def _evaluate(self, exp_id: int, recorded_at: datetime | None, stop: anyio.Event) -> None:
+    async def _evaluate_batch(self, batch: dict[int, datetime | None], stop: anyio.Event) -> None:
         try:
-            with structlog.contextvars.bound_contextvars(experiment_id=exp_id):
-                retry_in = await self._evaluate_locked(exp_id, recorded_at)
-            if retry_in is not None and not stop.is_set():
-                await sleep_or_stop(stop, retry_in)
+            retry, delay = await self._evaluate_now(batch)
+            if retry and not stop.is_set():
+                await sleep_or_stop(stop, delay)
                 if not stop.is_set():
-                    self._put(exp_id, recorded_at)
+                    for exp_id in retry:
+                        self._put(exp_id, batch.get(exp_id))
         finally:
-            self._inflight.discard(exp_id)
+            self._inflight.difference_update(batch)
+            self._batches_inflight -= 1
             self.wake.set()
 
-    async def _evaluate_locked(self, exp_id: int, recorded_at: datetime | None) -> float | None:
-        """Evaluate one experiment under its cross-replica lock; the delay before a retry, or None when done."""
+    async def _evaluate_now(self, batch: dict[int, datetime | None]) -> tuple[list[int], float]:
+        """Evaluate a batch in one transaction; the ids to retry and after how long."""
         try:
-            evaluation = await self._evaluate_now(exp_id)
-            if evaluation.action == "busy":
-                self.deferred += 1
-                log.debug("evaluation.deferred", reason="another replica is evaluating it")
-                return _LOCK_RETRY_SECONDS
+            evaluations = await self.engine.evaluate_many(list(batch))
         except DB_ERRORS as exc:
             metrics.EVALUATIONS.labels("error").inc()
-            log.warning("evaluation.failed", error=f"{type(exc).__name__}: {exc}", retry_in=1.0)
-            return 1.0
+            log.warning("evaluation.failed", error=f"{type(exc).__name__}: {exc}", retry_in=1.0,
+                        experiments=len(batch))
+            return list(batch), 1.0
         except Exception as exc:
-            # One experiment's failure must not stop the others; the scan retries it.
+            # A batch's failure must not stop the worker; the scan retries what it missed.
             metrics.EVALUATIONS.labels("error").inc()
-            log.exception("evaluation.crashed", error=f"{type(exc).__name__}: {exc}")
-            return None
-        self.evaluations += 1
-        latency = None
-        if recorded_at is not None:
-            latency = max(0.0, time.time() - recorded_at.timestamp())
-            metrics.DECISION_LATENCY.observe(latency)
-        if self.on_evaluated is not None:
-            self.on_evaluated(evaluation, latency)
-        return None
-
-    async def _evaluate_now(self, exp_id: int) -> Evaluation:
-        evaluation = await self.engine.evaluate_experiment(exp_id)
-        if evaluation.action == "skipped":
+            log.exception("evaluation.crashed", error=f"{type(exc).__name__}: {exc}", experiments=len(batch))
+            return [], 0.0
+        busy = [e.experiment_id for e in evaluations if e.action == "busy"]
+        if busy:
+            self.deferred += len(busy)
+            log.debug("evaluation.deferred", reason="another replica is evaluating it", experiments=len(busy))
+        skipped = [e.experiment_id for e in evaluations if e.action == "skipped"]
+        if skipped:
             # Not running: promoted ones are the guard's. The update that shows a breach acts now.
-            await self.guard.check([exp_id])
-        return evaluation
+            await self.guard.check(skipped)
+        now = time.time()
+        for evaluation in evaluations:
+            if evaluation.action == "busy":
+                continue
+            self.evaluations += 1
+            recorded_at = batch.get(evaluation.experiment_id)
+            latency = None
+            if recorded_at is not None:
+                latency = max(0.0, now - recorded_at.timestamp())
+                metrics.DECISION_LATENCY.observe(latency)
+            if self.on_evaluated is not None:
+                self.on_evaluated(evaluation, latency)
+        return busy, _LOCK_RETRY_SECONDS
 
 
 class Folder:

@@ -81,13 +81,6 @@ SELECT * FROM experiment_promotions WHERE id = $1;
 UPDATE experiment_promotions SET rollback_at = now(), rollback_reason = $2, rolled_back_by = $3 WHERE id = $1
 RETURNING rollback_at;
 
--- name: upsert_states_bulk
--- The scan's bulk version of upsert_state.
-INSERT INTO ab_experiment_state AS s (experiment_id, last_evaluated_at, evaluations, eligible, decision)
-SELECT id, now(), 1, el, d FROM unnest($1::bigint[], $2::boolean[], $3::jsonb[]) AS u(id, el, d)
-ON CONFLICT (experiment_id) DO UPDATE SET last_evaluated_at = now(), evaluations = s.evaluations + 1,
-    eligible = EXCLUDED.eligible, decision = EXCLUDED.decision;
-
 -- name: pending_rollback_requests
 -- Rollbacks asked for with ab_request_rollback that nobody has carried out yet.
 SELECT id, experiment_name, rollback_request_reason, rollback_requested_by FROM experiment_promotions
@@ -210,3 +203,46 @@ SELECT ab_thin_evaluation_snapshots($1, $2);
 -- name: set_status
 -- Change an experiment's status.
 UPDATE ab_experiments SET status = $2 WHERE id = $1;
+
+-- name: lock_running_experiments
+-- Lock the running experiments among $1, skipping any another transaction holds (the daemon's batch evaluation).
+SELECT * FROM ab_experiments WHERE id = ANY($1::bigint[]) AND status = 'running' ORDER BY id
+   FOR NO KEY UPDATE SKIP LOCKED;
+
+-- name: variants_with_stats_for
+-- Variants and folded statistics of the experiments $1, control first.
+SELECT v.experiment_id, v.name, v.is_control, v.traffic_weight::float8 AS weight,
+       coalesce(s.exposures, 0) AS exposures, coalesce(s.conversions, 0) AS conversions,
+       coalesce(s.errors, 0) AS errors, coalesce(s.value_sum, 0) AS value_sum,
+       coalesce(s.value_sum_sq, 0) AS value_sum_sq, coalesce(s.latency_sketch, '{}'::jsonb) AS latency_sketch
+  FROM ab_variants v LEFT JOIN ab_variant_stats s ON s.variant_id = v.id
+ WHERE v.experiment_id = ANY($1::bigint[])
+ ORDER BY v.experiment_id, v.is_control DESC, v.id;
+
+-- name: record_evaluations_bulk
+-- record_evaluation for many experiments: states ($1 ids, $2 eligible, $3 check data) and the history snapshots
+-- that are due ($4.. one element per treatment; $13 = minimum seconds between snapshots). Returns the experiments
+-- whose history should be thinned now.
+WITH up AS (
+    INSERT INTO ab_experiment_state AS st (experiment_id, last_evaluated_at, evaluations, eligible, decision)
+    SELECT id, now(), 1, el, d FROM unnest($1::bigint[], $2::boolean[], $3::jsonb[]) AS u(id, el, d)
+    ON CONFLICT (experiment_id) DO UPDATE SET last_evaluated_at = now(), evaluations = st.evaluations + 1,
+        eligible = EXCLUDED.eligible, decision = EXCLUDED.decision
+    RETURNING experiment_id, evaluations
+), ins AS (
+    INSERT INTO ab_evaluation_snapshots (experiment_id, variant_name, exposures, control_exposures, lift, ci_low,
+                                         ci_high, confidence, eligible)
+    SELECT u.* FROM unnest($4::bigint[], $5::text[], $6::bigint[], $7::bigint[], $8::float8[], $9::float8[],
+                           $10::float8[], $11::float8[], $12::boolean[])
+                    AS u(experiment_id, variant_name, exposures, control_exposures, lift, ci_low, ci_high,
+                         confidence, eligible)
+      LEFT JOIN LATERAL (SELECT s.created_at, s.control_exposures FROM ab_evaluation_snapshots s
+                          WHERE s.experiment_id = u.experiment_id ORDER BY s.created_at DESC, s.id DESC LIMIT 1)
+           AS last ON true
+     WHERE u.control_exposures > 0
+       AND (last.created_at IS NULL OR last.created_at <= now() - make_interval(secs => $13)
+            OR u.control_exposures >= 1.25 * greatest(last.control_exposures, 1) OR u.eligible)
+    RETURNING experiment_id
+)
+SELECT DISTINCT ins.experiment_id FROM ins JOIN up ON up.experiment_id = ins.experiment_id
+ WHERE up.evaluations % 25 = 0;
