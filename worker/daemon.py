@@ -171,7 +171,7 @@ class Daemon:
 
     async def scan_once(self) -> dict[str, Any]:
         """The reconciliation scan: promote what became eligible, then guard checks and rollback requests."""
-        result = await self.engine.scan_and_promote_winners()
+        result = await self.engine.scan_and_promote_winners(include_results=False)
         outcomes = await self.guard.check(None)
         rollbacks = await carry_out_rollback_requests(self.pool, self.engine)
         return {"scanned": result["scanned"], "eligible": result["eligible"], "promoted": result["promoted"],

@@ -524,18 +524,26 @@ class Engine:
             self._after_promotion(outcome, "daemon")
         return outcome
 
-    async def _record_many(self, conn: asyncpg.Connection, decisions: list[Decision]) -> None:
-        """_record_evaluation for many decisions in one statement (plus thinning where due)."""
+    async def _record_many(self, conn: asyncpg.Connection, decisions: list[Decision], *, history: bool = True,
+                           checks: Mapping[int, dict[str, Any]] | None = None) -> None:
+        """_record_evaluation for many decisions in one statement (plus thinning where due).
+
+        ``history=False`` (the scan) stores the last decisions only: the chart history is the evaluations'.
+        ``checks`` may pass check data already built, by experiment id.
+        """
         if not decisions:
             return
-        ids, eligible, checks = [], [], []
+        ids, eligible, check_data = [], [], []
         s_ids, s_names, s_n, s_ctl, s_lift, s_lo, s_hi, s_conf, s_el = ([] for _ in range(9))
         for i, d in enumerate(decisions):
             if i % 500 == 499:
                 await anyio.lowlevel.checkpoint()
             ids.append(d.experiment_id)
             eligible.append(d.eligible)
-            checks.append(d.to_check_data())
+            built = checks.get(d.experiment_id) if checks is not None else None
+            check_data.append(built if built is not None else d.to_check_data())
+            if not history:
+                continue
             comps = d.analysis.comparisons if d.analysis is not None else ()
             control = next((v for v in d.variants if v.is_control), None)
             by_name = {v.name: v for v in d.variants}
@@ -549,7 +557,7 @@ class Engine:
                 s_hi.append(_finite(c.ci_high))
                 s_conf.append(_finite(c.confidence))
                 s_el.append(d.eligible)
-        thin = await conn.fetch(Q["record_evaluations_bulk"], ids, eligible, checks, s_ids, s_names, s_n, s_ctl,
+        thin = await conn.fetch(Q["record_evaluations_bulk"], ids, eligible, check_data, s_ids, s_names, s_n, s_ctl,
                                 s_lift, s_lo, s_hi, s_conf, s_el, SNAPSHOT_MIN_INTERVAL_S)
         for row in thin:
             await conn.execute(Q["thin_snapshots"], row["experiment_id"], SNAPSHOT_MAX_ROWS)
@@ -562,6 +570,8 @@ class Engine:
         (re-decided on its locked row, promoted, notifications queued) inside a savepoint of its own. Experiments
         that are not running come back "skipped" (promoted ones are the guard's).
         """
+        if len(experiment_ids) == 1:
+            return [await self.evaluate_experiment(experiment_ids[0], actor=actor)]  # fewer round trips for one
         effective = self.config
         out: list[Evaluation] = []
         promoted: list[Evaluation] = []
@@ -613,10 +623,12 @@ class Engine:
         config: EffectiveConfig | None = None,
         actor: str = "autopromote",
         dry_run: bool | None = None,
+        include_results: bool = True,
     ) -> dict[str, Any]:
         """Evaluate every running experiment; promote the eligible ones (at most maxConcurrentPromotions).
 
-        One experiment's failure is reported in its result and never stops the scan.
+        One experiment's failure is reported in its result and never stops the scan. ``include_results=False``
+        (the daemon's reconciliation) keeps only the counts, so memory does not grow with the experiment count.
         """
         effective = config or self.config
         base_cfg = effective.config
@@ -627,10 +639,12 @@ class Engine:
             results: list[dict[str, Any]] = []
             promoted = 0
             eligible = 0
+            scanned = 0
+            checks: dict[int, dict[str, Any]] = {}
             for i, decision in enumerate(decisions):
                 if i % 500 == 499:
                     await anyio.lowlevel.checkpoint()  # a long scan must not stall the event loop (HTTP, listener)
-                check = decision.to_check_data()
+                check = checks[decision.experiment_id] = decision.to_check_data()
                 item: dict[str, Any] = {
                     "experimentName": decision.experiment_name,
                     "eligible": decision.eligible,
@@ -667,12 +681,13 @@ class Engine:
                                 item["promotionId"] = outcome["promotionId"]
                             elif not outcome["success"]:
                                 item["reasons"] = outcome["reasons"]
-                results.append(item)
-            await self._record_many(conn, [d for d in decisions if not d.eligible])
+                if include_results or item.get("error") or item["promoted"]:
+                    results.append(item)
+                scanned += 1
+            await self._record_many(conn, [d for d in decisions if not d.eligible], history=False, checks=checks)
         metrics.SCANS.inc()
-        log.info("scan.completed", scanned=len(results), eligible=eligible, promoted=promoted, dry_run=dry)
-        return {"scanned": len(results), "eligible": eligible, "promoted": promoted, "dryRun": dry,
-                "results": results}
+        log.info("scan.completed", scanned=scanned, eligible=eligible, promoted=promoted, dry_run=dry)
+        return {"scanned": scanned, "eligible": eligible, "promoted": promoted, "dryRun": dry, "results": results}
 
     async def _decide_all(self, conn: asyncpg.Connection, effective: EffectiveConfig,
                           experiments: list[asyncpg.Record] | None = None) -> list[Decision]:
@@ -706,7 +721,9 @@ class Engine:
         active = {p["experiment_id"]: str(p["id"]) for p in promo_rows}
         in_guard = sum(1 for p in promo_rows if p["in_guard"])
         decisions: list[Decision] = []
-        for exp in experiments:
+        for i, exp in enumerate(experiments):
+            if i % 250 == 249:
+                await anyio.lowlevel.checkpoint()  # thousands of decisions must not stall the event loop
             snapshot = ExperimentSnapshot(
                 id=exp["id"], name=exp["name"], status=exp["status"], started_at=exp["started_at"],
                 metric_type=exp["metric_type"], priority=exp["priority"],
