@@ -376,3 +376,27 @@ async def test_scan_honours_max_concurrent_promotions_and_dry_run(pool: asyncpg.
     # The third stays blocked while two promotions are inside their guard window.
     third = await engine.check_promotion_eligibility("winner-2")
     assert any(r.startswith("concurrency limit: 2 promotion(s) inside their guard window") for r in third["reasons"])
+
+
+async def test_scan_vectorised_statistics_agree_with_a_single_check(engine: Engine, conn: asyncpg.Connection) -> None:
+    # Over 50 experiments the scan computes statistics in a few numpy calls; each must equal the scalar path.
+    await conn.execute(
+        """WITH e AS (INSERT INTO ab_experiments (name, status, started_at)
+                      SELECT 'vec-' || g, 'running', now() - interval '2 days' FROM generate_series(1, 80) g
+                      RETURNING id)
+           INSERT INTO ab_variants (experiment_id, name, is_control)
+           SELECT id, v.name, v.ctl FROM e, (VALUES ('control', true), ('b', false), ('c', false)) AS v(name, ctl)"""
+    )
+    await conn.execute(
+        """INSERT INTO ab_variant_stats (variant_id, experiment_id, exposures, conversions, errors)
+           SELECT v.id, v.experiment_id, 3000 + (v.id * 37) % 4000, 300 + (v.id * 53) % 180, (v.id * 7) % 40
+             FROM ab_variants v"""
+    )
+    data = await engine.scan_and_promote_winners(dry_run=True)
+    by_name = {r["experimentName"]: r for r in data["results"]}
+    for i in (1, 17, 42, 80):
+        name = f"vec-{i}"
+        single = await engine.check_promotion_eligibility(name)
+        assert by_name[name]["confidence"] == single["confidence"]
+        assert by_name[name]["improvement"] == single["improvement"]
+        assert by_name[name]["reasons"] == single["reasons"]

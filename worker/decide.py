@@ -227,11 +227,15 @@ def _fmt_num(x: float) -> str:
     return f"{x:,.0f}" if float(x).is_integer() else f"{x:,.2f}".rstrip("0").rstrip(".")
 
 
-def decide(snapshot: ExperimentSnapshot, config: AutoPromotionConfig) -> Decision:
+def decide(snapshot: ExperimentSnapshot, config: AutoPromotionConfig,
+           analysis: ExperimentAnalysis | None = None) -> Decision:
     """Evaluate every eligibility criterion; each one that fails adds a reason that names its numbers.
 
-    Raises StatsInputError only when the recorded statistics are impossible (e.g. conversions > exposures).
+    ``analysis`` may pass the statistics already computed for this snapshot and config (the scan's vectorised
+    path); otherwise they are computed here. Raises StatsInputError only when the recorded statistics are
+    impossible (e.g. conversions > exposures).
     """
+    precomputed = analysis
     reasons: list[str] = []
     t = config.thresholds
     if snapshot.status != "running":
@@ -244,7 +248,7 @@ def decide(snapshot: ExperimentSnapshot, config: AutoPromotionConfig) -> Decisio
         )
     control = next((v for v in snapshot.variants if v.is_control), None)
     treatments = [v for v in snapshot.variants if not v.is_control]
-    analysis: ExperimentAnalysis | None = None
+    analysis = None
     winner: Comparison | None = None
     best: Comparison | None = None
     if control is None or not treatments:
@@ -252,7 +256,7 @@ def decide(snapshot: ExperimentSnapshot, config: AutoPromotionConfig) -> Decisio
             "experiment has no control variant" if control is None else "experiment has no treatment variant"
         )
     else:
-        analysis = analyze_experiment(
+        analysis = precomputed or analyze_experiment(
             [control.to_stats(), *(v.to_stats() for v in treatments)],
             metric_type=snapshot.metric_type,
             method=config.method,
@@ -412,9 +416,10 @@ def failed_decision(snapshot: ExperimentSnapshot, config: AutoPromotionConfig, e
     )
 
 
-def safe_decide(snapshot: ExperimentSnapshot, config: AutoPromotionConfig) -> Decision:
+def safe_decide(snapshot: ExperimentSnapshot, config: AutoPromotionConfig,
+                analysis: ExperimentAnalysis | None = None) -> Decision:
     """decide(), with impossible statistics turned into a not-eligible decision that says what is wrong."""
     try:
-        return decide(snapshot, config)
+        return decide(snapshot, config, analysis)
     except StatsInputError as exc:
         return failed_decision(snapshot, config, f"statistics cannot be computed: {exc}")

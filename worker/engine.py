@@ -32,7 +32,7 @@ from worker.decide import (
     safe_decide,
 )
 from worker.fold import fold_pending_updates
-from worker.stats import LatencySketch, StatsInputError
+from worker.stats import ExperimentAnalysis, LatencySketch, StatsInputError, analyze_many
 
 log = structlog.get_logger("worker.engine")
 
@@ -167,13 +167,14 @@ class Engine:
         return row
 
     def _decide(self, snapshot: ExperimentSnapshot, effective: EffectiveConfig,
-                overrides: Mapping[str, Any] | None) -> tuple[Decision, AutoPromotionConfig]:
+                overrides: Mapping[str, Any] | None,
+                analysis: ExperimentAnalysis | None = None) -> tuple[Decision, AutoPromotionConfig]:
         try:
             cfg = self.experiment_config(effective, overrides)
         except ConfigError as exc:
             cfg = effective.config
             return failed_decision(snapshot, cfg, "invalid per-experiment config: " + "; ".join(exc.errors)), cfg
-        return safe_decide(snapshot, cfg), cfg
+        return safe_decide(snapshot, cfg, analysis if not overrides else None), cfg
 
     async def _audit(self, conn: asyncpg.Connection, actor: str, action: str, experiment_id: int | None,
                      experiment_name: str | None, promotion_id: uuid.UUID | None, details: dict[str, Any]) -> None:
@@ -720,6 +721,7 @@ class Engine:
                 alerts.setdefault(a["experiment_id"], []).append(info)
         active = {p["experiment_id"]: str(p["id"]) for p in promo_rows}
         in_guard = sum(1 for p in promo_rows if p["in_guard"])
+        analyses = _vectorised_analyses(experiments, variants, effective.config) if len(experiments) > 50 else {}
         decisions: list[Decision] = []
         for i, exp in enumerate(experiments):
             if i % 250 == 249:
@@ -734,12 +736,47 @@ class Engine:
                 promotions_in_guard_window=in_guard,
             )
             try:
-                decision, _ = self._decide(snapshot, effective, exp["config"])
+                decision, _ = self._decide(snapshot, effective, exp["config"], analyses.get(exp["id"]))
             except Exception as exc:
                 why = f"evaluation failed: {type(exc).__name__}: {exc}"
                 decision = failed_decision(snapshot, effective.config, why)
             decisions.append(decision)
         return decisions
+
+
+def _vectorised_analyses(experiments: list[asyncpg.Record], variants: Mapping[int, list[VariantSnapshot]],
+                         cfg: AutoPromotionConfig) -> dict[int, ExperimentAnalysis]:
+    """Statistics of many experiments in a few numpy calls (grouped by variant count and metric type).
+
+    Only experiments under the base config with a control first and at least one treatment; any group the
+    vectorised path refuses falls back to the scalar path (decide computes it), so results never differ.
+    """
+    groups: dict[tuple[int, str], list[tuple[int, list[VariantSnapshot]]]] = {}
+    for exp in experiments:
+        vs = variants.get(exp["id"], [])
+        if exp["config"] or len(vs) < 2 or not vs[0].is_control or sum(v.is_control for v in vs) != 1:
+            continue
+        groups.setdefault((len(vs), exp["metric_type"]), []).append((exp["id"], vs))
+    out: dict[int, ExperimentAnalysis] = {}
+    for (_, metric_type), members in groups.items():
+        exposures = [[v.exposures for v in vs] for _, vs in members]
+        mean_metric = metric_type == "mean"
+        try:
+            many = analyze_many(
+                exposures,
+                None if mean_metric else [[v.conversions for v in vs] for _, vs in members],
+                value_sum=[[v.value_sum for v in vs] for _, vs in members] if mean_metric else None,
+                value_sum_sq=[[v.value_sum_sq for v in vs] for _, vs in members] if mean_metric else None,
+                weights=[[v.weight for v in vs] for _, vs in members],
+                metric_type="mean" if mean_metric else "conversion", method=cfg.method, alpha=cfg.alpha,
+                n_star=cfg.sequential_tuning, correction=cfg.correction,
+                srm_threshold=cfg.safety_checks.srm_threshold,
+            )
+        except StatsInputError:
+            continue  # one impossible row spoils the batch: decide() reports each on its own
+        for e, (exp_id, vs) in enumerate(members):
+            out[exp_id] = many.experiment(e, [v.name for v in vs])
+    return out
 
 
 def _sketch(raw: Any) -> LatencySketch:
