@@ -41,6 +41,7 @@ log = structlog.get_logger("worker.engine")
 PROMOTION_SLOT_LOCK = 0x61627073  # "abps"
 SNAPSHOT_MIN_INTERVAL_S = 5.0
 SNAPSHOT_MAX_ROWS = 400
+SCAN_CHUNK = 1000
 
 
 class EngineError(Exception):
@@ -634,78 +635,74 @@ class Engine:
         effective = config or self.config
         base_cfg = effective.config
         dry = base_cfg.dry_run if dry_run is None else dry_run
+        results: list[dict[str, Any]] = []
+        promoted = 0
+        eligible = 0
+        scanned = 0
         async with self.pool.acquire() as conn:
             await fold_pending_updates(conn, batch_size=self.settings.fold_batch_size)
-            decisions = await self._decide_all(conn, effective)
-            results: list[dict[str, Any]] = []
-            promoted = 0
-            eligible = 0
-            scanned = 0
-            checks: dict[int, dict[str, Any]] = {}
-            for i, decision in enumerate(decisions):
-                if i % 500 == 499:
-                    await anyio.lowlevel.checkpoint()  # a long scan must not stall the event loop (HTTP, listener)
-                check = checks[decision.experiment_id] = decision.to_check_data()
-                item: dict[str, Any] = {
-                    "experimentName": decision.experiment_name,
-                    "eligible": decision.eligible,
-                    "confidence": decision.confidence,
-                    "improvement": decision.improvement,
-                    "winningVariant": check["winningVariant"],
-                    "reasons": list(decision.reasons),
-                    "promoted": False,
-                }
-                if "error" in decision.extra:
-                    item["error"] = decision.extra["error"]
-                if decision.eligible:
-                    eligible += 1
-                    limit = base_cfg.max_concurrent_promotions
-                    if not dry and base_cfg.enabled and promoted >= limit:
-                        item["reasons"] = [f"concurrency limit: {limit} promotion(s) already made in this scan"]
-                        item["eligible"] = False
-                    elif base_cfg.enabled or dry:
-                        try:
-                            outcome = await self._promote_locked(conn, decision.experiment_id, effective,
-                                                                 actor=actor, dry_run=dry, mode="scan")
-                        except EngineError as exc:
-                            item["error"] = exc.message
-                        except (asyncpg.PostgresError, StatsInputError) as exc:
-                            item["error"] = f"{type(exc).__name__}: {exc}"
-                            exp = await conn.fetchrow(Q["experiment_by_id"], decision.experiment_id)
-                            if exp is not None:
-                                await self._record_failure(conn, exp, effective, actor, exc)
-                        else:
-                            item["dryRun"] = bool(outcome.get("dryRun"))
-                            if outcome["success"] and not outcome.get("dryRun"):
-                                promoted += 1
-                                item["promoted"] = True
-                                item["promotionId"] = outcome["promotionId"]
-                            elif not outcome["success"]:
-                                item["reasons"] = outcome["reasons"]
-                if include_results or item.get("error") or item["promoted"]:
-                    results.append(item)
-                scanned += 1
-            await self._record_many(conn, [d for d in decisions if not d.eligible], history=False, checks=checks)
+            running = await conn.fetch(Q["running_experiments"])
+            # In chunks: memory and event-loop stalls stay bounded however many experiments there are.
+            for start in range(0, len(running), SCAN_CHUNK):
+                decisions = await self._decide_all(conn, effective, list(running[start:start + SCAN_CHUNK]))
+                checks: dict[int, dict[str, Any]] = {}
+                for i, decision in enumerate(decisions):
+                    if i % 500 == 499:
+                        await anyio.lowlevel.checkpoint()  # let the listener and HTTP server run
+                    check = checks[decision.experiment_id] = decision.to_check_data()
+                    item: dict[str, Any] = {
+                        "experimentName": decision.experiment_name,
+                        "eligible": decision.eligible,
+                        "confidence": decision.confidence,
+                        "improvement": decision.improvement,
+                        "winningVariant": check["winningVariant"],
+                        "reasons": list(decision.reasons),
+                        "promoted": False,
+                    }
+                    if "error" in decision.extra:
+                        item["error"] = decision.extra["error"]
+                    if decision.eligible:
+                        eligible += 1
+                        limit = base_cfg.max_concurrent_promotions
+                        if not dry and base_cfg.enabled and promoted >= limit:
+                            item["reasons"] = [f"concurrency limit: {limit} promotion(s) already made in this scan"]
+                            item["eligible"] = False
+                        elif base_cfg.enabled or dry:
+                            try:
+                                outcome = await self._promote_locked(conn, decision.experiment_id, effective,
+                                                                     actor=actor, dry_run=dry, mode="scan")
+                            except EngineError as exc:
+                                item["error"] = exc.message
+                            except (asyncpg.PostgresError, StatsInputError) as exc:
+                                item["error"] = f"{type(exc).__name__}: {exc}"
+                                exp = await conn.fetchrow(Q["experiment_by_id"], decision.experiment_id)
+                                if exp is not None:
+                                    await self._record_failure(conn, exp, effective, actor, exc)
+                            else:
+                                item["dryRun"] = bool(outcome.get("dryRun"))
+                                if outcome["success"] and not outcome.get("dryRun"):
+                                    promoted += 1
+                                    item["promoted"] = True
+                                    item["promotionId"] = outcome["promotionId"]
+                                elif not outcome["success"]:
+                                    item["reasons"] = outcome["reasons"]
+                    if include_results or item.get("error") or item["promoted"]:
+                        results.append(item)
+                    scanned += 1
+                await self._record_many(conn, [d for d in decisions if not d.eligible], history=False,
+                                        checks=checks)
         metrics.SCANS.inc()
         log.info("scan.completed", scanned=scanned, eligible=eligible, promoted=promoted, dry_run=dry)
         return {"scanned": scanned, "eligible": eligible, "promoted": promoted, "dryRun": dry, "results": results}
 
     async def _decide_all(self, conn: asyncpg.Connection, effective: EffectiveConfig,
-                          experiments: list[asyncpg.Record] | None = None) -> list[Decision]:
-        """Decisions for every running experiment (or for ``experiments``, already locked), from bulk reads."""
+                          experiments: list[asyncpg.Record]) -> list[Decision]:
+        """Decisions for ``experiments`` (rows of ab_experiments), from three bulk reads."""
         lookback = max(effective.config.safety_checks.alert_lookback_hours, 24 * 90) * 3600.0
-        if experiments is None:
-            async with conn.transaction(isolation="repeatable_read", readonly=True):
-                experiments = await conn.fetch(Q["running_experiments"])
-                variant_rows = await conn.fetch(Q["running_variants_with_stats"])
-                alert_rows = await conn.fetch(Q["all_open_critical_alerts"], lookback)
-                promo_rows = await conn.fetch(Q["all_active_promotions"])
-                now = await conn.fetchval("SELECT now()")
-        else:
-            variant_rows = await conn.fetch(Q["variants_with_stats_for"], [e["id"] for e in experiments])
-            alert_rows = await conn.fetch(Q["all_open_critical_alerts"], lookback)
-            promo_rows = await conn.fetch(Q["all_active_promotions"])
-            now = await conn.fetchval("SELECT now()")
+        variant_rows = await conn.fetch(Q["variants_with_stats_for"], [e["id"] for e in experiments])
+        alert_rows = await conn.fetch(Q["all_open_critical_alerts"], lookback)
+        promo_rows = await conn.fetch(Q["all_active_promotions"])
+        now = await conn.fetchval("SELECT now()")
         variants: dict[int, list[VariantSnapshot]] = {}
         for v in variant_rows:
             variants.setdefault(v["experiment_id"], []).append(VariantSnapshot(

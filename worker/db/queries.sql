@@ -121,17 +121,6 @@ SELECT id, experiment_id, message, created_at FROM ab_alerts
 -- Every active promotion: experiment id, promotion id, whether still inside its guard window.
 SELECT experiment_id, id, guard_until > now() AS in_guard FROM experiment_promotions WHERE rollback_at IS NULL;
 
--- name: running_variants_with_stats
--- Variants and folded statistics of every running experiment, control first (the scan's bulk input).
-SELECT v.experiment_id, v.name, v.is_control, v.traffic_weight::float8 AS weight,
-       coalesce(s.exposures, 0) AS exposures, coalesce(s.conversions, 0) AS conversions,
-       coalesce(s.errors, 0) AS errors, coalesce(s.value_sum, 0) AS value_sum,
-       coalesce(s.value_sum_sq, 0) AS value_sum_sq, coalesce(s.latency_sketch, '{}'::jsonb) AS latency_sketch
-  FROM ab_variants v JOIN ab_experiments e ON e.id = v.experiment_id
-  LEFT JOIN ab_variant_stats s ON s.variant_id = v.id
- WHERE e.status = 'running'
- ORDER BY v.experiment_id, v.is_control DESC, v.id;
-
 -- name: lock_experiment
 -- Lock one experiment row until the end of the transaction. NO KEY UPDATE: producers' foreign-key checks (KEY
 -- SHARE) never wait for it.
