@@ -37,6 +37,7 @@ import structlog
 
 from worker import metrics
 from worker.config import AutoPromotionConfig, ConfigError, EffectiveConfig, Settings, with_experiment_overrides
+from worker.db.connect import json_safe
 from worker.db.daemon_queries import DQ
 from worker.db.queries import Q
 from worker.decide import AlertInfo
@@ -276,12 +277,12 @@ class PostPromotionGuard:
         async with self.pool.acquire() as conn, conn.transaction():
             for b in breaches:
                 first = await conn.fetchval(DQ["record_guard_breach"], pid, b.metric, self.identity, b.reason,
-                                            _json_safe(b.details))
+                                            json_safe(b.details))
                 if first is None:
                     continue  # another replica reported this one
                 await conn.execute(Q["insert_audit"], GUARD_ACTOR, "guard_breached", watch.experiment_id,
                                    watch.experiment_name, pid,
-                                   _json_safe({"metric": b.metric, "reason": b.reason, **b.details,
+                                   json_safe({"metric": b.metric, "reason": b.reason, **b.details,
                                                "autoRollback": False}))
                 await enqueue_notifications(conn, event="guard.breached",
                                             payload=self._payload(watch, row, b), config=cfg,
@@ -307,7 +308,7 @@ class PostPromotionGuard:
                 "errors": since.errors, "errorRate": since.errors / since.exposures if since.exposures else None,
                 "p95LatencyMs": p95, "latencySamples": since.latency.count, "sincePromotion": True,
             })
-        payload: dict[str, Any] = _json_safe({
+        payload: dict[str, Any] = json_safe({
             "event": "guard.breached",
             "experimentName": watch.experiment_name,
             "priority": row["priority"],
@@ -330,11 +331,3 @@ class PostPromotionGuard:
         return payload
 
 
-def _json_safe(x: Any) -> Any:
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _json_safe(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_json_safe(v) for v in x]
-    return x
