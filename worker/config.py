@@ -250,7 +250,7 @@ class Settings(_Model):
         50_000, "AUTO_PROMOTION_FOLD_BATCH", "Metric updates claimed per fold transaction"
     )
     pool_size: Annotated[int, AfterValidator(_between(2, 200))] = setting(
-        8, "AUTO_PROMOTION_POOL_SIZE", "Pooled database connections per worker (plus the listener and the scan-leader session)"
+        8, "AUTO_PROMOTION_POOL_SIZE", "Pooled connections per worker (plus the listener and scan-leader sessions)"
     )
     api_auth: Literal["enabled", "disabled"] = setting(
         "enabled", "AUTO_PROMOTION_API_AUTH", "disabled turns off API authentication (logged loudly)"
