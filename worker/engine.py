@@ -42,6 +42,7 @@ PROMOTION_SLOT_LOCK = 0x61627073  # "abps"
 SNAPSHOT_MIN_INTERVAL_S = 5.0
 SNAPSHOT_MAX_ROWS = 400
 SCAN_CHUNK = 1000
+SCAN_STATE_MIN_AGE_S = 30.0
 
 
 class EngineError(Exception):
@@ -644,12 +645,24 @@ class Engine:
             running = await conn.fetch(Q["running_experiments"])
             # In chunks: memory and event-loop stalls stay bounded however many experiments there are.
             for start in range(0, len(running), SCAN_CHUNK):
-                decisions = await self._decide_all(conn, effective, list(running[start:start + SCAN_CHUNK]))
+                chunk = list(running[start:start + SCAN_CHUNK])
+                decisions = await self._decide_all(conn, effective, chunk)
+                # The daemon's evaluations keep last decisions current; its reconciliation scan rewrites only those
+                # that are missing, stale, or whose eligibility changed (building them is most of a scan's cost).
+                fresh: dict[int, bool] = {} if include_results else {
+                    r["experiment_id"]: r["eligible"] for r in await conn.fetch(
+                        Q["fresh_states"], [e["id"] for e in chunk], SCAN_STATE_MIN_AGE_S)}
                 checks: dict[int, dict[str, Any]] = {}
+                to_record: list[Decision] = []
                 for i, decision in enumerate(decisions):
                     if i % 500 == 499:
                         await anyio.lowlevel.checkpoint()  # let the listener and HTTP server run
+                    if fresh.get(decision.experiment_id) is decision.eligible and not decision.eligible:
+                        scanned += 1
+                        continue
                     check = checks[decision.experiment_id] = decision.to_check_data()
+                    if not decision.eligible:
+                        to_record.append(decision)
                     item: dict[str, Any] = {
                         "experimentName": decision.experiment_name,
                         "eligible": decision.eligible,
@@ -689,8 +702,7 @@ class Engine:
                     if include_results or item.get("error") or item["promoted"]:
                         results.append(item)
                     scanned += 1
-                await self._record_many(conn, [d for d in decisions if not d.eligible], history=False,
-                                        checks=checks)
+                await self._record_many(conn, to_record, history=False, checks=checks)
         metrics.SCANS.inc()
         log.info("scan.completed", scanned=scanned, eligible=eligible, promoted=promoted, dry_run=dry)
         return {"scanned": scanned, "eligible": eligible, "promoted": promoted, "dryRun": dry, "results": results}

@@ -235,3 +235,8 @@ WITH up AS (
 )
 SELECT DISTINCT ins.experiment_id FROM ins JOIN up ON up.experiment_id = ins.experiment_id
  WHERE up.evaluations % 25 = 0;
+
+-- name: fresh_states
+-- Experiments among $1 whose last decision was stored less than $2 seconds ago, with its eligibility.
+SELECT experiment_id, eligible FROM ab_experiment_state
+ WHERE experiment_id = ANY($1::bigint[]) AND last_evaluated_at > now() - make_interval(secs => $2::float8);
