@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 
 import asyncpg
 import pytest
@@ -56,30 +57,32 @@ async def template_db(admin_url: str) -> AsyncIterator[str]:
         await admin.close()
 
 
-@pytest.fixture
-async def db_url(admin_url: str, template_db: str) -> AsyncIterator[str]:
-    """URL of a fresh, migrated database of this test's own."""
-    name = f"ap_test_{uuid.uuid4().hex[:12]}"
+@asynccontextmanager
+async def fresh_database(admin_url: str, prefix: str, template: str | None = None) -> AsyncIterator[str]:
+    """A database of its own (a copy of ``template`` if given), dropped afterwards; yields its URL."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    clone = f' TEMPLATE "{template}" STRATEGY FILE_COPY' if template else ""
     admin = await asyncpg.connect(admin_url)
     try:
-        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}" STRATEGY FILE_COPY')
+        await admin.execute(f'CREATE DATABASE "{name}"{clone}')
         yield with_database(admin_url, name)
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+@pytest.fixture
+async def db_url(admin_url: str, template_db: str) -> AsyncIterator[str]:
+    """URL of a fresh, migrated database of this test's own."""
+    async with fresh_database(admin_url, "ap_test", template_db) as url:
+        yield url
 
 
 @pytest.fixture
 async def empty_db_url(admin_url: str) -> AsyncIterator[str]:
     """URL of a fresh database with no schema at all (for migration tests)."""
-    name = f"ap_empty_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(admin_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        yield with_database(admin_url, name)
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+    async with fresh_database(admin_url, "ap_empty") as url:
+        yield url
 
 
 @pytest.fixture

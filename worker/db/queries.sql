@@ -43,10 +43,6 @@ SELECT CASE WHEN (SELECT count(*) FROM (SELECT 1 FROM ab_metric_updates LIMIT 10
             THEN (SELECT count(*) FROM ab_metric_updates)
             ELSE (SELECT reltuples::bigint FROM pg_class WHERE oid = 'ab_metric_updates'::regclass) END;
 
--- name: experiments_with_pending
--- Experiments that have unfolded metric updates.
-SELECT DISTINCT experiment_id FROM ab_metric_updates;
-
 -- name: experiment_by_name
 -- One experiment by name.
 SELECT * FROM ab_experiments WHERE name = $1;

@@ -337,7 +337,7 @@ async def render_summary(ctx: AppContext) -> str:
 async def render_overview(ctx: AppContext) -> str:
     """The experiments list (the body of ``/`` and of ``/fragments/experiments``)."""
     async with ctx.pool.acquire() as conn:
-        rows = await conn.fetch(Q["experiments_overview"], MAX_EXPERIMENTS)
+        rows = await conn.fetch(Q["experiments_overview"], MAX_EXPERIMENTS, None)
         counts = await conn.fetch(Q["experiment_summary"])
     if not rows:
         return ('<p class="empty">No experiments yet. Create one in <code>ab_experiments</code> with its '
@@ -351,7 +351,7 @@ async def render_overview(ctx: AppContext) -> str:
 async def render_card(ctx: AppContext, name: str) -> str | None:
     """One experiment's card for the overview; None when there is no such experiment."""
     async with ctx.pool.acquire() as conn:
-        row = await conn.fetchrow(Q["experiment_detail"], name)
+        row = await conn.fetchrow(Q["experiments_overview"], 1, name)
     return None if row is None else _experiment_card(row)
 
 
@@ -498,7 +498,7 @@ def _lift_section(ctx: AppContext, name: str, control: str | None, snapshots: Se
 async def render_experiment(ctx: AppContext, name: str) -> str | None:
     """The body of ``/experiments/{name}``; None when there is no such experiment."""
     async with ctx.pool.acquire() as conn:
-        row = await conn.fetchrow(Q["experiment_detail"], name)
+        row = await conn.fetchrow(Q["experiments_overview"], 1, name)
         if row is None:
             return None
         snapshots = await conn.fetch(Q["evaluation_snapshots"], row["id"])
@@ -721,12 +721,15 @@ async def summary_fragment(request: web.Request) -> web.Response:
     return _html(await render_summary(request.app[CTX]))
 
 
-async def card_fragment(request: web.Request) -> web.Response:
-    name = request.query.get("name", "")
-    body = await render_card(request.app[CTX], name)
+def _fragment_or_gone(name: str, body: str | None) -> web.Response:
     if body is None:
         return _html(f'<p class="empty">The experiment <code>{h(name)}</code> no longer exists.</p>', status=404)
     return _html(body)
+
+
+async def card_fragment(request: web.Request) -> web.Response:
+    name = request.query.get("name", "")
+    return _fragment_or_gone(name, await render_card(request.app[CTX], name))
 
 
 async def experiment_page(request: web.Request) -> web.Response:
@@ -744,10 +747,7 @@ async def experiment_page(request: web.Request) -> web.Response:
 
 async def experiment_fragment(request: web.Request) -> web.Response:
     name = request.query.get("name", "")
-    body = await render_experiment(request.app[CTX], name)
-    if body is None:
-        return _html(f'<p class="empty">The experiment <code>{h(name)}</code> no longer exists.</p>', status=404)
-    return _html(body)
+    return _fragment_or_gone(name, await render_experiment(request.app[CTX], name))
 
 
 async def promotions_page(request: web.Request) -> web.Response:

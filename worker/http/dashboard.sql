@@ -2,34 +2,8 @@
 -- worker/http/dashboard.py loads them once. Read-only, and values always go through $n parameters.
 
 -- name: experiments_overview
--- Every experiment with its variants' folded statistics, its last decision and its active promotion (at most $1).
-SELECT e.id, e.name, e.status, e.priority, e.metric_type, e.started_at,
-       s.last_evaluated_at, s.evaluations, s.eligible, s.decision,
-       (SELECT coalesce(jsonb_agg(jsonb_build_object(
-                   'name', v.name, 'isControl', v.is_control, 'weight', v.traffic_weight,
-                   'exposures', coalesce(vs.exposures, 0), 'conversions', coalesce(vs.conversions, 0),
-                   'errors', coalesce(vs.errors, 0), 'valueSum', coalesce(vs.value_sum, 0))
-                 ORDER BY v.is_control DESC, v.id), '[]'::jsonb)
-          FROM ab_variants v LEFT JOIN ab_variant_stats vs ON vs.variant_id = v.id
-         WHERE v.experiment_id = e.id) AS variants,
-       (SELECT p.id FROM experiment_promotions p WHERE p.experiment_id = e.id AND p.rollback_at IS NULL) AS active_promotion_id
-  FROM ab_experiments e
-  LEFT JOIN ab_experiment_state s ON s.experiment_id = e.id
- ORDER BY CASE e.status WHEN 'running' THEN 0 WHEN 'promoted' THEN 1 WHEN 'paused' THEN 2 WHEN 'draft' THEN 3
-                        ELSE 4 END, e.name
- LIMIT $1;
-
--- name: experiment_summary
--- Experiments per status, and how many of them the last decision found eligible.
-SELECT e.status, count(*) AS experiments, count(*) FILTER (WHERE s.eligible) AS eligible
-  FROM ab_experiments e
-  LEFT JOIN ab_experiment_state s ON s.experiment_id = e.id
- GROUP BY e.status
- ORDER BY CASE e.status WHEN 'running' THEN 0 WHEN 'promoted' THEN 1 WHEN 'paused' THEN 2 WHEN 'draft' THEN 3
-                        ELSE 4 END, e.status;
-
--- name: experiment_detail
--- One experiment by name, with the columns of experiments_overview and its description (page and card).
+-- Experiments (every one, or only the one named $2) with their variants' folded statistics, last decision and
+-- active promotion (at most $1): the overview list, an experiment card and the experiment page.
 SELECT e.id, e.name, e.status, e.priority, e.metric_type, e.started_at, e.description,
        s.last_evaluated_at, s.evaluations, s.eligible, s.decision,
        (SELECT coalesce(jsonb_agg(jsonb_build_object(
@@ -42,7 +16,19 @@ SELECT e.id, e.name, e.status, e.priority, e.metric_type, e.started_at, e.descri
        (SELECT p.id FROM experiment_promotions p WHERE p.experiment_id = e.id AND p.rollback_at IS NULL) AS active_promotion_id
   FROM ab_experiments e
   LEFT JOIN ab_experiment_state s ON s.experiment_id = e.id
- WHERE e.name = $1;
+ WHERE $2::text IS NULL OR e.name = $2::text
+ ORDER BY CASE e.status WHEN 'running' THEN 0 WHEN 'promoted' THEN 1 WHEN 'paused' THEN 2 WHEN 'draft' THEN 3
+                        ELSE 4 END, e.name
+ LIMIT $1;
+
+-- name: experiment_summary
+-- Experiments per status, and how many of them the last decision found eligible.
+SELECT e.status, count(*) AS experiments, count(*) FILTER (WHERE s.eligible) AS eligible
+  FROM ab_experiments e
+  LEFT JOIN ab_experiment_state s ON s.experiment_id = e.id
+ GROUP BY e.status
+ ORDER BY CASE e.status WHEN 'running' THEN 0 WHEN 'promoted' THEN 1 WHEN 'paused' THEN 2 WHEN 'draft' THEN 3
+                        ELSE 4 END, e.status;
 
 -- name: evaluation_snapshots
 -- The thinned evaluation history of experiment $1, oldest first (bounded by ab_thin_evaluation_snapshots).
