@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.lowlevel
@@ -34,6 +34,9 @@ from worker.decide import (
 from worker.fold import fold_pending_updates
 from worker.stats import ExperimentAnalysis, LatencySketch, StatsInputError, analyze_many
 
+if TYPE_CHECKING:
+    from worker.notify.outbox import PlannedNotifications
+
 log = structlog.get_logger("worker.engine")
 
 # Transaction-level advisory lock taken by every promotion, so that concurrent promotions of different
@@ -43,6 +46,8 @@ SNAPSHOT_MIN_INTERVAL_S = 5.0
 SNAPSHOT_MAX_ROWS = 400
 SCAN_CHUNK = 1000
 SCAN_STATE_MIN_AGE_S = 30.0
+# The longest alert lookback a config may set (config.py validates alertLookbackHours up to 90 days).
+MAX_ALERT_LOOKBACK_S = 24 * 90 * 3600.0
 
 
 class EngineError(Exception):
@@ -109,6 +114,23 @@ def _snapshot_from_row(row: Mapping[str, Any]) -> ExperimentSnapshot:
         metric_type=row["metric_type"], priority=row["priority"], variants=variants, now=row["now"],
         active_promotion_id=str(active) if active is not None else None, critical_alerts=alerts,
         promotions_in_guard_window=int(row["promotions_in_guard_window"]),
+    )
+
+
+def _history_args(decision: Decision) -> tuple[Any, ...]:
+    """The history-snapshot arguments of record_evaluation / promote_write: one array element per treatment
+    (name, exposures, control exposures, lift, CI low, CI high, confidence), then the control's exposures."""
+    comps = decision.analysis.comparisons if decision.analysis is not None else ()
+    control = next((v for v in decision.variants if v.is_control), None)
+    control_n = control.exposures if control is not None and comps else 0
+    by_name = {v.name: v for v in decision.variants}
+    return (
+        [c.variant for c in comps],
+        [by_name[c.variant].exposures if c.variant in by_name else 0 for c in comps],
+        [control_n for _ in comps],
+        [_finite(c.lift) for c in comps], [_finite(c.ci_low) for c in comps],
+        [_finite(c.ci_high) for c in comps], [_finite(c.confidence) for c in comps],
+        control_n,
     )
 
 
@@ -190,6 +212,14 @@ class Engine:
                                                   settings=self.settings)
         return queued
 
+    def _plan_notifications(self, event: str, payload: dict[str, Any], cfg: AutoPromotionConfig,
+                            configs: Any) -> PlannedNotifications:
+        """The outbox rows of ``event``, routed over ``configs`` (routable notification_configs rows as JSON)."""
+        from worker.notify.outbox import config_rows, plan_notifications
+
+        return plan_notifications(event=event, payload=json_safe(payload), config=cfg, settings=self.settings,
+                                  rows=config_rows(configs or []))
+
     def _committed(self, event: str, data: dict[str, Any]) -> None:
         if self.on_committed is not None:
             self.on_committed(event, data)
@@ -218,23 +248,16 @@ class Engine:
 
     async def _record_evaluation(self, conn: asyncpg.Connection, decision: Decision) -> bool | None:
         """Store the last decision and, when due, a history snapshot (one statement); the previous eligibility."""
-        comps = decision.analysis.comparisons if decision.analysis is not None else ()
-        control = next((v for v in decision.variants if v.is_control), None)
-        control_n = control.exposures if control is not None and comps else 0
-        by_name = {v.name: v for v in decision.variants}
-        row = await conn.fetchrow(
-            Q["record_evaluation"], decision.experiment_id, decision.eligible, decision.to_check_data(),
-            [c.variant for c in comps],
-            [by_name[c.variant].exposures if c.variant in by_name else 0 for c in comps],
-            [control_n for _ in comps],
-            [_finite(c.lift) for c in comps], [_finite(c.ci_low) for c in comps],
-            [_finite(c.ci_high) for c in comps], [_finite(c.confidence) for c in comps],
-            [decision.eligible for _ in comps], control_n, SNAPSHOT_MIN_INTERVAL_S,
-        )
-        if row["snapshots"] and row["evaluations"] % 25 == 0:
-            await conn.execute(Q["thin_snapshots"], decision.experiment_id, SNAPSHOT_MAX_ROWS)
+        row = await conn.fetchrow(Q["record_evaluation"], decision.experiment_id, decision.eligible,
+                                  decision.to_check_data(), *_history_args(decision), SNAPSHOT_MIN_INTERVAL_S)
+        await self._thin_if_due(conn, decision.experiment_id, row["evaluations"], row["snapshots"])
         previous = row["previous"]
         return None if previous is None else bool(previous)
+
+    async def _thin_if_due(self, conn: asyncpg.Connection, experiment_id: int, evaluations: int | None,
+                           snapshots: int) -> None:
+        if snapshots and evaluations is not None and evaluations % 25 == 0:
+            await conn.execute(Q["thin_snapshots"], experiment_id, SNAPSHOT_MAX_ROWS)
 
     # --------------------------------------------------------------------------------------------- check
     async def check_promotion_eligibility(
@@ -319,17 +342,22 @@ class Engine:
         eligibility changes).
         """
         daemon = mode == "daemon"
-        exp = await conn.fetchrow(Q["try_lock_experiment" if daemon else "lock_experiment"], experiment_id)
-        if exp is None:
-            if daemon:
+        if daemon:
+            # Lock and read in one round trip. Alerts over the longest lookback a config may set: decide() keeps
+            # those inside the experiment's own.
+            exp = await conn.fetchrow(Q["try_lock_snapshot"], experiment_id, MAX_ALERT_LOOKBACK_S)
+            if exp is None:
                 exists = await conn.fetchval("SELECT 1 FROM ab_experiments WHERE id = $1", experiment_id)
                 return Evaluation(experiment_id, "?", None, "busy" if exists else "skipped")
-            raise ExperimentNotFound(f"experiment {experiment_id} disappeared")
-        if daemon and exp["status"] != "running":
-            return Evaluation(experiment_id, exp["name"], None, "skipped")
-        if not daemon:
+            if exp["status"] != "running":
+                return Evaluation(experiment_id, exp["name"], None, "skipped")
+            snapshot: ExperimentSnapshot | None = _snapshot_from_row(exp)
+        else:
+            exp = await conn.fetchrow(Q["lock_experiment"], experiment_id)
+            if exp is None:
+                raise ExperimentNotFound(f"experiment {experiment_id} disappeared")
             await fold_pending_updates(conn, experiment_ids=[experiment_id], batch_size=self.settings.fold_batch_size)
-        snapshot = await self._snapshot(conn, experiment_id, self._lookback(effective, exp["config"]))
+            snapshot = await self._snapshot(conn, experiment_id, self._lookback(effective, exp["config"]))
         assert snapshot is not None
         decision, cfg = self._decide(snapshot, effective, exp["config"])
         dry = cfg.dry_run if dry_run is None else dry_run
@@ -378,21 +406,28 @@ class Engine:
                                   {**audit_details, "reasons": list(decision.reasons)})
             await self._record_evaluation(conn, decision)
             return Evaluation(experiment_id, snapshot.name, decision, "refused", refused)
-        # Serialise promotions so that the guard-window count cannot be raced past its limit.
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", PROMOTION_SLOT_LOCK)
+        # Serialise promotions so that the guard-window count cannot be raced past its limit; the same round trip
+        # reads the notification targets, so that the promotion and its outbox rows are written by one statement.
+        slot = await conn.fetchrow(Q["take_promotion_slot"], PROMOTION_SLOT_LOCK, "promotion.promoted")
+        promotion_id = uuid.uuid4()
         previous_weights = {v.name: v.weight for v in snapshot.variants}
         baseline = {
             v.name: {"exposures": v.exposures, "conversions": v.conversions, "errors": v.errors,
                      "valueSum": v.value_sum, "valueSumSq": v.value_sum_sq, "latencySketch": v.latency.to_json()}
             for v in snapshot.variants
         }
+        planned = self._plan_notifications("promotion.promoted", self._payload(
+            "promotion.promoted", decision, actor=actor, experiment_name=snapshot.name,
+            priority=snapshot.priority, promotion_id=promotion_id, variant=winner.variant), cfg, slot["configs"])
         row = await conn.fetchrow(
             Q["promote_write"], snapshot.id, snapshot.name, winner.variant,
             decision.analysis.control if decision.analysis else None,
             decision.confidence, decision.improvement, decision.method, actor, previous_weights, baseline,
             cfg.guard.guard_hours * 3600.0, check,
             {**audit_details, "previousWeights": previous_weights, "promotedVariant": winner.variant},
-            cfg.max_concurrent_promotions,
+            cfg.max_concurrent_promotions, promotion_id,
+            *planned.columns(), planned.body or "{}", planned.priority, planned.detailed,
+            *_history_args(decision),
         )
         if row is None:
             # The guard window filled up since the snapshot: decide again to report it with its numbers.
@@ -402,11 +437,11 @@ class Engine:
             await self._record_evaluation(conn, decision)
             refused["reasons"] = list(decision.reasons) or ["concurrency limit reached"]
             return Evaluation(experiment_id, snapshot.name, decision, "refused", refused)
-        promotion_id: uuid.UUID = row["id"]
-        queued = await self._notify(conn, "promotion.promoted", self._payload(
-            "promotion.promoted", decision, actor=actor, experiment_name=snapshot.name,
-            priority=snapshot.priority, promotion_id=promotion_id, variant=winner.variant), cfg)
-        await self._record_evaluation(conn, decision)
+        await self._thin_if_due(conn, experiment_id, row["evaluations"], row["snapshots"])
+        queued = len(planned.routes)
+        if queued:
+            log.debug("notification.queued", notification_event="promotion.promoted", experiment=snapshot.name,
+                      rows=queued, targets=[r.target_label for r in planned.routes])
         result = {"success": True, **base, "promotionId": str(promotion_id), "notificationsQueued": queued,
                   "dryRun": False, "promotedAt": row["promoted_at"].isoformat(), "eligibility": check}
         return Evaluation(experiment_id, snapshot.name, decision, "promoted", result)
@@ -710,7 +745,7 @@ class Engine:
     async def _decide_all(self, conn: asyncpg.Connection, effective: EffectiveConfig,
                           experiments: list[asyncpg.Record]) -> list[Decision]:
         """Decisions for ``experiments`` (rows of ab_experiments), from three bulk reads."""
-        lookback = max(effective.config.safety_checks.alert_lookback_hours, 24 * 90) * 3600.0
+        lookback = MAX_ALERT_LOOKBACK_S
         variant_rows = await conn.fetch(Q["variants_with_stats_for"], [e["id"] for e in experiments])
         alert_rows = await conn.fetch(Q["all_open_critical_alerts"], lookback)
         promo_rows = await conn.fetch(Q["all_active_promotions"])

@@ -21,3 +21,6 @@ def _load() -> dict[str, str]:
 
 
 Q: dict[str, str] = _load()
+# The daemon's evaluation locks the experiment and reads its snapshot in one round trip; a row another transaction
+# holds is skipped (no row back).
+Q["try_lock_snapshot"] = Q["experiment_snapshot"] + "\n   FOR NO KEY UPDATE OF e SKIP LOCKED"

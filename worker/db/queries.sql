@@ -84,6 +84,7 @@ SELECT id, experiment_name, rollback_request_reason, rollback_requested_by FROM 
 
 -- name: experiment_snapshot
 -- Everything a decision reads about experiment $1, in one round trip; $2 = critical-alert lookback in seconds.
+-- queries.py derives try_lock_snapshot from it (the same, locking the experiment row, SKIP LOCKED).
 SELECT e.id, e.name, e.status, e.started_at, e.metric_type, e.priority, e.config, now() AS now,
        (SELECT coalesce(json_agg(json_build_object(
                    'name', v.name, 'is_control', v.is_control, 'weight', v.traffic_weight::float8,
@@ -126,15 +127,26 @@ SELECT id, name, status, config, priority FROM ab_experiments WHERE id = $1 FOR 
 -- Same, but skip (no row) when another transaction holds it: the daemon retries that experiment later.
 SELECT id, name, status, config, priority FROM ab_experiments WHERE id = $1 FOR NO KEY UPDATE SKIP LOCKED;
 
+-- name: take_promotion_slot
+-- Serialise promotions (transaction-level advisory lock $1, so that concurrent promotions cannot both slip under
+-- maxConcurrentPromotions) and, in the same round trip, read the notification targets subscribed to event $2.
+SELECT pg_advisory_xact_lock($1) IS NOT NULL AS locked,
+       (SELECT coalesce(json_agg(json_build_object('id', c.id, 'name', c.name, 'channel', c.channel,
+                                                   'target', c.target, 'events', c.events,
+                                                   'min_priority', c.min_priority) ORDER BY c.id), '[]'::json)
+          FROM notification_configs c WHERE c.enabled AND $2::text = ANY (c.events)) AS configs;
+
 -- name: promote_write
--- Everything a promotion writes except notifications, in one statement: the promotion row (only while fewer than
--- $14 promotions are inside their guard window), the winner's weight 100 and the others' 0, status 'promoted',
--- and the audit row. No row back means the concurrency limit was reached.
+-- Everything a promotion writes, in one statement: the promotion row $15 (only while fewer than $14 promotions are
+-- inside their guard window), the winner's weight 100 and the others' 0, status 'promoted', the audit row, the
+-- notification outbox rows (one per route: $16..$20 arrays, $21 payload, $22 priority, $23 detailed), the last
+-- decision ($12) and its history snapshot per treatment ($24..$30 arrays, $31 control exposures). No row back
+-- means the concurrency limit was reached and nothing was written.
 WITH p AS (
-    INSERT INTO experiment_promotions (experiment_id, experiment_name, promoted_variant_name, control_variant_name,
-                                       confidence, improvement, method, promoted_by, previous_weights,
-                                       baseline_stats, guard_until, decision)
-    SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now() + make_interval(secs => $11), $12
+    INSERT INTO experiment_promotions (id, experiment_id, experiment_name, promoted_variant_name,
+                                       control_variant_name, confidence, improvement, method, promoted_by,
+                                       previous_weights, baseline_stats, guard_until, decision)
+    SELECT $15, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now() + make_interval(secs => $11), $12
      WHERE (SELECT count(*) FROM experiment_promotions
              WHERE rollback_at IS NULL AND guard_until > now()) < $14
     RETURNING id, promoted_at
@@ -148,13 +160,37 @@ WITH p AS (
     INSERT INTO ab_promotion_audit_log (actor, action, experiment_id, experiment_name, promotion_id, details)
     SELECT $8, 'promoted', $1, $2, p.id, $13 FROM p
     RETURNING 1
+), o AS (
+    INSERT INTO notification_outbox (event, channel, config_id, target_ref, target_label, experiment_name,
+                                     promotion_id, priority, payload, action, detailed)
+    SELECT 'promotion.promoted', r.channel, r.config_id, r.target_ref, r.target_label, $2, p.id, $22,
+           $21::text::jsonb, r.action, $23
+      FROM p, unnest($16::text[], $17::bigint[], $18::text[], $19::text[], $20::text[])
+              AS r(channel, config_id, target_ref, target_label, action)
+    RETURNING 1
+), st AS (
+    INSERT INTO ab_experiment_state AS st (experiment_id, last_evaluated_at, evaluations, eligible, decision)
+    SELECT $1, now(), 1, true, $12 FROM p
+    ON CONFLICT (experiment_id) DO UPDATE SET last_evaluated_at = now(), evaluations = st.evaluations + 1,
+        eligible = true, decision = EXCLUDED.decision
+    RETURNING evaluations
+), h AS (
+    INSERT INTO ab_evaluation_snapshots (experiment_id, variant_name, exposures, control_exposures, lift, ci_low,
+                                         ci_high, confidence, eligible)
+    SELECT $1, u.*, true
+      FROM p, unnest($24::text[], $25::bigint[], $26::bigint[], $27::float8[], $28::float8[], $29::float8[],
+                     $30::float8[]) AS u
+     WHERE $31::bigint > 0
+    RETURNING 1
 )
-SELECT id, promoted_at FROM p;
+SELECT p.id, p.promoted_at, (SELECT evaluations FROM st) AS evaluations, (SELECT count(*) FROM h) AS snapshots
+  FROM p;
 
 -- name: record_evaluation
 -- Remember the last decision ($2 eligible, $3 check data) and, when due, append a history snapshot per treatment
--- ($4.. arrays): due when there is none yet, the last is $13 seconds old, the control grew by a quarter, or the
--- decision is eligible. Returns the previous eligibility, the evaluation count and whether a snapshot was added.
+-- ($4..$10 arrays, $11 control exposures): due when there is none yet, the last is $12 seconds old, the control
+-- grew by a quarter, or the decision is eligible. Returns the previous eligibility, the evaluation count and
+-- whether a snapshot was added.
 WITH prev AS (
     SELECT eligible FROM ab_experiment_state WHERE experiment_id = $1
 ), up AS (
@@ -169,12 +205,12 @@ WITH prev AS (
 ), ins AS (
     INSERT INTO ab_evaluation_snapshots (experiment_id, variant_name, exposures, control_exposures, lift, ci_low,
                                          ci_high, confidence, eligible)
-    SELECT $1, u.* FROM unnest($4::text[], $5::bigint[], $6::bigint[], $7::float8[], $8::float8[], $9::float8[],
-                               $10::float8[], $11::boolean[]) AS u
-     WHERE $12::bigint > 0
+    SELECT $1, u.*, $2 FROM unnest($4::text[], $5::bigint[], $6::bigint[], $7::float8[], $8::float8[],
+                                   $9::float8[], $10::float8[]) AS u
+     WHERE $11::bigint > 0
        AND (NOT EXISTS (SELECT 1 FROM last)
-            OR (SELECT created_at FROM last) <= now() - make_interval(secs => $13)
-            OR $12::bigint >= 1.25 * (SELECT greatest(control_exposures, 1) FROM last)
+            OR (SELECT created_at FROM last) <= now() - make_interval(secs => $12)
+            OR $11::bigint >= 1.25 * (SELECT greatest(control_exposures, 1) FROM last)
             OR $2)
     RETURNING 1
 )

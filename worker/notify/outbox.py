@@ -7,6 +7,7 @@ import json
 import re
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import structlog
 from worker.config import AutoPromotionConfig, Settings
 from worker.notify.delivery import AttemptResult, OutboxRow
 from worker.notify.events import EVENTS, normalize_priority
-from worker.notify.routing import ConfigRow, plan_routes
+from worker.notify.routing import ConfigRow, Route, plan_routes
 
 log = structlog.get_logger("worker.notify")
 
@@ -44,6 +45,65 @@ def load_queries(path: Path) -> dict[str, str]:
 Q = load_queries(Path(__file__).with_name("queries.sql"))
 
 
+@dataclass(frozen=True, slots=True)
+class PlannedNotifications:
+    """The outbox rows one event becomes: routes plus what every row of it shares."""
+
+    event: str
+    experiment_name: str | None
+    promotion_id: str | None
+    priority: str
+    body: str
+    detailed: bool
+    routes: tuple[Route, ...]
+
+    def rows(self) -> list[tuple[Any, ...]]:
+        """Arguments of ``insert_outbox``, one tuple per route."""
+        return [(self.event, r.channel, r.config_id, r.target_ref, r.target_label, self.experiment_name,
+                 self.promotion_id, self.priority, self.body, r.action, self.detailed) for r in self.routes]
+
+    def columns(self) -> tuple[list[Any], ...]:
+        """The routes as column arrays (channel, config_id, target_ref, target_label, action), for unnest."""
+        return ([r.channel for r in self.routes], [r.config_id for r in self.routes],
+                [r.target_ref for r in self.routes], [r.target_label for r in self.routes],
+                [r.action for r in self.routes])
+
+
+def config_rows(records: Sequence[Mapping[str, Any]]) -> list[ConfigRow]:
+    """notification_configs rows (from ``routable_configs`` or the same columns as JSON) for routing."""
+    return [ConfigRow(int(r["id"]), r["name"], r["channel"], r["target"], tuple(r["events"]), r["min_priority"])
+            for r in records]
+
+
+def plan_notifications(
+    *,
+    event: str,
+    payload: dict[str, Any],
+    config: AutoPromotionConfig,
+    settings: Settings,
+    rows: Sequence[ConfigRow],
+    breach_triggered_refs: Sequence[str] = (),
+) -> PlannedNotifications:
+    """Route ``event`` to every matching target (pure; unroutable targets are logged). ValueError for an unknown
+    event."""
+    if event not in EVENTS:
+        raise ValueError(f"unknown notification event {event!r}; expected one of {', '.join(EVENTS)}")
+    priority = normalize_priority(payload.get("priority"))
+    experiment = payload.get("experimentName")
+    experiment_name = str(experiment) if experiment is not None else None
+    routes: list[Route] = []
+    if config.notifications.enabled:
+        routes, unroutable = plan_routes(
+            event, priority, config=config, settings=settings, rows=rows, breach_triggered_refs=breach_triggered_refs
+        )
+        for u in unroutable:
+            log.warning("notification.unroutable", channel=u.channel, target=u.target_label, reason=u.reason,
+                        notification_event=event, experiment=experiment_name)
+    body = json.dumps(payload, default=str, separators=(",", ":")) if routes else ""
+    return PlannedNotifications(event, experiment_name, _uuid_or_none(payload.get("promotionId")), priority, body,
+                                config.notifications.include_detailed_metrics, tuple(routes))
+
+
 async def enqueue_notifications(
     conn: asyncpg.Connection,
     *,
@@ -62,37 +122,19 @@ async def enqueue_notifications(
         raise ValueError(f"unknown notification event {event!r}; expected one of {', '.join(EVENTS)}")
     if not config.notifications.enabled:
         return 0
-    priority = normalize_priority(payload.get("priority"))
-    experiment = payload.get("experimentName")
-    experiment_name = str(experiment) if experiment is not None else None
-    promotion_id = _uuid_or_none(payload.get("promotionId"))
-    rows = [
-        ConfigRow(r["id"], r["name"], r["channel"], r["target"], tuple(r["events"]), r["min_priority"])
-        for r in await conn.fetch(Q["routable_configs"], event)
-    ]
+    rows = config_rows(await conn.fetch(Q["routable_configs"], event))
     breached: list[str] = []
+    promotion_id = _uuid_or_none(payload.get("promotionId"))
     if event == "promotion.rolled_back" and promotion_id is not None:
         breached = [r["target_ref"] for r in await conn.fetch(Q["breach_triggered_refs"], promotion_id)]
-    routes, unroutable = plan_routes(
-        event, priority, config=config, settings=settings, rows=rows, breach_triggered_refs=breached
-    )
-    for u in unroutable:
-        log.warning("notification.unroutable", channel=u.channel, target=u.target_label, reason=u.reason,
-                    notification_event=event, experiment=experiment_name)
-    if not routes:
+    planned = plan_notifications(event=event, payload=payload, config=config, settings=settings, rows=rows,
+                                 breach_triggered_refs=breached)
+    if not planned.routes:
         return 0
-    body = json.dumps(payload, default=str, separators=(",", ":"))
-    await conn.executemany(
-        Q["insert_outbox"],
-        [
-            (event, r.channel, r.config_id, r.target_ref, r.target_label, experiment_name, promotion_id, priority,
-             body, r.action, config.notifications.include_detailed_metrics)
-            for r in routes
-        ],
-    )
-    log.debug("notification.queued", notification_event=event, experiment=experiment_name, rows=len(routes),
-             targets=[r.target_label for r in routes])
-    return len(routes)
+    await conn.executemany(Q["insert_outbox"], planned.rows())
+    log.debug("notification.queued", notification_event=event, experiment=planned.experiment_name,
+              rows=len(planned.routes), targets=[r.target_label for r in planned.routes])
+    return len(planned.routes)
 
 
 async def claim_due(
