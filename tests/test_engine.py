@@ -400,3 +400,66 @@ async def test_scan_vectorised_statistics_agree_with_a_single_check(engine: Engi
         assert by_name[name]["confidence"] == single["confidence"]
         assert by_name[name]["improvement"] == single["improvement"]
         assert by_name[name]["reasons"] == single["reasons"]
+
+
+async def test_batch_evaluation_promotes_records_and_skips_in_one_pass(engine: Engine, conn: asyncpg.Connection,
+                                                                      db_url: str) -> None:
+    # The daemon's batch: one eligible, one too young, one paused, one held by another transaction.
+    from worker.fold import fold_pending_updates
+
+    winner = await seed_winner(conn, "batch-winner")
+    young = await seed_winner(conn, "batch-young", started_hours_ago=1)
+    paused = await seed_winner(conn, "batch-paused", status="paused")
+    held = await seed_winner(conn, "batch-held")
+    await fold_pending_updates(conn)
+    other = await asyncpg.connect(db_url)
+    try:
+        async with other.transaction():
+            await other.execute("SELECT 1 FROM ab_experiments WHERE id = $1 FOR NO KEY UPDATE", held)
+            out = {e.experiment_id: e for e in await engine.evaluate_many([winner, young, paused, held])}
+    finally:
+        await other.close()
+    assert {k: e.action for k, e in out.items()} == {winner: "promoted", young: "evaluated", paused: "skipped",
+                                                     held: "busy"}
+    promotion = out[winner].promotion
+    assert promotion is not None and promotion["notificationsQueued"] >= 1
+    promo = await conn.fetchrow("SELECT * FROM experiment_promotions WHERE experiment_id = $1", winner)
+    assert str(promo["id"]) == promotion["promotionId"] and promo["promoted_variant_name"] == "variant-b"
+    outbox = await conn.fetch("SELECT event, experiment_name, promotion_id, payload FROM notification_outbox")
+    assert len(outbox) == promotion["notificationsQueued"]
+    for row in outbox:
+        assert (row["event"], row["experiment_name"], row["promotion_id"]) == (
+            "promotion.promoted", "batch-winner", promo["id"])
+        assert row["payload"]["promotionId"] == promotion["promotionId"]
+    states = {r["experiment_id"]: r for r in await conn.fetch("SELECT * FROM ab_experiment_state")}
+    assert set(states) == {winner, young}
+    assert states[winner]["eligible"] is True and states[young]["eligible"] is False
+    assert states[young]["decision"]["reasons"][0].startswith("runtime 1.0 h")
+    history = await conn.fetch("SELECT experiment_id, eligible FROM ab_evaluation_snapshots")
+    assert {(r["experiment_id"], r["eligible"]) for r in history} == {(winner, True), (young, False)}
+    assert await conn.fetchval("SELECT status FROM ab_experiments WHERE id = $1", held) == "running"
+
+
+async def test_batch_that_fails_in_the_database_is_evaluated_one_by_one(engine: Engine,
+                                                                      conn: asyncpg.Connection) -> None:
+    # One promotion the database refuses must not keep the rest of its batch from being evaluated and promoted.
+    from worker.fold import fold_pending_updates
+
+    bad = await seed_winner(conn, "refused-by-trigger")
+    good = await seed_winner(conn, "fine-winner")
+    young = await seed_winner(conn, "fine-young", started_hours_ago=1)
+    await fold_pending_updates(conn)
+    await conn.execute("""
+        CREATE FUNCTION refuse_for_test() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF NEW.experiment_name = 'refused-by-trigger' THEN RAISE EXCEPTION 'refused for the test'; END IF;
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER refuse BEFORE INSERT ON experiment_promotions FOR EACH ROW EXECUTE FUNCTION refuse_for_test();
+    """)
+    out = {e.experiment_id: e.action for e in await engine.evaluate_many([bad, good, young])}
+    assert out == {bad: "failed", good: "promoted", young: "evaluated"}
+    assert await conn.fetchval("SELECT experiment_id FROM experiment_promotions") == good
+    failure = await conn.fetchrow("SELECT * FROM ab_promotion_audit_log WHERE action = 'promotion_failed'")
+    assert failure["experiment_id"] == bad and "refused for the test" in failure["details"]["error"]
+    assert await conn.fetchval("SELECT eligible FROM ab_experiment_state WHERE experiment_id = $1", young) is False

@@ -360,6 +360,15 @@ class Engine:
             snapshot = await self._snapshot(conn, experiment_id, self._lookback(effective, exp["config"]))
         assert snapshot is not None
         decision, cfg = self._decide(snapshot, effective, exp["config"])
+        return await self._act(conn, snapshot, exp["config"], decision, cfg, effective, actor=actor,
+                               dry_run=dry_run, mode=mode)
+
+    async def _act(self, conn: asyncpg.Connection, snapshot: ExperimentSnapshot, overrides: Mapping[str, Any] | None,
+                   decision: Decision, cfg: AutoPromotionConfig, effective: EffectiveConfig, *, actor: str,
+                   dry_run: bool | None, mode: str) -> Evaluation:
+        """What a decision on a locked experiment leads to: record it, and promote, refuse or audit a dry run."""
+        daemon = mode == "daemon"
+        experiment_id = snapshot.id
         dry = cfg.dry_run if dry_run is None else dry_run
         if not cfg.enabled and not dry:
             dry = True
@@ -431,9 +440,9 @@ class Engine:
         )
         if row is None:
             # The guard window filled up since the snapshot: decide again to report it with its numbers.
-            snapshot = await self._snapshot(conn, experiment_id, self._lookback(effective, exp["config"]))
-            assert snapshot is not None
-            decision, cfg = self._decide(snapshot, effective, exp["config"])
+            fresh = await self._snapshot(conn, experiment_id, self._lookback(effective, overrides))
+            assert fresh is not None
+            decision, cfg = self._decide(fresh, effective, overrides)
             await self._record_evaluation(conn, decision)
             refused["reasons"] = list(decision.reasons) or ["concurrency limit reached"]
             return Evaluation(experiment_id, snapshot.name, decision, "refused", refused)
@@ -552,10 +561,7 @@ class Engine:
                 raise
         decision = outcome.decision
         if decision is not None:
-            metrics.EVALUATIONS.labels("eligible" if decision.eligible else "not_eligible").inc()
-            for check in decision.safety_checks:
-                if not check.passed:
-                    metrics.SAFETY_CHECK_FAILURES.labels(check.name).inc()
+            _count_evaluation(decision)
             log.debug("experiment.evaluated", experiment=outcome.experiment_name, eligible=decision.eligible,
                       confidence=decision.confidence, action=outcome.action)
         if outcome.action == "promoted":
@@ -601,20 +607,46 @@ class Engine:
             await conn.execute(Q["thin_snapshots"], row["experiment_id"], SNAPSHOT_MAX_ROWS)
 
     async def evaluate_many(self, experiment_ids: list[int], *, actor: str = "autopromote") -> list[Evaluation]:
-        """The daemon's batch step: evaluate many experiments in one transaction from bulk reads.
+        """The daemon's batch step: evaluate many experiments in one transaction.
 
-        Each running experiment is locked (``SKIP LOCKED``: one held elsewhere comes back "busy"); the
-        not-eligible ones are recorded in one statement; an eligible one goes through the single-experiment path
-        (re-decided on its locked row, promoted, notifications queued) inside a savepoint of its own. Experiments
-        that are not running come back "skipped" (promoted ones are the guard's).
+        One statement locks the running ones (``SKIP LOCKED``: one held elsewhere comes back "busy") and reads their
+        snapshots; the not-eligible ones are recorded in one statement; an eligible one is promoted on its locked
+        row in the same transaction. Experiments that are not running come back "skipped" (promoted ones are the
+        guard's). Should the batch fail in the database, each experiment is evaluated again in a transaction of its
+        own, so that one experiment's failure never holds the others back.
         """
         if len(experiment_ids) == 1:
             return [await self.evaluate_experiment(experiment_ids[0], actor=actor)]  # fewer round trips for one
+        try:
+            out, promoted = await self._evaluate_batch(experiment_ids, actor)
+        except (asyncpg.PostgresError, StatsInputError) as exc:
+            if isinstance(exc, asyncpg.PostgresConnectionError):
+                raise
+            log.warning("evaluation.batch_failed", error=f"{type(exc).__name__}: {exc}",
+                        experiments=len(experiment_ids), retry="one transaction per experiment")
+            return [await self._evaluate_alone(exp_id, actor) for exp_id in experiment_ids]
+        for e in out:
+            if e.decision is not None:
+                _count_evaluation(e.decision)
+        for outcome in promoted:
+            self._after_promotion(outcome, "daemon")
+        return out
+
+    async def _evaluate_alone(self, experiment_id: int, actor: str) -> Evaluation:
+        try:
+            return await self.evaluate_experiment(experiment_id, actor=actor)
+        except (asyncpg.PostgresError, StatsInputError) as exc:
+            if isinstance(exc, asyncpg.PostgresConnectionError):
+                raise
+            return Evaluation(experiment_id, "?", None, "failed")
+
+    async def _evaluate_batch(self, experiment_ids: list[int], actor: str) -> tuple[list[Evaluation],
+                                                                                    list[Evaluation]]:
         effective = self.config
         out: list[Evaluation] = []
         promoted: list[Evaluation] = []
         async with self.pool.acquire() as conn, conn.transaction():
-            locked = list(await conn.fetch(Q["lock_running_experiments"], experiment_ids))
+            locked = list(await conn.fetch(Q["lock_running_snapshots"], experiment_ids, MAX_ALERT_LOOKBACK_S))
             locked_ids = {r["id"] for r in locked}
             others = [i for i in experiment_ids if i not in locked_ids]
             if others:
@@ -625,34 +657,21 @@ class Engine:
                     r = found.get(exp_id)
                     busy = r is not None and r["status"] == "running"
                     out.append(Evaluation(exp_id, r["name"] if r else "?", None, "busy" if busy else "skipped"))
-            decisions = await self._decide_all(conn, effective, locked) if locked else []
-            plain = [d for d in decisions if not d.eligible]
-            await self._record_many(conn, plain)
-            out.extend(Evaluation(d.experiment_id, d.experiment_name, d, "evaluated") for d in plain)
-            for d in decisions:
-                if not d.eligible:
+            pairs = [(row, _snapshot_from_row(row)) for row in locked]
+            decided = await self._decide_snapshots(effective, pairs)
+            plain: list[Decision] = []
+            for (row, snapshot), (decision, cfg) in zip(pairs, decided, strict=True):
+                if not decision.eligible:
+                    plain.append(decision)
                     continue
-                try:
-                    async with conn.transaction():  # a savepoint: one failure never takes the batch down
-                        outcome = await self._decide_and_act(conn, d.experiment_id, effective, actor=actor,
-                                                             dry_run=None, mode="daemon")
-                except (asyncpg.PostgresError, StatsInputError) as exc:
-                    exp = await conn.fetchrow(Q["experiment_by_id"], d.experiment_id)
-                    if exp is not None:
-                        await self._record_failure(conn, exp, effective, actor, exc)
-                    outcome = Evaluation(d.experiment_id, d.experiment_name, d, "failed")
+                outcome = await self._act(conn, snapshot, row["config"], decision, cfg, effective, actor=actor,
+                                          dry_run=None, mode="daemon")
                 out.append(outcome)
                 if outcome.action == "promoted":
                     promoted.append(outcome)
-        for e in out:
-            if e.decision is not None:
-                metrics.EVALUATIONS.labels("eligible" if e.decision.eligible else "not_eligible").inc()
-                for check in e.decision.safety_checks:
-                    if not check.passed:
-                        metrics.SAFETY_CHECK_FAILURES.labels(check.name).inc()
-        for outcome in promoted:
-            self._after_promotion(outcome, "daemon")
-        return out
+            await self._record_many(conn, plain)
+            out.extend(Evaluation(d.experiment_id, d.experiment_name, d, "evaluated") for d in plain)
+        return out, promoted
 
     # ---------------------------------------------------------------------------------------------- scan
     async def scan_and_promote_winners(
@@ -745,9 +764,8 @@ class Engine:
     async def _decide_all(self, conn: asyncpg.Connection, effective: EffectiveConfig,
                           experiments: list[asyncpg.Record]) -> list[Decision]:
         """Decisions for ``experiments`` (rows of ab_experiments), from three bulk reads."""
-        lookback = MAX_ALERT_LOOKBACK_S
         variant_rows = await conn.fetch(Q["variants_with_stats_for"], [e["id"] for e in experiments])
-        alert_rows = await conn.fetch(Q["all_open_critical_alerts"], lookback)
+        alert_rows = await conn.fetch(Q["all_open_critical_alerts"], MAX_ALERT_LOOKBACK_S)
         promo_rows = await conn.fetch(Q["all_active_promotions"])
         now = await conn.fetchval("SELECT now()")
         variants: dict[int, list[VariantSnapshot]] = {}
@@ -765,30 +783,36 @@ class Engine:
                 alerts.setdefault(a["experiment_id"], []).append(info)
         active = {p["experiment_id"]: str(p["id"]) for p in promo_rows}
         in_guard = sum(1 for p in promo_rows if p["in_guard"])
-        analyses = _vectorised_analyses(experiments, variants, effective.config) if len(experiments) > 50 else {}
-        decisions: list[Decision] = []
-        for i, exp in enumerate(experiments):
+        pairs = [(exp, ExperimentSnapshot(
+            id=exp["id"], name=exp["name"], status=exp["status"], started_at=exp["started_at"],
+            metric_type=exp["metric_type"], priority=exp["priority"],
+            variants=tuple(variants.get(exp["id"], ())), now=now,
+            active_promotion_id=active.get(exp["id"]),
+            critical_alerts=tuple(sorted((*alerts.get(exp["id"], ()), *global_alerts),
+                                         key=lambda a: a.created_at, reverse=True)),
+            promotions_in_guard_window=in_guard,
+        )) for exp in experiments]
+        return [decision for decision, _ in await self._decide_snapshots(effective, pairs)]
+
+    async def _decide_snapshots(
+        self, effective: EffectiveConfig, pairs: list[tuple[Mapping[str, Any], ExperimentSnapshot]]
+    ) -> list[tuple[Decision, AutoPromotionConfig]]:
+        """Decide each (experiment row, snapshot); many at once share vectorised statistics."""
+        analyses = _vectorised_analyses([e for e, _ in pairs], {s.id: list(s.variants) for _, s in pairs},
+                                        effective.config) if len(pairs) > 50 else {}
+        out: list[tuple[Decision, AutoPromotionConfig]] = []
+        for i, (exp, snapshot) in enumerate(pairs):
             if i % 250 == 249:
                 await anyio.lowlevel.checkpoint()  # thousands of decisions must not stall the event loop
-            snapshot = ExperimentSnapshot(
-                id=exp["id"], name=exp["name"], status=exp["status"], started_at=exp["started_at"],
-                metric_type=exp["metric_type"], priority=exp["priority"],
-                variants=tuple(variants.get(exp["id"], ())), now=now,
-                active_promotion_id=active.get(exp["id"]),
-                critical_alerts=tuple(sorted((*alerts.get(exp["id"], ()), *global_alerts),
-                                             key=lambda a: a.created_at, reverse=True)),
-                promotions_in_guard_window=in_guard,
-            )
             try:
-                decision, _ = self._decide(snapshot, effective, exp["config"], analyses.get(exp["id"]))
+                out.append(self._decide(snapshot, effective, exp["config"], analyses.get(snapshot.id)))
             except Exception as exc:
                 why = f"evaluation failed: {type(exc).__name__}: {exc}"
-                decision = failed_decision(snapshot, effective.config, why)
-            decisions.append(decision)
-        return decisions
+                out.append((failed_decision(snapshot, effective.config, why), effective.config))
+        return out
 
 
-def _vectorised_analyses(experiments: list[asyncpg.Record], variants: Mapping[int, list[VariantSnapshot]],
+def _vectorised_analyses(experiments: list[Mapping[str, Any]], variants: Mapping[int, list[VariantSnapshot]],
                          cfg: AutoPromotionConfig) -> dict[int, ExperimentAnalysis]:
     """Statistics of many experiments in a few numpy calls (grouped by variant count and metric type).
 
@@ -828,6 +852,13 @@ def _sketch(raw: Any) -> LatencySketch:
         return LatencySketch.from_json(raw or None)
     except StatsInputError:
         return LatencySketch()
+
+
+def _count_evaluation(decision: Decision) -> None:
+    metrics.EVALUATIONS.labels("eligible" if decision.eligible else "not_eligible").inc()
+    for check in decision.safety_checks:
+        if not check.passed:
+            metrics.SAFETY_CHECK_FAILURES.labels(check.name).inc()
 
 
 def _finite(x: float | None) -> float | None:

@@ -24,3 +24,11 @@ Q: dict[str, str] = _load()
 # The daemon's evaluation locks the experiment and reads its snapshot in one round trip; a row another transaction
 # holds is skipped (no row back).
 Q["try_lock_snapshot"] = Q["experiment_snapshot"] + "\n   FOR NO KEY UPDATE OF e SKIP LOCKED"
+# The same for the running experiments among $1 (the daemon's batch evaluation).
+_ONE = "FROM ab_experiments e WHERE e.id = $1"
+assert Q["experiment_snapshot"].endswith(_ONE), "queries.sql: experiment_snapshot must end with " + _ONE
+Q["lock_running_snapshots"] = (
+    Q["experiment_snapshot"].removesuffix(_ONE)
+    + "FROM ab_experiments e WHERE e.id = ANY($1::bigint[]) AND e.status = 'running'\n"
+    + " ORDER BY e.id FOR NO KEY UPDATE OF e SKIP LOCKED"
+)

@@ -123,10 +123,6 @@ SELECT experiment_id, id, guard_until > now() AS in_guard FROM experiment_promot
 -- SHARE) never wait for it.
 SELECT id, name, status, config, priority FROM ab_experiments WHERE id = $1 FOR NO KEY UPDATE;
 
--- name: try_lock_experiment
--- Same, but skip (no row) when another transaction holds it: the daemon retries that experiment later.
-SELECT id, name, status, config, priority FROM ab_experiments WHERE id = $1 FOR NO KEY UPDATE SKIP LOCKED;
-
 -- name: take_promotion_slot
 -- Serialise promotions (transaction-level advisory lock $1, so that concurrent promotions cannot both slip under
 -- maxConcurrentPromotions) and, in the same round trip, read the notification targets subscribed to event $2.
@@ -224,11 +220,6 @@ SELECT ab_thin_evaluation_snapshots($1, $2);
 -- name: set_status
 -- Change an experiment's status.
 UPDATE ab_experiments SET status = $2 WHERE id = $1;
-
--- name: lock_running_experiments
--- Lock the running experiments among $1, skipping any another transaction holds (the daemon's batch evaluation).
-SELECT * FROM ab_experiments WHERE id = ANY($1::bigint[]) AND status = 'running' ORDER BY id
-   FOR NO KEY UPDATE SKIP LOCKED;
 
 -- name: variants_with_stats_for
 -- Variants and folded statistics of the experiments $1, control first.
