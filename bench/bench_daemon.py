@@ -530,6 +530,7 @@ async def bench_engine_breakdown(server: Server, p: dict[str, Any]) -> dict[str,
     from worker.db.queries import Q
     from worker.decide import safe_decide
     from worker.engine import Engine
+    from worker.evaluator import keep_session
 
     n = p["evaluations"]
     names = {v.strip(): k for k, v in Q.items()}
@@ -558,7 +559,7 @@ async def bench_engine_breakdown(server: Server, p: dict[str, Any]) -> dict[str,
                                         prefix="lose")
         winners = await seed_experiments(conn, n + warm, control=WINNER["control"], treatment=WINNER["variant-b"],
                                          prefix="win")
-        pool = await create_pool(url, max_size=4)
+        pool = await create_pool(url, max_size=4, reset=keep_session)  # as the worker's pool
         engine = Engine(pool, load_settings({"SLACK_WEBHOOK_URL": "http://127.0.0.1:9/x"}),
                         load_config(env={}, overrides={"maxConcurrentPromotions": 10_000}))
         for m in originals:
@@ -587,6 +588,16 @@ async def bench_engine_breakdown(server: Server, p: dict[str, Any]) -> dict[str,
         finally:
             for m, orig in originals.items():
                 setattr(pgconn.Connection, m, orig)
+        # The daemon's batch step (what it does when several experiments are dirty at once), per experiment.
+        batch = await seed_experiments(conn, 32 * 5, control=(17_500, 1_750), treatment=(17_000, 1_760),
+                                       prefix="batch")
+        per_experiment = []
+        for k in range(5):
+            ids = batch[32 * k:32 * (k + 1)]
+            t = time.perf_counter()
+            await engine.evaluate_many(ids)
+            per_experiment.append((time.perf_counter() - t) / len(ids))
+        out["not_eligible_in_batches_of_32_ms_per_experiment"] = ms(statistics.median(per_experiment[1:]))
         snapshot = await engine._snapshot(conn, winners[0], 24.0)
         assert snapshot is not None
         t = time.perf_counter()

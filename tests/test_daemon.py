@@ -427,3 +427,39 @@ async def test_a_channel_that_never_answers_does_not_delay_promotions(db_url: st
     finally:
         release.set()
         await runner.cleanup()
+
+
+# ------------------------------------------------------------------------------------------------- Wake
+async def test_wake_coalesces_sets_and_times_out_without_one() -> None:
+    from worker.evaluator import Wake
+
+    wake = Wake()
+    wake.set()
+    wake.set()
+    assert wake.is_set()
+    assert await wake.wait() is True  # two sets, one wake-up
+    assert not wake.is_set()
+    with anyio.fail_after(5):
+        assert await wake.wait(0.05) is False  # nothing set: the timeout ends the wait
+        assert await wake.wait(0) is False
+
+    async def set_later() -> None:
+        await anyio.sleep(0.02)
+        wake.set()
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(set_later)
+            assert await wake.wait(30) is True  # a set from another task ends a long wait at once
+    assert await wake.wait(0) is False
+
+
+async def test_wake_wait_is_cancellable() -> None:
+    from worker.evaluator import Wake
+
+    wake = Wake()
+    with anyio.move_on_after(0.05) as scope:
+        await wake.wait()
+    assert scope.cancelled_caught
+    wake.set()
+    assert await wake.wait(0) is True

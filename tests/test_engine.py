@@ -463,3 +463,48 @@ async def test_batch_that_fails_in_the_database_is_evaluated_one_by_one(engine: 
     failure = await conn.fetchrow("SELECT * FROM ab_promotion_audit_log WHERE action = 'promotion_failed'")
     assert failure["experiment_id"] == bad and "refused for the test" in failure["details"]["error"]
     assert await conn.fetchval("SELECT eligible FROM ab_experiment_state WHERE experiment_id = $1", young) is False
+
+
+async def test_racing_promotions_of_different_experiments_respect_the_concurrency_limit(
+    db_url: str, conn: asyncpg.Connection
+) -> None:
+    # maxConcurrentPromotions=1 and eight winners, each decided while no promotion exists yet, then released into
+    # their promotion writes at the same moment: exactly one is written.
+    from worker.db.connect import create_pool
+    from worker.engine import PROMOTION_SLOT_LOCK
+
+    names = [f"race-{i}" for i in range(8)]
+    for name in names:
+        await seed_winner(conn, name)
+    pools = [await create_pool(db_url, min_size=2, max_size=2) for _ in range(4)]
+    outcomes: list[dict[str, Any]] = []
+    gate = await asyncpg.connect(db_url)
+    try:
+        engines = [Engine(p, _settings(), _config(maxConcurrentPromotions=1)) for p in pools]
+
+        async def attempt(e: Engine, name: str) -> None:
+            outcomes.append(await e.promote_winner(name))
+
+        async def waiting_for_the_slot() -> bool:
+            return bool(await conn.fetchval(
+                "SELECT count(*) = 8 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"))
+
+        tx = gate.transaction()
+        await tx.start()
+        await gate.execute("SELECT pg_advisory_xact_lock($1)", PROMOTION_SLOT_LOCK)
+        async with anyio.create_task_group() as tg:
+            for i, name in enumerate(names):
+                tg.start_soon(attempt, engines[i % len(engines)], name)
+            with anyio.fail_after(30):
+                while not await waiting_for_the_slot():
+                    await anyio.sleep(0.01)
+            await tx.commit()
+    finally:
+        await gate.close()
+        for p in pools:
+            await p.close()
+    assert [o["success"] for o in outcomes].count(True) == 1
+    assert await conn.fetchval("SELECT count(*) FROM experiment_promotions") == 1
+    for refused in (o for o in outcomes if not o["success"]):
+        assert any("concurrency limit" in r for r in refused["reasons"]), refused["reasons"]
+    assert await conn.fetchval("SELECT count(*) FROM ab_experiments WHERE status = 'promoted'") == 1

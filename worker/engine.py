@@ -39,8 +39,8 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("worker.engine")
 
-# Transaction-level advisory lock taken by every promotion, so that concurrent promotions of different
-# experiments cannot both slip under maxConcurrentPromotions.
+# Transaction-level advisory lock taken by every promotion (ab_take_promotion_slot, schema/0005), so that concurrent
+# promotions of different experiments cannot both slip under maxConcurrentPromotions.
 PROMOTION_SLOT_LOCK = 0x61627073  # "abps"
 SNAPSHOT_MIN_INTERVAL_S = 5.0
 SNAPSHOT_MAX_ROWS = 400
@@ -351,24 +351,27 @@ class Engine:
                 return Evaluation(experiment_id, "?", None, "busy" if exists else "skipped")
             if exp["status"] != "running":
                 return Evaluation(experiment_id, exp["name"], None, "skipped")
-            snapshot: ExperimentSnapshot | None = _snapshot_from_row(exp)
+            row = exp
         else:
             exp = await conn.fetchrow(Q["lock_experiment"], experiment_id)
             if exp is None:
                 raise ExperimentNotFound(f"experiment {experiment_id} disappeared")
             await fold_pending_updates(conn, experiment_ids=[experiment_id], batch_size=self.settings.fold_batch_size)
-            snapshot = await self._snapshot(conn, experiment_id, self._lookback(effective, exp["config"]))
-        assert snapshot is not None
-        decision, cfg = self._decide(snapshot, effective, exp["config"])
-        return await self._act(conn, snapshot, exp["config"], decision, cfg, effective, actor=actor,
-                               dry_run=dry_run, mode=mode)
+            row = await conn.fetchrow(Q["experiment_snapshot"], experiment_id,
+                                      self._lookback(effective, exp["config"]) * 3600.0)
+        snapshot = _snapshot_from_row(row)
+        decision, cfg = self._decide(snapshot, effective, row["config"])
+        return await self._act(conn, row, snapshot, decision, cfg, effective, actor=actor, dry_run=dry_run,
+                               mode=mode)
 
-    async def _act(self, conn: asyncpg.Connection, snapshot: ExperimentSnapshot, overrides: Mapping[str, Any] | None,
+    async def _act(self, conn: asyncpg.Connection, row: Mapping[str, Any], snapshot: ExperimentSnapshot,
                    decision: Decision, cfg: AutoPromotionConfig, effective: EffectiveConfig, *, actor: str,
                    dry_run: bool | None, mode: str) -> Evaluation:
-        """What a decision on a locked experiment leads to: record it, and promote, refuse or audit a dry run."""
+        """What a decision on a locked experiment (``row``: its experiment_snapshot row) leads to: record it, and
+        promote, refuse or audit a dry run."""
         daemon = mode == "daemon"
         experiment_id = snapshot.id
+        overrides = row["config"]
         dry = cfg.dry_run if dry_run is None else dry_run
         if not cfg.enabled and not dry:
             dry = True
@@ -415,9 +418,6 @@ class Engine:
                                   {**audit_details, "reasons": list(decision.reasons)})
             await self._record_evaluation(conn, decision)
             return Evaluation(experiment_id, snapshot.name, decision, "refused", refused)
-        # Serialise promotions so that the guard-window count cannot be raced past its limit; the same round trip
-        # reads the notification targets, so that the promotion and its outbox rows are written by one statement.
-        slot = await conn.fetchrow(Q["take_promotion_slot"], PROMOTION_SLOT_LOCK, "promotion.promoted")
         promotion_id = uuid.uuid4()
         previous_weights = {v.name: v.weight for v in snapshot.variants}
         baseline = {
@@ -427,8 +427,11 @@ class Engine:
         }
         planned = self._plan_notifications("promotion.promoted", self._payload(
             "promotion.promoted", decision, actor=actor, experiment_name=snapshot.name,
-            priority=snapshot.priority, promotion_id=promotion_id, variant=winner.variant), cfg, slot["configs"])
-        row = await conn.fetchrow(
+            priority=snapshot.priority, promotion_id=promotion_id, variant=winner.variant), cfg,
+            row["promotion_targets"])
+        # One statement: ab_take_promotion_slot serialises promotions, so that the guard-window count cannot be
+        # raced past its limit, and everything the promotion writes (outbox rows included) lands with it.
+        written = await conn.fetchrow(
             Q["promote_write"], snapshot.id, snapshot.name, winner.variant,
             decision.analysis.control if decision.analysis else None,
             decision.confidence, decision.improvement, decision.method, actor, previous_weights, baseline,
@@ -436,9 +439,9 @@ class Engine:
             {**audit_details, "previousWeights": previous_weights, "promotedVariant": winner.variant},
             cfg.max_concurrent_promotions, promotion_id,
             *planned.columns(), planned.body or "{}", planned.priority, planned.detailed,
-            *_history_args(decision),
+            *_history_args(decision), PROMOTION_SLOT_LOCK,
         )
-        if row is None:
+        if written is None:
             # The guard window filled up since the snapshot: decide again to report it with its numbers.
             fresh = await self._snapshot(conn, experiment_id, self._lookback(effective, overrides))
             assert fresh is not None
@@ -446,13 +449,13 @@ class Engine:
             await self._record_evaluation(conn, decision)
             refused["reasons"] = list(decision.reasons) or ["concurrency limit reached"]
             return Evaluation(experiment_id, snapshot.name, decision, "refused", refused)
-        await self._thin_if_due(conn, experiment_id, row["evaluations"], row["snapshots"])
+        await self._thin_if_due(conn, experiment_id, written["evaluations"], written["snapshots"])
         queued = len(planned.routes)
         if queued:
             log.debug("notification.queued", notification_event="promotion.promoted", experiment=snapshot.name,
                       rows=queued, targets=[r.target_label for r in planned.routes])
         result = {"success": True, **base, "promotionId": str(promotion_id), "notificationsQueued": queued,
-                  "dryRun": False, "promotedAt": row["promoted_at"].isoformat(), "eligibility": check}
+                  "dryRun": False, "promotedAt": written["promoted_at"].isoformat(), "eligibility": check}
         return Evaluation(experiment_id, snapshot.name, decision, "promoted", result)
 
     async def _record_failure(self, conn: asyncpg.Connection, exp: Mapping[str, Any], effective: EffectiveConfig,
@@ -664,8 +667,8 @@ class Engine:
                 if not decision.eligible:
                     plain.append(decision)
                     continue
-                outcome = await self._act(conn, snapshot, row["config"], decision, cfg, effective, actor=actor,
-                                          dry_run=None, mode="daemon")
+                outcome = await self._act(conn, row, snapshot, decision, cfg, effective, actor=actor, dry_run=None,
+                                          mode="daemon")
                 out.append(outcome)
                 if outcome.action == "promoted":
                     promoted.append(outcome)

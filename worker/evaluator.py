@@ -14,6 +14,7 @@ instead of at the same time. A transaction-scoped lock works behind PgBouncer in
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
@@ -39,24 +40,36 @@ BATCH_MAX = 256
 
 
 class Wake:
-    """A coalescing wake-up: any number of ``set()`` calls before ``wait()`` returns count as one."""
+    """A coalescing wake-up: any number of ``set()`` calls before ``wait()`` returns count as one.
+
+    Built on asyncio directly (asyncpg ties the worker to asyncio anyway): it is on the path of every update, and a
+    timer handle costs less than a cancel scope.
+    """
 
     def __init__(self) -> None:
-        self._event = anyio.Event()
+        self._event = asyncio.Event()
+        self._woken = False
 
     def set(self) -> None:
+        self._woken = True
         self._event.set()
 
     def is_set(self) -> bool:
-        return self._event.is_set()
+        return self._woken
 
     async def wait(self, within: float | None = None) -> bool:
         """Wait for a ``set()`` (at most ``within`` seconds); True when woken. Clears the wake-up."""
-        with anyio.move_on_after(within):
-            await self._event.wait()
-        woken = self._event.is_set()
-        if woken:
-            self._event = anyio.Event()
+        if not self._woken:
+            if within is None:
+                await self._event.wait()
+            elif within > 0:
+                timer = asyncio.get_running_loop().call_later(within, self._event.set)
+                try:
+                    await self._event.wait()
+                finally:
+                    timer.cancel()
+        woken, self._woken = self._woken, False
+        self._event.clear()
         return woken
 
 

@@ -84,7 +84,8 @@ SELECT id, experiment_name, rollback_request_reason, rollback_requested_by FROM 
 
 -- name: experiment_snapshot
 -- Everything a decision reads about experiment $1, in one round trip; $2 = critical-alert lookback in seconds.
--- queries.py derives try_lock_snapshot from it (the same, locking the experiment row, SKIP LOCKED).
+-- promotion_targets: the notification_configs rows a promotion would be routed over (so that a promotion needs no
+-- read of its own). queries.py derives try_lock_snapshot and lock_running_snapshots from it.
 SELECT e.id, e.name, e.status, e.started_at, e.metric_type, e.priority, e.config, now() AS now,
        (SELECT coalesce(json_agg(json_build_object(
                    'name', v.name, 'is_control', v.is_control, 'weight', v.traffic_weight::float8,
@@ -105,7 +106,12 @@ SELECT e.id, e.name, e.status, e.started_at, e.metric_type, e.priority, e.config
            AND (a.experiment_id = e.id OR a.experiment_id IS NULL)
            AND a.created_at >= now() - make_interval(secs => $2)) AS critical_alerts,
        (SELECT count(*) FROM experiment_promotions p WHERE p.rollback_at IS NULL AND p.guard_until > now())
-           AS promotions_in_guard_window
+           AS promotions_in_guard_window,
+       (SELECT coalesce(json_agg(json_build_object('id', c.id, 'name', c.name, 'channel', c.channel,
+                                                   'target', c.target, 'events', c.events,
+                                                   'min_priority', c.min_priority) ORDER BY c.id), '[]'::json)
+          FROM notification_configs c WHERE c.enabled AND 'promotion.promoted' = ANY (c.events))
+           AS promotion_targets
   FROM ab_experiments e WHERE e.id = $1;
 
 -- name: all_open_critical_alerts
@@ -123,28 +129,18 @@ SELECT experiment_id, id, guard_until > now() AS in_guard FROM experiment_promot
 -- SHARE) never wait for it.
 SELECT id, name, status, config, priority FROM ab_experiments WHERE id = $1 FOR NO KEY UPDATE;
 
--- name: take_promotion_slot
--- Serialise promotions (transaction-level advisory lock $1, so that concurrent promotions cannot both slip under
--- maxConcurrentPromotions) and, in the same round trip, read the notification targets subscribed to event $2.
-SELECT pg_advisory_xact_lock($1) IS NOT NULL AS locked,
-       (SELECT coalesce(json_agg(json_build_object('id', c.id, 'name', c.name, 'channel', c.channel,
-                                                   'target', c.target, 'events', c.events,
-                                                   'min_priority', c.min_priority) ORDER BY c.id), '[]'::json)
-          FROM notification_configs c WHERE c.enabled AND $2::text = ANY (c.events)) AS configs;
-
 -- name: promote_write
--- Everything a promotion writes, in one statement: the promotion row $15 (only while fewer than $14 promotions are
--- inside their guard window), the winner's weight 100 and the others' 0, status 'promoted', the audit row, the
--- notification outbox rows (one per route: $16..$20 arrays, $21 payload, $22 priority, $23 detailed), the last
--- decision ($12) and its history snapshot per treatment ($24..$30 arrays, $31 control exposures). No row back
--- means the concurrency limit was reached and nothing was written.
+-- Everything a promotion writes, in one statement: the promotion row $15 (only when ab_take_promotion_slot, under
+-- advisory lock $32, finds fewer than $14 promotions inside their guard window), the winner's weight 100 and the
+-- others' 0, status 'promoted', the audit row, the notification outbox rows (one per route: $16..$20 arrays, $21
+-- payload, $22 priority, $23 detailed), the last decision ($12) and its history snapshot per treatment ($24..$30
+-- arrays, $31 control exposures). No row back means the concurrency limit was reached and nothing was written.
 WITH p AS (
     INSERT INTO experiment_promotions (id, experiment_id, experiment_name, promoted_variant_name,
                                        control_variant_name, confidence, improvement, method, promoted_by,
                                        previous_weights, baseline_stats, guard_until, decision)
     SELECT $15, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now() + make_interval(secs => $11), $12
-     WHERE (SELECT count(*) FROM experiment_promotions
-             WHERE rollback_at IS NULL AND guard_until > now()) < $14
+     WHERE ab_take_promotion_slot($32, $14)
     RETURNING id, promoted_at
 ), w AS (
     UPDATE ab_variants SET traffic_weight = CASE WHEN name = $3 THEN 100 ELSE 0 END
