@@ -9,6 +9,7 @@ import anyio
 import asyncpg
 import pytest
 
+from tests.daemon_support import wait_for
 from tests.factories import create_experiment, record
 from worker.config import EffectiveConfig, Settings, load_config, load_settings
 from worker.engine import (
@@ -495,9 +496,7 @@ async def test_racing_promotions_of_different_experiments_respect_the_concurrenc
         async with anyio.create_task_group() as tg:
             for i, name in enumerate(names):
                 tg.start_soon(attempt, engines[i % len(engines)], name)
-            with anyio.fail_after(30):
-                while not await waiting_for_the_slot():
-                    await anyio.sleep(0.01)
+            await wait_for(waiting_for_the_slot, what="all eight promotions to wait for the promotion slot")
             await tx.commit()
     finally:
         await gate.close()
