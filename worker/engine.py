@@ -246,10 +246,13 @@ class Engine:
             "dryRun": dry_run,
         }
 
-    async def _record_evaluation(self, conn: asyncpg.Connection, decision: Decision) -> bool | None:
-        """Store the last decision and, when due, a history snapshot (one statement); the previous eligibility."""
+    async def _record_evaluation(self, conn: asyncpg.Connection, decision: Decision,
+                                 check: dict[str, Any] | None = None) -> bool | None:
+        """Store the last decision (``check``: its check data, if built already) and, when due, a history snapshot
+        (one statement); the previous eligibility."""
         row = await conn.fetchrow(Q["record_evaluation"], decision.experiment_id, decision.eligible,
-                                  decision.to_check_data(), *_history_args(decision), SNAPSHOT_MIN_INTERVAL_S)
+                                  check if check is not None else decision.to_check_data(), *_history_args(decision),
+                                  SNAPSHOT_MIN_INTERVAL_S)
         await self._thin_if_due(conn, decision.experiment_id, row["evaluations"], row["snapshots"])
         previous = row["previous"]
         return None if previous is None else bool(previous)
@@ -381,6 +384,10 @@ class Engine:
                 {"promotionId": snapshot.active_promotion_id},
             )
         check = decision.to_check_data()
+        if daemon and (not decision.eligible or not cfg.enabled):
+            # The daemon's common case: nothing to do but remember the decision.
+            await self._record_evaluation(conn, decision, check)
+            return Evaluation(experiment_id, snapshot.name, decision, "evaluated")
         winner = decision.winner
         promoted_name = winner.variant if winner is not None and decision.eligible else None
         base: dict[str, Any] = {
@@ -390,14 +397,8 @@ class Engine:
             "improvement": decision.improvement,
         }
         audit_details = {"decision": check, "config": cfg.public(), "preset": effective.preset, "dryRun": dry}
-        if daemon and not decision.eligible:
-            await self._record_evaluation(conn, decision)
-            return Evaluation(experiment_id, snapshot.name, decision, "evaluated")
-        if daemon and not cfg.enabled:
-            await self._record_evaluation(conn, decision)
-            return Evaluation(experiment_id, snapshot.name, decision, "evaluated")
         if dry:
-            previous = await self._record_evaluation(conn, decision)
+            previous = await self._record_evaluation(conn, decision, check)
             if daemon and previous is True:
                 return Evaluation(experiment_id, snapshot.name, decision, "evaluated")
             queued = 0
@@ -416,7 +417,7 @@ class Engine:
             if mode == "request":
                 await self._audit(conn, actor, "promotion_refused", snapshot.id, snapshot.name, None,
                                   {**audit_details, "reasons": list(decision.reasons)})
-            await self._record_evaluation(conn, decision)
+            await self._record_evaluation(conn, decision, check)
             return Evaluation(experiment_id, snapshot.name, decision, "refused", refused)
         promotion_id = uuid.uuid4()
         previous_weights = {v.name: v.weight for v in snapshot.variants}
