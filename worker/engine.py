@@ -620,7 +620,7 @@ class Engine:
         own, so that one experiment's failure never holds the others back.
         """
         if len(experiment_ids) == 1:
-            return [await self.evaluate_experiment(experiment_ids[0], actor=actor)]  # fewer round trips for one
+            return [await self.evaluate_experiment(experiment_ids[0], actor=actor)]  # a failure is recorded at once
         try:
             out, promoted = await self._evaluate_batch(experiment_ids, actor)
         except (asyncpg.PostgresError, StatsInputError) as exc:
