@@ -507,3 +507,35 @@ async def test_racing_promotions_of_different_experiments_respect_the_concurrenc
     for refused in (o for o in outcomes if not o["success"]):
         assert any("concurrency limit" in r for r in refused["reasons"]), refused["reasons"]
     assert await conn.fetchval("SELECT count(*) FROM ab_experiments WHERE status = 'promoted'") == 1
+
+
+async def test_only_transactions_that_store_decisions_alone_commit_relaxed(engine: Engine, conn: asyncpg.Connection,
+                                                                          pool: asyncpg.Pool) -> None:
+    # A relaxed commit (synchronous_commit off for that transaction only) is for work whose loss in a database crash
+    # loses nothing: a fold, or a transaction that only stores decisions. Never a promotion or an audit row.
+    from worker.fold import fold_batch
+
+    exp_id = await seed_winner(conn, "relaxed", started_hours_ago=1)  # not eligible: runtime too short
+    async with pool.acquire() as c:
+        await c.execute("SET synchronous_commit = on")  # whatever the server's default, for this session
+        with pytest.raises(RuntimeError, match="transaction of its own"):
+            async with c.transaction():
+                await fold_batch(c, limit=100, relaxed=True)
+        assert (await fold_batch(c, limit=100, relaxed=True)).updates == 2
+        assert await c.fetchval("SHOW synchronous_commit") == "on"  # it ended with the fold's own transaction
+        decision = (await engine.evaluate_many([exp_id]))[0].decision
+        assert decision is not None and not decision.eligible
+        async with c.transaction():
+            await engine._record_evaluation(c, decision)
+            assert await c.fetchval("SHOW synchronous_commit") == "on"
+        async with c.transaction():
+            await engine._record_evaluation(c, decision, relaxed=True)
+            assert await c.fetchval("SHOW synchronous_commit") == "off"
+        assert await c.fetchval("SHOW synchronous_commit") == "on"
+        async with c.transaction():
+            await engine._record_many(c, [decision], relaxed=True)
+            assert await c.fetchval("SHOW synchronous_commit") == "off"
+        async with c.transaction():
+            await engine._record_many(c, [decision])
+            assert await c.fetchval("SHOW synchronous_commit") == "on"
+    assert await conn.fetchval("SELECT evaluations FROM ab_experiment_state WHERE experiment_id = $1", exp_id) == 5

@@ -247,12 +247,13 @@ class Engine:
         }
 
     async def _record_evaluation(self, conn: asyncpg.Connection, decision: Decision,
-                                 check: dict[str, Any] | None = None) -> bool | None:
+                                 check: dict[str, Any] | None = None, *, relaxed: bool = False) -> bool | None:
         """Store the last decision (``check``: its check data, if built already) and, when due, a history snapshot
-        (one statement); the previous eligibility."""
+        (one statement); the previous eligibility. ``relaxed``: the transaction writes nothing else, so it may
+        commit without waiting for the WAL flush (worker.fold.RELAXED_COMMIT)."""
         row = await conn.fetchrow(Q["record_evaluation"], decision.experiment_id, decision.eligible,
                                   check if check is not None else decision.to_check_data(), *_history_args(decision),
-                                  SNAPSHOT_MIN_INTERVAL_S)
+                                  SNAPSHOT_MIN_INTERVAL_S, relaxed)
         await self._thin_if_due(conn, decision.experiment_id, row["evaluations"], row["snapshots"])
         previous = row["previous"]
         return None if previous is None else bool(previous)
@@ -336,7 +337,7 @@ class Engine:
         self._committed("promotion.promoted", result)
 
     async def _decide_and_act(self, conn: asyncpg.Connection, experiment_id: int, effective: EffectiveConfig, *,
-                              actor: str, dry_run: bool | None, mode: str) -> Evaluation:
+                              actor: str, dry_run: bool | None, mode: str, alone: bool = False) -> Evaluation:
         """The one evaluation path, inside the caller's transaction, on the locked experiment row.
 
         ``mode``: "request" (API/CLI promote: waits for the row lock, folds pending updates, audits refusals),
@@ -365,13 +366,13 @@ class Engine:
         snapshot = _snapshot_from_row(row)
         decision, cfg = self._decide(snapshot, effective, row["config"])
         return await self._act(conn, row, snapshot, decision, cfg, effective, actor=actor, dry_run=dry_run,
-                               mode=mode)
+                               mode=mode, alone=alone)
 
     async def _act(self, conn: asyncpg.Connection, row: Mapping[str, Any], snapshot: ExperimentSnapshot,
                    decision: Decision, cfg: AutoPromotionConfig, effective: EffectiveConfig, *, actor: str,
-                   dry_run: bool | None, mode: str) -> Evaluation:
+                   dry_run: bool | None, mode: str, alone: bool = False) -> Evaluation:
         """What a decision on a locked experiment (``row``: its experiment_snapshot row) leads to: record it, and
-        promote, refuse or audit a dry run."""
+        promote, refuse or audit a dry run. ``alone``: this evaluation is its transaction's only work."""
         daemon = mode == "daemon"
         experiment_id = snapshot.id
         overrides = row["config"]
@@ -385,8 +386,9 @@ class Engine:
             )
         check = decision.to_check_data()
         if daemon and (not decision.eligible or not cfg.enabled):
-            # The daemon's common case: nothing to do but remember the decision.
-            await self._record_evaluation(conn, decision, check)
+            # The daemon's common case: nothing to do but remember the decision. A lone evaluation's transaction
+            # holds nothing else, so its commit need not wait for the disk.
+            await self._record_evaluation(conn, decision, check, relaxed=alone)
             return Evaluation(experiment_id, snapshot.name, decision, "evaluated")
         winner = decision.winner
         promoted_name = winner.variant if winner is not None and decision.eligible else None
@@ -557,7 +559,7 @@ class Engine:
             try:
                 async with conn.transaction():
                     outcome = await self._decide_and_act(conn, experiment_id, effective, actor=actor, dry_run=None,
-                                                         mode="daemon")
+                                                         mode="daemon", alone=True)
             except (asyncpg.PostgresError, StatsInputError) as exc:
                 exp = await conn.fetchrow(Q["experiment_by_id"], experiment_id)
                 if exp is not None:
@@ -573,7 +575,7 @@ class Engine:
         return outcome
 
     async def _record_many(self, conn: asyncpg.Connection, decisions: list[Decision], *, history: bool = True,
-                           checks: Mapping[int, dict[str, Any]] | None = None) -> None:
+                           checks: Mapping[int, dict[str, Any]] | None = None, relaxed: bool = False) -> None:
         """_record_evaluation for many decisions in one statement (plus thinning where due).
 
         ``history=False`` (the scan) stores the last decisions only: the chart history is the evaluations'.
@@ -606,7 +608,7 @@ class Engine:
                 s_conf.append(_finite(c.confidence))
                 s_el.append(d.eligible)
         thin = await conn.fetch(Q["record_evaluations_bulk"], ids, eligible, check_data, s_ids, s_names, s_n, s_ctl,
-                                s_lift, s_lo, s_hi, s_conf, s_el, SNAPSHOT_MIN_INTERVAL_S)
+                                s_lift, s_lo, s_hi, s_conf, s_el, SNAPSHOT_MIN_INTERVAL_S, relaxed)
         for row in thin:
             await conn.execute(Q["thin_snapshots"], row["experiment_id"], SNAPSHOT_MAX_ROWS)
 
@@ -673,7 +675,9 @@ class Engine:
                 out.append(outcome)
                 if outcome.action == "promoted":
                     promoted.append(outcome)
-            await self._record_many(conn, plain)
+            # Only decisions in this transaction (nothing was promoted or audited): its commit need not wait for the
+            # disk (worker.fold.RELAXED_COMMIT).
+            await self._record_many(conn, plain, relaxed=len(plain) == len(pairs))
             out.extend(Evaluation(d.experiment_id, d.experiment_name, d, "evaluated") for d in plain)
         return out, promoted
 

@@ -286,7 +286,7 @@ class Folder:
             conn = await self._connection()
             # One statement (DELETE ... RETURNING feeding the upsert) is its own transaction: atomic without a
             # BEGIN/COMMIT pair, which would cost two more round trips on the decision path.
-            result = await fold_batch(conn, limit=limit)
+            result = await fold_batch(conn, limit=limit, relaxed=True)
             if result.updates:
                 total += result.updates
                 self.folded_total += result.updates

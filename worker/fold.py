@@ -15,9 +15,17 @@ import asyncpg
 
 from worker.db.queries import Q
 
-_FOLD_ALL = Q["fold_pending"]
+# A relaxed commit does not wait for the WAL flush. Used only for transactions whose loss in a database crash loses
+# nothing: a fold (the claimed updates come back into the queue with it and are folded again; a later synchronous
+# commit, such as a promotion decided on the folded numbers, flushes it first, since WAL is written in order) and a
+# transaction that only stores decisions (a lost one leaves the experiment's statistics newer than its last
+# evaluation, so the catch-up evaluates it again). It saves a disk flush on the decision path.
+RELAXED_COMMIT = ", set_config('synchronous_commit', 'off', true) AS relaxed"
+
+_FOLD_ALL = Q["fold_pending"].replace("/*relaxed*/", "")
 _FOLD_SOME = _FOLD_ALL.replace("/*filter*/", "WHERE experiment_id = ANY($2::bigint[])")
-assert _FOLD_SOME != _FOLD_ALL, "queries.sql: fold_pending lost its /*filter*/ marker"
+_FOLD_RELAXED = Q["fold_pending"].replace("/*relaxed*/", RELAXED_COMMIT)
+assert _FOLD_SOME != _FOLD_ALL != _FOLD_RELAXED, "queries.sql: fold_pending lost a /*filter*/ or /*relaxed*/ marker"
 
 
 @dataclass(slots=True)
@@ -33,10 +41,18 @@ class FoldResult:
 
 
 async def fold_batch(
-    conn: asyncpg.Connection, *, limit: int, experiment_ids: Sequence[int] | None = None
+    conn: asyncpg.Connection, *, limit: int, experiment_ids: Sequence[int] | None = None, relaxed: bool = False
 ) -> FoldResult:
-    """Fold up to ``limit`` pending updates in the caller's transaction (or its own, if none is open)."""
-    if experiment_ids is None:
+    """Fold up to ``limit`` pending updates in the caller's transaction (or its own, if none is open).
+
+    ``relaxed`` (the daemon's folder, never inside a caller's transaction): commit without waiting for the WAL
+    flush, see RELAXED_COMMIT.
+    """
+    if relaxed:
+        if conn.is_in_transaction():
+            raise RuntimeError("a relaxed fold must be a transaction of its own")
+        rows = await conn.fetch(_FOLD_RELAXED, limit)
+    elif experiment_ids is None:
         rows = await conn.fetch(_FOLD_ALL, limit)
     else:
         rows = await conn.fetch(_FOLD_SOME, limit, list(experiment_ids))

@@ -3,7 +3,8 @@
 
 -- name: fold_pending
 -- Claim up to $1 pending metric updates and fold them into ab_variant_stats, in one statement.
--- fold.py derives a per-experiment variant by replacing the /*filter*/ marker with a WHERE clause on $2.
+-- fold.py derives a per-experiment variant by replacing the /*filter*/ marker with a WHERE clause on $2, and the
+-- daemon's variant by replacing /*relaxed*/ with a relaxed commit (see RELAXED_COMMIT in fold.py).
 WITH claimed AS (
     DELETE FROM ab_metric_updates
      WHERE id IN (SELECT id FROM ab_metric_updates /*filter*/ ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
@@ -34,7 +35,7 @@ WITH claimed AS (
     RETURNING 1
 )
 SELECT experiment_id, sum(n)::bigint AS updates, max(last_recorded_at) AS last_recorded_at,
-       (SELECT count(*) FROM upserted) AS variants
+       (SELECT count(*) FROM upserted) AS variants /*relaxed*/
   FROM agg GROUP BY experiment_id;
 
 -- name: queue_backlog
@@ -181,8 +182,9 @@ SELECT p.id, p.promoted_at, (SELECT evaluations FROM st) AS evaluations, (SELECT
 -- name: record_evaluation
 -- Remember the last decision ($2 eligible, $3 check data) and, when due, append a history snapshot per treatment
 -- ($4..$10 arrays, $11 control exposures): due when there is none yet, the last is $12 seconds old, the control
--- grew by a quarter, or the decision is eligible. Returns the previous eligibility, the evaluation count and
--- whether a snapshot was added.
+-- grew by a quarter, or the decision is eligible. $13: commit without waiting for the WAL flush (only for a
+-- transaction that writes nothing but decisions: see RELAXED_COMMIT in fold.py). Returns the previous eligibility,
+-- the evaluation count and whether a snapshot was added.
 WITH prev AS (
     SELECT eligible FROM ab_experiment_state WHERE experiment_id = $1
 ), up AS (
@@ -207,7 +209,8 @@ WITH prev AS (
     RETURNING 1
 )
 SELECT (SELECT eligible FROM prev) AS previous, (SELECT evaluations FROM up) AS evaluations,
-       (SELECT count(*) FROM ins) AS snapshots;
+       (SELECT count(*) FROM ins) AS snapshots,
+       CASE WHEN $13 THEN set_config('synchronous_commit', 'off', true) END AS relaxed;
 
 -- name: thin_snapshots
 -- Keep the snapshot history of one experiment bounded.
@@ -229,8 +232,8 @@ SELECT v.experiment_id, v.name, v.is_control, v.traffic_weight::float8 AS weight
 
 -- name: record_evaluations_bulk
 -- record_evaluation for many experiments: states ($1 ids, $2 eligible, $3 check data) and the history snapshots
--- that are due ($4.. one element per treatment; $13 = minimum seconds between snapshots). Returns the experiments
--- whose history should be thinned now.
+-- that are due ($4.. one element per treatment; $13 = minimum seconds between snapshots; $14 = relaxed commit, as
+-- in record_evaluation). Returns the experiments whose history should be thinned now.
 WITH up AS (
     INSERT INTO ab_experiment_state AS st (experiment_id, last_evaluated_at, evaluations, eligible, decision)
     SELECT id, now(), 1, el, d FROM unnest($1::bigint[], $2::boolean[], $3::jsonb[]) AS u(id, el, d)
@@ -253,7 +256,9 @@ WITH up AS (
     RETURNING experiment_id
 )
 SELECT DISTINCT ins.experiment_id FROM ins JOIN up ON up.experiment_id = ins.experiment_id
- WHERE up.evaluations % 25 = 0;
+ WHERE up.evaluations % 25 = 0
+UNION ALL
+SELECT NULL WHERE CASE WHEN $14 THEN set_config('synchronous_commit', 'off', true) IS NULL ELSE false END;
 
 -- name: fresh_states
 -- Experiments among $1 whose last decision was stored less than $2 seconds ago, with its eligibility.
