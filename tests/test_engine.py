@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from typing import Any
 
@@ -538,4 +539,50 @@ async def test_only_transactions_that_store_decisions_alone_commit_relaxed(engin
         async with c.transaction():
             await engine._record_many(c, [decision])
             assert await c.fetchval("SHOW synchronous_commit") == "on"
-    assert await conn.fetchval("SELECT evaluations FROM ab_experiment_state WHERE experiment_id = $1", exp_id) == 5
+        # A decision that changes the stored eligibility always commits synchronously.
+        flipped = dataclasses.replace(decision, eligible=True)
+        async with c.transaction():
+            await engine._record_evaluation(c, flipped, relaxed=True)
+            assert await c.fetchval("SHOW synchronous_commit") == "on"
+        async with c.transaction():
+            await engine._record_many(c, [decision], relaxed=True)
+            assert await c.fetchval("SHOW synchronous_commit") == "on"
+    assert await conn.fetchval("SELECT evaluations FROM ab_experiment_state WHERE experiment_id = $1", exp_id) == 7
+
+
+def test_transient_database_errors_are_told_apart_from_the_datas() -> None:
+    from worker.engine import transient_db_error
+
+    for transient in (asyncpg.exceptions.DeadlockDetectedError("x"), asyncpg.exceptions.SerializationError("x"),
+                      asyncpg.exceptions.ReadOnlySQLTransactionError("x"), asyncpg.exceptions.AdminShutdownError("x"),
+                      asyncpg.exceptions.QueryCanceledError("x"), asyncpg.exceptions.TooManyConnectionsError("x"),
+                      asyncpg.exceptions.LockNotAvailableError("x")):
+        assert transient_db_error(transient), type(transient).__name__
+    for own in (asyncpg.exceptions.RaiseError("x"), asyncpg.exceptions.UniqueViolationError("x"),
+                asyncpg.exceptions.CheckViolationError("x"), ValueError("x")):
+        assert not transient_db_error(own), type(own).__name__
+
+
+async def test_batch_that_fails_transiently_is_retried_whole_and_reported_nowhere(engine: Engine,
+                                                                                 conn: asyncpg.Connection) -> None:
+    # A serialisation failure says nothing about the experiments: the batch propagates it (the evaluator retries
+    # it a moment later) instead of splitting it up and reporting each experiment as failed.
+    from worker.fold import fold_pending_updates
+
+    winner = await seed_winner(conn, "transient-winner")
+    young = await seed_winner(conn, "transient-young", started_hours_ago=1)
+    await fold_pending_updates(conn)
+    await conn.execute("""
+        CREATE FUNCTION fail_transiently_for_test() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN RAISE EXCEPTION 'try again' USING ERRCODE = '40001'; END $$;
+        CREATE TRIGGER fail_transiently BEFORE INSERT ON experiment_promotions
+            FOR EACH ROW EXECUTE FUNCTION fail_transiently_for_test();
+    """)
+    with pytest.raises(asyncpg.exceptions.SerializationError):
+        await engine.evaluate_many([winner, young])
+    assert await conn.fetchval("SELECT count(*) FROM ab_promotion_audit_log") == 0
+    assert await conn.fetchval("SELECT count(*) FROM notification_outbox") == 0
+    assert await conn.fetchval("SELECT count(*) FROM ab_experiment_state") == 0  # the batch rolled back whole
+    await conn.execute("DROP TRIGGER fail_transiently ON experiment_promotions")
+    out = {e.experiment_id: e.action for e in await engine.evaluate_many([winner, young])}
+    assert out == {winner: "promoted", young: "evaluated"}

@@ -561,9 +561,10 @@ class Engine:
                     outcome = await self._decide_and_act(conn, experiment_id, effective, actor=actor, dry_run=None,
                                                          mode="daemon", alone=True)
             except (asyncpg.PostgresError, StatsInputError) as exc:
-                exp = await conn.fetchrow(Q["experiment_by_id"], experiment_id)
-                if exp is not None:
-                    await self._record_failure(conn, exp, effective, actor, exc)
+                if not transient_db_error(exc):  # a database that is restarting etc. is retried, not reported
+                    exp = await conn.fetchrow(Q["experiment_by_id"], experiment_id)
+                    if exp is not None:
+                        await self._record_failure(conn, exp, effective, actor, exc)
                 raise
         decision = outcome.decision
         if decision is not None:
@@ -618,15 +619,16 @@ class Engine:
         One statement locks the running ones (``SKIP LOCKED``: one held elsewhere comes back "busy") and reads their
         snapshots; the not-eligible ones are recorded in one statement; an eligible one is promoted on its locked
         row in the same transaction. Experiments that are not running come back "skipped" (promoted ones are the
-        guard's). Should the batch fail in the database, each experiment is evaluated again in a transaction of its
-        own, so that one experiment's failure never holds the others back.
+        guard's). Should the database refuse the batch for a reason that may be one experiment's (not a transient
+        one: those propagate, and the caller retries the batch), each experiment is evaluated again in a
+        transaction of its own, so that one experiment's failure never holds the others back.
         """
         if len(experiment_ids) == 1:
             return [await self.evaluate_experiment(experiment_ids[0], actor=actor)]  # a failure is recorded at once
         try:
             out, promoted = await self._evaluate_batch(experiment_ids, actor)
         except (asyncpg.PostgresError, StatsInputError) as exc:
-            if isinstance(exc, asyncpg.PostgresConnectionError):
+            if transient_db_error(exc):
                 raise
             log.warning("evaluation.batch_failed", error=f"{type(exc).__name__}: {exc}",
                         experiments=len(experiment_ids), retry="one transaction per experiment")
@@ -639,10 +641,12 @@ class Engine:
         return out
 
     async def _evaluate_alone(self, experiment_id: int, actor: str) -> Evaluation:
+        """evaluate_experiment; its own failure (already recorded and reported) comes back as "failed", for the
+        reconciliation scan to try again; a transient one propagates."""
         try:
             return await self.evaluate_experiment(experiment_id, actor=actor)
         except (asyncpg.PostgresError, StatsInputError) as exc:
-            if isinstance(exc, asyncpg.PostgresConnectionError):
+            if transient_db_error(exc):
                 raise
             return Evaluation(experiment_id, "?", None, "failed")
 
@@ -860,6 +864,21 @@ def _sketch(raw: Any) -> LatencySketch:
         return LatencySketch.from_json(raw or None)
     except StatsInputError:
         return LatencySketch()
+
+
+# SQLSTATE classes and codes that say nothing about the experiment being evaluated: connection trouble (08),
+# insufficient resources (53), operator intervention such as a shutdown or a cancelled statement (57), a
+# serialisation failure or deadlock (40), a read-only database after a failover (25006), a lock not available (55P03).
+_TRANSIENT_CLASSES = ("08", "40", "53", "57")
+_TRANSIENT_CODES = ("25006", "55P03")
+
+
+def transient_db_error(exc: BaseException) -> bool:
+    """True for a database error worth retrying as it is, false for one that may be the data's."""
+    code = getattr(exc, "sqlstate", None)
+    if not isinstance(exc, asyncpg.PostgresError) or not isinstance(code, str):
+        return False
+    return code[:2] in _TRANSIENT_CLASSES or code in _TRANSIENT_CODES
 
 
 def _count_evaluation(decision: Decision) -> None:

@@ -58,16 +58,22 @@ class Wake:
         return self._woken
 
     async def wait(self, within: float | None = None) -> bool:
-        """Wait for a ``set()`` (at most ``within`` seconds); True when woken. Clears the wake-up."""
-        if not self._woken:
-            if within is None:
+        """Wait for a ``set()`` (at most ``within`` seconds); True when woken. Clears the wake-up. Always yields to
+        the event loop, so that a caller looping on it cannot starve other tasks."""
+        try:
+            if self._woken or (within is not None and within <= 0):
+                await asyncio.sleep(0)
+            elif within is None:
                 await self._event.wait()
-            elif within > 0:
+            else:
                 timer = asyncio.get_running_loop().call_later(within, self._event.set)
                 try:
                     await self._event.wait()
                 finally:
                     timer.cancel()
+        finally:
+            if not self._woken:
+                self._event.clear()  # the timer's, even when the wait was cancelled
         woken, self._woken = self._woken, False
         self._event.clear()
         return woken

@@ -18,8 +18,9 @@ from worker.db.queries import Q
 # A relaxed commit does not wait for the WAL flush. Used only for transactions whose loss in a database crash loses
 # nothing: a fold (the claimed updates come back into the queue with it and are folded again; a later synchronous
 # commit, such as a promotion decided on the folded numbers, flushes it first, since WAL is written in order) and a
-# transaction that only stores decisions (a lost one leaves the experiment's statistics newer than its last
-# evaluation, so the catch-up evaluates it again). It saves a disk flush on the decision path.
+# transaction that only stores decisions that keep their experiment's stored eligibility (a lost one leaves the
+# statistics newer than the last evaluation, so the catch-up evaluates it again, and no eligibility change, which
+# the dry-run notifications key on, is ever lost). It saves a disk flush on the decision path.
 RELAXED_COMMIT = ", set_config('synchronous_commit', 'off', true) AS relaxed"
 
 _FOLD_ALL = Q["fold_pending"].replace("/*relaxed*/", "")

@@ -182,9 +182,9 @@ SELECT p.id, p.promoted_at, (SELECT evaluations FROM st) AS evaluations, (SELECT
 -- name: record_evaluation
 -- Remember the last decision ($2 eligible, $3 check data) and, when due, append a history snapshot per treatment
 -- ($4..$10 arrays, $11 control exposures): due when there is none yet, the last is $12 seconds old, the control
--- grew by a quarter, or the decision is eligible. $13: commit without waiting for the WAL flush (only for a
--- transaction that writes nothing but decisions: see RELAXED_COMMIT in fold.py). Returns the previous eligibility,
--- the evaluation count and whether a snapshot was added.
+-- grew by a quarter, or the decision is eligible. $13: commit without waiting for the WAL flush when the stored
+-- eligibility does not change (only for a transaction that writes nothing but decisions: see RELAXED_COMMIT in
+-- fold.py). Returns the previous eligibility, the evaluation count and whether a snapshot was added.
 WITH prev AS (
     SELECT eligible FROM ab_experiment_state WHERE experiment_id = $1
 ), up AS (
@@ -210,7 +210,8 @@ WITH prev AS (
 )
 SELECT (SELECT eligible FROM prev) AS previous, (SELECT evaluations FROM up) AS evaluations,
        (SELECT count(*) FROM ins) AS snapshots,
-       CASE WHEN $13 THEN set_config('synchronous_commit', 'off', true) END AS relaxed;
+       CASE WHEN $13 AND (SELECT eligible FROM prev) IS NOT DISTINCT FROM $2
+            THEN set_config('synchronous_commit', 'off', true) END AS relaxed;
 
 -- name: thin_snapshots
 -- Keep the snapshot history of one experiment bounded.
@@ -233,8 +234,11 @@ SELECT v.experiment_id, v.name, v.is_control, v.traffic_weight::float8 AS weight
 -- name: record_evaluations_bulk
 -- record_evaluation for many experiments: states ($1 ids, $2 eligible, $3 check data) and the history snapshots
 -- that are due ($4.. one element per treatment; $13 = minimum seconds between snapshots; $14 = relaxed commit, as
--- in record_evaluation). Returns the experiments whose history should be thinned now.
-WITH up AS (
+-- in record_evaluation: when no stored eligibility changes). Returns the experiments whose history should be
+-- thinned now.
+WITH prev AS (
+    SELECT experiment_id, eligible FROM ab_experiment_state WHERE experiment_id = ANY($1::bigint[])
+), up AS (
     INSERT INTO ab_experiment_state AS st (experiment_id, last_evaluated_at, evaluations, eligible, decision)
     SELECT id, now(), 1, el, d FROM unnest($1::bigint[], $2::boolean[], $3::jsonb[]) AS u(id, el, d)
     ON CONFLICT (experiment_id) DO UPDATE SET last_evaluated_at = now(), evaluations = st.evaluations + 1,
@@ -258,7 +262,11 @@ WITH up AS (
 SELECT DISTINCT ins.experiment_id FROM ins JOIN up ON up.experiment_id = ins.experiment_id
  WHERE up.evaluations % 25 = 0
 UNION ALL
-SELECT NULL WHERE CASE WHEN $14 THEN set_config('synchronous_commit', 'off', true) IS NULL ELSE false END;
+SELECT NULL WHERE CASE WHEN $14 AND NOT EXISTS (
+                           SELECT 1 FROM unnest($1::bigint[], $2::boolean[]) AS u(id, el)
+                             LEFT JOIN prev ON prev.experiment_id = u.id
+                            WHERE prev.eligible IS DISTINCT FROM u.el)
+                       THEN set_config('synchronous_commit', 'off', true) IS NULL ELSE false END;
 
 -- name: fresh_states
 -- Experiments among $1 whose last decision was stored less than $2 seconds ago, with its eligibility.
