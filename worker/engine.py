@@ -349,13 +349,12 @@ class Engine:
         if daemon:
             # Lock and read in one round trip. Alerts over the longest lookback a config may set: decide() keeps
             # those inside the experiment's own.
-            exp = await conn.fetchrow(Q["try_lock_snapshot"], experiment_id, MAX_ALERT_LOOKBACK_S)
-            if exp is None:
+            row = await conn.fetchrow(Q["try_lock_snapshot"], experiment_id, MAX_ALERT_LOOKBACK_S)
+            if row is None:
                 exists = await conn.fetchval("SELECT 1 FROM ab_experiments WHERE id = $1", experiment_id)
                 return Evaluation(experiment_id, "?", None, "busy" if exists else "skipped")
-            if exp["status"] != "running":
-                return Evaluation(experiment_id, exp["name"], None, "skipped")
-            row = exp
+            if row["status"] != "running":
+                return Evaluation(experiment_id, row["name"], None, "skipped")
         else:
             exp = await conn.fetchrow(Q["lock_experiment"], experiment_id)
             if exp is None:

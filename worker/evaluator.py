@@ -72,10 +72,8 @@ class Wake:
                 finally:
                     timer.cancel()
         finally:
-            if not self._woken:
-                self._event.clear()  # the timer's, even when the wait was cancelled
+            self._event.clear()  # a set() is kept in _woken; this drops the timer's, even after a cancellation
         woken, self._woken = self._woken, False
-        self._event.clear()
         return woken
 
 

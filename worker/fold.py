@@ -46,12 +46,12 @@ async def fold_batch(
 ) -> FoldResult:
     """Fold up to ``limit`` pending updates in the caller's transaction (or its own, if none is open).
 
-    ``relaxed`` (the daemon's folder, never inside a caller's transaction): commit without waiting for the WAL
-    flush, see RELAXED_COMMIT.
+    ``relaxed`` (the daemon's folder: the whole queue, never inside a caller's transaction): commit without
+    waiting for the WAL flush, see RELAXED_COMMIT.
     """
     if relaxed:
-        if conn.is_in_transaction():
-            raise RuntimeError("a relaxed fold must be a transaction of its own")
+        if conn.is_in_transaction() or experiment_ids is not None:
+            raise RuntimeError("a relaxed fold must be a transaction of its own, over the whole queue")
         rows = await conn.fetch(_FOLD_RELAXED, limit)
     elif experiment_ids is None:
         rows = await conn.fetch(_FOLD_ALL, limit)

@@ -69,6 +69,11 @@ class PlannedNotifications:
                 [r.action for r in self.routes])
 
 
+def _require_known(event: str) -> None:
+    if event not in EVENTS:
+        raise ValueError(f"unknown notification event {event!r}; expected one of {', '.join(EVENTS)}")
+
+
 def config_rows(records: Sequence[Mapping[str, Any]]) -> list[ConfigRow]:
     """notification_configs rows (from ``routable_configs`` or the same columns as JSON) for routing."""
     return [ConfigRow(int(r["id"]), r["name"], r["channel"], r["target"], tuple(r["events"]), r["min_priority"])
@@ -86,19 +91,16 @@ def plan_notifications(
 ) -> PlannedNotifications:
     """Route ``event`` to every matching target (pure; unroutable targets are logged). ValueError for an unknown
     event."""
-    if event not in EVENTS:
-        raise ValueError(f"unknown notification event {event!r}; expected one of {', '.join(EVENTS)}")
+    _require_known(event)
     priority = normalize_priority(payload.get("priority"))
     experiment = payload.get("experimentName")
     experiment_name = str(experiment) if experiment is not None else None
-    routes: list[Route] = []
-    if config.notifications.enabled:
-        routes, unroutable = plan_routes(
-            event, priority, config=config, settings=settings, rows=rows, breach_triggered_refs=breach_triggered_refs
-        )
-        for u in unroutable:
-            log.warning("notification.unroutable", channel=u.channel, target=u.target_label, reason=u.reason,
-                        notification_event=event, experiment=experiment_name)
+    routes, unroutable = plan_routes(  # none while notifications are disabled
+        event, priority, config=config, settings=settings, rows=rows, breach_triggered_refs=breach_triggered_refs
+    )
+    for u in unroutable:
+        log.warning("notification.unroutable", channel=u.channel, target=u.target_label, reason=u.reason,
+                    notification_event=event, experiment=experiment_name)
     body = json.dumps(payload, default=str, separators=(",", ":")) if routes else ""
     return PlannedNotifications(event, experiment_name, _uuid_or_none(payload.get("promotionId")), priority, body,
                                 config.notifications.include_detailed_metrics, tuple(routes))
@@ -118,8 +120,7 @@ async def enqueue_notifications(
     Nothing is sent here: a slow or dead channel cannot delay or fail the caller. Rows hold a redacted label and
     a reference to where the secret lives, never the secret. ValueError for an unknown event.
     """
-    if event not in EVENTS:
-        raise ValueError(f"unknown notification event {event!r}; expected one of {', '.join(EVENTS)}")
+    _require_known(event)
     if not config.notifications.enabled:
         return 0
     rows = config_rows(await conn.fetch(Q["routable_configs"], event))
