@@ -88,8 +88,10 @@ RECOVERY_GOAL_S = 5.0
 BENCH_APP = "chaos-bench"  # application_name prefix of the bench's own sessions: never terminated as a worker's
 ERROR_RATE_AFTER_BREACH = 0.20
 BASE_RATE = 0.10
+# InternalClientError too: asyncpg raises it ("cannot switch to state 12; another operation (2) is in progress")
+# when a statement is sent on a connection whose session the server has just terminated (asyncpg#1069).
 DB_FAULTS = (OSError, ConnectionError, TimeoutError, asyncio.TimeoutError, asyncpg.PostgresError,
-             asyncpg.InterfaceError)
+             asyncpg.InterfaceError, asyncpg.InternalClientError)
 TITLE_EVENT = {title: event for event, title in _TITLES.items()}
 
 BENCH_SQL = """
@@ -292,6 +294,17 @@ class Fleet:
                     r.start()
             await asyncio.sleep(0.1)
 
+    async def wait_ready(self, within: float) -> None:
+        """Until every replica is past its start-up (caught up) or has exited, so that SIGTERM meets a daemon that
+        handles it (a process still importing Python would die of the signal's default action)."""
+        deadline = time.time() + within
+        while time.time() < deadline:
+            if all(r.proc is not None and (r.proc.poll() is not None
+                                           or any(e.get("event") == "daemon.caught_up" for e in r.events()))
+                   for r in self.replicas):
+                return
+            await asyncio.sleep(0.2)
+
     def stop(self) -> list[int | None]:
         """SIGTERM to every replica; their exit codes (0 is a clean shutdown)."""
         self.stopping = True
@@ -384,9 +397,8 @@ class Producers:
             with contextlib.suppress(Exception):
                 await conn.close(timeout=2)
 
-    async def _write(self, p: int, write_id: int, conn: asyncpg.Connection | None,
-                     give_up_at: float | None = None) -> asyncpg.Connection | None:
-        """Retry until acknowledged (or ``give_up_at``); returns the connection to keep using."""
+    async def _write(self, p: int, write_id: int, conn: asyncpg.Connection | None) -> asyncpg.Connection | None:
+        """Retry until acknowledged (or the final deadline once stopping); returns the connection to keep using."""
         w = self.writes[write_id]
         delay = 0.02
         while True:
@@ -413,8 +425,7 @@ class Producers:
                     conn.terminate()
                     conn = None
                 now = time.time()
-                deadline = give_up_at if give_up_at is not None else (self._final_deadline or math.inf)
-                if now >= deadline:
+                if now >= (self._final_deadline or math.inf):
                     return None
                 await asyncio.sleep(delay * (0.5 + random.random()))
                 delay = min(0.2, delay * 2)
@@ -656,7 +667,7 @@ async def check_promotions(conn: asyncpg.Connection, experiments: list[Experimen
 
 
 async def check_notifications(conn: asyncpg.Connection, deliveries: list[Delivery],
-                              faults: list[Fault], kills_at: list[float]) -> dict[str, Any]:
+                              faults: list[Fault], deaths_at: list[float]) -> dict[str, Any]:
     promotions = await conn.fetch("SELECT id::text AS id, rollback_at IS NOT NULL AS rolled_back "
                                   "FROM experiment_promotions")
     outbox = {r["status"]: r["n"] for r in await conn.fetch(
@@ -680,7 +691,7 @@ async def check_notifications(conn: asyncpg.Connection, deliveries: list[Deliver
     by_key: dict[tuple[str, str], list[float]] = defaultdict(list)
     for d in deliveries:
         by_key[(d.channel, d.key)].append(d.at)
-    windows = [(f.started, f.ended) for f in faults] + [(t, t) for t in kills_at]
+    windows = [(f.started, f.ended) for f in faults] + [(t, t) for t in deaths_at]
     extra = explained = 0
     for times in by_key.values():
         times.sort()
@@ -790,6 +801,7 @@ async def run(params: dict[str, Any], seed: int, keep_logs: bool) -> dict[str, A
         outbox_done = await wait_until(
             url, "SELECT NOT EXISTS (SELECT 1 FROM notification_outbox WHERE status = 'pending')", 120)
         await asyncio.sleep(1.0)  # a delivery in flight when the row was marked
+        await fleet.wait_ready(30)
         fleet.stopping = True
         supervisor.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -800,8 +812,9 @@ async def run(params: dict[str, Any], seed: int, keep_logs: bool) -> dict[str, A
         try:
             updates = await account_updates(conn, producers)
             promotions = await check_promotions(conn, experiments)
-            kills_at = [f.started for f in chaos.faults if f.kind == "kill9"]
-            notes = await check_notifications(conn, receivers.deliveries, chaos.faults, kills_at)
+            # A replica that died on its own between a send and its mark explains a redelivery as a kill does.
+            deaths_at = [f.started for f in chaos.faults if f.kind == "kill9"] + [x["at"] for x in fleet.exits]
+            notes = await check_notifications(conn, receivers.deliveries, chaos.faults, deaths_at)
             rec = await recovery(conn, chaos.faults, producers.ack_times)
         finally:
             await conn.close()
@@ -834,6 +847,8 @@ async def run(params: dict[str, Any], seed: int, keep_logs: bool) -> dict[str, A
             "promotions_without_notifications": notes["promotions_without_notifications"],
             "notifications_delivered_twice_by_key": notes["notifications_delivered_twice_by_key"],
             "worker_exits": worker_exits,
+            "worker_exits_after_start_up": sum(1 for x in fleet.exits if x["was_ready"]),
+            "worker_exits_during_start_up": sum(1 for x in fleet.exits if not x["was_ready"]),
             "worker_kills": fleet.kills,
             "worker_exit_causes": dict(Counter(f"{x['exception']} at {x['where']}" for x in fleet.exits)),
             "recovery": rec,
