@@ -747,6 +747,9 @@ async def run(params: dict[str, Any], seed: int, keep_logs: bool) -> dict[str, A
     try:
         admin = await asyncpg.connect(server.url)
         pg_version = await admin.fetchval("SHOW server_version")
+        machine = {**machine_info(pg_version, True),
+                   "database": "embedded, its own (fsync=off; synchronous_commit=on for the bench database), "
+                               "same machine"}
         db = f"chaos_{uuid.uuid4().hex[:8]}"
         await admin.execute(f'CREATE DATABASE "{db}"')
         # The embedded server runs with synchronous_commit off (a command-line option; only a database or role
@@ -835,12 +838,11 @@ async def run(params: dict[str, Any], seed: int, keep_logs: bool) -> dict[str, A
             "recovery_within_goal": all(v["within_goal"] for k, v in rec.items() if isinstance(v, dict)
                                         and v["faults"]),
         }
+        machine["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
         return {
             "bench": "chaos",
             "params": {**params, "seed": seed},
-            "machine": {**machine_info(pg_version, True),
-                        "database": "embedded, its own (fsync=off; synchronous_commit=on for the bench database), "
-                                    "same machine"},
+            "machine": machine,
             "lost_updates": updates["lost_updates"],
             "double_folded_updates": updates["double_folded_updates"],
             "duplicate_promotions": promotions["duplicate_promotions"],
