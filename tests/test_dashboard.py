@@ -24,7 +24,9 @@ from tests.browser.demo import (
     BLOCKED,
     NASTY,
     PROMOTED,
+    OPERATOR_TOKEN,
     ROLLED_BACK,
+    VIEWER_TOKEN,
     WINNER,
     make_context,
     seed_demo,
@@ -36,6 +38,11 @@ from worker.http.app import AppContext, create_app
 
 STATIC_DIR = Path(dashboard.__file__).with_name("static")
 SVG_NS = "{http://www.w3.org/2000/svg}"
+
+
+def _viewer_session(**kwargs: Any) -> aiohttp.ClientSession:
+    """A client that authenticates like a script: the viewer token as a bearer header."""
+    return aiohttp.ClientSession(headers={"Authorization": f"Bearer {VIEWER_TOKEN}"}, **kwargs)
 
 
 async def _get(session: aiohttp.ClientSession, url: str) -> tuple[int, str, Any]:
@@ -69,7 +76,7 @@ async def test_overview_shows_each_experiment_with_its_figures_and_reasons(
     demo: tuple[AppContext, str, dict[str, str]],
 ) -> None:
     _, base, _ = demo
-    async with aiohttp.ClientSession() as s:
+    async with _viewer_session() as s:
         status, body, headers = await _get(s, base + "/")
     assert status == 200 and headers["Content-Type"].startswith("text/html")
     for name in (WINNER, AA, BLOCKED, PROMOTED, ROLLED_BACK):
@@ -86,7 +93,7 @@ async def test_overview_shows_each_experiment_with_its_figures_and_reasons(
 
 async def test_pages_carry_a_strict_content_security_policy(demo: tuple[AppContext, str, dict[str, str]]) -> None:
     _, base, _ = demo
-    async with aiohttp.ClientSession() as s:
+    async with _viewer_session() as s:
         for path in ("/", "/promotions", f"/experiments/{WINNER}", "/fragments/experiments"):
             status, body, headers = await _get(s, base + path)
             assert status == 200, path
@@ -101,7 +108,7 @@ async def test_experiment_page_has_chart_checks_history_and_audit(
     demo: tuple[AppContext, str, dict[str, str]],
 ) -> None:
     _, base, ids = demo
-    async with aiohttp.ClientSession() as s:
+    async with _viewer_session() as s:
         status, body, _ = await _get(s, base + f"/experiments/{ROLLED_BACK}")
     assert status == 200
     assert body.count('class="lift-line"') == 2  # the wide and the narrow drawing
@@ -116,7 +123,7 @@ async def test_experiment_page_has_chart_checks_history_and_audit(
 
 async def test_promotions_page_has_stats_chart_and_both_lists(demo: tuple[AppContext, str, dict[str, str]]) -> None:
     _, base, ids = demo
-    async with aiohttp.ClientSession() as s:
+    async with _viewer_session() as s:
         status, body, _ = await _get(s, base + "/promotions")
         bad, _, _ = await _get(s, base + "/promotions?days=0")
         week_status, week, _ = await _get(s, base + "/fragments/promotions?days=7")
@@ -132,7 +139,7 @@ async def test_promotions_page_has_stats_chart_and_both_lists(demo: tuple[AppCon
 
 async def test_unknown_experiment_is_a_404_page(demo: tuple[AppContext, str, dict[str, str]]) -> None:
     _, base, _ = demo
-    async with aiohttp.ClientSession() as s:
+    async with _viewer_session() as s:
         status, body, _ = await _get(s, base + "/experiments/" + quote("<nope>", safe=""))
         frag_status, frag, _ = await _get(s, base + "/fragments/experiment?name=%3Cnope%3E")
     assert status == 404 and "There is no experiment named <code>&lt;nope&gt;</code>" in body
@@ -153,7 +160,7 @@ async def test_every_database_value_is_escaped(pool: asyncpg.Pool, conn: asyncpg
         exp_id, NASTY)
     await conn.execute("INSERT INTO ab_promotion_audit_log (actor, action, experiment_name, details) "
                        "VALUES ('<i>me</i>', '<u>act</u>', $1, '{\"reason\": \"<em>why</em>\"}')", NASTY)
-    async with serve(ctx) as base, aiohttp.ClientSession() as s:
+    async with serve(ctx) as base, _viewer_session() as s:
         pages = [
             await _get(s, base + "/"),
             await _get(s, base + "/experiments/" + quote(NASTY, safe="")),
@@ -177,7 +184,7 @@ async def test_names_with_slashes_and_percent_signs_have_working_links(
     ctx = make_context(pool)
     name = "team/a%20b?x=1#frag"
     await create_experiment(conn, name)
-    async with serve(ctx) as base, aiohttp.ClientSession() as s:
+    async with serve(ctx) as base, _viewer_session() as s:
         _, overview, _ = await _get(s, base + "/")
         href = re.search(r'<h2 id="x[0-9a-f]+-h"><a href="([^"]+)"', overview)
         assert href is not None
@@ -202,7 +209,7 @@ async def test_event_stream_forwards_bus_events_as_server_sent_events(
     pool: asyncpg.Pool,
 ) -> None:
     ctx = make_context(pool)
-    async with serve(ctx) as base, aiohttp.ClientSession() as s, s.get(base + "/events") as response:
+    async with serve(ctx) as base, _viewer_session() as s, s.get(base + "/events") as response:
         assert response.status == 200
         assert response.headers["Content-Type"].startswith("text/event-stream")
         assert response.headers["Cache-Control"] == "no-store"
@@ -224,7 +231,7 @@ async def test_shutdown_ends_open_event_streams(pool: asyncpg.Pool) -> None:
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     host, port = runner.addresses[0][:2]
-    async with aiohttp.ClientSession() as s, s.get(f"http://{host}:{port}/events") as response:
+    async with _viewer_session() as s, s.get(f"http://{host}:{port}/events") as response:
         await response.content.readline()
         await _wait_for(lambda: ctx.events.subscriber_count >= 1)
         # Without the on_shutdown hook this would wait for the 60 s shutdown timeout (the guard fails first).
@@ -307,7 +314,7 @@ def test_bridge_ignores_unknown_payloads() -> None:
 # --------------------------------------------------------------------------------------------- static
 async def test_static_files_are_ours_and_cached_by_content_hash(pool: asyncpg.Pool) -> None:
     ctx = make_context(pool)
-    async with serve(ctx) as base, aiohttp.ClientSession() as s:
+    async with serve(ctx) as base, _viewer_session() as s:
         _, page, _ = await _get(s, base + "/promotions")
         js_url = re.search(r'<script src="(/static/dashboard\.js\?v=[0-9a-f]{12})" defer>', page)
         assert js_url is not None
