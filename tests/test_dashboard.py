@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import socket
 import time
+import tracemalloc
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
@@ -239,6 +241,111 @@ async def test_shutdown_ends_open_event_streams(pool: asyncpg.Pool) -> None:
         rest = await asyncio.wait_for(response.content.read(), 10)
     assert b"data:" not in rest
     assert ctx.events.subscriber_count == 0
+
+
+async def _open_stream(session: aiohttp.ClientSession, url: str) -> aiohttp.ClientResponse:
+    response = await session.get(url)
+    assert response.status == 200, await response.text()
+    assert (await asyncio.wait_for(response.content.readline(), 10)).startswith(b"retry:")
+    return response
+
+
+async def test_event_stream_clients_are_capped_with_a_json_503(pool: asyncpg.Pool) -> None:
+    ctx = make_context(pool, env={"AUTO_PROMOTION_SSE_MAX_CLIENTS": "2"})
+    async with serve(ctx) as base, _viewer_session() as s:
+        first = await _open_stream(s, base + "/events")
+        second = await _open_stream(s, base + "/events")
+        async with s.get(base + "/events") as third:
+            assert third.status == 503
+            assert third.headers["Content-Type"].startswith("application/json")
+            assert third.headers["Retry-After"] == str(dashboard.RETRY_AFTER_S)
+            body = await third.json()
+        assert body["success"] is False and body["error"]["code"] == "too_many_clients"
+        assert "AUTO_PROMOTION_SSE_MAX_CLIENTS" in body["error"]["message"]
+        assert body["error"]["details"] == {"limit": 2}
+        assert ctx.events.client_count == 2
+        first.close()  # a slot comes free when a client leaves
+        await _wait_for(lambda: ctx.events.client_count == 1)
+        again = await _open_stream(s, base + "/events")
+        ctx.events.publish({"type": "evaluation", "experimentName": "after"})
+        assert (await _sse_events(again, 1))[0]["experimentName"] == "after"
+        assert (await _sse_events(second, 1))[0]["experimentName"] == "after"
+        again.close()
+        second.close()
+
+
+async def test_each_event_is_encoded_once_whatever_the_number_of_clients(
+    pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    encoded: list[dict[str, Any]] = []
+    original = dashboard._encode_event
+
+    def counting(event: Any) -> bytes | None:
+        encoded.append(dict(event))
+        return original(event)
+
+    monkeypatch.setattr(dashboard, "_encode_event", counting)
+    ctx = make_context(pool)
+    async with serve(ctx) as base, _viewer_session() as s:
+        clients = [await _open_stream(s, base + "/events") for _ in range(4)]
+        await _wait_for(lambda: ctx.events.client_count == 4)
+        for i in range(5):
+            ctx.events.publish({"type": "evaluation", "experimentName": f"e{i}", "reasons": ["not", "sent"]})
+        received = [await _sse_events(client, 5) for client in clients]
+        for client in clients:
+            client.close()
+    assert all([e["experimentName"] for e in events] == [f"e{i}" for i in range(5)] for events in received)
+    assert len(encoded) == 5  # not 5 x 4
+    assert [e["experimentName"] for e in encoded] == [f"e{i}" for i in range(5)]
+
+
+async def test_a_client_that_stops_reading_is_dropped_and_memory_stays_bounded(pool: asyncpg.Pool) -> None:
+    ctx = make_context(pool, env={"AUTO_PROMOTION_SSE_MAX_CLIENTS": "1"})
+    async with serve(ctx) as base:
+        host, port = base.removeprefix("http://").split(":")
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fill up soon
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
+        reader, writer = await asyncio.open_connection(sock=sock)
+        writer.write(f"GET /events HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                     f"Authorization: Bearer {VIEWER_TOKEN}\r\n\r\n".encode())
+        async with asyncio.timeout(10):
+            while b"retry:" not in await reader.readline():
+                pass
+        await _wait_for(lambda: ctx.events.client_count == 1)
+        # From here on the client reads nothing. Each event is about 4 KiB on the wire.
+        payload = {f"field{i}": str(i) * 480 for i in range(8)}
+        tracemalloc.start()
+        try:
+            base_memory = tracemalloc.get_traced_memory()[0]
+            published = 0
+            deadline = time.monotonic() + 60
+            while ctx.events.client_count and published < 20_000:
+                assert time.monotonic() < deadline, "the client was never dropped"
+                ctx.events.publish({"type": "evaluation", "experimentName": f"e{published}", **payload})
+                published += 1
+                await asyncio.sleep(0)  # let the stream's writer run
+            peak = tracemalloc.get_traced_memory()[1] - base_memory
+        finally:
+            tracemalloc.stop()
+        assert ctx.events.client_count == 0, f"still subscribed after {published} events (~{published * 4} KiB)"
+        assert ctx.events.dropped_clients == 1
+        # Held at most: the client's queue (256 events, ~1 MiB) and one transport buffer (64 KiB), not the
+        # ~{published * 4} KiB published to it.
+        assert peak < 3 * 2**20, f"peak {peak} bytes after {published} events"
+        # Its connection is closed (what the kernel had buffered arrives, then the end) ...
+        async with asyncio.timeout(15):
+            while await reader.read(65536):
+                pass
+        writer.close()
+        # ... and its slot is free for a client that reads.
+        async with _viewer_session() as s:
+            healthy = await _open_stream(s, base + "/events")
+            ctx.events.publish({"type": "evaluation", "experimentName": "next"})
+            assert (await _sse_events(healthy, 1))[0]["experimentName"] == "next"
+            healthy.close()
+    print(f"dropped after {published} events of ~4 KiB; peak traced memory {peak / 2**20:.2f} MiB")
 
 
 # --------------------------------------------------------------------------------------- LISTEN bridge

@@ -53,6 +53,8 @@ BRIDGED_FLAG = "events_bridged"
 # health.details key where this module reports its own bridge ("listening", "reconnecting", "off: ...").
 BRIDGE_STATE = "dashboard_events_bridge"
 HEARTBEAT_S = 15.0
+# How often an idle /events handler checks whether its client has gone (and frees its place under the cap).
+GONE_CHECK_S = 1.0
 MAX_EXPERIMENTS = 300
 AUDIT_ROWS = 100
 PROMOTION_ROWS = 100
@@ -1015,11 +1017,18 @@ async def events_stream(request: web.Request) -> web.StreamResponse:
     try:
         await response.prepare(request)
         await response.write(b"retry: 2000\n: connected\n\n")
+        loop = asyncio.get_running_loop()
+        heartbeat_at = loop.time() + HEARTBEAT_S
         while True:
             try:
-                data = await asyncio.wait_for(client.get(), HEARTBEAT_S)
+                data = await asyncio.wait_for(client.get(), GONE_CHECK_S)
             except TimeoutError:
-                await response.write(b": heartbeat\n\n")
+                # aiohttp does not cancel a handler whose client left: look, so that its slot comes free.
+                if request.transport is None or request.transport.is_closing():
+                    break
+                if loop.time() >= heartbeat_at:
+                    heartbeat_at = loop.time() + HEARTBEAT_S
+                    await response.write(b": heartbeat\n\n")
                 continue
             if data is None:  # shut down, or dropped for falling behind
                 break
