@@ -25,8 +25,8 @@ from tests.browser.demo import (
     AA,
     BLOCKED,
     NASTY,
-    PROMOTED,
     OPERATOR_TOKEN,
+    PROMOTED,
     ROLLED_BACK,
     VIEWER_TOKEN,
     WINNER,
@@ -194,6 +194,160 @@ async def test_names_with_slashes_and_percent_signs_have_working_links(
         async with s.get(base + href.group(1)) as response:
             assert response.status == 200
             assert "team/a%20b?x=1#frag" in await response.text()
+
+
+# ------------------------------------------------------------------------------------- authentication
+DASHBOARD_GETS = ("/", f"/experiments/{WINNER}", "/promotions", "/fragments/experiments",
+                  "/fragments/experiments-summary", f"/fragments/experiment-card?name={WINNER}",
+                  f"/fragments/experiment?name={WINNER}", "/fragments/promotions", "/events")
+
+
+async def test_anonymous_requests_are_refused_and_show_no_data(demo: tuple[AppContext, str, dict[str, str]]) -> None:
+    _, base, _ = demo
+    async with aiohttp.ClientSession() as s:
+        for path in DASHBOARD_GETS:
+            async with s.get(base + path, allow_redirects=False) as r:
+                body = await r.text()
+                assert r.status == 401, path
+                assert r.headers["WWW-Authenticate"].startswith("Bearer"), path
+                for shown in ("variant-b", "17,500", "<article", "eligible", "Error Rate Check"):
+                    assert shown not in body, (path, shown)  # no figures, decisions or audit details leak
+                if path.startswith(("/fragments/", "/events")):
+                    error = json.loads(body)
+                    assert error["success"] is False and error["error"]["code"] == "unauthorized", path
+                    assert "/sign-in" in error["error"]["message"]
+                else:  # a page: the sign-in form, which brings the browser back here
+                    assert 'form method="post" action="/sign-in"' in body, path
+                    assert f'name="next" value="{path}"' in body, path
+        async with s.get(base + "/", headers={"Authorization": "Bearer not-a-token"}) as r:
+            assert r.status == 401 and "unknown or revoked token" in await r.text()
+        async with s.get(base + "/static/dashboard.css") as r:
+            assert r.status == 200  # the sign-in page needs its style
+
+
+def _browser_session() -> aiohttp.ClientSession:
+    """A client that keeps cookies like a browser (also for 127.0.0.1, which aiohttp skips by default)."""
+    return aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+
+
+def _set_cookie(response: aiohttp.ClientResponse) -> str:
+    values = response.headers.getall("Set-Cookie", [])
+    assert len(values) == 1, values
+    return values[0]
+
+
+async def test_signing_in_sets_an_httponly_strict_cookie_that_lets_the_browser_view(
+    demo: tuple[AppContext, str, dict[str, str]],
+) -> None:
+    ctx, base, _ = demo
+    async with _browser_session() as s:
+        async with s.get(base + "/sign-in?next=/promotions") as r:
+            assert r.status == 200 and 'name="next" value="/promotions"' in await r.text()
+        async with s.post(base + "/sign-in", data={"token": VIEWER_TOKEN, "next": "/promotions"},
+                          allow_redirects=False) as r:
+            assert r.status == 303 and r.headers["Location"] == "/promotions"
+            cookie = _set_cookie(r)
+        attrs = [a.strip().lower() for a in cookie.split(";")]
+        assert attrs[0].startswith(f"{dashboard.SESSION_COOKIE}=")
+        assert "httponly" in attrs and "samesite=strict" in attrs and "path=/" in attrs
+        assert "secure" not in attrs  # plain http: a Secure cookie would never come back
+        status, page, _ = await _get(s, base + "/")
+        assert status == 200 and "Signed in as <strong>watcher</strong> (viewer)" in page
+        assert (await _get(s, base + f"/experiments/{WINNER}"))[0] == 200
+        assert (await _get(s, base + "/fragments/experiments"))[0] == 200
+        async with s.get(base + "/events") as stream:
+            assert stream.status == 200
+            assert (await stream.content.readline()).startswith(b"retry:")
+        # Signing out forgets the cookie.
+        async with s.post(base + "/sign-out", allow_redirects=False) as r:
+            assert r.status == 303 and r.headers["Location"] == "/sign-in"
+            assert "max-age=0" in _set_cookie(r).lower()
+        assert (await _get(s, base + "/"))[0] == 401
+    await _wait_for(lambda: ctx.events.client_count == 0)  # the stream's handler saw its client leave
+
+
+async def test_sign_in_behind_https_marks_the_cookie_secure(demo: tuple[AppContext, str, dict[str, str]]) -> None:
+    _, base, _ = demo
+    async with aiohttp.ClientSession() as s, s.post(
+        base + "/sign-in", data={"token": VIEWER_TOKEN}, headers={"X-Forwarded-Proto": "https"},
+        allow_redirects=False,
+    ) as r:
+        assert r.status == 303 and r.headers["Location"] == "/"
+        assert "secure" in [a.strip().lower() for a in _set_cookie(r).split(";")]
+
+
+async def test_sign_in_refuses_bad_tokens_foreign_forms_and_foreign_redirects(
+    demo: tuple[AppContext, str, dict[str, str]],
+) -> None:
+    _, base, _ = demo
+    async with aiohttp.ClientSession() as s:
+        for data, status, message in (({"token": "nope"}, 401, "unknown or was revoked"),
+                                      ({"token": "  "}, 400, "Enter a token first")):
+            async with s.post(base + "/sign-in", data=data, allow_redirects=False) as r:
+                assert r.status == status and message in await r.text()
+                assert "Set-Cookie" not in r.headers
+        # A form on another site must not sign this browser in as someone else (login CSRF).
+        for headers in ({"Origin": "http://evil.example"}, {"Sec-Fetch-Site": "cross-site"}):
+            async with s.post(base + "/sign-in", data={"token": VIEWER_TOKEN}, headers=headers,
+                              allow_redirects=False) as r:
+                assert r.status == 403 and "Set-Cookie" not in r.headers
+        # After signing in, only a path on this site.
+        for target in ("//evil.example/x", "https://evil.example/", "/\\evil.example", "javascript:alert(1)"):
+            async with s.post(base + "/sign-in", data={"token": VIEWER_TOKEN, "next": target},
+                              allow_redirects=False) as r:
+                assert r.status == 303 and r.headers["Location"] == "/", target
+        async with s.post(base + "/sign-in", data={"token": VIEWER_TOKEN, "next": f"/experiments/{WINNER}?a=1"},
+                          allow_redirects=False) as r:
+            assert r.headers["Location"] == f"/experiments/{WINNER}?a=1"
+
+
+async def test_a_revoked_token_ends_the_sign_in(pool: asyncpg.Pool) -> None:
+    ctx = make_context(pool)
+    jar = aiohttp.CookieJar(unsafe=True)
+    async with serve(ctx) as base, aiohttp.ClientSession(cookie_jar=jar) as s:
+        async with s.post(base + "/sign-in", data={"token": VIEWER_TOKEN}, allow_redirects=False) as r:
+            assert r.status == 303
+        assert (await _get(s, base + "/"))[0] == 200
+    # The same cookie against a server whose configuration no longer has that token.
+    revoked = make_context(pool, env={"AUTO_PROMOTION_API_TOKENS": ""})
+    async with serve(revoked) as base2, aiohttp.ClientSession(cookie_jar=jar) as s:
+        # cookies are per host, not per port: the jar sends it to the second server too
+        status, body, headers = await _get(s, base2 + "/")
+        assert status == 401 and "unknown or was revoked" in body
+        assert "max-age=0" in headers["Set-Cookie"].lower()  # and the useless cookie is cleared
+        async with s.get(base2 + "/fragments/experiments") as r:
+            assert r.status == 401
+
+
+async def test_the_sign_in_cookie_never_authorises_the_api(demo: tuple[AppContext, str, dict[str, str]]) -> None:
+    _, base, _ = demo
+    # Even an operator token, once in the cookie, changes nothing: writes need the bearer header (no CSRF).
+    async with _browser_session() as s:
+        async with s.post(base + "/sign-in", data={"token": OPERATOR_TOKEN}, allow_redirects=False) as r:
+            assert r.status == 303
+        assert (await _get(s, base + "/"))[0] == 200
+        for method, path, body in (("POST", "/api/experiments/auto-promote", {"action": "promote",
+                                                                              "experimentName": WINNER}),
+                                   ("POST", "/api/experiments/auto-promote", {"action": "check",
+                                                                              "experimentName": WINNER}),
+                                   ("GET", "/api/audit", None)):
+            async with s.request(method, base + path, json=body) as r:
+                assert r.status == 401, path
+                assert (await r.json())["error"]["code"] == "unauthorized"
+        async with s.post(base + "/api/experiments/auto-promote", json={"action": "check", "experimentName": WINNER},
+                          headers={"Authorization": f"Bearer {VIEWER_TOKEN}"}) as r:
+            assert r.status == 200
+
+
+async def test_with_authentication_disabled_the_dashboard_is_open(pool: asyncpg.Pool) -> None:
+    ctx = make_context(pool, env={"AUTO_PROMOTION_API_AUTH": "disabled"})
+    async with serve(ctx) as base, aiohttp.ClientSession() as s:
+        status, page, _ = await _get(s, base + "/")
+        assert status == 200 and "Signed in as" not in page
+        async with s.get(base + "/sign-in?next=/promotions", allow_redirects=False) as r:
+            assert r.status == 303 and r.headers["Location"] == "/promotions"
+        async with s.get(base + "/events") as stream:
+            assert stream.status == 200
 
 
 # ---------------------------------------------------------------------------------------- event stream
