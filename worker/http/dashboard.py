@@ -792,12 +792,17 @@ def _https(request: web.Request) -> bool:
 
 
 def _cross_site(request: web.Request) -> bool:
-    """A form posted from another site (login CSRF: signing the victim in as someone else)."""
-    if request.headers.get("Sec-Fetch-Site", "").lower() in ("cross-site", "same-site"):
-        return True
+    """A form posted from another site (login CSRF: signing the victim in as someone else).
+
+    Browsers that send Sec-Fetch-Site say it outright. Otherwise compare the Origin's host; ``Origin: null``
+    is what our own pages send (their Referrer-Policy is no-referrer), so it tells nothing.
+    """
+    fetch_site = request.headers.get("Sec-Fetch-Site", "").lower()
+    if fetch_site:
+        return fetch_site in ("cross-site", "same-site")
     origin = request.headers.get("Origin")
     if origin is None or origin == "null":
-        return origin == "null"
+        return False
     hosts = {request.host, request.headers.get("X-Forwarded-Host", "").split(",")[0].strip()}
     return urlsplit(origin).netloc not in hosts
 
