@@ -35,6 +35,7 @@ from tests.browser.demo import (
     serve,
 )
 from tests.factories import create_experiment, record
+from worker.events import EventBus
 from worker.http import dashboard, svg
 from worker.http.app import AppContext, create_app
 
@@ -500,6 +501,22 @@ async def test_a_client_that_stops_reading_is_dropped_and_memory_stays_bounded(p
             assert (await _sse_events(healthy, 1))[0]["experimentName"] == "next"
             healthy.close()
     print(f"dropped after {published} events of ~4 KiB; peak traced memory {peak / 2**20:.2f} MiB")
+
+
+async def test_an_event_that_cannot_be_encoded_does_not_fail_its_publisher() -> None:
+    bus = EventBus()
+
+    def encode(event: Any) -> bytes:
+        if event.get("bad"):
+            raise ValueError("cannot encode")
+        return b"data: ok\n\n"
+
+    client = bus.open_stream(encode)
+    bus.publish({"type": "evaluation", "bad": True})  # the daemon's evaluation must not see this error
+    bus.publish({"type": "evaluation"})
+    assert await asyncio.wait_for(client.get(), 5) == b"data: ok\n\n"
+    bus.close_stream(encode, client)
+    assert bus.client_count == 0 and await client.get() is None
 
 
 # --------------------------------------------------------------------------------------- LISTEN bridge

@@ -5,7 +5,7 @@ decides promotions, so it must cost little and never wait for a reader):
 
 - ``subscribe()``: a queue of event dicts for code in this process (tests, tools). A subscriber that falls
   behind loses its oldest events.
-- ``stream(encode, limit=...)``: a network client such as an ``/events`` connection. Each event is encoded
+- ``open_stream(encode, limit=...)``: a network client such as an ``/events`` connection. Each event is encoded
   once per encoder, however many clients share it, and each client gets the same bytes. A client's queue is
   bounded; a client whose queue is full is dropped (its ``closed`` is set and its ``on_drop`` called), so a
   reader that stopped reading costs at most ``max_queue`` events of memory and then nothing.
@@ -27,7 +27,7 @@ Encoder = Callable[[Mapping[str, Any]], bytes | None]
 
 
 class TooManyClients(Exception):
-    """``stream()`` refused a client because ``limit`` clients are already connected."""
+    """``open_stream()`` refused a client because ``limit`` clients are already connected."""
 
     def __init__(self, limit: int) -> None:
         super().__init__(f"{limit} stream client(s) already connected")
@@ -43,10 +43,6 @@ class StreamClient:
         self.on_drop = on_drop
         self.closed = False
         self.dropped = False
-
-    @property
-    def queued(self) -> int:
-        return self._queue.qsize()
 
     def _offer(self, data: bytes) -> bool:
         """Queue ``data``; False (and nothing queued) when the client is closed or its queue is full."""
@@ -90,7 +86,11 @@ class EventBus:
         for encode, clients in list(self._clients.items()):
             if not clients:
                 continue
-            data = encode(event)  # once per event, not once per client
+            try:
+                data = encode(event)  # once per event, not once per client
+            except Exception:  # a display problem must not fail the evaluation or promotion that published
+                log.exception("events.encode_failed", event_type=str(event.get("type")))
+                continue
             if data is None:
                 continue
             for client in list(clients):
@@ -139,25 +139,10 @@ class EventBus:
         return client
 
     def close_stream(self, encode: Encoder, client: StreamClient) -> None:
+        """Unregister a client (its reader is done) and let its ``get()`` return None."""
         clients = self._clients.get(encode)
         if clients is not None:
             clients.discard(client)
             if not clients:
                 del self._clients[encode]
         client.close()
-
-    @asynccontextmanager
-    async def stream(self, encode: Encoder, *, limit: int | None = None,
-                     on_drop: Callable[[], None] | None = None) -> AsyncIterator[StreamClient]:
-        """A stream client for the duration of the block; TooManyClients when ``limit`` are already open."""
-        client = self.open_stream(encode, limit=limit, on_drop=on_drop)
-        try:
-            yield client
-        finally:
-            self.close_stream(encode, client)
-
-    def close_streams(self) -> None:
-        """End every stream client (shutdown): each reader's ``get()`` returns None."""
-        for clients in list(self._clients.values()):
-            for client in list(clients):
-                client.close()
