@@ -35,6 +35,7 @@ from tests.browser.demo import (
     serve,
 )
 from tests.factories import create_experiment, record
+from worker.config import ConfigError, load_settings
 from worker.events import EventBus
 from worker.http import dashboard, svg
 from worker.http.app import AppContext, create_app
@@ -427,6 +428,15 @@ async def test_event_stream_clients_are_capped_with_a_json_503(pool: asyncpg.Poo
         assert (await _sse_events(second, 1))[0]["experimentName"] == "after"
         again.close()
         second.close()
+
+
+@pytest.mark.parametrize(("value", "message"), [("0", "must be at least 1, got 0"),
+                                                ("many", "expected a whole number, got 'many'")])
+def test_the_client_cap_is_validated(value: str, message: str) -> None:
+    with pytest.raises(ConfigError, match="sseMaxClients") as caught:
+        load_settings({"AUTO_PROMOTION_SSE_MAX_CLIENTS": value})
+    assert message in str(caught.value)
+    assert load_settings({}).sse_max_clients == 100
 
 
 async def test_each_event_is_encoded_once_whatever_the_number_of_clients(
