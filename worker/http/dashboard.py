@@ -66,6 +66,8 @@ _NAME_RE = re.compile(r"^--\s*name:\s*([a-z_]+)\s*$", re.MULTILINE)
 _BRIDGE_EVENTS = {"promoted": "promotion", "rolled_back": "rollback", "rollback_requested": "rollback"}
 
 _STREAMS = web.AppKey[set[StreamClient]]("dashboard_streams")
+# Non-empty while /events refuses clients for the cap, so that the warning is logged once per spell.
+_REFUSING = web.AppKey[set[bool]]("dashboard_refusing")
 # How long a client told "too many clients" should wait before trying again (its EventSource backs off too).
 RETRY_AFTER_S = 10
 
@@ -1003,14 +1005,20 @@ async def events_stream(request: web.Request) -> web.StreamResponse:
         if transport is not None:
             transport.abort()
 
+    refusing = request.app[_REFUSING]
     try:
         client = ctx.events.open_stream(_encode_event, limit=ctx.settings.sse_max_clients, on_drop=drop)
     except TooManyClients as exc:
-        log.warning("dashboard.events.too_many_clients", limit=exc.limit)
+        if not refusing:  # once per spell of refusals, not once per retrying browser
+            log.warning("dashboard.events.too_many_clients", limit=exc.limit,
+                        message="live-update clients are refused with 503; raise AUTO_PROMOTION_SSE_MAX_CLIENTS "
+                                "if this many dashboards are expected")
+        refusing.add(True)
         raise ApiError(503, "too_many_clients",
                        f"{exc.limit} live-update streams are already open, the most AUTO_PROMOTION_SSE_MAX_CLIENTS "
                        f"allows; try again in {RETRY_AFTER_S} s, or raise the setting",
                        {"limit": exc.limit}, headers={"Retry-After": str(RETRY_AFTER_S)}).http_exception() from None
+    refusing.clear()
     response = web.StreamResponse(headers={
         "Content-Type": "text/event-stream; charset=utf-8",
         "Cache-Control": "no-store",
@@ -1158,6 +1166,7 @@ async def _events_bridge_ctx(app: web.Application) -> AsyncIterator[None]:
 def add_routes(app: web.Application) -> None:
     """Register the dashboard's pages, fragments, event stream, static files and LISTEN bridge."""
     app[_STREAMS] = set()
+    app[_REFUSING] = set()
     app.router.add_get("/", overview_page, name="dashboard")
     app.router.add_get("/experiments/{name:.+}", experiment_page, name="dashboard_experiment")
     app.router.add_get("/promotions", promotions_page, name="dashboard_promotions")
