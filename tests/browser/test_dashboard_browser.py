@@ -464,3 +464,47 @@ async def test_signing_in_once_shows_the_pages_and_live_updates(
         response = await page.goto(base + "/")
         assert response is not None and response.status == 401
     assert _refusals_only(new_page.errors), new_page.errors
+
+
+async def test_a_link_from_another_site_opens_the_page_for_a_signed_in_browser(
+    pool: asyncpg.Pool, conn: asyncpg.Connection, new_page: Any
+) -> None:
+    from playwright.async_api import expect
+
+    ctx = make_context(pool)
+    await create_experiment(conn, WINNER)
+    async with serve(ctx) as base:
+        # A signed-in browser follows a link in a notification (another site): SameSite=Strict withholds the
+        # cookie on that navigation, and the page must not ask to sign in again.
+        page = await new_page(WIDE)
+        navigations: list[int] = []
+        page.on("response", lambda r: navigations.append(r.status) if r.request.is_navigation_request() else None)
+        await page.set_content(f'<a id="go" href="{base}/experiments/{WINNER}">open in the dashboard</a>')
+        await page.click("#go")
+        await expect(page.locator("h1")).to_have_text(f"Experiment {WINNER}")
+        await expect(page.locator(".who")).to_contain_text("Signed in as watcher")
+        assert navigations == [401, 200], navigations  # the withheld cookie, then our page's own reload
+
+        # Without a sign-in the same link shows the form, and stays there (the reload is same-site: no loop).
+        anonymous = await new_page(WIDE, token=None)
+        statuses: list[int] = []
+        anonymous.on("response",
+                     lambda r: statuses.append(r.status) if r.request.is_navigation_request() else None)
+        await anonymous.set_content(f'<a id="go" href="{base}/experiments/{WINNER}">open in the dashboard</a>')
+        await anonymous.click("#go")
+        await _wait_until(lambda: len(statuses) >= 2)
+        await expect(anonymous.locator("h1")).to_have_text("Sign in")
+        # The reloaded form does not reload again: a same-site navigation, no cookie to wait for.
+        assert await anonymous.locator('meta[http-equiv="refresh"]').count() == 0
+        assert statuses == [401, 401], statuses
+    assert _refusals_only(new_page.errors), new_page.errors
+
+
+async def _wait_until(predicate: Any, within: float = 15.0) -> None:
+    import asyncio
+    import time
+
+    deadline = time.monotonic() + within
+    while not predicate():
+        assert time.monotonic() < deadline, f"condition not met after {within} s"
+        await asyncio.sleep(0.05)

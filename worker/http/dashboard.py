@@ -750,7 +750,8 @@ def _viewer_page(handler: Handler) -> Handler:
             authenticate_viewer(request)
         except ApiError as exc:
             response = _sign_in_response(request, status=401, next_path=request.path_qs,
-                                         error=exc.message if _presented_credentials(request) else None)
+                                         error=exc.message if _presented_credentials(request) else None,
+                                         reload=_arrived_from_another_site(request))
             response.headers.update(exc.headers)
             if SESSION_COOKIE in request.cookies:
                 _forget_cookie(request, response)  # it did not work: do not send it again
@@ -809,7 +810,20 @@ def _cross_site(request: web.Request) -> bool:
     return urlsplit(origin).netloc not in hosts
 
 
-def _sign_in_response(request: web.Request, *, status: int, next_path: str, error: str | None) -> web.Response:
+def _arrived_from_another_site(request: web.Request) -> bool:
+    """A link followed from another site (a Slack message, say): a SameSite=Strict cookie is withheld then.
+
+    Reloading from our own page sends it, so the sign-in page reloads once in that case; the reload is a
+    same-origin navigation, so it cannot loop.
+    """
+    return (request.headers.get("Sec-Fetch-Site", "").lower() == "cross-site"
+            and request.headers.get("Sec-Fetch-Mode", "").lower() == "navigate"
+            and SESSION_COOKIE not in request.cookies)
+
+
+def _sign_in_response(request: web.Request, *, status: int, next_path: str, error: str | None,
+                      reload: bool = False) -> web.Response:
+    refresh = '<meta http-equiv="refresh" content="0">\n' if reload else ""
     message = (f'<p class="sign-in-error" role="alert" id="sign-in-error">{h(error)}</p>' if error else "")
     described = ' aria-describedby="sign-in-error"' if error else ""
     body = f"""<!doctype html>
@@ -817,7 +831,7 @@ def _sign_in_response(request: web.Request, *, status: int, next_path: str, erro
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Sign in · ab-autopromote</title>
+{refresh}<title>Sign in · ab-autopromote</title>
 <link rel="icon" href="{_static_url("favicon.svg")}" type="image/svg+xml">
 <link rel="stylesheet" href="{_static_url("dashboard.css")}">
 </head>
