@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import socket
 import time
+import tracemalloc
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
@@ -18,24 +20,34 @@ import aiohttp
 import asyncpg
 import pytest
 from aiohttp import web
+from structlog.testing import capture_logs
 
 from tests.browser.demo import (
     AA,
     BLOCKED,
     NASTY,
+    OPERATOR_TOKEN,
     PROMOTED,
     ROLLED_BACK,
+    VIEWER_TOKEN,
     WINNER,
     make_context,
     seed_demo,
     serve,
 )
 from tests.factories import create_experiment, record
+from worker.config import ConfigError, load_settings
+from worker.events import EventBus
 from worker.http import dashboard, svg
 from worker.http.app import AppContext, create_app
 
 STATIC_DIR = Path(dashboard.__file__).with_name("static")
 SVG_NS = "{http://www.w3.org/2000/svg}"
+
+
+def _viewer_session(**kwargs: Any) -> aiohttp.ClientSession:
+    """A client that authenticates like a script: the viewer token as a bearer header."""
+    return aiohttp.ClientSession(headers={"Authorization": f"Bearer {VIEWER_TOKEN}"}, **kwargs)
 
 
 async def _get(session: aiohttp.ClientSession, url: str) -> tuple[int, str, Any]:
@@ -69,7 +81,7 @@ async def test_overview_shows_each_experiment_with_its_figures_and_reasons(
     demo: tuple[AppContext, str, dict[str, str]],
 ) -> None:
     _, base, _ = demo
-    async with aiohttp.ClientSession() as s:
+    async with _viewer_session() as s:
         status, body, headers = await _get(s, base + "/")
     assert status == 200 and headers["Content-Type"].startswith("text/html")
     for name in (WINNER, AA, BLOCKED, PROMOTED, ROLLED_BACK):
@@ -86,7 +98,7 @@ async def test_overview_shows_each_experiment_with_its_figures_and_reasons(
 
 async def test_pages_carry_a_strict_content_security_policy(demo: tuple[AppContext, str, dict[str, str]]) -> None:
     _, base, _ = demo
-    async with aiohttp.ClientSession() as s:
+    async with _viewer_session() as s:
         for path in ("/", "/promotions", f"/experiments/{WINNER}", "/fragments/experiments"):
             status, body, headers = await _get(s, base + path)
             assert status == 200, path
@@ -101,7 +113,7 @@ async def test_experiment_page_has_chart_checks_history_and_audit(
     demo: tuple[AppContext, str, dict[str, str]],
 ) -> None:
     _, base, ids = demo
-    async with aiohttp.ClientSession() as s:
+    async with _viewer_session() as s:
         status, body, _ = await _get(s, base + f"/experiments/{ROLLED_BACK}")
     assert status == 200
     assert body.count('class="lift-line"') == 2  # the wide and the narrow drawing
@@ -116,7 +128,7 @@ async def test_experiment_page_has_chart_checks_history_and_audit(
 
 async def test_promotions_page_has_stats_chart_and_both_lists(demo: tuple[AppContext, str, dict[str, str]]) -> None:
     _, base, ids = demo
-    async with aiohttp.ClientSession() as s:
+    async with _viewer_session() as s:
         status, body, _ = await _get(s, base + "/promotions")
         bad, _, _ = await _get(s, base + "/promotions?days=0")
         week_status, week, _ = await _get(s, base + "/fragments/promotions?days=7")
@@ -132,7 +144,7 @@ async def test_promotions_page_has_stats_chart_and_both_lists(demo: tuple[AppCon
 
 async def test_unknown_experiment_is_a_404_page(demo: tuple[AppContext, str, dict[str, str]]) -> None:
     _, base, _ = demo
-    async with aiohttp.ClientSession() as s:
+    async with _viewer_session() as s:
         status, body, _ = await _get(s, base + "/experiments/" + quote("<nope>", safe=""))
         frag_status, frag, _ = await _get(s, base + "/fragments/experiment?name=%3Cnope%3E")
     assert status == 404 and "There is no experiment named <code>&lt;nope&gt;</code>" in body
@@ -153,7 +165,7 @@ async def test_every_database_value_is_escaped(pool: asyncpg.Pool, conn: asyncpg
         exp_id, NASTY)
     await conn.execute("INSERT INTO ab_promotion_audit_log (actor, action, experiment_name, details) "
                        "VALUES ('<i>me</i>', '<u>act</u>', $1, '{\"reason\": \"<em>why</em>\"}')", NASTY)
-    async with serve(ctx) as base, aiohttp.ClientSession() as s:
+    async with serve(ctx) as base, _viewer_session() as s:
         pages = [
             await _get(s, base + "/"),
             await _get(s, base + "/experiments/" + quote(NASTY, safe="")),
@@ -177,7 +189,7 @@ async def test_names_with_slashes_and_percent_signs_have_working_links(
     ctx = make_context(pool)
     name = "team/a%20b?x=1#frag"
     await create_experiment(conn, name)
-    async with serve(ctx) as base, aiohttp.ClientSession() as s:
+    async with serve(ctx) as base, _viewer_session() as s:
         _, overview, _ = await _get(s, base + "/")
         href = re.search(r'<h2 id="x[0-9a-f]+-h"><a href="([^"]+)"', overview)
         assert href is not None
@@ -185,6 +197,160 @@ async def test_names_with_slashes_and_percent_signs_have_working_links(
         async with s.get(base + href.group(1)) as response:
             assert response.status == 200
             assert "team/a%20b?x=1#frag" in await response.text()
+
+
+# ------------------------------------------------------------------------------------- authentication
+DASHBOARD_GETS = ("/", f"/experiments/{WINNER}", "/promotions", "/fragments/experiments",
+                  "/fragments/experiments-summary", f"/fragments/experiment-card?name={WINNER}",
+                  f"/fragments/experiment?name={WINNER}", "/fragments/promotions", "/events")
+
+
+async def test_anonymous_requests_are_refused_and_show_no_data(demo: tuple[AppContext, str, dict[str, str]]) -> None:
+    _, base, _ = demo
+    async with aiohttp.ClientSession() as s:
+        for path in DASHBOARD_GETS:
+            async with s.get(base + path, allow_redirects=False) as r:
+                body = await r.text()
+                assert r.status == 401, path
+                assert r.headers["WWW-Authenticate"].startswith("Bearer"), path
+                for shown in ("variant-b", "17,500", "<article", "eligible", "Error Rate Check"):
+                    assert shown not in body, (path, shown)  # no figures, decisions or audit details leak
+                if path.startswith(("/fragments/", "/events")):
+                    error = json.loads(body)
+                    assert error["success"] is False and error["error"]["code"] == "unauthorized", path
+                    assert "/sign-in" in error["error"]["message"]
+                else:  # a page: the sign-in form, which brings the browser back here
+                    assert 'form method="post" action="/sign-in"' in body, path
+                    assert f'name="next" value="{path}"' in body, path
+        async with s.get(base + "/", headers={"Authorization": "Bearer not-a-token"}) as r:
+            assert r.status == 401 and "unknown or revoked token" in await r.text()
+        async with s.get(base + "/static/dashboard.css") as r:
+            assert r.status == 200  # the sign-in page needs its style
+
+
+def _browser_session() -> aiohttp.ClientSession:
+    """A client that keeps cookies like a browser (also for 127.0.0.1, which aiohttp skips by default)."""
+    return aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+
+
+def _set_cookie(response: aiohttp.ClientResponse) -> str:
+    values = response.headers.getall("Set-Cookie", [])
+    assert len(values) == 1, values
+    return values[0]
+
+
+async def test_signing_in_sets_an_httponly_strict_cookie_that_lets_the_browser_view(
+    demo: tuple[AppContext, str, dict[str, str]],
+) -> None:
+    ctx, base, _ = demo
+    async with _browser_session() as s:
+        async with s.get(base + "/sign-in?next=/promotions") as r:
+            assert r.status == 200 and 'name="next" value="/promotions"' in await r.text()
+        async with s.post(base + "/sign-in", data={"token": VIEWER_TOKEN, "next": "/promotions"},
+                          allow_redirects=False) as r:
+            assert r.status == 303 and r.headers["Location"] == "/promotions"
+            cookie = _set_cookie(r)
+        attrs = [a.strip().lower() for a in cookie.split(";")]
+        assert attrs[0].startswith(f"{dashboard.SESSION_COOKIE}=")
+        assert "httponly" in attrs and "samesite=strict" in attrs and "path=/" in attrs
+        assert "secure" not in attrs  # plain http: a Secure cookie would never come back
+        status, page, _ = await _get(s, base + "/")
+        assert status == 200 and "Signed in as <strong>watcher</strong> (viewer)" in page
+        assert (await _get(s, base + f"/experiments/{WINNER}"))[0] == 200
+        assert (await _get(s, base + "/fragments/experiments"))[0] == 200
+        async with s.get(base + "/events") as stream:
+            assert stream.status == 200
+            assert (await stream.content.readline()).startswith(b"retry:")
+        # Signing out forgets the cookie.
+        async with s.post(base + "/sign-out", allow_redirects=False) as r:
+            assert r.status == 303 and r.headers["Location"] == "/sign-in"
+            assert "max-age=0" in _set_cookie(r).lower()
+        assert (await _get(s, base + "/"))[0] == 401
+    await _wait_for(lambda: ctx.events.client_count == 0)  # the stream's handler saw its client leave
+
+
+async def test_sign_in_behind_https_marks_the_cookie_secure(demo: tuple[AppContext, str, dict[str, str]]) -> None:
+    _, base, _ = demo
+    async with aiohttp.ClientSession() as s, s.post(
+        base + "/sign-in", data={"token": VIEWER_TOKEN}, headers={"X-Forwarded-Proto": "https"},
+        allow_redirects=False,
+    ) as r:
+        assert r.status == 303 and r.headers["Location"] == "/"
+        assert "secure" in [a.strip().lower() for a in _set_cookie(r).split(";")]
+
+
+async def test_sign_in_refuses_bad_tokens_foreign_forms_and_foreign_redirects(
+    demo: tuple[AppContext, str, dict[str, str]],
+) -> None:
+    _, base, _ = demo
+    async with aiohttp.ClientSession() as s:
+        for data, status, message in (({"token": "nope"}, 401, "unknown or was revoked"),
+                                      ({"token": "  "}, 400, "Enter a token first")):
+            async with s.post(base + "/sign-in", data=data, allow_redirects=False) as r:
+                assert r.status == status and message in await r.text()
+                assert "Set-Cookie" not in r.headers
+        # A form on another site must not sign this browser in as someone else (login CSRF).
+        for headers in ({"Origin": "http://evil.example"}, {"Sec-Fetch-Site": "cross-site"}):
+            async with s.post(base + "/sign-in", data={"token": VIEWER_TOKEN}, headers=headers,
+                              allow_redirects=False) as r:
+                assert r.status == 403 and "Set-Cookie" not in r.headers
+        # After signing in, only a path on this site.
+        for target in ("//evil.example/x", "https://evil.example/", "/\\evil.example", "javascript:alert(1)"):
+            async with s.post(base + "/sign-in", data={"token": VIEWER_TOKEN, "next": target},
+                              allow_redirects=False) as r:
+                assert r.status == 303 and r.headers["Location"] == "/", target
+        async with s.post(base + "/sign-in", data={"token": VIEWER_TOKEN, "next": f"/experiments/{WINNER}?a=1"},
+                          allow_redirects=False) as r:
+            assert r.headers["Location"] == f"/experiments/{WINNER}?a=1"
+
+
+async def test_a_revoked_token_ends_the_sign_in(pool: asyncpg.Pool) -> None:
+    ctx = make_context(pool)
+    jar = aiohttp.CookieJar(unsafe=True)
+    async with serve(ctx) as base, aiohttp.ClientSession(cookie_jar=jar) as s:
+        async with s.post(base + "/sign-in", data={"token": VIEWER_TOKEN}, allow_redirects=False) as r:
+            assert r.status == 303
+        assert (await _get(s, base + "/"))[0] == 200
+    # The same cookie against a server whose configuration no longer has that token.
+    revoked = make_context(pool, env={"AUTO_PROMOTION_API_TOKENS": ""})
+    async with serve(revoked) as base2, aiohttp.ClientSession(cookie_jar=jar) as s:
+        # cookies are per host, not per port: the jar sends it to the second server too
+        status, body, headers = await _get(s, base2 + "/")
+        assert status == 401 and "unknown or was revoked" in body
+        assert "max-age=0" in headers["Set-Cookie"].lower()  # and the useless cookie is cleared
+        async with s.get(base2 + "/fragments/experiments") as r:
+            assert r.status == 401
+
+
+async def test_the_sign_in_cookie_never_authorises_the_api(demo: tuple[AppContext, str, dict[str, str]]) -> None:
+    _, base, _ = demo
+    # Even an operator token, once in the cookie, changes nothing: writes need the bearer header (no CSRF).
+    async with _browser_session() as s:
+        async with s.post(base + "/sign-in", data={"token": OPERATOR_TOKEN}, allow_redirects=False) as r:
+            assert r.status == 303
+        assert (await _get(s, base + "/"))[0] == 200
+        for method, path, body in (("POST", "/api/experiments/auto-promote", {"action": "promote",
+                                                                              "experimentName": WINNER}),
+                                   ("POST", "/api/experiments/auto-promote", {"action": "check",
+                                                                              "experimentName": WINNER}),
+                                   ("GET", "/api/audit", None)):
+            async with s.request(method, base + path, json=body) as r:
+                assert r.status == 401, path
+                assert (await r.json())["error"]["code"] == "unauthorized"
+        async with s.post(base + "/api/experiments/auto-promote", json={"action": "check", "experimentName": WINNER},
+                          headers={"Authorization": f"Bearer {VIEWER_TOKEN}"}) as r:
+            assert r.status == 200
+
+
+async def test_with_authentication_disabled_the_dashboard_is_open(pool: asyncpg.Pool) -> None:
+    ctx = make_context(pool, env={"AUTO_PROMOTION_API_AUTH": "disabled"})
+    async with serve(ctx) as base, aiohttp.ClientSession() as s:
+        status, page, _ = await _get(s, base + "/")
+        assert status == 200 and "Signed in as" not in page
+        async with s.get(base + "/sign-in?next=/promotions", allow_redirects=False) as r:
+            assert r.status == 303 and r.headers["Location"] == "/promotions"
+        async with s.get(base + "/events") as stream:
+            assert stream.status == 200
 
 
 # ---------------------------------------------------------------------------------------- event stream
@@ -202,7 +368,7 @@ async def test_event_stream_forwards_bus_events_as_server_sent_events(
     pool: asyncpg.Pool,
 ) -> None:
     ctx = make_context(pool)
-    async with serve(ctx) as base, aiohttp.ClientSession() as s, s.get(base + "/events") as response:
+    async with serve(ctx) as base, _viewer_session() as s, s.get(base + "/events") as response:
         assert response.status == 200
         assert response.headers["Content-Type"].startswith("text/event-stream")
         assert response.headers["Cache-Control"] == "no-store"
@@ -224,7 +390,7 @@ async def test_shutdown_ends_open_event_streams(pool: asyncpg.Pool) -> None:
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     host, port = runner.addresses[0][:2]
-    async with aiohttp.ClientSession() as s, s.get(f"http://{host}:{port}/events") as response:
+    async with _viewer_session() as s, s.get(f"http://{host}:{port}/events") as response:
         await response.content.readline()
         await _wait_for(lambda: ctx.events.subscriber_count >= 1)
         # Without the on_shutdown hook this would wait for the 60 s shutdown timeout (the guard fails first).
@@ -232,6 +398,139 @@ async def test_shutdown_ends_open_event_streams(pool: asyncpg.Pool) -> None:
         rest = await asyncio.wait_for(response.content.read(), 10)
     assert b"data:" not in rest
     assert ctx.events.subscriber_count == 0
+
+
+async def _open_stream(session: aiohttp.ClientSession, url: str) -> aiohttp.ClientResponse:
+    response = await session.get(url)
+    assert response.status == 200, await response.text()
+    assert (await asyncio.wait_for(response.content.readline(), 10)).startswith(b"retry:")
+    return response
+
+
+async def test_event_stream_clients_are_capped_with_a_json_503(pool: asyncpg.Pool) -> None:
+    ctx = make_context(pool, env={"AUTO_PROMOTION_SSE_MAX_CLIENTS": "2"})
+    async with serve(ctx) as base, _viewer_session() as s:
+        first = await _open_stream(s, base + "/events")
+        second = await _open_stream(s, base + "/events")
+        with capture_logs() as logs:
+            for _ in range(3):  # browsers retrying
+                async with s.get(base + "/events") as third:
+                    assert third.status == 503
+                    assert third.headers["Content-Type"].startswith("application/json")
+                    assert third.headers["Retry-After"] == str(dashboard.RETRY_AFTER_S)
+                    body = await third.json()
+        assert [e["event"] for e in logs].count("dashboard.events.too_many_clients") == 1  # not once per retry
+        assert body["success"] is False and body["error"]["code"] == "too_many_clients"
+        assert "AUTO_PROMOTION_SSE_MAX_CLIENTS" in body["error"]["message"]
+        assert body["error"]["details"] == {"limit": 2}
+        assert ctx.events.client_count == 2
+        first.close()  # a slot comes free when a client leaves
+        await _wait_for(lambda: ctx.events.client_count == 1)
+        again = await _open_stream(s, base + "/events")
+        ctx.events.publish({"type": "evaluation", "experimentName": "after"})
+        assert (await _sse_events(again, 1))[0]["experimentName"] == "after"
+        assert (await _sse_events(second, 1))[0]["experimentName"] == "after"
+        again.close()
+        second.close()
+
+
+@pytest.mark.parametrize(("value", "message"), [("0", "must be at least 1, got 0"),
+                                                ("many", "expected a whole number, got 'many'")])
+def test_the_client_cap_is_validated(value: str, message: str) -> None:
+    with pytest.raises(ConfigError, match="sseMaxClients") as caught:
+        load_settings({"AUTO_PROMOTION_SSE_MAX_CLIENTS": value})
+    assert message in str(caught.value)
+    assert load_settings({}).sse_max_clients == 100
+
+
+async def test_each_event_is_encoded_once_whatever_the_number_of_clients(
+    pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    encoded: list[dict[str, Any]] = []
+    original = dashboard._encode_event
+
+    def counting(event: Any) -> bytes | None:
+        encoded.append(dict(event))
+        return original(event)
+
+    monkeypatch.setattr(dashboard, "_encode_event", counting)
+    ctx = make_context(pool)
+    async with serve(ctx) as base, _viewer_session() as s:
+        clients = [await _open_stream(s, base + "/events") for _ in range(4)]
+        await _wait_for(lambda: ctx.events.client_count == 4)
+        for i in range(5):
+            ctx.events.publish({"type": "evaluation", "experimentName": f"e{i}", "reasons": ["not", "sent"]})
+        received = [await _sse_events(client, 5) for client in clients]
+        for client in clients:
+            client.close()
+    assert all([e["experimentName"] for e in events] == [f"e{i}" for i in range(5)] for events in received)
+    assert len(encoded) == 5  # not 5 x 4
+    assert [e["experimentName"] for e in encoded] == [f"e{i}" for i in range(5)]
+
+
+async def test_a_client_that_stops_reading_is_dropped_and_memory_stays_bounded(pool: asyncpg.Pool) -> None:
+    ctx = make_context(pool, env={"AUTO_PROMOTION_SSE_MAX_CLIENTS": "1"})
+    async with serve(ctx) as base:
+        host, port = base.removeprefix("http://").split(":")
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fill up soon
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
+        reader, writer = await asyncio.open_connection(sock=sock)
+        writer.write(f"GET /events HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                     f"Authorization: Bearer {VIEWER_TOKEN}\r\n\r\n".encode())
+        async with asyncio.timeout(10):
+            while b"retry:" not in await reader.readline():
+                pass
+        await _wait_for(lambda: ctx.events.client_count == 1)
+        # From here on the client reads nothing. Each event is about 4 KiB on the wire.
+        payload = {f"field{i}": str(i) * 480 for i in range(8)}
+        tracemalloc.start()
+        try:
+            base_memory = tracemalloc.get_traced_memory()[0]
+            published = 0
+            deadline = time.monotonic() + 60
+            while ctx.events.client_count and published < 20_000:
+                assert time.monotonic() < deadline, "the client was never dropped"
+                ctx.events.publish({"type": "evaluation", "experimentName": f"e{published}", **payload})
+                published += 1
+                await asyncio.sleep(0)  # let the stream's writer run
+            peak = tracemalloc.get_traced_memory()[1] - base_memory
+        finally:
+            tracemalloc.stop()
+        assert ctx.events.client_count == 0, f"still subscribed after {published} events (~{published * 4} KiB)"
+        assert ctx.events.dropped_clients == 1
+        # Held at most: the client's queue (256 events, ~1 MiB) and one transport buffer (64 KiB), not the
+        # ~{published * 4} KiB published to it.
+        assert peak < 3 * 2**20, f"peak {peak} bytes after {published} events"
+        # Its connection is closed (what the kernel had buffered arrives, then the end) ...
+        async with asyncio.timeout(15):
+            while await reader.read(65536):
+                pass
+        writer.close()
+        # ... and its slot is free for a client that reads.
+        async with _viewer_session() as s:
+            healthy = await _open_stream(s, base + "/events")
+            ctx.events.publish({"type": "evaluation", "experimentName": "next"})
+            assert (await _sse_events(healthy, 1))[0]["experimentName"] == "next"
+            healthy.close()
+    print(f"dropped after {published} events of ~4 KiB; peak traced memory {peak / 2**20:.2f} MiB")
+
+
+async def test_an_event_that_cannot_be_encoded_does_not_fail_its_publisher() -> None:
+    bus = EventBus()
+
+    def encode(event: Any) -> bytes:
+        if event.get("bad"):
+            raise ValueError("cannot encode")
+        return b"data: ok\n\n"
+
+    client = bus.open_stream(encode)
+    bus.publish({"type": "evaluation", "bad": True})  # the daemon's evaluation must not see this error
+    bus.publish({"type": "evaluation"})
+    assert await asyncio.wait_for(client.get(), 5) == b"data: ok\n\n"
+    bus.close_stream(encode, client)
+    assert bus.client_count == 0 and await client.get() is None
 
 
 # --------------------------------------------------------------------------------------- LISTEN bridge
@@ -307,7 +606,7 @@ def test_bridge_ignores_unknown_payloads() -> None:
 # --------------------------------------------------------------------------------------------- static
 async def test_static_files_are_ours_and_cached_by_content_hash(pool: asyncpg.Pool) -> None:
     ctx = make_context(pool)
-    async with serve(ctx) as base, aiohttp.ClientSession() as s:
+    async with serve(ctx) as base, _viewer_session() as s:
         _, page, _ = await _get(s, base + "/promotions")
         js_url = re.search(r'<script src="(/static/dashboard\.js\?v=[0-9a-f]{12})" defer>', page)
         assert js_url is not None

@@ -28,6 +28,7 @@ def test_demo_runs_every_path_to_its_summary_without_a_terminal() -> None:
     assert "notification  webhook  promotion.promoted" in out
     assert "notification  webhook  promotion.rolled_back" in out
     assert "dashboard/API was at http://127.0.0.1:" in out and "postgresql://" in out
+    assert "sign in with the token ap_" in out  # the dashboard needs a token: the demo says which
     assert "Traceback" not in result.stderr
 
 

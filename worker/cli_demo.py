@@ -56,7 +56,7 @@ async def run_demo(duration: float, *, database_url: str | None = None, out: Tex
     port = http_port if http_port is not None else (8080 if _port_free(8080) else 0)
     from worker.http.auth import generate_token, token_entry
 
-    operator_token = generate_token()  # printed once, for the dashboard's operator actions
+    operator_token = generate_token()  # printed once: signs in to the dashboard and authorises its actions
     env = {
         **{k: v for k, v in os.environ.items() if k.startswith(("LOG_", "AUTO_PROMOTION_METHOD"))},
         **DEMO_CONFIG_ENV,
@@ -91,7 +91,8 @@ async def run_demo(duration: float, *, database_url: str | None = None, out: Tex
                 dash = f"http://127.0.0.1:{daemon.http_port}/" if daemon.http_port else "(starting)"
                 return [
                     f"ab-autopromote demo  ·  {len(SCENARIOS)} experiments  ·  {left:4.0f} s left  ·  Ctrl-C stops",
-                    f"dashboard/API: {dash}   operator token: {operator_token}",
+                    f"dashboard/API: {dash}   sign in with the token {operator_token}",
+                    "  (paste it into the sign-in form; for promote/roll back, also under 'Operator token')",
                     f"database: {redact_url(db.url)}",
                     f"traffic recorded: {simulator.recorded_exposures:,} exposures through ab_record_metrics",
                 ]
@@ -127,8 +128,9 @@ async def run_demo(duration: float, *, database_url: str | None = None, out: Tex
                     tg.start_soon(daemon.run, stop)
                     await daemon.http_ready.wait()
                     if not display.live:
-                        print(f"dashboard/API: http://127.0.0.1:{daemon.http_port}/  "
-                              f"(operator token for its actions: {operator_token})", file=out, flush=True)
+                        print(f"dashboard/API: http://127.0.0.1:{daemon.http_port}/  sign in with the token "
+                              f"{operator_token} (paste it into the sign-in form; for promote/roll back, also "
+                              "under 'Operator token')", file=out, flush=True)
                     tg.start_soon(simulator.run, stop)
                     tg.start_soon(manual_rollbacks, pool, stop)
                     tg.start_soon(refresh)

@@ -265,6 +265,9 @@ class Settings(_Model):
     max_body_bytes: Annotated[int, AfterValidator(_between(1024, 100_000_000))] = setting(
         65_536, "AUTO_PROMOTION_MAX_BODY_BYTES", "Largest accepted API request body"
     )
+    sse_max_clients: Annotated[int, AfterValidator(_at_least(1))] = setting(
+        100, "AUTO_PROMOTION_SSE_MAX_CLIENTS", "Dashboard live-update streams (/events) open at once; more get 503"
+    )
     slack_webhook_url: str | None = setting(None, "SLACK_WEBHOOK_URL", "Slack incoming-webhook URL")
     smtp_host: str | None = setting(None, "SMTP_HOST", "SMTP server host")
     smtp_port: Annotated[int, AfterValidator(_between(1, 65535))] = setting(587, "SMTP_PORT", "SMTP server port")

@@ -9,6 +9,9 @@ from typing import Any
 
 import pytest
 
+from tests.browser.demo import VIEWER_TOKEN
+from worker.http.auth import SESSION_COOKIE
+
 CHROMIUM = "/usr/bin/chromium"
 LAUNCH_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -49,13 +52,20 @@ async def browser() -> AsyncIterator[Any]:
 
 @pytest.fixture
 async def new_page(browser: Any) -> AsyncIterator[Any]:
-    """A factory of pages, each in a fresh context (own session storage) that records console errors."""
+    """A factory of pages, each in a fresh context (own session storage) that records console errors.
+
+    Each context is signed in to the dashboard with the viewer token (the cookie /sign-in would set) unless
+    ``token`` says otherwise (None: not signed in).
+    """
     contexts: list[Any] = []
     errors: list[str] = []
 
-    async def make(viewport: dict[str, int] = WIDE) -> Any:
+    async def make(viewport: dict[str, int] = WIDE, token: str | None = VIEWER_TOKEN) -> Any:
         context = await browser.new_context(viewport=viewport, device_scale_factor=1)
         contexts.append(context)
+        if token is not None:  # cookies are per host, not per port: good for every test server
+            await context.add_cookies([{"name": SESSION_COOKIE, "value": token, "url": "http://127.0.0.1",
+                                        "httpOnly": True, "sameSite": "Strict"}])
         page = await context.new_page()
         page.set_default_timeout(15_000)
         page.on("pageerror", lambda exc: errors.append(f"pageerror: {exc}"))

@@ -35,10 +35,16 @@ def _sha(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def make_context(pool: asyncpg.Pool, *, publish_commits: bool = True, **health: Any) -> AppContext:
-    """An AppContext as the daemon builds one; with publish_commits the Engine reports to the bus like it does."""
+def make_context(pool: asyncpg.Pool, *, publish_commits: bool = True, env: dict[str, str] | None = None,
+                 **health: Any) -> AppContext:
+    """An AppContext as the daemon builds one; with publish_commits the Engine reports to the bus like it does.
+
+    Authentication is on (the default) with an operator token named "ops" and a viewer token named "watcher";
+    ``env`` adds or overrides settings.
+    """
     settings = load_settings({
         "AUTO_PROMOTION_API_TOKENS": f"ops:operator:{_sha(OPERATOR_TOKEN)},watcher:viewer:{_sha(VIEWER_TOKEN)}",
+        **(env or {}),
     })
     config = load_config(env={}, overrides={"maxConcurrentPromotions": 50})
     bus = EventBus()

@@ -1,5 +1,5 @@
 """The dashboard in a real headless Chromium: pages at 1280 and 390 px, live updates over server-sent events,
-and an operator rollback through the HTTP API, end to end against a real PostgreSQL."""
+signing in, and an operator rollback through the HTTP API, end to end against a real PostgreSQL."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from tests.browser.demo import (
 )
 from tests.factories import create_experiment, record
 from worker.engine import Engine
+from worker.http.auth import SESSION_COOKIE
 
 pytestmark = pytest.mark.browser
 
@@ -372,3 +373,138 @@ async def test_hostile_experiment_name_is_shown_as_text(
         await expect(page.locator("#activity li").first).to_contain_text(NASTY)
         assert await page.locator("img").count() == 0
     assert new_page.errors == []
+
+
+def _refusals_only(errors: list[str]) -> bool:
+    """Chromium logs every 401 response as a console error; those are expected here, nothing else is."""
+    return all("401" in e for e in errors)
+
+
+async def test_anonymous_visitor_is_refused_and_asked_to_sign_in(
+    pool: asyncpg.Pool, conn: asyncpg.Connection, new_page: Any
+) -> None:
+    from playwright.async_api import expect
+
+    ctx = make_context(pool)
+    await seed_demo(conn, ctx.engine)
+    async with serve(ctx) as base:
+        page = await new_page(NARROW, token=None)
+        response = await page.goto(base + "/experiments/" + quote(ROLLED_BACK, safe=""))
+        assert response is not None and response.status == 401
+        await expect(page.locator("h1")).to_have_text("Sign in")
+        await expect(page.get_by_label("API token")).to_be_focused()
+        # Nothing of the experiment, its audit log or the live stream reaches an anonymous visitor.
+        await expect(page.locator("body")).not_to_contain_text("checkout errors up since the promotion")
+        assert await page.locator("article, #activity, #live-status").count() == 0
+        refused = await page.evaluate("""async () => {
+            const out = {};
+            for (const path of ['/events', '/fragments/experiments', '/fragments/promotions']) {
+                const res = await fetch(path);
+                out[path] = [res.status, (await res.json()).error.code];
+            }
+            return out;
+        }""")
+        assert refused == {p: [401, "unauthorized"] for p in ("/events", "/fragments/experiments",
+                                                              "/fragments/promotions")}
+        # A wrong token is refused with a message, and the form stays.
+        await page.get_by_label("API token").fill("not-a-token")
+        await page.get_by_role("button", name="Sign in").click()
+        await expect(page.get_by_role("alert")).to_contain_text("unknown or was revoked")
+        assert await page.context.cookies() == []
+        await page.screenshot(path=str(screenshot_path("sign-in-refused-390")), full_page=True)
+    assert _refusals_only(new_page.errors), new_page.errors
+
+
+async def test_signing_in_once_shows_the_pages_and_live_updates(
+    pool: asyncpg.Pool, conn: asyncpg.Connection, new_page: Any
+) -> None:
+    from playwright.async_api import expect
+
+    ctx = make_context(pool)
+    await seed_demo(conn, ctx.engine)
+    async with serve(ctx) as base:
+        page = await new_page(WIDE, token=None)
+        await page.goto(base + "/promotions")
+        await expect(page.locator("h1")).to_have_text("Sign in")
+        await page.screenshot(path=str(screenshot_path("sign-in-1280")), full_page=True)
+        await page.get_by_label("API token").fill(VIEWER_TOKEN)
+        await page.get_by_role("button", name="Sign in").click()
+        # Back where the visitor was going, signed in, with the event stream connected through the cookie.
+        await expect(page).to_have_url(base + "/promotions")
+        await expect(page.locator("h1")).to_have_text("Promotions")
+        await expect(page.locator(".who")).to_contain_text("Signed in as watcher (viewer)")
+        await expect(page.locator("#live-status")).to_have_attribute("data-state", "on")
+        cookies = await page.context.cookies()
+        assert [(c["name"], c["httpOnly"], c["sameSite"], c["secure"]) for c in cookies] == [
+            (SESSION_COOKIE, True, "Strict", False)]
+        assert await page.evaluate("document.cookie") == ""  # scripts cannot read it
+        assert VIEWER_TOKEN not in page.url
+        # Other pages need no second sign-in.
+        await page.goto(base + "/")
+        await expect(page.locator("article.exp")).to_have_count(5)
+        await expect(page.locator("#live-status")).to_have_attribute("data-state", "on")
+        await page.evaluate("window.__sameDocument = true")
+        ctx.events.publish({"type": "evaluation", "experimentName": AA, "eligible": False})
+        await expect(page.locator("#activity li", has_text=AA)).to_have_count(1)
+        assert await _no_reload(page)
+
+        # When the sign-in stops working (here: the cookie is gone), the next refresh brings the sign-in back,
+        # and signing in returns to the same page.
+        await page.context.clear_cookies()
+        ctx.events.publish({"type": "evaluation", "experimentName": AA, "eligible": False})
+        await expect(page.locator("h1")).to_have_text("Sign in")
+        await page.get_by_label("API token").fill(VIEWER_TOKEN)
+        await page.get_by_role("button", name="Sign in").click()
+        await expect(page).to_have_url(base + "/")
+        await expect(page.locator("article.exp")).to_have_count(5)
+
+        await page.get_by_role("button", name="Sign out").click()
+        await expect(page.locator("h1")).to_have_text("Sign in")
+        assert await page.context.cookies() == []
+        response = await page.goto(base + "/")
+        assert response is not None and response.status == 401
+    assert _refusals_only(new_page.errors), new_page.errors
+
+
+async def test_a_link_from_another_site_opens_the_page_for_a_signed_in_browser(
+    pool: asyncpg.Pool, conn: asyncpg.Connection, new_page: Any
+) -> None:
+    from playwright.async_api import expect
+
+    ctx = make_context(pool)
+    await create_experiment(conn, WINNER)
+    async with serve(ctx) as base:
+        # A signed-in browser follows a link in a notification (another site): SameSite=Strict withholds the
+        # cookie on that navigation, and the page must not ask to sign in again.
+        page = await new_page(WIDE)
+        navigations: list[int] = []
+        page.on("response", lambda r: navigations.append(r.status) if r.request.is_navigation_request() else None)
+        await page.set_content(f'<a id="go" href="{base}/experiments/{WINNER}">open in the dashboard</a>')
+        await page.click("#go")
+        await expect(page.locator("h1")).to_have_text(f"Experiment {WINNER}")
+        await expect(page.locator(".who")).to_contain_text("Signed in as watcher")
+        assert navigations == [401, 200], navigations  # the withheld cookie, then our page's own reload
+
+        # Without a sign-in the same link shows the form, and stays there (the reload is same-site: no loop).
+        anonymous = await new_page(WIDE, token=None)
+        statuses: list[int] = []
+        anonymous.on("response",
+                     lambda r: statuses.append(r.status) if r.request.is_navigation_request() else None)
+        await anonymous.set_content(f'<a id="go" href="{base}/experiments/{WINNER}">open in the dashboard</a>')
+        await anonymous.click("#go")
+        await _wait_until(lambda: len(statuses) >= 2)
+        await expect(anonymous.locator("h1")).to_have_text("Sign in")
+        # The reloaded form does not reload again: a same-site navigation, no cookie to wait for.
+        assert await anonymous.locator('meta[http-equiv="refresh"]').count() == 0
+        assert statuses == [401, 401], statuses
+    assert _refusals_only(new_page.errors), new_page.errors
+
+
+async def _wait_until(predicate: Any, within: float = 15.0) -> None:
+    import asyncio
+    import time
+
+    deadline = time.monotonic() + within
+    while not predicate():
+        assert time.monotonic() < deadline, f"condition not met after {within} s"
+        await asyncio.sleep(0.05)

@@ -7,6 +7,11 @@ is hashed and compared with every entry in constant time.
 Roles: ``viewer`` may read (every GET, and the ``check`` action); ``operator`` may also change things
 (``scan``, ``promote``, ``rollback``). Other modules call ``require_role(request, "viewer")``; the ops module
 guards /metrics with ``require_metrics_access(request)``.
+
+The dashboard's pages, fragments and ``/events`` also accept the token from a sign-in cookie
+(``authenticate_viewer``): a browser's EventSource cannot send an Authorization header. The cookie is
+``HttpOnly`` and ``SameSite=Strict`` and is only ever read for those GETs; ``require_role`` (the API, every
+write) never looks at cookies, so no request a cookie authenticates can change anything (no CSRF to defend).
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ TOKEN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 _REALM = 'Bearer realm="autopromote"'
 ANONYMOUS = "anonymous"
+# The dashboard's sign-in cookie: it holds the token itself, so that revoking the token ends the sign-in.
+SESSION_COOKIE = "autopromote_token"
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +174,11 @@ class Authenticator:
                 found = entry
         return found
 
+    def verify(self, token: str) -> Principal | None:
+        """The principal of a known token (the dashboard's sign-in form), None for an unknown one."""
+        entry = self._lookup(token) if token else None
+        return entry.principal() if entry is not None else None
+
     def authenticate(self, authorization: str | None) -> Principal:
         """The caller; ApiError 401 (with WWW-Authenticate) when auth is on and the token is missing or unknown."""
         token = _bearer_token(authorization)
@@ -198,6 +210,8 @@ def _bearer_token(authorization: str | None) -> str | None:
 
 AUTH: web.AppKey[Authenticator] = web.AppKey("auth", Authenticator)
 _PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal", Principal)
+# Kept apart from _PRINCIPAL so that a cookie-authenticated caller can never satisfy require_role.
+_VIEWER: web.RequestKey[Principal] = web.RequestKey("viewer", Principal)
 
 
 def install(app: web.Application, settings: Settings) -> Authenticator:
@@ -213,6 +227,11 @@ def install(app: web.Application, settings: Settings) -> Authenticator:
                     message=f"{TOKENS_ENV} is empty: every API call will be refused with 401; create a token "
                             "with `autopromote token create --name NAME --role ROLE`")
     return auth
+
+
+def authenticator(request: web.Request) -> Authenticator:
+    """The application's authenticator (built from the settings when the API module is not installed)."""
+    return _authenticator(request)
 
 
 def _authenticator(request: web.Request) -> Authenticator:
@@ -247,3 +266,33 @@ async def require_metrics_access(request: web.Request) -> Principal | None:
     if not request.app[CTX].settings.metrics_auth:
         return None
     return await require_role(request, "viewer")
+
+
+def authenticate_viewer(request: web.Request) -> Principal:
+    """For the dashboard's GETs: the caller by its bearer header like the API, else by the sign-in cookie.
+
+    Raises ApiError 401 (the caller renders it as a sign-in page or as JSON). A header, when present, wins, so
+    a script's wrong token is reported as such rather than hidden by a browser's cookie. Every role may view.
+    """
+    principal = request.get(_VIEWER)
+    if isinstance(principal, Principal):
+        return principal
+    auth = _authenticator(request)
+    authorization = request.headers.get("Authorization")
+    if not auth.enabled or (authorization is not None and authorization.strip()):
+        principal = auth.authenticate(authorization)
+    else:
+        token = request.cookies.get(SESSION_COOKIE)
+        if not token:
+            raise ApiError(401, "unauthorized",
+                           "sign in at /sign-in with a viewer or operator token, or send "
+                           "'Authorization: Bearer <token>'",
+                           {"signIn": "/sign-in"}, headers={"WWW-Authenticate": _REALM})
+        principal = auth.verify(token)
+        if principal is None:
+            raise ApiError(401, "unauthorized",
+                           "the token you signed in with is unknown or was revoked; sign in again at /sign-in",
+                           {"signIn": "/sign-in"},
+                           headers={"WWW-Authenticate": f'{_REALM}, error="invalid_token"'})
+    request[_VIEWER] = principal
+    return principal

@@ -6,29 +6,43 @@ Every page is a few read-only queries (dashboard.sql) rendered to HTML here; eve
 database goes through ``h()`` (experiment names are user input). The browser side is one small script of our
 own (static/dashboard.js): it listens to ``/events``, re-fetches the affected fragment, keeps the operator's API
 token in session storage, and calls the HTTP API after a confirmation.
+
+With authentication on, every page, fragment and ``/events`` needs a viewer token, like the API's GETs (the
+audit details shown here are behind that role there). A script sends it as a bearer header; a browser signs in
+once at ``/sign-in``, which checks the token and keeps it in an ``HttpOnly``, ``SameSite=Strict`` cookie (an
+EventSource cannot send headers). The cookie is accepted only by these read-only GETs: operator actions go to
+the API with the bearer header, so no request a cookie authenticates changes anything.
+
+``/events`` encodes each event once for all its clients (the bus calls ``_encode_event``), accepts at most
+``AUTO_PROMOTION_SSE_MAX_CLIENTS`` clients (then 503), and drops a client that stops reading once its bounded
+queue is full, closing its connection (its EventSource reconnects and the page re-fetches what it shows).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import math
 import mimetypes
 import re
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from html import escape
 from importlib import resources
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlsplit
 
 import asyncpg
 import structlog
 from aiohttp import web
 
+from worker.events import StreamClient, TooManyClients
 from worker.http.app import CTX, AppContext
+from worker.http.auth import SESSION_COOKIE, Principal, authenticate_viewer, authenticator
+from worker.http.errors import ApiError
 from worker.http.svg import DayCount, LiftPoint, interval_bar, interval_scale, lift_chart, pct, promotions_chart
 
 log = structlog.get_logger("worker.http.dashboard")
@@ -39,6 +53,8 @@ BRIDGED_FLAG = "events_bridged"
 # health.details key where this module reports its own bridge ("listening", "reconnecting", "off: ...").
 BRIDGE_STATE = "dashboard_events_bridge"
 HEARTBEAT_S = 15.0
+# How often an idle /events handler checks whether its client has gone (and frees its place under the cap).
+GONE_CHECK_S = 1.0
 MAX_EXPERIMENTS = 300
 AUDIT_ROWS = 100
 PROMOTION_ROWS = 100
@@ -49,7 +65,11 @@ _NAME_RE = re.compile(r"^--\s*name:\s*([a-z_]+)\s*$", re.MULTILINE)
 # Same shape as the daemon's listener publishes: {"type": promotion|rollback, "event": <NOTIFY event>, ...}.
 _BRIDGE_EVENTS = {"promoted": "promotion", "rolled_back": "rollback", "rollback_requested": "rollback"}
 
-_STREAMS = web.AppKey[set[asyncio.Queue[dict[str, Any]]]]("dashboard_streams")
+_STREAMS = web.AppKey[set[StreamClient]]("dashboard_streams")
+# Non-empty while /events refuses clients for the cap, so that the warning is logged once per spell.
+_REFUSING = web.AppKey[set[bool]]("dashboard_refusing")
+# How long a client told "too many clients" should wait before trying again (its EventSource backs off too).
+RETRY_AFTER_S = 10
 
 
 def _load_queries() -> dict[str, str]:
@@ -85,7 +105,7 @@ STATIC = _load_static()
 
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
-    "object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
 _PAGE_HEADERS = {
     "Content-Security-Policy": CSP,
@@ -623,7 +643,15 @@ def _region(region_id: str, fragment: str, refresh_on: str, body: str, experimen
             f"{scope}>{body}</div>")
 
 
-def _layout(*, title: str, page: str, heading: str, body: str, lead: str = "") -> str:
+def _signed_in(who: Principal | None) -> str:
+    """Who is viewing, and the way out; nothing when authentication is off."""
+    if who is None or not who.authenticated:
+        return ""
+    return (f'<form class="who" method="post" action="/sign-out"><span>Signed in as <strong>{h(who.name)}</strong>'
+            f' ({h(who.role)})</span> <button type="submit" class="btn">Sign out</button></form>')
+
+
+def _layout(*, title: str, page: str, heading: str, body: str, lead: str = "", who: Principal | None = None) -> str:
     current = ' aria-current="page"'
     nav = "".join(f'<a href="{href}"{current if key == page else ""}>{label}</a>' for key, href, label in NAV)
     lead_html = f'<p class="lead">{lead}</p>' if lead else ""
@@ -645,20 +673,23 @@ def _layout(*, title: str, page: str, heading: str, body: str, lead: str = "") -
 <nav aria-label="Main">{nav}</nav>
 <p class="live" id="live-status" data-state="connecting"><span class="live-dot" aria-hidden="true"></span>
 <span class="live-text">Live updates: connecting…</span></p>
+{_signed_in(who)}
 </div>
 </header>
 <div class="page">
 <details class="operator card" id="operator">
 <summary>Operator token: <span id="token-state">not set</span></summary>
 <form id="token-form" class="token-form" autocomplete="off">
-<label for="api-token">API token (operator role to promote or roll back; viewer role for dry-run checks)</label>
+<label for="api-token">API token for actions (operator role to promote or roll back; viewer role for dry-run
+checks)</label>
 <div class="token-row">
 <input id="api-token" type="password" autocomplete="off" spellcheck="false" aria-describedby="token-hint">
 <button type="submit" class="btn primary">Use token</button>
 <button type="button" class="btn" id="token-forget">Forget token</button>
 </div>
 <p id="token-hint" class="hint">Kept in this browser tab's session storage only and sent in an Authorization
-header; never put in a URL. Closing the tab forgets it.</p>
+header; never put in a URL. Closing the tab forgets it. Signing in lets you view; actions need the token here,
+because the sign-in cookie never authorises a change.</p>
 </form>
 </details>
 <main id="main" tabindex="-1">
@@ -701,7 +732,187 @@ def _html(body: str, status: int = 200) -> web.Response:
 REFRESH_ALL = "evaluation promotion rollback"
 REFRESH_PROMOTIONS = "promotion rollback"
 
+# ------------------------------------------------------------------------------------------ who may look
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+
+def _who(request: web.Request) -> Principal | None:
+    """The viewer of a page already let in by ``_viewer_page`` (None when authentication is off)."""
+    return authenticate_viewer(request) if authenticator(request).enabled else None
+
+
+def _viewer_page(handler: Handler) -> Handler:
+    """A page for viewers: without a valid token, a 401 that is the sign-in form (a browser can act on it)."""
+
+    @functools.wraps(handler)
+    async def page(request: web.Request) -> web.StreamResponse:
+        try:
+            authenticate_viewer(request)
+        except ApiError as exc:
+            response = _sign_in_response(request, status=401, next_path=request.path_qs,
+                                         error=exc.message if _presented_credentials(request) else None,
+                                         reload=_arrived_from_another_site(request))
+            response.headers.update(exc.headers)
+            if SESSION_COOKIE in request.cookies:
+                _forget_cookie(request, response)  # it did not work: do not send it again
+            return response
+        return await handler(request)
+
+    return page
+
+
+def _viewer_data(handler: Handler) -> Handler:
+    """A fragment or the event stream: without a valid token, the API's JSON 401 (the script sends to /sign-in)."""
+
+    @functools.wraps(handler)
+    async def data(request: web.Request) -> web.StreamResponse:
+        try:
+            authenticate_viewer(request)
+        except ApiError as exc:
+            raise exc.http_exception() from None
+        return await handler(request)
+
+    return data
+
+
+def _presented_credentials(request: web.Request) -> bool:
+    return bool(request.headers.get("Authorization", "").strip() or request.cookies.get(SESSION_COOKIE))
+
+
+# -------------------------------------------------------------------------------------------- sign-in
+def _local_path(value: str | None) -> str:
+    """Where to go after signing in: a path on this site only (never ``//host`` or a URL), else ``/``."""
+    if not value or not value.startswith("/") or value.startswith(("//", "/\\")) or len(value) > 2000:
+        return "/"
+    if any(ord(c) < 0x20 or c == "\\" for c in value) or urlsplit(value).netloc:
+        return "/"
+    return "/" if value.split("?", 1)[0] in ("/sign-in", "/sign-out") else value
+
+
+def _https(request: web.Request) -> bool:
+    # X-Forwarded-Proto from a TLS-terminating proxy; trusting it can only add Secure, never remove it.
+    return request.secure or request.headers.get("X-Forwarded-Proto", "").strip().lower() == "https"
+
+
+def _cross_site(request: web.Request) -> bool:
+    """A form posted from another site (login CSRF: signing the victim in as someone else).
+
+    Browsers that send Sec-Fetch-Site say it outright. Otherwise compare the Origin's host; ``Origin: null``
+    is what our own pages send (their Referrer-Policy is no-referrer), so it tells nothing.
+    """
+    fetch_site = request.headers.get("Sec-Fetch-Site", "").lower()
+    if fetch_site:
+        return fetch_site in ("cross-site", "same-site")
+    origin = request.headers.get("Origin")
+    if origin is None or origin == "null":
+        return False
+    hosts = {request.host, request.headers.get("X-Forwarded-Host", "").split(",")[0].strip()}
+    return urlsplit(origin).netloc not in hosts
+
+
+def _arrived_from_another_site(request: web.Request) -> bool:
+    """A link followed from another site (a Slack message, say): a SameSite=Strict cookie is withheld then.
+
+    Reloading from our own page sends it, so the sign-in page reloads once in that case; the reload is a
+    same-origin navigation, so it cannot loop.
+    """
+    return (request.headers.get("Sec-Fetch-Site", "").lower() == "cross-site"
+            and request.headers.get("Sec-Fetch-Mode", "").lower() == "navigate"
+            and SESSION_COOKIE not in request.cookies)
+
+
+def _sign_in_response(request: web.Request, *, status: int, next_path: str, error: str | None,
+                      reload: bool = False) -> web.Response:
+    refresh = '<meta http-equiv="refresh" content="0">\n' if reload else ""
+    message = (f'<p class="sign-in-error" role="alert" id="sign-in-error">{h(error)}</p>' if error else "")
+    described = ' aria-describedby="sign-in-error"' if error else ""
+    body = f"""<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+{refresh}<title>Sign in · ab-autopromote</title>
+<link rel="icon" href="{_static_url("favicon.svg")}" type="image/svg+xml">
+<link rel="stylesheet" href="{_static_url("dashboard.css")}">
+</head>
+<body data-page="sign-in">
+<header class="top"><div class="top-inner"><p class="brand">ab-autopromote</p></div></header>
+<div class="page">
+<main id="main" class="card sign-in">
+<h1>Sign in</h1>
+<p>The dashboard shows experiment results and the audit log: it needs an API token with the viewer or the operator
+role (<code>autopromote token create --name NAME --role viewer</code>).</p>
+{message}
+<form method="post" action="/sign-in" class="token-form">
+<input type="hidden" name="next" value="{h(_local_path(next_path))}">
+<label for="sign-in-token">API token</label>
+<div class="token-row">
+<input id="sign-in-token" name="token" type="password" required autocomplete="off" spellcheck="false"
+ autofocus aria-describedby="sign-in-hint"{described}>
+<button type="submit" class="btn primary">Sign in</button>
+</div>
+<p id="sign-in-hint" class="hint">The server checks the token and keeps it in a cookie of this browser that scripts
+cannot read and that is sent to this site only, until the browser is closed or you sign out. It lets you view;
+operator actions still ask for a token.</p>
+</form>
+</main>
+</div>
+</body>
+</html>
+"""
+    return _html(body, status=status)
+
+
+def _cookie_attrs(request: web.Request) -> dict[str, Any]:
+    return {"path": "/", "httponly": True, "samesite": "Strict", "secure": _https(request)}
+
+
+def _forget_cookie(request: web.Request, response: web.StreamResponse) -> None:
+    response.del_cookie(SESSION_COOKIE, **_cookie_attrs(request))
+
+
+async def sign_in_page(request: web.Request) -> web.Response:
+    next_path = _local_path(request.query.get("next"))
+    if not authenticator(request).enabled:
+        raise web.HTTPSeeOther(next_path)  # nothing to sign in to
+    return _sign_in_response(request, status=200, next_path=next_path, error=None)
+
+
+async def sign_in(request: web.Request) -> web.Response:
+    """Check the posted token and keep it in the sign-in cookie; the form again, with the reason, when refused."""
+    if _cross_site(request):
+        return _sign_in_response(request, status=403, next_path="/",
+                                 error="This sign-in came from another site and was refused; sign in here.")
+    form = await request.post()
+    next_path = _local_path(str(form.get("next") or "/"))
+    auth = authenticator(request)
+    if not auth.enabled:
+        raise web.HTTPSeeOther(next_path)
+    token = str(form.get("token") or "").strip()
+    if not token:
+        return _sign_in_response(request, status=400, next_path=next_path, error="Enter a token first.")
+    who = auth.verify(token)
+    if who is None:
+        log.info("dashboard.sign_in_refused")
+        return _sign_in_response(request, status=401, next_path=next_path,
+                                 error="That token is unknown or was revoked. Check it and try again.")
+    log.info("dashboard.signed_in", token_name=who.name, role=who.role)
+    response = web.HTTPSeeOther(next_path, headers={"Cache-Control": "no-store"})
+    response.set_cookie(SESSION_COOKIE, token, **_cookie_attrs(request))
+    raise response
+
+
+async def sign_out(request: web.Request) -> web.Response:
+    """Forget the sign-in cookie (the token itself stays valid: revoke it in AUTO_PROMOTION_API_TOKENS)."""
+    if _cross_site(request):
+        raise web.HTTPForbidden(text="cross-site sign-out refused")
+    response = web.HTTPSeeOther("/sign-in", headers={"Cache-Control": "no-store"})
+    _forget_cookie(request, response)
+    raise response
+
+
+# ------------------------------------------------------------------------------------------------- pages
+@_viewer_page
 async def overview_page(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     # The list as a whole changes on promotions, rollbacks and experiments it has not shown yet; each card
@@ -710,13 +921,15 @@ async def overview_page(request: web.Request) -> web.Response:
                    await render_overview(ctx))
     return _html(_layout(title="Experiments", page="overview", heading="Experiments", body=body,
                          lead="Status, exposures, rates and lift with its interval per variant, and the current "
-                              "decision with its reasons. Updates arrive live."))
+                              "decision with its reasons. Updates arrive live.", who=_who(request)))
 
 
+@_viewer_data
 async def overview_fragment(request: web.Request) -> web.Response:
     return _html(await render_overview(request.app[CTX]))
 
 
+@_viewer_data
 async def summary_fragment(request: web.Request) -> web.Response:
     return _html(await render_summary(request.app[CTX]))
 
@@ -727,11 +940,13 @@ def _fragment_or_gone(name: str, body: str | None) -> web.Response:
     return _html(body)
 
 
+@_viewer_data
 async def card_fragment(request: web.Request) -> web.Response:
     name = request.query.get("name", "")
     return _fragment_or_gone(name, await render_card(request.app[CTX], name))
 
 
+@_viewer_page
 async def experiment_page(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     name = request.match_info["name"]
@@ -739,25 +954,29 @@ async def experiment_page(request: web.Request) -> web.Response:
     if body is None:
         return _html(_layout(title="Not found", page="experiment", heading="No such experiment",
                              body=f'<p>There is no experiment named <code>{h(name)}</code>. '
-                                  '<a href="/">Back to the experiments</a>.</p>'), status=404)
+                                  '<a href="/">Back to the experiments</a>.</p>', who=_who(request)), status=404)
     region = _region("experiment", _fragment_href(name), REFRESH_ALL, body, experiment=name)
     return _html(_layout(title=name, page="experiment", heading=f'Experiment <span class="name">{h(name)}</span>',
-                         body=f'<p class="crumbs"><a href="/">← All experiments</a></p>{region}'))
+                         body=f'<p class="crumbs"><a href="/">← All experiments</a></p>{region}', who=_who(request)))
 
 
+@_viewer_data
 async def experiment_fragment(request: web.Request) -> web.Response:
     name = request.query.get("name", "")
     return _fragment_or_gone(name, await render_experiment(request.app[CTX], name))
 
 
+@_viewer_page
 async def promotions_page(request: web.Request) -> web.Response:
     days = _days(request)
     body = _region("promotions", f"/fragments/promotions?days={days}", REFRESH_PROMOTIONS,
                    await render_promotions(request.app[CTX], days))
     return _html(_layout(title="Promotions", page="promotions", heading="Promotions", body=body,
-                         lead="Active and rolled-back promotions, the promotion statistics and the rollback rate."))
+                         lead="Active and rolled-back promotions, the promotion statistics and the rollback rate.",
+                         who=_who(request)))
 
 
+@_viewer_data
 async def promotions_fragment(request: web.Request) -> web.Response:
     return _html(await render_promotions(request.app[CTX], _days(request)))
 
@@ -780,9 +999,40 @@ def _public_event(event: Mapping[str, Any]) -> dict[str, Any] | None:
     return out
 
 
+def _encode_event(event: Mapping[str, Any]) -> bytes | None:
+    """One bus event as a server-sent event; the bus calls this once per event for every /events client."""
+    public = _public_event(event)
+    if public is None:
+        return None
+    return b"data: " + json.dumps(public, separators=(",", ":"), default=str).encode() + b"\n\n"
+
+
+@_viewer_data
 async def events_stream(request: web.Request) -> web.StreamResponse:
     """``text/event-stream`` of the EventBus: one ``data:`` JSON line per event, a comment as heartbeat."""
     ctx = request.app[CTX]
+    transport = request.transport
+
+    def drop() -> None:
+        # The client stopped reading: a write to it may be waiting for buffer space that never comes. Aborting
+        # the connection ends that wait and frees the buffer (abort, not close: close would wait to flush).
+        if transport is not None:
+            transport.abort()
+
+    refusing = request.app[_REFUSING]
+    try:
+        client = ctx.events.open_stream(_encode_event, limit=ctx.settings.sse_max_clients, on_drop=drop)
+    except TooManyClients as exc:
+        if not refusing:  # once per spell of refusals, not once per retrying browser
+            log.warning("dashboard.events.too_many_clients", limit=exc.limit,
+                        message="live-update clients are refused with 503; raise AUTO_PROMOTION_SSE_MAX_CLIENTS "
+                                "if this many dashboards are expected")
+        refusing.add(True)
+        raise ApiError(503, "too_many_clients",
+                       f"{exc.limit} live-update streams are already open, the most AUTO_PROMOTION_SSE_MAX_CLIENTS "
+                       f"allows; try again in {RETRY_AFTER_S} s, or raise the setting",
+                       {"limit": exc.limit}, headers={"Retry-After": str(RETRY_AFTER_S)}).http_exception() from None
+    refusing.clear()
     response = web.StreamResponse(headers={
         "Content-Type": "text/event-stream; charset=utf-8",
         "Cache-Control": "no-store",
@@ -790,37 +1040,38 @@ async def events_stream(request: web.Request) -> web.StreamResponse:
         "X-Content-Type-Options": "nosniff",
     })
     streams = request.app[_STREAMS]
-    async with ctx.events.subscribe() as queue:
-        streams.add(queue)
-        try:
-            await response.prepare(request)
-            await response.write(b"retry: 2000\n: connected\n\n")
-            while True:
-                try:
-                    event = await asyncio.wait_for(queue.get(), HEARTBEAT_S)
-                except TimeoutError:
-                    await response.write(b": heartbeat\n\n")
-                    continue
-                if event.get("type") == "_shutdown":
+    streams.add(client)
+    try:
+        await response.prepare(request)
+        await response.write(b"retry: 2000\n: connected\n\n")
+        loop = asyncio.get_running_loop()
+        heartbeat_at = loop.time() + HEARTBEAT_S
+        while True:
+            try:
+                data = await asyncio.wait_for(client.get(), GONE_CHECK_S)
+            except TimeoutError:
+                # aiohttp does not cancel a handler whose client left: look, so that its slot comes free.
+                if request.transport is None or request.transport.is_closing():
                     break
-                public = _public_event(event)
-                if public is None:
-                    continue
-                data = json.dumps(public, separators=(",", ":"), default=str)
-                await response.write(f"data: {data}\n\n".encode())
-        except (ConnectionResetError, ConnectionError):
-            pass  # the browser went away; EventSource reconnects by itself when it comes back
-        finally:
-            streams.discard(queue)
+                if loop.time() >= heartbeat_at:
+                    heartbeat_at = loop.time() + HEARTBEAT_S
+                    await response.write(b": heartbeat\n\n")
+                continue
+            if data is None:  # shut down, or dropped for falling behind
+                break
+            await response.write(data)
+    except (ConnectionResetError, ConnectionError):
+        pass  # the browser went away; EventSource reconnects by itself when it comes back
+    finally:
+        streams.discard(client)
+        ctx.events.close_stream(_encode_event, client)
     return response
 
 
 async def _close_streams(app: web.Application) -> None:
     """On shutdown, end every open event stream so that the server does not wait for them."""
-    for queue in app[_STREAMS].copy():
-        if queue.full():
-            queue.get_nowait()
-        queue.put_nowait({"type": "_shutdown"})
+    for client in app[_STREAMS].copy():
+        client.close()
 
 
 def _bridge_event(payload: str) -> dict[str, Any] | None:
@@ -929,6 +1180,7 @@ async def _events_bridge_ctx(app: web.Application) -> AsyncIterator[None]:
 def add_routes(app: web.Application) -> None:
     """Register the dashboard's pages, fragments, event stream, static files and LISTEN bridge."""
     app[_STREAMS] = set()
+    app[_REFUSING] = set()
     app.router.add_get("/", overview_page, name="dashboard")
     app.router.add_get("/experiments/{name:.+}", experiment_page, name="dashboard_experiment")
     app.router.add_get("/promotions", promotions_page, name="dashboard_promotions")
@@ -938,6 +1190,9 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/fragments/experiment", experiment_fragment)
     app.router.add_get("/fragments/promotions", promotions_fragment)
     app.router.add_get("/events", events_stream, name="dashboard_events")
+    app.router.add_get("/sign-in", sign_in_page, name="dashboard_sign_in")
+    app.router.add_post("/sign-in", sign_in)
+    app.router.add_post("/sign-out", sign_out)
     app.router.add_get("/static/{file}", static_file)
     app.on_shutdown.append(_close_streams)
     app.cleanup_ctx.append(_events_bridge_ctx)

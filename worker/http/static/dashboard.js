@@ -150,6 +150,7 @@
                                             credentials: "same-origin" })
       .then(function (res) { return res.text().then(function (text) { return { ok: res.ok, status: res.status, text: text }; }); })
       .then(function (r) {
+        if (r.status === 401) { signIn(); return; }
         if (!r.ok && r.status !== 404) { return; }
         var active = document.activeElement;
         var focusId = active && region.contains(active) ? active.id : "";
@@ -197,6 +198,24 @@
   }
 
   // -------------------------------------------------------------------------------------- live events
+  // The sign-in cookie expired or its token was revoked: sign in again and come back to this page.
+  var leaving = false;
+  function signIn() {
+    if (leaving) { return; }
+    leaving = true;
+    setLive("off", "Live updates: signed out");
+    window.location.assign("/sign-in?next=" + encodeURIComponent(window.location.pathname + window.location.search));
+  }
+
+  // An EventSource gives up for good on an error status (401, or 503 when the server has too many clients)
+  // without telling which: ask a small fragment whether we are still signed in, else retry with backoff.
+  function checkSignedIn() {
+    return fetch("/fragments/experiments-summary", { headers: { "Accept": "text/html" }, cache: "no-store",
+                                                      credentials: "same-origin" })
+      .then(function (res) { if (res.status === 401) { signIn(); } })
+      .catch(function () { /* offline: the retry tries again */ });
+  }
+
   function setLive(state, text) {
     var box = byId("live-status");
     if (!box) { return; }
@@ -269,12 +288,14 @@
     all.forEach(function (region) { if (concerns(region, ev, kinds)) { scheduleRefresh(region); } });
   }
 
+  var retryMs = 2000;
+  var lostOnce = false;
   function connect() {
     if (!("EventSource" in window)) { setLive("off", "Live updates unavailable in this browser"); return; }
     var source = new EventSource("/events");
-    var lostOnce = false;
     source.onopen = function () {
       setLive("on", "Live updates: on");
+      retryMs = 2000;
       if (lostOnce) { // events may have been missed while disconnected
         lostOnce = false;
         regions().forEach(function (region) { scheduleRefresh(region, 0); });
@@ -283,6 +304,11 @@
     source.onerror = function () {
       lostOnce = true;
       setLive("reconnecting", "Live updates: reconnecting…");
+      if (source.readyState === EventSource.CLOSED && !leaving) {
+        checkSignedIn();
+        window.setTimeout(function () { if (!leaving) { connect(); } }, retryMs);
+        retryMs = Math.min(retryMs * 2, 60000);
+      }
     };
     source.onmessage = function (message) {
       var ev;
