@@ -377,7 +377,14 @@ def run_safety_checks(
         srm = analysis.srm
         observed = "/".join(f"{o:,}" for o in srm.observed)
         expected = "/".join(f"{e:,.0f}" for e in srm.expected)
-        if srm.flagged:
+        stray = [v for v in snapshot.variants if v.exposures > 0 and not v.weight > 0]
+        if srm.flagged and stray:
+            names = ", ".join(f"{v.name} ({v.exposures:,})" for v in stray)
+            checks.append(SafetyCheck(
+                TRAFFIC_BALANCE_CHECK, False,
+                f"sample-ratio mismatch: exposures recorded for variant(s) with weight 0: {names}; "
+                f"observed {observed}, expected {expected}", "critical"))
+        elif srm.flagged:
             checks.append(SafetyCheck(
                 TRAFFIC_BALANCE_CHECK, False,
                 f"sample-ratio mismatch (chi-square p {_p(srm.p_value)}, threshold {sc.srm_threshold:g}): "
