@@ -332,7 +332,7 @@ def test_error_rate_invalid_input_raises() -> None:
     with pytest.raises(StatsInputError, match="exceed"):
         error_rate_test(ctrl(10, errors=11), trt(10))
     with pytest.raises(StatsInputError, match="alpha"):
-        error_rate_test(ctrl(10, errors=1), trt(10), alpha=0.5)
+        error_rate_test(ctrl(10, errors=1), trt(10), alpha=1.0)
     with pytest.raises(StatsInputError, match="method"):
         error_rate_test(ctrl(10, errors=1), trt(10), method="nope")  # type: ignore[arg-type]
 
