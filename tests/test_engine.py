@@ -187,6 +187,19 @@ async def test_traffic_to_a_weight_zero_variant_is_a_sample_ratio_mismatch(
     assert row["reasons"] == single["reasons"]
 
 
+async def test_a_promoted_experiment_is_not_called_mismatched_by_its_own_promotion(
+    engine: Engine, conn: asyncpg.Connection
+) -> None:
+    # The promotion sets control's weight to 0; control's earlier exposures are not traffic to a weight-0 variant.
+    await seed_winner(conn)
+    promoted = await engine.promote_winner("homepage-cta-test")
+    assert promoted["success"], promoted
+    data = await engine.check_promotion_eligibility("homepage-cta-test")
+    check = next(c for c in data["safetyChecks"] if c["name"] == "Traffic Balance Check")
+    assert check["message"] == f"not checked: the weights are those of promotion {promoted['promotionId']}"
+    assert not any("Traffic Balance" in r for r in data["reasons"]), data["reasons"]
+
+
 async def test_critical_alert_blocks_and_global_alert_too(engine: Engine, conn: asyncpg.Connection) -> None:
     await seed_winner(conn)
     alert_id = await conn.fetchval("SELECT ab_raise_alert(NULL, 'critical', 'payments are down')")
