@@ -165,6 +165,41 @@ async def test_sample_ratio_mismatch_blocks(engine: Engine, conn: asyncpg.Connec
     assert len(data["reasons"]) == 1
 
 
+async def test_traffic_to_a_weight_zero_variant_is_a_sample_ratio_mismatch(
+    engine: Engine, conn: asyncpg.Connection
+) -> None:
+    # control and variant-b split 50/50 as weighted and variant-b wins; variant-c is switched off (weight 0)
+    # yet receives traffic: the assignment is broken, so nothing the experiment measured can be trusted.
+    await create_experiment(conn, "homepage-cta-test", ["control", "variant-b", "variant-c"], weights=[1, 1, 0])
+    for variant, (n, conv) in WINNER.items():
+        await record(conn, "homepage-cta-test", variant, n, conv)
+    await record(conn, "homepage-cta-test", "variant-c", 300, 30)
+    expected = "sample-ratio mismatch: exposures recorded for variant(s) with weight 0: variant-c (300)"
+    single = await engine.check_promotion_eligibility("homepage-cta-test")
+    check = next(c for c in single["safetyChecks"] if c["name"] == "Traffic Balance Check")
+    assert check["passed"] is False and check["severity"] == "critical"
+    assert check["message"].startswith(expected), check["message"]
+    assert single["eligible"] is False and single["srm"]["flagged"] is True
+    assert single["reasons"] == [f"safety check failed: Traffic Balance Check: {check['message']}"]
+    # The scan's vectorised statistics say the same.
+    scan = await engine.scan_and_promote_winners(dry_run=True)
+    [row] = [r for r in scan["results"] if r["experimentName"] == "homepage-cta-test"]
+    assert row["reasons"] == single["reasons"]
+
+
+async def test_a_promoted_experiment_is_not_called_mismatched_by_its_own_promotion(
+    engine: Engine, conn: asyncpg.Connection
+) -> None:
+    # The promotion sets control's weight to 0; control's earlier exposures are not traffic to a weight-0 variant.
+    await seed_winner(conn)
+    promoted = await engine.promote_winner("homepage-cta-test")
+    assert promoted["success"], promoted
+    data = await engine.check_promotion_eligibility("homepage-cta-test")
+    check = next(c for c in data["safetyChecks"] if c["name"] == "Traffic Balance Check")
+    assert check["message"] == f"not checked: the weights are those of promotion {promoted['promotionId']}"
+    assert not any("Traffic Balance" in r for r in data["reasons"]), data["reasons"]
+
+
 async def test_critical_alert_blocks_and_global_alert_too(engine: Engine, conn: asyncpg.Connection) -> None:
     await seed_winner(conn)
     alert_id = await conn.fetchval("SELECT ab_raise_alert(NULL, 'critical', 'payments are down')")

@@ -170,6 +170,45 @@ async def test_promotion_reaches_every_channel_with_its_facts(
     assert email_log["smtp_reply"].startswith("250 ") and email_log["duration_ms"] > 0
 
 
+async def test_an_experiment_named_channel_pings_nobody_on_any_channel(
+    conn: asyncpg.Connection, pool: asyncpg.Pool, http: FakeHTTPReceiver, smtp: FakeSMTPServer
+) -> None:
+    """A name that is markup somewhere arrives as text everywhere: escaped where a channel parses markup (Slack's
+    mrkdwn and plain text, the email's HTML part), exactly as typed where it is data (JSON, plain text)."""
+    name = "<!channel> & <@U024BE7LH>"
+    exp = await create_experiment(conn, name, priority="critical")
+    settings = _settings(http, smtp)
+    await promote_with_notifications(conn, experiment_id=exp, config=_config(include_detailed_metrics=True),
+                                     settings=settings, experiment_name=name, priority="critical")
+    dispatcher = Dispatcher(pool, settings)
+    await _drive(dispatcher, _all(conn, "sent"))
+    assert sorted(r["channel"] for r in await _logs(conn)) == ["email", "pagerduty", "slack", "webhook"]
+
+    [slack] = http.received(SLACK_PATH)
+    raw = slack.body.decode()
+    assert "<!channel>" not in raw and "<@U024BE7LH>" not in raw  # anywhere in the body Slack received
+    body = slack.json()
+    escaped = "&lt;!channel&gt; &amp; &lt;@U024BE7LH&gt;"
+    assert body["text"] == f"Promoted: {escaped}: promoted variant-b over control"
+    assert body["blocks"][0]["text"] == {"type": "plain_text", "text": f"Promoted: {escaped}", "emoji": True}
+    fields = [f["text"] for b in body["blocks"] if "fields" in b for f in b["fields"]]
+    assert f"*Experiment*\n{escaped}" in fields
+
+    [mail] = smtp.messages
+    plain, html = mail.message.get_body(("plain",)), mail.message.get_body(("html",))
+    assert plain is not None and html is not None
+    assert name in mail.message["Subject"] and name in plain.get_content()  # text, not markup
+    assert "<!channel>" not in html.get_content() and "&lt;!channel&gt; &amp; &lt;@U024BE7LH&gt;" in html.get_content()
+
+    [pd] = http.received(PD_PATH)
+    payload = pd.json()["payload"]
+    assert payload["component"] == name and payload["summary"].startswith(f"Promoted: {name}: promoted")
+
+    [hook] = http.received(HOOK_PATH)
+    assert hook.json()["experimentName"] == name
+    assert verify_signature(HOOK_SECRET, hook.headers["X-Timestamp"], hook.body, hook.headers["X-Signature"])
+
+
 async def test_automatic_rollback_is_told_everywhere_and_resolves_the_breach_incident(
     conn: asyncpg.Connection, pool: asyncpg.Pool, http: FakeHTTPReceiver, smtp: FakeSMTPServer
 ) -> None:

@@ -83,9 +83,41 @@ def test_slack_rollback_message_gives_the_reason_and_who_acted() -> None:
 def test_slack_message_without_public_url_has_no_link_and_escapes_user_text() -> None:
     message = build_slack_message(_facts(public_url=None, experimentName="<!channel> & co"))
     assert "Open in the dashboard" not in _slack_text(message)
-    # mrkdwn would turn <!channel> into an @channel ping; plain_text (the header) shows it as typed.
-    mrkdwn = [t["text"] for t in _texts(message["blocks"]) if t["type"] == "mrkdwn" and "channel" in t["text"]]
-    assert mrkdwn and all("&lt;!channel&gt; &amp; co" in t and "<!channel>" not in t for t in mrkdwn)
+    # Slack would turn <!channel> into an @channel ping; escaped, it shows the name as typed.
+    named = [t["text"] for t in _texts(message["blocks"]) if "channel" in t["text"]]
+    assert {t["type"] for t in _texts(message["blocks"]) if "channel" in t["text"]} == {"mrkdwn", "plain_text"}
+    assert named and all("&lt;!channel&gt; &amp; co" in t and "<!channel>" not in t for t in named)
+
+
+HOSTILE = "<!channel> <@U024BE7LH> <https://evil.example|click> & co"
+HOSTILE_PAYLOAD = {
+    "experimentName": HOSTILE, "variant": "<!here>", "controlVariant": "<!everyone>", "actor": "<@U1>",
+    "reason": "<!subteam^S1> said so", "method": "<m>", "priority": "<p>",
+    "safetyChecks": [{"name": "<!channel>", "passed": False, "message": "a > b & c < d", "severity": "error"}],
+    "variants": [{"name": "<!channel>", "isControl": True, "exposures": 1}],
+}
+
+
+@pytest.mark.parametrize("event", EVENTS)
+def test_slack_escapes_every_text_field_for_every_event(event: str) -> None:
+    message = build_slack_message(_facts(event, **HOSTILE_PAYLOAD), include_detailed_metrics=True)
+    texts = [message["text"], *(t["text"] for t in _texts(message["blocks"]))]
+    link = f"<{PUBLIC}/experiments/"
+    for text in texts:
+        # The only markup left is the dashboard link this code writes itself (its name part percent-encoded).
+        rest = text.split(link)[0] + "".join(part.split("|Open in the dashboard>", 1)[-1]
+                                             for part in text.split(link)[1:])
+        assert "<" not in rest and ">" not in rest, text
+        assert "&" not in rest.replace("&amp;", "").replace("&lt;", "").replace("&gt;", ""), text
+    assert "&lt;!channel&gt; &lt;@U024BE7LH&gt;" in message["text"]  # the fallback text is what a phone shows
+    assert "&lt;!channel&gt;" in message["blocks"][0]["text"]["text"]
+
+
+def test_slack_dashboard_link_target_cannot_be_broken_out_of() -> None:
+    facts = _facts(public_url="https://ab.example.com/x?a=1&b=<2>|3", experimentName="a|b>c")
+    [context] = [b for b in build_slack_message(facts)["blocks"] if b["type"] == "context"]
+    assert ("<https://ab.example.com/x?a=1&amp;b=&lt;2&gt;%7C3/experiments/a%7Cb%3Ec|Open in the dashboard>"
+            in context["elements"][0]["text"])
 
 
 def test_missing_payload_keys_still_build_every_message() -> None:

@@ -6,6 +6,8 @@ import asyncpg
 import pytest
 
 from tests.factories import create_experiment
+from worker.fold import fold_pending_updates
+from worker.stats import VariantStats, compare_arms
 
 
 async def test_record_metrics_appends_to_queue_and_notifies(conn: asyncpg.Connection, db_url: str) -> None:
@@ -65,6 +67,78 @@ async def test_bad_producer_input_is_rejected_and_nothing_written(
             await conn.execute(f"SELECT {call}")
     assert message in str(err.value)
     assert await conn.fetchval("SELECT count(*) FROM ab_metric_updates") == 0
+
+
+IMPOSSIBLE_MEAN_UPDATES = [
+    # (exposures, value_sum, value_sum_sq, what the message says)
+    (3, 6.0, 11.0, "value_sum_sq (11) is smaller than value_sum^2 / exposures (6^2 / 3)"),  # needs >= 12
+    (1, -5.0, 24.0, "value_sum_sq (24) is smaller than value_sum^2 / exposures (-5^2 / 1)"),
+    (10, 1.0, 0.0, "value_sum_sq (0) is smaller than value_sum^2 / exposures (1^2 / 10)"),
+    (2, 1e200, 1e300, "is smaller than value_sum^2 / exposures"),  # value_sum^2 overflows a float8
+    (0, 3.0, 9.0, "value_sum (3) and value_sum_sq (9) recorded with 0 exposures"),
+    (0, 0.0, 1.0, "value_sum (0) and value_sum_sq (1) recorded with 0 exposures"),
+]
+
+
+@pytest.mark.parametrize(("exposures", "value_sum", "value_sum_sq", "message"), IMPOSSIBLE_MEAN_UPDATES)
+async def test_impossible_mean_updates_are_refused_with_a_hint_and_write_nothing(
+    conn: asyncpg.Connection, exposures: int, value_sum: float, value_sum_sq: float, message: str
+) -> None:
+    await create_experiment(conn, "exp-m", ["control", "b"], metric_type="mean")
+    good = "SELECT ab_record_metrics('exp-m', 'b', 3, 0, 0, NULL, 6.0, 14.0)"
+    # Alone, and after a good call in the same transaction: the transaction writes nothing.
+    for before in ([], [good]):
+        with pytest.raises(asyncpg.InvalidParameterValueError) as err:
+            async with conn.transaction():
+                for sql in before:
+                    await conn.execute(sql)
+                await conn.execute("SELECT ab_record_metrics('exp-m', 'b', $1, 0, 0, NULL, $2, $3)",
+                                   exposures, value_sum, value_sum_sq)
+        assert message in str(err.value)
+        hint = err.value.as_dict().get("hint") or ""
+        assert "exposures" in hint and "value_sum" in hint
+        assert await conn.fetchval("SELECT count(*) FROM ab_metric_updates") == 0
+
+
+async def test_a_batch_with_one_impossible_row_writes_none_of_it(conn: asyncpg.Connection) -> None:
+    """The set-based form producers batch with: one statement over many rows; one bad row refuses all."""
+    await create_experiment(conn, "exp-m", ["control", "b"], metric_type="mean")
+    batch = """SELECT ab_record_metrics('exp-m', v, n, 0, 0, NULL, s, ss)
+                 FROM unnest($1::text[], $2::bigint[], $3::float8[], $4::float8[]) AS u(v, n, s, ss)"""
+    rows = (["control", "b", "b", "control"], [3, 4, 5, 0], [6.0, 8.0, 10.0, 0.0], [14.0, 20.0, 7.0, 0.0])
+    with pytest.raises(asyncpg.InvalidParameterValueError, match=r"value_sum_sq \(7\) is smaller"):
+        await conn.fetch(batch, *rows)
+    assert await conn.fetchval("SELECT count(*) FROM ab_metric_updates") == 0
+    fixed = (rows[0], rows[1], rows[2], [14.0, 20.0, 25.0, 0.0])
+    assert len(await conn.fetch(batch, *fixed)) == 4
+    assert await conn.fetchval("SELECT sum(exposures) FROM ab_metric_updates") == 12
+
+
+async def test_sums_at_the_limit_are_accepted_within_float_round_off(conn: asyncpg.Connection) -> None:
+    """A constant sample has value_sum_sq == value_sum^2 / exposures exactly in theory; summed in floating point
+    it can land a few ulps either side. That is round-off, not an impossible sample."""
+    await create_experiment(conn, "exp-m", ["control", "b"], metric_type="mean")
+    values = [0.3] * 1000
+    s = 0.0
+    ss = 0.0
+    for x in values:
+        s += x
+        ss += x * x
+    assert ss * len(values) < s * s  # this sum really is (slightly) below the bound
+    await conn.execute("SELECT ab_record_metrics('exp-m', 'b', $1, 0, 0, NULL, $2, $3)", len(values), s, ss)
+    # A relative shortfall of 1e-6 is no round-off.
+    with pytest.raises(asyncpg.InvalidParameterValueError):
+        await conn.execute("SELECT ab_record_metrics('exp-m', 'b', $1, 0, 0, NULL, $2, $3)",
+                           len(values), s, ss * (1 - 1e-6))
+    # Zero sums with zero exposures (a call that records only latencies) stay fine.
+    await conn.execute("SELECT ab_record_metrics('exp-m', 'b', 0, 0, 0, ARRAY[12.5], 0, 0)")
+    assert await conn.fetchval("SELECT count(*) FROM ab_metric_updates") == 2
+    # What the database accepts, the statistics accept once folded: the experiment stays decidable.
+    await fold_pending_updates(conn)
+    row = await conn.fetchrow("""SELECT s.exposures, s.value_sum, s.value_sum_sq FROM ab_variant_stats s
+                                   JOIN ab_variants v ON v.id = s.variant_id WHERE v.name = 'b'""")
+    stats = VariantStats("b", False, row["exposures"], value_sum=row["value_sum"], value_sum_sq=row["value_sum_sq"])
+    assert compare_arms(stats, stats, metric_type="mean").reason is not None  # computed (zero variance), no raise
 
 
 async def test_mean_metrics_accept_sums(conn: asyncpg.Connection) -> None:

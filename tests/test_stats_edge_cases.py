@@ -138,21 +138,36 @@ def test_counts_near_a_billion_with_identical_rates_are_not_significant() -> Non
 
 
 def test_all_zero_weights_give_srm_reason_not_a_crash() -> None:
-    res = analyze_experiment([ctrl(100, 10, weight=0.0), trt(100, 12, weight=0.0)])
+    res = analyze_experiment([ctrl(0, 0, weight=0.0), trt(0, 0, weight=0.0)])
     assert res.srm.reason == reasons.SRM_ALL_WEIGHTS_ZERO
     assert res.srm.p_value == 1.0 and not res.srm.flagged and res.srm.expected == (0.0, 0.0)
+
+
+def test_traffic_with_all_weights_zero_is_a_mismatch_not_a_crash() -> None:
+    res = analyze_experiment([ctrl(100, 10, weight=0.0), trt(100, 12, weight=0.0)])
+    assert res.srm.reason == reasons.SRM_ZERO_WEIGHT_TRAFFIC
+    assert res.srm.p_value == 0.0 and res.srm.flagged and res.srm.expected == (0.0, 0.0)
     assert only(res).reason is None  # the comparison itself is unaffected
 
 
-def test_srm_skips_weight_zero_variants() -> None:
+def test_srm_flags_traffic_to_a_weight_zero_variant() -> None:
+    # The weighted arms split perfectly; the third should get nothing and got 5000.
     res = srm_test([1000, 1000, 5000], [1, 1, 0])
-    assert res.df == 1 and res.p_value == 1.0 and res.chi2 == 0.0
+    assert res.reason == reasons.SRM_ZERO_WEIGHT_TRAFFIC and res.flagged
+    assert res.df == 1 and res.p_value == 0.0 and math.isfinite(res.chi2)
     assert res.expected == (1000.0, 1000.0, 0.0) and res.observed == (1000, 1000, 5000)
+    # A single exposure is enough: the arm should receive none at all.
+    assert srm_test([1000, 1000, 1], [1, 1, 0]).flagged
+    # Without traffic the weight-0 arm is simply left out, as before.
+    quiet = srm_test([1000, 1000, 0], [1, 1, 0])
+    assert quiet.reason is None and not quiet.flagged and quiet.p_value == 1.0
 
 
 def test_srm_with_one_weighted_variant_has_reason() -> None:
-    res = srm_test([10, 10], [1, 0])
+    res = srm_test([10, 0], [1, 0])
     assert res.reason == reasons.SRM_SINGLE_ARM and not res.flagged
+    stray = srm_test([10, 10], [1, 0])
+    assert stray.reason == reasons.SRM_ZERO_WEIGHT_TRAFFIC and stray.flagged and stray.expected == (10.0, 0.0)
 
 
 def test_srm_flags_a_mismatch_through_analyze_experiment() -> None:
@@ -317,7 +332,7 @@ def test_error_rate_invalid_input_raises() -> None:
     with pytest.raises(StatsInputError, match="exceed"):
         error_rate_test(ctrl(10, errors=11), trt(10))
     with pytest.raises(StatsInputError, match="alpha"):
-        error_rate_test(ctrl(10, errors=1), trt(10), alpha=0.5)
+        error_rate_test(ctrl(10, errors=1), trt(10), alpha=1.0)
     with pytest.raises(StatsInputError, match="method"):
         error_rate_test(ctrl(10, errors=1), trt(10), method="nope")  # type: ignore[arg-type]
 

@@ -20,6 +20,7 @@ from worker.stats import (
     analyze_many,
     compare_arms,
     error_rate_test,
+    reasons,
     srm_test,
 )
 from worker.stats.effects import sequential_one_sided_p_value, sequential_p_value, sequential_rho
@@ -173,7 +174,9 @@ def test_srm_p_value_is_a_probability(obs: list[int], data: st.DataObject) -> No
     w = data.draw(st.lists(st.floats(0, 1e6), min_size=len(obs), max_size=len(obs)))
     res = srm_test(obs, w)
     check_probability(res.p_value)
-    assert res.flagged == (res.reason is None and res.p_value < 0.001)
+    stray = any(o > 0 and not x > 0 for o, x in zip(obs, w, strict=True))
+    assert (res.reason == reasons.SRM_ZERO_WEIGHT_TRAFFIC) == stray
+    assert res.flagged == ((res.reason is None or stray) and res.p_value < 0.001)
 
 
 # ---- anything thrown at the API raises StatsInputError or nothing ---------------------------------------

@@ -370,6 +370,12 @@ def run_safety_checks(
     # Traffic Balance Check
     if not sc.check_traffic_balance:
         checks.append(SafetyCheck(TRAFFIC_BALANCE_CHECK, True, "disabled by configuration", "info"))
+    elif snapshot.active_promotion_id is not None:
+        # The promotion rewrote the weights (winner 100, the others 0): they no longer describe the assignment
+        # the recorded exposures came from, and every loser would count as traffic to a weight-0 variant.
+        checks.append(SafetyCheck(
+            TRAFFIC_BALANCE_CHECK, missing_passes,
+            f"not checked: the weights are those of promotion {snapshot.active_promotion_id}", missing))
     elif analysis is None or (analysis.srm.reason is not None and analysis.srm.p_value >= 1.0):
         why = analysis.srm.reason if analysis is not None and analysis.srm.reason else "not enough variants"
         checks.append(SafetyCheck(TRAFFIC_BALANCE_CHECK, missing_passes, f"not checked: {why}", missing))
@@ -377,7 +383,14 @@ def run_safety_checks(
         srm = analysis.srm
         observed = "/".join(f"{o:,}" for o in srm.observed)
         expected = "/".join(f"{e:,.0f}" for e in srm.expected)
-        if srm.flagged:
+        stray = [v for v in snapshot.variants if v.exposures > 0 and not v.weight > 0]
+        if srm.flagged and stray:
+            names = ", ".join(f"{v.name} ({v.exposures:,})" for v in stray)
+            checks.append(SafetyCheck(
+                TRAFFIC_BALANCE_CHECK, False,
+                f"sample-ratio mismatch: exposures recorded for variant(s) with weight 0: {names}; "
+                f"observed {observed}, expected {expected}", "critical"))
+        elif srm.flagged:
             checks.append(SafetyCheck(
                 TRAFFIC_BALANCE_CHECK, False,
                 f"sample-ratio mismatch (chi-square p {_p(srm.p_value)}, threshold {sc.srm_threshold:g}): "

@@ -6,6 +6,7 @@ Logs go to stderr so that stdout carries only command output (tables, --json, th
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Any
 
@@ -22,10 +23,21 @@ def redact_secrets(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any
     return event_dict
 
 
+def use_colour() -> bool:
+    """Colour console logs only for a person at a terminal: never into a file or pipe (``make demo > file 2>&1``),
+    and never when ``NO_COLOR`` is set to anything but the empty string (https://no-color.org)."""
+    if os.environ.get("NO_COLOR", ""):
+        return False
+    isatty = getattr(sys.stderr, "isatty", None)
+    return bool(isatty and isatty())
+
+
 def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     """Configure structlog and the stdlib root logger; ``fmt`` is auto, json or console."""
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
-    renderer: Any = structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer()
+    renderer: Any = (
+        structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer(colors=use_colour())
+    )
     numeric = getattr(logging, level.upper(), logging.INFO)
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,

@@ -26,12 +26,18 @@ _FIELD_MAX = 2000
 
 
 def build_slack_message(facts: EventFacts, *, include_detailed_metrics: bool = False) -> dict[str, Any]:
-    """The webhook body: Block Kit blocks plus a plain ``text`` fallback for notifications and old clients."""
-    fields = [{"type": "mrkdwn", "text": _cut(f"*{label}*\n{escape(value)}", _FIELD_MAX)}
+    """The webhook body: Block Kit blocks plus a plain ``text`` fallback for notifications and old clients.
+
+    Every piece of text that comes from data (experiment, variant and check names, reasons, the actor) is escaped,
+    in every field including the plain_text header and the fallback ``text``: Slack parses ``<!channel>``,
+    ``<@U123>`` and ``<url|label>`` in message text, so an experiment named ``<!channel>`` would page a channel.
+    Slack decodes the three entities for display, so people still read the name as typed.
+    """
+    fields = [{"type": "mrkdwn", "text": _cut(f"*{escape(label)}*\n{escape(value)}", _FIELD_MAX)}
               for label, value in facts.fact_rows()]
     blocks: list[dict[str, Any]] = [
         {"type": "header",
-         "text": {"type": "plain_text", "text": _cut(f"{facts.title}: {facts.experiment}", _HEADER_MAX),
+         "text": {"type": "plain_text", "text": _cut(escape(f"{facts.title}: {facts.experiment}"), _HEADER_MAX),
                   "emoji": True}},
         {"type": "section", "text": {"type": "mrkdwn",
                                      "text": _cut(f"{_EMOJI.get(facts.event, '')} {escape(facts.headline)}",
@@ -51,13 +57,13 @@ def build_slack_message(facts: EventFacts, *, include_detailed_metrics: bool = F
         table = _cut(escape(text_table(facts.variant_table())), _SECTION_MAX - 40)
         blocks.append({"type": "section",
                        "text": {"type": "mrkdwn", "text": f"*Per-variant statistics*\n```{table}```"}})
-    context = [f"{escape(facts.actor)} · priority {facts.priority}"]
+    context = [f"{escape(facts.actor)} · priority {escape(facts.priority)}"]
     if facts.dry_run:
         context.append("dry run: nothing was changed")
     if facts.dashboard_url:
-        context.append(f"<{facts.dashboard_url}|Open in the dashboard>")
+        context.append(f"<{_link_target(facts.dashboard_url)}|Open in the dashboard>")
     blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": _cut(" · ".join(context), 3000)}]})
-    return {"text": f"{facts.title}: {facts.headline}", "blocks": blocks}
+    return {"text": escape(f"{facts.title}: {facts.headline}"), "blocks": blocks}
 
 
 async def send_slack(http: aiohttp.ClientSession, webhook_url: str, message: dict[str, Any]) -> AttemptResult:
@@ -68,6 +74,11 @@ async def send_slack(http: aiohttp.ClientSession, webhook_url: str, message: dic
 def escape(text: str) -> str:
     """Slack mrkdwn control characters (&, <, >) as entities, so user text cannot forge links or mentions."""
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _link_target(url: str) -> str:
+    """A URL inside ``<url|label>``: its &, <, > escaped like any text, and | (which would end it) percent-encoded."""
+    return escape(url).replace("|", "%7C")
 
 
 def _cut(text: str, limit: int) -> str:

@@ -29,6 +29,13 @@ __all__ = [
 ]
 
 
+# gbstats tunes the one-sided sequence's rho at level 2*alpha and so refuses alpha >= 0.5, where that level
+# reaches 1 and the tuning has no solution; just below it rho tends to 0 and the bound to infinity, so the
+# error-rate check could never fire. rho is a free choice (any rho > 0 keeps the sequence valid), so alpha above
+# 0.25 (minConfidence below 75) tunes at this level instead: every alpha the configuration allows still tests.
+ONE_SIDED_MAX_TUNING_LEVEL = 0.5
+
+
 def sequential_rho(alpha: float, n_star: float) -> float:
     """Return the mixing parameter rho that makes the two-sided sequence tightest at N = n_star (eq. 161).
 
@@ -209,16 +216,13 @@ def error_rate_test(
 
     Works on the absolute difference, so a control with 0 errors is fine. fixed: one-sided Welch t-test.
     sequential: gbstats' one-sided asymptotic confidence sequence (Waudby-Smith et al. eq. 134, rho tuned at
-    2*alpha), safe to re-run after every batch; p-value is its closed-form inverse. When both arms have
-    zero unpooled variance (e.g. 0% vs 100%) the pooled variance is used instead. errors must not exceed
-    exposures, and the sequential method needs alpha < 0.5 (StatsInputError otherwise).
+    2*alpha, at most ONE_SIDED_MAX_TUNING_LEVEL), safe to re-run after every batch; p-value is its closed-form
+    inverse. When both arms have zero unpooled variance (e.g. 0% vs 100%) the pooled variance is used instead.
+    errors must not exceed exposures (StatsInputError otherwise).
     """
     m = check.method(method)
     a = check.alpha(alpha)
     ns = check.n_star(n_star)
-    if m == "sequential" and a >= 0.5:
-        # rho is tuned at 2*alpha (gbstats does the same and refuses alpha >= 0.5 here too).
-        raise StatsInputError(f"the one-sided sequential error-rate test needs alpha < 0.5, got {a!r}")
     n_a, e_a = _error_counts(control)
     n_b, e_b = _error_counts(treatment)
     ra = e_a / n_a if n_a else 0.0
@@ -253,7 +257,7 @@ def error_rate_test(
         lo = diff - _t_crit(1.0 - a, df) * se
     else:
         n = float(n_a + n_b)
-        rho = sequential_rho(2.0 * a, ns)
+        rho = sequential_rho(min(2.0 * a, ONE_SIDED_MAX_TUNING_LEVEL), ns)
         p = sequential_one_sided_p_value(z, n, rho)
         lo = diff - sequential_one_sided_halfwidth(se, n, a, rho)
     return ErrorRateResult(ra, rb, p, p < a, m, None, diff, lo)

@@ -24,6 +24,7 @@ ERROR_RATES_DEGENERATE: Final = "error rates are identical and degenerate (0 or 
 SRM_NO_EXPOSURES: Final = "no exposures: SRM not computable"
 SRM_ALL_WEIGHTS_ZERO: Final = "all configured weights are 0: SRM not computable"
 SRM_SINGLE_ARM: Final = "fewer than 2 variants with a positive weight: SRM not computable"
+SRM_ZERO_WEIGHT_TRAFFIC: Final = "exposures recorded for a variant with weight 0"
 
 NO_TREATMENTS: Final = "no treatment variants: nothing to compare"
 
@@ -42,4 +43,6 @@ CODES: Final[tuple[str | None, ...]] = (
 )
 
 # Reason codes of the vectorised SRM result, same convention.
-SRM_CODES: Final[tuple[str | None, ...]] = (None, SRM_ALL_WEIGHTS_ZERO, SRM_SINGLE_ARM, SRM_NO_EXPOSURES)
+SRM_CODES: Final[tuple[str | None, ...]] = (
+    None, SRM_ALL_WEIGHTS_ZERO, SRM_SINGLE_ARM, SRM_NO_EXPOSURES, SRM_ZERO_WEIGHT_TRAFFIC,
+)

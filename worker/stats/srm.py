@@ -18,10 +18,12 @@ __all__ = ["srm_test"]
 def srm_test(observed: Sequence[int], weights: Sequence[float], threshold: float = 0.001) -> SrmResult:
     """Pearson chi-squared test of exposures against weights; flagged when p < threshold.
 
-    Weights are relative (any scale). Variants with weight 0 are skipped entirely (their exposures count
-    toward nothing, expected 0.0), so df = (variants with weight > 0) - 1. No exposures, all-zero weights or
-    fewer than two weighted variants give p 1.0, not flagged, with a reason. Raises StatsInputError on
-    mismatched lengths, negative or fractional counts, negative/NaN weights or a threshold outside [0, 1].
+    Weights are relative (any scale); df = (variants with weight > 0) - 1. A variant with weight 0 should
+    receive nothing, so any exposure recorded for one is a mismatch however the other arms split: chi2 is
+    infinite (capped at the largest float), p 0, flagged, reason SRM_ZERO_WEIGHT_TRAFFIC. Otherwise no
+    exposures, all-zero weights or fewer than two weighted variants give p 1.0, not flagged, with a reason.
+    Raises StatsInputError on mismatched lengths, negative or fractional counts, negative/NaN weights or a
+    threshold outside [0, 1].
     """
     thr = check.threshold(threshold)
     obs = tuple(check.count(f"observed[{i}]", o) for i, o in enumerate(observed))
@@ -37,6 +39,13 @@ def srm_test(observed: Sequence[int], weights: Sequence[float], threshold: float
 def _srm(obs: tuple[int, ...], ws: tuple[float, ...], thr: float) -> SrmResult:
     active = [i for i, w in enumerate(ws) if w > 0.0]
     zero_expected = (0.0,) * len(obs)
+    if any(o > 0 and not w > 0.0 for o, w in zip(obs, ws, strict=True)):
+        # Expected 0, observed > 0: the chi-square term is infinite. Traffic is going where it must not.
+        total = sum(obs[i] for i in active)
+        wsum = sum(ws[i] for i in active)
+        stray_expected = tuple(ws[i] / wsum * total if i in active and total else 0.0 for i in range(len(obs)))
+        return SrmResult(sys.float_info.max, 0.0, 0.0 < thr, stray_expected, obs, reasons.SRM_ZERO_WEIGHT_TRAFFIC,
+                         max(len(active) - 1, 0))
     if not active:
         return SrmResult(0.0, 1.0, False, zero_expected, obs, reasons.SRM_ALL_WEIGHTS_ZERO, 0)
     df = len(active) - 1

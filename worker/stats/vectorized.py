@@ -388,17 +388,19 @@ def _srm_many(n: I64, w: F64, pres: B, thr: float) -> tuple[F64, F64, B, I64, F6
         e = np.where(active, w / wsum[:, None] * total[:, None], 0.0)
         d = n - e
         chi2 = np.minimum(np.where(active & (e > 0.0), d * d / e, 0.0).sum(axis=1), np.finfo(np.float64).max)
+    # Exposures on a present variant with weight 0: a mismatch whatever the other arms do (see srm._srm).
+    stray = (pres & ~(w > 0.0) & (n > 0)).any(axis=1)
     code = np.select(
-        [k == 0, k == 1, total == 0.0],
-        [np.int8(1), np.int8(2), np.int8(3)],
+        [stray, k == 0, k == 1, total == 0.0],
+        [np.int8(4), np.int8(1), np.int8(2), np.int8(3)],
         default=np.int8(0),
     ).astype(np.int8)
     ok = code == 0
-    p = np.where(ok, np.clip(special.chdtrc(np.maximum(df, 1), chi2), 0.0, 1.0), 1.0)
-    chi2 = np.where(ok, chi2, 0.0)
-    e = np.where(ok[:, None], e, 0.0)
+    p = np.where(ok, np.clip(special.chdtrc(np.maximum(df, 1), chi2), 0.0, 1.0), np.where(stray, 0.0, 1.0))
+    chi2 = np.where(ok, chi2, np.where(stray, np.finfo(np.float64).max, 0.0))
+    e = np.where((ok | (stray & (total > 0.0)))[:, None], e, 0.0)
     df = np.where(k == 0, 0, df)
-    return chi2, p, ok & (p < thr), df, e, code
+    return chi2, p, (ok | stray) & (p < thr), df, e, code
 
 
 def _best(lift: F64, defined: B, pres_t: B) -> I64:
