@@ -237,3 +237,16 @@ async def test_the_dashboards_promote_button_honours_the_experiments_dry_run(poo
         reply = await api.post({"action": "promote", "experimentName": "dry-exp"})
     assert reply.status == 200 and reply.body["data"]["dryRun"] is True
     assert await promotions_of(conn, "dry-exp") == 0
+
+
+# -------------------------------------------------------------------------------------------------- guard
+async def test_the_guard_judges_by_the_experiments_own_stricter_limit(db_url: str, conn: asyncpg.Connection) -> None:
+    exp_id = await seed_winner(conn, "picky", {"safetyChecks": {"maxErrorRate": 0.01}})
+    async with running_daemon(db_url):
+        promo_id = await wait_for(lambda: conn.fetchval(
+            "SELECT id FROM experiment_promotions WHERE experiment_id = $1", exp_id), what="the promotion")
+        await record(conn, "picky", "variant-b", 300, 30, 9)  # 3% errors: within the server's 5%, not within 1%
+        await wait_for(lambda: conn.fetchval("SELECT rollback_at IS NOT NULL FROM experiment_promotions "
+                                             "WHERE id = $1", promo_id), what="the guard's rollback")
+    reason = await conn.fetchval("SELECT rollback_reason FROM experiment_promotions WHERE id = $1", promo_id)
+    assert "above the 1.00% maximum" in reason
