@@ -296,8 +296,13 @@ class Engine:
                 decision, cfg = self._decide(snapshot, effective, exp["config"])
                 if config is None:
                     # Only a check under the server's own config is "the last decision"; a caller's what-if is not.
+                    report = decision.eligible and (cfg.dry_run or not cfg.enabled)
+                    if report:
+                        # The daemon and the scans hold the experiment's row lock when they compare and store the
+                        # eligibility; so does this check, so that one change is reported once.
+                        await conn.execute(Q["lock_experiment"], exp["id"])
                     previous = await self._record_evaluation(conn, decision)
-                    if decision.eligible and previous is not True and (cfg.dry_run or not cfg.enabled):
+                    if report and previous is not True:
                         # This check is what saw a dry-run experiment become eligible: it reports the change, as
                         # the daemon would have (which now finds the eligibility stored and stays quiet).
                         await self._report_dry_run(conn, snapshot, decision, cfg, effective, actor="autopromote",
@@ -864,8 +869,7 @@ class Engine:
                 out.append(self._decide(snapshot, effective, exp["config"], analyses.get(snapshot.id)))
             except Exception as exc:
                 why = f"evaluation failed: {type(exc).__name__}: {exc}"
-                cfg = self._cfg_or_base(effective, exp["config"])
-                out.append((failed_decision(snapshot, cfg, why), cfg))
+                out.append((failed_decision(snapshot, effective.config, why), effective.config))
         return out
 
 
