@@ -467,16 +467,18 @@ async def test_audit_filters_by_experiment_and_paginates(api: Api, conn: asyncpg
     await seed_winner(conn, "exp-2")
     for name in ("exp-1", "exp-2"):
         await api.post({"action": "promote", "experimentName": name, "dryRun": True})
+    # The scan finds both already reported eligible (by the explicit promotes): only its own row is added.
     await api.post({"action": "scan", "dryRun": True})
+    await api.post({"action": "promote", "experimentName": "exp-2", "dryRun": True})
     everything = await api.get("/api/audit")
-    assert everything.body["data"]["total"] == 5
+    assert everything.body["data"]["total"] == 4
     assert everything.body["data"]["entries"][-1]["experimentName"] == "exp-1"  # newest first
     only = await api.get("/api/audit", params={"experiment": "exp-2"})
     assert {e["experimentName"] for e in only.body["data"]["entries"]} == {"exp-2"}
     assert only.body["data"]["total"] == 2
     scans = await api.get("/api/audit", params={"action": "scan_requested"})
     assert [e["actor"] for e in scans.body["data"]["entries"]] == ["ops-bot"]
-    page = await api.get("/api/audit", params={"limit": "2", "offset": "4"})
+    page = await api.get("/api/audit", params={"limit": "2", "offset": "3"})
     assert len(page.body["data"]["entries"]) == 1
     nul = await api.get("/api/audit", params={"experiment": "a\x00b"})
     assert nul.status == 400 and nul.error_paths() == ["query.experiment"]

@@ -76,9 +76,11 @@ def test_layers_later_wins_and_sources_are_tracked() -> None:
     assert eff.sources["thresholds.minSampleSize"] == "request"
     assert eff.sources["thresholds.minImprovement"] == "preset:aggressive"
     assert eff.sources["method"] == "default"
-    per_experiment = with_experiment_overrides(eff, {"thresholds": {"minSampleSize": 50}})
-    assert per_experiment.thresholds.min_sample_size == 50
+    per_experiment = with_experiment_overrides(eff, {"thresholds": {"minSampleSize": 50, "minImprovement": 1.0}})
+    assert per_experiment.thresholds.min_improvement == 1.0  # experiment over preset
     assert per_experiment.thresholds.min_confidence == 97.5
+    # ... but a request's stricter value holds (tests/test_config_layering.py has the whole rule)
+    assert per_experiment.thresholds.min_sample_size == 900
 
 
 def test_environment_lists_are_trimmed_and_empty_items_dropped() -> None:

@@ -48,6 +48,8 @@ def _engine_command(
     settings = _settings()
     overrides: dict[str, Any] = {}
     if getattr(args, "dry_run", False):
+        # A request-layer value, like the API's: it makes every decision dry, and nothing here can make one less
+        # dry than the experiment's own config (worker.config.with_experiment_overrides).
         overrides["dryRun"] = True
     config = _config(args.preset, overrides)
 
@@ -140,13 +142,13 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_promote(args: argparse.Namespace) -> int:
     return _engine_command(
-        args, lambda e: e.promote_winner(args.name, actor=args.actor, dry_run=True if args.dry_run else None),
+        args, lambda e: e.promote_winner(args.name, actor=args.actor),
         _render_promote, lambda d: bool(d["success"]))
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
     return _engine_command(
-        args, lambda e: e.scan_and_promote_winners(actor=args.actor, dry_run=True if args.dry_run else None),
+        args, lambda e: e.scan_and_promote_winners(actor=args.actor),
         _render_scan, lambda d: True)
 
 

@@ -1,12 +1,14 @@
 """Configuration: the seed's AutoPromotionConfig, presets, layering, validation, and runtime settings.
 
-Layers, later wins: defaults <- preset <- environment <- per-request overrides <- per-experiment config.
+Layers, later wins: defaults <- preset <- environment <- per-request overrides <- per-experiment config, except
+that a request may make a safety setting of the experiment's safer, never less safe (with_experiment_overrides).
 Every leaf field carries its environment variable in its metadata, so the environment parser, the
 ``config show`` command, the README reference and the ``.env.example`` test all read one source.
 """
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 import math
 import os
@@ -529,19 +531,104 @@ def _json_types(tree: Any) -> Any:
     return tree
 
 
+def _stricter_flag(a: bool, b: bool) -> bool:
+    return a or b
+
+
+def _both_enabled(a: bool, b: bool) -> bool:
+    return a and b
+
+
+def _union(a: Any, b: Any) -> tuple[Any, ...]:
+    return tuple(dict.fromkeys((*a, *b)))
+
+
+# The settings whose safe direction is unambiguous, with how to take the safer of two values. A request may move
+# one of these past the experiment's own value only in this direction (see with_experiment_overrides).
+SAFER: dict[str, Callable[[Any, Any], Any]] = {
+    "enabled": _both_enabled,
+    "dryRun": _stricter_flag,
+    "thresholds.minConfidence": max,
+    "thresholds.minSampleSize": max,
+    "thresholds.minImprovement": max,
+    "thresholds.minRuntimeHours": max,
+    "safetyChecks.maxErrorRate": min,
+    "safetyChecks.maxLatencyDegradation": min,
+    "safetyChecks.checkTrafficBalance": _stricter_flag,
+    "safetyChecks.srmThreshold": max,
+    "safetyChecks.checkCriticalAlerts": _stricter_flag,
+    "safetyChecks.alertLookbackHours": max,
+    "safetyChecks.failOnMissingData": _stricter_flag,
+    "excludedExperiments": _union,
+    "maxConcurrentPromotions": min,
+    "guard.guardHours": max,
+    "guard.autoRollback": _stricter_flag,
+}
+
+
+def _get_path(tree: Mapping[str, Any], path: str) -> Any:
+    node: Any = tree
+    for part in path.split("."):
+        node = node[part]
+    return node
+
+
+def with_request_overrides(base: EffectiveConfig, overrides: Mapping[str, Any]) -> EffectiveConfig:
+    """``base`` with more request-layer values (e.g. a CLI's ``--dry-run``); ConfigError if invalid.
+
+    The values are marked as the request's, so that with_experiment_overrides treats them as one.
+    """
+    if not overrides:
+        return base
+    merged = deep_merge(base.config.model_dump(by_alias=True), overrides)
+    try:
+        config = AutoPromotionConfig.model_validate(_json_types(merged))
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc)) from None
+    return EffectiveConfig(config, base.preset, {**base.sources, **dict.fromkeys(_flatten(overrides), "request")})
+
+
 def with_experiment_overrides(
     base: EffectiveConfig, experiment_config: Mapping[str, Any] | None
 ) -> AutoPromotionConfig:
-    """Apply an experiment's ``config`` column on top of an effective config; ConfigError if invalid."""
+    """The config one experiment is decided under: ``base`` with the experiment's ``config`` column laid over it.
+
+    The one place the last layer is applied; every path (daemon, scan, check, promote, guard) calls it, and
+    nothing it returns may be overridden afterwards by an explicit argument. The experiment's own value wins over
+    every layer of ``base``, except that a request (``base.sources`` says "request") may make a setting of SAFER
+    safer still: the safer of the two applies. So a request's ``dryRun: true`` or ``enabled: false`` holds, and
+    the experiment's ``dryRun: true``, ``enabled: false`` or stricter thresholds cannot be lifted by any request.
+    ConfigError if the result is invalid.
+    """
     if not experiment_config:
         return base.config
     if not isinstance(experiment_config, Mapping):
         raise ConfigError([f"experiment config: must be a JSON object, got {type(experiment_config).__name__}"])
-    merged = deep_merge(base.config.model_dump(by_alias=True), experiment_config)
+    base_tree = base.config.model_dump(by_alias=True)
+    merged = deep_merge(base_tree, experiment_config)
     try:
-        return AutoPromotionConfig.model_validate(_json_types(merged))
+        # The experiment's own values first, so that an invalid one is reported even where a request's wins.
+        config = AutoPromotionConfig.model_validate(_json_types(merged))
     except ValidationError as exc:
         raise ConfigError(_format_validation_error(exc, prefix="experiment config ")) from None
+    own_tree = config.model_dump(by_alias=True)
+    safer_tree = own_tree
+    for path in _flatten(experiment_config):
+        safer = SAFER.get(path)
+        if safer is None or base.sources.get(path) != "request":
+            continue
+        requested, own = _get_path(base_tree, path), _get_path(own_tree, path)
+        value = safer(requested, own)
+        if value != own:
+            if safer_tree is own_tree:
+                safer_tree = copy.deepcopy(own_tree)
+            _set_path(safer_tree, path, value)
+    if safer_tree is own_tree:
+        return config
+    try:
+        return AutoPromotionConfig.model_validate(_json_types(safer_tree))
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, prefix="request and experiment config ")) from None
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:

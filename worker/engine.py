@@ -20,7 +20,14 @@ import asyncpg
 import structlog
 
 from worker import metrics
-from worker.config import AutoPromotionConfig, ConfigError, EffectiveConfig, Settings, with_experiment_overrides
+from worker.config import (
+    AutoPromotionConfig,
+    ConfigError,
+    EffectiveConfig,
+    Settings,
+    with_experiment_overrides,
+    with_request_overrides,
+)
 from worker.db.connect import json_safe
 from worker.db.queries import Q
 from worker.decide import (
@@ -173,8 +180,18 @@ class Engine:
     def experiment_config(
         self, effective: EffectiveConfig, overrides: Mapping[str, Any] | None
     ) -> AutoPromotionConfig:
-        """The effective config with the experiment's own ``config`` column applied (ConfigError if invalid)."""
+        """The effective config with the experiment's own ``config`` column applied (ConfigError if invalid).
+
+        Every decision and action takes its config from here alone (worker.config.with_experiment_overrides): no
+        caller passes a value, such as dryRun, that could beat the experiment's own.
+        """
         return with_experiment_overrides(effective, overrides)
+
+    def _cfg_or_base(self, effective: EffectiveConfig, overrides: Mapping[str, Any] | None) -> AutoPromotionConfig:
+        try:
+            return self.experiment_config(effective, overrides)
+        except ConfigError:
+            return effective.config
 
     async def _snapshot(
         self, conn: asyncpg.Connection, experiment_id: int, lookback_hours: float
@@ -276,18 +293,36 @@ class Engine:
                 snapshot = await self._snapshot(conn, exp["id"], self._lookback(effective, exp["config"]))
                 if snapshot is None:
                     raise ExperimentNotFound(f"no experiment named {experiment_name[:200]!r}")
-                decision, _ = self._decide(snapshot, effective, exp["config"])
+                decision, cfg = self._decide(snapshot, effective, exp["config"])
                 if config is None:
                     # Only a check under the server's own config is "the last decision"; a caller's what-if is not.
-                    await self._record_evaluation(conn, decision)
+                    report = decision.eligible and (cfg.dry_run or not cfg.enabled)
+                    if report:
+                        # The daemon and the scans hold the experiment's row lock when they compare and store the
+                        # eligibility; so does this check, so that one change is reported once.
+                        await conn.execute(Q["lock_experiment"], exp["id"])
+                    previous = await self._record_evaluation(conn, decision)
+                    if report and previous is not True:
+                        # This check is what saw a dry-run experiment become eligible: it reports the change, as
+                        # the daemon would have (which now finds the eligibility stored and stays quiet).
+                        await self._report_dry_run(conn, snapshot, decision, cfg, effective, actor="autopromote",
+                                                   check=decision.to_check_data())
         metrics.EVALUATIONS.labels("eligible" if decision.eligible else "not_eligible").inc()
         return decision.to_check_data()
 
     def _lookback(self, effective: EffectiveConfig, overrides: Mapping[str, Any] | None) -> float:
+        return self._cfg_or_base(effective, overrides).safety_checks.alert_lookback_hours
+
+    @staticmethod
+    def _with_dry_run(effective: EffectiveConfig, dry_run: bool | None) -> EffectiveConfig:
+        """A caller's explicit dry_run as what it is, one more request-layer value: it cannot beat an experiment's
+        own dryRun: true (worker.config.with_experiment_overrides)."""
+        if dry_run is None:
+            return effective
         try:
-            return self.experiment_config(effective, overrides).safety_checks.alert_lookback_hours
-        except ConfigError:
-            return effective.config.safety_checks.alert_lookback_hours
+            return with_request_overrides(effective, {"dryRun": dry_run})
+        except ConfigError as exc:
+            raise InvalidRequest("invalid configuration: " + "; ".join(exc.errors), {"field": "dryRun"}) from None
 
     # ------------------------------------------------------------------------------------------- promote
     async def promote_winner(
@@ -302,12 +337,14 @@ class Engine:
 
         Raises ExperimentNotFound, or AlreadyPromoted when an active promotion exists. Not eligible is a
         result (``success: false`` with ``reasons``), not an exception. In dry-run only an audit row is written.
+        ``dry_run`` is a request-layer value like ``config``'s: it can make the promotion dry, but ``False`` cannot
+        lift an experiment's own ``dryRun: true`` or ``enabled: false``.
         """
-        effective = config or self.config
+        effective = self._with_dry_run(config or self.config, dry_run)
         async with self.pool.acquire() as conn:
             exp = await self._find(conn, experiment_name)
             try:
-                return await self._promote_locked(conn, exp["id"], effective, actor=actor, dry_run=dry_run)
+                return await self._promote_locked(conn, exp["id"], effective, actor=actor)
             except (EngineError, asyncpg.exceptions.UniqueViolationError) as exc:
                 if isinstance(exc, asyncpg.exceptions.UniqueViolationError):
                     raise AlreadyPromoted(f"experiment {experiment_name!r} already has an active promotion") from exc
@@ -317,11 +354,10 @@ class Engine:
                 raise
 
     async def _promote_locked(self, conn: asyncpg.Connection, experiment_id: int, effective: EffectiveConfig, *,
-                              actor: str, dry_run: bool | None, mode: str = "request") -> dict[str, Any]:
+                              actor: str, mode: str = "request") -> dict[str, Any]:
         """Check and, when eligible, promote one experiment in one transaction; the promote ``data``."""
         async with conn.transaction():
-            outcome = await self._decide_and_act(conn, experiment_id, effective, actor=actor, dry_run=dry_run,
-                                                 mode=mode)
+            outcome = await self._decide_and_act(conn, experiment_id, effective, actor=actor, mode=mode)
         assert outcome.promotion is not None
         if outcome.action == "promoted":
             self._after_promotion(outcome, mode)
@@ -337,13 +373,13 @@ class Engine:
         self._committed("promotion.promoted", result)
 
     async def _decide_and_act(self, conn: asyncpg.Connection, experiment_id: int, effective: EffectiveConfig, *,
-                              actor: str, dry_run: bool | None, mode: str, alone: bool = False) -> Evaluation:
+                              actor: str, mode: str, alone: bool = False) -> Evaluation:
         """The one evaluation path, inside the caller's transaction, on the locked experiment row.
 
         ``mode``: "request" (API/CLI promote: waits for the row lock, folds pending updates, audits refusals),
-        "scan" (like request, refusals not audited), "daemon" (skips a row another transaction holds, relies on
-        the folder having folded, skips experiments that are not running, audits a dry-run decision only when
-        eligibility changes).
+        "scan" (like request, refusals not audited, a dry run reported only when eligibility changes), "daemon"
+        (skips a row another transaction holds, relies on the folder having folded, skips experiments that are
+        not running, reports a dry run only when eligibility changes).
         """
         daemon = mode == "daemon"
         if daemon:
@@ -364,27 +400,25 @@ class Engine:
                                       self._lookback(effective, exp["config"]) * 3600.0)
         snapshot = _snapshot_from_row(row)
         decision, cfg = self._decide(snapshot, effective, row["config"])
-        return await self._act(conn, row, snapshot, decision, cfg, effective, actor=actor, dry_run=dry_run,
-                               mode=mode, alone=alone)
+        return await self._act(conn, row, snapshot, decision, cfg, effective, actor=actor, mode=mode, alone=alone)
 
     async def _act(self, conn: asyncpg.Connection, row: Mapping[str, Any], snapshot: ExperimentSnapshot,
                    decision: Decision, cfg: AutoPromotionConfig, effective: EffectiveConfig, *, actor: str,
-                   dry_run: bool | None, mode: str, alone: bool = False) -> Evaluation:
+                   mode: str, alone: bool = False) -> Evaluation:
         """What a decision on a locked experiment (``row``: its experiment_snapshot row) leads to: record it, and
-        promote, refuse or audit a dry run. ``alone``: this evaluation is its transaction's only work."""
+        promote, refuse or report a dry run. ``cfg`` (with_experiment_overrides) alone says whether it is a dry run:
+        dryRun, or not enabled. ``alone``: this evaluation is its transaction's only work."""
         daemon = mode == "daemon"
         experiment_id = snapshot.id
         overrides = row["config"]
-        dry = cfg.dry_run if dry_run is None else dry_run
-        if not cfg.enabled and not dry:
-            dry = True
+        dry = cfg.dry_run or not cfg.enabled
         if snapshot.active_promotion_id is not None and not dry and not daemon:
             raise AlreadyPromoted(
                 f"experiment {snapshot.name!r} already has an active promotion ({snapshot.active_promotion_id})",
                 {"promotionId": snapshot.active_promotion_id},
             )
         check = decision.to_check_data()
-        if daemon and (not decision.eligible or not cfg.enabled):
+        if daemon and not decision.eligible:
             # The daemon's common case: nothing to do but remember the decision. A lone evaluation's transaction
             # holds nothing else, so its commit need not wait for the disk.
             await self._record_evaluation(conn, decision, check, relaxed=alone)
@@ -397,21 +431,21 @@ class Engine:
             "confidence": decision.confidence,
             "improvement": decision.improvement,
         }
-        audit_details = {"decision": check, "config": cfg.public(), "preset": effective.preset, "dryRun": dry}
         if dry:
             previous = await self._record_evaluation(conn, decision, check)
-            if daemon and previous is True:
-                return Evaluation(experiment_id, snapshot.name, decision, "evaluated")
             queued = 0
-            if decision.eligible:
-                queued = await self._notify(conn, "promotion.eligible", self._payload(
-                    "promotion.eligible", decision, actor=actor, experiment_name=snapshot.name,
-                    priority=snapshot.priority, promotion_id=None, variant=promoted_name, dry_run=True), cfg)
-            await self._audit(conn, actor, "dry_run", snapshot.id, snapshot.name, None,
-                              {**audit_details, "wouldPromote": decision.eligible, "reasons": list(decision.reasons)})
+            # The daemon and the scans evaluate an unchanged experiment again and again: they report a dry run once
+            # per change of eligibility (the stored eligibility, written in this same transaction, is the memory).
+            # An operator's explicit promote is reported every time.
+            if mode == "request" or (decision.eligible and previous is not True):
+                queued = await self._report_dry_run(conn, snapshot, decision, cfg, effective, actor=actor,
+                                                    check=check)
+            elif daemon:
+                return Evaluation(experiment_id, snapshot.name, decision, "evaluated")
             return Evaluation(experiment_id, snapshot.name, decision, "dry_run", {
                 "success": decision.eligible, **base, "promotionId": None, "notificationsQueued": queued,
                 "dryRun": True, "enabled": cfg.enabled, "reasons": list(decision.reasons), "eligibility": check})
+        audit_details = {"decision": check, "config": cfg.public(), "preset": effective.preset, "dryRun": False}
         refused = {"success": False, **base, "promotionId": None, "notificationsQueued": 0, "dryRun": False,
                    "reasons": list(decision.reasons), "eligibility": check}
         if not decision.eligible or winner is None:
@@ -460,6 +494,23 @@ class Engine:
                   "dryRun": False, "promotedAt": written["promoted_at"].isoformat(), "eligibility": check}
         return Evaluation(experiment_id, snapshot.name, decision, "promoted", result)
 
+    async def _report_dry_run(self, conn: asyncpg.Connection, snapshot: ExperimentSnapshot, decision: Decision,
+                              cfg: AutoPromotionConfig, effective: EffectiveConfig, *, actor: str,
+                              check: dict[str, Any]) -> int:
+        """A dry run's audit row and, when eligible, its promotion.eligible notification; rows queued."""
+        winner = decision.winner
+        promoted_name = winner.variant if winner is not None and decision.eligible else None
+        queued = 0
+        if decision.eligible:
+            queued = await self._notify(conn, "promotion.eligible", self._payload(
+                "promotion.eligible", decision, actor=actor, experiment_name=snapshot.name,
+                priority=snapshot.priority, promotion_id=None, variant=promoted_name, dry_run=True), cfg)
+        await self._audit(conn, actor, "dry_run", snapshot.id, snapshot.name, None,
+                          {"decision": check, "config": cfg.public(), "preset": effective.preset, "dryRun": True,
+                           "enabled": cfg.enabled, "wouldPromote": decision.eligible,
+                           "reasons": list(decision.reasons)})
+        return queued
+
     async def _record_failure(self, conn: asyncpg.Connection, exp: Mapping[str, Any], effective: EffectiveConfig,
                               actor: str, exc: BaseException) -> None:
         """After a failed promotion transaction: audit it and tell people, in a transaction of its own."""
@@ -471,7 +522,7 @@ class Engine:
                 await self._notify(conn, "promotion.failed", self._payload(
                     "promotion.failed", None, actor=actor, experiment_name=exp["name"], priority=exp["priority"],
                     promotion_id=None, variant=None, reason=f"{type(exc).__name__}: {exc}"[:500]),
-                    effective.config)
+                    self._cfg_or_base(effective, exp.get("config")))
         except (asyncpg.PostgresError, OSError) as second:
             log.error("promotion.failure_not_recorded", experiment=exp["name"], error=str(second))
 
@@ -512,10 +563,7 @@ class Engine:
                 await conn.execute(Q["restore_weight"], promo["experiment_id"], name, weight)
             await conn.execute(Q["set_status"], promo["experiment_id"], "rolled_back")
             rolled_at = await conn.fetchval(Q["mark_rolled_back"], pid, reason, actor)
-            try:
-                cfg = self.experiment_config(effective, exp["config"] if exp else None)
-            except ConfigError:
-                cfg = effective.config
+            cfg = self._cfg_or_base(effective, exp["config"] if exp else None)
             await self._audit(conn, actor, "rolled_back", promo["experiment_id"], promo["experiment_name"], pid,
                               {"reason": reason, "trigger": trigger, "restoredWeights": previous,
                                "promotedVariant": promo["promoted_variant_name"], **(details or {})})
@@ -557,8 +605,8 @@ class Engine:
         async with self.pool.acquire() as conn:
             try:
                 async with conn.transaction():
-                    outcome = await self._decide_and_act(conn, experiment_id, effective, actor=actor, dry_run=None,
-                                                         mode="daemon", alone=True)
+                    outcome = await self._decide_and_act(conn, experiment_id, effective, actor=actor, mode="daemon",
+                                                         alone=True)
             except (asyncpg.PostgresError, StatsInputError) as exc:
                 if not transient_db_error(exc):  # a database that is restarting etc. is retried, not reported
                     exp = await conn.fetchrow(Q["experiment_by_id"], experiment_id)
@@ -673,8 +721,7 @@ class Engine:
                 if not decision.eligible:
                     plain.append(decision)
                     continue
-                outcome = await self._act(conn, row, snapshot, decision, cfg, effective, actor=actor, dry_run=None,
-                                          mode="daemon")
+                outcome = await self._act(conn, row, snapshot, decision, cfg, effective, actor=actor, mode="daemon")
                 out.append(outcome)
                 if outcome.action == "promoted":
                     promoted.append(outcome)
@@ -697,10 +744,13 @@ class Engine:
 
         One experiment's failure is reported in its result and never stops the scan. ``include_results=False``
         (the daemon's reconciliation) keeps only the counts, so memory does not grow with the experiment count.
+        Each experiment is decided and acted on under its own config (with_experiment_overrides): ``dry_run`` and
+        ``config`` are request-layer values that cannot lift an experiment's own ``dryRun: true``. A dry run is
+        reported (audit row, promotion.eligible) once per change of eligibility, not at every scan.
         """
-        effective = config or self.config
+        effective = self._with_dry_run(config or self.config, dry_run)
         base_cfg = effective.config
-        dry = base_cfg.dry_run if dry_run is None else dry_run
+        dry = base_cfg.dry_run
         results: list[dict[str, Any]] = []
         promoted = 0
         eligible = 0
@@ -711,7 +761,7 @@ class Engine:
             # In chunks: memory and event-loop stalls stay bounded however many experiments there are.
             for start in range(0, len(running), SCAN_CHUNK):
                 chunk = list(running[start:start + SCAN_CHUNK])
-                decisions = await self._decide_all(conn, effective, chunk)
+                decided = await self._decide_all(conn, effective, chunk)
                 # The daemon's evaluations keep last decisions current; its reconciliation scan rewrites only those
                 # that are missing, stale, or whose eligibility changed (building them is most of a scan's cost).
                 fresh: dict[int, bool] = {} if include_results else {
@@ -719,7 +769,7 @@ class Engine:
                         Q["fresh_states"], [e["id"] for e in chunk], SCAN_STATE_MIN_AGE_S)}
                 checks: dict[int, dict[str, Any]] = {}
                 to_record: list[Decision] = []
-                for i, decision in enumerate(decisions):
+                for i, (decision, cfg) in enumerate(decided):
                     if i % 500 == 499:
                         await anyio.lowlevel.checkpoint()  # let the listener and HTTP server run
                     if fresh.get(decision.experiment_id) is decision.eligible and not decision.eligible:
@@ -742,13 +792,13 @@ class Engine:
                     if decision.eligible:
                         eligible += 1
                         limit = base_cfg.max_concurrent_promotions
-                        if not dry and base_cfg.enabled and promoted >= limit:
+                        if cfg.enabled and not cfg.dry_run and promoted >= limit:
                             item["reasons"] = [f"concurrency limit: {limit} promotion(s) already made in this scan"]
                             item["eligible"] = False
-                        elif base_cfg.enabled or dry:
+                        else:
                             try:
                                 outcome = await self._promote_locked(conn, decision.experiment_id, effective,
-                                                                     actor=actor, dry_run=dry, mode="scan")
+                                                                     actor=actor, mode="scan")
                             except EngineError as exc:
                                 item["error"] = exc.message
                             except (asyncpg.PostgresError, StatsInputError) as exc:
@@ -773,8 +823,8 @@ class Engine:
         return {"scanned": scanned, "eligible": eligible, "promoted": promoted, "dryRun": dry, "results": results}
 
     async def _decide_all(self, conn: asyncpg.Connection, effective: EffectiveConfig,
-                          experiments: list[asyncpg.Record]) -> list[Decision]:
-        """Decisions for ``experiments`` (rows of ab_experiments), from three bulk reads."""
+                          experiments: list[asyncpg.Record]) -> list[tuple[Decision, AutoPromotionConfig]]:
+        """Decisions for ``experiments`` (rows of ab_experiments) with the config of each, from three bulk reads."""
         variant_rows = await conn.fetch(Q["variants_with_stats_for"], [e["id"] for e in experiments])
         alert_rows = await conn.fetch(Q["all_open_critical_alerts"], MAX_ALERT_LOOKBACK_S)
         promo_rows = await conn.fetch(Q["all_active_promotions"])
@@ -803,7 +853,7 @@ class Engine:
                                          key=lambda a: a.created_at, reverse=True)),
             promotions_in_guard_window=in_guard,
         )) for exp in experiments]
-        return [decision for decision, _ in await self._decide_snapshots(effective, pairs)]
+        return await self._decide_snapshots(effective, pairs)
 
     async def _decide_snapshots(
         self, effective: EffectiveConfig, pairs: list[tuple[Mapping[str, Any], ExperimentSnapshot]]

@@ -379,10 +379,11 @@ async def post_auto_promote(request: web.Request) -> web.Response:
     problems = _action_problems(req)
     if problems:
         raise invalid_request(f"invalid request for action '{req.action}'", problems)
+    # dryRun is one more request-layer value: the engine lays each experiment's own config over the request's,
+    # so a request's dryRun: false cannot lift an experiment's dryRun: true (worker.config.with_experiment_overrides).
     overrides = dict(req.config or {})
     if req.dry_run is not None:
         overrides["dryRun"] = req.dry_run
-    explicit_dry = overrides.get("dryRun") if isinstance(overrides.get("dryRun"), bool) else None
     try:
         effective = request_config(ctx, req.preset, overrides)
     except ConfigError as exc:
@@ -402,7 +403,7 @@ async def post_auto_promote(request: web.Request) -> web.Response:
             )
 
     try:
-        success, data = await _run_action(ctx, req, effective, overrides, explicit_dry, principal.name)
+        success, data = await _run_action(ctx, req, effective, overrides, principal.name)
     except EngineError as exc:  # keep the rate-limit headers on refusals too
         return error_response(exc.status, exc.code, exc.message, exc.details, headers)
     body_out = {"success": success, "action": req.action, "data": plain(data), "config": _config_summary(effective)}
@@ -410,7 +411,7 @@ async def post_auto_promote(request: web.Request) -> web.Response:
 
 
 async def _run_action(ctx: AppContext, req: AutoPromoteRequest, effective: EffectiveConfig,
-                      overrides: Mapping[str, Any], explicit_dry: bool | None, actor: str) -> tuple[bool, Any]:
+                      overrides: Mapping[str, Any], actor: str) -> tuple[bool, Any]:
     """One engine call; returns the top-level ``success`` and the engine's data."""
     engine = ctx.engine
     data: dict[str, Any]
@@ -420,11 +421,11 @@ async def _run_action(ctx: AppContext, req: AutoPromoteRequest, effective: Effec
         success = True
     elif req.action == "promote":
         assert req.experiment_name is not None
-        data = await engine.promote_winner(req.experiment_name, config=effective, actor=actor, dry_run=explicit_dry)
+        data = await engine.promote_winner(req.experiment_name, config=effective, actor=actor)
         success = bool(data.get("success"))
     elif req.action == "scan":
-        await _audit_scan(ctx, actor, effective, overrides, explicit_dry)
-        data = await engine.scan_and_promote_winners(config=effective, actor=actor, dry_run=explicit_dry)
+        await _audit_scan(ctx, actor, effective, overrides)
+        data = await engine.scan_and_promote_winners(config=effective, actor=actor)
         success = True
     else:
         assert req.promotion_id is not None and req.reason is not None
@@ -433,10 +434,9 @@ async def _run_action(ctx: AppContext, req: AutoPromoteRequest, effective: Effec
     return success, data
 
 
-async def _audit_scan(ctx: AppContext, actor: str, effective: EffectiveConfig, overrides: Mapping[str, Any],
-                      explicit_dry: bool | None) -> None:
+async def _audit_scan(ctx: AppContext, actor: str, effective: EffectiveConfig, overrides: Mapping[str, Any]) -> None:
     """The scan itself leaves a row (the engine audits what it does to each experiment)."""
-    details = {"dryRun": effective.config.dry_run if explicit_dry is None else explicit_dry,
+    details = {"dryRun": effective.config.dry_run,
                "enabled": effective.config.enabled, "preset": effective.preset, "overrides": plain(overrides),
                "via": "api"}
     async with ctx.pool.acquire() as conn:

@@ -73,6 +73,9 @@ def _config_schemas() -> dict[str, Any]:
     cleaned["AutoPromotionConfig"]["description"] = (
         "The decision configuration in camelCase. As a request's `config`, every field is optional and overrides "
         "the server's configuration (defaults <- preset <- environment <- request <- per-experiment config). "
+        "Where the request and an experiment's own config set the same safety setting (dryRun, enabled, the "
+        "thresholds and safety limits), the safer of the two holds: a request can make a decision stricter or "
+        "dry, never less safe than the experiment's own config. "
         "Value ranges are checked by the server: a value out of range is a 400 `invalid_config` listing every "
         "problem with its path."
     )
@@ -171,7 +174,8 @@ def _schemas() -> dict[str, Any]:
                        "description": "Overrides for this request, camelCase."},
             "preset": {"type": ["string", "null"], "enum": [*PRESET_NAMES, None]},
             "dryRun": {"type": ["boolean", "null"], "description":
-                       "Same as config.dryRun (give one, or both equal). Refused as true for rollback."},
+                       "Same as config.dryRun (give one, or both equal). Refused as true for rollback. false "
+                       "cannot lift an experiment's own dryRun: true or enabled: false."},
         }, required=["action"], additional=False),
         "ConfigSummary": config_summary,
         "SafetyCheck": safety_check,

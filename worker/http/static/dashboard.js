@@ -382,8 +382,9 @@
                  items: data.promotionId ? ["promotion id " + data.promotionId] : [] };
       }
       if (data.success && data.dryRun) {
-        return { kind: "ok", title: "Dry run (the server is in dry-run mode): “" + data.experimentName +
-                 "” would promote " + data.promotedVariantName + "; nothing changed.", items: [] };
+        return { kind: "ok", title: "Dry run (the server or the experiment’s own config says dry run, or promotion " +
+                 "is disabled): “" + data.experimentName + "” would promote " + data.promotedVariantName +
+                 "; nothing changed.", items: [] };
       }
       return { kind: "error", title: "✗ Not promoted: “" + (data.experimentName || "") + "”" +
                (data.dryRun ? " (dry run)" : "") + ":", items: data.reasons || [] };
