@@ -57,13 +57,22 @@ def _settings() -> Any:
 
 # ------------------------------------------------------------------------------------------ the one function
 def test_experiment_values_win_over_preset_and_environment() -> None:
-    base = load_config(preset="conservative", env={"AUTO_PROMOTION_DRY_RUN": "true",
-                                                   "AUTO_PROMOTION_MIN_CONFIDENCE": "99.5"})
-    cfg = with_experiment_overrides(base, {"dryRun": False, "thresholds": {"minConfidence": 90,
-                                                                          "minSampleSize": 100}})
-    # The documented layering: the experiment's owner may relax what the preset and environment set.
-    assert cfg.dry_run is False
+    base = load_config(preset="conservative", env={"AUTO_PROMOTION_MIN_CONFIDENCE": "99.5"})
+    cfg = with_experiment_overrides(base, {"thresholds": {"minConfidence": 90, "minSampleSize": 100}})
+    # The documented layering: the experiment's owner may relax the thresholds the preset and environment set.
     assert cfg.thresholds.min_confidence == 90 and cfg.thresholds.min_sample_size == 100
+
+
+@pytest.mark.parametrize(("env", "experiment", "expected"), [
+    ({"AUTO_PROMOTION_DRY_RUN": "true"}, {"dryRun": False}, {"dry_run": True}),
+    ({"AUTO_PROMOTION_ENABLED": "false"}, {"enabled": True}, {"enabled": False}),
+    ({"AUTO_PROMOTION_DRY_RUN": "false"}, {"dryRun": True}, {"dry_run": True}),
+])
+def test_the_environments_dry_run_and_enabled_are_kill_switches_no_experiment_lifts(
+        env: dict[str, str], experiment: dict[str, Any], expected: dict[str, Any]) -> None:
+    cfg = with_experiment_overrides(load_config(env=env), experiment)
+    for key, value in expected.items():
+        assert getattr(cfg, key) == value, key
 
 
 @pytest.mark.parametrize(("request_layer", "experiment", "expected"), [

@@ -545,6 +545,10 @@ def _union(a: Any, b: Any) -> tuple[Any, ...]:
 
 # The settings whose safe direction is unambiguous, with how to take the safer of two values. A request may move
 # one of these past the experiment's own value only in this direction (see with_experiment_overrides).
+# The deployment's own switches: AUTO_PROMOTION_DRY_RUN=true or AUTO_PROMOTION_ENABLED=false hold for every
+# experiment (a staging deployment, an incident), whatever an experiment's config says.
+KILL_SWITCHES = frozenset({"enabled", "dryRun"})
+
 SAFER: dict[str, Callable[[Any, Any], Any]] = {
     "enabled": _both_enabled,
     "dryRun": _stricter_flag,
@@ -596,7 +600,7 @@ def with_experiment_overrides(
     The one place the last layer is applied; every path (daemon, scan, check, promote, guard) calls it, and
     nothing it returns may be overridden afterwards by an explicit argument. The experiment's own value wins over
     every layer of ``base``, except that a request (``base.sources`` says "request") may make a setting of SAFER
-    safer still: the safer of the two applies. So a request's ``dryRun: true`` or ``enabled: false`` holds, and
+    safer still: the safer of the two applies; the environment may too for the KILL_SWITCHES. So a request's ``dryRun: true`` or ``enabled: false`` holds, and
     the experiment's ``dryRun: true``, ``enabled: false`` or stricter thresholds cannot be lifted by any request.
     ConfigError if the result is invalid.
     """
@@ -615,7 +619,8 @@ def with_experiment_overrides(
     safer_tree = own_tree
     for path in _flatten(experiment_config):
         safer = SAFER.get(path)
-        if safer is None or base.sources.get(path) != "request":
+        source = base.sources.get(path, "")
+        if safer is None or not (source == "request" or (path in KILL_SWITCHES and source.startswith("env:"))):
             continue
         requested, own = _get_path(base_tree, path), _get_path(own_tree, path)
         value = safer(requested, own)
