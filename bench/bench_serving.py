@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+THIS = Path(__file__).resolve()
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
@@ -96,7 +97,7 @@ async def bench_propagation(db_url: str, params: dict[str, Any]) -> dict[str, An
     pool = await create_pool(db_url, min_size=1, max_size=4)
     engine = Engine(pool, load_settings({"SLACK_WEBHOOK_URL": "http://127.0.0.1:9/hook"}), load_config(env={}))
     child = await asyncio.create_subprocess_exec(
-        sys.executable, str(Path(__file__).resolve()), "--serve", db_url, "--units", str(params["units"]),
+        sys.executable, str(THIS), "--serve", db_url, "--units", str(params["units"]),
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT)
     assert child.stdin is not None and child.stdout is not None
     try:

@@ -83,7 +83,7 @@ async def run_demo(duration: float, *, database_url: str | None = None, out: Tex
                 await conn.close()
             pool = await create_pool(db.url, min_size=2, max_size=settings.pool_size + 4)
             daemon = Daemon(url=db.url, pool=pool, settings=settings, config=config)
-            simulator = TrafficSimulator(pool)
+            simulator = TrafficSimulator(pool, db.url)
             started = time.monotonic()
 
             def header() -> list[str]:
