@@ -140,6 +140,20 @@ async def test_a_hand_edit_of_the_weights_is_served(
                    what="a deleted experiment to disappear")
 
 
+async def test_the_periodic_refresh_catches_what_no_notification_said(
+    db_url: str, conn: asyncpg.Connection, provider_factory: list[AutoPromoteProvider],
+) -> None:
+    await create_experiment(conn, "quiet", ["control", "b"])
+    provider = await start_provider(provider_factory, db_url, refresh_interval=0.3)
+    api.set_provider(provider)
+    client = api.get_client()
+    # Written behind the triggers' back, as a lost notification would leave it: only a full reload sees it.
+    await conn.execute("UPDATE ab_serving SET status = 'paused'")
+    await wait_for(lambda: _ready(client.get_string_details("quiet", "d", ctx("u")).reason == Reason.DISABLED),
+                   within=10, what="the periodic full refresh")
+    assert provider.loads >= 2
+
+
 async def test_without_a_database_it_serves_defaults_and_never_raises(
     provider_factory: list[AutoPromoteProvider],
 ) -> None:

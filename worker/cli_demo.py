@@ -46,6 +46,11 @@ async def run_demo(duration: float, *, database_url: str | None = None, out: Tex
         summary_lines,
     )
 
+    try:
+        import ab_autopromote_openfeature  # noqa: F401  (the traffic simulator's users are assigned by it)
+    except ImportError:
+        raise CliError("the demo's traffic is assigned by the OpenFeature provider, which is not installed: "
+                       "`make install` installs it, or `pip install clients/openfeature-python`") from None
     display = Display(out)
     sink = NotificationSink(on_line=display.notification)
     runner = web.AppRunner(sink.app(), access_log=None)

@@ -150,6 +150,8 @@ class AutoPromoteProvider(AbstractProvider):
         self._wake: asyncio.Queue[tuple[str, Any]] | None = None
         self._stop: asyncio.Event | None = None
         self._flush_conn: asyncpg.Connection | None = None
+        self._backoff = 0.05
+        self._last_schema_error = ""
         self._start_lock = threading.Lock()
         self.loads = 0  # full loads so far (tests and operators read it)
         self.connects = 0
@@ -302,7 +304,6 @@ class AutoPromoteProvider(AbstractProvider):
 
     async def _serve_forever(self) -> None:
         assert self._stop is not None
-        backoff = 0.05
         while not self._stop.is_set():
             conn: asyncpg.Connection | None = None
             try:
@@ -311,8 +312,10 @@ class AutoPromoteProvider(AbstractProvider):
                                              server_settings={"application_name": "ab-autopromote-openfeature"})
                 self.connects += 1
                 await self._listen_and_serve(conn)
-                backoff = 0.05
             except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                self._went_stale(exc)
+            except Exception as exc:  # a bug of ours must not end serving: keep the cache, log, try again
+                log.exception("ab_autopromote.refresh_failed")
                 self._went_stale(exc)
             finally:
                 if conn is not None:
@@ -325,8 +328,8 @@ class AutoPromoteProvider(AbstractProvider):
             if self._stop.is_set():
                 return
             # Full jitter: a fleet of servers that lost the same database does not come back in lock step.
-            delay = random.uniform(0, backoff)
-            backoff = min(backoff * 2, self.max_backoff)
+            delay = random.uniform(0, self._backoff)
+            self._backoff = min(self._backoff * 2, self.max_backoff)
             try:
                 await asyncio.wait_for(self._stop.wait(), delay)
             except TimeoutError:
@@ -398,6 +401,7 @@ class AutoPromoteProvider(AbstractProvider):
                 ProviderEventDetails(flags_changed=sorted(changed))))
 
     def _went_live(self) -> None:
+        self._backoff = 0.05
         was_live = self._live
         self._live = True
         if not was_live:
@@ -413,6 +417,12 @@ class AutoPromoteProvider(AbstractProvider):
                         f"{type(exc).__name__}: {exc}" if exc else "disconnected")
             self._emit(lambda: self.emit_provider_stale(
                 ProviderEventDetails(message="lost the PostgreSQL connection; serving cached weights")))
+        elif isinstance(exc, asyncpg.UndefinedTableError | asyncpg.UndefinedFunctionError):
+            message = str(exc)
+            if message != self._last_schema_error:  # once, not on every retry
+                self._last_schema_error = message
+                log.warning("ab_autopromote.schema_missing error=%s hint=%s", message,
+                            "apply the migrations (`autopromote migrate`, schema/0008_serving.sql)")
         elif exc is not None:
             log.debug("ab_autopromote.connect_failed error=%s", f"{type(exc).__name__}: {exc}")
 
