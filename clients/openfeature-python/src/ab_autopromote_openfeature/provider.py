@@ -11,6 +11,7 @@ goes away. Until then, evaluations serve the last weights it saw (reason CACHED)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
@@ -191,17 +192,18 @@ class AutoPromoteProvider(AbstractProvider):
     def shutdown(self) -> None:
         """Flush the exposures still counted, close the connection and stop the thread."""
         with self._start_lock:
-            thread, loop = self._thread, self._loop
+            thread = self._thread
             self._stopping = True
             if thread is None:
                 return
-            if loop is not None and self._stop is not None:
-                stop = self._stop
-                try:
-                    loop.call_soon_threadsafe(stop.set)
-                except RuntimeError:  # the loop is already closed
-                    pass
-            thread.join(timeout=self.connect_timeout + 5)
+            # The thread may not have made its loop yet: keep asking until it has stopped.
+            deadline = time.monotonic() + self.connect_timeout + 5
+            while thread.is_alive() and time.monotonic() < deadline:
+                loop, stop = self._loop, self._stop
+                if loop is not None and stop is not None:
+                    with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                        loop.call_soon_threadsafe(stop.set)
+                thread.join(0.05)
             self._thread = None
 
     def wait_until_ready(self, timeout: float) -> bool:
@@ -285,7 +287,7 @@ class AutoPromoteProvider(AbstractProvider):
     async def _main(self) -> None:
         self._wake = asyncio.Queue()
         self._stop = asyncio.Event()
-        if self._stopping:
+        if self._stopping:  # shut down before the loop existed
             return
         flusher = asyncio.create_task(self._flush_forever()) if self.exposure_hook is not None else None
         try:
