@@ -110,10 +110,21 @@ BEGIN
                     # get_byte(b, i + 7)) * 16777619 & 4294967295);
             i := i + 8;
         END LOOP;
-        WHILE i < n LOOP
+        IF i + 4 <= n THEN
+            h := (((((h # get_byte(b, i)) * 16777619 & 4294967295
+                    # get_byte(b, i + 1)) * 16777619 & 4294967295
+                    # get_byte(b, i + 2)) * 16777619 & 4294967295
+                    # get_byte(b, i + 3)) * 16777619 & 4294967295);
+            i := i + 4;
+        END IF;
+        IF i + 2 <= n THEN
+            h := (((h # get_byte(b, i)) * 16777619 & 4294967295
+                    # get_byte(b, i + 1)) * 16777619 & 4294967295);
+            i := i + 2;
+        END IF;
+        IF i < n THEN
             h := (h # get_byte(b, i)) * 16777619 & 4294967295;
-            i := i + 1;
-        END LOOP;
+        END IF;
     ELSE
         h := ab_fnv1a32(unit_id, h);
     END IF;
@@ -132,6 +143,11 @@ BEGIN
                 # get_byte(b, 6)) * 16777619 & 4294967295
                 # get_byte(b, 7)) * 16777619 & 4294967295);
         i := 8;
+    END IF;
+    IF i + 2 <= n THEN
+        h := (((h # get_byte(b, i)) * 16777619 & 4294967295
+                # get_byte(b, i + 1)) * 16777619 & 4294967295);
+        i := i + 2;
     END IF;
     WHILE i < n LOOP
         h := (h # get_byte(b, i)) * 16777619 & 4294967295;
