@@ -207,7 +207,11 @@ BEGIN
         RETURN;
     END IF;
     SELECT coalesce(array_agg(v.name ORDER BY v.is_control DESC, v.id), '{}'),
-           coalesce(array_agg(v.traffic_weight::double precision ORDER BY v.is_control DESC, v.id), '{}')
+           -- numeric holds weights double precision cannot: beyond its range a weight is clamped (below
+           -- 1e-300: no traffic) instead of failing the commit that wrote it
+           coalesce(array_agg(CASE WHEN v.traffic_weight < 1e-300 THEN 0
+                                   ELSE least(v.traffic_weight, 1e300)::double precision END
+                              ORDER BY v.is_control DESC, v.id), '{}')
       INTO names, ws
       FROM ab_variants v WHERE v.experiment_id = exp_id;
     -- Normalise in this order with double precision, as the Python client does, so both agree to the bit.

@@ -109,8 +109,7 @@ def test_ab_assign_agrees_with_python_for_random_weights(
             return [r["v"] for r in rows]
 
         served = loop.run_until_complete(run())
-        stored = loop.run_until_complete(c.fetchval("SELECT array_agg(traffic_weight::float8 ORDER BY id) "
-                                                    "FROM ab_variants"))
+        stored = loop.run_until_complete(c.fetchval("SELECT weights FROM ab_serving"))  # what the provider reads
         for unit, got in zip(units, served, strict=True):
             assert got == assign(seed or "prop", unit, ["control", "b", "c"], stored), (unit, weights, seed)
 
@@ -220,3 +219,12 @@ async def test_a_rename_and_a_swap_of_names_serve_under_the_new_names(conn: asyn
 
 async def _ready(value: bool) -> bool:
     return value
+
+
+async def test_weights_beyond_double_precision_do_not_fail_the_commit(conn: asyncpg.Connection) -> None:
+    await create_experiment(conn, "extreme", ["control", "b"])
+    # numeric takes both; a plain ::float8 would raise underflow/overflow in the commit's trigger.
+    await conn.execute("UPDATE ab_variants SET traffic_weight = CASE WHEN name = 'b' THEN 1e-400 ELSE 1e400 END")
+    assert await conn.fetchval("SELECT weights FROM ab_serving") == [1e300, 0.0]
+    assert {r["v"] for r in await conn.fetch("SELECT ab_assign('extreme', 'u' || g) AS v "
+                                             "FROM generate_series(1, 200) g")} == {"control"}
