@@ -228,3 +228,30 @@ async def test_weights_beyond_double_precision_do_not_fail_the_commit(conn: asyn
     assert await conn.fetchval("SELECT weights FROM ab_serving") == [1e300, 0.0]
     assert {r["v"] for r in await conn.fetch("SELECT ab_assign('extreme', 'u' || g) AS v "
                                              "FROM generate_series(1, 200) g")} == {"control"}
+
+
+async def test_concurrent_weight_changes_both_reach_what_is_served(db_url: str, conn: asyncpg.Connection) -> None:
+    await create_experiment(conn, "raced", ["control", "b"])
+    first, second = await connect(db_url), await connect(db_url)
+    try:
+        # first has refreshed ab_serving (forced now, not at commit) but not committed; second commits meanwhile.
+        await first.execute("BEGIN")
+        await first.execute("UPDATE ab_variants SET traffic_weight = 3 WHERE name = 'control'")
+        await first.execute("SET CONSTRAINTS ab_variants_serving IMMEDIATE")
+        await second.execute("BEGIN")
+        await second.execute("UPDATE ab_variants SET traffic_weight = 5 WHERE name = 'b'")
+        committing = asyncio.ensure_future(second.execute("COMMIT"))  # its refresh waits for first's
+        await wait_for(lambda: _waiting_for_a_lock(conn), what="the second refresh to wait for the first")
+        await first.execute("COMMIT")
+        await committing
+    finally:
+        await first.close()
+        await second.close()
+    # Without the per-experiment lock the second refresh would have written what it read before the first
+    # committed (control still 1) over the first's row.
+    assert await conn.fetchval("SELECT weights FROM ab_serving") == [3.0, 5.0]
+
+
+async def _waiting_for_a_lock(conn: asyncpg.Connection) -> bool:
+    return bool(await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                                    "AND wait_event_type = 'Lock'"))
