@@ -6,10 +6,12 @@ DEMO_ARGS ?=
 
 .PHONY: install test check demo bench clean
 
-$(STAMP): pyproject.toml
+# The OpenFeature provider (clients/openfeature-python) is a distribution of its own; the demo and tests use it.
+$(STAMP): pyproject.toml clients/openfeature-python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev,embedded,browser]'
+	$(BIN)/pip install --quiet -e clients/openfeature-python
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -27,6 +29,7 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/bench_stats.py
 	$(BIN)/python bench/bench_daemon.py
+	$(BIN)/python bench/bench_serving.py
 	$(BIN)/python bench/bench_chaos.py
 
 clean:

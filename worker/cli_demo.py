@@ -46,6 +46,11 @@ async def run_demo(duration: float, *, database_url: str | None = None, out: Tex
         summary_lines,
     )
 
+    try:
+        import ab_autopromote_openfeature  # noqa: F401  (the traffic simulator's users are assigned by it)
+    except ImportError:
+        raise CliError("the demo's traffic is assigned by the OpenFeature provider, which is not installed: "
+                       "`make install` installs it, or `pip install clients/openfeature-python`") from None
     display = Display(out)
     sink = NotificationSink(on_line=display.notification)
     runner = web.AppRunner(sink.app(), access_log=None)
@@ -83,7 +88,7 @@ async def run_demo(duration: float, *, database_url: str | None = None, out: Tex
                 await conn.close()
             pool = await create_pool(db.url, min_size=2, max_size=settings.pool_size + 4)
             daemon = Daemon(url=db.url, pool=pool, settings=settings, config=config)
-            simulator = TrafficSimulator(pool)
+            simulator = TrafficSimulator(pool, db.url)
             started = time.monotonic()
 
             def header() -> list[str]:

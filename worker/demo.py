@@ -1,8 +1,8 @@
 """`autopromote demo`: every path of the product, live, on an embedded PostgreSQL.
 
-Seven experiments, a traffic simulator that records metrics through ab_record_metrics in real time (traffic
-follows the current weights, as a real assignment service would), the worker itself, and a local sink that
-prints each notification as it is delivered.
+Seven experiments, a traffic simulator whose users are assigned by the OpenFeature provider
+(clients/openfeature-python, the same assignment as ab_assign) and whose metrics go in through ab_record_metrics
+in real time, the worker itself, and a local sink that prints each notification as it is delivered.
 """
 
 from __future__ import annotations
@@ -104,50 +104,94 @@ def _binomial(rng: random.Random, n: int, p: float) -> int:
 
 
 class TrafficSimulator:
-    """Records one batch per tick for every running or promoted experiment, following the current weights."""
+    """Simulated users of an application that asks the OpenFeature provider which variant each one sees.
 
-    def __init__(self, pool: asyncpg.Pool, scenarios: tuple[Scenario, ...] = SCENARIOS, *,
-                 exposures_per_tick: int = 300, seed: int = 7) -> None:
+    Every tick, ``users_per_tick`` users (ids drawn from a population, so the same users come back) visit each
+    experiment; each is assigned by ``AutoPromoteProvider`` exactly as a real service would, so a promotion or
+    a rollback changes the traffic the moment the provider hears of it. Users served the caller's default (a
+    rolled-back or stopped experiment) are not exposures. A visit is ``visits_per_user`` exposures; their
+    conversions, errors and latencies follow the arm's rates and go in through ab_record_metrics.
+    """
+
+    DOMAIN = "autopromote-demo"
+
+    def __init__(self, pool: asyncpg.Pool, database_url: str, scenarios: tuple[Scenario, ...] = SCENARIOS, *,
+                 users_per_tick: int = 150, visits_per_user: int = 4, population: int = 50_000,
+                 seed: int = 7) -> None:
         self.pool = pool
+        self.database_url = database_url
         self.scenarios = {s.name: s for s in scenarios}
-        self.per_tick = exposures_per_tick
+        self.users_per_tick = users_per_tick
+        self.visits = visits_per_user
+        self.population = population
         self.rng = random.Random(seed)
         self.recorded_exposures = 0
+        self.provider: Any = None
+        self._keep: dict[str, dict[str, float]] = {}  # SRM scenarios: share of each arm's users that get counted
+        for s in scenarios:
+            if any(a.traffic_share is not None for a in s.arms):
+                total_weight = sum(a.weight for a in s.arms)
+                ratios = {a.name: (a.traffic_share or a.weight / total_weight) / (a.weight / total_weight)
+                          for a in s.arms}
+                top = max(ratios.values())
+                self._keep[s.name] = {name: r / top for name, r in ratios.items()}
+
+    async def start(self) -> None:
+        """Connect the provider (its own thread and connection) and wait for its first load."""
+        from ab_autopromote_openfeature import AutoPromoteProvider
+        from openfeature import api
+
+        self.provider = AutoPromoteProvider(self.database_url, refresh_interval=5.0)
+        await anyio.to_thread.run_sync(self.provider.initialize)
+        api.set_provider(self.provider, self.DOMAIN)
+
+    async def close(self) -> None:
+        if self.provider is not None:
+            await anyio.to_thread.run_sync(self.provider.shutdown)
+
+    def assign_users(self) -> dict[tuple[str, str], int]:
+        """(experiment, variant) -> users this tick, each assigned through the OpenFeature client."""
+        from openfeature import api
+        from openfeature.evaluation_context import EvaluationContext
+
+        client = api.get_client(self.DOMAIN)
+        counts: dict[tuple[str, str], int] = {}
+        for name, scenario in self.scenarios.items():
+            control = scenario.arms[0].name
+            keep = self._keep.get(name)
+            exp = self.provider.experiment(name) if self.provider is not None else None
+            promoted = exp is not None and exp.status == "promoted"
+            for _ in range(self.users_per_tick):
+                user = f"user-{self.rng.randrange(self.population)}"
+                details = client.get_string_details(name, control, EvaluationContext(targeting_key=user))
+                if details.variant is None:  # the caller's default: not part of the experiment
+                    continue
+                if keep is not None and not promoted and self.rng.random() >= keep.get(details.variant, 1.0):
+                    continue  # the sample-ratio-mismatch scenario: some of this arm's visits are never logged
+                counts[(name, details.variant)] = counts.get((name, details.variant), 0) + 1
+        return counts
 
     async def tick(self) -> None:
-        rows = await self.pool.fetch(
-            """SELECT e.name, e.status, v.name AS variant, v.traffic_weight::float8 AS weight
-                 FROM ab_experiments e JOIN ab_variants v ON v.experiment_id = e.id
-                WHERE e.status IN ('running', 'promoted', 'rolled_back') ORDER BY e.id, v.id"""
-        )
-        by_exp: dict[str, list[asyncpg.Record]] = {}
-        for r in rows:
-            by_exp.setdefault(r["name"], []).append(r)
+        if self.provider is None:
+            await self.start()
+        # The assignments are plain CPU work: off the event loop the worker shares with us.
+        users = await anyio.to_thread.run_sync(self.assign_users)
         calls: list[tuple[Any, ...]] = []
-        for name, variants in by_exp.items():
-            scenario = self.scenarios.get(name)
-            if scenario is None:
+        for (name, variant), n_users in users.items():
+            scenario = self.scenarios[name]
+            arm = next((a for a in scenario.arms if a.name == variant), None)
+            if arm is None:
                 continue
-            arms = {a.name: a for a in scenario.arms}
-            total_weight = sum(v["weight"] for v in variants) or 1.0
-            promoted = variants[0]["status"] == "promoted"
-            for v in variants:
-                arm = arms.get(v["variant"])
-                if arm is None:
-                    continue
-                share = v["weight"] / total_weight
-                if arm.traffic_share is not None and not promoted:
-                    share = arm.traffic_share
-                n = _binomial(self.rng, self.per_tick * len(variants), share) if share < 1 else self.per_tick
-                if n == 0:
-                    continue
-                error_rate = arm.error_rate
-                if promoted and scenario.post_promotion_error_rate is not None:
-                    error_rate = scenario.post_promotion_error_rate
-                latencies = [round(self.rng.lognormvariate(math.log(arm.latency_ms), 0.35), 2)
-                             for _ in range(min(n, 40))]
-                calls.append((name, v["variant"], n, _binomial(self.rng, n, arm.rate),
-                              _binomial(self.rng, n, error_rate), latencies))
+            exp = self.provider.experiment(name)
+            promoted = exp is not None and exp.status == "promoted"
+            n = n_users * self.visits
+            error_rate = arm.error_rate
+            if promoted and scenario.post_promotion_error_rate is not None:
+                error_rate = scenario.post_promotion_error_rate
+            latencies = [round(self.rng.lognormvariate(math.log(arm.latency_ms), 0.35), 2)
+                         for _ in range(min(n, 40))]
+            calls.append((name, variant, n, _binomial(self.rng, n, arm.rate),
+                          _binomial(self.rng, n, error_rate), latencies))
         if not calls:
             return
         async with self.pool.acquire() as conn, conn.transaction():
@@ -155,11 +199,15 @@ class TrafficSimulator:
         self.recorded_exposures += sum(c[2] for c in calls)
 
     async def run(self, stop: anyio.Event) -> None:
-        while not stop.is_set():
-            started = time.monotonic()
-            await self.tick()
-            with anyio.move_on_after(max(0.0, TICK_SECONDS - (time.monotonic() - started))):
-                await stop.wait()
+        try:
+            while not stop.is_set():
+                started = time.monotonic()
+                await self.tick()
+                with anyio.move_on_after(max(0.0, TICK_SECONDS - (time.monotonic() - started))):
+                    await stop.wait()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.close()
 
 
 async def manual_rollbacks(pool: asyncpg.Pool, stop: anyio.Event, scenarios: tuple[Scenario, ...] = SCENARIOS) -> None:
