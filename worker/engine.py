@@ -89,7 +89,9 @@ class Evaluation:
     experiment_id: int
     experiment_name: str
     decision: Decision | None
-    action: str  # skipped | evaluated | promoted | dry_run | refused
+    # skipped | evaluated | promoted | dry_run | refused; the daemon's also busy (held elsewhere, retry) | fresh
+    # (nothing new since the stored decision: not evaluated again) | failed
+    action: str
     promotion: dict[str, Any] | None = None
 
 
@@ -132,6 +134,25 @@ def _history_args(decision: Decision) -> tuple[Any, ...]:
         [_finite(c.ci_high) for c in comps], [_finite(c.confidence) for c in comps],
         control_n,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Seen:
+    """What a decision was read at (schema/0007): the experiment's statistics version and the snapshot (text) of the
+    statement that read it. Stored with the decision, they say exactly what the decision could not have seen: a
+    later fold (another version) and any alert whose transaction is not visible in the snapshot, whatever the
+    start times and commit order of the transactions involved."""
+
+    version: int | None = None
+    snapshot: str | None = None
+
+    @classmethod
+    def of(cls, row: Mapping[str, Any]) -> Seen:
+        """From an experiment_snapshot row (its stats_version and read_snapshot columns)."""
+        return cls(row["stats_version"], row["read_snapshot"])
+
+
+UNKNOWN = Seen()
 
 
 def _parse_ts(value: Any) -> datetime:
@@ -181,6 +202,13 @@ class Engine:
     ) -> ExperimentSnapshot | None:
         row = await conn.fetchrow(Q["experiment_snapshot"], experiment_id, lookback_hours * 3600.0)
         return None if row is None else _snapshot_from_row(row)
+
+    async def _snapshot_row(
+        self, conn: asyncpg.Connection, experiment_id: int, lookback_hours: float
+    ) -> tuple[ExperimentSnapshot, Seen] | None:
+        """The snapshot and what it was read at."""
+        row = await conn.fetchrow(Q["experiment_snapshot"], experiment_id, lookback_hours * 3600.0)
+        return None if row is None else (_snapshot_from_row(row), Seen.of(row))
 
     async def _find(self, conn: asyncpg.Connection, name: str) -> asyncpg.Record:
         if not isinstance(name, str) or not name.strip():
@@ -247,13 +275,15 @@ class Engine:
         }
 
     async def _record_evaluation(self, conn: asyncpg.Connection, decision: Decision,
-                                 check: dict[str, Any] | None = None, *, relaxed: bool = False) -> bool | None:
+                                 check: dict[str, Any] | None = None, *, relaxed: bool = False,
+                                 seen: Seen = UNKNOWN) -> bool | None:
         """Store the last decision (``check``: its check data, if built already) and, when due, a history snapshot
         (one statement); the previous eligibility. ``relaxed``: the transaction writes nothing else, so it may
-        commit without waiting for the WAL flush (worker.fold.RELAXED_COMMIT)."""
+        commit without waiting for the WAL flush (worker.fold.RELAXED_COMMIT). ``seen``: what the decision was read
+        at (unknown: the experiment stays due for the daemon's next evaluation and the catch-up)."""
         row = await conn.fetchrow(Q["record_evaluation"], decision.experiment_id, decision.eligible,
                                   check if check is not None else decision.to_check_data(), *_history_args(decision),
-                                  SNAPSHOT_MIN_INTERVAL_S, relaxed)
+                                  SNAPSHOT_MIN_INTERVAL_S, relaxed, seen.version, seen.snapshot)
         await self._thin_if_due(conn, decision.experiment_id, row["evaluations"], row["snapshots"])
         previous = row["previous"]
         return None if previous is None else bool(previous)
@@ -273,13 +303,14 @@ class Engine:
             exp = await self._find(conn, experiment_name)
             await fold_pending_updates(conn, experiment_ids=[exp["id"]], batch_size=self.settings.fold_batch_size)
             async with conn.transaction():
-                snapshot = await self._snapshot(conn, exp["id"], self._lookback(effective, exp["config"]))
-                if snapshot is None:
+                read = await self._snapshot_row(conn, exp["id"], self._lookback(effective, exp["config"]))
+                if read is None:
                     raise ExperimentNotFound(f"no experiment named {experiment_name[:200]!r}")
+                snapshot, seen = read
                 decision, _ = self._decide(snapshot, effective, exp["config"])
                 if config is None:
                     # Only a check under the server's own config is "the last decision"; a caller's what-if is not.
-                    await self._record_evaluation(conn, decision)
+                    await self._record_evaluation(conn, decision, seen=seen)
         metrics.EVALUATIONS.labels("eligible" if decision.eligible else "not_eligible").inc()
         return decision.to_check_data()
 
@@ -351,8 +382,8 @@ class Engine:
             # those inside the experiment's own.
             row = await conn.fetchrow(Q["try_lock_snapshot"], experiment_id, MAX_ALERT_LOOKBACK_S)
             if row is None:
-                exists = await conn.fetchval("SELECT 1 FROM ab_experiments WHERE id = $1", experiment_id)
-                return Evaluation(experiment_id, "?", None, "busy" if exists else "skipped")
+                [outcome] = await self._unlocked(conn, [experiment_id])
+                return outcome
             if row["status"] != "running":
                 return Evaluation(experiment_id, row["name"], None, "skipped")
         else:
@@ -384,10 +415,11 @@ class Engine:
                 {"promotionId": snapshot.active_promotion_id},
             )
         check = decision.to_check_data()
+        seen = Seen.of(row)
         if daemon and (not decision.eligible or not cfg.enabled):
             # The daemon's common case: nothing to do but remember the decision. A lone evaluation's transaction
             # holds nothing else, so its commit need not wait for the disk.
-            await self._record_evaluation(conn, decision, check, relaxed=alone)
+            await self._record_evaluation(conn, decision, check, relaxed=alone, seen=seen)
             return Evaluation(experiment_id, snapshot.name, decision, "evaluated")
         winner = decision.winner
         promoted_name = winner.variant if winner is not None and decision.eligible else None
@@ -399,7 +431,7 @@ class Engine:
         }
         audit_details = {"decision": check, "config": cfg.public(), "preset": effective.preset, "dryRun": dry}
         if dry:
-            previous = await self._record_evaluation(conn, decision, check)
+            previous = await self._record_evaluation(conn, decision, check, seen=seen)
             if daemon and previous is True:
                 return Evaluation(experiment_id, snapshot.name, decision, "evaluated")
             queued = 0
@@ -418,7 +450,7 @@ class Engine:
             if mode == "request":
                 await self._audit(conn, actor, "promotion_refused", snapshot.id, snapshot.name, None,
                                   {**audit_details, "reasons": list(decision.reasons)})
-            await self._record_evaluation(conn, decision, check)
+            await self._record_evaluation(conn, decision, check, seen=seen)
             return Evaluation(experiment_id, snapshot.name, decision, "refused", refused)
         promotion_id = uuid.uuid4()
         previous_weights = {v.name: v.weight for v in snapshot.variants}
@@ -441,14 +473,14 @@ class Engine:
             {**audit_details, "previousWeights": previous_weights, "promotedVariant": winner.variant},
             cfg.max_concurrent_promotions, promotion_id,
             *planned.columns(), planned.body or "{}", planned.priority, planned.detailed,
-            *_history_args(decision), PROMOTION_SLOT_LOCK,
+            *_history_args(decision), PROMOTION_SLOT_LOCK, seen.snapshot, seen.version,
         )
         if written is None:
             # The guard window filled up since the snapshot: decide again to report it with its numbers.
-            fresh = await self._snapshot(conn, experiment_id, self._lookback(effective, overrides))
-            assert fresh is not None
-            decision, cfg = self._decide(fresh, effective, overrides)
-            await self._record_evaluation(conn, decision)
+            read = await self._snapshot_row(conn, experiment_id, self._lookback(effective, overrides))
+            assert read is not None
+            decision, cfg = self._decide(read[0], effective, overrides)
+            await self._record_evaluation(conn, decision, seen=read[1])
             refused["reasons"] = list(decision.reasons) or ["concurrency limit reached"]
             return Evaluation(experiment_id, snapshot.name, decision, "refused", refused)
         await self._thin_if_due(conn, experiment_id, written["evaluations"], written["snapshots"])
@@ -575,21 +607,27 @@ class Engine:
         return outcome
 
     async def _record_many(self, conn: asyncpg.Connection, decisions: list[Decision], *, history: bool = True,
-                           checks: Mapping[int, dict[str, Any]] | None = None, relaxed: bool = False) -> None:
+                           checks: Mapping[int, dict[str, Any]] | None = None, relaxed: bool = False,
+                           seen: Mapping[int, Seen] | None = None) -> None:
         """_record_evaluation for many decisions in one statement (plus thinning where due).
 
         ``history=False`` (the scan) stores the last decisions only: the chart history is the evaluations'.
-        ``checks`` may pass check data already built, by experiment id.
+        ``checks`` may pass check data already built, by experiment id; ``seen``: what each was read at.
         """
         if not decisions:
             return
         ids, eligible, check_data = [], [], []
+        versions: list[int | None] = []
+        snapshots: list[str | None] = []
         s_ids, s_names, s_n, s_ctl, s_lift, s_lo, s_hi, s_conf, s_el = ([] for _ in range(9))
         for i, d in enumerate(decisions):
             if i % 500 == 499:
                 await anyio.lowlevel.checkpoint()
             ids.append(d.experiment_id)
             eligible.append(d.eligible)
+            read = seen.get(d.experiment_id, UNKNOWN) if seen is not None else UNKNOWN
+            versions.append(read.version)
+            snapshots.append(read.snapshot)
             built = checks.get(d.experiment_id) if checks is not None else None
             check_data.append(built if built is not None else d.to_check_data())
             if not history:
@@ -608,7 +646,8 @@ class Engine:
                 s_conf.append(_finite(c.confidence))
                 s_el.append(d.eligible)
         thin = await conn.fetch(Q["record_evaluations_bulk"], ids, eligible, check_data, s_ids, s_names, s_n, s_ctl,
-                                s_lift, s_lo, s_hi, s_conf, s_el, SNAPSHOT_MIN_INTERVAL_S, relaxed)
+                                s_lift, s_lo, s_hi, s_conf, s_el, SNAPSHOT_MIN_INTERVAL_S, relaxed, versions,
+                                snapshots)
         for row in thin:
             await conn.execute(Q["thin_snapshots"], row["experiment_id"], SNAPSHOT_MAX_ROWS)
 
@@ -649,6 +688,21 @@ class Engine:
                 raise
             return Evaluation(experiment_id, "?", None, "failed")
 
+    async def _unlocked(self, conn: asyncpg.Connection, experiment_ids: list[int]) -> list[Evaluation]:
+        """The outcome for experiments the daemon's lock-and-read did not return: "skipped" (gone or not running:
+        promoted ones are the guard's), "fresh" (running, and its stored decision covers everything this statement
+        sees: another replica evaluated it already, or nothing changed), or "busy" (held by another transaction:
+        retry). A fold that commits after this statement is marked by its folder, so "fresh" loses nothing."""
+        found = {r["id"]: r for r in await conn.fetch(Q["unlocked_experiments"], experiment_ids)}
+        out: list[Evaluation] = []
+        for exp_id in experiment_ids:
+            r = found.get(exp_id)
+            if r is None or r["status"] != "running":
+                out.append(Evaluation(exp_id, r["name"] if r else "?", None, "skipped"))
+            else:
+                out.append(Evaluation(exp_id, r["name"], None, "busy" if r["due"] else "fresh"))
+        return out
+
     async def _evaluate_batch(self, experiment_ids: list[int], actor: str) -> tuple[list[Evaluation],
                                                                                     list[Evaluation]]:
         effective = self.config
@@ -659,13 +713,7 @@ class Engine:
             locked_ids = {r["id"] for r in locked}
             others = [i for i in experiment_ids if i not in locked_ids]
             if others:
-                rows = await conn.fetch("SELECT id, name, status FROM ab_experiments WHERE id = ANY($1::bigint[])",
-                                        others)
-                found = {r["id"]: r for r in rows}
-                for exp_id in others:
-                    r = found.get(exp_id)
-                    busy = r is not None and r["status"] == "running"
-                    out.append(Evaluation(exp_id, r["name"] if r else "?", None, "busy" if busy else "skipped"))
+                out.extend(await self._unlocked(conn, others))
             pairs = [(row, _snapshot_from_row(row)) for row in locked]
             decided = await self._decide_snapshots(effective, pairs)
             plain: list[Decision] = []
@@ -680,7 +728,8 @@ class Engine:
                     promoted.append(outcome)
             # Only decisions in this transaction (nothing was promoted or audited): its commit need not wait for the
             # disk (worker.fold.RELAXED_COMMIT).
-            await self._record_many(conn, plain, relaxed=len(plain) == len(pairs))
+            await self._record_many(conn, plain, relaxed=len(plain) == len(pairs),
+                                    seen={row["id"]: Seen.of(row) for row, _ in pairs})
             out.extend(Evaluation(d.experiment_id, d.experiment_name, d, "evaluated") for d in plain)
         return out, promoted
 
@@ -711,7 +760,7 @@ class Engine:
             # In chunks: memory and event-loop stalls stay bounded however many experiments there are.
             for start in range(0, len(running), SCAN_CHUNK):
                 chunk = list(running[start:start + SCAN_CHUNK])
-                decisions = await self._decide_all(conn, effective, chunk)
+                decisions, seen = await self._decide_all(conn, effective, chunk)
                 # The daemon's evaluations keep last decisions current; its reconciliation scan rewrites only those
                 # that are missing, stale, or whose eligibility changed (building them is most of a scan's cost).
                 fresh: dict[int, bool] = {} if include_results else {
@@ -767,20 +816,27 @@ class Engine:
                     if include_results or item.get("error") or item["promoted"]:
                         results.append(item)
                     scanned += 1
-                await self._record_many(conn, to_record, history=False, checks=checks)
+                await self._record_many(conn, to_record, history=False, checks=checks, seen=seen)
         metrics.SCANS.inc()
         log.info("scan.completed", scanned=scanned, eligible=eligible, promoted=promoted, dry_run=dry)
         return {"scanned": scanned, "eligible": eligible, "promoted": promoted, "dryRun": dry, "results": results}
 
     async def _decide_all(self, conn: asyncpg.Connection, effective: EffectiveConfig,
-                          experiments: list[asyncpg.Record]) -> list[Decision]:
-        """Decisions for ``experiments`` (rows of ab_experiments), from three bulk reads."""
+                          experiments: list[asyncpg.Record]) -> tuple[list[Decision], dict[int, Seen]]:
+        """Decisions for ``experiments`` (rows of ab_experiments), from three bulk reads; what each was read at.
+
+        The snapshot is taken before the reads: every alert visible in it is visible to the alert read too, so the
+        stored snapshot never claims an alert the decision did not see. The version is the one the statistics were
+        read at."""
+        first = await conn.fetchrow(Q["current_snapshot"])
+        now, read_snapshot = first["now"], first["snapshot"]
         variant_rows = await conn.fetch(Q["variants_with_stats_for"], [e["id"] for e in experiments])
         alert_rows = await conn.fetch(Q["all_open_critical_alerts"], MAX_ALERT_LOOKBACK_S)
         promo_rows = await conn.fetch(Q["all_active_promotions"])
-        now = await conn.fetchval("SELECT now()")
+        versions: dict[int, int] = {e["id"]: 0 for e in experiments}
         variants: dict[int, list[VariantSnapshot]] = {}
         for v in variant_rows:
+            versions[v["experiment_id"]] += v["updates_folded"]
             variants.setdefault(v["experiment_id"], []).append(VariantSnapshot(
                 name=v["name"], is_control=v["is_control"], weight=v["weight"], exposures=v["exposures"],
                 conversions=v["conversions"], errors=v["errors"], value_sum=v["value_sum"],
@@ -803,7 +859,8 @@ class Engine:
                                          key=lambda a: a.created_at, reverse=True)),
             promotions_in_guard_window=in_guard,
         )) for exp in experiments]
-        return [decision for decision, _ in await self._decide_snapshots(effective, pairs)]
+        decisions = [decision for decision, _ in await self._decide_snapshots(effective, pairs)]
+        return decisions, {exp_id: Seen(version, read_snapshot) for exp_id, version in versions.items()}
 
     async def _decide_snapshots(
         self, effective: EffectiveConfig, pairs: list[tuple[Mapping[str, Any], ExperimentSnapshot]]
