@@ -63,3 +63,19 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
     END
       FROM (SELECT exp_id AS id) x LEFT JOIN ab_experiment_state st ON st.experiment_id = x.id
 $$;
+
+-- True when a stored decision (stored_version, stored_snapshot) covers a read of exp_id at (version, snapshot): the
+-- same statistics version, and no open critical alert visible to the read that the stored decision could not see.
+-- Two replicas can both pass ab_evaluation_due: the second one's statement takes its snapshot just before the first
+-- commits, and its row lock just after. Its write then finds the first one's decision (ON CONFLICT DO UPDATE sees the
+-- latest committed row) and, covered, writes nothing: a change is stored once. NULL anywhere: not covered.
+CREATE FUNCTION ab_decision_covered(exp_id bigint, stored_version bigint, stored_snapshot pg_snapshot,
+                                    version bigint, snapshot pg_snapshot) RETURNS boolean
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT coalesce(stored_version = version AND stored_snapshot IS NOT NULL AND snapshot IS NOT NULL
+                    AND NOT EXISTS (SELECT 1 FROM ab_alerts a
+                                     WHERE a.severity = 'critical' AND a.resolved_at IS NULL
+                                       AND (a.experiment_id = exp_id OR a.experiment_id IS NULL)
+                                       AND pg_visible_in_snapshot(a.xact_id, snapshot)
+                                       AND NOT pg_visible_in_snapshot(a.xact_id, stored_snapshot)), false)
+$$;

@@ -281,12 +281,19 @@ class Engine:
         (one statement); the previous eligibility. ``relaxed``: the transaction writes nothing else, so it may
         commit without waiting for the WAL flush (worker.fold.RELAXED_COMMIT). ``seen``: what the decision was read
         at (unknown: the experiment stays due for the daemon's next evaluation and the catch-up)."""
+        return (await self._store_evaluation(conn, decision, check, relaxed=relaxed, seen=seen))[0]
+
+    async def _store_evaluation(self, conn: asyncpg.Connection, decision: Decision,
+                                check: dict[str, Any] | None = None, *, relaxed: bool = False,
+                                seen: Seen = UNKNOWN) -> tuple[bool | None, bool]:
+        """_record_evaluation; also whether it was written (not when the stored decision already covers ``seen``:
+        another replica decided on the same read, see ab_decision_covered in schema/0007)."""
         row = await conn.fetchrow(Q["record_evaluation"], decision.experiment_id, decision.eligible,
                                   check if check is not None else decision.to_check_data(), *_history_args(decision),
                                   SNAPSHOT_MIN_INTERVAL_S, relaxed, seen.version, seen.snapshot)
         await self._thin_if_due(conn, decision.experiment_id, row["evaluations"], row["snapshots"])
         previous = row["previous"]
-        return None if previous is None else bool(previous)
+        return (None if previous is None else bool(previous)), row["evaluations"] is not None
 
     async def _thin_if_due(self, conn: asyncpg.Connection, experiment_id: int, evaluations: int | None,
                            snapshots: int) -> None:
@@ -419,8 +426,8 @@ class Engine:
         if daemon and (not decision.eligible or not cfg.enabled):
             # The daemon's common case: nothing to do but remember the decision. A lone evaluation's transaction
             # holds nothing else, so its commit need not wait for the disk.
-            await self._record_evaluation(conn, decision, check, relaxed=alone, seen=seen)
-            return Evaluation(experiment_id, snapshot.name, decision, "evaluated")
+            _, stored = await self._store_evaluation(conn, decision, check, relaxed=alone, seen=seen)
+            return Evaluation(experiment_id, snapshot.name, decision, "evaluated" if stored else "fresh")
         winner = decision.winner
         promoted_name = winner.variant if winner is not None and decision.eligible else None
         base: dict[str, Any] = {
@@ -431,7 +438,10 @@ class Engine:
         }
         audit_details = {"decision": check, "config": cfg.public(), "preset": effective.preset, "dryRun": dry}
         if dry:
-            previous = await self._record_evaluation(conn, decision, check, seen=seen)
+            previous, stored = await self._store_evaluation(conn, decision, check, seen=seen)
+            if daemon and not stored:
+                # Another replica decided on the same read and acted on it: no second notification or audit row.
+                return Evaluation(experiment_id, snapshot.name, decision, "fresh")
             if daemon and previous is True:
                 return Evaluation(experiment_id, snapshot.name, decision, "evaluated")
             queued = 0
@@ -598,7 +608,7 @@ class Engine:
                         await self._record_failure(conn, exp, effective, actor, exc)
                 raise
         decision = outcome.decision
-        if decision is not None:
+        if decision is not None and outcome.action != "fresh":
             _count_evaluation(decision)
             log.debug("experiment.evaluated", experiment=outcome.experiment_name, eligible=decision.eligible,
                       confidence=decision.confidence, action=outcome.action)
@@ -608,14 +618,15 @@ class Engine:
 
     async def _record_many(self, conn: asyncpg.Connection, decisions: list[Decision], *, history: bool = True,
                            checks: Mapping[int, dict[str, Any]] | None = None, relaxed: bool = False,
-                           seen: Mapping[int, Seen] | None = None) -> None:
-        """_record_evaluation for many decisions in one statement (plus thinning where due).
+                           seen: Mapping[int, Seen] | None = None) -> set[int]:
+        """_record_evaluation for many decisions in one statement (plus thinning where due); the experiments
+        written (not those whose stored decision covers what they were read at).
 
         ``history=False`` (the scan) stores the last decisions only: the chart history is the evaluations'.
         ``checks`` may pass check data already built, by experiment id; ``seen``: what each was read at.
         """
         if not decisions:
-            return
+            return set()
         ids, eligible, check_data = [], [], []
         versions: list[int | None] = []
         snapshots: list[str | None] = []
@@ -645,11 +656,17 @@ class Engine:
                 s_hi.append(_finite(c.ci_high))
                 s_conf.append(_finite(c.confidence))
                 s_el.append(d.eligible)
-        thin = await conn.fetch(Q["record_evaluations_bulk"], ids, eligible, check_data, s_ids, s_names, s_n, s_ctl,
+        rows = await conn.fetch(Q["record_evaluations_bulk"], ids, eligible, check_data, s_ids, s_names, s_n, s_ctl,
                                 s_lift, s_lo, s_hi, s_conf, s_el, SNAPSHOT_MIN_INTERVAL_S, relaxed, versions,
                                 snapshots)
-        for row in thin:
-            await conn.execute(Q["thin_snapshots"], row["experiment_id"], SNAPSHOT_MAX_ROWS)
+        stored: set[int] = set()
+        for row in rows:
+            if row["experiment_id"] is None:
+                continue  # the row that only switched the commit to relaxed
+            stored.add(row["experiment_id"])
+            if row["thin"]:
+                await conn.execute(Q["thin_snapshots"], row["experiment_id"], SNAPSHOT_MAX_ROWS)
+        return stored
 
     async def evaluate_many(self, experiment_ids: list[int], *, actor: str = "autopromote") -> list[Evaluation]:
         """The daemon's batch step: evaluate many experiments in one transaction.
@@ -672,7 +689,7 @@ class Engine:
                         experiments=len(experiment_ids), retry="one transaction per experiment")
             return [await self._evaluate_alone(exp_id, actor) for exp_id in experiment_ids]
         for e in out:
-            if e.decision is not None:
+            if e.decision is not None and e.action != "fresh":
                 _count_evaluation(e.decision)
         for outcome in promoted:
             self._after_promotion(outcome, "daemon")
@@ -728,9 +745,10 @@ class Engine:
                     promoted.append(outcome)
             # Only decisions in this transaction (nothing was promoted or audited): its commit need not wait for the
             # disk (worker.fold.RELAXED_COMMIT).
-            await self._record_many(conn, plain, relaxed=len(plain) == len(pairs),
-                                    seen={row["id"]: Seen.of(row) for row, _ in pairs})
-            out.extend(Evaluation(d.experiment_id, d.experiment_name, d, "evaluated") for d in plain)
+            stored = await self._record_many(conn, plain, relaxed=len(plain) == len(pairs),
+                                             seen={row["id"]: Seen.of(row) for row, _ in pairs})
+            out.extend(Evaluation(d.experiment_id, d.experiment_name, d,
+                                  "evaluated" if d.experiment_id in stored else "fresh") for d in plain)
         return out, promoted
 
     # ---------------------------------------------------------------------------------------------- scan

@@ -193,7 +193,9 @@ SELECT p.id, p.promoted_at, (SELECT evaluations FROM st) AS evaluations, (SELECT
 -- grew by a quarter, or the decision is eligible. $13: commit without waiting for the WAL flush when the stored
 -- eligibility does not change (only for a transaction that writes nothing but decisions: see RELAXED_COMMIT in
 -- fold.py). $14, $15: the statistics version and the snapshot (text) the decision was read in (NULL: unknown, the
--- experiment stays due). Returns the previous eligibility, the evaluation count and whether a snapshot was added.
+-- experiment stays due). Nothing is written when the stored decision already covers that read (ab_decision_covered:
+-- another replica decided on the same statistics and alerts while this one waited for the row). Returns the previous
+-- eligibility, the evaluation count (NULL: nothing written) and whether a snapshot was added.
 WITH prev AS (
     SELECT eligible FROM ab_experiment_state WHERE experiment_id = $1
 ), up AS (
@@ -203,6 +205,8 @@ WITH prev AS (
     ON CONFLICT (experiment_id) DO UPDATE SET last_evaluated_at = now(), evaluations = st.evaluations + 1,
         eligible = EXCLUDED.eligible, decision = EXCLUDED.decision,
         evaluated_version = EXCLUDED.evaluated_version, evaluated_snapshot = EXCLUDED.evaluated_snapshot
+     WHERE NOT ab_decision_covered($1, st.evaluated_version, st.evaluated_snapshot, EXCLUDED.evaluated_version,
+                                   EXCLUDED.evaluated_snapshot)
     RETURNING evaluations
 ), last AS (
     SELECT created_at, control_exposures FROM ab_evaluation_snapshots WHERE experiment_id = $1
@@ -212,7 +216,7 @@ WITH prev AS (
                                          ci_high, confidence, eligible)
     SELECT $1, u.*, $2 FROM unnest($4::text[], $5::bigint[], $6::bigint[], $7::float8[], $8::float8[],
                                    $9::float8[], $10::float8[]) AS u
-     WHERE $11::bigint > 0
+     WHERE $11::bigint > 0 AND EXISTS (SELECT 1 FROM up)
        AND (NOT EXISTS (SELECT 1 FROM last)
             OR (SELECT created_at FROM last) <= now() - make_interval(secs => $12)
             OR $11::bigint >= 1.25 * (SELECT greatest(control_exposures, 1) FROM last)
@@ -248,8 +252,9 @@ SELECT v.experiment_id, v.name, v.is_control, v.traffic_weight::float8 AS weight
 -- record_evaluation for many experiments: states ($1 ids, $2 eligible, $3 check data) and the history snapshots
 -- that are due ($4.. one element per treatment; $13 = minimum seconds between snapshots; $14 = relaxed commit, as
 -- in record_evaluation: when no stored eligibility changes; $15, $16 = per experiment, the statistics version and
--- the snapshot (text) its decision was read in, as in record_evaluation). Returns the experiments whose history
--- should be thinned now.
+-- the snapshot (text) its decision was read in, as in record_evaluation: nothing is written for an experiment whose
+-- stored decision covers that read). Returns the experiments written, each with whether its history should be
+-- thinned now.
 WITH prev AS (
     SELECT experiment_id, eligible FROM ab_experiment_state WHERE experiment_id = ANY($1::bigint[])
 ), up AS (
@@ -260,6 +265,8 @@ WITH prev AS (
     ON CONFLICT (experiment_id) DO UPDATE SET last_evaluated_at = now(), evaluations = st.evaluations + 1,
         eligible = EXCLUDED.eligible, decision = EXCLUDED.decision,
         evaluated_version = EXCLUDED.evaluated_version, evaluated_snapshot = EXCLUDED.evaluated_snapshot
+     WHERE NOT ab_decision_covered(st.experiment_id, st.evaluated_version, st.evaluated_snapshot,
+                                   EXCLUDED.evaluated_version, EXCLUDED.evaluated_snapshot)
     RETURNING experiment_id, evaluations
 ), ins AS (
     INSERT INTO ab_evaluation_snapshots (experiment_id, variant_name, exposures, control_exposures, lift, ci_low,
@@ -271,15 +278,16 @@ WITH prev AS (
       LEFT JOIN LATERAL (SELECT s.created_at, s.control_exposures FROM ab_evaluation_snapshots s
                           WHERE s.experiment_id = u.experiment_id ORDER BY s.created_at DESC, s.id DESC LIMIT 1)
            AS last ON true
-     WHERE u.control_exposures > 0
+     WHERE u.control_exposures > 0 AND u.experiment_id IN (SELECT experiment_id FROM up)
        AND (last.created_at IS NULL OR last.created_at <= now() - make_interval(secs => $13)
             OR u.control_exposures >= 1.25 * greatest(last.control_exposures, 1) OR u.eligible)
     RETURNING experiment_id
 )
-SELECT DISTINCT ins.experiment_id FROM ins JOIN up ON up.experiment_id = ins.experiment_id
- WHERE up.evaluations % 25 = 0
+SELECT up.experiment_id,
+       up.evaluations % 25 = 0 AND EXISTS (SELECT 1 FROM ins WHERE ins.experiment_id = up.experiment_id) AS thin
+  FROM up
 UNION ALL
-SELECT NULL WHERE CASE WHEN $14 AND NOT EXISTS (
+SELECT NULL, NULL WHERE CASE WHEN $14 AND NOT EXISTS (
                            SELECT 1 FROM unnest($1::bigint[], $2::boolean[]) AS u(id, el)
                              LEFT JOIN prev ON prev.experiment_id = u.id
                             WHERE prev.eligible IS DISTINCT FROM u.el)
