@@ -33,36 +33,43 @@ ALTER TABLE experiment_promotions ADD COLUMN decision_snapshot pg_snapshot;
 ALTER TABLE ab_experiment_state ADD COLUMN evaluated_version bigint;
 ALTER TABLE ab_experiment_state ADD COLUMN evaluated_snapshot pg_snapshot;
 
--- The statistics version of experiment exp_id (see above). STABLE: it reads the caller's snapshot.
+-- The functions below are STABLE, so that they read the calling statement's snapshot (the one the evaluation reads
+-- its statistics in), and PL/pgSQL, so that their plans are cached for the session: a SQL function that cannot be
+-- inlined is planned again in every statement that calls it, which cost the daemon's lock-and-read 0.6 ms.
+
+-- The statistics version of experiment exp_id (see above).
 CREATE FUNCTION ab_stats_version(exp_id bigint) RETURNS bigint
-LANGUAGE sql STABLE PARALLEL SAFE AS $$
-    SELECT coalesce(sum(s.updates_folded), 0)::bigint FROM ab_variant_stats s WHERE s.experiment_id = exp_id
-$$;
+LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
+BEGIN
+    RETURN (SELECT coalesce(sum(s.updates_folded), 0)::bigint FROM ab_variant_stats s WHERE s.experiment_id = exp_id);
+END $$;
 
 -- True when the stored last decision of exp_id does not cover what the caller's snapshot shows: it was never
 -- evaluated (and has statistics or an open critical alert), its statistics version changed since, or an open
 -- critical alert (its own or a global one) was not visible to the last evaluation. The daemon evaluates an
 -- experiment only while this holds, so replicas that all hear the same NOTIFY evaluate each change once: the first
--- evaluates and stores what it saw, the others find nothing new. STABLE, so it reads the calling statement's
--- snapshot, the same one the evaluation reads its statistics in.
+-- evaluates and stores what it saw, the others find nothing new.
 CREATE FUNCTION ab_evaluation_due(exp_id bigint) RETURNS boolean
-LANGUAGE sql STABLE PARALLEL SAFE AS $$
-    SELECT CASE
-        WHEN st.experiment_id IS NULL OR st.evaluated_version IS NULL OR st.evaluated_snapshot IS NULL THEN
-            st.experiment_id IS NOT NULL
-            OR ab_stats_version(exp_id) > 0
+LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
+DECLARE
+    st ab_experiment_state%ROWTYPE;
+BEGIN
+    SELECT * INTO st FROM ab_experiment_state WHERE experiment_id = exp_id;
+    IF NOT FOUND THEN
+        RETURN ab_stats_version(exp_id) > 0
             OR EXISTS (SELECT 1 FROM ab_alerts a
                         WHERE a.severity = 'critical' AND a.resolved_at IS NULL
-                          AND (a.experiment_id = exp_id OR a.experiment_id IS NULL))
-        ELSE
-            st.evaluated_version IS DISTINCT FROM ab_stats_version(exp_id)
-            OR EXISTS (SELECT 1 FROM ab_alerts a
-                        WHERE a.severity = 'critical' AND a.resolved_at IS NULL
-                          AND (a.experiment_id = exp_id OR a.experiment_id IS NULL)
-                          AND NOT pg_visible_in_snapshot(a.xact_id, st.evaluated_snapshot))
-    END
-      FROM (SELECT exp_id AS id) x LEFT JOIN ab_experiment_state st ON st.experiment_id = x.id
-$$;
+                          AND (a.experiment_id = exp_id OR a.experiment_id IS NULL));
+    END IF;
+    IF st.evaluated_version IS NULL OR st.evaluated_snapshot IS NULL THEN
+        RETURN true;  -- stored without saying what it saw (before 0007)
+    END IF;
+    RETURN st.evaluated_version IS DISTINCT FROM ab_stats_version(exp_id)
+        OR EXISTS (SELECT 1 FROM ab_alerts a
+                    WHERE a.severity = 'critical' AND a.resolved_at IS NULL
+                      AND (a.experiment_id = exp_id OR a.experiment_id IS NULL)
+                      AND NOT pg_visible_in_snapshot(a.xact_id, st.evaluated_snapshot));
+END $$;
 
 -- True when a stored decision (stored_version, stored_snapshot) covers a read of exp_id at (version, snapshot): the
 -- same statistics version, and no open critical alert visible to the read that the stored decision could not see.
@@ -71,11 +78,15 @@ $$;
 -- latest committed row) and, covered, writes nothing: a change is stored once. NULL anywhere: not covered.
 CREATE FUNCTION ab_decision_covered(exp_id bigint, stored_version bigint, stored_snapshot pg_snapshot,
                                     version bigint, snapshot pg_snapshot) RETURNS boolean
-LANGUAGE sql STABLE PARALLEL SAFE AS $$
-    SELECT coalesce(stored_version = version AND stored_snapshot IS NOT NULL AND snapshot IS NOT NULL
-                    AND NOT EXISTS (SELECT 1 FROM ab_alerts a
-                                     WHERE a.severity = 'critical' AND a.resolved_at IS NULL
-                                       AND (a.experiment_id = exp_id OR a.experiment_id IS NULL)
-                                       AND pg_visible_in_snapshot(a.xact_id, snapshot)
-                                       AND NOT pg_visible_in_snapshot(a.xact_id, stored_snapshot)), false)
-$$;
+LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
+BEGIN
+    IF stored_version IS NULL OR version IS NULL OR stored_snapshot IS NULL OR snapshot IS NULL
+       OR stored_version <> version THEN
+        RETURN false;
+    END IF;
+    RETURN NOT EXISTS (SELECT 1 FROM ab_alerts a
+                        WHERE a.severity = 'critical' AND a.resolved_at IS NULL
+                          AND (a.experiment_id = exp_id OR a.experiment_id IS NULL)
+                          AND pg_visible_in_snapshot(a.xact_id, snapshot)
+                          AND NOT pg_visible_in_snapshot(a.xact_id, stored_snapshot));
+END $$;
