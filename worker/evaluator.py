@@ -11,12 +11,15 @@ Across replicas an evaluation holds the experiment's row lock for its whole tran
 ``FOR NO KEY UPDATE SKIP LOCKED``); a replica that finds it taken gets "busy" back and evaluates a moment later
 instead of at the same time. A transaction-scoped lock works behind PgBouncer in transaction pooling too.
 
-Every replica hears every NOTIFY, but only the one whose fold claimed the updates has new statistics to show; the
-others mark the experiment from the wake-up alone. So that replicas share the work instead of each evaluating every
-change, the lock-and-read only takes experiments whose stored decision does not cover what its snapshot sees
-(``ab_evaluation_due``, schema/0007: another statistics version, or a critical alert the last evaluation could not
-see). The rest come back "fresh" and cost one read, not an evaluation: a change is evaluated about once, whichever
-replica gets to it first.
+A wake-up marks its experiment too (an alert has no fold behind it), and that is where duplicates came from: every
+replica hears every NOTIFY, and only one folds the update, so each of the others evaluated the experiment again on
+the wake-up alone; even one replica did, for a NOTIFY that arrived after its fold had already taken the update. So
+that a change is evaluated once, whichever replica gets to it first, the lock-and-read only takes experiments whose
+stored decision does not cover what its snapshot sees (``ab_evaluation_due``, schema/0007: another statistics
+version, or a critical alert the last decision could not see); the rest come back "fresh" and cost one read. Two
+replicas that both found it due (the second's snapshot taken just before the first committed) are told apart at the
+write: a decision on a read the stored one covers is not written (``ab_decision_covered``) and also comes back
+"fresh".
 """
 
 from __future__ import annotations
