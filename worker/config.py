@@ -600,7 +600,8 @@ def with_experiment_overrides(
     The one place the last layer is applied; every path (daemon, scan, check, promote, guard) calls it, and
     nothing it returns may be overridden afterwards by an explicit argument. The experiment's own value wins over
     every layer of ``base``, except that a request (``base.sources`` says "request") may make a setting of SAFER
-    safer still: the safer of the two applies; the environment may too for the KILL_SWITCHES. So a request's ``dryRun: true`` or ``enabled: false`` holds, and
+    safer still: the safer of the two applies; the environment may too for the KILL_SWITCHES. So a request's
+    ``dryRun: true`` or ``enabled: false`` holds, and
     the experiment's ``dryRun: true``, ``enabled: false`` or stricter thresholds cannot be lifted by any request.
     ConfigError if the result is invalid.
     """

@@ -96,7 +96,9 @@ class Evaluation:
     experiment_id: int
     experiment_name: str
     decision: Decision | None
-    action: str  # skipped | evaluated | promoted | dry_run | refused
+    # skipped | evaluated | promoted | dry_run | refused; the daemon's also busy (held elsewhere, retry) | fresh
+    # (nothing new since the stored decision: not evaluated again) | failed
+    action: str
     promotion: dict[str, Any] | None = None
 
 
@@ -139,6 +141,25 @@ def _history_args(decision: Decision) -> tuple[Any, ...]:
         [_finite(c.ci_high) for c in comps], [_finite(c.confidence) for c in comps],
         control_n,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Seen:
+    """What a decision was read at (schema/0007): the experiment's statistics version and the snapshot (text) of the
+    statement that read it. Stored with the decision, they say exactly what the decision could not have seen: a
+    later fold (another version) and any alert whose transaction is not visible in the snapshot, whatever the
+    start times and commit order of the transactions involved."""
+
+    version: int | None = None
+    snapshot: str | None = None
+
+    @classmethod
+    def of(cls, row: Mapping[str, Any]) -> Seen:
+        """From an experiment_snapshot row (its stats_version and read_snapshot columns)."""
+        return cls(row["stats_version"], row["read_snapshot"])
+
+
+UNKNOWN = Seen()
 
 
 def _parse_ts(value: Any) -> datetime:
@@ -198,6 +219,13 @@ class Engine:
     ) -> ExperimentSnapshot | None:
         row = await conn.fetchrow(Q["experiment_snapshot"], experiment_id, lookback_hours * 3600.0)
         return None if row is None else _snapshot_from_row(row)
+
+    async def _snapshot_row(
+        self, conn: asyncpg.Connection, experiment_id: int, lookback_hours: float
+    ) -> tuple[ExperimentSnapshot, Seen] | None:
+        """The snapshot and what it was read at."""
+        row = await conn.fetchrow(Q["experiment_snapshot"], experiment_id, lookback_hours * 3600.0)
+        return None if row is None else (_snapshot_from_row(row), Seen.of(row))
 
     async def _find(self, conn: asyncpg.Connection, name: str) -> asyncpg.Record:
         if not isinstance(name, str) or not name.strip():
@@ -264,16 +292,25 @@ class Engine:
         }
 
     async def _record_evaluation(self, conn: asyncpg.Connection, decision: Decision,
-                                 check: dict[str, Any] | None = None, *, relaxed: bool = False) -> bool | None:
+                                 check: dict[str, Any] | None = None, *, relaxed: bool = False,
+                                 seen: Seen = UNKNOWN) -> bool | None:
         """Store the last decision (``check``: its check data, if built already) and, when due, a history snapshot
         (one statement); the previous eligibility. ``relaxed``: the transaction writes nothing else, so it may
-        commit without waiting for the WAL flush (worker.fold.RELAXED_COMMIT)."""
+        commit without waiting for the WAL flush (worker.fold.RELAXED_COMMIT). ``seen``: what the decision was read
+        at (unknown: the experiment stays due for the daemon's next evaluation and the catch-up)."""
+        return (await self._store_evaluation(conn, decision, check, relaxed=relaxed, seen=seen))[0]
+
+    async def _store_evaluation(self, conn: asyncpg.Connection, decision: Decision,
+                                check: dict[str, Any] | None = None, *, relaxed: bool = False,
+                                seen: Seen = UNKNOWN) -> tuple[bool | None, bool]:
+        """_record_evaluation; also whether it was written (not when the stored decision already covers ``seen``:
+        another replica decided on the same read, see ab_decision_covered in schema/0007)."""
         row = await conn.fetchrow(Q["record_evaluation"], decision.experiment_id, decision.eligible,
                                   check if check is not None else decision.to_check_data(), *_history_args(decision),
-                                  SNAPSHOT_MIN_INTERVAL_S, relaxed)
+                                  SNAPSHOT_MIN_INTERVAL_S, relaxed, seen.version, seen.snapshot)
         await self._thin_if_due(conn, decision.experiment_id, row["evaluations"], row["snapshots"])
         previous = row["previous"]
-        return None if previous is None else bool(previous)
+        return (None if previous is None else bool(previous)), row["evaluations"] is not None
 
     async def _thin_if_due(self, conn: asyncpg.Connection, experiment_id: int, evaluations: int | None,
                            snapshots: int) -> None:
@@ -290,9 +327,10 @@ class Engine:
             exp = await self._find(conn, experiment_name)
             await fold_pending_updates(conn, experiment_ids=[exp["id"]], batch_size=self.settings.fold_batch_size)
             async with conn.transaction():
-                snapshot = await self._snapshot(conn, exp["id"], self._lookback(effective, exp["config"]))
-                if snapshot is None:
+                read = await self._snapshot_row(conn, exp["id"], self._lookback(effective, exp["config"]))
+                if read is None:
                     raise ExperimentNotFound(f"no experiment named {experiment_name[:200]!r}")
+                snapshot, seen = read
                 decision, cfg = self._decide(snapshot, effective, exp["config"])
                 if config is None:
                     # Only a check under the server's own config is "the last decision"; a caller's what-if is not.
@@ -301,7 +339,7 @@ class Engine:
                         # The daemon and the scans hold the experiment's row lock when they compare and store the
                         # eligibility; so does this check, so that one change is reported once.
                         await conn.execute(Q["lock_experiment"], exp["id"])
-                    previous = await self._record_evaluation(conn, decision)
+                    previous = await self._record_evaluation(conn, decision, seen=seen)
                     if report and previous is not True:
                         # This check is what saw a dry-run experiment become eligible: it reports the change, as
                         # the daemon would have (which now finds the eligibility stored and stays quiet).
@@ -387,8 +425,8 @@ class Engine:
             # those inside the experiment's own.
             row = await conn.fetchrow(Q["try_lock_snapshot"], experiment_id, MAX_ALERT_LOOKBACK_S)
             if row is None:
-                exists = await conn.fetchval("SELECT 1 FROM ab_experiments WHERE id = $1", experiment_id)
-                return Evaluation(experiment_id, "?", None, "busy" if exists else "skipped")
+                [outcome] = await self._unlocked(conn, [experiment_id])
+                return outcome
             if row["status"] != "running":
                 return Evaluation(experiment_id, row["name"], None, "skipped")
         else:
@@ -418,11 +456,12 @@ class Engine:
                 {"promotionId": snapshot.active_promotion_id},
             )
         check = decision.to_check_data()
+        seen = Seen.of(row)
         if daemon and not decision.eligible:
             # The daemon's common case: nothing to do but remember the decision. A lone evaluation's transaction
             # holds nothing else, so its commit need not wait for the disk.
-            await self._record_evaluation(conn, decision, check, relaxed=alone)
-            return Evaluation(experiment_id, snapshot.name, decision, "evaluated")
+            _, stored = await self._store_evaluation(conn, decision, check, relaxed=alone, seen=seen)
+            return Evaluation(experiment_id, snapshot.name, decision, "evaluated" if stored else "fresh")
         winner = decision.winner
         promoted_name = winner.variant if winner is not None and decision.eligible else None
         base: dict[str, Any] = {
@@ -432,7 +471,10 @@ class Engine:
             "improvement": decision.improvement,
         }
         if dry:
-            previous = await self._record_evaluation(conn, decision, check)
+            previous, stored = await self._store_evaluation(conn, decision, check, seen=seen)
+            if daemon and not stored:
+                # Another replica decided on the same read and acted on it: no second notification or audit row.
+                return Evaluation(experiment_id, snapshot.name, decision, "fresh")
             queued = 0
             # The daemon and the scans evaluate an unchanged experiment again and again: they report a dry run once
             # per change of eligibility (the stored eligibility, written in this same transaction, is the memory).
@@ -452,7 +494,7 @@ class Engine:
             if mode == "request":
                 await self._audit(conn, actor, "promotion_refused", snapshot.id, snapshot.name, None,
                                   {**audit_details, "reasons": list(decision.reasons)})
-            await self._record_evaluation(conn, decision, check)
+            await self._record_evaluation(conn, decision, check, seen=seen)
             return Evaluation(experiment_id, snapshot.name, decision, "refused", refused)
         promotion_id = uuid.uuid4()
         previous_weights = {v.name: v.weight for v in snapshot.variants}
@@ -475,14 +517,14 @@ class Engine:
             {**audit_details, "previousWeights": previous_weights, "promotedVariant": winner.variant},
             cfg.max_concurrent_promotions, promotion_id,
             *planned.columns(), planned.body or "{}", planned.priority, planned.detailed,
-            *_history_args(decision), PROMOTION_SLOT_LOCK,
+            *_history_args(decision), PROMOTION_SLOT_LOCK, seen.snapshot, seen.version,
         )
         if written is None:
             # The guard window filled up since the snapshot: decide again to report it with its numbers.
-            fresh = await self._snapshot(conn, experiment_id, self._lookback(effective, overrides))
-            assert fresh is not None
-            decision, cfg = self._decide(fresh, effective, overrides)
-            await self._record_evaluation(conn, decision)
+            read = await self._snapshot_row(conn, experiment_id, self._lookback(effective, overrides))
+            assert read is not None
+            decision, cfg = self._decide(read[0], effective, overrides)
+            await self._record_evaluation(conn, decision, seen=read[1])
             refused["reasons"] = list(decision.reasons) or ["concurrency limit reached"]
             return Evaluation(experiment_id, snapshot.name, decision, "refused", refused)
         await self._thin_if_due(conn, experiment_id, written["evaluations"], written["snapshots"])
@@ -614,7 +656,7 @@ class Engine:
                         await self._record_failure(conn, exp, effective, actor, exc)
                 raise
         decision = outcome.decision
-        if decision is not None:
+        if decision is not None and outcome.action != "fresh":
             _count_evaluation(decision)
             log.debug("experiment.evaluated", experiment=outcome.experiment_name, eligible=decision.eligible,
                       confidence=decision.confidence, action=outcome.action)
@@ -623,21 +665,28 @@ class Engine:
         return outcome
 
     async def _record_many(self, conn: asyncpg.Connection, decisions: list[Decision], *, history: bool = True,
-                           checks: Mapping[int, dict[str, Any]] | None = None, relaxed: bool = False) -> None:
-        """_record_evaluation for many decisions in one statement (plus thinning where due).
+                           checks: Mapping[int, dict[str, Any]] | None = None, relaxed: bool = False,
+                           seen: Mapping[int, Seen] | None = None) -> set[int]:
+        """_record_evaluation for many decisions in one statement (plus thinning where due); the experiments
+        written (not those whose stored decision covers what they were read at).
 
         ``history=False`` (the scan) stores the last decisions only: the chart history is the evaluations'.
-        ``checks`` may pass check data already built, by experiment id.
+        ``checks`` may pass check data already built, by experiment id; ``seen``: what each was read at.
         """
         if not decisions:
-            return
+            return set()
         ids, eligible, check_data = [], [], []
+        versions: list[int | None] = []
+        snapshots: list[str | None] = []
         s_ids, s_names, s_n, s_ctl, s_lift, s_lo, s_hi, s_conf, s_el = ([] for _ in range(9))
         for i, d in enumerate(decisions):
             if i % 500 == 499:
                 await anyio.lowlevel.checkpoint()
             ids.append(d.experiment_id)
             eligible.append(d.eligible)
+            read = seen.get(d.experiment_id, UNKNOWN) if seen is not None else UNKNOWN
+            versions.append(read.version)
+            snapshots.append(read.snapshot)
             built = checks.get(d.experiment_id) if checks is not None else None
             check_data.append(built if built is not None else d.to_check_data())
             if not history:
@@ -655,10 +704,17 @@ class Engine:
                 s_hi.append(_finite(c.ci_high))
                 s_conf.append(_finite(c.confidence))
                 s_el.append(d.eligible)
-        thin = await conn.fetch(Q["record_evaluations_bulk"], ids, eligible, check_data, s_ids, s_names, s_n, s_ctl,
-                                s_lift, s_lo, s_hi, s_conf, s_el, SNAPSHOT_MIN_INTERVAL_S, relaxed)
-        for row in thin:
-            await conn.execute(Q["thin_snapshots"], row["experiment_id"], SNAPSHOT_MAX_ROWS)
+        rows = await conn.fetch(Q["record_evaluations_bulk"], ids, eligible, check_data, s_ids, s_names, s_n, s_ctl,
+                                s_lift, s_lo, s_hi, s_conf, s_el, SNAPSHOT_MIN_INTERVAL_S, relaxed, versions,
+                                snapshots)
+        stored: set[int] = set()
+        for row in rows:
+            if row["experiment_id"] is None:
+                continue  # the row that only switched the commit to relaxed
+            stored.add(row["experiment_id"])
+            if row["thin"]:
+                await conn.execute(Q["thin_snapshots"], row["experiment_id"], SNAPSHOT_MAX_ROWS)
+        return stored
 
     async def evaluate_many(self, experiment_ids: list[int], *, actor: str = "autopromote") -> list[Evaluation]:
         """The daemon's batch step: evaluate many experiments in one transaction.
@@ -681,7 +737,7 @@ class Engine:
                         experiments=len(experiment_ids), retry="one transaction per experiment")
             return [await self._evaluate_alone(exp_id, actor) for exp_id in experiment_ids]
         for e in out:
-            if e.decision is not None:
+            if e.decision is not None and e.action != "fresh":
                 _count_evaluation(e.decision)
         for outcome in promoted:
             self._after_promotion(outcome, "daemon")
@@ -697,6 +753,21 @@ class Engine:
                 raise
             return Evaluation(experiment_id, "?", None, "failed")
 
+    async def _unlocked(self, conn: asyncpg.Connection, experiment_ids: list[int]) -> list[Evaluation]:
+        """The outcome for experiments the daemon's lock-and-read did not return: "skipped" (gone or not running:
+        promoted ones are the guard's), "fresh" (running, and its stored decision covers everything this statement
+        sees: another replica evaluated it already, or nothing changed), or "busy" (held by another transaction:
+        retry). A fold that commits after this statement is marked by its folder, so "fresh" loses nothing."""
+        found = {r["id"]: r for r in await conn.fetch(Q["unlocked_experiments"], experiment_ids)}
+        out: list[Evaluation] = []
+        for exp_id in experiment_ids:
+            r = found.get(exp_id)
+            if r is None or r["status"] != "running":
+                out.append(Evaluation(exp_id, r["name"] if r else "?", None, "skipped"))
+            else:
+                out.append(Evaluation(exp_id, r["name"], None, "busy" if r["due"] else "fresh"))
+        return out
+
     async def _evaluate_batch(self, experiment_ids: list[int], actor: str) -> tuple[list[Evaluation],
                                                                                     list[Evaluation]]:
         effective = self.config
@@ -707,13 +778,7 @@ class Engine:
             locked_ids = {r["id"] for r in locked}
             others = [i for i in experiment_ids if i not in locked_ids]
             if others:
-                rows = await conn.fetch("SELECT id, name, status FROM ab_experiments WHERE id = ANY($1::bigint[])",
-                                        others)
-                found = {r["id"]: r for r in rows}
-                for exp_id in others:
-                    r = found.get(exp_id)
-                    busy = r is not None and r["status"] == "running"
-                    out.append(Evaluation(exp_id, r["name"] if r else "?", None, "busy" if busy else "skipped"))
+                out.extend(await self._unlocked(conn, others))
             pairs = [(row, _snapshot_from_row(row)) for row in locked]
             decided = await self._decide_snapshots(effective, pairs)
             plain: list[Decision] = []
@@ -727,8 +792,10 @@ class Engine:
                     promoted.append(outcome)
             # Only decisions in this transaction (nothing was promoted or audited): its commit need not wait for the
             # disk (worker.fold.RELAXED_COMMIT).
-            await self._record_many(conn, plain, relaxed=len(plain) == len(pairs))
-            out.extend(Evaluation(d.experiment_id, d.experiment_name, d, "evaluated") for d in plain)
+            stored = await self._record_many(conn, plain, relaxed=len(plain) == len(pairs),
+                                             seen={row["id"]: Seen.of(row) for row, _ in pairs})
+            out.extend(Evaluation(d.experiment_id, d.experiment_name, d,
+                                  "evaluated" if d.experiment_id in stored else "fresh") for d in plain)
         return out, promoted
 
     # ---------------------------------------------------------------------------------------------- scan
@@ -761,7 +828,7 @@ class Engine:
             # In chunks: memory and event-loop stalls stay bounded however many experiments there are.
             for start in range(0, len(running), SCAN_CHUNK):
                 chunk = list(running[start:start + SCAN_CHUNK])
-                decided = await self._decide_all(conn, effective, chunk)
+                decided, seen = await self._decide_all(conn, effective, chunk)
                 # The daemon's evaluations keep last decisions current; its reconciliation scan rewrites only those
                 # that are missing, stale, or whose eligibility changed (building them is most of a scan's cost).
                 fresh: dict[int, bool] = {} if include_results else {
@@ -817,20 +884,29 @@ class Engine:
                     if include_results or item.get("error") or item["promoted"]:
                         results.append(item)
                     scanned += 1
-                await self._record_many(conn, to_record, history=False, checks=checks)
+                await self._record_many(conn, to_record, history=False, checks=checks, seen=seen)
         metrics.SCANS.inc()
         log.info("scan.completed", scanned=scanned, eligible=eligible, promoted=promoted, dry_run=dry)
         return {"scanned": scanned, "eligible": eligible, "promoted": promoted, "dryRun": dry, "results": results}
 
     async def _decide_all(self, conn: asyncpg.Connection, effective: EffectiveConfig,
-                          experiments: list[asyncpg.Record]) -> list[tuple[Decision, AutoPromotionConfig]]:
-        """Decisions for ``experiments`` (rows of ab_experiments) with the config of each, from three bulk reads."""
+                          experiments: list[asyncpg.Record]
+                          ) -> tuple[list[tuple[Decision, AutoPromotionConfig]], dict[int, Seen]]:
+        """Decisions for ``experiments`` (rows of ab_experiments) with the config of each, from three bulk reads;
+        what each was read at.
+
+        The snapshot is taken before the reads: every alert visible in it is visible to the alert read too, so the
+        stored snapshot never claims an alert the decision did not see. The version is the one the statistics were
+        read at."""
+        first = await conn.fetchrow(Q["current_snapshot"])
+        now, read_snapshot = first["now"], first["snapshot"]
         variant_rows = await conn.fetch(Q["variants_with_stats_for"], [e["id"] for e in experiments])
         alert_rows = await conn.fetch(Q["all_open_critical_alerts"], MAX_ALERT_LOOKBACK_S)
         promo_rows = await conn.fetch(Q["all_active_promotions"])
-        now = await conn.fetchval("SELECT now()")
+        versions: dict[int, int] = {e["id"]: 0 for e in experiments}
         variants: dict[int, list[VariantSnapshot]] = {}
         for v in variant_rows:
+            versions[v["experiment_id"]] += v["updates_folded"]
             variants.setdefault(v["experiment_id"], []).append(VariantSnapshot(
                 name=v["name"], is_control=v["is_control"], weight=v["weight"], exposures=v["exposures"],
                 conversions=v["conversions"], errors=v["errors"], value_sum=v["value_sum"],
@@ -853,7 +929,8 @@ class Engine:
                                          key=lambda a: a.created_at, reverse=True)),
             promotions_in_guard_window=in_guard,
         )) for exp in experiments]
-        return await self._decide_snapshots(effective, pairs)
+        decided = await self._decide_snapshots(effective, pairs)
+        return decided, {exp_id: Seen(version, read_snapshot) for exp_id, version in versions.items()}
 
     async def _decide_snapshots(
         self, effective: EffectiveConfig, pairs: list[tuple[Mapping[str, Any], ExperimentSnapshot]]

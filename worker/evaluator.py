@@ -10,6 +10,16 @@ handful of evaluations, not 10,000.
 Across replicas an evaluation holds the experiment's row lock for its whole transaction (the engine takes it with
 ``FOR NO KEY UPDATE SKIP LOCKED``); a replica that finds it taken gets "busy" back and evaluates a moment later
 instead of at the same time. A transaction-scoped lock works behind PgBouncer in transaction pooling too.
+
+A wake-up marks its experiment too (an alert has no fold behind it), and that is where duplicates came from: every
+replica hears every NOTIFY, and only one folds the update, so each of the others evaluated the experiment again on
+the wake-up alone; even one replica did, for a NOTIFY that arrived after its fold had already taken the update. So
+that a change is evaluated once, whichever replica gets to it first, the lock-and-read only takes experiments whose
+stored decision does not cover what its snapshot sees (``ab_evaluation_due``, schema/0007: another statistics
+version, or a critical alert the last decision could not see); the rest come back "fresh" and cost one read. Two
+replicas that both found it due (the second's snapshot taken just before the first committed) are told apart at the
+write: a decision on a read the stored one covers is not written (``ab_decision_covered``) and also comes back
+"fresh".
 """
 
 from __future__ import annotations
@@ -94,6 +104,7 @@ class Evaluator:
         self._batches_inflight = 0
         self.evaluations = 0
         self.deferred = 0
+        self.fresh = 0  # marked, but the stored decision already covered everything (see ab_evaluation_due)
 
     @property
     def pending(self) -> int:
@@ -175,6 +186,7 @@ class Evaluator:
             metrics.EVALUATIONS.labels("error").inc()
             log.exception("evaluation.crashed", error=f"{type(exc).__name__}: {exc}", experiments=len(batch))
             return [], 0.0
+        self.fresh += sum(1 for e in evaluations if e.action == "fresh")
         busy = [e.experiment_id for e in evaluations if e.action == "busy"]
         if busy:
             self.deferred += len(busy)
@@ -185,8 +197,8 @@ class Evaluator:
             await self.guard.check(skipped)
         now = time.time()
         for evaluation in evaluations:
-            if evaluation.action == "busy":
-                continue
+            if evaluation.action in ("busy", "fresh"):
+                continue  # busy: retried below; fresh: another replica evaluated this change already
             self.evaluations += 1
             recorded_at = batch.get(evaluation.experiment_id)
             latency = None

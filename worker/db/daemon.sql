@@ -2,20 +2,26 @@
 -- header with a one-line description. Loaded once by worker/db/daemon_queries.py; values go through $n parameters.
 
 -- name: stale_experiments
--- Running experiments whose statistics changed at or after their last evaluation: the durable trace of a wake-up
--- lost between a committed fold and its evaluation (a crash, a kill -9, another replica dying).
+-- Running experiments whose statistics changed since their last evaluation: the durable trace of a wake-up lost
+-- between a committed fold and its evaluation (a crash, a kill -9, another replica dying). "Changed" compares the
+-- statistics version (ab_stats_version: every fold raises it) with the one the last evaluation read its statistics
+-- at, not timestamps: a fold whose transaction started before an evaluation and committed after its snapshot has
+-- an older updated_at than the evaluation's now(), yet the evaluation never saw it (schema/0007).
 SELECT e.id
   FROM ab_experiments e
   LEFT JOIN ab_experiment_state st ON st.experiment_id = e.id
  WHERE e.status = 'running'
-   AND EXISTS (SELECT 1 FROM ab_variant_stats s
-                WHERE s.experiment_id = e.id
-                  AND s.updated_at >= coalesce(st.last_evaluated_at, '-infinity'::timestamptz))
+   AND ab_stats_version(e.id) IS DISTINCT FROM coalesce(st.evaluated_version, CASE WHEN st.experiment_id IS NULL
+                                                                                THEN 0 END)
  ORDER BY e.id;
 
 -- name: guarded_promotions
 -- Active promotions inside their guard window (all, or those of the experiments in $1), with everything the guard
 -- reads: the baseline, the current per-variant totals, critical alerts raised since, breaches already reported.
+-- "Raised since" = written by a transaction the promotion's decision snapshot could not see (schema/0007), not
+-- created_at >= promoted_at: an alert whose transaction began before the promotion and committed after its
+-- snapshot has the older created_at, and was seen by neither the decision nor a timestamp comparison. Promotions
+-- written before 0007 have no snapshot and keep the timestamp rule.
 SELECT p.id, p.experiment_id, p.experiment_name, p.promoted_variant_name, p.control_variant_name, p.promoted_at,
        p.guard_until, p.confidence, p.improvement, p.method, p.baseline_stats, e.config, e.priority, now() AS now,
        (SELECT coalesce(json_object_agg(v.name, json_build_object(
@@ -29,8 +35,10 @@ SELECT p.id, p.experiment_id, p.experiment_name, p.promoted_variant_name, p.cont
                                                    'global', a.experiment_id IS NULL)
                                  ORDER BY a.created_at, a.id), '[]'::json)
           FROM ab_alerts a
-         WHERE a.severity = 'critical' AND a.resolved_at IS NULL AND a.created_at >= p.promoted_at
-           AND (a.experiment_id = p.experiment_id OR a.experiment_id IS NULL)) AS new_alerts,
+         WHERE a.severity = 'critical' AND a.resolved_at IS NULL
+           AND (a.experiment_id = p.experiment_id OR a.experiment_id IS NULL)
+           AND CASE WHEN p.decision_snapshot IS NULL THEN a.created_at >= p.promoted_at
+                    ELSE NOT pg_visible_in_snapshot(a.xact_id, p.decision_snapshot) END) AS new_alerts,
        ARRAY(SELECT b.metric FROM ab_guard_breaches b WHERE b.promotion_id = p.id ORDER BY b.metric)
            AS reported_metrics
   FROM experiment_promotions p JOIN ab_experiments e ON e.id = p.experiment_id

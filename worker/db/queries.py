@@ -22,13 +22,19 @@ def _load() -> dict[str, str]:
 
 Q: dict[str, str] = _load()
 # The daemon's evaluation locks the experiment and reads its snapshot in one round trip; a row another transaction
-# holds is skipped (no row back).
-Q["try_lock_snapshot"] = Q["experiment_snapshot"] + "\n   FOR NO KEY UPDATE OF e SKIP LOCKED"
-# The same for the running experiments among $1 (the daemon's batch evaluation).
+# holds is skipped (no row back). A running experiment whose stored decision already covers what this statement sees
+# (ab_evaluation_due, schema/0007) is neither locked nor read: the replicas that hear the same NOTIFY evaluate a
+# change once between them. The filter runs before the row lock, so such a check never makes another replica's
+# evaluation wait or come back busy.
 _ONE = "FROM ab_experiments e WHERE e.id = $1"
 assert Q["experiment_snapshot"].endswith(_ONE), "queries.sql: experiment_snapshot must end with " + _ONE
+Q["try_lock_snapshot"] = (
+    Q["experiment_snapshot"]
+    + " AND (e.status <> 'running' OR ab_evaluation_due(e.id))\n   FOR NO KEY UPDATE OF e SKIP LOCKED"
+)
+# The same for the running experiments among $1 (the daemon's batch evaluation).
 Q["lock_running_snapshots"] = (
     Q["experiment_snapshot"].removesuffix(_ONE)
-    + "FROM ab_experiments e WHERE e.id = ANY($1::bigint[]) AND e.status = 'running'\n"
+    + "FROM ab_experiments e WHERE e.id = ANY($1::bigint[]) AND e.status = 'running' AND ab_evaluation_due(e.id)\n"
     + " ORDER BY e.id FOR NO KEY UPDATE OF e SKIP LOCKED"
 )

@@ -86,8 +86,11 @@ SELECT id, experiment_name, rollback_request_reason, rollback_requested_by FROM 
 -- name: experiment_snapshot
 -- Everything a decision reads about experiment $1, in one round trip; $2 = critical-alert lookback in seconds.
 -- promotion_targets: the notification_configs rows a promotion would be routed over (so that a promotion needs no
--- read of its own). queries.py derives try_lock_snapshot and lock_running_snapshots from it.
+-- read of its own). stats_version and read_snapshot say what this read saw (schema/0007): the decision stores them
+-- with its result, so that what committed after this statement's snapshot is known to be new, whenever its
+-- transaction started. queries.py derives try_lock_snapshot and lock_running_snapshots from it.
 SELECT e.id, e.name, e.status, e.started_at, e.metric_type, e.priority, e.config, now() AS now,
+       ab_stats_version(e.id) AS stats_version, pg_current_snapshot()::text AS read_snapshot,
        (SELECT coalesce(json_agg(json_build_object(
                    'name', v.name, 'is_control', v.is_control, 'weight', v.traffic_weight::float8,
                    'exposures', coalesce(s.exposures, 0), 'conversions', coalesce(s.conversions, 0),
@@ -135,12 +138,15 @@ SELECT id, name, status, config, priority FROM ab_experiments WHERE id = $1 FOR 
 -- advisory lock $32, finds fewer than $14 promotions inside their guard window), the winner's weight 100 and the
 -- others' 0, status 'promoted', the audit row, the notification outbox rows (one per route: $16..$20 arrays, $21
 -- payload, $22 priority, $23 detailed), the last decision ($12) and its history snapshot per treatment ($24..$30
--- arrays, $31 control exposures). No row back means the concurrency limit was reached and nothing was written.
+-- arrays, $31 control exposures). $33, $34: the snapshot (text) and statistics version the decision was read in:
+-- the guard treats the critical alerts that snapshot could not see as raised after the promotion (schema/0007).
+-- No row back means the concurrency limit was reached and nothing was written.
 WITH p AS (
     INSERT INTO experiment_promotions (id, experiment_id, experiment_name, promoted_variant_name,
                                        control_variant_name, confidence, improvement, method, promoted_by,
-                                       previous_weights, baseline_stats, guard_until, decision)
-    SELECT $15, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now() + make_interval(secs => $11), $12
+                                       previous_weights, baseline_stats, guard_until, decision, decision_snapshot)
+    SELECT $15, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now() + make_interval(secs => $11), $12,
+           $33::text::pg_snapshot
      WHERE ab_take_promotion_slot($32, $14)
     RETURNING id, promoted_at
 ), w AS (
@@ -162,10 +168,12 @@ WITH p AS (
               AS r(channel, config_id, target_ref, target_label, action)
     RETURNING 1
 ), st AS (
-    INSERT INTO ab_experiment_state AS st (experiment_id, last_evaluated_at, evaluations, eligible, decision)
-    SELECT $1, now(), 1, true, $12 FROM p
+    INSERT INTO ab_experiment_state AS st (experiment_id, last_evaluated_at, evaluations, eligible, decision,
+                                           evaluated_version, evaluated_snapshot)
+    SELECT $1, now(), 1, true, $12, $34::bigint, $33::text::pg_snapshot FROM p
     ON CONFLICT (experiment_id) DO UPDATE SET last_evaluated_at = now(), evaluations = st.evaluations + 1,
-        eligible = true, decision = EXCLUDED.decision
+        eligible = true, decision = EXCLUDED.decision,
+        evaluated_version = EXCLUDED.evaluated_version, evaluated_snapshot = EXCLUDED.evaluated_snapshot
     RETURNING evaluations
 ), h AS (
     INSERT INTO ab_evaluation_snapshots (experiment_id, variant_name, exposures, control_exposures, lift, ci_low,
@@ -184,14 +192,21 @@ SELECT p.id, p.promoted_at, (SELECT evaluations FROM st) AS evaluations, (SELECT
 -- ($4..$10 arrays, $11 control exposures): due when there is none yet, the last is $12 seconds old, the control
 -- grew by a quarter, or the decision is eligible. $13: commit without waiting for the WAL flush when the stored
 -- eligibility does not change (only for a transaction that writes nothing but decisions: see RELAXED_COMMIT in
--- fold.py). Returns the previous eligibility, the evaluation count and whether a snapshot was added.
+-- fold.py). $14, $15: the statistics version and the snapshot (text) the decision was read in (NULL: unknown, the
+-- experiment stays due). Nothing is written when the stored decision already covers that read (ab_decision_covered:
+-- another replica decided on the same statistics and alerts while this one waited for the row). Returns the previous
+-- eligibility, the evaluation count (NULL: nothing written) and whether a snapshot was added.
 WITH prev AS (
     SELECT eligible FROM ab_experiment_state WHERE experiment_id = $1
 ), up AS (
-    INSERT INTO ab_experiment_state AS st (experiment_id, last_evaluated_at, evaluations, eligible, decision)
-    VALUES ($1, now(), 1, $2, $3)
+    INSERT INTO ab_experiment_state AS st (experiment_id, last_evaluated_at, evaluations, eligible, decision,
+                                           evaluated_version, evaluated_snapshot)
+    VALUES ($1, now(), 1, $2, $3, $14::bigint, $15::text::pg_snapshot)
     ON CONFLICT (experiment_id) DO UPDATE SET last_evaluated_at = now(), evaluations = st.evaluations + 1,
-        eligible = EXCLUDED.eligible, decision = EXCLUDED.decision
+        eligible = EXCLUDED.eligible, decision = EXCLUDED.decision,
+        evaluated_version = EXCLUDED.evaluated_version, evaluated_snapshot = EXCLUDED.evaluated_snapshot
+     WHERE NOT ab_decision_covered($1, st.evaluated_version, st.evaluated_snapshot, EXCLUDED.evaluated_version,
+                                   EXCLUDED.evaluated_snapshot)
     RETURNING evaluations
 ), last AS (
     SELECT created_at, control_exposures FROM ab_evaluation_snapshots WHERE experiment_id = $1
@@ -201,7 +216,7 @@ WITH prev AS (
                                          ci_high, confidence, eligible)
     SELECT $1, u.*, $2 FROM unnest($4::text[], $5::bigint[], $6::bigint[], $7::float8[], $8::float8[],
                                    $9::float8[], $10::float8[]) AS u
-     WHERE $11::bigint > 0
+     WHERE $11::bigint > 0 AND EXISTS (SELECT 1 FROM up)
        AND (NOT EXISTS (SELECT 1 FROM last)
             OR (SELECT created_at FROM last) <= now() - make_interval(secs => $12)
             OR $11::bigint >= 1.25 * (SELECT greatest(control_exposures, 1) FROM last)
@@ -222,8 +237,10 @@ SELECT ab_thin_evaluation_snapshots($1, $2);
 UPDATE ab_experiments SET status = $2 WHERE id = $1;
 
 -- name: variants_with_stats_for
--- Variants and folded statistics of the experiments $1, control first.
+-- Variants and folded statistics of the experiments $1, control first; an experiment's statistics version is the
+-- sum of its variants' updates_folded (ab_stats_version).
 SELECT v.experiment_id, v.name, v.is_control, v.traffic_weight::float8 AS weight,
+       coalesce(s.updates_folded, 0) AS updates_folded,
        coalesce(s.exposures, 0) AS exposures, coalesce(s.conversions, 0) AS conversions,
        coalesce(s.errors, 0) AS errors, coalesce(s.value_sum, 0) AS value_sum,
        coalesce(s.value_sum_sq, 0) AS value_sum_sq, coalesce(s.latency_sketch, '{}'::jsonb) AS latency_sketch
@@ -234,15 +251,22 @@ SELECT v.experiment_id, v.name, v.is_control, v.traffic_weight::float8 AS weight
 -- name: record_evaluations_bulk
 -- record_evaluation for many experiments: states ($1 ids, $2 eligible, $3 check data) and the history snapshots
 -- that are due ($4.. one element per treatment; $13 = minimum seconds between snapshots; $14 = relaxed commit, as
--- in record_evaluation: when no stored eligibility changes). Returns the experiments whose history should be
+-- in record_evaluation: when no stored eligibility changes; $15, $16 = per experiment, the statistics version and
+-- the snapshot (text) its decision was read in, as in record_evaluation: nothing is written for an experiment whose
+-- stored decision covers that read). Returns the experiments written, each with whether its history should be
 -- thinned now.
 WITH prev AS (
     SELECT experiment_id, eligible FROM ab_experiment_state WHERE experiment_id = ANY($1::bigint[])
 ), up AS (
-    INSERT INTO ab_experiment_state AS st (experiment_id, last_evaluated_at, evaluations, eligible, decision)
-    SELECT id, now(), 1, el, d FROM unnest($1::bigint[], $2::boolean[], $3::jsonb[]) AS u(id, el, d)
+    INSERT INTO ab_experiment_state AS st (experiment_id, last_evaluated_at, evaluations, eligible, decision,
+                                           evaluated_version, evaluated_snapshot)
+    SELECT id, now(), 1, el, d, ver, snap::pg_snapshot
+      FROM unnest($1::bigint[], $2::boolean[], $3::jsonb[], $15::bigint[], $16::text[]) AS u(id, el, d, ver, snap)
     ON CONFLICT (experiment_id) DO UPDATE SET last_evaluated_at = now(), evaluations = st.evaluations + 1,
-        eligible = EXCLUDED.eligible, decision = EXCLUDED.decision
+        eligible = EXCLUDED.eligible, decision = EXCLUDED.decision,
+        evaluated_version = EXCLUDED.evaluated_version, evaluated_snapshot = EXCLUDED.evaluated_snapshot
+     WHERE NOT ab_decision_covered(st.experiment_id, st.evaluated_version, st.evaluated_snapshot,
+                                   EXCLUDED.evaluated_version, EXCLUDED.evaluated_snapshot)
     RETURNING experiment_id, evaluations
 ), ins AS (
     INSERT INTO ab_evaluation_snapshots (experiment_id, variant_name, exposures, control_exposures, lift, ci_low,
@@ -254,15 +278,16 @@ WITH prev AS (
       LEFT JOIN LATERAL (SELECT s.created_at, s.control_exposures FROM ab_evaluation_snapshots s
                           WHERE s.experiment_id = u.experiment_id ORDER BY s.created_at DESC, s.id DESC LIMIT 1)
            AS last ON true
-     WHERE u.control_exposures > 0
+     WHERE u.control_exposures > 0 AND u.experiment_id IN (SELECT experiment_id FROM up)
        AND (last.created_at IS NULL OR last.created_at <= now() - make_interval(secs => $13)
             OR u.control_exposures >= 1.25 * greatest(last.control_exposures, 1) OR u.eligible)
     RETURNING experiment_id
 )
-SELECT DISTINCT ins.experiment_id FROM ins JOIN up ON up.experiment_id = ins.experiment_id
- WHERE up.evaluations % 25 = 0
+SELECT up.experiment_id,
+       up.evaluations % 25 = 0 AND EXISTS (SELECT 1 FROM ins WHERE ins.experiment_id = up.experiment_id) AS thin
+  FROM up
 UNION ALL
-SELECT NULL WHERE CASE WHEN $14 AND NOT EXISTS (
+SELECT NULL, NULL WHERE CASE WHEN $14 AND NOT EXISTS (
                            SELECT 1 FROM unnest($1::bigint[], $2::boolean[]) AS u(id, el)
                              LEFT JOIN prev ON prev.experiment_id = u.id
                             WHERE prev.eligible IS DISTINCT FROM u.el)
@@ -272,3 +297,12 @@ SELECT NULL WHERE CASE WHEN $14 AND NOT EXISTS (
 -- Experiments among $1 whose last decision was stored less than $2 seconds ago, with its eligibility.
 SELECT experiment_id, eligible FROM ab_experiment_state
  WHERE experiment_id = ANY($1::bigint[]) AND last_evaluated_at > now() - make_interval(secs => $2::float8);
+
+-- name: unlocked_experiments
+-- Why the daemon's lock-and-read returned no row for some of the experiments $1: not running (skipped), nothing
+-- new since the last stored decision (ab_evaluation_due false: fresh), or held by another transaction (busy).
+SELECT id, name, status, ab_evaluation_due(id) AS due FROM ab_experiments WHERE id = ANY($1::bigint[]);
+
+-- name: current_snapshot
+-- The statement's snapshot (text): taken before the scan's reads, so every alert visible in it was seen by them.
+SELECT now() AS now, pg_current_snapshot()::text AS snapshot;
