@@ -90,3 +90,25 @@ BEGIN
                           AND pg_visible_in_snapshot(a.xact_id, snapshot)
                           AND NOT pg_visible_in_snapshot(a.xact_id, stored_snapshot));
 END $$;
+
+-- A critical alert that stops blocking (resolved, or no longer critical) changes the decision of the experiments it
+-- applied to without a new statistics version: forget what their stored decisions saw, so that they are due again
+-- (the daemon evaluates them at its next wake-up, the scan at the latest). Global alerts touch every stored
+-- decision, in experiment order so that two resolutions cannot deadlock each other.
+CREATE FUNCTION ab_alert_unblocked() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE ab_experiment_state st SET evaluated_version = NULL
+     WHERE st.experiment_id IN (
+           SELECT s.experiment_id FROM ab_experiment_state s
+            WHERE s.evaluated_version IS NOT NULL
+              AND (NEW.experiment_id IS NULL OR s.experiment_id = NEW.experiment_id)
+            ORDER BY s.experiment_id FOR UPDATE);
+    RETURN NULL;
+END $$;
+
+CREATE TRIGGER ab_alerts_unblocked AFTER UPDATE OF resolved_at, severity ON ab_alerts
+    FOR EACH ROW
+    WHEN (OLD.severity = 'critical' AND OLD.resolved_at IS NULL
+          AND (NEW.resolved_at IS NOT NULL OR NEW.severity <> 'critical'))
+    EXECUTE FUNCTION ab_alert_unblocked();

@@ -194,7 +194,8 @@ SELECT p.id, p.promoted_at, (SELECT evaluations FROM st) AS evaluations, (SELECT
 -- eligibility does not change (only for a transaction that writes nothing but decisions: see RELAXED_COMMIT in
 -- fold.py). $14, $15: the statistics version and the snapshot (text) the decision was read in (NULL: unknown, the
 -- experiment stays due). Nothing is written when the stored decision already covers that read (ab_decision_covered:
--- another replica decided on the same statistics and alerts while this one waited for the row). Returns the previous
+-- another replica decided on the same statistics and alerts while this one waited for the row) and has the same
+-- eligibility (a change of eligibility is always stored: it is what dry-run reports are deduplicated on). Returns the previous
 -- eligibility, the evaluation count (NULL: nothing written) and whether a snapshot was added.
 WITH prev AS (
     SELECT eligible FROM ab_experiment_state WHERE experiment_id = $1
@@ -205,7 +206,8 @@ WITH prev AS (
     ON CONFLICT (experiment_id) DO UPDATE SET last_evaluated_at = now(), evaluations = st.evaluations + 1,
         eligible = EXCLUDED.eligible, decision = EXCLUDED.decision,
         evaluated_version = EXCLUDED.evaluated_version, evaluated_snapshot = EXCLUDED.evaluated_snapshot
-     WHERE NOT ab_decision_covered($1, st.evaluated_version, st.evaluated_snapshot, EXCLUDED.evaluated_version,
+     WHERE st.eligible IS DISTINCT FROM EXCLUDED.eligible
+        OR NOT ab_decision_covered($1, st.evaluated_version, st.evaluated_snapshot, EXCLUDED.evaluated_version,
                                    EXCLUDED.evaluated_snapshot)
     RETURNING evaluations
 ), last AS (
@@ -265,7 +267,8 @@ WITH prev AS (
     ON CONFLICT (experiment_id) DO UPDATE SET last_evaluated_at = now(), evaluations = st.evaluations + 1,
         eligible = EXCLUDED.eligible, decision = EXCLUDED.decision,
         evaluated_version = EXCLUDED.evaluated_version, evaluated_snapshot = EXCLUDED.evaluated_snapshot
-     WHERE NOT ab_decision_covered(st.experiment_id, st.evaluated_version, st.evaluated_snapshot,
+     WHERE st.eligible IS DISTINCT FROM EXCLUDED.eligible
+        OR NOT ab_decision_covered(st.experiment_id, st.evaluated_version, st.evaluated_snapshot,
                                    EXCLUDED.evaluated_version, EXCLUDED.evaluated_snapshot)
     RETURNING experiment_id, evaluations
 ), ins AS (
