@@ -19,6 +19,7 @@ session, and up to ``pool_size - 4`` evaluation-lock sessions (none in poll-only
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import time
 from collections.abc import Awaitable, Callable
@@ -40,7 +41,7 @@ from worker.events import EventBus
 from worker.guard import PostPromotionGuard, default_identity
 from worker.http.app import AppContext, Health, create_app
 from worker.listener import Listener, PromotionEvent
-from worker.retry import DB_ERRORS, FaultLog, Faults, Stopped, describe, is_database_error, retrying
+from worker.retry import DB_ERRORS, FaultLog, Faults, Stopped, describe, is_database_error, is_read_only, retrying
 from worker.rollbacks import carry_out_rollback_requests
 from worker.scanner import AdvisoryLockLeadership, Leadership, LeaseLeadership, Scanner
 
@@ -85,9 +86,10 @@ class Daemon:
         self.health.details[EVENTS_BRIDGED] = True
         self.identity = identity or default_identity()
         self.serve_http = serve_http
-        self.faults = Faults()
+        self.faults = Faults(on_fault=self._on_fault)
         self.health.details[FAULTS] = self.faults.active  # live: /readyz is not ready while any task is failing
         self.crashed: str | None = None  # the task that failed with a bug
+        self._background: set[asyncio.Task[None]] = set()
         self.engine = Engine(pool, settings, config, on_committed=self._on_committed)
         self.guard = PostPromotionGuard(pool, self.engine, settings, config, identity=self.identity)
         self.evaluator = Evaluator(pool, self.engine, self.guard, concurrency=evaluation_concurrency(settings),
@@ -173,6 +175,15 @@ class Daemon:
             log.critical("daemon.task_crashed", task=name, error=describe(exc), exc_info=exc)
             self.health.details["crashed"] = name
             stop.set()
+
+    def _on_fault(self, exc: BaseException) -> None:
+        if is_read_only(exc):
+            # Pooled sessions opened while the database was read-only stay read-only: have the pool replace them
+            # (busy ones when released), so that the first attempt after the database is writable again succeeds.
+            # (expire_connections only bumps a generation number, but it is a coroutine.)
+            task = asyncio.get_running_loop().create_task(self.pool.expire_connections())
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     async def _rollbacks_loop(self, stop: anyio.Event) -> None:
         await self._run_on_wake("rollback_requests", self.rollback_wake, stop, self._carry_out_rollbacks)

@@ -45,10 +45,11 @@ POLICY: dict[str, Any] = {"attempts": None, "timeout": None, "wait_initial": 0.1
 TRANSIENT_SQLSTATE_CLASSES = ("08", "40", "53", "57")
 TRANSIENT_SQLSTATES = ("25006", "25P03", "55P03", "58030")
 # Errors without an SQLSTATE that mean the connection, not the query, failed. asyncpg's InterfaceError covers a
-# connection closed under an operation and a pool being closed; OSError and TimeoutError a socket that died or
-# never answered; DatabaseUnavailable our own "cannot connect".
+# connection closed under an operation and a pool being closed; its InternalClientError ("cannot switch to state
+# ...; another operation is in progress") is what a query sent just as pg_terminate_backend's FATAL arrives gets;
+# OSError and TimeoutError a socket that died or never answered; DatabaseUnavailable our own "cannot connect".
 TRANSIENT_TYPES: tuple[type[BaseException], ...] = (
-    OSError, TimeoutError, asyncpg.InterfaceError, DatabaseUnavailable,
+    OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.InternalClientError, DatabaseUnavailable,
 )
 # Everything a database call may raise, transient or not: where a caller only needs "the database said no".
 DB_ERRORS: tuple[type[BaseException], ...] = (asyncpg.PostgresError, *TRANSIENT_TYPES)
@@ -72,6 +73,14 @@ def is_database_error(exc: BaseException) -> bool:
     return isinstance(exc, DB_ERRORS)
 
 
+def is_read_only(exc: BaseException) -> bool:
+    """The server refused a write because it only reads (a hot standby, default_transaction_read_only): a session
+    keeps the read-only default it started with, so it has to be replaced once the server accepts writes again."""
+    if isinstance(exc, BaseExceptionGroup):
+        return any(is_read_only(e) for e in exc.exceptions)
+    return isinstance(exc, asyncpg.PostgresError) and getattr(exc, "sqlstate", None) == "25006"
+
+
 def describe(exc: BaseException) -> str:
     """``Type: message`` (the first member's, for a group), short enough for one log line."""
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
@@ -86,10 +95,13 @@ stamina.instrumentation.set_on_retry_hooks([])
 
 
 class Faults:
-    """The loops that cannot use the database right now, and why (task -> first error); /readyz reports them."""
+    """The loops that cannot use the database right now, and why (task -> first error); /readyz reports them.
 
-    def __init__(self) -> None:
+    ``on_fault`` is told of every failed attempt (the daemon uses it to replace read-only pooled sessions)."""
+
+    def __init__(self, on_fault: Callable[[BaseException], None] | None = None) -> None:
         self.active: dict[str, str] = {}
+        self.on_fault = on_fault
 
     def __bool__(self) -> bool:
         return bool(self.active)
@@ -111,6 +123,8 @@ class FaultLog:
     def failed(self, exc: BaseException, **fields: Any) -> None:
         self.failures += 1
         metrics.DB_RETRIES.labels(self.task).inc()
+        if self.faults is not None and self.faults.on_fault is not None:
+            self.faults.on_fault(exc)
         if self.since is None:
             self.since = time.monotonic()
             if self.faults is not None:

@@ -45,6 +45,9 @@ async def readyz(request: web.Request) -> web.Response:
                 database_ok = await conn.fetchval(_WRITABLE) is True
             if not database_ok:
                 checks["databaseError"] = "the database is read-only (a standby, or default_transaction_read_only)"
+                # A session keeps the read-only default it started with: let the pool open fresh ones, so the
+                # next probe sees the server as it is now.
+                await ctx.pool.expire_connections()
         except DB_ERRORS as exc:
             checks["databaseError"] = f"{type(exc).__name__}: {exc}"[:300]
     checks["database"] = database_ok
