@@ -281,6 +281,8 @@ class Folder:
             await self._release()
 
     async def _connection(self) -> asyncpg.Connection:
+        if self._conn is not None and _gone(self._conn):
+            self._conn = None  # its backend died: the pool took it back already (asyncpg releases closed ones)
         if self._conn is None:
             self._conn = await self.pool.acquire()
         return self._conn
@@ -350,6 +352,13 @@ class Folder:
                     ms=round(1000 * (time.perf_counter() - started), 2), catch_up=catch_up)
             if result.updates < limit or (stop is not None and stop.is_set()):
                 return total
+
+
+def _gone(conn: asyncpg.Connection) -> bool:
+    try:
+        return bool(conn.is_closed())
+    except asyncpg.InterfaceError:  # a pool proxy detached from its closed connection
+        return True
 
 
 async def keep_session(_conn: asyncpg.Connection) -> None:
