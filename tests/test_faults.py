@@ -243,6 +243,29 @@ async def _blocked_by(conn: asyncpg.Connection, dbname: str, locker: asyncpg.Con
     return pid
 
 
+async def test_a_database_error_that_is_not_transient_restarts_the_task_instead_of_ending_the_worker(
+        db_url: str) -> None:
+    with structlog.testing.capture_logs() as logs:
+        async with db(db_url) as conn, running_daemon(db_url) as daemon:
+            exp_id = await seed_winner(conn, "renamed")
+            [promo] = await wait_for(lambda: promotions(conn, exp_id), what="the promotion")
+            await record(conn, "renamed", "variant-b", 150, 15, 3)
+            await wait_for(lambda: _drained(conn), what="the healthy update to be folded")
+            # An operator's mistake: the guard's query now fails with "relation does not exist" (42P01).
+            await conn.execute("ALTER TABLE ab_guard_breaches RENAME TO ab_guard_breaches_moved")
+            await record(conn, "renamed", "variant-b", 150, 15, 27)  # a breach the guard cannot check yet
+            await wait_for(lambda: _true(any(e["event"] == "db.fault" and e["task"].endswith(".restart")
+                                             for e in logs)), what="the failing task to be restarted")
+            assert daemon.crashed is None and not daemon.stopping
+            await conn.execute("ALTER TABLE ab_guard_breaches_moved RENAME TO ab_guard_breaches")
+            await record(conn, "renamed", "variant-b", 1, 0, 0)  # wakes the evaluator, and so the guard, again
+            await wait_for(lambda: conn.fetchval("SELECT rollback_at IS NOT NULL FROM experiment_promotions "
+                                                 "WHERE id = $1", promo["id"]), what="the guard's rollback")
+            assert daemon.crashed is None
+    restarts = [e for e in logs if e["event"] == "db.fault" and e["task"].endswith(".restart")]
+    assert restarts and "UndefinedTableError" in restarts[0]["error"], restarts
+
+
 # ------------------------------------------------------------------------------------- a held row backs off
 async def test_a_row_held_by_another_session_is_retried_with_backoff_and_logged_once(db_url: str) -> None:
     with structlog.testing.capture_logs() as logs:

@@ -50,6 +50,7 @@ log = structlog.get_logger("worker.daemon")
 EVENTS_BRIDGED = "events_bridged"  # health.details flag read by worker/http/dashboard.py
 
 EXIT_OK, EXIT_BUG, EXIT_CONFIG, EXIT_DB = 0, 1, 2, 3
+_RESTART_FORGOTTEN_AFTER = 60.0  # seconds a restarted task must run before its next failure counts as a new fault
 FAULTS = "faults"  # health.details: task -> database error, while a task cannot use the database
 
 
@@ -164,9 +165,20 @@ class Daemon:
         database error that still escapes (one that is not transient, or a group of them) restarts the task under
         the same policy, since no database error may end the worker. Anything else is a bug: logged once naming the
         task, then ``stop`` is set, so the shutdown path runs, and the exit code says so."""
-        fault = FaultLog(f"{name}.restart", self.faults)
+        # Not on the Faults board: a restarted task reports its own faults; this one only paces and logs restarts.
+        fault = FaultLog(f"{name}.restart")
+
+        async def run_task() -> None:
+            started = time.monotonic()
+            try:
+                await task(stop)
+            except Exception:
+                if time.monotonic() - started > _RESTART_FORGOTTEN_AFTER:
+                    fault.recovered()  # it ran fine for a while: this is a new fault, logged as such
+                raise
+
         try:
-            await retrying(fault, stop, lambda: task(stop), retry_if=is_database_error)
+            await retrying(fault, stop, run_task, retry_if=is_database_error)
         except Stopped:
             return
         except Exception as exc:

@@ -41,7 +41,7 @@ from worker.notify.ratelimit import TokenBucket
 from worker.notify.redact import scrub, split_addresses
 from worker.notify.slack import build_slack_message, send_slack
 from worker.notify.webhook import build_webhook_request, send_webhook
-from worker.retry import FaultLog, Faults, Stopped, retrying
+from worker.retry import FaultLog, Faults, Stopped, is_transient, retrying
 
 log = structlog.get_logger("worker.notify")
 
@@ -137,15 +137,25 @@ class Dispatcher:
         claimed_at = time.monotonic()
         attempted = 0
         timeout = aiohttp.ClientTimeout(total=self._settings.notify_timeout)
+        faults: list[Exception] = []
         async with aiohttp.ClientSession(timeout=timeout, headers={"User-Agent": USER_AGENT}) as http:
             async with anyio.create_task_group() as tg:
                 async def deliver(row: OutboxRow) -> None:
                     nonlocal attempted
-                    if await self._deliver(row, configs.get(row.config_id or 0), http, claimed_at):
-                        attempted += 1
+                    try:
+                        if await self._deliver(row, configs.get(row.config_id or 0), http, claimed_at):
+                            attempted += 1
+                    except Exception as exc:
+                        # A database fault while recording one row's outcome must not cancel the other sends in
+                        # flight: that row stays leased and is sent again (same idempotency key) after its lease.
+                        if not is_transient(exc):
+                            raise
+                        faults.append(exc)
 
                 for row in rows:
                     tg.start_soon(deliver, row)
+        if faults:
+            raise ExceptionGroup("recording notification outcomes failed", faults)  # retried by run()
         return attempted
 
     # ------------------------------------------------------------------------------------------------------
