@@ -205,6 +205,45 @@ async def test_database_server_stopped_and_started_is_logged_once_and_resumed() 
     assert ("db.fault", "listener") in per_fault, per_fault
 
 
+async def test_the_dashboards_event_bridge_survives_a_restart_and_logs_it_once() -> None:
+    from tests.test_api_support import make_context
+    from worker.db.connect import create_pool
+    from worker.http import dashboard
+
+    async with _own_server() as server:
+        pool = await create_pool(server.url, min_size=1, max_size=2)
+        try:
+            ctx = make_context(pool)
+            async with db(server.url) as conn:
+                await create_experiment(conn, "bridged", status="promoted")
+            with structlog.testing.capture_logs() as logs:
+                async with anyio.create_task_group() as tg, ctx.events.subscribe() as queue:
+                    tg.start_soon(dashboard.run_events_bridge, ctx)
+                    await wait_for(lambda: _true(ctx.health.details.get(dashboard.BRIDGE_STATE) == "listening"),
+                                   what="the bridge to listen")
+                    await anyio.to_thread.run_sync(server.stop)
+                    await wait_for(lambda: _true(ctx.health.details.get(dashboard.BRIDGE_STATE) == "reconnecting"),
+                                   what="the bridge to notice")
+                    await anyio.sleep(4)  # the outage: several reconnect attempts, which must not log each
+                    await anyio.to_thread.run_sync(server.start)
+                    await wait_for(lambda: _true(ctx.health.details.get(dashboard.BRIDGE_STATE) == "listening"),
+                                   within=30, what="the bridge to listen again")
+                    async with db(server.url) as conn:
+                        await conn.execute(
+                            "INSERT INTO experiment_promotions (experiment_id, experiment_name, promoted_variant_name,"
+                            " confidence, improvement, promoted_by, previous_weights) SELECT id, name, 'variant-b',"
+                            " 97, 12, 'dba', '{}' FROM ab_experiments WHERE name = 'bridged'")
+                    with anyio.fail_after(10):
+                        event = await queue.get()
+                    tg.cancel_scope.cancel()
+            assert event["type"] == "promotion" and event["experimentName"] == "bridged"
+            per_fault = _warnings_per_fault(logs)
+            assert max(per_fault.values()) == 1, per_fault
+            assert per_fault[("db.fault", "dashboard.events_bridge")] == 1, per_fault
+        finally:
+            pool.terminate()
+
+
 # --------------------------------------------------------------------------------- guard raises mid-batch
 async def test_a_guard_check_that_fails_mid_batch_is_retried_and_the_evaluator_survives(db_url: str) -> None:
     dbname = db_url.rsplit("/", 1)[1]
