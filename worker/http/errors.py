@@ -165,7 +165,7 @@ def _unexpected(request: web.Request, exc: Exception) -> web.Response:
     # A broken log sink must not turn this answer into aiohttp's plain-text 500.
     with contextlib.suppress(Exception):
         log.error("api.internal_error", path=request.path, method=request.method, request_id=request_id,
-                  error_type=type(exc).__name__, exc_info=exc)
+                  error_type=type(exc).__name__, exc_info=True)  # called inside the except
     return error_response(500, "internal_error", "internal error; the server log has the details under this request id",
                           {"requestId": request_id})
 
