@@ -43,7 +43,8 @@ def _register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="run the worker: listen, fold, evaluate, promote, guard, roll back; serve /healthz /readyz /metrics",
         description="Run until SIGTERM or SIGINT (graceful, AUTO_PROMOTION_SHUTDOWN_GRACE seconds); a second signal "
         "exits at once. Without DATABASE_URL a throw-away embedded PostgreSQL is started and migrated. "
-        "Exit codes: 0 stopped by a signal, 2 bad configuration or pending migrations, 3 database unreachable.",
+        "Exit codes: 0 stopped by a signal, 1 a task failed with a bug, 2 bad configuration or pending migrations, "
+        "3 database unreachable.",
     )
     p.add_argument("--migrate", action="store_true", help="apply pending migrations before starting")
     p.add_argument("--preset", choices=PRESET_NAMES,

@@ -4,8 +4,13 @@ scanner, notification dispatcher and HTTP server, and one shutdown path.
 Shutdown: SIGTERM or SIGINT sets the stop event. Every service stops taking work, finishes the unit in flight (one
 transaction) and returns; whatever is still running ``shutdown_grace`` seconds later is cancelled, and its open
 transaction is rolled back by PostgreSQL, so nothing is lost either way. A second signal cancels everything at once.
-Exit codes: 0 after a signal, 2 bad configuration or pending migrations, 3 database unreachable at start; a second
-signal exits with 128 + its number.
+Exit codes: 0 after a signal, 1 a task failed with a bug (after the same shutdown path), 2 bad configuration or
+pending migrations, 3 database unreachable at start; a second signal exits with 128 + its number.
+
+Database faults never end the process: every task retries transient database errors under the one policy of
+``worker.retry`` (logged once per fault, /readyz not ready meanwhile) and resumes by itself once the database is
+writable again. Only a bug (any other exception) ends it: one ``daemon.task_crashed`` line naming the task, then
+the shutdown path as for a signal, and exit code 1.
 
 Connections per replica: the pool (``AUTO_PROMOTION_POOL_SIZE``, shared with the HTTP API and the dispatcher; the
 folder keeps one and ``pool_size - 4`` evaluations run at once), plus the LISTEN session, the scan-leadership
@@ -14,6 +19,7 @@ session, and up to ``pool_size - 4`` evaluation-lock sessions (none in poll-only
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import time
 from collections.abc import Awaitable, Callable
@@ -34,7 +40,8 @@ from worker.evaluator import Evaluator, Folder, Wake, evaluation_event, keep_ses
 from worker.events import EventBus
 from worker.guard import PostPromotionGuard, default_identity
 from worker.http.app import AppContext, Health, create_app
-from worker.listener import DB_ERRORS, Backoff, Listener, PromotionEvent, sleep_or_stop
+from worker.listener import Listener, PromotionEvent
+from worker.retry import DB_ERRORS, FaultLog, Faults, Stopped, describe, is_database_error, is_read_only, retrying
 from worker.rollbacks import carry_out_rollback_requests
 from worker.scanner import AdvisoryLockLeadership, Leadership, LeaseLeadership, Scanner
 
@@ -42,7 +49,9 @@ log = structlog.get_logger("worker.daemon")
 
 EVENTS_BRIDGED = "events_bridged"  # health.details flag read by worker/http/dashboard.py
 
-EXIT_OK, EXIT_CONFIG, EXIT_DB = 0, 2, 3
+EXIT_OK, EXIT_BUG, EXIT_CONFIG, EXIT_DB = 0, 1, 2, 3
+_RESTART_FORGOTTEN_AFTER = 60.0  # seconds a restarted task must run before its next failure counts as a new fault
+FAULTS = "faults"  # health.details: task -> database error, while a task cannot use the database
 
 
 class StartupError(Exception):
@@ -78,12 +87,16 @@ class Daemon:
         self.health.details[EVENTS_BRIDGED] = True
         self.identity = identity or default_identity()
         self.serve_http = serve_http
+        self.faults = Faults(on_fault=self._on_fault)
+        self.health.details[FAULTS] = self.faults.active  # live: /readyz is not ready while any task is failing
+        self.crashed: str | None = None  # the task that failed with a bug
+        self._background: set[asyncio.Task[None]] = set()
         self.engine = Engine(pool, settings, config, on_committed=self._on_committed)
         self.guard = PostPromotionGuard(pool, self.engine, settings, config, identity=self.identity)
         self.evaluator = Evaluator(pool, self.engine, self.guard, concurrency=evaluation_concurrency(settings),
-                                   on_evaluated=self._on_evaluated)
+                                   on_evaluated=self._on_evaluated, faults=self.faults)
         self.folder = Folder(pool, settings, self.evaluator, on_tick=self._on_tick, on_caught_up=self._caught_up,
-                             catch_up_at_start=settings.poll_only)
+                             catch_up_at_start=settings.poll_only, faults=self.faults)
         self.rollback_wake = Wake()
         self.guard_wake = Wake()
         interval = config.config.scan_interval_seconds
@@ -91,10 +104,10 @@ class Daemon:
             LeaseLeadership(pool, self.identity, ttl=max(3 * interval, 10.0)) if settings.poll_only
             else AdvisoryLockLeadership(url)
         )
-        self.scanner = Scanner(leadership, self.scan_once, interval=interval)
+        self.scanner = Scanner(leadership, self.scan_once, interval=interval, faults=self.faults)
         self.listener = (None if settings.poll_only
-                         else Listener(url, self, liveness_interval=settings.liveness_interval))
-        self.dispatcher = _dispatcher(pool, settings)
+                         else Listener(url, self, liveness_interval=settings.liveness_interval, faults=self.faults))
+        self.dispatcher = _dispatcher(pool, settings, self.faults)
         self.http_port: int | None = None
         self.http_ready = anyio.Event()
         self.caught_up = anyio.Event()
@@ -121,16 +134,17 @@ class Daemon:
                 self.http_ready.set()
             async with anyio.create_task_group() as work:
                 work.start_soon(self._fan_out_stop, stop)
-                work.start_soon(self.folder.run, stop)
-                work.start_soon(self.evaluator.run, stop)
-                work.start_soon(self._run_on_wake, "rollback_requests", self.rollback_wake, stop,
-                                self._carry_out_rollbacks)
-                work.start_soon(self._run_on_wake, "guard", self.guard_wake, stop, self._check_guard)
-                work.start_soon(self.scanner.run, stop)
+                tasks: list[tuple[str, Callable[[anyio.Event], Awaitable[None]]]] = [
+                    ("folder", self.folder.run), ("evaluator", self.evaluator.run),
+                    ("rollback_requests", self._rollbacks_loop), ("guard", self._guard_loop),
+                    ("scanner", self.scanner.run),
+                ]
                 if self.listener is not None:
-                    work.start_soon(self.listener.run, stop)
+                    tasks.append(("listener", self.listener.run))
                 if self.dispatcher is not None:
-                    work.start_soon(self.dispatcher.run, stop)
+                    tasks.append(("dispatcher", self.dispatcher.run))
+                for name, task in tasks:
+                    work.start_soon(self._supervise, name, task, stop)
                 await stop.wait()
                 self.stopping = True
                 self.health.details["stopping"] = True
@@ -145,23 +159,62 @@ class Daemon:
         for wake in (self.folder.wake, self.evaluator.wake, self.rollback_wake, self.guard_wake):
             wake.set()
 
+    async def _supervise(self, name: str, task: Callable[[anyio.Event], Awaitable[None]],
+                         stop: anyio.Event) -> None:
+        """Run one long-running task until ``stop``. Each task retries its own transient database faults; a
+        database error that still escapes (one that is not transient, or a group of them) restarts the task under
+        the same policy, since no database error may end the worker. Anything else is a bug: logged once naming the
+        task, then ``stop`` is set, so the shutdown path runs, and the exit code says so."""
+        # Not on the Faults board: a restarted task reports its own faults; this one only paces and logs restarts.
+        fault = FaultLog(f"{name}.restart")
+
+        async def run_task() -> None:
+            started = time.monotonic()
+            try:
+                await task(stop)
+            except Exception:
+                if time.monotonic() - started > _RESTART_FORGOTTEN_AFTER:
+                    fault.recovered()  # it ran fine for a while: this is a new fault, logged as such
+                raise
+
+        try:
+            await retrying(fault, stop, run_task, retry_if=is_database_error)
+        except Stopped:
+            return
+        except Exception as exc:
+            if self.crashed is None:
+                self.crashed = name
+            log.critical("daemon.task_crashed", task=name, error=describe(exc), exc_info=exc)
+            self.health.details["crashed"] = name
+            stop.set()
+
+    def _on_fault(self, exc: BaseException) -> None:
+        if is_read_only(exc):
+            # Pooled sessions opened while the database was read-only stay read-only: have the pool replace them
+            # (busy ones when released), so that the first attempt after the database is writable again succeeds.
+            # (expire_connections only bumps a generation number, but it is a coroutine.)
+            task = asyncio.get_running_loop().create_task(self.pool.expire_connections())
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _rollbacks_loop(self, stop: anyio.Event) -> None:
+        await self._run_on_wake("rollback_requests", self.rollback_wake, stop, self._carry_out_rollbacks)
+
+    async def _guard_loop(self, stop: anyio.Event) -> None:
+        await self._run_on_wake("guard", self.guard_wake, stop, self._check_guard)
+
     async def _run_on_wake(self, name: str, wake: Wake, stop: anyio.Event,
                            fn: Callable[[], Awaitable[object]]) -> None:
-        """Run ``fn`` whenever ``wake`` is set (coalescing), retrying database failures with backoff."""
-        backoff = Backoff(base=0.5, cap=30.0)
+        """Run ``fn`` whenever ``wake`` is set (coalescing), retrying database faults under the shared policy."""
+        fault = FaultLog(name, self.faults)
         while True:
             await wake.wait()
             if stop.is_set():
                 return
             try:
-                await fn()
-            except DB_ERRORS as exc:
-                delay = backoff.next()
-                log.warning(f"{name}.failed", error=f"{type(exc).__name__}: {exc}", retry_in=round(delay, 3))
-                await sleep_or_stop(stop, delay)
-                wake.set()
-                continue
-            backoff.reset()
+                await retrying(fault, stop, fn)
+            except Stopped:
+                return
 
     async def _carry_out_rollbacks(self) -> None:
         await carry_out_rollback_requests(self.pool, self.engine)
@@ -253,13 +306,13 @@ def _work_budget(grace: float) -> float:
     return max(0.0, grace - min(1.5, grace * 0.2))
 
 
-def _dispatcher(pool: asyncpg.Pool, settings: Settings) -> Any:
+def _dispatcher(pool: asyncpg.Pool, settings: Settings, faults: Faults) -> Any:
     try:
         from worker.notify import Dispatcher
     except ImportError as exc:  # notifications are optional for the decision path
         log.warning("notify.unavailable", error=str(exc))
         return None
-    return Dispatcher(pool, settings)
+    return Dispatcher(pool, settings, faults=faults)
 
 
 # ------------------------------------------------------------------------------------------------ process
@@ -317,6 +370,8 @@ async def run_worker(settings: Settings, config: EffectiveConfig, *, apply_migra
             await _close_pool(pool, force=state.forced_by is not None)
     if state.forced_by is not None:
         return 128 + state.forced_by
+    if daemon.crashed is not None:
+        return EXIT_BUG  # daemon.task_crashed said which task and why
     return EXIT_OK
 
 

@@ -39,6 +39,7 @@ from worker.decide import (
     safe_decide,
 )
 from worker.fold import fold_pending_updates
+from worker.retry import is_transient
 from worker.stats import ExperimentAnalysis, LatencySketch, StatsInputError, analyze_many
 
 if TYPE_CHECKING:
@@ -992,19 +993,10 @@ def _sketch(raw: Any) -> LatencySketch:
         return LatencySketch()
 
 
-# SQLSTATE classes and codes that say nothing about the experiment being evaluated: connection trouble (08),
-# insufficient resources (53), operator intervention such as a shutdown or a cancelled statement (57), a
-# serialisation failure or deadlock (40), a read-only database after a failover (25006), a lock not available (55P03).
-_TRANSIENT_CLASSES = ("08", "40", "53", "57")
-_TRANSIENT_CODES = ("25006", "55P03")
-
-
 def transient_db_error(exc: BaseException) -> bool:
-    """True for a database error worth retrying as it is, false for one that may be the data's."""
-    code = getattr(exc, "sqlstate", None)
-    if not isinstance(exc, asyncpg.PostgresError) or not isinstance(code, str):
-        return False
-    return code[:2] in _TRANSIENT_CLASSES or code in _TRANSIENT_CODES
+    """True for a database error worth retrying as it is (worker.retry's one list), false for one that may be the
+    data's."""
+    return isinstance(exc, asyncpg.PostgresError) and is_transient(exc)
 
 
 def _count_evaluation(decision: Decision) -> None:

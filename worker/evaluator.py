@@ -9,7 +9,13 @@ handful of evaluations, not 10,000.
 
 Across replicas an evaluation holds the experiment's row lock for its whole transaction (the engine takes it with
 ``FOR NO KEY UPDATE SKIP LOCKED``); a replica that finds it taken gets "busy" back and evaluates a moment later
-instead of at the same time. A transaction-scoped lock works behind PgBouncer in transaction pooling too.
+instead of at the same time: 20 ms, then twice as long each time it is still busy, up to 1 s (a session that keeps
+the row locked is logged once, not retried 50 times a second). A transaction-scoped lock works behind PgBouncer in
+transaction pooling too.
+
+Database faults (worker.retry): a batch whose transaction fails for a transient reason is retried whole under the
+shared policy, and so is the guard check of the promoted experiments it found; one failure is logged once however
+long the fault lasts.
 
 A wake-up marks its experiment too (an alert has no fold behind it), and that is where duplicates came from: every
 replica hears every NOTIFY, and only one folds the update, so each of the others evaluated the experiment again on
@@ -25,6 +31,8 @@ write: a decision on a read the stored one covers is not written (``ab_decision_
 from __future__ import annotations
 
 import asyncio
+import functools
+import random
 import time
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
@@ -40,11 +48,15 @@ from worker.db.daemon_queries import DQ
 from worker.engine import Engine, Evaluation
 from worker.fold import fold_batch
 from worker.guard import PostPromotionGuard
-from worker.listener import DB_ERRORS, Backoff, sleep_or_stop
+from worker.retry import FaultLog, Faults, Stopped, retrying, sleep_or_stop
 
 log = structlog.get_logger("worker.evaluator")
 
+# A row locked by another session: retry after 20 ms, doubling while it stays locked, never more than 1 s; after
+# _LOCK_LOG_AFTER busy attempts in a row (about 1 s) it is no concurrent evaluation but a held lock: logged once.
 _LOCK_RETRY_SECONDS = 0.02
+_LOCK_RETRY_MAX_SECONDS = 1.0
+_LOCK_LOG_AFTER = 6
 # Experiments per evaluation transaction: bulk reads make each one cost a fraction of a lone evaluation.
 BATCH_MAX = 256
 
@@ -91,7 +103,8 @@ class Evaluator:
     """The dirty set and the bounded pool of evaluations; ``run`` returns after ``stop`` once in-flight ones end."""
 
     def __init__(self, pool: asyncpg.Pool, engine: Engine, guard: PostPromotionGuard, *, concurrency: int,
-                 on_evaluated: Callable[[Evaluation, float | None], None] | None = None) -> None:
+                 on_evaluated: Callable[[Evaluation, float | None], None] | None = None,
+                 faults: Faults | None = None) -> None:
         self.pool = pool
         self.engine = engine
         self.guard = guard
@@ -105,6 +118,10 @@ class Evaluator:
         self.evaluations = 0
         self.deferred = 0
         self.fresh = 0  # marked, but the stored decision already covered everything (see ab_evaluation_due)
+        self.fault = FaultLog("evaluator", faults)
+        self.guard_fault = FaultLog("evaluator.guard", faults)
+        self._busy_streak: dict[int, int] = {}  # experiment id -> busy answers in a row
+        self._tg: anyio.abc.TaskGroup | None = None
 
     @property
     def pending(self) -> int:
@@ -141,6 +158,7 @@ class Evaluator:
 
     async def run(self, stop: anyio.Event) -> None:
         async with anyio.create_task_group() as tg:
+            self._tg = tg
             while True:
                 await self.wake.wait()
                 if stop.is_set():
@@ -160,41 +178,45 @@ class Evaluator:
                     tg.start_soon(self._evaluate_batch, batch, stop)
 
     async def _evaluate_batch(self, batch: dict[int, datetime | None], stop: anyio.Event) -> None:
+        busy: list[int] = []
         try:
-            retry, delay = await self._evaluate_now(batch)
-            if retry and not stop.is_set():
-                await sleep_or_stop(stop, delay)
-                if not stop.is_set():
-                    for exp_id in retry:
-                        self._put(exp_id, batch.get(exp_id))
+            busy = await self._evaluate_now(batch, stop)
         finally:
-            self._inflight.difference_update(batch)
             self._batches_inflight -= 1
+            self._inflight.difference_update(i for i in batch if i not in busy)
+            if busy and not stop.is_set() and self._tg is not None:
+                # The busy ones stay "in flight" (not picked again) while they wait, without holding a batch slot.
+                self._tg.start_soon(self._retry_busy, {i: batch.get(i) for i in busy}, stop)
+            else:
+                self._inflight.difference_update(busy)
             self.wake.set()
 
-    async def _evaluate_now(self, batch: dict[int, datetime | None]) -> tuple[list[int], float]:
-        """Evaluate a batch in one transaction; the ids to retry and after how long."""
+    async def _retry_busy(self, busy: dict[int, datetime | None], stop: anyio.Event) -> None:
+        streak = max(self._busy_streak.get(i, 1) for i in busy)
+        delay = min(_LOCK_RETRY_MAX_SECONDS, _LOCK_RETRY_SECONDS * 2.0 ** (streak - 1)) * random.uniform(0.75, 1.0)
         try:
-            evaluations = await self.engine.evaluate_many(list(batch))
-        except DB_ERRORS as exc:
-            metrics.EVALUATIONS.labels("error").inc()
-            log.warning("evaluation.failed", error=f"{type(exc).__name__}: {exc}", retry_in=1.0,
-                        experiments=len(batch))
-            return list(batch), 1.0
+            await sleep_or_stop(stop, delay)
+        finally:
+            self._inflight.difference_update(busy)
+            if not stop.is_set():
+                for exp_id, recorded_at in busy.items():
+                    self._put(exp_id, recorded_at)
+            self.wake.set()
+
+    async def _evaluate_now(self, batch: dict[int, datetime | None], stop: anyio.Event) -> list[int]:
+        """Evaluate a batch in one transaction (retried whole while the database is unusable); the busy ids."""
+        try:
+            evaluations = await retrying(self.fault, stop, lambda: self.engine.evaluate_many(list(batch)))
+        except Stopped:
+            return []  # shutting down: the catch-up at the next start evaluates what was left
         except Exception as exc:
-            # A batch's failure must not stop the worker; the scan retries what it missed.
+            # A batch's bug must not stop the worker; the scan retries what it missed.
             metrics.EVALUATIONS.labels("error").inc()
             log.exception("evaluation.crashed", error=f"{type(exc).__name__}: {exc}", experiments=len(batch))
-            return [], 0.0
+            return []
         self.fresh += sum(1 for e in evaluations if e.action == "fresh")
         busy = [e.experiment_id for e in evaluations if e.action == "busy"]
-        if busy:
-            self.deferred += len(busy)
-            log.debug("evaluation.deferred", reason="another replica is evaluating it", experiments=len(busy))
-        skipped = [e.experiment_id for e in evaluations if e.action == "skipped"]
-        if skipped:
-            # Not running: promoted ones are the guard's. The update that shows a breach acts now.
-            await self.guard.check(skipped)
+        self._note_busy(busy, [e.experiment_id for e in evaluations if e.action != "busy"])
         now = time.time()
         for evaluation in evaluations:
             if evaluation.action in ("busy", "fresh"):
@@ -207,7 +229,30 @@ class Evaluator:
                 metrics.DECISION_LATENCY.observe(latency)
             if self.on_evaluated is not None:
                 self.on_evaluated(evaluation, latency)
-        return busy, _LOCK_RETRY_SECONDS
+        skipped = [e.experiment_id for e in evaluations if e.action == "skipped"]
+        if skipped:
+            # Not running: promoted ones are the guard's. The update that shows a breach acts now; a database fault
+            # in the check is retried like the batch (the evaluations above are committed and reported already).
+            try:
+                await retrying(self.guard_fault, stop, lambda: self.guard.check(skipped))
+            except Stopped:
+                pass  # the guard's own loop checks every watched promotion at the next start
+        return busy
+
+    def _note_busy(self, busy: list[int], done: list[int]) -> None:
+        for exp_id in done:
+            if self._busy_streak.pop(exp_id, 0) >= _LOCK_LOG_AFTER:
+                log.info("evaluation.row_released", experiment_id=exp_id)
+        if not busy:
+            return
+        self.deferred += len(busy)
+        log.debug("evaluation.deferred", reason="another session holds the experiment's row", experiments=len(busy))
+        for exp_id in busy:
+            streak = self._busy_streak[exp_id] = self._busy_streak.get(exp_id, 0) + 1
+            if streak == _LOCK_LOG_AFTER:
+                log.warning("evaluation.row_busy", experiment_id=exp_id, attempts=streak,
+                            retry_every=_LOCK_RETRY_MAX_SECONDS,
+                            reason="another session has held the experiment's row for about a second")
 
 
 class Folder:
@@ -215,7 +260,8 @@ class Folder:
 
     def __init__(self, pool: asyncpg.Pool, settings: Settings, evaluator: Evaluator, *,
                  on_tick: Callable[[bool], None] | None = None,
-                 on_caught_up: Callable[[], None] | None = None, catch_up_at_start: bool = True) -> None:
+                 on_caught_up: Callable[[], None] | None = None, catch_up_at_start: bool = True,
+                 faults: Faults | None = None) -> None:
         self.pool = pool
         self.settings = settings
         self.evaluator = evaluator
@@ -227,6 +273,7 @@ class Folder:
         self._catch_up = catch_up_at_start
         self.folded_total = 0
         self._conn: asyncpg.Connection | None = None  # kept between folds: one wake-up per update at high rates
+        self.fault = FaultLog("folder", faults)
 
     def hint(self, experiment_id: int | None) -> None:
         """A NOTIFY said this experiment changed (an alert may have no metric update behind it)."""
@@ -246,6 +293,8 @@ class Folder:
             await self._release()
 
     async def _connection(self) -> asyncpg.Connection:
+        if self._conn is not None and _gone(self._conn):
+            self._conn = None  # its backend died: the pool took it back already (asyncpg releases closed ones)
         if self._conn is None:
             self._conn = await self.pool.acquire()
         return self._conn
@@ -257,7 +306,6 @@ class Folder:
                 await self.pool.release(conn)
 
     async def _run(self, stop: anyio.Event) -> None:
-        backoff = Backoff(base=0.2, cap=10.0)
         next_tick = anyio.current_time()
         while not stop.is_set():
             await self.wake.wait(max(0.0, next_tick - anyio.current_time()))
@@ -266,21 +314,12 @@ class Folder:
             catch_up, self._catch_up = self._catch_up, False
             hints, self._hints = self._hints, set()
             try:
-                await self.drain(stop, catch_up=catch_up)
-                stale: list[int] = []
-                if catch_up:
-                    conn = await self._connection()
-                    stale = [r["id"] for r in await conn.fetch(DQ["stale_experiments"])]
-            except DB_ERRORS as exc:
-                await self._release()  # a broken connection goes back to the pool, which replaces it
+                # Each batch is one statement (folded once or not at all), so a retried drain folds nothing twice.
+                stale = await retrying(self.fault, stop, functools.partial(self._fold, stop, catch_up))
+            except Stopped:
                 self._hints |= hints
                 self._catch_up = self._catch_up or catch_up
-                delay = backoff.next()
-                log.warning("fold.failed", error=f"{type(exc).__name__}: {exc}", retry_in=round(delay, 3))
-                await sleep_or_stop(stop, delay)
-                self.wake.set()
-                continue
-            backoff.reset()
+                break
             self.evaluator.mark(hints)
             if catch_up:
                 self.evaluator.mark(stale)
@@ -292,6 +331,18 @@ class Folder:
                 next_tick = now + self.settings.poll_interval
                 if self.on_tick is not None:
                     self.on_tick(catch_up)
+
+    async def _fold(self, stop: anyio.Event, catch_up: bool) -> list[int]:
+        """Drain the queue; after a catch-up, the experiments whose statistics are newer than their evaluation."""
+        try:
+            await self.drain(stop, catch_up=catch_up)
+            if not catch_up:
+                return []
+            conn = await self._connection()
+            return [r["id"] for r in await conn.fetch(DQ["stale_experiments"])]
+        except Exception:
+            await self._release()  # a broken connection goes back to the pool, which replaces it
+            raise
 
     async def drain(self, stop: anyio.Event | None = None, *, catch_up: bool = False) -> int:
         """Fold batches until the queue is empty (or ``stop`` is set between two batches)."""
@@ -313,6 +364,13 @@ class Folder:
                     ms=round(1000 * (time.perf_counter() - started), 2), catch_up=catch_up)
             if result.updates < limit or (stop is not None and stop.is_set()):
                 return total
+
+
+def _gone(conn: asyncpg.Connection) -> bool:
+    try:
+        return bool(conn.is_closed())
+    except asyncpg.InterfaceError:  # a pool proxy detached from its closed connection
+        return True
 
 
 async def keep_session(_conn: asyncpg.Connection) -> None:

@@ -8,7 +8,6 @@ it listens on, with a timeout; no answer, or the wrong answer, means reconnect.
 
 from __future__ import annotations
 
-import random
 import re
 import uuid
 from collections.abc import Callable
@@ -20,8 +19,9 @@ import structlog
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from worker import metrics
-from worker.db.connect import DatabaseUnavailable, connect
+from worker.db.connect import connect
 from worker.db.daemon_queries import DQ
+from worker.retry import FaultLog, Faults, Stopped, is_transient, retrying
 
 log = structlog.get_logger("worker.listener")
 
@@ -29,11 +29,6 @@ METRICS_CHANNEL = "ab_metrics"
 PROMOTION_CHANNEL = "ab_promotion_events"
 CHANNELS = (METRICS_CHANNEL, PROMOTION_CHANNEL)
 APPLICATION_NAME = "autopromote-listener"
-
-# What a lost or unusable database connection raises; anything else is a bug and propagates.
-DB_ERRORS: tuple[type[BaseException], ...] = (
-    asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError, DatabaseUnavailable,
-)
 
 _EXPERIMENT_ID = re.compile(r"[0-9]{1,19}")
 
@@ -74,28 +69,6 @@ def parse_promotion_payload(payload: str) -> PromotionEvent:
         raise BadPayload(problems[:300]) from None
 
 
-class Backoff:
-    """Capped exponential backoff with jitter: about base, 2*base, 4*base ... up to cap, each scaled by 0.5-1.
-
-    The jitter spreads the reconnects of many replicas after a database restart.
-    """
-
-    def __init__(self, base: float = 0.1, cap: float = 30.0, rng: random.Random | None = None) -> None:
-        self.base = base
-        self.cap = cap
-        self.failures = 0
-        self._rng = rng or random.Random()
-
-    def next(self) -> float:
-        """The delay before the next attempt (and count this failure)."""
-        delay = min(self.cap, self.base * 2.0 ** min(self.failures, 30))
-        self.failures += 1
-        return float(delay * self._rng.uniform(0.5, 1.0))
-
-    def reset(self) -> None:
-        self.failures = 0
-
-
 class ListenerHooks(Protocol):
     """What the listener tells its owner. Called on the event loop; must not block or raise."""
 
@@ -108,11 +81,8 @@ class ListenerHooks(Protocol):
     def on_disconnected(self) -> None: ...
 
 
-class ListenerLost(Exception):
-    """The LISTEN session is gone or no longer answers."""
-
-
-LOST_ERRORS: tuple[type[BaseException], ...] = (*DB_ERRORS, ListenerLost)
+class ListenerLost(ConnectionError):
+    """The LISTEN session is gone or no longer answers (a connection error: transient, see worker.retry)."""
 
 
 async def wait_any(*events: anyio.Event) -> None:
@@ -128,46 +98,32 @@ async def wait_any(*events: anyio.Event) -> None:
             tg.start_soon(one, event)
 
 
-async def sleep_or_stop(stop: anyio.Event, seconds: float) -> None:
-    """Sleep ``seconds`` unless ``stop`` is set first."""
-    with anyio.move_on_after(seconds):
-        await stop.wait()
-
-
 class Listener:
     """Owns the LISTEN connection for the life of the worker; ``run`` returns once ``stop`` is set."""
 
     def __init__(self, url: str, hooks: ListenerHooks, *, liveness_interval: float = 3.0,
-                 application_name: str = APPLICATION_NAME, backoff: Backoff | None = None,
-                 connect_timeout: float = 10.0) -> None:
+                 application_name: str = APPLICATION_NAME, connect_timeout: float = 10.0,
+                 faults: Faults | None = None) -> None:
         self.url = url
         self.hooks = hooks
         self.liveness_interval = liveness_interval
         self.application_name = application_name
-        self.backoff = backoff or Backoff()
         self.connect_timeout = connect_timeout
         self.connected = False
         self.backend_pid: int | None = None
+        self.fault = FaultLog("listener", faults)
 
     async def run(self, stop: anyio.Event) -> None:
+        """Listen until ``stop``: a lost session is logged once, then reopened under the shared retry policy
+        (worker.retry) for as long as the database stays unusable; a bug propagates."""
         ever_connected = False
         while not stop.is_set():
             try:
-                conn = await connect(self.url, timeout=self.connect_timeout,
-                                     server_settings={"application_name": self.application_name})
-            except DB_ERRORS as exc:
-                delay = self.backoff.next()
-                log.warning("listener.connect_failed", error=_describe(exc), retry_in=round(delay, 3),
-                            attempt=self.backoff.failures)
-                await sleep_or_stop(stop, delay)
-                continue
-            lost = anyio.Event()
+                conn, lost = await retrying(self.fault, stop, self._open)
+            except Stopped:
+                return
             healthy_exit = False
             try:
-                conn.add_termination_listener(_setter(lost))
-                for channel in CHANNELS:
-                    await conn.add_listener(channel, self._on_notification)
-                self.backoff.reset()
                 self.backend_pid = conn.get_server_pid()
                 self._set_connected(True)
                 if ever_connected:
@@ -179,16 +135,31 @@ class Listener:
                 ever_connected = True
                 await self._watch(conn, stop, lost)
                 healthy_exit = True
-            except LOST_ERRORS as exc:
-                log.warning("listener.lost", error=_describe(exc), backend_pid=self.backend_pid)
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                # Logged once here; the reconnect attempts that follow log only when the fault ends.
+                self.fault.failed(exc, backend_pid=self.backend_pid)
             finally:
                 was_connected = self.connected
                 self._set_connected(False)
                 if was_connected:
                     self.hooks.on_disconnected()
                 await _close(conn, graceful=healthy_exit)
-            if not healthy_exit:
-                await sleep_or_stop(stop, self.backoff.next())
+
+    async def _open(self) -> tuple[asyncpg.Connection, anyio.Event]:
+        """A new session that LISTENs on every channel (a hot standby refuses LISTEN: a transient error)."""
+        conn = await connect(self.url, timeout=self.connect_timeout,
+                             server_settings={"application_name": self.application_name})
+        lost = anyio.Event()
+        try:
+            conn.add_termination_listener(_setter(lost))
+            for channel in CHANNELS:
+                await conn.add_listener(channel, self._on_notification)
+        except BaseException:
+            conn.terminate()
+            raise
+        return conn, lost
 
     async def _watch(self, conn: asyncpg.Connection, stop: anyio.Event, lost: anyio.Event) -> None:
         """Return when ``stop`` is set; raise ListenerLost when the session dies or stops answering."""
@@ -237,9 +208,3 @@ async def _close(conn: asyncpg.Connection, *, graceful: bool) -> None:
             await conn.close()
             return
     conn.terminate()
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-

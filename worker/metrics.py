@@ -54,3 +54,7 @@ API_REQUESTS = Counter(
     "autopromote_api_requests_total", "HTTP API requests, by route and status", ["route", "status"],
     registry=REGISTRY,
 )
+DB_RETRIES = Counter(
+    "autopromote_db_retries_total", "Failed attempts of a long-running task retried after a transient database "
+    "error, by task", ["task"], registry=REGISTRY,
+)

@@ -24,7 +24,7 @@ import structlog
 from worker import metrics
 from worker.db.connect import connect
 from worker.db.daemon_queries import DQ
-from worker.listener import DB_ERRORS, sleep_or_stop
+from worker.retry import DB_ERRORS, FaultLog, Faults, Stopped, retrying, sleep_or_stop
 
 log = structlog.get_logger("worker.scanner")
 
@@ -98,14 +98,17 @@ class LeaseLeadership:
         self.ttl = ttl
         self.name = name
         self.held = False
+        self.fault = FaultLog("scan.lease")
 
     async def acquire(self) -> bool:
         try:
             async with self.pool.acquire() as conn:
                 got = await conn.fetchval(DQ["take_lease"], self.name, self.holder, self.ttl) is not None
         except DB_ERRORS as exc:
-            log.warning("scan.lease_failed", error=f"{type(exc).__name__}: {exc}")
+            self.fault.failed(exc)  # logged once per fault; the next tick tries again
             got = False
+        else:
+            self.fault.recovered()
         if got and not self.held:
             log.info("scan.leadership_acquired", lease=self.name, ttl=self.ttl)
         elif self.held and not got:
@@ -129,8 +132,9 @@ class Scanner:
     """Every ``interval`` seconds: if this replica leads, run ``scan_once``."""
 
     def __init__(self, leadership: Leadership, scan_once: Callable[[], Awaitable[dict[str, Any]]], *,
-                 interval: float) -> None:
+                 interval: float, faults: Faults | None = None) -> None:
         self.leadership = leadership
+        self.fault = FaultLog("scanner", faults)
         self.scan_once = scan_once
         self.interval = interval
         self.scans = 0
@@ -146,10 +150,11 @@ class Scanner:
                     continue
                 started = time.perf_counter()
                 try:
-                    self.last_result = await self.scan_once()
-                except DB_ERRORS as exc:
-                    log.warning("scan.failed", error=f"{type(exc).__name__}: {exc}")
-                    continue
+                    # A scan cut short by a database fault is retried under the shared policy (each of its steps
+                    # is idempotent: promotions lock their row, rollbacks their promotion).
+                    self.last_result = await retrying(self.fault, stop, self.scan_once)
+                except Stopped:
+                    break
                 elapsed = time.perf_counter() - started
                 metrics.SCAN_DURATION.observe(elapsed)
                 self.scans += 1

@@ -35,6 +35,7 @@ from importlib import resources
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
+import anyio
 import asyncpg
 import structlog
 from aiohttp import web
@@ -44,6 +45,7 @@ from worker.http.app import CTX, AppContext
 from worker.http.auth import SESSION_COOKIE, Principal, authenticate_viewer, authenticator
 from worker.http.errors import ApiError
 from worker.http.svg import DayCount, LiftPoint, interval_bar, interval_scale, lift_chart, pct, promotions_chart
+from worker.retry import DB_ERRORS, FaultLog, is_transient, retrying
 
 log = structlog.get_logger("worker.http.dashboard")
 
@@ -1114,8 +1116,8 @@ async def _listen_session(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connectio
             conn.terminate()
 
 
-async def _listen_until_lost(ctx: AppContext) -> None:
-    """LISTEN on one pooled connection and publish each NOTIFY until that connection stops answering."""
+async def _open_bridge(ctx: AppContext) -> tuple[contextlib.AsyncExitStack, asyncpg.Connection, asyncio.Event]:
+    """A session LISTENing on EVENTS_CHANNEL that publishes each NOTIFY; the stack closes it."""
     lost = asyncio.Event()
 
     def on_notify(_conn: object, _pid: int, _channel: str, payload: str) -> None:
@@ -1125,34 +1127,48 @@ async def _listen_until_lost(ctx: AppContext) -> None:
         if event is not None:
             ctx.events.publish(event)
 
-    async with _listen_session(ctx.pool) as conn:
+    async with contextlib.AsyncExitStack() as stack:
+        conn = await stack.enter_async_context(_listen_session(ctx.pool))
         conn.add_termination_listener(lambda _c: lost.set())
         await conn.add_listener(EVENTS_CHANNEL, on_notify)
-        ctx.health.details[BRIDGE_STATE] = "listening"
-        log.info("dashboard.events_bridge.listening", channel=EVENTS_CHANNEL)
-        try:
-            while not lost.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(lost.wait(), HEARTBEAT_S)
-                    break
-                await conn.fetchval("SELECT 1", timeout=5)  # a dead socket shows here, not in a silent LISTEN
-        finally:
+
+        async def unlisten() -> None:
             if not conn.is_closed():
-                await conn.remove_listener(EVENTS_CHANNEL, on_notify)
+                with contextlib.suppress(*DB_ERRORS):
+                    await conn.remove_listener(EVENTS_CHANNEL, on_notify)
+
+        stack.push_async_callback(unlisten)
+        return stack.pop_all(), conn, lost
+    raise AssertionError("unreachable")  # pragma: no cover (mypy cannot see that the block returns)
+
+
+async def _watch_bridge(conn: asyncpg.Connection, lost: asyncio.Event) -> None:
+    """Return never; raise ConnectionError when the session ends, or a database error when it stops answering."""
+    while not lost.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(lost.wait(), HEARTBEAT_S)
+            break
+        await conn.fetchval("SELECT 1", timeout=5)  # a dead socket shows here, not in a silent LISTEN
+    raise ConnectionError("the dashboard's LISTEN connection was closed")
 
 
 async def run_events_bridge(ctx: AppContext) -> None:
-    """Publish ab_promotion_events NOTIFYs to ctx.events forever, reconnecting with backoff."""
-    delay = 0.5
+    """Publish ab_promotion_events NOTIFYs to ctx.events until cancelled; a lost session is logged once and
+    reopened under the shared retry policy (worker.retry)."""
+    fault = FaultLog("dashboard.events_bridge")
+    never = anyio.Event()  # cancelled by the application's cleanup, never stopped otherwise
     while True:
-        try:
-            await _listen_until_lost(ctx)
-            delay = 0.5
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            log.warning("dashboard.events_bridge.lost", error=f"{type(exc).__name__}: {exc}", retry_in=delay)
+        session, conn, lost = await retrying(fault, never, lambda: _open_bridge(ctx))
+        async with session:
+            ctx.health.details[BRIDGE_STATE] = "listening"
+            log.info("dashboard.events_bridge.listening", channel=EVENTS_CHANNEL)
+            try:
+                await _watch_bridge(conn, lost)
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                fault.failed(exc)
         ctx.health.details[BRIDGE_STATE] = "reconnecting"
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 30.0)
 
 
 async def _events_bridge_ctx(app: web.Application) -> AsyncIterator[None]:

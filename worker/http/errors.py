@@ -12,7 +12,6 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-import asyncpg
 import structlog
 from aiohttp import web
 
@@ -20,6 +19,7 @@ from worker import metrics
 from worker.config import ConfigError
 from worker.engine import EngineError
 from worker.http.app import CTX
+from worker.retry import is_transient
 
 log = structlog.get_logger("worker.http")
 
@@ -146,24 +146,28 @@ async def api_error_middleware(request: web.Request, handler: Handler) -> web.St
             response = json_response(json.loads(exc.text or "{}"), status=exc.status, headers=_safe_headers(exc))
         else:
             response = _from_http_exception(request, exc)
-    except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError,
-            asyncpg.TooManyConnectionsError) as exc:
+    except Exception as exc:
+        response = _unexpected(request, exc)
+    metrics.API_REQUESTS.labels(_route_label(request), str(response.status)).inc()
+    return response
+
+
+def _unexpected(request: web.Request, exc: Exception) -> web.Response:
+    """503 for a transient database fault (worker.retry's list: unreachable, restarting, read-only after a failover,
+    a cancelled statement...), else 500 with a request id and no details."""
+    if is_transient(exc):
         with contextlib.suppress(Exception):
             log.error("api.database_unavailable", path=request.path, method=request.method, error=str(exc),
                       error_type=type(exc).__name__)
-        response = error_response(503, "database_unavailable", "the database is unreachable; try again shortly",
-                                  headers={"Retry-After": "5"})
-    except Exception as exc:
-        request_id = uuid.uuid4().hex
-        # A broken log sink must not turn this answer into aiohttp's plain-text 500.
-        with contextlib.suppress(Exception):
-            log.error("api.internal_error", path=request.path, method=request.method, request_id=request_id,
-                      error_type=type(exc).__name__, exc_info=True)
-        response = error_response(500, "internal_error",
-                                  "internal error; the server log has the details under this request id",
-                                  {"requestId": request_id})
-    metrics.API_REQUESTS.labels(_route_label(request), str(response.status)).inc()
-    return response
+        return error_response(503, "database_unavailable", "the database is unreachable; try again shortly",
+                              headers={"Retry-After": "5"})
+    request_id = uuid.uuid4().hex
+    # A broken log sink must not turn this answer into aiohttp's plain-text 500.
+    with contextlib.suppress(Exception):
+        log.error("api.internal_error", path=request.path, method=request.method, request_id=request_id,
+                  error_type=type(exc).__name__, exc_info=True)  # called inside the except
+    return error_response(500, "internal_error", "internal error; the server log has the details under this request id",
+                          {"requestId": request_id})
 
 
 def _safe_headers(exc: web.HTTPException) -> dict[str, str]:

@@ -13,7 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from worker import metrics
 from worker.db.queries import Q
 from worker.http.app import CTX
-from worker.listener import DB_ERRORS
+from worker.retry import DB_ERRORS
 
 log = structlog.get_logger("worker.http.ops")
 
@@ -27,8 +27,14 @@ async def healthz(request: web.Request) -> web.Response:
                               if health.started_at else None})
 
 
+# A worker writes: a server that only reads (a hot standby after a failover, default_transaction_read_only) is as
+# unusable to it as one that does not answer.
+_WRITABLE = ("SELECT NOT pg_is_in_recovery() AND current_setting('transaction_read_only') = 'off'")
+
+
 async def readyz(request: web.Request) -> web.Response:
-    """Ready: the database answers, the listener is connected (unless poll-only) and the catch-up is done."""
+    """Ready: the database answers and accepts writes, no task is failing on a database fault, the listener is
+    connected (unless poll-only) and the catch-up is done."""
     ctx = request.app[CTX]
     health = ctx.health
     checks: dict[str, Any] = {}
@@ -36,17 +42,24 @@ async def readyz(request: web.Request) -> web.Response:
     with anyio.move_on_after(DB_PROBE_SECONDS):
         try:
             async with ctx.pool.acquire() as conn:
-                database_ok = await conn.fetchval("SELECT true") is True
+                database_ok = await conn.fetchval(_WRITABLE) is True
+            if not database_ok:
+                checks["databaseError"] = "the database is read-only (a standby, or default_transaction_read_only)"
+                # A session keeps the read-only default it started with: let the pool open fresh ones, so the
+                # next probe sees the server as it is now.
+                await ctx.pool.expire_connections()
         except DB_ERRORS as exc:
             checks["databaseError"] = f"{type(exc).__name__}: {exc}"[:300]
     checks["database"] = database_ok
     checks["listener"] = health.listener_connected if health.listener_required else "not required (poll-only)"
     checks["catchUp"] = health.catchup_done
+    faults = health.details.get("faults") or {}
+    checks["tasks"] = "ok" if not faults else {task: error for task, error in faults.items()}
     stopping = bool(health.details.get("stopping"))
-    ready = (database_ok and (health.listener_connected or not health.listener_required)
+    ready = (database_ok and not faults and (health.listener_connected or not health.listener_required)
              and health.catchup_done and not stopping)
     body = {"status": "ready" if ready else "not ready", "checks": checks, "stopping": stopping,
-            **{k: v for k, v in health.details.items() if k != "stopping"}}
+            **{k: v for k, v in health.details.items() if k not in ("stopping", "faults")}}
     return web.json_response(body, status=200 if ready else 503)
 
 

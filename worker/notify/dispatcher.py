@@ -41,6 +41,7 @@ from worker.notify.ratelimit import TokenBucket
 from worker.notify.redact import scrub, split_addresses
 from worker.notify.slack import build_slack_message, send_slack
 from worker.notify.webhook import build_webhook_request, send_webhook
+from worker.retry import FaultLog, Faults, Stopped, is_transient, retrying
 
 log = structlog.get_logger("worker.notify")
 
@@ -49,7 +50,6 @@ log = structlog.get_logger("worker.notify")
 DEFAULT_LEASE_MARGIN = 15.0
 # A batch takes at most this many seconds of one target's rate limit, so the lease stays short.
 TARGET_BATCH_SECONDS = 10.0
-_DB_ERRORS = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError)
 
 _ENV_ADDRESS: dict[str, Callable[[Settings], str | None]] = {
     "env:SLACK_WEBHOOK_URL": lambda s: s.slack_webhook_url,
@@ -70,6 +70,7 @@ class Dispatcher:
         on_delivered: Callable[[dict[str, Any]], None] | None = None,
         poll_interval: float = 0.5,
         lease_margin: float = DEFAULT_LEASE_MARGIN,
+        faults: Faults | None = None,
     ) -> None:
         """``on_delivered`` is called with a summary of each row once it is recorded as sent. ``poll_interval``
         is the longest ``run`` sleeps without a wake-up; ``lease_margin`` is added to the send timeout to make
@@ -82,6 +83,7 @@ class Dispatcher:
         self._per_target = max(1, math.ceil(settings.notify_rate_per_second * TARGET_BATCH_SECONDS))
         self._buckets: dict[str, TokenBucket] = {}
         self._wakeup = anyio.Event()
+        self._fault = FaultLog("dispatcher", faults)
 
     def wake(self) -> None:
         """Look at the outbox now (call right after a transaction that enqueued notifications commits)."""
@@ -89,36 +91,37 @@ class Dispatcher:
 
     async def run(self, stop: anyio.Event) -> None:
         """Deliver until ``stop`` is set: a batch, then sleep until the next row is due, a wake-up or the poll
-        interval. A lost database connection is logged and retried with backoff; other errors propagate."""
+        interval. A database fault is logged once and retried (worker.retry); other errors propagate."""
         async with anyio.create_task_group() as tg:
             async def wake_on_stop() -> None:
                 await stop.wait()
                 self.wake()
 
             tg.start_soon(wake_on_stop)
-            failures = 0
             while not stop.is_set():
-                delay = self._poll_interval
                 try:
-                    attempted = await self.dispatch_once()
-                    failures = 0
-                    if attempted:
-                        continue  # more may be due right away
-                    async with self._pool.acquire() as conn:
-                        due_in = await outbox.next_due_in(conn)
-                    if due_in is not None:
-                        delay = min(max(due_in, 0.01), self._poll_interval)
-                except _DB_ERRORS as exc:
-                    failures += 1
-                    delay = min(self._poll_interval * 2 ** min(failures, 6), 30.0)
-                    log.warning("notification.dispatch_failed", error=f"{type(exc).__name__}: {exc}",
-                                retry_in=round(delay, 2))
+                    # A database fault anywhere in a round (claim, outcome write, even inside the concurrent sends'
+                    # task group) is retried under the shared policy and logged once. A row whose outcome was not
+                    # written stays leased and is sent again with the same idempotency key when the lease ends.
+                    delay = await retrying(self._fault, stop, self._round)
+                except Stopped:
+                    break
+                if delay <= 0:
+                    continue  # more may be due right away
                 if stop.is_set():
                     break
                 with anyio.move_on_after(delay):
                     await self._wakeup.wait()
                 self._wakeup = anyio.Event()
             tg.cancel_scope.cancel()
+
+    async def _round(self) -> float:
+        """One batch; then how long to sleep before the next (0: go on at once)."""
+        if await self.dispatch_once():
+            return 0.0
+        async with self._pool.acquire() as conn:
+            due_in = await outbox.next_due_in(conn)
+        return self._poll_interval if due_in is None else min(max(due_in, 0.01), self._poll_interval)
 
     async def dispatch_once(self, limit: int = 50) -> int:
         """Claim due rows, send them (concurrently across targets), record each outcome; returns how many were
@@ -134,15 +137,25 @@ class Dispatcher:
         claimed_at = time.monotonic()
         attempted = 0
         timeout = aiohttp.ClientTimeout(total=self._settings.notify_timeout)
+        faults: list[Exception] = []
         async with aiohttp.ClientSession(timeout=timeout, headers={"User-Agent": USER_AGENT}) as http:
             async with anyio.create_task_group() as tg:
                 async def deliver(row: OutboxRow) -> None:
                     nonlocal attempted
-                    if await self._deliver(row, configs.get(row.config_id or 0), http, claimed_at):
-                        attempted += 1
+                    try:
+                        if await self._deliver(row, configs.get(row.config_id or 0), http, claimed_at):
+                            attempted += 1
+                    except Exception as exc:
+                        # A database fault while recording one row's outcome must not cancel the other sends in
+                        # flight: that row stays leased and is sent again (same idempotency key) after its lease.
+                        if not is_transient(exc):
+                            raise
+                        faults.append(exc)
 
                 for row in rows:
                     tg.start_soon(deliver, row)
+        if faults:
+            raise ExceptionGroup("recording notification outcomes failed", faults)  # retried by run()
         return attempted
 
     # ------------------------------------------------------------------------------------------------------
