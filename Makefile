@@ -20,8 +20,9 @@ test: $(STAMP)
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 check: $(STAMP)
-	$(BIN)/ruff check worker tests bench deploy
+	$(BIN)/ruff check worker tests bench deploy clients
 	$(BIN)/mypy worker
+	$(BIN)/mypy --strict clients/openfeature-python/src
 
 demo: $(STAMP)
 	$(BIN)/autopromote demo $(DEMO_ARGS)

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import asyncpg
 import pytest
-from ab_autopromote_openfeature import assign, fnv1a32, hash_v2, range_ends
+from ab_autopromote_openfeature import assign, fnv1a32, hash_v2, hashing, range_ends
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -52,8 +52,11 @@ async def test_growthbook_published_vectors_in_sql_and_python(conn: asyncpg.Conn
     seed, value, expected = GROWTHBOOK_FEATURE_BUCKET
     assert hash_v2(seed, value) == expected
     assert await conn.fetchval("SELECT ab_hash_v2($1, $2)", seed, value) == expected
+    for seed, value, _version, expected in GROWTHBOOK_HASH_V2:
+        assert hashing.py_bucket_from_state(hashing.py_fnv1a32(seed), value) == expected, (seed, value)
     for text, expected_fnv in FNV_REFERENCE.items():
         assert fnv1a32(text) == expected_fnv
+        assert hashing.py_fnv1a32(text) == expected_fnv
         assert await conn.fetchval("SELECT ab_fnv1a32($1)", text) == expected_fnv
     for weights, ends in GROWTHBOOK_RANGES:
         assert list(range_ends(weights)) == pytest.approx(ends)
@@ -83,6 +86,9 @@ def test_sql_and_python_hash_agree_on_any_text(sync_conn: tuple[asyncio.Abstract
         for (seed, unit), row in zip(pairs, rows, strict=True):
             assert row["f"] == fnv1a32(seed + unit), (seed, unit)
             assert row["h"] == hash_v2(seed, unit), (seed, unit)
+            # The pure-Python twins of the C accelerator, which an install without a compiler uses.
+            assert row["f"] == hashing.py_fnv1a32(seed + unit), (seed, unit)
+            assert row["h"] == hashing.py_bucket_from_state(hashing.py_fnv1a32(seed), unit), (seed, unit)
 
     check()
 
@@ -255,3 +261,8 @@ async def test_concurrent_weight_changes_both_reach_what_is_served(db_url: str, 
 async def _waiting_for_a_lock(conn: asyncpg.Connection) -> bool:
     return bool(await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
                                     "AND wait_event_type = 'Lock'"))
+
+
+def test_the_c_accelerator_is_built_by_make_install() -> None:
+    # make install compiles it (gcc is part of the supported setup); the pure-Python twins are checked above.
+    assert hashing.ACCELERATED, "ab_autopromote_openfeature._fnv was not built: is a C compiler installed?"

@@ -48,6 +48,17 @@ def bucket_from_state(seed_state: int, unit_id: str) -> float:
     return n % 10000 / 10000
 
 
+py_fnv1a32 = fnv1a32  # the pure-Python twins, kept for the tests that compare them with the C ones
+py_bucket_from_state = bucket_from_state
+ACCELERATED = False
+try:  # the C accelerator (_fnv.c), built at install time when a compiler is there; the same results, ~20x faster
+    from ._fnv import bucket_from_state, fnv1a32  # type: ignore[assignment]
+
+    ACCELERATED = True
+except ImportError:  # pragma: no cover - depends on the install
+    pass
+
+
 def hash_v2(seed: str, unit_id: str) -> float:
     """GrowthBook's ``hash(seed, value, 2)``."""
     return bucket_from_state(fnv1a32(seed), unit_id)
