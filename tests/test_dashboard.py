@@ -447,13 +447,13 @@ async def test_each_event_is_encoded_once_whatever_the_number_of_clients(
     pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     encoded: list[dict[str, Any]] = []
-    original = dashboard._encode_event
+    original = dashboard.sse._encode_event
 
     def counting(event: Any) -> bytes | None:
         encoded.append(dict(event))
         return original(event)
 
-    monkeypatch.setattr(dashboard, "_encode_event", counting)
+    monkeypatch.setattr(dashboard.sse, "_encode_event", counting)  # the stream looks it up there
     ctx = make_context(pool)
     async with serve(ctx) as base, _viewer_session() as s:
         clients = [await _open_stream(s, base + "/events") for _ in range(4)]

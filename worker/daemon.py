@@ -40,7 +40,7 @@ from worker.scanner import AdvisoryLockLeadership, Leadership, LeaseLeadership, 
 
 log = structlog.get_logger("worker.daemon")
 
-EVENTS_BRIDGED = "events_bridged"  # health.details flag read by worker/http/dashboard.py
+EVENTS_BRIDGED = "events_bridged"  # health.details flag read by worker/http/dashboard/bridge.py
 
 EXIT_OK, EXIT_CONFIG, EXIT_DB = 0, 2, 3
 
