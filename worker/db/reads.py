@@ -77,7 +77,7 @@ class Experiment:
     name: str
     status: str
     metric_type: str
-    priority: int
+    priority: str  # normal | high | critical
     description: str | None
     started_at: datetime | None
     last_evaluated_at: datetime | None
