@@ -240,7 +240,7 @@ async def test_api_dry_run_holds_over_an_experiment_that_says_dry_run_false(pool
 # ---------------------------------------------------------------------------------------------- dashboard
 async def test_the_dashboards_promote_button_honours_the_experiments_dry_run(pool: asyncpg.Pool,
                                                                              conn: asyncpg.Connection) -> None:
-    """The button posts exactly this body (worker/http/static/dashboard.js) to the full application."""
+    """The button posts exactly this body (worker/http/dashboard/static/dashboard.js) to the full application."""
     await seed_winner(conn, "dry-exp", DRY)
     async with serve_api(pool, full_app=True) as api:
         reply = await api.post({"action": "promote", "experimentName": "dry-exp"})

@@ -4,6 +4,7 @@ bridge (including a reconnect), shutdown with open streams, static files, and th
 from __future__ import annotations
 
 import asyncio
+import html
 import json
 import re
 import socket
@@ -181,6 +182,65 @@ async def test_every_database_value_is_escaped(pool: asyncpg.Pool, conn: asyncpg
     assert "&lt;script&gt;x()&lt;/script&gt;" in detail and "&lt;em&gt;why&lt;/em&gt;" in detail
     assert "Lift of &lt;b&gt;v&lt;/b&gt; over control" in detail  # inside the SVG title too
     assert "&lt;i&gt;who&lt;/i&gt;" in pages[3][1]
+
+
+HOSTILE = "<script>alert(1)</script> <!channel> \"dq\" 'sq' &amp;"
+
+
+async def test_a_hostile_name_is_escaped_by_the_templates_on_every_page(
+    pool: asyncpg.Pool, conn: asyncpg.Connection,
+) -> None:
+    """Every page and fragment, including the 404s and the sign-in form, shows hostile values as text.
+
+    The value is in the experiment and variant names, the description, a rolled-back and a rollback-requested
+    promotion, the audit log and the sign-in form's ``next``: autoescape (with the environment's finalize) must
+    escape each, whatever template it passes through.
+    """
+    ctx = make_context(pool)
+    exp_id = await create_experiment(conn, HOSTILE, ["control", HOSTILE])
+    await conn.execute("UPDATE ab_experiments SET description = $2 WHERE id = $1", exp_id, HOSTILE)
+    await record(conn, HOSTILE, "control", 3_000, 300)
+    await record(conn, HOSTILE, HOSTILE, 3_000, 360)
+    await ctx.engine.check_promotion_eligibility(HOSTILE)
+    await conn.execute(
+        "INSERT INTO experiment_promotions (experiment_id, experiment_name, promoted_variant_name, confidence,"
+        " improvement, promoted_by, previous_weights, promoted_at, rollback_at, rollback_reason, rolled_back_by)"
+        " VALUES ($1, $2, $2, 97, 12, $2, '{}', now() - interval '2 days', now() - interval '1 day', $2, $2)",
+        exp_id, HOSTILE)
+    await conn.execute(
+        "INSERT INTO experiment_promotions (experiment_id, experiment_name, promoted_variant_name, confidence,"
+        " improvement, promoted_by, previous_weights, rollback_requested_at, rollback_requested_by,"
+        " rollback_request_reason) VALUES ($1, $2, $2, 97, 12, $2, '{}', now(), $2, $2)", exp_id, HOSTILE)
+    await conn.execute("INSERT INTO ab_promotion_audit_log (actor, action, experiment_name, details) "
+                       "VALUES ($1, $1, $1, jsonb_build_object('reason', $1::text))", HOSTILE)
+    name = quote(HOSTILE, safe="")
+    missing = quote(HOSTILE + " (gone)", safe="")
+    viewer = [("/", 200), (f"/experiments/{name}", 200), (f"/fragments/experiment?name={name}", 200),
+              (f"/fragments/experiment-card?name={name}", 200), ("/fragments/experiments", 200),
+              ("/promotions", 200), ("/fragments/promotions", 200), (f"/experiments/{missing}", 404),
+              (f"/fragments/experiment?name={missing}", 404), (f"/fragments/experiment-card?name={missing}", 404)]
+    escaped = html.escape(HOSTILE, quote=True)
+    async with serve(ctx) as base:
+        async with _viewer_session() as s:
+            pages = [(path, *await _get(s, base + path)) for path, _ in viewer]
+        async with aiohttp.ClientSession() as anonymous:  # the sign-in form, its next= carrying the name
+            pages.append(("sign-in", *await _get(anonymous, base + "/sign-in?next=/" + name)))
+            pages.append(("401", *await _get(anonymous, base + f"/experiments/{name}")))
+    assert [status for _, status, _, _ in pages] == [code for _, code in viewer] + [200, 401]
+    for path, _, body, _ in pages:
+        for raw in ("<script>alert", "<!channel>", '"dq"', "'sq'"):
+            assert raw not in body, (path, raw)
+        if path not in ("sign-in", "401"):
+            assert escaped in body or html.escape(HOSTILE + " (gone)", quote=True) in body, path
+    assert 'name="next" value="/' + html.escape(HOSTILE, quote=True) in pages[-2][2]
+    detail = pages[1][2]
+    assert f'<p class="description">{escaped}</p>' in detail  # the description
+    # the audit row, the rolled-back promotion (by whom: why) and the requested rollback (by whom: why)
+    assert f'data-label="Actor">{escaped}</td>' in detail and f"<code>{escaped}</code>" in detail
+    assert detail.count(f"by {escaped}: {escaped}") == 2
+    assert f'data-experiment="{escaped}"' in detail and f"Lift of {escaped} over control" in detail
+    promotions = pages[5][2]
+    assert f'data-label="Reason">{escaped}</td>' in promotions and f"by {escaped}</td>" in promotions
 
 
 async def test_names_with_slashes_and_percent_signs_have_working_links(
@@ -447,13 +507,13 @@ async def test_each_event_is_encoded_once_whatever_the_number_of_clients(
     pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     encoded: list[dict[str, Any]] = []
-    original = dashboard._encode_event
+    original = dashboard.sse._encode_event
 
     def counting(event: Any) -> bytes | None:
         encoded.append(dict(event))
         return original(event)
 
-    monkeypatch.setattr(dashboard, "_encode_event", counting)
+    monkeypatch.setattr(dashboard.sse, "_encode_event", counting)  # the stream looks it up there
     ctx = make_context(pool)
     async with serve(ctx) as base, _viewer_session() as s:
         clients = [await _open_stream(s, base + "/events") for _ in range(4)]

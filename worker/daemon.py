@@ -47,7 +47,7 @@ from worker.scanner import AdvisoryLockLeadership, Leadership, LeaseLeadership, 
 
 log = structlog.get_logger("worker.daemon")
 
-EVENTS_BRIDGED = "events_bridged"  # health.details flag read by worker/http/dashboard.py
+EVENTS_BRIDGED = "events_bridged"  # health.details flag read by worker/http/dashboard/bridge.py
 
 EXIT_OK, EXIT_BUG, EXIT_CONFIG, EXIT_DB = 0, 1, 2, 3
 _RESTART_FORGOTTEN_AFTER = 60.0  # seconds a restarted task must run before its next failure counts as a new fault

@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import uuid
 from collections.abc import Iterator, Mapping
 from datetime import date, datetime
 from decimal import Decimal
-from importlib import resources
 from typing import Annotated, Any, Literal, TypeVar, get_args
 
 from aiohttp import web
@@ -28,6 +26,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from worker.config import PRESET_NAMES, PRESETS, ConfigError, EffectiveConfig, deep_merge, load_config
 from worker.db.queries import Q
+from worker.db.reads import AuditEntry, EvaluationSnapshot, Experiment, Promotion, Reads, VariantStats
 from worker.engine import EngineError, ExperimentNotFound
 from worker.http import auth
 from worker.http.app import CTX, AppContext
@@ -55,20 +54,6 @@ DETAIL_AUDIT = 50
 DETAIL_ALERTS = 50
 
 LIMITER: web.AppKey[SlidingWindowLimiter] = web.AppKey("rate_limiter", SlidingWindowLimiter)
-
-_HEADER = re.compile(r"^-- name: ([a-z_][a-z0-9_]*)\s*$", re.MULTILINE)
-
-
-def _load_queries() -> dict[str, str]:
-    text = resources.files("worker.http").joinpath("queries.sql").read_text(encoding="utf-8")
-    parts = _HEADER.split(text)
-    return {
-        name: "\n".join(line for line in body.strip().splitlines() if not line.startswith("--")).strip().rstrip(";")
-        for name, body in zip(parts[1::2], parts[2::2], strict=True)
-    }
-
-
-HQ: dict[str, str] = _load_queries()
 
 
 # ------------------------------------------------------------------------------------------------ routes
@@ -476,26 +461,26 @@ async def get_auto_promote(request: web.Request) -> web.Response:
 
 
 # ------------------------------------------------------------------------------------------- experiments
-def _variant_json(v: Mapping[str, Any], metric_type: str) -> dict[str, Any]:
-    exposures = int(v["exposures"])
-    numerator = float(v["value_sum"]) if metric_type == "mean" else float(v["conversions"])
+def _variant_json(v: VariantStats, metric_type: str) -> dict[str, Any]:
+    exposures = v.exposures
+    numerator = float(v.value_sum) if metric_type == "mean" else float(v.conversions)
     try:
-        sketch = LatencySketch.from_json(v["latency_sketch"] or None)
+        sketch = LatencySketch.from_json(v.latency_sketch or None)
         p95 = sketch.p95() if sketch.count else None
     except StatsInputError:
         p95 = None
     return {
-        "name": v["name"],
-        "isControl": bool(v["is_control"]),
-        "weight": v["weight"],
+        "name": v.name,
+        "isControl": v.is_control,
+        "weight": v.weight,
         "exposures": exposures,
-        "conversions": int(v["conversions"]),
+        "conversions": v.conversions,
         "rate": numerator / exposures if exposures else None,
-        "errors": int(v["errors"]),
-        "errorRate": int(v["errors"]) / exposures if exposures else None,
+        "errors": v.errors,
+        "errorRate": v.errors / exposures if exposures else None,
         "p95LatencyMs": round(p95, 3) if p95 is not None else None,
-        "latencySamples": int(v["latency_count"]),
-        "updatedAt": v["updated_at"],
+        "latencySamples": v.latency_count,
+        "updatedAt": v.updated_at,
     }
 
 
@@ -503,30 +488,30 @@ _DECISION_SUMMARY = ("eligible", "confidence", "improvement", "winningVariant", 
                      "method", "reasons")
 
 
-def _experiment_json(row: Mapping[str, Any], *, full_decision: bool) -> dict[str, Any]:
+def _experiment_json(row: Experiment, *, full_decision: bool) -> dict[str, Any]:
     last: dict[str, Any] | None = None
-    if row["last_evaluated_at"] is not None:
-        decision = row["decision"] if isinstance(row["decision"], dict) else {}
+    if row.last_evaluated_at is not None:
+        decision = row.decision or {}
         shown = decision if full_decision else {k: decision.get(k) for k in _DECISION_SUMMARY}
-        last = {**shown, "eligible": bool(row["eligible"]), "lastEvaluatedAt": row["last_evaluated_at"],
-                "evaluations": row["evaluations"]}
+        last = {**shown, "eligible": bool(row.eligible), "lastEvaluatedAt": row.last_evaluated_at,
+                "evaluations": row.evaluations}
         last.setdefault("reasons", [])
         if last.get("reasons") is None:
             last["reasons"] = []
     return {
-        "id": row["id"],
-        "name": row["name"],
-        "status": row["status"],
-        "metricType": row["metric_type"],
-        "priority": row["priority"],
-        "description": row["description"],
-        "config": row["config"],
-        "startedAt": row["started_at"],
-        "createdAt": row["created_at"],
-        "updatedAt": row["updated_at"],
-        "activePromotionId": row["active_promotion_id"],
-        "pendingUpdates": row["pending_updates"],
-        "variants": [_variant_json(v, row["metric_type"]) for v in row["variants"]],
+        "id": row.id,
+        "name": row.name,
+        "status": row.status,
+        "metricType": row.metric_type,
+        "priority": row.priority,
+        "description": row.description,
+        "config": row.config,
+        "startedAt": row.started_at,
+        "createdAt": row.created_at,
+        "updatedAt": row.updated_at,
+        "activePromotionId": row.active_promotion_id,
+        "pendingUpdates": row.pending_updates,
+        "variants": [_variant_json(v, row.metric_type) for v in row.variants],
         "lastDecision": last,
     }
 
@@ -536,10 +521,8 @@ async def list_experiments(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     await auth.require_role(request, "viewer")
     query = parse_query(request, ExperimentsQuery)
-    async with ctx.pool.acquire() as conn:
-        rows = await conn.fetch(HQ["experiments_page"], query.status, None, query.limit, query.offset)
-        total = await conn.fetchval(HQ["experiments_count"], query.status)
-    return ok({"experiments": [_experiment_json(r, full_decision=False) for r in rows], "total": total,
+    page = await Reads(ctx.pool).experiments_page(query.status, query.limit, query.offset)
+    return ok({"experiments": [_experiment_json(r, full_decision=False) for r in page.items], "total": page.total,
                "limit": query.limit, "offset": query.offset})
 
 
@@ -557,46 +540,36 @@ async def get_experiment(request: web.Request) -> web.Response:
     await auth.require_role(request, "viewer")
     parse_query(request, _Query)
     name = _name_from_path(request)
-    async with ctx.pool.acquire() as conn:
-        row = await conn.fetchrow(HQ["experiments_page"], None, name, 1, 0)
-        if row is None:
-            raise ExperimentNotFound(f"no experiment named {name[:200]!r}", {"experimentName": name[:200]})
-        history = await conn.fetch(HQ["evaluation_history"], row["id"], HISTORY_ROWS)
-        promotions = await conn.fetch(HQ["promotions_page"], None, name, DETAIL_PROMOTIONS, 0)
-        audit_rows = await conn.fetch(HQ["audit_page"], name, None, DETAIL_AUDIT, 0)
-        alerts = await conn.fetch(HQ["experiment_alerts"], row["id"], DETAIL_ALERTS)
+    detail = await Reads(ctx.pool).experiment_detail(name, history=HISTORY_ROWS, promotions=DETAIL_PROMOTIONS,
+                                                     audit=DETAIL_AUDIT, alerts=DETAIL_ALERTS)
+    if detail is None:
+        raise ExperimentNotFound(f"no experiment named {name[:200]!r}", {"experimentName": name[:200]})
     return ok({
-        "experiment": _experiment_json(row, full_decision=True),
-        "history": [_history_json(h) for h in history],
-        "promotions": [_promotion_json(p) for p in promotions],
-        "audit": [_audit_json(a) for a in audit_rows],
-        "alerts": [{"id": a["id"], "global": a["global"], "severity": a["severity"], "message": a["message"],
-                    "createdAt": a["created_at"]} for a in alerts],
+        "experiment": _experiment_json(detail.experiment, full_decision=True),
+        "history": [_history_json(h) for h in detail.history],
+        "promotions": [_promotion_json(p) for p in detail.promotions],
+        "audit": [_audit_json(a) for a in detail.audit],
+        "alerts": [{"id": a.id, "global": a.global_, "severity": a.severity, "message": a.message,
+                    "createdAt": a.created_at} for a in detail.alerts],
     })
 
 
-def _history_json(h: Mapping[str, Any]) -> dict[str, Any]:
-    return {"createdAt": h["created_at"], "variantName": h["variant_name"], "exposures": h["exposures"],
-            "controlExposures": h["control_exposures"], "lift": h["lift"], "ciLow": h["ci_low"],
-            "ciHigh": h["ci_high"], "confidence": h["confidence"], "eligible": h["eligible"]}
+def _history_json(h: EvaluationSnapshot) -> dict[str, Any]:
+    return {"createdAt": h.created_at, "variantName": h.variant_name, "exposures": h.exposures,
+            "controlExposures": h.control_exposures, "lift": h.lift, "ciLow": h.ci_low,
+            "ciHigh": h.ci_high, "confidence": h.confidence, "eligible": h.eligible}
 
 
 # -------------------------------------------------------------------------------------------- promotions
-def _promotion_json(p: Mapping[str, Any]) -> dict[str, Any]:
-    if p["rollback_at"] is not None:
-        status = "rolled_back"
-    elif p["rollback_requested_at"] is not None:
-        status = "rollback_requested"
-    else:
-        status = "active"
+def _promotion_json(p: Promotion) -> dict[str, Any]:
     return {
-        "id": p["id"], "status": status, "experimentName": p["experiment_name"],
-        "promotedVariantName": p["promoted_variant_name"], "controlVariantName": p["control_variant_name"],
-        "confidence": p["confidence"], "improvement": p["improvement"], "method": p["method"],
-        "promotedAt": p["promoted_at"], "promotedBy": p["promoted_by"], "previousWeights": p["previous_weights"],
-        "guardUntil": p["guard_until"], "rollbackRequestedAt": p["rollback_requested_at"],
-        "rollbackRequestedBy": p["rollback_requested_by"], "rollbackRequestReason": p["rollback_request_reason"],
-        "rollbackAt": p["rollback_at"], "rollbackReason": p["rollback_reason"], "rolledBackBy": p["rolled_back_by"],
+        "id": p.id, "status": p.status, "experimentName": p.experiment_name,
+        "promotedVariantName": p.promoted_variant_name, "controlVariantName": p.control_variant_name,
+        "confidence": p.confidence, "improvement": p.improvement, "method": p.method,
+        "promotedAt": p.promoted_at, "promotedBy": p.promoted_by, "previousWeights": p.previous_weights,
+        "guardUntil": p.guard_until, "rollbackRequestedAt": p.rollback_requested_at,
+        "rollbackRequestedBy": p.rollback_requested_by, "rollbackRequestReason": p.rollback_request_reason,
+        "rollbackAt": p.rollback_at, "rollbackReason": p.rollback_reason, "rolledBackBy": p.rolled_back_by,
     }
 
 
@@ -606,14 +579,12 @@ async def list_promotions(request: web.Request) -> web.Response:
     await auth.require_role(request, "viewer")
     query = parse_query(request, PromotionsQuery)
     status = None if query.status == "all" else query.status
-    async with ctx.pool.acquire() as conn:
-        rows = await conn.fetch(HQ["promotions_page"], status, query.experiment, query.limit, query.offset)
-        total = await conn.fetchval(HQ["promotions_count"], status, query.experiment)
-    return ok({"promotions": [_promotion_json(r) for r in rows], "total": total, "limit": query.limit,
+    page = await Reads(ctx.pool).promotions_page(status, query.experiment, query.limit, query.offset)
+    return ok({"promotions": [_promotion_json(r) for r in page.items], "total": page.total, "limit": query.limit,
                "offset": query.offset})
 
 
-_STATS_FIELDS = {
+_STATS_FIELDS = {  # PromotionStats attribute -> JSON key
     "period_days": "periodDays", "total_promotions": "totalPromotions", "promotions_per_day": "promotionsPerDay",
     "successful_promotions": "successfulPromotions", "failed_promotions": "failedPromotions",
     "avg_confidence": "avgConfidence", "avg_improvement": "avgImprovement",
@@ -627,22 +598,19 @@ async def promotion_stats(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     await auth.require_role(request, "viewer")
     query = parse_query(request, StatsQuery)
-    async with ctx.pool.acquire() as conn:
-        stats = await conn.fetchrow(HQ["promotion_stats"], query.days)
-        per_day = await conn.fetch(HQ["promotions_per_day"], query.days)
-    assert stats is not None  # an aggregate always returns one row
+    report = await Reads(ctx.pool).promotion_report(query.days)
     return ok({
         "days": query.days,
-        "stats": {camel: stats[col] for col, camel in _STATS_FIELDS.items()},
-        "perDay": [{"day": r["day"], "promotions": r["promotions"], "rollbacks": r["rollbacks"]} for r in per_day],
+        "stats": {camel: getattr(report.stats, col) for col, camel in _STATS_FIELDS.items()},
+        "perDay": [{"day": r.day, "promotions": r.promotions, "rollbacks": r.rollbacks} for r in report.per_day],
     })
 
 
 # ------------------------------------------------------------------------------------------------- audit
-def _audit_json(a: Mapping[str, Any]) -> dict[str, Any]:
-    return {"id": a["id"], "createdAt": a["created_at"], "actor": a["actor"], "action": a["action"],
-            "experimentId": a["experiment_id"], "experimentName": a["experiment_name"],
-            "promotionId": a["promotion_id"], "details": a["details"]}
+def _audit_json(a: AuditEntry) -> dict[str, Any]:
+    return {"id": a.id, "createdAt": a.created_at, "actor": a.actor, "action": a.action,
+            "experimentId": a.experiment_id, "experimentName": a.experiment_name,
+            "promotionId": a.promotion_id, "details": a.details}
 
 
 async def list_audit(request: web.Request) -> web.Response:
@@ -650,10 +618,8 @@ async def list_audit(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     await auth.require_role(request, "viewer")
     query = parse_query(request, AuditQuery)
-    async with ctx.pool.acquire() as conn:
-        rows = await conn.fetch(HQ["audit_page"], query.experiment, query.action, query.limit, query.offset)
-        total = await conn.fetchval(HQ["audit_count"], query.experiment, query.action)
-    return ok({"entries": [_audit_json(r) for r in rows], "total": total, "limit": query.limit,
+    page = await Reads(ctx.pool).audit_page(query.experiment, query.action, query.limit, query.offset)
+    return ok({"entries": [_audit_json(r) for r in page.items], "total": page.total, "limit": query.limit,
                "offset": query.offset})
 
 

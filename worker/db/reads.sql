@@ -1,5 +1,6 @@
--- The HTTP API's read queries, each under a "-- name: NAME" header with a one-line description.
--- Loaded once by worker/http/api.py; values always go through $n parameters.
+-- The read side of the HTTP API and the dashboard: each query sits under a "-- name: NAME" header followed by a
+-- one-line description, and worker/db/reads.py (the read service) is the only module that runs them.
+-- Read-only, and values always go through $n parameters.
 
 -- name: experiments_page
 -- Experiments with live per-variant statistics, last decision and active promotion; $1 status or NULL,
@@ -29,12 +30,52 @@ SELECT e.id, e.name, e.status, e.metric_type, e.priority, e.description, e.confi
 -- Number of experiments matching experiments_page's filters ($1 status or NULL).
 SELECT count(*) FROM ab_experiments e WHERE ($1::text IS NULL OR e.status = $1);
 
+-- name: experiments_overview
+-- The dashboard's list: experiments (every one, or only the one named $2) with their variants' folded statistics,
+-- last decision and active promotion (at most $1), running ones first. Leaves out experiments_page's config,
+-- latency sketches and pending count, which the dashboard does not show.
+SELECT e.id, e.name, e.status, e.priority, e.metric_type, e.started_at, e.description,
+       s.last_evaluated_at, s.evaluations, s.eligible, s.decision,
+       (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                   'name', v.name, 'is_control', v.is_control, 'weight', v.traffic_weight::float8,
+                   'exposures', coalesce(vs.exposures, 0), 'conversions', coalesce(vs.conversions, 0),
+                   'errors', coalesce(vs.errors, 0), 'value_sum', coalesce(vs.value_sum, 0))
+                 ORDER BY v.is_control DESC, v.id), '[]'::jsonb)
+          FROM ab_variants v LEFT JOIN ab_variant_stats vs ON vs.variant_id = v.id
+         WHERE v.experiment_id = e.id) AS variants,
+       (SELECT p.id FROM experiment_promotions p WHERE p.experiment_id = e.id AND p.rollback_at IS NULL) AS active_promotion_id
+  FROM ab_experiments e
+  LEFT JOIN ab_experiment_state s ON s.experiment_id = e.id
+ WHERE $2::text IS NULL OR e.name = $2::text
+ ORDER BY CASE e.status WHEN 'running' THEN 0 WHEN 'promoted' THEN 1 WHEN 'paused' THEN 2 WHEN 'draft' THEN 3
+                        ELSE 4 END, e.name
+ LIMIT $1;
+
+-- name: experiment_summary
+-- Experiments per status, and how many of them the last decision found eligible.
+SELECT e.status, count(*) AS experiments, count(*) FILTER (WHERE s.eligible) AS eligible
+  FROM ab_experiments e
+  LEFT JOIN ab_experiment_state s ON s.experiment_id = e.id
+ GROUP BY e.status
+ ORDER BY CASE e.status WHEN 'running' THEN 0 WHEN 'promoted' THEN 1 WHEN 'paused' THEN 2 WHEN 'draft' THEN 3
+                        ELSE 4 END, e.status;
+
 -- name: evaluation_history
--- The thinned evaluation snapshots of experiment $1, oldest first (at most $2 rows).
+-- The thinned evaluation snapshots of experiment $1, oldest first (at most $2 rows; NULL: all of them, which
+-- ab_thin_evaluation_snapshots keeps bounded).
 SELECT created_at, variant_name, exposures, control_exposures, lift, ci_low, ci_high, confidence, eligible
   FROM ab_evaluation_snapshots WHERE experiment_id = $1
  ORDER BY created_at, id
  LIMIT $2;
+
+-- name: experiment_promotions
+-- Promotions of experiment $1 (by id), newest first.
+SELECT id, experiment_id, experiment_name, promoted_variant_name, control_variant_name, confidence, improvement,
+       method, promoted_at, promoted_by, guard_until, rollback_requested_at, rollback_requested_by,
+       rollback_request_reason, rollback_at, rollback_reason, rolled_back_by
+  FROM experiment_promotions
+ WHERE experiment_id = $1
+ ORDER BY promoted_at DESC, id;
 
 -- name: promotions_page
 -- Promotions, newest first; $1 'active', 'rolled_back' or NULL for both, $2 experiment name or NULL,
@@ -54,12 +95,21 @@ SELECT count(*) FROM experiment_promotions
  WHERE ($1::text IS NULL OR ($1 = 'active') = (rollback_at IS NULL))
    AND ($2::text IS NULL OR experiment_name = $2);
 
+-- name: rolled_back_promotions
+-- Rolled-back promotions, most recent rollback first, at most $1.
+SELECT id, experiment_id, experiment_name, promoted_variant_name, control_variant_name, confidence, improvement,
+       method, promoted_at, promoted_by, rollback_at, rollback_reason, rolled_back_by
+  FROM experiment_promotions
+ WHERE rollback_at IS NOT NULL
+ ORDER BY rollback_at DESC, id
+ LIMIT $1;
+
 -- name: promotion_stats
 -- The reporting function's one row for the last $1 days.
 SELECT * FROM get_promotion_stats($1);
 
 -- name: promotions_per_day
--- Promotions and rollbacks per calendar day for the last $1 days.
+-- Promotions and rollbacks per calendar day for the last $1 days, oldest first.
 SELECT day, promotions, rollbacks FROM get_promotions_per_day($1);
 
 -- name: audit_page

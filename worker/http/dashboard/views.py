@@ -1,0 +1,297 @@
+"""Read results (worker.db.reads) turned into template context, and the formatting the templates use.
+
+Nothing here writes HTML except the SVG charts of worker.http.svg, which escape their own labels and are passed to
+the templates as ``Markup``; every other value reaches the page through Jinja2's autoescape.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from markupsafe import Markup
+
+from worker.db.reads import (
+    AuditEntry,
+    EvaluationSnapshot,
+    Experiment,
+    ExperimentHistory,
+    Promotion,
+    PromotionReport,
+    StatusCount,
+)
+from worker.http.svg import DayCount, LiftPoint, interval_bar, interval_scale, lift_chart, pct, promotions_chart
+
+MAX_EXPERIMENTS = 300
+AUDIT_ROWS = 100
+PROMOTION_ROWS = 100
+DEFAULT_DAYS = 30
+REFRESH_ALL = "evaluation promotion rollback"
+REFRESH_PROMOTIONS = "promotion rollback"
+
+STATUS_LABELS = {
+    "running": ("▶", "running"),
+    "promoted": ("★", "promoted"),
+    "rolled_back": ("↩", "rolled back"),
+    "paused": ("⏸", "paused"),
+    "draft": ("✎", "draft"),
+    "stopped": ("■", "stopped"),
+}
+
+
+# --------------------------------------------------------------------------------------------- formatting
+def experiment_href(name: str) -> str:
+    return "/experiments/" + quote(name, safe="")
+
+
+def fragment_href(name: str) -> str:
+    return "/fragments/experiment?" + urlencode({"name": name})
+
+
+def card_fragment_href(name: str) -> str:
+    return "/fragments/experiment-card?" + urlencode({"name": name})
+
+
+def slug(name: str) -> str:
+    """A stable id for an experiment's elements (names may contain anything; ids must not)."""
+    return "x" + hashlib.sha1(name.encode("utf-8"), usedforsecurity=False).hexdigest()[:10]
+
+
+def num(value: Any, digits: int = 2, suffix: str = "") -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}{suffix}"
+    return f"{float(value):,.{digits}f}{suffix}"
+
+
+def rate(value: Any, metric_type: str) -> str:
+    if value is None:
+        return "–"
+    return pct(float(value), 2, signed=False) if metric_type == "conversion" else num(float(value), 4)
+
+
+def status_label(status: str) -> tuple[str, str]:
+    """(icon, words) of an experiment status."""
+    return STATUS_LABELS.get(status, ("•", status))
+
+
+def _json(value: Any) -> Any:
+    """jsonb arrives decoded with the project's pool codecs; tolerate a pool without them."""
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return None
+    return value
+
+
+FILTERS: dict[str, Callable[..., Any]] = {
+    "num": num, "rate": rate, "pct": pct, "slug": slug, "experiment_href": experiment_href,
+    "fragment_href": fragment_href, "card_fragment_href": card_fragment_href, "status_label": status_label,
+}
+
+
+# ---------------------------------------------------------------------------------------- experiment list
+def _variant_rows(exp: Experiment) -> tuple[list[dict[str, Any]], bool]:
+    """Variants as of the last decision when there is one (consistent figures), else the folded statistics."""
+    evaluated = (exp.decision or {}).get("variants") or []
+    if evaluated:
+        return [dict(v) for v in evaluated], True
+    out = []
+    for v in exp.variants:
+        n = v.exposures
+        numerator = v.conversions if exp.metric_type == "conversion" else v.value_sum
+        out.append({"name": v.name, "isControl": v.is_control, "exposures": n,
+                    "rate": (float(numerator or 0) / n) if n else None, "errorRate": (v.errors / n) if n else None})
+    return out, False
+
+
+def variants_table(exp: Experiment, *, detailed: bool = False) -> dict[str, Any]:
+    """The variants table: headings and one display row per variant."""
+    variants, evaluated = _variant_rows(exp)
+    metric = exp.metric_type
+    scale = interval_scale([(v.get("lift"), v.get("ciLow"), v.get("ciHigh")) for v in variants
+                            if not v.get("isControl")])
+    rate_head = "Conversion rate" if metric == "conversion" else "Mean"
+    heads = ["Variant", "Exposures", rate_head, "Lift (interval)", "Confidence"]
+    if detailed:
+        heads += ["Error rate", "p95 latency"]
+    rows = []
+    for v in variants:
+        control = bool(v.get("isControl"))
+        lift = v.get("lift")
+        p95 = v.get("p95LatencyMs")
+        rows.append({
+            "name": v.get("name"),
+            "tagged": control and str(v.get("name")).strip().lower() != "control",
+            "lift_state": "baseline" if control else ("none" if lift is None else "value"),
+            "lift": pct(lift), "ci_low": pct(v.get("ciLow")), "ci_high": pct(v.get("ciHigh")),
+            "bar": (Markup(interval_bar(lift, v.get("ciLow"), v.get("ciHigh"), lo=scale[0], hi=scale[1]))  # noqa: S704 - SVG escapes its labels
+                    if not control and lift is not None else ""),
+            "confidence": num(v.get("confidence"), 1, "%"),
+            "exposures": num(int(v.get("exposures") or 0)),
+            "rate": rate(v.get("rate"), metric),
+            "error_rate": rate(v.get("errorRate"), "conversion"),
+            "p95": num(p95, 1, " ms") if p95 is not None else None,
+        })
+    caption = ("Variants at the last evaluation" if evaluated
+               else "Variants (folded statistics; not evaluated yet)")
+    return {"rows": rows, "heads": heads, "rate_head": rate_head, "caption": caption, "detailed": detailed}
+
+
+def reasons(decision: Mapping[str, Any] | None, status: str) -> dict[str, Any]:
+    """Why the experiment is (not) eligible, as the last decision says."""
+    if not decision:
+        return {"kind": "none"}
+    prefix = "" if status == "running" else "At the last evaluation: "
+    if decision.get("eligible"):
+        winner = (decision.get("winningVariant") or {}).get("variantName") or decision.get("bestVariant")
+        return {"kind": "eligible", "prefix": prefix, "winner": winner,
+                "confidence": num(decision.get("confidence"), 1), "improvement": num(decision.get("improvement"), 2)}
+    items = decision.get("reasons") or []
+    if not items:
+        return {"kind": "no_reason"}
+    title = "Why not yet eligible:" if status == "running" else "Why it was not eligible at the last evaluation:"
+    return {"kind": "list", "title": title, "lines": list(items)}
+
+
+def actions(exp: Experiment) -> dict[str, Any]:
+    """The operator buttons: a dry-run check always, promote while running, roll back an active promotion."""
+    eligible = bool((exp.decision or {}).get("eligible"))
+    return {"name": exp.name, "promotion_id": exp.active_promotion_id,
+            "promote": exp.status == "running" and exp.active_promotion_id is None,
+            # the API refuses a blocked one; do not invite the click
+            "promote_style": "btn primary" if eligible else "btn"}
+
+
+def card(exp: Experiment) -> dict[str, Any]:
+    """One experiment's card on the overview."""
+    return {"exp": exp, "decision": exp.decision or None, "variants": variants_table(exp),
+            "reasons": reasons(exp.decision or None, exp.status), "actions": actions(exp)}
+
+
+def summary(counts: Sequence[StatusCount]) -> dict[str, Any]:
+    """The one-line count above the cards."""
+    return {"total": sum(c.experiments for c in counts),
+            "parts": ", ".join(f"{c.experiments} {status_label(c.status)[1]}" for c in counts),
+            "eligible": sum(c.eligible for c in counts if c.status == "running")}
+
+
+def overview(experiments: Sequence[Experiment], counts: Sequence[StatusCount]) -> dict[str, Any]:
+    """The experiments list (the body of ``/`` and of ``/fragments/experiments``)."""
+    total = sum(c.experiments for c in counts)
+    return {"cards": [card(e) for e in experiments], "summary": summary(counts),
+            "shown": len(experiments), "total": total}
+
+
+# ---------------------------------------------------------------------------------------- experiment page
+def safety_checks(decision: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    out = []
+    for c in (decision or {}).get("safetyChecks") or []:
+        passed = bool(c.get("passed"))
+        if passed and str(c.get("severity") or "") == "warning":
+            icon, label, cls = "⚠", "passed with a warning", "warn"
+        elif passed:
+            icon, label, cls = "✓", "passed", "ok"
+        else:
+            icon, label, cls = "✗", "failed", "bad"
+        out.append({"icon": icon, "label": label, "cls": cls, "name": c.get("name"), "message": c.get("message")})
+    return out
+
+
+def _audit_summary(details: Mapping[str, Any]) -> str:
+    parts: list[str] = []
+    for key in ("reason", "trigger", "promotedVariant", "wouldPromote", "error"):
+        if key in details and details[key] not in (None, ""):
+            parts.append(f"{key}: {details[key]}")
+    found = details.get("reasons")
+    if isinstance(found, list) and found:
+        parts.append("reasons: " + "; ".join(str(r) for r in found[:3]) + (" …" if len(found) > 3 else ""))
+    return " · ".join(parts)[:600]
+
+
+def audit_rows(entries: Sequence[AuditEntry]) -> list[dict[str, Any]]:
+    out = []
+    for entry in entries:
+        details = _json(entry.details) or {}
+        text = json.dumps(details, indent=1, sort_keys=True, default=str)
+        if len(text) > 6000:
+            text = text[:6000] + "\n… (truncated)"
+        out.append({"entry": entry, "text": text,
+                    "summary": _audit_summary(details if isinstance(details, dict) else {})})
+    return out
+
+
+def lift_charts(name: str, control: str | None, snapshots: Sequence[EvaluationSnapshot],
+                promotions: Sequence[Promotion], level: float) -> list[dict[str, Any]]:
+    """One chart per treatment (drawn wide and narrow) with the data behind it, newest 25 rows first."""
+    marks: list[tuple[datetime, str]] = []
+    for p in promotions:
+        marks.append((p.promoted_at, f"promoted {p.promoted_variant_name}"))
+        if p.rollback_at is not None:
+            marks.append((p.rollback_at, "rolled back"))
+    by_variant: dict[str, list[LiftPoint]] = {}
+    raw: dict[str, list[EvaluationSnapshot]] = {}
+    for s in snapshots:
+        by_variant.setdefault(s.variant_name, []).append(LiftPoint(s.created_at, s.lift, s.ci_low, s.ci_high,
+                                                                   s.eligible))
+        raw.setdefault(s.variant_name, []).append(s)
+    charts = []
+    for i, (variant, points) in enumerate(sorted(by_variant.items())):
+        title = f"Lift of {variant} over {control or 'control'}"
+        chart_id = f"lift-{slug(name)}-{i}"
+        charts.append({
+            "title": title,
+            # svg.py escapes every label it draws (the title included), so the drawing is markup already.
+            "wide": Markup(lift_chart(points, chart_id=chart_id, title=title, level=level, marks=marks)),  # noqa: S704
+            "narrow": Markup(lift_chart(points, chart_id=f"{chart_id}-n", title=title, level=level,  # noqa: S704
+                                        compact=True, marks=marks)),
+            "kept": len(raw[variant]),
+            "rows": list(reversed(raw[variant][-25:])),
+        })
+    return charts
+
+
+def experiment_page(page: ExperimentHistory, level: float) -> dict[str, Any]:
+    """The body of ``/experiments/{name}``."""
+    exp = page.experiment
+    decision = exp.decision or None
+    control = (decision or {}).get("controlVariant") or next((v.name for v in exp.variants if v.is_control), None)
+    return {
+        "exp": exp, "decision": decision, "reasons": reasons(decision, exp.status), "actions": actions(exp),
+        "charts": lift_charts(exp.name, control, page.snapshots, page.promotions, level),
+        "variants": variants_table(exp, detailed=True), "checks": safety_checks(decision),
+        "promotions": page.promotions, "audit": audit_rows(page.audit),
+    }
+
+
+# ---------------------------------------------------------------------------------------- promotions page
+def promotions_page(report: PromotionReport) -> dict[str, Any]:
+    """The body of ``/promotions``: get_promotion_stats(), promotions per day, active and rolled back."""
+    stats = report.stats
+    figures = [
+        ("Promotions", num(stats.total_promotions)),
+        ("Per day", num(stats.promotions_per_day, 2)),
+        ("Still active", num(stats.successful_promotions)),
+        ("Failed attempts", num(stats.failed_promotions)),
+        ("Rolled back", num(stats.rollback_count)),
+        ("Rollback rate", pct(stats.rollback_rate, 1, signed=False)),
+        ("Avg confidence", num(stats.avg_confidence, 1, "%")),
+        ("Avg improvement", num(stats.avg_improvement, 2, "%")),
+        ("Avg time to promotion", num(stats.avg_hours_to_promotion, 1, " h")),
+        ("Active now (all time)", num(stats.active_promotions)),
+    ]
+    counts = [DayCount(d.day, d.promotions, d.rollbacks) for d in report.per_day]
+    return {
+        "days": report.days, "figures": figures,
+        # svg.py escapes its own labels.
+        "chart_wide": Markup(promotions_chart(counts, chart_id="per-day")),  # noqa: S704
+        "chart_narrow": Markup(promotions_chart(counts, chart_id="per-day-n", compact=True)),  # noqa: S704
+        "active": report.active, "rolled_back": report.rolled_back,
+    }
