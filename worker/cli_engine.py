@@ -11,6 +11,31 @@ from typing import Any
 
 from worker.cli import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, CliError, _config, _run_async, _settings, register
 from worker.config import PRESET_NAMES, EffectiveConfig, Settings
+from worker.domain.errors import (
+    AlreadyPromoted,
+    AlreadyRolledBack,
+    DomainError,
+    ExperimentNotFound,
+    InvalidRequest,
+    PromotionNotFound,
+)
+
+# Every domain error's exit code, in one place: a wrong argument or name is a usage error (2, like argparse);
+# a refusal of a valid request (already promoted, already rolled back) is 1. A subclass not listed takes its
+# nearest listed base's code.
+EXIT_CODES: dict[type[DomainError], int] = {
+    DomainError: EXIT_USAGE,
+    InvalidRequest: EXIT_USAGE,
+    ExperimentNotFound: EXIT_USAGE,
+    PromotionNotFound: EXIT_USAGE,
+    AlreadyPromoted: EXIT_REFUSED,
+    AlreadyRolledBack: EXIT_REFUSED,
+}
+
+
+def exit_code(exc: DomainError) -> int:
+    """The exit code of a domain error (by its class, or the nearest listed base)."""
+    return next(EXIT_CODES[cls] for cls in type(exc).__mro__ if cls in EXIT_CODES)
 
 
 @asynccontextmanager
@@ -43,8 +68,6 @@ def _engine_command(
     render: Callable[[dict[str, Any]], None],
     ok: Callable[[dict[str, Any]], bool],
 ) -> int:
-    from worker.engine import EngineError
-
     settings = _settings()
     overrides: dict[str, Any] = {}
     if getattr(args, "dry_run", False):
@@ -57,9 +80,8 @@ def _engine_command(
         async with open_engine(settings, config) as engine:
             try:
                 data = await action(engine)
-            except EngineError as exc:
-                code = EXIT_USAGE if exc.status in (400, 404) else EXIT_REFUSED
-                raise CliError(exc.message, code) from None
+            except DomainError as exc:
+                raise CliError(exc.message, exit_code(exc)) from None
         if args.json:
             print(json.dumps(data, indent=2, default=str))
         else:

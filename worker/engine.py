@@ -38,6 +38,14 @@ from worker.decide import (
     failed_decision,
     safe_decide,
 )
+
+# Re-exported (``as``) under their old home: the daemon, guard, CLI and API import them from here.
+from worker.domain.errors import AlreadyPromoted as AlreadyPromoted
+from worker.domain.errors import AlreadyRolledBack as AlreadyRolledBack
+from worker.domain.errors import EngineError as EngineError
+from worker.domain.errors import ExperimentNotFound as ExperimentNotFound
+from worker.domain.errors import InvalidRequest as InvalidRequest
+from worker.domain.errors import PromotionNotFound as PromotionNotFound
 from worker.fold import fold_pending_updates
 from worker.stats import ExperimentAnalysis, LatencySketch, StatsInputError, analyze_many
 
@@ -55,38 +63,6 @@ SCAN_CHUNK = 1000
 SCAN_STATE_MIN_AGE_S = 30.0
 # The longest alert lookback a config may set (config.py validates alertLookbackHours up to 90 days).
 MAX_ALERT_LOOKBACK_S = 24 * 90 * 3600.0
-
-
-class EngineError(Exception):
-    """A refusal a caller can act on; ``code`` and ``status`` map onto the API's error shape."""
-
-    code = "engine_error"
-    status = 400
-
-    def __init__(self, message: str, details: Mapping[str, Any] | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.details = dict(details or {})
-
-
-class InvalidRequest(EngineError):
-    code, status = "invalid_request", 400
-
-
-class ExperimentNotFound(EngineError):
-    code, status = "experiment_not_found", 404
-
-
-class PromotionNotFound(EngineError):
-    code, status = "promotion_not_found", 404
-
-
-class AlreadyPromoted(EngineError):
-    code, status = "already_promoted", 409
-
-
-class AlreadyRolledBack(EngineError):
-    code, status = "already_rolled_back", 409
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,14 +28,14 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from worker.config import PRESET_NAMES, PRESETS, ConfigError, EffectiveConfig, deep_merge, load_config
 from worker.db.queries import Q
-from worker.engine import EngineError, ExperimentNotFound
+from worker.domain.errors import DomainError, ExperimentNotFound
 from worker.http import auth
 from worker.http.app import CTX, AppContext
 from worker.http.errors import (
     ApiError,
     api_error_middleware,
     config_error,
-    error_response,
+    domain_error_response,
     field_error,
     invalid_request,
     json_response,
@@ -404,8 +404,8 @@ async def post_auto_promote(request: web.Request) -> web.Response:
 
     try:
         success, data = await _run_action(ctx, req, effective, overrides, principal.name)
-    except EngineError as exc:  # keep the rate-limit headers on refusals too
-        return error_response(exc.status, exc.code, exc.message, exc.details, headers)
+    except DomainError as exc:  # keep the rate-limit headers on refusals too
+        return domain_error_response(exc, headers)
     body_out = {"success": success, "action": req.action, "data": plain(data), "config": _config_summary(effective)}
     return json_response(body_out, headers=headers)
 
