@@ -40,6 +40,7 @@ from worker.decide import (
 )
 
 # Re-exported (``as``) under their old home: the daemon, guard, CLI and API import them from here.
+from worker.domain.actions import EvaluationAction
 from worker.domain.errors import AlreadyPromoted as AlreadyPromoted
 from worker.domain.errors import AlreadyRolledBack as AlreadyRolledBack
 from worker.domain.errors import EngineError as EngineError
@@ -72,7 +73,7 @@ class Evaluation:
     experiment_id: int
     experiment_name: str
     decision: Decision | None
-    action: str  # skipped | evaluated | promoted | dry_run | refused
+    action: EvaluationAction
     promotion: dict[str, Any] | None = None
 
 

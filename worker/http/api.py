@@ -56,6 +56,7 @@ from worker.http.models import (
     RollbackRequest,
     ScanRequest,
     StatsQuery,
+    action_response,
 )
 from worker.http.openapi import openapi_document
 from worker.http.ratelimit import SlidingWindowLimiter
@@ -375,7 +376,7 @@ async def post_auto_promote(request: web.Request) -> web.Response:
     except DomainError as exc:  # keep the rate-limit headers on refusals too
         return domain_error_response(exc, headers)
     body_out = {"success": success, "action": req.action, "data": plain(data), "config": _config_summary(effective)}
-    return json_response(body_out, headers=headers)
+    return json_response(action_response(body_out), headers=headers)
 
 
 async def _run_action(ctx: AppContext, req: ActionRequest, effective: EffectiveConfig,

@@ -176,3 +176,179 @@ class AuditQuery(_Page):
 
 # The experiment name in /api/experiments/{name} (URL-decoded).
 EXPERIMENT_PATH_NAME: TypeAdapter[str] = TypeAdapter(QueryText)
+
+
+# ------------------------------------------------------------------------------------------------ results
+# What POST answers, as the engine builds it: these models check the engine's data at the edge (a key that drifts
+# fails the request loudly instead of reaching clients unannounced) and generate the document's response schemas.
+# Field names are the JSON keys (camelCase) so that nothing is renamed on the way out; a key the engine gives only
+# sometimes has a default and is left out of the answer when the engine left it out (exclude_unset).
+Severity = Literal["info", "warning", "critical"]
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SafetyCheck(_Out):
+    name: str
+    passed: bool
+    message: str
+    severity: Severity
+
+
+class WinningVariant(_Out):
+    variantName: str
+    successRate: float
+    sampleSize: int
+
+
+class Srm(_Out):
+    """The sample-ratio-mismatch test."""
+
+    pValue: float
+    flagged: bool
+
+
+class CheckVariant(_Out):
+    """One variant as the check saw it; treatments add their comparison with the control, mean metrics their sums."""
+
+    name: str
+    isControl: bool
+    weight: float
+    exposures: int
+    conversions: int
+    rate: float
+    errors: int
+    errorRate: float | None
+    p95LatencyMs: float | None
+    latencySamples: int
+    valueSum: float | None = None
+    valueSumSq: float | None = None
+    lift: float | None = None
+    ciLow: float | None = None
+    ciHigh: float | None = None
+    pValue: float | None = None
+    adjustedP: float | None = None
+    confidence: float | None = None
+    improvement: float | None = None
+    significant: bool | None = None
+    note: str | None = None
+
+
+class CheckResult(_Out):
+    """The seed's check result: eligibility, figures, safety checks, reasons."""
+
+    eligible: bool
+    experimentName: str
+    winningVariant: WinningVariant | None
+    confidence: float
+    improvement: float
+    safetyChecks: list[SafetyCheck]
+    reasons: list[str]
+    bestVariant: str | None
+    controlVariant: str | None
+    method: str
+    metricType: str
+    priority: str
+    variants: list[CheckVariant]
+    srm: Srm | None
+    evaluatedAt: str
+
+
+class PromoteResult(_Out):
+    """A promotion, a dry run of one, or a refusal (not eligible: ``success`` false with ``reasons``)."""
+
+    success: bool = Field(description="True when promoted (or, in a dry run, when it would be).")
+    experimentName: str
+    promotedVariantName: str | None
+    confidence: float | None
+    improvement: float | None
+    promotionId: str | None
+    notificationsQueued: int = Field(description="Notifications put in the outbox (the seed's notificationsSent)")
+    dryRun: bool
+    enabled: bool | None = Field(None, description="In a dry run: whether promotion is enabled at all.")
+    reasons: list[str] | None = Field(None, description="Why not (not promoted, or a dry run).")
+    eligibility: CheckResult
+    promotedAt: str | None = Field(None, description="When promoted (a promotion, not a dry run).")
+
+
+class ScanItem(_Out):
+    experimentName: str
+    eligible: bool
+    confidence: float | None
+    improvement: float | None
+    winningVariant: WinningVariant | None
+    reasons: list[str]
+    promoted: bool
+    error: str | None = None
+    dryRun: bool | None = None
+    promotionId: str | None = None
+
+
+class ScanResult(_Out):
+    scanned: int
+    eligible: int
+    promoted: int
+    dryRun: bool
+    results: list[ScanItem]
+
+
+class RollbackResult(_Out):
+    success: bool
+    promotionId: str
+    experimentName: str
+    rolledBackVariantName: str
+    reason: str
+    rolledBackBy: str
+    rolledBackAt: str
+    restoredWeights: dict[str, float]
+    trigger: str
+    notificationsQueued: int
+
+
+class ConfigSummary(_Out):
+    enabled: bool
+    dryRun: bool
+    preset: PresetName
+
+
+class CheckResponse(_Out):
+    success: Literal[True]
+    action: Literal["check"]
+    data: CheckResult
+    config: ConfigSummary
+
+
+class PromoteResponse(_Out):
+    success: bool = Field(description="Mirrors data.success.")
+    action: Literal["promote"]
+    data: PromoteResult
+    config: ConfigSummary
+
+
+class ScanResponse(_Out):
+    success: Literal[True]
+    action: Literal["scan"]
+    data: ScanResult
+    config: ConfigSummary
+
+
+class RollbackResponse(_Out):
+    success: Literal[True]
+    action: Literal["rollback"]
+    data: RollbackResult
+    config: ConfigSummary
+
+
+ActionResponse = Annotated[CheckResponse | PromoteResponse | ScanResponse | RollbackResponse,
+                           Field(discriminator="action")]
+ACTION_RESPONSE: TypeAdapter[CheckResponse | PromoteResponse | ScanResponse | RollbackResponse] = TypeAdapter(
+    ActionResponse)
+
+
+def action_response(body: dict[str, Any]) -> dict[str, Any]:
+    """The POST answer checked against its model and serialised by it (the keys the engine gave, no others)."""
+    out: dict[str, Any] = ACTION_RESPONSE.dump_python(ACTION_RESPONSE.validate_python(body), mode="json",
+                                                       exclude_unset=True)
+    return out

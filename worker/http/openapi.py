@@ -79,6 +79,14 @@ def _request_schemas() -> dict[str, Any]:
     return cleaned
 
 
+def _response_schemas() -> dict[str, Any]:
+    """The POST answers: one envelope per action (``oneOf`` with a discriminator on ``action``), from models.py."""
+    raw = models.ACTION_RESPONSE.json_schema(by_alias=True, ref_template="#/components/schemas/{model}")
+    defs = raw.pop("$defs", {})
+    cleaned: dict[str, Any] = _clean({"ActionResponse": raw, **defs})
+    return cleaned
+
+
 def _query_params(model: type[BaseModel]) -> list[dict[str, Any]]:
     """A query model's fields as OpenAPI parameters (an optional field is simply left out: no null)."""
     raw = model.model_json_schema(by_alias=True)
@@ -117,45 +125,7 @@ def _schemas() -> dict[str, Any]:
         "name": STR, "isControl": BOOL, "weight": NUM, "exposures": INT, "conversions": INT, "rate": NNUM,
         "errors": INT, "errorRate": NNUM, "p95LatencyMs": NNUM, "latencySamples": INT, "updatedAt": NTIME,
     }, description="Live statistics of one variant, from ab_variant_stats (as of the last fold).")
-    safety_check = _obj({"name": STR, "passed": BOOL, "message": STR,
-                         "severity": {"type": "string", "enum": ["info", "warning", "critical"]}})
     winning = {"anyOf": [_obj({"variantName": STR, "successRate": NUM, "sampleSize": INT}), {"type": "null"}]}
-    check = _obj({
-        "eligible": BOOL, "experimentName": STR, "winningVariant": winning, "confidence": NUM, "improvement": NUM,
-        "safetyChecks": _arr(_ref("SafetyCheck")), "reasons": _arr(STR), "bestVariant": NSTR,
-        "controlVariant": NSTR, "method": STR, "metricType": STR, "priority": STR, "variants": _arr(ANY_OBJECT),
-        "srm": {"anyOf": [_obj({"pValue": NUM, "flagged": BOOL}), {"type": "null"}]}, "evaluatedAt": STR,
-    }, required=["eligible", "experimentName", "winningVariant", "confidence", "improvement", "safetyChecks",
-                 "reasons"], description="The seed's check result: eligibility, figures, safety checks, reasons.")
-    promote = _obj({
-        "success": {"type": "boolean", "description": "True when promoted (or, in a dry run, when it would be)."},
-        "experimentName": STR, "promotedVariantName": NSTR, "confidence": NNUM, "improvement": NNUM,
-        "promotionId": NSTR, "notificationsQueued": {"type": "integer", "description":
-                                                     "Notifications put in the outbox (the seed's notificationsSent)"},
-        "dryRun": BOOL, "enabled": BOOL, "reasons": _arr(STR), "eligibility": _ref("CheckResult"),
-        "promotedAt": STR,
-    }, required=["success", "experimentName", "promotedVariantName", "confidence", "improvement", "promotionId",
-                 "notificationsQueued", "dryRun"])
-    scan_item = _obj({
-        "experimentName": STR, "eligible": BOOL, "confidence": NNUM, "improvement": NNUM, "winningVariant": winning,
-        "reasons": _arr(STR), "promoted": BOOL, "error": STR, "dryRun": BOOL, "promotionId": STR,
-    }, required=["experimentName", "eligible", "reasons", "promoted"])
-    scan = _obj({"scanned": INT, "eligible": INT, "promoted": INT, "dryRun": BOOL,
-                 "results": _arr(_ref("ScanItem"))},
-                required=["scanned", "eligible", "promoted", "results"])
-    rollback = _obj({
-        "success": BOOL, "promotionId": STR, "experimentName": STR, "rolledBackVariantName": STR, "reason": STR,
-        "rolledBackBy": STR, "rolledBackAt": STR, "restoredWeights": {"type": "object",
-                                                                      "additionalProperties": NUM},
-        "trigger": STR, "notificationsQueued": INT,
-    })
-    config_summary = _obj({"enabled": BOOL, "dryRun": BOOL,
-                           "preset": {"type": "string", "enum": list(PRESET_NAMES)}}, additional=False)
-
-    def envelope(action: str, data: str, success: dict[str, Any]) -> dict[str, Any]:
-        return _obj({"success": success, "action": {"const": action}, "data": _ref(data),
-                     "config": _ref("ConfigSummary")}, additional=False)
-
     last_decision = {"anyOf": [{**_obj({
         "eligible": BOOL, "confidence": NNUM, "improvement": NNUM, "winningVariant": winning, "bestVariant": NSTR,
         "controlVariant": NSTR, "method": NSTR, "reasons": _arr(STR), "lastEvaluatedAt": TIME, "evaluations": INT,
@@ -192,19 +162,7 @@ def _schemas() -> dict[str, Any]:
     schemas: dict[str, Any] = {
         **_config_schemas(),
         **_request_schemas(),
-        "ConfigSummary": config_summary,
-        "SafetyCheck": safety_check,
-        "CheckResult": check,
-        "PromoteResult": promote,
-        "ScanItem": scan_item,
-        "ScanResult": scan,
-        "RollbackResult": rollback,
-        "ActionResponse": {"oneOf": [
-            envelope("check", "CheckResult", {"const": True}),
-            envelope("promote", "PromoteResult", {"type": "boolean", "description": "Mirrors data.success."}),
-            envelope("scan", "ScanResult", {"const": True}),
-            envelope("rollback", "RollbackResult", {"const": True}),
-        ]},
+        **_response_schemas(),
         "Error": _obj({
             "success": {"const": False},
             "error": _obj({"code": {"type": "string", "enum": list(ERROR_CODES)}, "message": STR,
