@@ -185,3 +185,9 @@ async def api_client(pool: asyncpg.Pool, conn: asyncpg.Connection) -> Any:
     await seed_winner(conn)
     async with serve_api(pool) as api:
         yield api
+
+
+@pytest.mark.parametrize("action", [[], {}, ["scan"], 1.5])
+async def test_an_action_of_the_wrong_type_is_a_400(api_client: Api, action: Any) -> None:
+    reply = await api_client.post({"action": action})
+    assert reply.status == 400 and reply.error_paths() == ["action"], reply.body

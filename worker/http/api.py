@@ -336,7 +336,8 @@ async def post_auto_promote(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     principal = await auth.require_role(request, "viewer")
     body = await read_json_object(request)
-    if body.get("action") in MUTATING_ACTIONS:
+    action = body.get("action")
+    if isinstance(action, str) and action in MUTATING_ACTIONS:
         # The role first: a viewer learns that it may not, before what else is wrong with the request.
         await auth.require_role(request, "operator")
     try:

@@ -1,7 +1,10 @@
 """The OpenAPI 3.1 document of the HTTP API, built from the same models the handlers validate with.
 
-The tests validate every response they receive against this document, and a property-based fuzz sends
-requests generated from it; a change of behaviour that is not written down here fails the suite.
+The POST body, the POST answers, the query strings and the configuration are generated from the pydantic models
+(worker/http/models.py, worker/config.py); the read endpoints' answers are still written here. The tests validate
+every response they receive against this document, a property-based fuzz sends broken requests, and Schemathesis
+sends the requests the document allows (none may be refused); a change of behaviour that is not written down here
+fails the suite.
 """
 
 from __future__ import annotations
@@ -210,7 +213,9 @@ def _ok(data: dict[str, Any]) -> dict[str, Any]:
 
 _ERROR_TEXT = {
     "400": "Bad input: malformed_json, invalid_request or invalid_config; `details.errors` lists "
-           "`{path, message}` for every problem.",
+           "`{path, message}` for every problem. A request this document allows is refused only as "
+           "invalid_config when it switches on what the server's own configuration has set to 0 or empty "
+           "(maxConcurrentPromotions, guard.guardHours, notifications.channels).",
     "401": "No token, a malformed Authorization header, or an unknown token (`WWW-Authenticate: Bearer`).",
     "403": "The token's role is too weak for the action (`details.requiredRole`).",
     "404": "experiment_not_found or promotion_not_found.",
