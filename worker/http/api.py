@@ -137,7 +137,8 @@ def _error_message(err: Mapping[str, Any], action: str | None, field: str) -> st
     if kind in ("union_tag_invalid", "literal_error") and field == "action":
         return f"unknown action {_describe(given)}; use one of {', '.join(ACTIONS)}"
     if kind == "missing":
-        return f"is required for action '{action}'" if action else "is required"
+        why = ": say why" if (action, field) == ("rollback", "reason") else ""
+        return f"is required for action '{action}'{why}" if action else "is required"
     if kind == "extra_forbidden" and action is not None and any(field in f for f in ACTION_FIELDS.values()):
         hint = _HINTS.get((action, field))
         if hint:
