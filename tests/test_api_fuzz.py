@@ -1,4 +1,6 @@
-"""Property-based fuzz of the HTTP API against its own OpenAPI document (hypothesis; no schemathesis needed).
+"""Property-based fuzz of the HTTP API against its own OpenAPI document, with broken input mixed in (hypothesis).
+
+(test_api_schema_fuzz.py runs Schemathesis on the documented-valid requests: none may be refused.)
 
 Requests are generated from the document itself: every operation in ``paths``, its parameters and its
 request body schema, mixed with values that break them (wrong types, unknown fields, random JSON, random

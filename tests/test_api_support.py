@@ -99,6 +99,8 @@ def schema_errors(value: Any, schema: Mapping[str, Any], doc: Mapping[str, Any],
     if isinstance(value, str):
         if len(value) < schema.get("minLength", 0) or len(value) > schema.get("maxLength", 1 << 62):
             errors.append(f"{path}: length {len(value)} out of range")
+        if "pattern" in schema and not re.search(schema["pattern"], value):
+            errors.append(f"{path}: {value[:60]!r} does not match {schema['pattern']}")
         fmt = schema.get("format")
         try:
             if fmt == "date-time":
@@ -127,6 +129,13 @@ def schema_errors(value: Any, schema: Mapping[str, Any], doc: Mapping[str, Any],
                 errors.append(f"{path}: unexpected property {key!r}")
             elif isinstance(extra, dict):
                 errors.extend(schema_errors(item, extra, doc, f"{path}.{key}"))
+    if isinstance(value, list) and not schema.get("minItems", 0) <= len(value) <= schema.get("maxItems", 1 << 62):
+        errors.append(f"{path}: {len(value)} items, out of range")
+    if "not" in schema and not schema_errors(value, schema["not"], doc, path):
+        errors.append(f"{path}: matches the schema under 'not'")
+    if "if" in schema:
+        branch = "then" if not schema_errors(value, schema["if"], doc, path) else "else"
+        errors.extend(schema_errors(value, schema.get(branch, {}), doc, path))
     if isinstance(value, list) and "items" in schema:
         for i, item in enumerate(value):
             errors.extend(schema_errors(item, schema["items"], doc, f"{path}[{i}]"))

@@ -9,8 +9,36 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+from pydantic import BaseModel
+
 from worker.cli import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, CliError, _config, _run_async, _settings, register
 from worker.config import PRESET_NAMES, EffectiveConfig, Settings
+from worker.domain.errors import (
+    AlreadyPromoted,
+    AlreadyRolledBack,
+    DomainError,
+    ExperimentNotFound,
+    InvalidRequest,
+    PromotionNotFound,
+)
+from worker.http.models import CheckResult, PromoteResult, RollbackResult, ScanResult
+
+# Every domain error's exit code, in one place: a wrong argument or name is a usage error (2, like argparse);
+# a refusal of a valid request (already promoted, already rolled back) is 1. A subclass not listed takes its
+# nearest listed base's code.
+EXIT_CODES: dict[type[DomainError], int] = {
+    DomainError: EXIT_USAGE,
+    InvalidRequest: EXIT_USAGE,
+    ExperimentNotFound: EXIT_USAGE,
+    PromotionNotFound: EXIT_USAGE,
+    AlreadyPromoted: EXIT_REFUSED,
+    AlreadyRolledBack: EXIT_REFUSED,
+}
+
+
+def exit_code(exc: DomainError) -> int:
+    """The exit code of a domain error (by its class, or the nearest listed base)."""
+    return next(EXIT_CODES[cls] for cls in type(exc).__mro__ if cls in EXIT_CODES)
 
 
 @asynccontextmanager
@@ -42,9 +70,8 @@ def _engine_command(
     action: Callable[[Any], Awaitable[dict[str, Any]]],
     render: Callable[[dict[str, Any]], None],
     ok: Callable[[dict[str, Any]], bool],
+    result: type[BaseModel],
 ) -> int:
-    from worker.engine import EngineError
-
     settings = _settings()
     overrides: dict[str, Any] = {}
     if getattr(args, "dry_run", False):
@@ -57,11 +84,11 @@ def _engine_command(
         async with open_engine(settings, config) as engine:
             try:
                 data = await action(engine)
-            except EngineError as exc:
-                code = EXIT_USAGE if exc.status in (400, 404) else EXIT_REFUSED
-                raise CliError(exc.message, code) from None
+            except DomainError as exc:
+                raise CliError(exc.message, exit_code(exc)) from None
         if args.json:
-            print(json.dumps(data, indent=2, default=str))
+            # Through the API's result model: the same keys and values as the API's ``data``, checked.
+            print(json.dumps(result.model_validate(data).model_dump(mode="json", exclude_unset=True), indent=2))
         else:
             render(data)
         return EXIT_OK if ok(data) else EXIT_REFUSED
@@ -137,26 +164,26 @@ def _render_rollback(data: dict[str, Any]) -> None:
 
 def cmd_check(args: argparse.Namespace) -> int:
     return _engine_command(args, lambda e: e.check_promotion_eligibility(args.name), _render_check,
-                           lambda d: bool(d["eligible"]))
+                           lambda d: bool(d["eligible"]), CheckResult)
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
     return _engine_command(
         args, lambda e: e.promote_winner(args.name, actor=args.actor),
-        _render_promote, lambda d: bool(d["success"]))
+        _render_promote, lambda d: bool(d["success"]), PromoteResult)
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
     return _engine_command(
         args, lambda e: e.scan_and_promote_winners(actor=args.actor),
-        _render_scan, lambda d: True)
+        _render_scan, lambda d: True, ScanResult)
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     if not args.reason or not args.reason.strip():
         raise CliError("--reason must not be empty: say why you roll back", EXIT_USAGE)
     return _engine_command(args, lambda e: e.rollback_promotion(args.promotion_id, args.reason, actor=args.actor),
-                           _render_rollback, lambda d: bool(d["success"]))
+                           _render_rollback, lambda d: bool(d["success"]), RollbackResult)
 
 
 def _common(p: argparse.ArgumentParser) -> None:

@@ -16,8 +16,18 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, get_args, get_origin
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    ValidationError,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
+from pydantic.json_schema import JsonSchemaValue
 
 Channel = Literal["slack", "email", "pagerduty", "webhook"]
 CHANNELS: tuple[str, ...] = get_args(Channel)
@@ -57,6 +67,51 @@ def _at_least(lo: float) -> Callable[[float], float]:
     return check
 
 
+@dataclass(frozen=True, slots=True)
+class JsonBounds:
+    """The range a validator above enforces (with its own message), shown as minimum/maximum in the JSON Schema,
+    so that the OpenAPI document states every range the server checks."""
+
+    minimum: float
+    maximum: float | None = None
+
+    def __get_pydantic_json_schema__(self, core: Any, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        schema = handler(core)
+        schema["minimum"] = self.minimum
+        if self.maximum is not None:
+            schema["maximum"] = self.maximum
+        return schema
+
+
+@dataclass(frozen=True, slots=True)
+class JsonPattern:
+    """A pattern a validator enforces (with its own message), shown in the JSON Schema."""
+
+    pattern: str
+
+    def __get_pydantic_json_schema__(self, core: Any, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        schema = handler(core)
+        schema["pattern"] = self.pattern
+        return schema
+
+
+# The characters str.isspace() calls whitespace, as a regular-expression class body that Python, ECMAScript and
+# Rust read alike (no \s: each engine's \s differs). tests/test_openapi_models.py checks it against isspace().
+WHITESPACE_CLASS = (
+    "\\u0009-\\u000d\\u001c-\\u0020\\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000"
+)
+# Text without NUL characters (PostgreSQL cannot store them), with at least one non-whitespace character.
+NON_BLANK_TEXT = f"^[^\\u0000]*[^\\u0000{WHITESPACE_CLASS}][^\\u0000]*$"
+
+
+def _whole_number(v: Any) -> Any:
+    """A JSON number that is a whole number (``5.0``) as an int: JSON Schema's ``integer`` includes it, so a
+    client generated from the OpenAPI document may send it. Anything else is left to strict validation."""
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    return v
+
+
 def _num(v: float) -> str:
     return str(int(v)) if float(v).is_integer() else repr(float(v))
 
@@ -66,6 +121,12 @@ def setting(default: Any, env: str, description: str) -> Any:
     return Field(default=default, description=description, json_schema_extra={"env": env})
 
 
+# Whole numbers from JSON (see _whole_number), with their ranges.
+PositiveCount = Annotated[int, BeforeValidator(_whole_number), AfterValidator(_at_least(1)), JsonBounds(1)]
+PromotionLimit = Annotated[int, BeforeValidator(_whole_number), AfterValidator(_between(0, 10_000)),
+                           JsonBounds(0, 10_000)]
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(
         alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True, strict=True
@@ -73,37 +134,37 @@ class _Model(BaseModel):
 
 
 class Thresholds(_Model):
-    min_confidence: Annotated[float, AfterValidator(_between(50, 99.999))] = setting(
+    min_confidence: Annotated[float, AfterValidator(_between(50, 99.999)), JsonBounds(50, 99.999)] = setting(
         95.0, "AUTO_PROMOTION_MIN_CONFIDENCE", "Confidence (100 x (1 - adjusted p)) a winner must reach, in %"
     )
-    min_sample_size: Annotated[int, AfterValidator(_at_least(1))] = setting(
+    min_sample_size: PositiveCount = setting(
         2000, "AUTO_PROMOTION_MIN_SAMPLE_SIZE", "Exposures the winner and the control each need"
     )
-    min_improvement: Annotated[float, AfterValidator(_between(0, 10_000))] = setting(
+    min_improvement: Annotated[float, AfterValidator(_between(0, 10_000)), JsonBounds(0, 10_000)] = setting(
         5.0, "AUTO_PROMOTION_MIN_IMPROVEMENT", "Relative lift of the winner over control, in %"
     )
-    min_runtime_hours: Annotated[float, AfterValidator(_between(0, 24 * 365))] = setting(
+    min_runtime_hours: Annotated[float, AfterValidator(_between(0, 24 * 365)), JsonBounds(0, 24 * 365)] = setting(
         24.0, "AUTO_PROMOTION_MIN_RUNTIME_HOURS", "Hours since started_at before a promotion"
     )
 
 
 class SafetyChecks(_Model):
-    max_error_rate: Annotated[float, AfterValidator(_between(0, 1))] = setting(
+    max_error_rate: Annotated[float, AfterValidator(_between(0, 1)), JsonBounds(0, 1)] = setting(
         0.05, "AUTO_PROMOTION_MAX_ERROR_RATE", "Highest error rate (errors/exposures) the winner may have"
     )
-    max_latency_degradation: Annotated[float, AfterValidator(_between(0, 1000))] = setting(
+    max_latency_degradation: Annotated[float, AfterValidator(_between(0, 1000)), JsonBounds(0, 1000)] = setting(
         20.0, "AUTO_PROMOTION_MAX_LATENCY_DEGRADATION", "Highest P95 latency increase over control, in %"
     )
     check_traffic_balance: bool = setting(
         True, "AUTO_PROMOTION_CHECK_TRAFFIC_BALANCE", "Block promotion on a sample-ratio mismatch"
     )
-    srm_threshold: Annotated[float, AfterValidator(_between(1e-12, 0.5))] = setting(
+    srm_threshold: Annotated[float, AfterValidator(_between(1e-12, 0.5)), JsonBounds(1e-12, 0.5)] = setting(
         0.001, "AUTO_PROMOTION_SRM_THRESHOLD", "Chi-square p-value below which traffic is mismatched"
     )
     check_critical_alerts: bool = setting(
         True, "AUTO_PROMOTION_CHECK_CRITICAL_ALERTS", "Block promotion on unresolved critical alerts"
     )
-    alert_lookback_hours: Annotated[float, AfterValidator(_between(0, 24 * 90))] = setting(
+    alert_lookback_hours: Annotated[float, AfterValidator(_between(0, 24 * 90)), JsonBounds(0, 24 * 90)] = setting(
         24.0, "AUTO_PROMOTION_ALERT_LOOKBACK_HOURS", "Window in which critical alerts count, in hours"
     )
     fail_on_missing_data: bool = setting(
@@ -112,6 +173,12 @@ class SafetyChecks(_Model):
 
 
 class Notifications(_Model):
+    # The JSON Schema of the check in AutoPromotionConfig._no_contradictions, for the OpenAPI document.
+    model_config = ConfigDict(json_schema_extra={
+        "if": {"required": ["channels"], "properties": {"channels": {"maxItems": 0}}},
+        "then": {"required": ["enabled"], "properties": {"enabled": {"const": False}}},
+    })
+
     enabled: bool = setting(True, "AUTO_NOTIFY_ALERTS", "Send notifications at all")
     channels: tuple[Channel, ...] = setting(
         CHANNELS, "AUTO_PROMOTION_NOTIFICATION_CHANNELS", "Channels that may be used (comma-separated)"
@@ -125,13 +192,19 @@ class Notifications(_Model):
 
 
 class Guard(_Model):
-    guard_hours: Annotated[float, AfterValidator(_between(0, 24 * 90))] = setting(
+    # The JSON Schema of the check in AutoPromotionConfig._no_contradictions, for the OpenAPI document.
+    model_config = ConfigDict(json_schema_extra={
+        "if": {"required": ["guardHours"], "properties": {"guardHours": {"const": 0}}},
+        "then": {"required": ["autoRollback"], "properties": {"autoRollback": {"const": False}}},
+    })
+
+    guard_hours: Annotated[float, AfterValidator(_between(0, 24 * 90)), JsonBounds(0, 24 * 90)] = setting(
         24.0, "AUTO_PROMOTION_GUARD_HOURS", "Hours the promoted variant is watched after promotion"
     )
     auto_rollback: bool = setting(
         True, "AUTO_PROMOTION_AUTO_ROLLBACK", "Roll back on a guard breach (else notify only)"
     )
-    min_samples: Annotated[int, AfterValidator(_at_least(1))] = setting(
+    min_samples: PositiveCount = setting(
         200, "AUTO_PROMOTION_GUARD_MIN_SAMPLES", "Exposures since promotion before the error-rate guard acts"
     )
 
@@ -139,25 +212,33 @@ class Guard(_Model):
 class AutoPromotionConfig(_Model):
     """The decision configuration (the seed's AutoPromotionConfig plus statistics and guard)."""
 
+    # The JSON Schema of the check in _no_contradictions, for the OpenAPI document: within one object (a request's
+    # overrides), a setting that would contradict another comes with the value that makes it consistent.
+    model_config = ConfigDict(json_schema_extra={
+        "if": {"required": ["maxConcurrentPromotions"], "properties": {"maxConcurrentPromotions": {"const": 0}}},
+        "then": {"anyOf": [{"required": ["enabled"], "properties": {"enabled": {"const": False}}},
+                           {"required": ["dryRun"], "properties": {"dryRun": {"const": True}}}]},
+    })
+
     enabled: bool = setting(True, "AUTO_PROMOTION_ENABLED", "Promote at all (off: evaluate and report only)")
     dry_run: bool = setting(False, "AUTO_PROMOTION_DRY_RUN", "Decide and audit, change nothing")
     thresholds: Thresholds = Field(default_factory=Thresholds)
     safety_checks: SafetyChecks = Field(default_factory=SafetyChecks)
     notifications: Notifications = Field(default_factory=Notifications)
-    excluded_experiments: tuple[str, ...] = setting(
+    excluded_experiments: tuple[Annotated[str, JsonPattern(NON_BLANK_TEXT)], ...] = setting(
         (), "AUTO_PROMOTION_EXCLUDED", "Experiment names or glob patterns never auto-promoted (comma-separated)"
     )
-    max_concurrent_promotions: Annotated[int, AfterValidator(_between(0, 10_000))] = setting(
+    max_concurrent_promotions: PromotionLimit = setting(
         5, "AUTO_PROMOTION_MAX_CONCURRENT", "Promotions per scan, and promotions inside their guard window at once"
     )
     method: Method = setting("sequential", "AUTO_PROMOTION_METHOD", "sequential (peeking-safe) or fixed")
-    sequential_tuning: Annotated[float, AfterValidator(_between(1, 1e12))] = setting(
+    sequential_tuning: Annotated[float, AfterValidator(_between(1, 1e12)), JsonBounds(1, 1e12)] = setting(
         5000.0, "AUTO_PROMOTION_SEQUENTIAL_TUNING", "N*: sample size the confidence sequence is tightest at"
     )
     correction: Correction = setting(
         "holm", "AUTO_PROMOTION_CORRECTION", "Multiple-comparison correction: holm, bh or none"
     )
-    scan_interval_seconds: Annotated[float, AfterValidator(_between(1, 86_400))] = setting(
+    scan_interval_seconds: Annotated[float, AfterValidator(_between(1, 86_400)), JsonBounds(1, 86_400)] = setting(
         60.0, "AUTO_PROMOTION_SCAN_INTERVAL", "Seconds between reconciliation scans"
     )
     guard: Guard = Field(default_factory=Guard)

@@ -38,6 +38,15 @@ from worker.decide import (
     failed_decision,
     safe_decide,
 )
+
+# Re-exported (``as``) under their old home: the daemon, guard, CLI and API import them from here.
+from worker.domain.actions import EvaluationAction
+from worker.domain.errors import AlreadyPromoted as AlreadyPromoted
+from worker.domain.errors import AlreadyRolledBack as AlreadyRolledBack
+from worker.domain.errors import EngineError as EngineError
+from worker.domain.errors import ExperimentNotFound as ExperimentNotFound
+from worker.domain.errors import InvalidRequest as InvalidRequest
+from worker.domain.errors import PromotionNotFound as PromotionNotFound
 from worker.fold import fold_pending_updates
 from worker.retry import is_transient
 from worker.stats import ExperimentAnalysis, LatencySketch, StatsInputError, analyze_many
@@ -58,38 +67,6 @@ SCAN_STATE_MIN_AGE_S = 30.0
 MAX_ALERT_LOOKBACK_S = 24 * 90 * 3600.0
 
 
-class EngineError(Exception):
-    """A refusal a caller can act on; ``code`` and ``status`` map onto the API's error shape."""
-
-    code = "engine_error"
-    status = 400
-
-    def __init__(self, message: str, details: Mapping[str, Any] | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.details = dict(details or {})
-
-
-class InvalidRequest(EngineError):
-    code, status = "invalid_request", 400
-
-
-class ExperimentNotFound(EngineError):
-    code, status = "experiment_not_found", 404
-
-
-class PromotionNotFound(EngineError):
-    code, status = "promotion_not_found", 404
-
-
-class AlreadyPromoted(EngineError):
-    code, status = "already_promoted", 409
-
-
-class AlreadyRolledBack(EngineError):
-    code, status = "already_rolled_back", 409
-
-
 @dataclass(frozen=True, slots=True)
 class Evaluation:
     """What one daemon evaluation concluded and did."""
@@ -97,9 +74,7 @@ class Evaluation:
     experiment_id: int
     experiment_name: str
     decision: Decision | None
-    # skipped | evaluated | promoted | dry_run | refused; the daemon's also busy (held elsewhere, retry) | fresh
-    # (nothing new since the stored decision: not evaluated again) | failed
-    action: str
+    action: EvaluationAction
     promotion: dict[str, Any] | None = None
 
 

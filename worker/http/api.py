@@ -19,35 +19,50 @@ import uuid
 from collections.abc import Iterator, Mapping
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Annotated, Any, Literal, TypeVar, get_args
+from typing import Any, TypeVar
 
 from aiohttp import web
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ValidationError
 
 from worker.config import PRESET_NAMES, PRESETS, ConfigError, EffectiveConfig, deep_merge, load_config
 from worker.db.queries import Q
 from worker.db.reads import AuditEntry, EvaluationSnapshot, Experiment, Promotion, Reads, VariantStats
-from worker.engine import EngineError, ExperimentNotFound
+from worker.domain.errors import DomainError, ExperimentNotFound
 from worker.http import auth
 from worker.http.app import CTX, AppContext
 from worker.http.errors import (
     ApiError,
     api_error_middleware,
     config_error,
-    error_response,
+    domain_error_response,
     field_error,
     invalid_request,
     json_response,
+)
+from worker.http.models import (
+    ACTION_FIELDS,
+    ACTIONS,
+    AUTO_PROMOTE_REQUEST,
+    EXPERIMENT_PATH_NAME,
+    PATTERN_MESSAGES,
+    AuditQuery,
+    CheckRequest,
+    ConfigQuery,
+    ExperimentsQuery,
+    PromoteRequest,
+    PromotionsQuery,
+    Query,
+    RollbackRequest,
+    ScanRequest,
+    StatsQuery,
+    action_response,
 )
 from worker.http.openapi import openapi_document
 from worker.http.ratelimit import SlidingWindowLimiter
 from worker.stats import LatencySketch, StatsInputError
 
-Action = Literal["scan", "promote", "check", "rollback"]
-ACTIONS: tuple[str, ...] = get_args(Action)
+ActionRequest = CheckRequest | PromoteRequest | ScanRequest | RollbackRequest
 MUTATING_ACTIONS = frozenset({"scan", "promote", "rollback"})
-ExperimentStatus = Literal["draft", "running", "paused", "promoted", "rolled_back", "stopped"]
-MAX_REASON = 2000
 HISTORY_ROWS = 5000
 DETAIL_PROMOTIONS = 100
 DETAIL_AUDIT = 50
@@ -85,16 +100,6 @@ def _text_problem(value: str) -> str | None:
     return None
 
 
-def _clean_text(value: str) -> str:
-    problem = _text_problem(value)
-    if problem:
-        raise ValueError(problem)
-    return value
-
-
-Text = Annotated[str, AfterValidator(_clean_text)]
-
-
 def _describe(value: Any) -> str:
     if isinstance(value, dict):
         return "an object"
@@ -104,23 +109,53 @@ def _describe(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _validation_errors(exc: ValidationError, prefix: str = "") -> list[dict[str, str]]:
+_HINTS = {
+    ("scan", "experimentName"): "scan covers every running experiment; use 'check' or 'promote' for one",
+    ("rollback", "experimentName"): "rollback is identified by promotionId alone",
+}
+
+
+def _error_message(err: Mapping[str, Any], action: str | None, field: str) -> str:
+    """One pydantic error in words that say what is wrong and how to fix it."""
+    kind = err["type"]
+    given = err.get("input")
+    if kind in ("union_tag_invalid", "literal_error") and field == "action":
+        return f"unknown action {_describe(given)}; use one of {', '.join(ACTIONS)}"
+    if kind == "missing":
+        why = ": say why" if (action, field) == ("rollback", "reason") else ""
+        return f"is required for action '{action}'{why}" if action else "is required"
+    if kind == "extra_forbidden" and action is not None and any(field in f for f in ACTION_FIELDS.values()):
+        hint = _HINTS.get((action, field))
+        if hint:
+            return f"is not used by action '{action}': {hint}"
+        users = [a for a, fields in ACTION_FIELDS.items() if field in fields]
+        return f"is only used by action {' and '.join(repr(u) for u in users)}, not '{action}'"
+    if kind == "extra_forbidden":
+        return "unknown field; check the spelling (fields are camelCase)"
+    if (kind, action, field) == ("literal_error", "rollback", "dryRun"):
+        return "rollback has no dry run; it always changes the weights back"
+    if kind == "string_pattern_mismatch":
+        return PATTERN_MESSAGES.get(str((err.get("ctx") or {}).get("pattern")), "has the wrong form")
+    if kind == "value_error":
+        return str(err["msg"]).removeprefix("Value error, ")
+    return f"{err['msg']}, got {_describe(given)}"
+
+
+def _validation_errors(exc: ValidationError, prefix: str = "", *, tagged: bool = False) -> list[dict[str, str]]:
+    """Each error as ``{path, message}``. ``tagged``: the model is the action union, whose error locations
+    start with the action (dropped from the path)."""
     out: list[dict[str, str]] = []
     for err in exc.errors():
-        path = prefix + ".".join(str(p) for p in err["loc"])
-        kind = err["type"]
-        given = err.get("input")
-        if kind == "missing":
-            message = "is required"
-        elif kind == "extra_forbidden":
-            message = "unknown field; check the spelling (fields are camelCase)"
-        elif kind == "literal_error" and path.endswith("action"):
-            message = f"unknown action {_describe(given)}; use one of {', '.join(ACTIONS)}"
-        elif kind == "value_error":
-            message = str(err["msg"]).removeprefix("Value error, ")
-        else:
-            message = f"{err['msg']}, got {_describe(given)}"
-        out.append(field_error(path or "body", message))
+        loc = [str(p) for p in err["loc"]]
+        action = loc.pop(0) if tagged and loc else None
+        if err["type"] in ("union_tag_not_found", "union_tag_invalid"):
+            loc = ["action"]
+        path = ".".join(loc)
+        if err["type"] == "union_tag_not_found":
+            out.append(field_error("action", "is required"))
+            continue
+        out.append(field_error(prefix + path if path else prefix.rstrip(".") or "body",
+                               _error_message(err, action, loc[-1] if loc else "")))
     return out
 
 
@@ -166,48 +201,14 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
     return data
 
 
-class AutoPromoteRequest(BaseModel):
-    """The seed's POST body."""
-
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, populate_by_name=False)
-
-    action: Action
-    experiment_name: str | None = Field(None, alias="experimentName")
-    promotion_id: str | None = Field(None, alias="promotionId")
-    reason: str | None = Field(None, max_length=MAX_REASON)
-    config: dict[str, Any] | None = None
-    preset: str | None = None
-    dry_run: bool | None = Field(None, alias="dryRun")
-
-
-def _action_problems(req: AutoPromoteRequest) -> list[dict[str, str]]:
-    """Fields each action needs, and fields it would silently ignore (refused, so nobody is misled)."""
+def _action_problems(req: ActionRequest) -> list[dict[str, str]]:
+    """The rules that span two fields (the document states them too: models.py)."""
     errors: list[dict[str, str]] = []
-    if req.action in ("promote", "check"):
-        if req.experiment_name is None or not req.experiment_name.strip():
-            errors.append(field_error("experimentName", f"is required for action '{req.action}'"))
-    elif req.experiment_name is not None:
-        hint = ("scan covers every running experiment; use 'check' or 'promote' for one"
-                if req.action == "scan" else "rollback is identified by promotionId alone")
-        errors.append(field_error("experimentName", f"is not used by action '{req.action}': {hint}"))
-    if req.action == "rollback":
-        if req.promotion_id is None or not req.promotion_id.strip():
-            errors.append(field_error("promotionId", "is required for action 'rollback'"))
-        else:
-            try:
-                uuid.UUID(req.promotion_id.strip())
-            except ValueError:
-                errors.append(field_error("promotionId", f"must be a UUID, got {_describe(req.promotion_id)}"))
-        if req.reason is None or not req.reason.strip():
-            errors.append(field_error("reason", "is required for action 'rollback': say why"))
-        if req.dry_run or (req.config or {}).get("dryRun") is True:
-            errors.append(field_error("dryRun", "rollback has no dry run; it always changes the weights back"))
-    else:
-        for name, value in (("promotionId", req.promotion_id), ("reason", req.reason)):
-            if value is not None:
-                errors.append(field_error(name, f"is only used by action 'rollback', not '{req.action}'"))
     nested = (req.config or {}).get("dryRun")
-    if req.dry_run is not None and isinstance(nested, bool) and nested != req.dry_run:
+    if isinstance(req, RollbackRequest):
+        if nested is True:
+            errors.append(field_error("config.dryRun", "rollback has no dry run; it always changes the weights back"))
+    elif req.dry_run is not None and isinstance(nested, bool) and nested != req.dry_run:
         errors.append(field_error("dryRun", f"is {str(req.dry_run).lower()} but config.dryRun is "
                                             f"{str(nested).lower()}; give one"))
     return errors
@@ -235,38 +236,6 @@ def parse_query(request: web.Request, model: type[_Q]) -> _Q:
     if errors or parsed is None:
         raise invalid_request("invalid query parameters", errors)
     return parsed
-
-
-class _Query(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class _Page(_Query):
-    limit: int = Field(50, ge=1, le=500)
-    offset: int = Field(0, ge=0, le=1_000_000_000)
-
-
-class ConfigQuery(_Query):
-    preset: Literal["aggressive", "conservative", "balanced"] | None = None
-
-
-class ExperimentsQuery(_Page):
-    limit: int = Field(100, ge=1, le=500)
-    status: ExperimentStatus | None = None
-
-
-class PromotionsQuery(_Page):
-    status: Literal["active", "rolled_back", "all"] = "all"
-    experiment: Annotated[Text, Field(min_length=1, max_length=500)] | None = None
-
-
-class StatsQuery(_Query):
-    days: int = Field(30, ge=1, le=3650)
-
-
-class AuditQuery(_Page):
-    experiment: Annotated[Text, Field(min_length=1, max_length=500)] | None = None
-    action: Annotated[Text, Field(min_length=1, max_length=100)] | None = None
 
 
 # ------------------------------------------------------------------------------------------------ config
@@ -353,14 +322,16 @@ async def post_auto_promote(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     principal = await auth.require_role(request, "viewer")
     body = await read_json_object(request)
+    action = body.get("action")
+    if isinstance(action, str) and action in MUTATING_ACTIONS:
+        # The role first: a viewer learns that it may not, before what else is wrong with the request.
+        await auth.require_role(request, "operator")
     try:
-        req = AutoPromoteRequest.model_validate(body)
+        req = AUTO_PROMOTE_REQUEST.validate_python(body)
     except ValidationError as exc:
-        errors = _validation_errors(exc)
+        errors = _validation_errors(exc, tagged=True)
         raise invalid_request(f"invalid request ({len(errors)} problem{'s' if len(errors) != 1 else ''})",
                               errors) from None
-    if req.action in MUTATING_ACTIONS:
-        await auth.require_role(request, "operator")
     problems = _action_problems(req)
     if problems:
         raise invalid_request(f"invalid request for action '{req.action}'", problems)
@@ -389,31 +360,28 @@ async def post_auto_promote(request: web.Request) -> web.Response:
 
     try:
         success, data = await _run_action(ctx, req, effective, overrides, principal.name)
-    except EngineError as exc:  # keep the rate-limit headers on refusals too
-        return error_response(exc.status, exc.code, exc.message, exc.details, headers)
+    except DomainError as exc:  # keep the rate-limit headers on refusals too
+        return domain_error_response(exc, headers)
     body_out = {"success": success, "action": req.action, "data": plain(data), "config": _config_summary(effective)}
-    return json_response(body_out, headers=headers)
+    return json_response(action_response(body_out), headers=headers)
 
 
-async def _run_action(ctx: AppContext, req: AutoPromoteRequest, effective: EffectiveConfig,
+async def _run_action(ctx: AppContext, req: ActionRequest, effective: EffectiveConfig,
                       overrides: Mapping[str, Any], actor: str) -> tuple[bool, Any]:
     """One engine call; returns the top-level ``success`` and the engine's data."""
     engine = ctx.engine
     data: dict[str, Any]
-    if req.action == "check":
-        assert req.experiment_name is not None
+    if isinstance(req, CheckRequest):
         data = await engine.check_promotion_eligibility(req.experiment_name, config=effective)
         success = True
-    elif req.action == "promote":
-        assert req.experiment_name is not None
+    elif isinstance(req, PromoteRequest):
         data = await engine.promote_winner(req.experiment_name, config=effective, actor=actor)
         success = bool(data.get("success"))
-    elif req.action == "scan":
+    elif isinstance(req, ScanRequest):
         await _audit_scan(ctx, actor, effective, overrides)
         data = await engine.scan_and_promote_winners(config=effective, actor=actor)
         success = True
     else:
-        assert req.promotion_id is not None and req.reason is not None
         data = await engine.rollback_promotion(req.promotion_id.strip(), req.reason, actor=actor, config=effective)
         success = True
     return success, data
@@ -528,17 +496,17 @@ async def list_experiments(request: web.Request) -> web.Response:
 
 def _name_from_path(request: web.Request) -> str:
     name = request.match_info["name"]
-    problem = _text_problem(name)
-    if problem:
-        raise invalid_request("invalid experiment name", [field_error("path.name", problem)])
-    return name
+    try:
+        return EXPERIMENT_PATH_NAME.validate_python(name)
+    except ValidationError as exc:
+        raise invalid_request("invalid experiment name", _validation_errors(exc, "path.name")) from None
 
 
 async def get_experiment(request: web.Request) -> web.Response:
     """One experiment with its evaluation history, promotions, recent audit rows and open alerts."""
     ctx = request.app[CTX]
     await auth.require_role(request, "viewer")
-    parse_query(request, _Query)
+    parse_query(request, Query)
     name = _name_from_path(request)
     detail = await Reads(ctx.pool).experiment_detail(name, history=HISTORY_ROWS, promotions=DETAIL_PROMOTIONS,
                                                      audit=DETAIL_AUDIT, alerts=DETAIL_ALERTS)
@@ -626,5 +594,5 @@ async def list_audit(request: web.Request) -> web.Response:
 # ----------------------------------------------------------------------------------------------- openapi
 async def get_openapi(request: web.Request) -> web.Response:
     """The OpenAPI 3.1 document. Public: it describes the API and holds no data."""
-    parse_query(request, _Query)
+    parse_query(request, Query)
     return json_response(openapi_document())

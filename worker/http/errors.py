@@ -17,7 +17,14 @@ from aiohttp import web
 
 from worker import metrics
 from worker.config import ConfigError
-from worker.engine import EngineError
+from worker.domain.errors import (
+    AlreadyPromoted,
+    AlreadyRolledBack,
+    DomainError,
+    ExperimentNotFound,
+    InvalidRequest,
+    PromotionNotFound,
+)
 from worker.http.app import CTX
 from worker.retry import is_transient
 
@@ -38,6 +45,32 @@ _STATUS_CODES = {
     415: "unsupported_media_type",
     429: "rate_limited",
 }
+
+
+# Every domain error's HTTP status and error code: the one place the domain meets HTTP. A subclass not listed
+# takes its nearest listed base's entry (DomainError: a 400).
+DOMAIN_ERRORS: dict[type[DomainError], tuple[int, str]] = {
+    DomainError: (400, "invalid_request"),
+    InvalidRequest: (400, "invalid_request"),
+    ExperimentNotFound: (404, "experiment_not_found"),
+    PromotionNotFound: (404, "promotion_not_found"),
+    AlreadyPromoted: (409, "already_promoted"),
+    AlreadyRolledBack: (409, "already_rolled_back"),
+}
+
+
+def domain_status(exc: DomainError) -> tuple[int, str]:
+    """The status code and error code of a domain error (by its class, or the nearest listed base)."""
+    for cls in type(exc).__mro__:
+        if cls in DOMAIN_ERRORS:
+            return DOMAIN_ERRORS[cls]
+    raise AssertionError(f"{type(exc).__name__} is not a DomainError")  # unreachable: DomainError is listed
+
+
+def domain_error_response(exc: DomainError, headers: Mapping[str, str] | None = None) -> web.Response:
+    """A domain error in the API's error shape."""
+    status, code = domain_status(exc)
+    return error_response(status, code, exc.message, exc.details, headers)
 
 
 class ApiError(Exception):
@@ -135,8 +168,8 @@ async def api_error_middleware(request: web.Request, handler: Handler) -> web.St
         response = await handler(request)
     except ApiError as exc:
         response = exc.response()
-    except EngineError as exc:
-        response = error_response(exc.status, exc.code, exc.message, exc.details)
+    except DomainError as exc:
+        response = domain_error_response(exc)
     except ConfigError as exc:
         response = config_error(exc).response()
     except web.HTTPException as exc:

@@ -1,20 +1,25 @@
 """The OpenAPI 3.1 document of the HTTP API, built from the same models the handlers validate with.
 
-The tests validate every response they receive against this document, and a property-based fuzz sends
-requests generated from it; a change of behaviour that is not written down here fails the suite.
+The POST body, the POST answers, the query strings and the configuration are generated from the pydantic models
+(worker/http/models.py, worker/config.py); the read endpoints' answers are still written here. The tests validate
+every response they receive against this document, a property-based fuzz sends broken requests, and Schemathesis
+sends the requests the document allows (none may be refused); a change of behaviour that is not written down here
+fails the suite.
 """
 
 from __future__ import annotations
 
 import copy
 from functools import lru_cache
-from typing import Any
+from typing import Any, get_args
+
+from pydantic import BaseModel
 
 from worker import __version__
 from worker.config import PRESET_NAMES, AutoPromotionConfig
+from worker.http import models
 
-ACTIONS = ("scan", "promote", "check", "rollback")
-EXPERIMENT_STATUSES = ("draft", "running", "paused", "promoted", "rolled_back", "stopped")
+EXPERIMENT_STATUSES = get_args(models.ExperimentStatus)
 ERROR_CODES = (
     "malformed_json", "invalid_request", "invalid_config", "unauthorized", "forbidden", "not_found",
     "experiment_not_found", "promotion_not_found", "method_not_allowed", "already_promoted", "already_rolled_back",
@@ -52,24 +57,60 @@ NSTR, NNUM, NINT = _null("string"), _null("number"), _null("integer")
 ANY_OBJECT: dict[str, Any] = {"type": "object"}
 
 
+def _clean(node: Any) -> Any:
+    """pydantic's JSON Schema without the generated titles, ``env`` as the extension ``x-env``, ``x-ref`` (see
+    models.CONFIG_REF) as ``$ref``."""
+    if isinstance(node, dict):
+        out = {}
+        for key, value in node.items():
+            if key == "title" and isinstance(value, str):
+                continue
+            out[{"env": "x-env", "x-ref": "$ref"}.get(key, key)] = _clean(value)
+        return out
+    if isinstance(node, list):
+        return [_clean(v) for v in node]
+    return node
+
+
+def _request_schemas() -> dict[str, Any]:
+    """The POST body: one schema per action (``oneOf`` with a discriminator on ``action``), from models.py."""
+    raw = models.AUTO_PROMOTE_REQUEST.json_schema(by_alias=True, ref_template="#/components/schemas/{model}")
+    defs = raw.pop("$defs", {})
+    raw["description"] = ("One object per action, each with exactly its own fields (others are refused). "
+                          "check needs the viewer role; scan, promote and rollback need operator.")
+    cleaned: dict[str, Any] = _clean({"AutoPromoteRequest": raw, **defs})
+    return cleaned
+
+
+def _response_schemas() -> dict[str, Any]:
+    """The POST answers: one envelope per action (``oneOf`` with a discriminator on ``action``), from models.py."""
+    raw = models.ACTION_RESPONSE.json_schema(by_alias=True, ref_template="#/components/schemas/{model}")
+    defs = raw.pop("$defs", {})
+    cleaned: dict[str, Any] = _clean({"ActionResponse": raw, **defs})
+    return cleaned
+
+
+def _query_params(model: type[BaseModel]) -> list[dict[str, Any]]:
+    """A query model's fields as OpenAPI parameters (an optional field is simply left out: no null)."""
+    raw = model.model_json_schema(by_alias=True)
+    required = set(raw.get("required", []))
+    params: list[dict[str, Any]] = []
+    for name, prop in _clean(raw.get("properties", {})).items():
+        description = prop.pop("description", "")
+        if "anyOf" in prop:
+            branches = [b for b in prop.pop("anyOf") if b.get("type") != "null"]
+            assert len(branches) == 1, (model, name)
+            prop = {**branches[0], **prop}
+        if prop.get("default", 0) is None:
+            del prop["default"]
+        params.append(_param(name, prop, description, required=name in required))
+    return params
+
+
 def _config_schemas() -> dict[str, Any]:
     raw = AutoPromotionConfig.model_json_schema(by_alias=True, ref_template="#/components/schemas/{model}")
     defs = raw.pop("$defs", {})
-    schemas = {"AutoPromotionConfig": raw, **defs}
-
-    def clean(node: Any) -> Any:
-        if isinstance(node, dict):
-            out = {}
-            for key, value in node.items():
-                if key == "title":
-                    continue
-                out["x-env" if key == "env" else key] = clean(value)
-            return out
-        if isinstance(node, list):
-            return [clean(v) for v in node]
-        return node
-
-    cleaned: dict[str, Any] = clean(schemas)
+    cleaned: dict[str, Any] = _clean({"AutoPromotionConfig": raw, **defs})
     cleaned["AutoPromotionConfig"]["description"] = (
         "The decision configuration in camelCase. As a request's `config`, every field is optional and overrides "
         "the server's configuration (defaults <- preset <- environment <- request <- per-experiment config). "
@@ -87,45 +128,7 @@ def _schemas() -> dict[str, Any]:
         "name": STR, "isControl": BOOL, "weight": NUM, "exposures": INT, "conversions": INT, "rate": NNUM,
         "errors": INT, "errorRate": NNUM, "p95LatencyMs": NNUM, "latencySamples": INT, "updatedAt": NTIME,
     }, description="Live statistics of one variant, from ab_variant_stats (as of the last fold).")
-    safety_check = _obj({"name": STR, "passed": BOOL, "message": STR,
-                         "severity": {"type": "string", "enum": ["info", "warning", "critical"]}})
     winning = {"anyOf": [_obj({"variantName": STR, "successRate": NUM, "sampleSize": INT}), {"type": "null"}]}
-    check = _obj({
-        "eligible": BOOL, "experimentName": STR, "winningVariant": winning, "confidence": NUM, "improvement": NUM,
-        "safetyChecks": _arr(_ref("SafetyCheck")), "reasons": _arr(STR), "bestVariant": NSTR,
-        "controlVariant": NSTR, "method": STR, "metricType": STR, "priority": STR, "variants": _arr(ANY_OBJECT),
-        "srm": {"anyOf": [_obj({"pValue": NUM, "flagged": BOOL}), {"type": "null"}]}, "evaluatedAt": STR,
-    }, required=["eligible", "experimentName", "winningVariant", "confidence", "improvement", "safetyChecks",
-                 "reasons"], description="The seed's check result: eligibility, figures, safety checks, reasons.")
-    promote = _obj({
-        "success": {"type": "boolean", "description": "True when promoted (or, in a dry run, when it would be)."},
-        "experimentName": STR, "promotedVariantName": NSTR, "confidence": NNUM, "improvement": NNUM,
-        "promotionId": NSTR, "notificationsQueued": {"type": "integer", "description":
-                                                     "Notifications put in the outbox (the seed's notificationsSent)"},
-        "dryRun": BOOL, "enabled": BOOL, "reasons": _arr(STR), "eligibility": _ref("CheckResult"),
-        "promotedAt": STR,
-    }, required=["success", "experimentName", "promotedVariantName", "confidence", "improvement", "promotionId",
-                 "notificationsQueued", "dryRun"])
-    scan_item = _obj({
-        "experimentName": STR, "eligible": BOOL, "confidence": NNUM, "improvement": NNUM, "winningVariant": winning,
-        "reasons": _arr(STR), "promoted": BOOL, "error": STR, "dryRun": BOOL, "promotionId": STR,
-    }, required=["experimentName", "eligible", "reasons", "promoted"])
-    scan = _obj({"scanned": INT, "eligible": INT, "promoted": INT, "dryRun": BOOL,
-                 "results": _arr(_ref("ScanItem"))},
-                required=["scanned", "eligible", "promoted", "results"])
-    rollback = _obj({
-        "success": BOOL, "promotionId": STR, "experimentName": STR, "rolledBackVariantName": STR, "reason": STR,
-        "rolledBackBy": STR, "rolledBackAt": STR, "restoredWeights": {"type": "object",
-                                                                      "additionalProperties": NUM},
-        "trigger": STR, "notificationsQueued": INT,
-    })
-    config_summary = _obj({"enabled": BOOL, "dryRun": BOOL,
-                           "preset": {"type": "string", "enum": list(PRESET_NAMES)}}, additional=False)
-
-    def envelope(action: str, data: str, success: dict[str, Any]) -> dict[str, Any]:
-        return _obj({"success": success, "action": {"const": action}, "data": _ref(data),
-                     "config": _ref("ConfigSummary")}, additional=False)
-
     last_decision = {"anyOf": [{**_obj({
         "eligible": BOOL, "confidence": NNUM, "improvement": NNUM, "winningVariant": winning, "bestVariant": NSTR,
         "controlVariant": NSTR, "method": NSTR, "reasons": _arr(STR), "lastEvaluatedAt": TIME, "evaluations": INT,
@@ -161,35 +164,8 @@ def _schemas() -> dict[str, Any]:
 
     schemas: dict[str, Any] = {
         **_config_schemas(),
-        "AutoPromoteRequest": _obj({
-            "action": {"type": "string", "enum": list(ACTIONS),
-                       "description": "check needs the viewer role; scan, promote and rollback need operator."},
-            "experimentName": {"type": ["string", "null"], "description": "Required for promote and check; "
-                               "refused for scan and rollback."},
-            "promotionId": {"type": ["string", "null"], "format": "uuid",
-                            "description": "Required for rollback, refused otherwise."},
-            "reason": {"type": ["string", "null"], "maxLength": 2000,
-                       "description": "Required (non-blank) for rollback, refused otherwise."},
-            "config": {"anyOf": [_ref("AutoPromotionConfig"), {"type": "null"}],
-                       "description": "Overrides for this request, camelCase."},
-            "preset": {"type": ["string", "null"], "enum": [*PRESET_NAMES, None]},
-            "dryRun": {"type": ["boolean", "null"], "description":
-                       "Same as config.dryRun (give one, or both equal). Refused as true for rollback. false "
-                       "cannot lift an experiment's own dryRun: true or enabled: false."},
-        }, required=["action"], additional=False),
-        "ConfigSummary": config_summary,
-        "SafetyCheck": safety_check,
-        "CheckResult": check,
-        "PromoteResult": promote,
-        "ScanItem": scan_item,
-        "ScanResult": scan,
-        "RollbackResult": rollback,
-        "ActionResponse": {"oneOf": [
-            envelope("check", "CheckResult", {"const": True}),
-            envelope("promote", "PromoteResult", {"type": "boolean", "description": "Mirrors data.success."}),
-            envelope("scan", "ScanResult", {"const": True}),
-            envelope("rollback", "RollbackResult", {"const": True}),
-        ]},
+        **_request_schemas(),
+        **_response_schemas(),
         "Error": _obj({
             "success": {"const": False},
             "error": _obj({"code": {"type": "string", "enum": list(ERROR_CODES)}, "message": STR,
@@ -237,7 +213,9 @@ def _ok(data: dict[str, Any]) -> dict[str, Any]:
 
 _ERROR_TEXT = {
     "400": "Bad input: malformed_json, invalid_request or invalid_config; `details.errors` lists "
-           "`{path, message}` for every problem.",
+           "`{path, message}` for every problem. A request this document allows is refused only as "
+           "invalid_config when it switches on what the server's own configuration has set to 0 or empty "
+           "(maxConcurrentPromotions, guard.guardHours, notifications.channels).",
     "401": "No token, a malformed Authorization header, or an unknown token (`WWW-Authenticate: Bearer`).",
     "403": "The token's role is too weak for the action (`details.requiredRole`).",
     "404": "experiment_not_found or promotion_not_found.",
@@ -273,15 +251,6 @@ def _param(name: str, schema: dict[str, Any], description: str, where: str = "qu
     return {"name": name, "in": where, "required": required, "schema": schema, "description": description}
 
 
-def _page_params(default_limit: int) -> list[dict[str, Any]]:
-    return [
-        _param("limit", {"type": "integer", "minimum": 1, "maximum": 500, "default": default_limit},
-               "Page size"),
-        _param("offset", {"type": "integer", "minimum": 0, "maximum": 1_000_000_000, "default": 0},
-               "Rows to skip"),
-    ]
-
-
 _READ_ERRORS = ("400", "401", "500", "503")
 _VIEWER: list[dict[str, list[str]]] = [{"bearer": []}]
 
@@ -302,8 +271,6 @@ JSON whatever the Content-Type. Fields an action does not use are refused rather
 
 @lru_cache(maxsize=1)
 def _document() -> dict[str, Any]:
-    experiment_name = _param("experiment", {"type": "string", "minLength": 1, "maxLength": 500},
-                             "Only rows of this experiment (exact name)")
     return {
         "openapi": "3.1.0",
         "info": {
@@ -342,16 +309,14 @@ def _document() -> dict[str, Any]:
                 "get": {
                     "operationId": "getConfig",
                     "summary": "The effective configuration, its validation result and the presets",
-                    "parameters": [_param("preset", {"type": "string", "enum": list(PRESET_NAMES)},
-                                          "Show the configuration with this preset, and only this preset")],
+                    "parameters": _query_params(models.ConfigQuery),
                     "responses": {"200": _json("ConfigResponse", "The configuration"), **_errors(*_READ_ERRORS)},
                 },
             },
             "/api/experiments": {"get": {
                 "operationId": "listExperiments",
                 "summary": "Experiments with live per-variant statistics and the last decision, newest first",
-                "parameters": [_param("status", {"type": "string", "enum": list(EXPERIMENT_STATUSES)},
-                                      "Only experiments with this status"), *_page_params(100)],
+                "parameters": _query_params(models.ExperimentsQuery),
                 "responses": {"200": _json("ExperimentList", "A page of experiments"), **_errors(*_READ_ERRORS)},
             }},
             "/api/experiments/{name}": {"get": {
@@ -359,35 +324,27 @@ def _document() -> dict[str, Any]:
                 "summary": "One experiment with evaluation history, promotions, recent audit rows and open alerts",
                 "description": "The name is URL-encoded. (An experiment named `auto-promote` is shadowed by "
                                "the configuration endpoint; find it in the list.)",
-                "parameters": [_param("name", {"type": "string", "minLength": 1}, "Experiment name", "path", True)],
+                "parameters": [_param("name", _clean(models.EXPERIMENT_PATH_NAME.json_schema()), "Experiment name",
+                                      "path", True)],
                 "responses": {"200": _json("ExperimentDetail", "The experiment"),
                               **_errors("400", "401", "404", "500", "503")},
             }},
             "/api/promotions": {"get": {
                 "operationId": "listPromotions",
                 "summary": "Promotions, newest first",
-                "parameters": [
-                    _param("status", {"type": "string", "enum": ["active", "rolled_back", "all"], "default": "all"},
-                           "active (not rolled back; includes rollback_requested), rolled_back, or all"),
-                    experiment_name, *_page_params(50),
-                ],
+                "parameters": _query_params(models.PromotionsQuery),
                 "responses": {"200": _json("PromotionList", "A page of promotions"), **_errors(*_READ_ERRORS)},
             }},
             "/api/promotions/stats": {"get": {
                 "operationId": "promotionStats",
                 "summary": "get_promotion_stats() and get_promotions_per_day()",
-                "parameters": [_param("days", {"type": "integer", "minimum": 1, "maximum": 3650, "default": 30},
-                                      "Period in days")],
+                "parameters": _query_params(models.StatsQuery),
                 "responses": {"200": _json("PromotionStats", "The statistics"), **_errors(*_READ_ERRORS)},
             }},
             "/api/audit": {"get": {
                 "operationId": "listAudit",
                 "summary": "The promotion audit log, newest first",
-                "parameters": [experiment_name,
-                               _param("action", {"type": "string", "minLength": 1, "maxLength": 100},
-                                      "Only this action (promoted, rolled_back, dry_run, promotion_refused, "
-                                      "promotion_failed, scan_requested, rollback_requested, ...)"),
-                               *_page_params(50)],
+                "parameters": _query_params(models.AuditQuery),
                 "responses": {"200": _json("AuditList", "A page of audit rows"), **_errors(*_READ_ERRORS)},
             }},
             "/api/openapi.json": {"get": {
