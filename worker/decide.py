@@ -1,6 +1,6 @@
 """The promotion decision: a snapshot of one experiment + the effective config + the clock -> Decision.
 
-Pure: no database, no network, no global state. ``engine.py`` loads snapshots and acts on decisions.
+Pure: no database, no network, no global state. ``worker/services`` load snapshots and act on decisions.
 """
 
 from __future__ import annotations

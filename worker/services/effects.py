@@ -31,7 +31,8 @@ GUARD_ACTOR = "autopromote-guard"
 NotificationEvent = Literal["promotion.promoted", "promotion.eligible", "promotion.failed", "promotion.rolled_back",
                             "guard.breached"]
 PromotionMode = Literal["request", "scan", "daemon"]
-OnCommitted = Callable[[str, dict[str, Any]], None]
+CommittedEvent = Literal["promotion.promoted", "promotion.rolled_back"]
+OnCommitted = Callable[[CommittedEvent, dict[str, Any]], None]
 
 
 def payload(event: NotificationEvent, decision: Decision | None, *, actor: str, experiment_name: str,
@@ -101,7 +102,7 @@ class Effects:
                                   rows=config_rows(configs or []))
 
     # ------------------------------------------------------------------------------ after the commit
-    def committed(self, event: str, data: Mapping[str, Any]) -> None:
+    def committed(self, event: CommittedEvent, data: Mapping[str, Any]) -> None:
         """Tell the daemon (event bus, dispatcher) about a committed promotion or rollback."""
         if self.on_committed is not None:
             self.on_committed(event, dict(data))
