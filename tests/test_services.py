@@ -4,11 +4,14 @@ rollback that changes nothing answered as a value, and the notification payloads
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+import pytest
 
 from tests.test_engine import _config, _settings, seed_winner
 from worker.db.queries import Q
@@ -94,3 +97,15 @@ def test_guard_breach_payload_has_the_shape_of_every_other_event() -> None:
     assert body["metric"] == "error_rate" and body["guard"] == {"errorRate": 0.1}
     b = next(v for v in body["variants"] if v["name"] == "b")
     assert b["exposures"] == 300 and b["errors"] == 30 and b["sincePromotion"] is True
+
+
+@pytest.mark.parametrize("module", [
+    "worker.services.deciding", "worker.services.effects", "worker.services.evaluate", "worker.services.guard",
+    "worker.services.promote", "worker.services.rollback", "worker.services.rollback_requests",
+    "worker.services.scan", "worker.guard", "worker.rollbacks", "worker.engine",
+])
+def test_every_service_module_imports_first_in_a_fresh_interpreter(module: str) -> None:
+    # The error classes still live in worker.engine, which imports the services: whichever module a program
+    # imports first must not meet a partially initialised one.
+    done = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -10,7 +10,7 @@ import socket
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
 import asyncpg
 import structlog
@@ -21,10 +21,9 @@ from worker.db.connect import json_safe
 from worker.db.daemon_queries import DQ
 from worker.domain.guard_rules import GuardBreach, WatchedPromotion, check_guard, watched_from_row
 from worker.domain.results import RollbackRefused
-from worker.services.effects import GUARD_ACTOR, breach_payload
-
-if TYPE_CHECKING:
-    from worker.engine import Engine
+from worker.services.deciding import Decider
+from worker.services.effects import GUARD_ACTOR, Effects, breach_payload
+from worker.services.rollback import RollbackService
 
 log = structlog.get_logger("worker.guard")
 
@@ -44,10 +43,18 @@ def default_identity() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
+class EngineParts(Protocol):
+    """What the guard uses of worker.engine.Engine (typed here, so that services never import the facade)."""
+
+    rollbacks: RollbackService
+    decider: Decider
+    effects: Effects
+
+
 class PostPromotionGuard:
     """Checks watched promotions and acts on breaches; safe to run on every replica at once."""
 
-    def __init__(self, pool: asyncpg.Pool, engine: Engine, settings: Settings, config: EffectiveConfig,
+    def __init__(self, pool: asyncpg.Pool, engine: EngineParts, settings: Settings, config: EffectiveConfig,
                  *, identity: str | None = None) -> None:
         self.pool = pool
         self.rollbacks = engine.rollbacks

@@ -9,20 +9,24 @@ it is already rolled back, which here means "done by someone else": a no-op.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal, Protocol
 
 import asyncpg
 import structlog
 
 from worker.db.queries import Q
 from worker.domain.results import RollbackRefused
-
-if TYPE_CHECKING:
-    from worker.engine import Engine
+from worker.services.rollback import RollbackService
 
 log = structlog.get_logger("worker.rollbacks")
 
 SQL_REQUEST_TRIGGER = "sql_request"
+
+
+class HasRollbacks(Protocol):
+    """What this module uses of worker.engine.Engine."""
+
+    rollbacks: RollbackService
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +36,7 @@ class RollbackRequestOutcome:
     action: Literal["rolled_back", "already_done", "refused"]
 
 
-async def carry_out_rollback_requests(pool: asyncpg.Pool, engine: Engine) -> list[RollbackRequestOutcome]:
+async def carry_out_rollback_requests(pool: asyncpg.Pool, engine: HasRollbacks) -> list[RollbackRequestOutcome]:
     """Roll back every promotion whose rollback was requested and not yet carried out; what happened to each."""
     async with pool.acquire() as conn:
         rows = await conn.fetch(Q["pending_rollback_requests"])
