@@ -1,11 +1,12 @@
 """The promotion decision: a snapshot of one experiment + the effective config + the clock -> Decision.
 
-Pure: no database, no network, no global state. ``engine.py`` loads snapshots and acts on decisions.
+Pure: no database, no network, no global state. ``worker/services`` load snapshots and act on decisions.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -42,6 +43,23 @@ class VariantSnapshot:
     value_sum_sq: float
     latency: LatencySketch
 
+    @classmethod
+    def from_row(cls, v: Mapping[str, Any], *, lenient_sketch: bool = False) -> VariantSnapshot:
+        """From a variant row or its JSON form (name, is_control, weight, exposures, conversions, errors, value_sum,
+        value_sum_sq, latency_sketch). ``lenient_sketch``: a malformed sketch counts as empty instead of raising
+        StatsInputError (the bulk reads, where one bad row must not spoil the batch)."""
+        try:
+            sketch = LatencySketch.from_json(v["latency_sketch"] or None)
+        except StatsInputError:
+            if not lenient_sketch:
+                raise
+            sketch = LatencySketch()
+        return cls(
+            name=v["name"], is_control=bool(v["is_control"]), weight=float(v["weight"]),
+            exposures=int(v["exposures"]), conversions=int(v["conversions"]), errors=int(v["errors"]),
+            value_sum=float(v["value_sum"]), value_sum_sq=float(v["value_sum_sq"]), latency=sketch,
+        )
+
     def to_stats(self) -> VariantStats:
         return VariantStats(
             name=self.name, is_control=self.is_control, exposures=self.exposures, conversions=self.conversions,
@@ -56,6 +74,16 @@ class AlertInfo:
     message: str
     created_at: datetime
     global_alert: bool
+
+    @classmethod
+    def from_row(cls, a: Mapping[str, Any], *, global_alert: bool | None = None) -> AlertInfo:
+        """From an alert row or its JSON form (id, message, created_at as a datetime or ISO text, and ``global``
+        unless ``global_alert`` says it)."""
+        created = a["created_at"]
+        if not isinstance(created, datetime):
+            created = datetime.fromisoformat(str(created))
+        scope = bool(a["global"]) if global_alert is None else global_alert
+        return cls(int(a["id"]), str(a["message"]), created, scope)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +101,19 @@ class ExperimentSnapshot:
     active_promotion_id: str | None = None
     critical_alerts: tuple[AlertInfo, ...] = ()
     promotions_in_guard_window: int = 0
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> ExperimentSnapshot:
+        """From an ``experiment_snapshot`` row (queries.sql): variants and critical alerts as JSON arrays."""
+        active = row["active_promotion_id"]
+        return cls(
+            id=row["id"], name=row["name"], status=row["status"], started_at=row["started_at"],
+            metric_type=row["metric_type"], priority=row["priority"],
+            variants=tuple(VariantSnapshot.from_row(v) for v in row["variants"]), now=row["now"],
+            active_promotion_id=str(active) if active is not None else None,
+            critical_alerts=tuple(AlertInfo.from_row(a) for a in row["critical_alerts"]),
+            promotions_in_guard_window=int(row["promotions_in_guard_window"]),
+        )
 
 
 @dataclass(frozen=True, slots=True)

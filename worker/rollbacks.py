@@ -1,55 +1,9 @@
-"""Carry out rollbacks requested from any SQL client with ``ab_request_rollback(...)``.
+"""SQL rollback requests, by their old name: worker.services.rollback_requests."""
 
-The durable truth is ``experiment_promotions`` rows with ``rollback_requested_at`` set and ``rollback_at`` NULL; the
-``rollback_requested`` NOTIFY only says "look now". Every replica looks; the engine's rollback locks the experiment
-and the promotion, so the first one restores the weights, audits and enqueues the notifications, and the others get
-AlreadyRolledBack, which here means "done by someone else": a no-op.
-"""
+from worker.services.rollback_requests import (
+    SQL_REQUEST_TRIGGER,
+    RollbackRequestOutcome,
+    carry_out_rollback_requests,
+)
 
-from __future__ import annotations
-
-from dataclasses import dataclass
-
-import asyncpg
-import structlog
-
-from worker.db.queries import Q
-from worker.engine import AlreadyRolledBack, Engine, EngineError, PromotionNotFound
-
-log = structlog.get_logger("worker.rollbacks")
-
-SQL_REQUEST_TRIGGER = "sql_request"
-
-
-@dataclass(frozen=True, slots=True)
-class RollbackRequestOutcome:
-    promotion_id: str
-    experiment_name: str
-    action: str  # rolled_back | already_done | refused
-
-
-async def carry_out_rollback_requests(pool: asyncpg.Pool, engine: Engine) -> list[RollbackRequestOutcome]:
-    """Roll back every promotion whose rollback was requested and not yet carried out; what happened to each."""
-    async with pool.acquire() as conn:
-        rows = await conn.fetch(Q["pending_rollback_requests"])
-    outcomes: list[RollbackRequestOutcome] = []
-    for row in rows:
-        pid = str(row["id"])
-        with structlog.contextvars.bound_contextvars(experiment=row["experiment_name"]):
-            try:
-                await engine.rollback_promotion(
-                    pid, row["rollback_request_reason"] or "rollback requested through SQL",
-                    actor=row["rollback_requested_by"] or "sql", trigger=SQL_REQUEST_TRIGGER,
-                    details={"requestedBy": row["rollback_requested_by"]},
-                )
-            except (AlreadyRolledBack, PromotionNotFound):
-                log.debug("rollback_request.already_handled", promotion_id=pid)
-                outcomes.append(RollbackRequestOutcome(pid, row["experiment_name"], "already_done"))
-                continue
-            except EngineError as exc:
-                log.error("rollback_request.refused", promotion_id=pid, error=exc.message)
-                outcomes.append(RollbackRequestOutcome(pid, row["experiment_name"], "refused"))
-                continue
-            log.info("rollback_request.carried_out", promotion_id=pid, requested_by=row["rollback_requested_by"])
-            outcomes.append(RollbackRequestOutcome(pid, row["experiment_name"], "rolled_back"))
-    return outcomes
+__all__ = ["SQL_REQUEST_TRIGGER", "RollbackRequestOutcome", "carry_out_rollback_requests"]

@@ -140,7 +140,8 @@ SELECT id, name, status, config, priority FROM ab_experiments WHERE id = $1 FOR 
 -- payload, $22 priority, $23 detailed), the last decision ($12) and its history snapshot per treatment ($24..$30
 -- arrays, $31 control exposures). $33, $34: the snapshot (text) and statistics version the decision was read in:
 -- the guard treats the critical alerts that snapshot could not see as raised after the promotion (schema/0007).
--- No row back means the concurrency limit was reached and nothing was written.
+-- No row back means the concurrency limit was reached and nothing was written. The parameters are built in this
+-- order in one place only: worker.db.store.PromotionWrite.params.
 WITH p AS (
     INSERT INTO experiment_promotions (id, experiment_id, experiment_name, promoted_variant_name,
                                        control_variant_name, confidence, improvement, method, promoted_by,

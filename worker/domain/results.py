@@ -1,0 +1,126 @@
+"""What the engine's operations return: typed once here, turned into JSON only at the HTTP and CLI edges.
+
+The keys are the API's (camelCase) so that the edges can serialise a result as it is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal, NotRequired, TypedDict
+
+from worker.decide import Decision
+
+# Every action an evaluation can end in:
+#   skipped   not running (gone, paused, or promoted: promoted ones are the guard's)
+#   evaluated decided and stored (or, for a dry run already reported, nothing new to say)
+#   promoted  promoted in this transaction
+#   dry_run   eligible (or asked to promote) under dryRun / enabled: false; reported
+#   refused   asked to promote, not eligible (or the concurrency limit was reached)
+#   busy      another transaction (another replica) holds the experiment: retry later
+#   fresh     nothing new since the stored decision: not evaluated again
+#   failed    the evaluation failed (already recorded and reported); the reconciliation scan tries again
+from worker.domain.actions import EvaluationAction as EvaluationAction  # one definition
+
+CheckResult = dict[str, Any]
+"""The check ``data``: Decision.to_check_data()."""
+
+
+class PromoteResult(TypedDict):
+    """The promote ``data`` (also the promotion.promoted bus event)."""
+
+    success: bool
+    experimentName: str
+    promotedVariantName: str | None
+    confidence: float | None
+    improvement: float | None
+    promotionId: str | None
+    notificationsQueued: int
+    dryRun: bool
+    eligibility: CheckResult
+    reasons: NotRequired[list[str]]  # not promoted: why
+    enabled: NotRequired[bool]  # dry run: the experiment's enabled
+    promotedAt: NotRequired[str]  # promoted: when (ISO 8601)
+
+
+class ScanItem(TypedDict):
+    """One experiment of a scan."""
+
+    experimentName: str
+    eligible: bool
+    confidence: float | None
+    improvement: float | None
+    winningVariant: str | None
+    reasons: list[str]
+    promoted: bool
+    error: NotRequired[str]
+    dryRun: NotRequired[bool]
+    promotionId: NotRequired[str | None]
+
+
+class ScanResult(TypedDict):
+    """The scan ``data``."""
+
+    scanned: int
+    eligible: int
+    promoted: int
+    dryRun: bool
+    results: list[ScanItem]
+
+
+class RollbackResult(TypedDict):
+    """The rollback ``data`` (also the promotion.rolled_back bus event)."""
+
+    success: bool
+    promotionId: str
+    experimentName: str
+    rolledBackVariantName: str
+    reason: str
+    rolledBackBy: str
+    rolledBackAt: str
+    restoredWeights: dict[str, Any]
+    trigger: str
+    notificationsQueued: int
+
+
+@dataclass(frozen=True, slots=True)
+class RollbackRefused:
+    """A rollback that changed nothing, as a value (the guard and the SQL requests act on it; the API raises)."""
+
+    why: Literal["invalid_request", "not_found", "already_rolled_back"]
+    message: str
+    details: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Evaluation:
+    """What one evaluation concluded and did."""
+
+    experiment_id: int
+    experiment_name: str
+    decision: Decision | None
+    action: EvaluationAction
+    promotion: PromoteResult | None = None
+
+
+class NotificationPayload(TypedDict):
+    """The payload of every notification event (worker/notify renders it); built by worker.services.effects."""
+
+    event: str
+    experimentName: str
+    priority: str
+    promotionId: str | None
+    occurredAt: str
+    actor: str
+    variant: str | None
+    controlVariant: str | None
+    confidence: float | None
+    improvement: float | None
+    method: str | None
+    safetyChecks: list[dict[str, Any]]
+    reason: str | None
+    variants: list[dict[str, Any]]
+    dryRun: bool
+    trigger: NotRequired[str]  # promotion.rolled_back
+    metric: NotRequired[str]  # guard.breached: the breached metric
+    guard: NotRequired[dict[str, Any]]  # guard.breached: its numbers
+    promotedAt: NotRequired[str]  # guard.breached

@@ -1,0 +1,123 @@
+"""Roll a promotion back: restore the previous weights, mark it rolled back, audit and notify, in one transaction.
+
+``roll_back`` answers a rollback that changes nothing (no such promotion, already rolled back, a bad request) with
+a ``RollbackRefused`` value: the guard and the SQL rollback requests act on it. ``rollback_promotion`` (the API and
+CLI) raises the matching EngineError instead.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import asyncpg
+
+from worker.config import EffectiveConfig
+from worker.db import store
+from worker.db.queries import Q
+from worker.domain.errors import AlreadyRolledBack, EngineError, InvalidRequest, PromotionNotFound
+from worker.domain.results import RollbackRefused, RollbackResult
+from worker.services.deciding import Decider
+from worker.services.effects import Effects, payload
+
+
+def parse_promotion_id(promotion_id: str | uuid.UUID | None) -> uuid.UUID | RollbackRefused:
+    """The promotion id as a UUID, or why it is not one."""
+    if isinstance(promotion_id, uuid.UUID):
+        return promotion_id
+    if not promotion_id or not str(promotion_id).strip():
+        return RollbackRefused("invalid_request", "promotionId is required", {"field": "promotionId"})
+    try:
+        return uuid.UUID(str(promotion_id).strip())
+    except ValueError:
+        return RollbackRefused("invalid_request", f"promotionId {str(promotion_id)[:80]!r} is not a UUID",
+                               {"field": "promotionId"})
+
+
+def refusal_error(refused: RollbackRefused) -> EngineError:
+    """The EngineError an API or CLI caller gets for ``refused``."""
+    kind = {"invalid_request": InvalidRequest, "not_found": PromotionNotFound,
+            "already_rolled_back": AlreadyRolledBack}[refused.why]
+    return kind(refused.message, refused.details)
+
+
+class RollbackService:
+    """rollback_promotion, and roll_back for callers that act on a refusal."""
+
+    def __init__(self, pool: asyncpg.Pool, config: EffectiveConfig, decider: Decider, effects: Effects) -> None:
+        self.pool = pool
+        self.config = config
+        self.decider = decider
+        self.effects = effects
+
+    async def rollback_promotion(self, promotion_id: str | uuid.UUID | None, reason: str | None, *,
+                                 actor: str = "autopromote", trigger: str = "manual",
+                                 config: EffectiveConfig | None = None,
+                                 details: Mapping[str, Any] | None = None) -> RollbackResult:
+        """Restore the previous weights and mark the promotion rolled back, in one transaction.
+
+        Raises InvalidRequest (no reason, bad id), PromotionNotFound, or AlreadyRolledBack (nothing changed).
+        """
+        outcome = await self.roll_back(promotion_id, reason, actor=actor, trigger=trigger, config=config,
+                                       details=details)
+        if isinstance(outcome, RollbackRefused):
+            raise refusal_error(outcome)
+        return outcome
+
+    async def roll_back(self, promotion_id: str | uuid.UUID | None, reason: str | None, *,
+                        actor: str = "autopromote", trigger: str = "manual", config: EffectiveConfig | None = None,
+                        details: Mapping[str, Any] | None = None) -> RollbackResult | RollbackRefused:
+        """rollback_promotion, answering a rollback that changes nothing with why."""
+        if reason is None or not str(reason).strip():
+            return RollbackRefused("invalid_request", "a non-empty reason is required to roll back",
+                                   {"field": "reason"})
+        pid = parse_promotion_id(promotion_id)
+        if isinstance(pid, RollbackRefused):
+            return pid
+        effective = config or self.config
+        async with self.pool.acquire() as conn, conn.transaction():
+            promo = await conn.fetchrow(Q["promotion_by_id"], pid)
+            if promo is None:
+                return RollbackRefused("not_found", f"no promotion with id {pid}", {"promotionId": str(pid)})
+            # Same lock order as promote (experiment first), so the two cannot deadlock.
+            exp = await conn.fetchrow(Q["lock_experiment"], promo["experiment_id"])
+            promo = await conn.fetchrow(Q["lock_promotion"], pid)
+            if promo["rollback_at"] is not None:
+                return RollbackRefused(
+                    "already_rolled_back",
+                    f"promotion {pid} was already rolled back at {promo['rollback_at'].isoformat()} "
+                    f"by {promo['rolled_back_by']}: {promo['rollback_reason']}",
+                    {"promotionId": str(pid), "rolledBackAt": promo["rollback_at"].isoformat()},
+                )
+            previous: dict[str, Any] = promo["previous_weights"] or {}
+            for name, weight in previous.items():
+                await conn.execute(Q["restore_weight"], promo["experiment_id"], name, weight)
+            await conn.execute(Q["set_status"], promo["experiment_id"], "rolled_back")
+            rolled_at = await conn.fetchval(Q["mark_rolled_back"], pid, reason, actor)
+            cfg = self.decider.cfg_or_base(effective, exp["config"] if exp else None)
+            await store.insert_audit(conn, actor, "rolled_back", promo["experiment_id"], promo["experiment_name"],
+                                     pid, {"reason": reason, "trigger": trigger, "restoredWeights": previous,
+                                           "promotedVariant": promo["promoted_variant_name"], **(details or {})})
+            body = payload(
+                "promotion.rolled_back", None, actor=actor, experiment_name=promo["experiment_name"],
+                priority=exp["priority"] if exp else "normal", promotion_id=pid,
+                variant=promo["promoted_variant_name"], reason=reason, confidence=promo["confidence"],
+                improvement=promo["improvement"], control_variant=promo["control_variant_name"],
+            )
+            body["trigger"] = trigger
+            queued = await self.effects.notify(conn, body, cfg)
+        result: RollbackResult = {
+            "success": True,
+            "promotionId": str(pid),
+            "experimentName": promo["experiment_name"],
+            "rolledBackVariantName": promo["promoted_variant_name"],
+            "reason": reason,
+            "rolledBackBy": actor,
+            "rolledBackAt": rolled_at.isoformat(),
+            "restoredWeights": previous,
+            "trigger": trigger,
+            "notificationsQueued": queued,
+        }
+        self.effects.rolled_back(result)
+        return result

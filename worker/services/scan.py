@@ -1,0 +1,177 @@
+"""The scan: evaluate every running experiment from a few bulk reads; promote the eligible ones (at most
+maxConcurrentPromotions), each on its locked row in a transaction of its own."""
+
+from __future__ import annotations
+
+import anyio.lowlevel
+import asyncpg
+
+from worker.config import AutoPromotionConfig, EffectiveConfig, Settings
+from worker.db import store
+from worker.db.queries import Q
+from worker.db.store import Seen
+from worker.decide import AlertInfo, Decision, ExperimentSnapshot, VariantSnapshot
+from worker.domain.errors import EngineError
+from worker.domain.results import CheckResult, ScanItem, ScanResult
+from worker.fold import fold_pending_updates
+from worker.services.deciding import MAX_ALERT_LOOKBACK_S, Decider, DecisionAndConfig
+from worker.services.effects import Effects
+from worker.services.promote import PromoteService
+from worker.stats import StatsInputError
+
+SCAN_CHUNK = 1000
+SCAN_STATE_MIN_AGE_S = 30.0
+
+
+class ScanService:
+    """scan_and_promote_winners."""
+
+    def __init__(self, pool: asyncpg.Pool, settings: Settings, config: EffectiveConfig, decider: Decider,
+                 promote: PromoteService, effects: Effects) -> None:
+        self.pool = pool
+        self.settings = settings
+        self.config = config
+        self.decider = decider
+        self.promote = promote
+        self.effects = effects
+
+    async def scan(self, *, config: EffectiveConfig | None = None, actor: str = "autopromote",
+                   dry_run: bool | None = None, include_results: bool = True) -> ScanResult:
+        """Evaluate every running experiment; promote the eligible ones (at most maxConcurrentPromotions).
+
+        One experiment's failure is reported in its result and never stops the scan. ``include_results=False``
+        (the daemon's reconciliation) keeps only the counts, so memory does not grow with the experiment count.
+        Each experiment is decided and acted on under its own config (with_experiment_overrides): ``dry_run`` and
+        ``config`` are request-layer values that cannot lift an experiment's own ``dryRun: true``. A dry run is
+        reported (audit row, promotion.eligible) once per change of eligibility, not at every scan.
+        """
+        effective = self.decider.with_dry_run(config or self.config, dry_run)
+        tally = _Tally(effective, include_results)
+        async with self.pool.acquire() as conn:
+            await fold_pending_updates(conn, batch_size=self.settings.fold_batch_size)
+            running = await conn.fetch(Q["running_experiments"])
+            # In chunks: memory and event-loop stalls stay bounded however many experiments there are.
+            for start in range(0, len(running), SCAN_CHUNK):
+                await self._scan_chunk(conn, list(running[start:start + SCAN_CHUNK]), tally, actor)
+        dry = effective.config.dry_run
+        self.effects.scan_completed(tally.scanned, tally.eligible, tally.promoted, dry)
+        return {"scanned": tally.scanned, "eligible": tally.eligible, "promoted": tally.promoted, "dryRun": dry,
+                "results": tally.results}
+
+    async def _scan_chunk(self, conn: asyncpg.Connection, chunk: list[asyncpg.Record], tally: _Tally,
+                          actor: str) -> None:
+        decided, seen = await self.decide_all(conn, tally.effective, chunk)
+        # The daemon's evaluations keep last decisions current; its reconciliation scan rewrites only those that are
+        # missing, stale, or whose eligibility changed (building them is most of a scan's cost).
+        fresh: dict[int, bool] = {} if tally.include_results else {
+            r["experiment_id"]: r["eligible"] for r in await conn.fetch(
+                Q["fresh_states"], [e["id"] for e in chunk], SCAN_STATE_MIN_AGE_S)}
+        checks: dict[int, CheckResult] = {}
+        to_record: list[Decision] = []
+        for i, (decision, cfg) in enumerate(decided):
+            if i % 500 == 499:
+                await anyio.lowlevel.checkpoint()  # let the listener and HTTP server run
+            if fresh.get(decision.experiment_id) is decision.eligible and not decision.eligible:
+                tally.scanned += 1
+                continue
+            check = checks[decision.experiment_id] = decision.to_check_data()
+            item: ScanItem = {
+                "experimentName": decision.experiment_name,
+                "eligible": decision.eligible,
+                "confidence": decision.confidence,
+                "improvement": decision.improvement,
+                "winningVariant": check["winningVariant"],
+                "reasons": list(decision.reasons),
+                "promoted": False,
+            }
+            if "error" in decision.extra:
+                item["error"] = decision.extra["error"]
+            if decision.eligible:
+                tally.eligible += 1
+                await self._promote_one(conn, decision, cfg, item, tally, actor)
+            else:
+                to_record.append(decision)
+            tally.add(item)
+        await store.record_many(conn, to_record, history=False, checks=checks, seen=seen)
+
+    async def _promote_one(self, conn: asyncpg.Connection, decision: Decision, cfg: AutoPromotionConfig,
+                           item: ScanItem, tally: _Tally, actor: str) -> None:
+        """An eligible experiment of the scan: promote it (or report its dry run) unless the limit is reached."""
+        limit = tally.effective.config.max_concurrent_promotions
+        if cfg.enabled and not cfg.dry_run and tally.promoted >= limit:
+            item["reasons"] = [f"concurrency limit: {limit} promotion(s) already made in this scan"]
+            item["eligible"] = False
+            return
+        try:
+            outcome = await self.promote.promote_locked(conn, decision.experiment_id, tally.effective, actor=actor,
+                                                        mode="scan")
+        except EngineError as exc:
+            item["error"] = exc.message
+        except (asyncpg.PostgresError, StatsInputError) as exc:
+            item["error"] = f"{type(exc).__name__}: {exc}"
+            exp = await conn.fetchrow(Q["experiment_by_id"], decision.experiment_id)
+            if exp is not None:
+                await self.promote.record_failure(conn, exp, tally.effective, actor, exc)
+        else:
+            item["dryRun"] = bool(outcome.get("dryRun"))
+            if outcome["success"] and not outcome.get("dryRun"):
+                tally.promoted += 1
+                item["promoted"] = True
+                item["promotionId"] = outcome["promotionId"]
+            elif not outcome["success"]:
+                item["reasons"] = outcome.get("reasons", [])
+
+    async def decide_all(self, conn: asyncpg.Connection, effective: EffectiveConfig,
+                         experiments: list[asyncpg.Record]) -> tuple[list[DecisionAndConfig], dict[int, Seen]]:
+        """Decisions for ``experiments`` (rows of ab_experiments) with the config of each, from three bulk reads;
+        what each was read at.
+
+        The snapshot is taken before the reads: every alert visible in it is visible to the alert read too, so the
+        stored snapshot never claims an alert the decision did not see. The version is the one the statistics were
+        read at."""
+        first = await conn.fetchrow(Q["current_snapshot"])
+        now, read_snapshot = first["now"], first["snapshot"]
+        variant_rows = await conn.fetch(Q["variants_with_stats_for"], [e["id"] for e in experiments])
+        alert_rows = await conn.fetch(Q["all_open_critical_alerts"], MAX_ALERT_LOOKBACK_S)
+        promo_rows = await conn.fetch(Q["all_active_promotions"])
+        versions: dict[int, int] = {e["id"]: 0 for e in experiments}
+        variants: dict[int, list[VariantSnapshot]] = {}
+        for v in variant_rows:
+            versions[v["experiment_id"]] += v["updates_folded"]
+            variants.setdefault(v["experiment_id"], []).append(VariantSnapshot.from_row(v, lenient_sketch=True))
+        global_alerts = tuple(AlertInfo.from_row(a, global_alert=True)
+                              for a in alert_rows if a["experiment_id"] is None)
+        alerts: dict[int, list[AlertInfo]] = {}
+        for a in alert_rows:
+            if a["experiment_id"] is not None:
+                alerts.setdefault(a["experiment_id"], []).append(AlertInfo.from_row(a, global_alert=False))
+        active = {p["experiment_id"]: str(p["id"]) for p in promo_rows}
+        in_guard = sum(1 for p in promo_rows if p["in_guard"])
+        pairs = [(exp, ExperimentSnapshot(
+            id=exp["id"], name=exp["name"], status=exp["status"], started_at=exp["started_at"],
+            metric_type=exp["metric_type"], priority=exp["priority"],
+            variants=tuple(variants.get(exp["id"], ())), now=now,
+            active_promotion_id=active.get(exp["id"]),
+            critical_alerts=tuple(sorted((*alerts.get(exp["id"], ()), *global_alerts),
+                                         key=lambda a: a.created_at, reverse=True)),
+            promotions_in_guard_window=in_guard,
+        )) for exp in experiments]
+        decided = await self.decider.decide_snapshots(effective, pairs)
+        return decided, {exp_id: Seen(version, read_snapshot) for exp_id, version in versions.items()}
+
+
+class _Tally:
+    """A scan's running counts and results."""
+
+    def __init__(self, effective: EffectiveConfig, include_results: bool) -> None:
+        self.effective = effective
+        self.include_results = include_results
+        self.scanned = 0
+        self.eligible = 0
+        self.promoted = 0
+        self.results: list[ScanItem] = []
+
+    def add(self, item: ScanItem) -> None:
+        if self.include_results or item.get("error") or item["promoted"]:
+            self.results.append(item)
+        self.scanned += 1
