@@ -126,3 +126,9 @@ BEGIN
     PERFORM pg_notify('ab_metrics', exp.id::text);
     RETURN new_id;
 END $$;
+
+-- A traffic weight must be a finite number: numeric accepts 'NaN' and 'Infinity', which pass `>= 0` and would hand a
+-- variant all traffic (or none) wherever weights are normalised. NOT VALID: existing rows are not re-checked here
+-- (an operator fixes any such row by hand); every new or changed weight is.
+ALTER TABLE ab_variants ADD CONSTRAINT ab_variants_traffic_weight_finite
+    CHECK (traffic_weight <> 'NaN'::numeric AND traffic_weight < 'Infinity'::numeric) NOT VALID;

@@ -91,19 +91,25 @@ BEGIN
                           AND NOT pg_visible_in_snapshot(a.xact_id, stored_snapshot));
 END $$;
 
--- A critical alert that stops blocking (resolved, or no longer critical) changes the decision of the experiments it
--- applied to without a new statistics version: forget what their stored decisions saw, so that they are due again
--- (the daemon evaluates them at its next wake-up, the scan at the latest). Global alerts touch every stored
--- decision, in experiment order so that two resolutions cannot deadlock each other.
+-- A critical alert that stops blocking (resolved, deleted, or no longer critical) changes the decision of the
+-- experiments it applied to without a new statistics version: forget what their stored decisions saw, so that they are
+-- due again (the daemon evaluates them at its next wake-up, the scan at the latest). The experiment rows are locked
+-- first (FOR NO KEY UPDATE, in id order, as an evaluation locks them): an evaluation that read the alert as open
+-- still holds its row, so this waits for it to store its decision and then forgets it; without the lock the stale
+-- decision could be stored after this ran and stand. Global alerts touch every experiment with a stored decision.
 CREATE FUNCTION ab_alert_unblocked() RETURNS trigger
 LANGUAGE plpgsql AS $$
+DECLARE
+    alert_experiment bigint := CASE WHEN TG_OP = 'DELETE' THEN OLD.experiment_id ELSE NEW.experiment_id END;
 BEGIN
+    PERFORM 1 FROM ab_experiments e
+      WHERE e.id IN (SELECT s.experiment_id FROM ab_experiment_state s
+                      WHERE s.evaluated_version IS NOT NULL
+                        AND (alert_experiment IS NULL OR s.experiment_id = alert_experiment))
+      ORDER BY e.id FOR NO KEY UPDATE OF e;
     UPDATE ab_experiment_state st SET evaluated_version = NULL
-     WHERE st.experiment_id IN (
-           SELECT s.experiment_id FROM ab_experiment_state s
-            WHERE s.evaluated_version IS NOT NULL
-              AND (NEW.experiment_id IS NULL OR s.experiment_id = NEW.experiment_id)
-            ORDER BY s.experiment_id FOR UPDATE);
+     WHERE st.evaluated_version IS NOT NULL
+       AND (alert_experiment IS NULL OR st.experiment_id = alert_experiment);
     RETURN NULL;
 END $$;
 
@@ -112,3 +118,23 @@ CREATE TRIGGER ab_alerts_unblocked AFTER UPDATE OF resolved_at, severity ON ab_a
     WHEN (OLD.severity = 'critical' AND OLD.resolved_at IS NULL
           AND (NEW.resolved_at IS NOT NULL OR NEW.severity <> 'critical'))
     EXECUTE FUNCTION ab_alert_unblocked();
+
+CREATE TRIGGER ab_alerts_deleted AFTER DELETE ON ab_alerts
+    FOR EACH ROW
+    WHEN (OLD.severity = 'critical' AND OLD.resolved_at IS NULL)
+    EXECUTE FUNCTION ab_alert_unblocked();
+
+-- An alert that starts to block by an update (escalated to critical, or reopened) is new to every decision and
+-- promotion from then on: it takes the updating transaction's id, as an inserted alert does.
+CREATE FUNCTION ab_alert_now_blocking() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.xact_id := pg_current_xact_id();
+    RETURN NEW;
+END $$;
+
+CREATE TRIGGER ab_alerts_now_blocking BEFORE UPDATE OF resolved_at, severity ON ab_alerts
+    FOR EACH ROW
+    WHEN (NEW.severity = 'critical' AND NEW.resolved_at IS NULL
+          AND (OLD.severity <> 'critical' OR OLD.resolved_at IS NOT NULL))
+    EXECUTE FUNCTION ab_alert_now_blocking();

@@ -196,9 +196,11 @@ DECLARE
     w double precision;
     seed text;
 BEGIN
-    -- One refresh of an experiment at a time; under READ COMMITTED the statements below then see every
-    -- commit that refreshed before us (the two-key form keeps clear of the single-key locks elsewhere).
-    PERFORM pg_advisory_xact_lock(1633842806, (exp_id & 2147483647)::int);
+    -- One refresh at a time; under READ COMMITTED the statements below then see every commit that refreshed
+    -- before us (the two-key form keeps clear of the single-key locks elsewhere). One key for all experiments,
+    -- not one each: a transaction that changes several experiments takes it once, so two such transactions
+    -- cannot deadlock at COMMIT by refreshing the same experiments in opposite orders. Serving changes are rare.
+    PERFORM pg_advisory_xact_lock(1633842806, 0);
     SELECT * INTO e FROM ab_experiments WHERE id = exp_id;
     IF NOT FOUND THEN
         DELETE FROM ab_serving WHERE experiment_id = exp_id;

@@ -75,6 +75,19 @@ def test_the_environments_dry_run_and_enabled_are_kill_switches_no_experiment_li
         assert getattr(cfg, key) == value, key
 
 
+def test_a_request_cannot_lift_the_environments_kill_switches_either() -> None:
+    env = {"AUTO_PROMOTION_DRY_RUN": "true", "AUTO_PROMOTION_ENABLED": "false"}
+    lifted = {"dryRun": False, "enabled": True}
+    for base in (load_config(env=env, overrides=lifted), with_request_overrides(load_config(env=env), lifted)):
+        assert base.config.dry_run is True and base.config.enabled is False
+        assert base.sources["dryRun"].startswith("env:") and base.sources["enabled"].startswith("env:")
+        cfg = with_experiment_overrides(base, {"dryRun": False, "enabled": True})
+        assert cfg.dry_run is True and cfg.enabled is False
+    # Making it safer still is fine, and is the request's.
+    safer = load_config(env={"AUTO_PROMOTION_DRY_RUN": "false"}, overrides={"dryRun": True})
+    assert safer.config.dry_run is True and safer.sources["dryRun"] == "request"
+
+
 @pytest.mark.parametrize(("request_layer", "experiment", "expected"), [
     ({"dryRun": False}, {"dryRun": True}, {"dry_run": True}),
     ({"dryRun": True}, {"dryRun": False}, {"dry_run": True}),

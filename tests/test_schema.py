@@ -171,6 +171,17 @@ async def test_traffic_weight_must_not_be_negative(conn: asyncpg.Connection) -> 
         )
 
 
+@pytest.mark.parametrize("weight", ["NaN", "Infinity"])
+async def test_traffic_weight_must_be_finite(conn: asyncpg.Connection, weight: str) -> None:
+    exp_id = await conn.fetchval("INSERT INTO ab_experiments (name) VALUES ('x') RETURNING id")
+    with pytest.raises(asyncpg.CheckViolationError):
+        await conn.execute("INSERT INTO ab_variants (experiment_id, name, is_control, traffic_weight)"
+                           " VALUES ($1, 'a', true, $2::numeric)", exp_id, weight)
+    await conn.execute("INSERT INTO ab_variants (experiment_id, name, is_control) VALUES ($1, 'a', true)", exp_id)
+    with pytest.raises(asyncpg.CheckViolationError):
+        await conn.execute("UPDATE ab_variants SET traffic_weight = $1::numeric", weight)
+
+
 async def test_audit_log_is_append_only(conn: asyncpg.Connection) -> None:
     await conn.execute("INSERT INTO ab_promotion_audit_log (actor, action) VALUES ('me', 'test')")
     with pytest.raises(asyncpg.PostgresError, match="append-only"):

@@ -6,6 +6,7 @@ decision and committed after the decision's snapshot is invisible to the decisio
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import asyncpg
@@ -215,3 +216,66 @@ async def test_a_decision_on_a_read_the_stored_decision_covers_is_not_stored_aga
                                 exp_id)
     assert state["evaluations"] == 2
     assert any("seen by the later read only" in r for r in state["decision"]["reasons"])
+
+
+# ------------------------------------------------------------------- alerts that stop (or start) blocking
+async def _due(conn: asyncpg.Connection, exp_id: int) -> bool:
+    return bool(await conn.fetchval("SELECT ab_evaluation_due($1)", exp_id))
+
+
+async def test_resolving_an_alert_while_an_evaluation_holds_the_row_leaves_the_experiment_due(
+    db_url: str, conn: asyncpg.Connection, pool: asyncpg.Pool
+) -> None:
+    # The evaluation read the alert as open (blocked); the alert is resolved before the evaluation stores its
+    # decision. The resolution must win: the experiment stays due, or the blocked decision would stand.
+    exp_id = await _seed_winner(conn, "unblocked", started_hours_ago=1)
+    alert_id = await conn.fetchval("SELECT ab_raise_alert('unblocked', 'critical', 'checkout 500s')")
+    engine = Engine(pool, _settings(), _config())
+    assert (await engine.evaluate_experiment(exp_id)).action == "evaluated"
+    assert not await _due(conn, exp_id)
+    evaluating = await connect(db_url)
+    resolving = await connect(db_url)
+    try:
+        tx = evaluating.transaction()
+        await tx.start()
+        # What the daemon's lock-and-read holds while it decides: the experiment's row.
+        await evaluating.execute("SELECT 1 FROM ab_experiments WHERE id = $1 FOR NO KEY UPDATE", exp_id)
+        resolution = asyncio.ensure_future(
+            resolving.execute("UPDATE ab_alerts SET resolved_at = now() WHERE id = $1", alert_id))
+        pid = resolving.get_server_pid()
+
+        async def ran_ahead_or_waits() -> bool:  # the resolution either finished first or waits for the row
+            return resolution.done() or bool(await conn.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE pid = $1 AND NOT granted)", pid))
+
+        await wait_for(ran_ahead_or_waits, what="the resolution to run or to wait for the row")
+        # The evaluation stores the decision it made on the open alert, as record_evaluation does.
+        await evaluating.execute(
+            "UPDATE ab_experiment_state SET evaluations = evaluations + 1, evaluated_version = ab_stats_version($1),"
+            " evaluated_snapshot = pg_current_snapshot() WHERE experiment_id = $1", exp_id)
+        await tx.commit()
+        await asyncio.wait_for(resolution, 10)
+    finally:
+        await evaluating.close()
+        await resolving.close()
+    assert await _due(conn, exp_id)
+    assert (await engine.evaluate_experiment(exp_id)).action == "evaluated"
+    decision = await conn.fetchval("SELECT decision FROM ab_experiment_state WHERE experiment_id = $1", exp_id)
+    assert not any("checkout 500s" in r for r in decision["reasons"]), decision["reasons"]
+
+
+async def test_deleting_an_open_alert_or_escalating_one_makes_the_experiment_due(conn: asyncpg.Connection,
+                                                                                   pool: asyncpg.Pool) -> None:
+    exp_id = await _seed_winner(conn, "edits", started_hours_ago=1)
+    engine = Engine(pool, _settings(), _config())
+    critical = await conn.fetchval("SELECT ab_raise_alert('edits', 'critical', 'gone soon')")
+    assert (await engine.evaluate_experiment(exp_id)).action == "evaluated"
+    await conn.execute("DELETE FROM ab_alerts WHERE id = $1", critical)
+    assert await _due(conn, exp_id)
+    assert (await engine.evaluate_experiment(exp_id)).action == "evaluated"
+    warning = await conn.fetchval("SELECT ab_raise_alert('edits', 'warning', 'getting worse')")
+    assert not await _due(conn, exp_id)
+    await conn.execute("UPDATE ab_alerts SET severity = 'critical' WHERE id = $1", warning)
+    assert await _due(conn, exp_id)
+    outcome = await engine.evaluate_experiment(exp_id)
+    assert outcome.action == "evaluated" and outcome.decision is not None and not outcome.decision.eligible

@@ -586,9 +586,12 @@ def load_config(
     for label, layer in layers:
         if not isinstance(layer, Mapping):
             continue
+        before, before_sources = merged, dict(sources)
         merged = deep_merge(merged, layer)
         for path in _flatten(layer):
             sources[path] = f"env:{env_paths.get(path, '?')}" if label == "env" else label
+        if label != "env":
+            merged = _hold_kill_switches(before, merged, layer, sources, previous=before_sources)
     if errors:
         # Also report model errors so that one run lists everything wrong.
         try:
@@ -665,12 +668,33 @@ def with_request_overrides(base: EffectiveConfig, overrides: Mapping[str, Any]) 
     """
     if not overrides:
         return base
-    merged = deep_merge(base.config.model_dump(by_alias=True), overrides)
+    before = base.config.model_dump(by_alias=True)
+    merged = deep_merge(before, overrides)
+    sources = {**base.sources, **dict.fromkeys(_flatten(overrides), "request")}
+    merged = _hold_kill_switches(before, merged, overrides, sources, previous=base.sources)
     try:
         config = AutoPromotionConfig.model_validate(_json_types(merged))
     except ValidationError as exc:
         raise ConfigError(_format_validation_error(exc)) from None
-    return EffectiveConfig(config, base.preset, {**base.sources, **dict.fromkeys(_flatten(overrides), "request")})
+    return EffectiveConfig(config, base.preset, sources)
+
+
+def _hold_kill_switches(before: dict[str, Any], merged: dict[str, Any], layer: Mapping[str, Any],
+                        sources: dict[str, str], *, previous: Mapping[str, str]) -> dict[str, Any]:
+    """``merged`` (``layer`` laid over ``before``, whose sources were ``previous``) with the environment's
+    KILL_SWITCHES kept where ``layer`` would make them less safe; ``sources`` (updated in place) then keeps saying
+    "env:…" for them, so that with_experiment_overrides holds them too."""
+    for path in KILL_SWITCHES & set(_flatten(layer)):
+        env_source = previous.get(path, "")
+        if not env_source.startswith("env:"):
+            continue
+        held, wanted = _get_path(before, path), _get_path(merged, path)
+        value = SAFER[path](held, wanted)
+        if value == held and value != wanted:
+            merged = copy.deepcopy(merged)
+            _set_path(merged, path, value)
+            sources[path] = env_source
+    return merged
 
 
 def with_experiment_overrides(

@@ -184,6 +184,10 @@ async def _retry_after_failure(fault: FaultLog, stop: anyio.Event, fn: Callable[
         if sleeping:
             scope.cancel()
 
+    # The outcome is raised after the task group has exited: raised inside it, anyio would wrap it in an
+    # ExceptionGroup, which the callers' ``except Stopped`` (and the error classification) would not match.
+    error: Exception | None = None
+    done = False
     async with anyio.create_task_group() as tg:
         tg.start_soon(cancel_sleep_on_stop, tg.cancel_scope)
         try:
@@ -194,11 +198,18 @@ async def _retry_after_failure(fault: FaultLog, stop: anyio.Event, fn: Callable[
                         raise Stopped
                     result = await fn()
         except Exception as exc:
-            if stop.is_set() and retry_if(exc):
-                raise Stopped from exc
-            raise
-        fault.recovered()
+            error = exc
+        else:
+            done = True
         tg.cancel_scope.cancel()
+    if error is not None:
+        if isinstance(error, Stopped):
+            raise Stopped
+        if stop.is_set() and retry_if(error):
+            raise Stopped from error
+        raise error
+    if done:
+        fault.recovered()
         return result
     raise Stopped  # ``stop`` cancelled the wait
 

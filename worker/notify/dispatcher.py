@@ -41,7 +41,7 @@ from worker.notify.ratelimit import TokenBucket
 from worker.notify.redact import scrub, split_addresses
 from worker.notify.slack import build_slack_message, send_slack
 from worker.notify.webhook import build_webhook_request, send_webhook
-from worker.retry import FaultLog, Faults, Stopped, is_transient, retrying
+from worker.retry import FaultLog, Faults, Stopped, is_database_error, is_transient, retrying
 
 log = structlog.get_logger("worker.notify")
 
@@ -148,9 +148,15 @@ class Dispatcher:
                     except Exception as exc:
                         # A database fault while recording one row's outcome must not cancel the other sends in
                         # flight: that row stays leased and is sent again (same idempotency key) after its lease.
-                        if not is_transient(exc):
+                        if is_transient(exc):
+                            faults.append(exc)
+                        elif is_database_error(exc):
+                            # Not a fault that passes (the database refused the record itself): logged, and the
+                            # other rows go on; this one is tried again after its lease.
+                            log.error("notification.record_failed", outbox_id=row.id, channel=row.channel,
+                                      error=f"{type(exc).__name__}: {exc}")
+                        else:
                             raise
-                        faults.append(exc)
 
                 for row in rows:
                     tg.start_soon(deliver, row)

@@ -50,6 +50,8 @@ def scrub(text: str, secrets: Iterable[str | None]) -> str:
             continue
         for form in {secret, quote(secret, safe=""), quote(secret, safe="/:")}:
             text = text.replace(form, MASK)
+    # Stored in notification_logs / the outbox: PostgreSQL text cannot hold NUL (a receiver's error body may).
+    text = text.replace("\x00", "")
     if len(text) > MAX_ERROR_CHARS:
         text = text[: MAX_ERROR_CHARS - 1] + "…"
     return text

@@ -34,6 +34,10 @@ from .hashing import bucket_from_state, fnv1a32, range_ends
 
 log = logging.getLogger("ab_autopromote_openfeature")
 
+# What a lost or refused database connection raises; InternalClientError is asyncpg's answer to a statement sent
+# on a session the server has just terminated.
+_DB_ERRORS = (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)
+
 SERVING_CHANNEL = "ab_serving_changed"
 PROMOTION_CHANNEL = "ab_promotion_events"
 SERVING_STATUSES = frozenset({"running", "promoted"})
@@ -314,7 +318,7 @@ class AutoPromoteProvider(AbstractProvider):
                                              server_settings={"application_name": "ab-autopromote-openfeature"})
                 self.connects += 1
                 await self._listen_and_serve(conn)
-            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except _DB_ERRORS as exc:
                 self._went_stale(exc)
             except Exception as exc:  # a bug of ours must not end serving: keep the cache, log, try again
                 log.exception("ab_autopromote.refresh_failed")
@@ -325,7 +329,7 @@ class AutoPromoteProvider(AbstractProvider):
                         self._went_stale(None)
                     try:
                         await asyncio.wait_for(conn.close(), 1.0)
-                    except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                    except _DB_ERRORS:
                         conn.terminate()
             if self._stop.is_set():
                 return
@@ -458,11 +462,13 @@ class AutoPromoteProvider(AbstractProvider):
             log.debug("ab_autopromote.exposures_skipped reason=mean_experiment count=%d", sum(skipped.values()))
         if not rows:
             return
+        pending = list(rows)  # what is not written yet: only that is given back when the database fails
         try:
             conn = await self._flush_connection()
             try:
                 async with conn.transaction():
                     await conn.executemany("SELECT ab_record_metrics($1, $2, $3::bigint, 0, 0)", rows)
+                pending = []
             except asyncpg.DataError:
                 # Some experiment or variant is gone (or was renamed): write the others one by one.
                 for row in rows:
@@ -471,9 +477,10 @@ class AutoPromoteProvider(AbstractProvider):
                     except asyncpg.DataError as exc:
                         log.warning("ab_autopromote.exposures_dropped experiment=%s variant=%s count=%d error=%s",
                                     row[0], row[1], row[2], exc)
-        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                    pending.remove(row)
+        except _DB_ERRORS as exc:
             log.info("ab_autopromote.exposures_deferred error=%s", f"{type(exc).__name__}: {exc}")
-            hook.give_back({(n, v): c for n, v, c in rows})
+            hook.give_back({(n, v): c for n, v, c in pending})
             if self._flush_conn is not None:
                 self._flush_conn.terminate()
                 self._flush_conn = None
