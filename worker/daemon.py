@@ -166,7 +166,7 @@ class Daemon:
         the same policy, since no database error may end the worker. Anything else is a bug: logged once naming the
         task, then ``stop`` is set, so the shutdown path runs, and the exit code says so."""
         # Not on the Faults board: a restarted task reports its own faults; this one only paces and logs restarts.
-        fault = FaultLog(f"{name}.restart", self.faults)
+        fault = FaultLog(f"{name}.restart")
 
         async def run_task() -> None:
             started = time.monotonic()
