@@ -27,7 +27,7 @@ from schemathesis import GenerationMode
 
 from tests.conftest import fresh_database
 from tests.factories import create_experiment, record
-from tests.test_api_support import OPERATOR_TOKEN, api_only_app, make_context, seed_winner
+from tests.support.api import OPERATOR_TOKEN, api_only_app, make_context, seed_winner
 from worker.db.connect import connect, create_pool
 
 pytestmark = pytest.mark.slow

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_api_support import DOC
+from tests.support.api import DOC
 from worker import engine
 from worker.cli import EXIT_REFUSED, EXIT_USAGE
 from worker.cli_engine import EXIT_CODES, exit_code
 from worker.domain import errors
 from worker.http.errors import DOMAIN_ERRORS, domain_status
 
-WORKER = Path(__file__).resolve().parents[1] / "worker"
+WORKER = Path(__file__).resolve().parents[2] / "worker"
 # The domain: pure modules that must not know how they are served.
 DOMAIN_MODULES = [*sorted((WORKER / "domain").rglob("*.py")), WORKER / "decide.py",
                   *sorted((WORKER / "stats").rglob("*.py"))]

@@ -12,7 +12,7 @@ import pytest
 
 from tests.daemon_support import running_daemon, wait_for
 from tests.factories import create_experiment, record
-from tests.test_api_support import serve_api
+from tests.support.api import serve_api
 from worker.config import load_config, load_settings
 from worker.engine import Engine
 from worker.fold import fold_pending_updates

@@ -206,7 +206,7 @@ async def test_database_server_stopped_and_started_is_logged_once_and_resumed() 
 
 
 async def test_the_dashboards_event_bridge_survives_a_restart_and_logs_it_once() -> None:
-    from tests.test_api_support import make_context
+    from tests.support.api import make_context
     from worker.db.connect import create_pool
     from worker.http import dashboard
 

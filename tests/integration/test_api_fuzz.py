@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.factories import create_experiment, record
-from tests.test_api_support import AUTO, DOC, OPERATOR_TOKEN, VIEWER_TOKEN, Api, seed_winner, serve_api
+from tests.support.api import AUTO, DOC, OPERATOR_TOKEN, VIEWER_TOKEN, Api, seed_winner, serve_api
 
 NAMES = ["homepage-cta-test", "checkout-flow", "paused-test", "x'; drop table ab_experiments;--",
          "team a/checkout 50%", "ünïcödé ☃"]

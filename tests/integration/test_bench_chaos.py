@@ -15,7 +15,7 @@ import pytest
 from tests.factories import create_experiment
 from worker.db.connect import connect
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from tests.factories import create_experiment, record
-from tests.test_api_support import AUTO, DOC, VIEWER_TOKEN, Api, seed_winner, serve_api
+from tests.support.api import AUTO, DOC, VIEWER_TOKEN, Api, seed_winner, serve_api
 from worker import metrics
 
 

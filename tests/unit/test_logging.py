@@ -15,7 +15,7 @@ import structlog
 from worker.logging import configure_logging
 
 ESC = "\x1b["
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class _Terminal(io.StringIO):

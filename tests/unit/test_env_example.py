@@ -24,7 +24,7 @@ from worker.config import (
     load_settings,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ENV_EXAMPLE = ROOT / ".env.example"
 GENERATOR = ROOT / "deploy" / "gen_env_example.py"
 REGENERATE = (

@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 import structlog
 
-from tests.test_api_support import TOKENS, VIEWER_TOKEN
+from tests.support.api import TOKENS, VIEWER_TOKEN
 from worker.cli import main
 from worker.http.auth import Authenticator, hash_token, parse_tokens
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parent.parent / "bench" / "bench_stats.py"
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "bench_stats.py"
 
 
 @pytest.mark.slow

@@ -19,7 +19,7 @@ import pytest
 from tests.daemon_support import WINNER, db, seed_winner, wait_for
 from tests.factories import create_experiment, record
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 

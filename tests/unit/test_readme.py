@@ -10,7 +10,7 @@ from pathlib import Path
 from worker.cli import build_parser, settings_reference_markdown
 from worker.config import all_settings
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 
 

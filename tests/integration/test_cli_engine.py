@@ -3,19 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import asyncpg
 
 from tests.factories import create_experiment, record
-
-
-def run_cli(*args: str, db_url: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("AUTO_PROMOTION_", "DATABASE_URL"))}
-    return subprocess.run([sys.executable, "-m", "worker", *args], capture_output=True, text=True, timeout=120,
-                          env={**base, "DATABASE_URL": db_url, **(env or {})})
+from tests.support.cli import run_cli
 
 
 async def _seed(conn: asyncpg.Connection) -> None:

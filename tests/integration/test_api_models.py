@@ -12,7 +12,7 @@ import pytest
 from pydantic import ValidationError
 
 from tests.factories import create_experiment, record
-from tests.test_api_support import AUTO, DOC, Api, make_context, schema_errors, seed_winner, serve_api
+from tests.support.api import AUTO, DOC, Api, make_context, schema_errors, seed_winner, serve_api
 from worker.config import NON_BLANK_TEXT, WHITESPACE_CLASS
 from worker.http.api import plain
 from worker.http.models import ACTION_FIELDS, NO_NUL_TEXT, action_response

@@ -10,7 +10,7 @@ import pytest
 from aiohttp import web
 from structlog.testing import capture_logs
 
-from tests.test_api_support import (
+from tests.support.api import (
     AUTO,
     DOC,
     OPERATOR_TOKEN,

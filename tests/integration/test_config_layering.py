@@ -17,8 +17,8 @@ import pytest
 
 from tests.daemon_support import running_daemon, wait_for
 from tests.factories import create_experiment, record
-from tests.test_api_support import serve_api
-from tests.test_cli_engine import run_cli
+from tests.support.api import serve_api
+from tests.support.cli import run_cli
 from worker.config import ConfigError, load_config, load_settings, with_experiment_overrides, with_request_overrides
 from worker.engine import Engine
 
