@@ -187,7 +187,7 @@ async def test_listener_killed_while_updates_flow_reconnects_and_every_update_is
                     "SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND datname = $2",
                     APPLICATION_NAME, dbname), what="the listener's session")
                 assert await conn.fetchval("SELECT pg_terminate_backend($1)", pid)
-                await wait_for(lambda old=pid: conn.fetchval(
+                await wait_for(lambda old=pid: conn.fetchval(  # type: ignore[misc]
                     "SELECT count(*) = 1 FROM pg_stat_activity WHERE application_name = $1 AND datname = $2 "
                     "AND pid <> $3", APPLICATION_NAME, dbname, old), what="a new listener session")
                 await anyio.sleep(0.05)

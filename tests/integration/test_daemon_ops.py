@@ -99,8 +99,11 @@ async def test_scan_lease_is_held_by_one_replica_and_taken_over_once_expired(db_
 async def test_poll_only_replicas_share_the_scan_through_the_lease(db_url: str) -> None:
     env = {"AUTO_PROMOTION_POLL_ONLY": "true", "AUTO_PROMOTION_POLL_INTERVAL": "0.2"}
     scan = {"AUTO_PROMOTION_SCAN_INTERVAL": "1"}
-    async with running_daemon(db_url, config_env=scan, **env) as one, \
-            running_daemon(db_url, config_env=scan, **env) as two:
+    # mypy cannot tell that **env (all strings) never lands on the bool parameter serve_http.
+    async with (
+        running_daemon(db_url, config_env=scan, **env) as one,  # type: ignore[arg-type]
+        running_daemon(db_url, config_env=scan, **env) as two,  # type: ignore[arg-type]
+    ):
         await wait_for(lambda: _true(one.scanner.scans + two.scanner.scans >= 3), what="three scans")
         assert (one.scanner.scans == 0) != (two.scanner.scans == 0), (one.scanner.scans, two.scanner.scans)
         async with db(db_url) as conn:

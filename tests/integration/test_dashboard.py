@@ -719,6 +719,7 @@ def test_lift_chart_is_valid_svg_with_band_line_zero_and_marks(compact: bool) ->
     assert root.get("role") == "img" and root.get("aria-labelledby") == "c1-title c1-desc"
     assert root.find(f"{SVG_NS}title").text == "Lift of <b> over control"  # type: ignore[union-attr]
     desc = root.find(f"{SVG_NS}desc").text  # type: ignore[union-attr]
+    assert desc is not None
     assert "Latest lift +11.1% with interval" in desc and "promoted <b> at" in desc and "too early" not in desc
     assert root.find(f".//{SVG_NS}polygon") is not None
     assert root.find(f".//{SVG_NS}polyline[@class='lift-line']") is not None
@@ -779,5 +780,6 @@ def test_interval_bar_is_decorative_and_clamped() -> None:
     assert all(0 <= float(c.get("cx", 0)) <= 140 for c in root.iter(f"{SVG_NS}circle"))
     assert svg.interval_bar(None, None, None, lo=lo, hi=hi) == ""
     wide = ET.fromstring(svg.interval_bar(0.05, -5.0, 5.0, lo=lo, hi=hi))
-    xs = [float(v) for line in wide.iter(f"{SVG_NS}line") for v in (line.get("x1"), line.get("x2"))]
+    xs = [float(v)  # type: ignore[arg-type]
+          for line in wide.iter(f"{SVG_NS}line") for v in (line.get("x1"), line.get("x2"))]
     assert min(xs) >= 0 and max(xs) <= 140

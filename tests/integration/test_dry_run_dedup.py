@@ -121,7 +121,7 @@ async def test_a_running_daemon_reports_once_while_updates_keep_coming(db_url: s
         for i in range(5):
             await record(conn, "quiet", "control", 10, 1)
             await record(conn, "quiet", "variant-b", 10, 1)
-            await wait_for(lambda i=i: conn.fetchval(
+            await wait_for(lambda i=i: conn.fetchval(  # type: ignore[misc]
                 "SELECT evaluations >= $2 FROM ab_experiment_state WHERE experiment_id = $1", exp_id, i + 2),
                 what="the evaluation of the update")
         start = daemon.scanner.scans

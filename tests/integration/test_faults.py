@@ -6,7 +6,7 @@ error) ends it with exit code 1 after the shutdown path."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -52,7 +52,7 @@ async def _ready(daemon: Daemon) -> bool:
     return (await _readyz(daemon))[0] == 200
 
 
-def _warnings_per_fault(logs: list[dict[str, Any]]) -> Counter[tuple[str, str]]:
+def _warnings_per_fault(logs: Sequence[Mapping[str, Any]]) -> Counter[tuple[str, str]]:
     """Warning-or-worse log lines by (event, task): one fault must not produce more than one."""
     return Counter((e["event"], str(e.get("task", ""))) for e in logs
                    if e.get("log_level") in ("warning", "error", "critical"))
@@ -155,7 +155,7 @@ async def test_every_backend_of_the_worker_terminated_again_and_again_loses_and_
         await wait_for(lambda: _drained(conn), what="the queue to drain")
         assert await _folded(conn) == (producer.exposures + 6 * (17_500 + 17_000), producer.updates + 12)
         for exp_id in winners:
-            await wait_for(lambda e=exp_id: promotions(conn, e), what="every winner promoted")
+            await wait_for(lambda e=exp_id: promotions(conn, e), what="every winner promoted")  # type: ignore[misc]
             assert len(await promotions(conn, exp_id)) == 1
         assert daemon.crashed is None and daemon.listener is not None and daemon.listener.connected
 
@@ -342,7 +342,7 @@ async def test_a_bug_in_a_task_ends_the_worker_with_exit_1_one_log_line_and_the_
         async def buggy(_experiment_ids: Any = None) -> Any:
             raise ZeroDivisionError("a bug in the guard")
 
-        daemon.guard.check = buggy  # type: ignore[method-assign]
+        daemon.guard.check = buggy  # type: ignore[method-assign, assignment]
         seen.append(daemon)
         daemon.guard_wake.set()
 
@@ -385,7 +385,7 @@ async def test_transient_errors_are_the_ones_the_real_server_raises_for_a_fault(
             victim.terminate()
         assert len(caught) == 4, caught
         assert all(is_transient(e) for e in caught), [type(e).__name__ for e in caught]
-        assert is_transient(ExceptionGroup("group", [caught[0], caught[1]]))
+        assert is_transient(ExceptionGroup("group", [caught[0], caught[1]]))  # type: ignore[type-var]
         try:
             await conn.execute("SELECT no_such_column FROM ab_experiments")
         except asyncpg.PostgresError as exc:

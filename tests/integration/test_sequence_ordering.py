@@ -67,8 +67,8 @@ async def test_a_critical_alert_committed_after_the_promotions_snapshot_is_seen_
     alert = await conn.fetchrow("SELECT * FROM ab_alerts")
     assert alert["created_at"] < promo["promoted_at"]  # what a timestamp comparison got wrong
     guard = PostPromotionGuard(pool, engine, _settings(), _config())
-    [outcome] = await guard.check([exp_id])
-    assert outcome.action == "rolled_back"
+    [guarded] = await guard.check([exp_id])
+    assert guarded.action == "rolled_back"
     reason = await conn.fetchval("SELECT rollback_reason FROM experiment_promotions WHERE id = $1", promo["id"])
     assert reason.startswith(f"guard: critical {scope} alert #{alert['id']} raised after the promotion")
 
@@ -175,7 +175,8 @@ async def test_two_replicas_evaluate_each_folded_update_about_once(db_url: str) 
 
             for i in range(1, updates + 1):
                 await record(conn, "shared", "control" if i % 2 else "b", 100, 10)
-                await wait_for(lambda i=i: settled(i), what=f"update {i} folded and evaluated, both replicas idle")
+                await wait_for(lambda i=i: settled(i),  # type: ignore[misc]
+                               what=f"update {i} folded and evaluated, both replicas idle")
             folded = sum(r.folder.folded_total for r in replicas)
             evaluated = sum(r.evaluator.evaluations for r in replicas)
             stored = await conn.fetchval("SELECT evaluations FROM ab_experiment_state WHERE experiment_id = $1",

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from worker.config import AutoPromotionConfig, load_config
 from worker.decide import AlertInfo, Decision, ExperimentSnapshot, VariantSnapshot, decide
-from worker.engine import _vectorised_analyses
+from worker.engine import _vectorised_analyses  # type: ignore[attr-defined]
 from worker.stats import LatencySketch
 
 NOW = datetime(2026, 5, 9, 12, 0, tzinfo=UTC)
@@ -112,7 +112,7 @@ def snapshots(draw: st.DrawFn) -> ExperimentSnapshot:
     return ExperimentSnapshot(
         id=1, name=draw(st.sampled_from(["exp-1", "checkout"])),
         status=draw(st.sampled_from(["running", "running", "paused"])), started_at=started,
-        metric_type=metric_type, priority="normal", variants=vs, now=NOW,
+        metric_type=metric_type, priority="normal", variants=vs, now=NOW,  # type: ignore[arg-type]
         active_promotion_id=draw(st.sampled_from([None, None, "6f1c2a9e"])), critical_alerts=alerts,
         promotions_in_guard_window=draw(st.integers(0, 20)),
     )

@@ -128,7 +128,7 @@ def test_committed_file_is_the_generator_output() -> None:
 
 def test_generator_check_reports_a_stale_file_and_writing_fixes_it(tmp_path: Path) -> None:
     gen = load_generator()
-    gen.TARGET = tmp_path / ".env.example"
+    gen.TARGET = tmp_path / ".env.example"  # type: ignore[attr-defined]
     gen.TARGET.write_text("# stale\n", encoding="utf-8")
     assert gen.main(["--check"]) == 1
     assert gen.TARGET.read_text(encoding="utf-8") == "# stale\n"

@@ -36,7 +36,7 @@ def test_quickstart_is_exactly_two_commands() -> None:
 def test_every_cli_command_in_the_readme_exists() -> None:
     parser = build_parser()
     sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
-    known = set(sub.choices)  # type: ignore[attr-defined]
+    known = set(sub.choices)  # type: ignore[arg-type]
     named = set(re.findall(r"`autopromote ([a-z]+)", README))
     assert named, "the README names no command"
     assert named <= known, f"README names unknown commands: {named - known}"
