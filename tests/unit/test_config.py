@@ -79,7 +79,7 @@ def test_layers_later_wins_and_sources_are_tracked() -> None:
     per_experiment = with_experiment_overrides(eff, {"thresholds": {"minSampleSize": 50, "minImprovement": 1.0}})
     assert per_experiment.thresholds.min_improvement == 1.0  # experiment over preset
     assert per_experiment.thresholds.min_confidence == 97.5
-    # ... but a request's stricter value holds (tests/test_config_layering.py has the whole rule)
+    # ... but a request's stricter value holds (tests/integration/test_config_layering.py has the whole rule)
     assert per_experiment.thresholds.min_sample_size == 900
 
 
