@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_ARGS ?=
 
-.PHONY: install test check demo bench clean
+.PHONY: install test test-unit check demo bench clean
 
 # The OpenFeature provider (clients/openfeature-python) is a distribution of its own; the demo and tests use it.
 $(STAMP): pyproject.toml clients/openfeature-python/pyproject.toml
@@ -19,10 +19,17 @@ install: $(STAMP)
 test: $(STAMP)
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
+# Pure tests only (no database, no server): seconds to a minute.
+test-unit: $(STAMP)
+	$(BIN)/pytest -q tests/unit $(PYTEST_ARGS)
+
+# The house rules: lint (with the complexity cap), types (tests too, relaxed), and the layers' import contracts.
 check: $(STAMP)
 	$(BIN)/ruff check worker tests bench deploy clients
 	$(BIN)/mypy worker
 	$(BIN)/mypy --strict clients/openfeature-python/src
+	$(BIN)/mypy tests
+	$(BIN)/lint-imports
 
 demo: $(STAMP)
 	$(BIN)/autopromote demo $(DEMO_ARGS)

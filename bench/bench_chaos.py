@@ -1,7 +1,7 @@
 """Chaos benchmark: three `autopromote run` replicas on one database while faults hit them; prints one JSON object.
 
     python bench/bench_chaos.py                 # 90 s of faults over 200 experiments (about 3 minutes in all)
-    python bench/bench_chaos.py --quick         # a ~20 s smoke run (tests/test_bench_chaos.py runs it)
+    python bench/bench_chaos.py --quick         # a ~20 s smoke run (tests/integration/test_bench_chaos.py runs it)
     python bench/bench_chaos.py --duration 120 --experiments 300 --keep-logs
 
 Always runs on an embedded PostgreSQL of its own (worker.db.embedded), never on DATABASE_URL: it restarts the

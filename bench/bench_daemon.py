@@ -1,7 +1,7 @@
 """Benchmark of the long-running worker (`autopromote run`); prints one JSON object.
 
     python bench/bench_daemon.py            # the full run (a few minutes)
-    python bench/bench_daemon.py --quick    # a small smoke run (tests/test_daemon_bench.py runs it)
+    python bench/bench_daemon.py --quick    # a small smoke run (tests/integration/test_daemon_bench.py runs it)
 
 Uses DATABASE_URL (a role that may CREATE DATABASE) or starts the embedded PostgreSQL 16 (fsync and
 synchronous_commit off: commits cost what the CPU costs, not what a disk costs). Each section gets a fresh database.

@@ -1,7 +1,7 @@
 """Benchmark of serving the decision (schema/0008_serving.sql and clients/openfeature-python); prints one JSON object.
 
     python bench/bench_serving.py            # the full run (about a minute)
-    python bench/bench_serving.py --quick    # a small smoke run (tests/test_serving_bench.py runs it)
+    python bench/bench_serving.py --quick    # a small smoke run (tests/integration/test_serving_bench.py runs it)
 
 Uses DATABASE_URL (a role that may CREATE DATABASE) or starts the embedded PostgreSQL 16; a fresh database.
 

@@ -1,7 +1,7 @@
 """Refresh the configuration reference table in README.md from the config models.
 
 Run after adding or changing a setting: ``python deploy/gen_readme_reference.py`` (``--check`` exits 1 when the
-README is stale). tests/test_readme.py fails while they differ.
+README is stale). tests/unit/test_readme.py fails while they differ.
 """
 
 from __future__ import annotations

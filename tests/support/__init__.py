@@ -1,0 +1,1 @@
+"""Helpers shared by test files (not collected: no file here is named test_*)."""

@@ -1,0 +1,36 @@
+"""The statistics benchmark runs and prints one JSON object with the keys reports rely on."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "bench_stats.py"
+
+
+@pytest.mark.slow
+def test_bench_stats_quick_prints_one_json_object_with_expected_keys() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(BENCH), "--quick"], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)  # the whole of stdout is one JSON document
+    assert out["quick"] is True
+    assert {"platform", "cpu_count", "python"} <= out["machine"].keys()
+    for method in ("sequential", "fixed"):
+        assert {"median_us", "p99_us"} <= out["analyze_experiment_2_variants"][method].keys()
+        assert "median_ms" in out["analyze_many_10000x3"][method]
+    power = out["power"]
+    assert {
+        "sequential_median_n_per_arm_to_winner",
+        "fixed_n_per_arm_80pct_power",
+        "ratio_sequential_median_to_fixed_n",
+    } <= power.keys()
+    aa = out["aa_false_positive_rate"]
+    for looks in (10, 50, 200):
+        assert set(aa[f"looks_{looks}"]) == {"sequential", "fixed"}
+        assert all(0.0 <= r <= 1.0 for r in aa[f"looks_{looks}"].values())
