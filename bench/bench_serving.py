@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -38,6 +37,7 @@ if str(ROOT) not in sys.path:
 import asyncpg  # noqa: E402
 from ab_autopromote_openfeature import AutoPromoteProvider, fnv1a32, hash_v2  # noqa: E402
 from ab_autopromote_openfeature.provider import ServedExperiment  # noqa: E402
+from bench_daemon import machine_info  # noqa: E402  (one description of the machine for every bench)
 from openfeature import api  # noqa: E402
 from openfeature.evaluation_context import EvaluationContext  # noqa: E402
 from openfeature.flag_evaluation import Reason  # noqa: E402
@@ -237,21 +237,6 @@ def bench_python_assign(params: dict[str, Any]) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------ main
-def machine_info(pg_version: str, embedded: bool) -> dict[str, Any]:
-    model = platform.processor()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return {
-        "cpu": model, "logical_cpus": os.cpu_count(), "platform": platform.platform(),
-        "python": platform.python_version(), "postgresql": pg_version,
-        "database": "embedded (fsync=off, synchronous_commit=off), same machine" if embedded else "DATABASE_URL",
-        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-    }
-
-
 async def main(quick: bool, only: list[str] | None) -> dict[str, Any]:
     params = QUICK if quick else FULL
     embedded = None
