@@ -527,7 +527,7 @@ async def bench_engine_breakdown(server: Server, p: dict[str, Any]) -> dict[str,
 
     from worker.config import load_config, load_settings
     from worker.db.connect import create_pool
-    from worker.db.queries import Q
+    from worker.db.sql import Q
     from worker.decide import safe_decide
     from worker.engine import Engine
     from worker.evaluator import keep_session

@@ -43,3 +43,25 @@ async def test_every_read_query_is_valid_sql_for_the_schema(conn: asyncpg.Connec
             await conn.prepare(query)
         except asyncpg.PostgresError as exc:
             raise AssertionError(f"reads.sql {name}: {exc}") from exc
+
+
+def test_the_locking_snapshots_read_what_experiment_snapshot_reads() -> None:
+    """try_lock_snapshot and lock_running_snapshots were derived from experiment_snapshot in Python; now each is its
+    own statement in queries.sql, so a column added to one select list and not the others would fail here."""
+    from worker.db.sql import Q
+
+    def select_list(name: str) -> str:
+        return Q[name].split("\n  FROM ab_experiments e WHERE")[0]
+
+    assert select_list("experiment_snapshot").startswith("SELECT e.id, e.name")
+    assert select_list("try_lock_snapshot") == select_list("experiment_snapshot")
+    assert select_list("lock_running_snapshots") == select_list("experiment_snapshot")
+    assert Q["try_lock_snapshot"].endswith("FOR NO KEY UPDATE OF e SKIP LOCKED")
+
+
+def test_every_sql_file_is_loaded_by_the_one_loader() -> None:
+    from worker.db import sql
+
+    assert {"promote_write", "experiment_snapshot"} <= set(sql.Q)
+    assert {"listening_channels", "take_lease", "ping"} <= set(sql.DQ)
+    assert {"insert_outbox", "claim_due", "requeue_dead"} <= set(sql.NQ)

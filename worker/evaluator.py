@@ -44,7 +44,7 @@ import structlog
 
 from worker import metrics
 from worker.config import Settings
-from worker.db.daemon_queries import DQ
+from worker.db.sql import DQ
 from worker.engine import Engine, Evaluation
 from worker.fold import fold_batch
 from worker.guard import PostPromotionGuard

@@ -13,7 +13,7 @@ from datetime import datetime
 
 import asyncpg
 
-from worker.db.queries import Q
+from worker.db.sql import Q
 
 # A relaxed commit does not wait for the WAL flush. Used only for transactions whose loss in a database crash loses
 # nothing: a fold (the claimed updates come back into the queue with it and are folded again; a later synchronous

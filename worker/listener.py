@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from worker import metrics
 from worker.db.connect import connect
-from worker.db.daemon_queries import DQ
+from worker.db.sql import DQ
 from worker.retry import FaultLog, Faults, Stopped, is_transient, retrying
 
 log = structlog.get_logger("worker.listener")

@@ -23,7 +23,7 @@ import structlog
 
 from worker import metrics
 from worker.db.connect import connect
-from worker.db.daemon_queries import DQ
+from worker.db.sql import DQ
 from worker.retry import DB_ERRORS, FaultLog, Faults, Stopped, retrying, sleep_or_stop
 
 log = structlog.get_logger("worker.scanner")
@@ -61,9 +61,9 @@ class AdvisoryLockLeadership:
                                            server_settings={"application_name": self.application_name})
             if self.held:
                 # Still our session, so still our lock.
-                await self._conn.fetchval("SELECT 1", timeout=self.timeout)
+                await self._conn.fetchval(DQ["ping"], timeout=self.timeout)
             else:
-                self.held = bool(await self._conn.fetchval("SELECT pg_try_advisory_lock($1)", self.key,
+                self.held = bool(await self._conn.fetchval(DQ["try_advisory_lock"], self.key,
                                                            timeout=self.timeout))
                 if self.held:
                     log.info("scan.leadership_acquired", backend_pid=self._conn.get_server_pid())

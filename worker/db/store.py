@@ -16,7 +16,7 @@ from typing import Any
 import anyio.lowlevel
 import asyncpg
 
-from worker.db.queries import Q
+from worker.db.sql import Q
 from worker.decide import Decision
 
 SNAPSHOT_MIN_INTERVAL_S = 5.0

@@ -1,48 +1,24 @@
 """The notification outbox: enqueue inside the caller's transaction, and the claim and bookkeeping the
-dispatcher does around each attempt. The SQL lives in queries.sql."""
+dispatcher does around each attempt. The SQL lives in worker/db/notify.sql, loaded by worker.db.sql (NQ)."""
 
 from __future__ import annotations
 
 import json
-import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import asyncpg
 import structlog
 
 from worker.config import AutoPromotionConfig, Settings
+from worker.db.sql import NQ as Q
 from worker.notify.delivery import AttemptResult, OutboxRow
 from worker.notify.events import EVENTS, normalize_priority
 from worker.notify.routing import ConfigRow, Route, plan_routes
 
 log = structlog.get_logger("worker.notify")
-
-_NAME_RE = re.compile(r"^--\s*name:\s*([a-z_]+)\s*$", re.MULTILINE)
-
-
-def load_queries(path: Path) -> dict[str, str]:
-    """Queries by name from a file of ``-- name: <name>`` sections."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise RuntimeError(
-            f"{path} is missing: the package was built without it; list notify/*.sql under "
-            "[tool.setuptools.package-data] in pyproject.toml"
-        ) from None
-    matches = list(_NAME_RE.finditer(text))
-    queries: dict[str, str] = {}
-    for i, match in enumerate(matches):
-        end = matches[i + 1].start() if i + 1 < len(matches) else len(text)
-        body = "\n".join(line for line in text[match.end():end].splitlines() if not line.startswith("--")).strip()
-        queries[match.group(1)] = body.rstrip(";")
-    return queries
-
-
-Q = load_queries(Path(__file__).with_name("queries.sql"))
 
 
 @dataclass(frozen=True, slots=True)

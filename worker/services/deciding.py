@@ -17,7 +17,7 @@ from worker.config import (
     with_experiment_overrides,
     with_request_overrides,
 )
-from worker.db.queries import Q
+from worker.db.sql import Q
 from worker.db.store import Seen
 from worker.decide import Decision, ExperimentSnapshot, VariantSnapshot, failed_decision, safe_decide
 from worker.domain.errors import ExperimentNotFound, InvalidRequest

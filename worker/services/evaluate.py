@@ -8,7 +8,7 @@ import structlog
 
 from worker.config import EffectiveConfig
 from worker.db import store
-from worker.db.queries import Q
+from worker.db.sql import Q
 from worker.db.store import Seen
 from worker.decide import Decision, ExperimentSnapshot
 from worker.domain.results import Evaluation

@@ -18,7 +18,7 @@ import structlog
 from worker.config import AutoPromotionConfig, EffectiveConfig, Settings
 from worker.db import store
 from worker.db.connect import json_safe
-from worker.db.daemon_queries import DQ
+from worker.db.sql import DQ
 from worker.domain.guard_rules import GuardBreach, WatchedPromotion, check_guard, watched_from_row
 from worker.domain.results import RollbackRefused
 from worker.services.deciding import Decider

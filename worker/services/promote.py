@@ -24,7 +24,7 @@ import structlog
 from worker import metrics
 from worker.config import AutoPromotionConfig, EffectiveConfig, Settings
 from worker.db import store
-from worker.db.queries import Q
+from worker.db.sql import Q
 from worker.db.store import HistoryRows, PromotionWrite, Seen
 from worker.decide import Decision, ExperimentSnapshot
 from worker.domain.errors import AlreadyPromoted, EngineError, ExperimentNotFound

@@ -15,7 +15,7 @@ import asyncpg
 
 from worker.config import EffectiveConfig
 from worker.db import store
-from worker.db.queries import Q
+from worker.db.sql import Q
 from worker.domain.errors import AlreadyRolledBack, EngineError, InvalidRequest, PromotionNotFound
 from worker.domain.results import RollbackRefused, RollbackResult
 from worker.services.deciding import Decider

@@ -14,7 +14,7 @@ from typing import Literal, Protocol
 import asyncpg
 import structlog
 
-from worker.db.queries import Q
+from worker.db.sql import Q
 from worker.domain.results import RollbackRefused
 from worker.services.rollback import RollbackService
 

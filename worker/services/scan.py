@@ -8,7 +8,7 @@ import asyncpg
 
 from worker.config import AutoPromotionConfig, EffectiveConfig, Settings
 from worker.db import store
-from worker.db.queries import Q
+from worker.db.sql import Q
 from worker.db.store import Seen
 from worker.decide import AlertInfo, Decision, ExperimentSnapshot, VariantSnapshot
 from worker.domain.errors import EngineError
