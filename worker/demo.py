@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 import anyio
-import asyncpg
 from aiohttp import web
+
+from worker.db.connect import Connection, Pool, Record
 
 TICK_SECONDS = 0.25
 
@@ -77,7 +78,7 @@ DEMO_CONFIG_ENV = {
 }
 
 
-async def create_scenarios(conn: asyncpg.Connection, scenarios: tuple[Scenario, ...] = SCENARIOS) -> None:
+async def create_scenarios(conn: Connection, scenarios: tuple[Scenario, ...] = SCENARIOS) -> None:
     """Insert the demo experiments (running for two days already) and their variants."""
     async with conn.transaction():
         for s in scenarios:
@@ -115,7 +116,7 @@ class TrafficSimulator:
 
     DOMAIN = "autopromote-demo"
 
-    def __init__(self, pool: asyncpg.Pool, database_url: str, scenarios: tuple[Scenario, ...] = SCENARIOS, *,
+    def __init__(self, pool: Pool, database_url: str, scenarios: tuple[Scenario, ...] = SCENARIOS, *,
                  users_per_tick: int = 150, visits_per_user: int = 4, population: int = 50_000,
                  seed: int = 7) -> None:
         self.pool = pool
@@ -210,7 +211,7 @@ class TrafficSimulator:
                 await self.close()
 
 
-async def manual_rollbacks(pool: asyncpg.Pool, stop: anyio.Event, scenarios: tuple[Scenario, ...] = SCENARIOS) -> None:
+async def manual_rollbacks(pool: Pool, stop: anyio.Event, scenarios: tuple[Scenario, ...] = SCENARIOS) -> None:
     """What an operator would do from psql: ab_request_rollback() a few seconds after the promotion."""
     pending = {s.name: s.manual_rollback_after for s in scenarios if s.manual_rollback_after is not None}
     while pending and not stop.is_set():
@@ -284,7 +285,7 @@ SELECT e.name, e.status,
 """
 
 
-def describe(row: asyncpg.Record) -> tuple[str, str, str, str]:
+def describe(row: Record) -> tuple[str, str, str, str]:
     """experiment, exposures per variant, confidence, decision or blocking reason."""
     variants = row["variants"] or []
     exposures = " / ".join(f"{v['n']:,}" for v in variants)
@@ -306,7 +307,7 @@ def describe(row: asyncpg.Record) -> tuple[str, str, str, str]:
     return row["name"], exposures, confidence, what
 
 
-def render_table(rows: list[asyncpg.Record], width: int = 150) -> list[str]:
+def render_table(rows: list[Record], width: int = 150) -> list[str]:
     data = [describe(r) for r in rows]
     head = ("experiment", "exposures per variant", "confidence", "decision / blocking reason")
     widths = [max(len(head[i]), *(len(d[i]) for d in data)) if data else len(head[i]) for i in range(3)]
@@ -333,7 +334,7 @@ class Display:
         if not self.live:
             print(f"notification  {line}", file=self.out, flush=True)
 
-    def update(self, rows: list[asyncpg.Record], header: list[str]) -> None:
+    def update(self, rows: list[Record], header: list[str]) -> None:
         if self.live:
             lines = [*header, "", *render_table(rows), "", "notifications delivered to the local sink:"]
             lines += [f"  {e}" for e in self.events[-10:]] or ["  (none yet)"]
@@ -349,7 +350,7 @@ class Display:
                       file=self.out, flush=True)
 
 
-def summary_lines(rows: list[asyncpg.Record]) -> list[str]:
+def summary_lines(rows: list[Record]) -> list[str]:
     promoted, blocked, rolled = [], [], []
     for r in rows:
         decision = r["decision"] or {}
@@ -370,5 +371,5 @@ def summary_lines(rows: list[asyncpg.Record]) -> list[str]:
     return out
 
 
-def dump_json(rows: list[asyncpg.Record]) -> str:
+def dump_json(rows: list[Record]) -> str:
     return json.dumps([describe(r) for r in rows])

@@ -11,8 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-import asyncpg
-
+from worker.db.connect import Connection
 from worker.db.sql import Q
 
 # A relaxed commit does not wait for the WAL flush. Used only for transactions whose loss in a database crash loses
@@ -42,7 +41,7 @@ class FoldResult:
 
 
 async def fold_batch(
-    conn: asyncpg.Connection, *, limit: int, experiment_ids: Sequence[int] | None = None, relaxed: bool = False
+    conn: Connection, *, limit: int, experiment_ids: Sequence[int] | None = None, relaxed: bool = False
 ) -> FoldResult:
     """Fold up to ``limit`` pending updates in the caller's transaction (or its own, if none is open).
 
@@ -65,7 +64,7 @@ async def fold_batch(
 
 
 async def fold_pending_updates(
-    conn: asyncpg.Connection, *, batch_size: int = 50_000, experiment_ids: Sequence[int] | None = None,
+    conn: Connection, *, batch_size: int = 50_000, experiment_ids: Sequence[int] | None = None,
     max_batches: int | None = None,
 ) -> FoldResult:
     """Fold batches until the (selected part of the) queue is drained; each batch commits on its own

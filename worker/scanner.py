@@ -18,11 +18,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import anyio
-import asyncpg
 import structlog
 
 from worker import metrics
-from worker.db.connect import connect
+from worker.db.connect import Connection, Pool, connect
 from worker.db.sql import DQ
 from worker.retry import DB_ERRORS, FaultLog, Faults, Stopped, retrying, sleep_or_stop
 
@@ -50,7 +49,7 @@ class AdvisoryLockLeadership:
         self.application_name = application_name
         self.key = key
         self.timeout = timeout
-        self._conn: asyncpg.Connection | None = None
+        self._conn: Connection | None = None
         self.held = False
 
     async def acquire(self) -> bool:
@@ -92,7 +91,7 @@ class AdvisoryLockLeadership:
 class LeaseLeadership:
     """Leads while it holds the ``scan`` row of ``ab_worker_leases`` (works through transaction pooling)."""
 
-    def __init__(self, pool: asyncpg.Pool, holder: str, *, ttl: float, name: str = SCAN_LEASE) -> None:
+    def __init__(self, pool: Pool, holder: str, *, ttl: float, name: str = SCAN_LEASE) -> None:
         self.pool = pool
         self.holder = holder
         self.ttl = ttl

@@ -9,10 +9,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import asyncpg
 import structlog
 
 from worker.config import AutoPromotionConfig, Settings
+from worker.db.connect import Connection, Record
 from worker.db.sql import NQ as Q
 from worker.notify.delivery import AttemptResult, OutboxRow
 from worker.notify.events import EVENTS, normalize_priority
@@ -83,7 +83,7 @@ def plan_notifications(
 
 
 async def enqueue_notifications(
-    conn: asyncpg.Connection,
+    conn: Connection,
     *,
     event: str,
     payload: dict[str, Any],
@@ -115,7 +115,7 @@ async def enqueue_notifications(
 
 
 async def claim_due(
-    conn: asyncpg.Connection, *, limit: int, per_target: int, lease_base: float, rate: float
+    conn: Connection, *, limit: int, per_target: int, lease_base: float, rate: float
 ) -> list[OutboxRow]:
     """Lease due rows (one statement, its own short transaction); see queries.sql ``claim_due``."""
     records = await conn.fetch(Q["claim_due"], limit, per_target, lease_base, rate)
@@ -142,7 +142,7 @@ async def claim_due(
     return rows
 
 
-async def fetch_configs(conn: asyncpg.Connection, ids: Sequence[int]) -> dict[int, asyncpg.Record]:
+async def fetch_configs(conn: Connection, ids: Sequence[int]) -> dict[int, Record]:
     """The secret-bearing config rows for a batch, read at send time."""
     if not ids:
         return {}
@@ -150,7 +150,7 @@ async def fetch_configs(conn: asyncpg.Connection, ids: Sequence[int]) -> dict[in
 
 
 async def record_attempt(
-    conn: asyncpg.Connection,
+    conn: Connection,
     row: OutboxRow,
     *,
     outcome: str,
@@ -177,18 +177,18 @@ async def record_attempt(
     return moved is not None
 
 
-async def release(conn: asyncpg.Connection, row: OutboxRow, *, retry_in: float) -> bool:
+async def release(conn: Connection, row: OutboxRow, *, retry_in: float) -> bool:
     """Give a claimed, unattempted row back (its attempt uncounted), due in ``retry_in`` seconds."""
     return await conn.fetchval(Q["release"], row.id, row.attempts, retry_in) is not None
 
 
-async def next_due_in(conn: asyncpg.Connection) -> float | None:
+async def next_due_in(conn: Connection) -> float | None:
     """Seconds until the next claimable row is due (negative: overdue), None when nothing is pending."""
     value = await conn.fetchval(Q["next_due_in"])
     return None if value is None else float(value)
 
 
-async def requeue_dead(conn: asyncpg.Connection, outbox_ids: Sequence[int] | None = None) -> int:
+async def requeue_dead(conn: Connection, outbox_ids: Sequence[int] | None = None) -> int:
     """Give dead-lettered rows (all, or ``outbox_ids``) a fresh set of attempts; returns how many."""
     ids = None if outbox_ids is None else list(outbox_ids)
     return len(await conn.fetch(Q["requeue_dead"], ids))
