@@ -315,7 +315,7 @@ async def _preload(conn: asyncpg.Connection, n_updates: int) -> None:
 
 
 async def bench_fold_backlog(server: Server, p: dict[str, Any]) -> dict[str, Any]:
-    from worker.fold import fold_pending_updates
+    from worker.db.fold import fold_pending_updates
 
     n_updates, n_exp = p["updates"], p["experiments"]
     out: dict[str, Any] = {"updates": n_updates, "experiments": n_exp}

@@ -65,3 +65,16 @@ def test_every_sql_file_is_loaded_by_the_one_loader() -> None:
     assert {"promote_write", "experiment_snapshot"} <= set(sql.Q)
     assert {"listening_channels", "take_lease", "ping"} <= set(sql.DQ)
     assert {"insert_outbox", "claim_due", "requeue_dead"} <= set(sql.NQ)
+
+
+def test_the_fold_variants_are_one_statement() -> None:
+    """fold_pending_for and fold_pending_relaxed were derived from fold_pending in Python; each is now its own
+    statement, so they must stay fold_pending with just the experiment filter or the relaxed commit added."""
+    from worker.db.sql import Q
+
+    plain = Q["fold_pending"]
+    assert Q["fold_pending_for"] == plain.replace(
+        "FROM ab_metric_updates ORDER BY", "FROM ab_metric_updates WHERE experiment_id = ANY($2::bigint[]) ORDER BY")
+    assert Q["fold_pending_relaxed"] == plain.replace(
+        "AS variants", "AS variants, set_config('synchronous_commit', 'off', true) AS relaxed")
+    assert plain != Q["fold_pending_for"] and plain != Q["fold_pending_relaxed"]

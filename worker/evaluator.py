@@ -44,9 +44,9 @@ import structlog
 from worker import metrics
 from worker.config import Settings
 from worker.db.connect import Connection, InterfaceError, Pool
+from worker.db.fold import fold_batch
 from worker.db.sql import DQ
 from worker.engine import Engine, Evaluation
-from worker.fold import fold_batch
 from worker.guard import PostPromotionGuard
 from worker.retry import FaultLog, Faults, Stopped, retrying, sleep_or_stop
 

@@ -3,11 +3,10 @@
 
 -- name: fold_pending
 -- Claim up to $1 pending metric updates and fold them into ab_variant_stats, in one statement.
--- fold.py derives a per-experiment variant by replacing the /*filter*/ marker with a WHERE clause on $2, and the
--- daemon's variant by replacing /*relaxed*/ with a relaxed commit (see RELAXED_COMMIT in fold.py).
+-- fold_pending_for and fold_pending_relaxed below are the same statement (tests/test_sql_loader.py checks it).
 WITH claimed AS (
     DELETE FROM ab_metric_updates
-     WHERE id IN (SELECT id FROM ab_metric_updates /*filter*/ ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
+     WHERE id IN (SELECT id FROM ab_metric_updates ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
     RETURNING *
 ), agg AS (
     SELECT variant_id, min(experiment_id) AS experiment_id, count(*) AS n,
@@ -35,7 +34,77 @@ WITH claimed AS (
     RETURNING 1
 )
 SELECT experiment_id, sum(n)::bigint AS updates, max(last_recorded_at) AS last_recorded_at,
-       (SELECT count(*) FROM upserted) AS variants /*relaxed*/
+       (SELECT count(*) FROM upserted) AS variants
+  FROM agg GROUP BY experiment_id;
+
+-- name: fold_pending_for
+-- fold_pending for the experiments $2 only (a check or promotion folds its own experiment first).
+WITH claimed AS (
+    DELETE FROM ab_metric_updates
+     WHERE id IN (SELECT id FROM ab_metric_updates WHERE experiment_id = ANY($2::bigint[]) ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
+    RETURNING *
+), agg AS (
+    SELECT variant_id, min(experiment_id) AS experiment_id, count(*) AS n,
+           sum(exposures) AS exposures, sum(conversions) AS conversions, sum(errors) AS errors,
+           coalesce(sum(value_sum), 0) AS value_sum, coalesce(sum(value_sum_sq), 0) AS value_sum_sq,
+           ab_sketch_sum(latency_sketch) FILTER (WHERE latency_sketch IS NOT NULL) AS latency_sketch,
+           sum(latency_count) AS latency_count, max(recorded_at) AS last_recorded_at
+      FROM claimed GROUP BY variant_id
+), upserted AS (
+    INSERT INTO ab_variant_stats AS s (variant_id, experiment_id, exposures, conversions, errors, value_sum,
+                                      value_sum_sq, latency_sketch, latency_count, updates_folded, updated_at)
+    SELECT variant_id, experiment_id, exposures, conversions, errors, value_sum, value_sum_sq,
+           coalesce(latency_sketch, '{}'::jsonb), latency_count, n, now()
+      FROM agg ORDER BY variant_id
+    ON CONFLICT (variant_id) DO UPDATE SET
+        exposures = s.exposures + EXCLUDED.exposures,
+        conversions = s.conversions + EXCLUDED.conversions,
+        errors = s.errors + EXCLUDED.errors,
+        value_sum = s.value_sum + EXCLUDED.value_sum,
+        value_sum_sq = s.value_sum_sq + EXCLUDED.value_sum_sq,
+        latency_sketch = ab_sketch_merge(s.latency_sketch, EXCLUDED.latency_sketch),
+        latency_count = s.latency_count + EXCLUDED.latency_count,
+        updates_folded = s.updates_folded + EXCLUDED.updates_folded,
+        updated_at = now()
+    RETURNING 1
+)
+SELECT experiment_id, sum(n)::bigint AS updates, max(last_recorded_at) AS last_recorded_at,
+       (SELECT count(*) FROM upserted) AS variants
+  FROM agg GROUP BY experiment_id;
+
+-- name: fold_pending_relaxed
+-- fold_pending with a relaxed commit (the daemon's folder; see RELAXED_COMMIT in worker/db/fold.py).
+WITH claimed AS (
+    DELETE FROM ab_metric_updates
+     WHERE id IN (SELECT id FROM ab_metric_updates ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
+    RETURNING *
+), agg AS (
+    SELECT variant_id, min(experiment_id) AS experiment_id, count(*) AS n,
+           sum(exposures) AS exposures, sum(conversions) AS conversions, sum(errors) AS errors,
+           coalesce(sum(value_sum), 0) AS value_sum, coalesce(sum(value_sum_sq), 0) AS value_sum_sq,
+           ab_sketch_sum(latency_sketch) FILTER (WHERE latency_sketch IS NOT NULL) AS latency_sketch,
+           sum(latency_count) AS latency_count, max(recorded_at) AS last_recorded_at
+      FROM claimed GROUP BY variant_id
+), upserted AS (
+    INSERT INTO ab_variant_stats AS s (variant_id, experiment_id, exposures, conversions, errors, value_sum,
+                                      value_sum_sq, latency_sketch, latency_count, updates_folded, updated_at)
+    SELECT variant_id, experiment_id, exposures, conversions, errors, value_sum, value_sum_sq,
+           coalesce(latency_sketch, '{}'::jsonb), latency_count, n, now()
+      FROM agg ORDER BY variant_id
+    ON CONFLICT (variant_id) DO UPDATE SET
+        exposures = s.exposures + EXCLUDED.exposures,
+        conversions = s.conversions + EXCLUDED.conversions,
+        errors = s.errors + EXCLUDED.errors,
+        value_sum = s.value_sum + EXCLUDED.value_sum,
+        value_sum_sq = s.value_sum_sq + EXCLUDED.value_sum_sq,
+        latency_sketch = ab_sketch_merge(s.latency_sketch, EXCLUDED.latency_sketch),
+        latency_count = s.latency_count + EXCLUDED.latency_count,
+        updates_folded = s.updates_folded + EXCLUDED.updates_folded,
+        updated_at = now()
+    RETURNING 1
+)
+SELECT experiment_id, sum(n)::bigint AS updates, max(last_recorded_at) AS last_recorded_at,
+       (SELECT count(*) FROM upserted) AS variants, set_config('synchronous_commit', 'off', true) AS relaxed
   FROM agg GROUP BY experiment_id;
 
 -- name: queue_backlog

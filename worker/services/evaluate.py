@@ -153,7 +153,7 @@ class EvaluateService:
                 if outcome.action == "promoted":
                     promoted.append(outcome)
             # Only decisions in this transaction (nothing was promoted or audited): its commit need not wait for the
-            # disk (worker.fold.RELAXED_COMMIT).
+            # disk (worker.db.fold.RELAXED_COMMIT).
             stored = await store.record_many(conn, plain, relaxed=len(plain) == len(pairs),
                                              seen={row["id"]: Seen.of(row) for row, _ in pairs})
             out.extend(Evaluation(d.experiment_id, d.experiment_name, d,

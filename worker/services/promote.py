@@ -24,12 +24,12 @@ from worker import metrics
 from worker.config import AutoPromotionConfig, EffectiveConfig, Settings
 from worker.db import store
 from worker.db.connect import Connection, Pool, PostgresError, UniqueViolationError
+from worker.db.fold import fold_pending_updates
 from worker.db.sql import Q
 from worker.db.store import HistoryRows, PromotionWrite, Seen
 from worker.decide import Decision, ExperimentSnapshot
 from worker.domain.errors import AlreadyPromoted, EngineError, ExperimentNotFound
 from worker.domain.results import CheckResult, Evaluation, PromoteResult
-from worker.fold import fold_pending_updates
 from worker.services.deciding import Decider
 from worker.services.effects import Effects, outbox_rows, payload
 from worker.stats import StatsInputError

@@ -8,12 +8,12 @@ import anyio.lowlevel
 from worker.config import AutoPromotionConfig, EffectiveConfig, Settings
 from worker.db import store
 from worker.db.connect import Connection, Pool, PostgresError, Record
+from worker.db.fold import fold_pending_updates
 from worker.db.sql import Q
 from worker.db.store import Seen
 from worker.decide import AlertInfo, Decision, ExperimentSnapshot, VariantSnapshot
 from worker.domain.errors import EngineError
 from worker.domain.results import CheckResult, ScanItem, ScanResult
-from worker.fold import fold_pending_updates
 from worker.services.deciding import MAX_ALERT_LOOKBACK_S, Decider, DecisionAndConfig
 from worker.services.effects import Effects
 from worker.services.promote import PromoteService
