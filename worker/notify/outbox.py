@@ -59,7 +59,7 @@ def config_rows(records: Sequence[Mapping[str, Any]]) -> list[ConfigRow]:
 def plan_notifications(
     *,
     event: str,
-    payload: dict[str, Any],
+    payload: Mapping[str, Any],
     config: AutoPromotionConfig,
     settings: Settings,
     rows: Sequence[ConfigRow],
@@ -86,7 +86,7 @@ async def enqueue_notifications(
     conn: Connection,
     *,
     event: str,
-    payload: dict[str, Any],
+    payload: Mapping[str, Any],
     config: AutoPromotionConfig,
     settings: Settings,
 ) -> int:
