@@ -21,6 +21,7 @@ import anyio
 from aiohttp import web
 
 from worker.db.connect import Connection, Pool, Record
+from worker.db.sql import DEMO
 
 TICK_SECONDS = 0.25
 
@@ -83,13 +84,12 @@ async def create_scenarios(conn: Connection, scenarios: tuple[Scenario, ...] = S
     async with conn.transaction():
         for s in scenarios:
             exp_id = await conn.fetchval(
-                """INSERT INTO ab_experiments (name, status, started_at, description, config)
-                   VALUES ($1, 'running', now() - interval '2 days', $2, $3) RETURNING id""",
+                DEMO["create_experiment"],
                 s.name, s.story, s.config,
             )
             for i, arm in enumerate(s.arms):
                 await conn.execute(
-                    "INSERT INTO ab_variants (experiment_id, name, is_control, traffic_weight) VALUES ($1, $2, $3, $4)",
+                    DEMO["create_variant"],
                     exp_id, arm.name, i == 0, arm.weight,
                 )
 
@@ -196,7 +196,7 @@ class TrafficSimulator:
         if not calls:
             return
         async with self.pool.acquire() as conn, conn.transaction():
-            await conn.executemany("SELECT ab_record_metrics($1, $2, $3, $4, $5, $6)", calls)
+            await conn.executemany(DEMO["record_metrics"], calls)
         self.recorded_exposures += sum(c[2] for c in calls)
 
     async def run(self, stop: anyio.Event) -> None:
@@ -216,15 +216,14 @@ async def manual_rollbacks(pool: Pool, stop: anyio.Event, scenarios: tuple[Scena
     pending = {s.name: s.manual_rollback_after for s in scenarios if s.manual_rollback_after is not None}
     while pending and not stop.is_set():
         rows = await pool.fetch(
-            """SELECT id, experiment_name, extract(epoch FROM now() - promoted_at) AS age FROM experiment_promotions
-                WHERE experiment_name = ANY($1::text[]) AND rollback_at IS NULL AND rollback_requested_at IS NULL""",
+            DEMO["promotions_to_roll_back"],
             list(pending),
         )
         for r in rows:
             delay = pending.get(r["experiment_name"])
             if delay is not None and r["age"] >= delay:
                 await pool.execute(
-                    "SELECT ab_request_rollback($1, $2, 'demo-operator')", r["id"],
+                    DEMO["request_rollback"], r["id"],
                     "conversion drop reported by the support team (demo: rolled back by hand)",
                 )
                 pending.pop(r["experiment_name"], None)
@@ -270,19 +269,7 @@ class NotificationSink:
 
 
 # ------------------------------------------------------------------------------------------------- display
-STATUS_QUERY = """
-SELECT e.name, e.status,
-       coalesce((SELECT json_agg(json_build_object('name', v.name, 'n', coalesce(s.exposures, 0)) ORDER BY v.id)
-                   FROM ab_variants v LEFT JOIN ab_variant_stats s ON s.variant_id = v.id
-                  WHERE v.experiment_id = e.id), '[]'::json) AS variants,
-       st.decision,
-       (SELECT json_build_object('variant', p.promoted_variant_name, 'confidence', p.confidence,
-                                 'improvement', p.improvement, 'rollback_reason', p.rollback_reason,
-                                 'rolled_back_by', p.rolled_back_by)
-          FROM experiment_promotions p WHERE p.experiment_id = e.id ORDER BY p.promoted_at DESC LIMIT 1) AS promotion
-  FROM ab_experiments e LEFT JOIN ab_experiment_state st ON st.experiment_id = e.id
- ORDER BY e.id
-"""
+STATUS_QUERY = DEMO["status"]
 
 
 def describe(row: Record) -> tuple[str, str, str, str]:
