@@ -315,7 +315,7 @@ async def _preload(conn: asyncpg.Connection, n_updates: int) -> None:
 
 
 async def bench_fold_backlog(server: Server, p: dict[str, Any]) -> dict[str, Any]:
-    from worker.fold import fold_pending_updates
+    from worker.db.fold import fold_pending_updates
 
     n_updates, n_exp = p["updates"], p["experiments"]
     out: dict[str, Any] = {"updates": n_updates, "experiments": n_exp}
@@ -527,7 +527,7 @@ async def bench_engine_breakdown(server: Server, p: dict[str, Any]) -> dict[str,
 
     from worker.config import load_config, load_settings
     from worker.db.connect import create_pool
-    from worker.db.queries import Q
+    from worker.db.sql import Q
     from worker.decide import safe_decide
     from worker.engine import Engine
     from worker.evaluator import keep_session

@@ -94,10 +94,25 @@ async def conn(db_url: str) -> AsyncIterator[asyncpg.Connection]:
         await c.close()
 
 
+# The URL each `pool` fixture connects to, by id(pool): an AppContext needs it (its dashboard bridge opens a LISTEN
+# session of its own) and asyncpg keeps it only in private attributes. See pool_url().
+POOL_URLS: dict[int, str] = {}
+
+
+def pool_url(pool: asyncpg.Pool) -> str:
+    """The database URL of a pool made by the ``pool`` fixture."""
+    try:
+        return POOL_URLS[id(pool)]
+    except KeyError:
+        raise AssertionError("pool_url() knows only pools of the `pool` fixture; pass database_url=") from None
+
+
 @pytest.fixture
 async def pool(db_url: str) -> AsyncIterator[asyncpg.Pool]:
     p = await create_pool(db_url, min_size=1, max_size=10)
+    POOL_URLS[id(p)] = db_url
     try:
         yield p
     finally:
+        POOL_URLS.pop(id(p), None)
         await p.close()

@@ -23,14 +23,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 from aiohttp import web
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from worker.config import AutoPromotionConfig, Settings
+from worker.decide import ERROR_RATE_CHECK, LATENCY_CHECK, TRAFFIC_BALANCE_CHECK, SafetyCheck
+from worker.domain.results import NotificationPayload
 from worker.notify import enqueue_notifications
+from worker.services.effects import NotificationEvent
 
 
 async def wait_until(predicate: Callable[[], bool], *, within: float = 10.0, what: str = "condition") -> None:
@@ -265,9 +268,15 @@ class FakeSMTPServer:
 # ---------------------------------------------------------------------------------------------------------
 # The engine's side: a payload as it builds one, and "the promotion transaction"
 # ---------------------------------------------------------------------------------------------------------
-def engine_payload(event: str = "promotion.promoted", **overrides: Any) -> dict[str, Any]:
-    """A payload shaped like the engine's (camelCase JSON)."""
-    payload: dict[str, Any] = {
+def engine_payload(event: NotificationEvent = "promotion.promoted", **overrides: Any) -> NotificationPayload:
+    """A payload as worker.services.effects builds one: a NotificationPayload with safety checks from decide.py's
+    SafetyCheck (its names and severities), so a change of the payload's shape fails type checking here too."""
+    checks = [
+        SafetyCheck(ERROR_RATE_CHECK, True, "0.40% <= 5.00%", "info"),
+        SafetyCheck(LATENCY_CHECK, True, "p95 +3.1% <= +20%", "info"),
+        SafetyCheck(TRAFFIC_BALANCE_CHECK, False, "SRM p = 0.004 (threshold 0.001)", "warning"),
+    ]
+    payload: NotificationPayload = {
         "event": event,
         "experimentName": "checkout-button",
         "priority": "normal",
@@ -279,23 +288,19 @@ def engine_payload(event: str = "promotion.promoted", **overrides: Any) -> dict[
         "confidence": 97.3,
         "improvement": 6.2,
         "method": "sequential",
-        "safetyChecks": [
-            {"name": "errorRate", "passed": True, "message": "0.40% <= 5.00%", "severity": "error"},
-            {"name": "latency", "passed": True, "message": "p95 +3.1% <= +20%", "severity": "error"},
-            {"name": "trafficBalance", "passed": False, "message": "SRM p = 0.004 (threshold 0.001)",
-             "severity": "warning"},
-        ],
+        "safetyChecks": [c.to_json() for c in checks],
         "reason": None,
         "variants": [
-            {"name": "control", "isControl": True, "exposures": 10000, "conversions": 1000, "rate": 0.1,
-             "errors": 40, "errorRate": 0.004, "p95LatencyMs": 120.0},
-            {"name": "variant-b", "isControl": False, "exposures": 10020, "conversions": 1064, "rate": 0.1062,
-             "errors": 41, "errorRate": 0.0041, "p95LatencyMs": 123.7},
+            {"name": "control", "isControl": True, "weight": 50.0, "exposures": 10000, "conversions": 1000,
+             "rate": 0.1, "errors": 40, "errorRate": 0.004, "p95LatencyMs": 120.0},
+            {"name": "variant-b", "isControl": False, "weight": 50.0, "exposures": 10020, "conversions": 1064,
+             "rate": 0.1062, "errors": 41, "errorRate": 0.0041, "p95LatencyMs": 123.7},
         ],
         "dryRun": False,
     }
-    payload.update(overrides)
-    return payload
+    unknown = set(overrides) - set(NotificationPayload.__annotations__)
+    assert not unknown, f"engine_payload: {sorted(unknown)} are not NotificationPayload keys"
+    return cast(NotificationPayload, {**payload, **overrides})
 
 
 async def promote_with_notifications(

@@ -28,12 +28,11 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import asyncpg
 import structlog
 from aiohttp import web
 
 from worker.config import EffectiveConfig, Settings
-from worker.db.connect import connect, create_pool, redact_url, resolve_database
+from worker.db.connect import Pool, connect, create_pool, redact_url, resolve_database
 from worker.db.migrate import migrate, pending_migrations
 from worker.engine import Engine, Evaluation
 from worker.evaluator import Evaluator, Folder, Wake, evaluation_event, keep_session
@@ -73,7 +72,7 @@ class ShutdownState:
 class Daemon:
     """The worker on one database. ``run(stop)`` returns once ``stop`` is set and the work in flight has ended."""
 
-    def __init__(self, *, url: str, pool: asyncpg.Pool, settings: Settings, config: EffectiveConfig,
+    def __init__(self, *, url: str, pool: Pool, settings: Settings, config: EffectiveConfig,
                  events: EventBus | None = None, health: Health | None = None, identity: str | None = None,
                  serve_http: bool = True) -> None:
         self.url = url
@@ -234,7 +233,7 @@ class Daemon:
     # ------------------------------------------------------------------------------------------------- HTTP
     async def _serve_http(self, http_stop: anyio.Event, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
         ctx = AppContext(pool=self.pool, settings=self.settings, config=self.config, engine=self.engine,
-                         events=self.events, health=self.health)
+                         events=self.events, health=self.health, database_url=self.url)
         runner = web.AppRunner(create_app(ctx), handle_signals=False, access_log=None, shutdown_timeout=0.5)
         await runner.setup()
         try:
@@ -306,7 +305,7 @@ def _work_budget(grace: float) -> float:
     return max(0.0, grace - min(1.5, grace * 0.2))
 
 
-def _dispatcher(pool: asyncpg.Pool, settings: Settings, faults: Faults) -> Any:
+def _dispatcher(pool: Pool, settings: Settings, faults: Faults) -> Any:
     try:
         from worker.notify import Dispatcher
     except ImportError as exc:  # notifications are optional for the decision path
@@ -375,7 +374,7 @@ async def run_worker(settings: Settings, config: EffectiveConfig, *, apply_migra
     return EXIT_OK
 
 
-async def _close_pool(pool: asyncpg.Pool, *, force: bool) -> None:
+async def _close_pool(pool: Pool, *, force: bool) -> None:
     if not force:
         with anyio.CancelScope(shield=True), anyio.move_on_after(1.0):
             await pool.close()

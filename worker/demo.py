@@ -18,8 +18,10 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 import anyio
-import asyncpg
 from aiohttp import web
+
+from worker.db.connect import Connection, Pool, Record
+from worker.db.sql import DEMO
 
 TICK_SECONDS = 0.25
 
@@ -77,18 +79,17 @@ DEMO_CONFIG_ENV = {
 }
 
 
-async def create_scenarios(conn: asyncpg.Connection, scenarios: tuple[Scenario, ...] = SCENARIOS) -> None:
+async def create_scenarios(conn: Connection, scenarios: tuple[Scenario, ...] = SCENARIOS) -> None:
     """Insert the demo experiments (running for two days already) and their variants."""
     async with conn.transaction():
         for s in scenarios:
             exp_id = await conn.fetchval(
-                """INSERT INTO ab_experiments (name, status, started_at, description, config)
-                   VALUES ($1, 'running', now() - interval '2 days', $2, $3) RETURNING id""",
+                DEMO["create_experiment"],
                 s.name, s.story, s.config,
             )
             for i, arm in enumerate(s.arms):
                 await conn.execute(
-                    "INSERT INTO ab_variants (experiment_id, name, is_control, traffic_weight) VALUES ($1, $2, $3, $4)",
+                    DEMO["create_variant"],
                     exp_id, arm.name, i == 0, arm.weight,
                 )
 
@@ -115,7 +116,7 @@ class TrafficSimulator:
 
     DOMAIN = "autopromote-demo"
 
-    def __init__(self, pool: asyncpg.Pool, database_url: str, scenarios: tuple[Scenario, ...] = SCENARIOS, *,
+    def __init__(self, pool: Pool, database_url: str, scenarios: tuple[Scenario, ...] = SCENARIOS, *,
                  users_per_tick: int = 150, visits_per_user: int = 4, population: int = 50_000,
                  seed: int = 7) -> None:
         self.pool = pool
@@ -195,7 +196,7 @@ class TrafficSimulator:
         if not calls:
             return
         async with self.pool.acquire() as conn, conn.transaction():
-            await conn.executemany("SELECT ab_record_metrics($1, $2, $3, $4, $5, $6)", calls)
+            await conn.executemany(DEMO["record_metrics"], calls)
         self.recorded_exposures += sum(c[2] for c in calls)
 
     async def run(self, stop: anyio.Event) -> None:
@@ -210,20 +211,19 @@ class TrafficSimulator:
                 await self.close()
 
 
-async def manual_rollbacks(pool: asyncpg.Pool, stop: anyio.Event, scenarios: tuple[Scenario, ...] = SCENARIOS) -> None:
+async def manual_rollbacks(pool: Pool, stop: anyio.Event, scenarios: tuple[Scenario, ...] = SCENARIOS) -> None:
     """What an operator would do from psql: ab_request_rollback() a few seconds after the promotion."""
     pending = {s.name: s.manual_rollback_after for s in scenarios if s.manual_rollback_after is not None}
     while pending and not stop.is_set():
         rows = await pool.fetch(
-            """SELECT id, experiment_name, extract(epoch FROM now() - promoted_at) AS age FROM experiment_promotions
-                WHERE experiment_name = ANY($1::text[]) AND rollback_at IS NULL AND rollback_requested_at IS NULL""",
+            DEMO["promotions_to_roll_back"],
             list(pending),
         )
         for r in rows:
             delay = pending.get(r["experiment_name"])
             if delay is not None and r["age"] >= delay:
                 await pool.execute(
-                    "SELECT ab_request_rollback($1, $2, 'demo-operator')", r["id"],
+                    DEMO["request_rollback"], r["id"],
                     "conversion drop reported by the support team (demo: rolled back by hand)",
                 )
                 pending.pop(r["experiment_name"], None)
@@ -269,22 +269,10 @@ class NotificationSink:
 
 
 # ------------------------------------------------------------------------------------------------- display
-STATUS_QUERY = """
-SELECT e.name, e.status,
-       coalesce((SELECT json_agg(json_build_object('name', v.name, 'n', coalesce(s.exposures, 0)) ORDER BY v.id)
-                   FROM ab_variants v LEFT JOIN ab_variant_stats s ON s.variant_id = v.id
-                  WHERE v.experiment_id = e.id), '[]'::json) AS variants,
-       st.decision,
-       (SELECT json_build_object('variant', p.promoted_variant_name, 'confidence', p.confidence,
-                                 'improvement', p.improvement, 'rollback_reason', p.rollback_reason,
-                                 'rolled_back_by', p.rolled_back_by)
-          FROM experiment_promotions p WHERE p.experiment_id = e.id ORDER BY p.promoted_at DESC LIMIT 1) AS promotion
-  FROM ab_experiments e LEFT JOIN ab_experiment_state st ON st.experiment_id = e.id
- ORDER BY e.id
-"""
+STATUS_QUERY = DEMO["status"]
 
 
-def describe(row: asyncpg.Record) -> tuple[str, str, str, str]:
+def describe(row: Record) -> tuple[str, str, str, str]:
     """experiment, exposures per variant, confidence, decision or blocking reason."""
     variants = row["variants"] or []
     exposures = " / ".join(f"{v['n']:,}" for v in variants)
@@ -306,7 +294,7 @@ def describe(row: asyncpg.Record) -> tuple[str, str, str, str]:
     return row["name"], exposures, confidence, what
 
 
-def render_table(rows: list[asyncpg.Record], width: int = 150) -> list[str]:
+def render_table(rows: list[Record], width: int = 150) -> list[str]:
     data = [describe(r) for r in rows]
     head = ("experiment", "exposures per variant", "confidence", "decision / blocking reason")
     widths = [max(len(head[i]), *(len(d[i]) for d in data)) if data else len(head[i]) for i in range(3)]
@@ -333,7 +321,7 @@ class Display:
         if not self.live:
             print(f"notification  {line}", file=self.out, flush=True)
 
-    def update(self, rows: list[asyncpg.Record], header: list[str]) -> None:
+    def update(self, rows: list[Record], header: list[str]) -> None:
         if self.live:
             lines = [*header, "", *render_table(rows), "", "notifications delivered to the local sink:"]
             lines += [f"  {e}" for e in self.events[-10:]] or ["  (none yet)"]
@@ -349,7 +337,7 @@ class Display:
                       file=self.out, flush=True)
 
 
-def summary_lines(rows: list[asyncpg.Record]) -> list[str]:
+def summary_lines(rows: list[Record]) -> list[str]:
     promoted, blocked, rolled = [], [], []
     for r in rows:
         decision = r["decision"] or {}
@@ -370,5 +358,5 @@ def summary_lines(rows: list[asyncpg.Record]) -> list[str]:
     return out
 
 
-def dump_json(rows: list[asyncpg.Record]) -> str:
+def dump_json(rows: list[Record]) -> str:
     return json.dumps([describe(r) for r in rows])

@@ -12,10 +12,9 @@ import uuid
 from collections.abc import Mapping
 from typing import Any, cast
 
-import asyncpg
-
 from worker.config import AutoPromotionConfig, EffectiveConfig, Settings
 from worker.db import store
+from worker.db.connect import Connection, Pool
 from worker.db.store import (  # re-exported: the old names
     PROMOTION_SLOT_LOCK,
     SNAPSHOT_MAX_ROWS,
@@ -57,7 +56,7 @@ class Engine:
 
     def __init__(
         self,
-        pool: asyncpg.Pool,
+        pool: Pool,
         settings: Settings,
         config: EffectiveConfig,
         *,
@@ -147,7 +146,7 @@ class Engine:
         return await self.evaluations.evaluate_many(experiment_ids, actor=actor)
 
     # ------------------------------------------------- the internals tests and benchmarks reach for, by old name
-    async def _snapshot(self, conn: asyncpg.Connection, experiment_id: int,
+    async def _snapshot(self, conn: Connection, experiment_id: int,
                         lookback_hours: float) -> ExperimentSnapshot | None:
         read = await self.decider.snapshot(conn, experiment_id, lookback_hours * 3600.0)
         return None if read is None else read[0]
@@ -157,17 +156,17 @@ class Engine:
                 analysis: ExperimentAnalysis | None = None) -> tuple[Decision, AutoPromotionConfig]:
         return self.decider.decide(snapshot, effective, overrides, analysis)
 
-    async def _record_evaluation(self, conn: asyncpg.Connection, decision: Decision,
+    async def _record_evaluation(self, conn: Connection, decision: Decision,
                                  check: dict[str, Any] | None = None, *, relaxed: bool = False,
                                  seen: Seen = UNKNOWN) -> bool | None:
         return (await store.store_evaluation(conn, decision, check, relaxed=relaxed, seen=seen))[0]
 
-    async def _store_evaluation(self, conn: asyncpg.Connection, decision: Decision,
+    async def _store_evaluation(self, conn: Connection, decision: Decision,
                                 check: dict[str, Any] | None = None, *, relaxed: bool = False,
                                 seen: Seen = UNKNOWN) -> tuple[bool | None, bool]:
         return await store.store_evaluation(conn, decision, check, relaxed=relaxed, seen=seen)
 
-    async def _record_many(self, conn: asyncpg.Connection, decisions: list[Decision], *, history: bool = True,
+    async def _record_many(self, conn: Connection, decisions: list[Decision], *, history: bool = True,
                            checks: Mapping[int, dict[str, Any]] | None = None, relaxed: bool = False,
                            seen: Mapping[int, Seen] | None = None) -> set[int]:
         return await store.record_many(conn, decisions, history=history, checks=checks, relaxed=relaxed, seen=seen)

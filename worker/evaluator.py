@@ -1,7 +1,7 @@
 """Drain the metric queue in big batches, then evaluate each touched experiment once.
 
 Coalescing: a wake-up (NOTIFY, poll tick, catch-up) makes the ``Folder`` fold everything pending, batch after batch,
-each batch one transaction (``worker.fold``: an update is folded once or not at all). Every experiment a batch
+each batch one transaction (``worker.db.fold``: an update is folded once or not at all). Every experiment a batch
 touched goes into the ``Evaluator``'s dirty set. The evaluator runs at most ``concurrency`` evaluations at a time and
 at most one per experiment: an experiment that gets dirty again while it is being evaluated is evaluated once more
 afterwards, however many updates arrived meanwhile. So 10,000 updates for one experiment arriving together cost a
@@ -39,14 +39,14 @@ from datetime import datetime
 from typing import Any
 
 import anyio
-import asyncpg
 import structlog
 
 from worker import metrics
 from worker.config import Settings
-from worker.db.daemon_queries import DQ
+from worker.db.connect import Connection, InterfaceError, Pool
+from worker.db.fold import fold_batch
+from worker.db.sql import DQ
 from worker.engine import Engine, Evaluation
-from worker.fold import fold_batch
 from worker.guard import PostPromotionGuard
 from worker.retry import FaultLog, Faults, Stopped, retrying, sleep_or_stop
 
@@ -102,7 +102,7 @@ class Wake:
 class Evaluator:
     """The dirty set and the bounded pool of evaluations; ``run`` returns after ``stop`` once in-flight ones end."""
 
-    def __init__(self, pool: asyncpg.Pool, engine: Engine, guard: PostPromotionGuard, *, concurrency: int,
+    def __init__(self, pool: Pool, engine: Engine, guard: PostPromotionGuard, *, concurrency: int,
                  on_evaluated: Callable[[Evaluation, float | None], None] | None = None,
                  faults: Faults | None = None) -> None:
         self.pool = pool
@@ -258,7 +258,7 @@ class Evaluator:
 class Folder:
     """Folds the queue whenever woken, and at least every ``poll_interval`` seconds."""
 
-    def __init__(self, pool: asyncpg.Pool, settings: Settings, evaluator: Evaluator, *,
+    def __init__(self, pool: Pool, settings: Settings, evaluator: Evaluator, *,
                  on_tick: Callable[[bool], None] | None = None,
                  on_caught_up: Callable[[], None] | None = None, catch_up_at_start: bool = True,
                  faults: Faults | None = None) -> None:
@@ -272,7 +272,7 @@ class Folder:
         # With a listener, its first connect asks for the catch-up (after LISTEN, so nothing slips between).
         self._catch_up = catch_up_at_start
         self.folded_total = 0
-        self._conn: asyncpg.Connection | None = None  # kept between folds: one wake-up per update at high rates
+        self._conn: Connection | None = None  # kept between folds: one wake-up per update at high rates
         self.fault = FaultLog("folder", faults)
 
     def hint(self, experiment_id: int | None) -> None:
@@ -292,7 +292,7 @@ class Folder:
         finally:
             await self._release()
 
-    async def _connection(self) -> asyncpg.Connection:
+    async def _connection(self) -> Connection:
         if self._conn is not None and _gone(self._conn):
             self._conn = None  # its backend died: the pool took it back already (asyncpg releases closed ones)
         if self._conn is None:
@@ -366,14 +366,14 @@ class Folder:
                 return total
 
 
-def _gone(conn: asyncpg.Connection) -> bool:
+def _gone(conn: Connection) -> bool:
     try:
         return bool(conn.is_closed())
-    except asyncpg.InterfaceError:  # a pool proxy detached from its closed connection
+    except InterfaceError:  # a pool proxy detached from its closed connection
         return True
 
 
-async def keep_session(_conn: asyncpg.Connection) -> None:
+async def keep_session(_conn: Connection) -> None:
     """A pool ``reset`` that keeps session state: asyncpg still rolls back an open transaction on release; the
     reset query it would otherwise send on every release (unlock all, close cursors, unlisten, reset settings)
     clears state nothing here leaves behind, and costs a round trip per pooled operation."""

@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Literal, Protocol
 
 import anyio
-import asyncpg
 import structlog
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from worker import metrics
-from worker.db.connect import connect
-from worker.db.daemon_queries import DQ
+from worker.db.connect import Connection, connect
+from worker.db.sql import DQ
 from worker.retry import FaultLog, Faults, Stopped, is_transient, retrying
 
 log = structlog.get_logger("worker.listener")
@@ -103,15 +102,20 @@ class Listener:
 
     def __init__(self, url: str, hooks: ListenerHooks, *, liveness_interval: float = 3.0,
                  application_name: str = APPLICATION_NAME, connect_timeout: float = 10.0,
-                 faults: Faults | None = None) -> None:
+                 faults: Faults | None = None, channels: Sequence[str] = CHANNELS, fault_name: str = "listener",
+                 report_metrics: bool = True) -> None:
+        # channels/fault_name/report_metrics let the dashboard's event bridge (under `autopromote serve`) use this
+        # class for ab_promotion_events alone, under its own FaultLog name, without moving the daemon's gauges.
         self.url = url
+        self.channels = tuple(channels)
+        self.report_metrics = report_metrics
         self.hooks = hooks
         self.liveness_interval = liveness_interval
         self.application_name = application_name
         self.connect_timeout = connect_timeout
         self.connected = False
         self.backend_pid: int | None = None
-        self.fault = FaultLog("listener", faults)
+        self.fault = FaultLog(fault_name, faults)
 
     async def run(self, stop: anyio.Event) -> None:
         """Listen until ``stop``: a lost session is logged once, then reopened under the shared retry policy
@@ -127,10 +131,11 @@ class Listener:
                 self.backend_pid = conn.get_server_pid()
                 self._set_connected(True)
                 if ever_connected:
-                    metrics.LISTENER_RECONNECTS.inc()
+                    if self.report_metrics:
+                        metrics.LISTENER_RECONNECTS.inc()
                     log.info("listener.reconnected", backend_pid=self.backend_pid)
                 else:
-                    log.info("listener.connected", backend_pid=self.backend_pid, channels=list(CHANNELS))
+                    log.info("listener.connected", backend_pid=self.backend_pid, channels=list(self.channels))
                 self.hooks.on_connected(ever_connected)
                 ever_connected = True
                 await self._watch(conn, stop, lost)
@@ -147,21 +152,21 @@ class Listener:
                     self.hooks.on_disconnected()
                 await _close(conn, graceful=healthy_exit)
 
-    async def _open(self) -> tuple[asyncpg.Connection, anyio.Event]:
+    async def _open(self) -> tuple[Connection, anyio.Event]:
         """A new session that LISTENs on every channel (a hot standby refuses LISTEN: a transient error)."""
         conn = await connect(self.url, timeout=self.connect_timeout,
                              server_settings={"application_name": self.application_name})
         lost = anyio.Event()
         try:
             conn.add_termination_listener(_setter(lost))
-            for channel in CHANNELS:
+            for channel in self.channels:
                 await conn.add_listener(channel, self._on_notification)
         except BaseException:
             conn.terminate()
             raise
         return conn, lost
 
-    async def _watch(self, conn: asyncpg.Connection, stop: anyio.Event, lost: anyio.Event) -> None:
+    async def _watch(self, conn: Connection, stop: anyio.Event, lost: anyio.Event) -> None:
         """Return when ``stop`` is set; raise ListenerLost when the session dies or stops answering."""
         probe_timeout = max(1.0, min(5.0, self.liveness_interval))
         while True:
@@ -176,8 +181,8 @@ class Listener:
                 channels = await conn.fetchval(DQ["listening_channels"])
             if channels is None:
                 raise ListenerLost(f"liveness probe got no answer within {probe_timeout:g} s")
-            if sorted(channels) != sorted(CHANNELS):
-                raise ListenerLost(f"session listens on {channels}, expected {list(CHANNELS)}")
+            if sorted(channels) != sorted(self.channels):
+                raise ListenerLost(f"session listens on {channels}, expected {list(self.channels)}")
 
     def _on_notification(self, _conn: Any, _pid: int, channel: str, payload: str) -> None:
         try:
@@ -190,7 +195,8 @@ class Listener:
 
     def _set_connected(self, up: bool) -> None:
         self.connected = up
-        metrics.LISTENER_CONNECTED.set(1 if up else 0)
+        if self.report_metrics:
+            metrics.LISTENER_CONNECTED.set(1 if up else 0)
 
 
 def _setter(event: anyio.Event) -> Callable[[Any], None]:
@@ -200,7 +206,7 @@ def _setter(event: anyio.Event) -> Callable[[Any], None]:
     return set_event
 
 
-async def _close(conn: asyncpg.Connection, *, graceful: bool) -> None:
+async def _close(conn: Connection, *, graceful: bool) -> None:
     if conn.is_closed():
         return
     if graceful:

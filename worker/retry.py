@@ -18,13 +18,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import anyio
-import asyncpg
 import stamina
 import stamina.instrumentation
 import structlog
 
 from worker import metrics
-from worker.db.connect import DatabaseUnavailable
+from worker.db.connect import DatabaseUnavailable, InterfaceError, InternalClientError, PostgresError
 
 log = structlog.get_logger("worker.retry")
 
@@ -49,17 +48,17 @@ TRANSIENT_SQLSTATES = ("25006", "25P03", "55P03", "58030")
 # ...; another operation is in progress") is what a query sent just as pg_terminate_backend's FATAL arrives gets;
 # OSError and TimeoutError a socket that died or never answered; DatabaseUnavailable our own "cannot connect".
 TRANSIENT_TYPES: tuple[type[BaseException], ...] = (
-    OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.InternalClientError, DatabaseUnavailable,
+    OSError, TimeoutError, InterfaceError, InternalClientError, DatabaseUnavailable,
 )
 # Everything a database call may raise, transient or not: where a caller only needs "the database said no".
-DB_ERRORS: tuple[type[BaseException], ...] = (asyncpg.PostgresError, *TRANSIENT_TYPES)
+DB_ERRORS: tuple[type[BaseException], ...] = (PostgresError, *TRANSIENT_TYPES)
 
 
 def is_transient(exc: BaseException) -> bool:
     """True when ``exc`` says the database is unusable for now (retry as is); False for a bug or bad data."""
     if isinstance(exc, BaseExceptionGroup):
         return all(is_transient(e) for e in exc.exceptions)
-    if isinstance(exc, asyncpg.PostgresError):
+    if isinstance(exc, PostgresError):
         code = getattr(exc, "sqlstate", None)
         return isinstance(code, str) and (code[:2] in TRANSIENT_SQLSTATE_CLASSES or code in TRANSIENT_SQLSTATES)
     return isinstance(exc, TRANSIENT_TYPES)
@@ -78,7 +77,7 @@ def is_read_only(exc: BaseException) -> bool:
     keeps the read-only default it started with, so it has to be replaced once the server accepts writes again."""
     if isinstance(exc, BaseExceptionGroup):
         return any(is_read_only(e) for e in exc.exceptions)
-    return isinstance(exc, asyncpg.PostgresError) and getattr(exc, "sqlstate", None) == "25006"
+    return isinstance(exc, PostgresError) and getattr(exc, "sqlstate", None) == "25006"
 
 
 def describe(exc: BaseException) -> str:

@@ -18,12 +18,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import anyio
-import asyncpg
 import structlog
 
 from worker import metrics
-from worker.db.connect import connect
-from worker.db.daemon_queries import DQ
+from worker.db.connect import Connection, Pool, connect
+from worker.db.sql import DQ
 from worker.retry import DB_ERRORS, FaultLog, Faults, Stopped, retrying, sleep_or_stop
 
 log = structlog.get_logger("worker.scanner")
@@ -50,7 +49,7 @@ class AdvisoryLockLeadership:
         self.application_name = application_name
         self.key = key
         self.timeout = timeout
-        self._conn: asyncpg.Connection | None = None
+        self._conn: Connection | None = None
         self.held = False
 
     async def acquire(self) -> bool:
@@ -61,9 +60,9 @@ class AdvisoryLockLeadership:
                                            server_settings={"application_name": self.application_name})
             if self.held:
                 # Still our session, so still our lock.
-                await self._conn.fetchval("SELECT 1", timeout=self.timeout)
+                await self._conn.fetchval(DQ["ping"], timeout=self.timeout)
             else:
-                self.held = bool(await self._conn.fetchval("SELECT pg_try_advisory_lock($1)", self.key,
+                self.held = bool(await self._conn.fetchval(DQ["try_advisory_lock"], self.key,
                                                            timeout=self.timeout))
                 if self.held:
                     log.info("scan.leadership_acquired", backend_pid=self._conn.get_server_pid())
@@ -92,7 +91,7 @@ class AdvisoryLockLeadership:
 class LeaseLeadership:
     """Leads while it holds the ``scan`` row of ``ab_worker_leases`` (works through transaction pooling)."""
 
-    def __init__(self, pool: asyncpg.Pool, holder: str, *, ttl: float, name: str = SCAN_LEASE) -> None:
+    def __init__(self, pool: Pool, holder: str, *, ttl: float, name: str = SCAN_LEASE) -> None:
         self.pool = pool
         self.holder = holder
         self.ttl = ttl

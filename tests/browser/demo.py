@@ -14,6 +14,7 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
+from tests.conftest import pool_url
 from tests.factories import create_experiment, record
 from worker.config import load_config, load_settings
 from worker.engine import Engine
@@ -36,7 +37,7 @@ def _sha(token: str) -> str:
 
 
 def make_context(pool: asyncpg.Pool, *, publish_commits: bool = True, env: dict[str, str] | None = None,
-                 **health: Any) -> AppContext:
+                 database_url: str | None = None, **health: Any) -> AppContext:
     """An AppContext as the daemon builds one; with publish_commits the Engine reports to the bus like it does.
 
     Authentication is on (the default) with an operator token named "ops" and a viewer token named "watcher";
@@ -51,7 +52,8 @@ def make_context(pool: asyncpg.Pool, *, publish_commits: bool = True, env: dict[
     engine = Engine(pool, settings, config)
     if publish_commits:
         engine.on_committed = lambda event, data: bus.publish(commit_event(event, data))
-    return AppContext(pool, settings, config, engine, bus, Health(details=dict(health)))
+    return AppContext(pool, settings, config, engine, bus, Health(details=dict(health)),
+                      database_url or pool_url(pool))
 
 
 def commit_event(event: str, data: dict[str, Any]) -> dict[str, Any]:

@@ -60,7 +60,7 @@ async def test_producer_accounting_counts_a_retried_commit_once_and_catches_a_lo
     """The bench's checks can fail: on a real database, a committed update removed from the queue shows as lost,
     one added to the statistics twice as double-folded, and a retry of a committed write is refused by its
     marker and counted once."""
-    from worker.fold import fold_pending_updates
+    from worker.db.fold import fold_pending_updates
 
     bench = _bench()
     conn = await connect(db_url)

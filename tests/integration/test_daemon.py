@@ -136,7 +136,7 @@ async def test_catch_up_at_start_folds_the_backlog_and_evaluates_what_a_crash_le
         folded = await seed_winner(conn, "folded-not-evaluated")
         # A worker that died between its fold's commit and the evaluation: folded, never evaluated.
         await conn.execute("SELECT * FROM (WITH x AS (SELECT 1) SELECT 1) s")
-        from worker.fold import fold_pending_updates
+        from worker.db.fold import fold_pending_updates
 
         await fold_pending_updates(conn, experiment_ids=[folded])
         assert await conn.fetchval("SELECT count(*) FROM ab_metric_updates WHERE experiment_id = $1", folded) == 0

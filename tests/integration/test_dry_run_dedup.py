@@ -14,8 +14,8 @@ from tests.daemon_support import running_daemon, wait_for
 from tests.factories import create_experiment, record
 from tests.support.api import serve_api
 from worker.config import load_config, load_settings
+from worker.db.fold import fold_pending_updates
 from worker.engine import Engine
-from worker.fold import fold_pending_updates
 
 WINNER = {"control": (17_500, 1_750), "variant-b": (17_000, 1_904)}  # 10.0% vs 11.2%: about +12%, eligible
 NOTIFY_ELIGIBLE = {"notifications": {"notifyEligible": True}}

@@ -442,7 +442,7 @@ async def test_scan_vectorised_statistics_agree_with_a_single_check(engine: Engi
 async def test_batch_evaluation_promotes_records_and_skips_in_one_pass(engine: Engine, conn: asyncpg.Connection,
                                                                       db_url: str) -> None:
     # The daemon's batch: one eligible, one too young, one paused, one held by another transaction.
-    from worker.fold import fold_pending_updates
+    from worker.db.fold import fold_pending_updates
 
     winner = await seed_winner(conn, "batch-winner")
     young = await seed_winner(conn, "batch-young", started_hours_ago=1)
@@ -480,7 +480,7 @@ async def test_batch_evaluation_promotes_records_and_skips_in_one_pass(engine: E
 async def test_batch_that_fails_in_the_database_is_evaluated_one_by_one(engine: Engine,
                                                                       conn: asyncpg.Connection) -> None:
     # One promotion the database refuses must not keep the rest of its batch from being evaluated and promoted.
-    from worker.fold import fold_pending_updates
+    from worker.db.fold import fold_pending_updates
 
     bad = await seed_winner(conn, "refused-by-trigger")
     good = await seed_winner(conn, "fine-winner")
@@ -549,7 +549,7 @@ async def test_only_transactions_that_store_decisions_alone_commit_relaxed(engin
                                                                           pool: asyncpg.Pool) -> None:
     # A relaxed commit (synchronous_commit off for that transaction only) is for work whose loss in a database crash
     # loses nothing: a fold, or a transaction that only stores decisions. Never a promotion or an audit row.
-    from worker.fold import fold_batch
+    from worker.db.fold import fold_batch
 
     exp_id = await seed_winner(conn, "relaxed", started_hours_ago=1)  # not eligible: runtime too short
     async with pool.acquire() as c:
@@ -602,7 +602,7 @@ async def test_batch_that_fails_transiently_is_retried_whole_and_reported_nowher
                                                                                  conn: asyncpg.Connection) -> None:
     # A serialisation failure says nothing about the experiments: the batch propagates it (the evaluator retries
     # it a moment later) instead of splitting it up and reporting each experiment as failed.
-    from worker.fold import fold_pending_updates
+    from worker.db.fold import fold_pending_updates
 
     winner = await seed_winner(conn, "transient-winner")
     young = await seed_winner(conn, "transient-young", started_hours_ago=1)

@@ -213,7 +213,7 @@ async def test_the_dashboards_event_bridge_survives_a_restart_and_logs_it_once()
     async with _own_server() as server:
         pool = await create_pool(server.url, min_size=1, max_size=2)
         try:
-            ctx = make_context(pool)
+            ctx = make_context(pool, database_url=server.url)
             async with db(server.url) as conn:
                 await create_experiment(conn, "bridged", status="promoted")
             with structlog.testing.capture_logs() as logs:

@@ -157,7 +157,7 @@ async def test_promotion_reaches_every_channel_with_its_facts(
     assert mail.message["Subject"] == "[autopromote] Promoted: checkout-button (variant-b)"
     plain, html = mail.message.get_body(("plain",)), mail.message.get_body(("html",))
     assert plain is not None and html is not None
-    for fact in ("checkout-button", "variant-b", "97.30%", "+6.20%", "[pass] errorRate", "variant-b",
+    for fact in ("checkout-button", "variant-b", "97.30%", "+6.20%", "[pass] Error Rate Check", "variant-b",
                  f"{PUBLIC}/experiments/checkout-button"):
         assert fact in plain.get_content()
         assert fact.split("] ")[-1] in html.get_content()

@@ -6,7 +6,7 @@ import asyncpg
 import pytest
 
 from tests.factories import create_experiment
-from worker.fold import fold_pending_updates
+from worker.db.fold import fold_pending_updates
 from worker.stats import VariantStats, compare_arms
 
 

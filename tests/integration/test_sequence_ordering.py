@@ -16,10 +16,9 @@ from tests.daemon_support import db, running_daemon, wait_for
 from tests.factories import create_experiment, record
 from worker.config import EffectiveConfig, Settings, load_config, load_settings
 from worker.db.connect import connect
-from worker.db.daemon_queries import DQ
-from worker.db.queries import Q
+from worker.db.fold import fold_batch, fold_pending_updates
+from worker.db.sql import DQ, Q
 from worker.engine import MAX_ALERT_LOOKBACK_S, Engine, Seen, _snapshot_from_row
-from worker.fold import fold_batch, fold_pending_updates
 from worker.guard import PostPromotionGuard
 
 WINNER = {"control": (17_500, 1_750), "variant-b": (17_000, 1_904)}  # about +12%: eligible

@@ -14,7 +14,7 @@ import asyncpg
 import pytest
 
 from tests.integration.test_engine import _config, _settings, seed_winner
-from worker.db.queries import Q
+from worker.db.sql import Q
 from worker.db.store import PROMOTION_SLOT_LOCK, HistoryRows, OutboxRows, PromotionWrite, Seen
 from worker.domain.guard_rules import GuardBreach, VariantTotals, WatchedPromotion
 from worker.domain.results import RollbackRefused

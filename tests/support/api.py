@@ -20,6 +20,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from yarl import URL
 
+from tests.conftest import pool_url
 from tests.factories import create_experiment, record
 from worker.config import load_config, load_settings
 from worker.engine import Engine
@@ -254,12 +255,13 @@ class Api:
 
 
 def make_context(pool: asyncpg.Pool, env: Mapping[str, str] | None = None,
-                 config: Mapping[str, Any] | None = None) -> AppContext:
+                 config: Mapping[str, Any] | None = None, *, database_url: str | None = None) -> AppContext:
     settings = load_settings({"AUTO_PROMOTION_API_TOKENS": TOKENS, "SLACK_WEBHOOK_URL": "http://127.0.0.1:9/hook",
                               **(env or {})})
     effective = load_config(env={}, overrides=dict(config or {}))
     return AppContext(pool=pool, settings=settings, config=effective, engine=Engine(pool, settings, effective),
-                      events=EventBus(), health=Health(listener_required=False))
+                      events=EventBus(), health=Health(listener_required=False),
+                      database_url=database_url or pool_url(pool))
 
 
 def api_only_app(ctx: AppContext) -> web.Application:

@@ -20,12 +20,14 @@ from worker.notify.redact import scrub, target_label
 from worker.notify.routing import ConfigRow, plan_routes
 from worker.notify.slack import build_slack_message
 from worker.notify.webhook import build_webhook_request, verify_signature
+from worker.services.effects import NotificationEvent
 
 PUBLIC = "https://ab.example.com"
 PROMOTION_ID = "6f1c2a9e-3b7d-4c2e-9a51-0d8f4b6e2c11"
 
 
-def _facts(event: str = "promotion.promoted", public_url: str | None = PUBLIC, **overrides: Any) -> EventFacts:
+def _facts(event: NotificationEvent = "promotion.promoted", public_url: str | None = PUBLIC,
+           **overrides: Any) -> EventFacts:
     return EventFacts.from_payload(event, engine_payload(event, promotionId=PROMOTION_ID, **overrides),
                                    public_url=public_url)
 
@@ -58,8 +60,8 @@ def test_slack_promotion_message_tells_the_facts_in_block_kit() -> None:
     assert "*Improvement*\n+6.20%" in fields
     assert "*Acted by*\nautopromote" in fields
     text = _slack_text(message)
-    assert ":white_check_mark: *errorRate*: 0.40% &lt;= 5.00%" in text
-    assert ":warning: *trafficBalance*: SRM p = 0.004" in text
+    assert ":white_check_mark: *Error Rate Check*: 0.40% &lt;= 5.00%" in text
+    assert ":warning: *Traffic Balance Check*: SRM p = 0.004" in text
     assert f"<{PUBLIC}/experiments/checkout-button|Open in the dashboard>" in text
     assert "Per-variant statistics" not in text
 
@@ -147,7 +149,8 @@ def test_email_has_text_and_html_parts_with_the_same_facts() -> None:
     for _label, value in facts.fact_rows():
         assert value in text
         assert value.replace("&", "&amp;") in markup
-    for fragment in ("[pass] errorRate", "[warn] trafficBalance", "10,000", f"{PUBLIC}/experiments/checkout-button"):
+    for fragment in ("[pass] Error Rate Check", "[warn] Traffic Balance Check", "10,000",
+                     f"{PUBLIC}/experiments/checkout-button"):
         assert fragment in text
         assert fragment.split("] ")[-1] in markup
 

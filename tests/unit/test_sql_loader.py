@@ -36,3 +36,38 @@ def test_the_read_queries_are_each_written_once() -> None:
     # The API and the dashboard used to keep copies of the same statements in two files.
     normalised = [re.sub(r"\s+", " ", q) for q in RQ.values()]
     assert len(set(normalised)) == len(normalised)
+
+
+def test_the_locking_snapshots_read_what_experiment_snapshot_reads() -> None:
+    """try_lock_snapshot and lock_running_snapshots were derived from experiment_snapshot in Python; now each is its
+    own statement in queries.sql, so a column added to one select list and not the others would fail here."""
+    from worker.db.sql import Q
+
+    def select_list(name: str) -> str:
+        return Q[name].split("\n  FROM ab_experiments e WHERE")[0]
+
+    assert select_list("experiment_snapshot").startswith("SELECT e.id, e.name")
+    assert select_list("try_lock_snapshot") == select_list("experiment_snapshot")
+    assert select_list("lock_running_snapshots") == select_list("experiment_snapshot")
+    assert Q["try_lock_snapshot"].endswith("FOR NO KEY UPDATE OF e SKIP LOCKED")
+
+
+def test_every_sql_file_is_loaded_by_the_one_loader() -> None:
+    from worker.db import sql
+
+    assert {"promote_write", "experiment_snapshot"} <= set(sql.Q)
+    assert {"listening_channels", "take_lease", "ping"} <= set(sql.DQ)
+    assert {"insert_outbox", "claim_due", "requeue_dead"} <= set(sql.NQ)
+
+
+def test_the_fold_variants_are_one_statement() -> None:
+    """fold_pending_for and fold_pending_relaxed were derived from fold_pending in Python; each is now its own
+    statement, so they must stay fold_pending with just the experiment filter or the relaxed commit added."""
+    from worker.db.sql import Q
+
+    plain = Q["fold_pending"]
+    assert Q["fold_pending_for"] == plain.replace(
+        "FROM ab_metric_updates ORDER BY", "FROM ab_metric_updates WHERE experiment_id = ANY($2::bigint[]) ORDER BY")
+    assert Q["fold_pending_relaxed"] == plain.replace(
+        "AS variants", "AS variants, set_config('synchronous_commit', 'off', true) AS relaxed")
+    assert plain != Q["fold_pending_for"] and plain != Q["fold_pending_relaxed"]

@@ -104,3 +104,14 @@ async def resolve_database(database_url: str | None) -> AsyncIterator[ResolvedDa
         yield ResolvedDatabase(server.url, server)
     finally:
         server.cleanup()
+
+
+# asyncpg is imported only under worker/db (tests/test_layers.py checks it): the rest of the code names connections,
+# pools, rows and database errors through these re-exports, so a change of driver touches this package only.
+from asyncpg import Connection as Connection  # noqa: E402
+from asyncpg import InterfaceError as InterfaceError  # noqa: E402
+from asyncpg import InternalClientError as InternalClientError  # noqa: E402
+from asyncpg import Pool as Pool  # noqa: E402
+from asyncpg import PostgresError as PostgresError  # noqa: E402
+from asyncpg import Record as Record  # noqa: E402
+from asyncpg.exceptions import UniqueViolationError as UniqueViolationError  # noqa: E402

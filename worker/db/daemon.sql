@@ -1,5 +1,5 @@
 -- The long-running worker's own queries (worker/daemon.py, guard.py, scanner.py), each under a "-- name: NAME"
--- header with a one-line description. Loaded once by worker/db/daemon_queries.py; values go through $n parameters.
+-- header with a one-line description. Loaded once by worker/db/sql.py (DQ); values go through $n parameters.
 
 -- name: stale_experiments
 -- Running experiments whose statistics changed since their last evaluation: the durable trace of a wake-up lost
@@ -69,3 +69,11 @@ DELETE FROM ab_worker_leases WHERE name = $1 AND holder = $2;
 -- The channels this session LISTENs on (the listener's liveness probe).
 SELECT coalesce(array_agg(c ORDER BY c), '{}') FROM pg_listening_channels() AS c;
 
+
+-- name: ping
+-- The scan leader's check that its session (and so its advisory lock) is still there.
+SELECT 1;
+
+-- name: try_advisory_lock
+-- Scan leadership: the session-level advisory lock $1, without waiting.
+SELECT pg_try_advisory_lock($1);

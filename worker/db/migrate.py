@@ -9,6 +9,8 @@ from pathlib import Path
 
 import asyncpg
 
+from worker.db.sql import MQ
+
 # Session-level advisory lock key ("abmg"): concurrent `migrate` calls queue behind it instead of racing.
 MIGRATION_LOCK_KEY = 0x61626D67
 _FILE_RE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
@@ -62,10 +64,10 @@ def load_migrations(schema_dir: Path | None = None) -> list[Migration]:
 
 async def applied_migrations(conn: asyncpg.Connection) -> dict[str, str]:
     """version -> checksum of the migrations recorded in the database (empty before the first migrate)."""
-    exists = await conn.fetchval("SELECT to_regclass('ab_schema_migrations') IS NOT NULL")
+    exists = await conn.fetchval(MQ["migrations_table_exists"])
     if not exists:
         return {}
-    rows = await conn.fetch("SELECT version, checksum FROM ab_schema_migrations")
+    rows = await conn.fetch(MQ["applied_migrations"])
     return {r["version"]: r["checksum"] for r in rows}
 
 
@@ -79,14 +81,10 @@ async def migrate(conn: asyncpg.Connection, schema_dir: Path | None = None) -> M
     """Apply every missing migration; refuses (changing nothing) if an applied file was edited."""
     migrations = load_migrations(schema_dir)
     result = MigrateResult()
-    await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
+    await conn.execute(MQ["lock"], MIGRATION_LOCK_KEY)
     try:
         await conn.execute(
-            """CREATE TABLE IF NOT EXISTS ab_schema_migrations (
-                   version    text PRIMARY KEY,
-                   filename   text NOT NULL,
-                   checksum   text NOT NULL,
-                   applied_at timestamptz NOT NULL DEFAULT now())"""
+            MQ["create_migrations_table"]
         )
         applied = await applied_migrations(conn)
         edited = [
@@ -110,7 +108,7 @@ async def migrate(conn: asyncpg.Connection, schema_dir: Path | None = None) -> M
                 async with conn.transaction():
                     await conn.execute(m.sql)
                     await conn.execute(
-                        "INSERT INTO ab_schema_migrations (version, filename, checksum) VALUES ($1, $2, $3)",
+                        MQ["record_migration"],
                         m.version,
                         m.filename,
                         m.checksum,
@@ -119,5 +117,5 @@ async def migrate(conn: asyncpg.Connection, schema_dir: Path | None = None) -> M
                 raise MigrationError(f"{m.filename} failed and was rolled back: {exc}") from exc
             result.applied.append(m.filename)
     finally:
-        await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
+        await conn.execute(MQ["unlock"], MIGRATION_LOCK_KEY)
     return result

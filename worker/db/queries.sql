@@ -1,13 +1,12 @@
 -- Every query of the worker, each under a "-- name: NAME" header with a one-line description.
--- Loaded once by worker/db/queries.py; values always go through $n parameters.
+-- Loaded once by worker/db/sql.py (Q); values always go through $n parameters.
 
 -- name: fold_pending
 -- Claim up to $1 pending metric updates and fold them into ab_variant_stats, in one statement.
--- fold.py derives a per-experiment variant by replacing the /*filter*/ marker with a WHERE clause on $2, and the
--- daemon's variant by replacing /*relaxed*/ with a relaxed commit (see RELAXED_COMMIT in fold.py).
+-- fold_pending_for and fold_pending_relaxed below are the same statement (tests/test_sql_loader.py checks it).
 WITH claimed AS (
     DELETE FROM ab_metric_updates
-     WHERE id IN (SELECT id FROM ab_metric_updates /*filter*/ ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
+     WHERE id IN (SELECT id FROM ab_metric_updates ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
     RETURNING *
 ), agg AS (
     SELECT variant_id, min(experiment_id) AS experiment_id, count(*) AS n,
@@ -35,7 +34,77 @@ WITH claimed AS (
     RETURNING 1
 )
 SELECT experiment_id, sum(n)::bigint AS updates, max(last_recorded_at) AS last_recorded_at,
-       (SELECT count(*) FROM upserted) AS variants /*relaxed*/
+       (SELECT count(*) FROM upserted) AS variants
+  FROM agg GROUP BY experiment_id;
+
+-- name: fold_pending_for
+-- fold_pending for the experiments $2 only (a check or promotion folds its own experiment first).
+WITH claimed AS (
+    DELETE FROM ab_metric_updates
+     WHERE id IN (SELECT id FROM ab_metric_updates WHERE experiment_id = ANY($2::bigint[]) ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
+    RETURNING *
+), agg AS (
+    SELECT variant_id, min(experiment_id) AS experiment_id, count(*) AS n,
+           sum(exposures) AS exposures, sum(conversions) AS conversions, sum(errors) AS errors,
+           coalesce(sum(value_sum), 0) AS value_sum, coalesce(sum(value_sum_sq), 0) AS value_sum_sq,
+           ab_sketch_sum(latency_sketch) FILTER (WHERE latency_sketch IS NOT NULL) AS latency_sketch,
+           sum(latency_count) AS latency_count, max(recorded_at) AS last_recorded_at
+      FROM claimed GROUP BY variant_id
+), upserted AS (
+    INSERT INTO ab_variant_stats AS s (variant_id, experiment_id, exposures, conversions, errors, value_sum,
+                                      value_sum_sq, latency_sketch, latency_count, updates_folded, updated_at)
+    SELECT variant_id, experiment_id, exposures, conversions, errors, value_sum, value_sum_sq,
+           coalesce(latency_sketch, '{}'::jsonb), latency_count, n, now()
+      FROM agg ORDER BY variant_id
+    ON CONFLICT (variant_id) DO UPDATE SET
+        exposures = s.exposures + EXCLUDED.exposures,
+        conversions = s.conversions + EXCLUDED.conversions,
+        errors = s.errors + EXCLUDED.errors,
+        value_sum = s.value_sum + EXCLUDED.value_sum,
+        value_sum_sq = s.value_sum_sq + EXCLUDED.value_sum_sq,
+        latency_sketch = ab_sketch_merge(s.latency_sketch, EXCLUDED.latency_sketch),
+        latency_count = s.latency_count + EXCLUDED.latency_count,
+        updates_folded = s.updates_folded + EXCLUDED.updates_folded,
+        updated_at = now()
+    RETURNING 1
+)
+SELECT experiment_id, sum(n)::bigint AS updates, max(last_recorded_at) AS last_recorded_at,
+       (SELECT count(*) FROM upserted) AS variants
+  FROM agg GROUP BY experiment_id;
+
+-- name: fold_pending_relaxed
+-- fold_pending with a relaxed commit (the daemon's folder; see RELAXED_COMMIT in worker/db/fold.py).
+WITH claimed AS (
+    DELETE FROM ab_metric_updates
+     WHERE id IN (SELECT id FROM ab_metric_updates ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
+    RETURNING *
+), agg AS (
+    SELECT variant_id, min(experiment_id) AS experiment_id, count(*) AS n,
+           sum(exposures) AS exposures, sum(conversions) AS conversions, sum(errors) AS errors,
+           coalesce(sum(value_sum), 0) AS value_sum, coalesce(sum(value_sum_sq), 0) AS value_sum_sq,
+           ab_sketch_sum(latency_sketch) FILTER (WHERE latency_sketch IS NOT NULL) AS latency_sketch,
+           sum(latency_count) AS latency_count, max(recorded_at) AS last_recorded_at
+      FROM claimed GROUP BY variant_id
+), upserted AS (
+    INSERT INTO ab_variant_stats AS s (variant_id, experiment_id, exposures, conversions, errors, value_sum,
+                                      value_sum_sq, latency_sketch, latency_count, updates_folded, updated_at)
+    SELECT variant_id, experiment_id, exposures, conversions, errors, value_sum, value_sum_sq,
+           coalesce(latency_sketch, '{}'::jsonb), latency_count, n, now()
+      FROM agg ORDER BY variant_id
+    ON CONFLICT (variant_id) DO UPDATE SET
+        exposures = s.exposures + EXCLUDED.exposures,
+        conversions = s.conversions + EXCLUDED.conversions,
+        errors = s.errors + EXCLUDED.errors,
+        value_sum = s.value_sum + EXCLUDED.value_sum,
+        value_sum_sq = s.value_sum_sq + EXCLUDED.value_sum_sq,
+        latency_sketch = ab_sketch_merge(s.latency_sketch, EXCLUDED.latency_sketch),
+        latency_count = s.latency_count + EXCLUDED.latency_count,
+        updates_folded = s.updates_folded + EXCLUDED.updates_folded,
+        updated_at = now()
+    RETURNING 1
+)
+SELECT experiment_id, sum(n)::bigint AS updates, max(last_recorded_at) AS last_recorded_at,
+       (SELECT count(*) FROM upserted) AS variants, set_config('synchronous_commit', 'off', true) AS relaxed
   FROM agg GROUP BY experiment_id;
 
 -- name: queue_backlog
@@ -88,7 +157,7 @@ SELECT id, experiment_name, rollback_request_reason, rollback_requested_by FROM 
 -- promotion_targets: the notification_configs rows a promotion would be routed over (so that a promotion needs no
 -- read of its own). stats_version and read_snapshot say what this read saw (schema/0007): the decision stores them
 -- with its result, so that what committed after this statement's snapshot is known to be new, whenever its
--- transaction started. queries.py derives try_lock_snapshot and lock_running_snapshots from it.
+-- transaction started. try_lock_snapshot and lock_running_snapshots below share its select list.
 SELECT e.id, e.name, e.status, e.started_at, e.metric_type, e.priority, e.config, now() AS now,
        ab_stats_version(e.id) AS stats_version, pg_current_snapshot()::text AS read_snapshot,
        (SELECT coalesce(json_agg(json_build_object(
@@ -310,3 +379,76 @@ SELECT id, name, status, ab_evaluation_due(id) AS due FROM ab_experiments WHERE 
 -- name: current_snapshot
 -- The statement's snapshot (text): taken before the scan's reads, so every alert visible in it was seen by them.
 SELECT now() AS now, pg_current_snapshot()::text AS snapshot;
+
+-- name: try_lock_snapshot
+-- experiment_snapshot, locked: the daemon's evaluation locks the experiment and reads its snapshot in one round
+-- trip; a row another transaction holds is skipped (no row back). A running experiment whose stored decision
+-- already covers what this statement sees (ab_evaluation_due, schema/0007) is neither locked nor read: the replicas
+-- that hear the same NOTIFY evaluate a change once between them. The filter runs before the row lock, so such a
+-- check never makes another replica's evaluation wait or come back busy. The select list must stay that of
+-- experiment_snapshot (tests/test_sql_loader.py checks it).
+SELECT e.id, e.name, e.status, e.started_at, e.metric_type, e.priority, e.config, now() AS now,
+       ab_stats_version(e.id) AS stats_version, pg_current_snapshot()::text AS read_snapshot,
+       (SELECT coalesce(json_agg(json_build_object(
+                   'name', v.name, 'is_control', v.is_control, 'weight', v.traffic_weight::float8,
+                   'exposures', coalesce(s.exposures, 0), 'conversions', coalesce(s.conversions, 0),
+                   'errors', coalesce(s.errors, 0), 'value_sum', coalesce(s.value_sum, 0),
+                   'value_sum_sq', coalesce(s.value_sum_sq, 0),
+                   'latency_sketch', coalesce(s.latency_sketch, '{}'::jsonb))
+                   ORDER BY v.is_control DESC, v.id), '[]'::json)
+          FROM ab_variants v LEFT JOIN ab_variant_stats s ON s.variant_id = v.id
+         WHERE v.experiment_id = e.id) AS variants,
+       (SELECT p.id FROM experiment_promotions p WHERE p.experiment_id = e.id AND p.rollback_at IS NULL)
+           AS active_promotion_id,
+       (SELECT coalesce(json_agg(json_build_object('id', a.id, 'message', a.message, 'created_at', a.created_at,
+                                                   'global', a.experiment_id IS NULL)
+                                 ORDER BY a.created_at DESC), '[]'::json)
+          FROM ab_alerts a
+         WHERE a.severity = 'critical' AND a.resolved_at IS NULL
+           AND (a.experiment_id = e.id OR a.experiment_id IS NULL)
+           AND a.created_at >= now() - make_interval(secs => $2)) AS critical_alerts,
+       (SELECT count(*) FROM experiment_promotions p WHERE p.rollback_at IS NULL AND p.guard_until > now())
+           AS promotions_in_guard_window,
+       (SELECT coalesce(json_agg(json_build_object('id', c.id, 'name', c.name, 'channel', c.channel,
+                                                   'target', c.target, 'events', c.events,
+                                                   'min_priority', c.min_priority) ORDER BY c.id), '[]'::json)
+          FROM notification_configs c WHERE c.enabled AND 'promotion.promoted' = ANY (c.events))
+           AS promotion_targets
+  FROM ab_experiments e WHERE e.id = $1 AND (e.status <> 'running' OR ab_evaluation_due(e.id))
+   FOR NO KEY UPDATE OF e SKIP LOCKED;
+
+-- name: lock_running_snapshots
+-- The same for the running experiments among $1 (the daemon's batch evaluation).
+SELECT e.id, e.name, e.status, e.started_at, e.metric_type, e.priority, e.config, now() AS now,
+       ab_stats_version(e.id) AS stats_version, pg_current_snapshot()::text AS read_snapshot,
+       (SELECT coalesce(json_agg(json_build_object(
+                   'name', v.name, 'is_control', v.is_control, 'weight', v.traffic_weight::float8,
+                   'exposures', coalesce(s.exposures, 0), 'conversions', coalesce(s.conversions, 0),
+                   'errors', coalesce(s.errors, 0), 'value_sum', coalesce(s.value_sum, 0),
+                   'value_sum_sq', coalesce(s.value_sum_sq, 0),
+                   'latency_sketch', coalesce(s.latency_sketch, '{}'::jsonb))
+                   ORDER BY v.is_control DESC, v.id), '[]'::json)
+          FROM ab_variants v LEFT JOIN ab_variant_stats s ON s.variant_id = v.id
+         WHERE v.experiment_id = e.id) AS variants,
+       (SELECT p.id FROM experiment_promotions p WHERE p.experiment_id = e.id AND p.rollback_at IS NULL)
+           AS active_promotion_id,
+       (SELECT coalesce(json_agg(json_build_object('id', a.id, 'message', a.message, 'created_at', a.created_at,
+                                                   'global', a.experiment_id IS NULL)
+                                 ORDER BY a.created_at DESC), '[]'::json)
+          FROM ab_alerts a
+         WHERE a.severity = 'critical' AND a.resolved_at IS NULL
+           AND (a.experiment_id = e.id OR a.experiment_id IS NULL)
+           AND a.created_at >= now() - make_interval(secs => $2)) AS critical_alerts,
+       (SELECT count(*) FROM experiment_promotions p WHERE p.rollback_at IS NULL AND p.guard_until > now())
+           AS promotions_in_guard_window,
+       (SELECT coalesce(json_agg(json_build_object('id', c.id, 'name', c.name, 'channel', c.channel,
+                                                   'target', c.target, 'events', c.events,
+                                                   'min_priority', c.min_priority) ORDER BY c.id), '[]'::json)
+          FROM notification_configs c WHERE c.enabled AND 'promotion.promoted' = ANY (c.events))
+           AS promotion_targets
+  FROM ab_experiments e WHERE e.id = ANY($1::bigint[]) AND e.status = 'running' AND ab_evaluation_due(e.id)
+ ORDER BY e.id FOR NO KEY UPDATE OF e SKIP LOCKED;
+
+-- name: database_writable
+-- /readyz: the server accepts writes (a hot standby after a failover, or default_transaction_read_only, does not).
+SELECT NOT pg_is_in_recovery() AND current_setting('transaction_read_only') = 'off';

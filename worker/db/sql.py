@@ -3,8 +3,10 @@
 A header is followed by comment lines that describe the query (dropped) and then the statement; a trailing
 ``;`` is dropped too. Files are read from the installed package (``importlib.resources``), so a wheel built
 without its ``.sql`` files fails at import with a message that says what to fix, not with a KeyError later.
-Other modules' loaders (worker.db.queries, worker.db.daemon_queries, worker.notify.outbox) are to move onto
-this one.
+Every ``.sql`` file of the package is loaded through here: ``Q`` (queries.sql, the engine's and the API's
+statements), ``DQ`` (daemon.sql, the long-running worker's own), ``NQ`` (notify.sql, the notification outbox),
+``MQ`` (migrate.sql, the migrator's bookkeeping), ``DEMO`` (demo.sql, ``autopromote demo``) and ``RQ`` in
+worker.db.reads (reads.sql).
 """
 
 from __future__ import annotations
@@ -41,3 +43,10 @@ def load_queries(package: str, filename: str) -> dict[str, str]:
             "[tool.setuptools.package-data] in pyproject.toml"
         ) from None
     return parse_queries(text, source=source)
+
+
+Q: dict[str, str] = load_queries("worker.db", "queries.sql")
+DQ: dict[str, str] = load_queries("worker.db", "daemon.sql")
+NQ: dict[str, str] = load_queries("worker.db", "notify.sql")
+DEMO: dict[str, str] = load_queries("worker.db", "demo.sql")
+MQ: dict[str, str] = load_queries("worker.db", "migrate.sql")

@@ -16,7 +16,7 @@ from typing import Any
 import anyio.lowlevel
 import asyncpg
 
-from worker.db.queries import Q
+from worker.db.sql import Q
 from worker.decide import Decision
 
 SNAPSHOT_MIN_INTERVAL_S = 5.0
@@ -169,7 +169,7 @@ async def store_evaluation(conn: asyncpg.Connection, decision: Decision, check: 
     covers ``seen``: another replica decided on the same read, see ab_decision_covered in schema/0007).
 
     ``relaxed``: the transaction writes nothing else, so it may commit without waiting for the WAL flush
-    (worker.fold.RELAXED_COMMIT). ``seen``: what the decision was read at (unknown: the experiment stays due for
+    (worker.db.fold.RELAXED_COMMIT). ``seen``: what the decision was read at (unknown: the experiment stays due for
     the daemon's next evaluation and the catch-up)."""
     row = await conn.fetchrow(Q["record_evaluation"], decision.experiment_id, decision.eligible,
                               check if check is not None else decision.to_check_data(),

@@ -25,8 +25,8 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from worker.config import PRESET_NAMES, PRESETS, ConfigError, EffectiveConfig, deep_merge, load_config
-from worker.db.queries import Q
 from worker.db.reads import AuditEntry, EvaluationSnapshot, Experiment, Promotion, Reads, VariantStats
+from worker.db.sql import Q
 from worker.domain.errors import DomainError, ExperimentNotFound
 from worker.http import auth
 from worker.http.app import CTX, AppContext

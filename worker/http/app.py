@@ -6,10 +6,10 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any
 
-import asyncpg
 from aiohttp import web
 
 from worker.config import EffectiveConfig, Settings
+from worker.db.connect import Pool
 from worker.engine import Engine
 from worker.events import EventBus
 
@@ -27,12 +27,15 @@ class Health:
 
 @dataclass(slots=True)
 class AppContext:
-    pool: asyncpg.Pool
+    pool: Pool
     settings: Settings
     config: EffectiveConfig
     engine: Engine
     events: EventBus
     health: Health
+    # The database the pool connects to: the dashboard's event bridge opens its own LISTEN session (a Listener) to
+    # it under `autopromote serve`, so that it holds none of the pool's connections.
+    database_url: str
 
 
 CTX: web.AppKey[AppContext] = web.AppKey("ctx", AppContext)

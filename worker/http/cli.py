@@ -92,7 +92,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 ctx = AppContext(pool=pool, settings=settings, config=effective,
                                  engine=Engine(pool, settings, effective), events=EventBus(),
                                  health=Health(listener_connected=False, catchup_done=True,
-                                               listener_required=False, started_at=time.time()))
+                                               listener_required=False, started_at=time.time()),
+                                 database_url=db.url)
                 try:
                     app = create_app(ctx)
                 except ConfigError as exc:

@@ -11,7 +11,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from worker import metrics
-from worker.db.queries import Q
+from worker.db.sql import Q
 from worker.http.app import CTX
 from worker.retry import DB_ERRORS
 
@@ -29,7 +29,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 # A worker writes: a server that only reads (a hot standby after a failover, default_transaction_read_only) is as
 # unusable to it as one that does not answer.
-_WRITABLE = ("SELECT NOT pg_is_in_recovery() AND current_setting('transaction_read_only') = 'off'")
+_WRITABLE = Q["database_writable"]
 
 
 async def readyz(request: web.Request) -> web.Response:

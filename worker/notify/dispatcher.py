@@ -20,10 +20,10 @@ from typing import Any
 
 import aiohttp
 import anyio
-import asyncpg
 import structlog
 
 from worker.config import Settings
+from worker.db.connect import Pool
 from worker.metrics import NOTIFICATIONS, NOTIFICATIONS_DEAD
 from worker.notify import outbox
 from worker.notify.delivery import (
@@ -64,7 +64,7 @@ class Dispatcher:
 
     def __init__(
         self,
-        pool: asyncpg.Pool,
+        pool: Pool,
         settings: Settings,
         *,
         on_delivered: Callable[[dict[str, Any]], None] | None = None,

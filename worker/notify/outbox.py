@@ -1,48 +1,24 @@
 """The notification outbox: enqueue inside the caller's transaction, and the claim and bookkeeping the
-dispatcher does around each attempt. The SQL lives in queries.sql."""
+dispatcher does around each attempt. The SQL lives in worker/db/notify.sql, loaded by worker.db.sql (NQ)."""
 
 from __future__ import annotations
 
 import json
-import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import asyncpg
 import structlog
 
 from worker.config import AutoPromotionConfig, Settings
+from worker.db.connect import Connection, Record
+from worker.db.sql import NQ as Q
 from worker.notify.delivery import AttemptResult, OutboxRow
 from worker.notify.events import EVENTS, normalize_priority
 from worker.notify.routing import ConfigRow, Route, plan_routes
 
 log = structlog.get_logger("worker.notify")
-
-_NAME_RE = re.compile(r"^--\s*name:\s*([a-z_]+)\s*$", re.MULTILINE)
-
-
-def load_queries(path: Path) -> dict[str, str]:
-    """Queries by name from a file of ``-- name: <name>`` sections."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise RuntimeError(
-            f"{path} is missing: the package was built without it; list notify/*.sql under "
-            "[tool.setuptools.package-data] in pyproject.toml"
-        ) from None
-    matches = list(_NAME_RE.finditer(text))
-    queries: dict[str, str] = {}
-    for i, match in enumerate(matches):
-        end = matches[i + 1].start() if i + 1 < len(matches) else len(text)
-        body = "\n".join(line for line in text[match.end():end].splitlines() if not line.startswith("--")).strip()
-        queries[match.group(1)] = body.rstrip(";")
-    return queries
-
-
-Q = load_queries(Path(__file__).with_name("queries.sql"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +59,7 @@ def config_rows(records: Sequence[Mapping[str, Any]]) -> list[ConfigRow]:
 def plan_notifications(
     *,
     event: str,
-    payload: dict[str, Any],
+    payload: Mapping[str, Any],
     config: AutoPromotionConfig,
     settings: Settings,
     rows: Sequence[ConfigRow],
@@ -107,10 +83,10 @@ def plan_notifications(
 
 
 async def enqueue_notifications(
-    conn: asyncpg.Connection,
+    conn: Connection,
     *,
     event: str,
-    payload: dict[str, Any],
+    payload: Mapping[str, Any],
     config: AutoPromotionConfig,
     settings: Settings,
 ) -> int:
@@ -139,7 +115,7 @@ async def enqueue_notifications(
 
 
 async def claim_due(
-    conn: asyncpg.Connection, *, limit: int, per_target: int, lease_base: float, rate: float
+    conn: Connection, *, limit: int, per_target: int, lease_base: float, rate: float
 ) -> list[OutboxRow]:
     """Lease due rows (one statement, its own short transaction); see queries.sql ``claim_due``."""
     records = await conn.fetch(Q["claim_due"], limit, per_target, lease_base, rate)
@@ -166,7 +142,7 @@ async def claim_due(
     return rows
 
 
-async def fetch_configs(conn: asyncpg.Connection, ids: Sequence[int]) -> dict[int, asyncpg.Record]:
+async def fetch_configs(conn: Connection, ids: Sequence[int]) -> dict[int, Record]:
     """The secret-bearing config rows for a batch, read at send time."""
     if not ids:
         return {}
@@ -174,7 +150,7 @@ async def fetch_configs(conn: asyncpg.Connection, ids: Sequence[int]) -> dict[in
 
 
 async def record_attempt(
-    conn: asyncpg.Connection,
+    conn: Connection,
     row: OutboxRow,
     *,
     outcome: str,
@@ -201,18 +177,18 @@ async def record_attempt(
     return moved is not None
 
 
-async def release(conn: asyncpg.Connection, row: OutboxRow, *, retry_in: float) -> bool:
+async def release(conn: Connection, row: OutboxRow, *, retry_in: float) -> bool:
     """Give a claimed, unattempted row back (its attempt uncounted), due in ``retry_in`` seconds."""
     return await conn.fetchval(Q["release"], row.id, row.attempts, retry_in) is not None
 
 
-async def next_due_in(conn: asyncpg.Connection) -> float | None:
+async def next_due_in(conn: Connection) -> float | None:
     """Seconds until the next claimable row is due (negative: overdue), None when nothing is pending."""
     value = await conn.fetchval(Q["next_due_in"])
     return None if value is None else float(value)
 
 
-async def requeue_dead(conn: asyncpg.Connection, outbox_ids: Sequence[int] | None = None) -> int:
+async def requeue_dead(conn: Connection, outbox_ids: Sequence[int] | None = None) -> int:
     """Give dead-lettered rows (all, or ``outbox_ids``) a fresh set of attempts; returns how many."""
     ids = None if outbox_ids is None else list(outbox_ids)
     return len(await conn.fetch(Q["requeue_dead"], ids))

@@ -7,7 +7,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import anyio.lowlevel
-import asyncpg
 
 from worker.config import (
     AutoPromotionConfig,
@@ -17,7 +16,8 @@ from worker.config import (
     with_experiment_overrides,
     with_request_overrides,
 )
-from worker.db.queries import Q
+from worker.db.connect import Connection, Record
+from worker.db.sql import Q
 from worker.db.store import Seen
 from worker.decide import Decision, ExperimentSnapshot, VariantSnapshot, failed_decision, safe_decide
 from worker.domain.errors import ExperimentNotFound, InvalidRequest
@@ -67,7 +67,7 @@ class Decider:
         except ConfigError as exc:
             raise InvalidRequest("invalid configuration: " + "; ".join(exc.errors), {"field": "dryRun"}) from None
 
-    async def find(self, conn: asyncpg.Connection, name: str) -> asyncpg.Record:
+    async def find(self, conn: Connection, name: str) -> Record:
         """The ab_experiments row named ``name``; InvalidRequest or ExperimentNotFound."""
         if not isinstance(name, str) or not name.strip():
             raise InvalidRequest("experimentName is required", {"field": "experimentName"})
@@ -76,7 +76,7 @@ class Decider:
             raise ExperimentNotFound(f"no experiment named {name[:200]!r}", {"experimentName": name[:200]})
         return row
 
-    async def snapshot(self, conn: asyncpg.Connection, experiment_id: int,
+    async def snapshot(self, conn: Connection, experiment_id: int,
                        lookback_s: float) -> tuple[ExperimentSnapshot, Seen] | None:
         """The snapshot of one experiment and what it was read at."""
         row = await conn.fetchrow(Q["experiment_snapshot"], experiment_id, lookback_s)

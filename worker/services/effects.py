@@ -13,12 +13,11 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any, Literal
 
-import asyncpg
 import structlog
 
 from worker import metrics
 from worker.config import AutoPromotionConfig, Settings
-from worker.db.connect import json_safe
+from worker.db.connect import Connection, json_safe
 from worker.db.store import OutboxRows
 from worker.decide import Decision
 from worker.domain.guard_rules import GuardBreach, WatchedPromotion, since_promotion_json
@@ -89,7 +88,7 @@ class Effects:
         self.on_committed = on_committed
 
     # ------------------------------------------------------------------------------ in the transaction
-    async def notify(self, conn: asyncpg.Connection, body: NotificationPayload, cfg: AutoPromotionConfig) -> int:
+    async def notify(self, conn: Connection, body: NotificationPayload, cfg: AutoPromotionConfig) -> int:
         """Queue ``body`` (its ``event``) on the outbox in the caller's transaction; rows queued."""
         queued: int = await enqueue_notifications(conn, event=body["event"], payload=json_safe(body), config=cfg,
                                                   settings=self.settings)

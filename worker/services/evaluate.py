@@ -3,12 +3,12 @@ transaction (``evaluate_experiment``) or many (``evaluate_many``), skipping rows
 
 from __future__ import annotations
 
-import asyncpg
 import structlog
 
 from worker.config import EffectiveConfig
 from worker.db import store
-from worker.db.queries import Q
+from worker.db.connect import Connection, Pool, PostgresError
+from worker.db.sql import Q
 from worker.db.store import Seen
 from worker.decide import Decision, ExperimentSnapshot
 from worker.domain.results import Evaluation
@@ -24,13 +24,13 @@ log = structlog.get_logger("worker.engine")
 def transient_db_error(exc: BaseException) -> bool:
     """True for a database error worth retrying as it is (worker.retry's one list), false for one that may be the
     data's."""
-    return isinstance(exc, asyncpg.PostgresError) and is_transient(exc)
+    return isinstance(exc, PostgresError) and is_transient(exc)
 
 
 class EvaluateService:
     """evaluate_experiment and evaluate_many."""
 
-    def __init__(self, pool: asyncpg.Pool, config: EffectiveConfig, decider: Decider, promote: PromoteService,
+    def __init__(self, pool: Pool, config: EffectiveConfig, decider: Decider, promote: PromoteService,
                  effects: Effects) -> None:
         self.pool = pool
         self.config = config
@@ -49,7 +49,7 @@ class EvaluateService:
             try:
                 async with conn.transaction():
                     outcome = await self._lock_and_act(conn, experiment_id, effective, actor)
-            except (asyncpg.PostgresError, StatsInputError) as exc:
+            except (PostgresError, StatsInputError) as exc:
                 if not transient_db_error(exc):  # a database that is restarting etc. is retried, not reported
                     exp = await conn.fetchrow(Q["experiment_by_id"], experiment_id)
                     if exp is not None:
@@ -61,7 +61,7 @@ class EvaluateService:
             self.effects.promoted(outcome.experiment_name, outcome.promotion, "daemon")
         return outcome
 
-    async def _lock_and_act(self, conn: asyncpg.Connection, experiment_id: int, effective: EffectiveConfig,
+    async def _lock_and_act(self, conn: Connection, experiment_id: int, effective: EffectiveConfig,
                             actor: str) -> Evaluation:
         # Lock and read in one round trip. Alerts over the longest lookback a config may set: decide() keeps those
         # inside the experiment's own.
@@ -90,7 +90,7 @@ class EvaluateService:
             return [await self.evaluate_experiment(experiment_ids[0], actor=actor)]  # a failure is recorded at once
         try:
             out, promoted = await self._evaluate_batch(experiment_ids, actor)
-        except (asyncpg.PostgresError, StatsInputError) as exc:
+        except (PostgresError, StatsInputError) as exc:
             if transient_db_error(exc):
                 raise
             log.warning("evaluation.batch_failed", error=f"{type(exc).__name__}: {exc}",
@@ -109,12 +109,12 @@ class EvaluateService:
         reconciliation scan to try again; a transient one propagates."""
         try:
             return await self.evaluate_experiment(experiment_id, actor=actor)
-        except (asyncpg.PostgresError, StatsInputError) as exc:
+        except (PostgresError, StatsInputError) as exc:
             if transient_db_error(exc):
                 raise
             return Evaluation(experiment_id, "?", None, "failed")
 
-    async def _unlocked(self, conn: asyncpg.Connection, experiment_ids: list[int]) -> list[Evaluation]:
+    async def _unlocked(self, conn: Connection, experiment_ids: list[int]) -> list[Evaluation]:
         """The outcome for experiments the daemon's lock-and-read did not return: "skipped" (gone or not running:
         promoted ones are the guard's), "fresh" (running, and its stored decision covers everything this statement
         sees: another replica evaluated it already, or nothing changed), or "busy" (held by another transaction:
@@ -153,7 +153,7 @@ class EvaluateService:
                 if outcome.action == "promoted":
                     promoted.append(outcome)
             # Only decisions in this transaction (nothing was promoted or audited): its commit need not wait for the
-            # disk (worker.fold.RELAXED_COMMIT).
+            # disk (worker.db.fold.RELAXED_COMMIT).
             stored = await store.record_many(conn, plain, relaxed=len(plain) == len(pairs),
                                              seen={row["id"]: Seen.of(row) for row, _ in pairs})
             out.extend(Evaluation(d.experiment_id, d.experiment_name, d,

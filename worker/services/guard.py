@@ -12,13 +12,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-import asyncpg
 import structlog
 
 from worker.config import AutoPromotionConfig, EffectiveConfig, Settings
 from worker.db import store
-from worker.db.connect import json_safe
-from worker.db.daemon_queries import DQ
+from worker.db.connect import Pool, json_safe
+from worker.db.sql import DQ
 from worker.domain.guard_rules import GuardBreach, WatchedPromotion, check_guard, watched_from_row
 from worker.domain.results import RollbackRefused
 from worker.services.deciding import Decider
@@ -54,7 +53,7 @@ class EngineParts(Protocol):
 class PostPromotionGuard:
     """Checks watched promotions and acts on breaches; safe to run on every replica at once."""
 
-    def __init__(self, pool: asyncpg.Pool, engine: EngineParts, settings: Settings, config: EffectiveConfig,
+    def __init__(self, pool: Pool, engine: EngineParts, settings: Settings, config: EffectiveConfig,
                  *, identity: str | None = None) -> None:
         self.pool = pool
         self.rollbacks = engine.rollbacks

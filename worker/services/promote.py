@@ -18,18 +18,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import asyncpg
 import structlog
 
 from worker import metrics
 from worker.config import AutoPromotionConfig, EffectiveConfig, Settings
 from worker.db import store
-from worker.db.queries import Q
+from worker.db.connect import Connection, Pool, PostgresError, UniqueViolationError
+from worker.db.fold import fold_pending_updates
+from worker.db.sql import Q
 from worker.db.store import HistoryRows, PromotionWrite, Seen
 from worker.decide import Decision, ExperimentSnapshot
 from worker.domain.errors import AlreadyPromoted, EngineError, ExperimentNotFound
 from worker.domain.results import CheckResult, Evaluation, PromoteResult
-from worker.fold import fold_pending_updates
 from worker.services.deciding import Decider
 from worker.services.effects import Effects, outbox_rows, payload
 from worker.stats import StatsInputError
@@ -86,7 +86,7 @@ class Decided:
 class PromoteService:
     """check_promotion_eligibility, promote_winner and the acts they share with the daemon's evaluation."""
 
-    def __init__(self, pool: asyncpg.Pool, settings: Settings, config: EffectiveConfig, decider: Decider,
+    def __init__(self, pool: Pool, settings: Settings, config: EffectiveConfig, decider: Decider,
                  effects: Effects) -> None:
         self.pool = pool
         self.settings = settings
@@ -113,7 +113,7 @@ class PromoteService:
         metrics.EVALUATIONS.labels("eligible" if decision.eligible else "not_eligible").inc()
         return decision.to_check_data()
 
-    async def _store_check(self, conn: asyncpg.Connection, experiment_id: int, snapshot: ExperimentSnapshot,
+    async def _store_check(self, conn: Connection, experiment_id: int, snapshot: ExperimentSnapshot,
                            decision: Decision, cfg: AutoPromotionConfig, effective: EffectiveConfig,
                            seen: Seen) -> None:
         report = decision.eligible and (cfg.dry_run or not cfg.enabled)
@@ -143,15 +143,15 @@ class PromoteService:
             exp = await self.decider.find(conn, experiment_name)
             try:
                 return await self.promote_locked(conn, exp["id"], effective, actor=actor, mode="request")
-            except asyncpg.exceptions.UniqueViolationError as exc:
+            except UniqueViolationError as exc:
                 raise AlreadyPromoted(f"experiment {experiment_name!r} already has an active promotion") from exc
             except EngineError:
                 raise
-            except (asyncpg.PostgresError, StatsInputError, OSError) as exc:
+            except (PostgresError, StatsInputError, OSError) as exc:
                 await self.record_failure(conn, exp, effective, actor, exc)
                 raise
 
-    async def promote_locked(self, conn: asyncpg.Connection, experiment_id: int, effective: EffectiveConfig, *,
+    async def promote_locked(self, conn: Connection, experiment_id: int, effective: EffectiveConfig, *,
                              actor: str, mode: RequestMode) -> PromoteResult:
         """Check and, when eligible, promote one experiment in one transaction; the promote ``data``."""
         async with conn.transaction():
@@ -161,7 +161,7 @@ class PromoteService:
             self.effects.promoted(outcome.experiment_name, outcome.promotion, mode)
         return outcome.promotion
 
-    async def _decide_requested(self, conn: asyncpg.Connection, experiment_id: int, effective: EffectiveConfig, *,
+    async def _decide_requested(self, conn: Connection, experiment_id: int, effective: EffectiveConfig, *,
                                 actor: str, mode: RequestMode) -> Evaluation:
         """Lock the experiment (waiting), fold its pending updates, decide and act, in the caller's transaction."""
         exp = await conn.fetchrow(Q["lock_experiment"], experiment_id)
@@ -174,7 +174,7 @@ class PromoteService:
         decision, cfg = self.decider.decide(snapshot, effective, row["config"])
         return await self.act_requested(conn, Decided(row, snapshot, decision, cfg, effective, actor), mode)
 
-    async def act_requested(self, conn: asyncpg.Connection, d: Decided, mode: RequestMode) -> Evaluation:
+    async def act_requested(self, conn: Connection, d: Decided, mode: RequestMode) -> Evaluation:
         """A promote request's or a scan's decision: a dry run, a refusal or a promotion."""
         active = d.snapshot.active_promotion_id
         if active is not None and not d.dry:
@@ -194,7 +194,7 @@ class PromoteService:
             return await self._refuse(conn, d)
         return await self._promote(conn, d)
 
-    async def act_daemon(self, conn: asyncpg.Connection, d: Decided, *, alone: bool) -> Evaluation:
+    async def act_daemon(self, conn: Connection, d: Decided, *, alone: bool) -> Evaluation:
         """The daemon's decision (on a running experiment): remember it, and report or promote when eligible.
         ``alone``: this evaluation is its transaction's only work."""
         if not d.decision.eligible:
@@ -215,7 +215,7 @@ class PromoteService:
         return await self._promote(conn, d)
 
     # ------------------------------------------------------------------------------------ the three ends
-    async def _dry_run(self, conn: asyncpg.Connection, d: Decided, *, report: bool) -> Evaluation:
+    async def _dry_run(self, conn: Connection, d: Decided, *, report: bool) -> Evaluation:
         """A dry run, its decision stored already; ``report``: audit it and, when eligible, notify."""
         queued = 0
         if report:
@@ -227,7 +227,7 @@ class PromoteService:
         result["reasons"] = list(d.decision.reasons)
         return d.evaluation("dry_run", result)
 
-    async def _refuse(self, conn: asyncpg.Connection, d: Decided, decision: Decision | None = None,
+    async def _refuse(self, conn: Connection, d: Decided, decision: Decision | None = None,
                       seen: Seen | None = None) -> Evaluation:
         """Not promoted: store the decision (``decision``, read at ``seen``: a second look) and say why."""
         final = decision or d.decision
@@ -240,7 +240,7 @@ class PromoteService:
     def _audit_details(self, d: Decided) -> dict[str, Any]:
         return {"decision": d.check, "config": d.cfg.public(), "preset": d.effective.preset, "dryRun": False}
 
-    async def _promote(self, conn: asyncpg.Connection, d: Decided) -> Evaluation:
+    async def _promote(self, conn: Connection, d: Decided) -> Evaluation:
         """Promote the winner: everything in one statement (store.write_promotion)."""
         winner = d.decision.winner
         assert winner is not None
@@ -277,7 +277,7 @@ class PromoteService:
         return d.evaluation("promoted", result)
 
     # ----------------------------------------------------------------------------- reports and failures
-    async def report_dry_run(self, conn: asyncpg.Connection, snapshot: ExperimentSnapshot, decision: Decision,
+    async def report_dry_run(self, conn: Connection, snapshot: ExperimentSnapshot, decision: Decision,
                              cfg: AutoPromotionConfig, effective: EffectiveConfig, *, actor: str,
                              check: CheckResult) -> int:
         """A dry run's audit row and, when eligible, its promotion.eligible notification; rows queued."""
@@ -294,7 +294,7 @@ class PromoteService:
                                   "reasons": list(decision.reasons)})
         return queued
 
-    async def record_failure(self, conn: asyncpg.Connection, exp: Mapping[str, Any], effective: EffectiveConfig,
+    async def record_failure(self, conn: Connection, exp: Mapping[str, Any], effective: EffectiveConfig,
                              actor: str, exc: BaseException) -> None:
         """After a failed promotion transaction: audit it and tell people, in a transaction of its own."""
         log.error("promotion.failed", experiment=exp["name"], error=str(exc), error_type=type(exc).__name__)
@@ -306,7 +306,7 @@ class PromoteService:
                     "promotion.failed", None, actor=actor, experiment_name=exp["name"], priority=exp["priority"],
                     promotion_id=None, variant=None, reason=f"{type(exc).__name__}: {exc}"[:500]),
                     self.decider.cfg_or_base(effective, exp.get("config")))
-        except (asyncpg.PostgresError, OSError) as second:
+        except (PostgresError, OSError) as second:
             log.error("promotion.failure_not_recorded", experiment=exp["name"], error=str(second))
 
 

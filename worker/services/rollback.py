@@ -11,11 +11,10 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-import asyncpg
-
 from worker.config import EffectiveConfig
 from worker.db import store
-from worker.db.queries import Q
+from worker.db.connect import Pool
+from worker.db.sql import Q
 from worker.domain.errors import AlreadyRolledBack, EngineError, InvalidRequest, PromotionNotFound
 from worker.domain.results import RollbackRefused, RollbackResult
 from worker.services.deciding import Decider
@@ -45,7 +44,7 @@ def refusal_error(refused: RollbackRefused) -> EngineError:
 class RollbackService:
     """rollback_promotion, and roll_back for callers that act on a refusal."""
 
-    def __init__(self, pool: asyncpg.Pool, config: EffectiveConfig, decider: Decider, effects: Effects) -> None:
+    def __init__(self, pool: Pool, config: EffectiveConfig, decider: Decider, effects: Effects) -> None:
         self.pool = pool
         self.config = config
         self.decider = decider

@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-import asyncpg
 import structlog
 
-from worker.db.queries import Q
+from worker.db.connect import Pool
+from worker.db.sql import Q
 from worker.domain.results import RollbackRefused
 from worker.services.rollback import RollbackService
 
@@ -36,7 +36,7 @@ class RollbackRequestOutcome:
     action: Literal["rolled_back", "already_done", "refused"]
 
 
-async def carry_out_rollback_requests(pool: asyncpg.Pool, engine: HasRollbacks) -> list[RollbackRequestOutcome]:
+async def carry_out_rollback_requests(pool: Pool, engine: HasRollbacks) -> list[RollbackRequestOutcome]:
     """Roll back every promotion whose rollback was requested and not yet carried out; what happened to each."""
     async with pool.acquire() as conn:
         rows = await conn.fetch(Q["pending_rollback_requests"])

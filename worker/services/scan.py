@@ -4,16 +4,16 @@ maxConcurrentPromotions), each on its locked row in a transaction of its own."""
 from __future__ import annotations
 
 import anyio.lowlevel
-import asyncpg
 
 from worker.config import AutoPromotionConfig, EffectiveConfig, Settings
 from worker.db import store
-from worker.db.queries import Q
+from worker.db.connect import Connection, Pool, PostgresError, Record
+from worker.db.fold import fold_pending_updates
+from worker.db.sql import Q
 from worker.db.store import Seen
 from worker.decide import AlertInfo, Decision, ExperimentSnapshot, VariantSnapshot
 from worker.domain.errors import EngineError
 from worker.domain.results import CheckResult, ScanItem, ScanResult
-from worker.fold import fold_pending_updates
 from worker.services.deciding import MAX_ALERT_LOOKBACK_S, Decider, DecisionAndConfig
 from worker.services.effects import Effects
 from worker.services.promote import PromoteService
@@ -26,7 +26,7 @@ SCAN_STATE_MIN_AGE_S = 30.0
 class ScanService:
     """scan_and_promote_winners."""
 
-    def __init__(self, pool: asyncpg.Pool, settings: Settings, config: EffectiveConfig, decider: Decider,
+    def __init__(self, pool: Pool, settings: Settings, config: EffectiveConfig, decider: Decider,
                  promote: PromoteService, effects: Effects) -> None:
         self.pool = pool
         self.settings = settings
@@ -58,7 +58,7 @@ class ScanService:
         return {"scanned": tally.scanned, "eligible": tally.eligible, "promoted": tally.promoted, "dryRun": dry,
                 "results": tally.results}
 
-    async def _scan_chunk(self, conn: asyncpg.Connection, chunk: list[asyncpg.Record], tally: _Tally,
+    async def _scan_chunk(self, conn: Connection, chunk: list[Record], tally: _Tally,
                           actor: str) -> None:
         decided, seen = await self.decide_all(conn, tally.effective, chunk)
         # The daemon's evaluations keep last decisions current; its reconciliation scan rewrites only those that are
@@ -94,7 +94,7 @@ class ScanService:
             tally.add(item)
         await store.record_many(conn, to_record, history=False, checks=checks, seen=seen)
 
-    async def _promote_one(self, conn: asyncpg.Connection, decision: Decision, cfg: AutoPromotionConfig,
+    async def _promote_one(self, conn: Connection, decision: Decision, cfg: AutoPromotionConfig,
                            item: ScanItem, tally: _Tally, actor: str) -> None:
         """An eligible experiment of the scan: promote it (or report its dry run) unless the limit is reached."""
         limit = tally.effective.config.max_concurrent_promotions
@@ -107,7 +107,7 @@ class ScanService:
                                                         mode="scan")
         except EngineError as exc:
             item["error"] = exc.message
-        except (asyncpg.PostgresError, StatsInputError) as exc:
+        except (PostgresError, StatsInputError) as exc:
             item["error"] = f"{type(exc).__name__}: {exc}"
             exp = await conn.fetchrow(Q["experiment_by_id"], decision.experiment_id)
             if exp is not None:
@@ -121,8 +121,8 @@ class ScanService:
             elif not outcome["success"]:
                 item["reasons"] = outcome.get("reasons", [])
 
-    async def decide_all(self, conn: asyncpg.Connection, effective: EffectiveConfig,
-                         experiments: list[asyncpg.Record]) -> tuple[list[DecisionAndConfig], dict[int, Seen]]:
+    async def decide_all(self, conn: Connection, effective: EffectiveConfig,
+                         experiments: list[Record]) -> tuple[list[DecisionAndConfig], dict[int, Seen]]:
         """Decisions for ``experiments`` (rows of ab_experiments) with the config of each, from three bulk reads;
         what each was read at.
 

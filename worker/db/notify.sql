@@ -1,5 +1,5 @@
 -- Notification outbox queries. Each query sits under a `-- name: <name>` header followed by a one-line
--- description; worker/notify/outbox.py loads them once. Values always go through $n parameters.
+-- description; worker/db/sql.py loads them once (NQ) for worker/notify/outbox.py. Values always go through $n parameters.
 
 -- name: routable_configs
 -- Enabled notification_configs rows subscribed to event $1 (the secret column is not read here).

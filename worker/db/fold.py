@@ -11,22 +11,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-import asyncpg
+from worker.db.connect import Connection
+from worker.db.sql import Q
 
-from worker.db.queries import Q
-
-# A relaxed commit does not wait for the WAL flush. Used only for transactions whose loss in a database crash loses
+# RELAXED_COMMIT: a relaxed commit does not wait for the WAL flush. Used only for transactions whose loss in a
+# database crash loses
 # nothing: a fold (the claimed updates come back into the queue with it and are folded again; a later synchronous
 # commit, such as a promotion decided on the folded numbers, flushes it first, since WAL is written in order) and a
 # transaction that only stores decisions that keep their experiment's stored eligibility (a lost one leaves the
 # statistics newer than the last evaluation, so the catch-up evaluates it again, and no eligibility change, which
 # the dry-run notifications key on, is ever lost). It saves a disk flush on the decision path.
-RELAXED_COMMIT = ", set_config('synchronous_commit', 'off', true) AS relaxed"
+# queries.sql's fold_pending_relaxed (and the decision writes of worker/db/store.py) select
+# set_config('synchronous_commit', 'off', true) for it.
 
-_FOLD_ALL = Q["fold_pending"].replace("/*relaxed*/", "")
-_FOLD_SOME = _FOLD_ALL.replace("/*filter*/", "WHERE experiment_id = ANY($2::bigint[])")
-_FOLD_RELAXED = Q["fold_pending"].replace("/*relaxed*/", RELAXED_COMMIT)
-assert _FOLD_SOME != _FOLD_ALL != _FOLD_RELAXED, "queries.sql: fold_pending lost a /*filter*/ or /*relaxed*/ marker"
+_FOLD_ALL = Q["fold_pending"]
+_FOLD_SOME = Q["fold_pending_for"]
+_FOLD_RELAXED = Q["fold_pending_relaxed"]
 
 
 @dataclass(slots=True)
@@ -42,7 +42,7 @@ class FoldResult:
 
 
 async def fold_batch(
-    conn: asyncpg.Connection, *, limit: int, experiment_ids: Sequence[int] | None = None, relaxed: bool = False
+    conn: Connection, *, limit: int, experiment_ids: Sequence[int] | None = None, relaxed: bool = False
 ) -> FoldResult:
     """Fold up to ``limit`` pending updates in the caller's transaction (or its own, if none is open).
 
@@ -65,7 +65,7 @@ async def fold_batch(
 
 
 async def fold_pending_updates(
-    conn: asyncpg.Connection, *, batch_size: int = 50_000, experiment_ids: Sequence[int] | None = None,
+    conn: Connection, *, batch_size: int = 50_000, experiment_ids: Sequence[int] | None = None,
     max_batches: int | None = None,
 ) -> FoldResult:
     """Fold batches until the (selected part of the) queue is drained; each batch commits on its own
