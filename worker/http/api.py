@@ -9,6 +9,9 @@ Response conventions (also in the OpenAPI document):
   eligible is a 200 with ``success: false`` and ``data.reasons`` (the request was fine; the experiment was
   not ready). 409 is only for "already promoted" and "already rolled back".
 - GET answers ``{success: true, data}``.
+
+Over 500 lines: the seed endpoint's four actions and the ten read endpoints with their JSON shapes live together
+so that the wire format can be read in one place; the read endpoints are to move to a module of their own.
 """
 
 from __future__ import annotations

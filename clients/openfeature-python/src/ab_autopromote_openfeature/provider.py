@@ -6,6 +6,8 @@ network: a background thread owns an asyncio loop and one PostgreSQL connection 
 ``ab_promotion_events`` (the worker's promotions and rollbacks), reloads what changed, re-reads everything every
 ``refresh_interval`` seconds in case a notification was lost, and reconnects with backoff when the database
 goes away. Until then, evaluations serve the last weights it saw (reason CACHED).
+
+One module of ~500 lines on purpose: the provider is one class with its thread, and the distribution stays small.
 """
 
 from __future__ import annotations
