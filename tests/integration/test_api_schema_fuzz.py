@@ -60,7 +60,8 @@ class ServedApp:
         pool = await create_pool(self.db_url, min_size=1, max_size=4)
         runner: web.AppRunner | None = None
         try:
-            app = api_only_app(make_context(pool, env={"AUTO_PROMOTION_RATE_LIMIT": "100000"}))
+            app = api_only_app(make_context(pool, env={"AUTO_PROMOTION_RATE_LIMIT": "100000"},
+                                            database_url=self.db_url))
             runner = web.AppRunner(app)
             await runner.setup()
             site = web.TCPSite(runner, "127.0.0.1", 0)
