@@ -634,15 +634,20 @@ def machine_info(pg_version: str, embedded: bool) -> dict[str, Any]:
     }
 
 
+def database_server() -> tuple[str, Any]:
+    """DATABASE_URL, or an embedded PostgreSQL of the bench's own (returned too, to be cleaned up)."""
+    admin_url = os.environ.get("DATABASE_URL")
+    if admin_url:
+        return admin_url, None
+    from worker.db.embedded import start_embedded
+
+    embedded = start_embedded()
+    return embedded.url, embedded
+
+
 async def main(quick: bool, only: list[str] | None) -> dict[str, Any]:
     params = QUICK if quick else FULL
-    embedded = None
-    admin_url = os.environ.get("DATABASE_URL")
-    if not admin_url:
-        from worker.db.embedded import start_embedded
-
-        embedded = start_embedded()
-        admin_url = embedded.url
+    admin_url, embedded = database_server()
     server = Server(admin_url, embedded)
     try:
         probe = await asyncpg.connect(admin_url)

@@ -38,7 +38,7 @@ for path in (ROOT, ROOT / "bench"):
         sys.path.insert(0, str(path))
 
 import asyncpg  # noqa: E402
-from bench_daemon import Server, WorkerProcess, machine_info, wait_until  # noqa: E402
+from bench_daemon import Server, WorkerProcess, database_server, machine_info, wait_until  # noqa: E402
 
 FULL = {"replicas": [1, 2, 3], "rate": 100, "seconds": 20.0, "experiments": 50, "updates": 20}
 QUICK = {"replicas": [1, 2], "rate": 100, "seconds": 2.0, "experiments": 10, "updates": 5}
@@ -153,13 +153,7 @@ async def sequential(server: Server, n: int, p: dict[str, Any]) -> dict[str, Any
 
 async def main(quick: bool) -> dict[str, Any]:
     p = QUICK if quick else FULL
-    embedded = None
-    admin_url = os.environ.get("DATABASE_URL")
-    if not admin_url:
-        from worker.db.embedded import start_embedded
-
-        embedded = start_embedded()
-        admin_url = embedded.url
+    admin_url, embedded = database_server()
     server = Server(admin_url, embedded)
     try:
         probe = await asyncpg.connect(admin_url)

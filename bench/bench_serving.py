@@ -37,7 +37,7 @@ if str(ROOT) not in sys.path:
 import asyncpg  # noqa: E402
 from ab_autopromote_openfeature import AutoPromoteProvider, fnv1a32, hash_v2  # noqa: E402
 from ab_autopromote_openfeature.provider import ServedExperiment  # noqa: E402
-from bench_daemon import machine_info  # noqa: E402  (one description of the machine for every bench)
+from bench_daemon import database_server, machine_info  # noqa: E402  (one description of the machine for every bench)
 from openfeature import api  # noqa: E402
 from openfeature.evaluation_context import EvaluationContext  # noqa: E402
 from openfeature.flag_evaluation import Reason  # noqa: E402
@@ -239,13 +239,7 @@ def bench_python_assign(params: dict[str, Any]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------ main
 async def main(quick: bool, only: list[str] | None) -> dict[str, Any]:
     params = QUICK if quick else FULL
-    embedded = None
-    admin_url = os.environ.get("DATABASE_URL")
-    if not admin_url:
-        from worker.db.embedded import start_embedded
-
-        embedded = start_embedded()
-        admin_url = embedded.url
+    admin_url, embedded = database_server()
     name = f"bench_serving_{uuid.uuid4().hex[:10]}"
     admin = await asyncpg.connect(admin_url)
     try:
