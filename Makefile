@@ -26,6 +26,7 @@ test-unit: $(STAMP)
 # The house rules: lint (with the complexity cap), types (tests too, relaxed), and the layers' import contracts.
 check: $(STAMP)
 	$(BIN)/ruff check worker tests bench deploy clients
+	$(BIN)/ruff format --check worker tests bench deploy clients
 	$(BIN)/mypy worker
 	$(BIN)/mypy --strict clients/openfeature-python/src
 	$(BIN)/mypy tests

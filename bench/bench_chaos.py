@@ -80,18 +80,39 @@ from worker.db.embedded import EmbeddedPostgres, start_embedded  # noqa: E402
 from worker.db.migrate import migrate  # noqa: E402
 from worker.notify.events import _TITLES  # noqa: E402
 
-FULL = {"duration": 90.0, "experiments": 200, "producers": 4, "rate": 400.0, "fault_gap": 4.0,
-        "read_only_seconds": 10.0, "replicas": 3}
-QUICK = {"duration": 20.0, "experiments": 30, "producers": 2, "rate": 150.0, "fault_gap": 2.0,
-         "read_only_seconds": 4.0, "replicas": 3}
+FULL = {
+    "duration": 90.0,
+    "experiments": 200,
+    "producers": 4,
+    "rate": 400.0,
+    "fault_gap": 4.0,
+    "read_only_seconds": 10.0,
+    "replicas": 3,
+}
+QUICK = {
+    "duration": 20.0,
+    "experiments": 30,
+    "producers": 2,
+    "rate": 150.0,
+    "fault_gap": 2.0,
+    "read_only_seconds": 4.0,
+    "replicas": 3,
+}
 RECOVERY_GOAL_S = 5.0
 BENCH_APP = "chaos-bench"  # application_name prefix of the bench's own sessions: never terminated as a worker's
 ERROR_RATE_AFTER_BREACH = 0.20
 BASE_RATE = 0.10
 # InternalClientError too: asyncpg raises it ("cannot switch to state 12; another operation (2) is in progress")
 # when a statement is sent on a connection whose session the server has just terminated (asyncpg#1069).
-DB_FAULTS = (OSError, ConnectionError, TimeoutError, asyncio.TimeoutError, asyncpg.PostgresError,
-             asyncpg.InterfaceError, asyncpg.InternalClientError)
+DB_FAULTS = (
+    OSError,
+    ConnectionError,
+    TimeoutError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
 TITLE_EVENT = {title: event for event, title in _TITLES.items()}
 
 BENCH_SQL = """
@@ -191,8 +212,16 @@ class Receivers:
 
     async def _webhook(self, request: web.Request) -> web.Response:
         body = await request.json()
-        self.deliveries.append(Delivery("webhook", request.headers.get("Idempotency-Key", "?"), body.get("event", "?"),
-                                        body.get("promotionId"), body.get("experimentName"), time.time()))
+        self.deliveries.append(
+            Delivery(
+                "webhook",
+                request.headers.get("Idempotency-Key", "?"),
+                body.get("event", "?"),
+                body.get("promotionId"),
+                body.get("experimentName"),
+                time.time(),
+            )
+        )
         return web.json_response({"ok": True})
 
 
@@ -211,8 +240,9 @@ class Replica:
         self.generation += 1
         self.log_path = self.log_dir / f"replica-{self.index}-{self.generation}.log"
         with open(self.log_path, "ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "worker", "run"], cwd=ROOT, env=self.env,
-                                         stdout=out, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "worker", "run"], cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT
+            )
         self.started_at = time.time()
 
     def events(self) -> list[dict[str, Any]]:
@@ -232,24 +262,39 @@ def exit_cause(events: list[dict[str, Any]]) -> dict[str, Any]:
     text = [e["line"] for e in events if e.get("event") == "(text)"]
     exceptions = [t.strip(" |+") for t in text if re.search(r"^[\s|+]*[\w.]+(Error|Exception|Exit)\b", t)]
     frames = [t.strip(" |") for t in text if 'File "' in t and "/worker/" in t]
-    return {"last_error_event": ({k: v for k, v in errors[-1].items() if k != "timestamp"} if errors else None),
-            "exception": exceptions[-1] if exceptions else None,
-            "where": frames[-1] if frames else None}
+    return {
+        "last_error_event": ({k: v for k, v in errors[-1].items() if k != "timestamp"} if errors else None),
+        "exception": exceptions[-1] if exceptions else None,
+        "where": frames[-1] if frames else None,
+    }
 
 
 class Fleet:
     """The replicas and their supervisor: a replica that exits on its own is recorded and restarted."""
 
     def __init__(self, n: int, url: str, log_dir: Path, receivers_port: int) -> None:
-        base = {k: v for k, v in os.environ.items()
-                if not k.startswith(("AUTO_PROMOTION_", "AUTO_NOTIFY")) and k not in ("DATABASE_URL", "LOG_LEVEL")}
-        env = {**base, "DATABASE_URL": url, "AUTO_PROMOTION_HTTP_PORT": "0", "LOG_FORMAT": "json",
-               "LOG_LEVEL": "info", "AUTO_PROMOTION_MAX_CONCURRENT": "10000",
-               "AUTO_PROMOTION_SCAN_INTERVAL": "15",
-               "SLACK_WEBHOOK_URL": f"http://127.0.0.1:{receivers_port}/slack",
-               "WEBHOOK_URL": f"http://127.0.0.1:{receivers_port}/webhook", "WEBHOOK_SECRET": "chaos-secret",
-               "AUTO_PROMOTION_NOTIFY_RATE": "200", "AUTO_PROMOTION_NOTIFY_TIMEOUT": "3",
-               "AUTO_PROMOTION_NOTIFY_BACKOFF": "0.5", "AUTO_PROMOTION_SHUTDOWN_GRACE": "10", "NO_COLOR": "1"}
+        base = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("AUTO_PROMOTION_", "AUTO_NOTIFY")) and k not in ("DATABASE_URL", "LOG_LEVEL")
+        }
+        env = {
+            **base,
+            "DATABASE_URL": url,
+            "AUTO_PROMOTION_HTTP_PORT": "0",
+            "LOG_FORMAT": "json",
+            "LOG_LEVEL": "info",
+            "AUTO_PROMOTION_MAX_CONCURRENT": "10000",
+            "AUTO_PROMOTION_SCAN_INTERVAL": "15",
+            "SLACK_WEBHOOK_URL": f"http://127.0.0.1:{receivers_port}/slack",
+            "WEBHOOK_URL": f"http://127.0.0.1:{receivers_port}/webhook",
+            "WEBHOOK_SECRET": "chaos-secret",
+            "AUTO_PROMOTION_NOTIFY_RATE": "200",
+            "AUTO_PROMOTION_NOTIFY_TIMEOUT": "3",
+            "AUTO_PROMOTION_NOTIFY_BACKOFF": "0.5",
+            "AUTO_PROMOTION_SHUTDOWN_GRACE": "10",
+            "NO_COLOR": "1",
+        }
         self.replicas = [Replica(i, log_dir, env) for i in range(n)]
         self.killed: set[int] = set()  # pids we killed on purpose
         self.exits: list[dict[str, Any]] = []
@@ -281,13 +326,19 @@ class Fleet:
                     continue
                 events = r.events()
                 ready = any(e.get("event") == "daemon.caught_up" for e in events)
-                self.exits.append({
-                    "replica": r.index, "generation": r.generation, "exit_code": proc.returncode,
-                    "after_seconds": round(time.time() - r.started_at, 2), "was_ready": ready,
-                    "database_fault_in_progress": bool(db_down()), "at": time.time(),
-                    **exit_cause(events),
-                    "log": str(r.log_path),
-                })
+                self.exits.append(
+                    {
+                        "replica": r.index,
+                        "generation": r.generation,
+                        "exit_code": proc.returncode,
+                        "after_seconds": round(time.time() - r.started_at, 2),
+                        "was_ready": ready,
+                        "database_fault_in_progress": bool(db_down()),
+                        "at": time.time(),
+                        **exit_cause(events),
+                        "log": str(r.log_path),
+                    }
+                )
                 self.killed.add(proc.pid)  # recorded once
                 await asyncio.sleep(1.0)  # a restart delay like systemd's RestartSec
                 if not self.stopping:
@@ -299,9 +350,11 @@ class Fleet:
         handles it (a process still importing Python would die of the signal's default action)."""
         deadline = time.time() + within
         while time.time() < deadline:
-            if all(r.proc is not None and (r.proc.poll() is not None
-                                           or any(e.get("event") == "daemon.caught_up" for e in r.events()))
-                   for r in self.replicas):
+            if all(
+                r.proc is not None
+                and (r.proc.poll() is not None or any(e.get("event") == "daemon.caught_up" for e in r.events()))
+                for r in self.replicas
+            ):
                 return
             await asyncio.sleep(0.2)
 
@@ -352,8 +405,9 @@ class Producers:
         self.ack_times: list[float] = []
 
     async def _connect(self) -> asyncpg.Connection:
-        return await asyncpg.connect(self.url, command_timeout=10, timeout=5,
-                                     server_settings={"application_name": f"{BENCH_APP}-producer"})
+        return await asyncpg.connect(
+            self.url, command_timeout=10, timeout=5, server_settings={"application_name": f"{BENCH_APP}-producer"}
+        )
 
     def _rows_for(self, e: Experiment, rng: random.Random) -> list[tuple[str, str, int, int, int]]:
         n = rng.randint(100, 400)
@@ -362,8 +416,10 @@ class Producers:
             p = BASE_RATE * (1 + e.lift) if v != "control" else BASE_RATE
             err = ERROR_RATE_AFTER_BREACH if e.kind == "breach" else 0.005
             return [(e.name, v, n, binomial(rng, n, p), binomial(rng, n, err))]
-        return [(e.name, "control", n, binomial(rng, n, BASE_RATE), binomial(rng, n, 0.005)),
-                (e.name, "variant-b", n, binomial(rng, n, BASE_RATE * (1 + e.lift)), binomial(rng, n, 0.005))]
+        return [
+            (e.name, "control", n, binomial(rng, n, BASE_RATE), binomial(rng, n, 0.005)),
+            (e.name, "variant-b", n, binomial(rng, n, BASE_RATE * (1 + e.lift)), binomial(rng, n, 0.005)),
+        ]
 
     async def run(self) -> None:
         self.start = time.time()
@@ -408,8 +464,9 @@ class Producers:
                     conn = await self._connect()
                 async with conn.transaction():
                     # The marker first: a retry of a write that did commit stops here, before recording twice.
-                    await conn.execute("INSERT INTO chaos_bench_writes (write_id, producer) VALUES ($1, $2)",
-                                       write_id, p)
+                    await conn.execute(
+                        "INSERT INTO chaos_bench_writes (write_id, producer) VALUES ($1, $2)", write_id, p
+                    )
                     await conn.executemany("SELECT ab_record_metrics($1, $2, $3, $4, $5)", w.rows)
                 w.state, w.acked_at = "acked", time.time()
                 self.ack_times.append(w.acked_at)
@@ -460,8 +517,10 @@ class Chaos:
         while True:
             try:
                 return await asyncpg.connect(
-                    self.server.dsn(self.db), timeout=5,
-                    server_settings={"application_name": f"{BENCH_APP}-admin", "default_transaction_read_only": "off"})
+                    self.server.dsn(self.db),
+                    timeout=5,
+                    server_settings={"application_name": f"{BENCH_APP}-admin", "default_transaction_read_only": "off"},
+                )
             except DB_FAULTS:
                 if time.time() > deadline:
                     raise
@@ -470,9 +529,13 @@ class Chaos:
     async def _terminate(self, conn: asyncpg.Connection, everyone: bool) -> int:
         """pg_terminate_backend of the workers' sessions (and the producers' when ``everyone``)."""
         who = "" if everyone else f"AND application_name NOT LIKE '{BENCH_APP}%'"
-        return int(await conn.fetchval(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = $1 "
-            f"AND backend_type = 'client backend' AND pid <> pg_backend_pid() {who}", self.db))
+        return int(
+            await conn.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = $1 "
+                f"AND backend_type = 'client backend' AND pid <> pg_backend_pid() {who}",
+                self.db,
+            )
+        )
 
     async def run(self, until: float) -> None:
         kinds = ("kill9", "terminate", "restart", "read_only")
@@ -514,8 +577,9 @@ class Chaos:
                     await conn.execute("SELECT pg_reload_conf()")
                     # A reload is asynchronous: wait until a fresh session sees writes allowed.
                     while True:
-                        probe = await asyncpg.connect(self.server.dsn(self.db),
-                                                      server_settings={"application_name": f"{BENCH_APP}-probe"})
+                        probe = await asyncpg.connect(
+                            self.server.dsn(self.db), server_settings={"application_name": f"{BENCH_APP}-probe"}
+                        )
                         try:
                             if await probe.fetchval("SHOW default_transaction_read_only") == "off":
                                 break
@@ -537,11 +601,13 @@ async def follow_state(url: str, experiments: dict[str, Experiment], stop: async
     while not stop.is_set():
         try:
             if conn is None or conn.is_closed():
-                conn = await asyncpg.connect(url, timeout=5, command_timeout=5,
-                                             server_settings={"application_name": f"{BENCH_APP}-state"})
+                conn = await asyncpg.connect(
+                    url, timeout=5, command_timeout=5, server_settings={"application_name": f"{BENCH_APP}-state"}
+                )
             rows = await conn.fetch(
                 "SELECT e.name, e.status, p.promoted_variant_name FROM ab_experiments e "
-                "LEFT JOIN experiment_promotions p ON p.experiment_id = e.id AND p.rollback_at IS NULL")
+                "LEFT JOIN experiment_promotions p ON p.experiment_id = e.id AND p.rollback_at IS NULL"
+            )
             for r in rows:
                 e = experiments.get(r["name"])
                 if e is not None:
@@ -564,8 +630,7 @@ async def wait_until(url: str, query: str, within: float, give_up: Any = None) -
     deadline = time.time() + within
     while time.time() < deadline and not (give_up and give_up()):
         with contextlib.suppress(*DB_FAULTS):
-            conn = await asyncpg.connect(url, timeout=5,
-                                         server_settings={"application_name": f"{BENCH_APP}-wait"})
+            conn = await asyncpg.connect(url, timeout=5, server_settings={"application_name": f"{BENCH_APP}-wait"})
             try:
                 while time.time() < deadline and not (give_up and give_up()):
                     if await conn.fetchval(query):
@@ -587,9 +652,13 @@ def summarise(values: list[float]) -> dict[str, Any]:
 async def account_updates(conn: asyncpg.Connection, producers: Producers) -> dict[str, Any]:
     """Expected totals (writes whose marker committed) vs folded statistics, per variant."""
     committed = {r[0] for r in await conn.fetch("SELECT write_id FROM chaos_bench_writes")}
-    variant_ids = {(r["experiment"], r["variant"]): r["id"] for r in await conn.fetch(
-        "SELECT e.name AS experiment, v.name AS variant, v.id FROM ab_variants v "
-        "JOIN ab_experiments e ON e.id = v.experiment_id")}
+    variant_ids = {
+        (r["experiment"], r["variant"]): r["id"]
+        for r in await conn.fetch(
+            "SELECT e.name AS experiment, v.name AS variant, v.id FROM ab_variants v "
+            "JOIN ab_experiments e ON e.id = v.experiment_id"
+        )
+    }
     expected: dict[int, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
     acked = acked_missing = unknown_committed = unknown_not_committed = conflicts = 0
     for write_id, w in producers.writes.items():
@@ -610,9 +679,12 @@ async def account_updates(conn: asyncpg.Connection, producers: Producers) -> dic
                 t[2] += c
                 t[3] += err
     unknown_markers = len(committed - set(producers.writes))
-    folded = {r["variant_id"]: [r["updates_folded"], r["exposures"], r["conversions"], r["errors"]]
-              for r in await conn.fetch("SELECT variant_id, updates_folded, exposures, conversions, errors "
-                                        "FROM ab_variant_stats")}
+    folded = {
+        r["variant_id"]: [r["updates_folded"], r["exposures"], r["conversions"], r["errors"]]
+        for r in await conn.fetch(
+            "SELECT variant_id, updates_folded, exposures, conversions, errors FROM ab_variant_stats"
+        )
+    }
     pending = int(await conn.fetchval("SELECT count(*) FROM ab_metric_updates"))
     lost = [0, 0, 0, 0]
     double = [0, 0, 0, 0]
@@ -624,15 +696,22 @@ async def account_updates(conn: asyncpg.Connection, producers: Producers) -> dic
             double[i] += max(0, f[i] - e[i])
     names = ("updates", "exposures", "conversions", "errors")
     return {
-        "lost_updates": lost[0], "double_folded_updates": double[0],
-        "lost": dict(zip(names, lost, strict=True)), "double_folded": dict(zip(names, double, strict=True)),
-        "writes": len(producers.writes), "writes_committed": len(committed),
+        "lost_updates": lost[0],
+        "double_folded_updates": double[0],
+        "lost": dict(zip(names, lost, strict=True)),
+        "double_folded": dict(zip(names, double, strict=True)),
+        "writes": len(producers.writes),
+        "writes_committed": len(committed),
         "updates_committed": sum(t[0] for t in expected.values()),
         "exposures_committed": sum(t[1] for t in expected.values()),
-        "writes_acknowledged": acked, "acknowledged_by_marker_conflict": conflicts,
-        "acknowledged_but_not_committed": acked_missing, "unresolved_at_end_committed": unknown_committed,
-        "unresolved_at_end_not_committed": unknown_not_committed, "markers_without_write": unknown_markers,
-        "failed_attempts_retried": producers.failed_attempts, "queue_rows_left": pending,
+        "writes_acknowledged": acked,
+        "acknowledged_by_marker_conflict": conflicts,
+        "acknowledged_but_not_committed": acked_missing,
+        "unresolved_at_end_committed": unknown_committed,
+        "unresolved_at_end_not_committed": unknown_not_committed,
+        "markers_without_write": unknown_markers,
+        "failed_attempts_retried": producers.failed_attempts,
+        "queue_rows_left": pending,
     }
 
 
@@ -642,7 +721,8 @@ async def check_promotions(conn: asyncpg.Connection, experiments: list[Experimen
         "AS active, count(p.id) FILTER (WHERE p.rollback_at IS NOT NULL) AS rolled_back, "
         "(SELECT count(*) FROM ab_promotion_audit_log a WHERE a.experiment_id = e.id AND a.action = 'promoted') "
         "AS audit_promoted "
-        "FROM ab_experiments e LEFT JOIN experiment_promotions p ON p.experiment_id = e.id GROUP BY e.id")
+        "FROM ab_experiments e LEFT JOIN experiment_promotions p ON p.experiment_id = e.id GROUP BY e.id"
+    )
     kinds = {e.name: e.kind for e in experiments}
     by_kind: dict[str, Counter[str]] = defaultdict(Counter)
     duplicates = inconsistent = 0
@@ -653,27 +733,40 @@ async def check_promotions(conn: asyncpg.Connection, experiments: list[Experimen
         by_kind[kind]["rolled_back"] += r["rolled_back"]
         duplicates += max(0, r["promotions"] - 1) + max(0, r["active"] - 1)
         if (r["active"] and r["status"] != "promoted") or (
-                r["rolled_back"] and not r["active"] and r["status"] != "rolled_back"):
+            r["rolled_back"] and not r["active"] and r["status"] != "rolled_back"
+        ):
             inconsistent += 1
-    weights_wrong = int(await conn.fetchval(
-        "SELECT count(*) FROM experiment_promotions p JOIN ab_variants v ON v.experiment_id = p.experiment_id "
-        "WHERE p.rollback_at IS NULL AND v.traffic_weight <> CASE WHEN v.name = p.promoted_variant_name "
-        "THEN 100 ELSE 0 END"))
+    weights_wrong = int(
+        await conn.fetchval(
+            "SELECT count(*) FROM experiment_promotions p JOIN ab_variants v ON v.experiment_id = p.experiment_id "
+            "WHERE p.rollback_at IS NULL AND v.traffic_weight <> CASE WHEN v.name = p.promoted_variant_name "
+            "THEN 100 ELSE 0 END"
+        )
+    )
     audit = await conn.fetch("SELECT action, count(*) AS n FROM ab_promotion_audit_log GROUP BY action")
-    return {"duplicate_promotions": duplicates, "status_inconsistent": inconsistent,
-            "active_promotions_with_wrong_weights": weights_wrong,
-            "by_kind": {k: dict(v) for k, v in sorted(by_kind.items())},
-            "audit_rows_by_action": {r["action"]: r["n"] for r in audit}}
+    return {
+        "duplicate_promotions": duplicates,
+        "status_inconsistent": inconsistent,
+        "active_promotions_with_wrong_weights": weights_wrong,
+        "by_kind": {k: dict(v) for k, v in sorted(by_kind.items())},
+        "audit_rows_by_action": {r["action"]: r["n"] for r in audit},
+    }
 
 
-async def check_notifications(conn: asyncpg.Connection, deliveries: list[Delivery],
-                              faults: list[Fault], deaths_at: list[float]) -> dict[str, Any]:
-    promotions = await conn.fetch("SELECT id::text AS id, rollback_at IS NOT NULL AS rolled_back "
-                                  "FROM experiment_promotions")
-    outbox = {r["status"]: r["n"] for r in await conn.fetch(
-        "SELECT status, count(*) AS n FROM notification_outbox GROUP BY status")}
-    outbox_rows = {(r["channel"], r["event"], r["promotion_id"]) for r in await conn.fetch(
-        "SELECT channel, event, promotion_id::text FROM notification_outbox")}
+async def check_notifications(
+    conn: asyncpg.Connection, deliveries: list[Delivery], faults: list[Fault], deaths_at: list[float]
+) -> dict[str, Any]:
+    promotions = await conn.fetch(
+        "SELECT id::text AS id, rollback_at IS NOT NULL AS rolled_back FROM experiment_promotions"
+    )
+    outbox = {
+        r["status"]: r["n"]
+        for r in await conn.fetch("SELECT status, count(*) AS n FROM notification_outbox GROUP BY status")
+    }
+    outbox_rows = {
+        (r["channel"], r["event"], r["promotion_id"])
+        for r in await conn.fetch("SELECT channel, event, promotion_id::text FROM notification_outbox")
+    }
     seen = {(d.channel, d.event, d.promotion_id) for d in deliveries}
     known = {r["id"] for r in promotions}
     missing: dict[str, int] = Counter()
@@ -703,10 +796,13 @@ async def check_notifications(conn: asyncpg.Connection, deliveries: list[Deliver
         "rollbacks_without_notifications": rollbacks_without,
         "missing_by_channel_and_event": dict(missing),
         "notifications_delivered_twice_by_key": extra,
-        "duplicates_after_a_fault": explained, "duplicates_without_a_fault": extra - explained,
-        "deliveries": len(deliveries), "distinct_keys": len(by_key),
-        "deliveries_for_unknown_promotions": sum(1 for d in deliveries if d.promotion_id and d.promotion_id
-                                                 not in known),
+        "duplicates_after_a_fault": explained,
+        "duplicates_without_a_fault": extra - explained,
+        "deliveries": len(deliveries),
+        "distinct_keys": len(by_key),
+        "deliveries_for_unknown_promotions": sum(
+            1 for d in deliveries if d.promotion_id and d.promotion_id not in known
+        ),
         "delivered_without_outbox_row": len({s for s in seen if s[2] is not None} - outbox_rows),
         "outbox_by_status": outbox,
         "by_event": dict(Counter(f"{d.channel}:{d.event}" for d in deliveries)),
@@ -727,10 +823,13 @@ async def recovery(conn: asyncpg.Connection, faults: list[Fault], ack_times: lis
             if ack is not None:
                 prod.append(ack - f.ended)
         durations = [x.ended - x.started for x in faults if x.kind == kind]
-        out[kind] = {"faults": len(durations), **summarise(rec),
-                     "producer_first_commit_p50_s": summarise(prod)["p50_s"],
-                     "fault_duration_p50_s": summarise(durations)["p50_s"],
-                     "within_goal": bool(rec) and max(rec) <= RECOVERY_GOAL_S}
+        out[kind] = {
+            "faults": len(durations),
+            **summarise(rec),
+            "producer_first_commit_p50_s": summarise(prod)["p50_s"],
+            "fault_duration_p50_s": summarise(durations)["p50_s"],
+            "within_goal": bool(rec) and max(rec) <= RECOVERY_GOAL_S,
+        }
     gaps = [b - a for a, b in itertools.pairwise(folds)]
     out["longest_gap_between_folds_s"] = round(max(gaps), 3) if gaps else None
     out["folds"] = len(folds)
@@ -747,9 +846,10 @@ async def run(params: dict[str, Any], seed: int, keep_logs: bool) -> dict[str, A
     try:
         admin = await asyncpg.connect(server.url)
         pg_version = await admin.fetchval("SHOW server_version")
-        machine = {**machine_info(pg_version, True),
-                   "database": "embedded, its own (fsync=off; synchronous_commit=on for the bench database), "
-                               "same machine"}
+        machine = {
+            **machine_info(pg_version, True),
+            "database": "embedded, its own (fsync=off; synchronous_commit=on for the bench database), same machine",
+        }
         db = f"chaos_{uuid.uuid4().hex[:8]}"
         await admin.execute(f'CREATE DATABASE "{db}"')
         # The embedded server runs with synchronous_commit off (a command-line option; only a database or role
@@ -764,18 +864,25 @@ async def run(params: dict[str, Any], seed: int, keep_logs: bool) -> dict[str, A
         experiments = plan_experiments(n_exp, duration, rng)
         await conn.execute(
             "INSERT INTO ab_experiments (name, status, started_at) "
-            "SELECT unnest($1::text[]), 'running', now() - interval '48 hours'", [e.name for e in experiments])
+            "SELECT unnest($1::text[]), 'running', now() - interval '48 hours'",
+            [e.name for e in experiments],
+        )
         await conn.execute(
             "INSERT INTO ab_variants (experiment_id, name, is_control) SELECT e.id, v.name, v.name = 'control' "
-            "FROM ab_experiments e, (VALUES ('control'), ('variant-b')) v(name)")
+            "FROM ab_experiments e, (VALUES ('control'), ('variant-b')) v(name)"
+        )
         await conn.close()
 
         await receivers.start()
         fleet = Fleet(int(params["replicas"]), url, log_dir, receivers.port)
         fleet.start()
-        ready = await wait_until(url, f"SELECT count(*) >= {len(fleet.replicas)} FROM pg_stat_activity "
-                                      "WHERE application_name = 'autopromote-listener'", 60,
-                                 give_up=fleet.any_exited)
+        ready = await wait_until(
+            url,
+            f"SELECT count(*) >= {len(fleet.replicas)} FROM pg_stat_activity "
+            "WHERE application_name = 'autopromote-listener'",
+            60,
+            give_up=fleet.any_exited,
+        )
         if not ready:
             tail = fleet.replicas[0].log_path.read_text(errors="replace")[-2000:]
             raise RuntimeError(f"the replicas did not start; replica 0 said:\n{tail}")
@@ -802,7 +909,8 @@ async def run(params: dict[str, Any], seed: int, keep_logs: bool) -> dict[str, A
         state_stop.set()
         await state_task
         outbox_done = await wait_until(
-            url, "SELECT NOT EXISTS (SELECT 1 FROM notification_outbox WHERE status = 'pending')", 120)
+            url, "SELECT NOT EXISTS (SELECT 1 FROM notification_outbox WHERE status = 'pending')", 120
+        )
         await asyncio.sleep(1.0)  # a delivery in flight when the row was marked
         await fleet.wait_ready(30)
         fleet.stopping = True
@@ -835,8 +943,9 @@ async def run(params: dict[str, Any], seed: int, keep_logs: bool) -> dict[str, A
         soft = {
             "outbox_drained": outbox_done,
             "every_promotion_notified": notes["promotions_without_notifications"] == 0,
-            "recovery_within_goal": all(v["within_goal"] for k, v in rec.items() if isinstance(v, dict)
-                                        and v["faults"]),
+            "recovery_within_goal": all(
+                v["within_goal"] for k, v in rec.items() if isinstance(v, dict) and v["faults"]
+            ),
         }
         machine["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
         return {
@@ -856,15 +965,29 @@ async def run(params: dict[str, Any], seed: int, keep_logs: bool) -> dict[str, A
             "recovery": rec,
             "recovery_goal_s": RECOVERY_GOAL_S,
             "checks": {"passed": all(hard.values()), "hard": hard, "soft": soft},
-            "updates": {**updates, "produce_seconds": round(produce_seconds, 1),
-                        "updates_per_s": round(updates["updates_committed"] / produce_seconds, 1)},
+            "updates": {
+                **updates,
+                "produce_seconds": round(produce_seconds, 1),
+                "updates_per_s": round(updates["updates_committed"] / produce_seconds, 1),
+            },
             "promotions": promotions,
             "notifications": notes,
-            "workers": {"replicas": len(fleet.replicas), "starts": sum(r.generation for r in fleet.replicas),
-                        "unexpected_exits": fleet.exits, "exit_codes_at_sigterm": stop_codes,
-                        "logs": str(log_dir) if keep_logs else None},
-            "faults": [{"kind": f.kind, "at_s": round(f.started - t0, 2), "seconds": round(f.ended - f.started, 2),
-                        **{k: v for k, v in f.detail.items() if k != "down_at"}} for f in chaos.faults],
+            "workers": {
+                "replicas": len(fleet.replicas),
+                "starts": sum(r.generation for r in fleet.replicas),
+                "unexpected_exits": fleet.exits,
+                "exit_codes_at_sigterm": stop_codes,
+                "logs": str(log_dir) if keep_logs else None,
+            },
+            "faults": [
+                {
+                    "kind": f.kind,
+                    "at_s": round(f.started - t0, 2),
+                    "seconds": round(f.ended - f.started, 2),
+                    **{k: v for k, v in f.detail.items() if k != "down_at"},
+                }
+                for f in chaos.faults
+            ],
         }
     finally:
         if fleet is not None and not fleet.stopping:

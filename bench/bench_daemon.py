@@ -116,15 +116,23 @@ class WorkerProcess:
     def __init__(self, url: str, env: dict[str, str] | None = None) -> None:
         self.log = Path(tempfile.mkstemp(prefix="bench-worker-", suffix=".log")[1])
         base = {k: v for k, v in os.environ.items() if not k.startswith("AUTO_PROMOTION_") and k != "DATABASE_URL"}
-        self.env = {**base, "DATABASE_URL": url, "AUTO_PROMOTION_HTTP_PORT": "0", "LOG_FORMAT": "json",
-                    "LOG_LEVEL": "info", "AUTO_PROMOTION_SCAN_INTERVAL": "3600",
-                    "AUTO_PROMOTION_MAX_CONCURRENT": "10000", **(env or {})}
+        self.env = {
+            **base,
+            "DATABASE_URL": url,
+            "AUTO_PROMOTION_HTTP_PORT": "0",
+            "LOG_FORMAT": "json",
+            "LOG_LEVEL": "info",
+            "AUTO_PROMOTION_SCAN_INTERVAL": "3600",
+            "AUTO_PROMOTION_MAX_CONCURRENT": "10000",
+            **(env or {}),
+        }
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> WorkerProcess:
         with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "worker", "run"], cwd=ROOT, env=self.env,
-                                         stdout=out, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "worker", "run"], cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT
+            )
         return self
 
     def events(self, name: str) -> list[dict[str, Any]]:
@@ -185,25 +193,44 @@ async def wait_until(check: Callable[[], Awaitable[Any]], within: float, every: 
     return time.perf_counter() - t0
 
 
-async def seed_experiments(conn: asyncpg.Connection, n: int, *, control: tuple[int, int] | None = None,
-                           treatment: tuple[int, int] | None = None, prefix: str = "exp") -> list[int]:
+async def seed_experiments(
+    conn: asyncpg.Connection,
+    n: int,
+    *,
+    control: tuple[int, int] | None = None,
+    treatment: tuple[int, int] | None = None,
+    prefix: str = "exp",
+) -> list[int]:
     """n running experiments (control + variant-b) in bulk, with folded statistics when given."""
-    ids = [r[0] for r in await conn.fetch(
-        "INSERT INTO ab_experiments (name, status, started_at) "
-        "SELECT $1 || '-' || lpad(i::text, 6, '0'), 'running', now() - interval '48 hours' "
-        "FROM generate_series(1, $2) i RETURNING id", prefix, n)]
+    ids = [
+        r[0]
+        for r in await conn.fetch(
+            "INSERT INTO ab_experiments (name, status, started_at) "
+            "SELECT $1 || '-' || lpad(i::text, 6, '0'), 'running', now() - interval '48 hours' "
+            "FROM generate_series(1, $2) i RETURNING id",
+            prefix,
+            n,
+        )
+    ]
     async with conn.transaction():
         await conn.execute(
             "INSERT INTO ab_variants (experiment_id, name, is_control) "
             "SELECT id, v.name, v.name = 'control' FROM unnest($1::bigint[]) id, "
-            "(VALUES ('control'), ('variant-b')) v(name)", ids)
+            "(VALUES ('control'), ('variant-b')) v(name)",
+            ids,
+        )
     for name, totals in (("control", control), ("variant-b", treatment)):
         if totals is None:
             continue
         await conn.execute(
             "INSERT INTO ab_variant_stats (variant_id, experiment_id, exposures, conversions, updates_folded) "
             "SELECT v.id, v.experiment_id, $2, $3, 1 FROM ab_variants v WHERE v.experiment_id = ANY($1) "
-            "AND v.name = $4", ids, totals[0], totals[1], name)
+            "AND v.name = $4",
+            ids,
+            totals[0],
+            totals[1],
+            name,
+        )
     return ids
 
 
@@ -260,8 +287,7 @@ async def bench_decision_latency(server: Server, p: dict[str, Any]) -> dict[str,
                     if delay > 0:
                         await asyncio.sleep(delay)
                     exp = names[exp_id]
-                    await trig.execute("SELECT ab_record_metrics($1, 'variant-b', $2, $3)", exp,
-                                       *WINNER["variant-b"])
+                    await trig.execute("SELECT ab_record_metrics($1, 'variant-b', $2, $3)", exp, *WINNER["variant-b"])
                     committed_at[exp] = time.perf_counter()
                     sent += 1
 
@@ -283,11 +309,19 @@ async def bench_decision_latency(server: Server, p: dict[str, Any]) -> dict[str,
     return {
         "worker_cpu_percent": round(100 * worker_cpu / elapsed, 1),
         "evaluations_per_s": round((evaluations - evaluations0) / elapsed),
-        "experiments": n, "target_rate_updates_per_s": rate, "achieved_rate_updates_per_s": round(sent / elapsed),
-        "seconds": round(elapsed, 2), "triggers": n_triggers, "promotions": promotions,
+        "experiments": n,
+        "target_rate_updates_per_s": rate,
+        "achieved_rate_updates_per_s": round(sent / elapsed),
+        "seconds": round(elapsed, 2),
+        "triggers": n_triggers,
+        "promotions": promotions,
         "evaluations_recorded": evaluations,
-        "p50_ms": ms(pct(latencies, 50)), "p90_ms": ms(pct(latencies, 90)), "p99_ms": ms(pct(latencies, 99)),
-        "max_ms": ms(max(latencies)), "min_ms": ms(min(latencies)), "worker_rss_mb": round(rss, 1),
+        "p50_ms": ms(pct(latencies, 50)),
+        "p90_ms": ms(pct(latencies, 90)),
+        "p99_ms": ms(pct(latencies, 99)),
+        "max_ms": ms(max(latencies)),
+        "min_ms": ms(min(latencies)),
+        "worker_rss_mb": round(rss, 1),
         "measured": "client-side: the trigger's commit returned -> the promotion's NOTIFY arrived",
     }
 
@@ -311,7 +345,9 @@ async def _preload(conn: asyncpg.Connection, n_updates: int) -> None:
         "INSERT INTO ab_metric_updates (experiment_id, variant_id, exposures, conversions, errors) "
         "SELECT v.experiment_id, v.id, 10, 1, 0 FROM generate_series(1, $1) g "
         "JOIN (SELECT id, experiment_id, row_number() OVER (ORDER BY id) - 1 AS k FROM ab_variants) v "
-        "  ON v.k = g % (SELECT count(*) FROM ab_variants)", n_updates)
+        "  ON v.k = g % (SELECT count(*) FROM ab_variants)",
+        n_updates,
+    )
 
 
 async def bench_fold_backlog(server: Server, p: dict[str, Any]) -> dict[str, Any]:
@@ -338,8 +374,9 @@ async def bench_fold_backlog(server: Server, p: dict[str, Any]) -> dict[str, Any
             await _preload(conn, n_updates)
             t = time.perf_counter()
             await conn.execute("SELECT pg_notify('ab_metrics', '1')")
-            drained = await wait_until(lambda: conn.fetchval("SELECT NOT EXISTS (SELECT 1 FROM ab_metric_updates)"),
-                                       600, 0.01)
+            drained = await wait_until(
+                lambda: conn.fetchval("SELECT NOT EXISTS (SELECT 1 FROM ab_metric_updates)"), 600, 0.01
+            )
             evaluated = await wait_until(lambda: _evaluated_all(conn, n_exp, t), 600, 0.05)
             out["worker_seconds"] = round(drained, 3)
             out["worker_updates_per_s"] = round(n_updates / drained)
@@ -355,7 +392,8 @@ async def _evaluated_all(conn: asyncpg.Connection, n: int, since: float) -> bool
     stale = await conn.fetchval(
         "SELECT count(*) FROM ab_experiments e LEFT JOIN ab_experiment_state s ON s.experiment_id = e.id "
         "WHERE s.last_evaluated_at IS NULL OR s.last_evaluated_at < "
-        "(SELECT max(updated_at) FROM ab_variant_stats v WHERE v.experiment_id = e.id)")
+        "(SELECT max(updated_at) FROM ab_variant_stats v WHERE v.experiment_id = e.id)"
+    )
     return bool(stale == 0)
 
 
@@ -376,8 +414,10 @@ async def bench_fold_keep_up(server: Server, p: dict[str, Any]) -> dict[str, Any
                 nonlocal produced
                 rng = random.Random(seed)
                 while time.perf_counter() < stop_at:
-                    rows = [(names[rng.randrange(n_exp)], "control" if rng.random() < 0.5 else "variant-b")
-                            for _ in range(tx_size)]
+                    rows = [
+                        (names[rng.randrange(n_exp)], "control" if rng.random() < 0.5 else "variant-b")
+                        for _ in range(tx_size)
+                    ]
                     async with c.transaction():
                         await c.executemany("SELECT ab_record_metrics($1, $2, 10, 1)", rows)
                     produced += tx_size
@@ -390,18 +430,25 @@ async def bench_fold_keep_up(server: Server, p: dict[str, Any]) -> dict[str, Any
             await asyncio.gather(*(produce(c, i) for i, c in enumerate(producers)), sample())
             produce_seconds = time.perf_counter() - start
             end_backlog = await conn.fetchval("SELECT count(*) FROM ab_metric_updates")
-            drain = await wait_until(lambda: conn.fetchval("SELECT NOT EXISTS (SELECT 1 FROM ab_metric_updates)"),
-                                     600, 0.01)
+            drain = await wait_until(
+                lambda: conn.fetchval("SELECT NOT EXISTS (SELECT 1 FROM ab_metric_updates)"), 600, 0.01
+            )
             total = time.perf_counter() - start
             folded = int(await conn.fetchval("SELECT sum(updates_folded) FROM ab_variant_stats"))
             for c in producers:
                 await c.close()
         await conn.close()
     return {
-        "producers": n_prod, "tx_size": tx_size, "experiments": n_exp, "seconds": round(produce_seconds, 2),
-        "produced": produced, "producer_updates_per_s": round(produced / produce_seconds),
-        "folded_per_s_overall": round(folded / total), "max_backlog": max(backlog, default=0),
-        "backlog_when_producers_stopped": end_backlog, "drain_seconds_after_producers_stopped": round(drain, 3),
+        "producers": n_prod,
+        "tx_size": tx_size,
+        "experiments": n_exp,
+        "seconds": round(produce_seconds, 2),
+        "produced": produced,
+        "producer_updates_per_s": round(produced / produce_seconds),
+        "folded_per_s_overall": round(folded / total),
+        "max_backlog": max(backlog, default=0),
+        "backlog_when_producers_stopped": end_backlog,
+        "drain_seconds_after_producers_stopped": round(drain, 3),
         "exactly_once": folded == produced,
     }
 
@@ -440,11 +487,16 @@ async def bench_scan(server: Server, p: dict[str, Any]) -> dict[str, Any]:
             engine_only.append(time.perf_counter() - t)
         await pool.close()
         await conn.close()
-    return {"experiments": n, "repeats": repeats, "seconds_median": round(statistics.median(durations), 3),
-            "seconds_max": round(max(durations), 3),
-            "engine_scan_seconds_median": round(statistics.median(engine_only), 3), "scanned": result["scanned"],
-            "event_loop_max_stall_ms": ms(max(stalls)),
-            "note": "the stall is how long the worker's event loop (listener, folding, evaluations) cannot run"}
+    return {
+        "experiments": n,
+        "repeats": repeats,
+        "seconds_median": round(statistics.median(durations), 3),
+        "seconds_max": round(max(durations), 3),
+        "engine_scan_seconds_median": round(statistics.median(engine_only), 3),
+        "scanned": result["scanned"],
+        "event_loop_max_stall_ms": ms(max(stalls)),
+        "note": "the stall is how long the worker's event loop (listener, folding, evaluations) cannot run",
+    }
 
 
 class LoopLag:
@@ -489,8 +541,13 @@ async def bench_memory(server: Server, p: dict[str, Any]) -> dict[str, Any]:
             samples.append(w.rss_mb)
             scans = len(w.events("scan.finished"))
         await conn.close()
-    return {"experiments": n, "rss_mb_max": round(max(samples), 1), "rss_mb_final": round(samples[-1], 1),
-            "rss_mb_at_start": round(samples[0], 1), "scans_during": scans}
+    return {
+        "experiments": n,
+        "rss_mb_max": round(max(samples), 1),
+        "rss_mb_final": round(samples[-1], 1),
+        "rss_mb_at_start": round(samples[0], 1),
+        "scans_during": scans,
+    }
 
 
 async def bench_recovery(server: Server, p: dict[str, Any]) -> dict[str, Any]:
@@ -505,20 +562,29 @@ async def bench_recovery(server: Server, p: dict[str, Any]) -> dict[str, Any]:
             for _ in range(kills):
                 pid = None
                 while pid is None:
-                    pid = await conn.fetchval("SELECT pid FROM pg_stat_activity WHERE application_name = "
-                                              "'autopromote-listener' AND datname = $1", dbname)
+                    pid = await conn.fetchval(
+                        "SELECT pid FROM pg_stat_activity WHERE application_name = "
+                        "'autopromote-listener' AND datname = $1",
+                        dbname,
+                    )
                     await asyncio.sleep(0.01)
                 await asyncio.sleep(0.2)
                 t0 = time.perf_counter()
                 await conn.fetchval("SELECT pg_terminate_backend($1)", pid)
                 await conn.execute("SELECT ab_record_metrics($1, 'control', 1, 0)", name)
-                await wait_until(lambda: conn.fetchval("SELECT NOT EXISTS (SELECT 1 FROM ab_metric_updates)"),
-                                 60, 0.001)
+                await wait_until(
+                    lambda: conn.fetchval("SELECT NOT EXISTS (SELECT 1 FROM ab_metric_updates)"), 60, 0.001
+                )
                 times.append(time.perf_counter() - t0)
         await conn.close()
-    return {"kills": kills, "p50_ms": ms(pct(times, 50)), "max_ms": ms(max(times)), "min_ms": ms(min(times)),
-            "measured": "pg_terminate_backend(listener) issued -> an update committed right after it is folded "
-                        "(includes the first reconnect backoff of 50-100 ms)"}
+    return {
+        "kills": kills,
+        "p50_ms": ms(pct(times, 50)),
+        "max_ms": ms(max(times)),
+        "min_ms": ms(min(times)),
+        "measured": "pg_terminate_backend(listener) issued -> an update committed right after it is folded "
+        "(includes the first reconnect backoff of 50-100 ms)",
+    }
 
 
 async def bench_engine_breakdown(server: Server, p: dict[str, Any]) -> dict[str, Any]:
@@ -535,8 +601,7 @@ async def bench_engine_breakdown(server: Server, p: dict[str, Any]) -> dict[str,
     n = p["evaluations"]
     names = {v.strip(): k for k, v in Q.items()}
     timings: dict[str, list[float]] = collections.defaultdict(list)
-    originals = {m: getattr(pgconn.Connection, m) for m in ("fetch", "fetchrow", "fetchval", "execute",
-                                                             "executemany")}
+    originals = {m: getattr(pgconn.Connection, m) for m in ("fetch", "fetchrow", "fetchval", "execute", "executemany")}
 
     def timed(method: str) -> Callable[..., Any]:
         orig = originals[method]
@@ -555,13 +620,18 @@ async def bench_engine_breakdown(server: Server, p: dict[str, Any]) -> dict[str,
     async with server.database("breakdown") as url:
         conn = await connect(url)
         warm = 10  # first uses of each statement on each pooled connection pay a Parse: kept out of the numbers
-        losers = await seed_experiments(conn, n + warm, control=(17_500, 1_750), treatment=(17_000, 1_760),
-                                        prefix="lose")
-        winners = await seed_experiments(conn, n + warm, control=WINNER["control"], treatment=WINNER["variant-b"],
-                                         prefix="win")
+        losers = await seed_experiments(
+            conn, n + warm, control=(17_500, 1_750), treatment=(17_000, 1_760), prefix="lose"
+        )
+        winners = await seed_experiments(
+            conn, n + warm, control=WINNER["control"], treatment=WINNER["variant-b"], prefix="win"
+        )
         pool = await create_pool(url, max_size=4, reset=keep_session)  # as the worker's pool
-        engine = Engine(pool, load_settings({"SLACK_WEBHOOK_URL": "http://127.0.0.1:9/x"}),
-                        load_config(env={}, overrides={"maxConcurrentPromotions": 10_000}))
+        engine = Engine(
+            pool,
+            load_settings({"SLACK_WEBHOOK_URL": "http://127.0.0.1:9/x"}),
+            load_config(env={}, overrides={"maxConcurrentPromotions": 10_000}),
+        )
         for m in originals:
             setattr(pgconn.Connection, m, timed(m))
         try:
@@ -579,21 +649,28 @@ async def bench_engine_breakdown(server: Server, p: dict[str, Any]) -> dict[str,
                 statements = sum(len(v) for v in timings.values()) / len(ids)
                 top = sorted(timings.items(), key=lambda kv: -sum(kv[1]))
                 out[label] = {
-                    "mean_ms": ms(statistics.mean(totals)), "median_ms": ms(statistics.median(totals)),
-                    "sql_ms_per_evaluation": ms(sql), "round_trips_per_evaluation": round(statements, 1),
+                    "mean_ms": ms(statistics.mean(totals)),
+                    "median_ms": ms(statistics.median(totals)),
+                    "sql_ms_per_evaluation": ms(sql),
+                    "round_trips_per_evaluation": round(statements, 1),
                     "python_and_driver_ms": ms(statistics.mean(totals) - sql),
-                    "statements": [{"query": k, "calls_per_evaluation": round(len(v) / len(ids), 2),
-                                    "ms_per_evaluation": ms(sum(v) / len(ids))} for k, v in top[:14]],
+                    "statements": [
+                        {
+                            "query": k,
+                            "calls_per_evaluation": round(len(v) / len(ids), 2),
+                            "ms_per_evaluation": ms(sum(v) / len(ids)),
+                        }
+                        for k, v in top[:14]
+                    ],
                 }
         finally:
             for m, orig in originals.items():
                 setattr(pgconn.Connection, m, orig)
         # The daemon's batch step (what it does when several experiments are dirty at once), per experiment.
-        batch = await seed_experiments(conn, 32 * 5, control=(17_500, 1_750), treatment=(17_000, 1_760),
-                                       prefix="batch")
+        batch = await seed_experiments(conn, 32 * 5, control=(17_500, 1_750), treatment=(17_000, 1_760), prefix="batch")
         per_experiment = []
         for k in range(5):
-            ids = batch[32 * k:32 * (k + 1)]
+            ids = batch[32 * k : 32 * (k + 1)]
             t = time.perf_counter()
             await engine.evaluate_many(ids)
             per_experiment.append((time.perf_counter() - t) / len(ids))
@@ -627,8 +704,12 @@ def machine_info(pg_version: str, embedded: bool) -> dict[str, Any]:
                 model = line.split(":", 1)[1].strip()
                 break
     return {
-        "cpu": model, "logical_cpus": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
-        "platform": platform.platform(), "python": platform.python_version(), "postgresql": pg_version,
+        "cpu": model,
+        "logical_cpus": os.cpu_count(),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "postgresql": pg_version,
         "database": "embedded (fsync=off, synchronous_commit=off), same machine" if embedded else "DATABASE_URL",
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
     }
@@ -653,8 +734,11 @@ async def main(quick: bool, only: list[str] | None) -> dict[str, Any]:
         probe = await asyncpg.connect(admin_url)
         pg_version = await probe.fetchval("SHOW server_version")
         await probe.close()
-        result: dict[str, Any] = {"bench": "daemon", "quick": quick,
-                                  "machine": machine_info(pg_version, embedded is not None)}
+        result: dict[str, Any] = {
+            "bench": "daemon",
+            "quick": quick,
+            "machine": machine_info(pg_version, embedded is not None),
+        }
         sections: list[tuple[str, Callable[[Server, dict[str, Any]], Awaitable[dict[str, Any]]], str]] = [
             ("engine_breakdown", bench_engine_breakdown, "breakdown"),
             ("decision_latency_idle", bench_decision_latency_idle, "latency"),
@@ -672,8 +756,13 @@ async def main(quick: bool, only: list[str] | None) -> dict[str, Any]:
             result[key] = await fn(server, params[param])
             result[key]["bench_seconds"] = round(time.perf_counter() - t, 1)
         result["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
-        result["targets"] = {"decision_latency_p50_ms": 5, "decision_latency_p99_ms": 25,
-                             "fold_updates_per_s": 100_000, "scan_10k_seconds": 2, "rss_10k_mb": 200}
+        result["targets"] = {
+            "decision_latency_p50_ms": 5,
+            "decision_latency_p99_ms": 25,
+            "fold_updates_per_s": 100_000,
+            "scan_10k_seconds": 2,
+            "rss_10k_mb": 200,
+        }
         return result
     finally:
         if embedded is not None:
@@ -689,6 +778,8 @@ if __name__ == "__main__":
 
     import structlog
 
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
-                        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr))
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+    )
     print(json.dumps(asyncio.run(main(args.quick, args.only)), indent=2, default=str))

@@ -60,31 +60,43 @@ async def replicas(url: str, n: int) -> AsyncIterator[list[WorkerProcess]]:
 
 async def seed(conn: asyncpg.Connection, n: int, prefix: str) -> list[str]:
     names = [f"{prefix}-{i:04d}" for i in range(n)]
-    ids = [r[0] for r in await conn.fetch(
-        "INSERT INTO ab_experiments (name, status, started_at) "
-        "SELECT x, 'running', now() - interval '1 hour' FROM unnest($1::text[]) x RETURNING id", names)]
+    ids = [
+        r[0]
+        for r in await conn.fetch(
+            "INSERT INTO ab_experiments (name, status, started_at) "
+            "SELECT x, 'running', now() - interval '1 hour' FROM unnest($1::text[]) x RETURNING id",
+            names,
+        )
+    ]
     await conn.execute(
         "INSERT INTO ab_variants (experiment_id, name, is_control) "
         "SELECT id, v.name, v.name = 'control' FROM unnest($1::bigint[]) id, (VALUES ('control'), ('b')) v(name)",
-        ids)
+        ids,
+    )
     return names
 
 
 async def all_evaluated(conn: asyncpg.Connection) -> bool:
     """Queue empty and every experiment's stored decision read its current statistics version."""
     try:
-        return bool(await conn.fetchval(
-            "SELECT NOT EXISTS (SELECT 1 FROM ab_metric_updates) AND NOT EXISTS ("
-            " SELECT 1 FROM ab_experiments e LEFT JOIN ab_experiment_state st ON st.experiment_id = e.id"
-            " WHERE ab_stats_version(e.id) > 0 AND ab_stats_version(e.id) IS DISTINCT FROM st.evaluated_version)"))
+        return bool(
+            await conn.fetchval(
+                "SELECT NOT EXISTS (SELECT 1 FROM ab_metric_updates) AND NOT EXISTS ("
+                " SELECT 1 FROM ab_experiments e LEFT JOIN ab_experiment_state st ON st.experiment_id = e.id"
+                " WHERE ab_stats_version(e.id) > 0 AND ab_stats_version(e.id) IS DISTINCT FROM st.evaluated_version)"
+            )
+        )
     except asyncpg.UndefinedFunctionError:
         # A schema before 0007 (to measure the code before the change): evaluated after the last fold, by time,
         # which is good enough once the producer has stopped.
-        return bool(await conn.fetchval(
-            "SELECT NOT EXISTS (SELECT 1 FROM ab_metric_updates) AND NOT EXISTS ("
-            " SELECT 1 FROM ab_experiments e LEFT JOIN ab_experiment_state st ON st.experiment_id = e.id"
-            " WHERE coalesce(st.last_evaluated_at, '-infinity') <"
-            "       (SELECT max(updated_at) FROM ab_variant_stats s WHERE s.experiment_id = e.id))"))
+        return bool(
+            await conn.fetchval(
+                "SELECT NOT EXISTS (SELECT 1 FROM ab_metric_updates) AND NOT EXISTS ("
+                " SELECT 1 FROM ab_experiments e LEFT JOIN ab_experiment_state st ON st.experiment_id = e.id"
+                " WHERE coalesce(st.last_evaluated_at, '-infinity') <"
+                "       (SELECT max(updated_at) FROM ab_variant_stats s WHERE s.experiment_id = e.id))"
+            )
+        )
 
 
 async def evaluations(conn: asyncpg.Connection) -> int:
@@ -120,8 +132,11 @@ async def steady(server: Server, n: int, p: dict[str, Any]) -> dict[str, Any]:
                 interval = 1.0 / p["rate"]
                 start = time.perf_counter()
                 for i in range(total):
-                    await conn.execute("SELECT ab_record_metrics($1, $2, 10, 1)", names[i % len(names)],
-                                       "control" if (i // len(names)) % 2 else "b")
+                    await conn.execute(
+                        "SELECT ab_record_metrics($1, $2, 10, 1)",
+                        names[i % len(names)],
+                        "control" if (i // len(names)) % 2 else "b",
+                    )
                     delay = start + (i + 1) * interval - time.perf_counter()
                     if delay > 0:
                         await asyncio.sleep(delay)
@@ -130,9 +145,15 @@ async def steady(server: Server, n: int, p: dict[str, Any]) -> dict[str, Any]:
                 batches, updates = folded_batches(workers)
         finally:
             await conn.close()
-    return {"replicas": n, "updates": total, "updates_folded": updates, "achieved_rate_updates_per_s": round(achieved),
-            "folded_batches": batches, "evaluations": evaluated,
-            "evaluations_per_folded_batch": round(evaluated / batches, 4) if batches else None}
+    return {
+        "replicas": n,
+        "updates": total,
+        "updates_folded": updates,
+        "achieved_rate_updates_per_s": round(achieved),
+        "folded_batches": batches,
+        "evaluations": evaluated,
+        "evaluations_per_folded_batch": round(evaluated / batches, 4) if batches else None,
+    }
 
 
 async def sequential(server: Server, n: int, p: dict[str, Any]) -> dict[str, Any]:
@@ -147,8 +168,12 @@ async def sequential(server: Server, n: int, p: dict[str, Any]) -> dict[str, Any
                 evaluated = await evaluations(conn)
         finally:
             await conn.close()
-    return {"replicas": n, "updates": p["updates"], "evaluations": evaluated,
-            "evaluations_per_update": round(evaluated / p["updates"], 4)}
+    return {
+        "replicas": n,
+        "updates": p["updates"],
+        "evaluations": evaluated,
+        "evaluations_per_update": round(evaluated / p["updates"], 4),
+    }
 
 
 async def main(quick: bool) -> dict[str, Any]:
@@ -159,8 +184,12 @@ async def main(quick: bool) -> dict[str, Any]:
         probe = await asyncpg.connect(admin_url)
         pg_version = await probe.fetchval("SHOW server_version")
         await probe.close()
-        result: dict[str, Any] = {"bench": "replicas", "quick": quick, "params": p,
-                                  "machine": machine_info(pg_version, embedded is not None)}
+        result: dict[str, Any] = {
+            "bench": "replicas",
+            "quick": quick,
+            "params": p,
+            "machine": machine_info(pg_version, embedded is not None),
+        }
         runs = {n: await steady(server, n, p) for n in p["replicas"]}
         base = runs[p["replicas"][0]]["evaluations_per_folded_batch"]
         for run in runs.values():

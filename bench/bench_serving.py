@@ -88,17 +88,32 @@ async def bench_propagation(db_url: str, params: dict[str, Any]) -> dict[str, An
     names = [f"served-{i}" for i in range(params["experiments"])]
     for name in names:
         async with conn.transaction():
-            exp_id = await conn.fetchval("INSERT INTO ab_experiments (name, status, started_at) "
-                                         "VALUES ($1, 'running', now() - interval '2 days') RETURNING id", name)
+            exp_id = await conn.fetchval(
+                "INSERT INTO ab_experiments (name, status, started_at) "
+                "VALUES ($1, 'running', now() - interval '2 days') RETURNING id",
+                name,
+            )
             for i, (variant, (n, conv)) in enumerate(WINNER.items()):
-                await conn.execute("INSERT INTO ab_variants (experiment_id, name, is_control) VALUES ($1, $2, $3)",
-                                   exp_id, variant, i == 0)
+                await conn.execute(
+                    "INSERT INTO ab_variants (experiment_id, name, is_control) VALUES ($1, $2, $3)",
+                    exp_id,
+                    variant,
+                    i == 0,
+                )
                 await conn.execute("SELECT ab_record_metrics($1, $2, $3, $4)", name, variant, n, conv)
     pool = await create_pool(db_url, min_size=1, max_size=4)
     engine = Engine(pool, load_settings({"SLACK_WEBHOOK_URL": "http://127.0.0.1:9/hook"}), load_config(env={}))
     child = await asyncio.create_subprocess_exec(
-        sys.executable, str(THIS), "--serve", db_url, "--units", str(params["units"]),
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT)
+        sys.executable,
+        str(THIS),
+        "--serve",
+        db_url,
+        "--units",
+        str(params["units"]),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        cwd=ROOT,
+    )
     assert child.stdin is not None and child.stdout is not None
     try:
         assert (await asyncio.wait_for(child.stdout.readline(), 60)).strip() == b"ready"
@@ -120,12 +135,16 @@ async def bench_propagation(db_url: str, params: dict[str, Any]) -> dict[str, An
                 (promote_ms if action == "promote" else rollback_ms).append((seen - committed) * 1000)
         both = promote_ms + rollback_ms
         return {
-            "changes": len(both), "units_per_check": params["units"],
-            "p50_ms": round(pct(both, 0.5), 2), "p99_ms": round(pct(both, 0.99), 2), "max_ms": round(max(both), 2),
-            "promotion_p50_ms": round(pct(promote_ms, 0.5), 2), "rollback_p50_ms": round(pct(rollback_ms, 0.5), 2),
+            "changes": len(both),
+            "units_per_check": params["units"],
+            "p50_ms": round(pct(both, 0.5), 2),
+            "p99_ms": round(pct(both, 0.99), 2),
+            "max_ms": round(max(both), 2),
+            "promotion_p50_ms": round(pct(promote_ms, 0.5), 2),
+            "rollback_p50_ms": round(pct(rollback_ms, 0.5), 2),
             "note": "commit returned in this process -> every unit served the new variant (or the default after a "
-                    "rollback) by a provider in another process; negative values would mean the other process "
-                    "saw the change before this one's commit call returned",
+            "rollback) by a provider in another process; negative values would mean the other process "
+            "saw the change before this one's commit call returned",
         }
     finally:
         with contextlib.suppress(ProcessLookupError, OSError):
@@ -141,10 +160,14 @@ async def bench_propagation(db_url: str, params: dict[str, Any]) -> dict[str, An
 async def bench_evaluation(db_url: str, params: dict[str, Any]) -> dict[str, Any]:
     conn = await connect(db_url)
     async with conn.transaction():
-        exp_id = await conn.fetchval("INSERT INTO ab_experiments (name, status) VALUES ('evaluated', 'running') "
-                                     "RETURNING id")
-        await conn.execute("INSERT INTO ab_variants (experiment_id, name, is_control) VALUES ($1, 'control', true), "
-                           "($1, 'b', false), ($1, 'c', false)", exp_id)
+        exp_id = await conn.fetchval(
+            "INSERT INTO ab_experiments (name, status) VALUES ('evaluated', 'running') RETURNING id"
+        )
+        await conn.execute(
+            "INSERT INTO ab_variants (experiment_id, name, is_control) VALUES ($1, 'control', true), "
+            "($1, 'b', false), ($1, 'c', false)",
+            exp_id,
+        )
     await conn.close()
     provider = AutoPromoteProvider(db_url, refresh_interval=3600)
     await asyncio.to_thread(provider.initialize)
@@ -153,12 +176,14 @@ async def bench_evaluation(db_url: str, params: dict[str, Any]) -> dict[str, Any
     contexts = [EvaluationContext(targeting_key=f"user-{i}") for i in range(params["evaluations"])]
     try:
         out: dict[str, Any] = {}
-        for label, fn in (("provider_resolve", provider.resolve_string_details),
-                          ("openfeature_client", client.get_string_details)):
+        for label, fn in (
+            ("provider_resolve", provider.resolve_string_details),
+            ("openfeature_client", client.get_string_details),
+        ):
             per_call: list[float] = []
             batch = 100
             for start in range(0, len(contexts), batch):
-                chunk = contexts[start:start + batch]
+                chunk = contexts[start : start + batch]
                 t = time.perf_counter_ns()
                 for c in chunk:
                     fn("evaluated", "default", c)
@@ -177,10 +202,14 @@ async def bench_sql_assign(db_url: str, params: dict[str, Any]) -> dict[str, Any
     conn = await connect(db_url)
     try:
         async with conn.transaction():
-            exp_id = await conn.fetchval("INSERT INTO ab_experiments (name, status) VALUES ('sql-served', "
-                                         "'running') RETURNING id")
-            await conn.execute("INSERT INTO ab_variants (experiment_id, name, is_control) VALUES "
-                               "($1, 'control', true), ($1, 'b', false)", exp_id)
+            exp_id = await conn.fetchval(
+                "INSERT INTO ab_experiments (name, status) VALUES ('sql-served', 'running') RETURNING id"
+            )
+            await conn.execute(
+                "INSERT INTO ab_variants (experiment_id, name, is_control) VALUES "
+                "($1, 'control', true), ($1, 'b', false)",
+                exp_id,
+            )
         out: dict[str, Any] = {"ids": params["ids"]}
         backend = await conn.fetchval("SELECT pg_backend_pid()")
         for label, expr in (("user_n", "'user-' || g"), ("uuid", "md5(g::text)::uuid::text")):
@@ -188,8 +217,9 @@ async def bench_sql_assign(db_url: str, params: dict[str, Any]) -> dict[str, Any
             for _ in range(3):
                 cpu0 = backend_cpu_seconds(backend)
                 t = time.perf_counter()
-                n = await conn.fetchval(f"SELECT count(ab_assign('sql-served', {expr})) FROM generate_series(1, $1) g",
-                                        params["ids"])
+                n = await conn.fetchval(
+                    f"SELECT count(ab_assign('sql-served', {expr})) FROM generate_series(1, $1) g", params["ids"]
+                )
                 rates.append(n / (time.perf_counter() - t))
                 cpu1 = backend_cpu_seconds(backend)
                 if cpu0 is not None and cpu1 is not None and cpu1 > cpu0:
@@ -213,12 +243,22 @@ def backend_cpu_seconds(pid: int) -> float | None:
 
 
 def bench_python_assign(params: dict[str, Any]) -> dict[str, Any]:
-    exp = ServedExperiment(id=1, name="py-served", status="running", seed_state=fnv1a32("py-served"),
-                           variants=("control", "b"), ends=(0.5, 1.0), metric_type="conversion", promotion_id=None)
+    exp = ServedExperiment(
+        id=1,
+        name="py-served",
+        status="running",
+        seed_state=fnv1a32("py-served"),
+        variants=("control", "b"),
+        ends=(0.5, 1.0),
+        metric_type="conversion",
+        promotion_id=None,
+    )
     out: dict[str, Any] = {"ids": params["ids"]}
-    for label, ids in (("user_n", [f"user-{i}" for i in range(params["ids"])]),
-                       ("uuid", [str(uuid.UUID(int=i * 7919 + 1)) for i in range(params["ids"])]),
-                       ("non_ascii", [f"usér-{i}-😀" for i in range(params["ids"])])):
+    for label, ids in (
+        ("user_n", [f"user-{i}" for i in range(params["ids"])]),
+        ("uuid", [str(uuid.UUID(int=i * 7919 + 1)) for i in range(params["ids"])]),
+        ("non_ascii", [f"usér-{i}-😀" for i in range(params["ids"])]),
+    ):
         rates, cpu_rates = [], []
         for _ in range(3):
             t, cpu = time.perf_counter(), time.process_time()
@@ -249,10 +289,16 @@ async def main(quick: bool, only: list[str] | None) -> dict[str, Any]:
         conn = await connect(db_url)
         await migrate(conn)
         await conn.close()
-        result: dict[str, Any] = {"bench": "serving", "quick": quick,
-                                  "machine": machine_info(pg_version, embedded is not None)}
-        sections = [("propagation", bench_propagation), ("evaluation", bench_evaluation),
-                    ("sql_assign", bench_sql_assign)]
+        result: dict[str, Any] = {
+            "bench": "serving",
+            "quick": quick,
+            "machine": machine_info(pg_version, embedded is not None),
+        }
+        sections = [
+            ("propagation", bench_propagation),
+            ("evaluation", bench_evaluation),
+            ("sql_assign", bench_sql_assign),
+        ]
         for key, fn in sections:
             if only and key not in only:
                 continue
@@ -262,8 +308,13 @@ async def main(quick: bool, only: list[str] | None) -> dict[str, Any]:
         if not only or "python_assign" in only:
             result["python_assign"] = bench_python_assign(params)
         result["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
-        result["targets"] = {"propagation_p50_ms": 100, "propagation_p99_ms": 1000, "evaluation_median_us": 20,
-                             "sql_assignments_per_s": 50_000, "python_assignments_per_s": 500_000}
+        result["targets"] = {
+            "propagation_p50_ms": 100,
+            "propagation_p99_ms": 1000,
+            "evaluation_median_us": 20,
+            "sql_assignments_per_s": 50_000,
+            "python_assignments_per_s": 500_000,
+        }
         return result
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -286,6 +337,8 @@ if __name__ == "__main__":
 
     import structlog
 
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
-                        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr))
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+    )
     print(json.dumps(asyncio.run(main(args.quick, args.only)), indent=2, default=str))

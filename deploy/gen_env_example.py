@@ -59,14 +59,28 @@ def _path_prefix(prefix: str) -> Rule:
 # lands in the last, so a setting added later is never left out of the file.
 SECTIONS: list[tuple[str, Rule]] = [
     ("Database", _env_in("DATABASE_URL", "AUTO_PROMOTION_POOL_SIZE", "AUTO_PROMOTION_SCHEMA_DIR")),
-    ("HTTP server, API and dashboard", _env_prefix(
-        "AUTO_PROMOTION_HTTP_", "AUTO_PROMOTION_PUBLIC_URL", "AUTO_PROMOTION_API_", "AUTO_PROMOTION_RATE_LIMIT",
-        "AUTO_PROMOTION_METRICS_", "AUTO_PROMOTION_MAX_BODY_BYTES", "AUTO_PROMOTION_SSE_",
-    )),
-    ("Worker loop and shutdown", _env_in(
-        "AUTO_PROMOTION_POLL_INTERVAL", "AUTO_PROMOTION_POLL_ONLY", "AUTO_PROMOTION_LIVENESS_INTERVAL",
-        "AUTO_PROMOTION_SHUTDOWN_GRACE", "AUTO_PROMOTION_FOLD_BATCH",
-    )),
+    (
+        "HTTP server, API and dashboard",
+        _env_prefix(
+            "AUTO_PROMOTION_HTTP_",
+            "AUTO_PROMOTION_PUBLIC_URL",
+            "AUTO_PROMOTION_API_",
+            "AUTO_PROMOTION_RATE_LIMIT",
+            "AUTO_PROMOTION_METRICS_",
+            "AUTO_PROMOTION_MAX_BODY_BYTES",
+            "AUTO_PROMOTION_SSE_",
+        ),
+    ),
+    (
+        "Worker loop and shutdown",
+        _env_in(
+            "AUTO_PROMOTION_POLL_INTERVAL",
+            "AUTO_PROMOTION_POLL_ONLY",
+            "AUTO_PROMOTION_LIVENESS_INTERVAL",
+            "AUTO_PROMOTION_SHUTDOWN_GRACE",
+            "AUTO_PROMOTION_FOLD_BATCH",
+        ),
+    ),
     ("Logging", _env_prefix("LOG_")),
     ("Preset: the base that every decision setting below overrides", _env_in("AUTO_PROMOTION_PRESET")),
     ("Decision", lambda _env, path, decision: decision and "." not in path),

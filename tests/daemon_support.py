@@ -33,13 +33,19 @@ async def wait_for(check: Callable[[], Awaitable[Any]], *, within: float = 20.0,
 
 
 def settings_env(db_url: str, **env: str) -> dict[str, str]:
-    return {"DATABASE_URL": db_url, "AUTO_PROMOTION_HTTP_PORT": "0", "SLACK_WEBHOOK_URL": "http://127.0.0.1:9/hook",
-            "AUTO_PROMOTION_POLL_INTERVAL": "3600", **env}
+    return {
+        "DATABASE_URL": db_url,
+        "AUTO_PROMOTION_HTTP_PORT": "0",
+        "SLACK_WEBHOOK_URL": "http://127.0.0.1:9/hook",
+        "AUTO_PROMOTION_POLL_INTERVAL": "3600",
+        **env,
+    }
 
 
 @asynccontextmanager
-async def running_daemon(db_url: str, *, config_env: dict[str, str] | None = None, serve_http: bool = False,
-                         **env: str) -> AsyncIterator[Daemon]:
+async def running_daemon(
+    db_url: str, *, config_env: dict[str, str] | None = None, serve_http: bool = False, **env: str
+) -> AsyncIterator[Daemon]:
     """A daemon on ``db_url`` until the block ends; entered once its start-up catch-up is done."""
     settings = load_settings(settings_env(db_url, **env))
     config = load_config(env={**QUIET, **(config_env or {})})
@@ -78,5 +84,6 @@ async def seed_winner(conn: asyncpg.Connection, name: str, **kwargs: Any) -> int
 
 
 async def promotions(conn: asyncpg.Connection, experiment_id: int) -> list[asyncpg.Record]:
-    return await conn.fetch("SELECT * FROM experiment_promotions WHERE experiment_id = $1 ORDER BY promoted_at",
-                            experiment_id)
+    return await conn.fetch(
+        "SELECT * FROM experiment_promotions WHERE experiment_id = $1 ORDER BY promoted_at", experiment_id
+    )

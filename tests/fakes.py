@@ -71,8 +71,9 @@ class ReceivedRequest:
         return json.loads(self.body)
 
 
-PAGERDUTY_ACCEPTED = Reply(202, json.dumps({"status": "success", "message": "Event processed"}),
-                           {"Content-Type": "application/json"})
+PAGERDUTY_ACCEPTED = Reply(
+    202, json.dumps({"status": "success", "message": "Event processed"}), {"Content-Type": "application/json"}
+)
 
 
 class FakeHTTPReceiver:
@@ -123,8 +124,9 @@ class FakeHTTPReceiver:
         return [r for r in self.requests if path is None or r.path == path]
 
     async def wait_for(self, count: int, path: str | None = None, *, within: float = 10.0) -> list[ReceivedRequest]:
-        await wait_until(lambda: len(self.received(path)) >= count, within=within,
-                         what=f"{count} request(s) to {path or 'any path'}")
+        await wait_until(
+            lambda: len(self.received(path)) >= count, within=within, what=f"{count} request(s) to {path or 'any path'}"
+        )
         return self.received(path)
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
@@ -132,8 +134,9 @@ class FakeHTTPReceiver:
         script = self._scripts.get(path)
         reply = script.popleft() if script else self.defaults.get(path, Reply())
         body = await request.read()
-        self.requests.append(ReceivedRequest(path, request.query_string, dict(request.headers), body,
-                                             time.monotonic(), reply.status))
+        self.requests.append(
+            ReceivedRequest(path, request.query_string, dict(request.headers), body, time.monotonic(), reply.status)
+        )
         if reply.delay:
             try:
                 await asyncio.wait_for(self._released.wait(), reply.delay)
@@ -189,8 +192,13 @@ class FakeSMTPServer:
     then requires it), or with ``implicit_tls`` wraps the whole connection in TLS. ``replies`` scripts the answers
     to DATA (e.g. ``"451 4.3.0 try again later"``)."""
 
-    def __init__(self, *, credentials: tuple[str, str] | None = None, tls_context: ssl.SSLContext | None = None,
-                 implicit_tls: bool = False):
+    def __init__(
+        self,
+        *,
+        credentials: tuple[str, str] | None = None,
+        tls_context: ssl.SSLContext | None = None,
+        implicit_tls: bool = False,
+    ):
         self.messages: list[ReceivedMail] = []
         self.replies: deque[str] = deque()
         self.failed_logins: list[str] = []
@@ -228,8 +236,9 @@ class FakeSMTPServer:
                     loop=loop,
                 )
 
-        server = await loop.create_server(protocol, "127.0.0.1", self.port, reuse_address=True,
-                                          ssl=self._tls_context if self._implicit_tls else None)
+        server = await loop.create_server(
+            protocol, "127.0.0.1", self.port, reuse_address=True, ssl=self._tls_context if self._implicit_tls else None
+        )
         self._server = server
         self.port = server.sockets[0].getsockname()[1]
 
@@ -243,8 +252,9 @@ class FakeSMTPServer:
         await wait_until(lambda: len(self.messages) >= count, within=within, what=f"{count} mail(s)")
         return self.messages
 
-    def _authenticate(self, server: SMTP, session: Session, envelope: Envelope, mechanism: str,
-                      auth_data: object) -> AuthResult:
+    def _authenticate(
+        self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, auth_data: object
+    ) -> AuthResult:
         assert self._credentials is not None
         if isinstance(auth_data, LoginPassword):
             login, password = auth_data.login.decode(), auth_data.password.decode()
@@ -291,10 +301,28 @@ def engine_payload(event: NotificationEvent = "promotion.promoted", **overrides:
         "safetyChecks": [c.to_json() for c in checks],
         "reason": None,
         "variants": [
-            {"name": "control", "isControl": True, "weight": 50.0, "exposures": 10000, "conversions": 1000,
-             "rate": 0.1, "errors": 40, "errorRate": 0.004, "p95LatencyMs": 120.0},
-            {"name": "variant-b", "isControl": False, "weight": 50.0, "exposures": 10020, "conversions": 1064,
-             "rate": 0.1062, "errors": 41, "errorRate": 0.0041, "p95LatencyMs": 123.7},
+            {
+                "name": "control",
+                "isControl": True,
+                "weight": 50.0,
+                "exposures": 10000,
+                "conversions": 1000,
+                "rate": 0.1,
+                "errors": 40,
+                "errorRate": 0.004,
+                "p95LatencyMs": 120.0,
+            },
+            {
+                "name": "variant-b",
+                "isControl": False,
+                "weight": 50.0,
+                "exposures": 10020,
+                "conversions": 1064,
+                "rate": 0.1062,
+                "errors": 41,
+                "errorRate": 0.0041,
+                "p95LatencyMs": 123.7,
+            },
         ],
         "dryRun": False,
     }
@@ -322,13 +350,17 @@ async def promote_with_notifications(
                                                   previous_weights)
                VALUES ($1, $2, 'variant-b', 'control', 97.3, 6.2, 'autopromote', '{"control": 1, "variant-b": 1}')
                RETURNING id""",
-            experiment_id, experiment_name,
+            experiment_id,
+            experiment_name,
         )
         queued = await enqueue_notifications(
-            conn, event="promotion.promoted",
-            payload=engine_payload(experimentName=experiment_name, priority=priority, promotionId=str(promotion_id),
-                                   **payload_overrides),
-            config=config, settings=settings,
+            conn,
+            event="promotion.promoted",
+            payload=engine_payload(
+                experimentName=experiment_name, priority=priority, promotionId=str(promotion_id), **payload_overrides
+            ),
+            config=config,
+            settings=settings,
         )
     return str(promotion_id), queued
 
@@ -352,18 +384,31 @@ async def roll_back_with_notifications(
         await conn.execute(
             "UPDATE experiment_promotions SET rollback_at = now(), rollback_reason = $2, rolled_back_by = $3 "
             "WHERE id = $1",
-            uuid.UUID(promotion_id), reason, actor,
+            uuid.UUID(promotion_id),
+            reason,
+            actor,
         )
-        common = {"experimentName": experiment_name, "priority": priority, "promotionId": promotion_id,
-                  "actor": actor, "reason": reason}
+        common = {
+            "experimentName": experiment_name,
+            "priority": priority,
+            "promotionId": promotion_id,
+            "actor": actor,
+            "reason": reason,
+        }
         if breach_first:
             queued += await enqueue_notifications(
-                conn, event="guard.breached", payload=engine_payload("guard.breached", **common),
-                config=config, settings=settings,
+                conn,
+                event="guard.breached",
+                payload=engine_payload("guard.breached", **common),
+                config=config,
+                settings=settings,
             )
         queued += await enqueue_notifications(
-            conn, event="promotion.rolled_back", payload=engine_payload("promotion.rolled_back", **common),
-            config=config, settings=settings,
+            conn,
+            event="promotion.rolled_back",
+            payload=engine_payload("promotion.rolled_back", **common),
+            config=config,
+            settings=settings,
         )
     return queued
 
@@ -375,8 +420,25 @@ def self_signed_certificate(directory: Path) -> tuple[Path, Path] | None:
         return None
     cert, key = directory / "cert.pem", directory / "key.pem"
     subprocess.run(
-        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
+        [
+            openssl,
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
     )
     return cert, key

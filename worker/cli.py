@@ -87,8 +87,13 @@ def cmd_migrate(args: argparse.Namespace) -> int:
             finally:
                 await conn.close()
         if args.json:
-            _print_json({"applied": result.applied, "alreadyApplied": result.already_applied,
-                         "unknownInDatabase": result.unknown_in_database})
+            _print_json(
+                {
+                    "applied": result.applied,
+                    "alreadyApplied": result.already_applied,
+                    "unknownInDatabase": result.unknown_in_database,
+                }
+            )
         else:
             target = redact_url(db.url)
             if result.applied:
@@ -96,8 +101,11 @@ def cmd_migrate(args: argparse.Namespace) -> int:
             else:
                 print(f"{target} is up to date ({len(result.already_applied)} migration(s) applied)")
             if result.unknown_in_database:
-                print("warning: the database has migrations this version does not know: "
-                      + ", ".join(result.unknown_in_database), file=sys.stderr)
+                print(
+                    "warning: the database has migrations this version does not know: "
+                    + ", ".join(result.unknown_in_database),
+                    file=sys.stderr,
+                )
         return EXIT_OK
 
     return _run_async(go)
@@ -215,8 +223,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from worker.logging import configure_logging
 
     level = os.environ.get("LOG_LEVEL", "info").lower()
-    configure_logging(level if level in {"debug", "info", "warning", "error"} else "info",
-                      os.environ.get("LOG_FORMAT", "auto"))
+    configure_logging(
+        level if level in {"debug", "info", "warning", "error"} else "info", os.environ.get("LOG_FORMAT", "auto")
+    )
     handler: Handler = args.handler
     try:
         return handler(args)

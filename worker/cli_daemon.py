@@ -47,8 +47,9 @@ def _register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "3 database unreachable.",
     )
     p.add_argument("--migrate", action="store_true", help="apply pending migrations before starting")
-    p.add_argument("--preset", choices=PRESET_NAMES,
-                   help="decision preset (default: AUTO_PROMOTION_PRESET, else balanced)")
+    p.add_argument(
+        "--preset", choices=PRESET_NAMES, help="decision preset (default: AUTO_PROMOTION_PRESET, else balanced)"
+    )
     p.set_defaults(handler=cmd_run)
 
 

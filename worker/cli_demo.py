@@ -26,8 +26,9 @@ def _port_free(port: int) -> bool:
     return True
 
 
-async def run_demo(duration: float, *, database_url: str | None = None, out: TextIO = sys.stdout,
-                   http_port: int | None = None) -> int:
+async def run_demo(
+    duration: float, *, database_url: str | None = None, out: TextIO = sys.stdout, http_port: int | None = None
+) -> int:
     """Run the demo for ``duration`` seconds (or until Ctrl-C) and print its summary."""
     import os
 
@@ -49,8 +50,10 @@ async def run_demo(duration: float, *, database_url: str | None = None, out: Tex
     try:
         import ab_autopromote_openfeature  # noqa: F401  (the traffic simulator's users are assigned by it)
     except ImportError:
-        raise CliError("the demo's traffic is assigned by the OpenFeature provider, which is not installed: "
-                       "`make install` installs it, or `pip install clients/openfeature-python`") from None
+        raise CliError(
+            "the demo's traffic is assigned by the OpenFeature provider, which is not installed: "
+            "`make install` installs it, or `pip install clients/openfeature-python`"
+        ) from None
     display = Display(out)
     sink = NotificationSink(on_line=display.notification)
     runner = web.AppRunner(sink.app(), access_log=None)
@@ -123,8 +126,11 @@ async def run_demo(duration: float, *, database_url: str | None = None, out: Tex
                         return
 
             if not display.live:
-                print(f"demo: {len(SCENARIOS)} experiments on {redact_url(db.url)}; running for {duration:.0f} s",
-                      file=out, flush=True)
+                print(
+                    f"demo: {len(SCENARIOS)} experiments on {redact_url(db.url)}; running for {duration:.0f} s",
+                    file=out,
+                    flush=True,
+                )
                 for s in SCENARIOS:
                     print(f"scenario      {s.name:<16} {s.story}  (expected: {s.expected})", file=out, flush=True)
             try:
@@ -133,9 +139,13 @@ async def run_demo(duration: float, *, database_url: str | None = None, out: Tex
                     tg.start_soon(daemon.run, stop)
                     await daemon.http_ready.wait()
                     if not display.live:
-                        print(f"dashboard/API: http://127.0.0.1:{daemon.http_port}/  sign in with the token "
-                              f"{operator_token} (paste it into the sign-in form; for promote/roll back, also "
-                              "under 'Operator token')", file=out, flush=True)
+                        print(
+                            f"dashboard/API: http://127.0.0.1:{daemon.http_port}/  sign in with the token "
+                            f"{operator_token} (paste it into the sign-in form; for promote/roll back, also "
+                            "under 'Operator token')",
+                            file=out,
+                            flush=True,
+                        )
                     tg.start_soon(simulator.run, stop)
                     tg.start_soon(manual_rollbacks, pool, stop)
                     tg.start_soon(refresh)
@@ -149,10 +159,17 @@ async def run_demo(duration: float, *, database_url: str | None = None, out: Tex
             for line in summary_lines(rows):
                 print(line, file=out)
             print(f"\nnotifications delivered to the local sink: {sink.count}", file=out)
-            print(f"dashboard/API was at http://127.0.0.1:{daemon.http_port}/ and the database at "
-                  f"{redact_url(db.url)}", file=out)
-            print("(both were throw-away and are gone now; run `autopromote run` with DATABASE_URL for real use)"
-                  if db.embedded is not None else "", file=out, flush=True)
+            print(
+                f"dashboard/API was at http://127.0.0.1:{daemon.http_port}/ and the database at {redact_url(db.url)}",
+                file=out,
+            )
+            print(
+                "(both were throw-away and are gone now; run `autopromote run` with DATABASE_URL for real use)"
+                if db.embedded is not None
+                else "",
+                file=out,
+                flush=True,
+            )
     finally:
         await runner.cleanup()
     if interrupted:
@@ -178,8 +195,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def _register(sub: Any) -> None:
     p = sub.add_parser("demo", help="watch every path of the product live, on a throw-away embedded PostgreSQL")
     p.add_argument("--duration", type=float, default=60.0, help="seconds to run (default 60)")
-    p.add_argument("--database-url", default=None,
-                   help="use this (empty) database instead of the embedded server")
+    p.add_argument("--database-url", default=None, help="use this (empty) database instead of the embedded server")
     p.set_defaults(handler=cmd_demo)
 
 

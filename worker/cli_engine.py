@@ -106,18 +106,27 @@ def _table(rows: list[list[str]], headers: list[str]) -> str:
 
 def _render_check(data: dict[str, Any]) -> None:
     verdict = "ELIGIBLE" if data["eligible"] else "not eligible"
-    print(f"{data['experimentName']}: {verdict}  (method {data.get('method')}, "
-          f"confidence {data['confidence']:.2f}%, improvement {data['improvement']:+.2f}%)")
+    print(
+        f"{data['experimentName']}: {verdict}  (method {data.get('method')}, "
+        f"confidence {data['confidence']:.2f}%, improvement {data['improvement']:+.2f}%)"
+    )
     winner = data.get("winningVariant")
     if winner:
         print(f"winner: {winner['variantName']}  rate {winner['successRate']:.4f}  n={winner['sampleSize']:,}")
     variants = data.get("variants") or []
     if variants:
-        rows = [[v["name"] + (" (control)" if v["isControl"] else ""), f"{v['exposures']:,}", f"{v['rate']:.4f}",
-                 "-" if v.get("lift") is None else f"{100 * v['lift']:+.2f}%",
-                 "-" if v.get("confidence") is None else f"{v['confidence']:.2f}%",
-                 "-" if v.get("errorRate") is None else f"{100 * v['errorRate']:.2f}%",
-                 "-" if v.get("p95LatencyMs") is None else f"{v['p95LatencyMs']:.1f} ms"] for v in variants]
+        rows = [
+            [
+                v["name"] + (" (control)" if v["isControl"] else ""),
+                f"{v['exposures']:,}",
+                f"{v['rate']:.4f}",
+                "-" if v.get("lift") is None else f"{100 * v['lift']:+.2f}%",
+                "-" if v.get("confidence") is None else f"{v['confidence']:.2f}%",
+                "-" if v.get("errorRate") is None else f"{100 * v['errorRate']:.2f}%",
+                "-" if v.get("p95LatencyMs") is None else f"{v['p95LatencyMs']:.1f} ms",
+            ]
+            for v in variants
+        ]
         print(_table(rows, ["variant", "exposures", "rate", "lift", "confidence", "errors", "p95"]))
     print("safety checks:")
     for c in data.get("safetyChecks", []):
@@ -132,11 +141,15 @@ def _render_check(data: dict[str, Any]) -> None:
 def _render_promote(data: dict[str, Any]) -> None:
     if data.get("dryRun"):
         verdict = "would promote" if data["success"] else "would not promote"
-        print(f"dry run: {data['experimentName']} {verdict}"
-              + (f" {data['promotedVariantName']}" if data.get("promotedVariantName") else ""))
+        print(
+            f"dry run: {data['experimentName']} {verdict}"
+            + (f" {data['promotedVariantName']}" if data.get("promotedVariantName") else "")
+        )
     elif data["success"]:
-        print(f"promoted {data['promotedVariantName']} of {data['experimentName']} "
-              f"(confidence {data['confidence']:.2f}%, improvement {data['improvement']:+.2f}%)")
+        print(
+            f"promoted {data['promotedVariantName']} of {data['experimentName']} "
+            f"(confidence {data['confidence']:.2f}%, improvement {data['improvement']:+.2f}%)"
+        )
         print(f"promotion id: {data['promotionId']}  notifications queued: {data['notificationsQueued']}")
     else:
         print(f"not promoted: {data['experimentName']}")
@@ -145,8 +158,10 @@ def _render_promote(data: dict[str, Any]) -> None:
 
 
 def _render_scan(data: dict[str, Any]) -> None:
-    print(f"scanned {data['scanned']}, eligible {data['eligible']}, promoted {data['promoted']}"
-          + (" (dry run)" if data.get("dryRun") else ""))
+    print(
+        f"scanned {data['scanned']}, eligible {data['eligible']}, promoted {data['promoted']}"
+        + (" (dry run)" if data.get("dryRun") else "")
+    )
     rows = []
     for r in data["results"]:
         status = "promoted" if r.get("promoted") else ("eligible" if r["eligible"] else "blocked")
@@ -163,27 +178,41 @@ def _render_rollback(data: dict[str, Any]) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    return _engine_command(args, lambda e: e.check_promotion_eligibility(args.name), _render_check,
-                           lambda d: bool(d["eligible"]), CheckResult)
+    return _engine_command(
+        args,
+        lambda e: e.check_promotion_eligibility(args.name),
+        _render_check,
+        lambda d: bool(d["eligible"]),
+        CheckResult,
+    )
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
     return _engine_command(
-        args, lambda e: e.promote_winner(args.name, actor=args.actor),
-        _render_promote, lambda d: bool(d["success"]), PromoteResult)
+        args,
+        lambda e: e.promote_winner(args.name, actor=args.actor),
+        _render_promote,
+        lambda d: bool(d["success"]),
+        PromoteResult,
+    )
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
     return _engine_command(
-        args, lambda e: e.scan_and_promote_winners(actor=args.actor),
-        _render_scan, lambda d: True, ScanResult)
+        args, lambda e: e.scan_and_promote_winners(actor=args.actor), _render_scan, lambda d: True, ScanResult
+    )
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     if not args.reason or not args.reason.strip():
         raise CliError("--reason must not be empty: say why you roll back", EXIT_USAGE)
-    return _engine_command(args, lambda e: e.rollback_promotion(args.promotion_id, args.reason, actor=args.actor),
-                           _render_rollback, lambda d: bool(d["success"]), RollbackResult)
+    return _engine_command(
+        args,
+        lambda e: e.rollback_promotion(args.promotion_id, args.reason, actor=args.actor),
+        _render_rollback,
+        lambda d: bool(d["success"]),
+        RollbackResult,
+    )
 
 
 def _common(p: argparse.ArgumentParser) -> None:

@@ -127,14 +127,13 @@ def setting(default: Any, env: str, description: str) -> Any:
 
 # Whole numbers from JSON (see _whole_number), with their ranges.
 PositiveCount = Annotated[int, BeforeValidator(_whole_number), AfterValidator(_at_least(1)), JsonBounds(1)]
-PromotionLimit = Annotated[int, BeforeValidator(_whole_number), AfterValidator(_between(0, 10_000)),
-                           JsonBounds(0, 10_000)]
+PromotionLimit = Annotated[
+    int, BeforeValidator(_whole_number), AfterValidator(_between(0, 10_000)), JsonBounds(0, 10_000)
+]
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True, strict=True
-    )
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True, strict=True)
 
 
 class Thresholds(_Model):
@@ -178,10 +177,12 @@ class SafetyChecks(_Model):
 
 class Notifications(_Model):
     # The JSON Schema of the check in AutoPromotionConfig._no_contradictions, for the OpenAPI document.
-    model_config = ConfigDict(json_schema_extra={
-        "if": {"required": ["channels"], "properties": {"channels": {"maxItems": 0}}},
-        "then": {"required": ["enabled"], "properties": {"enabled": {"const": False}}},
-    })
+    model_config = ConfigDict(
+        json_schema_extra={
+            "if": {"required": ["channels"], "properties": {"channels": {"maxItems": 0}}},
+            "then": {"required": ["enabled"], "properties": {"enabled": {"const": False}}},
+        }
+    )
 
     enabled: bool = setting(True, "AUTO_NOTIFY_ALERTS", "Send notifications at all")
     channels: tuple[Channel, ...] = setting(
@@ -197,10 +198,12 @@ class Notifications(_Model):
 
 class Guard(_Model):
     # The JSON Schema of the check in AutoPromotionConfig._no_contradictions, for the OpenAPI document.
-    model_config = ConfigDict(json_schema_extra={
-        "if": {"required": ["guardHours"], "properties": {"guardHours": {"const": 0}}},
-        "then": {"required": ["autoRollback"], "properties": {"autoRollback": {"const": False}}},
-    })
+    model_config = ConfigDict(
+        json_schema_extra={
+            "if": {"required": ["guardHours"], "properties": {"guardHours": {"const": 0}}},
+            "then": {"required": ["autoRollback"], "properties": {"autoRollback": {"const": False}}},
+        }
+    )
 
     guard_hours: Annotated[float, AfterValidator(_between(0, 24 * 90)), JsonBounds(0, 24 * 90)] = setting(
         24.0, "AUTO_PROMOTION_GUARD_HOURS", "Hours the promoted variant is watched after promotion"
@@ -218,11 +221,17 @@ class AutoPromotionConfig(_Model):
 
     # The JSON Schema of the check in _no_contradictions, for the OpenAPI document: within one object (a request's
     # overrides), a setting that would contradict another comes with the value that makes it consistent.
-    model_config = ConfigDict(json_schema_extra={
-        "if": {"required": ["maxConcurrentPromotions"], "properties": {"maxConcurrentPromotions": {"const": 0}}},
-        "then": {"anyOf": [{"required": ["enabled"], "properties": {"enabled": {"const": False}}},
-                           {"required": ["dryRun"], "properties": {"dryRun": {"const": True}}}]},
-    })
+    model_config = ConfigDict(
+        json_schema_extra={
+            "if": {"required": ["maxConcurrentPromotions"], "properties": {"maxConcurrentPromotions": {"const": 0}}},
+            "then": {
+                "anyOf": [
+                    {"required": ["enabled"], "properties": {"enabled": {"const": False}}},
+                    {"required": ["dryRun"], "properties": {"dryRun": {"const": True}}},
+                ]
+            },
+        }
+    )
 
     enabled: bool = setting(True, "AUTO_PROMOTION_ENABLED", "Promote at all (off: evaluate and report only)")
     dry_run: bool = setting(False, "AUTO_PROMOTION_DRY_RUN", "Decide and audit, change nothing")
@@ -342,9 +351,7 @@ class Settings(_Model):
     api_auth: Literal["enabled", "disabled"] = setting(
         "enabled", "AUTO_PROMOTION_API_AUTH", "disabled turns off API authentication (logged loudly)"
     )
-    api_tokens: str = setting(
-        "", "AUTO_PROMOTION_API_TOKENS", "API tokens as name:role:sha256hex, comma-separated"
-    )
+    api_tokens: str = setting("", "AUTO_PROMOTION_API_TOKENS", "API tokens as name:role:sha256hex, comma-separated")
     rate_limit_per_minute: Annotated[int, AfterValidator(_between(1, 100_000))] = setting(
         30, "AUTO_PROMOTION_RATE_LIMIT", "scan/promote/rollback calls per token per minute"
     )
@@ -683,8 +690,14 @@ def with_request_overrides(base: EffectiveConfig, overrides: Mapping[str, Any]) 
     return EffectiveConfig(config, base.preset, sources)
 
 
-def _hold_kill_switches(before: dict[str, Any], merged: dict[str, Any], layer: Mapping[str, Any],
-                        sources: dict[str, str], *, previous: Mapping[str, str]) -> dict[str, Any]:
+def _hold_kill_switches(
+    before: dict[str, Any],
+    merged: dict[str, Any],
+    layer: Mapping[str, Any],
+    sources: dict[str, str],
+    *,
+    previous: Mapping[str, str],
+) -> dict[str, Any]:
     """``merged`` (``layer`` laid over ``before``, whose sources were ``previous``) with the environment's
     KILL_SWITCHES kept where ``layer`` would make them less safe; ``sources`` (updated in place) then keeps saying
     "env:…" for them, so that with_experiment_overrides holds them too."""

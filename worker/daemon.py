@@ -72,9 +72,18 @@ class ShutdownState:
 class Daemon:
     """The worker on one database. ``run(stop)`` returns once ``stop`` is set and the work in flight has ended."""
 
-    def __init__(self, *, url: str, pool: Pool, settings: Settings, config: EffectiveConfig,
-                 events: EventBus | None = None, health: Health | None = None, identity: str | None = None,
-                 serve_http: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        url: str,
+        pool: Pool,
+        settings: Settings,
+        config: EffectiveConfig,
+        events: EventBus | None = None,
+        health: Health | None = None,
+        identity: str | None = None,
+        serve_http: bool = True,
+    ) -> None:
         self.url = url
         self.pool = pool
         self.settings = settings
@@ -92,20 +101,37 @@ class Daemon:
         self._background: set[asyncio.Task[None]] = set()
         self.engine = Engine(pool, settings, config, on_committed=self._on_committed)
         self.guard = PostPromotionGuard(pool, self.engine, settings, config, identity=self.identity)
-        self.evaluator = Evaluator(pool, self.engine, self.guard, concurrency=evaluation_concurrency(settings),
-                                   on_evaluated=self._on_evaluated, faults=self.faults)
-        self.folder = Folder(pool, settings, self.evaluator, on_tick=self._on_tick, on_caught_up=self._caught_up,
-                             catch_up_at_start=settings.poll_only, faults=self.faults)
+        self.evaluator = Evaluator(
+            pool,
+            self.engine,
+            self.guard,
+            concurrency=evaluation_concurrency(settings),
+            on_evaluated=self._on_evaluated,
+            faults=self.faults,
+        )
+        self.folder = Folder(
+            pool,
+            settings,
+            self.evaluator,
+            on_tick=self._on_tick,
+            on_caught_up=self._caught_up,
+            catch_up_at_start=settings.poll_only,
+            faults=self.faults,
+        )
         self.rollback_wake = Wake()
         self.guard_wake = Wake()
         interval = config.config.scan_interval_seconds
         leadership: Leadership = (
-            LeaseLeadership(pool, self.identity, ttl=max(3 * interval, 10.0)) if settings.poll_only
+            LeaseLeadership(pool, self.identity, ttl=max(3 * interval, 10.0))
+            if settings.poll_only
             else AdvisoryLockLeadership(url)
         )
         self.scanner = Scanner(leadership, self.scan_once, interval=interval, faults=self.faults)
-        self.listener = (None if settings.poll_only
-                         else Listener(url, self, liveness_interval=settings.liveness_interval, faults=self.faults))
+        self.listener = (
+            None
+            if settings.poll_only
+            else Listener(url, self, liveness_interval=settings.liveness_interval, faults=self.faults)
+        )
         self.dispatcher = _dispatcher(pool, settings, self.faults)
         self.http_port: int | None = None
         self.http_ready = anyio.Event()
@@ -117,10 +143,16 @@ class Daemon:
         """Run every service until ``stop``; then give the work in flight ``shutdown_grace`` seconds."""
         self.health.started_at = time.time()
         grace = self.settings.shutdown_grace
-        log.info("daemon.starting", identity=self.identity, poll_only=self.settings.poll_only,
-                 scan_interval=self.scanner.interval, poll_interval=self.settings.poll_interval,
-                 evaluation_concurrency=self.evaluator.concurrency, grace_seconds=grace,
-                 dispatcher=self.dispatcher is not None)
+        log.info(
+            "daemon.starting",
+            identity=self.identity,
+            poll_only=self.settings.poll_only,
+            scan_interval=self.scanner.interval,
+            poll_interval=self.settings.poll_interval,
+            evaluation_concurrency=self.evaluator.concurrency,
+            grace_seconds=grace,
+            dispatcher=self.dispatcher is not None,
+        )
         http_stop = anyio.Event()
         await self._run(stop, http_stop, grace)
         log.info("daemon.stopped", folded=self.folder.folded_total, evaluations=self.evaluator.evaluations)
@@ -134,8 +166,10 @@ class Daemon:
             async with anyio.create_task_group() as work:
                 work.start_soon(self._fan_out_stop, stop)
                 tasks: list[tuple[str, Callable[[anyio.Event], Awaitable[None]]]] = [
-                    ("folder", self.folder.run), ("evaluator", self.evaluator.run),
-                    ("rollback_requests", self._rollbacks_loop), ("guard", self._guard_loop),
+                    ("folder", self.folder.run),
+                    ("evaluator", self.evaluator.run),
+                    ("rollback_requests", self._rollbacks_loop),
+                    ("guard", self._guard_loop),
                     ("scanner", self.scanner.run),
                 ]
                 if self.listener is not None:
@@ -158,8 +192,7 @@ class Daemon:
         for wake in (self.folder.wake, self.evaluator.wake, self.rollback_wake, self.guard_wake):
             wake.set()
 
-    async def _supervise(self, name: str, task: Callable[[anyio.Event], Awaitable[None]],
-                         stop: anyio.Event) -> None:
+    async def _supervise(self, name: str, task: Callable[[anyio.Event], Awaitable[None]], stop: anyio.Event) -> None:
         """Run one long-running task until ``stop``. Each task retries its own transient database faults; a
         database error that still escapes (one that is not transient, or a group of them) restarts the task under
         the same policy, since no database error may end the worker. Anything else is a bug: logged once naming the
@@ -202,8 +235,7 @@ class Daemon:
     async def _guard_loop(self, stop: anyio.Event) -> None:
         await self._run_on_wake("guard", self.guard_wake, stop, self._check_guard)
 
-    async def _run_on_wake(self, name: str, wake: Wake, stop: anyio.Event,
-                           fn: Callable[[], Awaitable[object]]) -> None:
+    async def _run_on_wake(self, name: str, wake: Wake, stop: anyio.Event, fn: Callable[[], Awaitable[object]]) -> None:
         """Run ``fn`` whenever ``wake`` is set (coalescing), retrying database faults under the shared policy."""
         fault = FaultLog(name, self.faults)
         while True:
@@ -226,14 +258,25 @@ class Daemon:
         result = await self.engine.scan_and_promote_winners(include_results=False)
         outcomes = await self.guard.check(None)
         rollbacks = await carry_out_rollback_requests(self.pool, self.engine)
-        return {"scanned": result["scanned"], "eligible": result["eligible"], "promoted": result["promoted"],
-                "guard_actions": sum(1 for o in outcomes if o.action != "none"),
-                "rollback_requests": sum(1 for r in rollbacks if r.action == "rolled_back")}
+        return {
+            "scanned": result["scanned"],
+            "eligible": result["eligible"],
+            "promoted": result["promoted"],
+            "guard_actions": sum(1 for o in outcomes if o.action != "none"),
+            "rollback_requests": sum(1 for r in rollbacks if r.action == "rolled_back"),
+        }
 
     # ------------------------------------------------------------------------------------------------- HTTP
     async def _serve_http(self, http_stop: anyio.Event, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
-        ctx = AppContext(pool=self.pool, settings=self.settings, config=self.config, engine=self.engine,
-                         events=self.events, health=self.health, database_url=self.url)
+        ctx = AppContext(
+            pool=self.pool,
+            settings=self.settings,
+            config=self.config,
+            engine=self.engine,
+            events=self.events,
+            health=self.health,
+            database_url=self.url,
+        )
         runner = web.AppRunner(create_app(ctx), handle_signals=False, access_log=None, shutdown_timeout=0.5)
         await runner.setup()
         try:
@@ -259,8 +302,15 @@ class Daemon:
         if event.event == "rollback_requested":
             self.rollback_wake.set()
         kind = "promotion" if event.event == "promoted" else "rollback"
-        self.events.publish({"type": kind, "event": event.event, "promotionId": str(event.promotion_id),
-                             "experimentName": event.experiment_name, "at": time.time()})
+        self.events.publish(
+            {
+                "type": kind,
+                "event": event.event,
+                "promotionId": str(event.promotion_id),
+                "experimentName": event.experiment_name,
+                "at": time.time(),
+            }
+        )
 
     def on_connected(self, reconnected: bool) -> None:
         self.health.listener_connected = True
@@ -290,8 +340,15 @@ class Daemon:
         if self.settings.poll_only:
             # No ab_promotion_events to tell the dashboard, so tell it from here.
             kind = "promotion" if event == "promotion.promoted" else "rollback"
-            self.events.publish({"type": kind, "event": event, "promotionId": data.get("promotionId"),
-                                 "experimentName": data.get("experimentName"), "at": time.time()})
+            self.events.publish(
+                {
+                    "type": kind,
+                    "event": event,
+                    "promotionId": data.get("promotionId"),
+                    "experimentName": data.get("experimentName"),
+                    "at": time.time(),
+                }
+            )
 
 
 def evaluation_concurrency(settings: Settings) -> int:
@@ -326,7 +383,9 @@ async def check_migrations(url: str, *, apply: bool, schema_dir: Path | None) ->
         if pending and not apply:
             raise StartupError(
                 f"the database at {redact_url(url)} has {len(pending)} pending migration(s): {', '.join(pending)}. "
-                "Run `autopromote migrate` first (or start with `autopromote run --migrate`).", EXIT_CONFIG)
+                "Run `autopromote migrate` first (or start with `autopromote run --migrate`).",
+                EXIT_CONFIG,
+            )
         if pending:
             result = await migrate(conn, schema_dir)
             log.info("migrations.applied", applied=result.applied)
@@ -336,9 +395,15 @@ async def check_migrations(url: str, *, apply: bool, schema_dir: Path | None) ->
         await conn.close()
 
 
-async def run_worker(settings: Settings, config: EffectiveConfig, *, apply_migrations: bool = False,
-                     handle_signals: bool = True, stop: anyio.Event | None = None,
-                     on_started: Callable[[Daemon], None] | None = None) -> int:
+async def run_worker(
+    settings: Settings,
+    config: EffectiveConfig,
+    *,
+    apply_migrations: bool = False,
+    handle_signals: bool = True,
+    stop: anyio.Event | None = None,
+    on_started: Callable[[Daemon], None] | None = None,
+) -> int:
     """The whole process: database (embedded when DATABASE_URL is unset), migrations, pool, daemon, signals.
 
     Returns the exit code; StartupError (with its code) when it cannot start.
@@ -348,12 +413,14 @@ async def run_worker(settings: Settings, config: EffectiveConfig, *, apply_migra
     schema_dir = Path(settings.schema_dir) if settings.schema_dir else None
     async with resolve_database(settings.database_url) as db:
         if db.embedded is not None:
-            log.warning("database.embedded", url=redact_url(db.url),
-                        note="DATABASE_URL is not set: a throw-away embedded PostgreSQL, gone when the worker exits")
+            log.warning(
+                "database.embedded",
+                url=redact_url(db.url),
+                note="DATABASE_URL is not set: a throw-away embedded PostgreSQL, gone when the worker exits",
+            )
         await check_migrations(db.url, apply=apply_migrations or db.embedded is not None, schema_dir=schema_dir)
         try:
-            pool = await create_pool(db.url, min_size=2, max_size=settings.pool_size, timeout=10,
-                                     reset=keep_session)
+            pool = await create_pool(db.url, min_size=2, max_size=settings.pool_size, timeout=10, reset=keep_session)
         except DB_ERRORS as exc:
             raise StartupError(str(exc), EXIT_DB) from exc
         try:

@@ -55,15 +55,27 @@ class VariantSnapshot:
                 raise
             sketch = LatencySketch()
         return cls(
-            name=v["name"], is_control=bool(v["is_control"]), weight=float(v["weight"]),
-            exposures=int(v["exposures"]), conversions=int(v["conversions"]), errors=int(v["errors"]),
-            value_sum=float(v["value_sum"]), value_sum_sq=float(v["value_sum_sq"]), latency=sketch,
+            name=v["name"],
+            is_control=bool(v["is_control"]),
+            weight=float(v["weight"]),
+            exposures=int(v["exposures"]),
+            conversions=int(v["conversions"]),
+            errors=int(v["errors"]),
+            value_sum=float(v["value_sum"]),
+            value_sum_sq=float(v["value_sum_sq"]),
+            latency=sketch,
         )
 
     def to_stats(self) -> VariantStats:
         return VariantStats(
-            name=self.name, is_control=self.is_control, exposures=self.exposures, conversions=self.conversions,
-            value_sum=self.value_sum, value_sum_sq=self.value_sum_sq, errors=self.errors, weight=self.weight,
+            name=self.name,
+            is_control=self.is_control,
+            exposures=self.exposures,
+            conversions=self.conversions,
+            value_sum=self.value_sum,
+            value_sum_sq=self.value_sum_sq,
+            errors=self.errors,
+            weight=self.weight,
             latency=self.latency if self.latency.count else None,
         )
 
@@ -107,9 +119,14 @@ class ExperimentSnapshot:
         """From an ``experiment_snapshot`` row (queries.sql): variants and critical alerts as JSON arrays."""
         active = row["active_promotion_id"]
         return cls(
-            id=row["id"], name=row["name"], status=row["status"], started_at=row["started_at"],
-            metric_type=row["metric_type"], priority=row["priority"],
-            variants=tuple(VariantSnapshot.from_row(v) for v in row["variants"]), now=row["now"],
+            id=row["id"],
+            name=row["name"],
+            status=row["status"],
+            started_at=row["started_at"],
+            metric_type=row["metric_type"],
+            priority=row["priority"],
+            variants=tuple(VariantSnapshot.from_row(v) for v in row["variants"]),
+            now=row["now"],
             active_promotion_id=str(active) if active is not None else None,
             critical_alerts=tuple(AlertInfo.from_row(a) for a in row["critical_alerts"]),
             promotions_in_guard_window=int(row["promotions_in_guard_window"]),
@@ -268,8 +285,9 @@ def _fmt_num(x: float) -> str:
     return f"{x:,.0f}" if float(x).is_integer() else f"{x:,.2f}".rstrip("0").rstrip(".")
 
 
-def decide(snapshot: ExperimentSnapshot, config: AutoPromotionConfig,
-           analysis: ExperimentAnalysis | None = None) -> Decision:
+def decide(
+    snapshot: ExperimentSnapshot, config: AutoPromotionConfig, analysis: ExperimentAnalysis | None = None
+) -> Decision:
     """Evaluate every eligibility criterion; each one that fails adds a reason that names its numbers.
 
     ``analysis`` may pass the statistics already computed for this snapshot and config (the scan's vectorised
@@ -377,34 +395,56 @@ def run_safety_checks(
     if candidate is None or control is None:
         checks.append(SafetyCheck(ERROR_RATE_CHECK, missing_passes, "no treatment to check", missing))
     elif candidate.exposures == 0:
-        checks.append(SafetyCheck(ERROR_RATE_CHECK, missing_passes,
-                                  f"no exposures recorded for {candidate.name}", missing))
+        checks.append(
+            SafetyCheck(ERROR_RATE_CHECK, missing_passes, f"no exposures recorded for {candidate.name}", missing)
+        )
     else:
         rate = candidate.errors / candidate.exposures
-        result = error_rate_test(control.to_stats(), candidate.to_stats(), method=config.method,
-                                 alpha=config.alpha, n_star=config.sequential_tuning)
+        result = error_rate_test(
+            control.to_stats(),
+            candidate.to_stats(),
+            method=config.method,
+            alpha=config.alpha,
+            n_star=config.sequential_tuning,
+        )
         base = f"Winner error rate: {_pct(rate)} (control {_pct(result.control_rate)})"
         if rate > sc.max_error_rate:
-            checks.append(SafetyCheck(ERROR_RATE_CHECK, False,
-                                      f"{base} exceeds the {_pct(sc.max_error_rate)} maximum", "critical"))
+            checks.append(
+                SafetyCheck(
+                    ERROR_RATE_CHECK, False, f"{base} exceeds the {_pct(sc.max_error_rate)} maximum", "critical"
+                )
+            )
         elif result.significant_increase:
-            checks.append(SafetyCheck(
-                ERROR_RATE_CHECK, False,
-                f"{base} is significantly above control (p = {result.p_value:.2g})", "critical"))
+            checks.append(
+                SafetyCheck(
+                    ERROR_RATE_CHECK,
+                    False,
+                    f"{base} is significantly above control (p = {result.p_value:.2g})",
+                    "critical",
+                )
+            )
         else:
             checks.append(SafetyCheck(ERROR_RATE_CHECK, True, base, "info"))
 
     # Latency Check
     if candidate is None or control is None or not candidate.latency.count or not control.latency.count:
         who = "winner" if candidate is not None and not candidate.latency.count else "control"
-        checks.append(SafetyCheck(LATENCY_CHECK, missing_passes,
-                                  f"no latency samples recorded for the {who}; latency not checked", missing))
+        checks.append(
+            SafetyCheck(
+                LATENCY_CHECK,
+                missing_passes,
+                f"no latency samples recorded for the {who}; latency not checked",
+                missing,
+            )
+        )
     else:
         c95 = control.latency.p95() or 0.0
         t95 = candidate.latency.p95() or 0.0
         degradation = latency_degradation(c95, t95)
-        msg = (f"Winner P95 {t95:.1f} ms vs control {c95:.1f} ms ({degradation:+.1f}%, "
-               f"max +{_fmt_num(sc.max_latency_degradation)}%)")
+        msg = (
+            f"Winner P95 {t95:.1f} ms vs control {c95:.1f} ms ({degradation:+.1f}%, "
+            f"max +{_fmt_num(sc.max_latency_degradation)}%)"
+        )
         passed = degradation <= sc.max_latency_degradation
         checks.append(SafetyCheck(LATENCY_CHECK, passed, msg, "info" if passed else "critical"))
 
@@ -414,9 +454,14 @@ def run_safety_checks(
     elif snapshot.active_promotion_id is not None:
         # The promotion rewrote the weights (winner 100, the others 0): they no longer describe the assignment
         # the recorded exposures came from, and every loser would count as traffic to a weight-0 variant.
-        checks.append(SafetyCheck(
-            TRAFFIC_BALANCE_CHECK, missing_passes,
-            f"not checked: the weights are those of promotion {snapshot.active_promotion_id}", missing))
+        checks.append(
+            SafetyCheck(
+                TRAFFIC_BALANCE_CHECK,
+                missing_passes,
+                f"not checked: the weights are those of promotion {snapshot.active_promotion_id}",
+                missing,
+            )
+        )
     elif analysis is None or (analysis.srm.reason is not None and analysis.srm.p_value >= 1.0):
         why = analysis.srm.reason if analysis is not None and analysis.srm.reason else "not enough variants"
         checks.append(SafetyCheck(TRAFFIC_BALANCE_CHECK, missing_passes, f"not checked: {why}", missing))
@@ -427,18 +472,29 @@ def run_safety_checks(
         stray = [v for v in snapshot.variants if v.exposures > 0 and not v.weight > 0]
         if srm.flagged and stray:
             names = ", ".join(f"{v.name} ({v.exposures:,})" for v in stray)
-            checks.append(SafetyCheck(
-                TRAFFIC_BALANCE_CHECK, False,
-                f"sample-ratio mismatch: exposures recorded for variant(s) with weight 0: {names}; "
-                f"observed {observed}, expected {expected}", "critical"))
+            checks.append(
+                SafetyCheck(
+                    TRAFFIC_BALANCE_CHECK,
+                    False,
+                    f"sample-ratio mismatch: exposures recorded for variant(s) with weight 0: {names}; "
+                    f"observed {observed}, expected {expected}",
+                    "critical",
+                )
+            )
         elif srm.flagged:
-            checks.append(SafetyCheck(
-                TRAFFIC_BALANCE_CHECK, False,
-                f"sample-ratio mismatch (chi-square p {_p(srm.p_value)}, threshold {sc.srm_threshold:g}): "
-                f"observed {observed}, expected {expected}", "critical"))
+            checks.append(
+                SafetyCheck(
+                    TRAFFIC_BALANCE_CHECK,
+                    False,
+                    f"sample-ratio mismatch (chi-square p {_p(srm.p_value)}, threshold {sc.srm_threshold:g}): "
+                    f"observed {observed}, expected {expected}",
+                    "critical",
+                )
+            )
         else:
-            checks.append(SafetyCheck(TRAFFIC_BALANCE_CHECK, True,
-                                      f"traffic matches the weights (p = {srm.p_value:.3g})", "info"))
+            checks.append(
+                SafetyCheck(TRAFFIC_BALANCE_CHECK, True, f"traffic matches the weights (p = {srm.p_value:.3g})", "info")
+            )
 
     # Critical Alerts Check
     if not sc.check_critical_alerts:
@@ -449,29 +505,50 @@ def run_safety_checks(
         if alerts:
             first = alerts[0]
             scope = "global" if first.global_alert else "experiment"
-            checks.append(SafetyCheck(
-                CRITICAL_ALERTS_CHECK, False,
-                f"{len(alerts)} unresolved critical alert(s) in the last {_fmt_num(sc.alert_lookback_hours)} h "
-                f"(latest, {scope}: {first.message[:120]!r})", "critical"))
+            checks.append(
+                SafetyCheck(
+                    CRITICAL_ALERTS_CHECK,
+                    False,
+                    f"{len(alerts)} unresolved critical alert(s) in the last {_fmt_num(sc.alert_lookback_hours)} h "
+                    f"(latest, {scope}: {first.message[:120]!r})",
+                    "critical",
+                )
+            )
         else:
-            checks.append(SafetyCheck(
-                CRITICAL_ALERTS_CHECK, True,
-                f"no unresolved critical alerts in the last {_fmt_num(sc.alert_lookback_hours)} h", "info"))
+            checks.append(
+                SafetyCheck(
+                    CRITICAL_ALERTS_CHECK,
+                    True,
+                    f"no unresolved critical alerts in the last {_fmt_num(sc.alert_lookback_hours)} h",
+                    "info",
+                )
+            )
     return checks
 
 
 def failed_decision(snapshot: ExperimentSnapshot, config: AutoPromotionConfig, error: str) -> Decision:
     """A not-eligible decision for an experiment whose statistics or config could not be evaluated."""
     return Decision(
-        experiment_id=snapshot.id, experiment_name=snapshot.name, eligible=False, reasons=(error,),
-        safety_checks=(), winner=None, best=None, analysis=None, variants=snapshot.variants,
-        method=config.method, metric_type=snapshot.metric_type, priority=snapshot.priority,
-        evaluated_at=snapshot.now, extra={"error": error},
+        experiment_id=snapshot.id,
+        experiment_name=snapshot.name,
+        eligible=False,
+        reasons=(error,),
+        safety_checks=(),
+        winner=None,
+        best=None,
+        analysis=None,
+        variants=snapshot.variants,
+        method=config.method,
+        metric_type=snapshot.metric_type,
+        priority=snapshot.priority,
+        evaluated_at=snapshot.now,
+        extra={"error": error},
     )
 
 
-def safe_decide(snapshot: ExperimentSnapshot, config: AutoPromotionConfig,
-                analysis: ExperimentAnalysis | None = None) -> Decision:
+def safe_decide(
+    snapshot: ExperimentSnapshot, config: AutoPromotionConfig, analysis: ExperimentAnalysis | None = None
+) -> Decision:
     """decide(), with impossible statistics turned into a not-eligible decision that says what is wrong."""
     try:
         return decide(snapshot, config, analysis)

@@ -49,21 +49,44 @@ class Scenario:
 
 SCENARIOS: tuple[Scenario, ...] = (
     Scenario("homepage-cta", "a clear winner", (Arm("control", 0.10), Arm("variant-b", 0.135)), "promoted"),
-    Scenario("button-color-aa", "an A/A test: identical arms",
-             (Arm("control", 0.10), Arm("variant-b", 0.10)), "never promoted"),
-    Scenario("search-ranking", "a winner with too many errors",
-             (Arm("control", 0.10), Arm("variant-b", 0.14, error_rate=0.08)), "blocked by Error Rate Check"),
-    Scenario("signup-flow", "a sample-ratio mismatch (50/50 weights, 60/40 traffic)",
-             (Arm("control", 0.10, traffic_share=0.6), Arm("variant-b", 0.14, traffic_share=0.4)),
-             "blocked by Traffic Balance Check"),
-    Scenario("legacy-checkout", "a winner excluded by configuration (excludedExperiments: legacy-*)",
-             (Arm("control", 0.10), Arm("variant-b", 0.14)), "excluded"),
-    Scenario("checkout-flow", "promoted, then its error rate jumps: the guard rolls it back",
-             (Arm("control", 0.10), Arm("variant-b", 0.14)), "rolled back by the guard",
-             post_promotion_error_rate=0.15),
-    Scenario("pricing-banner", "promoted, then rolled back by hand with ab_request_rollback",
-             (Arm("control", 0.10), Arm("variant-b", 0.14)), "rolled back by hand",
-             manual_rollback_after=3.0),
+    Scenario(
+        "button-color-aa",
+        "an A/A test: identical arms",
+        (Arm("control", 0.10), Arm("variant-b", 0.10)),
+        "never promoted",
+    ),
+    Scenario(
+        "search-ranking",
+        "a winner with too many errors",
+        (Arm("control", 0.10), Arm("variant-b", 0.14, error_rate=0.08)),
+        "blocked by Error Rate Check",
+    ),
+    Scenario(
+        "signup-flow",
+        "a sample-ratio mismatch (50/50 weights, 60/40 traffic)",
+        (Arm("control", 0.10, traffic_share=0.6), Arm("variant-b", 0.14, traffic_share=0.4)),
+        "blocked by Traffic Balance Check",
+    ),
+    Scenario(
+        "legacy-checkout",
+        "a winner excluded by configuration (excludedExperiments: legacy-*)",
+        (Arm("control", 0.10), Arm("variant-b", 0.14)),
+        "excluded",
+    ),
+    Scenario(
+        "checkout-flow",
+        "promoted, then its error rate jumps: the guard rolls it back",
+        (Arm("control", 0.10), Arm("variant-b", 0.14)),
+        "rolled back by the guard",
+        post_promotion_error_rate=0.15,
+    ),
+    Scenario(
+        "pricing-banner",
+        "promoted, then rolled back by hand with ab_request_rollback",
+        (Arm("control", 0.10), Arm("variant-b", 0.14)),
+        "rolled back by hand",
+        manual_rollback_after=3.0,
+    ),
 )
 
 DEMO_CONFIG_ENV = {
@@ -85,12 +108,17 @@ async def create_scenarios(conn: Connection, scenarios: tuple[Scenario, ...] = S
         for s in scenarios:
             exp_id = await conn.fetchval(
                 DEMO["create_experiment"],
-                s.name, s.story, s.config,
+                s.name,
+                s.story,
+                s.config,
             )
             for i, arm in enumerate(s.arms):
                 await conn.execute(
                     DEMO["create_variant"],
-                    exp_id, arm.name, i == 0, arm.weight,
+                    exp_id,
+                    arm.name,
+                    i == 0,
+                    arm.weight,
                 )
 
 
@@ -116,9 +144,17 @@ class TrafficSimulator:
 
     DOMAIN = "autopromote-demo"
 
-    def __init__(self, pool: Pool, database_url: str, scenarios: tuple[Scenario, ...] = SCENARIOS, *,
-                 users_per_tick: int = 150, visits_per_user: int = 4, population: int = 50_000,
-                 seed: int = 7) -> None:
+    def __init__(
+        self,
+        pool: Pool,
+        database_url: str,
+        scenarios: tuple[Scenario, ...] = SCENARIOS,
+        *,
+        users_per_tick: int = 150,
+        visits_per_user: int = 4,
+        population: int = 50_000,
+        seed: int = 7,
+    ) -> None:
         self.pool = pool
         self.database_url = database_url
         self.scenarios = {s.name: s for s in scenarios}
@@ -132,8 +168,9 @@ class TrafficSimulator:
         for s in scenarios:
             if any(a.traffic_share is not None for a in s.arms):
                 total_weight = sum(a.weight for a in s.arms)
-                ratios = {a.name: (a.traffic_share or a.weight / total_weight) / (a.weight / total_weight)
-                          for a in s.arms}
+                ratios = {
+                    a.name: (a.traffic_share or a.weight / total_weight) / (a.weight / total_weight) for a in s.arms
+                }
                 top = max(ratios.values())
                 self._keep[s.name] = {name: r / top for name, r in ratios.items()}
 
@@ -189,10 +226,10 @@ class TrafficSimulator:
             error_rate = arm.error_rate
             if promoted and scenario.post_promotion_error_rate is not None:
                 error_rate = scenario.post_promotion_error_rate
-            latencies = [round(self.rng.lognormvariate(math.log(arm.latency_ms), 0.35), 2)
-                         for _ in range(min(n, 40))]
-            calls.append((name, variant, n, _binomial(self.rng, n, arm.rate),
-                          _binomial(self.rng, n, error_rate), latencies))
+            latencies = [round(self.rng.lognormvariate(math.log(arm.latency_ms), 0.35), 2) for _ in range(min(n, 40))]
+            calls.append(
+                (name, variant, n, _binomial(self.rng, n, arm.rate), _binomial(self.rng, n, error_rate), latencies)
+            )
         if not calls:
             return
         async with self.pool.acquire() as conn, conn.transaction():
@@ -223,7 +260,8 @@ async def manual_rollbacks(pool: Pool, stop: anyio.Event, scenarios: tuple[Scena
             delay = pending.get(r["experiment_name"])
             if delay is not None and r["age"] >= delay:
                 await pool.execute(
-                    DEMO["request_rollback"], r["id"],
+                    DEMO["request_rollback"],
+                    r["id"],
                     "conversion drop reported by the support team (demo: rolled back by hand)",
                 )
                 pending.pop(r["experiment_name"], None)
@@ -263,7 +301,9 @@ class NotificationSink:
         exp = body.get("experimentName", "?")
         extra = body.get("reason") or (
             f"{body.get('variant')} at {body.get('confidence', 0):.1f}% confidence, {body.get('improvement', 0):+.1f}%"
-            if body.get("variant") else "")
+            if body.get("variant")
+            else ""
+        )
         self._emit(f"webhook  {what:<22} {exp:<16} {str(extra)[:90]}")
         return web.Response(text="ok")
 
@@ -333,8 +373,11 @@ class Display:
             kind = re.sub(r"[-+]?[\d.,]+(e-?\d+)?%?", "#", what)
             if self._last_plain.get(name) != kind:
                 self._last_plain[name] = kind
-                print(f"progress      {name:<16} n={exposures:<18} confidence {confidence}  {what}",
-                      file=self.out, flush=True)
+                print(
+                    f"progress      {name:<16} n={exposures:<18} confidence {confidence}  {what}",
+                    file=self.out,
+                    flush=True,
+                )
 
 
 def summary_lines(rows: list[Record]) -> list[str]:
@@ -343,11 +386,15 @@ def summary_lines(rows: list[Record]) -> list[str]:
         decision = r["decision"] or {}
         promotion = r["promotion"]
         if r["status"] == "promoted" and promotion:
-            promoted.append(f"  {r['name']}: {promotion['variant']} at {promotion['confidence']:.2f}% confidence, "
-                            f"{promotion['improvement']:+.2f}%")
+            promoted.append(
+                f"  {r['name']}: {promotion['variant']} at {promotion['confidence']:.2f}% confidence, "
+                f"{promotion['improvement']:+.2f}%"
+            )
         elif r["status"] == "rolled_back" and promotion:
-            rolled.append(f"  {r['name']}: {promotion['variant']} rolled back by {promotion['rolled_back_by']}: "
-                          f"{promotion['rollback_reason']}")
+            rolled.append(
+                f"  {r['name']}: {promotion['variant']} rolled back by {promotion['rolled_back_by']}: "
+                f"{promotion['rollback_reason']}"
+            )
         else:
             reason = (decision.get("reasons") or ["no decision yet"])[0]
             blocked.append(f"  {r['name']}: {reason}")

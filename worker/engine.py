@@ -44,9 +44,23 @@ from worker.stats import ExperimentAnalysis
 _snapshot_from_row = ExperimentSnapshot.from_row
 
 __all__ = [
-    "MAX_ALERT_LOOKBACK_S", "PROMOTION_SLOT_LOCK", "SCAN_CHUNK", "SCAN_STATE_MIN_AGE_S", "SNAPSHOT_MAX_ROWS",
-    "SNAPSHOT_MIN_INTERVAL_S", "UNKNOWN", "AlreadyPromoted", "AlreadyRolledBack", "Engine", "EngineError",
-    "Evaluation", "EvaluationAction", "ExperimentNotFound", "InvalidRequest", "PromotionNotFound", "Seen",
+    "MAX_ALERT_LOOKBACK_S",
+    "PROMOTION_SLOT_LOCK",
+    "SCAN_CHUNK",
+    "SCAN_STATE_MIN_AGE_S",
+    "SNAPSHOT_MAX_ROWS",
+    "SNAPSHOT_MIN_INTERVAL_S",
+    "UNKNOWN",
+    "AlreadyPromoted",
+    "AlreadyRolledBack",
+    "Engine",
+    "EngineError",
+    "Evaluation",
+    "EvaluationAction",
+    "ExperimentNotFound",
+    "InvalidRequest",
+    "PromotionNotFound",
+    "Seen",
     "transient_db_error",
 ]
 
@@ -81,9 +95,7 @@ class Engine:
     def on_committed(self, callback: OnCommitted | None) -> None:
         self.effects.on_committed = callback
 
-    def experiment_config(
-        self, effective: EffectiveConfig, overrides: Mapping[str, Any] | None
-    ) -> AutoPromotionConfig:
+    def experiment_config(self, effective: EffectiveConfig, overrides: Mapping[str, Any] | None) -> AutoPromotionConfig:
         """The effective config with the experiment's own ``config`` column applied (ConfigError if invalid)."""
         return self.decider.experiment_config(effective, overrides)
 
@@ -133,8 +145,9 @@ class Engine:
 
         Raises InvalidRequest (no reason, bad id), PromotionNotFound, or AlreadyRolledBack (nothing changed).
         """
-        result = await self.rollbacks.rollback_promotion(promotion_id, reason, actor=actor, trigger=trigger,
-                                                         config=config, details=details)
+        result = await self.rollbacks.rollback_promotion(
+            promotion_id, reason, actor=actor, trigger=trigger, config=config, details=details
+        )
         return cast(dict[str, Any], result)
 
     async def evaluate_experiment(self, experiment_id: int, *, actor: str = "autopromote") -> Evaluation:
@@ -146,27 +159,49 @@ class Engine:
         return await self.evaluations.evaluate_many(experiment_ids, actor=actor)
 
     # ------------------------------------------------- the internals tests and benchmarks reach for, by old name
-    async def _snapshot(self, conn: Connection, experiment_id: int,
-                        lookback_hours: float) -> ExperimentSnapshot | None:
+    async def _snapshot(self, conn: Connection, experiment_id: int, lookback_hours: float) -> ExperimentSnapshot | None:
         read = await self.decider.snapshot(conn, experiment_id, lookback_hours * 3600.0)
         return None if read is None else read[0]
 
-    def _decide(self, snapshot: ExperimentSnapshot, effective: EffectiveConfig,
-                overrides: Mapping[str, Any] | None,
-                analysis: ExperimentAnalysis | None = None) -> tuple[Decision, AutoPromotionConfig]:
+    def _decide(
+        self,
+        snapshot: ExperimentSnapshot,
+        effective: EffectiveConfig,
+        overrides: Mapping[str, Any] | None,
+        analysis: ExperimentAnalysis | None = None,
+    ) -> tuple[Decision, AutoPromotionConfig]:
         return self.decider.decide(snapshot, effective, overrides, analysis)
 
-    async def _record_evaluation(self, conn: Connection, decision: Decision,
-                                 check: dict[str, Any] | None = None, *, relaxed: bool = False,
-                                 seen: Seen = UNKNOWN) -> bool | None:
+    async def _record_evaluation(
+        self,
+        conn: Connection,
+        decision: Decision,
+        check: dict[str, Any] | None = None,
+        *,
+        relaxed: bool = False,
+        seen: Seen = UNKNOWN,
+    ) -> bool | None:
         return (await store.store_evaluation(conn, decision, check, relaxed=relaxed, seen=seen))[0]
 
-    async def _store_evaluation(self, conn: Connection, decision: Decision,
-                                check: dict[str, Any] | None = None, *, relaxed: bool = False,
-                                seen: Seen = UNKNOWN) -> tuple[bool | None, bool]:
+    async def _store_evaluation(
+        self,
+        conn: Connection,
+        decision: Decision,
+        check: dict[str, Any] | None = None,
+        *,
+        relaxed: bool = False,
+        seen: Seen = UNKNOWN,
+    ) -> tuple[bool | None, bool]:
         return await store.store_evaluation(conn, decision, check, relaxed=relaxed, seen=seen)
 
-    async def _record_many(self, conn: Connection, decisions: list[Decision], *, history: bool = True,
-                           checks: Mapping[int, dict[str, Any]] | None = None, relaxed: bool = False,
-                           seen: Mapping[int, Seen] | None = None) -> set[int]:
+    async def _record_many(
+        self,
+        conn: Connection,
+        decisions: list[Decision],
+        *,
+        history: bool = True,
+        checks: Mapping[int, dict[str, Any]] | None = None,
+        relaxed: bool = False,
+        seen: Mapping[int, Seen] | None = None,
+    ) -> set[int]:
         return await store.record_many(conn, decisions, history=history, checks=checks, relaxed=relaxed, seen=seen)

@@ -102,9 +102,16 @@ class Wake:
 class Evaluator:
     """The dirty set and the bounded pool of evaluations; ``run`` returns after ``stop`` once in-flight ones end."""
 
-    def __init__(self, pool: Pool, engine: Engine, guard: PostPromotionGuard, *, concurrency: int,
-                 on_evaluated: Callable[[Evaluation, float | None], None] | None = None,
-                 faults: Faults | None = None) -> None:
+    def __init__(
+        self,
+        pool: Pool,
+        engine: Engine,
+        guard: PostPromotionGuard,
+        *,
+        concurrency: int,
+        on_evaluated: Callable[[Evaluation, float | None], None] | None = None,
+        faults: Faults | None = None,
+    ) -> None:
         self.pool = pool
         self.engine = engine
         self.guard = guard
@@ -250,18 +257,29 @@ class Evaluator:
         for exp_id in busy:
             streak = self._busy_streak[exp_id] = self._busy_streak.get(exp_id, 0) + 1
             if streak == _LOCK_LOG_AFTER:
-                log.warning("evaluation.row_busy", experiment_id=exp_id, attempts=streak,
-                            retry_every=_LOCK_RETRY_MAX_SECONDS,
-                            reason="another session has held the experiment's row for about a second")
+                log.warning(
+                    "evaluation.row_busy",
+                    experiment_id=exp_id,
+                    attempts=streak,
+                    retry_every=_LOCK_RETRY_MAX_SECONDS,
+                    reason="another session has held the experiment's row for about a second",
+                )
 
 
 class Folder:
     """Folds the queue whenever woken, and at least every ``poll_interval`` seconds."""
 
-    def __init__(self, pool: Pool, settings: Settings, evaluator: Evaluator, *,
-                 on_tick: Callable[[bool], None] | None = None,
-                 on_caught_up: Callable[[], None] | None = None, catch_up_at_start: bool = True,
-                 faults: Faults | None = None) -> None:
+    def __init__(
+        self,
+        pool: Pool,
+        settings: Settings,
+        evaluator: Evaluator,
+        *,
+        on_tick: Callable[[bool], None] | None = None,
+        on_caught_up: Callable[[], None] | None = None,
+        catch_up_at_start: bool = True,
+        faults: Faults | None = None,
+    ) -> None:
         self.pool = pool
         self.settings = settings
         self.evaluator = evaluator
@@ -360,8 +378,12 @@ class Folder:
                 metrics.UPDATES_FOLDED.inc(result.updates)
                 self.evaluator.mark_folded(result.experiments)
                 (log.info if catch_up or result.updates >= limit else log.debug)(
-                    "metrics.folded", updates=result.updates, experiments=len(result.experiments),
-                    ms=round(1000 * (time.perf_counter() - started), 2), catch_up=catch_up)
+                    "metrics.folded",
+                    updates=result.updates,
+                    experiments=len(result.experiments),
+                    ms=round(1000 * (time.perf_counter() - started), 2),
+                    catch_up=catch_up,
+                )
             if result.updates < limit or (stop is not None and stop.is_set()):
                 return total
 

@@ -104,8 +104,11 @@ class EventBus:
         client.dropped = True
         client.close()
         self.dropped_clients += 1
-        log.warning("events.client_dropped", queued_limit=self._max_queue,
-                    message="a live-update client stopped reading; it was disconnected and may reconnect")
+        log.warning(
+            "events.client_dropped",
+            queued_limit=self._max_queue,
+            message="a live-update client stopped reading; it was disconnected and may reconnect",
+        )
         if client.on_drop is not None:
             client.on_drop()
 
@@ -126,8 +129,9 @@ class EventBus:
         finally:
             self._subscribers.discard(queue)
 
-    def open_stream(self, encode: Encoder, *, limit: int | None = None,
-                    on_drop: Callable[[], None] | None = None) -> StreamClient:
+    def open_stream(
+        self, encode: Encoder, *, limit: int | None = None, on_drop: Callable[[], None] | None = None
+    ) -> StreamClient:
         """Register a stream client (close it with ``close_stream``); TooManyClients when ``limit`` are open.
 
         Synchronous on purpose: the count check and the registration cannot interleave with another request.

@@ -12,5 +12,15 @@ from worker.domain.guard_rules import (
 from worker.services.effects import GUARD_ACTOR
 from worker.services.guard import GuardOutcome, PostPromotionGuard, default_identity
 
-__all__ = ["GUARD_ACTOR", "GuardBreach", "GuardMetric", "GuardOutcome", "PostPromotionGuard", "VariantTotals",
-           "WatchedPromotion", "check_guard", "default_identity", "watched_from_row"]
+__all__ = [
+    "GUARD_ACTOR",
+    "GuardBreach",
+    "GuardMetric",
+    "GuardOutcome",
+    "PostPromotionGuard",
+    "VariantTotals",
+    "WatchedPromotion",
+    "check_guard",
+    "default_identity",
+    "watched_from_row",
+]

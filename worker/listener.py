@@ -89,6 +89,7 @@ async def wait_any(*events: anyio.Event) -> None:
     if any(e.is_set() for e in events):
         return
     async with anyio.create_task_group() as tg:
+
         async def one(event: anyio.Event) -> None:
             await event.wait()
             tg.cancel_scope.cancel()
@@ -100,10 +101,19 @@ async def wait_any(*events: anyio.Event) -> None:
 class Listener:
     """Owns the LISTEN connection for the life of the worker; ``run`` returns once ``stop`` is set."""
 
-    def __init__(self, url: str, hooks: ListenerHooks, *, liveness_interval: float = 3.0,
-                 application_name: str = APPLICATION_NAME, connect_timeout: float = 10.0,
-                 faults: Faults | None = None, channels: Sequence[str] = CHANNELS, fault_name: str = "listener",
-                 report_metrics: bool = True) -> None:
+    def __init__(
+        self,
+        url: str,
+        hooks: ListenerHooks,
+        *,
+        liveness_interval: float = 3.0,
+        application_name: str = APPLICATION_NAME,
+        connect_timeout: float = 10.0,
+        faults: Faults | None = None,
+        channels: Sequence[str] = CHANNELS,
+        fault_name: str = "listener",
+        report_metrics: bool = True,
+    ) -> None:
         # channels/fault_name/report_metrics let the dashboard's event bridge (under `autopromote serve`) use this
         # class for ab_promotion_events alone, under its own FaultLog name, without moving the daemon's gauges.
         self.url = url
@@ -154,8 +164,9 @@ class Listener:
 
     async def _open(self) -> tuple[Connection, anyio.Event]:
         """A new session that LISTENs on every channel (a hot standby refuses LISTEN: a transient error)."""
-        conn = await connect(self.url, timeout=self.connect_timeout,
-                             server_settings={"application_name": self.application_name})
+        conn = await connect(
+            self.url, timeout=self.connect_timeout, server_settings={"application_name": self.application_name}
+        )
         lost = anyio.Event()
         try:
             conn.add_termination_listener(_setter(lost))

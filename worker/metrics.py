@@ -29,9 +29,7 @@ DECISION_LATENCY = Histogram(
 LISTENER_RECONNECTS = Counter(
     "autopromote_listener_reconnects_total", "Reconnections of the LISTEN connection", registry=REGISTRY
 )
-LISTENER_CONNECTED = Gauge(
-    "autopromote_listener_connected", "1 while the LISTEN connection is up", registry=REGISTRY
-)
+LISTENER_CONNECTED = Gauge("autopromote_listener_connected", "1 while the LISTEN connection is up", registry=REGISTRY)
 NOTIFICATIONS = Counter(
     "autopromote_notifications_total",
     "Notification delivery attempts, by channel and outcome (sent, retry, dead)",
@@ -39,7 +37,9 @@ NOTIFICATIONS = Counter(
     registry=REGISTRY,
 )
 NOTIFICATIONS_DEAD = Counter(
-    "autopromote_notifications_dead_total", "Notifications dead-lettered after the last attempt", ["channel"],
+    "autopromote_notifications_dead_total",
+    "Notifications dead-lettered after the last attempt",
+    ["channel"],
     registry=REGISTRY,
 )
 GUARD_BREACHES = Counter(
@@ -47,14 +47,20 @@ GUARD_BREACHES = Counter(
 )
 SCANS = Counter("autopromote_scans_total", "Reconciliation scans run by this replica", registry=REGISTRY)
 SCAN_DURATION = Histogram(
-    "autopromote_scan_duration_seconds", "Duration of reconciliation scans",
-    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30), registry=REGISTRY,
+    "autopromote_scan_duration_seconds",
+    "Duration of reconciliation scans",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
+    registry=REGISTRY,
 )
 API_REQUESTS = Counter(
-    "autopromote_api_requests_total", "HTTP API requests, by route and status", ["route", "status"],
+    "autopromote_api_requests_total",
+    "HTTP API requests, by route and status",
+    ["route", "status"],
     registry=REGISTRY,
 )
 DB_RETRIES = Counter(
-    "autopromote_db_retries_total", "Failed attempts of a long-running task retried after a transient database "
-    "error, by task", ["task"], registry=REGISTRY,
+    "autopromote_db_retries_total",
+    "Failed attempts of a long-running task retried after a transient database error, by task",
+    ["task"],
+    registry=REGISTRY,
 )

@@ -32,8 +32,14 @@ T = TypeVar("T")
 # The policy (stamina's parameters): 0.1 s, 0.2 s, 0.4 s ... each plus up to 0.5 s of jitter, never more than 2 s,
 # forever. The 2 s cap is what lets every loop resume within 5 s of the database coming back; the jitter spreads
 # the reconnects of many replicas after a restart (once capped, their phases stay as the jitter left them).
-POLICY: dict[str, Any] = {"attempts": None, "timeout": None, "wait_initial": 0.1, "wait_max": 2.0,
-                          "wait_jitter": 0.5, "wait_exp_base": 2.0}
+POLICY: dict[str, Any] = {
+    "attempts": None,
+    "timeout": None,
+    "wait_initial": 0.1,
+    "wait_max": 2.0,
+    "wait_jitter": 0.5,
+    "wait_exp_base": 2.0,
+}
 
 # SQLSTATE classes and codes that say nothing about the statement or its data, only about the server right now:
 # 08 connection exception, 40 transaction rollback (serialisation failure, deadlock), 53 insufficient resources
@@ -48,7 +54,11 @@ TRANSIENT_SQLSTATES = ("25006", "25P03", "55P03", "58030")
 # ...; another operation is in progress") is what a query sent just as pg_terminate_backend's FATAL arrives gets;
 # OSError and TimeoutError a socket that died or never answered; DatabaseUnavailable our own "cannot connect".
 TRANSIENT_TYPES: tuple[type[BaseException], ...] = (
-    OSError, TimeoutError, InterfaceError, InternalClientError, DatabaseUnavailable,
+    OSError,
+    TimeoutError,
+    InterfaceError,
+    InternalClientError,
+    DatabaseUnavailable,
 )
 # Everything a database call may raise, transient or not: where a caller only needs "the database said no".
 DB_ERRORS: tuple[type[BaseException], ...] = (PostgresError, *TRANSIENT_TYPES)
@@ -135,8 +145,13 @@ class FaultLog:
     def recovered(self, **fields: Any) -> None:
         if self.since is None:
             return
-        log.info("db.recovered", task=self.task, attempts=self.failures,
-                 seconds=round(time.monotonic() - self.since, 3), **fields)
+        log.info(
+            "db.recovered",
+            task=self.task,
+            attempts=self.failures,
+            seconds=round(time.monotonic() - self.since, 3),
+            **fields,
+        )
         self.since = None
         self.failures = 0
         if self.faults is not None:
@@ -147,8 +162,13 @@ class Stopped(Exception):
     """``stop`` was set while retrying: the caller returns instead of trying again."""
 
 
-async def retrying(fault: FaultLog, stop: anyio.Event, fn: Callable[[], Awaitable[T]], *,
-                   retry_if: Callable[[BaseException], bool] = is_transient) -> T:
+async def retrying(
+    fault: FaultLog,
+    stop: anyio.Event,
+    fn: Callable[[], Awaitable[T]],
+    *,
+    retry_if: Callable[[BaseException], bool] = is_transient,
+) -> T:
     """``await fn()``, retried under POLICY while it raises a transient database error (or what ``retry_if``
     accepts); Stopped if ``stop`` is set while waiting to retry. Other exceptions propagate. The first failure is
     logged, the others are not, and the success that ends the fault is logged once."""
@@ -164,8 +184,9 @@ async def retrying(fault: FaultLog, stop: anyio.Event, fn: Callable[[], Awaitabl
     return await _retry_after_failure(fault, stop, fn, retry_if)
 
 
-async def _retry_after_failure(fault: FaultLog, stop: anyio.Event, fn: Callable[[], Awaitable[T]],
-                               retry_if: Callable[[BaseException], bool]) -> T:
+async def _retry_after_failure(
+    fault: FaultLog, stop: anyio.Event, fn: Callable[[], Awaitable[T]], retry_if: Callable[[BaseException], bool]
+) -> T:
     # Only the wait between two attempts is cut short by ``stop``: an attempt in flight finishes (or is cancelled
     # by the shutdown's grace deadline) like any other unit of work.
     sleeping = False

@@ -43,8 +43,14 @@ class Leadership(Protocol):
 class AdvisoryLockLeadership:
     """Leads while its own session holds ``pg_try_advisory_lock(SCAN_LEADER_LOCK)``."""
 
-    def __init__(self, url: str, *, application_name: str = LEADER_APPLICATION_NAME, key: int = SCAN_LEADER_LOCK,
-                 timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        application_name: str = LEADER_APPLICATION_NAME,
+        key: int = SCAN_LEADER_LOCK,
+        timeout: float = 5.0,
+    ) -> None:
         self.url = url
         self.application_name = application_name
         self.key = key
@@ -56,14 +62,14 @@ class AdvisoryLockLeadership:
         try:
             if self._conn is None or self._conn.is_closed():
                 self._lose("connection closed")
-                self._conn = await connect(self.url, timeout=self.timeout,
-                                           server_settings={"application_name": self.application_name})
+                self._conn = await connect(
+                    self.url, timeout=self.timeout, server_settings={"application_name": self.application_name}
+                )
             if self.held:
                 # Still our session, so still our lock.
                 await self._conn.fetchval(DQ["ping"], timeout=self.timeout)
             else:
-                self.held = bool(await self._conn.fetchval(DQ["try_advisory_lock"], self.key,
-                                                           timeout=self.timeout))
+                self.held = bool(await self._conn.fetchval(DQ["try_advisory_lock"], self.key, timeout=self.timeout))
                 if self.held:
                     log.info("scan.leadership_acquired", backend_pid=self._conn.get_server_pid())
         except DB_ERRORS as exc:
@@ -130,8 +136,14 @@ class LeaseLeadership:
 class Scanner:
     """Every ``interval`` seconds: if this replica leads, run ``scan_once``."""
 
-    def __init__(self, leadership: Leadership, scan_once: Callable[[], Awaitable[dict[str, Any]]], *,
-                 interval: float, faults: Faults | None = None) -> None:
+    def __init__(
+        self,
+        leadership: Leadership,
+        scan_once: Callable[[], Awaitable[dict[str, Any]]],
+        *,
+        interval: float,
+        faults: Faults | None = None,
+    ) -> None:
         self.leadership = leadership
         self.fault = FaultLog("scanner", faults)
         self.scan_once = scan_once
@@ -157,7 +169,10 @@ class Scanner:
                 elapsed = time.perf_counter() - started
                 metrics.SCAN_DURATION.observe(elapsed)
                 self.scans += 1
-                log.info("scan.finished", seconds=round(elapsed, 3),
-                         **{k: v for k, v in (self.last_result or {}).items() if not isinstance(v, list | dict)})
+                log.info(
+                    "scan.finished",
+                    seconds=round(elapsed, 3),
+                    **{k: v for k, v in (self.last_result or {}).items() if not isinstance(v, list | dict)},
+                )
         finally:
             await self.leadership.release()

@@ -4,5 +4,6 @@
 
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension("ab_autopromote_openfeature._fnv", ["src/ab_autopromote_openfeature/_fnv.c"],
-                             optional=True)])
+setup(
+    ext_modules=[Extension("ab_autopromote_openfeature._fnv", ["src/ab_autopromote_openfeature/_fnv.c"], optional=True)]
+)

@@ -14,8 +14,14 @@ from worker.http.auth import SESSION_COOKIE
 
 CHROMIUM = "/usr/bin/chromium"
 LAUNCH_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "screenshots"
 WIDE = {"width": 1280, "height": 900}
@@ -64,13 +70,28 @@ async def new_page(browser: Any) -> AsyncIterator[Any]:
         context = await browser.new_context(viewport=viewport, device_scale_factor=1)
         contexts.append(context)
         if token is not None:  # cookies are per host, not per port: good for every test server
-            await context.add_cookies([{"name": SESSION_COOKIE, "value": token, "url": "http://127.0.0.1",
-                                        "httpOnly": True, "sameSite": "Strict"}])
+            await context.add_cookies(
+                [
+                    {
+                        "name": SESSION_COOKIE,
+                        "value": token,
+                        "url": "http://127.0.0.1",
+                        "httpOnly": True,
+                        "sameSite": "Strict",
+                    }
+                ]
+            )
         page = await context.new_page()
         page.set_default_timeout(15_000)
         page.on("pageerror", lambda exc: errors.append(f"pageerror: {exc}"))
-        page.on("console", lambda msg: errors.append(f"console {msg.type}: {msg.text} at {msg.location.get('url')}")
-                if msg.type == "error" else None)
+        page.on(
+            "console",
+            lambda msg: (
+                errors.append(f"console {msg.type}: {msg.text} at {msg.location.get('url')}")
+                if msg.type == "error"
+                else None
+            ),
+        )
 
         async def on_dialog(dialog: Any) -> None:  # alert() would mean injected script ran
             errors.append(f"unexpected JS dialog: {dialog.message}")

@@ -36,31 +36,43 @@ def _sha(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def make_context(pool: asyncpg.Pool, *, publish_commits: bool = True, env: dict[str, str] | None = None,
-                 database_url: str | None = None, **health: Any) -> AppContext:
+def make_context(
+    pool: asyncpg.Pool,
+    *,
+    publish_commits: bool = True,
+    env: dict[str, str] | None = None,
+    database_url: str | None = None,
+    **health: Any,
+) -> AppContext:
     """An AppContext as the daemon builds one; with publish_commits the Engine reports to the bus like it does.
 
     Authentication is on (the default) with an operator token named "ops" and a viewer token named "watcher";
     ``env`` adds or overrides settings.
     """
-    settings = load_settings({
-        "AUTO_PROMOTION_API_TOKENS": f"ops:operator:{_sha(OPERATOR_TOKEN)},watcher:viewer:{_sha(VIEWER_TOKEN)}",
-        **(env or {}),
-    })
+    settings = load_settings(
+        {
+            "AUTO_PROMOTION_API_TOKENS": f"ops:operator:{_sha(OPERATOR_TOKEN)},watcher:viewer:{_sha(VIEWER_TOKEN)}",
+            **(env or {}),
+        }
+    )
     config = load_config(env={}, overrides={"maxConcurrentPromotions": 50})
     bus = EventBus()
     engine = Engine(pool, settings, config)
     if publish_commits:
         engine.on_committed = lambda event, data: bus.publish(commit_event(event, data))
-    return AppContext(pool, settings, config, engine, bus, Health(details=dict(health)),
-                      database_url or pool_url(pool))
+    return AppContext(pool, settings, config, engine, bus, Health(details=dict(health)), database_url or pool_url(pool))
 
 
 def commit_event(event: str, data: dict[str, Any]) -> dict[str, Any]:
     """What the daemon publishes for Engine.on_committed."""
     kind = {"promotion.promoted": "promotion", "promotion.rolled_back": "rollback"}.get(event, event)
-    return {"type": kind, "experimentName": data.get("experimentName"), "promotionId": data.get("promotionId"),
-            "promotedVariantName": data.get("promotedVariantName"), "reason": data.get("reason")}
+    return {
+        "type": kind,
+        "experimentName": data.get("experimentName"),
+        "promotionId": data.get("promotionId"),
+        "promotedVariantName": data.get("promotedVariantName"),
+        "reason": data.get("reason"),
+    }
 
 
 @asynccontextmanager
@@ -81,8 +93,15 @@ async def serve(ctx: AppContext) -> AsyncIterator[str]:
 STEPS = (1_200, 2_000, 3_200, 5_000, 7_500, 11_000, 17_500)
 
 
-async def _grow(conn: asyncpg.Connection, engine: Engine, name: str, rates: tuple[float, float], *,
-                errors: tuple[float, float] = (0.0, 0.0), hours_between: float = 5.0) -> None:
+async def _grow(
+    conn: asyncpg.Connection,
+    engine: Engine,
+    name: str,
+    rates: tuple[float, float],
+    *,
+    errors: tuple[float, float] = (0.0, 0.0),
+    hours_between: float = 5.0,
+) -> None:
     """Record metrics in growing steps with a check after each, then spread the snapshots over time."""
     done = [0, 0]
     conv = [0, 0]
@@ -101,7 +120,8 @@ async def _grow(conn: asyncpg.Connection, engine: Engine, name: str, rates: tupl
                      FROM ab_evaluation_snapshots WHERE experiment_id = (SELECT id FROM ab_experiments WHERE name = $1)
                   ) r
             WHERE s.id = r.id""",
-        name, hours_between,
+        name,
+        hours_between,
     )
 
 
@@ -112,8 +132,11 @@ async def seed_demo(conn: asyncpg.Connection, engine: Engine) -> dict[str, str]:
     """
     for name in (WINNER, AA, BLOCKED, PROMOTED, ROLLED_BACK):
         await create_experiment(conn, name, ["control", "variant-b"], started_hours_ago=24 * 10)
-    await conn.execute("UPDATE ab_experiments SET description = $2 WHERE name = $1", WINNER,
-                       "Bigger call-to-action button on the home page.")
+    await conn.execute(
+        "UPDATE ab_experiments SET description = $2 WHERE name = $1",
+        WINNER,
+        "Bigger call-to-action button on the home page.",
+    )
     await _grow(conn, engine, WINNER, (0.100, 0.112))
     await _grow(conn, engine, AA, (0.100, 0.1007))
     await _grow(conn, engine, BLOCKED, (0.100, 0.115), errors=(0.01, 0.07))
@@ -124,10 +147,14 @@ async def seed_demo(conn: asyncpg.Connection, engine: Engine) -> dict[str, str]:
     assert promoted["success"] and rolled["success"], (promoted, rolled)
     await engine.rollback_promotion(rolled["promotionId"], "checkout errors up since the promotion", actor="ops")
     # Spread the promotions over the last week so that the per-day chart has some shape.
-    await conn.execute("UPDATE experiment_promotions SET promoted_at = now() - interval '3 days' "
-                       "WHERE experiment_name = $1", PROMOTED)
-    await conn.execute("UPDATE experiment_promotions SET promoted_at = now() - interval '6 days', "
-                       "rollback_at = now() - interval '5 days' WHERE experiment_name = $1", ROLLED_BACK)
+    await conn.execute(
+        "UPDATE experiment_promotions SET promoted_at = now() - interval '3 days' WHERE experiment_name = $1", PROMOTED
+    )
+    await conn.execute(
+        "UPDATE experiment_promotions SET promoted_at = now() - interval '6 days', "
+        "rollback_at = now() - interval '5 days' WHERE experiment_name = $1",
+        ROLLED_BACK,
+    )
     # Their evaluations stopped when they were promoted: end each history there.
     await conn.execute(
         """UPDATE ab_evaluation_snapshots s

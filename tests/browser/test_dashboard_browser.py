@@ -83,8 +83,9 @@ async def test_pages_load_with_demo_experiments_at_both_widths(
                     await expect(blocked.locator(".reasons")).to_contain_text("safety check failed: Error Rate Check")
                     promoted = page.locator(f'article.exp[data-experiment="{PROMOTED}"]')
                     await expect(promoted.locator(".badge.status-promoted")).to_contain_text("promoted")
-                    await expect(promoted.get_by_role("button", name=f"Roll back the promotion of {PROMOTED}")) \
-                        .to_be_visible()
+                    await expect(
+                        promoted.get_by_role("button", name=f"Roll back the promotion of {PROMOTED}")
+                    ).to_be_visible()
                     rolled = page.locator(f'article.exp[data-experiment="{ROLLED_BACK}"]')
                     await expect(rolled.locator(".badge.status-rolled_back")).to_contain_text("rolled back")
                 elif name == "experiment-winner":
@@ -114,7 +115,8 @@ async def test_pages_load_with_demo_experiments_at_both_widths(
                     rolled_section = page.locator("section", has=page.locator("#rolled-h"))
                     await expect(rolled_section).to_contain_text("checkout errors up since the promotion")
                 sideways = await page.evaluate(
-                    "document.documentElement.scrollWidth - document.documentElement.clientWidth")
+                    "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+                )
                 assert sideways <= 0, f"{path} scrolls sideways by {sideways}px at {width}px"
                 await page.screenshot(path=str(screenshot_path(f"{name}-{width}")), full_page=True)
     assert new_page.errors == []
@@ -256,8 +258,9 @@ async def test_operator_rollback_from_the_page_end_to_end(
         await expect(dialog).to_be_hidden()
 
         await expect(page.locator("#action-status")).to_contain_text(f"Rolled back variant-b of “{PROMOTED}”")
-        row = await conn.fetchrow("SELECT rollback_at, rollback_reason, rolled_back_by FROM experiment_promotions "
-                                  "WHERE id = $1", pid)
+        row = await conn.fetchrow(
+            "SELECT rollback_at, rollback_reason, rolled_back_by FROM experiment_promotions WHERE id = $1", pid
+        )
         assert row["rollback_at"] is not None
         assert row["rollback_reason"] == "conversion dropped in the EU after the promotion"
         assert row["rolled_back_by"] == "ops"
@@ -279,8 +282,11 @@ async def test_operator_rollback_from_the_page_end_to_end(
         call = api_calls[0]
         assert OPERATOR_TOKEN not in call.url
         assert call.headers["authorization"] == f"Bearer {OPERATOR_TOKEN}"
-        assert call.post_data_json == {"action": "rollback", "promotionId": pid,
-                                       "reason": "conversion dropped in the EU after the promotion"}
+        assert call.post_data_json == {
+            "action": "rollback",
+            "promotionId": pid,
+            "reason": "conversion dropped in the EU after the promotion",
+        }
         assert all(OPERATOR_TOKEN not in r.url for r in requests)
         await page.screenshot(path=str(screenshot_path("promotions-after-rollback-1280")), full_page=True)
 
@@ -319,8 +325,7 @@ async def test_operator_actions_report_api_refusals(
         await page.locator("#confirm-dialog").get_by_role("button", name="Promote").click()
         await expect(page.locator("#action-status")).to_contain_text("403")
         await expect(page.locator("#action-status")).to_contain_text("operator role")
-        assert await conn.fetchval("SELECT count(*) FROM experiment_promotions WHERE experiment_name = $1",
-                                   WINNER) == 0
+        assert await conn.fetchval("SELECT count(*) FROM experiment_promotions WHERE experiment_name = $1", WINNER) == 0
 
         # An unknown token is a 401: the page forgets it and asks again.
         await page.evaluate("sessionStorage.setItem('autopromote.apiToken', 'not-a-real-token')")
@@ -404,8 +409,9 @@ async def test_anonymous_visitor_is_refused_and_asked_to_sign_in(
             }
             return out;
         }""")
-        assert refused == {p: [401, "unauthorized"] for p in ("/events", "/fragments/experiments",
-                                                              "/fragments/promotions")}
+        assert refused == {
+            p: [401, "unauthorized"] for p in ("/events", "/fragments/experiments", "/fragments/promotions")
+        }
         # A wrong token is refused with a message, and the form stays.
         await page.get_by_label("API token").fill("not-a-token")
         await page.get_by_role("button", name="Sign in").click()
@@ -436,7 +442,8 @@ async def test_signing_in_once_shows_the_pages_and_live_updates(
         await expect(page.locator("#live-status")).to_have_attribute("data-state", "on")
         cookies = await page.context.cookies()
         assert [(c["name"], c["httpOnly"], c["sameSite"], c["secure"]) for c in cookies] == [
-            (SESSION_COOKIE, True, "Strict", False)]
+            (SESSION_COOKIE, True, "Strict", False)
+        ]
         assert await page.evaluate("document.cookie") == ""  # scripts cannot read it
         assert VIEWER_TOKEN not in page.url
         # Other pages need no second sign-in.
@@ -488,8 +495,7 @@ async def test_a_link_from_another_site_opens_the_page_for_a_signed_in_browser(
         # Without a sign-in the same link shows the form, and stays there (the reload is same-site: no loop).
         anonymous = await new_page(WIDE, token=None)
         statuses: list[int] = []
-        anonymous.on("response",
-                     lambda r: statuses.append(r.status) if r.request.is_navigation_request() else None)
+        anonymous.on("response", lambda r: statuses.append(r.status) if r.request.is_navigation_request() else None)
         await anonymous.set_content(f'<a id="go" href="{base}/experiments/{WINNER}">open in the dashboard</a>')
         await anonymous.click("#go")
         await _wait_until(lambda: len(statuses) >= 2)

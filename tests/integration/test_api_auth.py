@@ -34,8 +34,14 @@ from worker.http.auth import (
 )
 from worker.http.ratelimit import SlidingWindowLimiter
 
-READS = ["/api/experiments/auto-promote", "/api/experiments", "/api/experiments/homepage-cta-test",
-         "/api/promotions", "/api/promotions/stats", "/api/audit"]
+READS = [
+    "/api/experiments/auto-promote",
+    "/api/experiments",
+    "/api/experiments/homepage-cta-test",
+    "/api/promotions",
+    "/api/promotions/stats",
+    "/api/audit",
+]
 PROMOTION = "00000000-0000-0000-0000-000000000001"
 MUTATIONS: list[dict[str, Any]] = [
     {"action": "scan", "dryRun": True},
@@ -59,23 +65,28 @@ async def test_reads_without_a_token_are_401(api: Api, path: str) -> None:
     assert reply.headers["WWW-Authenticate"].startswith("Bearer")
 
 
-@pytest.mark.parametrize("body", [*MUTATIONS, {"action": "check", "experimentName": "homepage-cta-test"},
-                                  {"not": "even valid"}])
-async def test_actions_without_a_token_are_401_before_any_validation(api: Api, conn: asyncpg.Connection,
-                                                                     body: dict[str, Any]) -> None:
+@pytest.mark.parametrize(
+    "body", [*MUTATIONS, {"action": "check", "experimentName": "homepage-cta-test"}, {"not": "even valid"}]
+)
+async def test_actions_without_a_token_are_401_before_any_validation(
+    api: Api, conn: asyncpg.Connection, body: dict[str, Any]
+) -> None:
     reply = await api.post(body, token=None)
     assert reply.status == 401
     assert await conn.fetchval("SELECT count(*) FROM ab_promotion_audit_log") == 0
 
 
-@pytest.mark.parametrize(("header", "error"), [
-    ("Bearer ap_not-a-known-token", 'error="invalid_token"'),
-    (f"Bearer {VIEWER_TOKEN}x", 'error="invalid_token"'),
-    (f"Basic {VIEWER_TOKEN}", 'error="invalid_request"'),
-    ("Bearer", 'error="invalid_request"'),
-    (f"Bearer {VIEWER_TOKEN} extra", 'error="invalid_request"'),
-    (VIEWER_TOKEN, 'error="invalid_request"'),
-])
+@pytest.mark.parametrize(
+    ("header", "error"),
+    [
+        ("Bearer ap_not-a-known-token", 'error="invalid_token"'),
+        (f"Bearer {VIEWER_TOKEN}x", 'error="invalid_token"'),
+        (f"Basic {VIEWER_TOKEN}", 'error="invalid_request"'),
+        ("Bearer", 'error="invalid_request"'),
+        (f"Bearer {VIEWER_TOKEN} extra", 'error="invalid_request"'),
+        (VIEWER_TOKEN, 'error="invalid_request"'),
+    ],
+)
 async def test_unknown_tokens_and_malformed_headers_are_401(api: Api, header: str, error: str) -> None:
     reply = await api.get("/api/experiments", token=None, headers={"Authorization": header})
     assert reply.status == 401 and error in reply.headers["WWW-Authenticate"]
@@ -100,8 +111,9 @@ async def test_viewer_may_check(api: Api) -> None:
 
 
 @pytest.mark.parametrize("body", [*MUTATIONS, {"action": "promote"}])
-async def test_viewer_may_not_scan_promote_or_rollback(api: Api, conn: asyncpg.Connection,
-                                                       body: dict[str, Any]) -> None:
+async def test_viewer_may_not_scan_promote_or_rollback(
+    api: Api, conn: asyncpg.Connection, body: dict[str, Any]
+) -> None:
     reply = await api.post(body, token=VIEWER_TOKEN)
     assert reply.status == 403 and reply.error["code"] == "forbidden"
     assert reply.error["details"] == {"requiredRole": "operator", "role": "viewer"}
@@ -123,8 +135,9 @@ async def test_each_token_name_is_the_actor(api: Api, conn: asyncpg.Connection) 
 
 
 # ------------------------------------------------------------------------------------- auth configuration
-async def test_auth_disabled_explicitly_lets_everyone_in_and_warns(pool: asyncpg.Pool,
-                                                                   conn: asyncpg.Connection) -> None:
+async def test_auth_disabled_explicitly_lets_everyone_in_and_warns(
+    pool: asyncpg.Pool, conn: asyncpg.Connection
+) -> None:
     await seed_winner(conn)
     with capture_logs() as logs:
         async with serve_api(pool, env={"AUTO_PROMOTION_API_AUTH": "disabled"}) as api:
@@ -148,16 +161,18 @@ async def test_auth_is_on_by_default_even_without_tokens(pool: asyncpg.Pool) -> 
 
 async def test_malformed_token_entries_stop_the_start_listing_each_without_secrets(pool: asyncpg.Pool) -> None:
     good = hash_token("ap_good")
-    raw = ",".join([
-        f"alice:admin:{good}",                       # unknown role
-        "bob:viewer:ap_pasted-the-token-itself",     # not a hash
-        "carol",                                     # not three fields
-        "",                                          # empty entry
-        f"dave:viewer:{hash_token('ap_dave')}",
-        f"dave:operator:{hash_token('ap_dave2')}",   # duplicate name
-        f"erin:viewer:{hash_token('ap_dave')}",      # duplicate token
-        f"no spaces:viewer:{hash_token('ap_x')}",    # bad name
-    ])
+    raw = ",".join(
+        [
+            f"alice:admin:{good}",  # unknown role
+            "bob:viewer:ap_pasted-the-token-itself",  # not a hash
+            "carol",  # not three fields
+            "",  # empty entry
+            f"dave:viewer:{hash_token('ap_dave')}",
+            f"dave:operator:{hash_token('ap_dave2')}",  # duplicate name
+            f"erin:viewer:{hash_token('ap_dave')}",  # duplicate token
+            f"no spaces:viewer:{hash_token('ap_x')}",  # bad name
+        ]
+    )
     with pytest.raises(ConfigError) as caught:
         create_app(make_context(pool, env={"AUTO_PROMOTION_API_TOKENS": raw}))
     errors = caught.value.errors
@@ -224,15 +239,19 @@ async def test_the_full_application_serves_the_api_and_documents_it(pool: asyncp
     async with serve_api(pool, full_app=True) as api:
         reply = await api.get("/api/experiments")
         assert reply.status == 200
-        routes = {(r.method.lower(), r.resource.canonical) for r in api.app.router.routes()
-                  if r.resource is not None and r.resource.canonical.startswith("/api/") and r.method != "HEAD"}
+        routes = {
+            (r.method.lower(), r.resource.canonical)
+            for r in api.app.router.routes()
+            if r.resource is not None and r.resource.canonical.startswith("/api/") and r.method != "HEAD"
+        }
         documented = {(m, p) for p, ops in DOC["paths"].items() for m in ops}
         assert routes == documented
 
 
 # -------------------------------------------------------------------------------------------- rate limit
-async def test_rate_limit_per_token_counts_scan_promote_rollback_and_dry_runs(pool: asyncpg.Pool,
-                                                                              conn: asyncpg.Connection) -> None:
+async def test_rate_limit_per_token_counts_scan_promote_rollback_and_dry_runs(
+    pool: asyncpg.Pool, conn: asyncpg.Connection
+) -> None:
     await seed_winner(conn)
     async with serve_api(pool, env={"AUTO_PROMOTION_RATE_LIMIT": "3"}) as api:
         remaining = []

@@ -27,14 +27,26 @@ def _keep_logging_config() -> Iterator[None]:
 
 # ------------------------------------------------------------------------------------------------ serve
 @asynccontextmanager
-async def _serve(env: dict[str, str], *args: str) -> AsyncIterator[tuple[asyncio.subprocess.Process, str | None,
-                                                                       list[str]]]:
+async def _serve(
+    env: dict[str, str], *args: str
+) -> AsyncIterator[tuple[asyncio.subprocess.Process, str | None, list[str]]]:
     """The process, its URL once it listens (None if it exited first), and the stderr lines read so far."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("AUTO_PROMOTION_")}
     full_env.update({"AUTO_PROMOTION_API_TOKENS": TOKENS, "LOG_FORMAT": "json", **env})
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "worker", "serve", "--host", "127.0.0.1", "--port", "0", *args,
-        env=full_env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        sys.executable,
+        "-m",
+        "worker",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        *args,
+        env=full_env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     url = None
     seen: list[str] = []
     assert proc.stderr is not None

@@ -24,10 +24,17 @@ from hypothesis import strategies as st
 from tests.factories import create_experiment, record
 from tests.support.api import AUTO, DOC, OPERATOR_TOKEN, VIEWER_TOKEN, Api, seed_winner, serve_api
 
-NAMES = ["homepage-cta-test", "checkout-flow", "paused-test", "x'; drop table ab_experiments;--",
-         "team a/checkout 50%", "ünïcödé ☃"]
-SETTINGS = settings(max_examples=250, deadline=None,
-                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+NAMES = [
+    "homepage-cta-test",
+    "checkout-flow",
+    "paused-test",
+    "x'; drop table ab_experiments;--",
+    "team a/checkout 50%",
+    "ünïcödé ☃",
+]
+SETTINGS = settings(
+    max_examples=250, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 
 
 def _resolve(schema: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -39,14 +46,23 @@ def _resolve(schema: Mapping[str, Any]) -> Mapping[str, Any]:
     return schema
 
 
-json_scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70),
-                         st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=30))
-any_json = st.recursive(json_scalars, lambda inner: st.one_of(
-    st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=12), inner, max_size=4)), max_leaves=12)
+json_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=30),
+)
+any_json = st.recursive(
+    json_scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=12), inner, max_size=4)),
+    max_leaves=12,
+)
 
 
-def from_schema(schema: Mapping[str, Any], hints: Mapping[str, st.SearchStrategy[Any]],
-                name: str = "") -> st.SearchStrategy[Any]:
+def from_schema(
+    schema: Mapping[str, Any], hints: Mapping[str, st.SearchStrategy[Any]], name: str = ""
+) -> st.SearchStrategy[Any]:
     """Values that conform to ``schema`` (the keywords our document uses); ``hints`` by property name."""
     if name in hints:
         return hints[name]
@@ -85,6 +101,7 @@ def from_schema(schema: Mapping[str, Any], hints: Mapping[str, st.SearchStrategy
 
 def broken(valid: st.SearchStrategy[dict[str, Any]]) -> st.SearchStrategy[Any]:
     """A valid object with one field replaced by anything, or an unknown field added."""
+
     @st.composite
     def mutate(draw: st.DrawFn) -> Any:
         body = dict(draw(valid))
@@ -117,8 +134,7 @@ async def fuzz_api(pool: asyncpg.Pool, conn: asyncpg.Connection) -> AsyncIterato
 def _post_bodies(promotion_ids: list[str]) -> st.SearchStrategy[Any]:
     hints = {
         "experimentName": st.one_of(st.sampled_from(NAMES), st.text(max_size=30), st.none()),
-        "promotionId": st.one_of(st.sampled_from(promotion_ids), st.uuids().map(str), st.text(max_size=40),
-                                 st.none()),
+        "promotionId": st.one_of(st.sampled_from(promotion_ids), st.uuids().map(str), st.text(max_size=40), st.none()),
         "reason": st.one_of(st.text(max_size=60), st.none(), st.just("regression")),
     }
     schema = DOC["paths"][AUTO]["post"]["requestBody"]["content"]["application/json"]["schema"]
@@ -126,24 +142,41 @@ def _post_bodies(promotion_ids: list[str]) -> st.SearchStrategy[Any]:
     # Bodies an action accepts (the generic ones mostly combine fields no single action takes), with a config
     # that is empty, small, or anything the config schema allows.
     config_schema = {"$ref": "#/components/schemas/AutoPromotionConfig"}
-    small_config = st.fixed_dictionaries({}, optional={
-        "dryRun": st.booleans(), "enabled": st.booleans(),
-        "thresholds": st.fixed_dictionaries({}, optional={"minConfidence": st.floats(50, 99.9),
-                                                          "minSampleSize": st.integers(1, 50_000),
-                                                          "minRuntimeHours": st.floats(0, 100)}),
-        "excludedExperiments": st.lists(st.sampled_from([*NAMES, "home*"]), max_size=2),
-        "maxConcurrentPromotions": st.integers(1, 3),
-    })
-    config: st.SearchStrategy[Any] = st.one_of(st.just({}), small_config, small_config,
-                                               from_schema(config_schema, hints))
-    common = {"config": config, "preset": st.sampled_from(["aggressive", "conservative", "balanced"]),
-              "dryRun": st.booleans()}
+    small_config = st.fixed_dictionaries(
+        {},
+        optional={
+            "dryRun": st.booleans(),
+            "enabled": st.booleans(),
+            "thresholds": st.fixed_dictionaries(
+                {},
+                optional={
+                    "minConfidence": st.floats(50, 99.9),
+                    "minSampleSize": st.integers(1, 50_000),
+                    "minRuntimeHours": st.floats(0, 100),
+                },
+            ),
+            "excludedExperiments": st.lists(st.sampled_from([*NAMES, "home*"]), max_size=2),
+            "maxConcurrentPromotions": st.integers(1, 3),
+        },
+    )
+    config: st.SearchStrategy[Any] = st.one_of(
+        st.just({}), small_config, small_config, from_schema(config_schema, hints)
+    )
+    common = {
+        "config": config,
+        "preset": st.sampled_from(["aggressive", "conservative", "balanced"]),
+        "dryRun": st.booleans(),
+    }
     by_action = st.one_of(
         st.fixed_dictionaries({"action": st.just("scan")}, optional=common),
-        st.fixed_dictionaries({"action": st.sampled_from(["promote", "check"]),
-                               "experimentName": hints["experimentName"]}, optional=common),
-        st.fixed_dictionaries({"action": st.just("rollback"), "promotionId": hints["promotionId"],
-                               "reason": hints["reason"]}, optional={"config": config}),
+        st.fixed_dictionaries(
+            {"action": st.sampled_from(["promote", "check"]), "experimentName": hints["experimentName"]},
+            optional=common,
+        ),
+        st.fixed_dictionaries(
+            {"action": st.just("rollback"), "promotionId": hints["promotionId"], "reason": hints["reason"]},
+            optional={"config": config},
+        ),
     )
     return st.one_of(by_action, by_action, by_action, generic, broken(generic), any_json)
 
@@ -162,17 +195,35 @@ async def test_fuzz_post_auto_promote(fuzz_api: tuple[Api, list[str]], data: st.
 
 @st.composite
 def _raw_posts(draw: st.DrawFn) -> tuple[bytes, dict[str, str]]:
-    raw = draw(st.one_of(
-        st.binary(max_size=200),
-        any_json.map(lambda v: json.dumps(v).encode()),
-        st.text(max_size=100).map(lambda t: t.encode("utf-8", "surrogatepass")),
-        st.sampled_from([b'{"action": "check", "experimentName": "homepage-cta-test"', b"{}" * 3, b"\x00",
-                         b'{"action": "scan", "dryRun": true, "config": {"thresholds": {"minConfidence": 1e999}}}',
-                         b'{"action": "scan", "dryRun": true, "config": {"thresholds": {"minSampleSize": '
-                         + b"9" * 5000 + b"}}}"]),
-    ))
-    content_type = draw(st.sampled_from(["application/json", "text/plain", "application/x-www-form-urlencoded",
-                                         "multipart/form-data; boundary=x", ""]))
+    raw = draw(
+        st.one_of(
+            st.binary(max_size=200),
+            any_json.map(lambda v: json.dumps(v).encode()),
+            st.text(max_size=100).map(lambda t: t.encode("utf-8", "surrogatepass")),
+            st.sampled_from(
+                [
+                    b'{"action": "check", "experimentName": "homepage-cta-test"',
+                    b"{}" * 3,
+                    b"\x00",
+                    b'{"action": "scan", "dryRun": true, "config": {"thresholds": {"minConfidence": 1e999}}}',
+                    b'{"action": "scan", "dryRun": true, "config": {"thresholds": {"minSampleSize": '
+                    + b"9" * 5000
+                    + b"}}}",
+                ]
+            ),
+        )
+    )
+    content_type = draw(
+        st.sampled_from(
+            [
+                "application/json",
+                "text/plain",
+                "application/x-www-form-urlencoded",
+                "multipart/form-data; boundary=x",
+                "",
+            ]
+        )
+    )
     return raw, ({"Content-Type": content_type} if content_type else {})
 
 
@@ -200,8 +251,9 @@ def _get_requests(draw: st.DrawFn) -> tuple[str, dict[str, str]]:
         if not draw(st.booleans()):
             continue
         valid = from_schema(param["schema"], {}).map(lambda v: str(v).lower() if isinstance(v, bool) else str(v))
-        params[param["name"]] = draw(st.one_of(valid, valid, valid, valid, st.text(max_size=20),
-                                               st.sampled_from(NAMES), st.integers().map(str)))
+        params[param["name"]] = draw(
+            st.one_of(valid, valid, valid, valid, st.text(max_size=20), st.sampled_from(NAMES), st.integers().map(str))
+        )
     if draw(st.integers(0, 9)) == 0:
         params[draw(st.text(min_size=1, max_size=10))] = draw(st.text(max_size=10))
     return path, params
@@ -217,14 +269,19 @@ async def test_fuzz_reads(fuzz_api: tuple[Api, list[str]], data: st.DataObject) 
     assert reply.status < 500, reply.body
 
 
-@settings(max_examples=60, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 @given(data=st.data())
 async def test_fuzz_methods_and_unknown_paths(fuzz_api: tuple[Api, list[str]], data: st.DataObject) -> None:
     api, _ = fuzz_api
     method = data.draw(st.sampled_from(["PUT", "PATCH", "DELETE", "GET", "POST"]), label="method")
-    path = data.draw(st.one_of(st.sampled_from(list(DOC["paths"])).map(lambda p: p.replace("{name}", "x")),
-                               st.text(alphabet="abcdefghijklmnopqrstuvwxyz-/", max_size=20)
-                               .map(lambda p: "/api/" + p)), label="path")
+    path = data.draw(
+        st.one_of(
+            st.sampled_from(list(DOC["paths"])).map(lambda p: p.replace("{name}", "x")),
+            st.text(alphabet="abcdefghijklmnopqrstuvwxyz-/", max_size=20).map(lambda p: "/api/" + p),
+        ),
+        label="path",
+    )
     reply = await api.request(method, path, token=OPERATOR_TOKEN, data=b"{}")
     assert reply.status < 500, reply.body

@@ -58,19 +58,25 @@ AGREEMENT: list[dict[str, Any]] = [
 
 
 @pytest.mark.parametrize("body", AGREEMENT)
-async def test_the_document_and_the_server_agree(pool: asyncpg.Pool, conn: asyncpg.Connection,
-                                                 body: dict[str, Any]) -> None:
+async def test_the_document_and_the_server_agree(
+    pool: asyncpg.Pool, conn: asyncpg.Connection, body: dict[str, Any]
+) -> None:
     await seed_winner(conn)
-    documented = not schema_errors(body, DOC["paths"][AUTO]["post"]["requestBody"]["content"]["application/json"]
-                                   ["schema"], DOC)
+    documented = not schema_errors(
+        body, DOC["paths"][AUTO]["post"]["requestBody"]["content"]["application/json"]["schema"], DOC
+    )
     async with serve_api(pool) as api:
         reply = await api.post(body)
     accepted = reply.status != 400
     assert documented == accepted, (documented, reply.status, reply.body)
 
 
-GET_AGREEMENT = [("/api/audit", {"action": "\x00"}), ("/api/audit", {"experiment": "a\x00"}),
-                 ("/api/promotions", {"experiment": "x"}), ("/api/experiments/a%00b", {})]
+GET_AGREEMENT = [
+    ("/api/audit", {"action": "\x00"}),
+    ("/api/audit", {"experiment": "a\x00"}),
+    ("/api/promotions", {"experiment": "x"}),
+    ("/api/experiments/a%00b", {}),
+]
 
 
 @pytest.mark.parametrize(("path", "params"), GET_AGREEMENT)
@@ -100,24 +106,44 @@ async def _engine_results(pool: asyncpg.Pool, conn: asyncpg.Connection) -> list[
     summary = {"enabled": True, "dryRun": False, "preset": "balanced"}
     out: list[dict[str, Any]] = []
     for name in ("homepage-cta-test", "mean-test", "thin-test"):
-        out.append({"success": True, "action": "check", "config": summary,
-                    "data": await engine.check_promotion_eligibility(name)})
-    out.append({"success": True, "action": "scan", "config": dry,
-                "data": await engine.scan_and_promote_winners(dry_run=True)})
-    out.append({"success": True, "action": "promote", "config": dry,
-                "data": await engine.promote_winner("homepage-cta-test", dry_run=True)})
+        out.append(
+            {
+                "success": True,
+                "action": "check",
+                "config": summary,
+                "data": await engine.check_promotion_eligibility(name),
+            }
+        )
+    out.append(
+        {"success": True, "action": "scan", "config": dry, "data": await engine.scan_and_promote_winners(dry_run=True)}
+    )
+    out.append(
+        {
+            "success": True,
+            "action": "promote",
+            "config": dry,
+            "data": await engine.promote_winner("homepage-cta-test", dry_run=True),
+        }
+    )
     refused = await engine.promote_winner("thin-test")
     out.append({"success": refused["success"], "action": "promote", "config": summary, "data": refused})
     promoted = await engine.promote_winner("homepage-cta-test")
     out.append({"success": True, "action": "promote", "config": summary, "data": promoted})
     out.append({"success": True, "action": "scan", "config": summary, "data": await engine.scan_and_promote_winners()})
-    out.append({"success": True, "action": "rollback", "config": summary,
-                "data": await engine.rollback_promotion(promoted["promotionId"], "regression", actor="alice")})
+    out.append(
+        {
+            "success": True,
+            "action": "rollback",
+            "config": summary,
+            "data": await engine.rollback_promotion(promoted["promotionId"], "regression", actor="alice"),
+        }
+    )
     return [plain(b) for b in out]
 
 
-async def test_response_models_carry_every_key_and_value_unchanged(pool: asyncpg.Pool,
-                                                                   conn: asyncpg.Connection) -> None:
+async def test_response_models_carry_every_key_and_value_unchanged(
+    pool: asyncpg.Pool, conn: asyncpg.Connection
+) -> None:
     bodies = await _engine_results(pool, conn)
     assert {b["action"] for b in bodies} == {"check", "scan", "promote", "rollback"}
     assert any("valueSum" in v for b in bodies if b["action"] == "check" for v in b["data"]["variants"])

@@ -33,8 +33,10 @@ from worker.db.connect import connect, create_pool
 pytestmark = pytest.mark.slow
 EXAMPLES_PER_OPERATION = 60  # 7 operations: about 420 requests
 # Statuses a documented-valid request may get: the database's state, not the request's form.
-STATE_STATUSES = {404: {"experiment_not_found", "promotion_not_found", "not_found"},
-                  409: {"already_promoted", "already_rolled_back"}}
+STATE_STATUSES = {
+    404: {"experiment_not_found", "promotion_not_found", "not_found"},
+    409: {"already_promoted", "already_rolled_back"},
+}
 
 
 @dataclass
@@ -60,8 +62,9 @@ class ServedApp:
         pool = await create_pool(self.db_url, min_size=1, max_size=4)
         runner: web.AppRunner | None = None
         try:
-            app = api_only_app(make_context(pool, env={"AUTO_PROMOTION_RATE_LIMIT": "100000"},
-                                            database_url=self.db_url))
+            app = api_only_app(
+                make_context(pool, env={"AUTO_PROMOTION_RATE_LIMIT": "100000"}, database_url=self.db_url)
+            )
             runner = web.AppRunner(app)
             await runner.setup()
             site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -126,14 +129,26 @@ def _operations(served: ServedApp) -> list[Any]:
 def test_the_document_has_every_operation(served: ServedApp) -> None:
     labels = {op.label for op in _operations(served)}
     assert labels == {
-        "POST /api/experiments/auto-promote", "GET /api/experiments/auto-promote", "GET /api/experiments",
-        "GET /api/experiments/{name}", "GET /api/promotions", "GET /api/promotions/stats", "GET /api/audit",
+        "POST /api/experiments/auto-promote",
+        "GET /api/experiments/auto-promote",
+        "GET /api/experiments",
+        "GET /api/experiments/{name}",
+        "GET /api/promotions",
+        "GET /api/promotions/stats",
+        "GET /api/audit",
         "GET /api/openapi.json",
     }
 
 
-OPERATIONS = ["POST /api/experiments/auto-promote", "GET /api/experiments/auto-promote", "GET /api/experiments",
-              "GET /api/experiments/{name}", "GET /api/promotions", "GET /api/promotions/stats", "GET /api/audit"]
+OPERATIONS = [
+    "POST /api/experiments/auto-promote",
+    "GET /api/experiments/auto-promote",
+    "GET /api/experiments",
+    "GET /api/experiments/{name}",
+    "GET /api/promotions",
+    "GET /api/promotions/stats",
+    "GET /api/audit",
+]
 
 
 @pytest.mark.parametrize("label", OPERATIONS)
@@ -144,8 +159,9 @@ def test_documented_requests_are_accepted_and_answered_as_documented(served: Ser
     headers = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
     seen: dict[int, int] = {}
 
-    @settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, database=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=EXAMPLES_PER_OPERATION, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+    )
     @given(case=strategy)
     def check(case: Any) -> None:
         response = case.call(base_url=served.base_url, session=session, headers=headers, timeout=30)
@@ -156,7 +172,8 @@ def test_documented_requests_are_accepted_and_answered_as_documented(served: Ser
             code = body["error"]["code"]
             assert code in STATE_STATUSES.get(response.status_code, ()), (
                 f"a request the document allows was refused: {response.status_code} {body}\n"
-                f"{case.as_curl_command(headers)}")
+                f"{case.as_curl_command(headers)}"
+            )
         # Status documented, content type, headers and body valid against the document.
         case.validate_response(response, headers=headers)
 
@@ -167,7 +184,10 @@ def test_documented_requests_are_accepted_and_answered_as_documented(served: Ser
 def test_the_fuzzer_would_catch_a_refusal(served: ServedApp) -> None:
     # The check above is not vacuous: a request the server refuses (a field of another action) is a 400 that
     # its assertion rejects.
-    reply = requests.post(served.base_url + "/api/experiments/auto-promote", timeout=10,
-                          json={"action": "scan", "experimentName": "x"},
-                          headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"})
+    reply = requests.post(
+        served.base_url + "/api/experiments/auto-promote",
+        timeout=10,
+        json={"action": "scan", "experimentName": "x"},
+        headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"},
+    )
     assert reply.status_code == 400 and reply.json()["error"]["code"] not in STATE_STATUSES.get(400, ())

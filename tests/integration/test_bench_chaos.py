@@ -20,25 +20,48 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.mark.slow
 def test_bench_chaos_quick_reports_every_key_and_loses_nothing() -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AUTO_PROMOTION_", "AUTO_NOTIFY"))
-           and k != "DATABASE_URL"}
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_chaos.py"), "--quick"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=400, check=False)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("AUTO_PROMOTION_", "AUTO_NOTIFY")) and k != "DATABASE_URL"
+    }
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "bench_chaos.py"), "--quick"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+        check=False,
+    )
     # Exit 1 only says a hard check failed (on a daemon that still dies of some faults: worker_exits); the JSON
     # is printed either way, and a crash of the bench itself prints none.
     assert proc.returncode in (0, 1), proc.stderr[-3000:]
     result = json.loads(proc.stdout)
     assert result["bench"] == "chaos" and result["params"]["quick"] is True
-    for key in ("lost_updates", "double_folded_updates", "duplicate_promotions", "promotions_without_notifications",
-                "notifications_delivered_twice_by_key", "worker_exits", "recovery", "machine", "faults"):
+    for key in (
+        "lost_updates",
+        "double_folded_updates",
+        "duplicate_promotions",
+        "promotions_without_notifications",
+        "notifications_delivered_twice_by_key",
+        "worker_exits",
+        "recovery",
+        "machine",
+        "faults",
+    ):
         assert key in result, key
     assert {f["kind"] for f in result["faults"]} == {"kill9", "terminate", "restart", "read_only"}
     for kind in ("kill9", "terminate", "restart", "read_only"):
         assert {"faults", "p50_s", "max_s"} <= set(result["recovery"][kind])
     updates = result["updates"]
     assert updates["updates_committed"] > 0 and updates["writes_committed"] > 0
-    assert result["lost_updates"] == 0 and updates["lost"] == {"updates": 0, "exposures": 0, "conversions": 0,
-                                                               "errors": 0}
+    assert result["lost_updates"] == 0 and updates["lost"] == {
+        "updates": 0,
+        "exposures": 0,
+        "conversions": 0,
+        "errors": 0,
+    }
     assert result["double_folded_updates"] == 0 and sum(updates["double_folded"].values()) == 0
     assert updates["acknowledged_but_not_committed"] == 0 and updates["queue_rows_left"] == 0
     assert result["duplicate_promotions"] == 0
@@ -86,11 +109,14 @@ async def test_producer_accounting_counts_a_retried_commit_once_and_catches_a_lo
 
         producers.writes[4] = bench.Write(list(rows))
         producer_conn = await producers._write(0, 4, producer_conn)
-        await conn.execute("DELETE FROM ab_metric_updates WHERE variant_id = "
-                           "(SELECT id FROM ab_variants WHERE name = 'control')")  # write 4's control update
+        await conn.execute(
+            "DELETE FROM ab_metric_updates WHERE variant_id = (SELECT id FROM ab_variants WHERE name = 'control')"
+        )  # write 4's control update
         await fold_pending_updates(conn)
-        await conn.execute("UPDATE ab_variant_stats SET updates_folded = updates_folded + 1, exposures = exposures "
-                           "+ 100 WHERE variant_id = (SELECT id FROM ab_variants WHERE name = 'variant-b')")
+        await conn.execute(
+            "UPDATE ab_variant_stats SET updates_folded = updates_folded + 1, exposures = exposures "
+            "+ 100 WHERE variant_id = (SELECT id FROM ab_variants WHERE name = 'variant-b')"
+        )
         broken = await bench.account_updates(conn, producers)
         assert broken["lost_updates"] == 1 and broken["lost"]["exposures"] == 100
         assert broken["double_folded_updates"] == 1 and broken["double_folded"]["exposures"] == 100

@@ -27,8 +27,11 @@ WINNER = {"control": (17_500, 1_750), "variant-b": (17_000, 1_904)}  # 10.0% vs 
 DRY = {"dryRun": True}
 OFF = {"enabled": False}
 STRICT = {"thresholds": {"minSampleSize": 50_000}}  # the winner has 17,000 exposures: never eligible
-SAFE_CONFIGS = [pytest.param(DRY, id="dryRun"), pytest.param(OFF, id="disabled"),
-                pytest.param(STRICT, id="stricter-threshold")]
+SAFE_CONFIGS = [
+    pytest.param(DRY, id="dryRun"),
+    pytest.param(OFF, id="disabled"),
+    pytest.param(STRICT, id="stricter-threshold"),
+]
 
 
 async def seed_winner(conn: asyncpg.Connection, name: str, config: dict[str, Any] | None = None) -> int:
@@ -41,13 +44,18 @@ async def seed_winner(conn: asyncpg.Connection, name: str, config: dict[str, Any
 async def promotions_of(conn: asyncpg.Connection, name: str) -> int:
     count: int = await conn.fetchval(
         "SELECT count(*) FROM experiment_promotions p JOIN ab_experiments e ON e.id = p.experiment_id "
-        "WHERE e.name = $1", name)
+        "WHERE e.name = $1",
+        name,
+    )
     return count
 
 
 async def weights_of(conn: asyncpg.Connection, name: str) -> dict[str, float]:
-    rows = await conn.fetch("SELECT v.name, v.traffic_weight::float8 AS w FROM ab_variants v "
-                            "JOIN ab_experiments e ON e.id = v.experiment_id WHERE e.name = $1", name)
+    rows = await conn.fetch(
+        "SELECT v.name, v.traffic_weight::float8 AS w FROM ab_variants v "
+        "JOIN ab_experiments e ON e.id = v.experiment_id WHERE e.name = $1",
+        name,
+    )
     return {r["name"]: r["w"] for r in rows}
 
 
@@ -63,13 +71,17 @@ def test_experiment_values_win_over_preset_and_environment() -> None:
     assert cfg.thresholds.min_confidence == 90 and cfg.thresholds.min_sample_size == 100
 
 
-@pytest.mark.parametrize(("env", "experiment", "expected"), [
-    ({"AUTO_PROMOTION_DRY_RUN": "true"}, {"dryRun": False}, {"dry_run": True}),
-    ({"AUTO_PROMOTION_ENABLED": "false"}, {"enabled": True}, {"enabled": False}),
-    ({"AUTO_PROMOTION_DRY_RUN": "false"}, {"dryRun": True}, {"dry_run": True}),
-])
+@pytest.mark.parametrize(
+    ("env", "experiment", "expected"),
+    [
+        ({"AUTO_PROMOTION_DRY_RUN": "true"}, {"dryRun": False}, {"dry_run": True}),
+        ({"AUTO_PROMOTION_ENABLED": "false"}, {"enabled": True}, {"enabled": False}),
+        ({"AUTO_PROMOTION_DRY_RUN": "false"}, {"dryRun": True}, {"dry_run": True}),
+    ],
+)
 def test_the_environments_dry_run_and_enabled_are_kill_switches_no_experiment_lifts(
-        env: dict[str, str], experiment: dict[str, Any], expected: dict[str, Any]) -> None:
+    env: dict[str, str], experiment: dict[str, Any], expected: dict[str, Any]
+) -> None:
     cfg = with_experiment_overrides(load_config(env=env), experiment)
     for key, value in expected.items():
         assert getattr(cfg, key) == value, key
@@ -88,27 +100,41 @@ def test_a_request_cannot_lift_the_environments_kill_switches_either() -> None:
     assert safer.config.dry_run is True and safer.sources["dryRun"] == "request"
 
 
-@pytest.mark.parametrize(("request_layer", "experiment", "expected"), [
-    ({"dryRun": False}, {"dryRun": True}, {"dry_run": True}),
-    ({"dryRun": True}, {"dryRun": False}, {"dry_run": True}),
-    ({"enabled": True}, {"enabled": False}, {"enabled": False}),
-    ({"enabled": False, "dryRun": True}, {"enabled": True}, {"enabled": False}),
-    ({"thresholds": {"minConfidence": 90}}, {"thresholds": {"minConfidence": 99}}, {"min_confidence": 99}),
-    ({"thresholds": {"minConfidence": 99.9}}, {"thresholds": {"minConfidence": 99}}, {"min_confidence": 99.9}),
-    ({"thresholds": {"minSampleSize": 10}}, {"thresholds": {"minSampleSize": 5000}}, {"min_sample_size": 5000}),
-    ({"safetyChecks": {"maxErrorRate": 0.5}}, {"safetyChecks": {"maxErrorRate": 0.01}}, {"max_error_rate": 0.01}),
-    ({"safetyChecks": {"maxErrorRate": 0.001}}, {"safetyChecks": {"maxErrorRate": 0.01}},
-     {"max_error_rate": 0.001}),
-    ({"safetyChecks": {"checkCriticalAlerts": False}}, {"safetyChecks": {"checkCriticalAlerts": True}},
-     {"check_critical_alerts": True}),
-    ({"excludedExperiments": ["a-*"]}, {"excludedExperiments": ["b"]}, {"excluded_experiments": ("a-*", "b")}),
-    ({"guard": {"autoRollback": False}}, {"guard": {"autoRollback": True}}, {"auto_rollback": True}),
-])
+@pytest.mark.parametrize(
+    ("request_layer", "experiment", "expected"),
+    [
+        ({"dryRun": False}, {"dryRun": True}, {"dry_run": True}),
+        ({"dryRun": True}, {"dryRun": False}, {"dry_run": True}),
+        ({"enabled": True}, {"enabled": False}, {"enabled": False}),
+        ({"enabled": False, "dryRun": True}, {"enabled": True}, {"enabled": False}),
+        ({"thresholds": {"minConfidence": 90}}, {"thresholds": {"minConfidence": 99}}, {"min_confidence": 99}),
+        ({"thresholds": {"minConfidence": 99.9}}, {"thresholds": {"minConfidence": 99}}, {"min_confidence": 99.9}),
+        ({"thresholds": {"minSampleSize": 10}}, {"thresholds": {"minSampleSize": 5000}}, {"min_sample_size": 5000}),
+        ({"safetyChecks": {"maxErrorRate": 0.5}}, {"safetyChecks": {"maxErrorRate": 0.01}}, {"max_error_rate": 0.01}),
+        (
+            {"safetyChecks": {"maxErrorRate": 0.001}},
+            {"safetyChecks": {"maxErrorRate": 0.01}},
+            {"max_error_rate": 0.001},
+        ),
+        (
+            {"safetyChecks": {"checkCriticalAlerts": False}},
+            {"safetyChecks": {"checkCriticalAlerts": True}},
+            {"check_critical_alerts": True},
+        ),
+        ({"excludedExperiments": ["a-*"]}, {"excludedExperiments": ["b"]}, {"excluded_experiments": ("a-*", "b")}),
+        ({"guard": {"autoRollback": False}}, {"guard": {"autoRollback": True}}, {"auto_rollback": True}),
+    ],
+)
 def test_a_request_can_make_the_experiments_settings_safer_never_less_safe(
-        request_layer: dict[str, Any], experiment: dict[str, Any], expected: dict[str, Any]) -> None:
+    request_layer: dict[str, Any], experiment: dict[str, Any], expected: dict[str, Any]
+) -> None:
     cfg = with_experiment_overrides(load_config(env={}, overrides=request_layer), experiment)
-    flat = {**cfg.model_dump(), **cfg.thresholds.model_dump(), **cfg.safety_checks.model_dump(),
-            **cfg.guard.model_dump()}
+    flat = {
+        **cfg.model_dump(),
+        **cfg.thresholds.model_dump(),
+        **cfg.safety_checks.model_dump(),
+        **cfg.guard.model_dump(),
+    }
     for key, value in expected.items():
         assert flat[key] == value, key
 
@@ -117,8 +143,12 @@ def test_an_explicit_dry_run_argument_is_a_request_value_too() -> None:
     base = with_request_overrides(load_config(env={}), {"dryRun": False})
     assert base.sources["dryRun"] == "request"
     assert with_experiment_overrides(base, DRY).dry_run is True
-    assert with_experiment_overrides(with_request_overrides(load_config(env={}), {"dryRun": True}),
-                                     {"dryRun": False}).dry_run is True
+    assert (
+        with_experiment_overrides(
+            with_request_overrides(load_config(env={}), {"dryRun": True}), {"dryRun": False}
+        ).dry_run
+        is True
+    )
 
 
 def test_an_invalid_experiment_value_is_reported_even_where_the_request_is_stricter() -> None:
@@ -131,7 +161,8 @@ def test_an_invalid_experiment_value_is_reported_even_where_the_request_is_stric
 # ------------------------------------------------------------------------------------------ daemon and scan
 @pytest.mark.parametrize("own", SAFE_CONFIGS)
 async def test_the_daemon_and_the_leaders_scan_honour_the_experiments_own_config(
-        db_url: str, conn: asyncpg.Connection, own: dict[str, Any]) -> None:
+    db_url: str, conn: asyncpg.Connection, own: dict[str, Any]
+) -> None:
     await seed_winner(conn, "guarded", own)
     await seed_winner(conn, "plain")
     async with running_daemon(db_url, config_env={"AUTO_PROMOTION_SCAN_INTERVAL": "1"}) as daemon:
@@ -149,7 +180,8 @@ async def test_the_daemon_and_the_leaders_scan_honour_the_experiments_own_config
 
 @pytest.mark.parametrize("own", SAFE_CONFIGS)
 async def test_the_engines_scan_under_a_request_that_says_dry_run_false(
-        pool: asyncpg.Pool, conn: asyncpg.Connection, own: dict[str, Any]) -> None:
+    pool: asyncpg.Pool, conn: asyncpg.Connection, own: dict[str, Any]
+) -> None:
     await seed_winner(conn, "guarded", own)
     engine = Engine(pool, _settings(), load_config(env={}))
     result = await engine.scan_and_promote_winners(dry_run=False, actor="ops")
@@ -161,8 +193,7 @@ async def test_the_engines_scan_under_a_request_that_says_dry_run_false(
 
 
 # ------------------------------------------------------------------------------------------------------ CLI
-async def test_cli_scan_and_promote_never_promote_a_dry_run_experiment(conn: asyncpg.Connection,
-                                                                       db_url: str) -> None:
+async def test_cli_scan_and_promote_never_promote_a_dry_run_experiment(conn: asyncpg.Connection, db_url: str) -> None:
     await seed_winner(conn, "dry-exp", DRY)
     scan = run_cli("scan", "--json", db_url=db_url)
     assert scan.returncode == 0, scan.stderr
@@ -174,8 +205,9 @@ async def test_cli_scan_and_promote_never_promote_a_dry_run_experiment(conn: asy
     assert await promotions_of(conn, "dry-exp") == 0
 
 
-async def test_cli_dry_run_holds_over_an_experiment_that_says_dry_run_false(conn: asyncpg.Connection,
-                                                                             db_url: str) -> None:
+async def test_cli_dry_run_holds_over_an_experiment_that_says_dry_run_false(
+    conn: asyncpg.Connection, db_url: str
+) -> None:
     await seed_winner(conn, "eager", {"dryRun": False})
     for args in (("promote", "eager"), ("scan",)):
         result = run_cli(*args, "--dry-run", "--json", db_url=db_url)
@@ -185,23 +217,28 @@ async def test_cli_dry_run_holds_over_an_experiment_that_says_dry_run_false(conn
 
 async def test_cli_check_uses_the_experiments_stricter_threshold(conn: asyncpg.Connection, db_url: str) -> None:
     await seed_winner(conn, "strict", STRICT)
-    result = run_cli("check", "strict", "--json", db_url=db_url,
-                     env={"AUTO_PROMOTION_MIN_SAMPLE_SIZE": "100"})
+    result = run_cli("check", "strict", "--json", db_url=db_url, env={"AUTO_PROMOTION_MIN_SAMPLE_SIZE": "100"})
     assert result.returncode == 1
     assert any("50,000" in r for r in json.loads(result.stdout)["reasons"])
 
 
 # ------------------------------------------------------------------------------------------------------ API
 @pytest.mark.parametrize("own", SAFE_CONFIGS)
-@pytest.mark.parametrize("body", [
-    pytest.param({"action": "promote", "experimentName": "guarded", "dryRun": False}, id="promote-dryRun-false"),
-    pytest.param({"action": "promote", "experimentName": "guarded", "config": {"dryRun": False, "enabled": True}},
-                 id="promote-config"),
-    pytest.param({"action": "scan"}, id="scan"),
-    pytest.param({"action": "scan", "dryRun": False}, id="scan-dryRun-false"),
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param({"action": "promote", "experimentName": "guarded", "dryRun": False}, id="promote-dryRun-false"),
+        pytest.param(
+            {"action": "promote", "experimentName": "guarded", "config": {"dryRun": False, "enabled": True}},
+            id="promote-config",
+        ),
+        pytest.param({"action": "scan"}, id="scan"),
+        pytest.param({"action": "scan", "dryRun": False}, id="scan-dryRun-false"),
+    ],
+)
 async def test_api_requests_cannot_lift_the_experiments_own_config(
-        pool: asyncpg.Pool, conn: asyncpg.Connection, own: dict[str, Any], body: dict[str, Any]) -> None:
+    pool: asyncpg.Pool, conn: asyncpg.Connection, own: dict[str, Any], body: dict[str, Any]
+) -> None:
     await seed_winner(conn, "guarded", own)
     async with serve_api(pool) as api:
         reply = await api.post(body)
@@ -215,32 +252,36 @@ async def test_api_requests_cannot_lift_the_experiments_own_config(
         assert data["promoted"] == 0
 
 
-async def test_api_request_thresholds_can_be_stricter_than_the_experiments(pool: asyncpg.Pool,
-                                                                          conn: asyncpg.Connection) -> None:
+async def test_api_request_thresholds_can_be_stricter_than_the_experiments(
+    pool: asyncpg.Pool, conn: asyncpg.Connection
+) -> None:
     await seed_winner(conn, "relaxed", {"thresholds": {"minConfidence": 90}})
     async with serve_api(pool) as api:
-        check = await api.post({"action": "check", "experimentName": "relaxed",
-                                "config": {"thresholds": {"minConfidence": 99.99}}})
+        check = await api.post(
+            {"action": "check", "experimentName": "relaxed", "config": {"thresholds": {"minConfidence": 99.99}}}
+        )
         assert check.body["data"]["eligible"] is False
         assert any("99.99" in r for r in check.body["data"]["reasons"])
-        promote = await api.post({"action": "promote", "experimentName": "relaxed",
-                                  "config": {"thresholds": {"minConfidence": 99.99}}})
+        promote = await api.post(
+            {"action": "promote", "experimentName": "relaxed", "config": {"thresholds": {"minConfidence": 99.99}}}
+        )
         assert promote.body["data"]["success"] is False
     assert await promotions_of(conn, "relaxed") == 0
 
 
-async def test_api_check_keeps_the_experiments_stricter_threshold(pool: asyncpg.Pool,
-                                                                  conn: asyncpg.Connection) -> None:
+async def test_api_check_keeps_the_experiments_stricter_threshold(pool: asyncpg.Pool, conn: asyncpg.Connection) -> None:
     await seed_winner(conn, "strict", STRICT)
     async with serve_api(pool) as api:
-        reply = await api.post({"action": "check", "experimentName": "strict",
-                                "config": {"thresholds": {"minSampleSize": 10}}})
+        reply = await api.post(
+            {"action": "check", "experimentName": "strict", "config": {"thresholds": {"minSampleSize": 10}}}
+        )
     assert reply.body["data"]["eligible"] is False
     assert any("50,000" in r for r in reply.body["data"]["reasons"])
 
 
-async def test_api_dry_run_holds_over_an_experiment_that_says_dry_run_false(pool: asyncpg.Pool,
-                                                                             conn: asyncpg.Connection) -> None:
+async def test_api_dry_run_holds_over_an_experiment_that_says_dry_run_false(
+    pool: asyncpg.Pool, conn: asyncpg.Connection
+) -> None:
     await seed_winner(conn, "eager", {"dryRun": False, "enabled": True})
     async with serve_api(pool) as api:
         promote = await api.post({"action": "promote", "experimentName": "eager", "dryRun": True})
@@ -251,8 +292,9 @@ async def test_api_dry_run_holds_over_an_experiment_that_says_dry_run_false(pool
 
 
 # ---------------------------------------------------------------------------------------------- dashboard
-async def test_the_dashboards_promote_button_honours_the_experiments_dry_run(pool: asyncpg.Pool,
-                                                                             conn: asyncpg.Connection) -> None:
+async def test_the_dashboards_promote_button_honours_the_experiments_dry_run(
+    pool: asyncpg.Pool, conn: asyncpg.Connection
+) -> None:
     """The button posts exactly this body (worker/http/dashboard/static/dashboard.js) to the full application."""
     await seed_winner(conn, "dry-exp", DRY)
     async with serve_api(pool, full_app=True) as api:
@@ -265,10 +307,14 @@ async def test_the_dashboards_promote_button_honours_the_experiments_dry_run(poo
 async def test_the_guard_judges_by_the_experiments_own_stricter_limit(db_url: str, conn: asyncpg.Connection) -> None:
     exp_id = await seed_winner(conn, "picky", {"safetyChecks": {"maxErrorRate": 0.01}})
     async with running_daemon(db_url):
-        promo_id = await wait_for(lambda: conn.fetchval(
-            "SELECT id FROM experiment_promotions WHERE experiment_id = $1", exp_id), what="the promotion")
+        promo_id = await wait_for(
+            lambda: conn.fetchval("SELECT id FROM experiment_promotions WHERE experiment_id = $1", exp_id),
+            what="the promotion",
+        )
         await record(conn, "picky", "variant-b", 300, 30, 9)  # 3% errors: within the server's 5%, not within 1%
-        await wait_for(lambda: conn.fetchval("SELECT rollback_at IS NOT NULL FROM experiment_promotions "
-                                             "WHERE id = $1", promo_id), what="the guard's rollback")
+        await wait_for(
+            lambda: conn.fetchval("SELECT rollback_at IS NOT NULL FROM experiment_promotions WHERE id = $1", promo_id),
+            what="the guard's rollback",
+        )
     reason = await conn.fetchval("SELECT rollback_reason FROM experiment_promotions WHERE id = $1", promo_id)
     assert "above the 1.00% maximum" in reason

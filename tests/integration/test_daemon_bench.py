@@ -16,8 +16,15 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.slow
 def test_bench_daemon_quick_prints_every_section(admin_url: str) -> None:
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("AUTO_PROMOTION_")}, "DATABASE_URL": admin_url}
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_daemon.py"), "--quick"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=280, check=False)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "bench_daemon.py"), "--quick"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=280,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout)
     assert result["bench"] == "daemon" and result["quick"] is True
@@ -32,5 +39,10 @@ def test_bench_daemon_quick_prints_every_section(admin_url: str) -> None:
     assert {"rss_mb_max", "rss_mb_final"} <= set(result["memory"])
     assert {"p50_ms", "max_ms"} <= set(result["recovery"])
     assert {"not_eligible", "eligible_promote", "decide_ms"} <= set(result["engine_breakdown"])
-    assert set(result["targets"]) == {"decision_latency_p50_ms", "decision_latency_p99_ms", "fold_updates_per_s",
-                                      "scan_10k_seconds", "rss_10k_mb"}
+    assert set(result["targets"]) == {
+        "decision_latency_p50_ms",
+        "decision_latency_p99_ms",
+        "fold_updates_per_s",
+        "scan_10k_seconds",
+        "rss_10k_mb",
+    }

@@ -27,11 +27,18 @@ async def test_healthz_readyz_and_metrics(db_url: str) -> None:
         await wait_for(lambda: promotions(conn, exp_id), what="the promotion")
         status, ctype, text = await _get(port, "/metrics")
         assert status == 200 and ctype.startswith("text/plain")
-        for name in ("autopromote_updates_folded_total", "autopromote_queue_backlog",
-                     "autopromote_evaluations_total", "autopromote_promotions_total", "autopromote_rollbacks_total",
-                     "autopromote_safety_check_failures_total", "autopromote_decision_latency_seconds_bucket",
-                     "autopromote_listener_reconnects_total", "autopromote_listener_connected",
-                     "autopromote_notifications_total"):
+        for name in (
+            "autopromote_updates_folded_total",
+            "autopromote_queue_backlog",
+            "autopromote_evaluations_total",
+            "autopromote_promotions_total",
+            "autopromote_rollbacks_total",
+            "autopromote_safety_check_failures_total",
+            "autopromote_decision_latency_seconds_bucket",
+            "autopromote_listener_reconnects_total",
+            "autopromote_listener_connected",
+            "autopromote_notifications_total",
+        ):
             assert name in text, name
         assert 'autopromote_promotions_total{mode="daemon"}' in text
 
@@ -48,8 +55,12 @@ async def test_healthz_readyz_and_metrics(db_url: str) -> None:
 
 async def test_metrics_require_a_token_when_metrics_auth_is_on(db_url: str) -> None:
     token = generate_token()
-    async with running_daemon(db_url, serve_http=True, AUTO_PROMOTION_METRICS_AUTH="true",
-                              AUTO_PROMOTION_API_TOKENS=token_entry("prom", "viewer", token)) as daemon:
+    async with running_daemon(
+        db_url,
+        serve_http=True,
+        AUTO_PROMOTION_METRICS_AUTH="true",
+        AUTO_PROMOTION_API_TOKENS=token_entry("prom", "viewer", token),
+    ) as daemon:
         assert daemon.http_port
         assert (await _get(daemon.http_port, "/metrics"))[0] == 401
         assert (await _get(daemon.http_port, "/metrics", {"Authorization": "Bearer ap_wrong"}))[0] == 401
@@ -67,9 +78,12 @@ async def test_scan_leadership_is_held_by_one_replica_and_moves_when_its_session
         assert await a.acquire() is True  # confirming does not stack or drop it
         assert await b.acquire() is False
         async with db(db_url) as conn:
-            pids = await conn.fetch("SELECT pid FROM pg_locks l JOIN pg_stat_activity s USING (pid) "
-                                    "WHERE l.locktype = 'advisory' AND s.application_name = $1 AND s.datname = $2",
-                                    LEADER_APPLICATION_NAME, dbname)
+            pids = await conn.fetch(
+                "SELECT pid FROM pg_locks l JOIN pg_stat_activity s USING (pid) "
+                "WHERE l.locktype = 'advisory' AND s.application_name = $1 AND s.datname = $2",
+                LEADER_APPLICATION_NAME,
+                dbname,
+            )
             assert len(pids) == 1
             await conn.execute("SELECT pg_terminate_backend($1)", pids[0]["pid"])
         await wait_for(b.acquire, what="the other replica to take over")
@@ -116,8 +130,12 @@ async def _true(value: bool) -> bool:
 
 
 async def test_a_scan_runs_while_updates_are_evaluated_without_double_promotion(db_url: str) -> None:
-    async with db(db_url) as conn, running_daemon(db_url, config_env={"AUTO_PROMOTION_SCAN_INTERVAL": "1",
-                                                                      "AUTO_PROMOTION_MAX_CONCURRENT": "100"}) as d:
+    async with (
+        db(db_url) as conn,
+        running_daemon(
+            db_url, config_env={"AUTO_PROMOTION_SCAN_INTERVAL": "1", "AUTO_PROMOTION_MAX_CONCURRENT": "100"}
+        ) as d,
+    ):
         ids = [await seed_winner(conn, f"race-{i}") for i in range(20)]
         await wait_for(lambda: _true(d.scanner.scans >= 1), within=30, what="a scan")
         for exp_id in ids:

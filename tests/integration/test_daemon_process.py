@@ -28,17 +28,31 @@ class Worker:
 
     def __init__(self, tmp: Path, name: str, env: dict[str, str], args: tuple[str, ...] = ()) -> None:
         self.log_path = tmp / f"{name}.log"
-        base = {k: v for k, v in os.environ.items()
-                if not k.startswith(("AUTO_PROMOTION_", "AUTO_NOTIFY")) and k not in ("DATABASE_URL", "LOG_LEVEL")}
-        self.env = {**base, "AUTO_PROMOTION_HTTP_PORT": "0", "LOG_FORMAT": "json", "LOG_LEVEL": "info",
-                    "AUTO_PROMOTION_SCAN_INTERVAL": "3600", **env}
+        base = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("AUTO_PROMOTION_", "AUTO_NOTIFY")) and k not in ("DATABASE_URL", "LOG_LEVEL")
+        }
+        self.env = {
+            **base,
+            "AUTO_PROMOTION_HTTP_PORT": "0",
+            "LOG_FORMAT": "json",
+            "LOG_LEVEL": "info",
+            "AUTO_PROMOTION_SCAN_INTERVAL": "3600",
+            **env,
+        }
         self.args = args
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Worker:
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "worker", "run", *self.args], cwd=ROOT, env=self.env,
-                                         stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "worker", "run", *self.args],
+                cwd=ROOT,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         return self
 
     def logs(self) -> list[dict[str, Any]]:
@@ -66,8 +80,7 @@ class Worker:
             if self.port is None:
                 return False
             try:
-                async with aiohttp.ClientSession() as http, \
-                        http.get(f"http://127.0.0.1:{self.port}/readyz") as resp:
+                async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{self.port}/readyz") as resp:
                     return resp.status == 200
             except aiohttp.ClientError:
                 return False
@@ -114,8 +127,10 @@ async def test_sigterm_exits_zero_within_the_grace_period(db_url: str, workers: 
     await w.ready()
     async with db(db_url) as conn:
         exp_id = await seed_winner(conn, "before-sigterm")
-        await wait_for(lambda: conn.fetchval("SELECT count(*) FROM experiment_promotions WHERE experiment_id = $1",
-                                             exp_id), what="the promotion")
+        await wait_for(
+            lambda: conn.fetchval("SELECT count(*) FROM experiment_promotions WHERE experiment_id = $1", exp_id),
+            what="the promotion",
+        )
     w.signal(signal.SIGTERM)
     assert await w.exit_code(within=grace + 5) == 0  # the deadline is the grace period plus process teardown
     assert w.events("shutdown.requested")[0]["signal"] == "SIGTERM"
@@ -156,9 +171,13 @@ async def test_in_flight_work_is_rolled_back_when_grace_runs_out_or_a_second_sig
             for variant, (n, c) in WINNER.items():
                 await record(conn, "stuck", variant, n, c)
             # The promotion's transaction is now waiting for the row lock.
-            await wait_for(lambda: conn.fetchval(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
-            ), what="the promotion to wait on the lock")
+            await wait_for(
+                lambda: conn.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE wait_event_type = 'Lock' AND datname = current_database()"
+                ),
+                what="the promotion to wait on the lock",
+            )
         w.signal(signal.SIGTERM)
         if second_signal is not None:
             await wait_for(lambda: _true(bool(w.events("shutdown.requested"))), what="the first signal handled")
@@ -206,20 +225,28 @@ async def test_kill_9_mid_stream_then_restart_loses_nothing_and_duplicates_nothi
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(produce)
-            await wait_for(lambda: conn.fetchval("SELECT count(*) > 0 FROM experiment_promotions"), within=60,
-                           what="the first promotions")
+            await wait_for(
+                lambda: conn.fetchval("SELECT count(*) > 0 FROM experiment_promotions"),
+                within=60,
+                what="the first promotions",
+            )
             first.kill()  # SIGKILL in the middle of the stream: no shutdown path at all
             assert await conn.fetchval("SELECT count(*) FROM experiment_promotions") < n_exp, "killed too late"
             second = workers(env, "second").start()
             await second.ready()
-        await wait_for(lambda: conn.fetchval("SELECT count(*) = 0 FROM ab_metric_updates"), within=30,
-                       what="the backlog to drain")
-        await wait_for(lambda: conn.fetchval("SELECT count(*) = $1 FROM experiment_promotions", n_exp), within=30,
-                       what="every experiment promoted")
+        await wait_for(
+            lambda: conn.fetchval("SELECT count(*) = 0 FROM ab_metric_updates"), within=30, what="the backlog to drain"
+        )
+        await wait_for(
+            lambda: conn.fetchval("SELECT count(*) = $1 FROM experiment_promotions", n_exp),
+            within=30,
+            what="every experiment promoted",
+        )
         assert await conn.fetchval("SELECT sum(exposures) FROM ab_variant_stats") == recorded["exposures"]
         assert await conn.fetchval("SELECT sum(updates_folded) FROM ab_variant_stats") == recorded["updates"]
-        per_experiment = await conn.fetch("SELECT experiment_id, count(*) AS n FROM experiment_promotions "
-                                          "GROUP BY experiment_id")
+        per_experiment = await conn.fetch(
+            "SELECT experiment_id, count(*) AS n FROM experiment_promotions GROUP BY experiment_id"
+        )
         assert len(per_experiment) == n_exp and all(r["n"] == 1 for r in per_experiment)
         # Every promotion is whole: status, weights and its audit row.
         assert await conn.fetchval("SELECT count(*) FROM ab_experiments WHERE status = 'promoted'") == n_exp
@@ -237,8 +264,9 @@ async def test_three_replicas_promote_each_of_200_experiments_exactly_once(db_ur
     async with db(db_url) as conn:
         for i in range(200):
             await seed_winner(conn, f"exp-{i:03d}")
-        await wait_for(lambda: conn.fetchval("SELECT count(*) = 200 FROM experiment_promotions"), within=120,
-                       what="200 promotions")
+        await wait_for(
+            lambda: conn.fetchval("SELECT count(*) = 200 FROM experiment_promotions"), within=120, what="200 promotions"
+        )
         await wait_for(lambda: conn.fetchval("SELECT count(*) = 0 FROM ab_metric_updates"), what="an empty queue")
         await anyio.sleep(0.5)  # let any late duplicate attempt land, so that it would be seen
         assert await conn.fetchval("SELECT count(*) FROM experiment_promotions") == 200

@@ -93,7 +93,7 @@ async def test_overview_shows_each_experiment_with_its_figures_and_reasons(
     assert "safety check failed: Error Rate Check: Winner error rate: 7.00%" in body
     assert "no treatment beats control at 95% confidence" in body
     assert "✓</span> eligible" in body and "✗</span> blocked" in body
-    assert "↩</span> <span class=\"visually-hidden\">status: </span>rolled back" in body
+    assert '↩</span> <span class="visually-hidden">status: </span>rolled back' in body
     assert "5 experiment(s): 3 running, 1 promoted, 1 rolled back; 1 running and eligible." in body
 
 
@@ -163,9 +163,14 @@ async def test_every_database_value_is_escaped(pool: asyncpg.Pool, conn: asyncpg
     await conn.execute(
         "INSERT INTO experiment_promotions (experiment_id, experiment_name, promoted_variant_name, confidence,"
         " improvement, promoted_by, previous_weights) VALUES ($1, $2, '<b>v</b>', 97, 12, '<i>who</i>', '{}')",
-        exp_id, NASTY)
-    await conn.execute("INSERT INTO ab_promotion_audit_log (actor, action, experiment_name, details) "
-                       "VALUES ('<i>me</i>', '<u>act</u>', $1, '{\"reason\": \"<em>why</em>\"}')", NASTY)
+        exp_id,
+        NASTY,
+    )
+    await conn.execute(
+        "INSERT INTO ab_promotion_audit_log (actor, action, experiment_name, details) "
+        "VALUES ('<i>me</i>', '<u>act</u>', $1, '{\"reason\": \"<em>why</em>\"}')",
+        NASTY,
+    )
     async with serve(ctx) as base, _viewer_session() as s:
         pages = [
             await _get(s, base + "/"),
@@ -175,7 +180,7 @@ async def test_every_database_value_is_escaped(pool: asyncpg.Pool, conn: asyncpg
         ]
     for status, body, _ in pages:
         assert status == 200
-        for raw in ("<img", "<b>", "<i>", "<u>", "<em>", "<script>x", "</td>\"", "onerror=alert(1)>"):
+        for raw in ("<img", "<b>", "<i>", "<u>", "<em>", "<script>x", '</td>"', "onerror=alert(1)>"):
             assert raw not in body, raw
         assert "&lt;img src=x onerror=alert(1)&gt; &amp; &quot;quoted&quot; &#x27;name&#x27;" in body
     detail = pages[1][1]
@@ -188,7 +193,8 @@ HOSTILE = "<script>alert(1)</script> <!channel> \"dq\" 'sq' &amp;"
 
 
 async def test_a_hostile_name_is_escaped_by_the_templates_on_every_page(
-    pool: asyncpg.Pool, conn: asyncpg.Connection,
+    pool: asyncpg.Pool,
+    conn: asyncpg.Connection,
 ) -> None:
     """Every page and fragment, including the 404s and the sign-in form, shows hostile values as text.
 
@@ -206,19 +212,35 @@ async def test_a_hostile_name_is_escaped_by_the_templates_on_every_page(
         "INSERT INTO experiment_promotions (experiment_id, experiment_name, promoted_variant_name, confidence,"
         " improvement, promoted_by, previous_weights, promoted_at, rollback_at, rollback_reason, rolled_back_by)"
         " VALUES ($1, $2, $2, 97, 12, $2, '{}', now() - interval '2 days', now() - interval '1 day', $2, $2)",
-        exp_id, HOSTILE)
+        exp_id,
+        HOSTILE,
+    )
     await conn.execute(
         "INSERT INTO experiment_promotions (experiment_id, experiment_name, promoted_variant_name, confidence,"
         " improvement, promoted_by, previous_weights, rollback_requested_at, rollback_requested_by,"
-        " rollback_request_reason) VALUES ($1, $2, $2, 97, 12, $2, '{}', now(), $2, $2)", exp_id, HOSTILE)
-    await conn.execute("INSERT INTO ab_promotion_audit_log (actor, action, experiment_name, details) "
-                       "VALUES ($1, $1, $1, jsonb_build_object('reason', $1::text))", HOSTILE)
+        " rollback_request_reason) VALUES ($1, $2, $2, 97, 12, $2, '{}', now(), $2, $2)",
+        exp_id,
+        HOSTILE,
+    )
+    await conn.execute(
+        "INSERT INTO ab_promotion_audit_log (actor, action, experiment_name, details) "
+        "VALUES ($1, $1, $1, jsonb_build_object('reason', $1::text))",
+        HOSTILE,
+    )
     name = quote(HOSTILE, safe="")
     missing = quote(HOSTILE + " (gone)", safe="")
-    viewer = [("/", 200), (f"/experiments/{name}", 200), (f"/fragments/experiment?name={name}", 200),
-              (f"/fragments/experiment-card?name={name}", 200), ("/fragments/experiments", 200),
-              ("/promotions", 200), ("/fragments/promotions", 200), (f"/experiments/{missing}", 404),
-              (f"/fragments/experiment?name={missing}", 404), (f"/fragments/experiment-card?name={missing}", 404)]
+    viewer = [
+        ("/", 200),
+        (f"/experiments/{name}", 200),
+        (f"/fragments/experiment?name={name}", 200),
+        (f"/fragments/experiment-card?name={name}", 200),
+        ("/fragments/experiments", 200),
+        ("/promotions", 200),
+        ("/fragments/promotions", 200),
+        (f"/experiments/{missing}", 404),
+        (f"/fragments/experiment?name={missing}", 404),
+        (f"/fragments/experiment-card?name={missing}", 404),
+    ]
     escaped = html.escape(HOSTILE, quote=True)
     async with serve(ctx) as base:
         async with _viewer_session() as s:
@@ -244,7 +266,8 @@ async def test_a_hostile_name_is_escaped_by_the_templates_on_every_page(
 
 
 async def test_names_with_slashes_and_percent_signs_have_working_links(
-    pool: asyncpg.Pool, conn: asyncpg.Connection,
+    pool: asyncpg.Pool,
+    conn: asyncpg.Connection,
 ) -> None:
     ctx = make_context(pool)
     name = "team/a%20b?x=1#frag"
@@ -260,9 +283,17 @@ async def test_names_with_slashes_and_percent_signs_have_working_links(
 
 
 # ------------------------------------------------------------------------------------- authentication
-DASHBOARD_GETS = ("/", f"/experiments/{WINNER}", "/promotions", "/fragments/experiments",
-                  "/fragments/experiments-summary", f"/fragments/experiment-card?name={WINNER}",
-                  f"/fragments/experiment?name={WINNER}", "/fragments/promotions", "/events")
+DASHBOARD_GETS = (
+    "/",
+    f"/experiments/{WINNER}",
+    "/promotions",
+    "/fragments/experiments",
+    "/fragments/experiments-summary",
+    f"/fragments/experiment-card?name={WINNER}",
+    f"/fragments/experiment?name={WINNER}",
+    "/fragments/promotions",
+    "/events",
+)
 
 
 async def test_anonymous_requests_are_refused_and_show_no_data(demo: tuple[AppContext, str, dict[str, str]]) -> None:
@@ -306,8 +337,9 @@ async def test_signing_in_sets_an_httponly_strict_cookie_that_lets_the_browser_v
     async with _browser_session() as s:
         async with s.get(base + "/sign-in?next=/promotions") as r:
             assert r.status == 200 and 'name="next" value="/promotions"' in await r.text()
-        async with s.post(base + "/sign-in", data={"token": VIEWER_TOKEN, "next": "/promotions"},
-                          allow_redirects=False) as r:
+        async with s.post(
+            base + "/sign-in", data={"token": VIEWER_TOKEN, "next": "/promotions"}, allow_redirects=False
+        ) as r:
             assert r.status == 303 and r.headers["Location"] == "/promotions"
             cookie = _set_cookie(r)
         attrs = [a.strip().lower() for a in cookie.split(";")]
@@ -331,10 +363,15 @@ async def test_signing_in_sets_an_httponly_strict_cookie_that_lets_the_browser_v
 
 async def test_sign_in_behind_https_marks_the_cookie_secure(demo: tuple[AppContext, str, dict[str, str]]) -> None:
     _, base, _ = demo
-    async with aiohttp.ClientSession() as s, s.post(
-        base + "/sign-in", data={"token": VIEWER_TOKEN}, headers={"X-Forwarded-Proto": "https"},
-        allow_redirects=False,
-    ) as r:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(
+            base + "/sign-in",
+            data={"token": VIEWER_TOKEN},
+            headers={"X-Forwarded-Proto": "https"},
+            allow_redirects=False,
+        ) as r,
+    ):
         assert r.status == 303 and r.headers["Location"] == "/"
         assert "secure" in [a.strip().lower() for a in _set_cookie(r).split(";")]
 
@@ -344,23 +381,28 @@ async def test_sign_in_refuses_bad_tokens_foreign_forms_and_foreign_redirects(
 ) -> None:
     _, base, _ = demo
     async with aiohttp.ClientSession() as s:
-        for data, status, message in (({"token": "nope"}, 401, "unknown or was revoked"),
-                                      ({"token": "  "}, 400, "Enter a token first")):
+        for data, status, message in (
+            ({"token": "nope"}, 401, "unknown or was revoked"),
+            ({"token": "  "}, 400, "Enter a token first"),
+        ):
             async with s.post(base + "/sign-in", data=data, allow_redirects=False) as r:
                 assert r.status == status and message in await r.text()
                 assert "Set-Cookie" not in r.headers
         # A form on another site must not sign this browser in as someone else (login CSRF).
         for headers in ({"Origin": "http://evil.example"}, {"Sec-Fetch-Site": "cross-site"}):
-            async with s.post(base + "/sign-in", data={"token": VIEWER_TOKEN}, headers=headers,
-                              allow_redirects=False) as r:
+            async with s.post(
+                base + "/sign-in", data={"token": VIEWER_TOKEN}, headers=headers, allow_redirects=False
+            ) as r:
                 assert r.status == 403 and "Set-Cookie" not in r.headers
         # After signing in, only a path on this site.
         for target in ("//evil.example/x", "https://evil.example/", "/\\evil.example", "javascript:alert(1)"):
-            async with s.post(base + "/sign-in", data={"token": VIEWER_TOKEN, "next": target},
-                              allow_redirects=False) as r:
+            async with s.post(
+                base + "/sign-in", data={"token": VIEWER_TOKEN, "next": target}, allow_redirects=False
+            ) as r:
                 assert r.status == 303 and r.headers["Location"] == "/", target
-        async with s.post(base + "/sign-in", data={"token": VIEWER_TOKEN, "next": f"/experiments/{WINNER}?a=1"},
-                          allow_redirects=False) as r:
+        async with s.post(
+            base + "/sign-in", data={"token": VIEWER_TOKEN, "next": f"/experiments/{WINNER}?a=1"}, allow_redirects=False
+        ) as r:
             assert r.headers["Location"] == f"/experiments/{WINNER}?a=1"
 
 
@@ -389,16 +431,19 @@ async def test_the_sign_in_cookie_never_authorises_the_api(demo: tuple[AppContex
         async with s.post(base + "/sign-in", data={"token": OPERATOR_TOKEN}, allow_redirects=False) as r:
             assert r.status == 303
         assert (await _get(s, base + "/"))[0] == 200
-        for method, path, body in (("POST", "/api/experiments/auto-promote", {"action": "promote",
-                                                                              "experimentName": WINNER}),
-                                   ("POST", "/api/experiments/auto-promote", {"action": "check",
-                                                                              "experimentName": WINNER}),
-                                   ("GET", "/api/audit", None)):
+        for method, path, body in (
+            ("POST", "/api/experiments/auto-promote", {"action": "promote", "experimentName": WINNER}),
+            ("POST", "/api/experiments/auto-promote", {"action": "check", "experimentName": WINNER}),
+            ("GET", "/api/audit", None),
+        ):
             async with s.request(method, base + path, json=body) as r:
                 assert r.status == 401, path
                 assert (await r.json())["error"]["code"] == "unauthorized"
-        async with s.post(base + "/api/experiments/auto-promote", json={"action": "check", "experimentName": WINNER},
-                          headers={"Authorization": f"Bearer {VIEWER_TOKEN}"}) as r:
+        async with s.post(
+            base + "/api/experiments/auto-promote",
+            json={"action": "check", "experimentName": WINNER},
+            headers={"Authorization": f"Bearer {VIEWER_TOKEN}"},
+        ) as r:
             assert r.status == 200
 
 
@@ -434,8 +479,17 @@ async def test_event_stream_forwards_bus_events_as_server_sent_events(
         assert response.headers["Cache-Control"] == "no-store"
         assert (await response.content.readline()).startswith(b"retry:")
         await _wait_for(lambda: ctx.events.subscriber_count >= 1)
-        ctx.events.publish({"type": "evaluation", "experimentName": "a", "eligible": True, "confidence": 97.5,
-                            "reasons": ["big", "list"], "decision": {"nested": 1}, "nan": float("nan")})
+        ctx.events.publish(
+            {
+                "type": "evaluation",
+                "experimentName": "a",
+                "eligible": True,
+                "confidence": 97.5,
+                "reasons": ["big", "list"],
+                "decision": {"nested": 1},
+                "nan": float("nan"),
+            }
+        )
         ctx.events.publish({"no": "type"})
         ctx.events.publish({"type": "promotion", "experimentName": "b" * 2000, "promotionId": "p1"})
         first, second = await _sse_events(response, 2)
@@ -494,8 +548,9 @@ async def test_event_stream_clients_are_capped_with_a_json_503(pool: asyncpg.Poo
         second.close()
 
 
-@pytest.mark.parametrize(("value", "message"), [("0", "must be at least 1, got 0"),
-                                                ("many", "expected a whole number, got 'many'")])
+@pytest.mark.parametrize(
+    ("value", "message"), [("0", "must be at least 1, got 0"), ("many", "expected a whole number, got 'many'")]
+)
 def test_the_client_cap_is_validated(value: str, message: str) -> None:
     with pytest.raises(ConfigError, match="sseMaxClients") as caught:
         load_settings({"AUTO_PROMOTION_SSE_MAX_CLIENTS": value})
@@ -504,7 +559,8 @@ def test_the_client_cap_is_validated(value: str, message: str) -> None:
 
 
 async def test_each_event_is_encoded_once_whatever_the_number_of_clients(
-    pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch,
+    pool: asyncpg.Pool,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     encoded: list[dict[str, Any]] = []
     original = dashboard.sse._encode_event
@@ -537,8 +593,9 @@ async def test_a_client_that_stops_reading_is_dropped_and_memory_stays_bounded(p
         sock.setblocking(False)
         await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
         reader, writer = await asyncio.open_connection(sock=sock)
-        writer.write(f"GET /events HTTP/1.1\r\nHost: {host}:{port}\r\n"
-                     f"Authorization: Bearer {VIEWER_TOKEN}\r\n\r\n".encode())
+        writer.write(
+            f"GET /events HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Bearer {VIEWER_TOKEN}\r\n\r\n".encode()
+        )
         async with asyncio.timeout(10):
             while b"retry:" not in await reader.readline():
                 pass
@@ -603,22 +660,32 @@ async def test_bridge_publishes_promotion_events_made_in_sql(pool: asyncpg.Pool,
         pid = await conn.fetchval(
             "INSERT INTO experiment_promotions (experiment_id, experiment_name, promoted_variant_name, confidence,"
             " improvement, promoted_by, previous_weights) VALUES ($1, 'sql-made', 'variant-b', 97, 12, 'dba', '{}')"
-            " RETURNING id", exp_id)
+            " RETURNING id",
+            exp_id,
+        )
         promoted = await _next_event(queue)
         await conn.execute("SELECT ab_request_rollback($1, 'looks wrong', 'dba')", pid)
         requested = await _next_event(queue)
-    assert promoted == {"type": "promotion", "event": "promoted", "experimentName": "sql-made",
-                        "promotionId": str(pid), "source": "database"}
+    assert promoted == {
+        "type": "promotion",
+        "event": "promoted",
+        "experimentName": "sql-made",
+        "promotionId": str(pid),
+        "source": "database",
+    }
     assert requested["type"] == "rollback" and requested["event"] == "rollback_requested"
 
 
 async def test_bridge_reconnects_after_its_connection_is_killed(
-    pool: asyncpg.Pool, conn: asyncpg.Connection,
+    pool: asyncpg.Pool,
+    conn: asyncpg.Connection,
 ) -> None:
     ctx = make_context(pool, publish_commits=False)
     exp_id = await create_experiment(conn, "killed", status="promoted")
-    listening = ("SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
-                 "AND query LIKE 'LISTEN%ab_promotion_events%' AND pid <> pg_backend_pid()")
+    listening = (
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+        "AND query LIKE 'LISTEN%ab_promotion_events%' AND pid <> pg_backend_pid()"
+    )
     async with serve(ctx) as _, ctx.events.subscribe() as queue:
         await _wait_for(lambda: ctx.health.details.get(dashboard.BRIDGE_STATE) == "listening")
         first = await conn.fetchval(listening)
@@ -634,7 +701,8 @@ async def test_bridge_reconnects_after_its_connection_is_killed(
         await conn.execute(
             "INSERT INTO experiment_promotions (experiment_id, experiment_name, promoted_variant_name, confidence,"
             " improvement, promoted_by, previous_weights) VALUES ($1, 'killed', 'variant-b', 97, 12, 'dba', '{}')",
-            exp_id)
+            exp_id,
+        )
         event = await _next_event(queue)
     assert event["type"] == "promotion" and event["experimentName"] == "killed"
 
@@ -644,13 +712,16 @@ async def test_no_bridge_when_the_daemon_already_bridges(pool: asyncpg.Pool, con
     exp_id = await create_experiment(conn, "bridged", status="promoted")
     async with serve(ctx) as _, ctx.events.subscribe() as queue:
         assert ctx.health.details[dashboard.BRIDGE_STATE].startswith("off")
-        listeners = await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN%' "
-                                        "AND datname = current_database() AND pid <> pg_backend_pid()")
+        listeners = await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN%' "
+            "AND datname = current_database() AND pid <> pg_backend_pid()"
+        )
         assert listeners == 0
         await conn.execute(
             "INSERT INTO experiment_promotions (experiment_id, experiment_name, promoted_variant_name, confidence,"
             " improvement, promoted_by, previous_weights) VALUES ($1, 'bridged', 'variant-b', 97, 12, 'dba', '{}')",
-            exp_id)
+            exp_id,
+        )
         ctx.events.publish({"type": "marker"})  # anything from a bridge would have been queued before this
         assert (await _next_event(queue)) == {"type": "marker"}
 
@@ -660,7 +731,12 @@ def test_bridge_ignores_unknown_payloads() -> None:
     assert dashboard._bridge_event("[1]") is None
     assert dashboard._bridge_event('{"event": "exploded"}') is None
     assert dashboard._bridge_event('{"event": "rolled_back", "promotion_id": "p", "experiment_name": "e"}') == {
-        "type": "rollback", "event": "rolled_back", "experimentName": "e", "promotionId": "p", "source": "database"}
+        "type": "rollback",
+        "event": "rolled_back",
+        "experimentName": "e",
+        "promotionId": "p",
+        "source": "database",
+    }
 
 
 # --------------------------------------------------------------------------------------------- static
@@ -706,8 +782,12 @@ def _parse(markup: str) -> ET.Element:
 
 def _points(n: int, *, start: datetime | None = None) -> list[svg.LiftPoint]:
     t0 = start or datetime(2026, 1, 1, tzinfo=UTC)
-    return [svg.LiftPoint(t0 + timedelta(hours=i), 0.1 + 0.001 * i, 0.1 - 1.0 / (i + 1), 0.1 + 1.0 / (i + 1),
-                          eligible=i == n - 1) for i in range(n)]
+    return [
+        svg.LiftPoint(
+            t0 + timedelta(hours=i), 0.1 + 0.001 * i, 0.1 - 1.0 / (i + 1), 0.1 + 1.0 / (i + 1), eligible=i == n - 1
+        )
+        for i in range(n)
+    ]
 
 
 @pytest.mark.parametrize("compact", [False, True])
@@ -739,8 +819,10 @@ def test_lift_chart_copes_with_undefined_values() -> None:
     root = _parse(single)
     assert root.find(f".//{SVG_NS}circle") is not None  # a lone point, with an error bar instead of a band
     assert "nan" not in single.lower() and "inf" not in single.lower()
-    mixed = [svg.LiftPoint(t0 + timedelta(minutes=i), v, None if v is None else v - 0.1, None)
-             for i, v in enumerate([0.02, None, float("nan"), 0.04])]
+    mixed = [
+        svg.LiftPoint(t0 + timedelta(minutes=i), v, None if v is None else v - 0.1, None)
+        for i, v in enumerate([0.02, None, float("nan"), 0.04])
+    ]
     root = _parse(svg.lift_chart(mixed, chart_id="m", title="t"))
     assert len(root.find(f".//{SVG_NS}polyline[@class='lift-line']").get("points").split()) == 2  # type: ignore[union-attr]
 
@@ -780,6 +862,9 @@ def test_interval_bar_is_decorative_and_clamped() -> None:
     assert all(0 <= float(c.get("cx", 0)) <= 140 for c in root.iter(f"{SVG_NS}circle"))
     assert svg.interval_bar(None, None, None, lo=lo, hi=hi) == ""
     wide = ET.fromstring(svg.interval_bar(0.05, -5.0, 5.0, lo=lo, hi=hi))
-    xs = [float(v)  # type: ignore[arg-type]
-          for line in wide.iter(f"{SVG_NS}line") for v in (line.get("x1"), line.get("x2"))]
+    xs = [
+        float(v)  # type: ignore[arg-type]
+        for line in wide.iter(f"{SVG_NS}line")
+        for v in (line.get("x1"), line.get("x2"))
+    ]
     assert min(xs) >= 0 and max(xs) <= 140

@@ -12,12 +12,17 @@ import pytest
 @pytest.mark.slow
 def test_demo_runs_every_path_to_its_summary_without_a_terminal() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AUTO_PROMOTION_", "DATABASE_URL"))}
-    result = subprocess.run([sys.executable, "-m", "worker", "demo", "--duration", "25"], capture_output=True,
-                            text=True, timeout=180, env=env)
+    result = subprocess.run(
+        [sys.executable, "-m", "worker", "demo", "--duration", "25"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+    )
     out = result.stdout
     assert result.returncode == 0, result.stderr[-3000:]
     assert "\x1b[" not in out  # plain lines, not a refreshing screen, when piped
-    summary = out[out.index("\nsummary\n"):]
+    summary = out[out.index("\nsummary\n") :]
     assert "homepage-cta: variant-b at" in summary.split("blocked")[0]
     assert "button-color-aa: no treatment beats control" in summary
     assert "search-ranking: safety check failed: Error Rate Check" in summary
@@ -33,6 +38,7 @@ def test_demo_runs_every_path_to_its_summary_without_a_terminal() -> None:
 
 
 def test_demo_rejects_a_bad_duration() -> None:
-    result = subprocess.run([sys.executable, "-m", "worker", "demo", "--duration", "0"], capture_output=True,
-                            text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "worker", "demo", "--duration", "0"], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 2 and "--duration must be a positive number" in result.stderr

@@ -33,10 +33,14 @@ async def seed_winner(conn: asyncpg.Connection, name: str, config: dict[str, Any
 
 async def reports(conn: asyncpg.Connection, name: str) -> tuple[int, int]:
     """(dry_run audit rows, promotion.eligible outbox rows) of experiment ``name``."""
-    audits = await conn.fetchval("SELECT count(*) FROM ab_promotion_audit_log WHERE action = 'dry_run' "
-                                 "AND experiment_name = $1", name)
-    notes = await conn.fetchval("SELECT count(*) FROM notification_outbox WHERE event = 'promotion.eligible' "
-                                "AND payload->>'experimentName' = $1", name)
+    audits = await conn.fetchval(
+        "SELECT count(*) FROM ab_promotion_audit_log WHERE action = 'dry_run' AND experiment_name = $1", name
+    )
+    notes = await conn.fetchval(
+        "SELECT count(*) FROM notification_outbox WHERE event = 'promotion.eligible' "
+        "AND payload->>'experimentName' = $1",
+        name,
+    )
     return int(audits), int(notes)
 
 
@@ -55,8 +59,9 @@ def engine_for(pool: asyncpg.Pool) -> Engine:
 
 
 @pytest.mark.parametrize("own", REPORT_ONLY)
-async def test_repeated_reconciliation_scans_report_once_per_change(pool: asyncpg.Pool, conn: asyncpg.Connection,
-                                                                    own: dict[str, Any]) -> None:
+async def test_repeated_reconciliation_scans_report_once_per_change(
+    pool: asyncpg.Pool, conn: asyncpg.Connection, own: dict[str, Any]
+) -> None:
     await seed_winner(conn, "quiet", own)
     engine = engine_for(pool)
     for _ in range(3):
@@ -75,8 +80,9 @@ async def test_repeated_reconciliation_scans_report_once_per_change(pool: asyncp
 
 
 @pytest.mark.parametrize("own", REPORT_ONLY)
-async def test_repeated_api_scans_report_once_per_change(pool: asyncpg.Pool, conn: asyncpg.Connection,
-                                                         own: dict[str, Any]) -> None:
+async def test_repeated_api_scans_report_once_per_change(
+    pool: asyncpg.Pool, conn: asyncpg.Connection, own: dict[str, Any]
+) -> None:
     await seed_winner(conn, "quiet", own)
     async with serve_api(pool) as api:
         for _ in range(3):
@@ -95,8 +101,9 @@ async def test_repeated_api_scans_report_once_per_change(pool: asyncpg.Pool, con
 
 
 @pytest.mark.parametrize("own", REPORT_ONLY)
-async def test_repeated_daemon_evaluations_report_once_per_change(pool: asyncpg.Pool, conn: asyncpg.Connection,
-                                                                  own: dict[str, Any]) -> None:
+async def test_repeated_daemon_evaluations_report_once_per_change(
+    pool: asyncpg.Pool, conn: asyncpg.Connection, own: dict[str, Any]
+) -> None:
     exp_id = await seed_winner(conn, "quiet", own)
     await fold_pending_updates(conn, batch_size=10_000)  # the daemon evaluates what its folder folded
     engine = engine_for(pool)
@@ -113,8 +120,9 @@ async def test_repeated_daemon_evaluations_report_once_per_change(pool: asyncpg.
 
 
 @pytest.mark.parametrize("own", REPORT_ONLY)
-async def test_a_running_daemon_reports_once_while_updates_keep_coming(db_url: str, conn: asyncpg.Connection,
-                                                                       own: dict[str, Any]) -> None:
+async def test_a_running_daemon_reports_once_while_updates_keep_coming(
+    db_url: str, conn: asyncpg.Connection, own: dict[str, Any]
+) -> None:
     exp_id = await seed_winner(conn, "quiet", own)
     async with running_daemon(db_url, config_env={"AUTO_PROMOTION_SCAN_INTERVAL": "1"}) as daemon:
         await wait_for(lambda: reports(conn, "quiet"), what="the first report")
@@ -123,10 +131,14 @@ async def test_a_running_daemon_reports_once_while_updates_keep_coming(db_url: s
             await record(conn, "quiet", "variant-b", 10, 1)
             # Folded and evaluated: nothing queued, and the stored decision covers the statistics (one evaluation
             # may cover two folds, so the evaluation count is no measure).
-            await wait_for(lambda: conn.fetchval(
-                "SELECT NOT ab_evaluation_due($1)"
-                " AND NOT EXISTS (SELECT 1 FROM ab_metric_updates WHERE experiment_id = $1)", exp_id),
-                what="the evaluation of the update")
+            await wait_for(
+                lambda: conn.fetchval(
+                    "SELECT NOT ab_evaluation_due($1)"
+                    " AND NOT EXISTS (SELECT 1 FROM ab_metric_updates WHERE experiment_id = $1)",
+                    exp_id,
+                ),
+                what="the evaluation of the update",
+            )
         start = daemon.scanner.scans
 
         async def scanned_twice() -> bool:
@@ -138,7 +150,8 @@ async def test_a_running_daemon_reports_once_while_updates_keep_coming(db_url: s
 
 
 async def test_a_check_that_sees_the_change_reports_it_and_the_scan_stays_quiet(
-        pool: asyncpg.Pool, conn: asyncpg.Connection) -> None:
+    pool: asyncpg.Pool, conn: asyncpg.Connection
+) -> None:
     await seed_winner(conn, "quiet", DRY)
     engine = engine_for(pool)
     data = await engine.check_promotion_eligibility("quiet")  # the CLI's check: stores the last decision
@@ -150,8 +163,9 @@ async def test_a_check_that_sees_the_change_reports_it_and_the_scan_stays_quiet(
     assert await reports(conn, "quiet") == (1, 1)
 
 
-async def test_explicit_dry_run_promotes_are_reported_at_every_call(pool: asyncpg.Pool,
-                                                                    conn: asyncpg.Connection) -> None:
+async def test_explicit_dry_run_promotes_are_reported_at_every_call(
+    pool: asyncpg.Pool, conn: asyncpg.Connection
+) -> None:
     await seed_winner(conn, "quiet", DRY)
     async with serve_api(pool) as api:
         for _ in range(3):

@@ -38,9 +38,14 @@ def engine(pool: asyncpg.Pool) -> Engine:
     return Engine(pool, _settings(), _config())
 
 
-async def seed_winner(conn: asyncpg.Connection, name: str = "homepage-cta-test", *, errors: tuple[int, int] = (0, 0),
-                      latencies: tuple[list[float] | None, list[float] | None] = (None, None),
-                      **kwargs: Any) -> int:
+async def seed_winner(
+    conn: asyncpg.Connection,
+    name: str = "homepage-cta-test",
+    *,
+    errors: tuple[int, int] = (0, 0),
+    latencies: tuple[list[float] | None, list[float] | None] = (None, None),
+    **kwargs: Any,
+) -> int:
     exp_id = await create_experiment(conn, name, list(WINNER), **kwargs)
     for i, (variant, (n, conv)) in enumerate(WINNER.items()):
         await record(conn, name, variant, n, conv, errors[i], latencies[i])
@@ -59,7 +64,11 @@ async def test_homepage_cta_test_is_eligible_with_seed_shape(engine: Engine, con
     assert 95 <= data["confidence"] < 100
     assert data["improvement"] == pytest.approx(12.0, abs=0.01)
     assert {c["name"] for c in data["safetyChecks"]} == {
-        "Error Rate Check", "Latency Check", "Traffic Balance Check", "Critical Alerts Check"}
+        "Error Rate Check",
+        "Latency Check",
+        "Traffic Balance Check",
+        "Critical Alerts Check",
+    }
     for check in data["safetyChecks"]:
         assert set(check) == {"name", "passed", "message", "severity"}
     latency = next(c for c in data["safetyChecks"] if c["name"] == "Latency Check")
@@ -84,8 +93,11 @@ async def test_check_sees_updates_no_daemon_has_folded(engine: Engine, conn: asy
         ({}, {"thresholds": {"minSampleSize": 17_200}}, "sample size 17,000 < 17,200 for variant-b"),
         ({"started_hours_ago": 2.0}, {}, "runtime 2.0 h < 24 h minimum"),
         ({}, {"thresholds": {"minImprovement": 15}}, "improvement 12.00% < 15% minimum"),
-        ({}, {"thresholds": {"minConfidence": 99.9}},
-         "no treatment beats control at 99.9% confidence (best: variant-b"),
+        (
+            {},
+            {"thresholds": {"minConfidence": 99.9}},
+            "no treatment beats control at 99.9% confidence (best: variant-b",
+        ),
     ],
 )
 async def test_each_failing_criterion_yields_exactly_its_reason(
@@ -222,16 +234,24 @@ async def test_promote_commits_everything_in_one_transaction(engine: Engine, con
     exp_id = await seed_winner(conn)
     data = await engine.promote_winner("homepage-cta-test", actor="alice")
     assert data["success"] is True
-    assert set(data) >= {"success", "experimentName", "promotedVariantName", "confidence", "improvement",
-                         "promotionId", "notificationsQueued"}
+    assert set(data) >= {
+        "success",
+        "experimentName",
+        "promotedVariantName",
+        "confidence",
+        "improvement",
+        "promotionId",
+        "notificationsQueued",
+    }
     assert data["promotedVariantName"] == "variant-b"
     promo = await conn.fetchrow("SELECT * FROM experiment_promotions WHERE id = $1", uuid.UUID(data["promotionId"]))
     assert promo["promoted_by"] == "alice" and promo["rollback_at"] is None
     assert promo["previous_weights"] == {"control": 1.0, "variant-b": 1.0}
     assert promo["confidence"] == pytest.approx(data["confidence"])
     assert promo["baseline_stats"]["variant-b"]["exposures"] == 17_000
-    weights = dict(await conn.fetch("SELECT name, traffic_weight::float8 FROM ab_variants WHERE experiment_id = $1",
-                                    exp_id))
+    weights = dict(
+        await conn.fetch("SELECT name, traffic_weight::float8 FROM ab_variants WHERE experiment_id = $1", exp_id)
+    )
     assert weights == {"control": 0.0, "variant-b": 100.0}
     assert await conn.fetchval("SELECT status FROM ab_experiments WHERE id = $1", exp_id) == "promoted"
     audit = await conn.fetchrow("SELECT * FROM ab_promotion_audit_log WHERE action = 'promoted'")
@@ -267,8 +287,10 @@ async def test_dry_run_writes_only_its_audit_row(engine: Engine, conn: asyncpg.C
     assert await conn.fetchval("SELECT count(*) FROM experiment_promotions") == 0
     assert await conn.fetchval("SELECT count(*) FROM notification_outbox") == 0
     assert await conn.fetchval("SELECT status FROM ab_experiments") == "running"
-    weights = [r[0] for r in await conn.fetch(
-        "SELECT traffic_weight::float8 FROM ab_variants WHERE experiment_id = $1", exp_id)]
+    weights = [
+        r[0]
+        for r in await conn.fetch("SELECT traffic_weight::float8 FROM ab_variants WHERE experiment_id = $1", exp_id)
+    ]
     assert weights == [1.0, 1.0]
     audit = await conn.fetch("SELECT action, details FROM ab_promotion_audit_log")
     assert [a["action"] for a in audit] == ["dry_run"]
@@ -283,8 +305,9 @@ async def test_rollback_restores_previous_weights(engine: Engine, conn: asyncpg.
         await engine.rollback_promotion(promoted["promotionId"], "  ", actor="bob")
     result = await engine.rollback_promotion(promoted["promotionId"], "checkout errors", actor="bob")
     assert result["success"] is True and result["restoredWeights"] == {"control": 3.0, "variant-b": 1.0}
-    weights = dict(await conn.fetch("SELECT name, traffic_weight::float8 FROM ab_variants WHERE experiment_id = $1",
-                                    exp_id))
+    weights = dict(
+        await conn.fetch("SELECT name, traffic_weight::float8 FROM ab_variants WHERE experiment_id = $1", exp_id)
+    )
     assert weights == {"control": 3.0, "variant-b": 1.0}
     promo = await conn.fetchrow("SELECT * FROM experiment_promotions")
     assert promo["rollback_reason"] == "checkout errors" and promo["rolled_back_by"] == "bob"
@@ -386,9 +409,11 @@ async def test_scan_over_1000_experiments_reports_every_one(engine: Engine, conn
            SELECT v.id, v.experiment_id, 5000, CASE WHEN v.is_control THEN 500 ELSE 505 END FROM ab_variants v"""
     )
     # One experiment whose recorded statistics are impossible (conversions > exposures, written around the API).
-    await conn.execute("UPDATE ab_variant_stats SET conversions = 9999 WHERE variant_id = "
-                       "(SELECT v.id FROM ab_variants v JOIN ab_experiments e ON e.id = v.experiment_id "
-                       " WHERE e.name = 'exp-7' AND v.name = 'b')")
+    await conn.execute(
+        "UPDATE ab_variant_stats SET conversions = 9999 WHERE variant_id = "
+        "(SELECT v.id FROM ab_variants v JOIN ab_experiments e ON e.id = v.experiment_id "
+        " WHERE e.name = 'exp-7' AND v.name = 'b')"
+    )
     await seed_winner(conn)
     data = await engine.scan_and_promote_winners()
     assert data["scanned"] == 1000
@@ -439,8 +464,9 @@ async def test_scan_vectorised_statistics_agree_with_a_single_check(engine: Engi
         assert by_name[name]["reasons"] == single["reasons"]
 
 
-async def test_batch_evaluation_promotes_records_and_skips_in_one_pass(engine: Engine, conn: asyncpg.Connection,
-                                                                      db_url: str) -> None:
+async def test_batch_evaluation_promotes_records_and_skips_in_one_pass(
+    engine: Engine, conn: asyncpg.Connection, db_url: str
+) -> None:
     # The daemon's batch: one eligible, one too young, one paused, one held by another transaction.
     from worker.db.fold import fold_pending_updates
 
@@ -456,8 +482,12 @@ async def test_batch_evaluation_promotes_records_and_skips_in_one_pass(engine: E
             out = {e.experiment_id: e for e in await engine.evaluate_many([winner, young, paused, held])}
     finally:
         await other.close()
-    assert {k: e.action for k, e in out.items()} == {winner: "promoted", young: "evaluated", paused: "skipped",
-                                                     held: "busy"}
+    assert {k: e.action for k, e in out.items()} == {
+        winner: "promoted",
+        young: "evaluated",
+        paused: "skipped",
+        held: "busy",
+    }
     promotion = out[winner].promotion
     assert promotion is not None and promotion["notificationsQueued"] >= 1
     promo = await conn.fetchrow("SELECT * FROM experiment_promotions WHERE experiment_id = $1", winner)
@@ -466,7 +496,10 @@ async def test_batch_evaluation_promotes_records_and_skips_in_one_pass(engine: E
     assert len(outbox) == promotion["notificationsQueued"]
     for row in outbox:
         assert (row["event"], row["experiment_name"], row["promotion_id"]) == (
-            "promotion.promoted", "batch-winner", promo["id"])
+            "promotion.promoted",
+            "batch-winner",
+            promo["id"],
+        )
         assert row["payload"]["promotionId"] == promotion["promotionId"]
     states = {r["experiment_id"]: r for r in await conn.fetch("SELECT * FROM ab_experiment_state")}
     assert set(states) == {winner, young}
@@ -477,8 +510,9 @@ async def test_batch_evaluation_promotes_records_and_skips_in_one_pass(engine: E
     assert await conn.fetchval("SELECT status FROM ab_experiments WHERE id = $1", held) == "running"
 
 
-async def test_batch_that_fails_in_the_database_is_evaluated_one_by_one(engine: Engine,
-                                                                      conn: asyncpg.Connection) -> None:
+async def test_batch_that_fails_in_the_database_is_evaluated_one_by_one(
+    engine: Engine, conn: asyncpg.Connection
+) -> None:
     # One promotion the database refuses must not keep the rest of its batch from being evaluated and promoted.
     from worker.db.fold import fold_pending_updates
 
@@ -523,8 +557,9 @@ async def test_racing_promotions_of_different_experiments_respect_the_concurrenc
             outcomes.append(await e.promote_winner(name))
 
         async def waiting_for_the_slot() -> bool:
-            return bool(await conn.fetchval(
-                "SELECT count(*) = 8 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"))
+            return bool(
+                await conn.fetchval("SELECT count(*) = 8 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
+            )
 
         tx = gate.transaction()
         await tx.start()
@@ -545,8 +580,9 @@ async def test_racing_promotions_of_different_experiments_respect_the_concurrenc
     assert await conn.fetchval("SELECT count(*) FROM ab_experiments WHERE status = 'promoted'") == 1
 
 
-async def test_only_transactions_that_store_decisions_alone_commit_relaxed(engine: Engine, conn: asyncpg.Connection,
-                                                                          pool: asyncpg.Pool) -> None:
+async def test_only_transactions_that_store_decisions_alone_commit_relaxed(
+    engine: Engine, conn: asyncpg.Connection, pool: asyncpg.Pool
+) -> None:
     # A relaxed commit (synchronous_commit off for that transaction only) is for work whose loss in a database crash
     # loses nothing: a fold, or a transaction that only stores decisions. Never a promotion or an audit row.
     from worker.db.fold import fold_batch
@@ -588,18 +624,28 @@ async def test_only_transactions_that_store_decisions_alone_commit_relaxed(engin
 def test_transient_database_errors_are_told_apart_from_the_datas() -> None:
     from worker.engine import transient_db_error
 
-    for transient in (asyncpg.exceptions.DeadlockDetectedError("x"), asyncpg.exceptions.SerializationError("x"),
-                      asyncpg.exceptions.ReadOnlySQLTransactionError("x"), asyncpg.exceptions.AdminShutdownError("x"),
-                      asyncpg.exceptions.QueryCanceledError("x"), asyncpg.exceptions.TooManyConnectionsError("x"),
-                      asyncpg.exceptions.LockNotAvailableError("x")):
+    for transient in (
+        asyncpg.exceptions.DeadlockDetectedError("x"),
+        asyncpg.exceptions.SerializationError("x"),
+        asyncpg.exceptions.ReadOnlySQLTransactionError("x"),
+        asyncpg.exceptions.AdminShutdownError("x"),
+        asyncpg.exceptions.QueryCanceledError("x"),
+        asyncpg.exceptions.TooManyConnectionsError("x"),
+        asyncpg.exceptions.LockNotAvailableError("x"),
+    ):
         assert transient_db_error(transient), type(transient).__name__
-    for own in (asyncpg.exceptions.RaiseError("x"), asyncpg.exceptions.UniqueViolationError("x"),
-                asyncpg.exceptions.CheckViolationError("x"), ValueError("x")):
+    for own in (
+        asyncpg.exceptions.RaiseError("x"),
+        asyncpg.exceptions.UniqueViolationError("x"),
+        asyncpg.exceptions.CheckViolationError("x"),
+        ValueError("x"),
+    ):
         assert not transient_db_error(own), type(own).__name__
 
 
-async def test_batch_that_fails_transiently_is_retried_whole_and_reported_nowhere(engine: Engine,
-                                                                                 conn: asyncpg.Connection) -> None:
+async def test_batch_that_fails_transiently_is_retried_whole_and_reported_nowhere(
+    engine: Engine, conn: asyncpg.Connection
+) -> None:
     # A serialisation failure says nothing about the experiments: the batch propagates it (the evaluator retries
     # it a moment later) instead of splitting it up and reporting each experiment as failed.
     from worker.db.fold import fold_pending_updates

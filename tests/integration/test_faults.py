@@ -32,14 +32,14 @@ async def _queue_len(conn: asyncpg.Connection) -> int:
 
 async def _folded(conn: asyncpg.Connection) -> tuple[int, int]:
     """(exposures folded, updates folded): each recorded update must be in both exactly once."""
-    row = await conn.fetchrow("SELECT coalesce(sum(exposures), 0) AS e, coalesce(sum(updates_folded), 0) AS u "
-                              "FROM ab_variant_stats")
+    row = await conn.fetchrow(
+        "SELECT coalesce(sum(exposures), 0) AS e, coalesce(sum(updates_folded), 0) AS u FROM ab_variant_stats"
+    )
     return int(row["e"]), int(row["u"])
 
 
 async def _readyz(daemon: Daemon) -> tuple[int, dict[str, Any]]:
-    async with aiohttp.ClientSession() as http, \
-            http.get(f"http://127.0.0.1:{daemon.http_port}/readyz") as resp:
+    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{daemon.http_port}/readyz") as resp:
         return resp.status, await resp.json()
 
 
@@ -54,8 +54,9 @@ async def _ready(daemon: Daemon) -> bool:
 
 def _warnings_per_fault(logs: Sequence[Mapping[str, Any]]) -> Counter[tuple[str, str]]:
     """Warning-or-worse log lines by (event, task): one fault must not produce more than one."""
-    return Counter((e["event"], str(e.get("task", ""))) for e in logs
-                   if e.get("log_level") in ("warning", "error", "critical"))
+    return Counter(
+        (e["event"], str(e.get("task", ""))) for e in logs if e.get("log_level") in ("warning", "error", "critical")
+    )
 
 
 class Producer:
@@ -81,17 +82,26 @@ class Producer:
 
 async def _terminate_others(conn: asyncpg.Connection, dbname: str, keep: list[asyncpg.Connection]) -> int:
     pids = [c.get_server_pid() for c in keep]
-    return int(await conn.fetchval(
-        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = $1 AND pid <> ALL($2) "
-        "AND backend_type = 'client backend'", dbname, pids))
+    return int(
+        await conn.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = $1 AND pid <> ALL($2) "
+            "AND backend_type = 'client backend'",
+            dbname,
+            pids,
+        )
+    )
 
 
 # ------------------------------------------------------------------------------------------------ read-only
 async def test_read_only_for_10_s_then_writable_is_survived_reported_and_resumed(db_url: str, admin_url: str) -> None:
     dbname = db_url.rsplit("/", 1)[1]
     with structlog.testing.capture_logs() as logs:
-        async with db(admin_url) as admin, db(db_url) as conn, db(db_url) as producer_conn, \
-                running_daemon(db_url, serve_http=True) as daemon:
+        async with (
+            db(admin_url) as admin,
+            db(db_url) as conn,
+            db(db_url) as producer_conn,
+            running_daemon(db_url, serve_http=True) as daemon,
+        ):
             await create_experiment(conn, "steady", ["control", "b"])
             producer = Producer(producer_conn, "steady")
             await producer.once()
@@ -136,10 +146,15 @@ async def _drained(conn: asyncpg.Connection) -> bool:
 
 # --------------------------------------------------------------------------------------- backends terminated
 async def test_every_backend_of_the_worker_terminated_again_and_again_loses_and_duplicates_nothing(
-        db_url: str, admin_url: str) -> None:
+    db_url: str, admin_url: str
+) -> None:
     dbname = db_url.rsplit("/", 1)[1]
-    async with db(admin_url) as admin, db(db_url) as conn, db(db_url) as producer_conn, \
-            running_daemon(db_url, serve_http=True, config_env={"AUTO_PROMOTION_MAX_CONCURRENT": "50"}) as daemon:
+    async with (
+        db(admin_url) as admin,
+        db(db_url) as conn,
+        db(db_url) as producer_conn,
+        running_daemon(db_url, serve_http=True, config_env={"AUTO_PROMOTION_MAX_CONCURRENT": "50"}) as daemon,
+    ):
         await create_experiment(conn, "hammered", ["control", "b"])
         producer = Producer(producer_conn, "hammered")
         winners = []
@@ -219,20 +234,28 @@ async def test_the_dashboards_event_bridge_survives_a_restart_and_logs_it_once()
             with structlog.testing.capture_logs() as logs:
                 async with anyio.create_task_group() as tg, ctx.events.subscribe() as queue:
                     tg.start_soon(dashboard.run_events_bridge, ctx)
-                    await wait_for(lambda: _true(ctx.health.details.get(dashboard.BRIDGE_STATE) == "listening"),
-                                   what="the bridge to listen")
+                    await wait_for(
+                        lambda: _true(ctx.health.details.get(dashboard.BRIDGE_STATE) == "listening"),
+                        what="the bridge to listen",
+                    )
                     await anyio.to_thread.run_sync(server.stop)
-                    await wait_for(lambda: _true(ctx.health.details.get(dashboard.BRIDGE_STATE) == "reconnecting"),
-                                   what="the bridge to notice")
+                    await wait_for(
+                        lambda: _true(ctx.health.details.get(dashboard.BRIDGE_STATE) == "reconnecting"),
+                        what="the bridge to notice",
+                    )
                     await anyio.sleep(4)  # the outage: several reconnect attempts, which must not log each
                     await anyio.to_thread.run_sync(server.start)
-                    await wait_for(lambda: _true(ctx.health.details.get(dashboard.BRIDGE_STATE) == "listening"),
-                                   within=30, what="the bridge to listen again")
+                    await wait_for(
+                        lambda: _true(ctx.health.details.get(dashboard.BRIDGE_STATE) == "listening"),
+                        within=30,
+                        what="the bridge to listen again",
+                    )
                     async with db(server.url) as conn:
                         await conn.execute(
                             "INSERT INTO experiment_promotions (experiment_id, experiment_name, promoted_variant_name,"
                             " confidence, improvement, promoted_by, previous_weights) SELECT id, name, 'variant-b',"
-                            " 97, 12, 'dba', '{}' FROM ab_experiments WHERE name = 'bridged'")
+                            " 97, 12, 'dba', '{}' FROM ab_experiments WHERE name = 'bridged'"
+                        )
                     with anyio.fail_after(10):
                         event = await queue.get()
                     tg.cancel_scope.cancel()
@@ -265,8 +288,12 @@ async def test_a_guard_check_that_fails_mid_batch_is_retried_and_the_evaluator_s
             await wait_for(lambda: _true(daemon.evaluator.guard_fault.failing), what="the guard check to fail")
             await wait_for(lambda: _blocked_by(conn, dbname, locker), what="the guard check retried")
             await tx.rollback()
-            await wait_for(lambda: conn.fetchval("SELECT rollback_at IS NOT NULL FROM experiment_promotions "
-                                                 "WHERE id = $1", promo["id"]), what="the guard's rollback")
+            await wait_for(
+                lambda: conn.fetchval(
+                    "SELECT rollback_at IS NOT NULL FROM experiment_promotions WHERE id = $1", promo["id"]
+                ),
+                what="the guard's rollback",
+            )
             assert daemon.crashed is None
     faults = [e for e in logs if e["event"] == "db.fault"]
     assert [e["task"] for e in faults] == ["evaluator.guard"], faults
@@ -278,12 +305,15 @@ async def _blocked_by(conn: asyncpg.Connection, dbname: str, locker: asyncpg.Con
     ab_guard_breaches)."""
     pid: int | None = await conn.fetchval(
         "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND $2 = ANY(pg_blocking_pids(pid))",
-        dbname, locker.get_server_pid())
+        dbname,
+        locker.get_server_pid(),
+    )
     return pid
 
 
 async def test_a_database_error_that_is_not_transient_restarts_the_task_instead_of_ending_the_worker(
-        db_url: str) -> None:
+    db_url: str,
+) -> None:
     with structlog.testing.capture_logs() as logs:
         async with db(db_url) as conn, running_daemon(db_url) as daemon:
             exp_id = await seed_winner(conn, "renamed")
@@ -293,13 +323,19 @@ async def test_a_database_error_that_is_not_transient_restarts_the_task_instead_
             # An operator's mistake: the guard's query now fails with "relation does not exist" (42P01).
             await conn.execute("ALTER TABLE ab_guard_breaches RENAME TO ab_guard_breaches_moved")
             await record(conn, "renamed", "variant-b", 150, 15, 27)  # a breach the guard cannot check yet
-            await wait_for(lambda: _true(any(e["event"] == "db.fault" and e["task"].endswith(".restart")
-                                             for e in logs)), what="the failing task to be restarted")
+            await wait_for(
+                lambda: _true(any(e["event"] == "db.fault" and e["task"].endswith(".restart") for e in logs)),
+                what="the failing task to be restarted",
+            )
             assert daemon.crashed is None and not daemon.stopping
             await conn.execute("ALTER TABLE ab_guard_breaches_moved RENAME TO ab_guard_breaches")
             await record(conn, "renamed", "variant-b", 1, 0, 0)  # wakes the evaluator, and so the guard, again
-            await wait_for(lambda: conn.fetchval("SELECT rollback_at IS NOT NULL FROM experiment_promotions "
-                                                 "WHERE id = $1", promo["id"]), what="the guard's rollback")
+            await wait_for(
+                lambda: conn.fetchval(
+                    "SELECT rollback_at IS NOT NULL FROM experiment_promotions WHERE id = $1", promo["id"]
+                ),
+                what="the guard's rollback",
+            )
             assert daemon.crashed is None
     restarts = [e for e in logs if e["event"] == "db.fault" and e["task"].endswith(".restart")]
     assert restarts and "UndefinedTableError" in restarts[0]["error"], restarts
@@ -332,8 +368,7 @@ async def _true(value: bool) -> bool:
 
 
 # --------------------------------------------------------------------------------------------------- a bug
-async def test_a_bug_in_a_task_ends_the_worker_with_exit_1_one_log_line_and_the_shutdown_path(
-        db_url: str) -> None:
+async def test_a_bug_in_a_task_ends_the_worker_with_exit_1_one_log_line_and_the_shutdown_path(db_url: str) -> None:
     settings = load_settings(settings_env(db_url))
     config = load_config(env={"AUTO_PROMOTION_SCAN_INTERVAL": "3600"})
     seen: list[Daemon] = []
@@ -360,9 +395,11 @@ async def test_a_bug_in_a_task_ends_the_worker_with_exit_1_one_log_line_and_the_
 async def test_transient_errors_are_the_ones_the_real_server_raises_for_a_fault(db_url: str, admin_url: str) -> None:
     async with db(db_url) as conn, db(admin_url) as admin:
         caught: list[BaseException] = []
-        for setup, sql in (("SET statement_timeout = '10ms'", "SELECT pg_sleep(1)"),
-                           ("SET default_transaction_read_only = on", "CREATE TABLE t_ro (x int)"),
-                           ("SET lock_timeout = '10ms'", "LOCK TABLE ab_experiments")):
+        for setup, sql in (
+            ("SET statement_timeout = '10ms'", "SELECT pg_sleep(1)"),
+            ("SET default_transaction_read_only = on", "CREATE TABLE t_ro (x int)"),
+            ("SET lock_timeout = '10ms'", "LOCK TABLE ab_experiments"),
+        ):
             async with db(db_url) as other:
                 tx = other.transaction()
                 await tx.start()

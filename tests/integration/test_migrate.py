@@ -13,12 +13,23 @@ from worker.db.connect import connect
 from worker.db.migrate import MigrationError, default_schema_dir, migrate, pending_migrations
 
 CONTRACT_TABLES = {
-    "ab_experiments", "ab_variants", "ab_metric_updates", "ab_variant_stats", "ab_alerts",
-    "experiment_promotions", "ab_promotion_audit_log", "notification_configs", "notification_logs",
+    "ab_experiments",
+    "ab_variants",
+    "ab_metric_updates",
+    "ab_variant_stats",
+    "ab_alerts",
+    "experiment_promotions",
+    "ab_promotion_audit_log",
+    "notification_configs",
+    "notification_logs",
     "notification_outbox",
 }
 CONTRACT_FUNCTIONS = {
-    "ab_record_metrics", "ab_raise_alert", "ab_request_rollback", "get_promotion_stats", "notify_promotion_event",
+    "ab_record_metrics",
+    "ab_raise_alert",
+    "ab_request_rollback",
+    "get_promotion_stats",
+    "notify_promotion_event",
 }
 
 

@@ -70,9 +70,15 @@ def _settings(http: FakeHTTPReceiver, smtp: FakeSMTPServer | None = None, **over
         "notify_rate_per_second": 1000.0,
     }
     if smtp is not None:
-        values.update(smtp_host="127.0.0.1", smtp_port=smtp.port, smtp_security="none", smtp_username="autopromote",
-                      smtp_password=SMTP_PASSWORD, smtp_from="autopromote@example.com",
-                      alert_email_to=("ops@example.com", "growth@example.com"))
+        values.update(
+            smtp_host="127.0.0.1",
+            smtp_port=smtp.port,
+            smtp_security="none",
+            smtp_username="autopromote",
+            smtp_password=SMTP_PASSWORD,
+            smtp_from="autopromote@example.com",
+            alert_email_to=("ops@example.com", "growth@example.com"),
+        )
     values.update(overrides)
     return Settings(**values)
 
@@ -117,8 +123,9 @@ async def test_promotion_reaches_every_channel_with_its_facts(
     exp = await create_experiment(conn, "checkout-button", priority="critical")
     settings = _settings(http, smtp)
     config = _config(include_detailed_metrics=True)
-    promotion_id, queued = await promote_with_notifications(conn, experiment_id=exp, config=config,
-                                                            settings=settings, priority="critical")
+    promotion_id, queued = await promote_with_notifications(
+        conn, experiment_id=exp, config=config, settings=settings, priority="critical"
+    )
     assert queued == 4
     delivered: list[dict[str, Any]] = []
     dispatcher = Dispatcher(pool, settings, on_delivered=delivered.append)
@@ -130,8 +137,13 @@ async def test_promotion_reaches_every_channel_with_its_facts(
     body = slack.json()
     assert body["text"] == "Promoted: checkout-button: promoted variant-b over control"
     fields = [f["text"] for b in body["blocks"] if "fields" in b for f in b["fields"]]
-    assert {"*Experiment*\ncheckout-button", "*Winning variant*\nvariant-b (control: control)",
-            "*Confidence*\n97.30%", "*Improvement*\n+6.20%", "*Acted by*\nautopromote"} <= set(fields)
+    assert {
+        "*Experiment*\ncheckout-button",
+        "*Winning variant*\nvariant-b (control: control)",
+        "*Confidence*\n97.30%",
+        "*Improvement*\n+6.20%",
+        "*Acted by*\nautopromote",
+    } <= set(fields)
     text = str(body["blocks"])
     assert "Safety checks" in text and "Per-variant statistics" in text
     assert f"<{PUBLIC}/experiments/checkout-button|Open in the dashboard>" in text
@@ -148,8 +160,9 @@ async def test_promotion_reaches_every_channel_with_its_facts(
     assert hook.headers["Idempotency-Key"] == str(webhook_row)
     assert verify_signature(HOOK_SECRET, hook.headers["X-Timestamp"], hook.body, hook.headers["X-Signature"])
     assert abs(int(hook.headers["X-Timestamp"]) - time.time()) < 60
-    assert hook.json() == engine_payload(experimentName="checkout-button", priority="critical",
-                                         promotionId=promotion_id)
+    assert hook.json() == engine_payload(
+        experimentName="checkout-button", priority="critical", promotionId=promotion_id
+    )
 
     [mail] = smtp.messages
     assert mail.login == "autopromote"
@@ -157,14 +170,24 @@ async def test_promotion_reaches_every_channel_with_its_facts(
     assert mail.message["Subject"] == "[autopromote] Promoted: checkout-button (variant-b)"
     plain, html = mail.message.get_body(("plain",)), mail.message.get_body(("html",))
     assert plain is not None and html is not None
-    for fact in ("checkout-button", "variant-b", "97.30%", "+6.20%", "[pass] Error Rate Check", "variant-b",
-                 f"{PUBLIC}/experiments/checkout-button"):
+    for fact in (
+        "checkout-button",
+        "variant-b",
+        "97.30%",
+        "+6.20%",
+        "[pass] Error Rate Check",
+        "variant-b",
+        f"{PUBLIC}/experiments/checkout-button",
+    ):
         assert fact in plain.get_content()
         assert fact.split("] ")[-1] in html.get_content()
 
     logs = await _logs(conn)
     assert sorted((r["channel"], r["status"], r["http_status"]) for r in logs) == [
-        ("email", "sent", None), ("pagerduty", "sent", 202), ("slack", "sent", 200), ("webhook", "sent", 200),
+        ("email", "sent", None),
+        ("pagerduty", "sent", 202),
+        ("slack", "sent", 200),
+        ("webhook", "sent", 200),
     ]
     email_log = next(r for r in logs if r["channel"] == "email")
     assert email_log["smtp_reply"].startswith("250 ") and email_log["duration_ms"] > 0
@@ -178,8 +201,14 @@ async def test_an_experiment_named_channel_pings_nobody_on_any_channel(
     name = "<!channel> & <@U024BE7LH>"
     exp = await create_experiment(conn, name, priority="critical")
     settings = _settings(http, smtp)
-    await promote_with_notifications(conn, experiment_id=exp, config=_config(include_detailed_metrics=True),
-                                     settings=settings, experiment_name=name, priority="critical")
+    await promote_with_notifications(
+        conn,
+        experiment_id=exp,
+        config=_config(include_detailed_metrics=True),
+        settings=settings,
+        experiment_name=name,
+        priority="critical",
+    )
     dispatcher = Dispatcher(pool, settings)
     await _drive(dispatcher, _all(conn, "sent"))
     assert sorted(r["channel"] for r in await _logs(conn)) == ["email", "pagerduty", "slack", "webhook"]
@@ -216,15 +245,18 @@ async def test_automatic_rollback_is_told_everywhere_and_resolves_the_breach_inc
     settings = _settings(http, smtp)
     promotion_id, _ = await promote_with_notifications(conn, experiment_id=exp, config=_config(), settings=settings)
     reason = "error rate 7.10% > 5.00% since promotion"
-    queued = await roll_back_with_notifications(conn, promotion_id, config=_config(), settings=settings,
-                                                reason=reason, actor="guard")
+    queued = await roll_back_with_notifications(
+        conn, promotion_id, config=_config(), settings=settings, reason=reason, actor="guard"
+    )
     assert queued == 8  # guard.breached and promotion.rolled_back on each of the four channels
     dispatcher = Dispatcher(pool, settings)
     await _drive(dispatcher, _all(conn, "sent"))
 
     slack = [r.json() for r in http.received(SLACK_PATH)]
     assert [m["blocks"][0]["text"]["text"] for m in slack] == [
-        "Promoted: checkout-button", "Guard breached: checkout-button", "Rolled back: checkout-button",
+        "Promoted: checkout-button",
+        "Guard breached: checkout-button",
+        "Rolled back: checkout-button",
     ]
     rollback_text = str(slack[2]["blocks"])
     assert "error rate 7.10% &gt; 5.00% since promotion" in rollback_text
@@ -242,9 +274,11 @@ async def test_automatic_rollback_is_told_everywhere_and_resolves_the_breach_inc
     assert len({h.headers["Idempotency-Key"] for h in hooks}) == 3
 
     subjects = [m.message["Subject"] for m in smtp.messages]
-    assert subjects == ["[autopromote] Promoted: checkout-button (variant-b)",
-                        "[autopromote] Guard breached: checkout-button (variant-b)",
-                        "[autopromote] Rolled back: checkout-button (variant-b)"]
+    assert subjects == [
+        "[autopromote] Promoted: checkout-button (variant-b)",
+        "[autopromote] Guard breached: checkout-button (variant-b)",
+        "[autopromote] Rolled back: checkout-button (variant-b)",
+    ]
     rollback_mail = smtp.messages[2].message.get_body(("plain",))
     assert rollback_mail is not None and f"Reason: {reason}" in rollback_mail.get_content()
 
@@ -254,8 +288,9 @@ async def test_retries_after_500_and_timeout_then_succeeds(
 ) -> None:
     settings = _settings(http, pagerduty_routing_key=None, webhook_url=None, notify_timeout=0.5)
     http.script(SLACK_PATH, Reply(500, "internal_error"), Reply(200, "ok", delay=5.0), Reply(200, "ok"))
-    await enqueue_notifications(conn, event="promotion.promoted", payload=engine_payload(), config=_config(),
-                                settings=settings)
+    await enqueue_notifications(
+        conn, event="promotion.promoted", payload=engine_payload(), config=_config(), settings=settings
+    )
     with structlog.testing.capture_logs() as captured:
         await _drive(Dispatcher(pool, settings), _all(conn, "sent"))
     assert len(http.received(SLACK_PATH)) == 3
@@ -268,7 +303,9 @@ async def test_retries_after_500_and_timeout_then_succeeds(
     row = await conn.fetchrow("SELECT attempts, sent_at, last_error FROM notification_outbox")
     assert row["attempts"] == 3 and row["sent_at"] is not None and row["last_error"] is None
     assert [e["event"] for e in captured if e["event"].startswith("notification.")] == [
-        "notification.retry", "notification.retry", "notification.sent",
+        "notification.retry",
+        "notification.retry",
+        "notification.sent",
     ]
 
 
@@ -277,8 +314,9 @@ async def test_dead_letter_after_the_last_attempt(
 ) -> None:
     settings = _settings(http, slack_webhook_url=None, pagerduty_routing_key=None, notify_max_attempts=3)
     http.defaults[HOOK_PATH] = Reply(503, "unavailable")
-    await enqueue_notifications(conn, event="promotion.promoted", payload=engine_payload(), config=_config(),
-                                settings=settings)
+    await enqueue_notifications(
+        conn, event="promotion.promoted", payload=engine_payload(), config=_config(), settings=settings
+    )
     dead_before = REGISTRY.get_sample_value("autopromote_notifications_dead_total", {"channel": "webhook"}) or 0.0
     with structlog.testing.capture_logs() as captured:
         await _drive(Dispatcher(pool, settings), _all(conn, "dead"))
@@ -297,8 +335,9 @@ async def test_a_permanent_answer_is_dead_at_once(
 ) -> None:
     settings = _settings(http, pagerduty_routing_key=None, webhook_url=None)
     http.defaults[SLACK_PATH] = Reply(404, "no_service")
-    await enqueue_notifications(conn, event="promotion.promoted", payload=engine_payload(), config=_config(),
-                                settings=settings)
+    await enqueue_notifications(
+        conn, event="promotion.promoted", payload=engine_payload(), config=_config(), settings=settings
+    )
     await _drive(Dispatcher(pool, settings), _all(conn, "dead"))
     assert [(r["status"], r["http_status"]) for r in await _logs(conn)] == [("dead", 404)]
 
@@ -308,8 +347,9 @@ async def test_429_retry_after_is_honoured(
 ) -> None:
     settings = _settings(http, pagerduty_routing_key=None, webhook_url=None)
     http.script(SLACK_PATH, Reply(429, "rate_limited", {"Retry-After": "1"}))
-    await enqueue_notifications(conn, event="promotion.promoted", payload=engine_payload(), config=_config(),
-                                settings=settings)
+    await enqueue_notifications(
+        conn, event="promotion.promoted", payload=engine_payload(), config=_config(), settings=settings
+    )
     dispatcher = Dispatcher(pool, settings)
     assert await dispatcher.dispatch_once() == 1
     wait = await conn.fetchval("SELECT extract(epoch FROM next_attempt_at - now())::float8 FROM notification_outbox")
@@ -328,8 +368,9 @@ async def test_pagerduty_retry_never_opens_a_second_incident(
     settings = _settings(http, slack_webhook_url=None, webhook_url=None, notify_timeout=0.5)
     # PagerDuty processes the first event but its answer is lost (slower than our timeout): we must retry.
     http.script(PD_PATH, Reply(202, PAGERDUTY_ACCEPTED.body, delay=5.0))
-    promotion_id, _ = await promote_with_notifications(conn, experiment_id=exp, config=_config(), settings=settings,
-                                                       priority="critical")
+    promotion_id, _ = await promote_with_notifications(
+        conn, experiment_id=exp, config=_config(), settings=settings, priority="critical"
+    )
     await _drive(Dispatcher(pool, settings), _all(conn, "sent"))
     sent = http.received(PD_PATH)
     assert [r.json()["dedup_key"] for r in sent] == [promotion_id, promotion_id]
@@ -359,8 +400,9 @@ async def test_promotion_commits_when_every_channel_is_down_and_notifications_fo
     await http.stop()
     await smtp.stop()
 
-    promotion_id, queued = await promote_with_notifications(conn, experiment_id=exp, config=_config(),
-                                                            settings=settings, priority="critical")
+    promotion_id, queued = await promote_with_notifications(
+        conn, experiment_id=exp, config=_config(), settings=settings, priority="critical"
+    )
     assert queued == 4
     assert await conn.fetchval("SELECT count(*) FROM experiment_promotions WHERE id = $1::uuid", promotion_id) == 1
 
@@ -393,8 +435,9 @@ async def test_crash_between_send_and_mark_gives_one_duplicate_with_the_same_key
 ) -> None:
     settings = _settings(http, slack_webhook_url=None, pagerduty_routing_key=None, notify_timeout=2.0)
     http.script(HOOK_PATH, Reply(200, "ok", delay=30.0))  # the receiver has it; the sender never hears back
-    await enqueue_notifications(conn, event="promotion.promoted", payload=engine_payload(), config=_config(),
-                                settings=settings)
+    await enqueue_notifications(
+        conn, event="promotion.promoted", payload=engine_payload(), config=_config(), settings=settings
+    )
     outbox_id = await conn.fetchval("SELECT id FROM notification_outbox")
 
     crashed = asyncio.create_task(Dispatcher(pool, settings, lease_margin=0.3).dispatch_once())
@@ -420,9 +463,13 @@ async def test_rate_limit_queues_messages_to_one_target_rather_than_dropping(
 ) -> None:
     settings = _settings(http, pagerduty_routing_key=None, webhook_url=None, notify_rate_per_second=5.0)
     for i in range(4):
-        await enqueue_notifications(conn, event="promotion.promoted",
-                                    payload=engine_payload(experimentName=f"exp-{i}"), config=_config(),
-                                    settings=settings)
+        await enqueue_notifications(
+            conn,
+            event="promotion.promoted",
+            payload=engine_payload(experimentName=f"exp-{i}"),
+            config=_config(),
+            settings=settings,
+        )
     assert await Dispatcher(pool, settings).dispatch_once() == 4
     assert await _statuses(conn) == ["sent"] * 4
     arrivals = [r.received_at for r in http.received(SLACK_PATH)]
@@ -443,11 +490,13 @@ async def test_no_secret_appears_in_logs_or_rows(
     smtp.replies.append("451 4.3.0 try again later")
     await conn.execute(
         "INSERT INTO notification_configs (name, channel, target, secret) VALUES ('cfg', 'webhook', $1, $2)",
-        http.url(f"{HOOK_PATH}/cfg?key=CFGURLSECRET"), "CFGSIGNINGSECRET",
+        http.url(f"{HOOK_PATH}/cfg?key=CFGURLSECRET"),
+        "CFGSIGNINGSECRET",
     )
     with structlog.testing.capture_logs() as captured:
-        _, queued = await promote_with_notifications(conn, experiment_id=exp, config=_config(), settings=settings,
-                                                     priority="critical")
+        _, queued = await promote_with_notifications(
+            conn, experiment_id=exp, config=_config(), settings=settings, priority="critical"
+        )
         assert queued == 5
         await _drive(Dispatcher(pool, settings), _all(conn, "sent"))
     assert sum(1 for r in await _logs(conn) if r["status"] == "retry") == 4
@@ -463,18 +512,24 @@ async def test_email_4xx_is_retried_and_5xx_is_dead(
 ) -> None:
     settings = _settings(http, smtp, slack_webhook_url=None, pagerduty_routing_key=None, webhook_url=None)
     smtp.replies.extend(["451 4.3.0 try again later", "554 5.7.1 message rejected"])
-    await enqueue_notifications(conn, event="promotion.promoted", payload=engine_payload(), config=_config(),
-                                settings=settings)
+    await enqueue_notifications(
+        conn, event="promotion.promoted", payload=engine_payload(), config=_config(), settings=settings
+    )
     await _drive(Dispatcher(pool, settings), _all(conn, "dead"))
     assert [(r["status"], r["smtp_reply"]) for r in await _logs(conn)] == [
-        ("retry", "451 4.3.0 try again later"), ("dead", "554 5.7.1 message rejected"),
+        ("retry", "451 4.3.0 try again later"),
+        ("dead", "554 5.7.1 message rejected"),
     ]
 
 
 @pytest.mark.parametrize("security", ["starttls", "tls"])
 async def test_email_over_tls_with_login(
-    conn: asyncpg.Connection, pool: asyncpg.Pool, http: FakeHTTPReceiver, tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch, security: str,
+    conn: asyncpg.Connection,
+    pool: asyncpg.Pool,
+    http: FakeHTTPReceiver,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    security: str,
 ) -> None:
     made = self_signed_certificate(tmp_path)
     if made is None:
@@ -483,12 +538,15 @@ async def test_email_over_tls_with_login(
     server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_tls.load_cert_chain(cert, key)
     monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # how an operator trusts a private CA, too
-    async with FakeSMTPServer(credentials=("autopromote", SMTP_PASSWORD), tls_context=server_tls,
-                              implicit_tls=security == "tls") as tls_smtp:
-        settings = _settings(http, tls_smtp, smtp_security=security, slack_webhook_url=None,
-                             pagerduty_routing_key=None, webhook_url=None)
-        await enqueue_notifications(conn, event="promotion.promoted", payload=engine_payload(), config=_config(),
-                                    settings=settings)
+    async with FakeSMTPServer(
+        credentials=("autopromote", SMTP_PASSWORD), tls_context=server_tls, implicit_tls=security == "tls"
+    ) as tls_smtp:
+        settings = _settings(
+            http, tls_smtp, smtp_security=security, slack_webhook_url=None, pagerduty_routing_key=None, webhook_url=None
+        )
+        await enqueue_notifications(
+            conn, event="promotion.promoted", payload=engine_payload(), config=_config(), settings=settings
+        )
         await _drive(Dispatcher(pool, settings), _all(conn, "sent"))
         [mail] = tls_smtp.messages
     assert mail.tls and mail.login == "autopromote"
@@ -498,12 +556,18 @@ async def test_deleted_or_disabled_config_is_dead_and_never_falls_back_to_env(
     conn: asyncpg.Connection, pool: asyncpg.Pool, http: FakeHTTPReceiver
 ) -> None:
     settings = _settings(http, slack_webhook_url=None, pagerduty_routing_key=None)
-    first = await conn.fetchval("INSERT INTO notification_configs (channel, target) VALUES ('webhook', $1) "
-                                "RETURNING id", http.url("/cfg-one"))
-    second = await conn.fetchval("INSERT INTO notification_configs (channel, target) VALUES ('webhook', $1) "
-                                 "RETURNING id", http.url("/cfg-two"))
-    assert await enqueue_notifications(conn, event="promotion.promoted", payload=engine_payload(), config=_config(),
-                                       settings=settings) == 3
+    first = await conn.fetchval(
+        "INSERT INTO notification_configs (channel, target) VALUES ('webhook', $1) RETURNING id", http.url("/cfg-one")
+    )
+    second = await conn.fetchval(
+        "INSERT INTO notification_configs (channel, target) VALUES ('webhook', $1) RETURNING id", http.url("/cfg-two")
+    )
+    assert (
+        await enqueue_notifications(
+            conn, event="promotion.promoted", payload=engine_payload(), config=_config(), settings=settings
+        )
+        == 3
+    )
     await conn.execute("DELETE FROM notification_configs WHERE id = $1", first)
     await conn.execute("UPDATE notification_configs SET enabled = false WHERE id = $1", second)
     await _drive(Dispatcher(pool, settings), _settled(conn))
@@ -533,8 +597,9 @@ async def test_run_delivers_on_wake_and_stops_when_asked(
         async with anyio.create_task_group() as tg:
             tg.start_soon(dispatcher.run, stop)
             for n in (1, 2):  # the second arrives while run() sleeps with nothing pending
-                await enqueue_notifications(conn, event="promotion.promoted", payload=engine_payload(),
-                                            config=_config(), settings=settings)
+                await enqueue_notifications(
+                    conn, event="promotion.promoted", payload=engine_payload(), config=_config(), settings=settings
+                )
                 dispatcher.wake()
                 await http.wait_for(n, SLACK_PATH)
                 await _wait_db(conn, _all(conn, "sent"))
@@ -549,9 +614,13 @@ async def test_429_holds_back_the_targets_queued_rows_without_counting_an_attemp
     # Slots at 0, 0.5 and 1.0 s; the 429 on the first asks for 2 s, so the other two are still held back.
     http.script(SLACK_PATH, Reply(429, "rate_limited", {"Retry-After": "2"}))
     for i in range(3):
-        await enqueue_notifications(conn, event="promotion.promoted",
-                                    payload=engine_payload(experimentName=f"exp-{i}"), config=_config(),
-                                    settings=settings)
+        await enqueue_notifications(
+            conn,
+            event="promotion.promoted",
+            payload=engine_payload(experimentName=f"exp-{i}"),
+            config=_config(),
+            settings=settings,
+        )
     dispatcher = Dispatcher(pool, settings)
     assert await dispatcher.dispatch_once() == 1  # the other two were waiting for their slot when the 429 came
     assert len(http.received(SLACK_PATH)) == 1

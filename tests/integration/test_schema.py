@@ -92,8 +92,9 @@ async def test_impossible_mean_updates_are_refused_with_a_hint_and_write_nothing
             async with conn.transaction():
                 for sql in before:
                     await conn.execute(sql)
-                await conn.execute("SELECT ab_record_metrics('exp-m', 'b', $1, 0, 0, NULL, $2, $3)",
-                                   exposures, value_sum, value_sum_sq)
+                await conn.execute(
+                    "SELECT ab_record_metrics('exp-m', 'b', $1, 0, 0, NULL, $2, $3)", exposures, value_sum, value_sum_sq
+                )
         assert message in str(err.value)
         hint = err.value.as_dict().get("hint") or ""
         assert "exposures" in hint and "value_sum" in hint
@@ -128,8 +129,9 @@ async def test_sums_at_the_limit_are_accepted_within_float_round_off(conn: async
     await conn.execute("SELECT ab_record_metrics('exp-m', 'b', $1, 0, 0, NULL, $2, $3)", len(values), s, ss)
     # A relative shortfall of 1e-6 is no round-off.
     with pytest.raises(asyncpg.InvalidParameterValueError):
-        await conn.execute("SELECT ab_record_metrics('exp-m', 'b', $1, 0, 0, NULL, $2, $3)",
-                           len(values), s, ss * (1 - 1e-6))
+        await conn.execute(
+            "SELECT ab_record_metrics('exp-m', 'b', $1, 0, 0, NULL, $2, $3)", len(values), s, ss * (1 - 1e-6)
+        )
     # Zero sums with zero exposures (a call that records only latencies) stay fine.
     await conn.execute("SELECT ab_record_metrics('exp-m', 'b', 0, 0, 0, ARRAY[12.5], 0, 0)")
     assert await conn.fetchval("SELECT count(*) FROM ab_metric_updates") == 2
@@ -175,8 +177,12 @@ async def test_traffic_weight_must_not_be_negative(conn: asyncpg.Connection) -> 
 async def test_traffic_weight_must_be_finite(conn: asyncpg.Connection, weight: str) -> None:
     exp_id = await conn.fetchval("INSERT INTO ab_experiments (name) VALUES ('x') RETURNING id")
     with pytest.raises(asyncpg.CheckViolationError):
-        await conn.execute("INSERT INTO ab_variants (experiment_id, name, is_control, traffic_weight)"
-                           " VALUES ($1, 'a', true, $2::numeric)", exp_id, weight)
+        await conn.execute(
+            "INSERT INTO ab_variants (experiment_id, name, is_control, traffic_weight)"
+            " VALUES ($1, 'a', true, $2::numeric)",
+            exp_id,
+            weight,
+        )
     await conn.execute("INSERT INTO ab_variants (experiment_id, name, is_control) VALUES ($1, 'a', true)", exp_id)
     with pytest.raises(asyncpg.CheckViolationError):
         await conn.execute("UPDATE ab_variants SET traffic_weight = $1::numeric", weight)
@@ -252,8 +258,9 @@ async def test_latency_sketch_in_sql_matches_python(conn: asyncpg.Connection) ->
     values = [0.0, 0.5, 1.0, 1.0, 3.7, 12.25, 99.9, 250.0, 1234.5]
     sql_sketch = await conn.fetchval("SELECT ab_latency_sketch($1::float8[])", values)
     assert sql_sketch == LatencySketch.from_values(values).to_json()
-    merged = await conn.fetchval("SELECT ab_sketch_merge(ab_latency_sketch($1), ab_latency_sketch($2))",
-                                 values[:4], values[4:])
+    merged = await conn.fetchval(
+        "SELECT ab_sketch_merge(ab_latency_sketch($1), ab_latency_sketch($2))", values[:4], values[4:]
+    )
     assert merged == sql_sketch
 
 

@@ -53,8 +53,9 @@ async def test_a_critical_alert_committed_after_the_promotions_snapshot_is_seen_
     try:
         tx = alerting.transaction()
         await tx.start()
-        await alerting.execute("SELECT ab_raise_alert($1, 'critical', 'checkout 500s')",
-                               "late-alert" if scope == "experiment" else None)
+        await alerting.execute(
+            "SELECT ab_raise_alert($1, 'critical', 'checkout 500s')", "late-alert" if scope == "experiment" else None
+        )
         if path == "daemon":
             outcome = await engine.evaluate_experiment(exp_id)
             assert outcome.action == "promoted"
@@ -73,8 +74,9 @@ async def test_a_critical_alert_committed_after_the_promotions_snapshot_is_seen_
     assert reason.startswith(f"guard: critical {scope} alert #{alert['id']} raised after the promotion")
 
 
-async def test_an_alert_the_promotions_decision_saw_is_not_new_to_the_guard(conn: asyncpg.Connection,
-                                                                           pool: asyncpg.Pool) -> None:
+async def test_an_alert_the_promotions_decision_saw_is_not_new_to_the_guard(
+    conn: asyncpg.Connection, pool: asyncpg.Pool
+) -> None:
     # With the critical-alerts check off, a promotion may go ahead with an alert open: that alert was there before,
     # so it is no breach. One raised afterwards is.
     exp_id = await _seed_winner(conn, "known-alert")
@@ -108,8 +110,9 @@ async def test_a_fold_committed_after_an_evaluations_snapshot_leaves_the_experim
         await tx.commit()
     finally:
         await folding.close()
-    evaluated_at = await conn.fetchval("SELECT last_evaluated_at FROM ab_experiment_state WHERE experiment_id = $1",
-                                       exp_id)
+    evaluated_at = await conn.fetchval(
+        "SELECT last_evaluated_at FROM ab_experiment_state WHERE experiment_id = $1", exp_id
+    )
     folded_at = await conn.fetchval("SELECT max(updated_at) FROM ab_variant_stats WHERE experiment_id = $1", exp_id)
     assert folded_at < evaluated_at  # what a timestamp comparison got wrong
     assert [r["id"] for r in await conn.fetch(DQ["stale_experiments"])] == [exp_id]
@@ -169,26 +172,33 @@ async def test_two_replicas_evaluate_each_folded_update_about_once(db_url: str) 
                 # Folded, evaluated since (one session at a time here, so timestamps do order them), both idle.
                 evaluated = await conn.fetchval(
                     "SELECT (SELECT last_evaluated_at FROM ab_experiment_state WHERE experiment_id = $1) >= "
-                    "(SELECT max(updated_at) FROM ab_variant_stats WHERE experiment_id = $1)", exp_id)
-                return (sum(r.folder.folded_total for r in replicas) == version and bool(evaluated)
-                        and not any(r.evaluator.busy for r in replicas))
+                    "(SELECT max(updated_at) FROM ab_variant_stats WHERE experiment_id = $1)",
+                    exp_id,
+                )
+                return (
+                    sum(r.folder.folded_total for r in replicas) == version
+                    and bool(evaluated)
+                    and not any(r.evaluator.busy for r in replicas)
+                )
 
             for i in range(1, updates + 1):
                 await record(conn, "shared", "control" if i % 2 else "b", 100, 10)
-                await wait_for(lambda i=i: settled(i),  # type: ignore[misc]
-                               what=f"update {i} folded and evaluated, both replicas idle")
+                await wait_for(
+                    lambda i=i: settled(i),  # type: ignore[misc]
+                    what=f"update {i} folded and evaluated, both replicas idle",
+                )
             folded = sum(r.folder.folded_total for r in replicas)
             evaluated = sum(r.evaluator.evaluations for r in replicas)
-            stored = await conn.fetchval("SELECT evaluations FROM ab_experiment_state WHERE experiment_id = $1",
-                                         exp_id)
+            stored = await conn.fetchval("SELECT evaluations FROM ab_experiment_state WHERE experiment_id = $1", exp_id)
     assert folded == updates
     assert stored == evaluated
     # One per folded update (the issue allows up to 1.1x; sharing makes it exact here).
     assert evaluated == updates, f"{evaluated} evaluations for {updates} folded updates"
 
 
-async def test_a_decision_on_a_read_the_stored_decision_covers_is_not_stored_again(conn: asyncpg.Connection,
-                                                                                  pool: asyncpg.Pool) -> None:
+async def test_a_decision_on_a_read_the_stored_decision_covers_is_not_stored_again(
+    conn: asyncpg.Connection, pool: asyncpg.Pool
+) -> None:
     # Two replicas can both find an experiment due: the second's statement takes its snapshot just before the
     # first commits and its row lock just after. Its write must then see the first one's decision and add nothing,
     # unless its read saw more (a critical alert the stored decision could not see).
@@ -212,8 +222,9 @@ async def test_a_decision_on_a_read_the_stored_decision_covers_is_not_stored_aga
         assert (await engine._record_many(c, [third], seen={exp_id: third_seen})) == {exp_id}
     async with pool.acquire() as c, c.transaction():
         assert (await engine._store_evaluation(c, second, seen=second_seen))[1] is False  # older: covered too
-    state = await conn.fetchrow("SELECT evaluations, decision FROM ab_experiment_state WHERE experiment_id = $1",
-                                exp_id)
+    state = await conn.fetchrow(
+        "SELECT evaluations, decision FROM ab_experiment_state WHERE experiment_id = $1", exp_id
+    )
     assert state["evaluations"] == 2
     assert any("seen by the later read only" in r for r in state["decision"]["reasons"])
 
@@ -241,18 +252,22 @@ async def test_resolving_an_alert_while_an_evaluation_holds_the_row_leaves_the_e
         # What the daemon's lock-and-read holds while it decides: the experiment's row.
         await evaluating.execute("SELECT 1 FROM ab_experiments WHERE id = $1 FOR NO KEY UPDATE", exp_id)
         resolution = asyncio.ensure_future(
-            resolving.execute("UPDATE ab_alerts SET resolved_at = now() WHERE id = $1", alert_id))
+            resolving.execute("UPDATE ab_alerts SET resolved_at = now() WHERE id = $1", alert_id)
+        )
         pid = resolving.get_server_pid()
 
         async def ran_ahead_or_waits() -> bool:  # the resolution either finished first or waits for the row
-            return resolution.done() or bool(await conn.fetchval(
-                "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE pid = $1 AND NOT granted)", pid))
+            return resolution.done() or bool(
+                await conn.fetchval("SELECT EXISTS (SELECT 1 FROM pg_locks WHERE pid = $1 AND NOT granted)", pid)
+            )
 
         await wait_for(ran_ahead_or_waits, what="the resolution to run or to wait for the row")
         # The evaluation stores the decision it made on the open alert, as record_evaluation does.
         await evaluating.execute(
             "UPDATE ab_experiment_state SET evaluations = evaluations + 1, evaluated_version = ab_stats_version($1),"
-            " evaluated_snapshot = pg_current_snapshot() WHERE experiment_id = $1", exp_id)
+            " evaluated_snapshot = pg_current_snapshot() WHERE experiment_id = $1",
+            exp_id,
+        )
         await tx.commit()
         await asyncio.wait_for(resolution, 10)
     finally:
@@ -264,8 +279,9 @@ async def test_resolving_an_alert_while_an_evaluation_holds_the_row_leaves_the_e
     assert not any("checkout 500s" in r for r in decision["reasons"]), decision["reasons"]
 
 
-async def test_deleting_an_open_alert_or_escalating_one_makes_the_experiment_due(conn: asyncpg.Connection,
-                                                                                   pool: asyncpg.Pool) -> None:
+async def test_deleting_an_open_alert_or_escalating_one_makes_the_experiment_due(
+    conn: asyncpg.Connection, pool: asyncpg.Pool
+) -> None:
     exp_id = await _seed_winner(conn, "edits", started_hours_ago=1)
     engine = Engine(pool, _settings(), _config())
     critical = await conn.fetchval("SELECT ab_raise_alert('edits', 'critical', 'gone soon')")

@@ -25,10 +25,21 @@ from worker.services.effects import GUARD_ACTOR, breach_payload, payload
 def _write() -> PromotionWrite:
     """A PromotionWrite whose every field is a distinct value, so each parameter's position is checked."""
     return PromotionWrite(
-        experiment_id=101, experiment_name="exp-name", variant="winner", control_variant="ctl", confidence=0.97,
-        improvement=12.5, method="sequential", actor="actor-x", previous_weights={"ctl": 50.0, "winner": 50.0},
-        baseline={"ctl": {"exposures": 1}}, guard_seconds=3600.0, decision={"eligible": True},
-        audit_details={"dryRun": False}, max_concurrent=7, promotion_id=uuid.UUID(int=42),
+        experiment_id=101,
+        experiment_name="exp-name",
+        variant="winner",
+        control_variant="ctl",
+        confidence=0.97,
+        improvement=12.5,
+        method="sequential",
+        actor="actor-x",
+        previous_weights={"ctl": 50.0, "winner": 50.0},
+        baseline={"ctl": {"exposures": 1}},
+        guard_seconds=3600.0,
+        decision={"eligible": True},
+        audit_details={"dryRun": False},
+        max_concurrent=7,
+        promotion_id=uuid.UUID(int=42),
         outbox=OutboxRows(["slack"], [5], ["ref"], ["label"], ["trigger"], "", "high", True),
         history=HistoryRows(["winner"], [900], [1000], [0.1], [0.05], [0.15], [0.97], 1000),
         seen=Seen(version=33, snapshot="10:20:"),
@@ -79,16 +90,33 @@ async def test_a_rollback_that_changes_nothing_is_a_value_not_an_exception(
 def test_guard_breach_payload_has_the_shape_of_every_other_event() -> None:
     at = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
     watch = WatchedPromotion(
-        promotion_id=str(uuid.UUID(int=7)), experiment_id=1, experiment_name="exp", promoted_variant="b",
-        control_variant="a", promoted_at=at, baseline={"b": VariantTotals(exposures=100, errors=1)},
+        promotion_id=str(uuid.UUID(int=7)),
+        experiment_id=1,
+        experiment_name="exp",
+        promoted_variant="b",
+        control_variant="a",
+        promoted_at=at,
+        baseline={"b": VariantTotals(exposures=100, errors=1)},
         current={"a": VariantTotals(), "b": VariantTotals(exposures=400, errors=31)},
     )
     breach = GuardBreach("error_rate", "guard: error rate too high", {"errorRate": 0.1})
-    row: dict[str, Any] = {"priority": "high", "now": at, "confidence": 0.98, "improvement": 4.0,
-                           "method": "sequential"}
+    row: dict[str, Any] = {
+        "priority": "high",
+        "now": at,
+        "confidence": 0.98,
+        "improvement": 4.0,
+        "method": "sequential",
+    }
     body = breach_payload(watch, row, breach)
-    common = payload("promotion.rolled_back", None, actor="x", experiment_name="exp", priority="high",
-                     promotion_id=None, variant=None)
+    common = payload(
+        "promotion.rolled_back",
+        None,
+        actor="x",
+        experiment_name="exp",
+        priority="high",
+        promotion_id=None,
+        variant=None,
+    )
     # Every key every event carries, in the same order, then the breach's own.
     assert list(body)[: len(common)] == list(common)
     assert body["event"] == "guard.breached" and body["actor"] == GUARD_ACTOR
@@ -99,11 +127,22 @@ def test_guard_breach_payload_has_the_shape_of_every_other_event() -> None:
     assert b["exposures"] == 300 and b["errors"] == 30 and b["sincePromotion"] is True
 
 
-@pytest.mark.parametrize("module", [
-    "worker.services.deciding", "worker.services.effects", "worker.services.evaluate", "worker.services.guard",
-    "worker.services.promote", "worker.services.rollback", "worker.services.rollback_requests",
-    "worker.services.scan", "worker.guard", "worker.rollbacks", "worker.engine",
-])
+@pytest.mark.parametrize(
+    "module",
+    [
+        "worker.services.deciding",
+        "worker.services.effects",
+        "worker.services.evaluate",
+        "worker.services.guard",
+        "worker.services.promote",
+        "worker.services.rollback",
+        "worker.services.rollback_requests",
+        "worker.services.scan",
+        "worker.guard",
+        "worker.rollbacks",
+        "worker.engine",
+    ],
+)
 def test_every_service_module_imports_first_in_a_fresh_interpreter(module: str) -> None:
     # The error classes still live in worker.engine, which imports the services: whichever module a program
     # imports first must not meet a partially initialised one.

@@ -16,8 +16,15 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.slow
 def test_bench_serving_quick_prints_every_section(admin_url: str) -> None:
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("AUTO_PROMOTION_")}, "DATABASE_URL": admin_url}
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_serving.py"), "--quick"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=280, check=False)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "bench_serving.py"), "--quick"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=280,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout)
     assert result["bench"] == "serving" and result["quick"] is True

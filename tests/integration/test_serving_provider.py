@@ -54,13 +54,16 @@ async def served(client: OpenFeatureClient, flag: str, units: list[str] = UNITS)
 
 
 async def sql_served(conn: asyncpg.Connection, flag: str, units: list[str] = UNITS) -> dict[str, str]:
-    rows = await conn.fetch("SELECT u, coalesce(ab_assign($1, u), 'default') AS v FROM unnest($2::text[]) u",
-                            flag, units)
+    rows = await conn.fetch(
+        "SELECT u, coalesce(ab_assign($1, u), 'default') AS v FROM unnest($2::text[]) u", flag, units
+    )
     return {r["u"]: r["v"] for r in rows}
 
 
 async def test_serves_what_ab_assign_says_with_reasons_and_metadata(
-    db_url: str, conn: asyncpg.Connection, provider_factory: list[AutoPromoteProvider],
+    db_url: str,
+    conn: asyncpg.Connection,
+    provider_factory: list[AutoPromoteProvider],
 ) -> None:
     await create_experiment(conn, "checkout", ["control", "b", "c"], weights=[2, 1, 1])
     await create_experiment(conn, "paused-one", ["control", "b"], status="paused")
@@ -85,7 +88,10 @@ async def test_serves_what_ab_assign_says_with_reasons_and_metadata(
 
 
 async def test_promotion_and_rollback_by_the_engine_change_what_is_served(
-    db_url: str, pool: asyncpg.Pool, conn: asyncpg.Connection, provider_factory: list[AutoPromoteProvider],
+    db_url: str,
+    pool: asyncpg.Pool,
+    conn: asyncpg.Connection,
+    provider_factory: list[AutoPromoteProvider],
 ) -> None:
     await create_experiment(conn, "homepage-cta-test", list(WINNER))
     for variant, (n, conv) in WINNER.items():
@@ -120,7 +126,9 @@ async def test_promotion_and_rollback_by_the_engine_change_what_is_served(
 
 
 async def test_a_hand_edit_of_the_weights_is_served(
-    db_url: str, conn: asyncpg.Connection, provider_factory: list[AutoPromoteProvider],
+    db_url: str,
+    conn: asyncpg.Connection,
+    provider_factory: list[AutoPromoteProvider],
 ) -> None:
     await create_experiment(conn, "by-hand", ["control", "b"])
     provider = await start_provider(provider_factory, db_url, refresh_interval=3600)
@@ -133,15 +141,21 @@ async def test_a_hand_edit_of_the_weights_is_served(
 
     await wait_for(all_control, within=10, what="the hand edit to reach the provider")
     await conn.execute("INSERT INTO ab_experiments (name, status) VALUES ('created-later', 'running')")
-    await wait_for(lambda: _ready(provider.experiment("created-later") is not None), within=10,
-                   what="a new experiment to appear")
+    await wait_for(
+        lambda: _ready(provider.experiment("created-later") is not None), within=10, what="a new experiment to appear"
+    )
     await conn.execute("DELETE FROM ab_experiments WHERE name = 'created-later'")
-    await wait_for(lambda: _ready(provider.experiment("created-later") is None), within=10,
-                   what="a deleted experiment to disappear")
+    await wait_for(
+        lambda: _ready(provider.experiment("created-later") is None),
+        within=10,
+        what="a deleted experiment to disappear",
+    )
 
 
 async def test_the_periodic_refresh_catches_what_no_notification_said(
-    db_url: str, conn: asyncpg.Connection, provider_factory: list[AutoPromoteProvider],
+    db_url: str,
+    conn: asyncpg.Connection,
+    provider_factory: list[AutoPromoteProvider],
 ) -> None:
     await create_experiment(conn, "quiet", ["control", "b"])
     provider = await start_provider(provider_factory, db_url, refresh_interval=0.3)
@@ -149,8 +163,11 @@ async def test_the_periodic_refresh_catches_what_no_notification_said(
     client = api.get_client()
     # Written behind the triggers' back, as a lost notification would leave it: only a full reload sees it.
     await conn.execute("UPDATE ab_serving SET status = 'paused'")
-    await wait_for(lambda: _ready(client.get_string_details("quiet", "d", ctx("u")).reason == Reason.DISABLED),
-                   within=10, what="the periodic full refresh")
+    await wait_for(
+        lambda: _ready(client.get_string_details("quiet", "d", ctx("u")).reason == Reason.DISABLED),
+        within=10,
+        what="the periodic full refresh",
+    )
     assert provider.loads >= 2
 
 
@@ -180,7 +197,8 @@ async def own_server() -> AsyncIterator[EmbeddedPostgres]:
 
 
 async def test_the_database_going_away_and_coming_back(
-    own_server: EmbeddedPostgres, provider_factory: list[AutoPromoteProvider],
+    own_server: EmbeddedPostgres,
+    provider_factory: list[AutoPromoteProvider],
 ) -> None:
     url = with_database(own_server.url, "postgres")
     conn = await connect(url)
@@ -217,7 +235,9 @@ async def test_the_database_going_away_and_coming_back(
 
 
 async def test_the_exposure_hook_records_exactly_the_assignments_made(
-    db_url: str, conn: asyncpg.Connection, provider_factory: list[AutoPromoteProvider],
+    db_url: str,
+    conn: asyncpg.Connection,
+    provider_factory: list[AutoPromoteProvider],
 ) -> None:
     await create_experiment(conn, "measured", ["control", "b"])
     await create_experiment(conn, "also-measured", ["control", "x", "y"])

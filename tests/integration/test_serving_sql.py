@@ -26,14 +26,18 @@ GROWTHBOOK_HASH_V2 = [
     ["foo", "def", 2, 0.2019],
     ["89123klj", "8952klfjas09ujkasdf", 2, 0.124],
     ["90850943850283058242805", "123", 2, 0.7516],
-    ["()**(%$##$%#$#", "___)((*\":&", 2, 0.0128],
+    ["()**(%$##$%#$#", '___)((*":&', 2, 0.0128],
 ]
 # Same file, "feature" case "creates experiments properly": seed "feature", hashVersion 2, anonId "123".
 GROWTHBOOK_FEATURE_BUCKET = ("feature", "123", 0.5231)
 # Same file, "getBucketRange" cases whose weights already sum to 1 (we normalise any weights; GrowthBook falls
 # back to equal weights when they do not sum to 1, so those cases do not apply): weights -> range ends.
-GROWTHBOOK_RANGES = [([0.5, 0.5], [0.5, 1.0]), ([0.4, 0.6], [0.4, 1.0]), ([0.2, 0.3, 0.5], [0.2, 0.5, 1.0]),
-                     ([0.25, 0.25, 0.25, 0.25], [0.25, 0.5, 0.75, 1.0])]
+GROWTHBOOK_RANGES = [
+    ([0.5, 0.5], [0.5, 1.0]),
+    ([0.4, 0.6], [0.4, 1.0]),
+    ([0.2, 0.3, 0.5], [0.2, 0.5, 1.0]),
+    ([0.25, 0.25, 0.25, 0.25], [0.25, 0.5, 0.75, 1.0]),
+]
 # FNV-1a 32 reference values (the FNV authors' test suite): the function under the hash.
 FNV_REFERENCE = {"": 0x811C9DC5, "a": 0xE40C292C, "foobar": 0xBF9CF968}
 
@@ -43,8 +47,9 @@ UNIT_TEXT = st.text(
     st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),  # type: ignore[arg-type]
     max_size=40,
 )
-MIXED = st.one_of(UNIT_TEXT, st.text("ab1-_😀𠀀é漢\U0010fffd", max_size=12),
-                  st.from_regex(r"user-[0-9]{1,9}", fullmatch=True))
+MIXED = st.one_of(
+    UNIT_TEXT, st.text("ab1-_😀𠀀é漢\U0010fffd", max_size=12), st.from_regex(r"user-[0-9]{1,9}", fullmatch=True)
+)
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
 
 
@@ -84,9 +89,13 @@ def test_sql_and_python_hash_agree_on_any_text(sync_conn: tuple[asyncio.Abstract
     @SETTINGS
     @given(st.lists(st.tuples(MIXED, MIXED), min_size=1, max_size=30))
     def check(pairs: list[tuple[str, str]]) -> None:
-        rows = loop.run_until_complete(c.fetch(
-            "SELECT ab_fnv1a32(s || u) AS f, ab_hash_v2(s, u) AS h FROM unnest($1::text[], $2::text[]) AS x(s, u)",
-            [p[0] for p in pairs], [p[1] for p in pairs]))
+        rows = loop.run_until_complete(
+            c.fetch(
+                "SELECT ab_fnv1a32(s || u) AS f, ab_hash_v2(s, u) AS h FROM unnest($1::text[], $2::text[]) AS x(s, u)",
+                [p[0] for p in pairs],
+                [p[1] for p in pairs],
+            )
+        )
         for (seed, unit), row in zip(pairs, rows, strict=True):
             assert row["f"] == fnv1a32(seed + unit), (seed, unit)
             assert row["h"] == hash_v2(seed, unit), (seed, unit)
@@ -106,16 +115,20 @@ def test_ab_assign_agrees_with_python_for_random_weights(
     weight = st.one_of(st.just(0.0), st.integers(0, 100).map(float), st.floats(0, 1e6, allow_nan=False))
 
     @SETTINGS
-    @given(st.lists(weight, min_size=3, max_size=3), st.one_of(st.none(), MIXED.filter(bool)),
-           st.lists(MIXED, min_size=1, max_size=25))
+    @given(
+        st.lists(weight, min_size=3, max_size=3),
+        st.one_of(st.none(), MIXED.filter(bool)),
+        st.lists(MIXED, min_size=1, max_size=25),
+    )
     def check(weights: list[float], seed: str | None, units: list[str]) -> None:
         async def run() -> list[str | None]:
             async with c.transaction():
                 for name, w in zip(["control", "b", "c"], weights, strict=True):
                     await c.execute("UPDATE ab_variants SET traffic_weight = $1 WHERE name = $2", w, name)
                 await c.execute("UPDATE ab_experiments SET hash_seed = $1", seed)
-            rows = await c.fetch("SELECT ab_assign('prop', u) AS v FROM unnest($1::text[]) WITH ORDINALITY AS x(u, i) "
-                                 "ORDER BY i", units)
+            rows = await c.fetch(
+                "SELECT ab_assign('prop', u) AS v FROM unnest($1::text[]) WITH ORDINALITY AS x(u, i) ORDER BY i", units
+            )
             return [r["v"] for r in rows]
 
         served = loop.run_until_complete(run())
@@ -130,8 +143,14 @@ async def test_serves_only_running_or_promoted_experiments(conn: asyncpg.Connect
     await create_experiment(conn, "exp", ["control", "b"])
     assert await conn.fetchval("SELECT ab_assign('exp', 'u1')") in {"control", "b"}
     assert await conn.fetchval("SELECT ab_assign('no-such-experiment', 'u1')") is None
-    for status, served in [("paused", False), ("promoted", True), ("stopped", False), ("rolled_back", False),
-                           ("draft", False), ("running", True)]:
+    for status, served in [
+        ("paused", False),
+        ("promoted", True),
+        ("stopped", False),
+        ("rolled_back", False),
+        ("draft", False),
+        ("running", True),
+    ]:
         await conn.execute("UPDATE ab_experiments SET status = $1", status)
         got = await conn.fetchval("SELECT ab_assign('exp', 'u1')")
         assert (got is not None) is served, status
@@ -141,18 +160,23 @@ async def test_control_comes_first_whatever_its_id_and_zero_weights_are_never_se
     conn: asyncpg.Connection,
 ) -> None:
     async with conn.transaction():
-        exp_id = await conn.fetchval("INSERT INTO ab_experiments (name, status) VALUES ('order', 'running') "
-                                     "RETURNING id")
+        exp_id = await conn.fetchval(
+            "INSERT INTO ab_experiments (name, status) VALUES ('order', 'running') RETURNING id"
+        )
         # The treatment is inserted first (lower id); the control must still own [0, 0.25).
-        await conn.execute("INSERT INTO ab_variants (experiment_id, name, is_control, traffic_weight) "
-                           "VALUES ($1, 'treatment', false, 3), ($1, 'control', true, 1)", exp_id)
+        await conn.execute(
+            "INSERT INTO ab_variants (experiment_id, name, is_control, traffic_weight) "
+            "VALUES ($1, 'treatment', false, 3), ($1, 'control', true, 1)",
+            exp_id,
+        )
     units = [f"user-{i}" for i in range(400)]
     got = await conn.fetch("SELECT u, ab_assign('order', u) AS v FROM unnest($1::text[]) AS u", units)
     for r in got:
         assert r["v"] == ("control" if hash_v2("order", r["u"]) < 0.25 else "treatment")
     await conn.execute("UPDATE ab_variants SET traffic_weight = 0 WHERE name = 'treatment'")
-    assert {r["v"] for r in await conn.fetch("SELECT ab_assign('order', u) AS v FROM unnest($1::text[]) AS u",
-                                             units)} == {"control"}
+    assert {
+        r["v"] for r in await conn.fetch("SELECT ab_assign('order', u) AS v FROM unnest($1::text[]) AS u", units)
+    } == {"control"}
     await conn.execute("UPDATE ab_variants SET traffic_weight = 0")
     assert await conn.fetchval("SELECT ab_assign('order', 'user-1')") is None  # no traffic at all
 
@@ -162,8 +186,13 @@ async def test_hash_seed_defaults_to_the_name_and_reshuffles_when_set(conn: asyn
     units = [f"u{i}" for i in range(300)]
 
     async def served() -> list[str]:
-        return [r["v"] for r in await conn.fetch(
-            "SELECT ab_assign('seeded', u) AS v FROM unnest($1::text[]) WITH ORDINALITY AS x(u, i) ORDER BY i", units)]
+        return [
+            r["v"]
+            for r in await conn.fetch(
+                "SELECT ab_assign('seeded', u) AS v FROM unnest($1::text[]) WITH ORDINALITY AS x(u, i) ORDER BY i",
+                units,
+            )
+        ]
 
     before = await served()
     assert before == [assign("seeded", u, ["control", "b"], [1, 1]) for u in units]
@@ -236,8 +265,9 @@ async def test_weights_beyond_double_precision_do_not_fail_the_commit(conn: asyn
     # numeric takes both; a plain ::float8 would raise underflow/overflow in the commit's trigger.
     await conn.execute("UPDATE ab_variants SET traffic_weight = CASE WHEN name = 'b' THEN 1e-400 ELSE 1e400 END")
     assert await conn.fetchval("SELECT weights FROM ab_serving") == [1e300, 0.0]
-    assert {r["v"] for r in await conn.fetch("SELECT ab_assign('extreme', 'u' || g) AS v "
-                                             "FROM generate_series(1, 200) g")} == {"control"}
+    assert {
+        r["v"] for r in await conn.fetch("SELECT ab_assign('extreme', 'u' || g) AS v FROM generate_series(1, 200) g")
+    } == {"control"}
 
 
 async def test_concurrent_weight_changes_both_reach_what_is_served(db_url: str, conn: asyncpg.Connection) -> None:
@@ -263,8 +293,11 @@ async def test_concurrent_weight_changes_both_reach_what_is_served(db_url: str, 
 
 
 async def _waiting_for_a_lock(conn: asyncpg.Connection) -> bool:
-    return bool(await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                                    "AND wait_event_type = 'Lock'"))
+    return bool(
+        await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+    )
 
 
 def test_the_c_accelerator_is_built_by_make_install() -> None:

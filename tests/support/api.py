@@ -32,11 +32,13 @@ from worker.http.openapi import openapi_document
 OPERATOR_TOKEN = "ap_test-operator-0123456789abcdef"
 VIEWER_TOKEN = "ap_test-viewer-0123456789abcdef"
 OTHER_OPERATOR_TOKEN = "ap_test-operator2-0123456789abcdef"
-TOKENS = ",".join([
-    f"ops-bot:operator:{hash_token(OPERATOR_TOKEN)}",
-    f"dashboard:viewer:{hash_token(VIEWER_TOKEN)}",
-    f"release-manager:operator:{hash_token(OTHER_OPERATOR_TOKEN)}",
-])
+TOKENS = ",".join(
+    [
+        f"ops-bot:operator:{hash_token(OPERATOR_TOKEN)}",
+        f"dashboard:viewer:{hash_token(VIEWER_TOKEN)}",
+        f"release-manager:operator:{hash_token(OTHER_OPERATOR_TOKEN)}",
+    ]
+)
 AUTO = "/api/experiments/auto-promote"
 WINNER = {"control": (17_500, 1_750), "variant-b": (17_000, 1_904)}  # 10.0% vs 11.2%: about +12%
 DOC = openapi_document()
@@ -73,7 +75,8 @@ def _type_ok(value: Any, type_: str) -> bool:
         return isinstance(value, bool)
     if type_ == "integer":
         return (isinstance(value, int) and not isinstance(value, bool)) or (
-            isinstance(value, float) and value.is_integer())
+            isinstance(value, float) and value.is_integer()
+        )
     if type_ == "number":
         return isinstance(value, int | float) and not isinstance(value, bool)
     if type_ == "string":
@@ -222,9 +225,18 @@ class Api:
     app: web.Application
     seen: list[tuple[str, str, int]] = field(default_factory=list)
 
-    async def request(self, method: str, path: str | URL, *, token: str | None = OPERATOR_TOKEN,
-                      json_body: Any = _UNSET, data: bytes | str | None = None, params: Mapping[str, str] | None = None,
-                      headers: Mapping[str, str] | None = None, check: bool = True) -> Reply:
+    async def request(
+        self,
+        method: str,
+        path: str | URL,
+        *,
+        token: str | None = OPERATOR_TOKEN,
+        json_body: Any = _UNSET,
+        data: bytes | str | None = None,
+        params: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+        check: bool = True,
+    ) -> Reply:
         hdrs = dict(headers or {})
         if token is not None:
             hdrs.setdefault("Authorization", f"Bearer {token}")
@@ -242,8 +254,11 @@ class Api:
         assert "Traceback" not in text, text
         if check:
             problems = response_problems(method, raw_path, status, resp_headers, body)
-            assert not problems, f"{method} {path} -> {status} breaks the OpenAPI document:\n" + "\n".join(
-                problems[:10]) + f"\n{json.dumps(body)[:1500]}"
+            assert not problems, (
+                f"{method} {path} -> {status} breaks the OpenAPI document:\n"
+                + "\n".join(problems[:10])
+                + f"\n{json.dumps(body)[:1500]}"
+            )
         self.seen.append((method, str(path), status))
         return Reply(status, body, resp_headers)
 
@@ -254,14 +269,26 @@ class Api:
         return await self.request("GET", path, token=token, **kwargs)
 
 
-def make_context(pool: asyncpg.Pool, env: Mapping[str, str] | None = None,
-                 config: Mapping[str, Any] | None = None, *, database_url: str | None = None) -> AppContext:
-    settings = load_settings({"AUTO_PROMOTION_API_TOKENS": TOKENS, "SLACK_WEBHOOK_URL": "http://127.0.0.1:9/hook",
-                              **(env or {})})
+def make_context(
+    pool: asyncpg.Pool,
+    env: Mapping[str, str] | None = None,
+    config: Mapping[str, Any] | None = None,
+    *,
+    database_url: str | None = None,
+) -> AppContext:
+    settings = load_settings(
+        {"AUTO_PROMOTION_API_TOKENS": TOKENS, "SLACK_WEBHOOK_URL": "http://127.0.0.1:9/hook", **(env or {})}
+    )
     effective = load_config(env={}, overrides=dict(config or {}))
-    return AppContext(pool=pool, settings=settings, config=effective, engine=Engine(pool, settings, effective),
-                      events=EventBus(), health=Health(listener_required=False),
-                      database_url=database_url or pool_url(pool))
+    return AppContext(
+        pool=pool,
+        settings=settings,
+        config=effective,
+        engine=Engine(pool, settings, effective),
+        events=EventBus(),
+        health=Health(listener_required=False),
+        database_url=database_url or pool_url(pool),
+    )
 
 
 def api_only_app(ctx: AppContext) -> web.Application:
@@ -276,9 +303,13 @@ def api_only_app(ctx: AppContext) -> web.Application:
 
 
 @asynccontextmanager
-async def serve_api(pool: asyncpg.Pool, env: Mapping[str, str] | None = None,
-                    config: Mapping[str, Any] | None = None,
-                    extra_routes: list[web.RouteDef] | None = None, full_app: bool = False) -> AsyncIterator[Api]:
+async def serve_api(
+    pool: asyncpg.Pool,
+    env: Mapping[str, str] | None = None,
+    config: Mapping[str, Any] | None = None,
+    extra_routes: list[web.RouteDef] | None = None,
+    full_app: bool = False,
+) -> AsyncIterator[Api]:
     """The application on 127.0.0.1 with a client that validates every response."""
     ctx = make_context(pool, env, config)
     app = create_app(ctx) if full_app else api_only_app(ctx)

@@ -28,10 +28,19 @@ def test_the_whitespace_class_is_exactly_what_str_strip_removes() -> None:
         assert bool(blank.match(char)) == char.isspace(), hex(code)
 
 
-@pytest.mark.parametrize(("text", "non_blank", "no_nul"), [
-    ("homepage", True, True), ("  a ", True, True), ("", False, True), ("   ", False, True),
-    ("\u3000\u2028\t\x1c", False, True), ("a\x00b", False, False), ("\x00", False, False), ("ünï ☃", True, True),
-])
+@pytest.mark.parametrize(
+    ("text", "non_blank", "no_nul"),
+    [
+        ("homepage", True, True),
+        ("  a ", True, True),
+        ("", False, True),
+        ("   ", False, True),
+        ("\u3000\u2028\t\x1c", False, True),
+        ("a\x00b", False, False),
+        ("\x00", False, False),
+        ("ünï ☃", True, True),
+    ],
+)
 def test_text_patterns(text: str, non_blank: bool, no_nul: bool) -> None:
     assert bool(_as_python(NON_BLANK_TEXT).match(text)) is non_blank
     assert bool(_as_python(NO_NUL_TEXT).match(text)) is no_nul
@@ -44,8 +53,9 @@ def test_one_branch_per_action_with_a_discriminator_and_exactly_its_fields() -> 
     assert request["discriminator"]["propertyName"] == "action"
     branches = {action: schemas[ref.rsplit("/", 1)[1]] for action, ref in request["discriminator"]["mapping"].items()}
     assert set(branches) == {"scan", "promote", "check", "rollback"}
-    assert [b["$ref"] for b in request["oneOf"]] == [request["discriminator"]["mapping"][a]
-                                                      for a in ("check", "promote", "scan", "rollback")]
+    assert [b["$ref"] for b in request["oneOf"]] == [
+        request["discriminator"]["mapping"][a] for a in ("check", "promote", "scan", "rollback")
+    ]
     for action, branch in branches.items():
         assert branch["additionalProperties"] is False
         assert set(branch["properties"]) == ACTION_FIELDS[action], action

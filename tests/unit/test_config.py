@@ -50,8 +50,14 @@ def test_defaults_are_the_balanced_preset() -> None:
 def test_presets_have_the_seed_values(preset: str, expected: tuple[float, ...]) -> None:
     cfg = load_config(preset=preset, env={}).config
     t, s = cfg.thresholds, cfg.safety_checks
-    got = (t.min_confidence, t.min_sample_size, t.min_improvement, t.min_runtime_hours,
-           s.max_error_rate, s.max_latency_degradation)
+    got = (
+        t.min_confidence,
+        t.min_sample_size,
+        t.min_improvement,
+        t.min_runtime_hours,
+        s.max_error_rate,
+        s.max_latency_degradation,
+    )
     assert got == expected
 
 
@@ -84,8 +90,12 @@ def test_layers_later_wins_and_sources_are_tracked() -> None:
 
 
 def test_environment_lists_are_trimmed_and_empty_items_dropped() -> None:
-    cfg = load_config(env={"AUTO_PROMOTION_EXCLUDED": " legacy-*, critical-test-1 ,,",
-                           "AUTO_PROMOTION_NOTIFICATION_CHANNELS": "slack,email"}).config
+    cfg = load_config(
+        env={
+            "AUTO_PROMOTION_EXCLUDED": " legacy-*, critical-test-1 ,,",
+            "AUTO_PROMOTION_NOTIFICATION_CHANNELS": "slack,email",
+        }
+    ).config
     assert cfg.excluded_experiments == ("legacy-*", "critical-test-1")
     assert cfg.notifications.channels == ("slack", "email")
     assert load_config(env={"AUTO_PROMOTION_EXCLUDED": ""}).config.excluded_experiments == ()
@@ -115,8 +125,16 @@ def test_bad_environment_values_are_errors_not_defaults(env: dict[str, str], fra
 
 
 def test_boolean_spellings() -> None:
-    for raw, value in [("true", True), ("1", True), ("YES", True), ("on", True), ("false", False), ("0", False),
-                       ("No", False), ("off", False)]:
+    for raw, value in [
+        ("true", True),
+        ("1", True),
+        ("YES", True),
+        ("on", True),
+        ("false", False),
+        ("0", False),
+        ("No", False),
+        ("off", False),
+    ]:
         assert load_config(env={"AUTO_PROMOTION_DRY_RUN": raw}).config.dry_run is value
 
 
@@ -124,8 +142,10 @@ def test_boolean_spellings() -> None:
     ("overrides", "expected"),
     [
         ({"thresholds": {"minConfidence": 120}}, "thresholds.minConfidence: must be between 50 and 99.999, got 120"),
-        ({"thresholds": {"minConfidence": 49.99}},
-         "thresholds.minConfidence: must be between 50 and 99.999, got 49.99"),
+        (
+            {"thresholds": {"minConfidence": 49.99}},
+            "thresholds.minConfidence: must be between 50 and 99.999, got 49.99",
+        ),
         ({"thresholds": {"minSampleSize": 0}}, "thresholds.minSampleSize: must be at least 1, got 0"),
         ({"safetyChecks": {"maxErrorRate": 1.5}}, "safetyChecks.maxErrorRate: must be between 0 and 1, got 1.5"),
         ({"thresholds": {"minSampleSize": "100"}}, "thresholds.minSampleSize: Input should be a valid integer"),
@@ -152,15 +172,21 @@ def test_every_error_is_reported_at_once() -> None:
         overrides={"thresholds": {"minConfidence": 120, "minSampleSize": -5}, "method": "magic"},
     )
     joined = "\n".join(errs)
-    for fragment in ["AUTO_PROMOTION_MIN_IMPROVEMENT", "AUTO_PROMOTION_DRY_RUN", "thresholds.minConfidence",
-                     "thresholds.minSampleSize", "method"]:
+    for fragment in [
+        "AUTO_PROMOTION_MIN_IMPROVEMENT",
+        "AUTO_PROMOTION_DRY_RUN",
+        "thresholds.minConfidence",
+        "thresholds.minSampleSize",
+        "method",
+    ]:
         assert fragment in joined
     assert len(errs) >= 5
 
 
 def test_contradictions_are_rejected() -> None:
-    errs = errors_of(env={}, overrides={"maxConcurrentPromotions": 0, "guard": {"guardHours": 0},
-                                        "notifications": {"channels": []}})
+    errs = errors_of(
+        env={}, overrides={"maxConcurrentPromotions": 0, "guard": {"guardHours": 0}, "notifications": {"channels": []}}
+    )
     joined = "\n".join(errs)
     assert "maxConcurrentPromotions: is 0 while enabled is true" in joined
     assert "guard.autoRollback" in joined
@@ -183,8 +209,7 @@ def test_presets_are_not_mutated_by_loading() -> None:
 
 
 def test_runtime_settings_parse_and_fail_clearly() -> None:
-    s = load_settings({"AUTO_PROMOTION_HTTP_PORT": "9090", "ALERT_EMAIL_TO": "a@x.io, b@x.io",
-                       "SLACK_WEBHOOK_URL": ""})
+    s = load_settings({"AUTO_PROMOTION_HTTP_PORT": "9090", "ALERT_EMAIL_TO": "a@x.io, b@x.io", "SLACK_WEBHOOK_URL": ""})
     assert s.http_port == 9090 and s.alert_email_to == ("a@x.io", "b@x.io") and s.slack_webhook_url is None
     with pytest.raises(ConfigError) as err:
         load_settings({"AUTO_PROMOTION_HTTP_PORT": "eighty", "AUTO_PROMOTION_POLL_INTERVAL": "-1"})
@@ -196,8 +221,9 @@ def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
     import os
 
     base = {k: v for k, v in os.environ.items() if not k.startswith("AUTO_PROMOTION_")}
-    return subprocess.run([sys.executable, "-m", "worker", *args], capture_output=True, text=True,
-                          env={**base, **(env or {})}, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "worker", *args], capture_output=True, text=True, env={**base, **(env or {})}, timeout=60
+    )
 
 
 def test_cli_config_validate_lists_every_error_and_exits_1() -> None:
@@ -213,8 +239,7 @@ def test_cli_config_validate_lists_every_error_and_exits_1() -> None:
 def test_cli_config_show_reports_sources() -> None:
     import json
 
-    result = _cli("config", "show", "--preset", "conservative", "--json",
-                  env={"AUTO_PROMOTION_MIN_CONFIDENCE": "99.5"})
+    result = _cli("config", "show", "--preset", "conservative", "--json", env={"AUTO_PROMOTION_MIN_CONFIDENCE": "99.5"})
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert data["preset"] == "conservative"

@@ -62,8 +62,7 @@ def valid_configs(draw: st.DrawFn) -> AutoPromotionConfig:
         "sequentialTuning": draw(_bounded(1, 1e12)),
         "correction": draw(st.sampled_from(["holm", "bh", "none"])),
         "scanIntervalSeconds": draw(_bounded(1, 86_400)),
-        "guard": {"guardHours": guard_hours, "autoRollback": auto_rollback,
-                  "minSamples": draw(st.integers(1, 10**6))},
+        "guard": {"guardHours": guard_hours, "autoRollback": auto_rollback, "minSamples": draw(st.integers(1, 10**6))},
     }
     # Through the same layering and validation as a request or an experiment's own config.
     return load_config(env={}, overrides=raw).config
@@ -89,9 +88,15 @@ def variants(draw: st.DrawFn, name: str, is_control: bool, metric_type: str) -> 
         if n == 1:
             value_sum_sq = value_sum * value_sum
     return VariantSnapshot(
-        name=name, is_control=is_control, weight=draw(st.one_of(st.sampled_from([0.0, 1.0]), st.floats(0, 1e6))),
-        exposures=n, conversions=draw(st.integers(0, n)) if metric_type == "conversion" else 0,
-        errors=draw(st.integers(0, n)), value_sum=value_sum, value_sum_sq=value_sum_sq, latency=draw(_latencies),
+        name=name,
+        is_control=is_control,
+        weight=draw(st.one_of(st.sampled_from([0.0, 1.0]), st.floats(0, 1e6))),
+        exposures=n,
+        conversions=draw(st.integers(0, n)) if metric_type == "conversion" else 0,
+        errors=draw(st.integers(0, n)),
+        value_sum=value_sum,
+        value_sum_sq=value_sum_sq,
+        latency=draw(_latencies),
     )
 
 
@@ -110,10 +115,16 @@ def snapshots(draw: st.DrawFn) -> ExperimentSnapshot:
         for i, (h, g) in enumerate(draw(st.lists(st.tuples(st.floats(0, 24 * 100), st.booleans()), max_size=2)))
     )
     return ExperimentSnapshot(
-        id=1, name=draw(st.sampled_from(["exp-1", "checkout"])),
-        status=draw(st.sampled_from(["running", "running", "paused"])), started_at=started,
-        metric_type=metric_type, priority="normal", variants=vs, now=NOW,  # type: ignore[arg-type]
-        active_promotion_id=draw(st.sampled_from([None, None, "6f1c2a9e"])), critical_alerts=alerts,
+        id=1,
+        name=draw(st.sampled_from(["exp-1", "checkout"])),
+        status=draw(st.sampled_from(["running", "running", "paused"])),
+        started_at=started,
+        metric_type=metric_type,  # type: ignore[arg-type]
+        priority="normal",
+        variants=vs,
+        now=NOW,
+        active_promotion_id=draw(st.sampled_from([None, None, "6f1c2a9e"])),
+        critical_alerts=alerts,
         promotions_in_guard_window=draw(st.integers(0, 20)),
     )
 
@@ -131,19 +142,29 @@ def _assert_sound(decision: Decision) -> None:
 @example(  # the configuration from the issue: minConfidence 50 on the default (sequential) method
     config=load_config(env={}, overrides={"thresholds": {"minConfidence": 50}}).config,
     snapshot=ExperimentSnapshot(
-        id=1, name="checkout", status="running", started_at=NOW - timedelta(days=3), metric_type="conversion",
-        priority="normal", now=NOW, variants=(
+        id=1,
+        name="checkout",
+        status="running",
+        started_at=NOW - timedelta(days=3),
+        metric_type="conversion",
+        priority="normal",
+        now=NOW,
+        variants=(
             VariantSnapshot("control", True, 1.0, 10_000, 1_000, 40, 0.0, 0.0, LatencySketch()),
             VariantSnapshot("variant-b", False, 1.0, 10_000, 1_150, 45, 0.0, 0.0, LatencySketch()),
-        )),
+        ),
+    ),
 )
 def test_every_valid_config_decides_every_possible_snapshot(
     config: AutoPromotionConfig, snapshot: ExperimentSnapshot
 ) -> None:
     _assert_sound(decide(snapshot, config))
     # The scan's path: statistics of many experiments computed together, then the same decision.
-    analyses = _vectorised_analyses([{"id": snapshot.id, "config": {}, "metric_type": snapshot.metric_type}],
-                                    {snapshot.id: list(snapshot.variants)}, config)
+    analyses = _vectorised_analyses(
+        [{"id": snapshot.id, "config": {}, "metric_type": snapshot.metric_type}],
+        {snapshot.id: list(snapshot.variants)},
+        config,
+    )
     if snapshot.id in analyses:
         _assert_sound(decide(snapshot, config, analyses[snapshot.id]))
 
@@ -154,11 +175,18 @@ def test_a_low_min_confidence_still_runs_every_safety_check(method: str, confide
     """At minConfidence 50 the error-rate check still compares the arms: a doubled error rate blocks."""
     config = load_config(env={}, overrides={"method": method, "thresholds": {"minConfidence": confidence}}).config
     snapshot = ExperimentSnapshot(
-        id=1, name="checkout", status="running", started_at=NOW - timedelta(days=3), metric_type="conversion",
-        priority="normal", now=NOW, variants=(
+        id=1,
+        name="checkout",
+        status="running",
+        started_at=NOW - timedelta(days=3),
+        metric_type="conversion",
+        priority="normal",
+        now=NOW,
+        variants=(
             VariantSnapshot("control", True, 1.0, 20_000, 2_000, 100, 0.0, 0.0, LatencySketch()),
             VariantSnapshot("variant-b", False, 1.0, 20_000, 2_400, 200, 0.0, 0.0, LatencySketch()),
-        ))
+        ),
+    )
     decision = decide(snapshot, config)
     check = next(c for c in decision.safety_checks if c.name == "Error Rate Check")
     assert decision.winner is not None and decision.winner.variant == "variant-b"

@@ -38,7 +38,11 @@ DEFAULTS = {info.env: info.default for info in all_settings()}
 SETTING_NAMES = set(DEFAULTS)
 PORT_VAR, GRACE_VAR = "AUTO_PROMOTION_HTTP_PORT", "AUTO_PROMOTION_SHUTDOWN_GRACE"
 SECRET_VARS = {
-    "DATABASE_URL", "SLACK_WEBHOOK_URL", "SMTP_PASSWORD", "PAGERDUTY_ROUTING_KEY", "WEBHOOK_SECRET",
+    "DATABASE_URL",
+    "SLACK_WEBHOOK_URL",
+    "SMTP_PASSWORD",
+    "PAGERDUTY_ROUTING_KEY",
+    "WEBHOOK_SECRET",
     "AUTO_PROMOTION_API_TOKENS",
 }
 WORKER_BUDGET_BYTES = 200 * 10**6  # the worker must stay under 200 MB at 10,000 experiments
@@ -256,7 +260,8 @@ def our_services() -> dict[str, dict[str, Any]]:
     """The services that run the ab-autopromote image."""
     services = compose()["services"]
     return {
-        name: svc for name, svc in services.items()
+        name: svc
+        for name, svc in services.items()
         if "build" in svc or str(svc.get("image", "")).startswith("ab-autopromote")
     }
 
@@ -521,12 +526,11 @@ def test_systemd_unit_is_hardened() -> None:
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
 def test_systemd_accepts_the_unit() -> None:
-    result = subprocess.run(
-        ["systemd-analyze", "verify", str(UNIT)], capture_output=True, text=True, timeout=60
-    )
+    result = subprocess.run(["systemd-analyze", "verify", str(UNIT)], capture_output=True, text=True, timeout=60)
     # The binaries live on the target VM, not here; anything else systemd says is a problem.
     complaints = [
-        line for line in (result.stdout + result.stderr).splitlines()
+        line
+        for line in (result.stdout + result.stderr).splitlines()
         if line.strip() and "is not executable" not in line
     ]
     assert not complaints, "\n".join(complaints)

@@ -16,8 +16,11 @@ from worker.http.errors import DOMAIN_ERRORS, domain_status
 
 WORKER = Path(__file__).resolve().parents[2] / "worker"
 # The domain: pure modules that must not know how they are served.
-DOMAIN_MODULES = [*sorted((WORKER / "domain").rglob("*.py")), WORKER / "decide.py",
-                  *sorted((WORKER / "stats").rglob("*.py"))]
+DOMAIN_MODULES = [
+    *sorted((WORKER / "domain").rglob("*.py")),
+    WORKER / "decide.py",
+    *sorted((WORKER / "stats").rglob("*.py")),
+]
 
 DOCUMENTED = {
     errors.InvalidRequest: (400, "invalid_request", EXIT_USAGE),

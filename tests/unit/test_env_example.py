@@ -116,7 +116,7 @@ def test_every_line_is_commented_out_so_presets_still_apply() -> None:
 
 
 def test_database_url_note_says_unset_means_embedded() -> None:
-    (value, block), = entries()["DATABASE_URL"]
+    ((value, block),) = entries()["DATABASE_URL"]
     assert value.startswith("postgresql://")
     assert "embedded" in block and "throw-away" in block
 

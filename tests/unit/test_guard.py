@@ -20,17 +20,31 @@ def _config(**overrides: Any) -> Any:
 
 
 def _totals(exposures: int, errors: int = 0, latencies: list[float] | None = None) -> VariantTotals:
-    return VariantTotals(exposures=exposures, conversions=exposures // 10, errors=errors,
-                         latency=LatencySketch.from_values(latencies or []))
+    return VariantTotals(
+        exposures=exposures,
+        conversions=exposures // 10,
+        errors=errors,
+        latency=LatencySketch.from_values(latencies or []),
+    )
 
 
-def _watch(*, baseline_b: VariantTotals, current_b: VariantTotals, control: VariantTotals | None = None,
-           alerts: tuple[AlertInfo, ...] = ()) -> WatchedPromotion:
+def _watch(
+    *,
+    baseline_b: VariantTotals,
+    current_b: VariantTotals,
+    control: VariantTotals | None = None,
+    alerts: tuple[AlertInfo, ...] = (),
+) -> WatchedPromotion:
     control = control or _totals(10_000, 10, [100.0] * 1000)
     return WatchedPromotion(
-        promotion_id="p1", experiment_id=1, experiment_name="checkout", promoted_variant="b",
-        control_variant="control", promoted_at=PROMOTED_AT,
-        baseline={"control": control, "b": baseline_b}, current={"control": control, "b": current_b},
+        promotion_id="p1",
+        experiment_id=1,
+        experiment_name="checkout",
+        promoted_variant="b",
+        control_variant="control",
+        promoted_at=PROMOTED_AT,
+        baseline={"control": control, "b": baseline_b},
+        current={"control": control, "b": current_b},
         new_alerts=alerts,
     )
 
@@ -41,8 +55,9 @@ def test_error_rate_is_judged_on_data_since_the_promotion_only() -> None:
     [breach] = check_guard(watch, _config())
     assert breach.metric == "error_rate"
     assert breach.details["errors"] == 100 and breach.details["exposures"] == 1_000
-    assert breach.reason == ("guard: error rate of b since the promotion is 10.00% (100 errors in 1,000 exposures), "
-                             "above the 5.00% maximum")
+    assert breach.reason == (
+        "guard: error rate of b since the promotion is 10.00% (100 errors in 1,000 exposures), above the 5.00% maximum"
+    )
 
 
 def test_error_rate_waits_for_min_samples() -> None:
@@ -68,15 +83,16 @@ def test_latency_compares_with_the_controls_pre_promotion_p95() -> None:
     assert breach.details["p95Ms"] == pytest.approx(150.0, rel=0.02)
     assert breach.details["controlP95Ms"] == pytest.approx(100.0, rel=0.02)
     assert breach.details["degradationPct"] == pytest.approx(50.0, abs=3)
-    assert breach.reason == ("guard: P95 latency of b since the promotion is 149.9 ms, +49.2% over the control's "
-                             "pre-promotion P95 of 100.5 ms (max +20%)")
+    assert breach.reason == (
+        "guard: P95 latency of b since the promotion is 149.9 ms, +49.2% over the control's "
+        "pre-promotion P95 of 100.5 ms (max +20%)"
+    )
 
 
 def test_latency_before_the_promotion_does_not_dilute_the_latency_since() -> None:
     fast_before = [50.0] * 100_000
     slow_since = [130.0] * 250
-    watch = _watch(baseline_b=_totals(100_000, 0, fast_before),
-                   current_b=_totals(100_250, 0, fast_before + slow_since))
+    watch = _watch(baseline_b=_totals(100_000, 0, fast_before), current_b=_totals(100_250, 0, fast_before + slow_since))
     assert [b.metric for b in check_guard(watch, _config())] == ["latency"]
 
 
@@ -110,15 +126,22 @@ def test_every_breached_metric_is_reported_most_urgent_first() -> None:
 
 
 def test_a_missing_baseline_counts_everything_as_since_the_promotion() -> None:
-    watch = WatchedPromotion("p", 1, "e", "b", "control", PROMOTED_AT, baseline={},
-                             current={"b": _totals(1_000, 100)})
+    watch = WatchedPromotion("p", 1, "e", "b", "control", PROMOTED_AT, baseline={}, current={"b": _totals(1_000, 100)})
     assert [b.metric for b in check_guard(watch, _config())] == ["error_rate"]
 
 
 def test_baseline_json_round_trip_and_malformed_parts_count_as_zero() -> None:
     sketch = LatencySketch.from_values([1.0, 2.0, 0.0])
-    parsed = VariantTotals.from_json({"exposures": 10, "conversions": 2, "errors": 1, "valueSum": 3.5,
-                                      "valueSumSq": 7.25, "latencySketch": sketch.to_json()})
+    parsed = VariantTotals.from_json(
+        {
+            "exposures": 10,
+            "conversions": 2,
+            "errors": 1,
+            "valueSum": 3.5,
+            "valueSumSq": 7.25,
+            "latencySketch": sketch.to_json(),
+        }
+    )
     assert parsed == VariantTotals(10, 2, 1, 3.5, 7.25, sketch)
     assert VariantTotals.from_json({"exposures": "x", "errors": None, "latencySketch": {"bad": 1}}) == VariantTotals()
     assert VariantTotals.from_json(None) == VariantTotals()

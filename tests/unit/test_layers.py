@@ -48,11 +48,20 @@ def within(name: str, *prefixes: str) -> bool:
     return any(name == p or name.startswith(p + ".") for p in prefixes)
 
 
-def offenders(modules: dict[str, set[str]], *, importers: tuple[str, ...], forbidden: tuple[str, ...],
-              exempt: tuple[str, ...] = ()) -> list[str]:
-    return sorted(f"{mod} imports {imp}" for mod, imps in modules.items()
-                  if within(mod, *importers) and not within(mod, *exempt)
-                  for imp in imps if within(imp, *forbidden))
+def offenders(
+    modules: dict[str, set[str]],
+    *,
+    importers: tuple[str, ...],
+    forbidden: tuple[str, ...],
+    exempt: tuple[str, ...] = (),
+) -> list[str]:
+    return sorted(
+        f"{mod} imports {imp}"
+        for mod, imps in modules.items()
+        if within(mod, *importers) and not within(mod, *exempt)
+        for imp in imps
+        if within(imp, *forbidden)
+    )
 
 
 def test_the_scan_sees_the_package() -> None:
@@ -65,8 +74,14 @@ def test_only_worker_db_imports_asyncpg() -> None:
 
 
 def test_the_domain_and_the_math_know_no_storage_transport_or_services() -> None:
-    assert offenders(MODULES, importers=("worker.domain", "worker.decide", "worker.stats"),
-                     forbidden=("worker.db", "worker.http", "worker.services")) == []
+    assert (
+        offenders(
+            MODULES,
+            importers=("worker.domain", "worker.decide", "worker.stats"),
+            forbidden=("worker.db", "worker.http", "worker.services"),
+        )
+        == []
+    )
 
 
 def test_services_never_import_http_or_the_runtime() -> None:
@@ -77,12 +92,15 @@ def test_http_never_writes_through_the_store() -> None:
     assert offenders(MODULES, importers=("worker.http",), forbidden=("worker.db.store",)) == []
 
 
-@pytest.mark.parametrize(("source", "rule"), [
-    ("import asyncpg\n", "asyncpg"),
-    ("from asyncpg.exceptions import UniqueViolationError\n", "asyncpg"),
-    ("def f():\n    from worker.http import app\n", "services"),
-    ("from ..db import store\n", "http"),
-])
+@pytest.mark.parametrize(
+    ("source", "rule"),
+    [
+        ("import asyncpg\n", "asyncpg"),
+        ("from asyncpg.exceptions import UniqueViolationError\n", "asyncpg"),
+        ("def f():\n    from worker.http import app\n", "services"),
+        ("from ..db import store\n", "http"),
+    ],
+)
 def test_the_rules_catch_a_violation(tmp_path: Path, source: str, rule: str) -> None:
     """The checks above fail on a module that breaks them (so they are not vacuous)."""
     package = tmp_path / "worker" / ("http" if rule == "http" else "services")
@@ -98,4 +116,3 @@ def test_the_rules_catch_a_violation(tmp_path: Path, source: str, rule: str) -> 
         assert offenders(modules, importers=("worker.services",), forbidden=("worker.http", *RUNTIME))
     else:
         assert offenders(modules, importers=("worker.http",), forbidden=("worker.db.store",))
-

@@ -61,10 +61,13 @@ def test_a_process_whose_stderr_is_a_file_writes_plain_console_logs(tmp_path: Pa
     """What `make demo > file 2>&1` does: the CLI's console logs redirected into a file."""
     env = {k: v for k, v in os.environ.items() if k != "NO_COLOR"}
     log = tmp_path / "demo.log"
-    code = ("from worker.logging import configure_logging; import structlog; "
-            "configure_logging('warning', 'console'); structlog.get_logger().warning('demo.tick', n=1)")
+    code = (
+        "from worker.logging import configure_logging; import structlog; "
+        "configure_logging('warning', 'console'); structlog.get_logger().warning('demo.tick', n=1)"
+    )
     with log.open("w") as fh:
-        subprocess.run([sys.executable, "-c", code], stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
-                       check=True, timeout=60)
+        subprocess.run(
+            [sys.executable, "-c", code], stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=ROOT, check=True, timeout=60
+        )
     text = log.read_text()
     assert "demo.tick" in text and ESC not in text

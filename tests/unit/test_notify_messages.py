@@ -26,10 +26,12 @@ PUBLIC = "https://ab.example.com"
 PROMOTION_ID = "6f1c2a9e-3b7d-4c2e-9a51-0d8f4b6e2c11"
 
 
-def _facts(event: NotificationEvent = "promotion.promoted", public_url: str | None = PUBLIC,
-           **overrides: Any) -> EventFacts:
-    return EventFacts.from_payload(event, engine_payload(event, promotionId=PROMOTION_ID, **overrides),
-                                   public_url=public_url)
+def _facts(
+    event: NotificationEvent = "promotion.promoted", public_url: str | None = PUBLIC, **overrides: Any
+) -> EventFacts:
+    return EventFacts.from_payload(
+        event, engine_payload(event, promotionId=PROMOTION_ID, **overrides), public_url=public_url
+    )
 
 
 def _slack_text(message: dict[str, Any]) -> str:
@@ -51,8 +53,10 @@ def test_slack_promotion_message_tells_the_facts_in_block_kit() -> None:
     message = build_slack_message(_facts())
     assert message["text"].startswith("Promoted: checkout-button: promoted variant-b over control")
     blocks = message["blocks"]
-    assert blocks[0] == {"type": "header", "text": {"type": "plain_text", "text": "Promoted: checkout-button",
-                                                    "emoji": True}}
+    assert blocks[0] == {
+        "type": "header",
+        "text": {"type": "plain_text", "text": "Promoted: checkout-button", "emoji": True},
+    }
     fields = [f["text"] for b in blocks if "fields" in b for f in b["fields"]]
     assert "*Experiment*\ncheckout-button" in fields
     assert "*Winning variant*\nvariant-b (control: control)" in fields
@@ -73,8 +77,9 @@ def test_slack_detailed_metrics_add_per_variant_statistics() -> None:
 
 
 def test_slack_rollback_message_gives_the_reason_and_who_acted() -> None:
-    message = build_slack_message(_facts("promotion.rolled_back", actor="guard",
-                                         reason="error rate 7.10% > 5.00% since promotion"))
+    message = build_slack_message(
+        _facts("promotion.rolled_back", actor="guard", reason="error rate 7.10% > 5.00% since promotion")
+    )
     assert message["blocks"][0]["text"]["text"] == "Rolled back: checkout-button"
     text = _slack_text(message)
     assert "*Reason*\\nerror rate 7.10% &gt; 5.00% since promotion" in text
@@ -93,8 +98,13 @@ def test_slack_message_without_public_url_has_no_link_and_escapes_user_text() ->
 
 HOSTILE = "<!channel> <@U024BE7LH> <https://evil.example|click> & co"
 HOSTILE_PAYLOAD = {
-    "experimentName": HOSTILE, "variant": "<!here>", "controlVariant": "<!everyone>", "actor": "<@U1>",
-    "reason": "<!subteam^S1> said so", "method": "<m>", "priority": "<p>",
+    "experimentName": HOSTILE,
+    "variant": "<!here>",
+    "controlVariant": "<!everyone>",
+    "actor": "<@U1>",
+    "reason": "<!subteam^S1> said so",
+    "method": "<m>",
+    "priority": "<p>",
     "safetyChecks": [{"name": "<!channel>", "passed": False, "message": "a > b & c < d", "severity": "error"}],
     "variants": [{"name": "<!channel>", "isControl": True, "exposures": 1}],
 }
@@ -108,8 +118,9 @@ def test_slack_escapes_every_text_field_for_every_event(event: str) -> None:
     link = f"<{PUBLIC}/experiments/"
     for text in texts:
         # The only markup left is the dashboard link this code writes itself (its name part percent-encoded).
-        rest = text.split(link)[0] + "".join(part.split("|Open in the dashboard>", 1)[-1]
-                                             for part in text.split(link)[1:])
+        rest = text.split(link)[0] + "".join(
+            part.split("|Open in the dashboard>", 1)[-1] for part in text.split(link)[1:]
+        )
         assert "<" not in rest and ">" not in rest, text
         assert "&" not in rest.replace("&amp;", "").replace("&lt;", "").replace("&gt;", ""), text
     assert "&lt;!channel&gt; &lt;@U024BE7LH&gt;" in message["text"]  # the fallback text is what a phone shows
@@ -119,8 +130,10 @@ def test_slack_escapes_every_text_field_for_every_event(event: str) -> None:
 def test_slack_dashboard_link_target_cannot_be_broken_out_of() -> None:
     facts = _facts(public_url="https://ab.example.com/x?a=1&b=<2>|3", experimentName="a|b>c")
     [context] = [b for b in build_slack_message(facts)["blocks"] if b["type"] == "context"]
-    assert ("<https://ab.example.com/x?a=1&amp;b=&lt;2&gt;%7C3/experiments/a%7Cb%3Ec|Open in the dashboard>"
-            in context["elements"][0]["text"])
+    assert (
+        "<https://ab.example.com/x?a=1&amp;b=&lt;2&gt;%7C3/experiments/a%7Cb%3Ec|Open in the dashboard>"
+        in context["elements"][0]["text"]
+    )
 
 
 def test_missing_payload_keys_still_build_every_message() -> None:
@@ -130,15 +143,22 @@ def test_missing_payload_keys_still_build_every_message() -> None:
         assert build_slack_message(facts, include_detailed_metrics=True)["blocks"]
         assert build_email(facts, sender="a@b.c", recipients=["x@y.z"]).get_body(("plain",)) is not None
         assert build_pagerduty_event(facts, routing_key="k", action="trigger")["dedup_key"]
-    assert "n/a" in EventFacts.from_payload("promotion.promoted", {"confidence": "high"},
-                                            public_url=None).fact_rows()[2][1]
+    assert (
+        "n/a"
+        in EventFacts.from_payload("promotion.promoted", {"confidence": "high"}, public_url=None).fact_rows()[2][1]
+    )
 
 
 # --- Email -----------------------------------------------------------------------------------------------
 def test_email_has_text_and_html_parts_with_the_same_facts() -> None:
     facts = _facts(reason=None)
-    msg = build_email(facts, sender="autopromote@example.com", recipients=["a@example.com", "b@example.com"],
-                      include_detailed_metrics=True, outbox_id=42)
+    msg = build_email(
+        facts,
+        sender="autopromote@example.com",
+        recipients=["a@example.com", "b@example.com"],
+        include_detailed_metrics=True,
+        outbox_id=42,
+    )
     assert msg["Subject"] == "[autopromote] Promoted: checkout-button (variant-b)"
     assert msg["To"] == "a@example.com, b@example.com"
     assert msg["Message-ID"] == "<autopromote.outbox.42@example.com>"
@@ -149,16 +169,23 @@ def test_email_has_text_and_html_parts_with_the_same_facts() -> None:
     for _label, value in facts.fact_rows():
         assert value in text
         assert value.replace("&", "&amp;") in markup
-    for fragment in ("[pass] Error Rate Check", "[warn] Traffic Balance Check", "10,000",
-                     f"{PUBLIC}/experiments/checkout-button"):
+    for fragment in (
+        "[pass] Error Rate Check",
+        "[warn] Traffic Balance Check",
+        "10,000",
+        f"{PUBLIC}/experiments/checkout-button",
+    ):
         assert fragment in text
         assert fragment.split("] ")[-1] in markup
 
 
 # --- PagerDuty -------------------------------------------------------------------------------------------
 def test_pagerduty_trigger_uses_the_promotion_id_as_dedup_key() -> None:
-    event = build_pagerduty_event(_facts("guard.breached", reason="error rate 7.1% > 5%", actor="guard"),
-                                  routing_key="R0UT1NGKEY", action="trigger")
+    event = build_pagerduty_event(
+        _facts("guard.breached", reason="error rate 7.1% > 5%", actor="guard"),
+        routing_key="R0UT1NGKEY",
+        action="trigger",
+    )
     assert event["routing_key"] == "R0UT1NGKEY"
     assert event["event_action"] == "trigger"
     assert event["dedup_key"] == PROMOTION_ID
@@ -202,8 +229,9 @@ def test_pagerduty_failure_without_promotion_keeps_one_incident_per_experiment()
 # --- Webhook ---------------------------------------------------------------------------------------------
 def test_webhook_request_is_signed_over_timestamp_and_body() -> None:
     payload = engine_payload(promotionId=PROMOTION_ID)
-    body, headers = build_webhook_request("promotion.promoted", payload, outbox_id=17, secret="s3cr3t-signing",
-                                          timestamp=1_700_000_000)
+    body, headers = build_webhook_request(
+        "promotion.promoted", payload, outbox_id=17, secret="s3cr3t-signing", timestamp=1_700_000_000
+    )
     assert json.loads(body) == payload
     assert headers["Idempotency-Key"] == "17"
     assert headers["X-Timestamp"] == "1700000000"
@@ -237,17 +265,21 @@ def test_env_defaults_route_main_events_and_skip_eligible_unless_asked() -> None
     assert [r.channel for r in routes] == ["slack", "email", "webhook"]  # PagerDuty pages critical ones only
     assert all(r.config_id is None and r.target_ref.startswith("env:") for r in routes)
     assert plan_routes("promotion.eligible", "normal", config=_config(), settings=_settings(), rows=[])[0] == []
-    eligible, _ = plan_routes("promotion.eligible", "normal", config=_config(notify_eligible=True),
-                              settings=_settings(), rows=[])
+    eligible, _ = plan_routes(
+        "promotion.eligible", "normal", config=_config(notify_eligible=True), settings=_settings(), rows=[]
+    )
     assert [r.channel for r in eligible] == ["slack", "email", "webhook"]
 
 
 def test_config_enabled_and_channels_filter_rows_and_defaults() -> None:
     rows = [ConfigRow(1, "team", "slack", "https://hooks.slack.com/services/T1/B1/X", ("guard.breached",), "normal")]
-    assert plan_routes("guard.breached", "normal", config=_config(enabled=False), settings=_settings(),
-                       rows=rows) == ([], [])
-    routes, _ = plan_routes("guard.breached", "normal", config=_config(channels=("pagerduty",)),
-                            settings=_settings(), rows=rows)
+    assert plan_routes("guard.breached", "normal", config=_config(enabled=False), settings=_settings(), rows=rows) == (
+        [],
+        [],
+    )
+    routes, _ = plan_routes(
+        "guard.breached", "normal", config=_config(channels=("pagerduty",)), settings=_settings(), rows=rows
+    )
     assert [(r.channel, r.action) for r in routes] == [("pagerduty", "trigger")]
 
 
@@ -258,17 +290,28 @@ def test_rows_match_events_and_minimum_priority_and_duplicates_collapse() -> Non
         ConfigRow(2, "high only", "webhook", "https://b.example.com/x", ("promotion.promoted",), "high"),
         ConfigRow(3, "same as env", "slack", slack, ("promotion.promoted",), "normal"),
     ]
-    routes, _ = plan_routes("promotion.promoted", "normal", config=_config(channels=("slack", "webhook")),
-                            settings=_settings(webhook_url=None), rows=rows)
+    routes, _ = plan_routes(
+        "promotion.promoted",
+        "normal",
+        config=_config(channels=("slack", "webhook")),
+        settings=_settings(webhook_url=None),
+        rows=rows,
+    )
     assert [(r.channel, r.target_ref) for r in routes] == [("slack", "config:3")]
-    routes, _ = plan_routes("promotion.promoted", "critical", config=_config(channels=("webhook",)),
-                            settings=_settings(webhook_url=None), rows=rows)
+    routes, _ = plan_routes(
+        "promotion.promoted",
+        "critical",
+        config=_config(channels=("webhook",)),
+        settings=_settings(webhook_url=None),
+        rows=rows,
+    )
     assert [r.target_ref for r in routes] == ["config:2"]
 
 
 def test_email_without_smtp_host_is_reported_not_queued() -> None:
-    routes, unroutable = plan_routes("promotion.promoted", "normal", config=_config(channels=("email",)),
-                                     settings=_settings(smtp_host=None), rows=[])
+    routes, unroutable = plan_routes(
+        "promotion.promoted", "normal", config=_config(channels=("email",)), settings=_settings(smtp_host=None), rows=[]
+    )
     assert routes == []
     assert [(u.channel, u.reason) for u in unroutable] == [("email", "SMTP_HOST is not set")]
 

@@ -14,8 +14,11 @@ PACKAGE = ROOT / "worker"
 def test_every_data_file_under_worker_is_in_the_package_data() -> None:
     globs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["worker"]
     listed = {path for pattern in globs for path in PACKAGE.glob(pattern) if path.is_file()}
-    data = {path for path in PACKAGE.rglob("*")
-            if path.is_file() and path.suffix not in (".py", ".pyc") and "__pycache__" not in path.parts}
+    data = {
+        path
+        for path in PACKAGE.rglob("*")
+        if path.is_file() and path.suffix not in (".py", ".pyc") and "__pycache__" not in path.parts
+    }
     assert data, "no data files found: the test looks in the wrong place"
     missing = sorted(str(p.relative_to(ROOT)) for p in data - listed)
     assert not missing, f"add these to [tool.setuptools.package-data] in pyproject.toml: {missing}"

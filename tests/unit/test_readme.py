@@ -18,7 +18,8 @@ def test_settings_reference_matches_the_config_models() -> None:
     start = README.index("<!-- settings-reference:start -->") + len("<!-- settings-reference:start -->")
     end = README.index("<!-- settings-reference:end -->")
     assert README[start:end].strip() == settings_reference_markdown(), (
-        "README settings table is stale: run `python deploy/gen_readme_reference.py`")
+        "README settings table is stale: run `python deploy/gen_readme_reference.py`"
+    )
     for info in all_settings():
         assert f"`{info.env}`" in README[start:end]
 
@@ -43,6 +44,10 @@ def test_every_cli_command_in_the_readme_exists() -> None:
 
 
 def test_readme_script_check_mode_agrees() -> None:
-    result = subprocess.run([sys.executable, str(ROOT / "deploy" / "gen_readme_reference.py"), "--check"],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "deploy" / "gen_readme_reference.py"), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0

@@ -67,7 +67,9 @@ def test_the_fold_variants_are_one_statement() -> None:
 
     plain = Q["fold_pending"]
     assert Q["fold_pending_for"] == plain.replace(
-        "FROM ab_metric_updates ORDER BY", "FROM ab_metric_updates WHERE experiment_id = ANY($2::bigint[]) ORDER BY")
+        "FROM ab_metric_updates ORDER BY", "FROM ab_metric_updates WHERE experiment_id = ANY($2::bigint[]) ORDER BY"
+    )
     assert Q["fold_pending_relaxed"] == plain.replace(
-        "AS variants", "AS variants, set_config('synchronous_commit', 'off', true) AS relaxed")
+        "AS variants", "AS variants, set_config('synchronous_commit', 'off', true) AS relaxed"
+    )
     assert plain != Q["fold_pending_for"] and plain != Q["fold_pending_relaxed"]

@@ -25,8 +25,9 @@ def _keep_logging_config() -> Iterator[None]:
 
 
 # ------------------------------------------------------------------------------------------------ token
-def test_token_create_prints_the_token_once_and_the_entry(capsys: pytest.CaptureFixture[str],
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_token_create_prints_the_token_once_and_the_entry(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("AUTO_PROMOTION_API_TOKENS", raising=False)
     assert main(["token", "create", "--name", "ci-bot", "--role", "operator"]) == 0
     out = capsys.readouterr().out
@@ -39,18 +40,24 @@ def test_token_create_prints_the_token_once_and_the_entry(capsys: pytest.Capture
     assert (principal.name, principal.role) == ("ci-bot", "operator")
 
 
-def test_token_create_json_and_replacement_note(capsys: pytest.CaptureFixture[str],
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_token_create_json_and_replacement_note(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("AUTO_PROMOTION_API_TOKENS", TOKENS)
     assert main(["token", "create", "--name", "dashboard", "--role", "viewer", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["entry"] == f"dashboard:viewer:{hash_token(data['token'])}" and data["replacesExisting"] is True
 
 
-@pytest.mark.parametrize("argv", [["--name", "has space", "--role", "viewer"],
-                                  ["--name", "a:b", "--role", "viewer"],
-                                  ["--name", "ok", "--role", "admin"],
-                                  ["--role", "viewer"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--name", "has space", "--role", "viewer"],
+        ["--name", "a:b", "--role", "viewer"],
+        ["--name", "ok", "--role", "admin"],
+        ["--role", "viewer"],
+    ],
+)
 def test_token_create_refuses_bad_names_and_roles(capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
     try:
         code = main(["token", "create", *argv])

@@ -63,8 +63,15 @@ async def connect(url: str, **kwargs: Any) -> asyncpg.Connection:
     """One connection with the JSON codecs; DatabaseUnavailable when the server cannot be reached."""
     try:
         conn = await asyncpg.connect(url, **kwargs)
-    except (OSError, socket.gaierror, asyncpg.CannotConnectNowError, asyncpg.InvalidCatalogNameError,
-            asyncpg.InvalidAuthorizationSpecificationError, asyncpg.InvalidPasswordError, TimeoutError) as exc:
+    except (
+        OSError,
+        socket.gaierror,
+        asyncpg.CannotConnectNowError,
+        asyncpg.InvalidCatalogNameError,
+        asyncpg.InvalidAuthorizationSpecificationError,
+        asyncpg.InvalidPasswordError,
+        TimeoutError,
+    ) as exc:
         raise DatabaseUnavailable(
             f"cannot connect to {redact_url(url)}: {exc}. Check DATABASE_URL and that PostgreSQL is running."
         ) from exc
@@ -75,11 +82,16 @@ async def connect(url: str, **kwargs: Any) -> asyncpg.Connection:
 async def create_pool(url: str, *, min_size: int = 1, max_size: int = 8, **kwargs: Any) -> asyncpg.Pool:
     """A pool whose connections have the JSON codecs; DatabaseUnavailable when unreachable."""
     try:
-        pool = await asyncpg.create_pool(
-            url, min_size=min_size, max_size=max_size, init=_init_connection, **kwargs
-        )
-    except (OSError, socket.gaierror, asyncpg.CannotConnectNowError, asyncpg.InvalidCatalogNameError,
-            asyncpg.InvalidAuthorizationSpecificationError, asyncpg.InvalidPasswordError, TimeoutError) as exc:
+        pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size, init=_init_connection, **kwargs)
+    except (
+        OSError,
+        socket.gaierror,
+        asyncpg.CannotConnectNowError,
+        asyncpg.InvalidCatalogNameError,
+        asyncpg.InvalidAuthorizationSpecificationError,
+        asyncpg.InvalidPasswordError,
+        TimeoutError,
+    ) as exc:
         raise DatabaseUnavailable(
             f"cannot connect to {redact_url(url)}: {exc}. Check DATABASE_URL and that PostgreSQL is running."
         ) from exc

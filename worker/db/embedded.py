@@ -118,8 +118,16 @@ class EmbeddedPostgres:
         if self._run_as is None:
             return subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd, check=False)
         return subprocess.run(
-            args, capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd, check=False,
-            user=self._run_as.pw_uid, group=self._run_as.pw_gid, extra_groups=[],
+            args,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+            cwd=cwd,
+            check=False,
+            user=self._run_as.pw_uid,
+            group=self._run_as.pw_gid,
+            extra_groups=[],
         )
 
     def start(self) -> None:
@@ -130,8 +138,21 @@ class EmbeddedPostgres:
             "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300 "
             "-c shared_buffers=128MB"
         )
-        result = self._run([str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-l", str(log),
-                            "-o", options, "-w", "-t", "60", "start"])
+        result = self._run(
+            [
+                str(self.bin_dir / "pg_ctl"),
+                "-D",
+                str(self.data_dir),
+                "-l",
+                str(log),
+                "-o",
+                options,
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ]
+        )
         if result.returncode != 0:
             tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
             raise EmbeddedPostgresError(f"embedded PostgreSQL failed to start: {result.stderr.strip()}\n{tail}")
@@ -191,8 +212,20 @@ def start_embedded(bin_dir: Path | None = None) -> EmbeddedPostgres:
         base.chmod(0o700)
     server = EmbeddedPostgres(bin_dir=bin_dir, data_dir=data, port=_free_port(), _run_as=run_as, _base_dir=base)
     t0 = time.monotonic()
-    result = server._run([str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
-                          "--encoding=UTF8", "--no-sync", "--no-instructions"], timeout=120)
+    result = server._run(
+        [
+            str(bin_dir / "initdb"),
+            "-D",
+            str(data),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "--encoding=UTF8",
+            "--no-sync",
+            "--no-instructions",
+        ],
+        timeout=120,
+    )
     if result.returncode != 0:
         shutil.rmtree(base, ignore_errors=True)
         raise EmbeddedPostgresError(f"initdb failed: {result.stderr.strip()}\n{NO_SERVER_MESSAGE}")

@@ -65,7 +65,10 @@ async def fold_batch(
 
 
 async def fold_pending_updates(
-    conn: Connection, *, batch_size: int = 50_000, experiment_ids: Sequence[int] | None = None,
+    conn: Connection,
+    *,
+    batch_size: int = 50_000,
+    experiment_ids: Sequence[int] | None = None,
     max_batches: int | None = None,
 ) -> FoldResult:
     """Fold batches until the (selected part of the) queue is drained; each batch commits on its own

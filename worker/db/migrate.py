@@ -83,9 +83,7 @@ async def migrate(conn: asyncpg.Connection, schema_dir: Path | None = None) -> M
     result = MigrateResult()
     await conn.execute(MQ["lock"], MIGRATION_LOCK_KEY)
     try:
-        await conn.execute(
-            MQ["create_migrations_table"]
-        )
+        await conn.execute(MQ["create_migrations_table"])
         applied = await applied_migrations(conn)
         edited = [
             f"{m.filename} (recorded checksum {applied[m.version][:12]}…, file now {m.checksum[:12]}…)"

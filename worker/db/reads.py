@@ -59,11 +59,18 @@ class VariantStats:
 
     @classmethod
     def from_json(cls, v: Mapping[str, Any]) -> VariantStats:
-        return cls(name=v["name"], is_control=bool(v["is_control"]), weight=v["weight"],
-                   exposures=int(v["exposures"] or 0), conversions=int(v["conversions"] or 0),
-                   errors=int(v["errors"] or 0), value_sum=v["value_sum"] or 0,
-                   latency_sketch=_object(v.get("latency_sketch")), latency_count=int(v.get("latency_count") or 0),
-                   updated_at=v.get("updated_at"))
+        return cls(
+            name=v["name"],
+            is_control=bool(v["is_control"]),
+            weight=v["weight"],
+            exposures=int(v["exposures"] or 0),
+            conversions=int(v["conversions"] or 0),
+            errors=int(v["errors"] or 0),
+            value_sum=v["value_sum"] or 0,
+            latency_sketch=_object(v.get("latency_sketch")),
+            latency_count=int(v.get("latency_count") or 0),
+            updated_at=v.get("updated_at"),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,12 +102,22 @@ class Experiment:
     def from_row(cls, row: Mapping[str, Any]) -> Experiment:
         variants = _json(row["variants"]) or []
         return cls(
-            id=row["id"], name=row["name"], status=row["status"], metric_type=row["metric_type"],
-            priority=row["priority"], description=row["description"], started_at=row["started_at"],
-            last_evaluated_at=row["last_evaluated_at"], evaluations=row["evaluations"], eligible=row["eligible"],
-            decision=_object(row["decision"]), variants=tuple(VariantStats.from_json(v) for v in variants),
-            active_promotion_id=row["active_promotion_id"], config=row.get("config"),
-            created_at=row.get("created_at"), updated_at=row.get("updated_at"),
+            id=row["id"],
+            name=row["name"],
+            status=row["status"],
+            metric_type=row["metric_type"],
+            priority=row["priority"],
+            description=row["description"],
+            started_at=row["started_at"],
+            last_evaluated_at=row["last_evaluated_at"],
+            evaluations=row["evaluations"],
+            eligible=row["eligible"],
+            decision=_object(row["decision"]),
+            variants=tuple(VariantStats.from_json(v) for v in variants),
+            active_promotion_id=row["active_promotion_id"],
+            config=row.get("config"),
+            created_at=row.get("created_at"),
+            updated_at=row.get("updated_at"),
             pending_updates=row.get("pending_updates"),
         )
 
@@ -134,9 +151,17 @@ class EvaluationSnapshot:
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> EvaluationSnapshot:
-        return cls(created_at=row["created_at"], variant_name=row["variant_name"], exposures=row["exposures"],
-                   control_exposures=row["control_exposures"], lift=row["lift"], ci_low=row["ci_low"],
-                   ci_high=row["ci_high"], confidence=row["confidence"], eligible=bool(row["eligible"]))
+        return cls(
+            created_at=row["created_at"],
+            variant_name=row["variant_name"],
+            exposures=row["exposures"],
+            control_exposures=row["control_exposures"],
+            lift=row["lift"],
+            ci_low=row["ci_low"],
+            ci_high=row["ci_high"],
+            confidence=row["confidence"],
+            eligible=bool(row["eligible"]),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,15 +198,24 @@ class Promotion:
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Promotion:
         return cls(
-            id=row["id"], experiment_id=row["experiment_id"], experiment_name=row["experiment_name"],
-            promoted_variant_name=row["promoted_variant_name"], control_variant_name=row["control_variant_name"],
-            confidence=row["confidence"], improvement=row["improvement"], method=row["method"],
-            promoted_at=row["promoted_at"], promoted_by=row["promoted_by"],
-            previous_weights=row.get("previous_weights"), guard_until=row.get("guard_until"),
+            id=row["id"],
+            experiment_id=row["experiment_id"],
+            experiment_name=row["experiment_name"],
+            promoted_variant_name=row["promoted_variant_name"],
+            control_variant_name=row["control_variant_name"],
+            confidence=row["confidence"],
+            improvement=row["improvement"],
+            method=row["method"],
+            promoted_at=row["promoted_at"],
+            promoted_by=row["promoted_by"],
+            previous_weights=row.get("previous_weights"),
+            guard_until=row.get("guard_until"),
             rollback_requested_at=row.get("rollback_requested_at"),
             rollback_requested_by=row.get("rollback_requested_by"),
-            rollback_request_reason=row.get("rollback_request_reason"), rollback_at=row.get("rollback_at"),
-            rollback_reason=row.get("rollback_reason"), rolled_back_by=row.get("rolled_back_by"),
+            rollback_request_reason=row.get("rollback_request_reason"),
+            rollback_at=row.get("rollback_at"),
+            rollback_reason=row.get("rollback_reason"),
+            rolled_back_by=row.get("rolled_back_by"),
         )
 
 
@@ -200,9 +234,16 @@ class AuditEntry:
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> AuditEntry:
-        return cls(id=row["id"], created_at=row["created_at"], actor=row["actor"], action=row["action"],
-                   experiment_id=row["experiment_id"], experiment_name=row["experiment_name"],
-                   promotion_id=row["promotion_id"], details=row["details"])
+        return cls(
+            id=row["id"],
+            created_at=row["created_at"],
+            actor=row["actor"],
+            action=row["action"],
+            experiment_id=row["experiment_id"],
+            experiment_name=row["experiment_name"],
+            promotion_id=row["promotion_id"],
+            details=row["details"],
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,8 +258,13 @@ class Alert:
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Alert:
-        return cls(id=row["id"], global_=bool(row["global"]), severity=row["severity"], message=row["message"],
-                   created_at=row["created_at"])
+        return cls(
+            id=row["id"],
+            global_=bool(row["global"]),
+            severity=row["severity"],
+            message=row["message"],
+            created_at=row["created_at"],
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,8 +364,9 @@ class Reads:
             total = await r._db.fetchval(RQ["experiments_count"], status)
         return Page([Experiment.from_row(row) for row in rows], int(total))
 
-    async def experiment_detail(self, name: str, *, history: int, promotions: int, audit: int,
-                                alerts: int) -> ExperimentDetail | None:
+    async def experiment_detail(
+        self, name: str, *, history: int, promotions: int, audit: int, alerts: int
+    ) -> ExperimentDetail | None:
         """One experiment for the API, with at most so many rows of each kind; None when there is no such one."""
         async with self._one_connection() as r:
             row = await r._db.fetchrow(RQ["experiments_page"], None, name, 1, 0)
@@ -369,8 +416,15 @@ class Reads:
         return [EvaluationSnapshot.from_row(row) for row in rows]
 
     # promotions
-    async def promotions_page(self, status: Literal["active", "rolled_back"] | None, experiment: str | None,
-                              limit: int, offset: int, *, count: bool = True) -> Page[Promotion]:
+    async def promotions_page(
+        self,
+        status: Literal["active", "rolled_back"] | None,
+        experiment: str | None,
+        limit: int,
+        offset: int,
+        *,
+        count: bool = True,
+    ) -> Page[Promotion]:
         """Promotions, newest first; ``total`` is -1 when ``count`` is off."""
         async with self._one_connection() as r:
             rows = await r._db.fetch(RQ["promotions_page"], status, experiment, limit, offset)
@@ -388,12 +442,18 @@ class Reads:
                 active = (await r.promotions_page("active", None, lists, 0, count=False)).items
                 rolled = [Promotion.from_row(p) for p in await r._db.fetch(RQ["rolled_back_promotions"], lists)]
         assert stats is not None  # an aggregate always returns one row
-        return PromotionReport(days=days, stats=PromotionStats.from_row(stats),
-                               per_day=[DayCount.from_row(d) for d in per_day], active=active, rolled_back=rolled)
+        return PromotionReport(
+            days=days,
+            stats=PromotionStats.from_row(stats),
+            per_day=[DayCount.from_row(d) for d in per_day],
+            active=active,
+            rolled_back=rolled,
+        )
 
     # audit
-    async def audit_page(self, experiment: str | None, action: str | None, limit: int, offset: int, *,
-                         count: bool = True) -> Page[AuditEntry]:
+    async def audit_page(
+        self, experiment: str | None, action: str | None, limit: int, offset: int, *, count: bool = True
+    ) -> Page[AuditEntry]:
         """Audit rows, newest first; ``total`` is -1 when ``count`` is off."""
         async with self._one_connection() as r:
             rows = await r._db.fetch(RQ["audit_page"], experiment, action, limit, offset)

@@ -73,15 +73,25 @@ class HistoryRows:
             [c.variant for c in comps],
             [by_name[c.variant].exposures if c.variant in by_name else 0 for c in comps],
             [control_n for _ in comps],
-            [finite(c.lift) for c in comps], [finite(c.ci_low) for c in comps],
-            [finite(c.ci_high) for c in comps], [finite(c.confidence) for c in comps],
+            [finite(c.lift) for c in comps],
+            [finite(c.ci_low) for c in comps],
+            [finite(c.ci_high) for c in comps],
+            [finite(c.confidence) for c in comps],
             control_n,
         )
 
     def params(self) -> tuple[Any, ...]:
         """In the order of record_evaluation's $4..$11 and promote_write's $24..$31."""
-        return (self.names, self.exposures, self.control_exposures, self.lift, self.ci_low, self.ci_high,
-                self.confidence, self.control_n)
+        return (
+            self.names,
+            self.exposures,
+            self.control_exposures,
+            self.lift,
+            self.ci_low,
+            self.ci_high,
+            self.confidence,
+            self.control_n,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,14 +136,33 @@ class PromotionWrite:
         """$1..$34 of promote_write, in order."""
         o = self.outbox
         return (
-            self.experiment_id, self.experiment_name, self.variant, self.control_variant,  # $1..$4
-            self.confidence, self.improvement, self.method, self.actor,  # $5..$8
-            self.previous_weights, self.baseline, self.guard_seconds, self.decision,  # $9..$12
-            self.audit_details, self.max_concurrent, self.promotion_id,  # $13..$15
-            o.channels, o.config_ids, o.target_refs, o.target_labels, o.actions,  # $16..$20
-            o.body or "{}", o.priority, o.detailed,  # $21..$23
+            self.experiment_id,
+            self.experiment_name,
+            self.variant,
+            self.control_variant,  # $1..$4
+            self.confidence,
+            self.improvement,
+            self.method,
+            self.actor,  # $5..$8
+            self.previous_weights,
+            self.baseline,
+            self.guard_seconds,
+            self.decision,  # $9..$12
+            self.audit_details,
+            self.max_concurrent,
+            self.promotion_id,  # $13..$15
+            o.channels,
+            o.config_ids,
+            o.target_refs,
+            o.target_labels,
+            o.actions,  # $16..$20
+            o.body or "{}",
+            o.priority,
+            o.detailed,  # $21..$23
             *self.history.params(),  # $24..$31
-            PROMOTION_SLOT_LOCK, self.seen.snapshot, self.seen.version,  # $32..$34
+            PROMOTION_SLOT_LOCK,
+            self.seen.snapshot,
+            self.seen.version,  # $32..$34
         )
 
 
@@ -156,14 +185,27 @@ async def write_promotion(conn: asyncpg.Connection, write: PromotionWrite) -> Pr
     return Promoted(row["promoted_at"], row["evaluations"], row["snapshots"])
 
 
-async def insert_audit(conn: asyncpg.Connection, actor: str, action: str, experiment_id: int | None,
-                       experiment_name: str | None, promotion_id: uuid.UUID | None, details: dict[str, Any]) -> None:
+async def insert_audit(
+    conn: asyncpg.Connection,
+    actor: str,
+    action: str,
+    experiment_id: int | None,
+    experiment_name: str | None,
+    promotion_id: uuid.UUID | None,
+    details: dict[str, Any],
+) -> None:
     """One row of ab_promotion_audit_log."""
     await conn.execute(Q["insert_audit"], actor, action, experiment_id, experiment_name, promotion_id, details)
 
 
-async def store_evaluation(conn: asyncpg.Connection, decision: Decision, check: dict[str, Any] | None = None, *,
-                           relaxed: bool = False, seen: Seen = UNKNOWN) -> tuple[bool | None, bool]:
+async def store_evaluation(
+    conn: asyncpg.Connection,
+    decision: Decision,
+    check: dict[str, Any] | None = None,
+    *,
+    relaxed: bool = False,
+    seen: Seen = UNKNOWN,
+) -> tuple[bool | None, bool]:
     """Store the last decision (``check``: its check data, if built already) and, when due, a history snapshot
     (one statement); the previous eligibility and whether it was written (not when the stored decision already
     covers ``seen``: another replica decided on the same read, see ab_decision_covered in schema/0007).
@@ -171,10 +213,17 @@ async def store_evaluation(conn: asyncpg.Connection, decision: Decision, check: 
     ``relaxed``: the transaction writes nothing else, so it may commit without waiting for the WAL flush
     (worker.db.fold.RELAXED_COMMIT). ``seen``: what the decision was read at (unknown: the experiment stays due for
     the daemon's next evaluation and the catch-up)."""
-    row = await conn.fetchrow(Q["record_evaluation"], decision.experiment_id, decision.eligible,
-                              check if check is not None else decision.to_check_data(),
-                              *HistoryRows.of(decision).params(), SNAPSHOT_MIN_INTERVAL_S, relaxed, seen.version,
-                              seen.snapshot)
+    row = await conn.fetchrow(
+        Q["record_evaluation"],
+        decision.experiment_id,
+        decision.eligible,
+        check if check is not None else decision.to_check_data(),
+        *HistoryRows.of(decision).params(),
+        SNAPSHOT_MIN_INTERVAL_S,
+        relaxed,
+        seen.version,
+        seen.snapshot,
+    )
     await thin_if_due(conn, decision.experiment_id, row["evaluations"], row["snapshots"])
     previous = row["previous"]
     return (None if previous is None else bool(previous)), row["evaluations"] is not None
@@ -186,9 +235,15 @@ async def thin_if_due(conn: asyncpg.Connection, experiment_id: int, evaluations:
         await conn.execute(Q["thin_snapshots"], experiment_id, SNAPSHOT_MAX_ROWS)
 
 
-async def record_many(conn: asyncpg.Connection, decisions: Sequence[Decision], *, history: bool = True,
-                      checks: Mapping[int, dict[str, Any]] | None = None, relaxed: bool = False,
-                      seen: Mapping[int, Seen] | None = None) -> set[int]:
+async def record_many(
+    conn: asyncpg.Connection,
+    decisions: Sequence[Decision],
+    *,
+    history: bool = True,
+    checks: Mapping[int, dict[str, Any]] | None = None,
+    relaxed: bool = False,
+    seen: Mapping[int, Seen] | None = None,
+) -> set[int]:
     """store_evaluation for many decisions in one statement (plus thinning where due); the experiments written
     (not those whose stored decision covers what they were read at).
 
@@ -226,8 +281,25 @@ async def record_many(conn: asyncpg.Connection, decisions: Sequence[Decision], *
             s_hi.append(finite(c.ci_high))
             s_conf.append(finite(c.confidence))
             s_el.append(d.eligible)
-    rows = await conn.fetch(Q["record_evaluations_bulk"], ids, eligible, check_data, s_ids, s_names, s_n, s_ctl,
-                            s_lift, s_lo, s_hi, s_conf, s_el, SNAPSHOT_MIN_INTERVAL_S, relaxed, versions, snapshots)
+    rows = await conn.fetch(
+        Q["record_evaluations_bulk"],
+        ids,
+        eligible,
+        check_data,
+        s_ids,
+        s_names,
+        s_n,
+        s_ctl,
+        s_lift,
+        s_lo,
+        s_hi,
+        s_conf,
+        s_el,
+        SNAPSHOT_MIN_INTERVAL_S,
+        relaxed,
+        versions,
+        snapshots,
+    )
     stored: set[int] = set()
     for row in rows:
         if row["experiment_id"] is None:

@@ -44,5 +44,9 @@ class AlreadyRolledBack(DomainError):
 EngineError = DomainError
 
 DOMAIN_ERRORS: tuple[type[DomainError], ...] = (
-    InvalidRequest, ExperimentNotFound, PromotionNotFound, AlreadyPromoted, AlreadyRolledBack,
+    InvalidRequest,
+    ExperimentNotFound,
+    PromotionNotFound,
+    AlreadyPromoted,
+    AlreadyRolledBack,
 )

@@ -51,15 +51,24 @@ class VariantTotals:
             sketch = LatencySketch.from_json(d.get("latencySketch") or None)
         except StatsInputError:
             sketch = LatencySketch()
-        return cls(_int(d.get("exposures")), _int(d.get("conversions")), _int(d.get("errors")),
-                   _float(d.get("valueSum")), _float(d.get("valueSumSq")), sketch)
+        return cls(
+            _int(d.get("exposures")),
+            _int(d.get("conversions")),
+            _int(d.get("errors")),
+            _float(d.get("valueSum")),
+            _float(d.get("valueSumSq")),
+            sketch,
+        )
 
     def since(self, earlier: VariantTotals) -> VariantTotals:
         """What was added after ``earlier`` (clamped at zero, so a reset counter never goes negative)."""
         return VariantTotals(
-            max(0, self.exposures - earlier.exposures), max(0, self.conversions - earlier.conversions),
-            max(0, self.errors - earlier.errors), self.value_sum - earlier.value_sum,
-            self.value_sum_sq - earlier.value_sum_sq, self.latency.subtract(earlier.latency),
+            max(0, self.exposures - earlier.exposures),
+            max(0, self.conversions - earlier.conversions),
+            max(0, self.errors - earlier.errors),
+            self.value_sum - earlier.value_sum,
+            self.value_sum_sq - earlier.value_sum_sq,
+            self.latency.subtract(earlier.latency),
         )
 
 
@@ -99,13 +108,20 @@ def check_guard(watch: WatchedPromotion, config: AutoPromotionConfig) -> list[Gu
 
     for alert in watch.new_alerts:
         scope = "global" if alert.global_alert else "experiment"
-        breaches.append(GuardBreach(
-            "critical_alert",
-            f"guard: critical {scope} alert #{alert.id} raised after the promotion of {variant}: "
-            f"{alert.message[:200]!r}",
-            {"alertId": alert.id, "scope": scope, "message": alert.message[:500],
-             "alertCreatedAt": alert.created_at.isoformat(), "promotedAt": watch.promoted_at.isoformat()},
-        ))
+        breaches.append(
+            GuardBreach(
+                "critical_alert",
+                f"guard: critical {scope} alert #{alert.id} raised after the promotion of {variant}: "
+                f"{alert.message[:200]!r}",
+                {
+                    "alertId": alert.id,
+                    "scope": scope,
+                    "message": alert.message[:500],
+                    "alertCreatedAt": alert.created_at.isoformat(),
+                    "promotedAt": watch.promoted_at.isoformat(),
+                },
+            )
+        )
         break  # one alert is enough to say why; the rest are in the alerts table
 
     now = watch.current.get(variant, VariantTotals())
@@ -113,14 +129,21 @@ def check_guard(watch: WatchedPromotion, config: AutoPromotionConfig) -> list[Gu
     if since.exposures >= g.min_samples and since.exposures > 0:
         rate = since.errors / since.exposures
         if rate > sc.max_error_rate:
-            breaches.append(GuardBreach(
-                "error_rate",
-                f"guard: error rate of {variant} since the promotion is {_pct(rate)} "
-                f"({since.errors:,} errors in {since.exposures:,} exposures), above the "
-                f"{_pct(sc.max_error_rate)} maximum",
-                {"errorRate": rate, "errors": since.errors, "exposures": since.exposures,
-                 "maxErrorRate": sc.max_error_rate, "minSamples": g.min_samples},
-            ))
+            breaches.append(
+                GuardBreach(
+                    "error_rate",
+                    f"guard: error rate of {variant} since the promotion is {_pct(rate)} "
+                    f"({since.errors:,} errors in {since.exposures:,} exposures), above the "
+                    f"{_pct(sc.max_error_rate)} maximum",
+                    {
+                        "errorRate": rate,
+                        "errors": since.errors,
+                        "exposures": since.exposures,
+                        "maxErrorRate": sc.max_error_rate,
+                        "minSamples": g.min_samples,
+                    },
+                )
+            )
 
     control = watch.baseline.get(watch.control_variant) if watch.control_variant else None
     if control is not None and control.latency.count and since.latency.count >= g.min_samples:
@@ -129,15 +152,21 @@ def check_guard(watch: WatchedPromotion, config: AutoPromotionConfig) -> list[Gu
         degradation = latency_degradation(c95, t95)
         if degradation > sc.max_latency_degradation:
             shown = "unbounded" if math.isinf(degradation) else f"{degradation:+.1f}%"
-            breaches.append(GuardBreach(
-                "latency",
-                f"guard: P95 latency of {variant} since the promotion is {t95:.1f} ms, {shown} over the control's "
-                f"pre-promotion P95 of {c95:.1f} ms (max +{sc.max_latency_degradation:g}%)",
-                {"p95Ms": t95, "controlP95Ms": c95,
-                 "degradationPct": None if math.isinf(degradation) else degradation,
-                 "maxLatencyDegradationPct": sc.max_latency_degradation, "samples": since.latency.count,
-                 "controlSamples": control.latency.count},
-            ))
+            breaches.append(
+                GuardBreach(
+                    "latency",
+                    f"guard: P95 latency of {variant} since the promotion is {t95:.1f} ms, {shown} over the control's "
+                    f"pre-promotion P95 of {c95:.1f} ms (max +{sc.max_latency_degradation:g}%)",
+                    {
+                        "p95Ms": t95,
+                        "controlP95Ms": c95,
+                        "degradationPct": None if math.isinf(degradation) else degradation,
+                        "maxLatencyDegradationPct": sc.max_latency_degradation,
+                        "samples": since.latency.count,
+                        "controlSamples": control.latency.count,
+                    },
+                )
+            )
     return breaches
 
 
@@ -165,9 +194,12 @@ def watched_from_row(row: Mapping[str, Any]) -> WatchedPromotion:
     baseline_raw = row["baseline_stats"] if isinstance(row["baseline_stats"], Mapping) else {}
     current_raw = row["current_stats"] if isinstance(row["current_stats"], Mapping) else {}
     return WatchedPromotion(
-        promotion_id=str(row["id"]), experiment_id=int(row["experiment_id"]),
-        experiment_name=row["experiment_name"], promoted_variant=row["promoted_variant_name"],
-        control_variant=row["control_variant_name"], promoted_at=row["promoted_at"],
+        promotion_id=str(row["id"]),
+        experiment_id=int(row["experiment_id"]),
+        experiment_name=row["experiment_name"],
+        promoted_variant=row["promoted_variant_name"],
+        control_variant=row["control_variant_name"],
+        promoted_at=row["promoted_at"],
         baseline={name: VariantTotals.from_json(v) for name, v in baseline_raw.items()},
         current={name: VariantTotals.from_json(v) for name, v in current_raw.items()},
         new_alerts=tuple(AlertInfo.from_row(a) for a in (row["new_alerts"] or ())),
@@ -180,11 +212,18 @@ def since_promotion_json(watch: WatchedPromotion) -> list[dict[str, Any]]:
     for name, now in watch.current.items():
         since = now.since(watch.baseline.get(name, VariantTotals()))
         p95 = since.latency.p95() if since.latency.count else None
-        variants.append({
-            "name": name, "isControl": name == watch.control_variant, "exposures": since.exposures,
-            "conversions": since.conversions,
-            "rate": since.conversions / since.exposures if since.exposures else None,
-            "errors": since.errors, "errorRate": since.errors / since.exposures if since.exposures else None,
-            "p95LatencyMs": p95, "latencySamples": since.latency.count, "sincePromotion": True,
-        })
+        variants.append(
+            {
+                "name": name,
+                "isControl": name == watch.control_variant,
+                "exposures": since.exposures,
+                "conversions": since.conversions,
+                "rate": since.conversions / since.exposures if since.exposures else None,
+                "errors": since.errors,
+                "errorRate": since.errors / since.exposures if since.exposures else None,
+                "p95LatencyMs": p95,
+                "latencySamples": since.latency.count,
+                "sincePromotion": True,
+            }
+        )
     return variants

@@ -157,8 +157,12 @@ def _validation_errors(exc: ValidationError, prefix: str = "", *, tagged: bool =
         if err["type"] == "union_tag_not_found":
             out.append(field_error("action", "is required"))
             continue
-        out.append(field_error(prefix + path if path else prefix.rstrip(".") or "body",
-                               _error_message(err, action, loc[-1] if loc else "")))
+        out.append(
+            field_error(
+                prefix + path if path else prefix.rstrip(".") or "body",
+                _error_message(err, action, loc[-1] if loc else ""),
+            )
+        )
     return out
 
 
@@ -190,14 +194,20 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
     except UnicodeDecodeError:
         raise ApiError(400, "malformed_json", "the request body is not UTF-8 text") from None
     except json.JSONDecodeError as exc:
-        raise ApiError(400, "malformed_json", f"the request body is not valid JSON: {exc.msg}",
-                       {"line": exc.lineno, "column": exc.colno}) from None
+        raise ApiError(
+            400,
+            "malformed_json",
+            f"the request body is not valid JSON: {exc.msg}",
+            {"line": exc.lineno, "column": exc.colno},
+        ) from None
     except (ValueError, RecursionError) as exc:
         message = str(exc)[:200] if isinstance(exc, ValueError) else "nested too deeply"
         raise ApiError(400, "malformed_json", f"the request body is not valid JSON: {message}") from None
     if not isinstance(data, dict):
-        raise invalid_request("the request body must be a JSON object",
-                              [field_error("body", f"must be a JSON object, got {type(data).__name__}")])
+        raise invalid_request(
+            "the request body must be a JSON object",
+            [field_error("body", f"must be a JSON object, got {type(data).__name__}")],
+        )
     problems = [field_error(p or "body", why) for p, s in _walk_strings(data, "") if (why := _text_problem(s))]
     if problems:
         raise invalid_request("the request body contains text PostgreSQL cannot store", problems[:20])
@@ -212,8 +222,9 @@ def _action_problems(req: ActionRequest) -> list[dict[str, str]]:
         if nested is True:
             errors.append(field_error("config.dryRun", "rollback has no dry run; it always changes the weights back"))
     elif req.dry_run is not None and isinstance(nested, bool) and nested != req.dry_run:
-        errors.append(field_error("dryRun", f"is {str(req.dry_run).lower()} but config.dryRun is "
-                                            f"{str(nested).lower()}; give one"))
+        errors.append(
+            field_error("dryRun", f"is {str(req.dry_run).lower()} but config.dryRun is {str(nested).lower()}; give one")
+        )
     return errors
 
 
@@ -284,7 +295,6 @@ def startup_env(effective: EffectiveConfig) -> dict[str, str]:
     return server_layers(effective)[0]
 
 
-
 def request_config(ctx: AppContext, preset: str | None, overrides: Mapping[str, Any] | None) -> EffectiveConfig:
     """The server's config with the request's preset and overrides; ConfigError lists every problem."""
     if preset is None and not overrides:
@@ -333,8 +343,9 @@ async def post_auto_promote(request: web.Request) -> web.Response:
         req = AUTO_PROMOTE_REQUEST.validate_python(body)
     except ValidationError as exc:
         errors = _validation_errors(exc, tagged=True)
-        raise invalid_request(f"invalid request ({len(errors)} problem{'s' if len(errors) != 1 else ''})",
-                              errors) from None
+        raise invalid_request(
+            f"invalid request ({len(errors)} problem{'s' if len(errors) != 1 else ''})", errors
+        ) from None
     problems = _action_problems(req)
     if problems:
         raise invalid_request(f"invalid request for action '{req.action}'", problems)
@@ -354,7 +365,8 @@ async def post_auto_promote(request: web.Request) -> web.Response:
         headers = {"X-RateLimit-Limit": str(decision.limit), "X-RateLimit-Remaining": str(decision.remaining)}
         if not decision.allowed:
             raise ApiError(
-                429, "rate_limited",
+                429,
+                "rate_limited",
                 f"rate limit reached: {decision.limit} scan/promote/rollback calls per minute for token "
                 f"{principal.name!r}; retry in {decision.retry_after_header} s",
                 {"limit": decision.limit, "windowSeconds": 60, "retryAfterSeconds": int(decision.retry_after_header)},
@@ -369,8 +381,9 @@ async def post_auto_promote(request: web.Request) -> web.Response:
     return json_response(action_response(body_out), headers=headers)
 
 
-async def _run_action(ctx: AppContext, req: ActionRequest, effective: EffectiveConfig,
-                      overrides: Mapping[str, Any], actor: str) -> tuple[bool, Any]:
+async def _run_action(
+    ctx: AppContext, req: ActionRequest, effective: EffectiveConfig, overrides: Mapping[str, Any], actor: str
+) -> tuple[bool, Any]:
     """One engine call; returns the top-level ``success`` and the engine's data."""
     engine = ctx.engine
     data: dict[str, Any]
@@ -392,9 +405,13 @@ async def _run_action(ctx: AppContext, req: ActionRequest, effective: EffectiveC
 
 async def _audit_scan(ctx: AppContext, actor: str, effective: EffectiveConfig, overrides: Mapping[str, Any]) -> None:
     """The scan itself leaves a row (the engine audits what it does to each experiment)."""
-    details = {"dryRun": effective.config.dry_run,
-               "enabled": effective.config.enabled, "preset": effective.preset, "overrides": plain(overrides),
-               "via": "api"}
+    details = {
+        "dryRun": effective.config.dry_run,
+        "enabled": effective.config.enabled,
+        "preset": effective.preset,
+        "overrides": plain(overrides),
+        "via": "api",
+    }
     async with ctx.pool.acquire() as conn:
         await conn.execute(Q["insert_audit"], actor, "scan_requested", None, None, None, details)
 
@@ -417,18 +434,22 @@ async def get_auto_promote(request: web.Request) -> web.Response:
     warnings: list[str] = []
     if not authenticator.enabled:
         warnings.append("API authentication is disabled (AUTO_PROMOTION_API_AUTH=disabled)")
-    return ok({
-        "preset": effective.preset if effective else query.preset,
-        "config": effective.config.public() if effective else None,
-        "sources": effective.sources if effective else {},
-        "validation": {"valid": not errors, "errors": errors},
-        "presets": presets,
-        "presetNames": list(PRESET_NAMES),
-        "api": {"auth": "enabled" if authenticator.enabled else "disabled",
+    return ok(
+        {
+            "preset": effective.preset if effective else query.preset,
+            "config": effective.config.public() if effective else None,
+            "sources": effective.sources if effective else {},
+            "validation": {"valid": not errors, "errors": errors},
+            "presets": presets,
+            "presetNames": list(PRESET_NAMES),
+            "api": {
+                "auth": "enabled" if authenticator.enabled else "disabled",
                 "rateLimitPerMinute": ctx.settings.rate_limit_per_minute,
-                "maxBodyBytes": ctx.settings.max_body_bytes},
-        "warnings": warnings,
-    })
+                "maxBodyBytes": ctx.settings.max_body_bytes,
+            },
+            "warnings": warnings,
+        }
+    )
 
 
 # ------------------------------------------------------------------------------------------- experiments
@@ -455,8 +476,16 @@ def _variant_json(v: VariantStats, metric_type: str) -> dict[str, Any]:
     }
 
 
-_DECISION_SUMMARY = ("eligible", "confidence", "improvement", "winningVariant", "bestVariant", "controlVariant",
-                     "method", "reasons")
+_DECISION_SUMMARY = (
+    "eligible",
+    "confidence",
+    "improvement",
+    "winningVariant",
+    "bestVariant",
+    "controlVariant",
+    "method",
+    "reasons",
+)
 
 
 def _experiment_json(row: Experiment, *, full_decision: bool) -> dict[str, Any]:
@@ -464,8 +493,12 @@ def _experiment_json(row: Experiment, *, full_decision: bool) -> dict[str, Any]:
     if row.last_evaluated_at is not None:
         decision = row.decision or {}
         shown = decision if full_decision else {k: decision.get(k) for k in _DECISION_SUMMARY}
-        last = {**shown, "eligible": bool(row.eligible), "lastEvaluatedAt": row.last_evaluated_at,
-                "evaluations": row.evaluations}
+        last = {
+            **shown,
+            "eligible": bool(row.eligible),
+            "lastEvaluatedAt": row.last_evaluated_at,
+            "evaluations": row.evaluations,
+        }
         last.setdefault("reasons", [])
         if last.get("reasons") is None:
             last["reasons"] = []
@@ -493,8 +526,14 @@ async def list_experiments(request: web.Request) -> web.Response:
     await auth.require_role(request, "viewer")
     query = parse_query(request, ExperimentsQuery)
     page = await Reads(ctx.pool).experiments_page(query.status, query.limit, query.offset)
-    return ok({"experiments": [_experiment_json(r, full_decision=False) for r in page.items], "total": page.total,
-               "limit": query.limit, "offset": query.offset})
+    return ok(
+        {
+            "experiments": [_experiment_json(r, full_decision=False) for r in page.items],
+            "total": page.total,
+            "limit": query.limit,
+            "offset": query.offset,
+        }
+    )
 
 
 def _name_from_path(request: web.Request) -> str:
@@ -511,36 +550,66 @@ async def get_experiment(request: web.Request) -> web.Response:
     await auth.require_role(request, "viewer")
     parse_query(request, Query)
     name = _name_from_path(request)
-    detail = await Reads(ctx.pool).experiment_detail(name, history=HISTORY_ROWS, promotions=DETAIL_PROMOTIONS,
-                                                     audit=DETAIL_AUDIT, alerts=DETAIL_ALERTS)
+    detail = await Reads(ctx.pool).experiment_detail(
+        name, history=HISTORY_ROWS, promotions=DETAIL_PROMOTIONS, audit=DETAIL_AUDIT, alerts=DETAIL_ALERTS
+    )
     if detail is None:
         raise ExperimentNotFound(f"no experiment named {name[:200]!r}", {"experimentName": name[:200]})
-    return ok({
-        "experiment": _experiment_json(detail.experiment, full_decision=True),
-        "history": [_history_json(h) for h in detail.history],
-        "promotions": [_promotion_json(p) for p in detail.promotions],
-        "audit": [_audit_json(a) for a in detail.audit],
-        "alerts": [{"id": a.id, "global": a.global_, "severity": a.severity, "message": a.message,
-                    "createdAt": a.created_at} for a in detail.alerts],
-    })
+    return ok(
+        {
+            "experiment": _experiment_json(detail.experiment, full_decision=True),
+            "history": [_history_json(h) for h in detail.history],
+            "promotions": [_promotion_json(p) for p in detail.promotions],
+            "audit": [_audit_json(a) for a in detail.audit],
+            "alerts": [
+                {
+                    "id": a.id,
+                    "global": a.global_,
+                    "severity": a.severity,
+                    "message": a.message,
+                    "createdAt": a.created_at,
+                }
+                for a in detail.alerts
+            ],
+        }
+    )
 
 
 def _history_json(h: EvaluationSnapshot) -> dict[str, Any]:
-    return {"createdAt": h.created_at, "variantName": h.variant_name, "exposures": h.exposures,
-            "controlExposures": h.control_exposures, "lift": h.lift, "ciLow": h.ci_low,
-            "ciHigh": h.ci_high, "confidence": h.confidence, "eligible": h.eligible}
+    return {
+        "createdAt": h.created_at,
+        "variantName": h.variant_name,
+        "exposures": h.exposures,
+        "controlExposures": h.control_exposures,
+        "lift": h.lift,
+        "ciLow": h.ci_low,
+        "ciHigh": h.ci_high,
+        "confidence": h.confidence,
+        "eligible": h.eligible,
+    }
 
 
 # -------------------------------------------------------------------------------------------- promotions
 def _promotion_json(p: Promotion) -> dict[str, Any]:
     return {
-        "id": p.id, "status": p.status, "experimentName": p.experiment_name,
-        "promotedVariantName": p.promoted_variant_name, "controlVariantName": p.control_variant_name,
-        "confidence": p.confidence, "improvement": p.improvement, "method": p.method,
-        "promotedAt": p.promoted_at, "promotedBy": p.promoted_by, "previousWeights": p.previous_weights,
-        "guardUntil": p.guard_until, "rollbackRequestedAt": p.rollback_requested_at,
-        "rollbackRequestedBy": p.rollback_requested_by, "rollbackRequestReason": p.rollback_request_reason,
-        "rollbackAt": p.rollback_at, "rollbackReason": p.rollback_reason, "rolledBackBy": p.rolled_back_by,
+        "id": p.id,
+        "status": p.status,
+        "experimentName": p.experiment_name,
+        "promotedVariantName": p.promoted_variant_name,
+        "controlVariantName": p.control_variant_name,
+        "confidence": p.confidence,
+        "improvement": p.improvement,
+        "method": p.method,
+        "promotedAt": p.promoted_at,
+        "promotedBy": p.promoted_by,
+        "previousWeights": p.previous_weights,
+        "guardUntil": p.guard_until,
+        "rollbackRequestedAt": p.rollback_requested_at,
+        "rollbackRequestedBy": p.rollback_requested_by,
+        "rollbackRequestReason": p.rollback_request_reason,
+        "rollbackAt": p.rollback_at,
+        "rollbackReason": p.rollback_reason,
+        "rolledBackBy": p.rolled_back_by,
     }
 
 
@@ -551,16 +620,28 @@ async def list_promotions(request: web.Request) -> web.Response:
     query = parse_query(request, PromotionsQuery)
     status = None if query.status == "all" else query.status
     page = await Reads(ctx.pool).promotions_page(status, query.experiment, query.limit, query.offset)
-    return ok({"promotions": [_promotion_json(r) for r in page.items], "total": page.total, "limit": query.limit,
-               "offset": query.offset})
+    return ok(
+        {
+            "promotions": [_promotion_json(r) for r in page.items],
+            "total": page.total,
+            "limit": query.limit,
+            "offset": query.offset,
+        }
+    )
 
 
 _STATS_FIELDS = {  # PromotionStats attribute -> JSON key
-    "period_days": "periodDays", "total_promotions": "totalPromotions", "promotions_per_day": "promotionsPerDay",
-    "successful_promotions": "successfulPromotions", "failed_promotions": "failedPromotions",
-    "avg_confidence": "avgConfidence", "avg_improvement": "avgImprovement",
-    "avg_hours_to_promotion": "avgHoursToPromotion", "rollback_count": "rollbackCount",
-    "rollback_rate": "rollbackRate", "active_promotions": "activePromotions",
+    "period_days": "periodDays",
+    "total_promotions": "totalPromotions",
+    "promotions_per_day": "promotionsPerDay",
+    "successful_promotions": "successfulPromotions",
+    "failed_promotions": "failedPromotions",
+    "avg_confidence": "avgConfidence",
+    "avg_improvement": "avgImprovement",
+    "avg_hours_to_promotion": "avgHoursToPromotion",
+    "rollback_count": "rollbackCount",
+    "rollback_rate": "rollbackRate",
+    "active_promotions": "activePromotions",
 }
 
 
@@ -570,18 +651,27 @@ async def promotion_stats(request: web.Request) -> web.Response:
     await auth.require_role(request, "viewer")
     query = parse_query(request, StatsQuery)
     report = await Reads(ctx.pool).promotion_report(query.days)
-    return ok({
-        "days": query.days,
-        "stats": {camel: getattr(report.stats, col) for col, camel in _STATS_FIELDS.items()},
-        "perDay": [{"day": r.day, "promotions": r.promotions, "rollbacks": r.rollbacks} for r in report.per_day],
-    })
+    return ok(
+        {
+            "days": query.days,
+            "stats": {camel: getattr(report.stats, col) for col, camel in _STATS_FIELDS.items()},
+            "perDay": [{"day": r.day, "promotions": r.promotions, "rollbacks": r.rollbacks} for r in report.per_day],
+        }
+    )
 
 
 # ------------------------------------------------------------------------------------------------- audit
 def _audit_json(a: AuditEntry) -> dict[str, Any]:
-    return {"id": a.id, "createdAt": a.created_at, "actor": a.actor, "action": a.action,
-            "experimentId": a.experiment_id, "experimentName": a.experiment_name,
-            "promotionId": a.promotion_id, "details": a.details}
+    return {
+        "id": a.id,
+        "createdAt": a.created_at,
+        "actor": a.actor,
+        "action": a.action,
+        "experimentId": a.experiment_id,
+        "experimentName": a.experiment_name,
+        "promotionId": a.promotion_id,
+        "details": a.details,
+    }
 
 
 async def list_audit(request: web.Request) -> web.Response:
@@ -590,8 +680,14 @@ async def list_audit(request: web.Request) -> web.Response:
     await auth.require_role(request, "viewer")
     query = parse_query(request, AuditQuery)
     page = await Reads(ctx.pool).audit_page(query.experiment, query.action, query.limit, query.offset)
-    return ok({"entries": [_audit_json(r) for r in page.items], "total": page.total, "limit": query.limit,
-               "offset": query.offset})
+    return ok(
+        {
+            "entries": [_audit_json(r) for r in page.items],
+            "total": page.total,
+            "limit": query.limit,
+            "offset": query.offset,
+        }
+    )
 
 
 # ----------------------------------------------------------------------------------------------- openapi

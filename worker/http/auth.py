@@ -186,15 +186,27 @@ class Authenticator:
             entry = self._lookup(token) if token else None
             return Principal(entry.name if entry else ANONYMOUS, "operator", authenticated=False)
         if authorization is None or not authorization.strip():
-            raise ApiError(401, "unauthorized", "authentication required: send 'Authorization: Bearer <token>'",
-                           headers={"WWW-Authenticate": _REALM})
+            raise ApiError(
+                401,
+                "unauthorized",
+                "authentication required: send 'Authorization: Bearer <token>'",
+                headers={"WWW-Authenticate": _REALM},
+            )
         if token is None:
-            raise ApiError(401, "unauthorized", "malformed Authorization header: expected 'Bearer <token>'",
-                           headers={"WWW-Authenticate": f'{_REALM}, error="invalid_request"'})
+            raise ApiError(
+                401,
+                "unauthorized",
+                "malformed Authorization header: expected 'Bearer <token>'",
+                headers={"WWW-Authenticate": f'{_REALM}, error="invalid_request"'},
+            )
         entry = self._lookup(token)
         if entry is None:
-            raise ApiError(401, "unauthorized", "unknown or revoked token",
-                           headers={"WWW-Authenticate": f'{_REALM}, error="invalid_token"'})
+            raise ApiError(
+                401,
+                "unauthorized",
+                "unknown or revoked token",
+                headers={"WWW-Authenticate": f'{_REALM}, error="invalid_token"'},
+            )
         return entry.principal()
 
 
@@ -219,13 +231,16 @@ def install(app: web.Application, settings: Settings) -> Authenticator:
     auth = Authenticator.from_settings(settings)
     app[AUTH] = auth
     if not auth.enabled:
-        log.warning("api.auth_disabled",
-                    message="AUTO_PROMOTION_API_AUTH=disabled: every caller is an operator; never do this in "
-                            "production")
+        log.warning(
+            "api.auth_disabled",
+            message="AUTO_PROMOTION_API_AUTH=disabled: every caller is an operator; never do this in production",
+        )
     elif not auth.entries:
-        log.warning("api.no_tokens",
-                    message=f"{TOKENS_ENV} is empty: every API call will be refused with 401; create a token "
-                            "with `autopromote token create --name NAME --role ROLE`")
+        log.warning(
+            "api.no_tokens",
+            message=f"{TOKENS_ENV} is empty: every API call will be refused with 401; create a token "
+            "with `autopromote token create --name NAME --role ROLE`",
+        )
     return auth
 
 
@@ -252,10 +267,13 @@ async def require_role(request: web.Request, role: Role) -> Principal:
             principal = _authenticator(request).authenticate(request.headers.get("Authorization"))
             request[_PRINCIPAL] = principal
         if not principal.has_role(role):
-            raise ApiError(403, "forbidden", f"this needs the {role} role; token {principal.name!r} is a "
-                                             f"{principal.role}",
-                           {"requiredRole": role, "role": principal.role},
-                           headers={"WWW-Authenticate": f'{_REALM}, error="insufficient_scope"'})
+            raise ApiError(
+                403,
+                "forbidden",
+                f"this needs the {role} role; token {principal.name!r} is a {principal.role}",
+                {"requiredRole": role, "role": principal.role},
+                headers={"WWW-Authenticate": f'{_REALM}, error="insufficient_scope"'},
+            )
     except ApiError as exc:
         raise exc.http_exception() from None
     return principal
@@ -284,15 +302,21 @@ def authenticate_viewer(request: web.Request) -> Principal:
     else:
         token = request.cookies.get(SESSION_COOKIE)
         if not token:
-            raise ApiError(401, "unauthorized",
-                           "sign in at /sign-in with a viewer or operator token, or send "
-                           "'Authorization: Bearer <token>'",
-                           {"signIn": "/sign-in"}, headers={"WWW-Authenticate": _REALM})
+            raise ApiError(
+                401,
+                "unauthorized",
+                "sign in at /sign-in with a viewer or operator token, or send 'Authorization: Bearer <token>'",
+                {"signIn": "/sign-in"},
+                headers={"WWW-Authenticate": _REALM},
+            )
         principal = auth.verify(token)
         if principal is None:
-            raise ApiError(401, "unauthorized",
-                           "the token you signed in with is unknown or was revoked; sign in again at /sign-in",
-                           {"signIn": "/sign-in"},
-                           headers={"WWW-Authenticate": f'{_REALM}, error="invalid_token"'})
+            raise ApiError(
+                401,
+                "unauthorized",
+                "the token you signed in with is unknown or was revoked; sign in again at /sign-in",
+                {"signIn": "/sign-in"},
+                headers={"WWW-Authenticate": f'{_REALM}, error="invalid_token"'},
+            )
     request[_VIEWER] = principal
     return principal

@@ -30,8 +30,12 @@ def cmd_token_create(args: argparse.Namespace) -> int:
     except (CliError, ConfigError):
         pass  # the current configuration is not this command's business; `serve` reports it
     if args.json:
-        print(json.dumps({"name": args.name, "role": args.role, "token": token, "entry": entry,
-                          "replacesExisting": replaces}, indent=2))
+        print(
+            json.dumps(
+                {"name": args.name, "role": args.role, "token": token, "entry": entry, "replacesExisting": replaces},
+                indent=2,
+            )
+        )
         return EXIT_OK
     print(f"token for {args.name} ({args.role}), shown once; store it in your secret manager now:")
     print(f"  {token}")
@@ -39,8 +43,7 @@ def cmd_token_create(args: argparse.Namespace) -> int:
     print(f"add this entry to {TOKENS_ENV} (comma-separated with the others):")
     print(f"  {entry}")
     if replaces:
-        print(f"note: {TOKENS_ENV} already has an entry named {args.name!r}; replace it with this one",
-              file=sys.stderr)
+        print(f"note: {TOKENS_ENV} already has an entry named {args.name!r}; replace it with this one", file=sys.stderr)
     print()
     print("use it as: Authorization: Bearer <token>", file=sys.stderr)
     return EXIT_OK
@@ -77,23 +80,31 @@ def cmd_serve(args: argparse.Namespace) -> int:
             conn = await connect(db.url)
             try:
                 if db.embedded is not None:
-                    print("note: DATABASE_URL is not set; serving a throw-away embedded database",
-                          file=sys.stderr)
+                    print("note: DATABASE_URL is not set; serving a throw-away embedded database", file=sys.stderr)
                     await migrate(conn, schema_dir)
                 else:
                     pending = await pending_migrations(conn, schema_dir)
                     if pending:
-                        raise CliError(f"{redact_url(db.url)} lacks migrations {', '.join(pending)}; run "
-                                       "`autopromote migrate` first", 1)
+                        raise CliError(
+                            f"{redact_url(db.url)} lacks migrations {', '.join(pending)}; run "
+                            "`autopromote migrate` first",
+                            1,
+                        )
             finally:
                 await conn.close()
             pool = await create_pool(db.url, min_size=1, max_size=settings.pool_size)
             try:
-                ctx = AppContext(pool=pool, settings=settings, config=effective,
-                                 engine=Engine(pool, settings, effective), events=EventBus(),
-                                 health=Health(listener_connected=False, catchup_done=True,
-                                               listener_required=False, started_at=time.time()),
-                                 database_url=db.url)
+                ctx = AppContext(
+                    pool=pool,
+                    settings=settings,
+                    config=effective,
+                    engine=Engine(pool, settings, effective),
+                    events=EventBus(),
+                    health=Health(
+                        listener_connected=False, catchup_done=True, listener_required=False, started_at=time.time()
+                    ),
+                    database_url=db.url,
+                )
                 try:
                     app = create_app(ctx)
                 except ConfigError as exc:
@@ -146,11 +157,11 @@ def _add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
     tok = sub.add_parser("token", help="API tokens")
     tok_sub = tok.add_subparsers(dest="token_command", metavar="SUBCOMMAND", required=True)
-    p = tok_sub.add_parser("create", help="print a new random token once, and the entry to add to "
-                                          f"{TOKENS_ENV}")
+    p = tok_sub.add_parser("create", help=f"print a new random token once, and the entry to add to {TOKENS_ENV}")
     p.add_argument("--name", required=True, help="who uses the token; the audit log shows it as the actor")
-    p.add_argument("--role", required=True, choices=ROLES, help="viewer (reads, check) or operator (also scan, "
-                                                                "promote, rollback)")
+    p.add_argument(
+        "--role", required=True, choices=ROLES, help="viewer (reads, check) or operator (also scan, promote, rollback)"
+    )
     p.add_argument("--json", action="store_true", help="print as JSON")
     p.set_defaults(handler=cmd_token_create)
 

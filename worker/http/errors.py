@@ -76,8 +76,14 @@ def domain_error_response(exc: DomainError, headers: Mapping[str, str] | None = 
 class ApiError(Exception):
     """A failure the client can act on; rendered as the error shape with ``status``."""
 
-    def __init__(self, status: int, code: str, message: str, details: Mapping[str, Any] | None = None,
-                 headers: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        details: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
@@ -91,8 +97,11 @@ class ApiError(Exception):
     def http_exception(self) -> web.HTTPException:
         """The same error as an aiohttp HTTPException, for routes outside /api/ (no middleware there)."""
         exc_class = _HTTP_EXCEPTIONS.get(self.status, web.HTTPBadRequest)
-        return exc_class(text=_dumps(error_body(self.code, self.message, self.details)),
-                         content_type="application/json", headers=self.headers)
+        return exc_class(
+            text=_dumps(error_body(self.code, self.message, self.details)),
+            content_type="application/json",
+            headers=self.headers,
+        )
 
 
 _HTTP_EXCEPTIONS: dict[int, type[web.HTTPException]] = {
@@ -142,8 +151,13 @@ def json_response(data: Any, status: int = 200, headers: Mapping[str, str] | Non
     return web.json_response(data, status=status, headers=headers, dumps=_dumps)
 
 
-def error_response(status: int, code: str, message: str, details: Mapping[str, Any] | None = None,
-                   headers: Mapping[str, str] | None = None) -> web.Response:
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    details: Mapping[str, Any] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> web.Response:
     return json_response(error_body(code, message, details), status=status, headers=headers)
 
 
@@ -190,17 +204,33 @@ def _unexpected(request: web.Request, exc: Exception) -> web.Response:
     a cancelled statement...), else 500 with a request id and no details."""
     if is_transient(exc):
         with contextlib.suppress(Exception):
-            log.error("api.database_unavailable", path=request.path, method=request.method, error=str(exc),
-                      error_type=type(exc).__name__)
-        return error_response(503, "database_unavailable", "the database is unreachable; try again shortly",
-                              headers={"Retry-After": "5"})
+            log.error(
+                "api.database_unavailable",
+                path=request.path,
+                method=request.method,
+                error=str(exc),
+                error_type=type(exc).__name__,
+            )
+        return error_response(
+            503, "database_unavailable", "the database is unreachable; try again shortly", headers={"Retry-After": "5"}
+        )
     request_id = uuid.uuid4().hex
     # A broken log sink must not turn this answer into aiohttp's plain-text 500.
     with contextlib.suppress(Exception):
-        log.error("api.internal_error", path=request.path, method=request.method, request_id=request_id,
-                  error_type=type(exc).__name__, exc_info=True)  # called inside the except
-    return error_response(500, "internal_error", "internal error; the server log has the details under this request id",
-                          {"requestId": request_id})
+        log.error(
+            "api.internal_error",
+            path=request.path,
+            method=request.method,
+            request_id=request_id,
+            error_type=type(exc).__name__,
+            exc_info=True,
+        )  # called inside the except
+    return error_response(
+        500,
+        "internal_error",
+        "internal error; the server log has the details under this request id",
+        {"requestId": request_id},
+    )
 
 
 def _safe_headers(exc: web.HTTPException) -> dict[str, str]:

@@ -49,17 +49,23 @@ PresetName = Annotated[str, WithJsonSchema({"type": "string", "enum": list(PRESE
 # The overrides are checked by worker.config.load_config (a 400 invalid_config listing every problem).
 ConfigOverrides = Annotated[dict[str, Any], WithJsonSchema({"x-ref": CONFIG_REF})]
 # A rollback has no dry run: config.dryRun may only be false (api.py refuses true).
-RollbackConfig = Annotated[dict[str, Any], WithJsonSchema(
-    {"allOf": [{"x-ref": CONFIG_REF}, {"properties": {"dryRun": {"const": False}}}]})]
+RollbackConfig = Annotated[
+    dict[str, Any], WithJsonSchema({"allOf": [{"x-ref": CONFIG_REF}, {"properties": {"dryRun": {"const": False}}}]})
+]
 
 _DRY_RUN_CONFLICT: dict[str, Any] = {
-    "not": {"anyOf": [
-        {"required": ["dryRun", "config"],
-         "properties": {"dryRun": {"const": flag},
-                        "config": {"type": "object", "required": ["dryRun"],
-                                   "properties": {"dryRun": {"const": not flag}}}}}
-        for flag in (True, False)
-    ]},
+    "not": {
+        "anyOf": [
+            {
+                "required": ["dryRun", "config"],
+                "properties": {
+                    "dryRun": {"const": flag},
+                    "config": {"type": "object", "required": ["dryRun"], "properties": {"dryRun": {"const": not flag}}},
+                },
+            }
+            for flag in (True, False)
+        ]
+    },
 }
 
 
@@ -75,8 +81,11 @@ class _DecidingRequest(_Request):
 
     config: ConfigOverrides | None = Field(None, description="Overrides for this request, camelCase.")
     dry_run: bool | None = Field(
-        None, alias="dryRun", description="Same as config.dryRun (give one, or both equal). false cannot lift an "
-                                          "experiment's own dryRun: true or enabled: false.")
+        None,
+        alias="dryRun",
+        description="Same as config.dryRun (give one, or both equal). false cannot lift an "
+        "experiment's own dryRun: true or enabled: false.",
+    )
 
 
 class CheckRequest(_DecidingRequest):
@@ -104,17 +113,21 @@ class RollbackRequest(_Request):
 
     action: Literal["rollback"]
     promotion_id: Annotated[str, AfterValidator(_is_uuid)] = Field(
-        alias="promotionId", json_schema_extra={"format": "uuid", "pattern": UUID_TEXT})
+        alias="promotionId", json_schema_extra={"format": "uuid", "pattern": UUID_TEXT}
+    )
     reason: NonBlank = Field(max_length=MAX_REASON, description="Why; recorded with the rollback.")
-    config: RollbackConfig | None = Field(None, description="Overrides for this request, camelCase "
-                                                            "(notifications, say); dryRun may only be false.")
+    config: RollbackConfig | None = Field(
+        None, description="Overrides for this request, camelCase (notifications, say); dryRun may only be false."
+    )
     dry_run: Literal[False] | None = Field(None, alias="dryRun", description="Only false: a rollback has no dry run.")
 
 
-AutoPromoteRequest = Annotated[CheckRequest | PromoteRequest | ScanRequest | RollbackRequest,
-                               Field(discriminator="action")]
+AutoPromoteRequest = Annotated[
+    CheckRequest | PromoteRequest | ScanRequest | RollbackRequest, Field(discriminator="action")
+]
 AUTO_PROMOTE_REQUEST: TypeAdapter[CheckRequest | PromoteRequest | ScanRequest | RollbackRequest] = TypeAdapter(
-    AutoPromoteRequest)
+    AutoPromoteRequest
+)
 # Each action's own fields (by alias), to tell "belongs to another action" from "unknown".
 ACTION_FIELDS: dict[str, frozenset[str]] = {
     get_args(m.model_fields["action"].annotation)[0]: frozenset(f.alias or n for n, f in m.model_fields.items())
@@ -147,7 +160,8 @@ class _Page(Query):
 
 class ConfigQuery(Query):
     preset: Literal["aggressive", "conservative", "balanced"] | None = Field(
-        None, description="Show the configuration with this preset, and only this preset")
+        None, description="Show the configuration with this preset, and only this preset"
+    )
 
 
 class ExperimentsQuery(_Page):
@@ -157,9 +171,11 @@ class ExperimentsQuery(_Page):
 
 class PromotionsQuery(_Page):
     status: Literal["active", "rolled_back", "all"] = Field(
-        "all", description="active (not rolled back; includes rollback_requested), rolled_back, or all")
+        "all", description="active (not rolled back; includes rollback_requested), rolled_back, or all"
+    )
     experiment: Annotated[QueryText, Field(max_length=MAX_NAME)] | None = Field(
-        None, description="Only rows of this experiment (exact name)")
+        None, description="Only rows of this experiment (exact name)"
+    )
 
 
 class StatsQuery(Query):
@@ -168,10 +184,13 @@ class StatsQuery(Query):
 
 class AuditQuery(_Page):
     experiment: Annotated[QueryText, Field(max_length=MAX_NAME)] | None = Field(
-        None, description="Only rows of this experiment (exact name)")
+        None, description="Only rows of this experiment (exact name)"
+    )
     action: Annotated[QueryText, Field(max_length=100)] | None = Field(
-        None, description="Only this action (promoted, rolled_back, dry_run, promotion_refused, promotion_failed, "
-                          "scan_requested, rollback_requested, ...)")
+        None,
+        description="Only this action (promoted, rolled_back, dry_run, promotion_refused, promotion_failed, "
+        "scan_requested, rollback_requested, ...)",
+    )
 
 
 # The experiment name in /api/experiments/{name} (URL-decoded).
@@ -341,14 +360,17 @@ class RollbackResponse(_Out):
     config: ConfigSummary
 
 
-ActionResponse = Annotated[CheckResponse | PromoteResponse | ScanResponse | RollbackResponse,
-                           Field(discriminator="action")]
+ActionResponse = Annotated[
+    CheckResponse | PromoteResponse | ScanResponse | RollbackResponse, Field(discriminator="action")
+]
 ACTION_RESPONSE: TypeAdapter[CheckResponse | PromoteResponse | ScanResponse | RollbackResponse] = TypeAdapter(
-    ActionResponse)
+    ActionResponse
+)
 
 
 def action_response(body: dict[str, Any]) -> dict[str, Any]:
     """The POST answer checked against its model and serialised by it (the keys the engine gave, no others)."""
-    out: dict[str, Any] = ACTION_RESPONSE.dump_python(ACTION_RESPONSE.validate_python(body), mode="json",
-                                                       exclude_unset=True)
+    out: dict[str, Any] = ACTION_RESPONSE.dump_python(
+        ACTION_RESPONSE.validate_python(body), mode="json", exclude_unset=True
+    )
     return out

@@ -21,9 +21,21 @@ from worker.http import models
 
 EXPERIMENT_STATUSES = get_args(models.ExperimentStatus)
 ERROR_CODES = (
-    "malformed_json", "invalid_request", "invalid_config", "unauthorized", "forbidden", "not_found",
-    "experiment_not_found", "promotion_not_found", "method_not_allowed", "already_promoted", "already_rolled_back",
-    "payload_too_large", "rate_limited", "internal_error", "database_unavailable",
+    "malformed_json",
+    "invalid_request",
+    "invalid_config",
+    "unauthorized",
+    "forbidden",
+    "not_found",
+    "experiment_not_found",
+    "promotion_not_found",
+    "method_not_allowed",
+    "already_promoted",
+    "already_rolled_back",
+    "payload_too_large",
+    "rate_limited",
+    "internal_error",
+    "database_unavailable",
 )
 
 
@@ -31,10 +43,18 @@ def _ref(name: str) -> dict[str, Any]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def _obj(props: dict[str, Any], required: list[str] | tuple[str, ...] | None = None, *,
-         additional: bool | dict[str, Any] = True, description: str | None = None) -> dict[str, Any]:
-    schema: dict[str, Any] = {"type": "object", "properties": props,
-                              "required": list(props) if required is None else list(required)}
+def _obj(
+    props: dict[str, Any],
+    required: list[str] | tuple[str, ...] | None = None,
+    *,
+    additional: bool | dict[str, Any] = True,
+    description: str | None = None,
+) -> dict[str, Any]:
+    schema: dict[str, Any] = {
+        "type": "object",
+        "properties": props,
+        "required": list(props) if required is None else list(required),
+    }
     if additional is not True:
         schema["additionalProperties"] = additional
     if description:
@@ -76,8 +96,10 @@ def _request_schemas() -> dict[str, Any]:
     """The POST body: one schema per action (``oneOf`` with a discriminator on ``action``), from models.py."""
     raw = models.AUTO_PROMOTE_REQUEST.json_schema(by_alias=True, ref_template="#/components/schemas/{model}")
     defs = raw.pop("$defs", {})
-    raw["description"] = ("One object per action, each with exactly its own fields (others are refused). "
-                          "check needs the viewer role; scan, promote and rollback need operator.")
+    raw["description"] = (
+        "One object per action, each with exactly its own fields (others are refused). "
+        "check needs the viewer role; scan, promote and rollback need operator."
+    )
     cleaned: dict[str, Any] = _clean({"AutoPromoteRequest": raw, **defs})
     return cleaned
 
@@ -124,40 +146,128 @@ def _config_schemas() -> dict[str, Any]:
 
 
 def _schemas() -> dict[str, Any]:
-    variant_live = _obj({
-        "name": STR, "isControl": BOOL, "weight": NUM, "exposures": INT, "conversions": INT, "rate": NNUM,
-        "errors": INT, "errorRate": NNUM, "p95LatencyMs": NNUM, "latencySamples": INT, "updatedAt": NTIME,
-    }, description="Live statistics of one variant, from ab_variant_stats (as of the last fold).")
+    variant_live = _obj(
+        {
+            "name": STR,
+            "isControl": BOOL,
+            "weight": NUM,
+            "exposures": INT,
+            "conversions": INT,
+            "rate": NNUM,
+            "errors": INT,
+            "errorRate": NNUM,
+            "p95LatencyMs": NNUM,
+            "latencySamples": INT,
+            "updatedAt": NTIME,
+        },
+        description="Live statistics of one variant, from ab_variant_stats (as of the last fold).",
+    )
     winning = {"anyOf": [_obj({"variantName": STR, "successRate": NUM, "sampleSize": INT}), {"type": "null"}]}
-    last_decision = {"anyOf": [{**_obj({
-        "eligible": BOOL, "confidence": NNUM, "improvement": NNUM, "winningVariant": winning, "bestVariant": NSTR,
-        "controlVariant": NSTR, "method": NSTR, "reasons": _arr(STR), "lastEvaluatedAt": TIME, "evaluations": INT,
-    }, required=["eligible", "reasons", "lastEvaluatedAt", "evaluations"],
-        description="The last decision stored in ab_experiment_state (the detail view adds the full check data)."
-    )}, {"type": "null"}]}
-    experiment = _obj({
-        "id": INT, "name": STR, "status": {"type": "string", "enum": list(EXPERIMENT_STATUSES)},
-        "metricType": STR, "priority": STR, "description": STR, "config": ANY_OBJECT, "startedAt": NTIME,
-        "createdAt": TIME, "updatedAt": TIME, "activePromotionId": NSTR,
-        "pendingUpdates": {"type": "integer", "minimum": 0, "maximum": 10_001, "description":
-                           "Metric updates recorded but not folded into the statistics yet (10001 means more); "
-                           "the daemon folds them within moments, and any check, promote or scan folds first"},
-        "variants": _arr(_ref("VariantStats")), "lastDecision": last_decision,
-    })
-    promotion = _obj({
-        "id": STR, "status": {"type": "string", "enum": ["active", "rollback_requested", "rolled_back"]},
-        "experimentName": STR, "promotedVariantName": STR, "controlVariantName": NSTR, "confidence": NUM,
-        "improvement": NUM, "method": STR, "promotedAt": TIME, "promotedBy": STR,
-        "previousWeights": ANY_OBJECT, "guardUntil": NTIME, "rollbackRequestedAt": NTIME,
-        "rollbackRequestedBy": NSTR, "rollbackRequestReason": NSTR, "rollbackAt": NTIME,
-        "rollbackReason": NSTR, "rolledBackBy": NSTR,
-    })
-    audit = _obj({"id": INT, "createdAt": TIME, "actor": STR, "action": STR, "experimentId": NINT,
-                  "experimentName": NSTR, "promotionId": NSTR, "details": ANY_OBJECT})
-    history = _obj({"createdAt": TIME, "variantName": STR, "exposures": INT, "controlExposures": INT,
-                    "lift": NNUM, "ciLow": NNUM, "ciHigh": NNUM, "confidence": NNUM, "eligible": BOOL})
-    alert = _obj({"id": INT, "global": BOOL, "severity": {"type": "string", "enum": ["info", "warning", "critical"]},
-                  "message": STR, "createdAt": TIME})
+    last_decision = {
+        "anyOf": [
+            {
+                **_obj(
+                    {
+                        "eligible": BOOL,
+                        "confidence": NNUM,
+                        "improvement": NNUM,
+                        "winningVariant": winning,
+                        "bestVariant": NSTR,
+                        "controlVariant": NSTR,
+                        "method": NSTR,
+                        "reasons": _arr(STR),
+                        "lastEvaluatedAt": TIME,
+                        "evaluations": INT,
+                    },
+                    required=["eligible", "reasons", "lastEvaluatedAt", "evaluations"],
+                    description=(
+                        "The last decision stored in ab_experiment_state (the detail view adds the full check data)."
+                    ),
+                )
+            },
+            {"type": "null"},
+        ]
+    }
+    experiment = _obj(
+        {
+            "id": INT,
+            "name": STR,
+            "status": {"type": "string", "enum": list(EXPERIMENT_STATUSES)},
+            "metricType": STR,
+            "priority": STR,
+            "description": STR,
+            "config": ANY_OBJECT,
+            "startedAt": NTIME,
+            "createdAt": TIME,
+            "updatedAt": TIME,
+            "activePromotionId": NSTR,
+            "pendingUpdates": {
+                "type": "integer",
+                "minimum": 0,
+                "maximum": 10_001,
+                "description": "Metric updates recorded but not folded into the statistics yet (10001 means more); "
+                "the daemon folds them within moments, and any check, promote or scan folds first",
+            },
+            "variants": _arr(_ref("VariantStats")),
+            "lastDecision": last_decision,
+        }
+    )
+    promotion = _obj(
+        {
+            "id": STR,
+            "status": {"type": "string", "enum": ["active", "rollback_requested", "rolled_back"]},
+            "experimentName": STR,
+            "promotedVariantName": STR,
+            "controlVariantName": NSTR,
+            "confidence": NUM,
+            "improvement": NUM,
+            "method": STR,
+            "promotedAt": TIME,
+            "promotedBy": STR,
+            "previousWeights": ANY_OBJECT,
+            "guardUntil": NTIME,
+            "rollbackRequestedAt": NTIME,
+            "rollbackRequestedBy": NSTR,
+            "rollbackRequestReason": NSTR,
+            "rollbackAt": NTIME,
+            "rollbackReason": NSTR,
+            "rolledBackBy": NSTR,
+        }
+    )
+    audit = _obj(
+        {
+            "id": INT,
+            "createdAt": TIME,
+            "actor": STR,
+            "action": STR,
+            "experimentId": NINT,
+            "experimentName": NSTR,
+            "promotionId": NSTR,
+            "details": ANY_OBJECT,
+        }
+    )
+    history = _obj(
+        {
+            "createdAt": TIME,
+            "variantName": STR,
+            "exposures": INT,
+            "controlExposures": INT,
+            "lift": NNUM,
+            "ciLow": NNUM,
+            "ciHigh": NNUM,
+            "confidence": NNUM,
+            "eligible": BOOL,
+        }
+    )
+    alert = _obj(
+        {
+            "id": INT,
+            "global": BOOL,
+            "severity": {"type": "string", "enum": ["info", "warning", "critical"]},
+            "message": STR,
+            "createdAt": TIME,
+        }
+    )
 
     def page(key: str, item: str) -> dict[str, Any]:
         return _ok(_obj({key: _arr(_ref(item)), "total": INT, "limit": INT, "offset": INT}))
@@ -166,42 +276,82 @@ def _schemas() -> dict[str, Any]:
         **_config_schemas(),
         **_request_schemas(),
         **_response_schemas(),
-        "Error": _obj({
-            "success": {"const": False},
-            "error": _obj({"code": {"type": "string", "enum": list(ERROR_CODES)}, "message": STR,
-                           "details": ANY_OBJECT}, additional=False),
-        }, additional=False),
+        "Error": _obj(
+            {
+                "success": {"const": False},
+                "error": _obj(
+                    {"code": {"type": "string", "enum": list(ERROR_CODES)}, "message": STR, "details": ANY_OBJECT},
+                    additional=False,
+                ),
+            },
+            additional=False,
+        ),
         "VariantStats": variant_live,
         "Experiment": experiment,
         "Promotion": promotion,
         "AuditEntry": audit,
-        "ConfigResponse": _ok(_obj({
-            "preset": {"type": "string", "enum": list(PRESET_NAMES)},
-            "config": {"anyOf": [_ref("AutoPromotionConfig"), {"type": "null"}]},
-            "sources": {"type": "object", "additionalProperties": STR,
-                        "description": "camelCase path -> default | preset:NAME | env:VAR"},
-            "validation": _obj({"valid": BOOL, "errors": _arr(STR)}),
-            "presets": {"type": "object", "additionalProperties": ANY_OBJECT},
-            "presetNames": _arr(STR),
-            "api": _obj({"auth": {"type": "string", "enum": ["enabled", "disabled"]}, "rateLimitPerMinute": INT,
-                         "maxBodyBytes": INT}),
-            "warnings": _arr(STR),
-        })),
+        "ConfigResponse": _ok(
+            _obj(
+                {
+                    "preset": {"type": "string", "enum": list(PRESET_NAMES)},
+                    "config": {"anyOf": [_ref("AutoPromotionConfig"), {"type": "null"}]},
+                    "sources": {
+                        "type": "object",
+                        "additionalProperties": STR,
+                        "description": "camelCase path -> default | preset:NAME | env:VAR",
+                    },
+                    "validation": _obj({"valid": BOOL, "errors": _arr(STR)}),
+                    "presets": {"type": "object", "additionalProperties": ANY_OBJECT},
+                    "presetNames": _arr(STR),
+                    "api": _obj(
+                        {
+                            "auth": {"type": "string", "enum": ["enabled", "disabled"]},
+                            "rateLimitPerMinute": INT,
+                            "maxBodyBytes": INT,
+                        }
+                    ),
+                    "warnings": _arr(STR),
+                }
+            )
+        ),
         "ExperimentList": page("experiments", "Experiment"),
-        "ExperimentDetail": _ok(_obj({
-            "experiment": _ref("Experiment"), "history": _arr(history), "promotions": _arr(_ref("Promotion")),
-            "audit": _arr(_ref("AuditEntry")), "alerts": _arr(alert),
-        })),
+        "ExperimentDetail": _ok(
+            _obj(
+                {
+                    "experiment": _ref("Experiment"),
+                    "history": _arr(history),
+                    "promotions": _arr(_ref("Promotion")),
+                    "audit": _arr(_ref("AuditEntry")),
+                    "alerts": _arr(alert),
+                }
+            )
+        ),
         "PromotionList": page("promotions", "Promotion"),
-        "PromotionStats": _ok(_obj({
-            "days": INT,
-            "stats": _obj({"periodDays": INT, "totalPromotions": INT, "promotionsPerDay": NUM,
-                           "successfulPromotions": INT, "failedPromotions": INT, "avgConfidence": NNUM,
-                           "avgImprovement": NNUM, "avgHoursToPromotion": NNUM, "rollbackCount": INT,
-                           "rollbackRate": NUM, "activePromotions": INT}),
-            "perDay": _arr(_obj({"day": {"type": "string", "format": "date"}, "promotions": INT,
-                                 "rollbacks": INT})),
-        })),
+        "PromotionStats": _ok(
+            _obj(
+                {
+                    "days": INT,
+                    "stats": _obj(
+                        {
+                            "periodDays": INT,
+                            "totalPromotions": INT,
+                            "promotionsPerDay": NUM,
+                            "successfulPromotions": INT,
+                            "failedPromotions": INT,
+                            "avgConfidence": NNUM,
+                            "avgImprovement": NNUM,
+                            "avgHoursToPromotion": NNUM,
+                            "rollbackCount": INT,
+                            "rollbackRate": NUM,
+                            "activePromotions": INT,
+                        }
+                    ),
+                    "perDay": _arr(
+                        _obj({"day": {"type": "string", "format": "date"}, "promotions": INT, "rollbacks": INT})
+                    ),
+                }
+            )
+        ),
         "AuditList": page("entries", "AuditEntry"),
     }
     return schemas
@@ -213,16 +363,16 @@ def _ok(data: dict[str, Any]) -> dict[str, Any]:
 
 _ERROR_TEXT = {
     "400": "Bad input: malformed_json, invalid_request or invalid_config; `details.errors` lists "
-           "`{path, message}` for every problem. A request this document allows is refused only as "
-           "invalid_config when it switches on what the server's own configuration has set to 0 or empty "
-           "(maxConcurrentPromotions, guard.guardHours, notifications.channels).",
+    "`{path, message}` for every problem. A request this document allows is refused only as "
+    "invalid_config when it switches on what the server's own configuration has set to 0 or empty "
+    "(maxConcurrentPromotions, guard.guardHours, notifications.channels).",
     "401": "No token, a malformed Authorization header, or an unknown token (`WWW-Authenticate: Bearer`).",
     "403": "The token's role is too weak for the action (`details.requiredRole`).",
     "404": "experiment_not_found or promotion_not_found.",
     "409": "already_promoted (the experiment has an active promotion) or already_rolled_back.",
     "413": "payload_too_large: the body is over AUTO_PROMOTION_MAX_BODY_BYTES.",
     "429": "rate_limited: over AUTO_PROMOTION_RATE_LIMIT scan/promote/rollback calls per minute for this token; "
-           "see `Retry-After`.",
+    "see `Retry-After`.",
     "500": "internal_error: an unexpected failure, logged under `details.requestId`; no stack trace is sent.",
     "503": "database_unavailable: the database cannot be reached; see `Retry-After`.",
 }
@@ -231,11 +381,14 @@ _ERROR_TEXT = {
 def _errors(*statuses: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for status in statuses:
-        response: dict[str, Any] = {"description": _ERROR_TEXT[status],
-                                    "content": {"application/json": {"schema": _ref("Error")}}}
+        response: dict[str, Any] = {
+            "description": _ERROR_TEXT[status],
+            "content": {"application/json": {"schema": _ref("Error")}},
+        }
         if status in ("429", "503"):
-            response["headers"] = {"Retry-After": {"schema": {"type": "integer"},
-                                                   "description": "Seconds to wait before retrying"}}
+            response["headers"] = {
+                "Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait before retrying"}
+            }
         if status == "401":
             response["headers"] = {"WWW-Authenticate": {"schema": STR}}
         out[status] = response
@@ -246,8 +399,9 @@ def _json(schema_name: str, description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": _ref(schema_name)}}}
 
 
-def _param(name: str, schema: dict[str, Any], description: str, where: str = "query",
-           required: bool = False) -> dict[str, Any]:
+def _param(
+    name: str, schema: dict[str, Any], description: str, where: str = "query", required: bool = False
+) -> dict[str, Any]:
     return {"name": name, "in": where, "required": required, "schema": schema, "description": description}
 
 
@@ -277,15 +431,18 @@ def _document() -> dict[str, Any]:
             "title": "ab-autopromote API",
             "version": __version__,
             "description": "Auto-promotion of A/B test winners: the seed's REST interface plus read endpoints. "
-                           "Every error is `{success: false, error: {code, message, details}}`.",
+            "Every error is `{success: false, error: {code, message, details}}`.",
         },
         "components": {
-            "securitySchemes": {"bearer": {
-                "type": "http", "scheme": "bearer",
-                "description": "A token from `autopromote token create`; the server stores only its SHA-256 "
-                               "in AUTO_PROMOTION_API_TOKENS. Roles: viewer (reads, check), operator (also "
-                               "scan, promote, rollback).",
-            }},
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "A token from `autopromote token create`; the server stores only its SHA-256 "
+                    "in AUTO_PROMOTION_API_TOKENS. Roles: viewer (reads, check), operator (also "
+                    "scan, promote, rollback).",
+                }
+            },
             "schemas": _schemas(),
         },
         "security": _VIEWER,
@@ -295,14 +452,16 @@ def _document() -> dict[str, Any]:
                     "operationId": "autoPromote",
                     "summary": "Run scan, promote, check or rollback",
                     "description": _POST_DESCRIPTION,
-                    "x-roles": {"check": "viewer", "scan": "operator", "promote": "operator",
-                                "rollback": "operator"},
-                    "requestBody": {"required": True, "content": {
-                        "application/json": {"schema": _ref("AutoPromoteRequest")}}},
+                    "x-roles": {"check": "viewer", "scan": "operator", "promote": "operator", "rollback": "operator"},
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": _ref("AutoPromoteRequest")}},
+                    },
                     "responses": {
-                        "200": {**_json("ActionResponse", "The action ran (see the description for `success`)"),
-                                "headers": {"X-RateLimit-Limit": {"schema": INT},
-                                            "X-RateLimit-Remaining": {"schema": INT}}},
+                        "200": {
+                            **_json("ActionResponse", "The action ran (see the description for `success`)"),
+                            "headers": {"X-RateLimit-Limit": {"schema": INT}, "X-RateLimit-Remaining": {"schema": INT}},
+                        },
                         **_errors("400", "401", "403", "404", "409", "413", "429", "500", "503"),
                     },
                 },
@@ -313,48 +472,69 @@ def _document() -> dict[str, Any]:
                     "responses": {"200": _json("ConfigResponse", "The configuration"), **_errors(*_READ_ERRORS)},
                 },
             },
-            "/api/experiments": {"get": {
-                "operationId": "listExperiments",
-                "summary": "Experiments with live per-variant statistics and the last decision, newest first",
-                "parameters": _query_params(models.ExperimentsQuery),
-                "responses": {"200": _json("ExperimentList", "A page of experiments"), **_errors(*_READ_ERRORS)},
-            }},
-            "/api/experiments/{name}": {"get": {
-                "operationId": "getExperiment",
-                "summary": "One experiment with evaluation history, promotions, recent audit rows and open alerts",
-                "description": "The name is URL-encoded. (An experiment named `auto-promote` is shadowed by "
-                               "the configuration endpoint; find it in the list.)",
-                "parameters": [_param("name", _clean(models.EXPERIMENT_PATH_NAME.json_schema()), "Experiment name",
-                                      "path", True)],
-                "responses": {"200": _json("ExperimentDetail", "The experiment"),
-                              **_errors("400", "401", "404", "500", "503")},
-            }},
-            "/api/promotions": {"get": {
-                "operationId": "listPromotions",
-                "summary": "Promotions, newest first",
-                "parameters": _query_params(models.PromotionsQuery),
-                "responses": {"200": _json("PromotionList", "A page of promotions"), **_errors(*_READ_ERRORS)},
-            }},
-            "/api/promotions/stats": {"get": {
-                "operationId": "promotionStats",
-                "summary": "get_promotion_stats() and get_promotions_per_day()",
-                "parameters": _query_params(models.StatsQuery),
-                "responses": {"200": _json("PromotionStats", "The statistics"), **_errors(*_READ_ERRORS)},
-            }},
-            "/api/audit": {"get": {
-                "operationId": "listAudit",
-                "summary": "The promotion audit log, newest first",
-                "parameters": _query_params(models.AuditQuery),
-                "responses": {"200": _json("AuditList", "A page of audit rows"), **_errors(*_READ_ERRORS)},
-            }},
-            "/api/openapi.json": {"get": {
-                "operationId": "openapi",
-                "summary": "This document (no authentication)",
-                "security": [],
-                "responses": {"200": {"description": "The OpenAPI document",
-                                      "content": {"application/json": {"schema": ANY_OBJECT}}},
-                              **_errors("400")},
-            }},
+            "/api/experiments": {
+                "get": {
+                    "operationId": "listExperiments",
+                    "summary": "Experiments with live per-variant statistics and the last decision, newest first",
+                    "parameters": _query_params(models.ExperimentsQuery),
+                    "responses": {"200": _json("ExperimentList", "A page of experiments"), **_errors(*_READ_ERRORS)},
+                }
+            },
+            "/api/experiments/{name}": {
+                "get": {
+                    "operationId": "getExperiment",
+                    "summary": "One experiment with evaluation history, promotions, recent audit rows and open alerts",
+                    "description": "The name is URL-encoded. (An experiment named `auto-promote` is shadowed by "
+                    "the configuration endpoint; find it in the list.)",
+                    "parameters": [
+                        _param(
+                            "name", _clean(models.EXPERIMENT_PATH_NAME.json_schema()), "Experiment name", "path", True
+                        )
+                    ],
+                    "responses": {
+                        "200": _json("ExperimentDetail", "The experiment"),
+                        **_errors("400", "401", "404", "500", "503"),
+                    },
+                }
+            },
+            "/api/promotions": {
+                "get": {
+                    "operationId": "listPromotions",
+                    "summary": "Promotions, newest first",
+                    "parameters": _query_params(models.PromotionsQuery),
+                    "responses": {"200": _json("PromotionList", "A page of promotions"), **_errors(*_READ_ERRORS)},
+                }
+            },
+            "/api/promotions/stats": {
+                "get": {
+                    "operationId": "promotionStats",
+                    "summary": "get_promotion_stats() and get_promotions_per_day()",
+                    "parameters": _query_params(models.StatsQuery),
+                    "responses": {"200": _json("PromotionStats", "The statistics"), **_errors(*_READ_ERRORS)},
+                }
+            },
+            "/api/audit": {
+                "get": {
+                    "operationId": "listAudit",
+                    "summary": "The promotion audit log, newest first",
+                    "parameters": _query_params(models.AuditQuery),
+                    "responses": {"200": _json("AuditList", "A page of audit rows"), **_errors(*_READ_ERRORS)},
+                }
+            },
+            "/api/openapi.json": {
+                "get": {
+                    "operationId": "openapi",
+                    "summary": "This document (no authentication)",
+                    "security": [],
+                    "responses": {
+                        "200": {
+                            "description": "The OpenAPI document",
+                            "content": {"application/json": {"schema": ANY_OBJECT}},
+                        },
+                        **_errors("400"),
+                    },
+                }
+            },
         },
     }
 

@@ -23,8 +23,9 @@ DB_PROBE_SECONDS = 2.0
 async def healthz(request: web.Request) -> web.Response:
     """Alive: the event loop answers. Says nothing about the database (that is /readyz)."""
     health = request.app[CTX].health
-    return web.json_response({"status": "ok", "uptimeSeconds": round(time.time() - health.started_at, 3)
-                              if health.started_at else None})
+    return web.json_response(
+        {"status": "ok", "uptimeSeconds": round(time.time() - health.started_at, 3) if health.started_at else None}
+    )
 
 
 # A worker writes: a server that only reads (a hot standby after a failover, default_transaction_read_only) is as
@@ -56,10 +57,19 @@ async def readyz(request: web.Request) -> web.Response:
     faults = health.details.get("faults") or {}
     checks["tasks"] = "ok" if not faults else {task: error for task, error in faults.items()}
     stopping = bool(health.details.get("stopping"))
-    ready = (database_ok and not faults and (health.listener_connected or not health.listener_required)
-             and health.catchup_done and not stopping)
-    body = {"status": "ready" if ready else "not ready", "checks": checks, "stopping": stopping,
-            **{k: v for k, v in health.details.items() if k not in ("stopping", "faults")}}
+    ready = (
+        database_ok
+        and not faults
+        and (health.listener_connected or not health.listener_required)
+        and health.catchup_done
+        and not stopping
+    )
+    body = {
+        "status": "ready" if ready else "not ready",
+        "checks": checks,
+        "stopping": stopping,
+        **{k: v for k, v in health.details.items() if k not in ("stopping", "faults")},
+    }
     return web.json_response(body, status=200 if ready else 503)
 
 

@@ -126,8 +126,15 @@ def _lift_domain(points: Sequence[LiftPoint]) -> tuple[float, float, bool]:
     return lo - pad, hi + pad, clipped
 
 
-def lift_chart(points: Sequence[LiftPoint], *, chart_id: str, title: str, level: float = 95.0,
-               compact: bool = False, marks: Sequence[tuple[datetime, str]] = ()) -> str:
+def lift_chart(
+    points: Sequence[LiftPoint],
+    *,
+    chart_id: str,
+    title: str,
+    level: float = 95.0,
+    compact: bool = False,
+    marks: Sequence[tuple[datetime, str]] = (),
+) -> str:
     """Lift of one treatment over time with its confidence sequence, as an inline, responsive SVG.
 
     ``compact`` draws for narrow screens: fewer, larger labels on a smaller canvas, so that the text stays
@@ -137,8 +144,10 @@ def lift_chart(points: Sequence[LiftPoint], *, chart_id: str, title: str, level:
     kept = sorted((p for p in points if _finite(p.lift)), key=lambda p: p.at)
     cid = _e(chart_id)
     if not kept:
-        return (f'<p class="chart-empty" id="{cid}">No evaluations with a defined lift yet: the chart appears '
-                "after the first evaluation with exposures in both control and this variant.</p>")
+        return (
+            f'<p class="chart-empty" id="{cid}">No evaluations with a defined lift yet: the chart appears '
+            "after the first evaluation with exposures in both control and this variant.</p>"
+        )
     width, height, font, n_xticks = (360, 250, 12, 3) if compact else (960, 320, 13, 6)
     left, right, top, bottom = (50, 14, 14, 42) if compact else (64, 20, 18, 44)
     pw, ph = width - left - right, height - top - bottom
@@ -161,8 +170,10 @@ def lift_chart(points: Sequence[LiftPoint], *, chart_id: str, title: str, level:
         return top + ph * (1 - (v - y0) / (y1 - y0))
 
     last = kept[-1]
-    summary = (f"Latest lift {pct(last.lift)} with interval {pct(last.ci_low)} to {pct(last.ci_high)}, "
-               f"{len(kept)} evaluation(s) from {kept[0].at:%Y-%m-%d %H:%M} to {last.at:%Y-%m-%d %H:%M} UTC.")
+    summary = (
+        f"Latest lift {pct(last.lift)} with interval {pct(last.ci_low)} to {pct(last.ci_high)}, "
+        f"{len(kept)} evaluation(s) from {kept[0].at:%Y-%m-%d %H:%M} to {last.at:%Y-%m-%d %H:%M} UTC."
+    )
     summary += "".join(f" {label} at {when:%Y-%m-%d %H:%M} UTC." for when, label in shown_marks)
     out = [
         f'<svg class="chart" id="{cid}" viewBox="0 0 {width} {height}" role="img" '
@@ -175,30 +186,35 @@ def lift_chart(points: Sequence[LiftPoint], *, chart_id: str, title: str, level:
     for tick in nice_ticks(y0, y1, 5):
         ty = y(tick, tick)
         out.append(f'<line x1="{left}" x2="{left + pw}" y1="{_num(ty)}" y2="{_num(ty)}" stroke="{GRID}"/>')
-        out.append(f'<text x="{left - 6}" y="{_num(ty + 4)}" text-anchor="end" fill="{MUTED}">'
-                   f"{_e(_tick_pct(tick))}</text>")
+        out.append(
+            f'<text x="{left - 6}" y="{_num(ty + 4)}" text-anchor="end" fill="{MUTED}">{_e(_tick_pct(tick))}</text>'
+        )
     for t, label in _time_ticks(t0, t1, n_xticks):
         tx = x(t)
         anchor = "start" if tx <= left + 1 else "end" if tx >= left + pw - 1 else "middle"
         out.append(f'<line x1="{_num(tx)}" x2="{_num(tx)}" y1="{top + ph}" y2="{top + ph + 4}" stroke="{MUTED}"/>')
-        out.append(f'<text x="{_num(tx)}" y="{top + ph + 18}" text-anchor="{anchor}" fill="{MUTED}">'
-                   f"{_e(label)}</text>")
+        out.append(f'<text x="{_num(tx)}" y="{top + ph + 18}" text-anchor="{anchor}" fill="{MUTED}">{_e(label)}</text>')
     out.append(f'<text x="{left + pw}" y="{height - 4}" text-anchor="end" fill="{MUTED}">time (UTC)</text>')
     upper = [(x(p.at), y(p.ci_high, y1)) for p in kept]
     lower = [(x(p.at), y(p.ci_low, y0)) for p in kept]
     if len(kept) == 1:  # a lone evaluation: an error bar rather than a zero-width band
         (px, hy), (_, ly) = upper[0], lower[0]
-        out.append(f'<g clip-path="url(#{cid}-clip)"><line x1="{_num(px)}" x2="{_num(px)}" y1="{_num(hy)}" '
-                   f'y2="{_num(ly)}" stroke="{BAND_EDGE}" stroke-width="8" stroke-opacity="0.35"/></g>')
+        out.append(
+            f'<g clip-path="url(#{cid}-clip)"><line x1="{_num(px)}" x2="{_num(px)}" y1="{_num(hy)}" '
+            f'y2="{_num(ly)}" stroke="{BAND_EDGE}" stroke-width="8" stroke-opacity="0.35"/></g>'
+        )
     else:
         ring = " ".join(f"{_num(a)},{_num(b)}" for a, b in [*upper, *reversed(lower)])
-        out.append(f'<g clip-path="url(#{cid}-clip)" class="band">'
-                   f'<polygon points="{ring}" fill="{BAND}" fill-opacity="0.7"/>'
-                   f'<polyline points="{_pts(upper)}" fill="none" stroke="{BAND_EDGE}" stroke-width="1"/>'
-                   f'<polyline points="{_pts(lower)}" fill="none" stroke="{BAND_EDGE}" stroke-width="1"/></g>')
+        out.append(
+            f'<g clip-path="url(#{cid}-clip)" class="band">'
+            f'<polygon points="{ring}" fill="{BAND}" fill-opacity="0.7"/>'
+            f'<polyline points="{_pts(upper)}" fill="none" stroke="{BAND_EDGE}" stroke-width="1"/>'
+            f'<polyline points="{_pts(lower)}" fill="none" stroke="{BAND_EDGE}" stroke-width="1"/></g>'
+        )
     zy = y(0.0, 0.0)
-    out.append(f'<line x1="{left}" x2="{left + pw}" y1="{_num(zy)}" y2="{_num(zy)}" stroke="{INK}" '
-               f'stroke-dasharray="6 4"/>')
+    out.append(
+        f'<line x1="{left}" x2="{left + pw}" y1="{_num(zy)}" y2="{_num(zy)}" stroke="{INK}" stroke-dasharray="6 4"/>'
+    )
     out.append(f'<text x="{left + 4}" y="{_num(zy - 4)}" fill="{INK}">no difference</text>')
     line = [(x(p.at), y(p.lift, 0.0)) for p in kept]
     out.append(f'<polyline class="lift-line" points="{_pts(line)}" fill="none" stroke="{LINE}" stroke-width="2.5"/>')
@@ -211,10 +227,13 @@ def lift_chart(points: Sequence[LiftPoint], *, chart_id: str, title: str, level:
         mx = x(when)
         anchor = "end" if mx > left + pw / 2 else "start"
         dx = -4 if anchor == "end" else 4
-        out.append(f'<line x1="{_num(mx)}" x2="{_num(mx)}" y1="{top}" y2="{top + ph}" stroke="{INK}" '
-                   f'stroke-dasharray="2 3"/>')
-        out.append(f'<text x="{_num(mx + dx)}" y="{top + 14 + 15 * (i % 3)}" text-anchor="{anchor}" '
-                   f'fill="{INK}" font-weight="600">{_e(label)}</text>')
+        out.append(
+            f'<line x1="{_num(mx)}" x2="{_num(mx)}" y1="{top}" y2="{top + ph}" stroke="{INK}" stroke-dasharray="2 3"/>'
+        )
+        out.append(
+            f'<text x="{_num(mx + dx)}" y="{top + 14 + 15 * (i % 3)}" text-anchor="{anchor}" '
+            f'fill="{INK}" font-weight="600">{_e(label)}</text>'
+        )
     out.append(f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="{GRID}"/>')
     out.append("</svg>")
     legend = [
@@ -226,11 +245,15 @@ def lift_chart(points: Sequence[LiftPoint], *, chart_id: str, title: str, level:
         f'stroke="{INK}" stroke-dasharray="6 4"/></svg> no difference (0%)</span>',
     ]
     if any(p.eligible for p in kept):
-        legend.append(f'<span class="key"><svg width="12" height="12" aria-hidden="true"><path d="M6 0 l6 6 l-6 6 '
-                      f'l-6 -6 z" fill="{GOOD}"/></svg> eligible at that evaluation</span>')
+        legend.append(
+            f'<span class="key"><svg width="12" height="12" aria-hidden="true"><path d="M6 0 l6 6 l-6 6 '
+            f'l-6 -6 z" fill="{GOOD}"/></svg> eligible at that evaluation</span>'
+        )
     if shown_marks:
-        legend.append('<span class="key"><svg width="22" height="10" aria-hidden="true"><line x1="11" x2="11" y1="0" '
-                      f'y2="10" stroke="{INK}" stroke-dasharray="2 3"/></svg> promotion / rollback</span>')
+        legend.append(
+            '<span class="key"><svg width="22" height="10" aria-hidden="true"><line x1="11" x2="11" y1="0" '
+            f'y2="10" stroke="{INK}" stroke-dasharray="2 3"/></svg> promotion / rollback</span>'
+        )
     if clipped:
         legend.append('<span class="key note">Wide early intervals are cut at the chart edge.</span>')
     return "".join(out) + f'<p class="legend">{"".join(legend)}</p>'
@@ -255,8 +278,10 @@ def promotions_chart(days: Sequence[DayCount], *, chart_id: str, compact: bool =
     bar = max(1.0, min(14.0, slot * 0.36))
     total_p = sum(d.promotions for d in days)
     total_r = sum(d.rollbacks for d in days)
-    summary = (f"{total_p} promotion(s) and {total_r} rollback(s) between {days[0].day.isoformat()} and "
-               f"{days[-1].day.isoformat()}.")
+    summary = (
+        f"{total_p} promotion(s) and {total_r} rollback(s) between {days[0].day.isoformat()} and "
+        f"{days[-1].day.isoformat()}."
+    )
     busiest = max(days, key=lambda d: (d.promotions, d.day))
     if busiest.promotions:
         summary += f" Busiest day {busiest.day.isoformat()} with {busiest.promotions} promotion(s)."
@@ -282,19 +307,25 @@ def promotions_chart(days: Sequence[DayCount], *, chart_id: str, compact: bool =
     for i, d in enumerate(days):
         cx = left + slot * (i + 0.5)
         label = f"{d.day.isoformat()}: {d.promotions} promotion(s), {d.rollbacks} rollback(s)"
-        out.append(f'<g><title>{_e(label)}</title>')
+        out.append(f"<g><title>{_e(label)}</title>")
         if d.promotions:
-            out.append(f'<rect x="{_num(cx - bar)}" y="{_num(y(d.promotions))}" width="{_num(bar)}" '
-                       f'height="{_num(ph - (y(d.promotions) - top))}" fill="{BAR}"/>')
+            out.append(
+                f'<rect x="{_num(cx - bar)}" y="{_num(y(d.promotions))}" width="{_num(bar)}" '
+                f'height="{_num(ph - (y(d.promotions) - top))}" fill="{BAR}"/>'
+            )
         if d.rollbacks:
-            out.append(f'<rect x="{_num(cx)}" y="{_num(y(d.rollbacks))}" width="{_num(bar)}" '
-                       f'height="{_num(ph - (y(d.rollbacks) - top))}" fill="url(#{cid}-hatch)" stroke="{ROLLBACK}"/>')
+            out.append(
+                f'<rect x="{_num(cx)}" y="{_num(y(d.rollbacks))}" width="{_num(bar)}" '
+                f'height="{_num(ph - (y(d.rollbacks) - top))}" fill="url(#{cid}-hatch)" stroke="{ROLLBACK}"/>'
+            )
         out.append("</g>")
         if (len(days) - 1 - i) % every == 0:
             # The newest day is always labelled; it sits at the right edge, so it ends there instead of centring.
             tx, anchor = (left + pw, "end") if i == len(days) - 1 else (cx, "middle")
-            out.append(f'<text x="{_num(tx)}" y="{top + ph + 16}" text-anchor="{anchor}" fill="{MUTED}">'
-                       f'{_e(d.day.strftime("%d %b"))}</text>')
+            out.append(
+                f'<text x="{_num(tx)}" y="{top + ph + 16}" text-anchor="{anchor}" fill="{MUTED}">'
+                f"{_e(d.day.strftime('%d %b'))}</text>"
+            )
     out.append(f'<line x1="{left}" x2="{left + pw}" y1="{top + ph}" y2="{top + ph}" stroke="{MUTED}"/>')
     out.append("</svg>")
     legend = (
@@ -309,8 +340,16 @@ def promotions_chart(days: Sequence[DayCount], *, chart_id: str, compact: bool =
     return "".join(out) + legend
 
 
-def interval_bar(lift: float | None, ci_low: float | None, ci_high: float | None, *, lo: float, hi: float,
-                 width: int = 140, height: int = 18) -> str:
+def interval_bar(
+    lift: float | None,
+    ci_low: float | None,
+    ci_high: float | None,
+    *,
+    lo: float,
+    hi: float,
+    width: int = 140,
+    height: int = 18,
+) -> str:
     """A small decorative interval (the numbers sit next to it in text) on the shared scale [lo, hi]."""
     if not _finite(lift) or hi <= lo:
         return ""

@@ -93,6 +93,7 @@ class Dispatcher:
         """Deliver until ``stop`` is set: a batch, then sleep until the next row is due, a wake-up or the poll
         interval. A database fault is logged once and retried (worker.retry); other errors propagate."""
         async with anyio.create_task_group() as tg:
+
             async def wake_on_stop() -> None:
                 await stop.wait()
                 self.wake()
@@ -128,7 +129,10 @@ class Dispatcher:
         attempted."""
         async with self._pool.acquire() as conn:
             rows = await outbox.claim_due(
-                conn, limit=limit, per_target=self._per_target, lease_base=self._lease_base,
+                conn,
+                limit=limit,
+                per_target=self._per_target,
+                lease_base=self._lease_base,
                 rate=self._settings.notify_rate_per_second,
             )
             if not rows:
@@ -140,6 +144,7 @@ class Dispatcher:
         faults: list[Exception] = []
         async with aiohttp.ClientSession(timeout=timeout, headers={"User-Agent": USER_AGENT}) as http:
             async with anyio.create_task_group() as tg:
+
                 async def deliver(row: OutboxRow) -> None:
                     nonlocal attempted
                     try:
@@ -153,8 +158,12 @@ class Dispatcher:
                         elif is_database_error(exc):
                             # Not a fault that passes (the database refused the record itself): logged, and the
                             # other rows go on; this one is tried again after its lease.
-                            log.error("notification.record_failed", outbox_id=row.id, channel=row.channel,
-                                      error=f"{type(exc).__name__}: {exc}")
+                            log.error(
+                                "notification.record_failed",
+                                outbox_id=row.id,
+                                channel=row.channel,
+                                error=f"{type(exc).__name__}: {exc}",
+                            )
                         else:
                             raise
 
@@ -169,8 +178,14 @@ class Dispatcher:
         self, row: OutboxRow, config: Mapping[str, Any] | None, http: aiohttp.ClientSession, claimed_at: float
     ) -> bool:
         """One attempt of one row, rate-limited per target; False when the row was released unattempted."""
-        bound = log.bind(channel=row.channel, outbox_id=row.id, target=row.target_label,
-                         notification_event=row.event, experiment=row.experiment_name, attempt=row.attempts)
+        bound = log.bind(
+            channel=row.channel,
+            outbox_id=row.id,
+            target=row.target_label,
+            notification_event=row.event,
+            experiment=row.experiment_name,
+            attempt=row.attempts,
+        )
         try:
             target = self._resolve(row, config)
         except TargetUnavailable as exc:
@@ -220,9 +235,12 @@ class Dispatcher:
     ) -> None:
         if result.error:
             result = AttemptResult(
-                ok=result.ok, http_status=result.http_status,
+                ok=result.ok,
+                http_status=result.http_status,
                 smtp_reply=scrub(result.smtp_reply, secrets) if result.smtp_reply else None,
-                error=scrub(result.error, secrets), retry_after=result.retry_after, permanent=result.permanent,
+                error=scrub(result.error, secrets),
+                retry_after=result.retry_after,
+                permanent=result.permanent,
             )
         if result.ok:
             outcome, retry_in = "sent", 0.0
@@ -237,8 +255,11 @@ class Dispatcher:
             moved = await outbox.record_attempt(
                 conn, row, outcome=outcome, result=result, retry_in=retry_in, duration_ms=duration_ms
             )
-        fields = {"http_status": result.http_status, "smtp_reply": result.smtp_reply,
-                  "duration_ms": round(duration_ms, 1)}
+        fields = {
+            "http_status": result.http_status,
+            "smtp_reply": result.smtp_reply,
+            "duration_ms": round(duration_ms, 1),
+        }
         if not moved:
             bound.info("notification.superseded", outcome=outcome, error=result.error, **fields)
             return
@@ -255,8 +276,15 @@ class Dispatcher:
     def _delivered(self, row: OutboxRow) -> None:
         if self._on_delivered is None:
             return
-        summary = {"id": row.id, "event": row.event, "channel": row.channel, "target": row.target_label,
-                   "experimentName": row.experiment_name, "promotionId": row.promotion_id, "attempts": row.attempts}
+        summary = {
+            "id": row.id,
+            "event": row.event,
+            "channel": row.channel,
+            "target": row.target_label,
+            "experimentName": row.experiment_name,
+            "promotionId": row.promotion_id,
+            "attempts": row.attempts,
+        }
         try:
             self._on_delivered(summary)
         except Exception:  # a listener's bug must not turn a delivered row into a retry
@@ -294,20 +322,26 @@ class Dispatcher:
         facts = EventFacts.from_payload(row.event, row.payload, public_url=self._settings.public_url)
         match row.channel:
             case "slack":
-                return await send_slack(http, target.address,
-                                        build_slack_message(facts, include_detailed_metrics=detailed))
+                return await send_slack(
+                    http, target.address, build_slack_message(facts, include_detailed_metrics=detailed)
+                )
             case "pagerduty":
-                event = build_pagerduty_event(facts, routing_key=target.address,
-                                              action="resolve" if row.action == "resolve" else "trigger")
+                event = build_pagerduty_event(
+                    facts, routing_key=target.address, action="resolve" if row.action == "resolve" else "trigger"
+                )
                 return await send_pagerduty(http, self._settings.pagerduty_events_url, event)
             case "webhook":
-                body, headers = build_webhook_request(row.event, row.payload, outbox_id=row.id,
-                                                      secret=target.secret, timestamp=int(time.time()))
+                body, headers = build_webhook_request(
+                    row.event, row.payload, outbox_id=row.id, secret=target.secret, timestamp=int(time.time())
+                )
                 return await send_webhook(http, target.address, body, headers)
             case "email":
-                message = build_email(facts, sender=self._settings.smtp_from,
-                                      recipients=split_addresses(target.address),
-                                      include_detailed_metrics=detailed, outbox_id=row.id)
+                message = build_email(
+                    facts,
+                    sender=self._settings.smtp_from,
+                    recipients=split_addresses(target.address),
+                    include_detailed_metrics=detailed,
+                    outbox_id=row.id,
+                )
                 return await send_email(message, self._settings)
         raise TargetUnavailable(f"unknown channel {row.channel!r}")
-

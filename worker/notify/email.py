@@ -64,12 +64,17 @@ async def send_email(message: EmailMessage, settings: Settings) -> AttemptResult
     except aiosmtplib.SMTPRecipientsRefused as exc:
         codes = [r.code for r in exc.recipients]
         detail = "; ".join(f"{r.recipient}: {r.code} {r.message}" for r in exc.recipients)
-        return AttemptResult(ok=False, smtp_reply=detail, error=f"all recipients refused: {detail}",
-                             permanent=all(code >= 500 for code in codes))
+        return AttemptResult(
+            ok=False,
+            smtp_reply=detail,
+            error=f"all recipients refused: {detail}",
+            permanent=all(code >= 500 for code in codes),
+        )
     except aiosmtplib.SMTPResponseException as exc:
         reply_text = f"{exc.code} {exc.message}"
-        return AttemptResult(ok=False, smtp_reply=reply_text, error=f"{type(exc).__name__}: {reply_text}",
-                             permanent=exc.code >= 500)
+        return AttemptResult(
+            ok=False, smtp_reply=reply_text, error=f"{type(exc).__name__}: {reply_text}", permanent=exc.code >= 500
+        )
     smtp_reply = f"250 {reply}"
     if refused:
         smtp_reply += "; refused: " + "; ".join(f"{rcpt}: {r.code} {r.message}" for rcpt, r in refused.items())
@@ -104,8 +109,11 @@ def _text_body(facts: EventFacts, detailed: bool) -> str:
 def _html_body(facts: EventFacts, detailed: bool) -> str:
     e = html.escape
     rows = "".join(f'<tr><th align="left">{e(k)}</th><td>{e(v)}</td></tr>' for k, v in facts.fact_rows())
-    parts = [f"<h2>{e(facts.title)}: {e(facts.experiment)}</h2>", f"<p>{e(facts.headline)}</p>",
-             f"<table>{rows}</table>"]
+    parts = [
+        f"<h2>{e(facts.title)}: {e(facts.experiment)}</h2>",
+        f"<p>{e(facts.headline)}</p>",
+        f"<table>{rows}</table>",
+    ]
     if facts.reason:
         parts.append(f"<p><strong>Reason:</strong> {e(facts.reason)}</p>")
     if facts.safety_checks:
@@ -122,5 +130,5 @@ def _html_body(facts: EventFacts, detailed: bool) -> str:
     if facts.dry_run:
         parts.append("<p>Dry run: nothing was changed.</p>")
     if facts.dashboard_url:
-        parts.append(f"<p><a href=\"{e(facts.dashboard_url)}\">Open in the dashboard</a></p>")
+        parts.append(f'<p><a href="{e(facts.dashboard_url)}">Open in the dashboard</a></p>')
     return "<html><body>" + "".join(parts) + "</body></html>\n"

@@ -185,15 +185,17 @@ class EventFacts:
             return []
         table = [["variant", "exposures", "conversions", "rate", "errors", "error rate", "p95 ms"]]
         for v in self.variants:
-            table.append([
-                f"{v.name} (control)" if v.is_control else v.name,
-                format_count(v.exposures),
-                format_count(v.conversions),
-                format_ratio(v.rate),
-                format_count(v.errors),
-                format_ratio(v.error_rate),
-                "n/a" if v.p95_latency_ms is None else f"{v.p95_latency_ms:.1f}",
-            ])
+            table.append(
+                [
+                    f"{v.name} (control)" if v.is_control else v.name,
+                    format_count(v.exposures),
+                    format_count(v.conversions),
+                    format_ratio(v.rate),
+                    format_count(v.errors),
+                    format_ratio(v.error_rate),
+                    "n/a" if v.p95_latency_ms is None else f"{v.p95_latency_ms:.1f}",
+                ]
+            )
         return table
 
 

@@ -35,14 +35,32 @@ class PlannedNotifications:
 
     def rows(self) -> list[tuple[Any, ...]]:
         """Arguments of ``insert_outbox``, one tuple per route."""
-        return [(self.event, r.channel, r.config_id, r.target_ref, r.target_label, self.experiment_name,
-                 self.promotion_id, self.priority, self.body, r.action, self.detailed) for r in self.routes]
+        return [
+            (
+                self.event,
+                r.channel,
+                r.config_id,
+                r.target_ref,
+                r.target_label,
+                self.experiment_name,
+                self.promotion_id,
+                self.priority,
+                self.body,
+                r.action,
+                self.detailed,
+            )
+            for r in self.routes
+        ]
 
     def columns(self) -> tuple[list[Any], ...]:
         """The routes as column arrays (channel, config_id, target_ref, target_label, action), for unnest."""
-        return ([r.channel for r in self.routes], [r.config_id for r in self.routes],
-                [r.target_ref for r in self.routes], [r.target_label for r in self.routes],
-                [r.action for r in self.routes])
+        return (
+            [r.channel for r in self.routes],
+            [r.config_id for r in self.routes],
+            [r.target_ref for r in self.routes],
+            [r.target_label for r in self.routes],
+            [r.action for r in self.routes],
+        )
 
 
 def _require_known(event: str) -> None:
@@ -52,8 +70,10 @@ def _require_known(event: str) -> None:
 
 def config_rows(records: Sequence[Mapping[str, Any]]) -> list[ConfigRow]:
     """notification_configs rows (from ``routable_configs`` or the same columns as JSON) for routing."""
-    return [ConfigRow(int(r["id"]), r["name"], r["channel"], r["target"], tuple(r["events"]), r["min_priority"])
-            for r in records]
+    return [
+        ConfigRow(int(r["id"]), r["name"], r["channel"], r["target"], tuple(r["events"]), r["min_priority"])
+        for r in records
+    ]
 
 
 def plan_notifications(
@@ -75,11 +95,24 @@ def plan_notifications(
         event, priority, config=config, settings=settings, rows=rows, breach_triggered_refs=breach_triggered_refs
     )
     for u in unroutable:
-        log.warning("notification.unroutable", channel=u.channel, target=u.target_label, reason=u.reason,
-                    notification_event=event, experiment=experiment_name)
+        log.warning(
+            "notification.unroutable",
+            channel=u.channel,
+            target=u.target_label,
+            reason=u.reason,
+            notification_event=event,
+            experiment=experiment_name,
+        )
     body = json.dumps(payload, default=str, separators=(",", ":")) if routes else ""
-    return PlannedNotifications(event, experiment_name, _uuid_or_none(payload.get("promotionId")), priority, body,
-                                config.notifications.include_detailed_metrics, tuple(routes))
+    return PlannedNotifications(
+        event,
+        experiment_name,
+        _uuid_or_none(payload.get("promotionId")),
+        priority,
+        body,
+        config.notifications.include_detailed_metrics,
+        tuple(routes),
+    )
 
 
 async def enqueue_notifications(
@@ -104,13 +137,19 @@ async def enqueue_notifications(
     promotion_id = _uuid_or_none(payload.get("promotionId"))
     if event == "promotion.rolled_back" and promotion_id is not None:
         breached = [r["target_ref"] for r in await conn.fetch(Q["breach_triggered_refs"], promotion_id)]
-    planned = plan_notifications(event=event, payload=payload, config=config, settings=settings, rows=rows,
-                                 breach_triggered_refs=breached)
+    planned = plan_notifications(
+        event=event, payload=payload, config=config, settings=settings, rows=rows, breach_triggered_refs=breached
+    )
     if not planned.routes:
         return 0
     await conn.executemany(Q["insert_outbox"], planned.rows())
-    log.debug("notification.queued", notification_event=event, experiment=planned.experiment_name,
-              rows=len(planned.routes), targets=[r.target_label for r in planned.routes])
+    log.debug(
+        "notification.queued",
+        notification_event=event,
+        experiment=planned.experiment_name,
+        rows=len(planned.routes),
+        targets=[r.target_label for r in planned.routes],
+    )
     return len(planned.routes)
 
 
@@ -171,8 +210,17 @@ async def record_attempt(
         else:
             moved = await conn.fetchval(Q["mark_dead"], row.id, row.attempts, result.error)
         await conn.execute(
-            Q["insert_log"], row.id, row.channel, row.target_label, row.event, outcome, row.attempts,
-            result.http_status, result.smtp_reply, result.error, duration_ms,
+            Q["insert_log"],
+            row.id,
+            row.channel,
+            row.target_label,
+            row.event,
+            outcome,
+            row.attempts,
+            result.http_status,
+            result.smtp_reply,
+            result.error,
+            duration_ms,
         )
     return moved is not None
 

@@ -85,8 +85,10 @@ def plan_routes(
         return [], []
     candidates: list[_Candidate] = []
     for row in rows:
-        if row.channel in notifications.channels and event in row.events and (
-            priority_rank(priority) >= priority_rank(row.min_priority)
+        if (
+            row.channel in notifications.channels
+            and event in row.events
+            and (priority_rank(priority) >= priority_rank(row.min_priority))
         ):
             name = f' "{row.name}"' if row.name else ""
             candidates.append(_Candidate(row.channel, row.id, f"config:{row.id}", f"config {row.id}{name}", row.target))

@@ -33,30 +33,52 @@ def build_slack_message(facts: EventFacts, *, include_detailed_metrics: bool = F
     ``<@U123>`` and ``<url|label>`` in message text, so an experiment named ``<!channel>`` would page a channel.
     Slack decodes the three entities for display, so people still read the name as typed.
     """
-    fields = [{"type": "mrkdwn", "text": _cut(f"*{escape(label)}*\n{escape(value)}", _FIELD_MAX)}
-              for label, value in facts.fact_rows()]
+    fields = [
+        {"type": "mrkdwn", "text": _cut(f"*{escape(label)}*\n{escape(value)}", _FIELD_MAX)}
+        for label, value in facts.fact_rows()
+    ]
     blocks: list[dict[str, Any]] = [
-        {"type": "header",
-         "text": {"type": "plain_text", "text": _cut(escape(f"{facts.title}: {facts.experiment}"), _HEADER_MAX),
-                  "emoji": True}},
-        {"type": "section", "text": {"type": "mrkdwn",
-                                     "text": _cut(f"{_EMOJI.get(facts.event, '')} {escape(facts.headline)}",
-                                                  _SECTION_MAX)}},
+        {
+            "type": "header",
+            "text": {
+                "type": "plain_text",
+                "text": _cut(escape(f"{facts.title}: {facts.experiment}"), _HEADER_MAX),
+                "emoji": True,
+            },
+        },
+        {
+            "type": "section",
+            "text": {
+                "type": "mrkdwn",
+                "text": _cut(f"{_EMOJI.get(facts.event, '')} {escape(facts.headline)}", _SECTION_MAX),
+            },
+        },
     ]
     for start in range(0, len(fields), 10):
-        blocks.append({"type": "section", "fields": fields[start:start + 10]})
+        blocks.append({"type": "section", "fields": fields[start : start + 10]})
     if facts.reason:
-        blocks.append({"type": "section",
-                       "text": {"type": "mrkdwn", "text": _cut(f"*Reason*\n{escape(facts.reason)}", _SECTION_MAX)}})
+        blocks.append(
+            {
+                "type": "section",
+                "text": {"type": "mrkdwn", "text": _cut(f"*Reason*\n{escape(facts.reason)}", _SECTION_MAX)},
+            }
+        )
     if facts.safety_checks:
-        lines = [f"{_VERDICT[c.verdict]} *{escape(c.name)}*" + (f": {escape(c.message)}" if c.message else "")
-                 for c in facts.safety_checks]
-        blocks.append({"type": "section",
-                       "text": {"type": "mrkdwn", "text": _cut("*Safety checks*\n" + "\n".join(lines), _SECTION_MAX)}})
+        lines = [
+            f"{_VERDICT[c.verdict]} *{escape(c.name)}*" + (f": {escape(c.message)}" if c.message else "")
+            for c in facts.safety_checks
+        ]
+        blocks.append(
+            {
+                "type": "section",
+                "text": {"type": "mrkdwn", "text": _cut("*Safety checks*\n" + "\n".join(lines), _SECTION_MAX)},
+            }
+        )
     if include_detailed_metrics and facts.variants:
         table = _cut(escape(text_table(facts.variant_table())), _SECTION_MAX - 40)
-        blocks.append({"type": "section",
-                       "text": {"type": "mrkdwn", "text": f"*Per-variant statistics*\n```{table}```"}})
+        blocks.append(
+            {"type": "section", "text": {"type": "mrkdwn", "text": f"*Per-variant statistics*\n```{table}```"}}
+        )
     context = [f"{escape(facts.actor)} · priority {escape(facts.priority)}"]
     if facts.dry_run:
         context.append("dry run: nothing was changed")

@@ -59,8 +59,6 @@ def build_webhook_request(
     return body, headers
 
 
-async def send_webhook(
-    http: aiohttp.ClientSession, url: str, body: bytes, headers: Mapping[str, str]
-) -> AttemptResult:
+async def send_webhook(http: aiohttp.ClientSession, url: str, body: bytes, headers: Mapping[str, str]) -> AttemptResult:
     """POST the signed body; any 2xx is delivered."""
     return await post_json(http, url, body, headers)

@@ -76,14 +76,20 @@ class Decider:
             raise ExperimentNotFound(f"no experiment named {name[:200]!r}", {"experimentName": name[:200]})
         return row
 
-    async def snapshot(self, conn: Connection, experiment_id: int,
-                       lookback_s: float) -> tuple[ExperimentSnapshot, Seen] | None:
+    async def snapshot(
+        self, conn: Connection, experiment_id: int, lookback_s: float
+    ) -> tuple[ExperimentSnapshot, Seen] | None:
         """The snapshot of one experiment and what it was read at."""
         row = await conn.fetchrow(Q["experiment_snapshot"], experiment_id, lookback_s)
         return None if row is None else (ExperimentSnapshot.from_row(row), Seen.of(row))
 
-    def decide(self, snapshot: ExperimentSnapshot, effective: EffectiveConfig, overrides: Mapping[str, Any] | None,
-               analysis: ExperimentAnalysis | None = None) -> DecisionAndConfig:
+    def decide(
+        self,
+        snapshot: ExperimentSnapshot,
+        effective: EffectiveConfig,
+        overrides: Mapping[str, Any] | None,
+        analysis: ExperimentAnalysis | None = None,
+    ) -> DecisionAndConfig:
         """The decision under the experiment's config (a failed decision when that config is invalid)."""
         try:
             cfg = self.experiment_config(effective, overrides)
@@ -96,8 +102,11 @@ class Decider:
         self, effective: EffectiveConfig, pairs: list[tuple[Mapping[str, Any], ExperimentSnapshot]]
     ) -> list[DecisionAndConfig]:
         """Decide each (experiment row, snapshot); many at once share vectorised statistics."""
-        analyses = vectorised_analyses([e for e, _ in pairs], {s.id: list(s.variants) for _, s in pairs},
-                                       effective.config) if len(pairs) > 50 else {}
+        analyses = (
+            vectorised_analyses([e for e, _ in pairs], {s.id: list(s.variants) for _, s in pairs}, effective.config)
+            if len(pairs) > 50
+            else {}
+        )
         out: list[DecisionAndConfig] = []
         for i, (exp, snapshot) in enumerate(pairs):
             if i % 250 == 249:
@@ -110,8 +119,9 @@ class Decider:
         return out
 
 
-def vectorised_analyses(experiments: list[Mapping[str, Any]], variants: Mapping[int, list[VariantSnapshot]],
-                        cfg: AutoPromotionConfig) -> dict[int, ExperimentAnalysis]:
+def vectorised_analyses(
+    experiments: list[Mapping[str, Any]], variants: Mapping[int, list[VariantSnapshot]], cfg: AutoPromotionConfig
+) -> dict[int, ExperimentAnalysis]:
     """Statistics of many experiments in a few numpy calls (grouped by variant count and metric type).
 
     Only experiments under the base config with a control first and at least one treatment; any group the
@@ -134,8 +144,11 @@ def vectorised_analyses(experiments: list[Mapping[str, Any]], variants: Mapping[
                 value_sum=[[v.value_sum for v in vs] for _, vs in members] if mean_metric else None,
                 value_sum_sq=[[v.value_sum_sq for v in vs] for _, vs in members] if mean_metric else None,
                 weights=[[v.weight for v in vs] for _, vs in members],
-                metric_type="mean" if mean_metric else "conversion", method=cfg.method, alpha=cfg.alpha,
-                n_star=cfg.sequential_tuning, correction=cfg.correction,
+                metric_type="mean" if mean_metric else "conversion",
+                method=cfg.method,
+                alpha=cfg.alpha,
+                n_star=cfg.sequential_tuning,
+                correction=cfg.correction,
                 srm_threshold=cfg.safety_checks.srm_threshold,
             )
         except StatsInputError:

@@ -27,18 +27,30 @@ from worker.notify.outbox import PlannedNotifications, config_rows, enqueue_noti
 log = structlog.get_logger("worker.engine")
 
 GUARD_ACTOR = "autopromote-guard"
-NotificationEvent = Literal["promotion.promoted", "promotion.eligible", "promotion.failed", "promotion.rolled_back",
-                            "guard.breached"]
+NotificationEvent = Literal[
+    "promotion.promoted", "promotion.eligible", "promotion.failed", "promotion.rolled_back", "guard.breached"
+]
 PromotionMode = Literal["request", "scan", "daemon"]
 CommittedEvent = Literal["promotion.promoted", "promotion.rolled_back"]
 OnCommitted = Callable[[CommittedEvent, dict[str, Any]], None]
 
 
-def payload(event: NotificationEvent, decision: Decision | None, *, actor: str, experiment_name: str,
-            priority: str, promotion_id: uuid.UUID | str | None, variant: str | None, reason: str | None = None,
-            dry_run: bool = False, confidence: float | None = None,
-            improvement: float | None = None, control_variant: str | None = None,
-            occurred_at: datetime | None = None) -> NotificationPayload:
+def payload(
+    event: NotificationEvent,
+    decision: Decision | None,
+    *,
+    actor: str,
+    experiment_name: str,
+    priority: str,
+    promotion_id: uuid.UUID | str | None,
+    variant: str | None,
+    reason: str | None = None,
+    dry_run: bool = False,
+    confidence: float | None = None,
+    improvement: float | None = None,
+    control_variant: str | None = None,
+    occurred_at: datetime | None = None,
+) -> NotificationPayload:
     """The payload every notification event shares."""
     return {
         "event": event,
@@ -48,8 +60,9 @@ def payload(event: NotificationEvent, decision: Decision | None, *, actor: str, 
         "occurredAt": (occurred_at or datetime.now().astimezone()).isoformat(),
         "actor": actor,
         "variant": variant,
-        "controlVariant": control_variant if control_variant is not None else (
-            decision.analysis.control if decision and decision.analysis else None),
+        "controlVariant": control_variant
+        if control_variant is not None
+        else (decision.analysis.control if decision and decision.analysis else None),
         "confidence": confidence if confidence is not None else (decision.confidence if decision else None),
         "improvement": improvement if improvement is not None else (decision.improvement if decision else None),
         "method": decision.method if decision else None,
@@ -62,10 +75,20 @@ def payload(event: NotificationEvent, decision: Decision | None, *, actor: str, 
 
 def breach_payload(watch: WatchedPromotion, row: Mapping[str, Any], breach: GuardBreach) -> NotificationPayload:
     """guard.breached: the same shape, with the numbers since the promotion and the breached metric."""
-    out = payload("guard.breached", None, actor=GUARD_ACTOR, experiment_name=watch.experiment_name,
-                  priority=row["priority"], promotion_id=watch.promotion_id, variant=watch.promoted_variant,
-                  reason=breach.reason, confidence=row["confidence"], improvement=row["improvement"],
-                  control_variant=watch.control_variant, occurred_at=row["now"])
+    out = payload(
+        "guard.breached",
+        None,
+        actor=GUARD_ACTOR,
+        experiment_name=watch.experiment_name,
+        priority=row["priority"],
+        promotion_id=watch.promotion_id,
+        variant=watch.promoted_variant,
+        reason=breach.reason,
+        confidence=row["confidence"],
+        improvement=row["improvement"],
+        control_variant=watch.control_variant,
+        occurred_at=row["now"],
+    )
     out["method"] = row["method"]
     out["variants"] = since_promotion_json(watch)
     out["metric"] = breach.metric
@@ -90,15 +113,21 @@ class Effects:
     # ------------------------------------------------------------------------------ in the transaction
     async def notify(self, conn: Connection, body: NotificationPayload, cfg: AutoPromotionConfig) -> int:
         """Queue ``body`` (its ``event``) on the outbox in the caller's transaction; rows queued."""
-        queued: int = await enqueue_notifications(conn, event=body["event"], payload=json_safe(body), config=cfg,
-                                                  settings=self.settings)
+        queued: int = await enqueue_notifications(
+            conn, event=body["event"], payload=json_safe(body), config=cfg, settings=self.settings
+        )
         return queued
 
     def plan(self, body: NotificationPayload, cfg: AutoPromotionConfig, configs: Any) -> PlannedNotifications:
         """The outbox rows of ``body``, routed over ``configs`` (routable notification_configs rows as JSON), for a
         statement that writes them itself (promote_write)."""
-        return plan_notifications(event=body["event"], payload=json_safe(body), config=cfg, settings=self.settings,
-                                  rows=config_rows(configs or []))
+        return plan_notifications(
+            event=body["event"],
+            payload=json_safe(body),
+            config=cfg,
+            settings=self.settings,
+            rows=config_rows(configs or []),
+        )
 
     # ------------------------------------------------------------------------------ after the commit
     def committed(self, event: CommittedEvent, data: Mapping[str, Any]) -> None:
@@ -112,27 +141,48 @@ class Effects:
         if decision is None or outcome.action == "fresh":
             return
         count_evaluation(decision)
-        log.debug("experiment.evaluated", experiment=outcome.experiment_name, eligible=decision.eligible,
-                  confidence=decision.confidence, action=outcome.action)
+        log.debug(
+            "experiment.evaluated",
+            experiment=outcome.experiment_name,
+            eligible=decision.eligible,
+            confidence=decision.confidence,
+            action=outcome.action,
+        )
 
     def promoted(self, experiment_name: str, result: PromoteResult, mode: PromotionMode) -> None:
         """A committed promotion."""
         metrics.PROMOTIONS.labels(mode).inc()
-        log.info("promotion.committed", experiment=experiment_name, variant=result["promotedVariantName"],
-                 promotion_id=result["promotionId"], confidence=result["confidence"],
-                 improvement=result["improvement"])
+        log.info(
+            "promotion.committed",
+            experiment=experiment_name,
+            variant=result["promotedVariantName"],
+            promotion_id=result["promotionId"],
+            confidence=result["confidence"],
+            improvement=result["improvement"],
+        )
         self.committed("promotion.promoted", result)
 
     def queued(self, event: NotificationEvent, experiment_name: str, planned: PlannedNotifications) -> None:
         if planned.routes:
-            log.debug("notification.queued", notification_event=event, experiment=experiment_name,
-                      rows=len(planned.routes), targets=[r.target_label for r in planned.routes])
+            log.debug(
+                "notification.queued",
+                notification_event=event,
+                experiment=experiment_name,
+                rows=len(planned.routes),
+                targets=[r.target_label for r in planned.routes],
+            )
 
     def rolled_back(self, result: RollbackResult) -> None:
         """A committed rollback."""
         metrics.ROLLBACKS.labels(result["trigger"]).inc()
-        log.info("promotion.rolled_back", experiment=result["experimentName"], promotion_id=result["promotionId"],
-                 reason=result["reason"], actor=result["rolledBackBy"], trigger=result["trigger"])
+        log.info(
+            "promotion.rolled_back",
+            experiment=result["experimentName"],
+            promotion_id=result["promotionId"],
+            reason=result["reason"],
+            actor=result["rolledBackBy"],
+            trigger=result["trigger"],
+        )
         self.committed("promotion.rolled_back", result)
 
     def guard_breached(self, watch: WatchedPromotion, breaches: list[GuardBreach], *, rolled_back: bool) -> None:
@@ -140,13 +190,24 @@ class Effects:
         for b in breaches:
             metrics.GUARD_BREACHES.labels(b.metric).inc()
         if rolled_back:
-            log.warning("guard.breached", promotion_id=watch.promotion_id, variant=watch.promoted_variant,
-                        metrics=[b.metric for b in breaches], reason="; ".join(b.reason for b in breaches),
-                        action="rolled_back")
+            log.warning(
+                "guard.breached",
+                promotion_id=watch.promotion_id,
+                variant=watch.promoted_variant,
+                metrics=[b.metric for b in breaches],
+                reason="; ".join(b.reason for b in breaches),
+                action="rolled_back",
+            )
             return
         for b in breaches:
-            log.warning("guard.breached", promotion_id=watch.promotion_id, variant=watch.promoted_variant,
-                        metric=b.metric, reason=b.reason, action="notified")
+            log.warning(
+                "guard.breached",
+                promotion_id=watch.promotion_id,
+                variant=watch.promoted_variant,
+                metric=b.metric,
+                reason=b.reason,
+                action="notified",
+            )
 
     def scan_completed(self, scanned: int, eligible: int, promoted: int, dry_run: bool) -> None:
         metrics.SCANS.inc()

@@ -30,8 +30,9 @@ def transient_db_error(exc: BaseException) -> bool:
 class EvaluateService:
     """evaluate_experiment and evaluate_many."""
 
-    def __init__(self, pool: Pool, config: EffectiveConfig, decider: Decider, promote: PromoteService,
-                 effects: Effects) -> None:
+    def __init__(
+        self, pool: Pool, config: EffectiveConfig, decider: Decider, promote: PromoteService, effects: Effects
+    ) -> None:
         self.pool = pool
         self.config = config
         self.decider = decider
@@ -61,8 +62,9 @@ class EvaluateService:
             self.effects.promoted(outcome.experiment_name, outcome.promotion, "daemon")
         return outcome
 
-    async def _lock_and_act(self, conn: Connection, experiment_id: int, effective: EffectiveConfig,
-                            actor: str) -> Evaluation:
+    async def _lock_and_act(
+        self, conn: Connection, experiment_id: int, effective: EffectiveConfig, actor: str
+    ) -> Evaluation:
         # Lock and read in one round trip. Alerts over the longest lookback a config may set: decide() keeps those
         # inside the experiment's own.
         row = await conn.fetchrow(Q["try_lock_snapshot"], experiment_id, MAX_ALERT_LOOKBACK_S)
@@ -73,8 +75,7 @@ class EvaluateService:
             return Evaluation(experiment_id, row["name"], None, "skipped")
         snapshot = ExperimentSnapshot.from_row(row)
         decision, cfg = self.decider.decide(snapshot, effective, row["config"])
-        return await self.promote.act_daemon(conn, Decided(row, snapshot, decision, cfg, effective, actor),
-                                             alone=True)
+        return await self.promote.act_daemon(conn, Decided(row, snapshot, decision, cfg, effective, actor), alone=True)
 
     async def evaluate_many(self, experiment_ids: list[int], *, actor: str = "autopromote") -> list[Evaluation]:
         """The daemon's batch step: evaluate many experiments in one transaction.
@@ -93,8 +94,12 @@ class EvaluateService:
         except (PostgresError, StatsInputError) as exc:
             if transient_db_error(exc):
                 raise
-            log.warning("evaluation.batch_failed", error=f"{type(exc).__name__}: {exc}",
-                        experiments=len(experiment_ids), retry="one transaction per experiment")
+            log.warning(
+                "evaluation.batch_failed",
+                error=f"{type(exc).__name__}: {exc}",
+                experiments=len(experiment_ids),
+                retry="one transaction per experiment",
+            )
             return [await self._evaluate_alone(exp_id, actor) for exp_id in experiment_ids]
         for e in out:
             if e.decision is not None and e.action != "fresh":
@@ -129,8 +134,7 @@ class EvaluateService:
                 out.append(Evaluation(exp_id, r["name"], None, "busy" if r["due"] else "fresh"))
         return out
 
-    async def _evaluate_batch(self, experiment_ids: list[int], actor: str) -> tuple[list[Evaluation],
-                                                                                    list[Evaluation]]:
+    async def _evaluate_batch(self, experiment_ids: list[int], actor: str) -> tuple[list[Evaluation], list[Evaluation]]:
         effective = self.config
         out: list[Evaluation] = []
         promoted: list[Evaluation] = []
@@ -148,14 +152,18 @@ class EvaluateService:
                     plain.append(decision)
                     continue
                 outcome = await self.promote.act_daemon(
-                    conn, Decided(row, snapshot, decision, cfg, effective, actor), alone=False)
+                    conn, Decided(row, snapshot, decision, cfg, effective, actor), alone=False
+                )
                 out.append(outcome)
                 if outcome.action == "promoted":
                     promoted.append(outcome)
             # Only decisions in this transaction (nothing was promoted or audited): its commit need not wait for the
             # disk (worker.db.fold.RELAXED_COMMIT).
-            stored = await store.record_many(conn, plain, relaxed=len(plain) == len(pairs),
-                                             seen={row["id"]: Seen.of(row) for row, _ in pairs})
-            out.extend(Evaluation(d.experiment_id, d.experiment_name, d,
-                                  "evaluated" if d.experiment_id in stored else "fresh") for d in plain)
+            stored = await store.record_many(
+                conn, plain, relaxed=len(plain) == len(pairs), seen={row["id"]: Seen.of(row) for row, _ in pairs}
+            )
+            out.extend(
+                Evaluation(d.experiment_id, d.experiment_name, d, "evaluated" if d.experiment_id in stored else "fresh")
+                for d in plain
+            )
         return out, promoted

@@ -53,8 +53,15 @@ class EngineParts(Protocol):
 class PostPromotionGuard:
     """Checks watched promotions and acts on breaches; safe to run on every replica at once."""
 
-    def __init__(self, pool: Pool, engine: EngineParts, settings: Settings, config: EffectiveConfig,
-                 *, identity: str | None = None) -> None:
+    def __init__(
+        self,
+        pool: Pool,
+        engine: EngineParts,
+        settings: Settings,
+        config: EffectiveConfig,
+        *,
+        identity: str | None = None,
+    ) -> None:
         self.pool = pool
         self.rollbacks = engine.rollbacks
         self.decider = engine.decider
@@ -66,8 +73,7 @@ class PostPromotionGuard:
     async def check(self, experiment_ids: Sequence[int] | None = None) -> list[GuardOutcome]:
         """Check every promotion inside its guard window (or only those of ``experiment_ids``) and act."""
         async with self.pool.acquire() as conn:
-            rows = await conn.fetch(DQ["guarded_promotions"],
-                                    None if experiment_ids is None else list(experiment_ids))
+            rows = await conn.fetch(DQ["guarded_promotions"], None if experiment_ids is None else list(experiment_ids))
         outcomes: list[GuardOutcome] = []
         for row in rows:
             watch = watched_from_row(row)
@@ -87,7 +93,10 @@ class PostPromotionGuard:
 
     async def _roll_back(self, watch: WatchedPromotion, breaches: list[GuardBreach]) -> GuardOutcome:
         done = await self.rollbacks.roll_back(
-            watch.promotion_id, "; ".join(b.reason for b in breaches), actor=GUARD_ACTOR, trigger="guard",
+            watch.promotion_id,
+            "; ".join(b.reason for b in breaches),
+            actor=GUARD_ACTOR,
+            trigger="guard",
             details={"guard": [{"metric": b.metric, **b.details} for b in breaches]},
         )
         if isinstance(done, RollbackRefused):
@@ -96,22 +105,30 @@ class PostPromotionGuard:
         self.effects.guard_breached(watch, breaches, rolled_back=True)
         return GuardOutcome(watch.promotion_id, watch.experiment_name, "rolled_back", tuple(breaches))
 
-    async def _report(self, watch: WatchedPromotion, row: Mapping[str, Any], breaches: list[GuardBreach],
-                      cfg: AutoPromotionConfig) -> GuardOutcome:
+    async def _report(
+        self, watch: WatchedPromotion, row: Mapping[str, Any], breaches: list[GuardBreach], cfg: AutoPromotionConfig
+    ) -> GuardOutcome:
         reported: list[GuardBreach] = []
         pid = uuid.UUID(watch.promotion_id)
         async with self.pool.acquire() as conn, conn.transaction():
             for b in breaches:
-                first = await conn.fetchval(DQ["record_guard_breach"], pid, b.metric, self.identity, b.reason,
-                                            json_safe(b.details))
+                first = await conn.fetchval(
+                    DQ["record_guard_breach"], pid, b.metric, self.identity, b.reason, json_safe(b.details)
+                )
                 if first is None:
                     continue  # another replica reported this one
-                await store.insert_audit(conn, GUARD_ACTOR, "guard_breached", watch.experiment_id,
-                                         watch.experiment_name, pid,
-                                         json_safe({"metric": b.metric, "reason": b.reason, **b.details,
-                                                    "autoRollback": False}))
+                await store.insert_audit(
+                    conn,
+                    GUARD_ACTOR,
+                    "guard_breached",
+                    watch.experiment_id,
+                    watch.experiment_name,
+                    pid,
+                    json_safe({"metric": b.metric, "reason": b.reason, **b.details, "autoRollback": False}),
+                )
                 await self.effects.notify(conn, breach_payload(watch, row, b), cfg)
                 reported.append(b)
         self.effects.guard_breached(watch, reported, rolled_back=False)
-        return GuardOutcome(watch.promotion_id, watch.experiment_name, "notified" if reported else "none",
-                            tuple(reported))
+        return GuardOutcome(
+            watch.promotion_id, watch.experiment_name, "notified" if reported else "none", tuple(reported)
+        )

@@ -63,8 +63,12 @@ class Decided:
         """A dry run: dryRun, or not enabled."""
         return self.cfg.dry_run or not self.cfg.enabled
 
-    def evaluation(self, action: Literal["evaluated", "fresh", "skipped", "refused", "dry_run", "promoted"],
-                   result: PromoteResult | None = None, decision: Decision | None = None) -> Evaluation:
+    def evaluation(
+        self,
+        action: Literal["evaluated", "fresh", "skipped", "refused", "dry_run", "promoted"],
+        result: PromoteResult | None = None,
+        decision: Decision | None = None,
+    ) -> Evaluation:
         return Evaluation(self.snapshot.id, self.snapshot.name, decision or self.decision, action, result)
 
     def result(self, *, success: bool, promotion_id: str | None = None, queued: int = 0) -> PromoteResult:
@@ -86,8 +90,9 @@ class Decided:
 class PromoteService:
     """check_promotion_eligibility, promote_winner and the acts they share with the daemon's evaluation."""
 
-    def __init__(self, pool: Pool, settings: Settings, config: EffectiveConfig, decider: Decider,
-                 effects: Effects) -> None:
+    def __init__(
+        self, pool: Pool, settings: Settings, config: EffectiveConfig, decider: Decider, effects: Effects
+    ) -> None:
         self.pool = pool
         self.settings = settings
         self.config = config
@@ -113,9 +118,16 @@ class PromoteService:
         metrics.EVALUATIONS.labels("eligible" if decision.eligible else "not_eligible").inc()
         return decision.to_check_data()
 
-    async def _store_check(self, conn: Connection, experiment_id: int, snapshot: ExperimentSnapshot,
-                           decision: Decision, cfg: AutoPromotionConfig, effective: EffectiveConfig,
-                           seen: Seen) -> None:
+    async def _store_check(
+        self,
+        conn: Connection,
+        experiment_id: int,
+        snapshot: ExperimentSnapshot,
+        decision: Decision,
+        cfg: AutoPromotionConfig,
+        effective: EffectiveConfig,
+        seen: Seen,
+    ) -> None:
         report = decision.eligible and (cfg.dry_run or not cfg.enabled)
         if report:
             # The daemon and the scans hold the experiment's row lock when they compare and store the eligibility;
@@ -125,12 +137,19 @@ class PromoteService:
         if report and previous is not True:
             # This check is what saw a dry-run experiment become eligible: it reports the change, as the daemon
             # would have (which now finds the eligibility stored and stays quiet).
-            await self.report_dry_run(conn, snapshot, decision, cfg, effective, actor="autopromote",
-                                      check=decision.to_check_data())
+            await self.report_dry_run(
+                conn, snapshot, decision, cfg, effective, actor="autopromote", check=decision.to_check_data()
+            )
 
     # ------------------------------------------------------------------------------------------- promote
-    async def promote(self, experiment_name: str, *, config: EffectiveConfig | None = None,
-                      actor: str = "autopromote", dry_run: bool | None = None) -> PromoteResult:
+    async def promote(
+        self,
+        experiment_name: str,
+        *,
+        config: EffectiveConfig | None = None,
+        actor: str = "autopromote",
+        dry_run: bool | None = None,
+    ) -> PromoteResult:
         """Check and promote in ONE transaction on the locked experiment row; the seed's promote ``data``.
 
         Raises ExperimentNotFound, or AlreadyPromoted when an active promotion exists. Not eligible is a
@@ -151,8 +170,9 @@ class PromoteService:
                 await self.record_failure(conn, exp, effective, actor, exc)
                 raise
 
-    async def promote_locked(self, conn: Connection, experiment_id: int, effective: EffectiveConfig, *,
-                             actor: str, mode: RequestMode) -> PromoteResult:
+    async def promote_locked(
+        self, conn: Connection, experiment_id: int, effective: EffectiveConfig, *, actor: str, mode: RequestMode
+    ) -> PromoteResult:
         """Check and, when eligible, promote one experiment in one transaction; the promote ``data``."""
         async with conn.transaction():
             outcome = await self._decide_requested(conn, experiment_id, effective, actor=actor, mode=mode)
@@ -161,15 +181,17 @@ class PromoteService:
             self.effects.promoted(outcome.experiment_name, outcome.promotion, mode)
         return outcome.promotion
 
-    async def _decide_requested(self, conn: Connection, experiment_id: int, effective: EffectiveConfig, *,
-                                actor: str, mode: RequestMode) -> Evaluation:
+    async def _decide_requested(
+        self, conn: Connection, experiment_id: int, effective: EffectiveConfig, *, actor: str, mode: RequestMode
+    ) -> Evaluation:
         """Lock the experiment (waiting), fold its pending updates, decide and act, in the caller's transaction."""
         exp = await conn.fetchrow(Q["lock_experiment"], experiment_id)
         if exp is None:
             raise ExperimentNotFound(f"experiment {experiment_id} disappeared")
         await fold_pending_updates(conn, experiment_ids=[experiment_id], batch_size=self.settings.fold_batch_size)
-        row = await conn.fetchrow(Q["experiment_snapshot"], experiment_id,
-                                  self.decider.lookback_s(effective, exp["config"]))
+        row = await conn.fetchrow(
+            Q["experiment_snapshot"], experiment_id, self.decider.lookback_s(effective, exp["config"])
+        )
         snapshot = ExperimentSnapshot.from_row(row)
         decision, cfg = self.decider.decide(snapshot, effective, row["config"])
         return await self.act_requested(conn, Decided(row, snapshot, decision, cfg, effective, actor), mode)
@@ -178,8 +200,9 @@ class PromoteService:
         """A promote request's or a scan's decision: a dry run, a refusal or a promotion."""
         active = d.snapshot.active_promotion_id
         if active is not None and not d.dry:
-            raise AlreadyPromoted(f"experiment {d.snapshot.name!r} already has an active promotion ({active})",
-                                  {"promotionId": active})
+            raise AlreadyPromoted(
+                f"experiment {d.snapshot.name!r} already has an active promotion ({active})", {"promotionId": active}
+            )
         if d.dry:
             previous, _ = await store.store_evaluation(conn, d.decision, d.check, seen=d.seen)
             # A scan evaluates an unchanged experiment again and again: it reports a dry run once per change of
@@ -189,8 +212,15 @@ class PromoteService:
             return await self._dry_run(conn, d, report=report)
         if not d.decision.eligible or d.decision.winner is None:
             if mode == "request":
-                await store.insert_audit(conn, d.actor, "promotion_refused", d.snapshot.id, d.snapshot.name, None,
-                                         {**self._audit_details(d), "reasons": list(d.decision.reasons)})
+                await store.insert_audit(
+                    conn,
+                    d.actor,
+                    "promotion_refused",
+                    d.snapshot.id,
+                    d.snapshot.name,
+                    None,
+                    {**self._audit_details(d), "reasons": list(d.decision.reasons)},
+                )
             return await self._refuse(conn, d)
         return await self._promote(conn, d)
 
@@ -219,20 +249,23 @@ class PromoteService:
         """A dry run, its decision stored already; ``report``: audit it and, when eligible, notify."""
         queued = 0
         if report:
-            queued = await self.report_dry_run(conn, d.snapshot, d.decision, d.cfg, d.effective, actor=d.actor,
-                                               check=d.check)
+            queued = await self.report_dry_run(
+                conn, d.snapshot, d.decision, d.cfg, d.effective, actor=d.actor, check=d.check
+            )
         result = d.result(success=d.decision.eligible, queued=queued)
         result["dryRun"] = True
         result["enabled"] = d.cfg.enabled
         result["reasons"] = list(d.decision.reasons)
         return d.evaluation("dry_run", result)
 
-    async def _refuse(self, conn: Connection, d: Decided, decision: Decision | None = None,
-                      seen: Seen | None = None) -> Evaluation:
+    async def _refuse(
+        self, conn: Connection, d: Decided, decision: Decision | None = None, seen: Seen | None = None
+    ) -> Evaluation:
         """Not promoted: store the decision (``decision``, read at ``seen``: a second look) and say why."""
         final = decision or d.decision
-        await store.store_evaluation(conn, final, d.check if decision is None else None,
-                                     seen=seen if seen is not None else d.seen)
+        await store.store_evaluation(
+            conn, final, d.check if decision is None else None, seen=seen if seen is not None else d.seen
+        )
         result = d.result(success=False)
         result["reasons"] = list(final.reasons) or (["concurrency limit reached"] if decision is not None else [])
         return d.evaluation("refused", result, final)
@@ -247,23 +280,48 @@ class PromoteService:
         snapshot, decision, cfg = d.snapshot, d.decision, d.cfg
         promotion_id = uuid.uuid4()
         previous_weights = {v.name: v.weight for v in snapshot.variants}
-        planned = self.effects.plan(payload(
-            "promotion.promoted", decision, actor=d.actor, experiment_name=snapshot.name,
-            priority=snapshot.priority, promotion_id=promotion_id, variant=winner.variant), cfg,
-            d.row["promotion_targets"])
+        planned = self.effects.plan(
+            payload(
+                "promotion.promoted",
+                decision,
+                actor=d.actor,
+                experiment_name=snapshot.name,
+                priority=snapshot.priority,
+                promotion_id=promotion_id,
+                variant=winner.variant,
+            ),
+            cfg,
+            d.row["promotion_targets"],
+        )
         # ab_take_promotion_slot serialises promotions, so that the guard-window count cannot be raced past its
         # limit, and everything the promotion writes (outbox rows included) lands with it.
-        written = await store.write_promotion(conn, PromotionWrite(
-            experiment_id=snapshot.id, experiment_name=snapshot.name, variant=winner.variant,
-            control_variant=decision.analysis.control if decision.analysis else None,
-            confidence=decision.confidence, improvement=decision.improvement, method=decision.method,
-            actor=d.actor, previous_weights=previous_weights, baseline=_baseline(snapshot),
-            guard_seconds=cfg.guard.guard_hours * 3600.0, decision=d.check,
-            audit_details={**self._audit_details(d), "previousWeights": previous_weights,
-                           "promotedVariant": winner.variant},
-            max_concurrent=cfg.max_concurrent_promotions, promotion_id=promotion_id,
-            outbox=outbox_rows(planned), history=HistoryRows.of(decision), seen=d.seen,
-        ))
+        written = await store.write_promotion(
+            conn,
+            PromotionWrite(
+                experiment_id=snapshot.id,
+                experiment_name=snapshot.name,
+                variant=winner.variant,
+                control_variant=decision.analysis.control if decision.analysis else None,
+                confidence=decision.confidence,
+                improvement=decision.improvement,
+                method=decision.method,
+                actor=d.actor,
+                previous_weights=previous_weights,
+                baseline=_baseline(snapshot),
+                guard_seconds=cfg.guard.guard_hours * 3600.0,
+                decision=d.check,
+                audit_details={
+                    **self._audit_details(d),
+                    "previousWeights": previous_weights,
+                    "promotedVariant": winner.variant,
+                },
+                max_concurrent=cfg.max_concurrent_promotions,
+                promotion_id=promotion_id,
+                outbox=outbox_rows(planned),
+                history=HistoryRows.of(decision),
+                seen=d.seen,
+            ),
+        )
         if written is None:
             # The guard window filled up since the snapshot: decide again to report it with its numbers.
             overrides = d.row["config"]
@@ -277,35 +335,84 @@ class PromoteService:
         return d.evaluation("promoted", result)
 
     # ----------------------------------------------------------------------------- reports and failures
-    async def report_dry_run(self, conn: Connection, snapshot: ExperimentSnapshot, decision: Decision,
-                             cfg: AutoPromotionConfig, effective: EffectiveConfig, *, actor: str,
-                             check: CheckResult) -> int:
+    async def report_dry_run(
+        self,
+        conn: Connection,
+        snapshot: ExperimentSnapshot,
+        decision: Decision,
+        cfg: AutoPromotionConfig,
+        effective: EffectiveConfig,
+        *,
+        actor: str,
+        check: CheckResult,
+    ) -> int:
         """A dry run's audit row and, when eligible, its promotion.eligible notification; rows queued."""
         winner = decision.winner
         queued = 0
         if decision.eligible:
-            queued = await self.effects.notify(conn, payload(
-                "promotion.eligible", decision, actor=actor, experiment_name=snapshot.name,
-                priority=snapshot.priority, promotion_id=None,
-                variant=winner.variant if winner is not None else None, dry_run=True), cfg)
-        await store.insert_audit(conn, actor, "dry_run", snapshot.id, snapshot.name, None,
-                                 {"decision": check, "config": cfg.public(), "preset": effective.preset,
-                                  "dryRun": True, "enabled": cfg.enabled, "wouldPromote": decision.eligible,
-                                  "reasons": list(decision.reasons)})
+            queued = await self.effects.notify(
+                conn,
+                payload(
+                    "promotion.eligible",
+                    decision,
+                    actor=actor,
+                    experiment_name=snapshot.name,
+                    priority=snapshot.priority,
+                    promotion_id=None,
+                    variant=winner.variant if winner is not None else None,
+                    dry_run=True,
+                ),
+                cfg,
+            )
+        await store.insert_audit(
+            conn,
+            actor,
+            "dry_run",
+            snapshot.id,
+            snapshot.name,
+            None,
+            {
+                "decision": check,
+                "config": cfg.public(),
+                "preset": effective.preset,
+                "dryRun": True,
+                "enabled": cfg.enabled,
+                "wouldPromote": decision.eligible,
+                "reasons": list(decision.reasons),
+            },
+        )
         return queued
 
-    async def record_failure(self, conn: Connection, exp: Mapping[str, Any], effective: EffectiveConfig,
-                             actor: str, exc: BaseException) -> None:
+    async def record_failure(
+        self, conn: Connection, exp: Mapping[str, Any], effective: EffectiveConfig, actor: str, exc: BaseException
+    ) -> None:
         """After a failed promotion transaction: audit it and tell people, in a transaction of its own."""
         log.error("promotion.failed", experiment=exp["name"], error=str(exc), error_type=type(exc).__name__)
         try:
             async with conn.transaction():
-                await store.insert_audit(conn, actor, "promotion_failed", exp["id"], exp["name"], None,
-                                         {"error": f"{type(exc).__name__}: {exc}"[:2000]})
-                await self.effects.notify(conn, payload(
-                    "promotion.failed", None, actor=actor, experiment_name=exp["name"], priority=exp["priority"],
-                    promotion_id=None, variant=None, reason=f"{type(exc).__name__}: {exc}"[:500]),
-                    self.decider.cfg_or_base(effective, exp.get("config")))
+                await store.insert_audit(
+                    conn,
+                    actor,
+                    "promotion_failed",
+                    exp["id"],
+                    exp["name"],
+                    None,
+                    {"error": f"{type(exc).__name__}: {exc}"[:2000]},
+                )
+                await self.effects.notify(
+                    conn,
+                    payload(
+                        "promotion.failed",
+                        None,
+                        actor=actor,
+                        experiment_name=exp["name"],
+                        priority=exp["priority"],
+                        promotion_id=None,
+                        variant=None,
+                        reason=f"{type(exc).__name__}: {exc}"[:500],
+                    ),
+                    self.decider.cfg_or_base(effective, exp.get("config")),
+                )
         except (PostgresError, OSError) as second:
             log.error("promotion.failure_not_recorded", experiment=exp["name"], error=str(second))
 
@@ -313,7 +420,13 @@ class PromoteService:
 def _baseline(snapshot: ExperimentSnapshot) -> dict[str, Any]:
     """Each variant's totals at the promotion: what the guard subtracts to see what happened since."""
     return {
-        v.name: {"exposures": v.exposures, "conversions": v.conversions, "errors": v.errors,
-                 "valueSum": v.value_sum, "valueSumSq": v.value_sum_sq, "latencySketch": v.latency.to_json()}
+        v.name: {
+            "exposures": v.exposures,
+            "conversions": v.conversions,
+            "errors": v.errors,
+            "valueSum": v.value_sum,
+            "valueSumSq": v.value_sum_sq,
+            "latencySketch": v.latency.to_json(),
+        }
         for v in snapshot.variants
     }

@@ -30,14 +30,18 @@ def parse_promotion_id(promotion_id: str | uuid.UUID | None) -> uuid.UUID | Roll
     try:
         return uuid.UUID(str(promotion_id).strip())
     except ValueError:
-        return RollbackRefused("invalid_request", f"promotionId {str(promotion_id)[:80]!r} is not a UUID",
-                               {"field": "promotionId"})
+        return RollbackRefused(
+            "invalid_request", f"promotionId {str(promotion_id)[:80]!r} is not a UUID", {"field": "promotionId"}
+        )
 
 
 def refusal_error(refused: RollbackRefused) -> EngineError:
     """The EngineError an API or CLI caller gets for ``refused``."""
-    kind = {"invalid_request": InvalidRequest, "not_found": PromotionNotFound,
-            "already_rolled_back": AlreadyRolledBack}[refused.why]
+    kind = {
+        "invalid_request": InvalidRequest,
+        "not_found": PromotionNotFound,
+        "already_rolled_back": AlreadyRolledBack,
+    }[refused.why]
     return kind(refused.message, refused.details)
 
 
@@ -50,27 +54,42 @@ class RollbackService:
         self.decider = decider
         self.effects = effects
 
-    async def rollback_promotion(self, promotion_id: str | uuid.UUID | None, reason: str | None, *,
-                                 actor: str = "autopromote", trigger: str = "manual",
-                                 config: EffectiveConfig | None = None,
-                                 details: Mapping[str, Any] | None = None) -> RollbackResult:
+    async def rollback_promotion(
+        self,
+        promotion_id: str | uuid.UUID | None,
+        reason: str | None,
+        *,
+        actor: str = "autopromote",
+        trigger: str = "manual",
+        config: EffectiveConfig | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> RollbackResult:
         """Restore the previous weights and mark the promotion rolled back, in one transaction.
 
         Raises InvalidRequest (no reason, bad id), PromotionNotFound, or AlreadyRolledBack (nothing changed).
         """
-        outcome = await self.roll_back(promotion_id, reason, actor=actor, trigger=trigger, config=config,
-                                       details=details)
+        outcome = await self.roll_back(
+            promotion_id, reason, actor=actor, trigger=trigger, config=config, details=details
+        )
         if isinstance(outcome, RollbackRefused):
             raise refusal_error(outcome)
         return outcome
 
-    async def roll_back(self, promotion_id: str | uuid.UUID | None, reason: str | None, *,
-                        actor: str = "autopromote", trigger: str = "manual", config: EffectiveConfig | None = None,
-                        details: Mapping[str, Any] | None = None) -> RollbackResult | RollbackRefused:
+    async def roll_back(
+        self,
+        promotion_id: str | uuid.UUID | None,
+        reason: str | None,
+        *,
+        actor: str = "autopromote",
+        trigger: str = "manual",
+        config: EffectiveConfig | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> RollbackResult | RollbackRefused:
         """rollback_promotion, answering a rollback that changes nothing with why."""
         if reason is None or not str(reason).strip():
-            return RollbackRefused("invalid_request", "a non-empty reason is required to roll back",
-                                   {"field": "reason"})
+            return RollbackRefused(
+                "invalid_request", "a non-empty reason is required to roll back", {"field": "reason"}
+            )
         pid = parse_promotion_id(promotion_id)
         if isinstance(pid, RollbackRefused):
             return pid
@@ -95,14 +114,33 @@ class RollbackService:
             await conn.execute(Q["set_status"], promo["experiment_id"], "rolled_back")
             rolled_at = await conn.fetchval(Q["mark_rolled_back"], pid, reason, actor)
             cfg = self.decider.cfg_or_base(effective, exp["config"] if exp else None)
-            await store.insert_audit(conn, actor, "rolled_back", promo["experiment_id"], promo["experiment_name"],
-                                     pid, {"reason": reason, "trigger": trigger, "restoredWeights": previous,
-                                           "promotedVariant": promo["promoted_variant_name"], **(details or {})})
+            await store.insert_audit(
+                conn,
+                actor,
+                "rolled_back",
+                promo["experiment_id"],
+                promo["experiment_name"],
+                pid,
+                {
+                    "reason": reason,
+                    "trigger": trigger,
+                    "restoredWeights": previous,
+                    "promotedVariant": promo["promoted_variant_name"],
+                    **(details or {}),
+                },
+            )
             body = payload(
-                "promotion.rolled_back", None, actor=actor, experiment_name=promo["experiment_name"],
-                priority=exp["priority"] if exp else "normal", promotion_id=pid,
-                variant=promo["promoted_variant_name"], reason=reason, confidence=promo["confidence"],
-                improvement=promo["improvement"], control_variant=promo["control_variant_name"],
+                "promotion.rolled_back",
+                None,
+                actor=actor,
+                experiment_name=promo["experiment_name"],
+                priority=exp["priority"] if exp else "normal",
+                promotion_id=pid,
+                variant=promo["promoted_variant_name"],
+                reason=reason,
+                confidence=promo["confidence"],
+                improvement=promo["improvement"],
+                control_variant=promo["control_variant_name"],
             )
             body["trigger"] = trigger
             queued = await self.effects.notify(conn, body, cfg)

@@ -45,8 +45,10 @@ async def carry_out_rollback_requests(pool: Pool, engine: HasRollbacks) -> list[
         pid = str(row["id"])
         with structlog.contextvars.bound_contextvars(experiment=row["experiment_name"]):
             done = await engine.rollbacks.roll_back(
-                pid, row["rollback_request_reason"] or "rollback requested through SQL",
-                actor=row["rollback_requested_by"] or "sql", trigger=SQL_REQUEST_TRIGGER,
+                pid,
+                row["rollback_request_reason"] or "rollback requested through SQL",
+                actor=row["rollback_requested_by"] or "sql",
+                trigger=SQL_REQUEST_TRIGGER,
                 details={"requestedBy": row["rollback_requested_by"]},
             )
             if isinstance(done, RollbackRefused) and done.why != "invalid_request":
@@ -56,7 +58,6 @@ async def carry_out_rollback_requests(pool: Pool, engine: HasRollbacks) -> list[
                 log.error("rollback_request.refused", promotion_id=pid, error=done.message)
                 outcomes.append(RollbackRequestOutcome(pid, row["experiment_name"], "refused"))
             else:
-                log.info("rollback_request.carried_out", promotion_id=pid,
-                         requested_by=row["rollback_requested_by"])
+                log.info("rollback_request.carried_out", promotion_id=pid, requested_by=row["rollback_requested_by"])
                 outcomes.append(RollbackRequestOutcome(pid, row["experiment_name"], "rolled_back"))
     return outcomes

@@ -26,8 +26,15 @@ SCAN_STATE_MIN_AGE_S = 30.0
 class ScanService:
     """scan_and_promote_winners."""
 
-    def __init__(self, pool: Pool, settings: Settings, config: EffectiveConfig, decider: Decider,
-                 promote: PromoteService, effects: Effects) -> None:
+    def __init__(
+        self,
+        pool: Pool,
+        settings: Settings,
+        config: EffectiveConfig,
+        decider: Decider,
+        promote: PromoteService,
+        effects: Effects,
+    ) -> None:
         self.pool = pool
         self.settings = settings
         self.config = config
@@ -35,8 +42,14 @@ class ScanService:
         self.promote = promote
         self.effects = effects
 
-    async def scan(self, *, config: EffectiveConfig | None = None, actor: str = "autopromote",
-                   dry_run: bool | None = None, include_results: bool = True) -> ScanResult:
+    async def scan(
+        self,
+        *,
+        config: EffectiveConfig | None = None,
+        actor: str = "autopromote",
+        dry_run: bool | None = None,
+        include_results: bool = True,
+    ) -> ScanResult:
         """Evaluate every running experiment; promote the eligible ones (at most maxConcurrentPromotions).
 
         One experiment's failure is reported in its result and never stops the scan. ``include_results=False``
@@ -52,20 +65,29 @@ class ScanService:
             running = await conn.fetch(Q["running_experiments"])
             # In chunks: memory and event-loop stalls stay bounded however many experiments there are.
             for start in range(0, len(running), SCAN_CHUNK):
-                await self._scan_chunk(conn, list(running[start:start + SCAN_CHUNK]), tally, actor)
+                await self._scan_chunk(conn, list(running[start : start + SCAN_CHUNK]), tally, actor)
         dry = effective.config.dry_run
         self.effects.scan_completed(tally.scanned, tally.eligible, tally.promoted, dry)
-        return {"scanned": tally.scanned, "eligible": tally.eligible, "promoted": tally.promoted, "dryRun": dry,
-                "results": tally.results}
+        return {
+            "scanned": tally.scanned,
+            "eligible": tally.eligible,
+            "promoted": tally.promoted,
+            "dryRun": dry,
+            "results": tally.results,
+        }
 
-    async def _scan_chunk(self, conn: Connection, chunk: list[Record], tally: _Tally,
-                          actor: str) -> None:
+    async def _scan_chunk(self, conn: Connection, chunk: list[Record], tally: _Tally, actor: str) -> None:
         decided, seen = await self.decide_all(conn, tally.effective, chunk)
         # The daemon's evaluations keep last decisions current; its reconciliation scan rewrites only those that are
         # missing, stale, or whose eligibility changed (building them is most of a scan's cost).
-        fresh: dict[int, bool] = {} if tally.include_results else {
-            r["experiment_id"]: r["eligible"] for r in await conn.fetch(
-                Q["fresh_states"], [e["id"] for e in chunk], SCAN_STATE_MIN_AGE_S)}
+        fresh: dict[int, bool] = (
+            {}
+            if tally.include_results
+            else {
+                r["experiment_id"]: r["eligible"]
+                for r in await conn.fetch(Q["fresh_states"], [e["id"] for e in chunk], SCAN_STATE_MIN_AGE_S)
+            }
+        )
         checks: dict[int, CheckResult] = {}
         to_record: list[Decision] = []
         for i, (decision, cfg) in enumerate(decided):
@@ -94,8 +116,9 @@ class ScanService:
             tally.add(item)
         await store.record_many(conn, to_record, history=False, checks=checks, seen=seen)
 
-    async def _promote_one(self, conn: Connection, decision: Decision, cfg: AutoPromotionConfig,
-                           item: ScanItem, tally: _Tally, actor: str) -> None:
+    async def _promote_one(
+        self, conn: Connection, decision: Decision, cfg: AutoPromotionConfig, item: ScanItem, tally: _Tally, actor: str
+    ) -> None:
         """An eligible experiment of the scan: promote it (or report its dry run) unless the limit is reached."""
         limit = tally.effective.config.max_concurrent_promotions
         if cfg.enabled and not cfg.dry_run and tally.promoted >= limit:
@@ -103,8 +126,9 @@ class ScanService:
             item["eligible"] = False
             return
         try:
-            outcome = await self.promote.promote_locked(conn, decision.experiment_id, tally.effective, actor=actor,
-                                                        mode="scan")
+            outcome = await self.promote.promote_locked(
+                conn, decision.experiment_id, tally.effective, actor=actor, mode="scan"
+            )
         except EngineError as exc:
             item["error"] = exc.message
         except (PostgresError, StatsInputError) as exc:
@@ -121,8 +145,9 @@ class ScanService:
             elif not outcome["success"]:
                 item["reasons"] = outcome.get("reasons", [])
 
-    async def decide_all(self, conn: Connection, effective: EffectiveConfig,
-                         experiments: list[Record]) -> tuple[list[DecisionAndConfig], dict[int, Seen]]:
+    async def decide_all(
+        self, conn: Connection, effective: EffectiveConfig, experiments: list[Record]
+    ) -> tuple[list[DecisionAndConfig], dict[int, Seen]]:
         """Decisions for ``experiments`` (rows of ab_experiments) with the config of each, from three bulk reads;
         what each was read at.
 
@@ -139,23 +164,36 @@ class ScanService:
         for v in variant_rows:
             versions[v["experiment_id"]] += v["updates_folded"]
             variants.setdefault(v["experiment_id"], []).append(VariantSnapshot.from_row(v, lenient_sketch=True))
-        global_alerts = tuple(AlertInfo.from_row(a, global_alert=True)
-                              for a in alert_rows if a["experiment_id"] is None)
+        global_alerts = tuple(
+            AlertInfo.from_row(a, global_alert=True) for a in alert_rows if a["experiment_id"] is None
+        )
         alerts: dict[int, list[AlertInfo]] = {}
         for a in alert_rows:
             if a["experiment_id"] is not None:
                 alerts.setdefault(a["experiment_id"], []).append(AlertInfo.from_row(a, global_alert=False))
         active = {p["experiment_id"]: str(p["id"]) for p in promo_rows}
         in_guard = sum(1 for p in promo_rows if p["in_guard"])
-        pairs = [(exp, ExperimentSnapshot(
-            id=exp["id"], name=exp["name"], status=exp["status"], started_at=exp["started_at"],
-            metric_type=exp["metric_type"], priority=exp["priority"],
-            variants=tuple(variants.get(exp["id"], ())), now=now,
-            active_promotion_id=active.get(exp["id"]),
-            critical_alerts=tuple(sorted((*alerts.get(exp["id"], ()), *global_alerts),
-                                         key=lambda a: a.created_at, reverse=True)),
-            promotions_in_guard_window=in_guard,
-        )) for exp in experiments]
+        pairs = [
+            (
+                exp,
+                ExperimentSnapshot(
+                    id=exp["id"],
+                    name=exp["name"],
+                    status=exp["status"],
+                    started_at=exp["started_at"],
+                    metric_type=exp["metric_type"],
+                    priority=exp["priority"],
+                    variants=tuple(variants.get(exp["id"], ())),
+                    now=now,
+                    active_promotion_id=active.get(exp["id"]),
+                    critical_alerts=tuple(
+                        sorted((*alerts.get(exp["id"], ()), *global_alerts), key=lambda a: a.created_at, reverse=True)
+                    ),
+                    promotions_in_guard_window=in_guard,
+                ),
+            )
+            for exp in experiments
+        ]
         decided = await self.decider.decide_snapshots(effective, pairs)
         return decided, {exp_id: Seen(version, read_snapshot) for exp_id, version in versions.items()}
 

@@ -44,5 +44,9 @@ CODES: Final[tuple[str | None, ...]] = (
 
 # Reason codes of the vectorised SRM result, same convention.
 SRM_CODES: Final[tuple[str | None, ...]] = (
-    None, SRM_ALL_WEIGHTS_ZERO, SRM_SINGLE_ARM, SRM_NO_EXPOSURES, SRM_ZERO_WEIGHT_TRAFFIC,
+    None,
+    SRM_ALL_WEIGHTS_ZERO,
+    SRM_SINGLE_ARM,
+    SRM_NO_EXPOSURES,
+    SRM_ZERO_WEIGHT_TRAFFIC,
 )

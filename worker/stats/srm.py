@@ -44,8 +44,15 @@ def _srm(obs: tuple[int, ...], ws: tuple[float, ...], thr: float) -> SrmResult:
         total = sum(obs[i] for i in active)
         wsum = sum(ws[i] for i in active)
         stray_expected = tuple(ws[i] / wsum * total if i in active and total else 0.0 for i in range(len(obs)))
-        return SrmResult(sys.float_info.max, 0.0, 0.0 < thr, stray_expected, obs, reasons.SRM_ZERO_WEIGHT_TRAFFIC,
-                         max(len(active) - 1, 0))
+        return SrmResult(
+            sys.float_info.max,
+            0.0,
+            0.0 < thr,
+            stray_expected,
+            obs,
+            reasons.SRM_ZERO_WEIGHT_TRAFFIC,
+            max(len(active) - 1, 0),
+        )
     if not active:
         return SrmResult(0.0, 1.0, False, zero_expected, obs, reasons.SRM_ALL_WEIGHTS_ZERO, 0)
     df = len(active) - 1

@@ -17,5 +17,15 @@ from worker.http.dashboard.bridge import BRIDGE_STATE, BRIDGED_FLAG, EVENTS_CHAN
 from worker.http.dashboard.routes import add_routes
 from worker.http.dashboard.sse import MAX_EVENT_FIELD, RETRY_AFTER_S, _encode_event
 
-__all__ = ["BRIDGED_FLAG", "BRIDGE_STATE", "EVENTS_CHANNEL", "MAX_EVENT_FIELD", "RETRY_AFTER_S", "SESSION_COOKIE",
-           "_bridge_event", "_encode_event", "add_routes", "run_events_bridge"]
+__all__ = [
+    "BRIDGED_FLAG",
+    "BRIDGE_STATE",
+    "EVENTS_CHANNEL",
+    "MAX_EVENT_FIELD",
+    "RETRY_AFTER_S",
+    "SESSION_COOKIE",
+    "_bridge_event",
+    "_encode_event",
+    "add_routes",
+    "run_events_bridge",
+]

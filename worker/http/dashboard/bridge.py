@@ -38,9 +38,13 @@ def _bus_event(event: object, experiment_name: object, promotion_id: object) -> 
     kind = _BRIDGE_EVENTS.get(str(event))
     if kind is None:
         return None
-    return {"type": kind, "experimentName": experiment_name,
-            "promotionId": str(promotion_id) if promotion_id else None,
-            "event": event, "source": "database"}
+    return {
+        "type": kind,
+        "experimentName": experiment_name,
+        "promotionId": str(promotion_id) if promotion_id else None,
+        "event": event,
+        "source": "database",
+    }
 
 
 def _bridge_event(payload: str) -> dict[str, Any] | None:
@@ -81,8 +85,15 @@ class _BridgeHooks:
 async def run_events_bridge(ctx: AppContext) -> None:
     """Publish ab_promotion_events NOTIFYs to ctx.events until cancelled; a lost session is logged once and
     reopened under the shared retry policy (worker.retry), by the Listener."""
-    listener = Listener(ctx.database_url, _BridgeHooks(ctx), channels=(EVENTS_CHANNEL,), fault_name=FAULT_NAME,
-                        application_name=APPLICATION_NAME, liveness_interval=HEARTBEAT_S, report_metrics=False)
+    listener = Listener(
+        ctx.database_url,
+        _BridgeHooks(ctx),
+        channels=(EVENTS_CHANNEL,),
+        fault_name=FAULT_NAME,
+        application_name=APPLICATION_NAME,
+        liveness_interval=HEARTBEAT_S,
+        report_metrics=False,
+    )
     never = anyio.Event()  # cancelled by the application's cleanup, never stopped otherwise
     await listener.run(never)
 

@@ -84,9 +84,11 @@ async def static_file(request: web.Request) -> web.Response:
         raise web.HTTPNotFound(text="no such file")
     body, ctype, digest = item
     etag = f'"{digest}"'
-    headers = {"ETag": etag, "X-Content-Type-Options": "nosniff",
-               "Cache-Control": "public, max-age=31536000, immutable" if request.query.get("v") == digest
-               else "no-cache"}
+    headers = {
+        "ETag": etag,
+        "X-Content-Type-Options": "nosniff",
+        "Cache-Control": "public, max-age=31536000, immutable" if request.query.get("v") == digest else "no-cache",
+    }
     if request.headers.get("If-None-Match") == etag:
         return web.Response(status=304, headers=headers)
     charset = "utf-8" if ctype.startswith("text/") or ctype.endswith("+xml") else None
@@ -105,14 +107,21 @@ def _escape(value: Any) -> Any:
 def setup_templates(app: web.Application) -> jinja2.Environment:
     """The app's Jinja2 environment (autoescape on, templates from the package, undefined names are errors)."""
     env = aiohttp_jinja2.setup(
-        app, app_key=TEMPLATES, default_helpers=False,
+        app,
+        app_key=TEMPLATES,
+        default_helpers=False,
         loader=jinja2.PackageLoader("worker.http.dashboard", "templates"),
-        autoescape=True, finalize=_escape, undefined=jinja2.StrictUndefined,
-        trim_blocks=True, lstrip_blocks=True, auto_reload=False,
+        autoescape=True,
+        finalize=_escape,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        auto_reload=False,
     )
     env.filters.update(views.FILTERS)
-    env.globals.update(static_url=static_url, nav=NAV, refresh_all=views.REFRESH_ALL,
-                       refresh_promotions=views.REFRESH_PROMOTIONS)
+    env.globals.update(
+        static_url=static_url, nav=NAV, refresh_all=views.REFRESH_ALL, refresh_promotions=views.REFRESH_PROMOTIONS
+    )
     return env
 
 
@@ -143,9 +152,13 @@ def _viewer_page(handler: Handler) -> Handler:
         try:
             authenticate_viewer(request)
         except ApiError as exc:
-            response = _sign_in_response(request, status=401, next_path=request.path_qs,
-                                         error=exc.message if _presented_credentials(request) else None,
-                                         reload=_arrived_from_another_site(request))
+            response = _sign_in_response(
+                request,
+                status=401,
+                next_path=request.path_qs,
+                error=exc.message if _presented_credentials(request) else None,
+                reload=_arrived_from_another_site(request),
+            )
             response.headers.update(exc.headers)
             if SESSION_COOKIE in request.cookies:
                 _forget_cookie(request, response)  # it did not work: do not send it again
@@ -210,15 +223,19 @@ def _arrived_from_another_site(request: web.Request) -> bool:
     Reloading from our own page sends it, so the sign-in page reloads once in that case; the reload is a
     same-origin navigation, so it cannot loop.
     """
-    return (request.headers.get("Sec-Fetch-Site", "").lower() == "cross-site"
-            and request.headers.get("Sec-Fetch-Mode", "").lower() == "navigate"
-            and SESSION_COOKIE not in request.cookies)
+    return (
+        request.headers.get("Sec-Fetch-Site", "").lower() == "cross-site"
+        and request.headers.get("Sec-Fetch-Mode", "").lower() == "navigate"
+        and SESSION_COOKIE not in request.cookies
+    )
 
 
-def _sign_in_response(request: web.Request, *, status: int, next_path: str, error: str | None,
-                      reload: bool = False) -> web.Response:
-    return _render(request, "sign_in.html", {"error": error, "reload": reload, "next_path": _local_path(next_path)},
-                   status)
+def _sign_in_response(
+    request: web.Request, *, status: int, next_path: str, error: str | None, reload: bool = False
+) -> web.Response:
+    return _render(
+        request, "sign_in.html", {"error": error, "reload": reload, "next_path": _local_path(next_path)}, status
+    )
 
 
 def _cookie_attrs(request: web.Request) -> dict[str, Any]:
@@ -239,8 +256,12 @@ async def sign_in_page(request: web.Request) -> web.Response:
 async def sign_in(request: web.Request) -> web.Response:
     """Check the posted token and keep it in the sign-in cookie; the form again, with the reason, when refused."""
     if _cross_site(request):
-        return _sign_in_response(request, status=403, next_path="/",
-                                 error="This sign-in came from another site and was refused; sign in here.")
+        return _sign_in_response(
+            request,
+            status=403,
+            next_path="/",
+            error="This sign-in came from another site and was refused; sign in here.",
+        )
     form = await request.post()
     next_path = _local_path(str(form.get("next") or "/"))
     auth = authenticator(request)
@@ -252,8 +273,12 @@ async def sign_in(request: web.Request) -> web.Response:
     who = auth.verify(token)
     if who is None:
         log.info("dashboard.sign_in_refused")
-        return _sign_in_response(request, status=401, next_path=next_path,
-                                 error="That token is unknown or was revoked. Check it and try again.")
+        return _sign_in_response(
+            request,
+            status=401,
+            next_path=next_path,
+            error="That token is unknown or was revoked. Check it and try again.",
+        )
     log.info("dashboard.signed_in", token_name=who.name, role=who.role)
     response = web.HTTPSeeOther(next_path, headers={"Cache-Control": "no-store"})
     response.set_cookie(SESSION_COOKIE, token, **_cookie_attrs(request))
@@ -283,9 +308,15 @@ async def _overview(request: web.Request) -> dict[str, Any]:
 async def overview_page(request: web.Request) -> web.Response:
     # The list as a whole changes on promotions, rollbacks and experiments it has not shown yet; each card
     # and the summary line refresh themselves on evaluations.
-    return _page(request, "overview.html", title="Experiments", page="overview", o=await _overview(request),
-                 lead="Status, exposures, rates and lift with its interval per variant, and the current decision "
-                      "with its reasons. Updates arrive live.")
+    return _page(
+        request,
+        "overview.html",
+        title="Experiments",
+        page="overview",
+        o=await _overview(request),
+        lead="Status, exposures, rates and lift with its interval per variant, and the current decision "
+        "with its reasons. Updates arrive live.",
+    )
 
 
 @_viewer_data
@@ -353,8 +384,14 @@ async def _promotions(request: web.Request) -> dict[str, Any]:
 
 @_viewer_page
 async def promotions_page(request: web.Request) -> web.Response:
-    return _page(request, "promotions.html", title="Promotions", page="promotions", r=await _promotions(request),
-                 lead="Active and rolled-back promotions, the promotion statistics and the rollback rate.")
+    return _page(
+        request,
+        "promotions.html",
+        title="Promotions",
+        page="promotions",
+        r=await _promotions(request),
+        lead="Active and rolled-back promotions, the promotion statistics and the rollback rate.",
+    )
 
 
 @_viewer_data

@@ -76,21 +76,30 @@ async def events_stream(request: web.Request) -> web.StreamResponse:
         client = ctx.events.open_stream(_encode_event, limit=ctx.settings.sse_max_clients, on_drop=drop)
     except TooManyClients as exc:
         if not refusing:  # once per spell of refusals, not once per retrying browser
-            log.warning("dashboard.events.too_many_clients", limit=exc.limit,
-                        message="live-update clients are refused with 503; raise AUTO_PROMOTION_SSE_MAX_CLIENTS "
-                                "if this many dashboards are expected")
+            log.warning(
+                "dashboard.events.too_many_clients",
+                limit=exc.limit,
+                message="live-update clients are refused with 503; raise AUTO_PROMOTION_SSE_MAX_CLIENTS "
+                "if this many dashboards are expected",
+            )
         refusing.add(True)
-        raise ApiError(503, "too_many_clients",
-                       f"{exc.limit} live-update streams are already open, the most AUTO_PROMOTION_SSE_MAX_CLIENTS "
-                       f"allows; try again in {RETRY_AFTER_S} s, or raise the setting",
-                       {"limit": exc.limit}, headers={"Retry-After": str(RETRY_AFTER_S)}).http_exception() from None
+        raise ApiError(
+            503,
+            "too_many_clients",
+            f"{exc.limit} live-update streams are already open, the most AUTO_PROMOTION_SSE_MAX_CLIENTS "
+            f"allows; try again in {RETRY_AFTER_S} s, or raise the setting",
+            {"limit": exc.limit},
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        ).http_exception() from None
     refusing.clear()
-    response = web.StreamResponse(headers={
-        "Content-Type": "text/event-stream; charset=utf-8",
-        "Cache-Control": "no-store",
-        "X-Accel-Buffering": "no",  # a reverse proxy must not buffer the stream
-        "X-Content-Type-Options": "nosniff",
-    })
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream; charset=utf-8",
+            "Cache-Control": "no-store",
+            "X-Accel-Buffering": "no",  # a reverse proxy must not buffer the stream
+            "X-Content-Type-Options": "nosniff",
+        }
+    )
     streams = request.app[STREAMS]
     streams.add(client)
     try:

@@ -92,8 +92,14 @@ def _json(value: Any) -> Any:
 
 
 FILTERS: dict[str, Callable[..., Any]] = {
-    "num": num, "rate": rate, "pct": pct, "slug": slug, "experiment_href": experiment_href,
-    "fragment_href": fragment_href, "card_fragment_href": card_fragment_href, "status_label": status_label,
+    "num": num,
+    "rate": rate,
+    "pct": pct,
+    "slug": slug,
+    "experiment_href": experiment_href,
+    "fragment_href": fragment_href,
+    "card_fragment_href": card_fragment_href,
+    "status_label": status_label,
 }
 
 
@@ -107,8 +113,15 @@ def _variant_rows(exp: Experiment) -> tuple[list[dict[str, Any]], bool]:
     for v in exp.variants:
         n = v.exposures
         numerator = v.conversions if exp.metric_type == "conversion" else v.value_sum
-        out.append({"name": v.name, "isControl": v.is_control, "exposures": n,
-                    "rate": (float(numerator or 0) / n) if n else None, "errorRate": (v.errors / n) if n else None})
+        out.append(
+            {
+                "name": v.name,
+                "isControl": v.is_control,
+                "exposures": n,
+                "rate": (float(numerator or 0) / n) if n else None,
+                "errorRate": (v.errors / n) if n else None,
+            }
+        )
     return out, False
 
 
@@ -116,8 +129,9 @@ def variants_table(exp: Experiment, *, detailed: bool = False) -> dict[str, Any]
     """The variants table: headings and one display row per variant."""
     variants, evaluated = _variant_rows(exp)
     metric = exp.metric_type
-    scale = interval_scale([(v.get("lift"), v.get("ciLow"), v.get("ciHigh")) for v in variants
-                            if not v.get("isControl")])
+    scale = interval_scale(
+        [(v.get("lift"), v.get("ciLow"), v.get("ciHigh")) for v in variants if not v.get("isControl")]
+    )
     rate_head = "Conversion rate" if metric == "conversion" else "Mean"
     heads = ["Variant", "Exposures", rate_head, "Lift (interval)", "Confidence"]
     if detailed:
@@ -127,21 +141,27 @@ def variants_table(exp: Experiment, *, detailed: bool = False) -> dict[str, Any]
         control = bool(v.get("isControl"))
         lift = v.get("lift")
         p95 = v.get("p95LatencyMs")
-        rows.append({
-            "name": v.get("name"),
-            "tagged": control and str(v.get("name")).strip().lower() != "control",
-            "lift_state": "baseline" if control else ("none" if lift is None else "value"),
-            "lift": pct(lift), "ci_low": pct(v.get("ciLow")), "ci_high": pct(v.get("ciHigh")),
-            "bar": (Markup(interval_bar(lift, v.get("ciLow"), v.get("ciHigh"), lo=scale[0], hi=scale[1]))  # noqa: S704 - SVG escapes its labels
-                    if not control and lift is not None else ""),
-            "confidence": num(v.get("confidence"), 1, "%"),
-            "exposures": num(int(v.get("exposures") or 0)),
-            "rate": rate(v.get("rate"), metric),
-            "error_rate": rate(v.get("errorRate"), "conversion"),
-            "p95": num(p95, 1, " ms") if p95 is not None else None,
-        })
-    caption = ("Variants at the last evaluation" if evaluated
-               else "Variants (folded statistics; not evaluated yet)")
+        rows.append(
+            {
+                "name": v.get("name"),
+                "tagged": control and str(v.get("name")).strip().lower() != "control",
+                "lift_state": "baseline" if control else ("none" if lift is None else "value"),
+                "lift": pct(lift),
+                "ci_low": pct(v.get("ciLow")),
+                "ci_high": pct(v.get("ciHigh")),
+                "bar": (
+                    Markup(interval_bar(lift, v.get("ciLow"), v.get("ciHigh"), lo=scale[0], hi=scale[1]))  # noqa: S704 - SVG escapes its labels
+                    if not control and lift is not None
+                    else ""
+                ),
+                "confidence": num(v.get("confidence"), 1, "%"),
+                "exposures": num(int(v.get("exposures") or 0)),
+                "rate": rate(v.get("rate"), metric),
+                "error_rate": rate(v.get("errorRate"), "conversion"),
+                "p95": num(p95, 1, " ms") if p95 is not None else None,
+            }
+        )
+    caption = "Variants at the last evaluation" if evaluated else "Variants (folded statistics; not evaluated yet)"
     return {"rows": rows, "heads": heads, "rate_head": rate_head, "caption": caption, "detailed": detailed}
 
 
@@ -152,8 +172,13 @@ def reasons(decision: Mapping[str, Any] | None, status: str) -> dict[str, Any]:
     prefix = "" if status == "running" else "At the last evaluation: "
     if decision.get("eligible"):
         winner = (decision.get("winningVariant") or {}).get("variantName") or decision.get("bestVariant")
-        return {"kind": "eligible", "prefix": prefix, "winner": winner,
-                "confidence": num(decision.get("confidence"), 1), "improvement": num(decision.get("improvement"), 2)}
+        return {
+            "kind": "eligible",
+            "prefix": prefix,
+            "winner": winner,
+            "confidence": num(decision.get("confidence"), 1),
+            "improvement": num(decision.get("improvement"), 2),
+        }
     items = decision.get("reasons") or []
     if not items:
         return {"kind": "no_reason"}
@@ -164,30 +189,44 @@ def reasons(decision: Mapping[str, Any] | None, status: str) -> dict[str, Any]:
 def actions(exp: Experiment) -> dict[str, Any]:
     """The operator buttons: a dry-run check always, promote while running, roll back an active promotion."""
     eligible = bool((exp.decision or {}).get("eligible"))
-    return {"name": exp.name, "promotion_id": exp.active_promotion_id,
-            "promote": exp.status == "running" and exp.active_promotion_id is None,
-            # the API refuses a blocked one; do not invite the click
-            "promote_style": "btn primary" if eligible else "btn"}
+    return {
+        "name": exp.name,
+        "promotion_id": exp.active_promotion_id,
+        "promote": exp.status == "running" and exp.active_promotion_id is None,
+        # the API refuses a blocked one; do not invite the click
+        "promote_style": "btn primary" if eligible else "btn",
+    }
 
 
 def card(exp: Experiment) -> dict[str, Any]:
     """One experiment's card on the overview."""
-    return {"exp": exp, "decision": exp.decision or None, "variants": variants_table(exp),
-            "reasons": reasons(exp.decision or None, exp.status), "actions": actions(exp)}
+    return {
+        "exp": exp,
+        "decision": exp.decision or None,
+        "variants": variants_table(exp),
+        "reasons": reasons(exp.decision or None, exp.status),
+        "actions": actions(exp),
+    }
 
 
 def summary(counts: Sequence[StatusCount]) -> dict[str, Any]:
     """The one-line count above the cards."""
-    return {"total": sum(c.experiments for c in counts),
-            "parts": ", ".join(f"{c.experiments} {status_label(c.status)[1]}" for c in counts),
-            "eligible": sum(c.eligible for c in counts if c.status == "running")}
+    return {
+        "total": sum(c.experiments for c in counts),
+        "parts": ", ".join(f"{c.experiments} {status_label(c.status)[1]}" for c in counts),
+        "eligible": sum(c.eligible for c in counts if c.status == "running"),
+    }
 
 
 def overview(experiments: Sequence[Experiment], counts: Sequence[StatusCount]) -> dict[str, Any]:
     """The experiments list (the body of ``/`` and of ``/fragments/experiments``)."""
     total = sum(c.experiments for c in counts)
-    return {"cards": [card(e) for e in experiments], "summary": summary(counts),
-            "shown": len(experiments), "total": total}
+    return {
+        "cards": [card(e) for e in experiments],
+        "summary": summary(counts),
+        "shown": len(experiments),
+        "total": total,
+    }
 
 
 # ---------------------------------------------------------------------------------------- experiment page
@@ -223,13 +262,19 @@ def audit_rows(entries: Sequence[AuditEntry]) -> list[dict[str, Any]]:
         text = json.dumps(details, indent=1, sort_keys=True, default=str)
         if len(text) > 6000:
             text = text[:6000] + "\n… (truncated)"
-        out.append({"entry": entry, "text": text,
-                    "summary": _audit_summary(details if isinstance(details, dict) else {})})
+        out.append(
+            {"entry": entry, "text": text, "summary": _audit_summary(details if isinstance(details, dict) else {})}
+        )
     return out
 
 
-def lift_charts(name: str, control: str | None, snapshots: Sequence[EvaluationSnapshot],
-                promotions: Sequence[Promotion], level: float) -> list[dict[str, Any]]:
+def lift_charts(
+    name: str,
+    control: str | None,
+    snapshots: Sequence[EvaluationSnapshot],
+    promotions: Sequence[Promotion],
+    level: float,
+) -> list[dict[str, Any]]:
     """One chart per treatment (drawn wide and narrow) with the data behind it, newest 25 rows first."""
     marks: list[tuple[datetime, str]] = []
     for p in promotions:
@@ -239,22 +284,33 @@ def lift_charts(name: str, control: str | None, snapshots: Sequence[EvaluationSn
     by_variant: dict[str, list[LiftPoint]] = {}
     raw: dict[str, list[EvaluationSnapshot]] = {}
     for s in snapshots:
-        by_variant.setdefault(s.variant_name, []).append(LiftPoint(s.created_at, s.lift, s.ci_low, s.ci_high,
-                                                                   s.eligible))
+        by_variant.setdefault(s.variant_name, []).append(
+            LiftPoint(s.created_at, s.lift, s.ci_low, s.ci_high, s.eligible)
+        )
         raw.setdefault(s.variant_name, []).append(s)
     charts = []
     for i, (variant, points) in enumerate(sorted(by_variant.items())):
         title = f"Lift of {variant} over {control or 'control'}"
         chart_id = f"lift-{slug(name)}-{i}"
-        charts.append({
-            "title": title,
-            # svg.py escapes every label it draws (the title included), so the drawing is markup already.
-            "wide": Markup(lift_chart(points, chart_id=chart_id, title=title, level=level, marks=marks)),  # noqa: S704
-            "narrow": Markup(lift_chart(points, chart_id=f"{chart_id}-n", title=title, level=level,  # noqa: S704
-                                        compact=True, marks=marks)),
-            "kept": len(raw[variant]),
-            "rows": list(reversed(raw[variant][-25:])),
-        })
+        charts.append(
+            {
+                "title": title,
+                # svg.py escapes every label it draws (the title included), so the drawing is markup already.
+                "wide": Markup(lift_chart(points, chart_id=chart_id, title=title, level=level, marks=marks)),  # noqa: S704
+                "narrow": Markup(  # noqa: S704
+                    lift_chart(
+                        points,
+                        chart_id=f"{chart_id}-n",
+                        title=title,
+                        level=level,
+                        compact=True,
+                        marks=marks,
+                    )
+                ),
+                "kept": len(raw[variant]),
+                "rows": list(reversed(raw[variant][-25:])),
+            }
+        )
     return charts
 
 
@@ -264,10 +320,15 @@ def experiment_page(page: ExperimentHistory, level: float) -> dict[str, Any]:
     decision = exp.decision or None
     control = (decision or {}).get("controlVariant") or next((v.name for v in exp.variants if v.is_control), None)
     return {
-        "exp": exp, "decision": decision, "reasons": reasons(decision, exp.status), "actions": actions(exp),
+        "exp": exp,
+        "decision": decision,
+        "reasons": reasons(decision, exp.status),
+        "actions": actions(exp),
         "charts": lift_charts(exp.name, control, page.snapshots, page.promotions, level),
-        "variants": variants_table(exp, detailed=True), "checks": safety_checks(decision),
-        "promotions": page.promotions, "audit": audit_rows(page.audit),
+        "variants": variants_table(exp, detailed=True),
+        "checks": safety_checks(decision),
+        "promotions": page.promotions,
+        "audit": audit_rows(page.audit),
     }
 
 
@@ -289,9 +350,11 @@ def promotions_page(report: PromotionReport) -> dict[str, Any]:
     ]
     counts = [DayCount(d.day, d.promotions, d.rollbacks) for d in report.per_day]
     return {
-        "days": report.days, "figures": figures,
+        "days": report.days,
+        "figures": figures,
         # svg.py escapes its own labels.
         "chart_wide": Markup(promotions_chart(counts, chart_id="per-day")),  # noqa: S704
         "chart_narrow": Markup(promotions_chart(counts, chart_id="per-day-n", compact=True)),  # noqa: S704
-        "active": report.active, "rolled_back": report.rolled_back,
+        "active": report.active,
+        "rolled_back": report.rolled_back,
     }

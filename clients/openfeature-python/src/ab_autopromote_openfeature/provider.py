@@ -72,9 +72,13 @@ class ServedExperiment:
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> ServedExperiment:
         return cls(
-            id=int(row["experiment_id"]), name=row["experiment_name"], status=row["status"],
-            seed_state=fnv1a32(row["hash_seed"]), variants=tuple(row["variants"]),
-            ends=range_ends([float(w) for w in row["weights"]]), metric_type=row["metric_type"],
+            id=int(row["experiment_id"]),
+            name=row["experiment_name"],
+            status=row["status"],
+            seed_state=fnv1a32(row["hash_seed"]),
+            variants=tuple(row["variants"]),
+            ends=range_ends([float(w) for w in row["weights"]]),
+            metric_type=row["metric_type"],
             promotion_id=row["promotion_id"],
         )
 
@@ -97,8 +101,7 @@ class ExposureHook(Hook):
         self._lock = threading.Lock()
         self._counts: dict[tuple[str, str], int] = {}
 
-    def after(self, hook_context: HookContext, details: FlagEvaluationDetails[FlagValueType],
-              hints: HookHints) -> None:
+    def after(self, hook_context: HookContext, details: FlagEvaluationDetails[FlagValueType], hints: HookHints) -> None:
         if details.variant is None or details.reason not in (Reason.SPLIT, Reason.CACHED):
             return
         key = (details.flag_key, details.variant)
@@ -131,13 +134,23 @@ class AutoPromoteProvider(AbstractProvider):
     experiment needs the metric's values with each exposure, which only the application has).
     """
 
-    def __init__(self, dsn: str, *, refresh_interval: float = 30.0, record_exposures: bool = False,
-                 exposure_flush_interval: float = 5.0, init_timeout: float = 5.0, connect_timeout: float = 5.0,
-                 max_backoff: float = 5.0) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        refresh_interval: float = 30.0,
+        record_exposures: bool = False,
+        exposure_flush_interval: float = 5.0,
+        init_timeout: float = 5.0,
+        connect_timeout: float = 5.0,
+        max_backoff: float = 5.0,
+    ) -> None:
         super().__init__()
         if refresh_interval <= 0 or exposure_flush_interval <= 0 or init_timeout < 0 or connect_timeout <= 0:
-            raise ValueError("refresh_interval, exposure_flush_interval and connect_timeout must be positive "
-                             "and init_timeout not negative (seconds)")
+            raise ValueError(
+                "refresh_interval, exposure_flush_interval and connect_timeout must be positive "
+                "and init_timeout not negative (seconds)"
+            )
         self._dsn = dsn
         self.refresh_interval = refresh_interval
         self.exposure_flush_interval = exposure_flush_interval
@@ -183,8 +196,10 @@ class AutoPromoteProvider(AbstractProvider):
             self._announce_ready = True
             from openfeature.exception import ProviderNotReadyError
 
-            raise ProviderNotReadyError(f"no experiments loaded from PostgreSQL within {self.init_timeout:g} s; "
-                                        "serving defaults and retrying in the background")
+            raise ProviderNotReadyError(
+                f"no experiments loaded from PostgreSQL within {self.init_timeout:g} s; "
+                "serving defaults and retrying in the background"
+            )
 
     def start(self) -> None:
         """Start the background thread (``initialize`` does it; direct users of the provider may call it)."""
@@ -225,54 +240,76 @@ class AutoPromoteProvider(AbstractProvider):
         return self._experiments.get(name)
 
     # ----------------------------------------------------------------------------------------- evaluation
-    def resolve_string_details(self, flag_key: str, default_value: str,
-                               evaluation_context: EvaluationContext | None = None) -> FlagResolutionDetails[str]:
+    def resolve_string_details(
+        self, flag_key: str, default_value: str, evaluation_context: EvaluationContext | None = None
+    ) -> FlagResolutionDetails[str]:
         try:
             exp = self._experiments.get(flag_key)
             if exp is None:
                 if not self._loaded.is_set():
                     return FlagResolutionDetails(
-                        default_value, error_code=ErrorCode.PROVIDER_NOT_READY, reason=Reason.ERROR,
-                        error_message="experiments not loaded from PostgreSQL yet")
-                return FlagResolutionDetails(default_value, reason=Reason.DEFAULT,
-                                             flag_metadata={"status": "unknown"})
+                        default_value,
+                        error_code=ErrorCode.PROVIDER_NOT_READY,
+                        reason=Reason.ERROR,
+                        error_message="experiments not loaded from PostgreSQL yet",
+                    )
+                return FlagResolutionDetails(default_value, reason=Reason.DEFAULT, flag_metadata={"status": "unknown"})
             if exp.status not in SERVING_STATUSES:
                 return FlagResolutionDetails(default_value, reason=Reason.DISABLED, flag_metadata=exp.metadata())
             unit = evaluation_context.targeting_key if evaluation_context is not None else None
             if not unit:
                 return FlagResolutionDetails(
-                    default_value, error_code=ErrorCode.TARGETING_KEY_MISSING, reason=Reason.ERROR,
-                    error_message="set the evaluation context's targeting_key to the unit id (e.g. the user id)")
+                    default_value,
+                    error_code=ErrorCode.TARGETING_KEY_MISSING,
+                    reason=Reason.ERROR,
+                    error_message="set the evaluation context's targeting_key to the unit id (e.g. the user id)",
+                )
             variant = exp.assign(unit)
             if variant is None:  # every weight is zero: nobody is in the experiment
                 return FlagResolutionDetails(default_value, reason=Reason.DEFAULT, flag_metadata=exp.metadata())
-            return FlagResolutionDetails(variant, reason=Reason.SPLIT if self._live else Reason.CACHED,
-                                         variant=variant, flag_metadata=exp.metadata())
+            return FlagResolutionDetails(
+                variant,
+                reason=Reason.SPLIT if self._live else Reason.CACHED,
+                variant=variant,
+                flag_metadata=exp.metadata(),
+            )
         except Exception as exc:  # never into the application
             log.exception("ab_autopromote.evaluation_failed flag=%s", flag_key)
-            return FlagResolutionDetails(default_value, error_code=ErrorCode.GENERAL, reason=Reason.ERROR,
-                                         error_message=f"{type(exc).__name__}: {exc}")
+            return FlagResolutionDetails(
+                default_value,
+                error_code=ErrorCode.GENERAL,
+                reason=Reason.ERROR,
+                error_message=f"{type(exc).__name__}: {exc}",
+            )
 
     def _mismatch(self, flag_key: str, default_value: T, kind: str) -> FlagResolutionDetails[T]:
         return FlagResolutionDetails(
-            default_value, error_code=ErrorCode.TYPE_MISMATCH, reason=Reason.ERROR,
+            default_value,
+            error_code=ErrorCode.TYPE_MISMATCH,
+            reason=Reason.ERROR,
             error_message=f"{flag_key}: experiments resolve to variant names; evaluate them as string flags, "
-                          f"not {kind}")
+            f"not {kind}",
+        )
 
-    def resolve_boolean_details(self, flag_key: str, default_value: bool,
-                                evaluation_context: EvaluationContext | None = None) -> FlagResolutionDetails[bool]:
+    def resolve_boolean_details(
+        self, flag_key: str, default_value: bool, evaluation_context: EvaluationContext | None = None
+    ) -> FlagResolutionDetails[bool]:
         return self._mismatch(flag_key, default_value, "boolean")
 
-    def resolve_integer_details(self, flag_key: str, default_value: int,
-                                evaluation_context: EvaluationContext | None = None) -> FlagResolutionDetails[int]:
+    def resolve_integer_details(
+        self, flag_key: str, default_value: int, evaluation_context: EvaluationContext | None = None
+    ) -> FlagResolutionDetails[int]:
         return self._mismatch(flag_key, default_value, "integer")
 
-    def resolve_float_details(self, flag_key: str, default_value: float,
-                              evaluation_context: EvaluationContext | None = None) -> FlagResolutionDetails[float]:
+    def resolve_float_details(
+        self, flag_key: str, default_value: float, evaluation_context: EvaluationContext | None = None
+    ) -> FlagResolutionDetails[float]:
         return self._mismatch(flag_key, default_value, "float")
 
     def resolve_object_details(
-        self, flag_key: str, default_value: Sequence[FlagValueType] | Mapping[str, FlagValueType],
+        self,
+        flag_key: str,
+        default_value: Sequence[FlagValueType] | Mapping[str, FlagValueType],
         evaluation_context: EvaluationContext | None = None,
     ) -> FlagResolutionDetails[Sequence[FlagValueType] | Mapping[str, FlagValueType]]:
         return self._mismatch(flag_key, default_value, "object")
@@ -315,9 +352,12 @@ class AutoPromoteProvider(AbstractProvider):
         while not self._stop.is_set():
             conn: asyncpg.Connection | None = None
             try:
-                conn = await asyncpg.connect(self._dsn, timeout=self.connect_timeout,
-                                             command_timeout=self.connect_timeout,
-                                             server_settings={"application_name": "ab-autopromote-openfeature"})
+                conn = await asyncpg.connect(
+                    self._dsn,
+                    timeout=self.connect_timeout,
+                    command_timeout=self.connect_timeout,
+                    server_settings={"application_name": "ab-autopromote-openfeature"},
+                )
                 self.connects += 1
                 await self._listen_and_serve(conn)
             except _DB_ERRORS as exc:
@@ -366,8 +406,11 @@ class AutoPromoteProvider(AbstractProvider):
         try:
             while not stop.is_set():
                 get = asyncio.ensure_future(wake.get())
-                done, _ = await asyncio.wait({get, stop_wait}, timeout=max(0.0, next_full - time.monotonic()),
-                                             return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(
+                    {get, stop_wait},
+                    timeout=max(0.0, next_full - time.monotonic()),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
                 if get not in done:
                     get.cancel()
                     if stop.is_set():
@@ -405,8 +448,9 @@ class AutoPromoteProvider(AbstractProvider):
         first = not self._loaded.is_set()
         self._loaded.set()
         if changed and not first:
-            self._emit(lambda: self.emit_provider_configuration_changed(
-                ProviderEventDetails(flags_changed=sorted(changed))))
+            self._emit(
+                lambda: self.emit_provider_configuration_changed(ProviderEventDetails(flags_changed=sorted(changed)))
+            )
 
     def _went_live(self) -> None:
         self._backoff = 0.05
@@ -421,16 +465,24 @@ class AutoPromoteProvider(AbstractProvider):
     def _went_stale(self, exc: BaseException | None) -> None:
         if self._live:
             self._live = False
-            log.warning("ab_autopromote.provider_stale error=%s serving=cache",
-                        f"{type(exc).__name__}: {exc}" if exc else "disconnected")
-            self._emit(lambda: self.emit_provider_stale(
-                ProviderEventDetails(message="lost the PostgreSQL connection; serving cached weights")))
+            log.warning(
+                "ab_autopromote.provider_stale error=%s serving=cache",
+                f"{type(exc).__name__}: {exc}" if exc else "disconnected",
+            )
+            self._emit(
+                lambda: self.emit_provider_stale(
+                    ProviderEventDetails(message="lost the PostgreSQL connection; serving cached weights")
+                )
+            )
         elif isinstance(exc, asyncpg.UndefinedTableError | asyncpg.UndefinedFunctionError):
             message = str(exc)
             if message != self._last_schema_error:  # once, not on every retry
                 self._last_schema_error = message
-                log.warning("ab_autopromote.schema_missing error=%s hint=%s", message,
-                            "apply the migrations (`autopromote migrate`, schema/0008_serving.sql)")
+                log.warning(
+                    "ab_autopromote.schema_missing error=%s hint=%s",
+                    message,
+                    "apply the migrations (`autopromote migrate`, schema/0008_serving.sql)",
+                )
         elif exc is not None:
             log.debug("ab_autopromote.connect_failed error=%s", f"{type(exc).__name__}: {exc}")
 
@@ -477,8 +529,13 @@ class AutoPromoteProvider(AbstractProvider):
                     try:
                         await conn.execute("SELECT ab_record_metrics($1, $2, $3::bigint, 0, 0)", *row)
                     except asyncpg.DataError as exc:
-                        log.warning("ab_autopromote.exposures_dropped experiment=%s variant=%s count=%d error=%s",
-                                    row[0], row[1], row[2], exc)
+                        log.warning(
+                            "ab_autopromote.exposures_dropped experiment=%s variant=%s count=%d error=%s",
+                            row[0],
+                            row[1],
+                            row[2],
+                            exc,
+                        )
                     pending.remove(row)
         except _DB_ERRORS as exc:
             log.info("ab_autopromote.exposures_deferred error=%s", f"{type(exc).__name__}: {exc}")
@@ -491,9 +548,13 @@ class AutoPromoteProvider(AbstractProvider):
         """A connection of the flusher's own: the listening one is busy waiting for notifications."""
         if self._flush_conn is None or self._flush_conn.is_closed():
             self._flush_conn = await asyncpg.connect(
-                self._dsn, timeout=self.connect_timeout, command_timeout=self.connect_timeout,
-                server_settings={"application_name": "ab-autopromote-openfeature-exposures"})
+                self._dsn,
+                timeout=self.connect_timeout,
+                command_timeout=self.connect_timeout,
+                server_settings={"application_name": "ab-autopromote-openfeature-exposures"},
+            )
         return self._flush_conn
+
 
 def _targets(batch: list[tuple[str, Any]]) -> tuple[list[int], list[str], bool]:
     """Experiment ids and names named by a batch of notifications; True when one cannot be understood."""
