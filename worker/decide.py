@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from worker.config import AutoPromotionConfig
+from worker.domain.metrics import MetricSnapshot, metric_snapshots
 from worker.stats import (
     Comparison,
     ExperimentAnalysis,
@@ -113,6 +114,8 @@ class ExperimentSnapshot:
     active_promotion_id: str | None = None
     critical_alerts: tuple[AlertInfo, ...] = ()
     promotions_in_guard_window: int = 0
+    metrics: tuple[MetricSnapshot, ...] = ()
+    """The ``ab_metrics`` rows with their sums (a row named ``primary`` has none: its sums are ``variants``)."""
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> ExperimentSnapshot:
@@ -130,6 +133,7 @@ class ExperimentSnapshot:
             active_promotion_id=str(active) if active is not None else None,
             critical_alerts=tuple(AlertInfo.from_row(a) for a in row["critical_alerts"]),
             promotions_in_guard_window=int(row["promotions_in_guard_window"]),
+            metrics=metric_snapshots(row.get("metrics")),
         )
 
 
