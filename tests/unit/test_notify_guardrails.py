@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from tests.unit.test_decide_metrics import config, mean_sums, revenue, snapshot
 from worker.decide import decide
@@ -14,7 +15,7 @@ from worker.notify.webhook import build_webhook_request
 from worker.services.effects import payload
 
 
-def _payload(margin: float, treatment_mean: float) -> dict[str, object]:
+def _payload(margin: float, treatment_mean: float) -> dict[str, Any]:
     guard = revenue(mean_sums(20_000, 10.0, 8.0), mean_sums(20_000, treatment_mean, 8.0), margin=margin)
     d = decide(snapshot(guard), config())
     return dict(
@@ -33,7 +34,7 @@ def _payload(margin: float, treatment_mean: float) -> dict[str, object]:
 
 def test_the_payload_carries_each_guardrail_verdict_for_the_variant() -> None:
     body = _payload(0.05, 10.05)
-    (g,) = body["guardrails"]  # type: ignore[misc]
+    (g,) = body["guardrails"]
     assert g["name"] == "revenue_per_user" and g["variant"] == "variant-b"
     assert g["verdict"] == "non_inferior" and g["margin"] == 0.05
     assert g["lift"] == 0.5 and g["bound"] is not None and g["bound"] > -5.0
