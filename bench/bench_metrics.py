@@ -249,8 +249,8 @@ def bench_evaluation(number: int, repeats: int) -> dict[str, Any]:
         # interleaved, so that a burst of load on the shared machine hits both alike
         a, b = [], []
         for _ in range(3):
-            a.append(_time(lambda: work(single), number, repeats))
-            b.append(_time(lambda: work(ten), number, repeats))
+            a.append(_time(lambda w=work: w(single), number, repeats))
+            b.append(_time(lambda w=work: w(ten), number, repeats))
         t1, t10 = min(a), min(b)
         out[label] = {"single_metric_us": round(t1, 1), "ten_metrics_us": round(t10, 1), "ratio": round(t10 / t1, 2)}
     return out
@@ -288,9 +288,7 @@ def main() -> None:
         ("at_margin", {**neutral, "primary": LARGE_LIFT, "revenue_per_user": -MARGINS["revenue_per_user"]}),
         ("power", {**neutral, "primary": PLANNED_LIFT}),
     ]
-    results = {
-        name: simulate(name, lifts, sims, horizon, args.seed + i) for i, (name, lifts) in enumerate(scenarios)
-    }
+    results = {name: simulate(name, lifts, sims, horizon, args.seed + i) for i, (name, lifts) in enumerate(scenarios)}
     timing = bench_evaluation(number=100 if args.quick else 400, repeats=3 if args.quick else 7)
     info["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     out = {
