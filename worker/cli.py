@@ -248,6 +248,7 @@ def _load_command_modules() -> None:
     for module in (
         "worker.cli_engine",
         "worker.cli_metrics",
+        "worker.cli_plan",
         "worker.cli_daemon",
         "worker.cli_demo",
         "worker.http.cli",
