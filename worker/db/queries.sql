@@ -315,7 +315,8 @@ SELECT v.experiment_id, v.name, v.is_control, v.traffic_weight::float8 AS weight
        coalesce(s.updates_folded, 0) AS updates_folded,
        coalesce(s.exposures, 0) AS exposures, coalesce(s.conversions, 0) AS conversions,
        coalesce(s.errors, 0) AS errors, coalesce(s.value_sum, 0) AS value_sum,
-       coalesce(s.value_sum_sq, 0) AS value_sum_sq, coalesce(s.latency_sketch, '{}'::jsonb) AS latency_sketch
+       coalesce(s.value_sum_sq, 0) AS value_sum_sq,
+       nullif(s.latency_sketch, '{}'::jsonb) AS latency_sketch  -- NULL when empty: nothing to decode
   FROM ab_variants v LEFT JOIN ab_variant_stats s ON s.variant_id = v.id
  WHERE v.experiment_id = ANY($1::bigint[])
  ORDER BY v.experiment_id, v.is_control DESC, v.id;
@@ -365,6 +366,16 @@ SELECT NULL, NULL WHERE CASE WHEN $14 AND NOT EXISTS (
                              LEFT JOIN prev ON prev.experiment_id = u.id
                             WHERE prev.eligible IS DISTINCT FROM u.el)
                        THEN set_config('synchronous_commit', 'off', true) IS NULL ELSE false END;
+
+-- name: covered_states
+-- Of the experiments $1, read at the statistics versions $2 in the snapshot $3 (text): those whose stored decision
+-- covers that read (ab_decision_covered, schema/0007), with the stored eligibility. record_evaluations_bulk would
+-- write nothing for one of them whose eligibility is unchanged, so a scan need not build or send its decision.
+SELECT st.experiment_id, st.eligible
+  FROM unnest($1::bigint[], $2::bigint[]) AS u(id, ver)
+  JOIN ab_experiment_state st ON st.experiment_id = u.id
+ WHERE ab_decision_covered(st.experiment_id, st.evaluated_version, st.evaluated_snapshot, u.ver,
+                           $3::text::pg_snapshot);
 
 -- name: fresh_states
 -- Experiments among $1 whose last decision was stored less than $2 seconds ago, with its eligibility.
