@@ -11,8 +11,9 @@ from worker.db.connect import Connection, Pool, PostgresError, Record
 from worker.db.fold import fold_pending_updates
 from worker.db.sql import Q
 from worker.db.store import Seen
-from worker.decide import AlertInfo, Decision, ExperimentSnapshot, VariantSnapshot
+from worker.decide import AlertInfo, Decision, ExperimentSnapshot, VariantSnapshot, metric_json
 from worker.domain.errors import EngineError
+from worker.domain.metrics import MetricSnapshot, metric_snapshots
 from worker.domain.results import CheckResult, ScanItem, ScanResult
 from worker.services.deciding import MAX_ALERT_LOOKBACK_S, Decider, DecisionAndConfig
 from worker.services.effects import Effects
@@ -102,11 +103,13 @@ class ScanService:
                 continue
             unchanged = covered.get(decision.experiment_id) is decision.eligible
             if unchanged and not decision.eligible:
-                # Only the winning variant is shown; there is none without a winner (Decision.to_check_data).
+                # Of its check data only the winning variant (there is none without a winner) and the metrics are
+                # shown (Decision.to_check_data).
                 winning = decision.to_check_data()["winningVariant"] if decision.winner is not None else None
+                metrics = [metric_json(m) for m in decision.metrics]
             else:
                 check = checks[decision.experiment_id] = decision.to_check_data()
-                winning = check["winningVariant"]
+                winning, metrics = check["winningVariant"], check["metrics"]
             item: ScanItem = {
                 "experimentName": decision.experiment_name,
                 "eligible": decision.eligible,
@@ -115,6 +118,7 @@ class ScanService:
                 "winningVariant": winning,
                 "reasons": list(decision.reasons),
                 "promoted": False,
+                "metrics": metrics,
             }
             if "error" in decision.extra:
                 item["error"] = decision.extra["error"]
@@ -188,9 +192,12 @@ class ScanService:
         promo_rows = await conn.fetch(Q["all_active_promotions"])
         versions: dict[int, int] = {e["id"]: 0 for e in experiments}
         variants: dict[int, list[VariantSnapshot]] = {}
+        metrics: dict[int, tuple[MetricSnapshot, ...]] = {}
         for v in variant_rows:
             versions[v["experiment_id"]] += v["updates_folded"]
             variants.setdefault(v["experiment_id"], []).append(VariantSnapshot.from_row(v, lenient_sketch=True))
+            if v["metrics"] is not None:
+                metrics[v["experiment_id"]] = metric_snapshots(v["metrics"])
         global_alerts = tuple(
             AlertInfo.from_row(a, global_alert=True) for a in alert_rows if a["experiment_id"] is None
         )
@@ -217,6 +224,7 @@ class ScanService:
                         sorted((*alerts.get(exp["id"], ()), *global_alerts), key=lambda a: a.created_at, reverse=True)
                     ),
                     promotions_in_guard_window=in_guard,
+                    metrics=metrics.get(exp["id"], ()),
                 ),
             )
             for exp in experiments
