@@ -304,3 +304,69 @@ def test_unknown_kind_is_refused() -> None:
     ok = CovariateSums(10, 50, 300, 20, 60, 110)
     with pytest.raises(StatsInputError, match="kind must be one of"):
         cuped_effect(ok, ok, kind="ratio")  # type: ignore[arg-type]
+
+
+# --- the vectorised path ----------------------------------------------------------------------------------------
+
+
+def _rows(arms: list[tuple[CovariateSums, CovariateSums]]) -> list[np.ndarray]:
+    fields = ("n", "value_sum", "value_sum_sq", "pre_sum", "pre_sum_sq", "value_pre_product_sum")
+    return [np.array([[getattr(a, f), getattr(b, f)] for a, b in arms], dtype=float) for f in fields]
+
+
+def _edge_cases(kind: CupedKind) -> list[tuple[CovariateSums, CovariateSums]]:
+    ok = CovariateSums(10, 5, 5 if kind == "proportion" else 300, 20, 60, 12)
+    return [
+        (CovariateSums(0, 0, 0, 0, 0, 0), ok),  # no control units
+        (ok, CovariateSums(0, 0, 0, 0, 0, 0)),
+        (CovariateSums(1, 1, 1, 2, 4, 2), ok),  # one unit
+        (CovariateSums(10, 0, 0, 20, 60, 0), CovariateSums(10, 0, 0, 15, 40, 0)),  # no conversions / zero mean
+        (CovariateSums(10, 5, 5 if kind == "proportion" else 300, 30, 90, 15), ok),  # constant covariate: theta 0
+        (ok, ok),
+    ]
+
+
+@pytest.mark.parametrize("kind", ["mean", "proportion"])
+@pytest.mark.parametrize("method", ["fixed", "sequential"])
+@pytest.mark.parametrize("relative", [True, False], ids=["relative", "absolute"])
+def test_cuped_many_rows_equal_cuped_effect(kind: CupedKind, method: Method, relative: bool) -> None:
+    from worker.stats.cuped_vectorized import cuped_many
+
+    rng = np.random.default_rng([len(kind), len(method), int(relative), 1])
+    arms = [_random_arms(rng, kind) for _ in range(40)] + _edge_cases(kind)
+    # binary covariates too (the proportion path's proportion covariate)
+    for _ in range(10):
+        n0, n1 = rng.integers(20, 500, size=2)
+        x0, x1 = (rng.uniform(size=n0) < 0.3).astype(float), (rng.uniform(size=n1) < 0.3).astype(float)
+        y0 = np.where(rng.uniform(size=n0) < 0.5, x0, (rng.uniform(size=n0) < 0.4).astype(float))
+        y1 = np.where(rng.uniform(size=n1) < 0.5, x1, (rng.uniform(size=n1) < 0.45).astype(float))
+        arms.append((_unit_sums(y0, x0), _unit_sums(y1, x1)))
+    many = cuped_many(*_rows(arms), kind=kind, method=method, relative=relative)
+    for i, (a, b) in enumerate(arms):
+        one = cuped_effect(a, b, kind=kind, method=method, relative=relative)
+        assert many.theta[i] == pytest.approx(one.theta, rel=1e-9, abs=1e-12), i
+        for name in ("adjusted", "unadjusted"):
+            e, v = getattr(one, name), getattr(many, name)
+            for f in ("estimate", "se", "ci_low", "ci_high"):
+                got, want = float(getattr(v, f)[i]), getattr(e, f)
+                if want is None:
+                    assert math.isnan(got), (i, name, f, got)
+                else:
+                    assert got == pytest.approx(want, rel=1e-9, abs=1e-12), (i, name, f)
+            assert float(v.p_value[i]) == pytest.approx(e.p_value, rel=1e-9, abs=1e-12), (i, name)
+        if one.variance_reduction is None:
+            assert math.isnan(many.variance_reduction[i])
+        else:
+            assert many.variance_reduction[i] == pytest.approx(one.variance_reduction, rel=1e-9, abs=1e-12)
+
+
+def test_cuped_many_refuses_bad_shapes_and_values() -> None:
+    from worker.stats.cuped_vectorized import cuped_many
+
+    ok = np.ones((3, 2))
+    with pytest.raises(StatsInputError, match="shape"):
+        cuped_many(np.ones((3, 3)), ok, ok, ok, ok, ok)
+    with pytest.raises(StatsInputError, match="finite"):
+        cuped_many(ok, ok, ok, np.full((3, 2), np.nan), ok, ok)
+    with pytest.raises(StatsInputError, match="whole numbers"):
+        cuped_many(ok * 1.5, ok, ok, ok, ok, ok)

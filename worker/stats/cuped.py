@@ -73,7 +73,7 @@ class CupedEffect:
 
     adjusted: Effect  # the regression-adjusted estimate; equals unadjusted when theta is 0
     unadjusted: Effect  # what the house reports without CUPED (effects.effect_from_moments)
-    theta: float
+    theta: float  # the coefficient used: 0 when the comparison is undefined or a pooled variance is 0
     variance_reduction: float | None  # 1 - Var(adjusted)/Var(unadjusted); None when either is undefined
     mean_control: float  # unadjusted means (what each arm's units did)
     mean_treatment: float
@@ -228,7 +228,7 @@ def cuped_effect(
         n_star=ns,
         relative=bool(relative),
     )
-    theta = _theta(a, b, k, x_prop) if a.n and b.n else 0.0
+    theta = _theta(a, b, k, x_prop) if unadjusted.estimate is not None else 0.0
     if theta == 0.0 or unadjusted.estimate is None:
         # gbstats reverts to the unadjusted statistics when theta is 0; an undefined comparison stays undefined.
         adjusted = unadjusted
