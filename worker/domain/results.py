@@ -52,6 +52,7 @@ class ScanItem(TypedDict):
     winningVariant: str | None
     reasons: list[str]
     promoted: bool
+    metrics: list[dict[str, Any]]  # the check data's metrics (Decision.to_check_data)
     error: NotRequired[str]
     dryRun: NotRequired[bool]
     promotionId: NotRequired[str | None]

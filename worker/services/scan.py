@@ -105,6 +105,7 @@ class ScanService:
                 "winningVariant": check["winningVariant"],
                 "reasons": list(decision.reasons),
                 "promoted": False,
+                "metrics": check["metrics"],
             }
             if "error" in decision.extra:
                 item["error"] = decision.extra["error"]
