@@ -136,6 +136,8 @@ def _render_check(data: dict[str, Any]) -> None:
         print("why not:")
         for r in data["reasons"]:
             print(f"  - {r}")
+    for note in data.get("notes") or []:
+        print(f"note: {note}")
 
 
 def _render_promote(data: dict[str, Any]) -> None:

@@ -45,6 +45,12 @@ class VariantSnapshot:
     value_sum: float
     value_sum_sq: float
     latency: LatencySketch
+    # The built-in metric's CUPED covariate (schema/0009): pre_units of the exposures came with a pre-exposure
+    # value; the pre_* sums are over those units (None while none did).
+    pre_units: int = 0
+    pre_sum: float | None = None
+    pre_sum_sq: float | None = None
+    pre_value_product_sum: float | None = None
 
     @classmethod
     def from_row(cls, v: Mapping[str, Any], *, lenient_sketch: bool = False) -> VariantSnapshot:
@@ -67,6 +73,10 @@ class VariantSnapshot:
             value_sum=float(v["value_sum"]),
             value_sum_sq=float(v["value_sum_sq"]),
             latency=sketch,
+            pre_units=int(v.get("pre_units") or 0),
+            pre_sum=_opt_float(v.get("pre_sum")),
+            pre_sum_sq=_opt_float(v.get("pre_sum_sq")),
+            pre_value_product_sum=_opt_float(v.get("pre_value_product_sum")),
         )
 
     def to_stats(self) -> VariantStats:
@@ -260,6 +270,7 @@ class Decision:
             "srm": None if srm is None else {"pValue": _round(srm.p_value, 10), "flagged": srm.flagged},
             "evaluatedAt": self.evaluated_at.isoformat(),
             "metrics": [metric_json(m) for m in self.metrics],
+            "notes": [m.cuped_note for m in self.metrics if m.cuped_note],
         }
 
 
@@ -288,10 +299,16 @@ def metric_json(m: MetricAnalysis) -> dict[str, Any]:
                 else [_round(100.0 * c.effect.ci_low), _round(100.0 * c.effect.ci_high)],
                 "pValue": _round(c.p_value, 8),
                 "verdict": c.verdict,
+                "unadjustedLift": _pct_or_none(c.unadjusted_lift),
+                "varianceReduction": None if c.variance_reduction is None else _round(c.variance_reduction),
             }
             for c in m.comparisons
         ],
     }
+
+
+def _opt_float(x: Any) -> float | None:
+    return None if x is None else float(x)
 
 
 def _round(x: float | None, digits: int = 4) -> float:
@@ -422,10 +439,11 @@ def _judge(
     """The winner and the best treatment, every metric's analysis, and the winner's improvement in its deciding
     metric's good direction; appends why there is no winner to ``reasons``.
 
-    Without ``ab_metrics`` rows: the single-metric rule on ``analysis``, exactly as before. With them: the
+    Without ``ab_metrics`` rows: the single-metric rule on ``analysis``, exactly as before. With them, or when the
+    built-in metric got CUPED covariates (so that its analysis is the adjusted one, or says why not): the
     several-metrics rule (domain/metric_rule.py), the built-in metric analysed beside the rows' metrics."""
     t = config.thresholds
-    if not snapshot.metrics:
+    if not snapshot.metrics and not any(v.pre_units for v in snapshot.variants):
         winner = analysis.winner()
         best = analysis.best()
         metrics: tuple[MetricAnalysis, ...] = (
@@ -468,6 +486,10 @@ def _definitions(snapshot: ExperimentSnapshot) -> list[tuple[MetricDefinition, M
             units=v.exposures,
             value_sum=float(v.conversions) if conversion else v.value_sum,
             value_sum_sq=float(v.conversions) if conversion else v.value_sum_sq,
+            pre_units=v.pre_units,
+            pre_sum=v.pre_sum,
+            pre_sum_sq=v.pre_sum_sq,
+            pre_value_product_sum=v.pre_value_product_sum,
         )
         for v in snapshot.variants
     }

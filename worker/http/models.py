@@ -275,6 +275,13 @@ class MetricTreatment(_Out):
         "non-inferiority p-value."
     )
     verdict: Literal["better", "worse", "inconclusive", "non_inferior", "not_shown"]
+    unadjustedLift: float | None = Field(
+        description="The lift in percent without CUPED (equal to lift when CUPED did not apply); null: none."
+    )
+    varianceReduction: float | None = Field(
+        description="CUPED's variance reduction of the lift, 1 - Var(adjusted)/Var(unadjusted) (about the squared "
+        "correlation of the metric with its pre-exposure value); null when CUPED did not apply."
+    )
 
 
 class MetricResult(_Out):
@@ -308,6 +315,10 @@ class CheckResult(_Out):
     srm: Srm | None
     evaluatedAt: str
     metrics: list[MetricResult] = Field(description="Every metric with its role, lift, interval and verdict.")
+    notes: list[str] = Field(
+        description="What people should know that does not block a promotion, e.g. a metric whose CUPED covariate "
+        "is missing for some units (its unadjusted estimate is used)."
+    )
 
 
 class PromoteResult(_Out):

@@ -28,8 +28,9 @@ rho^2, the squared correlation of y and x.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from . import _validate as check
 from . import reasons
@@ -45,7 +46,18 @@ from .effects import (
 from .errors import StatsInputError
 from .models import Effect, Method
 
-__all__ = ["CovariateSums", "CupedEffect", "CupedKind", "cuped_effect", "pooled_theta"]
+__all__ = [
+    "CovariateCoverage",
+    "CovariateSums",
+    "CovariateSumsLike",
+    "CupedEffect",
+    "CupedKind",
+    "covariate_coverage",
+    "covariate_sums",
+    "cuped_effect",
+    "metric_cuped",
+    "pooled_theta",
+]
 
 CupedKind = Literal["mean", "proportion"]
 _KINDS = ("mean", "proportion")
@@ -280,3 +292,100 @@ def _adjusted_effect(a: _Arm, b: _Arm, theta: float, method: Method, alpha: floa
     rho = sequential_rho(alpha, n_star)
     hw = sequential_halfwidth(se, n, alpha, rho)
     return Effect(est, se, est - hw, est + hw, sequential_p_value(z, n, rho), method, rel, None)
+
+
+class CovariateSumsLike(Protocol):
+    """One arm's sums of a metric with its covariate's (``worker.domain.metrics.MetricSums`` fits)."""
+
+    @property
+    def units(self) -> int: ...
+    @property
+    def value_sum(self) -> float: ...
+    @property
+    def value_sum_sq(self) -> float: ...
+    @property
+    def pre_units(self) -> int: ...
+    @property
+    def pre_sum(self) -> float | None: ...
+    @property
+    def pre_sum_sq(self) -> float | None: ...
+    @property
+    def pre_value_product_sum(self) -> float | None: ...
+
+
+def covariate_sums(s: CovariateSumsLike) -> CovariateSums:
+    """The CUPED input of an arm whose every unit sent its covariate (covariate_coverage says when)."""
+    return CovariateSums(
+        n=s.units,
+        value_sum=s.value_sum,
+        value_sum_sq=s.value_sum_sq,
+        pre_sum=s.pre_sum or 0.0,
+        pre_sum_sq=s.pre_sum_sq or 0.0,
+        value_pre_product_sum=s.pre_value_product_sum or 0.0,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class CovariateCoverage:
+    """Whether CUPED may adjust a metric, and what to tell people when some covariates are missing."""
+
+    applies: bool
+    note: str | None  # set when covariates came for some units but not all: CUPED is off for now, say so
+
+
+def covariate_coverage(metric: str, arms: Sequence[tuple[str, CovariateSumsLike | None]]) -> CovariateCoverage:
+    """CUPED applies when every unit of every arm with data sent its pre-exposure value (pre_units = units).
+
+    Mixing adjusted and unadjusted units would bias the estimate, so a partial covariate means no CUPED for the
+    metric (every treatment alike) and a note naming the metric, the arms and how many units lack it. Arms
+    without units are left out (nothing to adjust); no covariate at all is the plain case: no note.
+    """
+    with_units = [(v, s) for v, s in arms if s is not None and s.units > 0]
+    if not with_units:
+        return CovariateCoverage(False, None)
+    sent = sum(min(max(s.pre_units, 0), s.units) for _, s in with_units)
+    if sent == 0:
+        return CovariateCoverage(False, None)
+    short = [(v, s.units - min(max(s.pre_units, 0), s.units), s.units) for v, s in with_units]
+    missing = [x for x in short if x[1] > 0]
+    if not missing:
+        return CovariateCoverage(True, None)
+    total = sum(s.units for _, s in with_units)
+    lacking = sum(m for _, m, _ in missing)
+    where = ", ".join(f"{v}: {m:,} of {n:,}" for v, m, n in missing)
+    return CovariateCoverage(
+        False,
+        f"metric {metric}: CUPED not applied — {lacking:,} of {total:,} units came without their pre-exposure "
+        f"value ({where}); the unadjusted estimate is reported until every update carries pre_sum, pre_sum_sq "
+        "and pre_value_product_sum",
+    )
+
+
+def metric_cuped(
+    kind: str,
+    metric: str,
+    setting: str,
+    control: tuple[str, CovariateSumsLike],
+    treatments: Sequence[tuple[str, CovariateSumsLike | None]],
+    *,
+    method: Method,
+    alpha: float,
+    n_star: float,
+) -> tuple[dict[str, CupedEffect], str | None]:
+    """A metric's CUPED effects per treatment (variant -> CupedEffect) when its setting and data allow, else {}.
+
+    ``setting`` is the metric's ``cuped`` (auto | off); ``kind`` proportion or mean (ratio metrics have no
+    covariate). The note is covariate_coverage's: set when covariates are missing for some units.
+    """
+    if setting != "auto" or kind not in _KINDS:
+        return {}, None
+    k = _kind(kind)
+    coverage = covariate_coverage(metric, [control, *treatments])
+    if not coverage.applies:
+        return {}, coverage.note
+    ctrl = covariate_sums(control[1])
+    return {
+        name: cuped_effect(ctrl, covariate_sums(sums), kind=k, method=method, alpha=alpha, n_star=n_star)
+        for name, sums in treatments
+        if sums is not None and sums.units > 0
+    }, None

@@ -20,19 +20,22 @@ Roles decide what a metric's result means:
 ``not_shown`` is the verdict of a comparison that could not be computed (no data, zero variance, ...).
 
 The seam for adjusted estimators (CUPED) is ``arm_estimates``: everything downstream reads only the
-``ArmEstimate`` pair it returns.
+``ArmEstimate`` pair it returns. CUPED (cuped.py) adjusts a ``proportion`` or ``mean`` metric whose every unit sent
+its pre-exposure covariate (``cuped: auto``): the comparison's effect is then the adjusted one, and the
+unadjusted effect and the variance reduction ride along for reports.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal, Protocol
 
 from scipy import special
 
 from . import _validate as check
+from .cuped import CupedEffect, metric_cuped
 from .effects import (
     ONE_SIDED_MAX_TUNING_LEVEL,
     effect_from_moments,
@@ -83,6 +86,15 @@ class MetricSumsLike(Protocol):
     def denominator_sum_sq(self) -> float | None: ...
     @property
     def value_denominator_product_sum(self) -> float | None: ...
+    # CUPED's covariate (cuped.CovariateSumsLike): pre_units of the units also sent their pre-exposure value.
+    @property
+    def pre_units(self) -> int: ...
+    @property
+    def pre_sum(self) -> float | None: ...
+    @property
+    def pre_sum_sq(self) -> float | None: ...
+    @property
+    def pre_value_product_sum(self) -> float | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,10 +128,17 @@ class MetricComparison:
     #                    treatments; secondary: the raw p-value
     verdict: Verdict
     non_inferiority: NonInferiority | None = None  # guardrails only
+    unadjusted: Effect | None = None  # CUPED applied: the estimate without the covariate (effect is adjusted)
+    variance_reduction: float | None = None  # CUPED applied: 1 - Var(adjusted lift)/Var(unadjusted lift)
 
     @property
     def lift(self) -> float | None:
         return self.effect.estimate
+
+    @property
+    def unadjusted_lift(self) -> float | None:
+        """The lift without CUPED: the lift itself when CUPED did not apply."""
+        return (self.unadjusted or self.effect).estimate
 
     @property
     def p_value(self) -> float:
@@ -142,6 +161,7 @@ class MetricAnalysis:
     comparisons: tuple[MetricComparison, ...]
     alpha: float
     method: Method
+    cuped_note: str | None = None  # why CUPED could not adjust this metric (covariates missing for some units)
 
     def comparison(self, variant: str) -> MetricComparison | None:
         return next((c for c in self.comparisons if c.variant == variant), None)
@@ -337,12 +357,14 @@ def analyze_metric(
     n_star: float = 5000,
     correction: Correction = "holm",
     primary_count: int = 1,
+    cuped: Literal["auto", "off"] = "auto",
 ) -> MetricAnalysis:
     """Every treatment against control on one metric, with its role's test and verdict (see the module doc).
 
     A treatment whose sums are None (no data recorded for it) is compared against an empty arm: ``not_shown``.
-    ``primary_count`` is the number of primary metrics alpha is split across (Bonferroni). Raises
-    StatsInputError for impossible sums or settings only.
+    ``primary_count`` is the number of primary metrics alpha is split across (Bonferroni). ``cuped``: auto
+    adjusts by the covariate when every unit sent one (cuped.metric_cuped), off never. Raises StatsInputError
+    for impossible sums or settings only.
     """
     k = _kind(kind)
     m, a, ns = check.method(method), check.alpha(alpha), check.n_star(n_star)
@@ -367,6 +389,9 @@ def analyze_metric(
                 k, ctrl_sums, t_sums, (f"metric {name!r}: {ctrl_name}", f"metric {name!r}: {t_name}")
             )
         arms.append((t_name, ea_t, eb, _effect(k, ea_t, eb, m, a, ns)))
+    by_cuped, cuped_note = metric_cuped(k, name, cuped, control, treatments, method=m, alpha=a, n_star=ns)
+    if by_cuped:
+        arms = [(t, ea_t, eb, by_cuped[t].adjusted if t in by_cuped else e) for t, ea_t, eb, e in arms]
     comparisons: list[MetricComparison] = []
     if role == "guardrail":
         nis = [
@@ -390,6 +415,8 @@ def analyze_metric(
             adjusted = tuple(raw)
         for (t_name, _, eb, e), adj in zip(arms, adjusted, strict=True):
             comparisons.append(MetricComparison(t_name, eb.n, eb.mean, e, adj, two_sided_verdict(e, adj, a, direction)))
+    if by_cuped:
+        comparisons = [_with_cuped(c, by_cuped.get(c.variant)) for c in comparisons]
     return MetricAnalysis(
         name=name,
         kind=k,
@@ -402,7 +429,14 @@ def analyze_metric(
         comparisons=tuple(comparisons),
         alpha=a,
         method=m,
+        cuped_note=cuped_note,
     )
+
+
+def _with_cuped(c: MetricComparison, ce: CupedEffect | None) -> MetricComparison:
+    if ce is None:
+        return c
+    return replace(c, unadjusted=ce.unadjusted, variance_reduction=ce.variance_reduction)
 
 
 def builtin_metric_analysis(
