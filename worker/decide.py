@@ -199,6 +199,30 @@ class Decision:
     def variant(self, name: str) -> VariantSnapshot | None:
         return next((v for v in self.variants if v.name == name), None)
 
+    def guardrails_json(self, variant: str | None = None) -> list[dict[str, Any]]:
+        """Each guardrail's verdict for ``variant`` (default: the winner, else the best treatment), as the
+        notifications list them: lift and bound in percent, the bound the one-sided one on the bad side."""
+        name = variant if variant is not None else (self.candidate.variant if self.candidate is not None else None)
+        out: list[dict[str, Any]] = []
+        for m in self.metrics:
+            c = m.comparison(name) if m.role == "guardrail" and name is not None else None
+            if c is None:
+                continue
+            ni = c.non_inferiority
+            out.append(
+                {
+                    "name": m.name,
+                    "variant": c.variant,
+                    "verdict": c.verdict,
+                    "direction": m.direction,
+                    "margin": m.margin,
+                    "lift": _pct_or_none(c.lift),
+                    "bound": _pct_or_none(ni.bound if ni is not None else None),
+                    "pValue": _round(c.p_value, 8),
+                }
+            )
+        return out
+
     def variant_stats_json(self) -> list[dict[str, Any]]:
         """Per-variant statistics as the API, audit log and notifications show them."""
         out: list[dict[str, Any]] = []

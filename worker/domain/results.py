@@ -121,6 +121,7 @@ class NotificationPayload(TypedDict):
     reason: str | None
     variants: list[dict[str, Any]]
     dryRun: bool
+    guardrails: NotRequired[list[dict[str, Any]]]  # from a decision: each guardrail's verdict for the variant
     trigger: NotRequired[str]  # promotion.rolled_back
     metric: NotRequired[str]  # guard.breached: the breached metric
     guard: NotRequired[dict[str, Any]]  # guard.breached: its numbers

@@ -51,8 +51,9 @@ def payload(
     control_variant: str | None = None,
     occurred_at: datetime | None = None,
 ) -> NotificationPayload:
-    """The payload every notification event shares."""
-    return {
+    """The payload every notification event shares (``guardrails``: from a decision, its guardrails' verdicts for
+    the variant)."""
+    out: NotificationPayload = {
         "event": event,
         "experimentName": experiment_name,
         "priority": priority,
@@ -71,6 +72,9 @@ def payload(
         "variants": decision.variant_stats_json() if decision else [],
         "dryRun": dry_run,
     }
+    if decision is not None:
+        out["guardrails"] = decision.guardrails_json(variant)
+    return out
 
 
 def breach_payload(watch: WatchedPromotion, row: Mapping[str, Any], breach: GuardBreach) -> NotificationPayload:

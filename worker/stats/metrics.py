@@ -35,6 +35,7 @@ from typing import Literal, Protocol
 from scipy import special
 
 from . import _validate as check
+from ._validate import _INT64_MAX
 from .cuped import CupedEffect, metric_cuped
 from .effects import (
     ONE_SIDED_MAX_TUNING_LEVEL,
@@ -195,10 +196,23 @@ class MetricAnalysis:
         )
 
 
+def _count(label: str, x: object) -> int:
+    # The common case (an int from the data layer) without the general checker's isinstance chain.
+    if type(x) is int and 0 <= x <= _INT64_MAX:
+        return x
+    return check.count(label, x)
+
+
+def _real(label: str, x: object) -> float:
+    if type(x) is float and math.isfinite(x):
+        return x
+    return check.real(label, x)
+
+
 def _opt_real(label: str, x: float | None) -> float:
     if x is None:
         raise StatsInputError(f"{label} is missing: a ratio metric needs all five sums (Σx, Σx², Σy, Σy², Σxy)")
-    return check.real(label, x)
+    return _real(label, x)
 
 
 def arm_estimate(kind: Kind, sums: MetricSumsLike, label: str = "arm") -> ArmEstimate:
@@ -209,8 +223,8 @@ def arm_estimate(kind: Kind, sums: MetricSumsLike, label: str = "arm") -> ArmEst
     var_x/μy² - 2 cov μx/μy³ + μx² var_y/μy⁴ (0 when μy = 0 or n <= 1), with the moments as the data give them.
     Raises StatsInputError for negative or non-integer counts, non-finite sums, or a proportion above 1.
     """
-    n = check.count(f"{label}: units", sums.units)
-    s = check.real(f"{label}: value_sum", sums.value_sum)
+    n = _count(label + ": units", sums.units)
+    s = _real(label + ": value_sum", sums.value_sum)
     if kind == "proportion":
         if s < 0.0 or s > n or not float(s).is_integer():
             raise StatsInputError(f"{label}: a proportion's value_sum ({s!r}) must be a whole count in [0, units={n}]")
@@ -218,7 +232,7 @@ def arm_estimate(kind: Kind, sums: MetricSumsLike, label: str = "arm") -> ArmEst
             return ArmEstimate(0, 0.0, 0.0)
         p = s / n
         return ArmEstimate(n, p, p * (1.0 - p))
-    ss = check.real(f"{label}: value_sum_sq", sums.value_sum_sq)
+    ss = _real(label + ": value_sum_sq", sums.value_sum_sq)
     if kind == "mean":
         if ss < 0.0:
             raise StatsInputError(f"{label}: value_sum_sq must be >= 0, got {ss!r}")
@@ -231,9 +245,9 @@ def arm_estimate(kind: Kind, sums: MetricSumsLike, label: str = "arm") -> ArmEst
         return ArmEstimate(n, mean, 0.0 if n <= 1 else max(centred, 0.0) / (n - 1))
     if kind != "ratio":
         raise StatsInputError(f"metric kind must be one of {KINDS}, got {kind!r}")
-    d = _opt_real(f"{label}: denominator_sum", sums.denominator_sum)
-    dd = _opt_real(f"{label}: denominator_sum_sq", sums.denominator_sum_sq)
-    sd = _opt_real(f"{label}: value_denominator_product_sum", sums.value_denominator_product_sum)
+    d = _opt_real(label + ": denominator_sum", sums.denominator_sum)
+    dd = _opt_real(label + ": denominator_sum_sq", sums.denominator_sum_sq)
+    sd = _opt_real(label + ": value_denominator_product_sum", sums.value_denominator_product_sum)
     if n == 0:
         return ArmEstimate(0, 0.0, 0.0)
     mean = 0.0 if d == 0.0 else s / d
@@ -252,10 +266,16 @@ def arm_estimates(
     control: MetricSumsLike,
     treatment: MetricSumsLike,
     labels: tuple[str, str] = ("control", "treatment"),
+    *,
+    control_estimate: ArmEstimate | None = None,
 ) -> tuple[ArmEstimate, ArmEstimate]:
     """The seam: one metric's sums for two arms -> each arm's estimate. An adjusted estimator (CUPED, which needs
-    both arms to pick its coefficient) replaces this function; nothing downstream reads the sums."""
-    return arm_estimate(kind, control, labels[0]), arm_estimate(kind, treatment, labels[1])
+    both arms to pick its coefficient) replaces this function; nothing downstream reads the sums.
+
+    ``control_estimate``: the control's unadjusted estimate when the caller has it already (several treatments
+    share one control); an adjusted estimator computes its own."""
+    ea = control_estimate if control_estimate is not None else arm_estimate(kind, control, labels[0])
+    return ea, arm_estimate(kind, treatment, labels[1])
 
 
 def _metric_type(kind: Kind) -> MetricType:
@@ -328,6 +348,22 @@ def non_inferiority(
     return NonInferiority(p, est - sign * hw, p < alpha)
 
 
+def _settings(
+    method: object, alpha: object, n_star: object, correction: object
+) -> tuple[Method, float, float, Correction]:
+    """The checked settings; the common case (the decision's own, already valid) without the checkers' work."""
+    if (
+        method in check.METHODS
+        and correction in check.CORRECTIONS
+        and type(alpha) is float
+        and 0.0 < alpha < 1.0
+        and type(n_star) is float
+        and 1.0 <= n_star <= 1e12
+    ):
+        return method, alpha, n_star, correction
+    return check.method(method), check.alpha(alpha), check.n_star(n_star), check.correction(correction)
+
+
 def _kind(kind: object) -> Kind:
     if kind not in KINDS:
         raise StatsInputError(f"metric kind must be one of {KINDS}, got {kind!r}")
@@ -367,27 +403,25 @@ def analyze_metric(
     for impossible sums or settings only.
     """
     k = _kind(kind)
-    m, a, ns = check.method(method), check.alpha(alpha), check.n_star(n_star)
-    corr = check.correction(correction)
+    m, a, ns, corr = _settings(method, alpha, n_star, correction)
     if role not in ROLES:
         raise StatsInputError(f"metric role must be one of {ROLES}, got {role!r}")
     if direction not in DIRECTIONS:
         raise StatsInputError(f"metric direction must be one of {DIRECTIONS}, got {direction!r}")
-    mg = check.real("margin", margin)
+    mg = _real("margin", margin)
     if mg < 0.0:
         raise StatsInputError(f"margin must be >= 0 (a relative margin: 0.02 = at most 2% worse), got {margin!r}")
     if isinstance(primary_count, bool) or not isinstance(primary_count, int) or primary_count < 1:
         raise StatsInputError(f"primary_count must be an integer >= 1, got {primary_count!r}")
     ctrl_name, ctrl_sums = control
-    ea = arm_estimate(k, ctrl_sums, f"metric {name!r}: {ctrl_name}")
+    label = f"metric {name!r}: {ctrl_name}"
+    ea = arm_estimate(k, ctrl_sums, label)
     arms: list[tuple[str, ArmEstimate, ArmEstimate, Effect]] = []
     for t_name, t_sums in treatments:
         if t_sums is None:
             ea_t, eb = ea, ArmEstimate(0, 0.0, 0.0)
         else:
-            ea_t, eb = arm_estimates(
-                k, ctrl_sums, t_sums, (f"metric {name!r}: {ctrl_name}", f"metric {name!r}: {t_name}")
-            )
+            ea_t, eb = arm_estimates(k, ctrl_sums, t_sums, (label, f"metric {name!r}: {t_name}"), control_estimate=ea)
         arms.append((t_name, ea_t, eb, _effect(k, ea_t, eb, m, a, ns)))
     by_cuped, cuped_note = metric_cuped(k, name, cuped, control, treatments, method=m, alpha=a, n_star=ns)
     if by_cuped:
