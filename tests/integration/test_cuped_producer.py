@@ -6,6 +6,7 @@ came without one."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -162,3 +163,28 @@ async def test_ab_record_metric_covariates_adjust_an_added_metric(conn: asyncpg.
     assert on["unadjustedLift"] == pytest.approx(off["lift"], abs=1e-4)
     assert by_name["primary"]["treatments"][0]["varianceReduction"] is None  # no covariate sent for it
     assert data["notes"] == []
+
+
+README = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+
+
+async def test_the_readme_covariate_examples_run_as_written(conn: asyncpg.Connection) -> None:
+    block = README.split("<!-- cuped-sql:start -->", 1)[1].split("<!-- cuped-sql:end -->", 1)[0]
+    sql = block.split("```sql", 1)[1].split("```", 1)[0]
+    await create_experiment(conn, "order-value-test", metric_type="mean")
+    await create_experiment(conn, "signup-test")
+    await conn.execute(
+        """INSERT INTO ab_metrics (experiment_id, name, kind, role)
+           SELECT id, 'activated', 'proportion', 'secondary' FROM ab_experiments WHERE name = 'signup-test'"""
+    )
+    await conn.execute(sql)
+    await fold_pending_updates(conn)
+    rows = await conn.fetch(
+        """SELECT e.name, s.exposures, s.pre_units FROM ab_variant_stats s JOIN ab_variants v ON v.id = s.variant_id
+             JOIN ab_experiments e ON e.id = v.experiment_id WHERE v.name = 'variant-b' ORDER BY e.name"""
+    )
+    assert [(r["name"], r["exposures"], r["pre_units"]) for r in rows] == [
+        ("order-value-test", 50, 50),
+        ("signup-test", 50, 50),
+    ]
+    assert await conn.fetchval("SELECT pre_units FROM ab_metric_stats") == 50
