@@ -198,3 +198,19 @@ def test_ratio_metrics_are_never_adjusted() -> None:
     s = MetricSums(100, 50.0, 60.0, 200.0, 500.0, 120.0)
     m = analyze_metric("rps", "ratio", ("control", s), [("b", s)])
     assert m.comparisons[0].variance_reduction is None and m.cuped_note is None
+
+
+def test_the_dashboard_shows_what_cuped_did_and_the_fallback_note() -> None:
+    from worker.http.dashboard.views import metrics_table
+
+    vs = (variant("control", CTRL, control=True), variant("variant-b", TREAT))
+    data = decide(snapshot(vs), config()).to_check_data()
+    (group,) = metrics_table(data)
+    (row,) = group["rows"]
+    t = data["metrics"][0]["treatments"][0]
+    assert row["cuped"] == (
+        f"CUPED: {100 * t['varianceReduction']:.0f}% less variance; without it {t['unadjustedLift']:+.1f}%"
+    )
+    partial = (variant("control", CTRL, control=True), variant("variant-b", TREAT, pre_units=2400))
+    (group,) = metrics_table(decide(snapshot(partial), config()).to_check_data())
+    assert group["rows"][0]["cuped"] is None
