@@ -136,6 +136,14 @@ def _render_check(data: dict[str, Any]) -> None:
         print("why not:")
         for r in data["reasons"]:
             print(f"  - {r}")
+    for m in data.get("metrics") or []:
+        for t in m.get("treatments") or []:
+            if t.get("varianceReduction") is not None and t.get("lift") is not None:
+                unadjusted = "-" if t.get("unadjustedLift") is None else f"{t['unadjustedLift']:+.2f}%"
+                print(
+                    f"CUPED on {m['name']}: {t['variant']} {t['lift']:+.2f}% adjusted ({unadjusted} without), "
+                    f"{100 * t['varianceReduction']:.0f}% less variance"
+                )
     for note in data.get("notes") or []:
         print(f"note: {note}")
 

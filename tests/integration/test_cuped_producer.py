@@ -6,6 +6,7 @@ came without one."""
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 
 from tests.factories import create_experiment
+from tests.support.cli import run_cli
 from worker.config import load_config, load_settings
 from worker.db.fold import fold_pending_updates
 from worker.engine import Engine
@@ -188,3 +190,19 @@ async def test_the_readme_covariate_examples_run_as_written(conn: asyncpg.Connec
         ("signup-test", 50, 50),
     ]
     assert await conn.fetchval("SELECT pre_units FROM ab_metric_stats") == 50
+
+
+async def test_check_as_a_user_runs_it_names_cuped_and_the_fallback(conn: asyncpg.Connection, db_url: str) -> None:
+    config = {"thresholds": {"minSampleSize": 500, "minImprovement": 1, "minRuntimeHours": 1}}
+    await create_experiment(conn, "revenue-cuped", metric_type="mean", config=config)
+    await create_experiment(conn, "revenue-partial", metric_type="mean", config=config)
+    await send(conn, "revenue-cuped", covariate=True)
+    await send(conn, "revenue-partial", covariate=lambda variant, i: not (variant == "variant-b" and i % 10 == 0))
+    cuped = run_cli("check", "revenue-cuped", db_url=db_url)
+    assert cuped.returncode == 0, cuped.stdout + cuped.stderr  # eligible
+    assert re.search(
+        r"CUPED on primary: variant-b \+[\d.]+% adjusted \(\+[\d.]+% without\), \d+% less variance", cuped.stdout
+    )
+    partial = run_cli("check", "revenue-partial", db_url=db_url)
+    assert partial.returncode == 1 and "CUPED on" not in partial.stdout
+    assert "note: metric primary: CUPED not applied — 400 of 8,000 units" in partial.stdout
