@@ -214,3 +214,20 @@ def test_the_dashboard_shows_what_cuped_did_and_the_fallback_note() -> None:
     partial = (variant("control", CTRL, control=True), variant("variant-b", TREAT, pre_units=2400))
     (group,) = metrics_table(decide(snapshot(partial), config()).to_check_data())
     assert group["rows"][0]["cuped"] is None
+
+
+def test_a_covariate_that_explains_the_metric_exactly_falls_back_with_a_note() -> None:
+    x0, x1 = np.arange(40.0), np.arange(45.0) + 1.0
+
+    def exact(x: np.ndarray, lift: float) -> MetricSums:
+        y = 2.0 * x + 3.0 + lift
+        return MetricSums(len(x), float(y.sum()), float((y * y).sum()), pre_units=len(x), pre_sum=float(x.sum()),
+                          pre_sum_sq=float((x * x).sum()), pre_value_product_sum=float((x * y).sum()))  # fmt: skip
+
+    m = analyze_metric("spend", "mean", ("control", exact(x0, 0.0)), [("b", exact(x1, 0.0))])
+    assert m.cuped_note == (
+        "metric spend: CUPED not applied — the pre-exposure value explains the metric exactly for b "
+        "(no variance left to test); the unadjusted estimate is reported"
+    )
+    (c,) = m.comparisons
+    assert c.variance_reduction is None and c.effect.estimate is not None and c.unadjusted is None

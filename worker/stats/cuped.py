@@ -384,8 +384,17 @@ def metric_cuped(
     if not coverage.applies:
         return {}, coverage.note
     ctrl = covariate_sums(control[1])
-    return {
+    effects = {
         name: cuped_effect(ctrl, covariate_sums(sums), kind=k, method=method, alpha=alpha, n_star=n_star)
         for name, sums in treatments
         if sums is not None and sums.units > 0
-    }, None
+    }
+    lost = [name for name, e in effects.items() if e.adjusted.estimate is None and e.unadjusted.estimate is not None]
+    if lost:
+        # The covariate explains the metric exactly (adjusted variance 0): no test is possible on the adjusted
+        # scale, and adjusting only the other treatments would mix; the unadjusted estimate still tests.
+        return {}, (
+            f"metric {metric}: CUPED not applied — the pre-exposure value explains the metric exactly for "
+            f"{', '.join(lost)} (no variance left to test); the unadjusted estimate is reported"
+        )
+    return effects, None
