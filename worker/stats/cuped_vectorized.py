@@ -135,11 +135,8 @@ def cuped_many(
     x_prop = np.all((xx == x) & (x >= 0.0) & (x <= nn), axis=1) if y_prop else np.zeros(shape[0], dtype=bool)
     with np.errstate(all="ignore"):
         my, vy, mx, vx, cov = _moments(nn, y, yy, x, xx, xy, y_prop, x_prop[:, None])
-        n_j = nn.sum(axis=1)
-        _, jvy, _, jvx, jcov = _moments(
-            n_j[:, None], y.sum(1)[:, None], yy.sum(1)[:, None], x.sum(1)[:, None], xx.sum(1)[:, None],
-            xy.sum(1)[:, None], y_prop, x_prop[:, None],
-        )  # fmt: skip
+        pn, py, pyy, px, pxx, pxy = (v.sum(axis=1, keepdims=True) for v in (nn, y, yy, x, xx, xy))  # arms pooled
+        _, jvy, _, jvx, jcov = _moments(pn, py, pyy, px, pxx, pxy, y_prop, x_prop[:, None])
         theta = np.where((jvx[:, 0] == 0.0) | (jvy[:, 0] == 0.0), 0.0, jcov[:, 0] / jvx[:, 0])
     na, nb = nn[:, 0], nn[:, 1]
     unadj_ok = (na > 0) & (nb > 0)
