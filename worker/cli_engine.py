@@ -19,6 +19,8 @@ from worker.domain.errors import (
     DomainError,
     ExperimentNotFound,
     InvalidRequest,
+    MetricExists,
+    MetricNotFound,
     PromotionNotFound,
 )
 from worker.http.models import CheckResult, PromoteResult, RollbackResult, ScanResult
@@ -33,6 +35,8 @@ EXIT_CODES: dict[type[DomainError], int] = {
     PromotionNotFound: EXIT_USAGE,
     AlreadyPromoted: EXIT_REFUSED,
     AlreadyRolledBack: EXIT_REFUSED,
+    MetricNotFound: EXIT_USAGE,
+    MetricExists: EXIT_REFUSED,
 }
 
 

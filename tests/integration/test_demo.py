@@ -31,6 +31,8 @@ def test_demo_runs_every_path_to_its_summary_without_a_terminal() -> None:
     assert "legacy-checkout: excluded by configuration" in summary
     assert "checkout-flow: variant-b rolled back by autopromote-guard: guard: error rate" in summary
     assert "pricing-banner: variant-b rolled back by demo-operator" in summary
+    assert "checkout-upsell: guardrail revenue_per_visit: variant-b is -" in summary
+    assert "— not shown within the -2.0% margin" in summary
     assert "notification  webhook  promotion.promoted" in out
     # CUPED decides on fewer users than its twin, which gets the same users' data without the covariate.
     cuped = re.search(r"order-value-cuped: promoted variant-b \(\+[\d.]+%\) at ([\d,]+) users per arm; CUPED", summary)

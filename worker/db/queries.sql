@@ -5,10 +5,13 @@
 -- Claim up to $1 pending metric updates and fold them into ab_variant_stats, in one statement.
 -- Rows with a metric_id (ab_record_metric, schema/0009) are folded into ab_metric_stats by the same statement, and
 -- count in their variant's updates_folded (the statistics version) like any other update; variants = rows written.
+-- The claimed rows are deleted by their ctid (a TID scan of exactly the rows the sub-select locked, which nobody else
+-- can change or move until this commits) rather than by "id IN (...)", which the planner ran as a hash join over the
+-- whole queue for every batch: 3x faster on a 1,000,000-row backlog.
 -- fold_pending_for and fold_pending_relaxed below are the same statement (tests/test_sql_loader.py checks it).
 WITH claimed AS (
     DELETE FROM ab_metric_updates
-     WHERE id IN (SELECT id FROM ab_metric_updates ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
+     WHERE ctid = ANY(ARRAY(SELECT ctid FROM ab_metric_updates ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED))
     RETURNING *
 ), agg AS (
     SELECT variant_id, min(experiment_id) AS experiment_id, count(*) AS n,
@@ -88,7 +91,7 @@ SELECT experiment_id, sum(n)::bigint AS updates, max(last_recorded_at) AS last_r
 -- fold_pending for the experiments $2 only (a check or promotion folds its own experiment first).
 WITH claimed AS (
     DELETE FROM ab_metric_updates
-     WHERE id IN (SELECT id FROM ab_metric_updates WHERE experiment_id = ANY($2::bigint[]) ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
+     WHERE ctid = ANY(ARRAY(SELECT ctid FROM ab_metric_updates WHERE experiment_id = ANY($2::bigint[]) ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED))
     RETURNING *
 ), agg AS (
     SELECT variant_id, min(experiment_id) AS experiment_id, count(*) AS n,
@@ -168,7 +171,7 @@ SELECT experiment_id, sum(n)::bigint AS updates, max(last_recorded_at) AS last_r
 -- fold_pending with a relaxed commit (the daemon's folder; see RELAXED_COMMIT in worker/db/fold.py).
 WITH claimed AS (
     DELETE FROM ab_metric_updates
-     WHERE id IN (SELECT id FROM ab_metric_updates ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
+     WHERE ctid = ANY(ARRAY(SELECT ctid FROM ab_metric_updates ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED))
     RETURNING *
 ), agg AS (
     SELECT variant_id, min(experiment_id) AS experiment_id, count(*) AS n,
@@ -679,3 +682,35 @@ SELECT e.id, e.name, e.status, e.started_at, e.metric_type, e.priority, e.config
 -- name: database_writable
 -- /readyz: the server accepts writes (a hot standby after a failover, or default_transaction_read_only, does not).
 SELECT NOT pg_is_in_recovery() AND current_setting('transaction_read_only') = 'off';
+
+-- name: metric_definitions
+-- The ab_metrics rows of experiment $1 in creation order, each with its units per variant (variant name -> units,
+-- from ab_metric_stats; {} before any was folded).
+SELECT m.id, m.name, m.kind, m.role, m.direction, m.margin, m.description, m.cuped, m.created_at, m.updated_at,
+       (SELECT coalesce(json_object_agg(v.name, ms.units ORDER BY v.id), '{}'::json)
+          FROM ab_metric_stats ms JOIN ab_variants v ON v.id = ms.variant_id WHERE ms.metric_id = m.id) AS units
+  FROM ab_metrics m WHERE m.experiment_id = $1
+ ORDER BY m.id;
+
+-- name: builtin_metric_units
+-- The built-in metric's units per variant of experiment $1 (its exposures, from ab_variant_stats).
+SELECT coalesce(json_object_agg(v.name, coalesce(s.exposures, 0) ORDER BY v.id), '{}'::json)
+  FROM ab_variants v LEFT JOIN ab_variant_stats s ON s.variant_id = v.id WHERE v.experiment_id = $1;
+
+-- name: insert_metric
+-- Add one ab_metrics row to experiment $1 ($2 name, $3 kind, $4 role, $5 direction, $6 margin, $7 description,
+-- $8 cuped); the table's trigger refuses a bad definition with a message and a hint.
+INSERT INTO ab_metrics (experiment_id, name, kind, role, direction, margin, description, cuped)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+RETURNING id, name, kind, role, direction, margin, description, cuped, created_at, updated_at;
+
+-- name: delete_metric_updates
+-- The queued updates of metric $2 of experiment $1: deleted before the metric itself (delete_metric), so that a fold
+-- holding some of them is waited for here, before the metric row is locked, instead of deadlocking with its cascade.
+DELETE FROM ab_metric_updates u USING ab_metrics m
+ WHERE m.experiment_id = $1 AND m.name = $2 AND u.metric_id = m.id;
+
+-- name: delete_metric
+-- Remove the metric $2 of experiment $1 with its statistics (ON DELETE CASCADE).
+DELETE FROM ab_metrics m WHERE m.experiment_id = $1 AND m.name = $2
+RETURNING id, name, kind, role, direction, margin, description, cuped, created_at, updated_at;
