@@ -231,3 +231,16 @@ def test_a_covariate_that_explains_the_metric_exactly_falls_back_with_a_note() -
     )
     (c,) = m.comparisons
     assert c.variance_reduction is None and c.effect.estimate is not None and c.unadjusted is None
+
+
+def test_covariate_coverage_ignores_empty_arms_and_is_silent_without_any_covariate() -> None:
+    from worker.stats.cuped import covariate_coverage
+
+    full = MetricSums(10, 5.0, 5.0, pre_units=10, pre_sum=3.0, pre_sum_sq=3.0, pre_value_product_sum=2.0)
+    none = MetricSums(10, 5.0, 5.0)
+    assert covariate_coverage("m", [("a", full), ("b", full), ("c", MetricSums()), ("d", None)]).applies
+    plain = covariate_coverage("m", [("a", none), ("b", none)])
+    assert not plain.applies and plain.note is None
+    mixed = covariate_coverage("m", [("a", full), ("b", none)])
+    assert not mixed.applies and mixed.note is not None and "b: 10 of 10" in mixed.note
+    assert not covariate_coverage("m", [("a", MetricSums()), ("b", None)]).applies
