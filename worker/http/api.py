@@ -30,7 +30,8 @@ from pydantic import BaseModel, ValidationError
 from worker.config import PRESET_NAMES, PRESETS, ConfigError, EffectiveConfig, deep_merge, load_config
 from worker.db.reads import AuditEntry, EvaluationSnapshot, Experiment, Promotion, Reads, VariantStats
 from worker.db.sql import Q
-from worker.domain.errors import DomainError, ExperimentNotFound
+from worker.domain.errors import DomainError, ExperimentNotFound, InvalidRequest
+from worker.domain.planning import PlanRequest, plan_experiment
 from worker.http import auth
 from worker.http.app import CTX, AppContext
 from worker.http.errors import (
@@ -52,6 +53,8 @@ from worker.http.models import (
     CheckRequest,
     ConfigQuery,
     ExperimentsQuery,
+    PlanQuery,
+    PlanResponse,
     PromoteRequest,
     PromotionsQuery,
     Query,
@@ -89,6 +92,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/promotions", list_promotions)
     app.router.add_get("/api/promotions/stats", promotion_stats)
     app.router.add_get("/api/audit", list_audit)
+    app.router.add_get("/api/plan", get_plan)
     app.router.add_get("/api/openapi.json", get_openapi)
 
 
@@ -688,6 +692,48 @@ async def list_audit(request: web.Request) -> web.Response:
             "offset": query.offset,
         }
     )
+
+
+# -------------------------------------------------------------------------------------------------- plan
+def plan_request(query: PlanQuery) -> PlanRequest:
+    return PlanRequest(
+        metric_type=query.metricType,
+        baseline=query.baseline,
+        mde=query.mde,
+        sd=query.sd,
+        alpha=query.alpha,
+        power=query.power,
+        treatments=query.treatments,
+        primary_metrics=query.primaryMetrics,
+        rho=query.rho,
+        daily_exposures=query.dailyExposures,
+    )
+
+
+def plan_data(ctx: AppContext, query: PlanQuery) -> dict[str, Any]:
+    """The plan under the server's configuration (or the query's preset); ApiError 400 for what cannot be planned."""
+    try:
+        effective = request_config(ctx, query.preset, None)
+    except ConfigError as exc:
+        raise config_error(exc) from None
+    try:
+        data = plan_experiment(plan_request(query), effective.config)
+    except InvalidRequest as exc:
+        errors = [
+            field_error("query." + e["field"] if e["field"] else "query", e["message"])
+            for e in exc.details.get("errors", [])
+        ]
+        raise invalid_request("cannot plan with these parameters", errors) from None
+    checked: dict[str, Any] = PlanResponse.model_validate({"success": True, "data": data}).model_dump(mode="json")
+    return checked
+
+
+async def get_plan(request: web.Request) -> web.Response:
+    """Exposures per arm and days for the configured method and a fixed horizon (``autopromote plan``)."""
+    ctx = request.app[CTX]
+    await auth.require_role(request, "viewer")
+    query = parse_query(request, PlanQuery)
+    return json_response(plan_data(ctx, query))
 
 
 # ----------------------------------------------------------------------------------------------- openapi
