@@ -4,7 +4,7 @@ One model per ``action`` of the seed's POST (a discriminated union on ``action``
 fields, and one model per endpoint's query string. Every constraint the server enforces is a JSON Schema
 keyword here (lengths, ranges, patterns, NUL characters refused), so that a client generated from the document
 never sends a request the document allows and the server refuses. The few rules that span two fields are
-written as JSON Schema too (``json_schema_extra``) next to the code that enforces them (api.py).
+written as JSON Schema too (``json_schema_extra``) next to the code that enforces them (worker/http/api/).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ NonBlank = Annotated[str, Field(pattern=NON_BLANK_TEXT)]
 PresetName = Annotated[str, WithJsonSchema({"type": "string", "enum": list(PRESET_NAMES)})]
 # The overrides are checked by worker.config.load_config (a 400 invalid_config listing every problem).
 ConfigOverrides = Annotated[dict[str, Any], WithJsonSchema({"x-ref": CONFIG_REF})]
-# A rollback has no dry run: config.dryRun may only be false (api.py refuses true).
+# A rollback has no dry run: config.dryRun may only be false (api/actions.py refuses true).
 RollbackConfig = Annotated[
     dict[str, Any], WithJsonSchema({"allOf": [{"x-ref": CONFIG_REF}, {"properties": {"dryRun": {"const": False}}}]})
 ]
@@ -76,7 +76,7 @@ class _Request(BaseModel):
 
 
 class _DecidingRequest(_Request):
-    # dryRun and config.dryRun, when both given, must be equal (api._action_problems).
+    # dryRun and config.dryRun, when both given, must be equal (api/actions.py _action_problems).
     model_config = ConfigDict(json_schema_extra=_DRY_RUN_CONFLICT)
 
     config: ConfigOverrides | None = Field(None, description="Overrides for this request, camelCase.")
@@ -275,6 +275,40 @@ class CheckVariant(_Out):
     note: str | None = None
 
 
+class MetricControl(_Out):
+    variant: str
+    units: int
+    mean: float = Field(description="The control's estimate: conversion rate, mean, or ratio of sums.")
+
+
+class MetricTreatment(_Out):
+    variant: str
+    units: int
+    mean: float
+    lift: float | None = Field(description="Relative lift over control in percent (like improvement); null: none.")
+    interval: tuple[float, float] | None = Field(
+        description="Two-sided interval for the lift in percent at the configured alpha (always valid under the "
+        "sequential method); null when the lift is undefined."
+    )
+    pValue: float = Field(
+        description="Two-sided p-value before multiplicity adjustment; for a guardrail the one-sided "
+        "non-inferiority p-value."
+    )
+    verdict: Literal["better", "worse", "inconclusive", "non_inferior", "not_shown"]
+
+
+class MetricResult(_Out):
+    """One metric of the experiment: the built-in ``primary`` first, then the ab_metrics rows."""
+
+    name: str
+    role: Literal["primary", "guardrail", "secondary"]
+    kind: Literal["proportion", "mean", "ratio"]
+    direction: Literal["increase", "decrease"]
+    margin: float = Field(description="Relative non-inferiority margin of a guardrail (0.02: at most 2% worse).")
+    control: MetricControl
+    treatments: list[MetricTreatment]
+
+
 class CheckResult(_Out):
     """The seed's check result: eligibility, figures, safety checks, reasons."""
 
@@ -293,6 +327,7 @@ class CheckResult(_Out):
     variants: list[CheckVariant]
     srm: Srm | None
     evaluatedAt: str
+    metrics: list[MetricResult] = Field(description="Every metric with its role, lift, interval and verdict.")
 
 
 class PromoteResult(_Out):
@@ -320,6 +355,7 @@ class ScanItem(_Out):
     winningVariant: WinningVariant | None
     reasons: list[str]
     promoted: bool
+    metrics: list[MetricResult]
     error: str | None = None
     dryRun: bool | None = None
     promotionId: str | None = None
