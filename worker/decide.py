@@ -14,6 +14,7 @@ from typing import Any, Literal
 from worker.config import AutoPromotionConfig
 from worker.domain.metric_rule import analyze_metrics, builtin_definition, rule, single_metric_analysis
 from worker.domain.metrics import BUILTIN_METRIC, MetricDefinition, MetricSnapshot, MetricSums, metric_snapshots
+from worker.domain.tuning import sequential_n_star
 from worker.stats import (
     Comparison,
     ExperimentAnalysis,
@@ -366,6 +367,24 @@ def _fmt_num(x: float) -> str:
     return f"{x:,.0f}" if float(x).is_integer() else f"{x:,.2f}".rstrip("0").rstrip(".")
 
 
+def experiment_n_star(snapshot: ExperimentSnapshot, config: AutoPromotionConfig) -> float:
+    """The confidence sequence's N* for this experiment: the configured number, or auto's (domain/tuning.py)."""
+    if not isinstance(config.sequential_tuning, str):
+        return float(config.sequential_tuning)
+    control = next((v for v in snapshot.variants if v.is_control), None)
+    builtin = builtin_definition(snapshot.metric_type, snapshot.metrics)
+    primaries = (builtin.role == "primary") + sum(
+        m.definition.role == "primary" for m in snapshot.metrics if m.name != BUILTIN_METRIC
+    )
+    return sequential_n_star(
+        config,
+        snapshot.metric_type,
+        None if control is None else control.to_stats(),
+        sum(not v.is_control for v in snapshot.variants),
+        primaries,
+    )
+
+
 def decide(
     snapshot: ExperimentSnapshot, config: AutoPromotionConfig, analysis: ExperimentAnalysis | None = None
 ) -> Decision:
@@ -403,7 +422,7 @@ def decide(
             metric_type=snapshot.metric_type,
             method=config.method,
             alpha=config.alpha,
-            n_star=config.sequential_tuning,
+            n_star=experiment_n_star(snapshot, config),
             correction=config.correction,
             srm_threshold=config.safety_checks.srm_threshold,
         )
@@ -490,7 +509,7 @@ def _judge(
         names,
         method=config.method,
         alpha=config.alpha,
-        n_star=config.sequential_tuning,
+        n_star=experiment_n_star(snapshot, config),
         correction=config.correction,
     )
     ruling = rule(metrics, names, t.min_confidence)
@@ -549,7 +568,7 @@ def run_safety_checks(
             candidate.to_stats(),
             method=config.method,
             alpha=config.alpha,
-            n_star=config.sequential_tuning,
+            n_star=experiment_n_star(snapshot, config),
         )
         base = f"Winner error rate: {_pct(rate)} (control {_pct(result.control_rate)})"
         if rate > sc.max_error_rate:

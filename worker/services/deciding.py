@@ -127,6 +127,9 @@ def vectorised_analyses(
     Only experiments under the base config with a control first and at least one treatment; any group the
     vectorised path refuses falls back to the scalar path (decide computes it), so results never differ.
     """
+    tuning = cfg.sequential_tuning
+    if isinstance(tuning, str):
+        return {}  # auto: each experiment has an N* of its own (domain/tuning.py); decide() computes each
     groups: dict[tuple[int, str], list[tuple[int, list[VariantSnapshot]]]] = {}
     for exp in experiments:
         vs = variants.get(exp["id"], [])
@@ -147,7 +150,7 @@ def vectorised_analyses(
                 metric_type="mean" if mean_metric else "conversion",
                 method=cfg.method,
                 alpha=cfg.alpha,
-                n_star=cfg.sequential_tuning,
+                n_star=tuning,
                 correction=cfg.correction,
                 srm_threshold=cfg.safety_checks.srm_threshold,
             )
