@@ -350,12 +350,16 @@ def _fmt_num(x: float) -> str:
 
 
 def decide(
-    snapshot: ExperimentSnapshot, config: AutoPromotionConfig, analysis: ExperimentAnalysis | None = None
+    snapshot: ExperimentSnapshot,
+    config: AutoPromotionConfig,
+    analysis: ExperimentAnalysis | None = None,
+    metrics: tuple[MetricAnalysis, ...] | None = None,
 ) -> Decision:
     """Evaluate every eligibility criterion; each one that fails adds a reason that names its numbers.
 
-    ``analysis`` may pass the statistics already computed for this snapshot and config (the scan's vectorised
-    path); otherwise they are computed here. Raises StatsInputError only when the recorded statistics are
+    ``analysis`` and ``metrics`` may pass the statistics already computed for this snapshot and config (the scan's
+    vectorised path: ``metrics`` is analyze_metrics of the snapshot's definitions); otherwise they are computed
+    here. Raises StatsInputError only when the recorded statistics are
     impossible (e.g. conversions > exposures).
     """
     precomputed = analysis
@@ -374,7 +378,7 @@ def decide(
     analysis = None
     winner: Comparison | None = None
     best: Comparison | None = None
-    metrics: tuple[MetricAnalysis, ...] = ()
+    judged: tuple[MetricAnalysis, ...] = ()
     oriented: float | None = None  # the winner's improvement in its deciding metric's good direction
     if control is None or not treatments:
         reasons.append(
@@ -390,7 +394,7 @@ def decide(
             correction=config.correction,
             srm_threshold=config.safety_checks.srm_threshold,
         )
-        winner, best, metrics, oriented = _judge(snapshot, config, analysis, control, treatments, reasons)
+        winner, best, judged, oriented = _judge(snapshot, config, analysis, control, treatments, reasons, metrics)
     candidate = winner or best
     cand_snap = next((v for v in treatments if candidate is not None and v.name == candidate.variant), None)
     if cand_snap is not None and control is not None:
@@ -431,7 +435,7 @@ def decide(
         metric_type=snapshot.metric_type,
         priority=snapshot.priority,
         evaluated_at=snapshot.now,
-        metrics=metrics,
+        metrics=judged,
     )
 
 
@@ -442,6 +446,7 @@ def _judge(
     control: VariantSnapshot,
     treatments: list[VariantSnapshot],
     reasons: list[str],
+    precomputed: tuple[MetricAnalysis, ...] | None = None,
 ) -> tuple[Comparison | None, Comparison | None, tuple[MetricAnalysis, ...], float | None]:
     """The winner and the best treatment, every metric's analysis, and the winner's improvement in its deciding
     metric's good direction; appends why there is no winner to ``reasons``.
@@ -466,8 +471,8 @@ def _judge(
                 )
         return winner, best, metrics, winner.improvement if winner is not None else None
     names = [v.name for v in treatments]
-    metrics = analyze_metrics(
-        _definitions(snapshot),
+    metrics = precomputed or analyze_metrics(
+        metric_definitions(snapshot),
         control.name,
         names,
         method=config.method,
@@ -483,7 +488,7 @@ def _judge(
     return ruling.winner, ruling.candidate, metrics, oriented
 
 
-def _definitions(snapshot: ExperimentSnapshot) -> list[tuple[MetricDefinition, Mapping[str, MetricSums]]]:
+def metric_definitions(snapshot: ExperimentSnapshot) -> list[tuple[MetricDefinition, Mapping[str, MetricSums]]]:
     """The built-in metric (its sums from the variants' statistics) first, then each ``ab_metrics`` row's."""
     builtin = builtin_definition(snapshot.metric_type, snapshot.metrics)
     conversion = snapshot.metric_type == "conversion"
@@ -669,10 +674,13 @@ def failed_decision(snapshot: ExperimentSnapshot, config: AutoPromotionConfig, e
 
 
 def safe_decide(
-    snapshot: ExperimentSnapshot, config: AutoPromotionConfig, analysis: ExperimentAnalysis | None = None
+    snapshot: ExperimentSnapshot,
+    config: AutoPromotionConfig,
+    analysis: ExperimentAnalysis | None = None,
+    metrics: tuple[MetricAnalysis, ...] | None = None,
 ) -> Decision:
     """decide(), with impossible statistics turned into a not-eligible decision that says what is wrong."""
     try:
-        return decide(snapshot, config, analysis)
+        return decide(snapshot, config, analysis, metrics)
     except StatsInputError as exc:
         return failed_decision(snapshot, config, f"statistics cannot be computed: {exc}")
