@@ -341,6 +341,82 @@ def _run_scan(url: str) -> tuple[float, dict[str, Any]]:
     return elapsed, json.loads(proc.stdout)
 
 
+async def _seed_evaluation(conn: Any) -> None:
+    """Two experiments of 3 variants: 'single' (its built-in metric only) and 'ten' (the built-in one and 9
+    ab_metrics rows of every kind and role), with folded statistics."""
+    for name in ("single", "ten"):
+        exp_id = await conn.fetchval(
+            "INSERT INTO ab_experiments (name, status, started_at) VALUES ($1, 'running', now() - interval '2 days') "
+            "RETURNING id",
+            name,
+        )
+        await conn.execute(
+            "INSERT INTO ab_variants (experiment_id, name, is_control) "
+            "SELECT $1, v, v = 'control' FROM unnest(ARRAY['control', 'variant-b', 'variant-c']) v",
+            exp_id,
+        )
+        await conn.execute(
+            "INSERT INTO ab_variant_stats (variant_id, experiment_id, exposures, conversions, updates_folded) "
+            "SELECT id, experiment_id, 40000, 4000 + 100 * (id % 3), 1 FROM ab_variants WHERE experiment_id = $1",
+            exp_id,
+        )
+        if name == "ten":
+            for k in range(9):
+                kind = ("mean", "ratio", "proportion")[k % 3]
+                role = ("guardrail", "secondary", "primary")[(k // 3) % 3]
+                await conn.execute(
+                    "INSERT INTO ab_metrics (experiment_id, name, kind, role, margin) VALUES ($1, $2, $3, $4, $5)",
+                    exp_id,
+                    f"metric_{k}",
+                    kind,
+                    role,
+                    0.05 if role == "guardrail" else 0.0,
+                )
+            await conn.execute(
+                """INSERT INTO ab_metric_stats (metric_id, variant_id, experiment_id, units, value_sum, value_sum_sq,
+                                                denominator_sum, denominator_sum_sq, value_denominator_product_sum,
+                                                updates_folded)
+                   SELECT m.id, v.id, v.experiment_id, 40000,
+                          CASE m.kind WHEN 'proportion' THEN 12000 ELSE 800000 END,
+                          CASE m.kind WHEN 'proportion' THEN 12000 ELSE 32000000 END,
+                          CASE m.kind WHEN 'ratio' THEN 80000 ELSE 0 END,
+                          CASE m.kind WHEN 'ratio' THEN 200000 ELSE 0 END,
+                          CASE m.kind WHEN 'ratio' THEN 1800000 ELSE 0 END, 1
+                     FROM ab_metrics m JOIN ab_variants v ON v.experiment_id = m.experiment_id
+                    WHERE m.experiment_id = $1""",
+                exp_id,
+            )
+
+
+async def bench_evaluation_db(url: str, rounds: int) -> dict[str, Any]:
+    """One evaluation end to end as `check` makes it (fold, the locked one-statement read, decide, the stored
+    decision) of the 10-metric experiment against the single-metric one, interleaved in one process."""
+    from worker.config import load_settings
+    from worker.db.connect import create_pool
+    from worker.engine import Engine
+
+    pool = await create_pool(url, max_size=2)
+    try:
+        engine = Engine(pool, load_settings({"DATABASE_URL": url}), load_config(env={}, overrides={}))
+        times: dict[str, list[float]] = {"single": [], "ten": []}
+        for name in ("single", "ten"):
+            await engine.check_promotion_eligibility(name)  # warm: prepared statements, caches
+        for _ in range(rounds):
+            for name in ("single", "ten"):
+                t0 = time.perf_counter()
+                await engine.check_promotion_eligibility(name)
+                times[name].append(time.perf_counter() - t0)
+    finally:
+        await pool.close()
+    one, ten = statistics.median(times["single"]), statistics.median(times["ten"])
+    return {
+        "rounds": rounds,
+        "single_metric_ms_median": round(1000 * one, 3),
+        "ten_metrics_ms_median": round(1000 * ten, 3),
+        "ratio": round(ten / one, 2),
+    }
+
+
 async def bench_scan(admin_url: str, n: int, repeats: int) -> dict[str, Any]:
     import asyncpg
 
@@ -349,6 +425,20 @@ async def bench_scan(admin_url: str, n: int, repeats: int) -> dict[str, Any]:
     out: dict[str, Any] = {"experiments": n, "repeats": repeats, "command": "autopromote scan --dry-run --json"}
     admin = await asyncpg.connect(admin_url)
     try:
+        db = f"bench_metrics_eval_{os.getpid()}"
+        await admin.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+        await admin.execute(f'CREATE DATABASE "{db}"')
+        url = admin_url.rsplit("/", 1)[0] + "/" + db
+        try:
+            conn = await asyncpg.connect(url)
+            try:
+                await migrate(conn)
+                await _seed_evaluation(conn)
+            finally:
+                await conn.close()
+            out["evaluation_end_to_end_10_metrics_x_3_variants"] = await bench_evaluation_db(url, 20 * repeats)
+        finally:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
         for label, with_metrics in (("single_metric", False), ("five_metrics", True)):
             db = f"bench_metrics_scan_{os.getpid()}_{label}"
             await admin.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')

@@ -291,26 +291,35 @@ def _pct_or_none(x: float | None) -> float | None:
     return None if x is None else _round(100.0 * x)
 
 
+def _quick_round(x: float, scale: float) -> float:
+    """x rounded to 1/scale for display, without round(x, n)'s exact decimal rounding (the scan writes tens of
+    thousands of these); NaN, the infinities and huge values as _round."""
+    y = x * scale
+    if -9e15 < y < 9e15:
+        return round(y) / scale
+    return _round(x, 8)
+
+
 def metric_json(m: MetricAnalysis) -> dict[str, Any]:
-    """One ``metrics`` entry of the check data: lift and interval in percent (like ``improvement``); pValue the
-    raw two-sided one, or the one-sided non-inferiority p-value for guardrails."""
+    """One ``metrics`` entry of the check data: lift and interval in percent (like ``improvement``, the lift
+    rounded exactly as it); pValue the raw two-sided one, or the one-sided non-inferiority p-value for guardrails."""
     return {
         "name": m.name,
         "role": m.role,
         "kind": m.kind,
         "direction": m.direction,
         "margin": m.margin,
-        "control": {"variant": m.control, "units": m.control_units, "mean": _round(m.control_mean, 6)},
+        "control": {"variant": m.control, "units": m.control_units, "mean": _quick_round(m.control_mean, 1e6)},
         "treatments": [
             {
                 "variant": c.variant,
                 "units": c.units,
-                "mean": _round(c.mean, 6),
+                "mean": _quick_round(c.mean, 1e6),
                 "lift": _pct_or_none(c.lift),
                 "interval": None
                 if c.effect.ci_low is None or c.effect.ci_high is None
-                else [_round(100.0 * c.effect.ci_low), _round(100.0 * c.effect.ci_high)],
-                "pValue": _round(c.p_value, 8),
+                else [_quick_round(100.0 * c.effect.ci_low, 1e4), _quick_round(100.0 * c.effect.ci_high, 1e4)],
+                "pValue": _quick_round(c.p_value, 1e8),
                 "verdict": c.verdict,
             }
             for c in m.comparisons

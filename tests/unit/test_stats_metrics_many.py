@@ -8,7 +8,7 @@ import random
 import pytest
 
 from worker.domain.metric_rule import analyze_metrics, analyze_metrics_many
-from worker.domain.metrics import MetricDefinition, MetricSums
+from worker.domain.metrics import Direction, MetricDefinition, MetricKind, MetricRole, MetricSums
 from worker.stats.metrics import MetricAnalysis
 
 
@@ -47,13 +47,15 @@ def _sums(rng: random.Random, kind: str) -> MetricSums | None:
 def _definitions(rng: random.Random) -> list[tuple[MetricDefinition, dict[str, MetricSums]]]:
     out = []
     for k in range(rng.randint(1, 5)):
-        kind = rng.choice(["proportion", "mean", "ratio"])
-        role = rng.choice(["primary", "guardrail", "secondary"])
+        kinds: list[MetricKind] = ["proportion", "mean", "ratio"]
+        roles: list[MetricRole] = ["primary", "guardrail", "secondary"]
+        directions: list[Direction] = ["increase", "decrease"]
+        kind = rng.choice(kinds)
         d = MetricDefinition(
             f"m{k}",
             kind,
-            role=role,
-            direction=rng.choice(["increase", "decrease"]),  # type: ignore[arg-type]
+            role=rng.choice(roles),
+            direction=rng.choice(directions),
             margin=rng.choice([0.0, 0.02, 0.1]),
         )
         sums = {v: s for v in ("control", "b", "c") if (s := _sums(rng, kind)) is not None}

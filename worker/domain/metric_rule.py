@@ -283,6 +283,23 @@ def _best_on(m: MetricAnalysis, variants: Sequence[str]) -> MetricComparison | N
     return best
 
 
+def _verdict_maps(
+    primaries: Sequence[MetricAnalysis], guardrails: Sequence[MetricAnalysis], treatments: Sequence[str]
+) -> tuple[dict[str, list[MetricAnalysis]], dict[str, list[tuple[MetricAnalysis, MetricComparison]]]]:
+    """Per treatment: the primary metrics it is better on, and the guardrails it does not pass (in order)."""
+    won: dict[str, list[MetricAnalysis]] = {v: [] for v in treatments}
+    for m in primaries:
+        for c in m.comparisons:
+            if c.verdict == "better" and c.variant in won:
+                won[c.variant].append(m)
+    blocked_by: dict[str, list[tuple[MetricAnalysis, MetricComparison]]] = {v: [] for v in treatments}
+    for m in guardrails:
+        for c in m.comparisons:
+            if c.verdict != "non_inferior" and c.variant in blocked_by:
+                blocked_by[c.variant].append((m, c))
+    return won, blocked_by
+
+
 def rule(metrics: Sequence[MetricAnalysis], treatments: Sequence[str], min_confidence: float) -> MetricRuling:
     """Apply the decision rule to analysed metrics (see the module doc)."""
     primaries = [m for m in metrics if m.role == "primary"]
@@ -295,17 +312,13 @@ def rule(metrics: Sequence[MetricAnalysis], treatments: Sequence[str], min_confi
             (f"no primary metric: the built-in '{BUILTIN_METRIC}' metric is not primary and no ab_metrics row is",),
         )
     first = primaries[0]
+    won, blocked_by = _verdict_maps(primaries, guardrails, treatments)
 
     def wins(v: str) -> list[MetricAnalysis]:
-        return [m for m in primaries if (c := m.comparison(v)) is not None and c.verdict == "better"]
+        return won.get(v, [])
 
     def blocks(v: str) -> list[tuple[MetricAnalysis, MetricComparison]]:
-        out = []
-        for m in guardrails:
-            c = m.comparison(v)
-            if c is not None and c.verdict != "non_inferior":
-                out.append((m, c))
-        return out
+        return blocked_by.get(v, [])
 
     winners = [v for v in treatments if wins(v)]
     passing = [v for v in winners if not blocks(v)]
@@ -327,7 +340,7 @@ def rule(metrics: Sequence[MetricAnalysis], treatments: Sequence[str], min_confi
         if top is not None:
             reasons.extend(guardrail_reason(m, c) for m, c in blocks(top.variant))
     if chosen is not None:
-        deciding = next(m for m in primaries if m in wins(chosen))
+        deciding = wins(chosen)[0]  # the first primary metric it wins, in the metrics' order
         c = deciding.comparison(chosen)
         assert c is not None
         comp = deciding.as_comparison(c)

@@ -461,7 +461,7 @@ def assemble_metric(
     comparisons: list[MetricComparison] = []
     if role == "guardrail":
         assert nis is not None
-        adjusted = adjust_pvalues([ni.p_value for ni in nis], correction)
+        adjusted = (nis[0].p_value,) if len(nis) == 1 else adjust_pvalues([ni.p_value for ni in nis], correction)
         for (t_name, units, mean, e), ni, adj in zip(arms, nis, adjusted, strict=True):
             if e.estimate is None:
                 verdict: Verdict = "not_shown"
@@ -473,7 +473,9 @@ def assemble_metric(
     else:
         raw = [e.p_value for *_, e in arms]
         if role == "primary":
-            adjusted = tuple(min(1.0, primary_count * p) for p in adjust_pvalues(raw, correction))
+            # one treatment: nothing to adjust across treatments (adjust_pvalues would return it as it is)
+            across = raw if len(raw) == 1 else adjust_pvalues(raw, correction)
+            adjusted = tuple(min(1.0, primary_count * p) for p in across)
         else:
             adjusted = tuple(raw)
         for (t_name, units, mean, e), adj in zip(arms, adjusted, strict=True):
