@@ -303,26 +303,35 @@ def _pct_or_none(x: float | None) -> float | None:
     return None if x is None else _round(100.0 * x)
 
 
+def _quick_round(x: float, scale: float) -> float:
+    """x rounded to 1/scale for display, without round(x, n)'s exact decimal rounding (the scan writes tens of
+    thousands of these); NaN, the infinities and huge values as _round."""
+    y = x * scale
+    if -9e15 < y < 9e15:
+        return round(y) / scale
+    return _round(x, 8)
+
+
 def metric_json(m: MetricAnalysis) -> dict[str, Any]:
-    """One ``metrics`` entry of the check data: lift and interval in percent (like ``improvement``); pValue the
-    raw two-sided one, or the one-sided non-inferiority p-value for guardrails."""
+    """One ``metrics`` entry of the check data: lift and interval in percent (like ``improvement``, the lift
+    rounded exactly as it); pValue the raw two-sided one, or the one-sided non-inferiority p-value for guardrails."""
     return {
         "name": m.name,
         "role": m.role,
         "kind": m.kind,
         "direction": m.direction,
         "margin": m.margin,
-        "control": {"variant": m.control, "units": m.control_units, "mean": _round(m.control_mean, 6)},
+        "control": {"variant": m.control, "units": m.control_units, "mean": _quick_round(m.control_mean, 1e6)},
         "treatments": [
             {
                 "variant": c.variant,
                 "units": c.units,
-                "mean": _round(c.mean, 6),
+                "mean": _quick_round(c.mean, 1e6),
                 "lift": _pct_or_none(c.lift),
                 "interval": None
                 if c.effect.ci_low is None or c.effect.ci_high is None
-                else [_round(100.0 * c.effect.ci_low), _round(100.0 * c.effect.ci_high)],
-                "pValue": _round(c.p_value, 8),
+                else [_quick_round(100.0 * c.effect.ci_low, 1e4), _quick_round(100.0 * c.effect.ci_high, 1e4)],
+                "pValue": _quick_round(c.p_value, 1e8),
                 "verdict": c.verdict,
                 "unadjustedLift": _pct_or_none(c.unadjusted_lift),
                 "varianceReduction": None if c.variance_reduction is None else _round(c.variance_reduction),
@@ -386,12 +395,16 @@ def experiment_n_star(snapshot: ExperimentSnapshot, config: AutoPromotionConfig)
 
 
 def decide(
-    snapshot: ExperimentSnapshot, config: AutoPromotionConfig, analysis: ExperimentAnalysis | None = None
+    snapshot: ExperimentSnapshot,
+    config: AutoPromotionConfig,
+    analysis: ExperimentAnalysis | None = None,
+    metrics: tuple[MetricAnalysis, ...] | None = None,
 ) -> Decision:
     """Evaluate every eligibility criterion; each one that fails adds a reason that names its numbers.
 
-    ``analysis`` may pass the statistics already computed for this snapshot and config (the scan's vectorised
-    path); otherwise they are computed here. Raises StatsInputError only when the recorded statistics are
+    ``analysis`` and ``metrics`` may pass the statistics already computed for this snapshot and config (the scan's
+    vectorised path: ``metrics`` is analyze_metrics of the snapshot's definitions); otherwise they are computed
+    here. Raises StatsInputError only when the recorded statistics are
     impossible (e.g. conversions > exposures).
     """
     precomputed = analysis
@@ -410,7 +423,7 @@ def decide(
     analysis = None
     winner: Comparison | None = None
     best: Comparison | None = None
-    metrics: tuple[MetricAnalysis, ...] = ()
+    judged: tuple[MetricAnalysis, ...] = ()
     oriented: float | None = None  # the winner's improvement in its deciding metric's good direction
     if control is None or not treatments:
         reasons.append(
@@ -426,7 +439,7 @@ def decide(
             correction=config.correction,
             srm_threshold=config.safety_checks.srm_threshold,
         )
-        winner, best, metrics, oriented = _judge(snapshot, config, analysis, control, treatments, reasons)
+        winner, best, judged, oriented = _judge(snapshot, config, analysis, control, treatments, reasons, metrics)
     candidate = winner or best
     cand_snap = next((v for v in treatments if candidate is not None and v.name == candidate.variant), None)
     if cand_snap is not None and control is not None:
@@ -467,7 +480,7 @@ def decide(
         metric_type=snapshot.metric_type,
         priority=snapshot.priority,
         evaluated_at=snapshot.now,
-        metrics=metrics,
+        metrics=judged,
     )
 
 
@@ -478,6 +491,7 @@ def _judge(
     control: VariantSnapshot,
     treatments: list[VariantSnapshot],
     reasons: list[str],
+    precomputed: tuple[MetricAnalysis, ...] | None = None,
 ) -> tuple[Comparison | None, Comparison | None, tuple[MetricAnalysis, ...], float | None]:
     """The winner and the best treatment, every metric's analysis, and the winner's improvement in its deciding
     metric's good direction; appends why there is no winner to ``reasons``.
@@ -503,8 +517,8 @@ def _judge(
                 )
         return winner, best, metrics, winner.improvement if winner is not None else None
     names = [v.name for v in treatments]
-    metrics = analyze_metrics(
-        _definitions(snapshot),
+    metrics = precomputed or analyze_metrics(
+        metric_definitions(snapshot),
         control.name,
         names,
         method=config.method,
@@ -520,7 +534,7 @@ def _judge(
     return ruling.winner, ruling.candidate, metrics, oriented
 
 
-def _definitions(snapshot: ExperimentSnapshot) -> list[tuple[MetricDefinition, Mapping[str, MetricSums]]]:
+def metric_definitions(snapshot: ExperimentSnapshot) -> list[tuple[MetricDefinition, Mapping[str, MetricSums]]]:
     """The built-in metric (its sums from the variants' statistics) first, then each ``ab_metrics`` row's."""
     builtin = builtin_definition(snapshot.metric_type, snapshot.metrics)
     conversion = snapshot.metric_type == "conversion"
@@ -710,10 +724,13 @@ def failed_decision(snapshot: ExperimentSnapshot, config: AutoPromotionConfig, e
 
 
 def safe_decide(
-    snapshot: ExperimentSnapshot, config: AutoPromotionConfig, analysis: ExperimentAnalysis | None = None
+    snapshot: ExperimentSnapshot,
+    config: AutoPromotionConfig,
+    analysis: ExperimentAnalysis | None = None,
+    metrics: tuple[MetricAnalysis, ...] | None = None,
 ) -> Decision:
     """decide(), with impossible statistics turned into a not-eligible decision that says what is wrong."""
     try:
-        return decide(snapshot, config, analysis)
+        return decide(snapshot, config, analysis, metrics)
     except StatsInputError as exc:
         return failed_decision(snapshot, config, f"statistics cannot be computed: {exc}")
