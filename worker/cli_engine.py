@@ -11,7 +11,17 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from worker.cli import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, CliError, _config, _run_async, _settings, register
+from worker.cli import (
+    EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_USAGE,
+    CliError,
+    _config,
+    _run_async,
+    _settings,
+    register,
+    settle_imports,
+)
 from worker.config import PRESET_NAMES, EffectiveConfig, Settings
 from worker.domain.errors import (
     AlreadyPromoted,
@@ -48,22 +58,21 @@ def exit_code(exc: DomainError) -> int:
 @asynccontextmanager
 async def open_engine(settings: Settings, config: EffectiveConfig) -> AsyncIterator[Any]:
     """An Engine on DATABASE_URL (or a migrated embedded server when it is unset)."""
-    from worker.db.connect import connect, create_pool, resolve_database
+    from worker.db.connect import create_pool, resolve_database
     from worker.db.migrate import migrate, pending_migrations
     from worker.engine import Engine
 
+    settle_imports()
     async with resolve_database(settings.database_url) as db:
-        conn = await connect(db.url)
-        try:
-            if db.embedded is not None:
-                print("note: DATABASE_URL is not set; using a throw-away embedded database", file=sys.stderr)
-                await migrate(conn)
-            elif await pending_migrations(conn):
-                raise CliError("the database schema is not up to date; run `autopromote migrate` first", EXIT_USAGE)
-        finally:
-            await conn.close()
         pool = await create_pool(db.url, min_size=1, max_size=4)
         try:
+            # On the pool's first connection: one connection set up, not two (the command is a short process).
+            async with pool.acquire() as conn:
+                if db.embedded is not None:
+                    print("note: DATABASE_URL is not set; using a throw-away embedded database", file=sys.stderr)
+                    await migrate(conn)
+                elif await pending_migrations(conn):
+                    raise CliError("the database schema is not up to date; run `autopromote migrate` first", EXIT_USAGE)
             yield Engine(pool, settings, config)
         finally:
             await pool.close()
