@@ -195,6 +195,4 @@ def vectorised_metric_analyses(
         items.append((s.id, metric_definitions(s), controls[0].name, treatments))
     if not items:
         return {}
-    return analyze_metrics_many(
-        items, method=cfg.method, alpha=cfg.alpha, n_star=tuning, correction=cfg.correction
-    )
+    return analyze_metrics_many(items, method=cfg.method, alpha=cfg.alpha, n_star=tuning, correction=cfg.correction)
