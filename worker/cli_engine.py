@@ -143,6 +143,22 @@ def _render_check(data: dict[str, Any]) -> None:
             for v in variants
         ]
         print(_table(rows, ["variant", "exposures", "rate", "lift", "confidence", "errors", "p95"]))
+    metrics = data.get("metrics") or []
+    if len(metrics) > 1:  # an experiment with ab_metrics rows: each metric's verdict per treatment
+        rows = [
+            [
+                m["name"],
+                m["role"] + (f" (margin {100 * m['margin']:.1f}%)" if m["role"] == "guardrail" else ""),
+                t["variant"],
+                "-" if t["lift"] is None else f"{t['lift']:+.2f}%",
+                "-" if t["interval"] is None else f"[{t['interval'][0]:+.2f}%, {t['interval'][1]:+.2f}%]",
+                f"{t['pValue']:.4g}",
+                t["verdict"],
+            ]
+            for m in metrics
+            for t in m["treatments"]
+        ]
+        print(_table(rows, ["metric", "role", "variant", "lift", "interval", "p", "verdict"]))
     print("safety checks:")
     for c in data.get("safetyChecks", []):
         mark = "pass" if c["passed"] else "FAIL"
@@ -151,6 +167,16 @@ def _render_check(data: dict[str, Any]) -> None:
         print("why not:")
         for r in data["reasons"]:
             print(f"  - {r}")
+    for m in data.get("metrics") or []:
+        for t in m.get("treatments") or []:
+            if t.get("varianceReduction") is not None and t.get("lift") is not None:
+                unadjusted = "-" if t.get("unadjustedLift") is None else f"{t['unadjustedLift']:+.2f}%"
+                print(
+                    f"CUPED on {m['name']}: {t['variant']} {t['lift']:+.2f}% adjusted ({unadjusted} without), "
+                    f"{100 * t['varianceReduction']:.0f}% less variance"
+                )
+    for note in data.get("notes") or []:
+        print(f"note: {note}")
 
 
 def _render_promote(data: dict[str, Any]) -> None:

@@ -9,11 +9,12 @@ from worker.config import AutoPromotionConfig, EffectiveConfig, Settings
 from worker.db import store
 from worker.db.connect import Connection, Pool, PostgresError, Record
 from worker.db.fold import fold_pending_updates
+from worker.db.metric_reads import bulk_metric_snapshots
 from worker.db.sql import Q
 from worker.db.store import Seen
 from worker.decide import AlertInfo, Decision, ExperimentSnapshot, VariantSnapshot, metric_json
 from worker.domain.errors import EngineError
-from worker.domain.metrics import MetricSnapshot, metric_snapshots
+from worker.domain.metrics import MetricSnapshot
 from worker.domain.results import CheckResult, ScanItem, ScanResult
 from worker.services.deciding import MAX_ALERT_LOOKBACK_S, Decider, DecisionAndConfig
 from worker.services.effects import Effects
@@ -192,12 +193,18 @@ class ScanService:
         promo_rows = await conn.fetch(Q["all_active_promotions"])
         versions: dict[int, int] = {e["id"]: 0 for e in experiments}
         variants: dict[int, list[VariantSnapshot]] = {}
-        metrics: dict[int, tuple[MetricSnapshot, ...]] = {}
+        metric_rows: dict[int, Record] = {}
+        variant_names: dict[int, str] = {}
         for v in variant_rows:
             versions[v["experiment_id"]] += v["updates_folded"]
             variants.setdefault(v["experiment_id"], []).append(VariantSnapshot.from_row(v, lenient_sketch=True))
-            if v["metrics"] is not None:
-                metrics[v["experiment_id"]] = metric_snapshots(v["metrics"])
+            variant_names[v["variant_id"]] = v["name"]
+            if v["metric_defs"] is not None:
+                metric_rows[v["experiment_id"]] = v
+        metrics: dict[int, tuple[MetricSnapshot, ...]] = {
+            exp_id: bulk_metric_snapshots(r["metric_defs"], r["metric_sums"], variant_names)
+            for exp_id, r in metric_rows.items()
+        }
         global_alerts = tuple(
             AlertInfo.from_row(a, global_alert=True) for a in alert_rows if a["experiment_id"] is None
         )
