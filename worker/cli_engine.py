@@ -11,7 +11,17 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from worker.cli import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, CliError, _config, _run_async, _settings, register
+from worker.cli import (
+    EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_USAGE,
+    CliError,
+    _config,
+    _run_async,
+    _settings,
+    register,
+    settle_imports,
+)
 from worker.config import PRESET_NAMES, EffectiveConfig, Settings
 from worker.domain.errors import (
     AlreadyPromoted,
@@ -19,6 +29,8 @@ from worker.domain.errors import (
     DomainError,
     ExperimentNotFound,
     InvalidRequest,
+    MetricExists,
+    MetricNotFound,
     PromotionNotFound,
 )
 from worker.http.models import CheckResult, PromoteResult, RollbackResult, ScanResult
@@ -33,6 +45,8 @@ EXIT_CODES: dict[type[DomainError], int] = {
     PromotionNotFound: EXIT_USAGE,
     AlreadyPromoted: EXIT_REFUSED,
     AlreadyRolledBack: EXIT_REFUSED,
+    MetricNotFound: EXIT_USAGE,
+    MetricExists: EXIT_REFUSED,
 }
 
 
@@ -44,22 +58,21 @@ def exit_code(exc: DomainError) -> int:
 @asynccontextmanager
 async def open_engine(settings: Settings, config: EffectiveConfig) -> AsyncIterator[Any]:
     """An Engine on DATABASE_URL (or a migrated embedded server when it is unset)."""
-    from worker.db.connect import connect, create_pool, resolve_database
+    from worker.db.connect import create_pool, resolve_database
     from worker.db.migrate import migrate, pending_migrations
     from worker.engine import Engine
 
+    settle_imports()
     async with resolve_database(settings.database_url) as db:
-        conn = await connect(db.url)
-        try:
-            if db.embedded is not None:
-                print("note: DATABASE_URL is not set; using a throw-away embedded database", file=sys.stderr)
-                await migrate(conn)
-            elif await pending_migrations(conn):
-                raise CliError("the database schema is not up to date; run `autopromote migrate` first", EXIT_USAGE)
-        finally:
-            await conn.close()
         pool = await create_pool(db.url, min_size=1, max_size=4)
         try:
+            # On the pool's first connection: one connection set up, not two (the command is a short process).
+            async with pool.acquire() as conn:
+                if db.embedded is not None:
+                    print("note: DATABASE_URL is not set; using a throw-away embedded database", file=sys.stderr)
+                    await migrate(conn)
+                elif await pending_migrations(conn):
+                    raise CliError("the database schema is not up to date; run `autopromote migrate` first", EXIT_USAGE)
             yield Engine(pool, settings, config)
         finally:
             await pool.close()
@@ -152,6 +165,16 @@ def _render_check(data: dict[str, Any]) -> None:
         print("why not:")
         for r in data["reasons"]:
             print(f"  - {r}")
+    for m in data.get("metrics") or []:
+        for t in m.get("treatments") or []:
+            if t.get("varianceReduction") is not None and t.get("lift") is not None:
+                unadjusted = "-" if t.get("unadjustedLift") is None else f"{t['unadjustedLift']:+.2f}%"
+                print(
+                    f"CUPED on {m['name']}: {t['variant']} {t['lift']:+.2f}% adjusted ({unadjusted} without), "
+                    f"{100 * t['varianceReduction']:.0f}% less variance"
+                )
+    for note in data.get("notes") or []:
+        print(f"note: {note}")
 
 
 def _render_promote(data: dict[str, Any]) -> None:

@@ -135,7 +135,11 @@ def test_an_experiment_without_rows_reports_its_builtin_metric() -> None:
     )
     assert m["control"] == {"variant": "control", "units": 20_000, "mean": 0.1}
     (t,) = m["treatments"]
-    assert set(t) == {"variant", "units", "mean", "lift", "interval", "pValue", "verdict"}
+    # issue 16 adds unadjustedLift and varianceReduction (no covariate here: the plain lift, and null)
+    assert set(t) == {"variant", "units", "mean", "lift", "interval", "pValue", "verdict", "unadjustedLift"} | {
+        "varianceReduction"
+    }
+    assert t["unadjustedLift"] == t["lift"] and t["varianceReduction"] is None
     assert t["lift"] == d.improvement and t["verdict"] == "better"
     lo, hi = t["interval"]
     assert lo < t["lift"] < hi

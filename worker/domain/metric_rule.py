@@ -38,14 +38,21 @@ Definitions = Sequence[tuple[MetricDefinition, Mapping[str, MetricSums]]]
 
 
 def builtin_definition(metric_type: str, rows: Sequence[MetricSnapshot] = ()) -> MetricDefinition:
-    """The built-in metric (``metric_type``) as a definition: role primary, direction increase, margin 0, unless
-    an ``ab_metrics`` row named ``primary`` changes its role, direction or margin (never its kind)."""
+    """The built-in metric (``metric_type``) as a definition: role primary, direction increase, margin 0, cuped
+    auto, unless an ``ab_metrics`` row named ``primary`` changes its role, direction, margin or cuped (never its
+    kind)."""
     kind: MetricKind = "proportion" if metric_type == "conversion" else "mean"
     row = next((m.definition for m in rows if m.name == BUILTIN_METRIC), None)
     if row is None:
         return MetricDefinition(BUILTIN_METRIC, kind)
     return MetricDefinition(
-        BUILTIN_METRIC, kind, role=row.role, direction=row.direction, margin=row.margin, description=row.description
+        BUILTIN_METRIC,
+        kind,
+        role=row.role,
+        direction=row.direction,
+        margin=row.margin,
+        description=row.description,
+        cuped=row.cuped,
     )
 
 
@@ -90,6 +97,7 @@ def analyze_metrics(
                 n_star=n_star,
                 correction=correction,  # type: ignore[arg-type]
                 primary_count=max(primaries, 1),
+                cuped=d.cuped,
             )
         )
     return tuple(out)

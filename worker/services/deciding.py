@@ -140,6 +140,9 @@ def vectorised_analyses(
     Only experiments under the base config with a control first and at least one treatment; any group the
     vectorised path refuses falls back to the scalar path (decide computes it), so results never differ.
     """
+    tuning = cfg.sequential_tuning
+    if isinstance(tuning, str):
+        return {}  # auto: each experiment has an N* of its own (domain/tuning.py); decide() computes each
     groups: dict[tuple[int, str], list[tuple[int, list[VariantSnapshot]]]] = {}
     for exp in experiments:
         vs = variants.get(exp["id"], [])
@@ -160,7 +163,7 @@ def vectorised_analyses(
                 metric_type="mean" if mean_metric else "conversion",
                 method=cfg.method,
                 alpha=cfg.alpha,
-                n_star=cfg.sequential_tuning,
+                n_star=tuning,
                 correction=cfg.correction,
                 srm_threshold=cfg.safety_checks.srm_threshold,
             )
@@ -178,6 +181,9 @@ def vectorised_metric_analyses(
 
     Only experiments with ab_metrics rows under the base config, with one control and a treatment; the others (and
     any the vectorised path refuses) are analysed by decide() itself, so results never differ."""
+    tuning = cfg.sequential_tuning
+    if isinstance(tuning, str):
+        return {}  # auto: each experiment has an N* of its own (domain/tuning.py); decide() computes each
     items = []
     for exp, s in pairs:
         if exp["config"] or not s.metrics:
@@ -189,6 +195,4 @@ def vectorised_metric_analyses(
         items.append((s.id, metric_definitions(s), controls[0].name, treatments))
     if not items:
         return {}
-    return analyze_metrics_many(
-        items, method=cfg.method, alpha=cfg.alpha, n_star=cfg.sequential_tuning, correction=cfg.correction
-    )
+    return analyze_metrics_many(items, method=cfg.method, alpha=cfg.alpha, n_star=tuning, correction=cfg.correction)

@@ -20,6 +20,7 @@ from worker.config import AutoPromotionConfig, Settings
 from worker.db.connect import Connection, json_safe
 from worker.db.store import OutboxRows
 from worker.decide import Decision
+from worker.domain.events import CommittedEvent
 from worker.domain.guard_rules import GuardBreach, WatchedPromotion, since_promotion_json
 from worker.domain.results import Evaluation, NotificationPayload, PromoteResult, RollbackResult
 from worker.notify.outbox import PlannedNotifications, config_rows, enqueue_notifications, plan_notifications
@@ -31,8 +32,8 @@ NotificationEvent = Literal[
     "promotion.promoted", "promotion.eligible", "promotion.failed", "promotion.rolled_back", "guard.breached"
 ]
 PromotionMode = Literal["request", "scan", "daemon"]
-CommittedEvent = Literal["promotion.promoted", "promotion.rolled_back"]
-OnCommitted = Callable[[CommittedEvent, dict[str, Any]], None]
+# Called after a promotion or rollback commits, with a copy of its result (the daemon publishes committed_event).
+OnCommitted = Callable[[CommittedEvent, PromoteResult | RollbackResult], None]
 
 
 def payload(
@@ -134,10 +135,10 @@ class Effects:
         )
 
     # ------------------------------------------------------------------------------ after the commit
-    def committed(self, event: CommittedEvent, data: Mapping[str, Any]) -> None:
+    def committed(self, event: CommittedEvent, data: PromoteResult | RollbackResult) -> None:
         """Tell the daemon (event bus, dispatcher) about a committed promotion or rollback."""
         if self.on_committed is not None:
-            self.on_committed(event, dict(data))
+            self.on_committed(event, data.copy())
 
     def evaluated(self, outcome: Evaluation) -> None:
         """Count an evaluation (not one that found nothing new)."""

@@ -20,20 +20,23 @@ Roles decide what a metric's result means:
 ``not_shown`` is the verdict of a comparison that could not be computed (no data, zero variance, ...).
 
 The seam for adjusted estimators (CUPED) is ``arm_estimates``: everything downstream reads only the
-``ArmEstimate`` pair it returns.
+``ArmEstimate`` pair it returns. CUPED (cuped.py) adjusts a ``proportion`` or ``mean`` metric whose every unit sent
+its pre-exposure covariate (``cuped: auto``): the comparison's effect is then the adjusted one, and the
+unadjusted effect and the variance reduction ride along for reports.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal, Protocol
 
 from scipy import special
 
 from . import _validate as check
 from ._validate import _INT64_MAX
+from .cuped import CupedEffect, metric_cuped
 from .effects import (
     ONE_SIDED_MAX_TUNING_LEVEL,
     effect_from_moments,
@@ -85,6 +88,15 @@ class MetricSumsLike(Protocol):
     def denominator_sum_sq(self) -> float | None: ...
     @property
     def value_denominator_product_sum(self) -> float | None: ...
+    # CUPED's covariate (cuped.CovariateSumsLike): pre_units of the units also sent their pre-exposure value.
+    @property
+    def pre_units(self) -> int: ...
+    @property
+    def pre_sum(self) -> float | None: ...
+    @property
+    def pre_sum_sq(self) -> float | None: ...
+    @property
+    def pre_value_product_sum(self) -> float | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,10 +130,17 @@ class MetricComparison:
     #                    treatments; secondary: the raw p-value
     verdict: Verdict
     non_inferiority: NonInferiority | None = None  # guardrails only
+    unadjusted: Effect | None = None  # CUPED applied: the estimate without the covariate (effect is adjusted)
+    variance_reduction: float | None = None  # CUPED applied: 1 - Var(adjusted lift)/Var(unadjusted lift)
 
     @property
     def lift(self) -> float | None:
         return self.effect.estimate
+
+    @property
+    def unadjusted_lift(self) -> float | None:
+        """The lift without CUPED: the lift itself when CUPED did not apply."""
+        return (self.unadjusted or self.effect).estimate
 
     @property
     def p_value(self) -> float:
@@ -144,6 +163,7 @@ class MetricAnalysis:
     comparisons: tuple[MetricComparison, ...]
     alpha: float
     method: Method
+    cuped_note: str | None = None  # why CUPED could not adjust this metric (covariates missing for some units)
 
     def comparison(self, variant: str) -> MetricComparison | None:
         return next((c for c in self.comparisons if c.variant == variant), None)
@@ -388,12 +408,14 @@ def analyze_metric(
     n_star: float = 5000,
     correction: Correction = "holm",
     primary_count: int = 1,
+    cuped: Literal["auto", "off"] = "auto",
 ) -> MetricAnalysis:
     """Every treatment against control on one metric, with its role's test and verdict (see the module doc).
 
     A treatment whose sums are None (no data recorded for it) is compared against an empty arm: ``not_shown``.
-    ``primary_count`` is the number of primary metrics alpha is split across (Bonferroni). Raises
-    StatsInputError for impossible sums or settings only.
+    ``primary_count`` is the number of primary metrics alpha is split across (Bonferroni). ``cuped``: auto
+    adjusts by the covariate when every unit sent one (cuped.metric_cuped), off never. Raises StatsInputError
+    for impossible sums or settings only.
     """
     k = _kind(kind)
     m, a, ns, corr = _settings(method, alpha, n_star, correction)
@@ -416,6 +438,9 @@ def analyze_metric(
         else:
             ea_t, eb = arm_estimates(k, ctrl_sums, t_sums, (label, (name, t_name)), control_estimate=ea)
         arms.append((t_name, ea_t, eb, _effect(k, ea_t, eb, m, a, ns)))
+    by_cuped, cuped_note = metric_cuped(k, name, cuped, control, treatments, method=m, alpha=a, n_star=ns)
+    if by_cuped:
+        arms = [(t, ea_t, eb, by_cuped[t].adjusted if t in by_cuped else e) for t, ea_t, eb, e in arms]
     nis = (
         [
             non_inferiority(e, float(ea_t.n + eb.n), direction=direction, margin=mg, method=m, alpha=a, n_star=ns)
@@ -424,7 +449,7 @@ def analyze_metric(
         if role == "guardrail"
         else None
     )
-    return assemble_metric(
+    result = assemble_metric(
         name,
         k,
         role,
@@ -438,6 +463,10 @@ def analyze_metric(
         correction=corr,
         primary_count=primary_count,
     )
+    if not by_cuped and cuped_note is None:
+        return result
+    comparisons = tuple(_with_cuped(c, by_cuped.get(c.variant)) for c in result.comparisons)
+    return replace(result, comparisons=comparisons, cuped_note=cuped_note)
 
 
 def assemble_metric(
@@ -496,6 +525,12 @@ def assemble_metric(
         alpha=alpha,
         method=method,
     )
+
+
+def _with_cuped(c: MetricComparison, ce: CupedEffect | None) -> MetricComparison:
+    if ce is None:
+        return c
+    return replace(c, unadjusted=ce.unadjusted, variance_reduction=ce.variance_reduction)
 
 
 def builtin_metric_analysis(
