@@ -122,3 +122,18 @@ def test_impossible_sums_fall_back_to_the_scalar_path() -> None:
         correction="holm",
     )
     assert set(out) == {"good"}
+
+
+def test_metrics_with_covariates_are_left_to_the_scalar_seam() -> None:
+    cov = MetricSums(10, 10.0, 20.0, pre_units=10, pre_sum=9.0, pre_sum_sq=18.0, pre_value_product_sum=18.0)
+    plain = MetricSums(10, 12.0, 30.0)
+    auto = (MetricDefinition("m", "mean"), {"control": cov, "b": plain})
+    off = (MetricDefinition("m", "mean", cuped="off"), {"control": cov, "b": plain})
+    out = analyze_metrics_many(
+        [("auto", [auto], "control", ["b"]), ("off", [off], "control", ["b"])],
+        method="sequential",
+        alpha=0.05,
+        n_star=5000.0,
+        correction="holm",
+    )
+    assert set(out) == {"off"}

@@ -125,8 +125,9 @@ def analyze_metrics_many(
     """analyze_metrics for many experiments (key, definitions, control, treatments) in a few numpy calls.
 
     Same conclusions as analyze_metrics (the statistics agree to round-off; the adjustment and verdicts are the
-    same code). An experiment with sums the scalar path would refuse, or a ratio metric without its denominator
-    sums, is left out: analyze_metrics reports it."""
+    same code). Left out, for analyze_metrics to decide: an experiment with sums the scalar path would refuse, a
+    ratio metric without its denominator sums, and a metric whose units sent pre-exposure covariates (CUPED, when
+    not off: the scalar seam ``stats.metrics.arm_estimates`` is where an adjusted estimator lives)."""
     kinds: list[int] = []
     ctrl: list[tuple[float, ...]] = []
     treat: list[tuple[float, ...]] = []
@@ -137,6 +138,9 @@ def analyze_metrics_many(
         start = len(kinds)
         usable = True
         for d, sums in definitions:
+            if d.cuped != "off" and any(x.has_covariate for x in sums.values()):
+                # covariates: an adjusted estimator's business, which only the scalar seam (arm_estimates) knows
+                usable = False
             c = _sums_row(sums.get(control) or MetricSums())
             for t in treatments:
                 ts = sums.get(t)
