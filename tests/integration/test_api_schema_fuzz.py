@@ -139,10 +139,14 @@ def test_the_document_has_every_operation(served: ServedApp) -> None:
         "GET /api/promotions",
         "GET /api/promotions/stats",
         "GET /api/audit",
+        "GET /api/plan",
         "GET /api/openapi.json",
     }
 
 
+# GET /api/plan is left out: its parameters have rules between them that a parameter list cannot state (a
+# conversion baseline below 1 once raised by the mde, sd only with mean metrics; the document says so in words);
+# tests/integration/test_api_plan.py checks its refusals.
 OPERATIONS = [
     "POST /api/experiments/auto-promote",
     "GET /api/experiments/auto-promote",

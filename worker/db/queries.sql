@@ -501,7 +501,8 @@ SELECT v.experiment_id, v.id AS variant_id, v.name, v.is_control, v.traffic_weig
        coalesce(s.updates_folded, 0) AS updates_folded,
        coalesce(s.exposures, 0) AS exposures, coalesce(s.conversions, 0) AS conversions,
        coalesce(s.errors, 0) AS errors, coalesce(s.value_sum, 0) AS value_sum,
-       coalesce(s.value_sum_sq, 0) AS value_sum_sq, coalesce(s.latency_sketch, '{}'::jsonb) AS latency_sketch,
+       coalesce(s.value_sum_sq, 0) AS value_sum_sq,
+       nullif(s.latency_sketch, '{}'::jsonb) AS latency_sketch,  -- NULL when empty: nothing to decode
        coalesce(s.pre_units, 0) AS pre_units, CASE WHEN s.pre_units > 0 THEN s.pre_sum END AS pre_sum,
        CASE WHEN s.pre_units > 0 THEN s.pre_sum_sq END AS pre_sum_sq,
        CASE WHEN s.pre_units > 0 THEN s.pre_value_product_sum END AS pre_value_product_sum,
@@ -558,6 +559,16 @@ SELECT NULL, NULL WHERE CASE WHEN $14 AND NOT EXISTS (
                              LEFT JOIN prev ON prev.experiment_id = u.id
                             WHERE prev.eligible IS DISTINCT FROM u.el)
                        THEN set_config('synchronous_commit', 'off', true) IS NULL ELSE false END;
+
+-- name: covered_states
+-- Of the experiments $1, read at the statistics versions $2 in the snapshot $3 (text): those whose stored decision
+-- covers that read (ab_decision_covered, schema/0007), with the stored eligibility. record_evaluations_bulk would
+-- write nothing for one of them whose eligibility is unchanged, so a scan need not build or send its decision.
+SELECT st.experiment_id, st.eligible
+  FROM unnest($1::bigint[], $2::bigint[]) AS u(id, ver)
+  JOIN ab_experiment_state st ON st.experiment_id = u.id
+ WHERE ab_decision_covered(st.experiment_id, st.evaluated_version, st.evaluated_snapshot, u.ver,
+                           $3::text::pg_snapshot);
 
 -- name: fresh_states
 -- Experiments among $1 whose last decision was stored less than $2 seconds ago, with its eligibility.
