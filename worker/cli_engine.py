@@ -22,6 +22,7 @@ from worker.cli import (
     register,
     settle_imports,
 )
+from worker.cli_json import dumps_indented
 from worker.config import PRESET_NAMES, EffectiveConfig, Settings
 from worker.domain.errors import (
     AlreadyPromoted,
@@ -101,7 +102,8 @@ def _engine_command(
                 raise CliError(exc.message, exit_code(exc)) from None
         if args.json:
             # Through the API's result model: the same keys and values as the API's ``data``, checked.
-            print(json.dumps(result.model_validate(data).model_dump(mode="json", exclude_unset=True), indent=2))
+            checked = result.model_validate(data).model_dump(mode="json", exclude_unset=True)
+            print(dumps_indented(checked))  # json.dumps(checked, indent=2), twice as fast (a scan's is ~10 MB)
         else:
             render(data)
         return EXIT_OK if ok(data) else EXIT_REFUSED
