@@ -226,10 +226,9 @@ async def postmaster_pid(url: str) -> int | None:
     """The server's postmaster process id when it runs on this machine and /proc shows it, else None."""
     conn = await connect(url)
     try:
-        backend = await conn.fetchval("SELECT pg_backend_pid()")
+        stat = BackendCpu._stat(await conn.fetchval("SELECT pg_backend_pid()"))  # while the backend lives
     finally:
         await conn.close()
-    stat = BackendCpu._stat(backend)
     return None if stat is None else stat[0]
 
 
