@@ -250,3 +250,90 @@ def test_the_cli_table_lists_each_metric_verdict(capsys: pytest.CaptureFixture[s
         and line.rstrip().endswith("worse")
     )
     assert "guardrail revenue_per_user: variant-b is -4.0%" in out  # and the reason
+
+
+def _metric_json_reference(m: Any) -> dict[str, Any]:
+    """metric_json as first written (one helper per value): the written-out one must give the same entry."""
+    from worker.decide import _pct_or_none, _quick_round, _round
+
+    return {
+        "name": m.name,
+        "role": m.role,
+        "kind": m.kind,
+        "direction": m.direction,
+        "margin": m.margin,
+        "control": {"variant": m.control, "units": m.control_units, "mean": _quick_round(m.control_mean, 1e6)},
+        "treatments": [
+            {
+                "variant": c.variant,
+                "units": c.units,
+                "mean": _quick_round(c.mean, 1e6),
+                "lift": _pct_or_none(c.lift),
+                "interval": None
+                if c.effect.ci_low is None or c.effect.ci_high is None
+                else [_quick_round(100.0 * c.effect.ci_low, 1e4), _quick_round(100.0 * c.effect.ci_high, 1e4)],
+                "pValue": _quick_round(c.p_value, 1e8),
+                "verdict": c.verdict,
+                "unadjustedLift": _pct_or_none(c.unadjusted_lift),
+                "varianceReduction": None if c.variance_reduction is None else _round(c.variance_reduction),
+            }
+            for c in m.comparisons
+        ],
+    }
+
+
+@pytest.mark.parametrize("role", ["primary", "guardrail", "secondary"])
+def test_metric_json_is_the_reference_entry(role: str) -> None:
+    import json
+    import random
+
+    from worker.decide import metric_json
+    from worker.stats.metrics import analyze_metric
+
+    rng = random.Random(5)
+    seen: set[str] = set()
+    for _ in range(200):
+        kind = rng.choice(["proportion", "mean", "ratio"])
+        arms = []
+        for _arm in range(3):
+            n = rng.choice([0, 1, 50, 5_000])
+            mean = rng.uniform(0.05, 0.5) if kind == "proportion" else rng.uniform(-2.0, 30.0)
+            x = round(n * mean) if kind == "proportion" else n * mean
+            xx = x if kind == "proportion" else n * (mean * mean + rng.uniform(0.0, 9.0))
+            ratio = kind == "ratio"
+            pre = rng.random() < 0.3 and kind != "ratio" and n > 0
+            arms.append(
+                MetricSums(
+                    n,
+                    float(x),
+                    float(xx),
+                    2.0 * n if ratio else None,
+                    5.0 * n if ratio else None,
+                    (2.0 * x + n) if ratio else None,
+                    n if pre else 0,
+                    0.9 * x if pre else None,
+                    0.81 * xx + n if pre else None,
+                    0.9 * xx if pre else None,
+                )
+            )
+        m = analyze_metric(
+            "m",
+            kind,  # type: ignore[arg-type]
+            ("control", arms[0]),
+            [("b", arms[1]), ("c", arms[2] if rng.random() < 0.8 else None)],
+            role=role,  # type: ignore[arg-type]
+            direction=rng.choice(["increase", "decrease"]),
+            margin=0.02 if role == "guardrail" else 0.0,
+            method=rng.choice(["sequential", "fixed"]),
+            alpha=0.05,
+            n_star=5000.0,
+            correction="holm",
+            primary_count=2,
+            cuped="auto",
+        )
+        got, want = metric_json(m), _metric_json_reference(m)
+        assert json.dumps(got) == json.dumps(want)  # the same keys, order, values and types
+        for t in got["treatments"]:
+            seen.add("cuped" if t["varianceReduction"] is not None else "plain")
+            seen.add("no interval" if t["interval"] is None else "interval")
+    assert seen == {"cuped", "plain", "no interval", "interval"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import pickle
 from typing import Any
 
 import numpy as np
@@ -184,3 +185,27 @@ def test_analyze_many_rejects_invalid_input_with_stats_input_error(kwargs: dict[
         kwargs["metric_type"] = "mean"
     with pytest.raises(StatsInputError, match=match):
         analyze_many(**kwargs)
+
+
+@pytest.mark.parametrize("metric_type", ["conversion", "mean"])
+def test_experiments_is_experiment_for_every_row_with_the_same_types(metric_type: str) -> None:
+    """ManyAnalysis.experiments (the scan's path) builds exactly what experiment() does, row by row: the same values
+    of the same Python types (pickled alike: a numpy scalar would not be), absent variants and undefined lifts
+    included."""
+    rng = np.random.default_rng(11)
+    e, v = 300, 4
+    n, c, w = random_conversion_data(rng, e, v)
+    present = rng.random((e, v)) < 0.8
+    present[:, 0] = True
+    if metric_type == "mean":
+        s = n * rng.uniform(-1.0, 5.0, size=(e, v))
+        many = analyze_many(n, value_sum=s, value_sum_sq=s * s / np.maximum(n, 1) + n, metric_type="mean")
+    else:
+        many = analyze_many(n, c, weights=w, present=present)
+    names = [NAMES[:v] if i % 2 else tuple(f"{x}-{i}" for x in NAMES[:v]) for i in range(e)]
+    got = many.experiments(names)
+    assert len(got) == e
+    for i in range(e):
+        assert pickle.dumps(got[i]) == pickle.dumps(many.experiment(i, names[i]))
+    with pytest.raises(StatsInputError):
+        many.experiments(names[:-1])

@@ -169,8 +169,9 @@ def vectorised_analyses(
             )
         except StatsInputError:
             continue  # one impossible row spoils the batch: decide() reports each on its own
-        for e, (exp_id, vs) in enumerate(members):
-            out[exp_id] = many.experiment(e, [v.name for v in vs])
+        analyses = many.experiments([[v.name for v in vs] for _, vs in members])
+        for (exp_id, _), analysis in zip(members, analyses, strict=True):
+            out[exp_id] = analysis
     return out
 
 

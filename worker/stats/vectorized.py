@@ -68,6 +68,77 @@ class ManyAnalysis:
         """Return the reason text for experiment e, input column j (1..V-1), or None when computed."""
         return reasons.CODES[int(self.reason_code[e, j - 1])]
 
+    def experiments(self, names: Sequence[Sequence[str]]) -> list[ExperimentAnalysis]:
+        """``[self.experiment(e, names[e]) for e in range(E)]``, the same values, with the arrays turned into Python
+        lists once instead of read one numpy scalar at a time (most of the scan's vectorised statistics)."""
+        if len(names) != self.mean.shape[0]:
+            raise StatsInputError(f"need {self.mean.shape[0]} experiments' names, got {len(names)}")
+        mean, lift, se, lo, hi = (a.tolist() for a in (self.mean, self.lift, self.se, self.ci_low, self.ci_high))
+        p, adj, conf, sig, better, code = (
+            a.tolist() for a in (self.p_value, self.adjusted_p, self.confidence, self.significant, self.better,
+                                 self.reason_code)
+        )  # fmt: skip
+        present, observed, expected = self.present.tolist(), self.observed.tolist(), self.srm_expected.tolist()
+        chi2, srm_p, flagged = self.srm_chi2.tolist(), self.srm_p.tolist(), self.srm_flagged.tolist()
+        srm_code, srm_df = self.srm_reason_code.tolist(), self.srm_df.tolist()
+        codes, srm_codes, method = reasons.CODES, reasons.SRM_CODES, self.method
+        out = []
+        for e, row_names in enumerate(names):
+            if len(row_names) != len(mean[e]):
+                raise StatsInputError(f"need {len(mean[e])} names, got {len(row_names)}")
+            here, m, control = present[e], mean[e], row_names[0]
+            comps = []
+            for j in range(1, len(row_names)):
+                if not here[j]:
+                    continue
+                k = j - 1
+                x = lift[e][k]
+                d = None if x != x else x
+                s_, l_, h_ = se[e][k], lo[e][k], hi[e][k]
+                comps.append(
+                    Comparison(
+                        variant=row_names[j],
+                        control=control,
+                        mean_control=m[0],
+                        mean_treatment=m[j],
+                        lift=d,
+                        se=None if s_ != s_ else s_,
+                        ci_low=None if l_ != l_ else l_,
+                        ci_high=None if h_ != h_ else h_,
+                        p_value=p[e][k],
+                        adjusted_p=adj[e][k],
+                        confidence=conf[e][k],
+                        improvement=None if d is None else 100.0 * d,
+                        significant=sig[e][k],
+                        better=better[e][k],
+                        method=method,
+                        reason=codes[code[e][k]],
+                    )
+                )
+            cols = [j for j, present_j in enumerate(here) if present_j]
+            srm = SrmResult(
+                chi2=chi2[e],
+                p_value=srm_p[e],
+                flagged=flagged[e],
+                expected=tuple(expected[e][j] for j in cols),
+                observed=tuple(observed[e][j] for j in cols),
+                reason=srm_codes[srm_code[e]],
+                df=srm_df[e],
+            )
+            out.append(
+                ExperimentAnalysis(
+                    metric_type=self.metric_type,
+                    method=method,
+                    alpha=self.alpha,
+                    correction=self.correction,
+                    control=control,
+                    comparisons=tuple(comps),
+                    srm=srm,
+                    reason=None if comps else reasons.NO_TREATMENTS,
+                )
+            )
+        return out
+
     def experiment(self, e: int, names: Sequence[str]) -> ExperimentAnalysis:
         """Return row e as the ExperimentAnalysis analyze_experiment builds; names[0] is the control.
 
