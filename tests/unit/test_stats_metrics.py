@@ -292,3 +292,52 @@ def test_ratio_with_zero_denominator_is_undefined_not_an_error() -> None:
     e = metric_effect("ratio", zero, RATIO_B)
     assert e.estimate is None and e.reason is not None and e.p_value == 1.0
     assert math.isfinite(metric_effect("ratio", RATIO_B, RATIO_B).p_value)
+
+
+def test_builtin_metric_analysis_is_each_comparison_as_a_primary_metric() -> None:
+    """The written-out builtin_metric_analysis gives what its definition says: per comparison, the Effect of its
+    numbers and two_sided_verdict of its adjusted p-value in the increase direction (undefined, zero, negative and
+    positive lifts; several treatments; corrections)."""
+    import pickle
+    import random
+
+    from worker.stats import VariantStats, analyze_experiment
+    from worker.stats.metrics import MetricAnalysis, MetricComparison, builtin_metric_analysis, two_sided_verdict
+    from worker.stats.models import Effect
+
+    rng = random.Random(3)
+    verdicts = set()
+    for _ in range(300):
+        arms = [
+            VariantStats(name, name == "control", n, rng.randint(0, n) if rng.random() < 0.9 else n // 10)
+            for name in ("control", "b", "c")[: rng.choice([2, 3])]
+            for n in [rng.choice([0, 10, 2_000, 20_000])]
+        ]
+        analysis = analyze_experiment(
+            arms, method=rng.choice(["sequential", "fixed"]), correction=rng.choice(["holm", "bh", "none"])
+        )
+        units = {v.name: v.exposures for v in arms}
+        got = builtin_metric_analysis(analysis, "primary", "proportion", units)
+        comparisons = []
+        for c in analysis.comparisons:
+            e = Effect(c.lift, c.se, c.ci_low, c.ci_high, c.p_value, c.method, True, c.reason)
+            verdict = two_sided_verdict(e, c.adjusted_p, analysis.alpha, "increase")
+            comparisons.append(
+                MetricComparison(c.variant, units[c.variant], c.mean_treatment, e, c.adjusted_p, verdict)
+            )
+            verdicts.add(verdict)
+        want = MetricAnalysis(
+            name="primary",
+            kind="proportion",
+            role="primary",
+            direction="increase",
+            margin=0.0,
+            control=analysis.control,
+            control_units=units[analysis.control],
+            control_mean=analysis.comparisons[0].mean_control if analysis.comparisons else 0.0,
+            comparisons=tuple(comparisons),
+            alpha=analysis.alpha,
+            method=analysis.method,
+        )
+        assert pickle.dumps(got) == pickle.dumps(want)
+    assert verdicts == {"not_shown", "inconclusive", "better", "worse"}

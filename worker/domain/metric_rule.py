@@ -134,26 +134,33 @@ def analyze_metrics_many(
     signs: list[float] = []
     margins: list[float] = []
     layout: list[tuple[Hashable, Definitions, str, Sequence[str], int]] = []
+    empty = _sums_row(None)
     for key, definitions, control, treatments in items:
         start = len(kinds)
         usable = True
         for d, sums in definitions:
-            if d.cuped != "off" and any(x.has_covariate for x in sums.values()):
+            if d.cuped != "off" and any(
+                x.units > 0 and x.pre_units == x.units and x.pre_sum is not None for x in sums.values()
+            ):  # MetricSums.has_covariate, written out (tens of thousands of these per scan)
                 # covariates: an adjusted estimator's business, which only the scalar seam (arm_estimates) knows
                 usable = False
-            c = _sums_row(sums.get(control) or MetricSums())
+            cs = sums.get(control)
+            c = _sums_row(cs) if cs is not None else empty
+            kind, sign = KIND_CODES.get(d.kind, -1), 1.0 if d.direction == "increase" else -1.0
+            margin = d.margin if d.role == "guardrail" else 0.0
+            ratio = d.kind == "ratio"
             for t in treatments:
                 ts = sums.get(t)
-                if d.kind == "ratio" and any(
+                if ratio and any(
                     x is not None and (x.denominator_sum is None or x.value_denominator_product_sum is None)
-                    for x in (sums.get(control), ts)
+                    for x in (cs, ts)
                 ):
                     usable = False
-                kinds.append(KIND_CODES.get(d.kind, -1))
+                kinds.append(kind)
                 ctrl.append(c)
-                treat.append(_sums_row(ts))
-                signs.append(1.0 if d.direction == "increase" else -1.0)
-                margins.append(d.margin if d.role == "guardrail" else 0.0)
+                treat.append(_sums_row(ts) if ts is not None else empty)
+                signs.append(sign)
+                margins.append(margin)
         if usable:
             layout.append((key, definitions, control, treatments, start))
     if not kinds:

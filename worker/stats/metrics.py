@@ -538,25 +538,34 @@ def builtin_metric_analysis(
 ) -> MetricAnalysis:
     """The single-metric analysis as a primary metric's analysis (direction increase, margin 0), with no new
     statistics: the numbers and verdicts are exactly the comparisons the single-metric decision used.
-    ``units`` maps variant names to their exposures."""
-    comparisons = tuple(_from_comparison(c, units.get(c.variant, 0), analysis.alpha) for c in analysis.comparisons)
+    ``units`` maps variant names to their exposures.
+
+    Every decision of an experiment without ``ab_metrics`` rows builds this (its check data's ``metrics``): written
+    out (an Effect and two_sided_verdict per comparison, inline), so that it adds little to what such a decision
+    cost before there were several metrics."""
+    alpha = analysis.alpha
+    comparisons = []
+    for c in analysis.comparisons:
+        lift, adjusted = c.lift, c.adjusted_p
+        if lift is None:
+            verdict: Verdict = "not_shown"
+        elif not adjusted < alpha or lift == 0.0:
+            verdict = "inconclusive"
+        else:
+            verdict = "better" if lift > 0.0 else "worse"
+        e = Effect(lift, c.se, c.ci_low, c.ci_high, c.p_value, c.method, True, c.reason)
+        comparisons.append(MetricComparison(c.variant, units.get(c.variant, 0), c.mean_treatment, e, adjusted, verdict))
+    control_mean = analysis.comparisons[0].mean_control if analysis.comparisons else 0.0
     return MetricAnalysis(
-        name=name,
-        kind=kind,
-        role="primary",
-        direction="increase",
-        margin=0.0,
-        control=analysis.control,
-        control_units=units.get(analysis.control, 0),
-        control_mean=analysis.comparisons[0].mean_control if analysis.comparisons else 0.0,
-        comparisons=comparisons,
-        alpha=analysis.alpha,
-        method=analysis.method,
-    )
-
-
-def _from_comparison(c: Comparison, units: int, alpha: float) -> MetricComparison:
-    e = Effect(c.lift, c.se, c.ci_low, c.ci_high, c.p_value, c.method, True, c.reason)
-    return MetricComparison(
-        c.variant, units, c.mean_treatment, e, c.adjusted_p, two_sided_verdict(e, c.adjusted_p, alpha, "increase")
+        name,
+        kind,
+        "primary",
+        "increase",
+        0.0,
+        analysis.control,
+        units.get(analysis.control, 0),
+        control_mean,
+        tuple(comparisons),
+        alpha,
+        analysis.method,
     )
