@@ -167,6 +167,32 @@ COMMENT ON COLUMN ab_metric_updates.metric_id IS
 -- Removing a metric deletes its queued updates (ON DELETE CASCADE) through this index, not a scan of the queue.
 CREATE INDEX ab_metric_updates_metric_idx ON ab_metric_updates (metric_id) WHERE metric_id IS NOT NULL;
 
+-- The caps every queued update keeps (the producer functions refuse more with a message and a hint; these CHECKs
+-- back them up for rows written by other means): a count of at most 2^53 (exact as a float8, where the statistics
+-- compute) and sums of at most 1e150 in absolute value (their squares and products stay finite). A batch of the
+-- fold then always sums to finite numbers, and the fold checks the totals it would store (worker/db/queries.sql).
+ALTER TABLE ab_metric_updates
+    ADD CONSTRAINT ab_metric_updates_caps CHECK (
+        exposures <= 9007199254740992
+        AND abs(value_sum) <= 1e150::float8 AND abs(value_sum_sq) <= 1e150::float8
+        AND abs(denominator_sum) <= 1e150::float8 AND abs(denominator_sum_sq) <= 1e150::float8
+        AND abs(value_denominator_product_sum) <= 1e150::float8
+        AND abs(pre_sum) <= 1e150::float8 AND abs(pre_sum_sq) <= 1e150::float8
+        AND abs(pre_value_product_sum) <= 1e150::float8);
+
+-- Updates the fold could not add: their variant's (or metric's) totals would pass the caps above. The fold moves
+-- them here with the reason in the statement that claimed them (exactly once: a row is either folded or parked) and
+-- goes on with every other update; the folder logs each batch that parked rows and counts them
+-- (autopromote_fold_parked_updates_total). The rows are kept for an operator: no foreign keys, so removing the
+-- metric or experiment leaves them.
+CREATE TABLE ab_metric_dead_letters (LIKE ab_metric_updates INCLUDING DEFAULTS);
+ALTER TABLE ab_metric_dead_letters
+    ADD COLUMN reason text NOT NULL,
+    ADD COLUMN parked_at timestamptz NOT NULL DEFAULT now();
+CREATE INDEX ab_metric_dead_letters_experiment_idx ON ab_metric_dead_letters (experiment_id);
+COMMENT ON TABLE ab_metric_dead_letters IS
+    'metric updates the fold parked because folding them would overflow their totals (see the reason)';
+
 -- ---------------------------------------------------------------------------------------------------
 -- Folded statistics
 -- ---------------------------------------------------------------------------------------------------
@@ -260,6 +286,25 @@ BEGIN
         RAISE EXCEPTION '%: % must be a finite number, got %', caller, arg_name, x
             USING ERRCODE = '22023', HINT = 'drop NaN or infinite values before summing';
     END IF;
+    IF abs(x) > 1e150::float8 THEN
+        RAISE EXCEPTION '%: % (%) is beyond the cap of 1e150 in absolute value', caller, arg_name, x
+            USING ERRCODE = '22023',
+                  HINT = 'the statistics square the sums, which must stay finite: record the values in a larger '
+                         || 'unit (e.g. thousands), or check the producer for a runaway value';
+    END IF;
+END $$;
+
+-- A count of units beyond 2^53 (exact as a float8, where the statistics compute; and bigint totals stay far from
+-- overflowing).
+CREATE FUNCTION ab_check_units(caller text, arg_name text, n bigint) RETURNS void
+LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    IF n > 9007199254740992 THEN
+        RAISE EXCEPTION '%: % (%) is beyond the cap of 2^53 (9007199254740992) per call', caller, arg_name, n
+            USING ERRCODE = '22023',
+                  HINT = 'record the units of new events only (a delta, not a running total), and check the '
+                         || 'producer for a runaway count';
+    END IF;
 END $$;
 
 -- The covariate sums of one update of n units whose values have sums sx, sxx: all three or none, finite, possible.
@@ -349,6 +394,7 @@ BEGIN
             ab_record_metrics.exposures, ab_record_metrics.conversions, ab_record_metrics.errors
             USING ERRCODE = '22023', HINT = 'record deltas of new events only; counts never go down';
     END IF;
+    PERFORM ab_check_units('ab_record_metrics', 'exposures', ab_record_metrics.exposures);
     IF ab_record_metrics.conversions > ab_record_metrics.exposures THEN
         RAISE EXCEPTION 'ab_record_metrics: conversions (%) greater than exposures (%)',
             ab_record_metrics.conversions, ab_record_metrics.exposures
@@ -390,6 +436,8 @@ BEGIN
             RAISE EXCEPTION 'ab_record_metrics: value_sum and value_sum_sq must be finite'
                 USING ERRCODE = '22023';
         END IF;
+        PERFORM ab_check_finite('ab_record_metrics', 'value_sum', ab_record_metrics.value_sum);
+        PERFORM ab_check_finite('ab_record_metrics', 'value_sum_sq', ab_record_metrics.value_sum_sq);
         IF ab_record_metrics.value_sum_sq < 0 THEN
             RAISE EXCEPTION 'ab_record_metrics: value_sum_sq (%) must not be negative', ab_record_metrics.value_sum_sq
                 USING ERRCODE = '22023', HINT = 'value_sum_sq is the sum of squared values';
@@ -510,6 +558,7 @@ BEGIN
         RAISE EXCEPTION 'ab_record_metric: units must not be negative (got %)', ab_record_metric.units
             USING ERRCODE = '22023', HINT = 'record the sums of new units only; counts never go down';
     END IF;
+    PERFORM ab_check_units(fn, 'units', ab_record_metric.units);
     PERFORM ab_check_finite(fn, 'value_sum', ab_record_metric.value_sum);
     PERFORM ab_check_finite(fn, 'value_sum_sq', ab_record_metric.value_sum_sq);
     PERFORM ab_check_finite(fn, 'denominator_sum', ab_record_metric.denominator_sum);
@@ -556,6 +605,13 @@ BEGIN
                             'denominator_sum_sq and value_denominator_product_sum are all required', metric_name
                 USING ERRCODE = '22023',
                       HINT = 'with numerator x and denominator y per unit pass Σx, Σx², Σy, Σy² and Σxy over the units';
+        END IF;
+        IF ab_record_metric.denominator_sum < 0 THEN
+            RAISE EXCEPTION 'ab_record_metric: metric "%" is a ratio; denominator_sum (%) must not be negative',
+                metric_name, ab_record_metric.denominator_sum
+                USING ERRCODE = '22023',
+                      HINT = 'the denominator counts or sums something a unit has (sessions, orders, items), never '
+                             || 'below 0; record the sum over the units of this call';
         END IF;
         IF has_pre THEN
             RAISE EXCEPTION 'ab_record_metric: metric "%" is a ratio; a pre-exposure covariate is for proportion and '
