@@ -126,15 +126,23 @@ CREATE TRIGGER ab_experiments_metric_type_kept BEFORE UPDATE OF metric_type ON a
     EXECUTE FUNCTION ab_experiments_metric_type_kept();
 
 -- Adding, removing or changing a metric changes the decision without a new statistics version (a guardrail without
--- data blocks, a margin moves the bar): forget what the experiment's stored decision saw, so that it is due again,
--- and wake the worker for it. The experiment row is locked first, as ab_alert_unblocked (schema/0007) does: an
--- evaluation that read the old definitions still holds it, so this waits for it to store its decision and then
--- forgets that decision, which could otherwise be stored after this ran and stand.
+-- data blocks, a margin moves the bar). Forgetting the stored decision (evaluated_version = NULL) is not enough on
+-- its own: the scan reads without the experiment's row lock, so a scan that read the old definitions can store its
+-- decision after this commits, and it would stand. As for alerts (schema/0007), the change records the id of its
+-- transaction on the experiment (metrics_changed_xact), and a stored decision covers the definitions only when that
+-- transaction is visible in the snapshot it was read in (ab_evaluation_due, ab_decision_covered below): whatever
+-- the order of the commits, a decision that could not see the change leaves the experiment due. The experiment row
+-- is updated (so locked) first, as before: an evaluation holding it is waited for. The worker is woken for it.
+ALTER TABLE ab_experiments ADD COLUMN metrics_changed_xact xid8;
+COMMENT ON COLUMN ab_experiments.metrics_changed_xact IS
+    'the transaction that last changed the experiment''s ab_metrics rows (NULL: never); see ab_evaluation_due';
+
 CREATE FUNCTION ab_metrics_changed() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     exp_id bigint := CASE WHEN TG_OP = 'DELETE' THEN OLD.experiment_id ELSE NEW.experiment_id END;
 BEGIN
-    PERFORM 1 FROM ab_experiments e WHERE e.id = exp_id FOR NO KEY UPDATE OF e;
+    UPDATE ab_experiments e SET metrics_changed_xact = pg_current_xact_id()
+     WHERE e.id = exp_id AND e.metrics_changed_xact IS DISTINCT FROM pg_current_xact_id();
     UPDATE ab_experiment_state st SET evaluated_version = NULL
      WHERE st.experiment_id = exp_id AND st.evaluated_version IS NOT NULL;
     PERFORM pg_notify('ab_metrics', exp_id::text);
@@ -147,6 +155,56 @@ CREATE TRIGGER ab_metrics_changed_update AFTER UPDATE ON ab_metrics
     WHEN ((OLD.name, OLD.role, OLD.direction, OLD.margin, OLD.cuped)
           IS DISTINCT FROM (NEW.name, NEW.role, NEW.direction, NEW.margin, NEW.cuped))
     EXECUTE FUNCTION ab_metrics_changed();
+
+-- schema/0007's ab_evaluation_due and ab_decision_covered, with the metric definitions (see ab_metrics_changed):
+-- a definition change whose transaction the stored decision's snapshot could not see leaves the experiment due, and
+-- a read that can see it is not covered by a stored decision that could not.
+CREATE OR REPLACE FUNCTION ab_evaluation_due(exp_id bigint) RETURNS boolean
+LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
+DECLARE
+    st ab_experiment_state%ROWTYPE;
+    changed xid8;
+BEGIN
+    SELECT * INTO st FROM ab_experiment_state WHERE experiment_id = exp_id;
+    IF NOT FOUND THEN
+        RETURN ab_stats_version(exp_id) > 0
+            OR EXISTS (SELECT 1 FROM ab_alerts a
+                        WHERE a.severity = 'critical' AND a.resolved_at IS NULL
+                          AND (a.experiment_id = exp_id OR a.experiment_id IS NULL));
+    END IF;
+    IF st.evaluated_version IS NULL OR st.evaluated_snapshot IS NULL THEN
+        RETURN true;  -- stored without saying what it saw (before 0007), or forgotten
+    END IF;
+    SELECT e.metrics_changed_xact INTO changed FROM ab_experiments e WHERE e.id = exp_id;
+    RETURN st.evaluated_version IS DISTINCT FROM ab_stats_version(exp_id)
+        OR (changed IS NOT NULL AND NOT pg_visible_in_snapshot(changed, st.evaluated_snapshot))
+        OR EXISTS (SELECT 1 FROM ab_alerts a
+                    WHERE a.severity = 'critical' AND a.resolved_at IS NULL
+                      AND (a.experiment_id = exp_id OR a.experiment_id IS NULL)
+                      AND NOT pg_visible_in_snapshot(a.xact_id, st.evaluated_snapshot));
+END $$;
+
+CREATE OR REPLACE FUNCTION ab_decision_covered(exp_id bigint, stored_version bigint, stored_snapshot pg_snapshot,
+                                               version bigint, snapshot pg_snapshot) RETURNS boolean
+LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
+DECLARE
+    changed xid8;
+BEGIN
+    IF stored_version IS NULL OR version IS NULL OR stored_snapshot IS NULL OR snapshot IS NULL
+       OR stored_version <> version THEN
+        RETURN false;
+    END IF;
+    SELECT e.metrics_changed_xact INTO changed FROM ab_experiments e WHERE e.id = exp_id;
+    IF changed IS NOT NULL AND pg_visible_in_snapshot(changed, snapshot)
+       AND NOT pg_visible_in_snapshot(changed, stored_snapshot) THEN
+        RETURN false;
+    END IF;
+    RETURN NOT EXISTS (SELECT 1 FROM ab_alerts a
+                        WHERE a.severity = 'critical' AND a.resolved_at IS NULL
+                          AND (a.experiment_id = exp_id OR a.experiment_id IS NULL)
+                          AND pg_visible_in_snapshot(a.xact_id, snapshot)
+                          AND NOT pg_visible_in_snapshot(a.xact_id, stored_snapshot));
+END $$;
 
 -- ---------------------------------------------------------------------------------------------------
 -- The queue: ab_metric_updates carries metric updates too
@@ -533,7 +591,9 @@ BEGIN
                   HINT = 'known variants: ' || coalesce((SELECT string_agg(v.name, ', ' ORDER BY v.id)
                                                           FROM ab_variants v WHERE v.experiment_id = exp_id), 'none');
     END IF;
-    SELECT * INTO m FROM ab_metrics am WHERE am.experiment_id = exp_id AND am.name = metric_name;
+    -- FOR SHARE: a removal of the metric (which locks it FOR NO KEY UPDATE, see delete_metric_updates in
+    -- worker/db/queries.sql) is waited for, and then the metric is gone; no update slips in behind it.
+    SELECT * INTO m FROM ab_metrics am WHERE am.experiment_id = exp_id AND am.name = metric_name FOR SHARE;
     IF NOT FOUND OR m.name = 'primary' THEN
         IF metric_name = 'primary' THEN
             RAISE EXCEPTION 'ab_record_metric: "primary" is experiment "%"''s built-in metric', experiment_name

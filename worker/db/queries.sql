@@ -886,10 +886,16 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 RETURNING id, name, kind, role, direction, margin, description, cuped, created_at, updated_at;
 
 -- name: delete_metric_updates
--- The queued updates of metric $2 of experiment $1: deleted before the metric itself (delete_metric), so that a fold
--- holding some of them is waited for here, before the metric row is locked, instead of deadlocking with its cascade.
-DELETE FROM ab_metric_updates u USING ab_metrics m
- WHERE m.experiment_id = $1 AND m.name = $2 AND u.metric_id = m.id;
+-- The queued updates of metric $2 of experiment $1, deleted before the metric itself (delete_metric) in the order the
+-- fold takes its locks: a fold claims queue rows first and then needs the metric row (a FOR KEY SHARE, by the foreign
+-- key of ab_metric_stats), so deleting the metric row first and its queue rows by the cascade deadlocks with a fold
+-- holding some of them. The metric row is first locked FOR NO KEY UPDATE: that stops new updates (ab_record_metric
+-- takes FOR SHARE on it) until the removal commits, yet lets a fold's FOR KEY SHARE through; then a fold holding
+-- queued updates of the metric is waited for here, and none can arrive before delete_metric.
+WITH m AS (
+    SELECT id FROM ab_metrics WHERE experiment_id = $1 AND name = $2 FOR NO KEY UPDATE
+)
+DELETE FROM ab_metric_updates u USING m WHERE u.metric_id = m.id;
 
 -- name: delete_metric
 -- Remove the metric $2 of experiment $1 with its statistics (ON DELETE CASCADE).
