@@ -91,6 +91,17 @@ BEGIN
                              || 'a new one';
         END IF;
         NEW.updated_at := now();
+        -- A row named "primary" stands for the built-in metric, so the statistics recorded under its old name would
+        -- be hidden (never reported, never decided on) while still kept.
+        IF NEW.name = 'primary' AND OLD.name <> 'primary'
+           AND (EXISTS (SELECT 1 FROM ab_metric_stats s WHERE s.metric_id = OLD.id)
+                OR EXISTS (SELECT 1 FROM ab_metric_updates u WHERE u.metric_id = OLD.id)) THEN
+            RAISE EXCEPTION 'ab_metrics: metric "%" has recorded data and cannot be renamed "primary"', OLD.name
+                USING ERRCODE = '22023',
+                      HINT = '"primary" is the experiment''s built-in metric, so its data would be hidden: keep the '
+                             || 'name and set its role to primary, or add a row named "primary" to change the '
+                             || 'built-in metric';
+        END IF;
     END IF;
     IF NEW.name = 'primary' THEN
         SELECT e.metric_type INTO metric_type FROM ab_experiments e WHERE e.id = NEW.experiment_id;

@@ -124,3 +124,22 @@ async def test_an_update_whose_totals_would_overflow_is_parked_and_every_other_u
 
 async def exp_id(conn: asyncpg.Connection, name: str) -> int:
     return int(await conn.fetchval("SELECT id FROM ab_experiments WHERE name = $1", name))
+
+
+async def test_a_metric_with_data_cannot_be_renamed_primary_where_its_statistics_would_be_hidden(
+    two: asyncpg.Connection,
+) -> None:
+    # e1 is a conversion experiment: a "primary" row there is a proportion, so only a proportion could be renamed.
+    await add_metric(two, "e1", "signup", "proportion")
+    await two.execute("SELECT ab_record_metric('e1', 'b', 'signup', 10, 3)")
+    rename = "UPDATE ab_metrics SET name = 'primary' WHERE name = 'signup'"
+    with pytest.raises(asyncpg.PostgresError) as err:  # queued only
+        await two.execute(rename)
+    assert "cannot be renamed" in str(err.value) and "role" in (err.value.as_dict().get("hint") or "")
+    await fold_pending_updates(two)
+    with pytest.raises(asyncpg.PostgresError, match="cannot be renamed"):  # folded
+        await two.execute(rename)
+    # Without data it may.
+    await add_metric(two, "e2", "bounce", "proportion")
+    await two.execute("UPDATE ab_metrics SET name = 'primary' WHERE name = 'bounce'")
+    assert await two.fetchval("SELECT count(*) FROM ab_metrics WHERE name = 'primary'") == 1

@@ -250,3 +250,16 @@ def test_the_cli_table_lists_each_metric_verdict(capsys: pytest.CaptureFixture[s
         and line.rstrip().endswith("worse")
     )
     assert "guardrail revenue_per_user: variant-b is -4.0%" in out  # and the reason
+
+
+def test_a_significantly_worse_treatment_of_a_decrease_primary_is_not_called_best() -> None:
+    """Review of issue 15: "best: variant-b at 100.00% confidence, +15.00%" named a treatment that raised a
+    lower-is-better primary metric significantly."""
+    row = MetricSnapshot(MetricDefinition("primary", "proportion", direction="decrease"), {})
+    vs = (variant("control", 20_000, 2000, control=True), variant("variant-b", 20_000, 2300))
+    d = decide(snapshot(row, variants=vs), config())
+    assert not d.eligible
+    (reason,) = [r for r in d.reasons if r.startswith("no treatment beats control")]
+    assert "best:" not in reason
+    assert re.search(r"closest variant-b at \+15\.00%, significantly worse at \d+\.\d\d% confidence", reason), reason
+    assert "decrease" in reason

@@ -274,10 +274,16 @@ def _primary_reason(m: MetricAnalysis, best: MetricComparison | None, min_confid
         why = best.effect.reason if best is not None else None
         return f"no winner on primary metric {m.name}: {why or 'lift undefined'}"
     conf = 100.0 * (1.0 - best.adjusted_p)
-    return (
-        f"no treatment beats control on primary metric {m.name} at {min_confidence:g}% confidence "
-        f"(best: {best.variant} at {conf:.2f}% confidence, {100.0 * best.lift:+.2f}%)"
-    )
+    head = f"no treatment beats control on primary metric {m.name} at {min_confidence:g}% confidence"
+    oriented = m.oriented(best.lift)
+    if best.verdict == "worse" or (oriented is not None and oriented <= 0.0):
+        # The "best" of treatments that all went the wrong way is no best: say which way and how sure.
+        how = f"significantly worse at {conf:.2f}% confidence" if best.verdict == "worse" else "not better"
+        return (
+            f"{head} (none moved it the better way, {m.direction}: closest {best.variant} at "
+            f"{100.0 * best.lift:+.2f}%, {how})"
+        )
+    return f"{head} (best: {best.variant} at {conf:.2f}% confidence, {100.0 * best.lift:+.2f}%)"
 
 
 def _best_on(m: MetricAnalysis, variants: Sequence[str]) -> MetricComparison | None:
