@@ -46,7 +46,8 @@ async def test_a_decision_read_before_a_guardrail_was_added_and_stored_after_lea
     other = await connect(db_url)
     try:
         await other.execute(
-            "INSERT INTO ab_metrics (experiment_id, name, kind, role) VALUES ($1, 'refunds', 'proportion', 'guardrail')",
+            "INSERT INTO ab_metrics (experiment_id, name, kind, role)"
+            " VALUES ($1, 'refunds', 'proportion', 'guardrail')",
             exp_id,
         )
     finally:

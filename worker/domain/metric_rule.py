@@ -252,11 +252,30 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100.0 * x:+.1f}%"
 
 
+# Why an undefined relative lift cannot pass a guardrail, after its reason (worker/stats/reasons.py): what the
+# numbers are and what would change it.
+_UNDEFINED_GUARDRAIL = {
+    stat_reasons.CONTROL_RATE_ZERO: (
+        "; control has no events, so the treatment's relative lift is undefined and a relative margin cannot be "
+        "tested (arms that both have no events pass)"
+    ),
+    stat_reasons.CONTROL_MEAN_ZERO: (
+        "; a relative margin of a control mean of 0 is 0: record the metric so that control's mean is not 0 "
+        "(e.g. shifted or as a proportion)"
+    ),
+    stat_reasons.ZERO_VARIANCE: (
+        "; every unit of an arm has the same value, so the relative lift has no standard error: it can be tested once "
+        "the values vary"
+    ),
+}
+
+
 def guardrail_reason(m: MetricAnalysis, c: MetricComparison) -> str:
     """Why a guardrail holds a treatment back, with its numbers."""
     if c.verdict == "not_shown":
         why = c.effect.reason or "no result"
-        return f"guardrail {m.name}: {c.variant} has no result ({why}) — not shown, so it blocks"
+        more = _UNDEFINED_GUARDRAIL.get(why, "")
+        return f"guardrail {m.name}: {c.variant} has no result ({why}) — not shown, so it blocks{more}"
     ni = c.non_inferiority
     bound = ni.bound if ni is not None else None
     side = "lower" if m.direction == "increase" else "upper"
