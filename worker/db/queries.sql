@@ -12,7 +12,8 @@
 -- square the sums) is not folded: its rows move to ab_metric_dead_letters with the reason, in the same statement, so
 -- one bad producer cannot stop the fold of every other experiment (schema/0009). The check reads the totals in the
 -- statement's snapshot; a concurrent fold of the same variant can overshoot a cap by its own batch at most, far
--- inside the range of bigint and float8. parked = rows moved to the dead letters, per experiment.
+-- inside the range of bigint and float8. parked = rows moved to the dead letters, per experiment. The parked rows are
+-- found from the offending groups (LATERAL: none in the common case, so the claimed rows are not scanned again).
 -- fold_pending_for and fold_pending_relaxed below are the same statement (tests/test_sql_loader.py checks it).
 WITH claimed AS (
     DELETE FROM ab_metric_updates
@@ -130,13 +131,15 @@ WITH claimed AS (
     INSERT INTO ab_metric_dead_letters
     SELECT c.*, 'folding it would take the ' || b.overflow || ' total of its variant past the cap (2^53 counts, '
                 || '1e150 sums): the statistics would overflow', now()
-      FROM claimed c JOIN base_checked b ON b.variant_id = c.variant_id AND b.overflow IS NOT NULL
-     WHERE c.metric_id IS NULL
+      FROM base_checked b,
+           LATERAL (SELECT * FROM claimed WHERE variant_id = b.variant_id AND metric_id IS NULL) c
+     WHERE b.overflow IS NOT NULL
     UNION ALL
     SELECT c.*, 'folding it would take the ' || m.overflow || ' total of its metric and variant past the cap '
                 || '(2^53 units, 1e150 sums): the statistics would overflow', now()
-      FROM claimed c JOIN metric_checked m
-        ON m.metric_id = c.metric_id AND m.variant_id = c.variant_id AND m.overflow IS NOT NULL
+      FROM metric_checked m,
+           LATERAL (SELECT * FROM claimed WHERE metric_id = m.metric_id AND variant_id = m.variant_id) c
+     WHERE m.overflow IS NOT NULL
     RETURNING experiment_id
 )
 SELECT experiment_id, sum(n)::bigint AS updates, max(last_recorded_at) AS last_recorded_at,
@@ -264,13 +267,15 @@ WITH claimed AS (
     INSERT INTO ab_metric_dead_letters
     SELECT c.*, 'folding it would take the ' || b.overflow || ' total of its variant past the cap (2^53 counts, '
                 || '1e150 sums): the statistics would overflow', now()
-      FROM claimed c JOIN base_checked b ON b.variant_id = c.variant_id AND b.overflow IS NOT NULL
-     WHERE c.metric_id IS NULL
+      FROM base_checked b,
+           LATERAL (SELECT * FROM claimed WHERE variant_id = b.variant_id AND metric_id IS NULL) c
+     WHERE b.overflow IS NOT NULL
     UNION ALL
     SELECT c.*, 'folding it would take the ' || m.overflow || ' total of its metric and variant past the cap '
                 || '(2^53 units, 1e150 sums): the statistics would overflow', now()
-      FROM claimed c JOIN metric_checked m
-        ON m.metric_id = c.metric_id AND m.variant_id = c.variant_id AND m.overflow IS NOT NULL
+      FROM metric_checked m,
+           LATERAL (SELECT * FROM claimed WHERE metric_id = m.metric_id AND variant_id = m.variant_id) c
+     WHERE m.overflow IS NOT NULL
     RETURNING experiment_id
 )
 SELECT experiment_id, sum(n)::bigint AS updates, max(last_recorded_at) AS last_recorded_at,
@@ -398,13 +403,15 @@ WITH claimed AS (
     INSERT INTO ab_metric_dead_letters
     SELECT c.*, 'folding it would take the ' || b.overflow || ' total of its variant past the cap (2^53 counts, '
                 || '1e150 sums): the statistics would overflow', now()
-      FROM claimed c JOIN base_checked b ON b.variant_id = c.variant_id AND b.overflow IS NOT NULL
-     WHERE c.metric_id IS NULL
+      FROM base_checked b,
+           LATERAL (SELECT * FROM claimed WHERE variant_id = b.variant_id AND metric_id IS NULL) c
+     WHERE b.overflow IS NOT NULL
     UNION ALL
     SELECT c.*, 'folding it would take the ' || m.overflow || ' total of its metric and variant past the cap '
                 || '(2^53 units, 1e150 sums): the statistics would overflow', now()
-      FROM claimed c JOIN metric_checked m
-        ON m.metric_id = c.metric_id AND m.variant_id = c.variant_id AND m.overflow IS NOT NULL
+      FROM metric_checked m,
+           LATERAL (SELECT * FROM claimed WHERE metric_id = m.metric_id AND variant_id = m.variant_id) c
+     WHERE m.overflow IS NOT NULL
     RETURNING experiment_id
 )
 SELECT experiment_id, sum(n)::bigint AS updates, max(last_recorded_at) AS last_recorded_at,
