@@ -253,7 +253,8 @@ ALTER TABLE ab_metric_updates
 -- them here with the reason in the statement that claimed them (exactly once: a row is either folded or parked) and
 -- goes on with every other update; the folder logs each batch that parked rows and counts them
 -- (autopromote_fold_parked_updates_total). The rows are kept for an operator: no foreign keys, so removing the
--- metric or experiment leaves them.
+-- metric or experiment leaves them. The fold inserts "claimed.*, reason, parked_at": a column added to
+-- ab_metric_updates later must be added here too, at the same place.
 CREATE TABLE ab_metric_dead_letters (LIKE ab_metric_updates INCLUDING DEFAULTS);
 ALTER TABLE ab_metric_dead_letters
     ADD COLUMN reason text NOT NULL,

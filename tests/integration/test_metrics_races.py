@@ -15,7 +15,7 @@ from tests.integration.test_sequence_ordering import _config, _seed_winner, _set
 from worker.db import metric_definitions as db
 from worker.db.connect import connect
 from worker.db.fold import fold_pending_updates
-from worker.db.sql import Q
+from worker.db.sql import DQ, Q
 from worker.engine import MAX_ALERT_LOOKBACK_S, Engine, Seen, _snapshot_from_row
 
 
@@ -56,6 +56,7 @@ async def test_a_decision_read_before_a_guardrail_was_added_and_stored_after_lea
     async with pool.acquire() as c, c.transaction():
         await engine._record_many(c, [stale], seen={exp_id: stale_seen})
     assert await _due(conn, exp_id)  # was False: the guardrail would never have been applied
+    assert exp_id in [r["id"] for r in await conn.fetch(DQ["stale_experiments"])]  # the daemon's catch-up too
 
     # A read that sees the guardrail is not covered by the stale decision: it is stored, and then nothing is due.
     fresh, fresh_seen = await read()
