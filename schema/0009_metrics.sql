@@ -506,8 +506,6 @@ BEGIN
             RAISE EXCEPTION 'ab_record_metrics: value_sum and value_sum_sq must be finite'
                 USING ERRCODE = '22023';
         END IF;
-        PERFORM ab_check_finite('ab_record_metrics', 'value_sum', ab_record_metrics.value_sum);
-        PERFORM ab_check_finite('ab_record_metrics', 'value_sum_sq', ab_record_metrics.value_sum_sq);
         IF ab_record_metrics.value_sum_sq < 0 THEN
             RAISE EXCEPTION 'ab_record_metrics: value_sum_sq (%) must not be negative', ab_record_metrics.value_sum_sq
                 USING ERRCODE = '22023', HINT = 'value_sum_sq is the sum of squared values';
@@ -529,6 +527,9 @@ BEGIN
                       HINT = 'value_sum_sq is the sum of the squared values (x1^2 + x2^2 + ...), not the square of '
                              || 'value_sum; both sums cover exactly the exposures of this call';
         END IF;
+        -- After the checks of 0006 (their messages stay as they were), the caps (see ab_check_finite).
+        PERFORM ab_check_finite('ab_record_metrics', 'value_sum', ab_record_metrics.value_sum);
+        PERFORM ab_check_finite('ab_record_metrics', 'value_sum_sq', ab_record_metrics.value_sum_sq);
     END IF;
     -- The covariate of the built-in metric: its value per exposure is the conversion (0/1, so Σx² = Σx) or the
     -- mean metric's value.
