@@ -265,6 +265,7 @@ class CheckVariant(_Out):
     valueSum: float | None = None
     valueSumSq: float | None = None
     lift: float | None = None
+    se: float | None = Field(None, description="Standard error of the relative lift")
     ciLow: float | None = None
     ciHigh: float | None = None
     pValue: float | None = None
@@ -309,6 +310,19 @@ class MetricResult(_Out):
     treatments: list[MetricTreatment]
 
 
+class EtaResult(_Out):
+    """When the experiment is expected to be decided (worker/domain/eta.py); null numbers when not projected."""
+
+    exposuresRemainingPerArm: int | None = Field(description="Median exposures per arm still needed")
+    hoursRemaining: float | None = Field(description="Median hours still needed; null when the rate is unknown")
+    interval80: list[int | None] | None = Field(
+        description="Exposures per arm still needed: 10th and 90th percentile (90th null: beyond the horizon)"
+    )
+    hoursInterval80: list[float | None] | None = Field(description="The same interval in hours")
+    basis: Literal["observed", "planned"] = Field(description="Projected with the observed lift, or the planned MDE")
+    message: str
+
+
 class CheckResult(_Out):
     """The seed's check result: eligibility, figures, safety checks, reasons."""
 
@@ -328,6 +342,8 @@ class CheckResult(_Out):
     srm: Srm | None
     evaluatedAt: str
     metrics: list[MetricResult] = Field(description="Every metric with its role, lift, interval and verdict.")
+    nStar: float | None = Field(None, description="The confidence sequence's N* (sequentialTuning); null for fixed")
+    eta: EtaResult | None = Field(None, description="When a decision is expected (running experiments)")
 
 
 class PromoteResult(_Out):
@@ -359,6 +375,7 @@ class ScanItem(_Out):
     error: str | None = None
     dryRun: bool | None = None
     promotionId: str | None = None
+    eta: EtaResult | None = Field(None, description="When a decision is expected")
 
 
 class ScanResult(_Out):
