@@ -227,7 +227,12 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
 def cmd_scan(args: argparse.Namespace) -> int:
     return _engine_command(
-        args, lambda e: e.scan_and_promote_winners(actor=args.actor), _render_scan, lambda d: True, ScanResult
+        args,
+        # The table shows each experiment's ETA; --json is the API's data, which leaves it out (it costs).
+        lambda e: e.scan_and_promote_winners(actor=args.actor, include_eta=not args.json),
+        _render_scan,
+        lambda d: True,
+        ScanResult,
     )
 
 

@@ -376,3 +376,23 @@ def check_etas(requests: Sequence[EtaRequest]) -> list[dict[str, Any] | None]:
 def check_eta(request: EtaRequest) -> dict[str, Any] | None:
     """``check_etas`` for one experiment."""
     return check_etas([request])[0]
+
+
+def stored_etas(requests: Sequence[EtaRequest], now: datetime) -> list[dict[str, Any] | None]:
+    """ETAs from stored last decisions (the API's reads, the dashboard): projected as of each evaluation, then the
+    hours since taken off (the exposures are those of the evaluation; the next one brings them up to date)."""
+    out = check_etas(requests)
+    for r, eta in zip(requests, out, strict=True):
+        if eta is None:
+            continue
+        elapsed = max((now - r.evaluated_at).total_seconds() / 3600.0, 0.0)
+        if eta.get("hoursRemaining") is not None:
+            eta["hoursRemaining"] = round(max(eta["hoursRemaining"] - elapsed, 0.0), 2)
+        if eta.get("hoursInterval80") is not None:
+            lo, hi = eta["hoursInterval80"]
+            eta["hoursInterval80"] = [
+                round(max(lo - elapsed, 0.0), 2),
+                None if hi is None else round(max(hi - elapsed, 0.0), 2),
+            ]
+        eta["asOf"] = r.evaluated_at.isoformat()
+    return out

@@ -321,6 +321,9 @@ class EtaResult(_Out):
     hoursInterval80: list[float | None] | None = Field(description="The same interval in hours")
     basis: Literal["observed", "planned"] = Field(description="Projected with the observed lift, or the planned MDE")
     message: str
+    asOf: str | None = Field(
+        None, description="From a stored decision: the evaluation it was projected at (hours counted from now)"
+    )
 
 
 class CheckResult(_Out):

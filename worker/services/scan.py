@@ -51,17 +51,20 @@ class ScanService:
         actor: str = "autopromote",
         dry_run: bool | None = None,
         include_results: bool = True,
+        include_eta: bool = False,
     ) -> ScanResult:
         """Evaluate every running experiment; promote the eligible ones (at most maxConcurrentPromotions).
 
         One experiment's failure is reported in its result and never stops the scan. ``include_results=False``
         (the daemon's reconciliation) keeps only the counts, so memory does not grow with the experiment count.
+        ``include_eta`` adds each blocked experiment's ETA (domain/eta.py; about a millisecond each, so only the
+        CLI's table asks for it).
         Each experiment is decided and acted on under its own config (with_experiment_overrides): ``dry_run`` and
         ``config`` are request-layer values that cannot lift an experiment's own ``dryRun: true``. A dry run is
         reported (audit row, promotion.eligible) once per change of eligibility, not at every scan.
         """
         effective = self.decider.with_dry_run(config or self.config, dry_run)
-        tally = _Tally(effective, include_results)
+        tally = _Tally(effective, include_results, include_eta)
         async with self.pool.acquire() as conn:
             await fold_pending_updates(conn, batch_size=self.settings.fold_batch_size)
             running = await conn.fetch(Q["running_experiments"])
@@ -113,7 +116,7 @@ class ScanService:
             }
             if "error" in decision.extra:
                 item["error"] = decision.extra["error"]
-            elif tally.include_results:
+            elif tally.include_eta:
                 when = EtaRequest(check, cfg, "running", started.get(decision.experiment_id), decision.evaluated_at)
                 projections.append((item, when))
             if decision.eligible:
@@ -216,9 +219,10 @@ class ScanService:
 class _Tally:
     """A scan's running counts and results."""
 
-    def __init__(self, effective: EffectiveConfig, include_results: bool) -> None:
+    def __init__(self, effective: EffectiveConfig, include_results: bool, include_eta: bool = False) -> None:
         self.effective = effective
         self.include_results = include_results
+        self.include_eta = include_eta and include_results
         self.scanned = 0
         self.eligible = 0
         self.promoted = 0
