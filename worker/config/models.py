@@ -2,8 +2,8 @@
 process runs), the field helpers that give every leaf field its environment variable and description, and
 ConfigError with how pydantic's validation errors read.
 
-Over 400 lines because each of the ~50 settings carries its range, environment name and one-line description
-here, the one source the environment parser, ``config show``, the README and ``.env.example`` read.
+Each of the ~50 settings carries its range, environment name and one-line description here: the one source the
+environment parser, ``config show``, the README and ``.env.example`` read.
 """
 
 from __future__ import annotations

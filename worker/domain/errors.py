@@ -40,6 +40,14 @@ class AlreadyRolledBack(DomainError):
     """The promotion was rolled back before; nothing changed."""
 
 
+class MetricNotFound(DomainError):
+    """The experiment has no metric (ab_metrics row) of that name."""
+
+
+class MetricExists(DomainError):
+    """The experiment already has a metric of that name; remove it before adding it again."""
+
+
 # The name the engine has always used; other modules import it from worker.engine.
 EngineError = DomainError
 
@@ -49,4 +57,6 @@ DOMAIN_ERRORS: tuple[type[DomainError], ...] = (
     PromotionNotFound,
     AlreadyPromoted,
     AlreadyRolledBack,
+    MetricNotFound,
+    MetricExists,
 )

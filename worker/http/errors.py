@@ -23,6 +23,8 @@ from worker.domain.errors import (
     DomainError,
     ExperimentNotFound,
     InvalidRequest,
+    MetricExists,
+    MetricNotFound,
     PromotionNotFound,
 )
 from worker.http.app import CTX
@@ -56,6 +58,8 @@ DOMAIN_ERRORS: dict[type[DomainError], tuple[int, str]] = {
     PromotionNotFound: (404, "promotion_not_found"),
     AlreadyPromoted: (409, "already_promoted"),
     AlreadyRolledBack: (409, "already_rolled_back"),
+    MetricNotFound: (404, "metric_not_found"),
+    MetricExists: (409, "metric_exists"),
 }
 
 

@@ -296,6 +296,13 @@ class MetricTreatment(_Out):
         "non-inferiority p-value."
     )
     verdict: Literal["better", "worse", "inconclusive", "non_inferior", "not_shown"]
+    unadjustedLift: float | None = Field(
+        description="The lift in percent without CUPED (equal to lift when CUPED did not apply); null: none."
+    )
+    varianceReduction: float | None = Field(
+        description="CUPED's variance reduction of the lift, 1 - Var(adjusted)/Var(unadjusted) (about the squared "
+        "correlation of the metric with its pre-exposure value); null when CUPED did not apply."
+    )
 
 
 class MetricResult(_Out):
@@ -345,6 +352,10 @@ class CheckResult(_Out):
     srm: Srm | None
     evaluatedAt: str
     metrics: list[MetricResult] = Field(description="Every metric with its role, lift, interval and verdict.")
+    notes: list[str] = Field(
+        description="What people should know that does not block a promotion, e.g. a metric whose CUPED covariate "
+        "is missing for some units (its unadjusted estimate is used)."
+    )
     nStar: float | None = Field(None, description="The confidence sequence's N* (sequentialTuning); null for fixed")
     eta: EtaResult | None = Field(None, description="When a decision is expected (running experiments)")
 
@@ -489,3 +500,95 @@ def action_response(body: dict[str, Any]) -> dict[str, Any]:
         ACTION_RESPONSE.validate_python(body), mode="json", exclude_unset=True
     )
     return out
+
+
+# ------------------------------------------------------------------------------------------------ metrics
+# /api/experiments/{name}/metrics: the experiment's metrics (ab_metrics rows) beside its built-in one. The
+# constraints are the table's (schema/0009), so that the document allows exactly what the database accepts.
+METRIC_NAME_TEXT = "^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$"
+PATTERN_MESSAGES[METRIC_NAME_TEXT] = (
+    "must be 1-100 letters, digits, '_', '.', ':' or '-', starting with a letter or digit (e.g. revenue_per_user)"
+)
+MetricKindName = Literal["proportion", "mean", "ratio"]
+MetricRoleName = Literal["primary", "guardrail", "secondary"]
+
+
+class MetricDefinitionRequest(BaseModel):
+    """A metric to add. Needs the operator role; audited (metric_added)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    name: str = Field(
+        pattern=METRIC_NAME_TEXT,
+        description="Unique within the experiment. 'primary' changes the built-in metric's role, direction or "
+        "margin (its kind must then be the built-in one: proportion for conversion, mean for mean experiments).",
+    )
+    kind: MetricKindName | None = Field(
+        None, description="proportion, mean or ratio; required except for 'primary' (default: the built-in kind)."
+    )
+    role: MetricRoleName | None = Field(
+        None,
+        description="primary (must win), guardrail (must not be worse beyond its margin) or secondary (reported, "
+        "never decides). Default: primary for 'primary', else secondary.",
+    )
+    direction: Literal["increase", "decrease"] = Field("increase", description="Which way is better.")
+    margin: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        allow_inf_nan=False,
+        description="A guardrail's relative non-inferiority margin: 0.02 = may be at most 2% worse than control.",
+    )
+    description: str = Field("", max_length=2000, pattern=NO_NUL_TEXT)
+    cuped: Literal["auto", "off"] = Field(
+        "auto",
+        description="Variance reduction with a pre-exposure covariate: auto (when every variant sent one) or off.",
+    )
+
+
+# The metric name in /api/experiments/{name}/metrics/{metric} (URL-decoded).
+METRIC_PATH_NAME: TypeAdapter[str] = TypeAdapter(
+    Annotated[str, Field(min_length=1, max_length=200, pattern=NO_NUL_TEXT)]
+)
+
+
+class MetricOut(_Out):
+    """One metric of an experiment; ``builtin``: the experiment's own metric_type metric (named primary)."""
+
+    name: str
+    kind: MetricKindName
+    role: MetricRoleName
+    direction: Literal["increase", "decrease"]
+    margin: float
+    description: str
+    cuped: Literal["auto", "off"]
+    builtin: bool
+    units: dict[str, int] = Field(
+        description="Units folded so far per variant: every variant's exposures for the built-in metric, the variants "
+        "with data for the others."
+    )
+    createdAt: str | None = Field(description="null for the built-in metric without an ab_metrics row")
+    updatedAt: str | None
+
+
+class MetricList(_Out):
+    experimentName: str
+    metricType: Literal["conversion", "mean"]
+    metrics: list[MetricOut] = Field(
+        description="The built-in metric first, then the ab_metrics rows in creation order."
+    )
+
+
+class MetricChange(_Out):
+    experimentName: str
+    metric: MetricOut
+
+
+class MetricListResponse(_Out):
+    success: Literal[True]
+    data: MetricList
+
+
+class MetricChangeResponse(_Out):
+    success: Literal[True]
+    data: MetricChange

@@ -397,6 +397,15 @@ def _margin_line(m: Mapping[str, Any]) -> float | None:
     return -float(margin) if m.get("direction") != "decrease" else float(margin)
 
 
+def _cuped_line(t: Mapping[str, Any]) -> str | None:
+    """What CUPED did to a treatment's lift, in words (None when it did not apply)."""
+    reduction, unadjusted = t.get("varianceReduction"), t.get("unadjustedLift")
+    if not isinstance(reduction, int | float):
+        return None
+    without = pct(float(unadjusted) / 100.0) if isinstance(unadjusted, int | float) else "not computed"
+    return f"CUPED: {100.0 * float(reduction):.0f}% less variance; without it {without}"
+
+
 def metrics_table(decision: Mapping[str, Any] | None) -> list[dict[str, Any]]:
     """One group per metric of the last decision: its role and, per treatment, the lift with its interval drawn as
     a bar against the guardrail's margin, and the verdict in words."""
@@ -436,6 +445,7 @@ def metrics_table(decision: Mapping[str, Any] | None) -> list[dict[str, Any]]:
                     "verdict": words,
                     "icon": icon,
                     "cls": cls,
+                    "cuped": _cuped_line(t),
                 }
             )
         raw_control = m.get("control")
@@ -511,6 +521,7 @@ def experiment_page(
         "actions": actions(exp),
         "charts": lift_charts(exp.name, control, page.snapshots, page.promotions, level),
         "metrics": metrics_table(decision),
+        "metric_notes": [str(n) for n in (decision or {}).get("notes") or []],
         "metric_charts": metric_charts(exp.name, decision, page.snapshots, level),
         "variants": variants_table(exp, detailed=True),
         "checks": safety_checks(decision),
