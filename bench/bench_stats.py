@@ -313,9 +313,9 @@ def bench_eta(sims: int, seed: int) -> dict[str, Any]:
     is then pessimistic); N* tuned by plannedSampleSize; 1,000 exposures per arm per hour; the decision's
     statistics and its minImprovement condition checked every 20 exposures per arm up to twice the fixed horizon,
     then every 500 up to 24 times it (with the true lift at minImprovement a tenth of the runs wander above and
-    below it for long); the checkpoint at a quarter of the fixed horizon, over the runs not yet stopped there. A run
-    still going at the end is covered when the interval reaches past the end and missed otherwise
-    ("interval80_coverage_runs_ended" leaves such runs out).
+    below it for long: those go on in steps of 5,000 to 300 times it); the checkpoint at a quarter of the fixed
+    horizon, over the runs not yet stopped there. A run still going at the end is covered when the interval reaches
+    past the end and missed otherwise ("interval80_coverage_runs_ended" leaves such runs out).
     """
     p_a, mde, rate = 0.10, 0.10, 1000.0
     plan = plan_sample_size("conversion", p_a, mde, method="fixed")
@@ -325,19 +325,14 @@ def bench_eta(sims: int, seed: int) -> dict[str, Any]:
     checkpoint = fine * int(0.25 * nf / fine)
     schedule = list(range(fine, 2 * nf, fine))
     schedule += list(range(schedule[-1] + coarse, 24 * nf, coarse))
-    horizon = schedule[-1]
-    out: dict[str, Any] = {
-        "fixed_horizon_per_arm": nf,
-        "checkpoint_per_arm": checkpoint,
-        "simulated_until_per_arm": horizon,
-        "simulations": sims,
-    }
+    out: dict[str, Any] = {"fixed_horizon_per_arm": nf, "checkpoint_per_arm": checkpoint, "simulations": sims}
     for name, lift in (("true_lift_is_mde", mde), ("true_lift_is_1_5x_mde", 1.5 * mde)):
         rng = np.random.default_rng(seed)
         conv = np.zeros((sims, 2))
         first = np.full(sims, np.inf)
         inputs: list[EtaInput] = []
         n_prev = 0
+        horizon = schedule[-1]
         for n in schedule:
             conv += rng.binomial(n - n_prev, [p_a, p_a * (1 + lift)], size=(sims, 2))
             n_prev = n
@@ -366,6 +361,16 @@ def bench_eta(sims: int, seed: int) -> dict[str, Any]:
                 ]
             hit = res.better[:, 0] & (res.lift[:, 0] >= mde) & np.isinf(first)
             first[hit] = n
+        # The runs still going (the lift hovering at minImprovement): on, in steps of 5,000, to 300 times the fixed
+        # horizon, so that few stay undecided about the interval.
+        rest = np.flatnonzero(np.isinf(first))
+        sub = conv[rest]
+        for n in range(schedule[-1] + 5000, 300 * nf, 5000):
+            sub = sub + rng.binomial(5000, [p_a, p_a * (1 + lift)], size=(len(rest), 2))
+            res = analyze_many(np.full((len(rest), 2), n), sub, method="sequential", alpha=ALPHA, n_star=n_star)
+            hit = res.better[:, 0] & (res.lift[:, 0] >= mde) & np.isinf(first[rest])
+            first[rest[hit]] = n
+            horizon = n
         open_runs = [e for e in range(sims) if first[e] > checkpoint]
         etas = estimate_etas([inputs[e] for e in open_runs])
         projected = [(first[e], eta) for e, eta in zip(open_runs, etas, strict=True) if eta.interval80 is not None]
@@ -390,6 +395,7 @@ def bench_eta(sims: int, seed: int) -> dict[str, Any]:
             "below_interval": round(float((ended & (actual < lo)).mean()), 4),
             "above_interval": round(float(np.where(ended, actual > hi, hi <= horizon).mean()), 4),
             "still_running_at_end": int((~ended).sum()),
+            "simulated_until_per_arm": horizon,
         }
     return out
 
