@@ -20,6 +20,8 @@ from worker.domain.errors import (
     ExperimentNotFound,
     InvalidRequest,
     PromotionNotFound,
+    RolloutConflict,
+    RolloutNotFound,
 )
 from worker.http.models import CheckResult, PromoteResult, RollbackResult, ScanResult
 
@@ -33,6 +35,8 @@ EXIT_CODES: dict[type[DomainError], int] = {
     PromotionNotFound: EXIT_USAGE,
     AlreadyPromoted: EXIT_REFUSED,
     AlreadyRolledBack: EXIT_REFUSED,
+    RolloutNotFound: EXIT_USAGE,
+    RolloutConflict: EXIT_REFUSED,
 }
 
 

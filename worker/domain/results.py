@@ -124,3 +124,4 @@ class NotificationPayload(TypedDict):
     metric: NotRequired[str]  # guard.breached: the breached metric
     guard: NotRequired[dict[str, Any]]  # guard.breached: its numbers
     promotedAt: NotRequired[str]  # guard.breached
+    rollout: NotRequired[dict[str, Any]]  # rollout.*, and a ramped promotion's guard.breached: where the ramp is

@@ -24,6 +24,8 @@ from worker.domain.errors import (
     ExperimentNotFound,
     InvalidRequest,
     PromotionNotFound,
+    RolloutConflict,
+    RolloutNotFound,
 )
 from worker.http.app import CTX
 from worker.retry import is_transient
@@ -56,6 +58,8 @@ DOMAIN_ERRORS: dict[type[DomainError], tuple[int, str]] = {
     PromotionNotFound: (404, "promotion_not_found"),
     AlreadyPromoted: (409, "already_promoted"),
     AlreadyRolledBack: (409, "already_rolled_back"),
+    RolloutNotFound: (404, "rollout_not_found"),
+    RolloutConflict: (409, "rollout_state_conflict"),
 }
 
 

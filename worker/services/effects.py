@@ -21,6 +21,7 @@ from worker.db.connect import Connection, json_safe
 from worker.db.store import OutboxRows
 from worker.decide import Decision
 from worker.domain.guard_rules import GuardBreach, WatchedPromotion, since_promotion_json
+from worker.domain.rollout_rules import RolloutDecision, RolloutView
 from worker.domain.results import Evaluation, NotificationPayload, PromoteResult, RollbackResult
 from worker.notify.outbox import PlannedNotifications, config_rows, enqueue_notifications, plan_notifications
 
@@ -28,10 +29,25 @@ log = structlog.get_logger("worker.engine")
 
 GUARD_ACTOR = "autopromote-guard"
 NotificationEvent = Literal[
-    "promotion.promoted", "promotion.eligible", "promotion.failed", "promotion.rolled_back", "guard.breached"
+    "promotion.promoted",
+    "promotion.eligible",
+    "promotion.failed",
+    "promotion.rolled_back",
+    "guard.breached",
+    "rollout.advanced",
+    "rollout.completed",
+    "rollout.rolled_back",
 ]
 PromotionMode = Literal["request", "scan", "daemon"]
-CommittedEvent = Literal["promotion.promoted", "promotion.rolled_back"]
+CommittedEvent = Literal[
+    "promotion.promoted",
+    "promotion.rolled_back",
+    "rollout.advanced",
+    "rollout.completed",
+    "rollout.paused",
+    "rollout.resumed",
+    "rollout.awaiting_approval",
+]
 OnCommitted = Callable[[CommittedEvent, dict[str, Any]], None]
 
 
@@ -94,6 +110,58 @@ def breach_payload(watch: WatchedPromotion, row: Mapping[str, Any], breach: Guar
     out["metric"] = breach.metric
     out["guard"] = breach.details
     out["promotedAt"] = watch.promoted_at.isoformat()
+    return out
+
+
+def rollout_payload(
+    event: NotificationEvent,
+    view: RolloutView,
+    row: Mapping[str, Any],
+    step: int,
+    share: float,
+    state: str,
+    decision: RolloutDecision,
+) -> NotificationPayload:
+    """rollout.advanced, rollout.completed (and a paused ramp's guard.breached): the shared shape, the step's numbers
+    since it began, and ``rollout`` = where the ramp is now and the guard of the step it left."""
+    out = payload(
+        event,
+        None,
+        actor=GUARD_ACTOR,
+        experiment_name=view.experiment_name,
+        priority=row["priority"],
+        promotion_id=view.promotion_id,
+        variant=view.winner,
+        reason=decision.reason or None,
+        control_variant=view.control,
+        occurred_at=row["now"],
+    )
+    out["variants"] = [
+        {
+            "name": name,
+            "isControl": name == view.control,
+            "exposures": t.exposures,
+            "conversions": t.conversions,
+            "rate": t.conversions / t.exposures if t.exposures else None,
+            "errors": t.errors,
+            "errorRate": t.errors / t.exposures if t.exposures else None,
+            "p95LatencyMs": t.latency.p95() if t.latency.count else None,
+            "latencySamples": t.latency.count,
+            "sinceStepStart": True,
+        }
+        for name, t in view.since_step().items()
+        if name in (view.winner, view.control)
+    ]
+    out["rollout"] = {
+        "state": state,
+        "step": step,
+        "steps": list(view.plan.shares),
+        "treatmentShare": share,
+        "fromStep": view.step,
+        "fromShare": view.share,
+        "stepStartedAt": view.step_started_at.isoformat(),
+        "guard": [g.to_json() for g in decision.guard],
+    }
     return out
 
 
@@ -208,6 +276,27 @@ class Effects:
                 reason=b.reason,
                 action="notified",
             )
+
+    def rollout_moved(self, action: str, data: Mapping[str, Any]) -> None:
+        """A committed rollout transition (advanced, completed, paused, resumed, awaiting_approval)."""
+        metrics.ROLLOUT_TRANSITIONS.labels(action).inc()
+        log.info(
+            f"rollout.{action}",
+            experiment=data.get("experimentName"),
+            promotion_id=data.get("promotionId"),
+            step=data.get("step"),
+            treatment_share=data.get("treatmentShare"),
+            reason=data.get("reason") or None,
+        )
+        event = {
+            "advanced": "rollout.advanced",
+            "completed": "rollout.completed",
+            "paused": "rollout.paused",
+            "resumed": "rollout.resumed",
+            "awaiting_approval": "rollout.awaiting_approval",
+        }.get(action)
+        if event is not None:
+            self.committed(event, data)  # type: ignore[arg-type]  # one of CommittedEvent, by the table above
 
     def scan_completed(self, scanned: int, eligible: int, promoted: int, dry_run: bool) -> None:
         metrics.SCANS.inc()

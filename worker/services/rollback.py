@@ -13,8 +13,8 @@ from typing import Any
 
 from worker.config import EffectiveConfig
 from worker.db import store
-from worker.db.connect import Pool
-from worker.db.sql import Q
+from worker.db.connect import Connection, Pool
+from worker.db.sql import Q, RLQ
 from worker.domain.errors import AlreadyRolledBack, EngineError, InvalidRequest, PromotionNotFound
 from worker.domain.results import RollbackRefused, RollbackResult
 from worker.services.deciding import Decider
@@ -100,50 +100,94 @@ class RollbackService:
                 return RollbackRefused("not_found", f"no promotion with id {pid}", {"promotionId": str(pid)})
             # Same lock order as promote (experiment first), so the two cannot deadlock.
             exp = await conn.fetchrow(Q["lock_experiment"], promo["experiment_id"])
-            promo = await conn.fetchrow(Q["lock_promotion"], pid)
-            if promo["rollback_at"] is not None:
-                return RollbackRefused(
-                    "already_rolled_back",
-                    f"promotion {pid} was already rolled back at {promo['rollback_at'].isoformat()} "
-                    f"by {promo['rolled_back_by']}: {promo['rollback_reason']}",
-                    {"promotionId": str(pid), "rolledBackAt": promo["rollback_at"].isoformat()},
-                )
-            previous: dict[str, Any] = promo["previous_weights"] or {}
-            for name, weight in previous.items():
-                await conn.execute(Q["restore_weight"], promo["experiment_id"], name, weight)
-            await conn.execute(Q["set_status"], promo["experiment_id"], "rolled_back")
-            rolled_at = await conn.fetchval(Q["mark_rolled_back"], pid, reason, actor)
-            cfg = self.decider.cfg_or_base(effective, exp["config"] if exp else None)
-            await store.insert_audit(
+            result = await self.roll_back_locked(
                 conn,
-                actor,
-                "rolled_back",
-                promo["experiment_id"],
-                promo["experiment_name"],
                 pid,
-                {
-                    "reason": reason,
-                    "trigger": trigger,
-                    "restoredWeights": previous,
-                    "promotedVariant": promo["promoted_variant_name"],
-                    **(details or {}),
-                },
-            )
-            body = payload(
-                "promotion.rolled_back",
-                None,
+                reason,
                 actor=actor,
-                experiment_name=promo["experiment_name"],
+                trigger=trigger,
+                details=details,
+                config=effective,
+                overrides=exp["config"] if exp else None,
                 priority=exp["priority"] if exp else "normal",
-                promotion_id=pid,
-                variant=promo["promoted_variant_name"],
-                reason=reason,
-                confidence=promo["confidence"],
-                improvement=promo["improvement"],
-                control_variant=promo["control_variant_name"],
             )
-            body["trigger"] = trigger
-            queued = await self.effects.notify(conn, body, cfg)
+        if isinstance(result, RollbackRefused):
+            return result
+        self.effects.rolled_back(result)
+        return result
+
+    async def roll_back_locked(
+        self,
+        conn: Connection,
+        pid: uuid.UUID,
+        reason: str,
+        *,
+        actor: str,
+        trigger: str,
+        details: Mapping[str, Any] | None = None,
+        config: EffectiveConfig | None = None,
+        overrides: Mapping[str, Any] | None = None,
+        priority: str = "normal",
+        rollout_guard: list[dict[str, Any]] | None = None,
+    ) -> RollbackResult | RollbackRefused:
+        """The rollback itself, in the caller's transaction, the experiment row locked already: restore the previous
+        weights, mark the promotion (and its rollout, if it ramped) rolled back, audit, queue the notifications.
+        The caller runs ``effects.rolled_back`` after its commit."""
+        promo = await conn.fetchrow(Q["lock_promotion"], pid)
+        if promo is None:
+            return RollbackRefused("not_found", f"no promotion with id {pid}", {"promotionId": str(pid)})
+        if promo["rollback_at"] is not None:
+            return RollbackRefused(
+                "already_rolled_back",
+                f"promotion {pid} was already rolled back at {promo['rollback_at'].isoformat()} "
+                f"by {promo['rolled_back_by']}: {promo['rollback_reason']}",
+                {"promotionId": str(pid), "rolledBackAt": promo["rollback_at"].isoformat()},
+            )
+        previous: dict[str, Any] = promo["previous_weights"] or {}
+        names = list(previous)
+        await conn.execute(RLQ["restore_weights"], promo["experiment_id"], names, [previous[n] for n in names])
+        await conn.execute(Q["set_status"], promo["experiment_id"], "rolled_back")
+        rolled_at = await conn.fetchval(Q["mark_rolled_back"], pid, reason, actor)
+        # A ramped promotion's rollout ends with it, whoever asked for the rollback.
+        rollout = await conn.fetchrow(RLQ["rollout_rolled_back"], pid, reason, rollout_guard or [])
+        cfg = self.decider.cfg_or_base(config or self.config, overrides)
+        ramp: dict[str, Any] | None = None
+        if rollout is not None:
+            steps = [float(s) for s in rollout["steps"]]
+            ramp = {"step": rollout["step"], "steps": steps, "treatmentShare": steps[rollout["step"] - 1]}
+        await store.insert_audit(
+            conn,
+            actor,
+            "rolled_back",
+            promo["experiment_id"],
+            promo["experiment_name"],
+            pid,
+            {
+                "reason": reason,
+                "trigger": trigger,
+                "restoredWeights": previous,
+                "promotedVariant": promo["promoted_variant_name"],
+                **({"rollout": ramp} if ramp is not None else {}),
+                **(details or {}),
+            },
+        )
+        body = payload(
+            "rollout.rolled_back" if ramp is not None else "promotion.rolled_back",
+            None,
+            actor=actor,
+            experiment_name=promo["experiment_name"],
+            priority=priority,
+            promotion_id=pid,
+            variant=promo["promoted_variant_name"],
+            reason=reason,
+            confidence=promo["confidence"],
+            improvement=promo["improvement"],
+            control_variant=promo["control_variant_name"],
+        )
+        body["trigger"] = trigger
+        if ramp is not None:
+            body["rollout"] = {**ramp, "state": "rolled_back", "guard": rollout_guard or []}
+        queued = await self.effects.notify(conn, body, cfg)
         result: RollbackResult = {
             "success": True,
             "promotionId": str(pid),
@@ -156,5 +200,4 @@ class RollbackService:
             "trigger": trigger,
             "notificationsQueued": queued,
         }
-        self.effects.rolled_back(result)
         return result

@@ -1,0 +1,157 @@
+-- The progressive rollout's queries (worker/services/rollout.py), each under a "-- name: NAME" header with a
+-- one-line description. Loaded once by worker/db/sql.py (RLQ); values go through $n parameters. Schema:
+-- schema/0010_rollouts.sql.
+
+-- name: active_rollouts
+-- Every unfinished rollout (or those of the experiments $1), with everything its guard and state machine read:
+-- the rollout row, the experiment's config, the per-variant totals now (camelCase, as baseline_stats) and the
+-- critical alerts the promotion's decision could not see (schema/0007). rollout_locked below shares its select list.
+SELECT r.id, r.promotion_id, r.experiment_id, r.experiment_name, r.winner_variant, r.control_variant, r.steps,
+       r.holdback, r.test_share, r.step, r.state, r.paused_from, r.step_started_at, r.step_stats, r.transitions,
+       r.reason, e.config, e.priority, e.metric_type, now() AS now,
+       (SELECT coalesce(json_object_agg(v.name, json_build_object(
+                   'exposures', coalesce(s.exposures, 0), 'conversions', coalesce(s.conversions, 0),
+                   'errors', coalesce(s.errors, 0), 'valueSum', coalesce(s.value_sum, 0),
+                   'valueSumSq', coalesce(s.value_sum_sq, 0),
+                   'latencySketch', coalesce(s.latency_sketch, '{}'::jsonb))), '{}'::json)
+          FROM ab_variants v LEFT JOIN ab_variant_stats s ON s.variant_id = v.id
+         WHERE v.experiment_id = r.experiment_id) AS current_stats,
+       (SELECT coalesce(json_agg(json_build_object('id', a.id, 'message', a.message, 'created_at', a.created_at,
+                                                   'global', a.experiment_id IS NULL)
+                                 ORDER BY a.created_at, a.id), '[]'::json)
+          FROM ab_alerts a
+         WHERE a.severity = 'critical' AND a.resolved_at IS NULL
+           AND (a.experiment_id = r.experiment_id OR a.experiment_id IS NULL)
+           AND CASE WHEN p.decision_snapshot IS NULL THEN a.created_at >= p.promoted_at
+                    ELSE NOT pg_visible_in_snapshot(a.xact_id, p.decision_snapshot) END) AS new_alerts
+  FROM experiment_rollouts r
+  JOIN experiment_promotions p ON p.id = r.promotion_id
+  JOIN ab_experiments e ON e.id = r.experiment_id
+ WHERE r.state NOT IN ('complete', 'rolled_back')
+   AND ($1::bigint[] IS NULL OR r.experiment_id = ANY($1::bigint[]))
+ ORDER BY r.step_started_at;
+
+-- name: rollout_locked
+-- One rollout ($1) as active_rollouts reads it, its row locked until the end of the transaction (the caller has
+-- locked the experiment first: the lock order of promotions and rollbacks). Finished ones come back too.
+SELECT r.id, r.promotion_id, r.experiment_id, r.experiment_name, r.winner_variant, r.control_variant, r.steps,
+       r.holdback, r.test_share, r.step, r.state, r.paused_from, r.step_started_at, r.step_stats, r.transitions,
+       r.reason, e.config, e.priority, e.metric_type, now() AS now,
+       (SELECT coalesce(json_object_agg(v.name, json_build_object(
+                   'exposures', coalesce(s.exposures, 0), 'conversions', coalesce(s.conversions, 0),
+                   'errors', coalesce(s.errors, 0), 'valueSum', coalesce(s.value_sum, 0),
+                   'valueSumSq', coalesce(s.value_sum_sq, 0),
+                   'latencySketch', coalesce(s.latency_sketch, '{}'::jsonb))), '{}'::json)
+          FROM ab_variants v LEFT JOIN ab_variant_stats s ON s.variant_id = v.id
+         WHERE v.experiment_id = r.experiment_id) AS current_stats,
+       (SELECT coalesce(json_agg(json_build_object('id', a.id, 'message', a.message, 'created_at', a.created_at,
+                                                   'global', a.experiment_id IS NULL)
+                                 ORDER BY a.created_at, a.id), '[]'::json)
+          FROM ab_alerts a
+         WHERE a.severity = 'critical' AND a.resolved_at IS NULL
+           AND (a.experiment_id = r.experiment_id OR a.experiment_id IS NULL)
+           AND CASE WHEN p.decision_snapshot IS NULL THEN a.created_at >= p.promoted_at
+                    ELSE NOT pg_visible_in_snapshot(a.xact_id, p.decision_snapshot) END) AS new_alerts
+  FROM experiment_rollouts r
+  JOIN experiment_promotions p ON p.id = r.promotion_id
+  JOIN ab_experiments e ON e.id = r.experiment_id
+ WHERE r.id = $1
+   FOR NO KEY UPDATE OF r;
+
+-- name: rollout_step_write
+-- A rollout moves to step $3 in state $4 (advance, hold, complete), in one statement, only if it is still at
+-- transition $2 (the compare-and-set that makes a transition happen once): the rollout row (the step's start and
+-- the totals $5 at it), the traffic weights ($6 names, $7 weights), the ended step's row (outcome $8, guard $9),
+-- the new step's row (share $10, kind $11), the promotion's guard window ($12 seconds from now; complete: ends
+-- now), and the audit row (actor $13, action $14, details $15). Returns the new transition count, or no row.
+WITH r AS (
+    UPDATE experiment_rollouts
+       SET step = $3, state = $4, step_started_at = now(), step_stats = $5, transitions = transitions + 1,
+           completed_at = CASE WHEN $4 = 'complete' THEN now() END, paused_from = NULL, reason = NULL
+     WHERE id = $1 AND transitions = $2
+    RETURNING id, promotion_id, experiment_id, experiment_name, transitions
+), w AS (
+    UPDATE ab_variants v SET traffic_weight = u.weight
+      FROM r, unnest($6::text[], $7::float8[]) AS u(name, weight)
+     WHERE v.experiment_id = r.experiment_id AND v.name = u.name
+    RETURNING 1
+), ended AS (
+    UPDATE experiment_rollout_steps st SET ended_at = now(), outcome = $8, guard = $9
+      FROM r
+     WHERE st.rollout_id = r.id AND st.ended_at IS NULL
+    RETURNING 1
+), started AS (
+    INSERT INTO experiment_rollout_steps (rollout_id, step, share, kind, stats)
+    SELECT r.id, $3, $10, $11, $5 FROM r
+    ON CONFLICT (rollout_id, step) DO UPDATE SET started_at = now(), stats = EXCLUDED.stats, share = EXCLUDED.share,
+        kind = EXCLUDED.kind, ended_at = NULL, outcome = NULL, guard = '[]'
+    RETURNING 1
+), g AS (
+    UPDATE experiment_promotions p
+       SET guard_until = CASE WHEN $4 = 'complete' THEN least(p.guard_until, now())
+                              ELSE greatest(p.guard_until, now() + make_interval(secs => $12)) END
+      FROM r WHERE p.id = r.promotion_id
+    RETURNING 1
+), a AS (
+    INSERT INTO ab_promotion_audit_log (actor, action, experiment_id, experiment_name, promotion_id, details)
+    SELECT $13, $14, r.experiment_id, r.experiment_name, r.promotion_id, $15 FROM r
+    RETURNING 1
+)
+SELECT r.transitions, (SELECT count(*) FROM w) AS weights, (SELECT count(*) FROM ended) AS ended,
+       (SELECT count(*) FROM started) AS started, (SELECT count(*) FROM g) AS promotions,
+       (SELECT count(*) FROM a) AS audited
+  FROM r;
+
+-- name: rollout_set_state
+-- Pause ($3 = 'paused', $4 = the state resume returns to, $5 = why), resume ($3 = the state to return to, $4 NULL)
+-- or wait for an approval, only if still at transition $2; audit row: actor $6, action $7, details $8. Returns the
+-- new transition count, or no row.
+WITH r AS (
+    UPDATE experiment_rollouts
+       SET state = $3, paused_from = $4, reason = $5, transitions = transitions + 1
+     WHERE id = $1 AND transitions = $2
+    RETURNING id, promotion_id, experiment_id, experiment_name, transitions
+), a AS (
+    INSERT INTO ab_promotion_audit_log (actor, action, experiment_id, experiment_name, promotion_id, details)
+    SELECT $6, $7, r.experiment_id, r.experiment_name, r.promotion_id, $8 FROM r
+    RETURNING 1
+)
+SELECT r.transitions, (SELECT count(*) FROM a) AS audited FROM r;
+
+-- name: rollout_rolled_back
+-- The rollout of promotion $1 rolled back with it (in the rollback's transaction): its state, reason $2, and the
+-- current step's row closed with guard $3. Returns the rollout (no row: the promotion has none, or it is finished).
+WITH r AS (
+    UPDATE experiment_rollouts
+       SET state = 'rolled_back', paused_from = NULL, reason = $2, rolled_back_at = now(),
+           transitions = transitions + 1
+     WHERE promotion_id = $1 AND state <> 'rolled_back'
+    RETURNING id, step, steps, state, transitions
+), ended AS (
+    UPDATE experiment_rollout_steps st SET ended_at = now(), outcome = 'rolled_back', guard = $3
+      FROM r
+     WHERE st.rollout_id = r.id AND st.ended_at IS NULL
+    RETURNING 1
+)
+SELECT r.id, r.step, r.steps, (SELECT count(*) FROM ended) AS ended FROM r;
+
+-- name: rollout_of_experiment
+-- The latest rollout of experiment $1 (any state), for check, the API and the dashboard.
+SELECT r.id, r.promotion_id, r.experiment_id, r.experiment_name, r.winner_variant, r.control_variant, r.steps,
+       r.holdback, r.test_share, r.step, r.state, r.paused_from, r.step_started_at, r.step_stats, r.transitions,
+       r.reason, r.created_at, r.completed_at, r.rolled_back_at
+  FROM experiment_rollouts r
+ WHERE r.experiment_id = $1
+ ORDER BY r.created_at DESC
+ LIMIT 1;
+
+-- name: rollout_steps
+-- The steps of rollout $1 in order: the dashboard's timeline.
+SELECT step, share, kind, started_at, ended_at, outcome, guard
+  FROM experiment_rollout_steps WHERE rollout_id = $1 ORDER BY step;
+
+-- name: restore_weights
+-- A rollback's restored weights, one statement: variant names $2 and their weights $3 of experiment $1.
+UPDATE ab_variants v SET traffic_weight = u.weight
+  FROM unnest($2::text[], $3::numeric[]) AS u(name, weight)
+ WHERE v.experiment_id = $1 AND v.name = u.name;
