@@ -113,7 +113,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 # -------------------------------------------------------------------------------------------------- config
 def cmd_config_show(args: argparse.Namespace) -> int:
-    from worker.config import _flatten
+    from worker.config.layering import _flatten
 
     effective = _config(args.preset)
     public = effective.config.public()

@@ -1,7 +1,7 @@
 """The OpenAPI 3.1 document of the HTTP API, built from the same models the handlers validate with.
 
 The POST body, the POST answers, the query strings and the configuration are generated from the pydantic models
-(worker/http/models.py, worker/config.py); the read endpoints' answers are still written here. The tests validate
+(worker/http/models.py, worker/config/models.py); the read endpoints' answers are still written here. The tests validate
 every response they receive against this document, a property-based fuzz sends broken requests, and Schemathesis
 sends the requests the document allows (none may be refused); a change of behaviour that is not written down here
 fails the suite.
