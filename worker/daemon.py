@@ -120,6 +120,7 @@ class Daemon:
         )
         self.rollback_wake = Wake()
         self.guard_wake = Wake()
+        self.rollout_wake = Wake()
         interval = config.config.scan_interval_seconds
         leadership: Leadership = (
             LeaseLeadership(pool, self.identity, ttl=max(3 * interval, 10.0))
@@ -170,6 +171,7 @@ class Daemon:
                     ("evaluator", self.evaluator.run),
                     ("rollback_requests", self._rollbacks_loop),
                     ("guard", self._guard_loop),
+                    ("rollouts", self._rollouts_loop),
                     ("scanner", self.scanner.run),
                 ]
                 if self.listener is not None:
@@ -189,7 +191,7 @@ class Daemon:
 
     async def _fan_out_stop(self, stop: anyio.Event) -> None:
         await stop.wait()
-        for wake in (self.folder.wake, self.evaluator.wake, self.rollback_wake, self.guard_wake):
+        for wake in (self.folder.wake, self.evaluator.wake, self.rollback_wake, self.guard_wake, self.rollout_wake):
             wake.set()
 
     async def _supervise(self, name: str, task: Callable[[anyio.Event], Awaitable[None]], stop: anyio.Event) -> None:
@@ -235,6 +237,21 @@ class Daemon:
     async def _guard_loop(self, stop: anyio.Event) -> None:
         await self._run_on_wake("guard", self.guard_wake, stop, self._check_guard)
 
+    async def _rollouts_loop(self, stop: anyio.Event) -> None:
+        """The ramps' clock: check every unfinished rollout, then sleep until the soonest step's time minimum (or the
+        end of a holding window) is met, at most a poll interval; woken early by a rollout event from any replica.
+        Updates drive the rest (the evaluator checks a promoted experiment after every fold), so a quiet experiment
+        still advances on time and a worker that starts picks every rollout up where it was."""
+        fault = FaultLog("rollouts", self.faults)
+        while not stop.is_set():
+            try:
+                checked = await retrying(fault, stop, self.engine.rollouts.check)
+            except Stopped:
+                return
+            wait = checked.seconds_to_next()
+            within = self.settings.poll_interval if wait is None else min(wait + 0.005, self.settings.poll_interval)
+            await self.rollout_wake.wait(within)
+
     async def _run_on_wake(self, name: str, wake: Wake, stop: anyio.Event, fn: Callable[[], Awaitable[object]]) -> None:
         """Run ``fn`` whenever ``wake`` is set (coalescing), retrying database faults under the shared policy."""
         fault = FaultLog(name, self.faults)
@@ -256,6 +273,7 @@ class Daemon:
     async def scan_once(self) -> dict[str, Any]:
         """The reconciliation scan: promote what became eligible, then guard checks and rollback requests."""
         result = await self.engine.scan_and_promote_winners(include_results=False)
+        ramps = await self.engine.rollouts.check(None)
         outcomes = await self.guard.check(None)
         rollbacks = await carry_out_rollback_requests(self.pool, self.engine)
         return {
@@ -263,6 +281,7 @@ class Daemon:
             "eligible": result["eligible"],
             "promoted": result["promoted"],
             "guard_actions": sum(1 for o in outcomes if o.action != "none"),
+            "rollout_transitions": sum(1 for o in ramps.outcomes if o.action != "none"),
             "rollback_requests": sum(1 for r in rollbacks if r.action == "rolled_back"),
         }
 
@@ -301,7 +320,9 @@ class Daemon:
     def on_promotion_event(self, event: PromotionEvent) -> None:
         if event.event == "rollback_requested":
             self.rollback_wake.set()
-        kind = "promotion" if event.event == "promoted" else "rollback"
+        if event.event == "promoted" or event.event.startswith("rollout_"):
+            self.rollout_wake.set()  # a ramp started or moved (on any replica): the timer looks again
+        kind = _bus_kind(event.event)
         self.events.publish(
             {
                 "type": kind,
@@ -339,7 +360,7 @@ class Daemon:
             self.dispatcher.wake()
         if self.settings.poll_only:
             # No ab_promotion_events to tell the dashboard, so tell it from here.
-            kind = "promotion" if event == "promotion.promoted" else "rollback"
+            kind = _bus_kind(event)
             self.events.publish(
                 {
                     "type": kind,
@@ -349,6 +370,15 @@ class Daemon:
                     "at": time.time(),
                 }
             )
+
+
+def _bus_kind(event: str) -> str:
+    """The dashboard event type of a NOTIFY event (promoted, rollout_*) or a committed one (promotion.*, rollout.*)."""
+    if event in ("promoted", "promotion.promoted"):
+        return "promotion"
+    if event.startswith("rollout") and "rolled_back" not in event:
+        return "rollout"
+    return "rollback"
 
 
 def evaluation_concurrency(settings: Settings) -> int:

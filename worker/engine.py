@@ -38,6 +38,7 @@ from worker.services.effects import Effects, OnCommitted
 from worker.services.evaluate import EvaluateService, transient_db_error
 from worker.services.promote import PromoteService
 from worker.services.rollback import RollbackService
+from worker.services.rollout import RolloutService
 from worker.services.scan import SCAN_CHUNK, SCAN_STATE_MIN_AGE_S, ScanService
 from worker.stats import ExperimentAnalysis
 
@@ -85,6 +86,7 @@ class Engine:
         self.evaluations = EvaluateService(pool, config, self.decider, self.promotions, self.effects)
         self.scans = ScanService(pool, settings, config, self.decider, self.promotions, self.effects)
         self.rollbacks = RollbackService(pool, config, self.decider, self.effects)
+        self.rollouts = RolloutService(pool, config, self.decider, self.effects, self.rollbacks)
 
     @property
     def on_committed(self) -> OnCommitted | None:

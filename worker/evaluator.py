@@ -238,9 +238,11 @@ class Evaluator:
                 self.on_evaluated(evaluation, latency)
         skipped = [e.experiment_id for e in evaluations if e.action == "skipped"]
         if skipped:
-            # Not running: promoted ones are the guard's. The update that shows a breach acts now; a database fault
-            # in the check is retried like the batch (the evaluations above are committed and reported already).
+            # Not running: promoted ones are the guard's (a ramped one the rollout's, first: the update that shows a
+            # breach rolls it back now). A database fault in the check is retried like the batch (the evaluations
+            # above are committed and reported already).
             try:
+                await retrying(self.guard_fault, stop, lambda: self.engine.rollouts.check(skipped))
                 await retrying(self.guard_fault, stop, lambda: self.guard.check(skipped))
             except Stopped:
                 pass  # the guard's own loop checks every watched promotion at the next start

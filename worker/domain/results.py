@@ -40,6 +40,7 @@ class PromoteResult(TypedDict):
     reasons: NotRequired[list[str]]  # not promoted: why
     enabled: NotRequired[bool]  # dry run: the experiment's enabled
     promotedAt: NotRequired[str]  # promoted: when (ISO 8601)
+    rollout: NotRequired[dict[str, Any]]  # promoted under rollout.mode = ramp: the ramp's first step
 
 
 class ScanItem(TypedDict):

@@ -212,7 +212,12 @@ def _alerts(data: StepData) -> GuardResult:
         "critical_alert",
         "breach",
         reason=f"critical {scope} alert #{a.id} raised after the promotion of {data.winner}: {a.message[:200]!r}",
-        details={"alertId": a.id, "scope": scope, "message": a.message[:500], "alertCreatedAt": a.created_at.isoformat()},
+        details={
+            "alertId": a.id,
+            "scope": scope,
+            "message": a.message[:500],
+            "alertCreatedAt": a.created_at.isoformat(),
+        },
     )
 
 
@@ -225,8 +230,9 @@ def _primary(
 ) -> GuardResult:
     margin_pct = 100.0 * settings.primary_margin
     if t.exposures < settings.min_samples:
-        return _waiting("primary", f"{t.exposures:,} of {settings.min_samples:,} exposures since the step began",
-                        margin_pct)
+        return _waiting(
+            "primary", f"{t.exposures:,} of {settings.min_samples:,} exposures since the step began", margin_pct
+        )
     try:
         effect = compare_arms(
             _stats(data.control, c, True),
@@ -253,7 +259,14 @@ def _primary(
         + (f"shown worse than the -{margin_pct:g}% margin" if breach else f"not shown worse than -{margin_pct:g}%")
     )
     return GuardResult(
-        "primary", "breach" if breach else "ok", lift, (lo, hi), -margin_pct, p, alpha, reason,
+        "primary",
+        "breach" if breach else "ok",
+        lift,
+        (lo, hi),
+        -margin_pct,
+        p,
+        alpha,
+        reason,
         {"exposures": t.exposures, "controlExposures": c.exposures},
     )
 
@@ -293,8 +306,14 @@ def _error_rate(
         res.p_value,
         alpha,
         reason,
-        {"errors": t.errors, "exposures": t.exposures, "controlErrors": c.errors, "controlExposures": c.exposures,
-         "errorRate": res.treatment_rate, "controlErrorRate": res.control_rate},
+        {
+            "errors": t.errors,
+            "exposures": t.exposures,
+            "controlErrors": c.errors,
+            "controlExposures": c.exposures,
+            "errorRate": res.treatment_rate,
+            "controlErrorRate": res.control_rate,
+        },
     )
 
 
@@ -347,8 +366,14 @@ def _latency(data: StepData, t: VariantTotals, c: VariantTotals, settings: RampS
         res.p_value,
         alpha,
         reason,
-        {"p95Ms": t95, "controlP95Ms": c95, "samples": t.latency.count, "controlSamples": c.latency.count,
-         "aboveThreshold": t_above, "controlAboveP95": c_above},
+        {
+            "p95Ms": t95,
+            "controlP95Ms": c95,
+            "samples": t.latency.count,
+            "controlSamples": c.latency.count,
+            "aboveThreshold": t_above,
+            "controlAboveP95": c_above,
+        },
     )
 
 

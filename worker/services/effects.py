@@ -21,8 +21,8 @@ from worker.db.connect import Connection, json_safe
 from worker.db.store import OutboxRows
 from worker.decide import Decision
 from worker.domain.guard_rules import GuardBreach, WatchedPromotion, since_promotion_json
-from worker.domain.rollout_rules import RolloutDecision, RolloutView
 from worker.domain.results import Evaluation, NotificationPayload, PromoteResult, RollbackResult
+from worker.domain.rollout_rules import RolloutDecision, RolloutView
 from worker.notify.outbox import PlannedNotifications, config_rows, enqueue_notifications, plan_notifications
 
 log = structlog.get_logger("worker.engine")

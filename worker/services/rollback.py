@@ -14,7 +14,7 @@ from typing import Any
 from worker.config import EffectiveConfig
 from worker.db import store
 from worker.db.connect import Connection, Pool
-from worker.db.sql import Q, RLQ
+from worker.db.sql import RLQ, Q
 from worker.domain.errors import AlreadyRolledBack, EngineError, InvalidRequest, PromotionNotFound
 from worker.domain.results import RollbackRefused, RollbackResult
 from worker.services.deciding import Decider

@@ -25,8 +25,9 @@ import structlog
 
 from worker.config import AutoPromotionConfig, EffectiveConfig
 from worker.db.connect import Connection, Pool, json_safe
-from worker.db.sql import Q, RLQ
+from worker.db.sql import RLQ, Q
 from worker.domain.errors import RolloutConflict, RolloutNotFound
+from worker.domain.results import RollbackRefused, RollbackResult
 from worker.domain.rollout_rules import (
     FINISHED,
     RampSettings,
@@ -39,9 +40,8 @@ from worker.domain.rollout_rules import (
     step_guard,
     totals_json,
 )
-from worker.domain.results import RollbackRefused, RollbackResult
 from worker.services.deciding import Decider
-from worker.services.effects import GUARD_ACTOR, Effects, rollout_payload
+from worker.services.effects import GUARD_ACTOR, Effects, NotificationEvent, rollout_payload
 from worker.services.rollback import RollbackService
 
 log = structlog.get_logger("worker.rollout")
@@ -106,8 +106,10 @@ class RolloutService:
             _, rs = self.settings_for(row["config"])
             decision = decide_rollout(view, rs)
             if decision.action == "stay":
-                if decision.next_step_at is not None and (out.next_due is None or decision.next_step_at < out.next_due):
-                    out.next_due = decision.next_step_at
+                due = decision.next_step_at
+                # A due time already past waits on exposures (each update checks again), not on the clock.
+                if due is not None and due > view.now and (out.next_due is None or due < out.next_due):
+                    out.next_due = due
                 continue
             with structlog.contextvars.bound_contextvars(experiment=view.experiment_name):
                 outcome = await self.transition(view.experiment_id, uuid.UUID(view.rollout_id))
@@ -158,7 +160,12 @@ class RolloutService:
         if isinstance(done, RollbackRefused):
             return _nothing(row, uuid.UUID(view.rollout_id)), None
         outcome = RolloutOutcome(
-            view.rollout_id, view.promotion_id, view.experiment_name, "rolled_back", view.step, view.share,
+            view.rollout_id,
+            view.promotion_id,
+            view.experiment_name,
+            "rolled_back",
+            view.step,
+            view.share,
             decision.reason,
         )
         return outcome, done
@@ -178,7 +185,7 @@ class RolloutService:
         share = view.plan.share(nxt)
         weights = ramp_weights(list(view.current), view.winner, view.control, share)
         completing = decision.action == "complete"
-        outcome = "completed" if completing else "advanced"
+        outcome: OutcomeAction = "completed" if completing else "advanced"
         guard = [g.to_json() for g in decision.guard]
         details = {
             "fromStep": view.step,
@@ -209,7 +216,7 @@ class RolloutService:
         )
         if written is None:
             return _nothing(row, uuid.UUID(view.rollout_id))
-        event = "rollout.completed" if completing else "rollout.advanced"
+        event: NotificationEvent = "rollout.completed" if completing else "rollout.advanced"
         await self.effects.notify(conn, rollout_payload(event, view, row, nxt, share, state, decision), cfg)
         return RolloutOutcome(view.rollout_id, view.promotion_id, view.experiment_name, outcome, nxt, share)
 
@@ -233,8 +240,15 @@ class RolloutService:
             decision.reason or None,
             GUARD_ACTOR,
             "rollout_paused" if pausing else "rollout_awaiting_approval",
-            json_safe({"step": view.step, "treatmentShare": view.share, "guard": guard, "reason": decision.reason,
-                       "nextStep": decision.next_step}),
+            json_safe(
+                {
+                    "step": view.step,
+                    "treatmentShare": view.share,
+                    "guard": guard,
+                    "reason": decision.reason,
+                    "nextStep": decision.next_step,
+                }
+            ),
         )
         if written is None:
             return _nothing(row, uuid.UUID(view.rollout_id))
@@ -245,8 +259,13 @@ class RolloutService:
                 body["guard"] = breach.to_json()
                 await self.effects.notify(conn, body, cfg)
         return RolloutOutcome(
-            view.rollout_id, view.promotion_id, view.experiment_name, "paused" if pausing else "awaiting_approval",
-            view.step, view.share, decision.reason,
+            view.rollout_id,
+            view.promotion_id,
+            view.experiment_name,
+            "paused" if pausing else "awaiting_approval",
+            view.step,
+            view.share,
+            decision.reason,
         )
 
     # ------------------------------------------------------------------------------------ pause and resume
@@ -277,7 +296,8 @@ class RolloutService:
                 state = row["state"]
                 if pause and state == "paused":
                     raise RolloutConflict(
-                        f"the rollout of {experiment_name!r} is paused already", {"state": state, "reason": row["reason"]}
+                        f"the rollout of {experiment_name!r} is paused already",
+                        {"state": state, "reason": row["reason"]},
                     )
                 if not pause and state != "paused":
                     raise RolloutConflict(
@@ -296,8 +316,10 @@ class RolloutService:
                     json_safe({"step": row["step"], "state": state, "reason": why}),
                 )
                 described = await self._describe(conn, exp["id"])
-        self.effects.rollout_moved("paused" if pause else "resumed", {"experimentName": experiment_name,
-                                                                       "promotionId": str(row["promotion_id"])})
+        self.effects.rollout_moved(
+            "paused" if pause else "resumed",
+            {"experimentName": experiment_name, "promotionId": str(row["promotion_id"])},
+        )
         assert described is not None
         return described
 
@@ -326,7 +348,9 @@ class RolloutService:
         return describe_rollout(row, guard, nxt)
 
 
-def describe_rollout(row: Mapping[str, Any], guard: list[dict[str, Any]], next_step_at: datetime | None) -> dict[str, Any]:
+def describe_rollout(
+    row: Mapping[str, Any], guard: list[dict[str, Any]], next_step_at: datetime | None
+) -> dict[str, Any]:
     """The API's ``rollout`` object from a rollout row."""
     steps = [float(s) for s in row["steps"]]
     step = int(row["step"])
@@ -342,7 +366,12 @@ def describe_rollout(row: Mapping[str, Any], guard: list[dict[str, Any]], next_s
 
 
 def _public_guard(g: Mapping[str, Any]) -> dict[str, Any]:
-    return {"metric": g.get("metric"), "verdict": g.get("verdict"), "lift": g.get("lift"), "interval": g.get("interval")}
+    return {
+        "metric": g.get("metric"),
+        "verdict": g.get("verdict"),
+        "lift": g.get("lift"),
+        "interval": g.get("interval"),
+    }
 
 
 def _nothing(row: Mapping[str, Any] | None, rollout_id: uuid.UUID) -> RolloutOutcome:
@@ -350,7 +379,11 @@ def _nothing(row: Mapping[str, Any] | None, rollout_id: uuid.UUID) -> RolloutOut
         return RolloutOutcome(str(rollout_id), "", "?", "none", 0, 0.0)
     steps = row["steps"]
     return RolloutOutcome(
-        str(rollout_id), str(row["promotion_id"]), row["experiment_name"], "none", int(row["step"]),
+        str(rollout_id),
+        str(row["promotion_id"]),
+        row["experiment_name"],
+        "none",
+        int(row["step"]),
         float(steps[int(row["step"]) - 1]),
     )
 

@@ -31,7 +31,17 @@ FAULT_NAME = "dashboard.events_bridge"
 APPLICATION_NAME = "autopromote-dashboard"
 HEARTBEAT_S = 15.0  # the Listener's liveness probe interval: a dead socket shows here, not in a silent LISTEN
 # Same shape as the daemon's listener publishes: {"type": promotion|rollback, "event": <NOTIFY event>, ...}.
-_BRIDGE_EVENTS = {"promoted": "promotion", "rolled_back": "rollback", "rollback_requested": "rollback"}
+_BRIDGE_EVENTS = {
+    "promoted": "promotion",
+    "rolled_back": "rollback",
+    "rollback_requested": "rollback",
+    # schema/0010: a ramp entered a state
+    "rollout_ramping": "rollout",
+    "rollout_holding": "rollout",
+    "rollout_complete": "rollout",
+    "rollout_paused": "rollout",
+    "rollout_awaiting_approval": "rollout",
+}
 
 
 def _bus_event(event: object, experiment_name: object, promotion_id: object) -> dict[str, Any] | None:
