@@ -106,8 +106,13 @@ class Engine:
     async def check_promotion_eligibility(
         self, experiment_name: str, *, config: EffectiveConfig | None = None
     ) -> dict[str, Any]:
-        """The seed's check ``data`` for one experiment; ExperimentNotFound if it does not exist."""
-        return await self.promotions.check(experiment_name, config=config)
+        """The seed's check ``data`` for one experiment; ExperimentNotFound if it does not exist. An experiment
+        promoted by a ramp adds ``rollout`` (where the ramp is, its step's guard)."""
+        data = await self.promotions.check(experiment_name, config=config)
+        rollout = await self.rollouts.describe_named(experiment_name)
+        if rollout is not None:
+            data["rollout"] = rollout
+        return data
 
     async def promote_winner(
         self,

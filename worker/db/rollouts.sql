@@ -155,3 +155,7 @@ SELECT step, share, kind, started_at, ended_at, outcome, guard
 UPDATE ab_variants v SET traffic_weight = u.weight
   FROM unnest($2::text[], $3::numeric[]) AS u(name, weight)
  WHERE v.experiment_id = $1 AND v.name = u.name;
+
+-- name: experiment_id_by_name
+-- The id of experiment $1 (NULL when there is none).
+SELECT id FROM ab_experiments WHERE name = $1;

@@ -30,7 +30,7 @@ from worker.db.store import HistoryRows, PromotionWrite, Seen
 from worker.decide import Decision, ExperimentSnapshot
 from worker.domain.errors import AlreadyPromoted, EngineError, ExperimentNotFound
 from worker.domain.results import CheckResult, Evaluation, PromoteResult
-from worker.domain.rollout_rules import plan_ramp, ramp_weights, test_share
+from worker.domain.rollout_rules import plan_ramp, ramp_weights, share_during_test
 from worker.services.deciding import Decider
 from worker.services.effects import Effects, outbox_rows, payload
 from worker.stats import StatsInputError
@@ -454,7 +454,7 @@ def _ramp(
     (and for a test without a control, which has nothing to ramp against)."""
     if cfg.rollout.mode != "ramp" or control is None:
         return None
-    plan = plan_ramp(test_share(weights, winner), cfg.rollout.steps, cfg.rollout.holdback)
+    plan = plan_ramp(share_during_test(weights, winner), cfg.rollout.steps, cfg.rollout.holdback)
     share = plan.share(1)
     return {
         "steps": list(plan.shares),

@@ -324,6 +324,12 @@ class RolloutService:
         return described
 
     # --------------------------------------------------------------------------------------------- describe
+    async def describe_named(self, experiment_name: str) -> dict[str, Any] | None:
+        """describe, by the experiment's name (None also when there is no such experiment)."""
+        async with self.pool.acquire() as conn:
+            exp_id = await conn.fetchval(RLQ["experiment_id_by_name"], experiment_name)
+            return None if exp_id is None else await self._describe(conn, exp_id)
+
     async def describe(self, experiment_id: int) -> dict[str, Any] | None:
         """The ``rollout`` of check and GET /api/experiments/{name}; None when the experiment never ramped."""
         async with self.pool.acquire() as conn:
