@@ -3,6 +3,7 @@ and resume, and a ramp that survives a worker restart mid-step (worker/services/
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
@@ -13,6 +14,8 @@ import pytest
 
 from tests.daemon_support import running_daemon, wait_for
 from tests.factories import create_experiment, record
+from tests.support.api import VIEWER_TOKEN, serve_api
+from tests.support.cli import run_cli
 from worker.config import load_config, load_settings
 from worker.db.fold import fold_pending_updates
 from worker.domain.errors import RolloutConflict, RolloutNotFound
@@ -316,3 +319,63 @@ async def test_a_ramp_survives_a_worker_restart_mid_step(db_url: str) -> None:
             )
             assert transitions == 4
     await anyio.lowlevel.checkpoint()
+
+
+async def test_the_api_pauses_resumes_and_shows_the_ramp(pool: asyncpg.Pool, conn: asyncpg.Connection) -> None:
+    exp_id = await _seed(conn)
+    async with serve_api(pool) as api:
+        promoted = await api.post({"action": "promote", "experimentName": NAME})
+        assert promoted.status == 200 and promoted.body["data"]["rollout"]["treatmentShare"] == 25.0
+        await _harmless(conn, 500, 1500)
+        shown = await api.get(f"/api/experiments/{NAME}")
+        rollout = shown.body["data"]["rollout"]
+        assert set(rollout) == {"state", "step", "steps", "treatmentShare", "stepStartedAt", "guard", "nextStepAt"}
+        assert rollout["steps"] == [25.0, 50.0, 75.0, 95.0, 100.0] and rollout["state"] == "ramping"
+        assert [g["metric"] for g in rollout["guard"]] == ["critical_alert", "primary", "error_rate", "latency"]
+        assert all(set(g) == {"metric", "verdict", "lift", "interval"} for g in rollout["guard"])
+        assert rollout["nextStepAt"] is not None  # stepMinutes 0: the time minimum is met already
+        # A viewer may look, not pause.
+        refused = await api.post({"action": "pause", "experimentName": NAME}, token=VIEWER_TOKEN)
+        assert refused.status == 403
+        paused = await api.post({"action": "pause", "experimentName": NAME, "reason": "launch day"})
+        assert paused.status == 200 and paused.body["data"]["rollout"]["state"] == "paused"
+        again = await api.post({"action": "pause", "experimentName": NAME})
+        assert again.status == 409 and again.error["code"] == "rollout_state_conflict"
+        resumed = await api.post({"action": "resume", "experimentName": NAME})
+        assert resumed.status == 200 and resumed.body["data"]["rollout"]["state"] == "ramping"
+        # The rollback action rolls a ramp back at any step.
+        back = await api.post(
+            {"action": "rollback", "promotionId": promoted.body["data"]["promotionId"], "reason": "not today"}
+        )
+        assert back.status == 200
+        gone = await api.post({"action": "resume", "experimentName": NAME})
+        assert gone.status == 404 and gone.error["code"] == "rollout_not_found"
+        checked = await api.post({"action": "check", "experimentName": NAME})
+        assert checked.body["data"]["rollout"]["state"] == "rolled_back"
+    assert await _weights(conn, exp_id) == {"variant-b": 20.0, "control": 80.0}
+    actors = await conn.fetch(
+        "SELECT actor, action FROM ab_promotion_audit_log WHERE action LIKE 'rollout_%' ORDER BY id"
+    )
+    assert [(a["actor"], a["action"]) for a in actors] == [
+        ("ops-bot", "rollout_paused"),
+        ("ops-bot", "rollout_resumed"),
+    ]
+
+
+async def test_the_cli_pauses_resumes_and_shows_a_ramp(
+    pool: asyncpg.Pool, conn: asyncpg.Connection, db_url: str
+) -> None:
+    await _seed(conn)
+    await _engine(pool).promote_winner(NAME)
+    paused = run_cli("rollout", "pause", NAME, "--reason", "freeze", "--actor", "dave", db_url=db_url)
+    assert paused.returncode == 0, paused.stderr
+    assert "rollout: paused, step 1 of 5 at 25%" in paused.stdout
+    again = run_cli("rollout", "pause", NAME, db_url=db_url)
+    assert again.returncode == 1 and "paused already" in again.stderr
+    resumed = run_cli("rollout", "resume", NAME, "--json", db_url=db_url)
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(resumed.stdout)["rollout"]["state"] == "ramping"
+    shown = run_cli("check", NAME, db_url=db_url)
+    assert "rollout: ramping, step 1 of 5 at 25%  ([25%] -> 50% -> 75% -> 95% -> 100%)" in shown.stdout
+    missing = run_cli("rollout", "show", "no-such-experiment", db_url=db_url)
+    assert missing.returncode == 2 and "has no rollout" in missing.stderr

@@ -567,6 +567,7 @@ async def get_experiment(request: web.Request) -> web.Response:
     )
     if detail is None:
         raise ExperimentNotFound(f"no experiment named {name[:200]!r}", {"experimentName": name[:200]})
+    rollout = await ctx.engine.rollouts.describe(detail.experiment.id)
     return ok(
         {
             "experiment": _experiment_json(detail.experiment, full_decision=True),
@@ -583,6 +584,7 @@ async def get_experiment(request: web.Request) -> web.Response:
                 }
                 for a in detail.alerts
             ],
+            "rollout": rollout,
         }
     )
 

@@ -100,7 +100,7 @@ def _request_schemas() -> dict[str, Any]:
     defs = raw.pop("$defs", {})
     raw["description"] = (
         "One object per action, each with exactly its own fields (others are refused). "
-        "check needs the viewer role; scan, promote and rollback need operator."
+        "check needs the viewer role; scan, promote, rollback, pause and resume need operator."
     )
     cleaned: dict[str, Any] = _clean({"AutoPromoteRequest": raw, **defs})
     return cleaned
@@ -325,6 +325,10 @@ def _schemas() -> dict[str, Any]:
                     "promotions": _arr(_ref("Promotion")),
                     "audit": _arr(_ref("AuditEntry")),
                     "alerts": _arr(alert),
+                    "rollout": {
+                        "anyOf": [_ref("RolloutStatus"), {"type": "null"}],
+                        "description": "The experiment's ramp (rollout.mode = ramp), null when it never ramped",
+                    },
                 }
             )
         ),
