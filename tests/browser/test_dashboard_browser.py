@@ -219,7 +219,7 @@ async def test_promotion_made_in_database_appears_without_reload(
 async def test_operator_rollback_from_the_page_end_to_end(
     pool: asyncpg.Pool, conn: asyncpg.Connection, new_page: Any
 ) -> None:
-    pytest.importorskip("worker.http.api", reason="the HTTP API (worker/http/api.py) has not landed")
+    pytest.importorskip("worker.http.api", reason="the HTTP API (worker/http/api/) has not landed")
     from playwright.async_api import expect
 
     ctx = make_context(pool)
@@ -300,7 +300,7 @@ async def test_operator_rollback_from_the_page_end_to_end(
 async def test_operator_actions_report_api_refusals(
     pool: asyncpg.Pool, conn: asyncpg.Connection, new_page: Any
 ) -> None:
-    pytest.importorskip("worker.http.api", reason="the HTTP API (worker/http/api.py) has not landed")
+    pytest.importorskip("worker.http.api", reason="the HTTP API (worker/http/api/) has not landed")
     from playwright.async_api import expect
 
     ctx = make_context(pool)

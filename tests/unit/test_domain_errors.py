@@ -81,5 +81,5 @@ def test_domain_modules_import_nothing_from_http(path: Path) -> None:
 
 def test_the_scan_sees_an_http_import() -> None:
     # The check above would pass vacuously if _imports missed an import form.
-    probe = WORKER / "http" / "api.py"
+    probe = WORKER / "http" / "api" / "actions.py"
     assert any(n.startswith("worker.http") for n in _imports(probe)) and "aiohttp" in _imports(probe)

@@ -4,7 +4,7 @@ One model per ``action`` of the seed's POST (a discriminated union on ``action``
 fields, and one model per endpoint's query string. Every constraint the server enforces is a JSON Schema
 keyword here (lengths, ranges, patterns, NUL characters refused), so that a client generated from the document
 never sends a request the document allows and the server refuses. The few rules that span two fields are
-written as JSON Schema too (``json_schema_extra``) next to the code that enforces them (api.py).
+written as JSON Schema too (``json_schema_extra``) next to the code that enforces them (worker/http/api/).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ NonBlank = Annotated[str, Field(pattern=NON_BLANK_TEXT)]
 PresetName = Annotated[str, WithJsonSchema({"type": "string", "enum": list(PRESET_NAMES)})]
 # The overrides are checked by worker.config.load_config (a 400 invalid_config listing every problem).
 ConfigOverrides = Annotated[dict[str, Any], WithJsonSchema({"x-ref": CONFIG_REF})]
-# A rollback has no dry run: config.dryRun may only be false (api.py refuses true).
+# A rollback has no dry run: config.dryRun may only be false (api/actions.py refuses true).
 RollbackConfig = Annotated[
     dict[str, Any], WithJsonSchema({"allOf": [{"x-ref": CONFIG_REF}, {"properties": {"dryRun": {"const": False}}}]})
 ]
@@ -76,7 +76,7 @@ class _Request(BaseModel):
 
 
 class _DecidingRequest(_Request):
-    # dryRun and config.dryRun, when both given, must be equal (api._action_problems).
+    # dryRun and config.dryRun, when both given, must be equal (api/actions.py _action_problems).
     model_config = ConfigDict(json_schema_extra=_DRY_RUN_CONFLICT)
 
     config: ConfigOverrides | None = Field(None, description="Overrides for this request, camelCase.")
