@@ -125,27 +125,14 @@ SELECT * FROM ab_experiments WHERE id = $1;
 -- Every running experiment (the scan's input).
 SELECT * FROM ab_experiments WHERE status = 'running' ORDER BY id;
 
--- name: restore_weight
--- Restore one variant's weight (rollback).
-UPDATE ab_variants SET traffic_weight = $3 WHERE experiment_id = $1 AND name = $2;
-
 -- name: insert_audit
 -- Append one audit row.
 INSERT INTO ab_promotion_audit_log (actor, action, experiment_id, experiment_name, promotion_id, details)
 VALUES ($1, $2, $3, $4, $5, $6) RETURNING id;
 
--- name: lock_promotion
--- Lock one promotion row.
-SELECT * FROM experiment_promotions WHERE id = $1 FOR UPDATE;
-
 -- name: promotion_by_id
 -- One promotion.
 SELECT * FROM experiment_promotions WHERE id = $1;
-
--- name: mark_rolled_back
--- Fill the rollback columns of a promotion.
-UPDATE experiment_promotions SET rollback_at = now(), rollback_reason = $2, rolled_back_by = $3 WHERE id = $1
-RETURNING rollback_at;
 
 -- name: pending_rollback_requests
 -- Rollbacks asked for with ab_request_rollback that nobody has carried out yet.

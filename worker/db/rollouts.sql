@@ -118,23 +118,6 @@ WITH r AS (
 )
 SELECT r.transitions, (SELECT count(*) FROM a) AS audited FROM r;
 
--- name: rollout_rolled_back
--- The rollout of promotion $1 rolled back with it (in the rollback's transaction): its state, reason $2, and the
--- current step's row closed with guard $3. Returns the rollout (no row: the promotion has none, or it is finished).
-WITH r AS (
-    UPDATE experiment_rollouts
-       SET state = 'rolled_back', paused_from = NULL, reason = $2, rolled_back_at = now(),
-           transitions = transitions + 1
-     WHERE promotion_id = $1 AND state <> 'rolled_back'
-    RETURNING id, step, steps, state, transitions
-), ended AS (
-    UPDATE experiment_rollout_steps st SET ended_at = now(), outcome = 'rolled_back', guard = $3
-      FROM r
-     WHERE st.rollout_id = r.id AND st.ended_at IS NULL
-    RETURNING 1
-)
-SELECT r.id, r.step, r.steps, (SELECT count(*) FROM ended) AS ended FROM r;
-
 -- name: rollout_of_experiment
 -- The latest rollout of experiment $1 (any state), for check, the API and the dashboard.
 SELECT r.id, r.promotion_id, r.experiment_id, r.experiment_name, r.winner_variant, r.control_variant, r.steps,
@@ -150,12 +133,51 @@ SELECT r.id, r.promotion_id, r.experiment_id, r.experiment_name, r.winner_varian
 SELECT step, share, kind, started_at, ended_at, outcome, guard
   FROM experiment_rollout_steps WHERE rollout_id = $1 ORDER BY step;
 
--- name: restore_weights
--- A rollback's restored weights, one statement: variant names $2 and their weights $3 of experiment $1.
-UPDATE ab_variants v SET traffic_weight = u.weight
-  FROM unnest($2::text[], $3::numeric[]) AS u(name, weight)
- WHERE v.experiment_id = $1 AND v.name = u.name;
-
 -- name: experiment_id_by_name
 -- The id of experiment $1 (NULL when there is none).
 SELECT id FROM ab_experiments WHERE name = $1;
+
+-- name: rollback_write
+-- Everything a rollback writes but its notifications, in one statement (the experiment row is locked already):
+-- promotion $1 marked rolled back (reason $2, actor $3) only if it is not yet, the weights from before the
+-- promotion, status 'rolled_back', its rollout (if it ramped) closed with its current step's guard $5, and the
+-- audit row (the restored weights, the promoted variant, details $4, and the rollout's step when it ramped). No row back: already rolled back, or no such
+-- promotion. Serves every rollback: a breach, ab_request_rollback, the API, the CLI, the dashboard.
+WITH p AS (
+    UPDATE experiment_promotions SET rollback_at = now(), rollback_reason = $2, rolled_back_by = $3
+     WHERE id = $1 AND rollback_at IS NULL
+    RETURNING id, experiment_id, experiment_name, previous_weights, promoted_variant_name, control_variant_name,
+              confidence, improvement, rollback_at
+), w AS (
+    UPDATE ab_variants v SET traffic_weight = pw.value::numeric
+      FROM p, jsonb_each_text(p.previous_weights) AS pw
+     WHERE v.experiment_id = p.experiment_id AND v.name = pw.key
+    RETURNING 1
+), s AS (
+    UPDATE ab_experiments e SET status = 'rolled_back' FROM p WHERE e.id = p.experiment_id RETURNING 1
+), r AS (
+    UPDATE experiment_rollouts ro
+       SET state = 'rolled_back', paused_from = NULL, reason = $2, rolled_back_at = now(),
+           transitions = ro.transitions + 1
+      FROM p
+     WHERE ro.promotion_id = p.id AND ro.state <> 'rolled_back'
+    RETURNING ro.id, ro.step, ro.steps
+), ended AS (
+    UPDATE experiment_rollout_steps st SET ended_at = now(), outcome = 'rolled_back', guard = $5
+      FROM r
+     WHERE st.rollout_id = r.id AND st.ended_at IS NULL
+    RETURNING 1
+), a AS (
+    INSERT INTO ab_promotion_audit_log (actor, action, experiment_id, experiment_name, promotion_id, details)
+    SELECT $3, 'rolled_back', p.experiment_id, p.experiment_name, p.id,
+           jsonb_build_object('restoredWeights', p.previous_weights, 'promotedVariant', p.promoted_variant_name)
+           || $4::jsonb || CASE WHEN r.id IS NULL THEN '{}'::jsonb
+                             ELSE jsonb_build_object('rollout', jsonb_build_object(
+                                      'step', r.step, 'steps', to_jsonb(r.steps),
+                                      'treatmentShare', r.steps[r.step])) END
+      FROM p LEFT JOIN r ON true
+    RETURNING 1
+)
+SELECT p.*, r.id AS rollout_id, r.step AS rollout_step, r.steps AS rollout_steps,
+       (SELECT count(*) FROM w) AS weights, (SELECT count(*) FROM ended) AS ended, (SELECT count(*) FROM a) AS audited
+  FROM p LEFT JOIN r ON true;

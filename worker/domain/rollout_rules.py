@@ -426,7 +426,11 @@ class RolloutView:
         return self.plan.share(self.step)
 
     def since_step(self) -> dict[str, VariantTotals]:
-        return {name: now.since(self.step_stats.get(name, VariantTotals())) for name, now in self.current.items()}
+        """The winner's and the control's totals since the step began (the only arms a step compares)."""
+        return {
+            name: self.current.get(name, VariantTotals()).since(self.step_stats.get(name, VariantTotals()))
+            for name in (self.winner, self.control)
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -445,9 +449,13 @@ class RolloutDecision:
         return tuple(g for g in self.guard if g.verdict == "breach")
 
 
-def step_guard(view: RolloutView, settings: RampSettings) -> tuple[GuardResult, ...]:
-    """The current step's guard."""
-    data = StepData(view.winner, view.control, view.metric_type, view.share, view.since_step(), view.new_alerts)
+def step_guard(
+    view: RolloutView, settings: RampSettings, since: Mapping[str, VariantTotals] | None = None
+) -> tuple[GuardResult, ...]:
+    """The current step's guard (``since``: view.since_step(), when the caller has it already)."""
+    data = StepData(
+        view.winner, view.control, view.metric_type, view.share, since or view.since_step(), view.new_alerts
+    )
     return tuple(check_step(data, settings, per_test_alpha(settings, view.plan)))
 
 
@@ -455,7 +463,8 @@ def decide_rollout(view: RolloutView, settings: RampSettings) -> RolloutDecision
     """The next action of one rollout. Pure."""
     if view.state in FINISHED:
         return RolloutDecision("stay", ())
-    guard = step_guard(view, settings)
+    since = view.since_step()
+    guard = step_guard(view, settings, since)
     breaches = [g for g in guard if g.verdict == "breach"]
     if breaches:
         where = f"rollout step {view.step} of {len(view.plan.shares)} ({view.share:g}% on {view.winner})"
@@ -474,7 +483,7 @@ def decide_rollout(view: RolloutView, settings: RampSettings) -> RolloutDecision
             return RolloutDecision("complete", guard, "", view.plan.complete_step, "complete", due)
         return RolloutDecision("stay", guard, "", next_step_at=due)
     due = view.step_started_at + timedelta(minutes=settings.step_minutes)
-    exposures = view.since_step().get(view.winner, VariantTotals()).exposures
+    exposures = since[view.winner].exposures
     if view.now < due or exposures < settings.step_min_exposures:
         return RolloutDecision("stay", guard, "", next_step_at=due)
     nxt = view.step + 1

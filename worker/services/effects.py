@@ -150,7 +150,6 @@ def rollout_payload(
             "sinceStepStart": True,
         }
         for name, t in view.since_step().items()
-        if name in (view.winner, view.control)
     ]
     out["rollout"] = {
         "state": state,

@@ -12,8 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from worker.config import EffectiveConfig
-from worker.db import store
-from worker.db.connect import Connection, Pool
+from worker.db.connect import Connection, Pool, json_safe
 from worker.db.sql import RLQ, Q
 from worker.domain.errors import AlreadyRolledBack, EngineError, InvalidRequest, PromotionNotFound
 from worker.domain.results import RollbackRefused, RollbackResult
@@ -133,56 +132,43 @@ class RollbackService:
         """The rollback itself, in the caller's transaction, the experiment row locked already: restore the previous
         weights, mark the promotion (and its rollout, if it ramped) rolled back, audit, queue the notifications.
         The caller runs ``effects.rolled_back`` after its commit."""
-        promo = await conn.fetchrow(Q["lock_promotion"], pid)
-        if promo is None:
-            return RollbackRefused("not_found", f"no promotion with id {pid}", {"promotionId": str(pid)})
-        if promo["rollback_at"] is not None:
+        written = await conn.fetchrow(
+            RLQ["rollback_write"],
+            pid,
+            reason,
+            actor,
+            json_safe({"reason": reason, "trigger": trigger, **(details or {})}),
+            rollout_guard or [],
+        )
+        if written is None:
+            promo = await conn.fetchrow(Q["promotion_by_id"], pid)
+            if promo is None:
+                return RollbackRefused("not_found", f"no promotion with id {pid}", {"promotionId": str(pid)})
             return RollbackRefused(
                 "already_rolled_back",
                 f"promotion {pid} was already rolled back at {promo['rollback_at'].isoformat()} "
                 f"by {promo['rolled_back_by']}: {promo['rollback_reason']}",
                 {"promotionId": str(pid), "rolledBackAt": promo["rollback_at"].isoformat()},
             )
-        previous: dict[str, Any] = promo["previous_weights"] or {}
-        names = list(previous)
-        await conn.execute(RLQ["restore_weights"], promo["experiment_id"], names, [previous[n] for n in names])
-        await conn.execute(Q["set_status"], promo["experiment_id"], "rolled_back")
-        rolled_at = await conn.fetchval(Q["mark_rolled_back"], pid, reason, actor)
-        # A ramped promotion's rollout ends with it, whoever asked for the rollback.
-        rollout = await conn.fetchrow(RLQ["rollout_rolled_back"], pid, reason, rollout_guard or [])
+        previous: dict[str, Any] = written["previous_weights"] or {}
         cfg = self.decider.cfg_or_base(config or self.config, overrides)
         ramp: dict[str, Any] | None = None
-        if rollout is not None:
-            steps = [float(s) for s in rollout["steps"]]
-            ramp = {"step": rollout["step"], "steps": steps, "treatmentShare": steps[rollout["step"] - 1]}
-        await store.insert_audit(
-            conn,
-            actor,
-            "rolled_back",
-            promo["experiment_id"],
-            promo["experiment_name"],
-            pid,
-            {
-                "reason": reason,
-                "trigger": trigger,
-                "restoredWeights": previous,
-                "promotedVariant": promo["promoted_variant_name"],
-                **({"rollout": ramp} if ramp is not None else {}),
-                **(details or {}),
-            },
-        )
+        if written["rollout_id"] is not None:
+            steps = [float(x) for x in written["rollout_steps"]]
+            step = int(written["rollout_step"])
+            ramp = {"step": step, "steps": steps, "treatmentShare": steps[step - 1]}
         body = payload(
             "rollout.rolled_back" if ramp is not None else "promotion.rolled_back",
             None,
             actor=actor,
-            experiment_name=promo["experiment_name"],
+            experiment_name=written["experiment_name"],
             priority=priority,
             promotion_id=pid,
-            variant=promo["promoted_variant_name"],
+            variant=written["promoted_variant_name"],
             reason=reason,
-            confidence=promo["confidence"],
-            improvement=promo["improvement"],
-            control_variant=promo["control_variant_name"],
+            confidence=written["confidence"],
+            improvement=written["improvement"],
+            control_variant=written["control_variant_name"],
         )
         body["trigger"] = trigger
         if ramp is not None:
@@ -191,11 +177,11 @@ class RollbackService:
         result: RollbackResult = {
             "success": True,
             "promotionId": str(pid),
-            "experimentName": promo["experiment_name"],
-            "rolledBackVariantName": promo["promoted_variant_name"],
+            "experimentName": written["experiment_name"],
+            "rolledBackVariantName": written["promoted_variant_name"],
             "reason": reason,
             "rolledBackBy": actor,
-            "rolledBackAt": rolled_at.isoformat(),
+            "rolledBackAt": written["rollback_at"].isoformat(),
             "restoredWeights": previous,
             "trigger": trigger,
             "notificationsQueued": queued,
