@@ -231,7 +231,8 @@ async def bench_breach_latency(server: Server, p: dict[str, Any]) -> dict[str, A
         conn = await connect(url)
         await conn.execute(
             "INSERT INTO ab_experiments (name, status, started_at) "
-            "SELECT 'ramp-' || lpad(i::text, 5, '0'), 'running', now() - interval '48 hours' FROM generate_series(1, $1) i",
+            "SELECT 'ramp-' || lpad(i::text, 5, '0'), 'running', now() - interval '48 hours' "
+            "FROM generate_series(1, $1) i",
             n,
         )
         await conn.execute(
