@@ -7,11 +7,14 @@ import json
 import uuid
 from typing import Any
 
+import aiohttp
 import anyio
-import anyio.lowlevel
 import asyncpg
 import pytest
 
+from tests.browser.demo import VIEWER_TOKEN as DASHBOARD_VIEWER
+from tests.browser.demo import make_context as make_dashboard_context
+from tests.browser.demo import serve as serve_dashboard
 from tests.daemon_support import running_daemon, wait_for
 from tests.factories import create_experiment, record
 from tests.support.api import VIEWER_TOKEN, serve_api
@@ -379,3 +382,29 @@ async def test_the_cli_pauses_resumes_and_shows_a_ramp(
     assert "rollout: ramping, step 1 of 5 at 25%  ([25%] -> 50% -> 75% -> 95% -> 100%)" in shown.stdout
     missing = run_cli("rollout", "show", "no-such-experiment", db_url=db_url)
     assert missing.returncode == 2 and "has no rollout" in missing.stderr
+
+
+async def test_the_dashboard_draws_the_ramp_and_each_steps_guard(pool: asyncpg.Pool, conn: asyncpg.Connection) -> None:
+    engine_ctx = make_dashboard_context(pool)
+    await _seed(conn)
+    await engine_ctx.engine.promote_winner(NAME)
+    await _harmless(conn, 2500, 7500)
+    assert [o.action for o in (await engine_ctx.engine.rollouts.check()).outcomes] == ["advanced"]
+    async with (
+        serve_dashboard(engine_ctx) as base,
+        aiohttp.ClientSession(headers={"Authorization": f"Bearer {DASHBOARD_VIEWER}"}) as s,
+        s.get(f"{base}/experiments/{NAME}") as resp,
+    ):
+        body = await resp.text()
+    assert resp.status == 200
+    assert "Progressive rollout" in body and "step 2: the winner at <strong>50%</strong>" in body
+    assert "25% → 50% → 75% → 95% → 100%" in body
+    assert (
+        body.count("Winner&#x27;s share of traffic over the ramp")
+        + body.count("Winner's share of traffic over the ramp")
+        == 2
+    )  # the wide and the narrow drawing
+    assert 'data-action="pause"' in body and 'data-action="resume"' not in body
+    # Step 1's guard as it ended, and step 2's now.
+    assert body.count("Error rate (percentage points)") == 2 and "(ramping, advanced)" in body
+    assert "(ramping, current)" in body and "waiting for data" in body

@@ -330,6 +330,37 @@ class RolloutService:
             exp_id = await conn.fetchval(RLQ["experiment_id_by_name"], experiment_name)
             return None if exp_id is None else await self._describe(conn, exp_id)
 
+    async def timeline(self, experiment_id: int) -> dict[str, Any] | None:
+        """describe plus every step entered so far (the dashboard's timeline): share, when it began and ended, how
+        it ended and the guard's verdicts then (the current step: its guard now)."""
+        async with self.pool.acquire() as conn:
+            described = await self._describe(conn, experiment_id)
+            if described is None:
+                return None
+            latest = await conn.fetchrow(RLQ["rollout_of_experiment"], experiment_id)
+            steps = await conn.fetch(RLQ["rollout_steps"], latest["id"])
+        out = []
+        for st in steps:
+            current = st["ended_at"] is None and latest["state"] not in FINISHED
+            out.append(
+                {
+                    "step": st["step"],
+                    "share": st["share"],
+                    "kind": st["kind"],
+                    "startedAt": st["started_at"],
+                    "endedAt": st["ended_at"],
+                    "outcome": st["outcome"],
+                    "guard": described["guard"] if current else list(st["guard"] or []),
+                }
+            )
+        return {
+            **described,
+            "rolloutId": str(latest["id"]),
+            "reason": latest["reason"],
+            "createdAt": latest["created_at"],
+            "history": out,
+        }
+
     async def describe(self, experiment_id: int) -> dict[str, Any] | None:
         """The ``rollout`` of check and GET /api/experiments/{name}; None when the experiment never ramped."""
         async with self.pool.acquire() as conn:

@@ -21,6 +21,7 @@ import hashlib
 import html
 import mimetypes
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
 from urllib.parse import urlsplit
@@ -346,7 +347,11 @@ async def _experiment(request: web.Request, name: str) -> dict[str, Any] | None:
     page = await _reads(request).experiment_history(name, audit=views.AUDIT_ROWS)
     if page is None:
         return None
-    return views.experiment_page(page, request.app[CTX].config.config.thresholds.min_confidence)
+    ctx = request.app[CTX]
+    body = views.experiment_page(page, ctx.config.config.thresholds.min_confidence)
+    timeline = await ctx.engine.rollouts.timeline(page.experiment.id)
+    body["rollout"] = views.rollout_section(timeline, name, datetime.now(UTC))
+    return body
 
 
 @_viewer_page

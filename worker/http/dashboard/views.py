@@ -25,13 +25,23 @@ from worker.db.reads import (
     PromotionReport,
     StatusCount,
 )
-from worker.http.svg import DayCount, LiftPoint, interval_bar, interval_scale, lift_chart, pct, promotions_chart
+from worker.http.svg import (
+    DayCount,
+    LiftPoint,
+    ShareStep,
+    interval_bar,
+    interval_scale,
+    lift_chart,
+    pct,
+    promotions_chart,
+    share_chart,
+)
 
 MAX_EXPERIMENTS = 300
 AUDIT_ROWS = 100
 PROMOTION_ROWS = 100
 DEFAULT_DAYS = 30
-REFRESH_ALL = "evaluation promotion rollback"
+REFRESH_ALL = "evaluation promotion rollback rollout"
 REFRESH_PROMOTIONS = "promotion rollback"
 
 STATUS_LABELS = {
@@ -312,6 +322,86 @@ def lift_charts(
             }
         )
     return charts
+
+
+_GUARD_LABELS = {
+    "critical_alert": "Critical alerts",
+    "primary": "Primary metric (relative lift)",
+    "error_rate": "Error rate (percentage points)",
+    "latency": "P95 latency (change)",
+}
+_VERDICTS = {"ok": ("✓", "no harm shown"), "breach": ("✗", "breach"), "waiting": ("…", "waiting for data")}
+
+
+def _guard_rows(guard: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One row per metric of a step's guard: its verdict (icon and words), lift, interval and a bar on a shared
+    scale with the margin (0) as its dashed line."""
+    intervals = [(g.get("lift"), *(g.get("interval") or (None, None))) for g in guard if g.get("lift") is not None]
+    lo, hi = interval_scale([(a, b, c) for a, b, c in intervals])
+    rows = []
+    for g in guard:
+        icon, words = _VERDICTS.get(str(g.get("verdict")), ("?", str(g.get("verdict"))))
+        interval = g.get("interval") or None
+        lift = g.get("lift")
+        unit = " pp" if g.get("metric") == "error_rate" else "%"
+        rows.append(
+            {
+                "metric": _GUARD_LABELS.get(str(g.get("metric")), str(g.get("metric"))),
+                "verdict": g.get("verdict"),
+                "icon": icon,
+                "words": words,
+                "lift": "–" if lift is None else f"{lift:+.2f}{unit}",
+                "interval": "–"
+                if not interval or interval[0] is None or interval[1] is None
+                else f"[{interval[0]:+.2f}, {interval[1]:+.2f}]{unit}",
+                # svg.py draws only numbers; the bar is decorative (the text beside it says the same).
+                "bar": Markup(  # noqa: S704
+                    interval_bar(
+                        lift,
+                        interval[0] if interval else None,
+                        interval[1] if interval else None,
+                        lo=lo,
+                        hi=hi,
+                    )
+                )
+                if lift is not None and interval
+                else "",
+            }
+        )
+    return rows
+
+
+def rollout_section(timeline: Mapping[str, Any] | None, name: str, now: datetime) -> dict[str, Any] | None:
+    """The ramp of ``/experiments/{name}``: where it is, the share over time, and each step's guard."""
+    if timeline is None:
+        return None
+    history = timeline["history"]
+    steps = [ShareStep(h["startedAt"], h["endedAt"], float(h["share"]), h["outcome"]) for h in history]
+    return {
+        "name": name,
+        "state": timeline["state"],
+        "step": timeline["step"],
+        "steps": " → ".join(f"{s:g}%" for s in timeline["steps"]),
+        "share": timeline["treatmentShare"],
+        "next": timeline["nextStepAt"],
+        "reason": timeline.get("reason"),
+        "can_pause": timeline["state"] in ("ramping", "holding", "awaiting_approval"),
+        "can_resume": timeline["state"] == "paused",
+        "chart_wide": Markup(share_chart(steps, chart_id="ramp", now=now)),  # noqa: S704
+        "chart_narrow": Markup(share_chart(steps, chart_id="ramp-n", now=now, compact=True)),  # noqa: S704
+        "history": [
+            {
+                "step": h["step"],
+                "share": h["share"],
+                "kind": h["kind"],
+                "started_at": h["startedAt"],
+                "ended_at": h["endedAt"],
+                "outcome": h["outcome"] or ("current" if timeline["state"] not in ("complete", "rolled_back") else "–"),
+                "guard": _guard_rows(h["guard"] or []),
+            }
+            for h in reversed(history)
+        ],
+    }
 
 
 def experiment_page(page: ExperimentHistory, level: float) -> dict[str, Any]:
