@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -408,3 +409,44 @@ async def test_the_dashboard_draws_the_ramp_and_each_steps_guard(pool: asyncpg.P
     # Step 1's guard as it ended, and step 2's now.
     assert body.count("Error rate (percentage points)") == 2 and "(ramping, advanced)" in body
     assert "(ramping, current)" in body and "waiting for data" in body
+
+
+@dataclass
+class _Approval:
+    """The fields of an ab_approvals row the rollout reads (worker/db/approvals.py on the approvals branch)."""
+
+    experiment_id: int
+    step: int | None
+    subject: dict[str, Any]
+
+
+async def test_an_approved_step_advances_and_a_declined_one_pauses(
+    pool: asyncpg.Pool, conn: asyncpg.Connection
+) -> None:
+    engine = _engine(pool)
+    exp_id = await _seed(conn)
+    await engine.promote_winner(NAME)
+    await _harmless(conn, 2500, 7500)
+    r = await _rollout(conn, exp_id)
+    # What the approvals' seam does when a step is ready under approval.require = every_step.
+    await conn.execute("UPDATE experiment_rollouts SET state = 'awaiting_approval' WHERE id = $1", r["id"])
+    assert (await engine.rollouts.check()).outcomes == []  # it waits, however long
+    approval = _Approval(exp_id, 2, {"rolloutId": str(r["id"])})
+    async with pool.acquire() as c, c.transaction():
+        await c.execute("SELECT 1 FROM ab_experiments WHERE id = $1 FOR NO KEY UPDATE", exp_id)
+        done = await engine.rollouts.advance_approved(c, approval, actor="erin")
+    assert done.advanced and done.data is not None and done.data["treatmentShare"] == 50.0
+    assert await _weights(conn, exp_id) == {"variant-b": 50.0, "control": 50.0}
+    async with pool.acquire() as c, c.transaction():
+        again = await engine.rollouts.advance_approved(c, approval, actor="erin")
+    assert not again.advanced and "ramping now" in (again.reason or "")
+    await conn.execute("UPDATE experiment_rollouts SET state = 'awaiting_approval' WHERE id = $1", r["id"])
+    async with pool.acquire() as c, c.transaction():
+        await engine.rollouts.step_declined(c, _Approval(exp_id, 3, approval.subject), actor="frank", reason="no")
+    r = await _rollout(conn, exp_id)
+    assert (r["state"], r["paused_from"], r["step"]) == ("paused", "ramping", 2)
+    assert r["reason"] == "step 3 not approved (frank): no"
+    audit = await conn.fetch(
+        "SELECT actor, action FROM ab_promotion_audit_log WHERE action LIKE 'rollout_%' ORDER BY id"
+    )
+    assert [(a["actor"], a["action"]) for a in audit] == [("erin", "rollout_advanced"), ("frank", "rollout_paused")]

@@ -16,10 +16,10 @@ worker.services.rollback, which closes the rollout in the same transaction.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import structlog
 
@@ -78,8 +78,34 @@ class RolloutCheck:
         return max(0.0, (self.next_due - self.now).total_seconds())
 
 
+class StepApproval(Protocol):
+    """What the rollout reads of a pending approval of kind ``step`` (worker.db.approvals.Approval)."""
+
+    experiment_id: int
+    step: int | None
+    subject: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovedStep:
+    """What the rollout did with an approved step (worker.services.approval_gate.StepOutcome's shape)."""
+
+    advanced: bool
+    reason: str | None = None
+    data: Mapping[str, Any] | None = None
+
+
+# Opens the pending approval of a step ready to advance (worker.services.approval_gate.request_approval with
+# kind="step", step=decision.next_step, subject={"rolloutId": view.rollout_id}), in the transaction that sets the
+# rollout to awaiting_approval, the experiment's row locked. Set by whoever wires approvals in (the Engine).
+StepApprovalRequester = Callable[
+    [Connection, RolloutView, RolloutDecision, AutoPromotionConfig, Mapping[str, Any]], Awaitable[None]
+]
+
+
 class RolloutService:
-    """Checks and moves ramped promotions; pause, resume and describe them."""
+    """Checks and moves ramped promotions; pause, resume and describe them; advances or holds a step whose approval
+    was decided (approval.require = every_step: ``advance_approved`` / ``step_declined``)."""
 
     def __init__(
         self, pool: Pool, config: EffectiveConfig, decider: Decider, effects: Effects, rollbacks: RollbackService
@@ -89,6 +115,7 @@ class RolloutService:
         self.decider = decider
         self.effects = effects
         self.rollbacks = rollbacks
+        self.request_step_approval: StepApprovalRequester | None = None
 
     def settings_for(self, overrides: Mapping[str, Any] | None) -> tuple[AutoPromotionConfig, RampSettings]:
         cfg = self.decider.cfg_or_base(self.config, overrides)
@@ -178,6 +205,8 @@ class RolloutService:
         cfg: AutoPromotionConfig,
         rs: RampSettings,
         row: Mapping[str, Any],
+        *,
+        actor: str = GUARD_ACTOR,
     ) -> RolloutOutcome:
         """Advance to the next step, or complete."""
         assert decision.next_step is not None and decision.next_state is not None
@@ -210,7 +239,7 @@ class RolloutService:
             share,
             view.plan.kind(nxt),
             rs.guard_hours * 3600.0 + rs.step_minutes * 60.0,
-            GUARD_ACTOR,
+            actor,
             "rollout_completed" if completing else "rollout_advanced",
             json_safe(details),
         )
@@ -252,6 +281,8 @@ class RolloutService:
         )
         if written is None:
             return _nothing(row, uuid.UUID(view.rollout_id))
+        if not pausing and self.request_step_approval is not None:
+            await self.request_step_approval(conn, view, decision, cfg, row)
         if pausing:
             for breach in decision.breaches:
                 body = rollout_payload("guard.breached", view, row, view.step, view.share, "paused", decision)
@@ -266,6 +297,54 @@ class RolloutService:
             view.step,
             view.share,
             decision.reason,
+        )
+
+    # -------------------------------------------------------------------------------------- step approvals
+    async def advance_approved(self, conn: Connection, approval: StepApproval, *, actor: str) -> ApprovedStep:
+        """An approved step, in the approval's transaction (the experiment's row locked by the caller): re-check the
+        step's guard on the locked rollout and advance it, or say why not."""
+        rollout_id = _uuid(approval.subject.get("rolloutId"))
+        row = None if rollout_id is None else await conn.fetchrow(RLQ["rollout_locked"], rollout_id)
+        if row is None:
+            return ApprovedStep(False, "the approval names no rollout of this experiment")
+        if row["state"] != "awaiting_approval":
+            return ApprovedStep(False, f"the rollout is {row['state']} now, not waiting for this step")
+        view = rollout_view_from_row(row)
+        cfg, rs = self.settings_for(row["config"])
+        guard = step_guard(view, rs)
+        breaches = [g for g in guard if g.verdict == "breach"]
+        if breaches:
+            # The next check rolls it back (or pauses it); an approval never advances over a breach.
+            return ApprovedStep(False, "the step's guard shows a breach: " + "; ".join(b.reason for b in breaches))
+        nxt = approval.step if approval.step is not None else view.step + 1
+        if not view.step < nxt <= view.plan.complete_step:
+            return ApprovedStep(False, f"step {nxt} is not the next step of the ramp (it is on step {view.step})")
+        state = view.plan.kind(nxt)
+        decision = RolloutDecision("advance", guard, "", nxt, state)
+        outcome = await self._step(conn, view, decision, cfg, rs, row, actor=actor)
+        if outcome.action == "none":
+            return ApprovedStep(False, "the rollout moved on meanwhile")
+        log.info("rollout.advanced", experiment=view.experiment_name, step=nxt, approved_by=actor)
+        return ApprovedStep(True, None, {"step": nxt, "treatmentShare": outcome.share, "state": state})
+
+    async def step_declined(self, conn: Connection, approval: StepApproval, *, actor: str, reason: str) -> None:
+        """A step's approval was declined (or expired): the ramp holds where it is, paused, until an operator
+        resumes it (and the step, its minimums met, asks again)."""
+        rollout_id = _uuid(approval.subject.get("rolloutId"))
+        row = None if rollout_id is None else await conn.fetchrow(RLQ["rollout_locked"], rollout_id)
+        if row is None or row["state"] != "awaiting_approval":
+            return
+        why = f"step {approval.step} not approved ({actor}): {reason}"
+        await conn.fetchrow(
+            RLQ["rollout_set_state"],
+            row["id"],
+            row["transitions"],
+            "paused",
+            "ramping",
+            why,
+            actor,
+            "rollout_paused",
+            json_safe({"step": row["step"], "state": row["state"], "reason": why}),
         )
 
     # ------------------------------------------------------------------------------------ pause and resume
@@ -409,6 +488,13 @@ def _public_guard(g: Mapping[str, Any]) -> dict[str, Any]:
         "lift": g.get("lift"),
         "interval": g.get("interval"),
     }
+
+
+def _uuid(value: object) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        return None
 
 
 def _nothing(row: Mapping[str, Any] | None, rollout_id: uuid.UUID) -> RolloutOutcome:
