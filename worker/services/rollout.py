@@ -81,9 +81,14 @@ class RolloutCheck:
 class StepApproval(Protocol):
     """What the rollout reads of a pending approval of kind ``step`` (worker.db.approvals.Approval)."""
 
-    experiment_id: int
-    step: int | None
-    subject: Mapping[str, Any]
+    @property
+    def experiment_id(self) -> int: ...
+
+    @property
+    def step(self) -> int | None: ...
+
+    @property
+    def subject(self) -> Mapping[str, Any]: ...
 
 
 @dataclass(frozen=True, slots=True)
