@@ -280,7 +280,7 @@ def _served_share(exp: Any, variant: str) -> float:
     if exp is None or variant not in exp.variants:
         return 0.0
     i = exp.variants.index(variant)
-    return 100.0 * (exp.ends[i] - (exp.ends[i - 1] if i else 0.0))
+    return 100.0 * (float(exp.ends[i]) - (float(exp.ends[i - 1]) if i else 0.0))
 
 
 async def manual_rollbacks(pool: Pool, stop: anyio.Event, scenarios: tuple[Scenario, ...] = SCENARIOS) -> None:
