@@ -245,7 +245,7 @@ def _load_command_modules() -> None:
     """Command groups that live beside the code they drive register themselves here."""
     import importlib
 
-    for module in ("worker.cli_engine", "worker.cli_daemon", "worker.cli_demo", "worker.http.cli"):
+    for module in ("worker.cli_engine", "worker.cli_daemon", "worker.cli_demo", "worker.cli_plan", "worker.http.cli"):
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as exc:

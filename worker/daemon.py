@@ -34,8 +34,10 @@ from aiohttp import web
 from worker.config import EffectiveConfig, Settings
 from worker.db.connect import Pool, connect, create_pool, redact_url, resolve_database
 from worker.db.migrate import migrate, pending_migrations
+from worker.domain.events import CommittedEvent, committed_event, evaluation_event, notified_event
+from worker.domain.results import PromoteResult, RollbackResult, RolloutTransition
 from worker.engine import Engine, Evaluation
-from worker.evaluator import Evaluator, Folder, Wake, evaluation_event, keep_session
+from worker.evaluator import Evaluator, Folder, Wake, keep_session
 from worker.events import EventBus
 from worker.guard import PostPromotionGuard, default_identity
 from worker.http.app import AppContext, Health, create_app
@@ -322,16 +324,7 @@ class Daemon:
             self.rollback_wake.set()
         if event.event == "promoted" or event.event.startswith("rollout_"):
             self.rollout_wake.set()  # a ramp started or moved (on any replica): the timer looks again
-        kind = _bus_kind(event.event)
-        self.events.publish(
-            {
-                "type": kind,
-                "event": event.event,
-                "promotionId": str(event.promotion_id),
-                "experimentName": event.experiment_name,
-                "at": time.time(),
-            }
-        )
+        self.events.publish(notified_event(event.event, event.experiment_name, event.promotion_id))
 
     def on_connected(self, reconnected: bool) -> None:
         self.health.listener_connected = True
@@ -355,30 +348,12 @@ class Daemon:
         if self.events.subscriber_count:
             self.events.publish(evaluation_event(evaluation, latency))
 
-    def _on_committed(self, event: str, data: dict[str, Any]) -> None:
+    def _on_committed(self, event: CommittedEvent, data: PromoteResult | RollbackResult | RolloutTransition) -> None:
         if self.dispatcher is not None:
             self.dispatcher.wake()
         if self.settings.poll_only:
             # No ab_promotion_events to tell the dashboard, so tell it from here.
-            kind = _bus_kind(event)
-            self.events.publish(
-                {
-                    "type": kind,
-                    "event": event,
-                    "promotionId": data.get("promotionId"),
-                    "experimentName": data.get("experimentName"),
-                    "at": time.time(),
-                }
-            )
-
-
-def _bus_kind(event: str) -> str:
-    """The dashboard event type of a NOTIFY event (promoted, rollout_*) or a committed one (promotion.*, rollout.*)."""
-    if event in ("promoted", "promotion.promoted"):
-        return "promotion"
-    if event.startswith("rollout") and "rolled_back" not in event:
-        return "rollout"
-    return "rollback"
+            self.events.publish(committed_event(event, data))
 
 
 def evaluation_concurrency(settings: Settings) -> int:

@@ -290,6 +290,40 @@ class RolloutStatus(_Out):
     nextStepAt: str | None = Field(description="When the step's time minimum is met (holding: its end)")
 
 
+class MetricControl(_Out):
+    variant: str
+    units: int
+    mean: float = Field(description="The control's estimate: conversion rate, mean, or ratio of sums.")
+
+
+class MetricTreatment(_Out):
+    variant: str
+    units: int
+    mean: float
+    lift: float | None = Field(description="Relative lift over control in percent (like improvement); null: none.")
+    interval: tuple[float, float] | None = Field(
+        description="Two-sided interval for the lift in percent at the configured alpha (always valid under the "
+        "sequential method); null when the lift is undefined."
+    )
+    pValue: float = Field(
+        description="Two-sided p-value before multiplicity adjustment; for a guardrail the one-sided "
+        "non-inferiority p-value."
+    )
+    verdict: Literal["better", "worse", "inconclusive", "non_inferior", "not_shown"]
+
+
+class MetricResult(_Out):
+    """One metric of the experiment: the built-in ``primary`` first, then the ab_metrics rows."""
+
+    name: str
+    role: Literal["primary", "guardrail", "secondary"]
+    kind: Literal["proportion", "mean", "ratio"]
+    direction: Literal["increase", "decrease"]
+    margin: float = Field(description="Relative non-inferiority margin of a guardrail (0.02: at most 2% worse).")
+    control: MetricControl
+    treatments: list[MetricTreatment]
+
+
 class CheckResult(_Out):
     """The seed's check result: eligibility, figures, safety checks, reasons."""
 
@@ -308,6 +342,7 @@ class CheckResult(_Out):
     variants: list[CheckVariant]
     srm: Srm | None
     evaluatedAt: str
+    metrics: list[MetricResult] = Field(description="Every metric with its role, lift, interval and verdict.")
     rollout: RolloutStatus | None = Field(None, description="The experiment's ramp, when it was promoted by one.")
 
 
@@ -337,6 +372,7 @@ class ScanItem(_Out):
     winningVariant: WinningVariant | None
     reasons: list[str]
     promoted: bool
+    metrics: list[MetricResult]
     error: str | None = None
     dryRun: bool | None = None
     promotionId: str | None = None

@@ -20,8 +20,15 @@ from worker.config import AutoPromotionConfig, Settings
 from worker.db.connect import Connection, json_safe
 from worker.db.store import OutboxRows
 from worker.decide import Decision
+from worker.domain.events import ROLLOUT_COMMITTED, CommittedEvent
 from worker.domain.guard_rules import GuardBreach, WatchedPromotion, since_promotion_json
-from worker.domain.results import Evaluation, NotificationPayload, PromoteResult, RollbackResult
+from worker.domain.results import (
+    Evaluation,
+    NotificationPayload,
+    PromoteResult,
+    RollbackResult,
+    RolloutTransition,
+)
 from worker.domain.rollout_rules import RolloutDecision, RolloutView
 from worker.notify.outbox import PlannedNotifications, config_rows, enqueue_notifications, plan_notifications
 
@@ -39,16 +46,9 @@ NotificationEvent = Literal[
     "rollout.rolled_back",
 ]
 PromotionMode = Literal["request", "scan", "daemon"]
-CommittedEvent = Literal[
-    "promotion.promoted",
-    "promotion.rolled_back",
-    "rollout.advanced",
-    "rollout.completed",
-    "rollout.paused",
-    "rollout.resumed",
-    "rollout.awaiting_approval",
-]
-OnCommitted = Callable[[CommittedEvent, dict[str, Any]], None]
+# Called after a promotion, rollback or rollout transition commits, with a copy of its result (the daemon publishes
+# committed_event).
+OnCommitted = Callable[[CommittedEvent, PromoteResult | RollbackResult | RolloutTransition], None]
 
 
 def payload(
@@ -67,8 +67,9 @@ def payload(
     control_variant: str | None = None,
     occurred_at: datetime | None = None,
 ) -> NotificationPayload:
-    """The payload every notification event shares."""
-    return {
+    """The payload every notification event shares (``guardrails``: from a decision, its guardrails' verdicts for
+    the variant)."""
+    out: NotificationPayload = {
         "event": event,
         "experimentName": experiment_name,
         "priority": priority,
@@ -87,6 +88,9 @@ def payload(
         "variants": decision.variant_stats_json() if decision else [],
         "dryRun": dry_run,
     }
+    if decision is not None:
+        out["guardrails"] = decision.guardrails_json(variant)
+    return out
 
 
 def breach_payload(watch: WatchedPromotion, row: Mapping[str, Any], breach: GuardBreach) -> NotificationPayload:
@@ -197,10 +201,10 @@ class Effects:
         )
 
     # ------------------------------------------------------------------------------ after the commit
-    def committed(self, event: CommittedEvent, data: Mapping[str, Any]) -> None:
-        """Tell the daemon (event bus, dispatcher) about a committed promotion or rollback."""
+    def committed(self, event: CommittedEvent, data: PromoteResult | RollbackResult | RolloutTransition) -> None:
+        """Tell the daemon (event bus, dispatcher) about a committed promotion, rollback or rollout transition."""
         if self.on_committed is not None:
-            self.on_committed(event, dict(data))
+            self.on_committed(event, data.copy())
 
     def evaluated(self, outcome: Evaluation) -> None:
         """Count an evaluation (not one that found nothing new)."""
@@ -276,7 +280,7 @@ class Effects:
                 action="notified",
             )
 
-    def rollout_moved(self, action: str, data: Mapping[str, Any]) -> None:
+    def rollout_moved(self, action: str, data: RolloutTransition) -> None:
         """A committed rollout transition (advanced, completed, paused, resumed, awaiting_approval)."""
         metrics.ROLLOUT_TRANSITIONS.labels(action).inc()
         log.info(
@@ -287,15 +291,9 @@ class Effects:
             treatment_share=data.get("treatmentShare"),
             reason=data.get("reason") or None,
         )
-        event = {
-            "advanced": "rollout.advanced",
-            "completed": "rollout.completed",
-            "paused": "rollout.paused",
-            "resumed": "rollout.resumed",
-            "awaiting_approval": "rollout.awaiting_approval",
-        }.get(action)
+        event = ROLLOUT_COMMITTED.get(action)
         if event is not None:
-            self.committed(event, data)  # type: ignore[arg-type]  # one of CommittedEvent, by the table above
+            self.committed(event, data)
 
     def scan_completed(self, scanned: int, eligible: int, promoted: int, dry_run: bool) -> None:
         metrics.SCANS.inc()

@@ -27,7 +27,7 @@ from worker.config import AutoPromotionConfig, EffectiveConfig
 from worker.db.connect import Connection, Pool, json_safe
 from worker.db.sql import RLQ, Q
 from worker.domain.errors import RolloutConflict, RolloutNotFound
-from worker.domain.results import RollbackRefused, RollbackResult
+from worker.domain.results import RollbackRefused, RollbackResult, RolloutTransition
 from worker.domain.rollout_rules import (
     FINISHED,
     RampSettings,
@@ -516,7 +516,7 @@ def _nothing(row: Mapping[str, Any] | None, rollout_id: uuid.UUID) -> RolloutOut
     )
 
 
-def _committed(view: RolloutView, outcome: RolloutOutcome, decision: RolloutDecision) -> dict[str, Any]:
+def _committed(view: RolloutView, outcome: RolloutOutcome, decision: RolloutDecision) -> RolloutTransition:
     return {
         "experimentName": view.experiment_name,
         "promotionId": view.promotion_id,
