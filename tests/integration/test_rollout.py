@@ -450,3 +450,61 @@ async def test_an_approved_step_advances_and_a_declined_one_pauses(
         "SELECT actor, action FROM ab_promotion_audit_log WHERE action LIKE 'rollout_%' ORDER BY id"
     )
     assert [(a["actor"], a["action"]) for a in audit] == [("erin", "rollout_advanced"), ("frank", "rollout_paused")]
+
+
+async def _revenue(conn: asyncpg.Connection, variant: str, units: int, mean: float) -> None:
+    """Revenue per user for ``units`` users around ``mean`` (a fixed spread: sd = mean / 2)."""
+    sd = mean / 2
+    await conn.execute(
+        "SELECT ab_record_metric($1, $2, 'revenue', $3, $4, $5)",
+        NAME,
+        variant,
+        units,
+        units * mean,
+        units * (sd * sd + mean * mean),
+    )
+
+
+async def test_a_guardrail_shown_worse_than_its_margin_at_a_step_rolls_back(
+    pool: asyncpg.Pool, conn: asyncpg.Connection
+) -> None:
+    engine = _engine(pool)
+    exp_id = await _seed(conn)
+    await conn.execute(
+        "INSERT INTO ab_metrics (experiment_id, name, kind, role, direction, margin) "
+        "VALUES ($1, 'revenue', 'mean', 'guardrail', 'increase', 0.02)",
+        exp_id,
+    )
+    # During the test revenue per user is the same in both arms: the guardrail is non-inferior, it promotes.
+    await _revenue(conn, "control", 17_500, 20.0)
+    await _revenue(conn, "variant-b", 17_000, 20.0)
+    await fold_pending_updates(conn)
+    promoted = await engine.promote_winner(NAME)
+    assert promoted["success"], promoted
+    # Step 1: revenue holds up; the guardrail is judged on this step's data alone and passes.
+    await _harmless(conn, 2500, 7500)
+    await _revenue(conn, "variant-b", 2500, 20.0)
+    await _revenue(conn, "control", 7500, 20.0)
+    await fold_pending_updates(conn)
+    checked = await engine.rollouts.check()
+    assert [o.action for o in checked.outcomes] == ["advanced"]
+    described = await engine.rollouts.describe(exp_id)
+    assert described is not None and described["step"] == 2
+    # Step 2: revenue per user of the winner drops 10% (the margin is 2%).
+    await _harmless(conn, 3000, 3000)
+    await _revenue(conn, "variant-b", 3000, 18.0)
+    await _revenue(conn, "control", 3000, 20.0)
+    await fold_pending_updates(conn)
+    checked = await engine.rollouts.check()
+    assert [o.action for o in checked.outcomes] == ["rolled_back"]
+    reason = checked.outcomes[0].reason
+    assert "guardrail revenue (higher is better) of variant-b since the step began: -10.00%" in reason
+    assert "shown worse than the -2% margin" in reason
+    step2 = await conn.fetchrow(
+        "SELECT s.guard FROM experiment_rollout_steps s JOIN experiment_rollouts r ON r.id = s.rollout_id "
+        "WHERE r.experiment_id = $1 AND s.step = 2",
+        exp_id,
+    )
+    by_metric = {g["metric"]: g for g in step2["guard"]}
+    assert by_metric["revenue"]["verdict"] == "breach" and by_metric["revenue"]["margin"] == -2.0
+    assert by_metric["error_rate"]["verdict"] == "ok"  # the errors did not move: only the guardrail breached

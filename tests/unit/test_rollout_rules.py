@@ -273,3 +273,32 @@ def test_a_doubled_error_rate_at_a_10_percent_step_is_caught_within_3000_exposur
     runs = [_simulate_ramp(rng, rs, plan, 0.01, 0.02, 1000, 100) for _ in range(60)]
     at = sorted(n if step == 1 and n is not None else 10**9 for step, n in runs)
     assert at[len(at) // 2] <= 3000, at
+
+
+def test_a_guardrail_is_judged_on_the_steps_own_sums_against_its_margin() -> None:
+    from worker.domain.metrics import MetricDefinition, MetricSums
+    from worker.domain.rollout_rules import sums_since
+
+    def sums(n: int, mean: float) -> MetricSums:
+        sd = mean / 2
+        return MetricSums(units=n, value_sum=n * mean, value_sum_sq=n * (sd * sd + mean * mean))
+
+    revenue = MetricDefinition("revenue", "mean", "guardrail", "increase", 0.02)
+    start = sums(10_000, 20.0)
+    now = MetricSums(
+        units=start.units + 5000,
+        value_sum=start.value_sum + sums(5000, 18.0).value_sum,
+        value_sum_sq=start.value_sum_sq + sums(5000, 18.0).value_sum_sq,
+    )
+    since = sums_since(now, start)
+    assert since.units == 5000 and since.value_sum == pytest.approx(90_000.0)
+    data = StepData("b", "control", "conversion", 50.0, {}, (), ((revenue, sums(5000, 20.0), since),))
+    [g] = [g for g in check_step(data, RS, ALPHA) if g.metric == "revenue"]
+    assert g.verdict == "breach" and g.lift == pytest.approx(-10.0) and g.margin == -2.0
+    # A 1% drop is inside the 2% margin: no breach however much data.
+    inside = StepData("b", "control", "conversion", 50.0, {}, (), ((revenue, sums(50_000, 20.0), sums(50_000, 19.8)),))
+    assert [g.verdict for g in check_step(inside, RS, ALPHA) if g.metric == "revenue"] == ["ok"]
+    # Lower is better (a cost): a rise is the harm.
+    cost = MetricDefinition("cost", "mean", "guardrail", "decrease", 0.0)
+    up = StepData("b", "control", "conversion", 50.0, {}, (), ((cost, sums(5000, 20.0), sums(5000, 22.0)),))
+    assert [g.verdict for g in check_step(up, RS, ALPHA) if g.metric == "cost"] == ["breach"]

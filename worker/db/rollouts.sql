@@ -4,8 +4,9 @@
 
 -- name: active_rollouts
 -- Every unfinished rollout (or those of the experiments $1), with everything its guard and state machine read:
--- the rollout row, the experiment's config, the per-variant totals now (camelCase, as baseline_stats) and the
--- critical alerts the promotion's decision could not see (schema/0007). rollout_locked below shares its select list.
+-- the rollout row, the experiment's config, the per-variant totals now (camelCase, as baseline_stats), the
+-- critical alerts the promotion's decision could not see (schema/0007) and the ab_metrics rows with their sums
+-- (schema/0009, as experiment_snapshot reads them: the step's guardrails). rollout_locked below shares its select list.
 SELECT r.id, r.promotion_id, r.experiment_id, r.experiment_name, r.winner_variant, r.control_variant, r.steps,
        r.holdback, r.test_share, r.step, r.state, r.paused_from, r.step_started_at, r.step_stats, r.transitions,
        r.reason, e.config, e.priority, e.metric_type, now() AS now,
@@ -23,7 +24,20 @@ SELECT r.id, r.promotion_id, r.experiment_id, r.experiment_name, r.winner_varian
          WHERE a.severity = 'critical' AND a.resolved_at IS NULL
            AND (a.experiment_id = r.experiment_id OR a.experiment_id IS NULL)
            AND CASE WHEN p.decision_snapshot IS NULL THEN a.created_at >= p.promoted_at
-                    ELSE NOT pg_visible_in_snapshot(a.xact_id, p.decision_snapshot) END) AS new_alerts
+                    ELSE NOT pg_visible_in_snapshot(a.xact_id, p.decision_snapshot) END) AS new_alerts,
+       (SELECT json_agg(json_build_object(
+                   'name', m.name, 'kind', m.kind, 'role', m.role, 'direction', m.direction, 'margin', m.margin,
+                   'description', m.description, 'cuped', m.cuped,
+                   'sums', (SELECT coalesce(json_object_agg(mv.name, json_build_object(
+                                'units', ms.units, 'value_sum', ms.value_sum, 'value_sum_sq', ms.value_sum_sq,
+                                'denominator_sum', CASE WHEN m.kind = 'ratio' THEN ms.denominator_sum END,
+                                'denominator_sum_sq', CASE WHEN m.kind = 'ratio' THEN ms.denominator_sum_sq END,
+                                'value_denominator_product_sum',
+                                    CASE WHEN m.kind = 'ratio' THEN ms.value_denominator_product_sum END)), '{}'::json)
+                              FROM ab_metric_stats ms JOIN ab_variants mv ON mv.id = ms.variant_id
+                             WHERE ms.metric_id = m.id))
+                   ORDER BY m.id)
+          FROM ab_metrics m WHERE m.experiment_id = r.experiment_id) AS metrics
   FROM experiment_rollouts r
   JOIN experiment_promotions p ON p.id = r.promotion_id
   JOIN ab_experiments e ON e.id = r.experiment_id
@@ -51,7 +65,20 @@ SELECT r.id, r.promotion_id, r.experiment_id, r.experiment_name, r.winner_varian
          WHERE a.severity = 'critical' AND a.resolved_at IS NULL
            AND (a.experiment_id = r.experiment_id OR a.experiment_id IS NULL)
            AND CASE WHEN p.decision_snapshot IS NULL THEN a.created_at >= p.promoted_at
-                    ELSE NOT pg_visible_in_snapshot(a.xact_id, p.decision_snapshot) END) AS new_alerts
+                    ELSE NOT pg_visible_in_snapshot(a.xact_id, p.decision_snapshot) END) AS new_alerts,
+       (SELECT json_agg(json_build_object(
+                   'name', m.name, 'kind', m.kind, 'role', m.role, 'direction', m.direction, 'margin', m.margin,
+                   'description', m.description, 'cuped', m.cuped,
+                   'sums', (SELECT coalesce(json_object_agg(mv.name, json_build_object(
+                                'units', ms.units, 'value_sum', ms.value_sum, 'value_sum_sq', ms.value_sum_sq,
+                                'denominator_sum', CASE WHEN m.kind = 'ratio' THEN ms.denominator_sum END,
+                                'denominator_sum_sq', CASE WHEN m.kind = 'ratio' THEN ms.denominator_sum_sq END,
+                                'value_denominator_product_sum',
+                                    CASE WHEN m.kind = 'ratio' THEN ms.value_denominator_product_sum END)), '{}'::json)
+                              FROM ab_metric_stats ms JOIN ab_variants mv ON mv.id = ms.variant_id
+                             WHERE ms.metric_id = m.id))
+                   ORDER BY m.id)
+          FROM ab_metrics m WHERE m.experiment_id = r.experiment_id) AS metrics
   FROM experiment_rollouts r
   JOIN experiment_promotions p ON p.id = r.promotion_id
   JOIN ab_experiments e ON e.id = r.experiment_id

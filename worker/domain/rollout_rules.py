@@ -36,15 +36,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from worker.config import AutoPromotionConfig
 from worker.decide import AlertInfo
 from worker.domain.guard_rules import VariantTotals
+from worker.domain.metrics import BUILTIN_METRIC, MetricDefinition, MetricSums, metric_snapshots
 from worker.stats import StatsInputError, VariantStats, compare_arms, latency_degradation
 from worker.stats.effects import sequential_one_sided_halfwidth, sequential_one_sided_p_value, sequential_rho
+from worker.stats.metrics import metric_effect
 from worker.stats.sketch import LatencySketch, bucket_key
 
 RolloutState = Literal["ramping", "holding", "complete", "rolled_back", "paused", "awaiting_approval"]
@@ -182,11 +184,14 @@ class StepData:
     share: float  # the winner's share during the step, percent
     since: Mapping[str, VariantTotals]  # per variant, the totals since the step began
     new_alerts: tuple[AlertInfo, ...] = ()
+    # ab_metrics guardrails (issue 15): each with the control's and the winner's sums since the step began
+    guardrails: tuple[tuple[MetricDefinition, MetricSums, MetricSums], ...] = ()
+    primary_direction: Literal["increase", "decrease"] = "increase"
 
 
-def per_test_alpha(settings: RampSettings, plan: RampPlan) -> float:
-    """alpha over every test of every guarded step (Bonferroni)."""
-    return settings.alpha / (len(TESTED_METRICS) * max(1, plan.guarded_steps()))
+def per_test_alpha(settings: RampSettings, plan: RampPlan, guardrails: int = 0) -> float:
+    """alpha over every test (the built-in ones and ``guardrails`` more) of every guarded step (Bonferroni)."""
+    return settings.alpha / ((len(TESTED_METRICS) + guardrails) * max(1, plan.guarded_steps()))
 
 
 def check_step(data: StepData, settings: RampSettings, alpha: float) -> list[GuardResult]:
@@ -200,6 +205,7 @@ def check_step(data: StepData, settings: RampSettings, alpha: float) -> list[Gua
     results.append(_primary(data, t, c, settings, alpha, rho))
     results.append(_error_rate(data, t, c, settings, alpha))
     results.append(_latency(data, t, c, settings, alpha))
+    results.extend(_guardrail(data, d, cs, ts, settings, alpha, rho) for d, cs, ts in data.guardrails)
     return results
 
 
@@ -249,8 +255,7 @@ def _primary(
     n = float(t.exposures + c.exposures)
     est, se = effect.estimate, effect.se
     hw = sequential_one_sided_halfwidth(se, n, alpha, rho)
-    # Harm: the lift below -margin. z for "harm > 0" is -(est + margin) / se.
-    p = sequential_one_sided_p_value(-(est + settings.primary_margin) / se, n, rho)
+    p = harm_p_value(est, se, n, rho, data.primary_direction, settings.primary_margin)
     lift, lo, hi = 100.0 * est, 100.0 * (est - hw), 100.0 * (est + hw)
     breach = p < alpha
     reason = (
@@ -304,6 +309,65 @@ def rate_increase(n_c: int, x_c: int, n_t: int, x_t: int, alpha: float, n_star: 
     var = rc * (1.0 - rc) / n_c + rt * (1.0 - rt) / n_t
     hw = sequential_one_sided_halfwidth(math.sqrt(max(var, var0)), n, alpha, rho)
     return RateIncrease(rc, rt, p, (diff - hw, diff + hw))
+
+
+def harm_p_value(
+    estimate: float, se: float, n: float, rho: float, direction: Literal["increase", "decrease"], margin: float
+) -> float:
+    """The always-valid p-value of "the lift is worse than the margin": below -margin for a metric where higher is
+    better, above +margin where lower is. The mirror of issue 15's non-inferiority test (which asks whether it is
+    shown *within* the margin): a ramp rolls back on harm shown, not on non-inferiority not shown yet."""
+    sign = 1.0 if direction == "increase" else -1.0
+    return sequential_one_sided_p_value(-(sign * estimate + margin) / se, n, rho)
+
+
+def _guardrail(
+    data: StepData,
+    d: MetricDefinition,
+    c: MetricSums,
+    t: MetricSums,
+    settings: RampSettings,
+    alpha: float,
+    rho: float,
+) -> GuardResult:
+    margin_pct = 100.0 * d.margin
+    shown_margin = -margin_pct if d.direction == "increase" else margin_pct
+    if t.units < settings.min_samples or c.units < settings.min_samples:
+        return _waiting(
+            d.name,
+            f"guardrail {d.name}: {t.units:,} (winner) and {c.units:,} (control) of {settings.min_samples:,} units "
+            "since the step began",
+            shown_margin,
+        )
+    try:
+        effect = metric_effect(d.kind, c, t, method="sequential", alpha=alpha, n_star=settings.n_star)
+    except StatsInputError as exc:
+        return _waiting(d.name, f"guardrail {d.name}: not computable: {exc}", shown_margin)
+    if effect.estimate is None or effect.se is None or not effect.se > 0.0:
+        return _waiting(d.name, f"guardrail {d.name}: not computable: {effect.reason}", shown_margin)
+    n = float(t.units + c.units)
+    est, se = effect.estimate, effect.se
+    hw = sequential_one_sided_halfwidth(se, n, alpha, rho)
+    p = harm_p_value(est, se, n, rho, d.direction, d.margin)
+    lift, lo, hi = 100.0 * est, 100.0 * (est - hw), 100.0 * (est + hw)
+    breach = p < alpha
+    better = "higher" if d.direction == "increase" else "lower"
+    reason = (
+        f"guardrail {d.name} ({better} is better) of {data.winner} since the step began: {lift:+.2f}% vs the control "
+        f"(interval {lo:+.2f}% to {hi:+.2f}%), "
+        + (f"shown worse than the {shown_margin:+g}% margin" if breach else f"not shown worse than {shown_margin:+g}%")
+    )
+    return GuardResult(
+        d.name,
+        "breach" if breach else "ok",
+        lift,
+        (lo, hi),
+        shown_margin,
+        p,
+        alpha,
+        reason,
+        {"units": t.units, "controlUnits": c.units, "kind": d.kind, "direction": d.direction, "margin": d.margin},
+    )
 
 
 def _error_rate(
@@ -420,10 +484,48 @@ class RolloutView:
     now: datetime
     transitions: int = 0
     new_alerts: tuple[AlertInfo, ...] = ()
+    # ab_metrics rows (issue 15) and, per metric and variant, their sums now and at the step's start
+    metrics: tuple[MetricDefinition, ...] = ()
+    metric_now: Mapping[str, Mapping[str, MetricSums]] = field(default_factory=dict)
+    metric_start: Mapping[str, Mapping[str, MetricSums]] = field(default_factory=dict)
 
     @property
     def share(self) -> float:
         return self.plan.share(self.step)
+
+    @property
+    def guardrails(self) -> tuple[MetricDefinition, ...]:
+        """The ab_metrics guardrails the step's guard tests (the built-in metric is tested as ``primary``)."""
+        return tuple(m for m in self.metrics if m.role == "guardrail" and m.name != BUILTIN_METRIC)
+
+    def primary_definition(self) -> MetricDefinition | None:
+        """A row named ``primary`` changes the built-in metric's direction and margin."""
+        return next((m for m in self.metrics if m.name == BUILTIN_METRIC), None)
+
+    def guardrails_since(self) -> tuple[tuple[MetricDefinition, MetricSums, MetricSums], ...]:
+        """Each guardrail with the control's and the winner's sums since the step began."""
+        out = []
+        for d in self.guardrails:
+            now, start = self.metric_now.get(d.name, {}), self.metric_start.get(d.name, {})
+            out.append(
+                (
+                    d,
+                    sums_since(now.get(self.control, MetricSums()), start.get(self.control, MetricSums())),
+                    sums_since(now.get(self.winner, MetricSums()), start.get(self.winner, MetricSums())),
+                )
+            )
+        return tuple(out)
+
+    def step_stats_json(self) -> dict[str, Any]:
+        """Every variant's totals now (the next step's start), with its metrics' sums under ``metrics``."""
+        out: dict[str, Any] = {}
+        for name, t in self.current.items():
+            entry = totals_json(t)
+            sums = {m: by_variant[name] for m, by_variant in self.metric_now.items() if name in by_variant}
+            if sums:
+                entry["metrics"] = {m: sums_json(x) for m, x in sums.items()}
+            out[name] = entry
+        return out
 
     def since_step(self) -> dict[str, VariantTotals]:
         """The winner's and the control's totals since the step began (the only arms a step compares)."""
@@ -453,10 +555,21 @@ def step_guard(
     view: RolloutView, settings: RampSettings, since: Mapping[str, VariantTotals] | None = None
 ) -> tuple[GuardResult, ...]:
     """The current step's guard (``since``: view.since_step(), when the caller has it already)."""
+    primary = view.primary_definition()
+    guardrails = view.guardrails_since()
+    if primary is not None:
+        settings = replace(settings, primary_margin=primary.margin)
     data = StepData(
-        view.winner, view.control, view.metric_type, view.share, since or view.since_step(), view.new_alerts
+        view.winner,
+        view.control,
+        view.metric_type,
+        view.share,
+        since or view.since_step(),
+        view.new_alerts,
+        guardrails,
+        primary.direction if primary is not None else "increase",
     )
-    return tuple(check_step(data, settings, per_test_alpha(settings, view.plan)))
+    return tuple(check_step(data, settings, per_test_alpha(settings, view.plan, len(guardrails))))
 
 
 def decide_rollout(view: RolloutView, settings: RampSettings) -> RolloutDecision:
@@ -544,6 +657,7 @@ def rollout_view_from_row(row: Mapping[str, Any]) -> RolloutView:
     step_raw = row["step_stats"] if isinstance(row["step_stats"], Mapping) else {}
     current_raw = row["current_stats"] if isinstance(row["current_stats"], Mapping) else {}
     paused_from = row["paused_from"]
+    snapshots = metric_snapshots(row.get("metrics"))
     return RolloutView(
         rollout_id=str(row["id"]),
         promotion_id=str(row["promotion_id"]),
@@ -562,4 +676,49 @@ def rollout_view_from_row(row: Mapping[str, Any]) -> RolloutView:
         now=row["now"],
         transitions=int(row["transitions"]),
         new_alerts=tuple(AlertInfo.from_row(a) for a in (row["new_alerts"] or ())),
+        metrics=tuple(m.definition for m in snapshots),
+        metric_now={m.name: m.sums for m in snapshots},
+        metric_start=_metric_start(step_raw),
     )
+
+
+def _metric_start(step_raw: Mapping[str, Any]) -> dict[str, dict[str, MetricSums]]:
+    """metric -> variant -> sums at the step's start, from step_stats (each variant's ``metrics``)."""
+    out: dict[str, dict[str, MetricSums]] = {}
+    for variant, entry in step_raw.items():
+        metrics = entry.get("metrics") if isinstance(entry, Mapping) else None
+        if not isinstance(metrics, Mapping):
+            continue
+        for name, sums in metrics.items():
+            if isinstance(sums, Mapping):
+                out.setdefault(str(name), {})[str(variant)] = MetricSums.from_row(sums)
+    return out
+
+
+def sums_since(now: MetricSums, start: MetricSums) -> MetricSums:
+    """A metric's sums added after ``start`` (counts clamped at zero; a ratio's denominator sums kept None when
+    the metric has none)."""
+
+    def sub(a: float | None, b: float | None) -> float | None:
+        return None if a is None else a - (b or 0.0)
+
+    return MetricSums(
+        units=max(0, now.units - start.units),
+        value_sum=now.value_sum - start.value_sum,
+        value_sum_sq=now.value_sum_sq - start.value_sum_sq,
+        denominator_sum=sub(now.denominator_sum, start.denominator_sum),
+        denominator_sum_sq=sub(now.denominator_sum_sq, start.denominator_sum_sq),
+        value_denominator_product_sum=sub(now.value_denominator_product_sum, start.value_denominator_product_sum),
+    )
+
+
+def sums_json(x: MetricSums) -> dict[str, Any]:
+    """The ``ab_metric_stats`` column form MetricSums.from_row reads back."""
+    return {
+        "units": x.units,
+        "value_sum": x.value_sum,
+        "value_sum_sq": x.value_sum_sq,
+        "denominator_sum": x.denominator_sum,
+        "denominator_sum_sq": x.denominator_sum_sq,
+        "value_denominator_product_sum": x.value_denominator_product_sum,
+    }

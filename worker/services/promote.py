@@ -30,7 +30,7 @@ from worker.db.store import HistoryRows, PromotionWrite, Seen
 from worker.decide import Decision, ExperimentSnapshot
 from worker.domain.errors import AlreadyPromoted, EngineError, ExperimentNotFound
 from worker.domain.results import CheckResult, Evaluation, PromoteResult
-from worker.domain.rollout_rules import plan_ramp, ramp_weights, share_during_test
+from worker.domain.rollout_rules import plan_ramp, ramp_weights, share_during_test, sums_json
 from worker.services.deciding import Decider
 from worker.services.effects import Effects, outbox_rows, payload
 from worker.stats import StatsInputError
@@ -433,9 +433,11 @@ class PromoteService:
 
 
 def _baseline(snapshot: ExperimentSnapshot) -> dict[str, Any]:
-    """Each variant's totals at the promotion: what the guard subtracts to see what happened since."""
-    return {
-        v.name: {
+    """Each variant's totals at the promotion: what the guard subtracts to see what happened since (and, under a
+    ramp, the first step's start; its ab_metrics sums under ``metrics``, for the step's guardrails)."""
+    out: dict[str, Any] = {}
+    for v in snapshot.variants:
+        entry: dict[str, Any] = {
             "exposures": v.exposures,
             "conversions": v.conversions,
             "errors": v.errors,
@@ -443,8 +445,11 @@ def _baseline(snapshot: ExperimentSnapshot) -> dict[str, Any]:
             "valueSumSq": v.value_sum_sq,
             "latencySketch": v.latency.to_json(),
         }
-        for v in snapshot.variants
-    }
+        sums = {m.name: sums_json(m.sums[v.name]) for m in snapshot.metrics if v.name in m.sums}
+        if sums:
+            entry["metrics"] = sums
+        out[v.name] = entry
+    return out
 
 
 def _ramp(

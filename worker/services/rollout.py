@@ -38,7 +38,6 @@ from worker.domain.rollout_rules import (
     ramp_weights,
     rollout_view_from_row,
     step_guard,
-    totals_json,
 )
 from worker.services.deciding import Decider
 from worker.services.effects import GUARD_ACTOR, Effects, NotificationEvent, rollout_payload
@@ -236,7 +235,7 @@ class RolloutService:
             view.transitions,
             nxt,
             state,
-            {name: totals_json(t) for name, t in view.current.items()},
+            view.step_stats_json(),
             list(weights),
             list(weights.values()),
             outcome,
