@@ -337,19 +337,35 @@ _VERDICTS = {"ok": ("✓", "no harm shown"), "breach": ("✗", "breach"), "waiti
 
 
 def _guard_rows(guard: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """One row per metric of a step's guard: its verdict (icon and words), lift, interval and a bar on a shared
-    scale with the margin (0) as its dashed line."""
-    intervals = [(g.get("lift"), *(g.get("interval") or (None, None))) for g in guard if g.get("lift") is not None]
-    lo, hi = interval_scale([(a, b, c) for a, b, c in intervals])
+    """One row per metric of a step's guard: its verdict (icon and words), lift, interval and a bar on the row's own
+    scale (the metrics' units differ), with zero dashed and a guardrail's margin as a red tick."""
     rows = []
     for g in guard:
         icon, words = _VERDICTS.get(str(g.get("verdict")), ("?", str(g.get("verdict"))))
         interval = g.get("interval") or None
         lift = g.get("lift")
-        unit = " pp" if g.get("metric") == "error_rate" else "%"
+        metric = str(g.get("metric"))
+        margin = g.get("margin") if metric not in ("critical_alert", "error_rate", "latency") else None
+        unit = " pp" if metric == "error_rate" else "%"
+        bar = ""
+        if isinstance(lift, int | float) and interval and None not in interval:
+            lo_v, hi_v = float(interval[0]), float(interval[1])
+            edges = [0.0, lo_v, hi_v, float(lift), *([float(margin)] if isinstance(margin, int | float) else [])]
+            pad = max((max(edges) - min(edges)) * 0.08, 0.01)
+            # svg.py draws only numbers; the bar is decorative (the text beside it says the same).
+            bar = Markup(  # noqa: S704
+                interval_bar(
+                    float(lift),
+                    lo_v,
+                    hi_v,
+                    lo=min(edges) - pad,
+                    hi=max(edges) + pad,
+                    margin=float(margin) if isinstance(margin, int | float) and margin else None,
+                )
+            )
         rows.append(
             {
-                "metric": _GUARD_LABELS.get(str(g.get("metric")), str(g.get("metric"))),
+                "metric": _GUARD_LABELS.get(metric, f"Guardrail {metric} (relative lift)"),
                 "verdict": g.get("verdict"),
                 "icon": icon,
                 "words": words,
@@ -357,18 +373,8 @@ def _guard_rows(guard: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
                 "interval": "–"
                 if not interval or interval[0] is None or interval[1] is None
                 else f"[{interval[0]:+.2f}, {interval[1]:+.2f}]{unit}",
-                # svg.py draws only numbers; the bar is decorative (the text beside it says the same).
-                "bar": Markup(  # noqa: S704
-                    interval_bar(
-                        lift,
-                        interval[0] if interval else None,
-                        interval[1] if interval else None,
-                        lo=lo,
-                        hi=hi,
-                    )
-                )
-                if lift is not None and interval
-                else "",
+                "margin": None if not isinstance(margin, int | float) or not margin else f"{margin:+g}%",
+                "bar": bar,
             }
         )
     return rows
