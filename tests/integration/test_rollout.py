@@ -178,6 +178,10 @@ async def test_a_breach_at_step_2_rolls_back_to_the_weights_before_the_promotion
     assert audit["details"]["trigger"] == "rollout_guard" and audit["details"]["rollout"]["step"] == 2
     events = [r["event"] for r in await conn.fetch("SELECT event FROM notification_outbox ORDER BY id")]
     assert events == ["promotion.promoted", "rollout.advanced", "rollout.rolled_back"]
+    body = await conn.fetchval("SELECT payload FROM notification_outbox WHERE event = 'rollout.rolled_back'")
+    assert body["reason"] == reason and body["trigger"] == "rollout_guard" and body["variant"] == "variant-b"
+    assert body["rollout"]["step"] == 2 and body["rollout"]["treatmentShare"] == 50.0
+    assert {g["metric"]: g["verdict"] for g in body["rollout"]["guard"]}["error_rate"] == "breach"
     # Exactly once: a second look (another replica) finds nothing to do.
     assert (await engine.rollouts.check()).outcomes == []
     data = await engine.check_promotion_eligibility(NAME)

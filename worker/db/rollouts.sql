@@ -47,7 +47,9 @@ SELECT r.id, r.promotion_id, r.experiment_id, r.experiment_name, r.winner_varian
 
 -- name: rollout_locked
 -- One rollout ($1) as active_rollouts reads it, its row locked until the end of the transaction (the caller has
--- locked the experiment first: the lock order of promotions and rollbacks). Finished ones come back too.
+-- locked the experiment first: the lock order of promotions and rollbacks). Finished ones come back too. Also what a
+-- rollback needs to write its notifications in its one statement: the promotion's figures, the notification_configs
+-- rows a rollback is routed over, and the PagerDuty targets that got this promotion's guard-breach trigger.
 SELECT r.id, r.promotion_id, r.experiment_id, r.experiment_name, r.winner_variant, r.control_variant, r.steps,
        r.holdback, r.test_share, r.step, r.state, r.paused_from, r.step_started_at, r.step_stats, r.transitions,
        r.reason, e.config, e.priority, e.metric_type, now() AS now,
@@ -78,7 +80,17 @@ SELECT r.id, r.promotion_id, r.experiment_id, r.experiment_name, r.winner_varian
                               FROM ab_metric_stats ms JOIN ab_variants mv ON mv.id = ms.variant_id
                              WHERE ms.metric_id = m.id))
                    ORDER BY m.id)
-          FROM ab_metrics m WHERE m.experiment_id = r.experiment_id) AS metrics
+          FROM ab_metrics m WHERE m.experiment_id = r.experiment_id) AS metrics,
+       p.confidence AS promotion_confidence, p.improvement AS promotion_improvement,
+       (SELECT coalesce(json_agg(json_build_object('id', c.id, 'name', c.name, 'channel', c.channel,
+                                                   'target', c.target, 'events', c.events,
+                                                   'min_priority', c.min_priority) ORDER BY c.id), '[]'::json)
+          FROM notification_configs c
+         WHERE c.enabled AND ('rollout.rolled_back' = ANY (c.events) OR 'promotion.rolled_back' = ANY (c.events)))
+           AS rollback_targets,
+       ARRAY(SELECT DISTINCT o.target_ref FROM notification_outbox o
+              WHERE o.promotion_id = r.promotion_id AND o.channel = 'pagerduty' AND o.event = 'guard.breached'
+                AND o.action = 'trigger') AS breach_refs
   FROM experiment_rollouts r
   JOIN experiment_promotions p ON p.id = r.promotion_id
   JOIN ab_experiments e ON e.id = r.experiment_id
@@ -165,11 +177,13 @@ SELECT step, share, kind, started_at, ended_at, outcome, guard
 SELECT id FROM ab_experiments WHERE name = $1;
 
 -- name: rollback_write
--- Everything a rollback writes but its notifications, in one statement (the experiment row is locked already):
--- promotion $1 marked rolled back (reason $2, actor $3) only if it is not yet, the weights from before the
--- promotion, status 'rolled_back', its rollout (if it ramped) closed with its current step's guard $5, and the
--- audit row (the restored weights, the promoted variant, details $4, and the rollout's step when it ramped). No row back: already rolled back, or no such
--- promotion. Serves every rollback: a breach, ab_request_rollback, the API, the CLI, the dashboard.
+-- Everything a rollback writes, in one statement (the experiment row is locked already): promotion $1 marked rolled
+-- back (reason $2, actor $3) only if it is not yet, the weights from before the promotion, status 'rolled_back',
+-- its rollout (if it ramped) closed with its current step's guard $5, the audit row (the restored weights, the
+-- promoted variant, details $4, and the rollout's step when it ramped), and the notification outbox rows when the
+-- caller planned them already (event $14, one per route: $6..$10 arrays, $11 payload, $12 priority, $13 detailed;
+-- empty arrays: the caller queues them after). No row back: already rolled back, or no such promotion. Serves
+-- every rollback: a breach, ab_request_rollback, the API, the CLI, the dashboard.
 WITH p AS (
     UPDATE experiment_promotions SET rollback_at = now(), rollback_reason = $2, rolled_back_by = $3
      WHERE id = $1 AND rollback_at IS NULL
@@ -204,7 +218,16 @@ WITH p AS (
                                       'treatmentShare', r.steps[r.step])) END
       FROM p LEFT JOIN r ON true
     RETURNING 1
+), o AS (
+    INSERT INTO notification_outbox (event, channel, config_id, target_ref, target_label, experiment_name,
+                                     promotion_id, priority, payload, action, detailed)
+    SELECT $14, u.channel, u.config_id, u.target_ref, u.target_label, p.experiment_name, p.id, $12,
+           $11::text::jsonb, u.action, $13
+      FROM p, unnest($6::text[], $7::bigint[], $8::text[], $9::text[], $10::text[])
+              AS u(channel, config_id, target_ref, target_label, action)
+    RETURNING 1
 )
 SELECT p.*, r.id AS rollout_id, r.step AS rollout_step, r.steps AS rollout_steps,
-       (SELECT count(*) FROM w) AS weights, (SELECT count(*) FROM ended) AS ended, (SELECT count(*) FROM a) AS audited
+       (SELECT count(*) FROM w) AS weights, (SELECT count(*) FROM ended) AS ended, (SELECT count(*) FROM a) AS audited,
+       (SELECT count(*) FROM o) AS queued
   FROM p LEFT JOIN r ON true;

@@ -9,7 +9,7 @@ payload's shape and an event's name are defined once.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Literal
 
@@ -189,15 +189,23 @@ class Effects:
         )
         return queued
 
-    def plan(self, body: NotificationPayload, cfg: AutoPromotionConfig, configs: Any) -> PlannedNotifications:
+    def plan(
+        self,
+        body: NotificationPayload,
+        cfg: AutoPromotionConfig,
+        configs: Any,
+        breach_triggered_refs: Sequence[str] = (),
+    ) -> PlannedNotifications:
         """The outbox rows of ``body``, routed over ``configs`` (routable notification_configs rows as JSON), for a
-        statement that writes them itself (promote_write)."""
+        statement that writes them itself (promote_write, rollback_write); ``breach_triggered_refs``: the PagerDuty
+        targets that got this promotion's guard-breach trigger (a rollback resolves there)."""
         return plan_notifications(
             event=body["event"],
             payload=json_safe(body),
             config=cfg,
             settings=self.settings,
             rows=config_rows(configs or []),
+            breach_triggered_refs=breach_triggered_refs,
         )
 
     # ------------------------------------------------------------------------------ after the commit

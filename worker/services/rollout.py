@@ -41,7 +41,7 @@ from worker.domain.rollout_rules import (
 )
 from worker.services.deciding import Decider
 from worker.services.effects import GUARD_ACTOR, Effects, NotificationEvent, rollout_payload
-from worker.services.rollback import RollbackService
+from worker.services.rollback import KnownRollback, RollbackService
 
 log = structlog.get_logger("worker.rollout")
 
@@ -187,6 +187,19 @@ class RolloutService:
             overrides=row["config"],
             priority=row["priority"],
             rollout_guard=guard,
+            known=KnownRollback(
+                "rollout.rolled_back",
+                {
+                    "experimentName": view.experiment_name,
+                    "variant": view.winner,
+                    "controlVariant": view.control,
+                    "confidence": row["promotion_confidence"],
+                    "improvement": row["promotion_improvement"],
+                },
+                {"step": view.step, "steps": list(view.plan.shares), "treatmentShare": view.share},
+                row["rollback_targets"],
+                list(row["breach_refs"] or ()),
+            ),
         )
         if isinstance(done, RollbackRefused):
             return _nothing(row, uuid.UUID(view.rollout_id)), None
