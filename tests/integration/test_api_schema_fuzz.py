@@ -31,11 +31,11 @@ from tests.support.api import OPERATOR_TOKEN, api_only_app, make_context, seed_w
 from worker.db.connect import connect, create_pool
 
 pytestmark = pytest.mark.slow
-EXAMPLES_PER_OPERATION = 60  # 7 operations: about 420 requests
+EXAMPLES_PER_OPERATION = 60  # 10 operations: about 600 requests
 # Statuses a documented-valid request may get: the database's state, not the request's form.
 STATE_STATUSES = {
-    404: {"experiment_not_found", "promotion_not_found", "not_found"},
-    409: {"already_promoted", "already_rolled_back"},
+    404: {"experiment_not_found", "promotion_not_found", "not_found", "metric_not_found"},
+    409: {"already_promoted", "already_rolled_back", "metric_exists"},
 }
 
 
@@ -133,18 +133,28 @@ def test_the_document_has_every_operation(served: ServedApp) -> None:
         "GET /api/experiments/auto-promote",
         "GET /api/experiments",
         "GET /api/experiments/{name}",
+        "GET /api/experiments/{name}/metrics",
+        "POST /api/experiments/{name}/metrics",
+        "DELETE /api/experiments/{name}/metrics/{metric}",
         "GET /api/promotions",
         "GET /api/promotions/stats",
         "GET /api/audit",
+        "GET /api/plan",
         "GET /api/openapi.json",
     }
 
 
+# GET /api/plan is left out: its parameters have rules between them that a parameter list cannot state (a
+# conversion baseline below 1 once raised by the mde, sd only with mean metrics; the document says so in words);
+# tests/integration/test_api_plan.py checks its refusals.
 OPERATIONS = [
     "POST /api/experiments/auto-promote",
     "GET /api/experiments/auto-promote",
     "GET /api/experiments",
     "GET /api/experiments/{name}",
+    "GET /api/experiments/{name}/metrics",
+    "POST /api/experiments/{name}/metrics",
+    "DELETE /api/experiments/{name}/metrics/{metric}",
     "GET /api/promotions",
     "GET /api/promotions/stats",
     "GET /api/audit",

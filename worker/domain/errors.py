@@ -48,6 +48,14 @@ class RolloutConflict(DomainError):
     """The rollout is not in a state the request applies to (pause a paused ramp, resume one that is not)."""
 
 
+class MetricNotFound(DomainError):
+    """The experiment has no metric (ab_metrics row) of that name."""
+
+
+class MetricExists(DomainError):
+    """The experiment already has a metric of that name; remove it before adding it again."""
+
+
 # The name the engine has always used; other modules import it from worker.engine.
 EngineError = DomainError
 
@@ -59,4 +67,6 @@ DOMAIN_ERRORS: tuple[type[DomainError], ...] = (
     AlreadyRolledBack,
     RolloutNotFound,
     RolloutConflict,
+    MetricNotFound,
+    MetricExists,
 )

@@ -23,6 +23,8 @@ from worker.domain.errors import (
     DomainError,
     ExperimentNotFound,
     InvalidRequest,
+    MetricExists,
+    MetricNotFound,
     PromotionNotFound,
     RolloutConflict,
     RolloutNotFound,
@@ -60,6 +62,8 @@ DOMAIN_ERRORS: dict[type[DomainError], tuple[int, str]] = {
     AlreadyRolledBack: (409, "already_rolled_back"),
     RolloutNotFound: (404, "rollout_not_found"),
     RolloutConflict: (409, "rollout_state_conflict"),
+    MetricNotFound: (404, "metric_not_found"),
+    MetricExists: (409, "metric_exists"),
 }
 
 

@@ -205,6 +205,26 @@ class AuditQuery(_Page):
     )
 
 
+class PlanQuery(Query):
+    """``GET /api/plan``: the planner's inputs, as ``autopromote plan`` takes them (flags in camelCase)."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
+
+    metricType: Literal["conversion", "mean"] = Field(description="The metric's kind")
+    baseline: float = Field(description="The control's conversion rate (0.1 = 10%), or its mean (not 0)")
+    sd: float | None = Field(None, gt=0, description="Standard deviation of the value per exposure (mean metrics)")
+    mde: float = Field(gt=0, le=10_000, description="Minimum detectable effect: relative lift in percent (5 = +5%)")
+    alpha: float = Field(0.05, gt=0, le=0.5, description="Significance level")
+    power: float = Field(0.8, ge=0.5, lt=1, description="Probability of finding a true lift of mde")
+    treatments: int = Field(1, ge=1, le=100, description="Variants besides the control")
+    primaryMetrics: int = Field(1, ge=1, le=100, description="Primary metrics (alpha is split across them)")
+    rho: float = Field(0.0, gt=-1, lt=1, description="Covariate correlation for CUPED (variance x (1 - rho^2))")
+    dailyExposures: float | None = Field(None, gt=0, description="Exposures per arm per day (adds the days)")
+    preset: Literal["aggressive", "conservative", "balanced"] | None = Field(
+        None, description="Plan under this preset's configuration (method, sequentialTuning, correction)"
+    )
+
+
 # The experiment name in /api/experiments/{name} (URL-decoded).
 EXPERIMENT_PATH_NAME: TypeAdapter[str] = TypeAdapter(QueryText)
 
@@ -310,6 +330,13 @@ class MetricTreatment(_Out):
         "non-inferiority p-value."
     )
     verdict: Literal["better", "worse", "inconclusive", "non_inferior", "not_shown"]
+    unadjustedLift: float | None = Field(
+        description="The lift in percent without CUPED (equal to lift when CUPED did not apply); null: none."
+    )
+    varianceReduction: float | None = Field(
+        description="CUPED's variance reduction of the lift, 1 - Var(adjusted)/Var(unadjusted) (about the squared "
+        "correlation of the metric with its pre-exposure value); null when CUPED did not apply."
+    )
 
 
 class MetricResult(_Out):
@@ -343,6 +370,10 @@ class CheckResult(_Out):
     srm: Srm | None
     evaluatedAt: str
     metrics: list[MetricResult] = Field(description="Every metric with its role, lift, interval and verdict.")
+    notes: list[str] = Field(
+        description="What people should know that does not block a promotion, e.g. a metric whose CUPED covariate "
+        "is missing for some units (its unadjusted estimate is used)."
+    )
     rollout: RolloutStatus | None = Field(None, description="The experiment's ramp, when it was promoted by one.")
 
 
@@ -433,6 +464,45 @@ class RollbackResponse(_Out):
     config: ConfigSummary
 
 
+class PlanAssumptions(_Out):
+    """Every input and configured value the plan rests on, and notes where a threshold binds first."""
+
+    metricType: Literal["conversion", "mean"]
+    baseline: float
+    sd: float | None
+    mde: float = Field(description="Relative lift in percent")
+    alpha: float
+    power: float
+    treatments: int
+    primaryMetrics: int
+    rho: float
+    dailyExposuresPerArm: float | None
+    correction: str
+    alphaPerComparison: float = Field(description="The level one treatment-vs-control comparison is held to")
+    varianceFactor: float = Field(description="1 - rho^2")
+    sequentialTuning: float | Literal["auto"]
+    nStar: float | None = Field(description="The confidence sequence's N* (total over both arms); null for fixed")
+    test: str
+    notes: list[str]
+
+
+class PlanResult(_Out):
+    """Exposures per arm and days for the configured method, and for a fixed-horizon test."""
+
+    exposuresPerArm: int = Field(description="For the configured method (sequential: where it reaches `power`)")
+    fixedHorizonExposuresPerArm: int
+    medianExposuresPerArm: int = Field(description="Sequential: the median stopping point; fixed: the horizon")
+    days: float | None = Field(description="exposuresPerArm / dailyExposures; null without dailyExposures")
+    fixedHorizonDays: float | None
+    method: Literal["sequential", "fixed"]
+    assumptions: PlanAssumptions
+
+
+class PlanResponse(_Out):
+    success: Literal[True]
+    data: PlanResult
+
+
 class RolloutActionResult(_Out):
     """A paused or resumed ramp: where it is now."""
 
@@ -465,3 +535,95 @@ def action_response(body: dict[str, Any]) -> dict[str, Any]:
         ACTION_RESPONSE.validate_python(body), mode="json", exclude_unset=True
     )
     return out
+
+
+# ------------------------------------------------------------------------------------------------ metrics
+# /api/experiments/{name}/metrics: the experiment's metrics (ab_metrics rows) beside its built-in one. The
+# constraints are the table's (schema/0009), so that the document allows exactly what the database accepts.
+METRIC_NAME_TEXT = "^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$"
+PATTERN_MESSAGES[METRIC_NAME_TEXT] = (
+    "must be 1-100 letters, digits, '_', '.', ':' or '-', starting with a letter or digit (e.g. revenue_per_user)"
+)
+MetricKindName = Literal["proportion", "mean", "ratio"]
+MetricRoleName = Literal["primary", "guardrail", "secondary"]
+
+
+class MetricDefinitionRequest(BaseModel):
+    """A metric to add. Needs the operator role; audited (metric_added)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    name: str = Field(
+        pattern=METRIC_NAME_TEXT,
+        description="Unique within the experiment. 'primary' changes the built-in metric's role, direction or "
+        "margin (its kind must then be the built-in one: proportion for conversion, mean for mean experiments).",
+    )
+    kind: MetricKindName | None = Field(
+        None, description="proportion, mean or ratio; required except for 'primary' (default: the built-in kind)."
+    )
+    role: MetricRoleName | None = Field(
+        None,
+        description="primary (must win), guardrail (must not be worse beyond its margin) or secondary (reported, "
+        "never decides). Default: primary for 'primary', else secondary.",
+    )
+    direction: Literal["increase", "decrease"] = Field("increase", description="Which way is better.")
+    margin: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        allow_inf_nan=False,
+        description="A guardrail's relative non-inferiority margin: 0.02 = may be at most 2% worse than control.",
+    )
+    description: str = Field("", max_length=2000, pattern=NO_NUL_TEXT)
+    cuped: Literal["auto", "off"] = Field(
+        "auto",
+        description="Variance reduction with a pre-exposure covariate: auto (when every variant sent one) or off.",
+    )
+
+
+# The metric name in /api/experiments/{name}/metrics/{metric} (URL-decoded).
+METRIC_PATH_NAME: TypeAdapter[str] = TypeAdapter(
+    Annotated[str, Field(min_length=1, max_length=200, pattern=NO_NUL_TEXT)]
+)
+
+
+class MetricOut(_Out):
+    """One metric of an experiment; ``builtin``: the experiment's own metric_type metric (named primary)."""
+
+    name: str
+    kind: MetricKindName
+    role: MetricRoleName
+    direction: Literal["increase", "decrease"]
+    margin: float
+    description: str
+    cuped: Literal["auto", "off"]
+    builtin: bool
+    units: dict[str, int] = Field(
+        description="Units folded so far per variant: every variant's exposures for the built-in metric, the variants "
+        "with data for the others."
+    )
+    createdAt: str | None = Field(description="null for the built-in metric without an ab_metrics row")
+    updatedAt: str | None
+
+
+class MetricList(_Out):
+    experimentName: str
+    metricType: Literal["conversion", "mean"]
+    metrics: list[MetricOut] = Field(
+        description="The built-in metric first, then the ab_metrics rows in creation order."
+    )
+
+
+class MetricChange(_Out):
+    experimentName: str
+    metric: MetricOut
+
+
+class MetricListResponse(_Out):
+    success: Literal[True]
+    data: MetricList
+
+
+class MetricChangeResponse(_Out):
+    success: Literal[True]
+    data: MetricChange

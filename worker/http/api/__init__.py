@@ -11,7 +11,8 @@ Response conventions (also in the OpenAPI document):
 - GET answers ``{success: true, data}``.
 
 The package: ``wire`` (reading requests, writing answers), ``actions`` (the seed endpoint's POST and GET),
-``reads`` (experiments, promotions, stats, audit, the OpenAPI document). ``add_routes`` installs them all.
+``reads`` (experiments, promotions, stats, audit, the OpenAPI document), ``metrics`` (an experiment's metrics),
+``plan`` (the planner). ``add_routes`` installs them all.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from worker.http.api.actions import (
     server_layers,
     startup_env,
 )
+from worker.http.api.metrics import add_metric, list_metrics, remove_metric
+from worker.http.api.plan import get_plan
 from worker.http.api.reads import (
     get_experiment,
     get_openapi,
@@ -50,6 +53,7 @@ __all__ = [
     "get_auto_promote",
     "get_experiment",
     "get_openapi",
+    "get_plan",
     "list_audit",
     "list_experiments",
     "list_promotions",
@@ -77,7 +81,11 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/experiments/auto-promote", get_auto_promote)
     app.router.add_get("/api/experiments", list_experiments)
     app.router.add_get("/api/experiments/{name}", get_experiment)
+    app.router.add_get("/api/experiments/{name}/metrics", list_metrics)
+    app.router.add_post("/api/experiments/{name}/metrics", add_metric)
+    app.router.add_delete("/api/experiments/{name}/metrics/{metric}", remove_metric)
     app.router.add_get("/api/promotions", list_promotions)
     app.router.add_get("/api/promotions/stats", promotion_stats)
     app.router.add_get("/api/audit", list_audit)
+    app.router.add_get("/api/plan", get_plan)
     app.router.add_get("/api/openapi.json", get_openapi)
