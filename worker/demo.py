@@ -447,11 +447,16 @@ class NotificationSink:
         body = await request.json()
         what = body.get("event", "?")
         exp = body.get("experimentName", "?")
-        extra = body.get("reason") or (
-            f"{body.get('variant')} at {body.get('confidence', 0):.1f}% confidence, {body.get('improvement', 0):+.1f}%"
-            if body.get("variant")
-            else ""
-        )
+        ramp = body.get("rollout") if isinstance(body.get("rollout"), dict) else None
+        confidence, improvement = body.get("confidence"), body.get("improvement")
+        if body.get("reason"):
+            extra = body["reason"]
+        elif ramp is not None:
+            extra = f"{body.get('variant')} at {ramp.get('treatmentShare')}% (step {ramp.get('step')})"
+        elif body.get("variant") and confidence is not None and improvement is not None:
+            extra = f"{body.get('variant')} at {confidence:.1f}% confidence, {improvement:+.1f}%"
+        else:
+            extra = str(body.get("variant") or "")
         self._emit(f"webhook  {what:<22} {exp:<16} {str(extra)[:90]}")
         return web.Response(text="ok")
 

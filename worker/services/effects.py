@@ -137,6 +137,8 @@ def rollout_payload(
         promotion_id=view.promotion_id,
         variant=view.winner,
         reason=decision.reason or None,
+        confidence=row.get("promotion_confidence"),
+        improvement=row.get("promotion_improvement"),
         control_variant=view.control,
         occurred_at=row["now"],
     )
