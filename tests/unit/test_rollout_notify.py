@@ -3,6 +3,8 @@ how bad rollout settings are refused."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from worker.config import AutoPromotionConfig, ConfigError, Settings, load_config
@@ -11,7 +13,7 @@ from worker.notify.pagerduty import pagerduty_action
 from worker.notify.routing import ConfigRow, plan_routes
 from worker.notify.slack import build_slack_message
 
-ADVANCED = {
+ADVANCED: dict[str, Any] = {
     "event": "rollout.advanced",
     "experimentName": "checkout",
     "priority": "normal",
@@ -70,7 +72,7 @@ def test_every_target_of_rollbacks_hears_a_ramps_rollback_once() -> None:
     routes, _ = plan_routes(
         "rollout.rolled_back", "normal", config=AutoPromotionConfig(), settings=Settings(), rows=rows
     )
-    assert sorted(r.config_id for r in routes) == [1, 2, 3]
+    assert sorted(r.config_id or 0 for r in routes) == [1, 2, 3]
     advanced, _ = plan_routes(
         "rollout.advanced", "normal", config=AutoPromotionConfig(), settings=Settings(), rows=rows
     )
