@@ -255,13 +255,17 @@ def _rollout_steps(v: Any) -> Any:
 
 
 def _increasing_shares(v: tuple[float, ...]) -> tuple[float, ...]:
+    """The shares in increasing order, each once. JSON Schema cannot state an order (the OpenAPI document says
+    uniqueItems), so any order is accepted and the ramp takes them from the smallest; a share given twice is
+    refused, as the document says."""
     for s in v:
         if not math.isfinite(s) or not 1 <= s <= 99:
             raise ValueError(f"each step is a treatment share in percent between 1 and 99, got {_num(s)}")
-    for a, b in itertools.pairwise(v):
-        if b <= a:
-            raise ValueError(f"steps must be strictly increasing, got {_num(a)} then {_num(b)}")
-    return v
+    ordered = tuple(sorted(v))
+    for a, b in itertools.pairwise(ordered):
+        if b == a:
+            raise ValueError(f"each step may be given once, got {_num(a)} twice")
+    return ordered
 
 
 class Rollout(_Model):
@@ -280,7 +284,8 @@ class Rollout(_Model):
     ] = setting(
         (25.0, 50.0, 75.0),
         "AUTO_PROMOTION_ROLLOUT_STEPS",
-        "Ramp steps: the winner's share in %, strictly increasing, 1-99 (those at or below its test share skipped)",
+        "Ramp steps: the winner's share in %, 1-99, each once, taken in increasing order (those at or below its test "
+        "share skipped)",
     )
     holdback: Annotated[float, AfterValidator(_between(0, 50)), JsonBounds(0, 50)] = setting(
         5.0, "AUTO_PROMOTION_ROLLOUT_HOLDBACK", "% kept on the control after the last step until guardHours pass"
