@@ -20,16 +20,22 @@ def bulk_metric_snapshots(
     variant_names: Mapping[int, str],
 ) -> tuple[MetricSnapshot, ...]:
     """From the ``metric_defs`` and ``metric_sums`` columns of one experiment's control row (NULL: ()), with the
-    names of its variants by id."""
+    names of its variants by id.
+
+    Runs once per metric and variant over the scan's 10,000 experiments: metric ids arrive as floats, which look up
+    int keys directly (2.0 == 2, with the same hash)."""
     if not defs:
         return ()
-    by_metric: dict[int, dict[str, MetricSums]] = {}
-    kinds = {int(d[0]): d[2] for d in defs}
-    for row in sums or ():
-        metric_id, variant_id, units, x, xx, y, yy, xy, pre_units, pre, pre_sq, pre_xy = row
-        ratio = kinds.get(int(metric_id)) == "ratio"
+    ratios = {int(d[0]) for d in defs if d[2] == "ratio"}
+    by_metric: dict[float, dict[str, MetricSums]] = {}
+    for metric_id, variant_id, units, x, xx, y, yy, xy, pre_units, pre, pre_sq, pre_xy in sums or ():
+        ratio = metric_id in ratios
         covariate = pre_units > 0
-        by_metric.setdefault(int(metric_id), {})[variant_names.get(int(variant_id), str(int(variant_id)))] = MetricSums(
+        per_variant = by_metric.get(metric_id)
+        if per_variant is None:
+            per_variant = by_metric[metric_id] = {}
+        vid = int(variant_id)
+        per_variant[variant_names.get(vid) or str(vid)] = MetricSums(
             int(units),
             x,
             xx,

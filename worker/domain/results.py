@@ -57,6 +57,7 @@ class ScanItem(TypedDict):
     error: NotRequired[str]
     dryRun: NotRequired[bool]
     promotionId: NotRequired[str | None]
+    eta: NotRequired[dict[str, Any] | None]  # when a decision is expected (results only, domain/eta.py)
 
 
 class ScanResult(TypedDict):

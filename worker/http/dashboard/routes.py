@@ -302,7 +302,7 @@ def _reads(request: web.Request) -> Reads:
 
 async def _overview(request: web.Request) -> dict[str, Any]:
     experiments, counts = await _reads(request).experiments_overview(views.MAX_EXPERIMENTS)
-    return views.overview(experiments, counts)
+    return views.overview(experiments, counts, request.app[CTX].config)
 
 
 @_viewer_page
@@ -340,7 +340,8 @@ async def card_fragment(request: web.Request) -> web.Response:
     experiment = await _reads(request).experiment_card(name)
     if experiment is None:
         return _gone(request, name)
-    return _render(request, "_card.html", {"c": views.card(experiment)})
+    eta = views.etas([experiment], request.app[CTX].config, datetime.now(UTC))[0]
+    return _render(request, "_card.html", {"c": views.card(experiment, eta)})
 
 
 async def _experiment(request: web.Request, name: str) -> dict[str, Any] | None:
@@ -348,7 +349,7 @@ async def _experiment(request: web.Request, name: str) -> dict[str, Any] | None:
     if page is None:
         return None
     ctx = request.app[CTX]
-    body = views.experiment_page(page, ctx.config.config.thresholds.min_confidence)
+    body = views.experiment_page(page, ctx.config.config.thresholds.min_confidence, ctx.config)
     timeline = await ctx.engine.rollouts.timeline(page.experiment.id)
     body["rollout"] = views.rollout_section(timeline, name, datetime.now(UTC))
     return body
