@@ -50,6 +50,12 @@ NOTIFICATIONS_DEAD = Counter(
 GUARD_BREACHES = Counter(
     "autopromote_guard_breaches_total", "Post-promotion guard breaches, by metric", ["metric"], registry=REGISTRY
 )
+ROLLOUT_TRANSITIONS = Counter(
+    "autopromote_rollout_transitions_total",
+    "Committed rollout transitions by this replica (advanced, completed, paused, resumed, awaiting_approval)",
+    ["action"],
+    registry=REGISTRY,
+)
 SCANS = Counter("autopromote_scans_total", "Reconciliation scans run by this replica", registry=REGISTRY)
 SCAN_DURATION = Histogram(
     "autopromote_scan_duration_seconds",
