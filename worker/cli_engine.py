@@ -1,4 +1,5 @@
-"""CLI commands over the engine: check, promote, scan, rollback. Tables by default; --json prints the API's data."""
+"""CLI commands over the engine: check, promote, scan, rollback, rollout pause|resume|show. Tables by default;
+--json prints the API's data."""
 
 from __future__ import annotations
 
@@ -32,6 +33,8 @@ from worker.domain.errors import (
     MetricExists,
     MetricNotFound,
     PromotionNotFound,
+    RolloutConflict,
+    RolloutNotFound,
 )
 
 if TYPE_CHECKING:
@@ -47,6 +50,8 @@ EXIT_CODES: dict[type[DomainError], int] = {
     PromotionNotFound: EXIT_USAGE,
     AlreadyPromoted: EXIT_REFUSED,
     AlreadyRolledBack: EXIT_REFUSED,
+    RolloutNotFound: EXIT_USAGE,
+    RolloutConflict: EXIT_REFUSED,
     MetricNotFound: EXIT_USAGE,
     MetricExists: EXIT_REFUSED,
 }
@@ -89,7 +94,7 @@ def _engine_command(
     action: Callable[[Any], Awaitable[dict[str, Any]]],
     render: Callable[[dict[str, Any]], None],
     ok: Callable[[dict[str, Any]], bool],
-    result: Literal["CheckResult", "PromoteResult", "RollbackResult"] | None,
+    result: Literal["CheckResult", "PromoteResult", "RollbackResult", "RolloutActionResult"] | None,
 ) -> int:
     """Run ``action`` on an engine and print its data: a table (``render``), or with ``--json`` the API's ``data``.
 
@@ -195,6 +200,40 @@ def _render_check(data: dict[str, Any]) -> None:
                 )
     for note in data.get("notes") or []:
         print(f"note: {note}")
+    eta = data.get("eta")
+    if eta:
+        print(f"eta ({eta['basis']}): {eta['message']}")
+    if data.get("rollout"):
+        _render_ramp(data["rollout"])
+
+
+def _render_ramp(r: dict[str, Any]) -> None:
+    """Where a ramp is: its state, the shares, and the current step's guard."""
+    path = " -> ".join((f"[{s:g}%]" if i + 1 == r["step"] else f"{s:g}%") for i, s in enumerate(r["steps"]))
+    print(f"rollout: {r['state']}, step {r['step']} of {len(r['steps'])} at {r['treatmentShare']:g}%  ({path})")
+    print(f"  step began {r['stepStartedAt']}" + (f", next step at {r['nextStepAt']}" if r.get("nextStepAt") else ""))
+    for g in r.get("guard") or []:
+        interval = g.get("interval")
+        shown = "" if g.get("lift") is None else f"  {g['lift']:+.2f}"
+        if interval and interval[0] is not None and interval[1] is not None:
+            shown += f" [{interval[0]:+.2f}, {interval[1]:+.2f}]"
+        print(f"  guard {g['metric']}: {g['verdict']}{shown}")
+
+
+def eta_cell(eta: dict[str, Any] | None) -> str:
+    """An ETA in a table cell: the median time left with its 80% interval, or what stands instead."""
+    if not eta:
+        return "-"
+    hours, lo_hi = eta.get("hoursRemaining"), eta.get("hoursInterval80")
+    if hours is not None and lo_hi:
+        if hours == 0:
+            return "now"
+        hi = "?" if lo_hi[1] is None else f"{lo_hi[1] / 24:.1f}"
+        return f"{hours / 24:.1f} d ({lo_hi[0] / 24:.1f}-{hi})"
+    n = eta.get("exposuresRemainingPerArm")
+    if n is not None:
+        return f"{n:,}/arm"
+    return "won't reach MDE" if str(eta.get("message", "")).startswith("will not reach") else "-"
 
 
 def _render_promote(data: dict[str, Any]) -> None:
@@ -225,9 +264,18 @@ def _render_scan(data: dict[str, Any]) -> None:
     for r in data["results"]:
         status = "promoted" if r.get("promoted") else ("eligible" if r["eligible"] else "blocked")
         why = r.get("error") or ("; ".join(r["reasons"]) if r["reasons"] else "")
-        rows.append([r["experimentName"], status, f"{r['confidence']:.2f}%", f"{r['improvement']:+.2f}%", why[:100]])
+        rows.append(
+            [
+                r["experimentName"],
+                status,
+                f"{r['confidence']:.2f}%",
+                f"{r['improvement']:+.2f}%",
+                eta_cell(r.get("eta")),
+                why[:100],
+            ]
+        )
     if rows:
-        print(_table(rows, ["experiment", "decision", "confidence", "improvement", "reason"]))
+        print(_table(rows, ["experiment", "decision", "confidence", "improvement", "eta (days, 80%)", "reason"]))
 
 
 def _render_rollback(data: dict[str, Any]) -> None:
@@ -258,7 +306,12 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
 def cmd_scan(args: argparse.Namespace) -> int:
     return _engine_command(
-        args, lambda e: e.scan_and_promote_winners(actor=args.actor), _render_scan, lambda d: True, None
+        args,
+        # The table shows each experiment's ETA; --json is the API's data, which leaves it out (it costs).
+        lambda e: e.scan_and_promote_winners(actor=args.actor, include_eta=not args.json),
+        _render_scan,
+        lambda d: True,
+        None,
     )
 
 
@@ -272,6 +325,26 @@ def cmd_rollback(args: argparse.Namespace) -> int:
         lambda d: bool(d["success"]),
         "RollbackResult",
     )
+
+
+def _render_rollout_action(data: dict[str, Any]) -> None:
+    print(f"{data['experimentName']}:")
+    _render_ramp(data["rollout"])
+
+
+def cmd_rollout(args: argparse.Namespace) -> int:
+    async def act(e: Any) -> dict[str, Any]:
+        if args.rollout_command == "pause":
+            rollout = await e.rollouts.pause(args.name, actor=args.actor, reason=args.reason)
+        elif args.rollout_command == "resume":
+            rollout = await e.rollouts.resume(args.name, actor=args.actor)
+        else:
+            rollout = await e.rollouts.describe_named(args.name)
+            if rollout is None:
+                raise RolloutNotFound(f"experiment {args.name!r} has no rollout (or does not exist)")
+        return {"experimentName": args.name, "rollout": rollout}
+
+    return _engine_command(args, act, _render_rollout_action, lambda d: True, "RolloutActionResult")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -304,6 +377,24 @@ def _register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--actor", default="cli", help="who acts, recorded in the audit log (default: cli)")
     _common(p)
     p.set_defaults(handler=cmd_rollback)
+
+    ramp = sub.add_parser("rollout", help="hold, resume or show a ramp (rollout.mode = ramp)")
+    ramp_sub = ramp.add_subparsers(dest="rollout_command", metavar="SUBCOMMAND", required=True)
+    p = ramp_sub.add_parser("pause", help="hold a ramp at its step (it stays guarded; audited)")
+    p.add_argument("name", metavar="EXPERIMENT", help="experiment name")
+    p.add_argument("--reason", help="why (recorded in the audit log)")
+    p.add_argument("--actor", default="cli", help="who acts, recorded in the audit log (default: cli)")
+    _common(p)
+    p.set_defaults(handler=cmd_rollout)
+    p = ramp_sub.add_parser("resume", help="let a paused ramp go on from its step (audited)")
+    p.add_argument("name", metavar="EXPERIMENT", help="experiment name")
+    p.add_argument("--actor", default="cli", help="who acts, recorded in the audit log (default: cli)")
+    _common(p)
+    p.set_defaults(handler=cmd_rollout)
+    p = ramp_sub.add_parser("show", help="where a ramp is and its current step's guard")
+    p.add_argument("name", metavar="EXPERIMENT", help="experiment name")
+    _common(p)
+    p.set_defaults(handler=cmd_rollout)
 
 
 register(_register)

@@ -39,6 +39,7 @@ from worker.services.evaluate import EvaluateService, transient_db_error
 from worker.services.metric_definitions import MetricDefinitions, NewMetric
 from worker.services.promote import PromoteService
 from worker.services.rollback import RollbackService
+from worker.services.rollout import RolloutService
 from worker.services.scan import SCAN_CHUNK, SCAN_STATE_MIN_AGE_S, ScanService
 from worker.stats import ExperimentAnalysis
 
@@ -86,6 +87,7 @@ class Engine:
         self.evaluations = EvaluateService(pool, config, self.decider, self.promotions, self.effects)
         self.scans = ScanService(pool, settings, config, self.decider, self.promotions, self.effects)
         self.rollbacks = RollbackService(pool, config, self.decider, self.effects)
+        self.rollouts = RolloutService(pool, config, self.decider, self.effects, self.rollbacks)
         self.metric_definitions = MetricDefinitions(pool)
 
     @property
@@ -106,8 +108,13 @@ class Engine:
     async def check_promotion_eligibility(
         self, experiment_name: str, *, config: EffectiveConfig | None = None
     ) -> dict[str, Any]:
-        """The seed's check ``data`` for one experiment; ExperimentNotFound if it does not exist."""
-        return await self.promotions.check(experiment_name, config=config)
+        """The seed's check ``data`` for one experiment; ExperimentNotFound if it does not exist. An experiment
+        promoted by a ramp adds ``rollout`` (where the ramp is, its step's guard)."""
+        data = await self.promotions.check(experiment_name, config=config)
+        rollout = await self.rollouts.describe_named(experiment_name)
+        if rollout is not None:
+            data["rollout"] = rollout
+        return data
 
     async def promote_winner(
         self,
@@ -128,9 +135,12 @@ class Engine:
         actor: str = "autopromote",
         dry_run: bool | None = None,
         include_results: bool = True,
+        include_eta: bool = False,
     ) -> dict[str, Any]:
         """Evaluate every running experiment; promote the eligible ones (worker.services.scan)."""
-        result = await self.scans.scan(config=config, actor=actor, dry_run=dry_run, include_results=include_results)
+        result = await self.scans.scan(
+            config=config, actor=actor, dry_run=dry_run, include_results=include_results, include_eta=include_eta
+        )
         return cast(dict[str, Any], result)
 
     async def rollback_promotion(

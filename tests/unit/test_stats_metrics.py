@@ -294,6 +294,21 @@ def test_ratio_with_zero_denominator_is_undefined_not_an_error() -> None:
     assert math.isfinite(metric_effect("ratio", RATIO_B, RATIO_B).p_value)
 
 
+@pytest.mark.parametrize("direction", ["increase", "decrease"])
+def test_a_proportion_guardrail_with_no_events_in_either_arm_is_non_inferior(direction: str) -> None:
+    r = analyze_metric(
+        "refunds",
+        "proportion",
+        ("control", MetricSums(50_000, 0.0, 0.0)),
+        [("b", MetricSums(50_000, 0.0, 0.0)), ("c", MetricSums(50_000, 2.0, 2.0))],
+        role="guardrail",
+        direction=direction,  # type: ignore[arg-type]
+    )
+    b, c = r.comparisons
+    assert b.verdict == "non_inferior" and b.lift is None and b.effect.reason == "no conversions in either arm"
+    assert c.verdict == "not_shown"  # control at 0, events in the treatment: a relative margin of 0 allows none
+
+
 def test_builtin_metric_analysis_is_each_comparison_as_a_primary_metric() -> None:
     """The written-out builtin_metric_analysis gives what its definition says: per comparison, the Effect of its
     numbers and two_sided_verdict of its adjusted p-value in the increase direction (undefined, zero, negative and

@@ -11,8 +11,11 @@ SELECT e.id
   FROM ab_experiments e
   LEFT JOIN ab_experiment_state st ON st.experiment_id = e.id
  WHERE e.status = 'running'
-   AND ab_stats_version(e.id) IS DISTINCT FROM coalesce(st.evaluated_version, CASE WHEN st.experiment_id IS NULL
-                                                                                THEN 0 END)
+   AND (ab_stats_version(e.id) IS DISTINCT FROM coalesce(st.evaluated_version, CASE WHEN st.experiment_id IS NULL
+                                                                                 THEN 0 END)
+        -- a metric definition changed that the last evaluation could not see (schema/0009)
+        OR (e.metrics_changed_xact IS NOT NULL AND st.evaluated_snapshot IS NOT NULL
+            AND NOT pg_visible_in_snapshot(e.metrics_changed_xact, st.evaluated_snapshot)))
  ORDER BY e.id;
 
 -- name: guarded_promotions
@@ -44,6 +47,8 @@ SELECT p.id, p.experiment_id, p.experiment_name, p.promoted_variant_name, p.cont
   FROM experiment_promotions p JOIN ab_experiments e ON e.id = p.experiment_id
  WHERE p.rollback_at IS NULL AND p.guard_until > now()
    AND ($1::bigint[] IS NULL OR p.experiment_id = ANY($1::bigint[]))
+   -- A ramped promotion is guarded step by step against the concurrent control (rollouts.sql), not here.
+   AND NOT EXISTS (SELECT 1 FROM experiment_rollouts r WHERE r.promotion_id = p.id)
  ORDER BY p.promoted_at;
 
 -- name: record_guard_breach

@@ -40,6 +40,14 @@ class AlreadyRolledBack(DomainError):
     """The promotion was rolled back before; nothing changed."""
 
 
+class RolloutNotFound(DomainError):
+    """The experiment has no rollout in progress (never ramped, or its last one is complete or rolled back)."""
+
+
+class RolloutConflict(DomainError):
+    """The rollout is not in a state the request applies to (pause a paused ramp, resume one that is not)."""
+
+
 class MetricNotFound(DomainError):
     """The experiment has no metric (ab_metrics row) of that name."""
 
@@ -57,6 +65,8 @@ DOMAIN_ERRORS: tuple[type[DomainError], ...] = (
     PromotionNotFound,
     AlreadyPromoted,
     AlreadyRolledBack,
+    RolloutNotFound,
+    RolloutConflict,
     MetricNotFound,
     MetricExists,
 )

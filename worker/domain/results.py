@@ -40,6 +40,7 @@ class PromoteResult(TypedDict):
     reasons: NotRequired[list[str]]  # not promoted: why
     enabled: NotRequired[bool]  # dry run: the experiment's enabled
     promotedAt: NotRequired[str]  # promoted: when (ISO 8601)
+    rollout: NotRequired[dict[str, Any]]  # promoted under rollout.mode = ramp: the ramp's first step
 
 
 class ScanItem(TypedDict):
@@ -56,6 +57,7 @@ class ScanItem(TypedDict):
     error: NotRequired[str]
     dryRun: NotRequired[bool]
     promotionId: NotRequired[str | None]
+    eta: NotRequired[dict[str, Any] | None]  # when a decision is expected (results only, domain/eta.py)
 
 
 class ScanResult(TypedDict):
@@ -126,3 +128,17 @@ class NotificationPayload(TypedDict):
     metric: NotRequired[str]  # guard.breached: the breached metric
     guard: NotRequired[dict[str, Any]]  # guard.breached: its numbers
     promotedAt: NotRequired[str]  # guard.breached
+    rollout: NotRequired[dict[str, Any]]  # rollout.*, and a ramped promotion's guard.breached: where the ramp is
+
+
+class RolloutTransition(TypedDict, total=False):
+    """A committed rollout transition, for the daemon's event bus (worker.services.rollout)."""
+
+    experimentName: str
+    promotionId: str
+    rolloutId: str
+    step: int
+    fromStep: int
+    treatmentShare: float
+    reason: str
+    guard: list[dict[str, Any]]

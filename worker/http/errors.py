@@ -26,6 +26,8 @@ from worker.domain.errors import (
     MetricExists,
     MetricNotFound,
     PromotionNotFound,
+    RolloutConflict,
+    RolloutNotFound,
 )
 from worker.http.app import CTX
 from worker.retry import is_transient
@@ -58,6 +60,8 @@ DOMAIN_ERRORS: dict[type[DomainError], tuple[int, str]] = {
     PromotionNotFound: (404, "promotion_not_found"),
     AlreadyPromoted: (409, "already_promoted"),
     AlreadyRolledBack: (409, "already_rolled_back"),
+    RolloutNotFound: (404, "rollout_not_found"),
+    RolloutConflict: (409, "rollout_state_conflict"),
     MetricNotFound: (404, "metric_not_found"),
     MetricExists: (409, "metric_exists"),
 }

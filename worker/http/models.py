@@ -16,7 +16,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, 
 
 from worker.config import NON_BLANK_TEXT, PRESET_NAMES
 
-Action = Literal["scan", "promote", "check", "rollback"]
+Action = Literal["scan", "promote", "check", "rollback", "pause", "resume"]
 ACTIONS: tuple[str, ...] = get_args(Action)
 ExperimentStatus = Literal["draft", "running", "paused", "promoted", "rolled_back", "stopped"]
 MAX_REASON = 2000
@@ -122,16 +122,28 @@ class RollbackRequest(_Request):
     dry_run: Literal[False] | None = Field(None, alias="dryRun", description="Only false: a rollback has no dry run.")
 
 
-AutoPromoteRequest = Annotated[
-    CheckRequest | PromoteRequest | ScanRequest | RollbackRequest, Field(discriminator="action")
-]
-AUTO_PROMOTE_REQUEST: TypeAdapter[CheckRequest | PromoteRequest | ScanRequest | RollbackRequest] = TypeAdapter(
-    AutoPromoteRequest
-)
+class PauseRequest(_Request):
+    """Hold a ramp (rollout.mode = ramp) where it is; it stays guarded. Needs the operator role; audited."""
+
+    action: Literal["pause"]
+    experiment_name: NonBlank = Field(alias="experimentName")
+    reason: NonBlank | None = Field(None, max_length=MAX_REASON, description="Why; recorded with the pause.")
+
+
+class ResumeRequest(_Request):
+    """Let a paused ramp go on from its step. Needs the operator role; audited."""
+
+    action: Literal["resume"]
+    experiment_name: NonBlank = Field(alias="experimentName")
+
+
+ActionRequest = CheckRequest | PromoteRequest | ScanRequest | RollbackRequest | PauseRequest | ResumeRequest
+AutoPromoteRequest = Annotated[ActionRequest, Field(discriminator="action")]
+AUTO_PROMOTE_REQUEST: TypeAdapter[ActionRequest] = TypeAdapter(AutoPromoteRequest)
 # Each action's own fields (by alias), to tell "belongs to another action" from "unknown".
 ACTION_FIELDS: dict[str, frozenset[str]] = {
     get_args(m.model_fields["action"].annotation)[0]: frozenset(f.alias or n for n, f in m.model_fields.items())
-    for m in (CheckRequest, PromoteRequest, ScanRequest, RollbackRequest)
+    for m in (CheckRequest, PromoteRequest, ScanRequest, RollbackRequest, PauseRequest, ResumeRequest)
 }
 
 
@@ -265,6 +277,7 @@ class CheckVariant(_Out):
     valueSum: float | None = None
     valueSumSq: float | None = None
     lift: float | None = None
+    se: float | None = Field(None, description="Standard error of the relative lift")
     ciLow: float | None = None
     ciHigh: float | None = None
     pValue: float | None = None
@@ -273,6 +286,29 @@ class CheckVariant(_Out):
     improvement: float | None = None
     significant: bool | None = None
     note: str | None = None
+
+
+class RolloutGuardItem(_Out):
+    """One metric of the current step's guard: the winner against the concurrent control since the step began."""
+
+    metric: str = Field(description="primary, error_rate, latency or critical_alert")
+    verdict: Literal["ok", "breach", "waiting"]
+    lift: float | None = Field(
+        description="primary: relative lift in %; error_rate: difference in percentage points; latency: P95 change in %"
+    )
+    interval: list[float | None] | None = Field(description="The always-valid interval of lift at the step's alpha")
+
+
+class RolloutStatus(_Out):
+    """Where a ramped promotion is (rollout.mode = ramp)."""
+
+    state: Literal["ramping", "holding", "complete", "rolled_back", "paused", "awaiting_approval"]
+    step: int = Field(description="1-based position in steps")
+    steps: list[float] = Field(description="Every treatment share of the ramp in %, the last one 100")
+    treatmentShare: float = Field(description="The winner's share now, in % (0 once rolled back)")
+    stepStartedAt: str
+    guard: list[RolloutGuardItem]
+    nextStepAt: str | None = Field(description="When the step's time minimum is met (holding: its end)")
 
 
 class MetricControl(_Out):
@@ -316,6 +352,22 @@ class MetricResult(_Out):
     treatments: list[MetricTreatment]
 
 
+class EtaResult(_Out):
+    """When the experiment is expected to be decided (worker/domain/eta.py); null numbers when not projected."""
+
+    exposuresRemainingPerArm: int | None = Field(description="Median exposures per arm still needed")
+    hoursRemaining: float | None = Field(description="Median hours still needed; null when the rate is unknown")
+    interval80: list[int | None] | None = Field(
+        description="Exposures per arm still needed: 10th and 90th percentile (90th null: beyond the horizon)"
+    )
+    hoursInterval80: list[float | None] | None = Field(description="The same interval in hours")
+    basis: Literal["observed", "planned"] = Field(description="Projected with the observed lift, or the planned MDE")
+    message: str
+    asOf: str | None = Field(
+        None, description="From a stored decision: the evaluation it was projected at (hours counted from now)"
+    )
+
+
 class CheckResult(_Out):
     """The seed's check result: eligibility, figures, safety checks, reasons."""
 
@@ -339,6 +391,9 @@ class CheckResult(_Out):
         description="What people should know that does not block a promotion, e.g. a metric whose CUPED covariate "
         "is missing for some units (its unadjusted estimate is used)."
     )
+    nStar: float | None = Field(None, description="The confidence sequence's N* (sequentialTuning); null for fixed")
+    eta: EtaResult | None = Field(None, description="When a decision is expected (running experiments)")
+    rollout: RolloutStatus | None = Field(None, description="The experiment's ramp, when it was promoted by one.")
 
 
 class PromoteResult(_Out):
@@ -356,6 +411,7 @@ class PromoteResult(_Out):
     reasons: list[str] | None = Field(None, description="Why not (not promoted, or a dry run).")
     eligibility: CheckResult
     promotedAt: str | None = Field(None, description="When promoted (a promotion, not a dry run).")
+    rollout: RolloutStatus | None = Field(None, description="Under rollout.mode = ramp: the ramp's first step.")
 
 
 class ScanItem(_Out):
@@ -370,6 +426,7 @@ class ScanItem(_Out):
     error: str | None = None
     dryRun: bool | None = None
     promotionId: str | None = None
+    eta: EtaResult | None = Field(None, description="When a decision is expected")
 
 
 class ScanResult(_Out):
@@ -466,12 +523,30 @@ class PlanResponse(_Out):
     data: PlanResult
 
 
-ActionResponse = Annotated[
-    CheckResponse | PromoteResponse | ScanResponse | RollbackResponse, Field(discriminator="action")
-]
-ACTION_RESPONSE: TypeAdapter[CheckResponse | PromoteResponse | ScanResponse | RollbackResponse] = TypeAdapter(
-    ActionResponse
-)
+class RolloutActionResult(_Out):
+    """A paused or resumed ramp: where it is now."""
+
+    experimentName: str
+    rollout: RolloutStatus
+
+
+class PauseResponse(_Out):
+    success: Literal[True]
+    action: Literal["pause"]
+    data: RolloutActionResult
+    config: ConfigSummary
+
+
+class ResumeResponse(_Out):
+    success: Literal[True]
+    action: Literal["resume"]
+    data: RolloutActionResult
+    config: ConfigSummary
+
+
+AnyActionResponse = CheckResponse | PromoteResponse | ScanResponse | RollbackResponse | PauseResponse | ResumeResponse
+ActionResponse = Annotated[AnyActionResponse, Field(discriminator="action")]
+ACTION_RESPONSE: TypeAdapter[AnyActionResponse] = TypeAdapter(ActionResponse)
 
 
 def action_response(body: dict[str, Any]) -> dict[str, Any]:

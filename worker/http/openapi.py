@@ -29,11 +29,13 @@ ERROR_CODES = (
     "not_found",
     "experiment_not_found",
     "promotion_not_found",
+    "rollout_not_found",
     "metric_not_found",
     "metric_exists",
     "method_not_allowed",
     "already_promoted",
     "already_rolled_back",
+    "rollout_state_conflict",
     "payload_too_large",
     "rate_limited",
     "internal_error",
@@ -100,7 +102,7 @@ def _request_schemas() -> dict[str, Any]:
     defs = raw.pop("$defs", {})
     raw["description"] = (
         "One object per action, each with exactly its own fields (others are refused). "
-        "check needs the viewer role; scan, promote and rollback need operator."
+        "check needs the viewer role; scan, promote, rollback, pause and resume need operator."
     )
     cleaned: dict[str, Any] = _clean({"AutoPromoteRequest": raw, **defs})
     return cleaned
@@ -226,7 +228,28 @@ def _schemas() -> dict[str, Any]:
             },
             "variants": _arr(_ref("VariantStats")),
             "lastDecision": last_decision,
-        }
+            "eta": {
+                "anyOf": [_ref("EtaResult"), {"type": "null"}],
+                "description": "GET /api/experiments/{name} only: when a decision is expected, from the last "
+                "decision (null unless running)",
+            },
+        },
+        required=[
+            "id",
+            "name",
+            "status",
+            "metricType",
+            "priority",
+            "description",
+            "config",
+            "startedAt",
+            "createdAt",
+            "updatedAt",
+            "activePromotionId",
+            "pendingUpdates",
+            "variants",
+            "lastDecision",
+        ],
     )
     promotion = _obj(
         {
@@ -340,6 +363,10 @@ def _schemas() -> dict[str, Any]:
                     "promotions": _arr(_ref("Promotion")),
                     "audit": _arr(_ref("AuditEntry")),
                     "alerts": _arr(alert),
+                    "rollout": {
+                        "anyOf": [_ref("RolloutStatus"), {"type": "null"}],
+                        "description": "The experiment's ramp (rollout.mode = ramp), null when it never ramped",
+                    },
                 }
             )
         ),
@@ -394,9 +421,10 @@ _ERROR_TEXT = {
     "(maxConcurrentPromotions, guard.guardHours, notifications.channels).",
     "401": "No token, a malformed Authorization header, or an unknown token (`WWW-Authenticate: Bearer`).",
     "403": "The token's role is too weak for the action (`details.requiredRole`).",
-    "404": "experiment_not_found or promotion_not_found.",
+    "404": "experiment_not_found, promotion_not_found or rollout_not_found (pause/resume: no ramp in progress).",
     "404m": "experiment_not_found, or metric_not_found (the experiment has no metric of that name).",
-    "409": "already_promoted (the experiment has an active promotion) or already_rolled_back.",
+    "409": "already_promoted (the experiment has an active promotion), already_rolled_back, or "
+    "rollout_state_conflict (pause a paused ramp, resume one that is not paused).",
     "409m": "metric_exists: the experiment already has a metric of that name (remove it first).",
     "413": "payload_too_large: the body is over AUTO_PROMOTION_MAX_BODY_BYTES.",
     "429": "rate_limited: over AUTO_PROMOTION_RATE_LIMIT scan/promote/rollback calls per minute for this token; "
@@ -440,8 +468,9 @@ _EXPERIMENT_PATH = _param(
 )
 _VIEWER: list[dict[str, list[str]]] = [{"bearer": []}]
 
-_POST_DESCRIPTION = """The seed's actions. `check` needs the viewer role; `scan`, `promote` and `rollback` need
-operator, are audited with the token's name as the actor, and are rate limited per token (dry runs included).
+_POST_DESCRIPTION = """The seed's actions. `check` needs the viewer role; `scan`, `promote`, `rollback`, `pause`
+and `resume` need operator, are audited with the token's name as the actor, and are rate limited per token (dry
+runs included).
 
 Responses are `{success, action, data, config: {enabled, dryRun, preset}}` with `data` the engine's result:
 - `check`: the eligibility (`data.eligible`, `data.reasons`); `success` is true.
@@ -449,7 +478,9 @@ Responses are `{success, action, data, config: {enabled, dryRun, preset}}` with 
   `data.reasons`: the request was valid, the experiment was not ready. A dry run reports `success: true`
   when it would promote. 409 is reserved for "already promoted".
 - `scan`: counts and one result per running experiment; `success` is true.
-- `rollback`: the restored weights; 409 when already rolled back.
+- `rollback`: the restored weights; 409 when already rolled back. It rolls a ramp back at any step.
+- `pause` / `resume`: hold a ramp (rollout.mode = ramp) where it is, or let it go on; `data.rollout` says where it
+  is. 404 when the experiment has no ramp in progress, 409 when it is already paused (or, to resume, not paused).
 
 `dryRun` is accepted at the top level (as in the seed's example) and inside `config`. The body is read as
 JSON whatever the Content-Type. Fields an action does not use are refused rather than ignored."""
@@ -482,9 +513,16 @@ def _document() -> dict[str, Any]:
             "/api/experiments/auto-promote": {
                 "post": {
                     "operationId": "autoPromote",
-                    "summary": "Run scan, promote, check or rollback",
+                    "summary": "Run scan, promote, check, rollback, pause or resume",
                     "description": _POST_DESCRIPTION,
-                    "x-roles": {"check": "viewer", "scan": "operator", "promote": "operator", "rollback": "operator"},
+                    "x-roles": {
+                        "check": "viewer",
+                        "scan": "operator",
+                        "promote": "operator",
+                        "rollback": "operator",
+                        "pause": "operator",
+                        "resume": "operator",
+                    },
                     "requestBody": {
                         "required": True,
                         "content": {"application/json": {"schema": _ref("AutoPromoteRequest")}},

@@ -14,9 +14,16 @@ EVENTS: tuple[str, ...] = (
     "guard.breached",
     "promotion.failed",
     "promotion.eligible",
+    "rollout.advanced",
+    "rollout.completed",
+    "rollout.rolled_back",
 )
-# What the environment defaults (and a notification_configs row by default) subscribe to; eligible is opt-in.
-DEFAULT_EVENTS: tuple[str, ...] = EVENTS[:4]
+# What the environment defaults subscribe to (a notification_configs row by default: the first four); eligible is
+# opt-in.
+DEFAULT_EVENTS: tuple[str, ...] = (*EVENTS[:4], "rollout.advanced", "rollout.completed", "rollout.rolled_back")
+# A ramped promotion's rollback is rollout.rolled_back, and reaches every target subscribed to rollbacks:
+# notification_configs rows that list promotion.rolled_back hear it too (once).
+ALSO_SUBSCRIBED_AS: dict[str, str] = {"rollout.rolled_back": "promotion.rolled_back"}
 PRIORITIES: tuple[str, ...] = ("normal", "high", "critical")
 
 _TITLES = {
@@ -25,6 +32,9 @@ _TITLES = {
     "guard.breached": "Guard breached",
     "promotion.failed": "Promotion failed",
     "promotion.eligible": "Eligible for promotion (dry run)",
+    "rollout.advanced": "Rollout advanced",
+    "rollout.completed": "Rollout complete",
+    "rollout.rolled_back": "Rollout rolled back",
 }
 
 
@@ -116,6 +126,7 @@ class EventFacts:
     variants: tuple[VariantFact, ...]
     dashboard_url: str | None
     guardrails: tuple[GuardrailFact, ...] = ()
+    rollout: RolloutFact | None = None
 
     @classmethod
     def from_payload(cls, event: str, payload: Mapping[str, Any], *, public_url: str | None) -> EventFacts:
@@ -176,6 +187,7 @@ class EventFacts:
             variants=variants,
             dashboard_url=dashboard,
             guardrails=guardrails,
+            rollout=RolloutFact.from_payload(payload.get("rollout")),
         )
 
     @property
@@ -198,6 +210,14 @@ class EventFacts:
                 return f"{self.experiment}: promoting {variant} failed"
             case "promotion.eligible":
                 return f"{self.experiment}: {variant} is eligible for promotion{control} (dry run, nothing changed)"
+            case "rollout.advanced":
+                share = self.rollout.share_text if self.rollout else "its next step"
+                return f"{self.experiment}: rollout of {variant} advanced to {share}"
+            case "rollout.completed":
+                return f"{self.experiment}: rollout of {variant} complete at 100%"
+            case "rollout.rolled_back":
+                where = f" at step {self.rollout.step} ({self.rollout.share_text})" if self.rollout else ""
+                return f"{self.experiment}: rollout of {variant} rolled back{where}"
         return f"{self.experiment}: {self.event}"
 
     @property
@@ -222,6 +242,10 @@ class EventFacts:
             rows.append(("When", self.occurred_at))
         if self.promotion_id:
             rows.append(("Promotion", self.promotion_id))
+        if self.rollout is not None:
+            rows.append(("Rollout", self.rollout.summary))
+            for g in self.rollout.guard:
+                rows.append((f"Guard: {g}", self.rollout.guard[g]))
         return rows
 
     def variant_table(self) -> list[list[str]]:
@@ -242,6 +266,45 @@ class EventFacts:
                 ]
             )
         return table
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutFact:
+    """Where a ramp is, from a payload's ``rollout``: its step, the shares, and the verdicts of the step's guard."""
+
+    state: str
+    step: int
+    steps: tuple[float, ...]
+    share: float | None
+    guard: dict[str, str]
+
+    @classmethod
+    def from_payload(cls, value: object) -> RolloutFact | None:
+        if not isinstance(value, Mapping):
+            return None
+        steps = tuple(x for x in (_number(s) for s in value.get("steps") or ()) if x is not None)
+        step = _number(value.get("step"))
+        guard: dict[str, str] = {}
+        for g in _dicts(value.get("guard")):
+            lift = _number(g.get("lift"))
+            shown = "" if lift is None else f" ({lift:+.2f})"
+            guard[_text(g.get("metric")) or "?"] = f"{_text(g.get('verdict')) or '?'}{shown}"
+        return cls(
+            state=_text(value.get("state")) or "?",
+            step=int(step) if step is not None else 0,
+            steps=steps,
+            share=_number(value.get("treatmentShare")),
+            guard=guard,
+        )
+
+    @property
+    def share_text(self) -> str:
+        return "n/a" if self.share is None else f"{self.share:g}%"
+
+    @property
+    def summary(self) -> str:
+        path = " -> ".join(f"{s:g}%" for s in self.steps)
+        return f"{self.state}, step {self.step} of {len(self.steps)} ({self.share_text}); steps {path}"
 
 
 def format_percent(value: float | None, *, signed: bool = False) -> str:

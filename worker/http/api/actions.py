@@ -27,17 +27,19 @@ from worker.http.errors import (
 )
 from worker.http.models import (
     AUTO_PROMOTE_REQUEST,
+    ActionRequest,
     CheckRequest,
     ConfigQuery,
+    PauseRequest,
     PromoteRequest,
+    ResumeRequest,
     RollbackRequest,
     ScanRequest,
     action_response,
 )
 from worker.http.ratelimit import SlidingWindowLimiter
 
-ActionRequest = CheckRequest | PromoteRequest | ScanRequest | RollbackRequest
-MUTATING_ACTIONS = frozenset({"scan", "promote", "rollback"})
+MUTATING_ACTIONS = frozenset({"scan", "promote", "rollback", "pause", "resume"})
 
 LIMITER: web.AppKey[SlidingWindowLimiter] = web.AppKey("rate_limiter", SlidingWindowLimiter)
 
@@ -45,6 +47,8 @@ LIMITER: web.AppKey[SlidingWindowLimiter] = web.AppKey("rate_limiter", SlidingWi
 def _action_problems(req: ActionRequest) -> list[dict[str, str]]:
     """The rules that span two fields (the document states them too: models.py)."""
     errors: list[dict[str, str]] = []
+    if isinstance(req, PauseRequest | ResumeRequest):
+        return errors  # neither config nor dryRun: a pause changes no decision
     nested = (req.config or {}).get("dryRun")
     if isinstance(req, RollbackRequest):
         if nested is True:
@@ -113,7 +117,7 @@ def _config_summary(effective: EffectiveConfig) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------ POST action
 async def post_auto_promote(request: web.Request) -> web.Response:
-    """The seed's POST: scan | promote | check | rollback."""
+    """The seed's POST: scan | promote | check | rollback, and pause | resume of a ramp."""
     ctx = request.app[CTX]
     principal = await auth.require_role(request, "viewer")
     body = await read_json_object(request)
@@ -133,9 +137,11 @@ async def post_auto_promote(request: web.Request) -> web.Response:
         raise invalid_request(f"invalid request for action '{req.action}'", problems)
     # dryRun is one more request-layer value: the engine lays each experiment's own config over the request's,
     # so a request's dryRun: false cannot lift an experiment's dryRun: true (worker.config.with_experiment_overrides).
-    overrides = dict(req.config or {})
-    if req.dry_run is not None:
-        overrides["dryRun"] = req.dry_run
+    overrides: dict[str, Any] = {}
+    if not isinstance(req, PauseRequest | ResumeRequest):
+        overrides = dict(req.config or {})
+        if req.dry_run is not None:
+            overrides["dryRun"] = req.dry_run
     try:
         effective = request_config(ctx, req.preset, overrides)
     except ConfigError as exc:
@@ -179,9 +185,15 @@ async def _run_action(
         await _audit_scan(ctx, actor, effective, overrides)
         data = await engine.scan_and_promote_winners(config=effective, actor=actor)
         success = True
-    else:
+    elif isinstance(req, RollbackRequest):
         data = await engine.rollback_promotion(req.promotion_id.strip(), req.reason, actor=actor, config=effective)
         success = True
+    elif isinstance(req, PauseRequest):
+        rollout = await engine.rollouts.pause(req.experiment_name, actor=actor, reason=req.reason)
+        data, success = {"experimentName": req.experiment_name, "rollout": rollout}, True
+    else:
+        rollout = await engine.rollouts.resume(req.experiment_name, actor=actor)
+        data, success = {"experimentName": req.experiment_name, "rollout": rollout}, True
     return success, data
 
 

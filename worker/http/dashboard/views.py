@@ -10,14 +10,14 @@ import hashlib
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlencode
 
 from markupsafe import Markup
 from pydantic import ValidationError
 
-from worker.config import AutoPromotionConfig
+from worker.config import AutoPromotionConfig, ConfigError, EffectiveConfig, with_experiment_overrides
 from worker.db.reads import (
     AuditEntry,
     EvaluationSnapshot,
@@ -28,16 +28,27 @@ from worker.db.reads import (
     StatusCount,
 )
 from worker.domain.errors import InvalidRequest
+from worker.domain.eta import EtaRequest, stored_etas
 from worker.domain.metrics import BUILTIN_METRIC
 from worker.domain.planning import PlanRequest, plan_experiment
 from worker.http.models import PlanQuery
-from worker.http.svg import DayCount, LiftPoint, interval_bar, interval_scale, lift_chart, pct, promotions_chart
+from worker.http.svg import (
+    DayCount,
+    LiftPoint,
+    ShareStep,
+    interval_bar,
+    interval_scale,
+    lift_chart,
+    pct,
+    promotions_chart,
+    share_chart,
+)
 
 MAX_EXPERIMENTS = 300
 AUDIT_ROWS = 100
 PROMOTION_ROWS = 100
 DEFAULT_DAYS = 30
-REFRESH_ALL = "evaluation promotion rollback"
+REFRESH_ALL = "evaluation promotion rollback rollout"
 REFRESH_PROMOTIONS = "promotion rollback"
 
 STATUS_LABELS = {
@@ -204,15 +215,66 @@ def actions(exp: Experiment) -> dict[str, Any]:
     }
 
 
-def card(exp: Experiment) -> dict[str, Any]:
-    """One experiment's card on the overview."""
+def card(exp: Experiment, eta: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """One experiment's card on the overview (``eta``: etas() of it, or None)."""
     return {
         "exp": exp,
         "decision": exp.decision or None,
         "variants": variants_table(exp),
         "reasons": reasons(exp.decision or None, exp.status),
         "actions": actions(exp),
+        "eta": eta_view(eta, exp.decision),
     }
+
+
+def etas(experiments: Sequence[Experiment], base: EffectiveConfig | None, now: datetime) -> list[dict[str, Any] | None]:
+    """The ETA of each running experiment from its last decision (domain/eta.py), in one vectorised pass."""
+    if base is None:
+        return [None] * len(experiments)
+    requests: list[EtaRequest] = []
+    where: list[int] = []
+    for i, exp in enumerate(experiments):
+        if exp.status != "running" or not exp.decision or exp.last_evaluated_at is None:
+            continue
+        try:
+            config = with_experiment_overrides(base, exp.config if isinstance(exp.config, dict) else None)
+        except ConfigError:
+            continue
+        requests.append(EtaRequest(exp.decision, config, exp.status, exp.started_at, exp.last_evaluated_at))
+        where.append(i)
+    out: list[dict[str, Any] | None] = [None] * len(experiments)
+    for i, eta in zip(where, stored_etas(requests, now), strict=True):
+        out[i] = eta
+    return out
+
+
+def _days_text(hours: float) -> str:
+    return f"{hours:.1f} hours" if hours < 48 else f"{hours / 24:.1f} days"
+
+
+def eta_view(eta: Mapping[str, Any] | None, decision: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """An ETA as the page shows it: a progress bar (exposures so far against those still needed) and the words."""
+    if not eta:
+        return None
+    remaining = eta.get("exposuresRemainingPerArm")
+    variants = {v.get("name"): v for v in (decision or {}).get("variants") or []}
+    arms = [variants.get((decision or {}).get(k)) for k in ("controlVariant", "bestVariant")]
+    so_far = sum(int(v.get("exposures") or 0) for v in arms if v) / 2
+    progress = None
+    if remaining is not None and so_far + remaining > 0:
+        progress = round(100 * so_far / (so_far + remaining))
+    hours, interval = eta.get("hoursRemaining"), eta.get("hoursInterval80")
+    if remaining == 0:
+        text = str(eta.get("message") or "decided")
+    elif hours is not None and interval:
+        upper = "longer" if interval[1] is None else _days_text(interval[1])
+        text = f"about {_days_text(hours)} left (80%: {_days_text(interval[0])} to {upper})"
+    elif remaining is not None:
+        text = f"about {remaining:,} more exposures per arm (exposure rate unknown)"
+    else:
+        text = str(eta.get("message") or "")
+    basis = "if the true lift is the MDE" if eta.get("basis") == "planned" else "at the observed lift"
+    return {"progress": progress, "text": text, "basis": basis, "message": eta.get("message")}
 
 
 def summary(counts: Sequence[StatusCount]) -> dict[str, Any]:
@@ -224,11 +286,17 @@ def summary(counts: Sequence[StatusCount]) -> dict[str, Any]:
     }
 
 
-def overview(experiments: Sequence[Experiment], counts: Sequence[StatusCount]) -> dict[str, Any]:
+def overview(
+    experiments: Sequence[Experiment],
+    counts: Sequence[StatusCount],
+    base: EffectiveConfig | None = None,
+    now: datetime | None = None,
+) -> dict[str, Any]:
     """The experiments list (the body of ``/`` and of ``/fragments/experiments``)."""
     total = sum(c.experiments for c in counts)
+    projected = etas(experiments, base, now or datetime.now(UTC))
     return {
-        "cards": [card(e) for e in experiments],
+        "cards": [card(e, eta) for e, eta in zip(experiments, projected, strict=True)],
         "summary": summary(counts),
         "shown": len(experiments),
         "total": total,
@@ -320,6 +388,92 @@ def lift_charts(
             }
         )
     return charts
+
+
+_GUARD_LABELS = {
+    "critical_alert": "Critical alerts",
+    "primary": "Primary metric (relative lift)",
+    "error_rate": "Error rate (percentage points)",
+    "latency": "P95 latency (change)",
+}
+_VERDICTS = {"ok": ("✓", "no harm shown"), "breach": ("✗", "breach"), "waiting": ("…", "waiting for data")}
+
+
+def _guard_rows(guard: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One row per metric of a step's guard: its verdict (icon and words), lift, interval and a bar on the row's own
+    scale (the metrics' units differ), with zero dashed and a guardrail's margin as a red tick."""
+    rows = []
+    for g in guard:
+        icon, words = _VERDICTS.get(str(g.get("verdict")), ("?", str(g.get("verdict"))))
+        interval = g.get("interval") or None
+        lift = g.get("lift")
+        metric = str(g.get("metric"))
+        margin = g.get("margin") if metric not in ("critical_alert", "error_rate", "latency") else None
+        unit = " pp" if metric == "error_rate" else "%"
+        bar = ""
+        if isinstance(lift, int | float) and interval and None not in interval:
+            lo_v, hi_v = float(interval[0]), float(interval[1])
+            edges = [0.0, lo_v, hi_v, float(lift), *([float(margin)] if isinstance(margin, int | float) else [])]
+            pad = max((max(edges) - min(edges)) * 0.08, 0.01)
+            # svg.py draws only numbers; the bar is decorative (the text beside it says the same).
+            bar = Markup(  # noqa: S704
+                interval_bar(
+                    float(lift),
+                    lo_v,
+                    hi_v,
+                    lo=min(edges) - pad,
+                    hi=max(edges) + pad,
+                    margin=float(margin) if isinstance(margin, int | float) and margin else None,
+                )
+            )
+        rows.append(
+            {
+                "metric": _GUARD_LABELS.get(metric, f"Guardrail {metric} (relative lift)"),
+                "verdict": g.get("verdict"),
+                "icon": icon,
+                "words": words,
+                "lift": "–" if lift is None else f"{lift:+.2f}{unit}",
+                "interval": "–"
+                if not interval or interval[0] is None or interval[1] is None
+                else f"[{interval[0]:+.2f}, {interval[1]:+.2f}]{unit}",
+                "margin": None if not isinstance(margin, int | float) or not margin else f"{margin:+g}%",
+                "bar": bar,
+            }
+        )
+    return rows
+
+
+def rollout_section(timeline: Mapping[str, Any] | None, name: str, now: datetime) -> dict[str, Any] | None:
+    """The ramp of ``/experiments/{name}``: where it is, the share over time, and each step's guard."""
+    if timeline is None:
+        return None
+    history = timeline["history"]
+    steps = [ShareStep(h["startedAt"], h["endedAt"], float(h["share"]), h["outcome"]) for h in history]
+    return {
+        "name": name,
+        "state": timeline["state"],
+        "step": timeline["step"],
+        "steps": " → ".join(f"{s:g}%" for s in timeline["steps"]),
+        "share": timeline["treatmentShare"],
+        "next": timeline["nextStepAt"],
+        "reason": timeline.get("reason"),
+        "can_pause": timeline["state"] in ("ramping", "holding", "awaiting_approval"),
+        "can_resume": timeline["state"] == "paused",
+        "chart_wide": Markup(share_chart(steps, chart_id="ramp", now=now)),  # noqa: S704
+        "chart_narrow": Markup(share_chart(steps, chart_id="ramp-n", now=now, compact=True)),  # noqa: S704
+        "history": [
+            {
+                "step": h["step"],
+                "share": h["share"],
+                "kind": h["kind"],
+                "started_at": h["startedAt"],
+                "ended_at": h["endedAt"],
+                "outcome": h["outcome"] or ("current" if timeline["state"] not in ("complete", "rolled_back") else "–"),
+                "guard": _guard_rows(h["guard"] or []),
+            }
+            for h in reversed(history)
+        ],
+    }
 
 
 VERDICT_LABELS = {
@@ -448,10 +602,13 @@ def metric_charts(
     return out
 
 
-def experiment_page(page: ExperimentHistory, level: float) -> dict[str, Any]:
+def experiment_page(
+    page: ExperimentHistory, level: float, base: EffectiveConfig | None = None, now: datetime | None = None
+) -> dict[str, Any]:
     """The body of ``/experiments/{name}``."""
     exp = page.experiment
     decision = exp.decision or None
+    eta = etas([exp], base, now or datetime.now(UTC))[0]
     control = (decision or {}).get("controlVariant") or next((v.name for v in exp.variants if v.is_control), None)
     return {
         "exp": exp,
@@ -464,6 +621,7 @@ def experiment_page(page: ExperimentHistory, level: float) -> dict[str, Any]:
         "metric_charts": metric_charts(exp.name, decision, page.snapshots, level),
         "variants": variants_table(exp, detailed=True),
         "checks": safety_checks(decision),
+        "eta": eta_view(eta, decision),
         "promotions": page.promotions,
         "audit": audit_rows(page.audit),
     }
