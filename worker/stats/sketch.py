@@ -127,7 +127,8 @@ class LatencySketch:
         Raises StatsInputError on a key that is neither "z" nor an integer, or on a negative count.
         """
         if d is None:
-            return cls()
+            # Immutable, so one empty sketch serves every variant without latencies (the scan reads 20,000).
+            return _EMPTY if cls is LatencySketch else cls()
         if not isinstance(d, Mapping):
             raise StatsInputError(f"sketch JSON must be an object, got {type(d).__name__}")
         bins: dict[int, int] = {}
@@ -271,3 +272,6 @@ def latency_degradation(control_p95: float, treatment_p95: float) -> float:
     r = 100.0 * (t / c - 1.0)
     # t/c can overflow for a subnormal control; report it as unbounded like the zero case.
     return r if math.isfinite(r) else math.inf
+
+
+_EMPTY = LatencySketch()
