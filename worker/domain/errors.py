@@ -40,6 +40,14 @@ class AlreadyRolledBack(DomainError):
     """The promotion was rolled back before; nothing changed."""
 
 
+class ApprovalNotFound(DomainError):
+    """No approval has that id."""
+
+
+class ApprovalNotPending(DomainError):
+    """The approval was decided before (approved, declined, expired or closed); nothing changed."""
+
+
 # The name the engine has always used; other modules import it from worker.engine.
 EngineError = DomainError
 
@@ -49,4 +57,6 @@ DOMAIN_ERRORS: tuple[type[DomainError], ...] = (
     PromotionNotFound,
     AlreadyPromoted,
     AlreadyRolledBack,
+    ApprovalNotFound,
+    ApprovalNotPending,
 )

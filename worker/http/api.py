@@ -28,7 +28,15 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from worker.config import PRESET_NAMES, PRESETS, ConfigError, EffectiveConfig, deep_merge, load_config
-from worker.db.reads import AuditEntry, EvaluationSnapshot, Experiment, Promotion, Reads, VariantStats
+from worker.db.reads import (
+    Approval,
+    AuditEntry,
+    EvaluationSnapshot,
+    Experiment,
+    Promotion,
+    Reads,
+    VariantStats,
+)
 from worker.db.sql import Q
 from worker.domain.errors import DomainError, ExperimentNotFound
 from worker.http import auth
@@ -48,9 +56,13 @@ from worker.http.models import (
     AUTO_PROMOTE_REQUEST,
     EXPERIMENT_PATH_NAME,
     PATTERN_MESSAGES,
+    AnyActionRequest,
+    ApprovalsQuery,
+    ApproveRequest,
     AuditQuery,
     CheckRequest,
     ConfigQuery,
+    DeclineRequest,
     ExperimentsQuery,
     PromoteRequest,
     PromotionsQuery,
@@ -64,8 +76,8 @@ from worker.http.openapi import openapi_document
 from worker.http.ratelimit import SlidingWindowLimiter
 from worker.stats import LatencySketch, StatsInputError
 
-ActionRequest = CheckRequest | PromoteRequest | ScanRequest | RollbackRequest
-MUTATING_ACTIONS = frozenset({"scan", "promote", "rollback"})
+ActionRequest = AnyActionRequest
+MUTATING_ACTIONS = frozenset({"scan", "promote", "rollback", "approve", "decline"})
 HISTORY_ROWS = 5000
 DETAIL_PROMOTIONS = 100
 DETAIL_AUDIT = 50
@@ -89,6 +101,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/promotions", list_promotions)
     app.router.add_get("/api/promotions/stats", promotion_stats)
     app.router.add_get("/api/audit", list_audit)
+    app.router.add_get("/api/approvals", list_approvals)
     app.router.add_get("/api/openapi.json", get_openapi)
 
 
@@ -217,6 +230,8 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
 def _action_problems(req: ActionRequest) -> list[dict[str, str]]:
     """The rules that span two fields (the document states them too: models.py)."""
     errors: list[dict[str, str]] = []
+    if isinstance(req, ApproveRequest | DeclineRequest):
+        return errors
     nested = (req.config or {}).get("dryRun")
     if isinstance(req, RollbackRequest):
         if nested is True:
@@ -331,7 +346,7 @@ def ok(data: Any, headers: Mapping[str, str] | None = None) -> web.Response:
 
 # ------------------------------------------------------------------------------------------ POST action
 async def post_auto_promote(request: web.Request) -> web.Response:
-    """The seed's POST: scan | promote | check | rollback."""
+    """The seed's POST: scan | promote | check | rollback | approve | decline."""
     ctx = request.app[CTX]
     principal = await auth.require_role(request, "viewer")
     body = await read_json_object(request)
@@ -351,8 +366,8 @@ async def post_auto_promote(request: web.Request) -> web.Response:
         raise invalid_request(f"invalid request for action '{req.action}'", problems)
     # dryRun is one more request-layer value: the engine lays each experiment's own config over the request's,
     # so a request's dryRun: false cannot lift an experiment's dryRun: true (worker.config.with_experiment_overrides).
-    overrides = dict(req.config or {})
-    if req.dry_run is not None:
+    overrides = dict(getattr(req, "config", None) or {})
+    if getattr(req, "dry_run", None) is not None:
         overrides["dryRun"] = req.dry_run
     try:
         effective = request_config(ctx, req.preset, overrides)
@@ -367,8 +382,8 @@ async def post_auto_promote(request: web.Request) -> web.Response:
             raise ApiError(
                 429,
                 "rate_limited",
-                f"rate limit reached: {decision.limit} scan/promote/rollback calls per minute for token "
-                f"{principal.name!r}; retry in {decision.retry_after_header} s",
+                f"rate limit reached: {decision.limit} scan/promote/rollback/approve/decline calls per minute for "
+                f"token {principal.name!r}; retry in {decision.retry_after_header} s",
                 {"limit": decision.limit, "windowSeconds": 60, "retryAfterSeconds": int(decision.retry_after_header)},
                 headers={**headers, "Retry-After": decision.retry_after_header},
             )
@@ -397,8 +412,14 @@ async def _run_action(
         await _audit_scan(ctx, actor, effective, overrides)
         data = await engine.scan_and_promote_winners(config=effective, actor=actor)
         success = True
-    else:
+    elif isinstance(req, RollbackRequest):
         data = await engine.rollback_promotion(req.promotion_id.strip(), req.reason, actor=actor, config=effective)
+        success = True
+    elif isinstance(req, ApproveRequest):
+        data = await engine.approve(req.approval_id.strip(), actor=actor, config=effective)
+        success = data["status"] == "approved"
+    else:
+        data = await engine.decline(req.approval_id.strip(), req.reason, actor=actor)
         success = True
     return success, data
 
@@ -684,6 +705,45 @@ async def list_audit(request: web.Request) -> web.Response:
         {
             "entries": [_audit_json(r) for r in page.items],
             "total": page.total,
+            "limit": query.limit,
+            "offset": query.offset,
+        }
+    )
+
+
+# --------------------------------------------------------------------------------------------- approvals
+def approval_json(a: Approval) -> dict[str, Any]:
+    """One approval as the API, the CLI's --json and the dashboard show it."""
+    return {
+        "approvalId": str(a.id),
+        "experimentName": a.experiment_name,
+        "kind": a.kind,
+        "status": a.status,
+        "requestedAt": a.requested_at,
+        "requestedBy": a.requested_by,
+        "expiresAt": a.expires_at,
+        "variant": a.variant,
+        "step": a.step,
+        "decision": a.decision,
+        "decidedAt": a.decided_at,
+        "decidedBy": a.decided_by,
+        "reason": a.reason,
+        "expired": a.expired,
+        "promotionId": a.promotion_id,
+    }
+
+
+async def list_approvals(request: web.Request) -> web.Response:
+    """Approvals, newest first: pending ones by default (``status``), optional ``experiment``, paginated."""
+    ctx = request.app[CTX]
+    await auth.require_role(request, "viewer")
+    query = parse_query(request, ApprovalsQuery)
+    status = None if query.status == "all" else query.status
+    items, total = await Reads(ctx.pool).approvals_page(status, query.experiment, query.limit, query.offset)
+    return ok(
+        {
+            "approvals": [approval_json(a) for a in items],
+            "total": total,
             "limit": query.limit,
             "offset": query.offset,
         }

@@ -32,6 +32,8 @@ ERROR_CODES = (
     "method_not_allowed",
     "already_promoted",
     "already_rolled_back",
+    "approval_not_found",
+    "approval_not_pending",
     "payload_too_large",
     "rate_limited",
     "internal_error",
@@ -353,6 +355,26 @@ def _schemas() -> dict[str, Any]:
             )
         ),
         "AuditList": page("entries", "AuditEntry"),
+        "Approval": _obj(
+            {
+                "approvalId": STR,
+                "experimentName": STR,
+                "kind": {"type": "string", "enum": ["promote", "step"]},
+                "status": {"type": "string", "enum": ["pending", "approved", "declined", "closed"]},
+                "requestedAt": TIME,
+                "requestedBy": STR,
+                "expiresAt": TIME,
+                "variant": NSTR,
+                "step": NINT,
+                "decision": {**ANY_OBJECT, "description": "The decision (check data) the request was made on"},
+                "decidedAt": NTIME,
+                "decidedBy": NSTR,
+                "reason": NSTR,
+                "expired": BOOL,
+                "promotionId": NSTR,
+            }
+        ),
+        "ApprovalList": page("approvals", "Approval"),
     }
     return schemas
 
@@ -368,10 +390,12 @@ _ERROR_TEXT = {
     "(maxConcurrentPromotions, guard.guardHours, notifications.channels).",
     "401": "No token, a malformed Authorization header, or an unknown token (`WWW-Authenticate: Bearer`).",
     "403": "The token's role is too weak for the action (`details.requiredRole`).",
-    "404": "experiment_not_found or promotion_not_found.",
-    "409": "already_promoted (the experiment has an active promotion) or already_rolled_back.",
+    "404": "experiment_not_found, promotion_not_found or approval_not_found.",
+    "409": "already_promoted (the experiment has an active promotion), already_rolled_back, or "
+    "approval_not_pending (approved, declined, expired or closed before; `details.status`).",
     "413": "payload_too_large: the body is over AUTO_PROMOTION_MAX_BODY_BYTES.",
-    "429": "rate_limited: over AUTO_PROMOTION_RATE_LIMIT scan/promote/rollback calls per minute for this token; "
+    "429": "rate_limited: over AUTO_PROMOTION_RATE_LIMIT scan/promote/rollback/approve/decline calls per minute for "
+    "this token; "
     "see `Retry-After`.",
     "500": "internal_error: an unexpected failure, logged under `details.requestId`; no stack trace is sent.",
     "503": "database_unavailable: the database cannot be reached; see `Retry-After`.",
@@ -408,8 +432,9 @@ def _param(
 _READ_ERRORS = ("400", "401", "500", "503")
 _VIEWER: list[dict[str, list[str]]] = [{"bearer": []}]
 
-_POST_DESCRIPTION = """The seed's actions. `check` needs the viewer role; `scan`, `promote` and `rollback` need
-operator, are audited with the token's name as the actor, and are rate limited per token (dry runs included).
+_POST_DESCRIPTION = """The seed's actions and the approvals'. `check` needs the viewer role; `scan`, `promote`,
+`rollback`, `approve` and `decline` need operator, are audited with the token's name as the actor, and are rate
+limited per token (dry runs included).
 
 Responses are `{success, action, data, config: {enabled, dryRun, preset}}` with `data` the engine's result:
 - `check`: the eligibility (`data.eligible`, `data.reasons`); `success` is true.
@@ -418,6 +443,12 @@ Responses are `{success, action, data, config: {enabled, dryRun, preset}}` with 
   when it would promote. 409 is reserved for "already promoted".
 - `scan`: counts and one result per running experiment; `success` is true.
 - `rollback`: the restored weights; 409 when already rolled back.
+- `approve` (`approvalId`): under `approval.require`, an eligible promotion waits as a pending approval
+  (`GET /api/approvals`). Approving decides again on the locked state and promotes in the same transaction:
+  `success` true with `data.status` approved and `data.promotion`; when it is no longer eligible, **200 with
+  `success: false`**, `data.status` closed and `data.reason`. 409 approval_not_pending when it was decided,
+  or expired, before.
+- `decline` (`approvalId`, `reason`): nothing is promoted; 409 approval_not_pending as for approve.
 
 `dryRun` is accepted at the top level (as in the seed's example) and inside `config`. The body is read as
 JSON whatever the Content-Type. Fields an action does not use are refused rather than ignored."""
@@ -452,7 +483,14 @@ def _document() -> dict[str, Any]:
                     "operationId": "autoPromote",
                     "summary": "Run scan, promote, check or rollback",
                     "description": _POST_DESCRIPTION,
-                    "x-roles": {"check": "viewer", "scan": "operator", "promote": "operator", "rollback": "operator"},
+                    "x-roles": {
+                        "check": "viewer",
+                        "scan": "operator",
+                        "promote": "operator",
+                        "rollback": "operator",
+                        "approve": "operator",
+                        "decline": "operator",
+                    },
                     "requestBody": {
                         "required": True,
                         "content": {"application/json": {"schema": _ref("AutoPromoteRequest")}},
@@ -521,6 +559,44 @@ def _document() -> dict[str, Any]:
                     "responses": {"200": _json("AuditList", "A page of audit rows"), **_errors(*_READ_ERRORS)},
                 }
             },
+            "/api/approvals": {
+                "get": {
+                    "operationId": "listApprovals",
+                    "summary": "Approvals (pending ones by default), newest first",
+                    "description": "Under approval.require an eligible promotion (or, under every_step, a rollout step "
+                    "ready to advance) waits here until an operator approves or declines it (the POST's actions "
+                    "approve and decline), or until approval.timeoutHours pass (then it is declined, `expired` true).",
+                    "parameters": _query_params(models.ApprovalsQuery),
+                    "responses": {"200": _json("ApprovalList", "A page of approvals"), **_errors(*_READ_ERRORS)},
+                }
+            },
+            "/api/slack/interactions": {
+                "post": {
+                    "operationId": "slackInteractions",
+                    "summary": "Slack's Interactivity request URL: the Approve / Decline / Roll back buttons",
+                    "description": "Authenticated by Slack's request signature (SLACK_SIGNING_SECRET: v0 HMAC-SHA256 "
+                    "of `v0:{timestamp}:{body}`), not by a bearer token. A timestamp older than five minutes, a "
+                    "request seen before, a bad or missing signature is a 401; a Slack user not in "
+                    "AUTO_PROMOTION_SLACK_APPROVERS a 403; nothing is changed then. The outcome replaces the "
+                    "message through the interaction's response_url. 404 when SLACK_SIGNING_SECRET is not set.",
+                    "security": [],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/x-www-form-urlencoded": {
+                                "schema": _obj({"payload": {**STR, "description": "The interaction, JSON"}})
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": {
+                            "description": "Acted on (the outcome goes to response_url)",
+                            "content": {"application/json": {"schema": _ok(_obj({"outcome": STR}))}},
+                        },
+                        **{k: {**v, "description": d} for k, v, d in _slack_errors()},
+                    },
+                }
+            },
             "/api/openapi.json": {
                 "get": {
                     "operationId": "openapi",
@@ -537,6 +613,17 @@ def _document() -> dict[str, Any]:
             },
         },
     }
+
+
+def _slack_errors() -> list[tuple[str, dict[str, Any], str]]:
+    texts = {
+        "400": "The signed body is not an interaction Slack sends (no payload, not JSON, no action).",
+        "401": "unauthorized: no signature, a bad one, a timestamp older than five minutes, or a replay.",
+        "403": "forbidden: the Slack user is not in AUTO_PROMOTION_SLACK_APPROVERS.",
+        "404": "not_found: SLACK_SIGNING_SECRET is not set, so Slack buttons are off.",
+    }
+    errors = _errors(*texts)
+    return [(status, errors[status], text) for status, text in texts.items()]
 
 
 def openapi_document() -> dict[str, Any]:

@@ -14,9 +14,14 @@ EVENTS: tuple[str, ...] = (
     "guard.breached",
     "promotion.failed",
     "promotion.eligible",
+    "approval.requested",
+    "approval.expired",
 )
-# What the environment defaults (and a notification_configs row by default) subscribe to; eligible is opt-in.
+# What a notification_configs row subscribes to by default (schema/0001); eligible is opt-in.
 DEFAULT_EVENTS: tuple[str, ...] = EVENTS[:4]
+# What the environment's default targets hear: the defaults, and the approvals (which happen only when
+# approval.require asks for them, and which nobody could act on unheard).
+ENV_EVENTS: tuple[str, ...] = (*DEFAULT_EVENTS, "approval.requested", "approval.expired")
 PRIORITIES: tuple[str, ...] = ("normal", "high", "critical")
 
 _TITLES = {
@@ -25,6 +30,8 @@ _TITLES = {
     "guard.breached": "Guard breached",
     "promotion.failed": "Promotion failed",
     "promotion.eligible": "Eligible for promotion (dry run)",
+    "approval.requested": "Approval requested",
+    "approval.expired": "Approval expired",
 }
 
 
@@ -84,6 +91,9 @@ class EventFacts:
     safety_checks: tuple[SafetyCheckFact, ...]
     variants: tuple[VariantFact, ...]
     dashboard_url: str | None
+    approval_id: str | None = None
+    expires_at: str | None = None
+    step: int | None = None
 
     @classmethod
     def from_payload(cls, event: str, payload: Mapping[str, Any], *, public_url: str | None) -> EventFacts:
@@ -131,6 +141,9 @@ class EventFacts:
             safety_checks=checks,
             variants=variants,
             dashboard_url=dashboard,
+            approval_id=_text(payload.get("approvalId")),
+            expires_at=_text(payload.get("expiresAt")),
+            step=_whole(payload.get("step")),
         )
 
     @property
@@ -153,11 +166,25 @@ class EventFacts:
                 return f"{self.experiment}: promoting {variant} failed"
             case "promotion.eligible":
                 return f"{self.experiment}: {variant} is eligible for promotion{control} (dry run, nothing changed)"
+            case "approval.requested":
+                what = (
+                    f"step {self.step} of the rollout of {variant}" if self.step is not None else f"promoting {variant}"
+                )
+                return f"{self.experiment}: {what}{control} waits for an approval"
+            case "approval.expired":
+                what = (
+                    f"step {self.step} of the rollout of {variant}" if self.step is not None else f"promoting {variant}"
+                )
+                return f"{self.experiment}: the approval of {what} expired unanswered; declined"
         return f"{self.experiment}: {self.event}"
 
     @property
     def variant_label(self) -> str:
-        return "Winning variant" if self.event in ("promotion.promoted", "promotion.eligible") else "Promoted variant"
+        return (
+            "Promoted variant"
+            if self.event in ("promotion.rolled_back", "guard.breached", "promotion.failed")
+            else ("Winning variant")
+        )
 
     def fact_rows(self) -> list[tuple[str, str]]:
         """The labelled facts every channel shows, in order."""
@@ -177,6 +204,10 @@ class EventFacts:
             rows.append(("When", self.occurred_at))
         if self.promotion_id:
             rows.append(("Promotion", self.promotion_id))
+        if self.approval_id:
+            rows.append(("Approval", self.approval_id))
+        if self.expires_at and self.event == "approval.requested":
+            rows.append(("Expires", self.expires_at))
         return rows
 
     def variant_table(self) -> list[list[str]]:
@@ -240,6 +271,10 @@ def _number(value: object) -> float | None:
     except (TypeError, ValueError):
         return None
     return number if math.isfinite(number) else None
+
+
+def _whole(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _dicts(value: object) -> list[Mapping[str, Any]]:

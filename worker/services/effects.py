@@ -28,7 +28,13 @@ log = structlog.get_logger("worker.engine")
 
 GUARD_ACTOR = "autopromote-guard"
 NotificationEvent = Literal[
-    "promotion.promoted", "promotion.eligible", "promotion.failed", "promotion.rolled_back", "guard.breached"
+    "promotion.promoted",
+    "promotion.eligible",
+    "promotion.failed",
+    "promotion.rolled_back",
+    "guard.breached",
+    "approval.requested",
+    "approval.expired",
 ]
 PromotionMode = Literal["request", "scan", "daemon"]
 CommittedEvent = Literal["promotion.promoted", "promotion.rolled_back"]
