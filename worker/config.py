@@ -216,6 +216,21 @@ class Guard(_Model):
     )
 
 
+ApprovalRequire = Literal["none", "promote", "every_step"]
+APPROVAL_REQUIRE: tuple[str, ...] = get_args(ApprovalRequire)
+
+
+class Approval(_Model):
+    require: ApprovalRequire = setting(
+        "none",
+        "AUTO_PROMOTION_REQUIRE_APPROVAL",
+        "none, promote (an eligible promotion waits for an operator's approval) or every_step (each rollout step too)",
+    )
+    timeout_hours: Annotated[float, AfterValidator(_between(0.01, 24 * 30)), JsonBounds(0.01, 24 * 30)] = setting(
+        24.0, "AUTO_PROMOTION_APPROVAL_TIMEOUT_HOURS", "Hours a pending approval waits before it expires as declined"
+    )
+
+
 class AutoPromotionConfig(_Model):
     """The decision configuration (the seed's AutoPromotionConfig plus statistics and guard)."""
 
@@ -255,6 +270,7 @@ class AutoPromotionConfig(_Model):
         60.0, "AUTO_PROMOTION_SCAN_INTERVAL", "Seconds between reconciliation scans"
     )
     guard: Guard = Field(default_factory=Guard)
+    approval: Approval = Field(default_factory=Approval)
 
     @model_validator(mode="after")
     def _no_contradictions(self) -> AutoPromotionConfig:
@@ -363,6 +379,14 @@ class Settings(_Model):
         100, "AUTO_PROMOTION_SSE_MAX_CLIENTS", "Dashboard live-update streams (/events) open at once; more get 503"
     )
     slack_webhook_url: str | None = setting(None, "SLACK_WEBHOOK_URL", "Slack incoming-webhook URL")
+    slack_signing_secret: str | None = setting(
+        None,
+        "SLACK_SIGNING_SECRET",
+        "Slack app signing secret: turns on the Approve / Decline / Roll back buttons (POST /api/slack/interactions)",
+    )
+    slack_approvers: tuple[str, ...] = setting(
+        (), "AUTO_PROMOTION_SLACK_APPROVERS", "Slack user ids (U…) whose button clicks are acted on (comma-separated)"
+    )
     smtp_host: str | None = setting(None, "SMTP_HOST", "SMTP server host")
     smtp_port: Annotated[int, AfterValidator(_between(1, 65535))] = setting(587, "SMTP_PORT", "SMTP server port")
     smtp_security: Literal["starttls", "tls", "none"] = setting(
@@ -634,6 +658,11 @@ def _both_enabled(a: bool, b: bool) -> bool:
     return a and b
 
 
+def _more_approvals(a: str, b: str) -> str:
+    """The stricter of two approval.require values (none < promote < every_step)."""
+    return max(a, b, key=APPROVAL_REQUIRE.index)
+
+
 def _union(a: Any, b: Any) -> tuple[Any, ...]:
     return tuple(dict.fromkeys((*a, *b)))
 
@@ -662,6 +691,7 @@ SAFER: dict[str, Callable[[Any, Any], Any]] = {
     "maxConcurrentPromotions": min,
     "guard.guardHours": max,
     "guard.autoRollback": _stricter_flag,
+    "approval.require": _more_approvals,
 }
 
 

@@ -367,8 +367,9 @@ async def post_auto_promote(request: web.Request) -> web.Response:
     # dryRun is one more request-layer value: the engine lays each experiment's own config over the request's,
     # so a request's dryRun: false cannot lift an experiment's dryRun: true (worker.config.with_experiment_overrides).
     overrides = dict(getattr(req, "config", None) or {})
-    if getattr(req, "dry_run", None) is not None:
-        overrides["dryRun"] = req.dry_run
+    dry_run = getattr(req, "dry_run", None)
+    if dry_run is not None:
+        overrides["dryRun"] = dry_run
     try:
         effective = request_config(ctx, req.preset, overrides)
     except ConfigError as exc:

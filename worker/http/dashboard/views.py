@@ -17,6 +17,7 @@ from urllib.parse import quote, urlencode
 from markupsafe import Markup
 
 from worker.db.reads import (
+    Approval,
     AuditEntry,
     EvaluationSnapshot,
     Experiment,
@@ -333,8 +334,9 @@ def experiment_page(page: ExperimentHistory, level: float) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------- promotions page
-def promotions_page(report: PromotionReport) -> dict[str, Any]:
-    """The body of ``/promotions``: get_promotion_stats(), promotions per day, active and rolled back."""
+def promotions_page(report: PromotionReport, approvals: Sequence[Approval] = ()) -> dict[str, Any]:
+    """The body of ``/promotions``: the pending approvals, get_promotion_stats(), promotions per day, active and
+    rolled back."""
     stats = report.stats
     figures = [
         ("Promotions", num(stats.total_promotions)),
@@ -357,4 +359,5 @@ def promotions_page(report: PromotionReport) -> dict[str, Any]:
         "chart_narrow": Markup(promotions_chart(counts, chart_id="per-day-n", compact=True)),  # noqa: S704
         "active": report.active,
         "rolled_back": report.rolled_back,
+        "approvals": list(approvals),
     }
