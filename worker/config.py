@@ -220,7 +220,7 @@ ApprovalRequire = Literal["none", "promote", "every_step"]
 APPROVAL_REQUIRE: tuple[str, ...] = get_args(ApprovalRequire)
 
 
-class Approval(_Model):
+class ApprovalPolicy(_Model):
     require: ApprovalRequire = setting(
         "none",
         "AUTO_PROMOTION_REQUIRE_APPROVAL",
@@ -270,7 +270,7 @@ class AutoPromotionConfig(_Model):
         60.0, "AUTO_PROMOTION_SCAN_INTERVAL", "Seconds between reconciliation scans"
     )
     guard: Guard = Field(default_factory=Guard)
-    approval: Approval = Field(default_factory=Approval)
+    approval: ApprovalPolicy = Field(default_factory=ApprovalPolicy)
 
     @model_validator(mode="after")
     def _no_contradictions(self) -> AutoPromotionConfig:
@@ -369,7 +369,7 @@ class Settings(_Model):
     )
     api_tokens: str = setting("", "AUTO_PROMOTION_API_TOKENS", "API tokens as name:role:sha256hex, comma-separated")
     rate_limit_per_minute: Annotated[int, AfterValidator(_between(1, 100_000))] = setting(
-        30, "AUTO_PROMOTION_RATE_LIMIT", "scan/promote/rollback calls per token per minute"
+        30, "AUTO_PROMOTION_RATE_LIMIT", "scan/promote/rollback/approve/decline calls per token per minute"
     )
     metrics_auth: bool = setting(False, "AUTO_PROMOTION_METRICS_AUTH", "Require a token for /metrics")
     max_body_bytes: Annotated[int, AfterValidator(_between(1024, 100_000_000))] = setting(

@@ -31,11 +31,11 @@ from tests.support.api import OPERATOR_TOKEN, api_only_app, make_context, seed_w
 from worker.db.connect import connect, create_pool
 
 pytestmark = pytest.mark.slow
-EXAMPLES_PER_OPERATION = 60  # 7 operations: about 420 requests
+EXAMPLES_PER_OPERATION = 60  # 9 operations: about 540 requests
 # Statuses a documented-valid request may get: the database's state, not the request's form.
 STATE_STATUSES = {
-    404: {"experiment_not_found", "promotion_not_found", "not_found"},
-    409: {"already_promoted", "already_rolled_back"},
+    404: {"experiment_not_found", "promotion_not_found", "approval_not_found", "not_found"},
+    409: {"already_promoted", "already_rolled_back", "approval_not_pending"},
 }
 
 
@@ -136,6 +136,8 @@ def test_the_document_has_every_operation(served: ServedApp) -> None:
         "GET /api/promotions",
         "GET /api/promotions/stats",
         "GET /api/audit",
+        "GET /api/approvals",
+        "POST /api/slack/interactions",
         "GET /api/openapi.json",
     }
 
@@ -148,6 +150,9 @@ OPERATIONS = [
     "GET /api/promotions",
     "GET /api/promotions/stats",
     "GET /api/audit",
+    "GET /api/approvals",
+    # Without SLACK_SIGNING_SECRET (as here) every click is a documented 404.
+    "POST /api/slack/interactions",
 ]
 
 

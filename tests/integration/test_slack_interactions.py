@@ -15,11 +15,9 @@ from urllib.parse import urlencode
 
 import asyncpg
 import pytest
-from aiohttp import web
 
 from tests.fakes import FakeHTTPReceiver
 from tests.support.api import Api, seed_winner, serve_api
-from worker.http import slack
 from worker.http.app import CTX
 from worker.notify import Dispatcher
 
@@ -45,9 +43,6 @@ def _env(receiver: FakeHTTPReceiver, **extra: str) -> dict[str, str]:
         "AUTO_PROMOTION_NOTIFY_RATE": "1000",
         **extra,
     }
-
-
-ROUTES = [web.post("/api/slack/interactions", slack.post_interaction)]
 
 
 def sign(body: str, *, timestamp: int | None = None, secret: str = SECRET) -> dict[str, str]:
@@ -112,7 +107,7 @@ async def test_approve_button_promotes_and_replaces_the_message(
     pool: asyncpg.Pool, conn: asyncpg.Connection, receiver: FakeHTTPReceiver
 ) -> None:
     await seed_winner(conn)
-    async with serve_api(pool, _env(receiver), {"approval": {"require": "promote"}}, extra_routes=ROUTES) as api:
+    async with serve_api(pool, _env(receiver), {"approval": {"require": "promote"}}) as api:
         reply = await api.post({"action": "promote", "experimentName": NAME})
         approval_id = reply.body["data"]["approvalId"]
         [message] = await deliver(pool, api, receiver, 1)
@@ -166,7 +161,7 @@ async def test_decline_button_declines(
     pool: asyncpg.Pool, conn: asyncpg.Connection, receiver: FakeHTTPReceiver
 ) -> None:
     await seed_winner(conn)
-    async with serve_api(pool, _env(receiver), {"approval": {"require": "promote"}}, extra_routes=ROUTES) as api:
+    async with serve_api(pool, _env(receiver), {"approval": {"require": "promote"}}) as api:
         await api.post({"action": "promote", "experimentName": NAME})
         [message] = await deliver(pool, api, receiver, 1)
         body = click_body(message, "approval.decline", user=APPROVER, response_url=receiver.url(RESPONSE))
@@ -192,7 +187,7 @@ async def test_unsigned_bad_stale_and_unknown_user_requests_change_nothing(
     pool: asyncpg.Pool, conn: asyncpg.Connection, receiver: FakeHTTPReceiver
 ) -> None:
     await seed_winner(conn)
-    async with serve_api(pool, _env(receiver), {"approval": {"require": "promote"}}, extra_routes=ROUTES) as api:
+    async with serve_api(pool, _env(receiver), {"approval": {"require": "promote"}}) as api:
         await api.post({"action": "promote", "experimentName": NAME})
         [message] = await deliver(pool, api, receiver, 1)
         body = click_body(message, "approval.approve", user=APPROVER, response_url=receiver.url(RESPONSE))
@@ -226,7 +221,7 @@ async def test_buttons_are_off_without_a_signing_secret(
 ) -> None:
     await seed_winner(conn)
     env = {"SLACK_WEBHOOK_URL": receiver.url(HOOK), "AUTO_PROMOTION_NOTIFY_RATE": "1000"}
-    async with serve_api(pool, env, {"approval": {"require": "promote"}}, extra_routes=ROUTES) as api:
+    async with serve_api(pool, env, {"approval": {"require": "promote"}}) as api:
         await api.post({"action": "promote", "experimentName": NAME})
         [message] = await deliver(pool, api, receiver, 1)
         assert message["text"].startswith("Approval requested")

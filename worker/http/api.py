@@ -39,7 +39,7 @@ from worker.db.reads import (
 )
 from worker.db.sql import Q
 from worker.domain.errors import DomainError, ExperimentNotFound
-from worker.http import auth
+from worker.http import auth, slack
 from worker.http.app import CTX, AppContext
 from worker.http.errors import (
     ApiError,
@@ -102,6 +102,8 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/promotions/stats", promotion_stats)
     app.router.add_get("/api/audit", list_audit)
     app.router.add_get("/api/approvals", list_approvals)
+    # Authenticated by Slack's signature, not a token: see worker.http.slack.
+    slack.add_routes(app)
     app.router.add_get("/api/openapi.json", get_openapi)
 
 

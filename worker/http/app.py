@@ -41,7 +41,7 @@ class AppContext:
 CTX: web.AppKey[AppContext] = web.AppKey("ctx", AppContext)
 
 # Route modules, in registration order; each exposes add_routes(app: web.Application) -> None.
-ROUTE_MODULES = ("worker.http.ops", "worker.http.api", "worker.http.slack", "worker.http.dashboard")
+ROUTE_MODULES = ("worker.http.ops", "worker.http.api", "worker.http.dashboard")
 
 
 def create_app(ctx: AppContext) -> web.Application:
