@@ -37,6 +37,7 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_stats.py
+	$(BIN)/python bench/bench_metrics.py
 	$(BIN)/python bench/bench_daemon.py
 	$(BIN)/python bench/bench_replicas.py
 	$(BIN)/python bench/bench_serving.py

@@ -31,6 +31,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from worker.config import AutoPromotionConfig, Settings
 from worker.decide import ERROR_RATE_CHECK, LATENCY_CHECK, TRAFFIC_BALANCE_CHECK, SafetyCheck
+from worker.domain.events import EvaluationEvent
 from worker.domain.results import NotificationPayload
 from worker.notify import enqueue_notifications
 from worker.services.effects import NotificationEvent
@@ -329,6 +330,25 @@ def engine_payload(event: NotificationEvent = "promotion.promoted", **overrides:
     unknown = set(overrides) - set(NotificationPayload.__annotations__)
     assert not unknown, f"engine_payload: {sorted(unknown)} are not NotificationPayload keys"
     return cast(NotificationPayload, {**payload, **overrides})
+
+
+def evaluation_bus_event(experiment_name: str, **overrides: Any) -> EvaluationEvent:
+    """An evaluation as the daemon puts it on the EventBus (worker.domain.events.evaluation_event): a whole
+    EvaluationEvent, so a change of the event's shape fails type checking here too."""
+    event: EvaluationEvent = {
+        "type": "evaluation",
+        "experimentId": 1,
+        "experimentName": experiment_name,
+        "action": "evaluated",
+        "eligible": None,
+        "confidence": None,
+        "improvement": None,
+        "reasons": [],
+        "at": time.time(),
+    }
+    unknown = set(overrides) - set(EvaluationEvent.__annotations__)
+    assert not unknown, f"evaluation_bus_event: {sorted(unknown)} are not EvaluationEvent keys"
+    return cast(EvaluationEvent, {**event, **overrides})
 
 
 async def promote_with_notifications(

@@ -113,7 +113,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 # -------------------------------------------------------------------------------------------------- config
 def cmd_config_show(args: argparse.Namespace) -> int:
-    from worker.config import _flatten
+    from worker.config.layering import _flatten
 
     effective = _config(args.preset)
     public = effective.config.public()
@@ -245,7 +245,14 @@ def _load_command_modules() -> None:
     """Command groups that live beside the code they drive register themselves here."""
     import importlib
 
-    for module in ("worker.cli_engine", "worker.cli_daemon", "worker.cli_demo", "worker.http.cli"):
+    for module in (
+        "worker.cli_engine",
+        "worker.cli_metrics",
+        "worker.cli_plan",
+        "worker.cli_daemon",
+        "worker.cli_demo",
+        "worker.http.cli",
+    ):
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as exc:

@@ -11,7 +11,6 @@ from typing import Any, TextIO
 
 import anyio
 import structlog
-from aiohttp import web
 
 from worker.cli import EXIT_OK, CliError, _run_async, register
 from worker.config import ConfigError, load_config, load_settings
@@ -31,6 +30,8 @@ async def run_demo(
 ) -> int:
     """Run the demo for ``duration`` seconds (or until Ctrl-C) and print its summary."""
     import os
+
+    from aiohttp import web
 
     from worker.daemon import Daemon
     from worker.db.connect import connect, create_pool, redact_url, resolve_database

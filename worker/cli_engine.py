@@ -21,6 +21,8 @@ from worker.domain.errors import (
     DomainError,
     ExperimentNotFound,
     InvalidRequest,
+    MetricExists,
+    MetricNotFound,
     PromotionNotFound,
 )
 from worker.http.models import ApprovalResult, CheckResult, PromoteResult, RollbackResult, ScanResult
@@ -37,6 +39,8 @@ EXIT_CODES: dict[type[DomainError], int] = {
     AlreadyRolledBack: EXIT_REFUSED,
     ApprovalNotFound: EXIT_USAGE,
     ApprovalNotPending: EXIT_REFUSED,
+    MetricNotFound: EXIT_USAGE,
+    MetricExists: EXIT_REFUSED,
 }
 
 
@@ -254,7 +258,8 @@ def cmd_decline(args: argparse.Namespace) -> int:
 
 def cmd_approvals(args: argparse.Namespace) -> int:
     from worker.db.reads import Reads
-    from worker.http.api import approval_json, plain
+    from worker.http.api.approvals import approval_json
+    from worker.http.api.wire import plain
 
     if not 1 <= args.limit <= 10_000:
         raise CliError(f"--limit must be between 1 and 10000, got {args.limit}", EXIT_USAGE)

@@ -34,8 +34,10 @@ from aiohttp import web
 from worker.config import EffectiveConfig, Settings
 from worker.db.connect import Pool, connect, create_pool, redact_url, resolve_database
 from worker.db.migrate import migrate, pending_migrations
+from worker.domain.events import CommittedEvent, committed_event, evaluation_event, notified_event
+from worker.domain.results import PromoteResult, RollbackResult
 from worker.engine import Engine, Evaluation
-from worker.evaluator import Evaluator, Folder, Wake, evaluation_event, keep_session
+from worker.evaluator import Evaluator, Folder, Wake, keep_session
 from worker.events import EventBus
 from worker.guard import PostPromotionGuard, default_identity
 from worker.http.app import AppContext, Health, create_app
@@ -302,16 +304,7 @@ class Daemon:
     def on_promotion_event(self, event: PromotionEvent) -> None:
         if event.event == "rollback_requested":
             self.rollback_wake.set()
-        kind = "promotion" if event.event == "promoted" else "rollback"
-        self.events.publish(
-            {
-                "type": kind,
-                "event": event.event,
-                "promotionId": str(event.promotion_id),
-                "experimentName": event.experiment_name,
-                "at": time.time(),
-            }
-        )
+        self.events.publish(notified_event(event.event, event.experiment_name, event.promotion_id))
 
     def on_connected(self, reconnected: bool) -> None:
         self.health.listener_connected = True
@@ -335,21 +328,12 @@ class Daemon:
         if self.events.subscriber_count:
             self.events.publish(evaluation_event(evaluation, latency))
 
-    def _on_committed(self, event: str, data: dict[str, Any]) -> None:
+    def _on_committed(self, event: CommittedEvent, data: PromoteResult | RollbackResult) -> None:
         if self.dispatcher is not None:
             self.dispatcher.wake()
         if self.settings.poll_only:
             # No ab_promotion_events to tell the dashboard, so tell it from here.
-            kind = "promotion" if event == "promotion.promoted" else "rollback"
-            self.events.publish(
-                {
-                    "type": kind,
-                    "event": event,
-                    "promotionId": data.get("promotionId"),
-                    "experimentName": data.get("experimentName"),
-                    "at": time.time(),
-                }
-            )
+            self.events.publish(committed_event(event, data))
 
 
 def evaluation_concurrency(settings: Settings) -> int:

@@ -12,7 +12,8 @@ from datetime import datetime
 from typing import Any, Literal
 
 from worker.config import AutoPromotionConfig
-from worker.domain.metrics import MetricSnapshot, metric_snapshots
+from worker.domain.metric_rule import analyze_metrics, builtin_definition, rule, single_metric_analysis
+from worker.domain.metrics import BUILTIN_METRIC, MetricDefinition, MetricSnapshot, MetricSums, metric_snapshots
 from worker.stats import (
     Comparison,
     ExperimentAnalysis,
@@ -23,6 +24,7 @@ from worker.stats import (
     error_rate_test,
     latency_degradation,
 )
+from worker.stats.metrics import MetricAnalysis
 
 Severity = Literal["info", "warning", "critical"]
 
@@ -166,6 +168,8 @@ class Decision:
     priority: str
     evaluated_at: datetime
     extra: dict[str, Any] = field(default_factory=dict)
+    metrics: tuple[MetricAnalysis, ...] = ()
+    """Every metric's analysis, the built-in ``primary`` first (check data ``metrics``)."""
 
     @property
     def candidate(self) -> Comparison | None:
@@ -184,6 +188,30 @@ class Decision:
 
     def variant(self, name: str) -> VariantSnapshot | None:
         return next((v for v in self.variants if v.name == name), None)
+
+    def guardrails_json(self, variant: str | None = None) -> list[dict[str, Any]]:
+        """Each guardrail's verdict for ``variant`` (default: the winner, else the best treatment), as the
+        notifications list them: lift and bound in percent, the bound the one-sided one on the bad side."""
+        name = variant if variant is not None else (self.candidate.variant if self.candidate is not None else None)
+        out: list[dict[str, Any]] = []
+        for m in self.metrics:
+            c = m.comparison(name) if m.role == "guardrail" and name is not None else None
+            if c is None:
+                continue
+            ni = c.non_inferiority
+            out.append(
+                {
+                    "name": m.name,
+                    "variant": c.variant,
+                    "verdict": c.verdict,
+                    "direction": m.direction,
+                    "margin": m.margin,
+                    "lift": _pct_or_none(c.lift),
+                    "bound": _pct_or_none(ni.bound if ni is not None else None),
+                    "pValue": _round(c.p_value, 8),
+                }
+            )
+        return out
 
     def variant_stats_json(self) -> list[dict[str, Any]]:
         """Per-variant statistics as the API, audit log and notifications show them."""
@@ -255,7 +283,39 @@ class Decision:
             "variants": self.variant_stats_json(),
             "srm": None if srm is None else {"pValue": _round(srm.p_value, 10), "flagged": srm.flagged},
             "evaluatedAt": self.evaluated_at.isoformat(),
+            "metrics": [metric_json(m) for m in self.metrics],
         }
+
+
+def _pct_or_none(x: float | None) -> float | None:
+    return None if x is None else _round(100.0 * x)
+
+
+def metric_json(m: MetricAnalysis) -> dict[str, Any]:
+    """One ``metrics`` entry of the check data: lift and interval in percent (like ``improvement``); pValue the
+    raw two-sided one, or the one-sided non-inferiority p-value for guardrails."""
+    return {
+        "name": m.name,
+        "role": m.role,
+        "kind": m.kind,
+        "direction": m.direction,
+        "margin": m.margin,
+        "control": {"variant": m.control, "units": m.control_units, "mean": _round(m.control_mean, 6)},
+        "treatments": [
+            {
+                "variant": c.variant,
+                "units": c.units,
+                "mean": _round(c.mean, 6),
+                "lift": _pct_or_none(c.lift),
+                "interval": None
+                if c.effect.ci_low is None or c.effect.ci_high is None
+                else [_round(100.0 * c.effect.ci_low), _round(100.0 * c.effect.ci_high)],
+                "pValue": _round(c.p_value, 8),
+                "verdict": c.verdict,
+            }
+            for c in m.comparisons
+        ],
+    }
 
 
 def _round(x: float | None, digits: int = 4) -> float:
@@ -314,6 +374,8 @@ def decide(
     analysis = None
     winner: Comparison | None = None
     best: Comparison | None = None
+    metrics: tuple[MetricAnalysis, ...] = ()
+    oriented: float | None = None  # the winner's improvement in its deciding metric's good direction
     if control is None or not treatments:
         reasons.append(
             "experiment has no control variant" if control is None else "experiment has no treatment variant"
@@ -328,17 +390,7 @@ def decide(
             correction=config.correction,
             srm_threshold=config.safety_checks.srm_threshold,
         )
-        winner = analysis.winner()
-        best = analysis.best()
-        if winner is None:
-            if best is not None and best.lift is None:
-                reasons.append(f"no winner: {best.reason or 'lift undefined'}")
-            elif best is not None:
-                imp = best.improvement if best.improvement is not None else 0.0
-                reasons.append(
-                    f"no treatment beats control at {t.min_confidence:g}% confidence "
-                    f"(best: {best.variant} at {best.confidence:.2f}% confidence, {imp:+.2f}%)"
-                )
+        winner, best, metrics, oriented = _judge(snapshot, config, analysis, control, treatments, reasons)
     candidate = winner or best
     cand_snap = next((v for v in treatments if candidate is not None and v.name == candidate.variant), None)
     if cand_snap is not None and control is not None:
@@ -353,8 +405,8 @@ def decide(
             reasons.append(f"runtime {hours:.1f} h < {_fmt_num(t.min_runtime_hours)} h minimum")
     if snapshot.active_promotion_id is not None:
         reasons.append(f"experiment already has an active promotion ({snapshot.active_promotion_id})")
-    if winner is not None and winner.improvement is not None and winner.improvement < t.min_improvement:
-        reasons.append(f"improvement {winner.improvement:.2f}% < {_fmt_num(t.min_improvement)}% minimum")
+    if oriented is not None and oriented < t.min_improvement:
+        reasons.append(f"improvement {oriented:.2f}% < {_fmt_num(t.min_improvement)}% minimum")
     if snapshot.promotions_in_guard_window >= config.max_concurrent_promotions:
         reasons.append(
             f"concurrency limit: {snapshot.promotions_in_guard_window} promotion(s) inside their guard window "
@@ -379,7 +431,73 @@ def decide(
         metric_type=snapshot.metric_type,
         priority=snapshot.priority,
         evaluated_at=snapshot.now,
+        metrics=metrics,
     )
+
+
+def _judge(
+    snapshot: ExperimentSnapshot,
+    config: AutoPromotionConfig,
+    analysis: ExperimentAnalysis,
+    control: VariantSnapshot,
+    treatments: list[VariantSnapshot],
+    reasons: list[str],
+) -> tuple[Comparison | None, Comparison | None, tuple[MetricAnalysis, ...], float | None]:
+    """The winner and the best treatment, every metric's analysis, and the winner's improvement in its deciding
+    metric's good direction; appends why there is no winner to ``reasons``.
+
+    Without ``ab_metrics`` rows: the single-metric rule on ``analysis``, exactly as before. With them: the
+    several-metrics rule (domain/metric_rule.py), the built-in metric analysed beside the rows' metrics."""
+    t = config.thresholds
+    if not snapshot.metrics:
+        winner = analysis.winner()
+        best = analysis.best()
+        metrics: tuple[MetricAnalysis, ...] = (
+            single_metric_analysis(analysis, {v.name: v.exposures for v in snapshot.variants}),
+        )
+        if winner is None:
+            if best is not None and best.lift is None:
+                reasons.append(f"no winner: {best.reason or 'lift undefined'}")
+            elif best is not None:
+                imp = best.improvement if best.improvement is not None else 0.0
+                reasons.append(
+                    f"no treatment beats control at {t.min_confidence:g}% confidence "
+                    f"(best: {best.variant} at {best.confidence:.2f}% confidence, {imp:+.2f}%)"
+                )
+        return winner, best, metrics, winner.improvement if winner is not None else None
+    names = [v.name for v in treatments]
+    metrics = analyze_metrics(
+        _definitions(snapshot),
+        control.name,
+        names,
+        method=config.method,
+        alpha=config.alpha,
+        n_star=config.sequential_tuning,
+        correction=config.correction,
+    )
+    ruling = rule(metrics, names, t.min_confidence)
+    reasons.extend(ruling.reasons)
+    oriented = None
+    if ruling.winner is not None and ruling.deciding is not None and ruling.winner.improvement is not None:
+        oriented = ruling.winner.improvement * (1.0 if ruling.deciding.direction == "increase" else -1.0)
+    return ruling.winner, ruling.candidate, metrics, oriented
+
+
+def _definitions(snapshot: ExperimentSnapshot) -> list[tuple[MetricDefinition, Mapping[str, MetricSums]]]:
+    """The built-in metric (its sums from the variants' statistics) first, then each ``ab_metrics`` row's."""
+    builtin = builtin_definition(snapshot.metric_type, snapshot.metrics)
+    conversion = snapshot.metric_type == "conversion"
+    sums = {
+        v.name: MetricSums(
+            units=v.exposures,
+            value_sum=float(v.conversions) if conversion else v.value_sum,
+            value_sum_sq=float(v.conversions) if conversion else v.value_sum_sq,
+        )
+        for v in snapshot.variants
+    }
+    out: list[tuple[MetricDefinition, Mapping[str, MetricSums]]] = [(builtin, sums)]
+    out.extend((m.definition, m.sums) for m in snapshot.metrics if m.name != BUILTIN_METRIC)
+    return out
 
 
 def run_safety_checks(

@@ -1,6 +1,6 @@
 """`autopromote demo`: every path of the product, live, on an embedded PostgreSQL.
 
-Seven experiments, a traffic simulator whose users are assigned by the OpenFeature provider
+Eight experiments, a traffic simulator whose users are assigned by the OpenFeature provider
 (clients/openfeature-python, the same assignment as ab_assign) and whose metrics go in through ab_record_metrics
 in real time, the worker itself, and a local sink that prints each notification as it is delivered.
 """
@@ -34,6 +34,16 @@ class Arm:
     latency_ms: float = 120.0  # median latency (log-normal)
     weight: float = 1.0
     traffic_share: float | None = None  # actual share of traffic when it differs from the weight (SRM)
+    order_value: float = 50.0  # mean revenue of a converted visit (the guardrail scenario's revenue metric)
+
+
+@dataclass(frozen=True, slots=True)
+class Guardrail:
+    """A revenue-per-visit guardrail (an ab_metrics row), fed through ab_record_metric."""
+
+    name: str
+    margin: float
+    description: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +55,7 @@ class Scenario:
     post_promotion_error_rate: float | None = None  # the guard scenario: errors jump after promotion
     manual_rollback_after: float | None = None  # seconds after promotion
     config: dict[str, Any] = field(default_factory=dict)
+    guardrail: Guardrail | None = None
 
 
 SCENARIOS: tuple[Scenario, ...] = (
@@ -87,6 +98,13 @@ SCENARIOS: tuple[Scenario, ...] = (
         "rolled back by hand",
         manual_rollback_after=3.0,
     ),
+    Scenario(
+        "checkout-upsell",
+        "a winner on conversion blocked by its revenue guardrail (smaller orders: -8% revenue per visit)",
+        (Arm("control", 0.10, order_value=50.0), Arm("variant-b", 0.135, order_value=34.0)),
+        "blocked by guardrail revenue_per_visit",
+        guardrail=Guardrail("revenue_per_visit", 0.02, "revenue per visit; may be at most 2% worse"),
+    ),
 )
 
 DEMO_CONFIG_ENV = {
@@ -120,6 +138,9 @@ async def create_scenarios(conn: Connection, scenarios: tuple[Scenario, ...] = S
                     i == 0,
                     arm.weight,
                 )
+            if s.guardrail is not None:
+                g = s.guardrail
+                await conn.execute(DEMO["create_guardrail"], exp_id, g.name, g.margin, g.description)
 
 
 def _binomial(rng: random.Random, n: int, p: float) -> int:
@@ -215,6 +236,7 @@ class TrafficSimulator:
         # The assignments are plain CPU work: off the event loop the worker shares with us.
         users = await anyio.to_thread.run_sync(self.assign_users)
         calls: list[tuple[Any, ...]] = []
+        metric_calls: list[tuple[Any, ...]] = []
         for (name, variant), n_users in users.items():
             scenario = self.scenarios[name]
             arm = next((a for a in scenario.arms if a.name == variant), None)
@@ -227,13 +249,20 @@ class TrafficSimulator:
             if promoted and scenario.post_promotion_error_rate is not None:
                 error_rate = scenario.post_promotion_error_rate
             latencies = [round(self.rng.lognormvariate(math.log(arm.latency_ms), 0.35), 2) for _ in range(min(n, 40))]
-            calls.append(
-                (name, variant, n, _binomial(self.rng, n, arm.rate), _binomial(self.rng, n, error_rate), latencies)
-            )
+            conversions = _binomial(self.rng, n, arm.rate)
+            calls.append((name, variant, n, conversions, _binomial(self.rng, n, error_rate), latencies))
+            if scenario.guardrail is not None:
+                # A converted visit spends a gamma-distributed order value, the others nothing: the per-visit sums.
+                orders = [self.rng.gammavariate(4.0, arm.order_value / 4.0) for _ in range(conversions)]
+                metric_calls.append(
+                    (name, variant, scenario.guardrail.name, n, sum(orders), sum(x * x for x in orders))
+                )
         if not calls:
             return
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.executemany(DEMO["record_metrics"], calls)
+            if metric_calls:
+                await conn.executemany(DEMO["record_metric"], metric_calls)
         self.recorded_exposures += sum(c[2] for c in calls)
 
     async def run(self, stop: anyio.Event) -> None:

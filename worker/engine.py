@@ -39,6 +39,7 @@ from worker.services.deciding import MAX_ALERT_LOOKBACK_S, Decider
 from worker.services.deciding import vectorised_analyses as _vectorised_analyses  # noqa: F401
 from worker.services.effects import Effects, OnCommitted
 from worker.services.evaluate import EvaluateService, transient_db_error
+from worker.services.metric_definitions import MetricDefinitions, NewMetric
 from worker.services.promote import PromoteService
 from worker.services.rollback import RollbackService
 from worker.services.scan import SCAN_CHUNK, SCAN_STATE_MIN_AGE_S, ScanService
@@ -91,6 +92,7 @@ class Engine:
         self.scans = ScanService(pool, settings, config, self.decider, self.promotions, self.effects)
         self.rollbacks = RollbackService(pool, config, self.decider, self.effects)
         self.approvals = ApprovalService(pool, settings, config, self.decider, self.promotions, self.effects)
+        self.metric_definitions = MetricDefinitions(pool)
 
     @property
     def on_committed(self) -> OnCommitted | None:
@@ -175,6 +177,35 @@ class Engine:
     async def expire_approvals(self) -> int:
         """Decline the pending approvals past approval.timeoutHours, each exactly once; how many this call did."""
         return len(await self.approvals.expire_due())
+
+    async def list_metrics(self, experiment_name: str) -> dict[str, Any]:
+        """The experiment's metrics: the built-in one, then its ab_metrics rows (worker.services.metric_definitions)."""
+        return await self.metric_definitions.list(experiment_name)
+
+    async def add_metric(
+        self,
+        experiment_name: str,
+        name: str,
+        *,
+        kind: str | None = None,
+        role: str | None = None,
+        direction: str = "increase",
+        margin: float = 0.0,
+        description: str = "",
+        cuped: str = "auto",
+        actor: str = "autopromote",
+    ) -> dict[str, Any]:
+        """Add an ab_metrics row, audited (worker.services.metric_definitions.NewMetric says the defaults).
+
+        Raises ExperimentNotFound, InvalidRequest (with a hint) or MetricExists."""
+        metric = NewMetric(name, kind, role, direction, margin, description, cuped)
+        return await self.metric_definitions.add(experiment_name, metric, actor=actor)
+
+    async def remove_metric(
+        self, experiment_name: str, metric_name: str, *, actor: str = "autopromote"
+    ) -> dict[str, Any]:
+        """Remove an ab_metrics row with its statistics, audited. Raises ExperimentNotFound or MetricNotFound."""
+        return await self.metric_definitions.remove(experiment_name, metric_name, actor=actor)
 
     async def evaluate_experiment(self, experiment_id: int, *, actor: str = "autopromote") -> Evaluation:
         """The daemon's step for one experiment (worker.services.evaluate)."""

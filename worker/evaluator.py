@@ -36,7 +36,6 @@ import random
 import time
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
-from typing import Any
 
 import anyio
 import structlog
@@ -400,24 +399,3 @@ async def keep_session(_conn: Connection) -> None:
     reset query it would otherwise send on every release (unlock all, close cursors, unlisten, reset settings)
     clears state nothing here leaves behind, and costs a round trip per pooled operation."""
     return None
-
-
-def evaluation_event(evaluation: Evaluation, latency: float | None) -> dict[str, Any]:
-    """The EventBus message after an evaluation (the dashboard pushes it live)."""
-    decision = evaluation.decision
-    event: dict[str, Any] = {
-        "type": "evaluation",
-        "experimentId": evaluation.experiment_id,
-        "experimentName": evaluation.experiment_name,
-        "action": evaluation.action,
-        "eligible": decision.eligible if decision else None,
-        "confidence": decision.confidence if decision else None,
-        "improvement": decision.improvement if decision else None,
-        "reasons": list(decision.reasons) if decision else [],
-        "at": time.time(),
-    }
-    if evaluation.promotion and evaluation.promotion.get("promotionId"):
-        event["promotionId"] = evaluation.promotion["promotionId"]
-    if latency is not None:
-        event["decisionLatencySeconds"] = round(latency, 6)
-    return event

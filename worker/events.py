@@ -3,7 +3,7 @@
 Two kinds of subscriber, both fed by ``publish()`` without it ever awaiting (it runs on the event loop that
 decides promotions, so it must cost little and never wait for a reader):
 
-- ``subscribe()``: a queue of event dicts for code in this process (tests, tools). A subscriber that falls
+- ``subscribe()``: a queue of events for code in this process (tests, tools). A subscriber that falls
   behind loses its oldest events.
 - ``open_stream(encode, limit=...)``: a network client such as an ``/events`` connection. Each event is encoded
   once per encoder, however many clients share it, and each client gets the same bytes. A client's queue is
@@ -14,16 +14,17 @@ decides promotions, so it must cost little and never wait for a reader):
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
 
 import structlog
+
+from worker.domain.events import BusEvent
 
 log = structlog.get_logger("worker.events")
 
 # Turns an event into what a stream client receives; None skips the event for those clients.
-Encoder = Callable[[Mapping[str, Any]], bytes | None]
+Encoder = Callable[[BusEvent], bytes | None]
 
 
 class TooManyClients(Exception):
@@ -73,12 +74,13 @@ class EventBus:
     """publish() never blocks: in-process subscribers lose old events, a stream client that falls behind is dropped."""
 
     def __init__(self, max_queue: int = 256) -> None:
-        self._subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
+        self._subscribers: set[asyncio.Queue[BusEvent]] = set()
         self._clients: dict[Encoder, set[StreamClient]] = {}
         self._max_queue = max_queue
         self.dropped_clients = 0
 
-    def publish(self, event: dict[str, Any]) -> None:
+    def publish(self, event: BusEvent) -> None:
+        """Hand ``event`` (a typed event of worker.domain.events) to every subscriber and stream client."""
         for queue in list(self._subscribers):
             if queue.full():
                 queue.get_nowait()
@@ -121,8 +123,8 @@ class EventBus:
         return sum(len(clients) for clients in self._clients.values())
 
     @asynccontextmanager
-    async def subscribe(self) -> AsyncIterator[asyncio.Queue[dict[str, Any]]]:
-        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(self._max_queue)
+    async def subscribe(self) -> AsyncIterator[asyncio.Queue[BusEvent]]:
+        queue: asyncio.Queue[BusEvent] = asyncio.Queue(self._max_queue)
         self._subscribers.add(queue)
         try:
             yield queue

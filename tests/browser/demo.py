@@ -17,6 +17,7 @@ from aiohttp import web
 from tests.conftest import pool_url
 from tests.factories import create_experiment, record
 from worker.config import load_config, load_settings
+from worker.domain.events import committed_event
 from worker.engine import Engine
 from worker.events import EventBus
 from worker.http.app import AppContext, Health, create_app
@@ -59,20 +60,9 @@ def make_context(
     bus = EventBus()
     engine = Engine(pool, settings, config)
     if publish_commits:
-        engine.on_committed = lambda event, data: bus.publish(commit_event(event, data))
+        # What the daemon publishes when it does not LISTEN (Daemon._on_committed).
+        engine.on_committed = lambda event, data: bus.publish(committed_event(event, data))
     return AppContext(pool, settings, config, engine, bus, Health(details=dict(health)), database_url or pool_url(pool))
-
-
-def commit_event(event: str, data: dict[str, Any]) -> dict[str, Any]:
-    """What the daemon publishes for Engine.on_committed."""
-    kind = {"promotion.promoted": "promotion", "promotion.rolled_back": "rollback"}.get(event, event)
-    return {
-        "type": kind,
-        "experimentName": data.get("experimentName"),
-        "promotionId": data.get("promotionId"),
-        "promotedVariantName": data.get("promotedVariantName"),
-        "reason": data.get("reason"),
-    }
 
 
 @asynccontextmanager

@@ -24,6 +24,7 @@ from tests.browser.demo import (
     serve,
 )
 from tests.factories import create_experiment, record
+from tests.fakes import evaluation_bus_event
 from worker.engine import Engine
 from worker.http.auth import SESSION_COOKIE
 
@@ -55,7 +56,7 @@ async def _flush_events(ctx: Any, page: Any, marker: str) -> None:
     """Publish a marker event and wait until the page lists it: every earlier event has been handled."""
     from playwright.async_api import expect
 
-    ctx.events.publish({"type": "evaluation", "experimentName": marker, "eligible": False})
+    ctx.events.publish(evaluation_bus_event(marker, eligible=False))
     await expect(page.locator("#activity li", has_text=marker)).to_have_count(1)
 
 
@@ -199,7 +200,7 @@ async def test_promotion_made_in_database_appears_without_reload(
         list_version = await overview.locator("#experiments").get_attribute("data-version")
         await record(conn, AA, "control", 5_000, 500)
         await ctx.engine.check_promotion_eligibility(AA)
-        ctx.events.publish({"type": "evaluation", "experimentName": AA, "eligible": False})
+        ctx.events.publish(evaluation_bus_event(AA, eligible=False))
         aa = overview.locator(f'article.exp[data-experiment="{AA}"]')
         await expect(aa.locator("tbody tr").first).to_contain_text("22,500")
         await _flush_events(ctx, overview, "zz-marker")
@@ -209,7 +210,7 @@ async def test_promotion_made_in_database_appears_without_reload(
         await create_experiment(conn, "brand-new-test")
         await record(conn, "brand-new-test", "control", 100, 10)
         await ctx.engine.check_promotion_eligibility("brand-new-test")
-        ctx.events.publish({"type": "evaluation", "experimentName": "brand-new-test", "eligible": False})
+        ctx.events.publish(evaluation_bus_event("brand-new-test", eligible=False))
         await expect(overview.locator('article.exp[data-experiment="brand-new-test"]')).to_be_visible()
         await expect(overview.locator("#experiments-summary")).to_contain_text("6 experiment(s): 3 running")
         assert await _no_reload(overview)
@@ -219,7 +220,7 @@ async def test_promotion_made_in_database_appears_without_reload(
 async def test_operator_rollback_from_the_page_end_to_end(
     pool: asyncpg.Pool, conn: asyncpg.Connection, new_page: Any
 ) -> None:
-    pytest.importorskip("worker.http.api", reason="the HTTP API (worker/http/api.py) has not landed")
+    pytest.importorskip("worker.http.api", reason="the HTTP API (worker/http/api/) has not landed")
     from playwright.async_api import expect
 
     ctx = make_context(pool)
@@ -300,7 +301,7 @@ async def test_operator_rollback_from_the_page_end_to_end(
 async def test_operator_actions_report_api_refusals(
     pool: asyncpg.Pool, conn: asyncpg.Connection, new_page: Any
 ) -> None:
-    pytest.importorskip("worker.http.api", reason="the HTTP API (worker/http/api.py) has not landed")
+    pytest.importorskip("worker.http.api", reason="the HTTP API (worker/http/api/) has not landed")
     from playwright.async_api import expect
 
     ctx = make_context(pool)
@@ -374,7 +375,7 @@ async def test_hostile_experiment_name_is_shown_as_text(
         await expect(page.locator("h1")).to_have_text(f"Experiment {NASTY}")
         await expect(page.get_by_role("img", name="Lift of <b>bold</b> over control")).to_be_visible()
         assert await page.locator("img").count() == 0
-        ctx.events.publish({"type": "evaluation", "experimentName": NASTY, "eligible": False})
+        ctx.events.publish(evaluation_bus_event(NASTY, eligible=False))
         await expect(page.locator("#activity li").first).to_contain_text(NASTY)
         assert await page.locator("img").count() == 0
     assert new_page.errors == []
@@ -451,14 +452,14 @@ async def test_signing_in_once_shows_the_pages_and_live_updates(
         await expect(page.locator("article.exp")).to_have_count(5)
         await expect(page.locator("#live-status")).to_have_attribute("data-state", "on")
         await page.evaluate("window.__sameDocument = true")
-        ctx.events.publish({"type": "evaluation", "experimentName": AA, "eligible": False})
+        ctx.events.publish(evaluation_bus_event(AA, eligible=False))
         await expect(page.locator("#activity li", has_text=AA)).to_have_count(1)
         assert await _no_reload(page)
 
         # When the sign-in stops working (here: the cookie is gone), the next refresh brings the sign-in back,
         # and signing in returns to the same page.
         await page.context.clear_cookies()
-        ctx.events.publish({"type": "evaluation", "experimentName": AA, "eligible": False})
+        ctx.events.publish(evaluation_bus_event(AA, eligible=False))
         await expect(page.locator("h1")).to_have_text("Sign in")
         await page.get_by_label("API token").fill(VIEWER_TOKEN)
         await page.get_by_role("button", name="Sign in").click()

@@ -31,11 +31,11 @@ from tests.support.api import OPERATOR_TOKEN, api_only_app, make_context, seed_w
 from worker.db.connect import connect, create_pool
 
 pytestmark = pytest.mark.slow
-EXAMPLES_PER_OPERATION = 60  # 9 operations: about 540 requests
+EXAMPLES_PER_OPERATION = 60  # 12 operations: about 720 requests
 # Statuses a documented-valid request may get: the database's state, not the request's form.
 STATE_STATUSES = {
-    404: {"experiment_not_found", "promotion_not_found", "approval_not_found", "not_found"},
-    409: {"already_promoted", "already_rolled_back", "approval_not_pending"},
+    404: {"experiment_not_found", "promotion_not_found", "approval_not_found", "not_found", "metric_not_found"},
+    409: {"already_promoted", "already_rolled_back", "approval_not_pending", "metric_exists"},
 }
 
 
@@ -133,6 +133,9 @@ def test_the_document_has_every_operation(served: ServedApp) -> None:
         "GET /api/experiments/auto-promote",
         "GET /api/experiments",
         "GET /api/experiments/{name}",
+        "GET /api/experiments/{name}/metrics",
+        "POST /api/experiments/{name}/metrics",
+        "DELETE /api/experiments/{name}/metrics/{metric}",
         "GET /api/promotions",
         "GET /api/promotions/stats",
         "GET /api/audit",
@@ -147,6 +150,9 @@ OPERATIONS = [
     "GET /api/experiments/auto-promote",
     "GET /api/experiments",
     "GET /api/experiments/{name}",
+    "GET /api/experiments/{name}/metrics",
+    "POST /api/experiments/{name}/metrics",
+    "DELETE /api/experiments/{name}/metrics/{metric}",
     "GET /api/promotions",
     "GET /api/promotions/stats",
     "GET /api/audit",

@@ -16,6 +16,7 @@ from tests.factories import create_experiment, record
 from worker import metrics
 from worker.db.embedded import EmbeddedPostgres, start_embedded
 from worker.db.migrate import migrate
+from worker.domain.events import BusEvent
 from worker.engine import Evaluation
 from worker.listener import APPLICATION_NAME
 
@@ -473,7 +474,7 @@ async def test_scan_repairs_a_rollback_request_whose_notification_was_lost(db_ur
 async def test_evaluations_and_promotion_events_are_published_to_the_event_bus(db_url: str) -> None:
     async with db(db_url) as conn, running_daemon(db_url) as daemon, daemon.events.subscribe() as queue:
         await seed_winner(conn, "live")
-        seen: list[dict[str, Any]] = []
+        seen: list[BusEvent] = []
         with anyio.fail_after(20):
             while {"promotion", "evaluation"} - {e["type"] for e in seen}:
                 seen.append(await queue.get())

@@ -14,7 +14,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote
 
 import aiohttp
@@ -37,7 +37,9 @@ from tests.browser.demo import (
     serve,
 )
 from tests.factories import create_experiment, record
+from tests.fakes import evaluation_bus_event
 from worker.config import ConfigError, load_settings
+from worker.domain.events import BusEvent
 from worker.events import EventBus
 from worker.http import dashboard, svg
 from worker.http.app import AppContext, create_app
@@ -64,9 +66,14 @@ async def _wait_for(predicate: Any, within: float = 10.0) -> None:
         await asyncio.sleep(0.02)
 
 
-async def _next_event(queue: asyncio.Queue[dict[str, Any]]) -> dict[str, Any]:
+async def _next_event(queue: asyncio.Queue[BusEvent]) -> BusEvent:
     async with asyncio.timeout(10):
         return await queue.get()
+
+
+def _raw(event: dict[str, Any]) -> BusEvent:
+    """An event the daemon never publishes (no type, extra or nested fields): the bus and the stream must cope."""
+    return cast(BusEvent, event)
 
 
 @pytest.fixture
@@ -480,18 +487,20 @@ async def test_event_stream_forwards_bus_events_as_server_sent_events(
         assert (await response.content.readline()).startswith(b"retry:")
         await _wait_for(lambda: ctx.events.subscriber_count >= 1)
         ctx.events.publish(
-            {
-                "type": "evaluation",
-                "experimentName": "a",
-                "eligible": True,
-                "confidence": 97.5,
-                "reasons": ["big", "list"],
-                "decision": {"nested": 1},
-                "nan": float("nan"),
-            }
+            _raw(
+                {
+                    "type": "evaluation",
+                    "experimentName": "a",
+                    "eligible": True,
+                    "confidence": 97.5,
+                    "reasons": ["big", "list"],
+                    "decision": {"nested": 1},
+                    "nan": float("nan"),
+                }
+            )
         )
-        ctx.events.publish({"no": "type"})
-        ctx.events.publish({"type": "promotion", "experimentName": "b" * 2000, "promotionId": "p1"})
+        ctx.events.publish(_raw({"no": "type"}))
+        ctx.events.publish(_raw({"type": "promotion", "experimentName": "b" * 2000, "promotionId": "p1"}))
         first, second = await _sse_events(response, 2)
     assert first == {"type": "evaluation", "experimentName": "a", "eligible": True, "confidence": 97.5, "nan": None}
     assert second["type"] == "promotion" and len(second["experimentName"]) == dashboard.MAX_EVENT_FIELD
@@ -541,7 +550,7 @@ async def test_event_stream_clients_are_capped_with_a_json_503(pool: asyncpg.Poo
         first.close()  # a slot comes free when a client leaves
         await _wait_for(lambda: ctx.events.client_count == 1)
         again = await _open_stream(s, base + "/events")
-        ctx.events.publish({"type": "evaluation", "experimentName": "after"})
+        ctx.events.publish(evaluation_bus_event("after"))
         assert (await _sse_events(again, 1))[0]["experimentName"] == "after"
         assert (await _sse_events(second, 1))[0]["experimentName"] == "after"
         again.close()
@@ -575,7 +584,7 @@ async def test_each_event_is_encoded_once_whatever_the_number_of_clients(
         clients = [await _open_stream(s, base + "/events") for _ in range(4)]
         await _wait_for(lambda: ctx.events.client_count == 4)
         for i in range(5):
-            ctx.events.publish({"type": "evaluation", "experimentName": f"e{i}", "reasons": ["not", "sent"]})
+            ctx.events.publish(evaluation_bus_event(f"e{i}", reasons=["not", "sent"]))
         received = [await _sse_events(client, 5) for client in clients]
         for client in clients:
             client.close()
@@ -609,7 +618,7 @@ async def test_a_client_that_stops_reading_is_dropped_and_memory_stays_bounded(p
             deadline = time.monotonic() + 60
             while ctx.events.client_count and published < 20_000:
                 assert time.monotonic() < deadline, "the client was never dropped"
-                ctx.events.publish({"type": "evaluation", "experimentName": f"e{published}", **payload})
+                ctx.events.publish(_raw({"type": "evaluation", "experimentName": f"e{published}", **payload}))
                 published += 1
                 await asyncio.sleep(0)  # let the stream's writer run
             peak = tracemalloc.get_traced_memory()[1] - base_memory
@@ -628,7 +637,7 @@ async def test_a_client_that_stops_reading_is_dropped_and_memory_stays_bounded(p
         # ... and its slot is free for a client that reads.
         async with _viewer_session() as s:
             healthy = await _open_stream(s, base + "/events")
-            ctx.events.publish({"type": "evaluation", "experimentName": "next"})
+            ctx.events.publish(evaluation_bus_event("next"))
             assert (await _sse_events(healthy, 1))[0]["experimentName"] == "next"
             healthy.close()
     print(f"dropped after {published} events of ~4 KiB; peak traced memory {peak / 2**20:.2f} MiB")
@@ -643,8 +652,8 @@ async def test_an_event_that_cannot_be_encoded_does_not_fail_its_publisher() -> 
         return b"data: ok\n\n"
 
     client = bus.open_stream(encode)
-    bus.publish({"type": "evaluation", "bad": True})  # the daemon's evaluation must not see this error
-    bus.publish({"type": "evaluation"})
+    bus.publish(_raw({"type": "evaluation", "bad": True}))  # the daemon's evaluation must not see this error
+    bus.publish(_raw({"type": "evaluation"}))
     assert await asyncio.wait_for(client.get(), 5) == b"data: ok\n\n"
     bus.close_stream(encode, client)
     assert bus.client_count == 0 and await client.get() is None
@@ -722,7 +731,7 @@ async def test_no_bridge_when_the_daemon_already_bridges(pool: asyncpg.Pool, con
             " improvement, promoted_by, previous_weights) VALUES ($1, 'bridged', 'variant-b', 97, 12, 'dba', '{}')",
             exp_id,
         )
-        ctx.events.publish({"type": "marker"})  # anything from a bridge would have been queued before this
+        ctx.events.publish(_raw({"type": "marker"}))  # anything from a bridge would have been queued before this
         assert (await _next_event(queue)) == {"type": "marker"}
 
 

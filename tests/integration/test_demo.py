@@ -30,6 +30,8 @@ def test_demo_runs_every_path_to_its_summary_without_a_terminal() -> None:
     assert "legacy-checkout: excluded by configuration" in summary
     assert "checkout-flow: variant-b rolled back by autopromote-guard: guard: error rate" in summary
     assert "pricing-banner: variant-b rolled back by demo-operator" in summary
+    assert "checkout-upsell: guardrail revenue_per_visit: variant-b is -" in summary
+    assert "— not shown within the -2.0% margin" in summary
     assert "notification  webhook  promotion.promoted" in out
     assert "notification  webhook  promotion.rolled_back" in out
     assert "dashboard/API was at http://127.0.0.1:" in out and "postgresql://" in out

@@ -30,7 +30,7 @@ def _bounded(lo: float, hi: float) -> st.SearchStrategy[float]:
 
 @st.composite
 def valid_configs(draw: st.DrawFn) -> AutoPromotionConfig:
-    """Any configuration the validators accept (each range below is the one worker/config.py enforces)."""
+    """Any configuration the validators accept (each range below is the one worker/config/models.py enforces)."""
     enabled = draw(st.booleans())
     dry_run = draw(st.booleans())
     auto_rollback = draw(st.booleans())

@@ -50,7 +50,7 @@ WORKER_BUDGET_BYTES = 200 * 10**6  # the worker must stay under 200 MB at 10,000
 
 def assert_real_settings(names: Any, where: str) -> None:
     unknown = sorted(set(names) - SETTING_NAMES)
-    assert not unknown, f"{where} sets variables that are not settings (see worker/config.py): {unknown}"
+    assert not unknown, f"{where} sets variables that are not settings (see worker/config/models.py): {unknown}"
 
 
 def seconds(value: Any) -> float:

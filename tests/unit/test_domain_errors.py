@@ -30,7 +30,12 @@ DOCUMENTED = {
     errors.AlreadyRolledBack: (409, "already_rolled_back", EXIT_REFUSED),
     errors.ApprovalNotFound: (404, "approval_not_found", EXIT_USAGE),
     errors.ApprovalNotPending: (409, "approval_not_pending", EXIT_REFUSED),
+    errors.MetricNotFound: (404, "metric_not_found", EXIT_USAGE),
+    errors.MetricExists: (409, "metric_exists", EXIT_REFUSED),
 }
+# Where each error is answered (the seed's POST, or the metrics routes).
+METRICS_OPERATION = ("/api/experiments/{name}/metrics/{metric}", "delete")
+OPERATION = {errors.MetricNotFound: METRICS_OPERATION, errors.MetricExists: ("/api/experiments/{name}/metrics", "post")}
 
 
 @pytest.mark.parametrize("cls", errors.DOMAIN_ERRORS, ids=lambda c: c.__name__)
@@ -39,9 +44,10 @@ def test_each_domain_error_maps_to_its_documented_status_and_exit_code(cls: type
     exc = cls("a message", {"key": "value"})
     assert domain_status(exc) == (status, code)
     assert exit_code(exc) == exit_status
-    # The POST documents the status with this code, and the code is one of the document's error codes.
-    post = DOC["paths"]["/api/experiments/auto-promote"]["post"]["responses"]
-    assert str(status) in post and code in post[str(status)]["description"]
+    # The operation documents the status with this code, and the code is one of the document's error codes.
+    path, method = OPERATION.get(cls, ("/api/experiments/auto-promote", "post"))
+    responses = DOC["paths"][path][method]["responses"]
+    assert str(status) in responses and code in responses[str(status)]["description"]
     assert code in DOC["components"]["schemas"]["Error"]["properties"]["error"]["properties"]["code"]["enum"]
 
 
@@ -81,5 +87,5 @@ def test_domain_modules_import_nothing_from_http(path: Path) -> None:
 
 def test_the_scan_sees_an_http_import() -> None:
     # The check above would pass vacuously if _imports missed an import form.
-    probe = WORKER / "http" / "api.py"
+    probe = WORKER / "http" / "api" / "actions.py"
     assert any(n.startswith("worker.http") for n in _imports(probe)) and "aiohttp" in _imports(probe)

@@ -10,9 +10,18 @@ INSERT INTO ab_experiments (name, status, started_at, description, config)
 -- One arm of a demo experiment.
 INSERT INTO ab_variants (experiment_id, name, is_control, traffic_weight) VALUES ($1, $2, $3, $4);
 
+-- name: create_guardrail
+-- A demo experiment's revenue guardrail: a mean metric that may be at most $3 (relative) worse.
+INSERT INTO ab_metrics (experiment_id, name, kind, role, direction, margin, description)
+     VALUES ($1, $2, 'mean', 'guardrail', 'increase', $3, $4);
+
 -- name: record_metrics
 -- The simulated producers' writes.
 SELECT ab_record_metrics($1, $2, $3, $4, $5, $6);
+
+-- name: record_metric
+-- The simulated producers' writes of another metric: units, Σx, Σx².
+SELECT ab_record_metric($1, $2, $3, $4, $5, $6);
 
 -- name: promotions_to_roll_back
 -- Active promotions of the experiments $1 that no one has asked to roll back yet, with their age.

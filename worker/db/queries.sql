@@ -3,23 +3,37 @@
 
 -- name: fold_pending
 -- Claim up to $1 pending metric updates and fold them into ab_variant_stats, in one statement.
+-- Rows with a metric_id (ab_record_metric, schema/0009) are folded into ab_metric_stats by the same statement, and
+-- count in their variant's updates_folded (the statistics version) like any other update; variants = rows written.
+-- The claimed rows are deleted by their ctid (a TID scan of exactly the rows the sub-select locked, which nobody else
+-- can change or move until this commits) rather than by "id IN (...)", which the planner ran as a hash join over the
+-- whole queue for every batch: 3x faster on a 1,000,000-row backlog.
 -- fold_pending_for and fold_pending_relaxed below are the same statement (tests/test_sql_loader.py checks it).
 WITH claimed AS (
     DELETE FROM ab_metric_updates
-     WHERE id IN (SELECT id FROM ab_metric_updates ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
+     WHERE ctid = ANY(ARRAY(SELECT ctid FROM ab_metric_updates ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED))
     RETURNING *
 ), agg AS (
     SELECT variant_id, min(experiment_id) AS experiment_id, count(*) AS n,
-           sum(exposures) AS exposures, sum(conversions) AS conversions, sum(errors) AS errors,
-           coalesce(sum(value_sum), 0) AS value_sum, coalesce(sum(value_sum_sq), 0) AS value_sum_sq,
+           coalesce(sum(exposures) FILTER (WHERE metric_id IS NULL), 0) AS exposures,
+           sum(conversions) AS conversions, sum(errors) AS errors,
+           coalesce(sum(value_sum) FILTER (WHERE metric_id IS NULL), 0) AS value_sum,
+           coalesce(sum(value_sum_sq) FILTER (WHERE metric_id IS NULL), 0) AS value_sum_sq,
            ab_sketch_sum(latency_sketch) FILTER (WHERE latency_sketch IS NOT NULL) AS latency_sketch,
-           sum(latency_count) AS latency_count, max(recorded_at) AS last_recorded_at
+           sum(latency_count) AS latency_count,
+           coalesce(sum(exposures) FILTER (WHERE metric_id IS NULL AND pre_sum IS NOT NULL), 0) AS pre_units,
+           coalesce(sum(pre_sum) FILTER (WHERE metric_id IS NULL), 0) AS pre_sum,
+           coalesce(sum(pre_sum_sq) FILTER (WHERE metric_id IS NULL), 0) AS pre_sum_sq,
+           coalesce(sum(pre_value_product_sum) FILTER (WHERE metric_id IS NULL), 0) AS pre_value_product_sum,
+           max(recorded_at) AS last_recorded_at
       FROM claimed GROUP BY variant_id
 ), upserted AS (
     INSERT INTO ab_variant_stats AS s (variant_id, experiment_id, exposures, conversions, errors, value_sum,
-                                      value_sum_sq, latency_sketch, latency_count, updates_folded, updated_at)
+                                      value_sum_sq, latency_sketch, latency_count, pre_units, pre_sum, pre_sum_sq,
+                                      pre_value_product_sum, updates_folded, updated_at)
     SELECT variant_id, experiment_id, exposures, conversions, errors, value_sum, value_sum_sq,
-           coalesce(latency_sketch, '{}'::jsonb), latency_count, n, now()
+           coalesce(latency_sketch, '{}'::jsonb), latency_count, pre_units, pre_sum, pre_sum_sq,
+           pre_value_product_sum, n, now()
       FROM agg ORDER BY variant_id
     ON CONFLICT (variant_id) DO UPDATE SET
         exposures = s.exposures + EXCLUDED.exposures,
@@ -29,32 +43,77 @@ WITH claimed AS (
         value_sum_sq = s.value_sum_sq + EXCLUDED.value_sum_sq,
         latency_sketch = ab_sketch_merge(s.latency_sketch, EXCLUDED.latency_sketch),
         latency_count = s.latency_count + EXCLUDED.latency_count,
+        pre_units = s.pre_units + EXCLUDED.pre_units,
+        pre_sum = s.pre_sum + EXCLUDED.pre_sum,
+        pre_sum_sq = s.pre_sum_sq + EXCLUDED.pre_sum_sq,
+        pre_value_product_sum = s.pre_value_product_sum + EXCLUDED.pre_value_product_sum,
+        updates_folded = s.updates_folded + EXCLUDED.updates_folded,
+        updated_at = now()
+    RETURNING 1
+), metric_agg AS (
+    SELECT metric_id, variant_id, min(experiment_id) AS experiment_id, count(*) AS n, sum(exposures) AS units,
+           sum(value_sum) AS value_sum, sum(value_sum_sq) AS value_sum_sq,
+           coalesce(sum(denominator_sum), 0) AS denominator_sum,
+           coalesce(sum(denominator_sum_sq), 0) AS denominator_sum_sq,
+           coalesce(sum(value_denominator_product_sum), 0) AS value_denominator_product_sum,
+           coalesce(sum(exposures) FILTER (WHERE pre_sum IS NOT NULL), 0) AS pre_units,
+           coalesce(sum(pre_sum), 0) AS pre_sum, coalesce(sum(pre_sum_sq), 0) AS pre_sum_sq,
+           coalesce(sum(pre_value_product_sum), 0) AS pre_value_product_sum
+      FROM claimed WHERE metric_id IS NOT NULL GROUP BY metric_id, variant_id
+), metric_upserted AS (
+    INSERT INTO ab_metric_stats AS s (metric_id, variant_id, experiment_id, units, value_sum, value_sum_sq,
+                                     denominator_sum, denominator_sum_sq, value_denominator_product_sum, pre_units,
+                                     pre_sum, pre_sum_sq, pre_value_product_sum, updates_folded, updated_at)
+    SELECT metric_id, variant_id, experiment_id, units, value_sum, value_sum_sq, denominator_sum,
+           denominator_sum_sq, value_denominator_product_sum, pre_units, pre_sum, pre_sum_sq, pre_value_product_sum,
+           n, now()
+      FROM metric_agg ORDER BY metric_id, variant_id
+    ON CONFLICT (metric_id, variant_id) DO UPDATE SET
+        units = s.units + EXCLUDED.units,
+        value_sum = s.value_sum + EXCLUDED.value_sum,
+        value_sum_sq = s.value_sum_sq + EXCLUDED.value_sum_sq,
+        denominator_sum = s.denominator_sum + EXCLUDED.denominator_sum,
+        denominator_sum_sq = s.denominator_sum_sq + EXCLUDED.denominator_sum_sq,
+        value_denominator_product_sum = s.value_denominator_product_sum + EXCLUDED.value_denominator_product_sum,
+        pre_units = s.pre_units + EXCLUDED.pre_units,
+        pre_sum = s.pre_sum + EXCLUDED.pre_sum,
+        pre_sum_sq = s.pre_sum_sq + EXCLUDED.pre_sum_sq,
+        pre_value_product_sum = s.pre_value_product_sum + EXCLUDED.pre_value_product_sum,
         updates_folded = s.updates_folded + EXCLUDED.updates_folded,
         updated_at = now()
     RETURNING 1
 )
 SELECT experiment_id, sum(n)::bigint AS updates, max(last_recorded_at) AS last_recorded_at,
-       (SELECT count(*) FROM upserted) AS variants
+       (SELECT count(*) FROM upserted) + (SELECT count(*) FROM metric_upserted) AS variants
   FROM agg GROUP BY experiment_id;
 
 -- name: fold_pending_for
 -- fold_pending for the experiments $2 only (a check or promotion folds its own experiment first).
 WITH claimed AS (
     DELETE FROM ab_metric_updates
-     WHERE id IN (SELECT id FROM ab_metric_updates WHERE experiment_id = ANY($2::bigint[]) ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
+     WHERE ctid = ANY(ARRAY(SELECT ctid FROM ab_metric_updates WHERE experiment_id = ANY($2::bigint[]) ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED))
     RETURNING *
 ), agg AS (
     SELECT variant_id, min(experiment_id) AS experiment_id, count(*) AS n,
-           sum(exposures) AS exposures, sum(conversions) AS conversions, sum(errors) AS errors,
-           coalesce(sum(value_sum), 0) AS value_sum, coalesce(sum(value_sum_sq), 0) AS value_sum_sq,
+           coalesce(sum(exposures) FILTER (WHERE metric_id IS NULL), 0) AS exposures,
+           sum(conversions) AS conversions, sum(errors) AS errors,
+           coalesce(sum(value_sum) FILTER (WHERE metric_id IS NULL), 0) AS value_sum,
+           coalesce(sum(value_sum_sq) FILTER (WHERE metric_id IS NULL), 0) AS value_sum_sq,
            ab_sketch_sum(latency_sketch) FILTER (WHERE latency_sketch IS NOT NULL) AS latency_sketch,
-           sum(latency_count) AS latency_count, max(recorded_at) AS last_recorded_at
+           sum(latency_count) AS latency_count,
+           coalesce(sum(exposures) FILTER (WHERE metric_id IS NULL AND pre_sum IS NOT NULL), 0) AS pre_units,
+           coalesce(sum(pre_sum) FILTER (WHERE metric_id IS NULL), 0) AS pre_sum,
+           coalesce(sum(pre_sum_sq) FILTER (WHERE metric_id IS NULL), 0) AS pre_sum_sq,
+           coalesce(sum(pre_value_product_sum) FILTER (WHERE metric_id IS NULL), 0) AS pre_value_product_sum,
+           max(recorded_at) AS last_recorded_at
       FROM claimed GROUP BY variant_id
 ), upserted AS (
     INSERT INTO ab_variant_stats AS s (variant_id, experiment_id, exposures, conversions, errors, value_sum,
-                                      value_sum_sq, latency_sketch, latency_count, updates_folded, updated_at)
+                                      value_sum_sq, latency_sketch, latency_count, pre_units, pre_sum, pre_sum_sq,
+                                      pre_value_product_sum, updates_folded, updated_at)
     SELECT variant_id, experiment_id, exposures, conversions, errors, value_sum, value_sum_sq,
-           coalesce(latency_sketch, '{}'::jsonb), latency_count, n, now()
+           coalesce(latency_sketch, '{}'::jsonb), latency_count, pre_units, pre_sum, pre_sum_sq,
+           pre_value_product_sum, n, now()
       FROM agg ORDER BY variant_id
     ON CONFLICT (variant_id) DO UPDATE SET
         exposures = s.exposures + EXCLUDED.exposures,
@@ -64,32 +123,77 @@ WITH claimed AS (
         value_sum_sq = s.value_sum_sq + EXCLUDED.value_sum_sq,
         latency_sketch = ab_sketch_merge(s.latency_sketch, EXCLUDED.latency_sketch),
         latency_count = s.latency_count + EXCLUDED.latency_count,
+        pre_units = s.pre_units + EXCLUDED.pre_units,
+        pre_sum = s.pre_sum + EXCLUDED.pre_sum,
+        pre_sum_sq = s.pre_sum_sq + EXCLUDED.pre_sum_sq,
+        pre_value_product_sum = s.pre_value_product_sum + EXCLUDED.pre_value_product_sum,
+        updates_folded = s.updates_folded + EXCLUDED.updates_folded,
+        updated_at = now()
+    RETURNING 1
+), metric_agg AS (
+    SELECT metric_id, variant_id, min(experiment_id) AS experiment_id, count(*) AS n, sum(exposures) AS units,
+           sum(value_sum) AS value_sum, sum(value_sum_sq) AS value_sum_sq,
+           coalesce(sum(denominator_sum), 0) AS denominator_sum,
+           coalesce(sum(denominator_sum_sq), 0) AS denominator_sum_sq,
+           coalesce(sum(value_denominator_product_sum), 0) AS value_denominator_product_sum,
+           coalesce(sum(exposures) FILTER (WHERE pre_sum IS NOT NULL), 0) AS pre_units,
+           coalesce(sum(pre_sum), 0) AS pre_sum, coalesce(sum(pre_sum_sq), 0) AS pre_sum_sq,
+           coalesce(sum(pre_value_product_sum), 0) AS pre_value_product_sum
+      FROM claimed WHERE metric_id IS NOT NULL GROUP BY metric_id, variant_id
+), metric_upserted AS (
+    INSERT INTO ab_metric_stats AS s (metric_id, variant_id, experiment_id, units, value_sum, value_sum_sq,
+                                     denominator_sum, denominator_sum_sq, value_denominator_product_sum, pre_units,
+                                     pre_sum, pre_sum_sq, pre_value_product_sum, updates_folded, updated_at)
+    SELECT metric_id, variant_id, experiment_id, units, value_sum, value_sum_sq, denominator_sum,
+           denominator_sum_sq, value_denominator_product_sum, pre_units, pre_sum, pre_sum_sq, pre_value_product_sum,
+           n, now()
+      FROM metric_agg ORDER BY metric_id, variant_id
+    ON CONFLICT (metric_id, variant_id) DO UPDATE SET
+        units = s.units + EXCLUDED.units,
+        value_sum = s.value_sum + EXCLUDED.value_sum,
+        value_sum_sq = s.value_sum_sq + EXCLUDED.value_sum_sq,
+        denominator_sum = s.denominator_sum + EXCLUDED.denominator_sum,
+        denominator_sum_sq = s.denominator_sum_sq + EXCLUDED.denominator_sum_sq,
+        value_denominator_product_sum = s.value_denominator_product_sum + EXCLUDED.value_denominator_product_sum,
+        pre_units = s.pre_units + EXCLUDED.pre_units,
+        pre_sum = s.pre_sum + EXCLUDED.pre_sum,
+        pre_sum_sq = s.pre_sum_sq + EXCLUDED.pre_sum_sq,
+        pre_value_product_sum = s.pre_value_product_sum + EXCLUDED.pre_value_product_sum,
         updates_folded = s.updates_folded + EXCLUDED.updates_folded,
         updated_at = now()
     RETURNING 1
 )
 SELECT experiment_id, sum(n)::bigint AS updates, max(last_recorded_at) AS last_recorded_at,
-       (SELECT count(*) FROM upserted) AS variants
+       (SELECT count(*) FROM upserted) + (SELECT count(*) FROM metric_upserted) AS variants
   FROM agg GROUP BY experiment_id;
 
 -- name: fold_pending_relaxed
 -- fold_pending with a relaxed commit (the daemon's folder; see RELAXED_COMMIT in worker/db/fold.py).
 WITH claimed AS (
     DELETE FROM ab_metric_updates
-     WHERE id IN (SELECT id FROM ab_metric_updates ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
+     WHERE ctid = ANY(ARRAY(SELECT ctid FROM ab_metric_updates ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED))
     RETURNING *
 ), agg AS (
     SELECT variant_id, min(experiment_id) AS experiment_id, count(*) AS n,
-           sum(exposures) AS exposures, sum(conversions) AS conversions, sum(errors) AS errors,
-           coalesce(sum(value_sum), 0) AS value_sum, coalesce(sum(value_sum_sq), 0) AS value_sum_sq,
+           coalesce(sum(exposures) FILTER (WHERE metric_id IS NULL), 0) AS exposures,
+           sum(conversions) AS conversions, sum(errors) AS errors,
+           coalesce(sum(value_sum) FILTER (WHERE metric_id IS NULL), 0) AS value_sum,
+           coalesce(sum(value_sum_sq) FILTER (WHERE metric_id IS NULL), 0) AS value_sum_sq,
            ab_sketch_sum(latency_sketch) FILTER (WHERE latency_sketch IS NOT NULL) AS latency_sketch,
-           sum(latency_count) AS latency_count, max(recorded_at) AS last_recorded_at
+           sum(latency_count) AS latency_count,
+           coalesce(sum(exposures) FILTER (WHERE metric_id IS NULL AND pre_sum IS NOT NULL), 0) AS pre_units,
+           coalesce(sum(pre_sum) FILTER (WHERE metric_id IS NULL), 0) AS pre_sum,
+           coalesce(sum(pre_sum_sq) FILTER (WHERE metric_id IS NULL), 0) AS pre_sum_sq,
+           coalesce(sum(pre_value_product_sum) FILTER (WHERE metric_id IS NULL), 0) AS pre_value_product_sum,
+           max(recorded_at) AS last_recorded_at
       FROM claimed GROUP BY variant_id
 ), upserted AS (
     INSERT INTO ab_variant_stats AS s (variant_id, experiment_id, exposures, conversions, errors, value_sum,
-                                      value_sum_sq, latency_sketch, latency_count, updates_folded, updated_at)
+                                      value_sum_sq, latency_sketch, latency_count, pre_units, pre_sum, pre_sum_sq,
+                                      pre_value_product_sum, updates_folded, updated_at)
     SELECT variant_id, experiment_id, exposures, conversions, errors, value_sum, value_sum_sq,
-           coalesce(latency_sketch, '{}'::jsonb), latency_count, n, now()
+           coalesce(latency_sketch, '{}'::jsonb), latency_count, pre_units, pre_sum, pre_sum_sq,
+           pre_value_product_sum, n, now()
       FROM agg ORDER BY variant_id
     ON CONFLICT (variant_id) DO UPDATE SET
         exposures = s.exposures + EXCLUDED.exposures,
@@ -99,12 +203,48 @@ WITH claimed AS (
         value_sum_sq = s.value_sum_sq + EXCLUDED.value_sum_sq,
         latency_sketch = ab_sketch_merge(s.latency_sketch, EXCLUDED.latency_sketch),
         latency_count = s.latency_count + EXCLUDED.latency_count,
+        pre_units = s.pre_units + EXCLUDED.pre_units,
+        pre_sum = s.pre_sum + EXCLUDED.pre_sum,
+        pre_sum_sq = s.pre_sum_sq + EXCLUDED.pre_sum_sq,
+        pre_value_product_sum = s.pre_value_product_sum + EXCLUDED.pre_value_product_sum,
+        updates_folded = s.updates_folded + EXCLUDED.updates_folded,
+        updated_at = now()
+    RETURNING 1
+), metric_agg AS (
+    SELECT metric_id, variant_id, min(experiment_id) AS experiment_id, count(*) AS n, sum(exposures) AS units,
+           sum(value_sum) AS value_sum, sum(value_sum_sq) AS value_sum_sq,
+           coalesce(sum(denominator_sum), 0) AS denominator_sum,
+           coalesce(sum(denominator_sum_sq), 0) AS denominator_sum_sq,
+           coalesce(sum(value_denominator_product_sum), 0) AS value_denominator_product_sum,
+           coalesce(sum(exposures) FILTER (WHERE pre_sum IS NOT NULL), 0) AS pre_units,
+           coalesce(sum(pre_sum), 0) AS pre_sum, coalesce(sum(pre_sum_sq), 0) AS pre_sum_sq,
+           coalesce(sum(pre_value_product_sum), 0) AS pre_value_product_sum
+      FROM claimed WHERE metric_id IS NOT NULL GROUP BY metric_id, variant_id
+), metric_upserted AS (
+    INSERT INTO ab_metric_stats AS s (metric_id, variant_id, experiment_id, units, value_sum, value_sum_sq,
+                                     denominator_sum, denominator_sum_sq, value_denominator_product_sum, pre_units,
+                                     pre_sum, pre_sum_sq, pre_value_product_sum, updates_folded, updated_at)
+    SELECT metric_id, variant_id, experiment_id, units, value_sum, value_sum_sq, denominator_sum,
+           denominator_sum_sq, value_denominator_product_sum, pre_units, pre_sum, pre_sum_sq, pre_value_product_sum,
+           n, now()
+      FROM metric_agg ORDER BY metric_id, variant_id
+    ON CONFLICT (metric_id, variant_id) DO UPDATE SET
+        units = s.units + EXCLUDED.units,
+        value_sum = s.value_sum + EXCLUDED.value_sum,
+        value_sum_sq = s.value_sum_sq + EXCLUDED.value_sum_sq,
+        denominator_sum = s.denominator_sum + EXCLUDED.denominator_sum,
+        denominator_sum_sq = s.denominator_sum_sq + EXCLUDED.denominator_sum_sq,
+        value_denominator_product_sum = s.value_denominator_product_sum + EXCLUDED.value_denominator_product_sum,
+        pre_units = s.pre_units + EXCLUDED.pre_units,
+        pre_sum = s.pre_sum + EXCLUDED.pre_sum,
+        pre_sum_sq = s.pre_sum_sq + EXCLUDED.pre_sum_sq,
+        pre_value_product_sum = s.pre_value_product_sum + EXCLUDED.pre_value_product_sum,
         updates_folded = s.updates_folded + EXCLUDED.updates_folded,
         updated_at = now()
     RETURNING 1
 )
 SELECT experiment_id, sum(n)::bigint AS updates, max(last_recorded_at) AS last_recorded_at,
-       (SELECT count(*) FROM upserted) AS variants, set_config('synchronous_commit', 'off', true) AS relaxed
+       (SELECT count(*) FROM upserted) + (SELECT count(*) FROM metric_upserted) AS variants, set_config('synchronous_commit', 'off', true) AS relaxed
   FROM agg GROUP BY experiment_id;
 
 -- name: queue_backlog
@@ -158,6 +298,9 @@ SELECT id, experiment_name, rollback_request_reason, rollback_requested_by FROM 
 -- read of its own). stats_version and read_snapshot say what this read saw (schema/0007): the decision stores them
 -- with its result, so that what committed after this statement's snapshot is known to be new, whenever its
 -- transaction started. try_lock_snapshot and lock_running_snapshots below share its select list.
+-- metrics (schema/0009): the experiment's ab_metrics rows in creation order, each with "sums", variant name -> its
+-- ab_metric_stats row (variants without data are left out); NULL when it has none. The variants carry the built-in
+-- metric's covariate sums (pre_*; NULL while no exposure sent one).
 SELECT e.id, e.name, e.status, e.started_at, e.metric_type, e.priority, e.config, now() AS now,
        ab_stats_version(e.id) AS stats_version, pg_current_snapshot()::text AS read_snapshot,
        (SELECT coalesce(json_agg(json_build_object(
@@ -165,7 +308,10 @@ SELECT e.id, e.name, e.status, e.started_at, e.metric_type, e.priority, e.config
                    'exposures', coalesce(s.exposures, 0), 'conversions', coalesce(s.conversions, 0),
                    'errors', coalesce(s.errors, 0), 'value_sum', coalesce(s.value_sum, 0),
                    'value_sum_sq', coalesce(s.value_sum_sq, 0),
-                   'latency_sketch', coalesce(s.latency_sketch, '{}'::jsonb))
+                   'latency_sketch', coalesce(s.latency_sketch, '{}'::jsonb),
+                   'pre_units', coalesce(s.pre_units, 0), 'pre_sum', CASE WHEN s.pre_units > 0 THEN s.pre_sum END,
+                   'pre_sum_sq', CASE WHEN s.pre_units > 0 THEN s.pre_sum_sq END,
+                   'pre_value_product_sum', CASE WHEN s.pre_units > 0 THEN s.pre_value_product_sum END)
                    ORDER BY v.is_control DESC, v.id), '[]'::json)
           FROM ab_variants v LEFT JOIN ab_variant_stats s ON s.variant_id = v.id
          WHERE v.experiment_id = e.id) AS variants,
@@ -184,7 +330,24 @@ SELECT e.id, e.name, e.status, e.started_at, e.metric_type, e.priority, e.config
                                                    'target', c.target, 'events', c.events,
                                                    'min_priority', c.min_priority) ORDER BY c.id), '[]'::json)
           FROM notification_configs c WHERE c.enabled AND 'promotion.promoted' = ANY (c.events))
-           AS promotion_targets
+           AS promotion_targets,
+       (SELECT json_agg(json_build_object(
+                   'name', m.name, 'kind', m.kind, 'role', m.role, 'direction', m.direction, 'margin', m.margin,
+                   'description', m.description, 'cuped', m.cuped,
+                   'sums', (SELECT coalesce(json_object_agg(mv.name, json_build_object(
+                                'units', ms.units, 'value_sum', ms.value_sum, 'value_sum_sq', ms.value_sum_sq,
+                                'denominator_sum', CASE WHEN m.kind = 'ratio' THEN ms.denominator_sum END,
+                                'denominator_sum_sq', CASE WHEN m.kind = 'ratio' THEN ms.denominator_sum_sq END,
+                                'value_denominator_product_sum',
+                                    CASE WHEN m.kind = 'ratio' THEN ms.value_denominator_product_sum END,
+                                'pre_units', ms.pre_units, 'pre_sum', CASE WHEN ms.pre_units > 0 THEN ms.pre_sum END,
+                                'pre_sum_sq', CASE WHEN ms.pre_units > 0 THEN ms.pre_sum_sq END,
+                                'pre_value_product_sum',
+                                    CASE WHEN ms.pre_units > 0 THEN ms.pre_value_product_sum END)), '{}'::json)
+                              FROM ab_metric_stats ms JOIN ab_variants mv ON mv.id = ms.variant_id
+                             WHERE ms.metric_id = m.id))
+                   ORDER BY m.id)
+          FROM ab_metrics m WHERE m.experiment_id = e.id) AS metrics
   FROM ab_experiments e WHERE e.id = $1;
 
 -- name: all_open_critical_alerts
@@ -310,13 +473,40 @@ UPDATE ab_experiments SET status = $2 WHERE id = $1;
 
 -- name: variants_with_stats_for
 -- Variants and folded statistics of the experiments $1, control first; an experiment's statistics version is the
--- sum of its variants' updates_folded (ab_stats_version).
+-- sum of its variants' updates_folded (ab_stats_version). The control's row also carries the experiment's metrics,
+-- as experiment_snapshot's metrics column (NULL on the other rows, and when it has none): read by the same
+-- statement, so the same snapshot, as the version.
+WITH metrics AS (
+    SELECT m.experiment_id, json_agg(json_build_object(
+               'name', m.name, 'kind', m.kind, 'role', m.role, 'direction', m.direction, 'margin', m.margin,
+               'description', m.description, 'cuped', m.cuped,
+               'sums', (SELECT coalesce(json_object_agg(mv.name, json_build_object(
+                            'units', ms.units, 'value_sum', ms.value_sum, 'value_sum_sq', ms.value_sum_sq,
+                            'denominator_sum', CASE WHEN m.kind = 'ratio' THEN ms.denominator_sum END,
+                            'denominator_sum_sq', CASE WHEN m.kind = 'ratio' THEN ms.denominator_sum_sq END,
+                            'value_denominator_product_sum',
+                                CASE WHEN m.kind = 'ratio' THEN ms.value_denominator_product_sum END,
+                            'pre_units', ms.pre_units, 'pre_sum', CASE WHEN ms.pre_units > 0 THEN ms.pre_sum END,
+                            'pre_sum_sq', CASE WHEN ms.pre_units > 0 THEN ms.pre_sum_sq END,
+                            'pre_value_product_sum',
+                                CASE WHEN ms.pre_units > 0 THEN ms.pre_value_product_sum END)), '{}'::json)
+                          FROM ab_metric_stats ms JOIN ab_variants mv ON mv.id = ms.variant_id
+                         WHERE ms.metric_id = m.id))
+               ORDER BY m.id) AS metrics
+      FROM ab_metrics m WHERE m.experiment_id = ANY($1::bigint[])
+     GROUP BY m.experiment_id
+)
 SELECT v.experiment_id, v.name, v.is_control, v.traffic_weight::float8 AS weight,
        coalesce(s.updates_folded, 0) AS updates_folded,
        coalesce(s.exposures, 0) AS exposures, coalesce(s.conversions, 0) AS conversions,
        coalesce(s.errors, 0) AS errors, coalesce(s.value_sum, 0) AS value_sum,
-       coalesce(s.value_sum_sq, 0) AS value_sum_sq, coalesce(s.latency_sketch, '{}'::jsonb) AS latency_sketch
+       coalesce(s.value_sum_sq, 0) AS value_sum_sq, coalesce(s.latency_sketch, '{}'::jsonb) AS latency_sketch,
+       coalesce(s.pre_units, 0) AS pre_units, CASE WHEN s.pre_units > 0 THEN s.pre_sum END AS pre_sum,
+       CASE WHEN s.pre_units > 0 THEN s.pre_sum_sq END AS pre_sum_sq,
+       CASE WHEN s.pre_units > 0 THEN s.pre_value_product_sum END AS pre_value_product_sum,
+       CASE WHEN v.is_control THEN m.metrics END AS metrics
   FROM ab_variants v LEFT JOIN ab_variant_stats s ON s.variant_id = v.id
+  LEFT JOIN metrics m ON m.experiment_id = v.experiment_id
  WHERE v.experiment_id = ANY($1::bigint[])
  ORDER BY v.experiment_id, v.is_control DESC, v.id;
 
@@ -394,7 +584,10 @@ SELECT e.id, e.name, e.status, e.started_at, e.metric_type, e.priority, e.config
                    'exposures', coalesce(s.exposures, 0), 'conversions', coalesce(s.conversions, 0),
                    'errors', coalesce(s.errors, 0), 'value_sum', coalesce(s.value_sum, 0),
                    'value_sum_sq', coalesce(s.value_sum_sq, 0),
-                   'latency_sketch', coalesce(s.latency_sketch, '{}'::jsonb))
+                   'latency_sketch', coalesce(s.latency_sketch, '{}'::jsonb),
+                   'pre_units', coalesce(s.pre_units, 0), 'pre_sum', CASE WHEN s.pre_units > 0 THEN s.pre_sum END,
+                   'pre_sum_sq', CASE WHEN s.pre_units > 0 THEN s.pre_sum_sq END,
+                   'pre_value_product_sum', CASE WHEN s.pre_units > 0 THEN s.pre_value_product_sum END)
                    ORDER BY v.is_control DESC, v.id), '[]'::json)
           FROM ab_variants v LEFT JOIN ab_variant_stats s ON s.variant_id = v.id
          WHERE v.experiment_id = e.id) AS variants,
@@ -413,7 +606,24 @@ SELECT e.id, e.name, e.status, e.started_at, e.metric_type, e.priority, e.config
                                                    'target', c.target, 'events', c.events,
                                                    'min_priority', c.min_priority) ORDER BY c.id), '[]'::json)
           FROM notification_configs c WHERE c.enabled AND 'promotion.promoted' = ANY (c.events))
-           AS promotion_targets
+           AS promotion_targets,
+       (SELECT json_agg(json_build_object(
+                   'name', m.name, 'kind', m.kind, 'role', m.role, 'direction', m.direction, 'margin', m.margin,
+                   'description', m.description, 'cuped', m.cuped,
+                   'sums', (SELECT coalesce(json_object_agg(mv.name, json_build_object(
+                                'units', ms.units, 'value_sum', ms.value_sum, 'value_sum_sq', ms.value_sum_sq,
+                                'denominator_sum', CASE WHEN m.kind = 'ratio' THEN ms.denominator_sum END,
+                                'denominator_sum_sq', CASE WHEN m.kind = 'ratio' THEN ms.denominator_sum_sq END,
+                                'value_denominator_product_sum',
+                                    CASE WHEN m.kind = 'ratio' THEN ms.value_denominator_product_sum END,
+                                'pre_units', ms.pre_units, 'pre_sum', CASE WHEN ms.pre_units > 0 THEN ms.pre_sum END,
+                                'pre_sum_sq', CASE WHEN ms.pre_units > 0 THEN ms.pre_sum_sq END,
+                                'pre_value_product_sum',
+                                    CASE WHEN ms.pre_units > 0 THEN ms.pre_value_product_sum END)), '{}'::json)
+                              FROM ab_metric_stats ms JOIN ab_variants mv ON mv.id = ms.variant_id
+                             WHERE ms.metric_id = m.id))
+                   ORDER BY m.id)
+          FROM ab_metrics m WHERE m.experiment_id = e.id) AS metrics
   FROM ab_experiments e WHERE e.id = $1 AND (e.status <> 'running' OR ab_evaluation_due(e.id))
    FOR NO KEY UPDATE OF e SKIP LOCKED;
 
@@ -426,7 +636,10 @@ SELECT e.id, e.name, e.status, e.started_at, e.metric_type, e.priority, e.config
                    'exposures', coalesce(s.exposures, 0), 'conversions', coalesce(s.conversions, 0),
                    'errors', coalesce(s.errors, 0), 'value_sum', coalesce(s.value_sum, 0),
                    'value_sum_sq', coalesce(s.value_sum_sq, 0),
-                   'latency_sketch', coalesce(s.latency_sketch, '{}'::jsonb))
+                   'latency_sketch', coalesce(s.latency_sketch, '{}'::jsonb),
+                   'pre_units', coalesce(s.pre_units, 0), 'pre_sum', CASE WHEN s.pre_units > 0 THEN s.pre_sum END,
+                   'pre_sum_sq', CASE WHEN s.pre_units > 0 THEN s.pre_sum_sq END,
+                   'pre_value_product_sum', CASE WHEN s.pre_units > 0 THEN s.pre_value_product_sum END)
                    ORDER BY v.is_control DESC, v.id), '[]'::json)
           FROM ab_variants v LEFT JOIN ab_variant_stats s ON s.variant_id = v.id
          WHERE v.experiment_id = e.id) AS variants,
@@ -445,10 +658,59 @@ SELECT e.id, e.name, e.status, e.started_at, e.metric_type, e.priority, e.config
                                                    'target', c.target, 'events', c.events,
                                                    'min_priority', c.min_priority) ORDER BY c.id), '[]'::json)
           FROM notification_configs c WHERE c.enabled AND 'promotion.promoted' = ANY (c.events))
-           AS promotion_targets
+           AS promotion_targets,
+       (SELECT json_agg(json_build_object(
+                   'name', m.name, 'kind', m.kind, 'role', m.role, 'direction', m.direction, 'margin', m.margin,
+                   'description', m.description, 'cuped', m.cuped,
+                   'sums', (SELECT coalesce(json_object_agg(mv.name, json_build_object(
+                                'units', ms.units, 'value_sum', ms.value_sum, 'value_sum_sq', ms.value_sum_sq,
+                                'denominator_sum', CASE WHEN m.kind = 'ratio' THEN ms.denominator_sum END,
+                                'denominator_sum_sq', CASE WHEN m.kind = 'ratio' THEN ms.denominator_sum_sq END,
+                                'value_denominator_product_sum',
+                                    CASE WHEN m.kind = 'ratio' THEN ms.value_denominator_product_sum END,
+                                'pre_units', ms.pre_units, 'pre_sum', CASE WHEN ms.pre_units > 0 THEN ms.pre_sum END,
+                                'pre_sum_sq', CASE WHEN ms.pre_units > 0 THEN ms.pre_sum_sq END,
+                                'pre_value_product_sum',
+                                    CASE WHEN ms.pre_units > 0 THEN ms.pre_value_product_sum END)), '{}'::json)
+                              FROM ab_metric_stats ms JOIN ab_variants mv ON mv.id = ms.variant_id
+                             WHERE ms.metric_id = m.id))
+                   ORDER BY m.id)
+          FROM ab_metrics m WHERE m.experiment_id = e.id) AS metrics
   FROM ab_experiments e WHERE e.id = ANY($1::bigint[]) AND e.status = 'running' AND ab_evaluation_due(e.id)
  ORDER BY e.id FOR NO KEY UPDATE OF e SKIP LOCKED;
 
 -- name: database_writable
 -- /readyz: the server accepts writes (a hot standby after a failover, or default_transaction_read_only, does not).
 SELECT NOT pg_is_in_recovery() AND current_setting('transaction_read_only') = 'off';
+
+-- name: metric_definitions
+-- The ab_metrics rows of experiment $1 in creation order, each with its units per variant (variant name -> units,
+-- from ab_metric_stats; {} before any was folded).
+SELECT m.id, m.name, m.kind, m.role, m.direction, m.margin, m.description, m.cuped, m.created_at, m.updated_at,
+       (SELECT coalesce(json_object_agg(v.name, ms.units ORDER BY v.id), '{}'::json)
+          FROM ab_metric_stats ms JOIN ab_variants v ON v.id = ms.variant_id WHERE ms.metric_id = m.id) AS units
+  FROM ab_metrics m WHERE m.experiment_id = $1
+ ORDER BY m.id;
+
+-- name: builtin_metric_units
+-- The built-in metric's units per variant of experiment $1 (its exposures, from ab_variant_stats).
+SELECT coalesce(json_object_agg(v.name, coalesce(s.exposures, 0) ORDER BY v.id), '{}'::json)
+  FROM ab_variants v LEFT JOIN ab_variant_stats s ON s.variant_id = v.id WHERE v.experiment_id = $1;
+
+-- name: insert_metric
+-- Add one ab_metrics row to experiment $1 ($2 name, $3 kind, $4 role, $5 direction, $6 margin, $7 description,
+-- $8 cuped); the table's trigger refuses a bad definition with a message and a hint.
+INSERT INTO ab_metrics (experiment_id, name, kind, role, direction, margin, description, cuped)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+RETURNING id, name, kind, role, direction, margin, description, cuped, created_at, updated_at;
+
+-- name: delete_metric_updates
+-- The queued updates of metric $2 of experiment $1: deleted before the metric itself (delete_metric), so that a fold
+-- holding some of them is waited for here, before the metric row is locked, instead of deadlocking with its cascade.
+DELETE FROM ab_metric_updates u USING ab_metrics m
+ WHERE m.experiment_id = $1 AND m.name = $2 AND u.metric_id = m.id;
+
+-- name: delete_metric
+-- Remove the metric $2 of experiment $1 with its statistics (ON DELETE CASCADE).
+DELETE FROM ab_metrics m WHERE m.experiment_id = $1 AND m.name = $2
+RETURNING id, name, kind, role, direction, margin, description, cuped, created_at, updated_at;

@@ -21,6 +21,8 @@ import asyncpg
 from worker.db.approvals import Approval as Approval  # re-exported: the edges read approvals through here
 from worker.db.approvals import list_approvals
 from worker.db.sql import load_queries
+from worker.domain.metric_history import split_history_name
+from worker.domain.metrics import BUILTIN_METRIC
 
 RQ: dict[str, str] = load_queries("worker.db", "reads.sql")
 
@@ -139,7 +141,8 @@ class StatusCount:
 
 @dataclass(frozen=True, slots=True)
 class EvaluationSnapshot:
-    """One treatment at one kept evaluation: the points of the lift chart."""
+    """One treatment at one kept evaluation on one metric: the points of the lift chart (the built-in metric,
+    ``primary``) and of the other metrics' charts (domain/metric_history.py)."""
 
     created_at: datetime
     variant_name: str
@@ -150,12 +153,15 @@ class EvaluationSnapshot:
     ci_high: float | None
     confidence: float | None
     eligible: bool
+    metric: str = BUILTIN_METRIC
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> EvaluationSnapshot:
+        metric, variant = split_history_name(row["variant_name"])
         return cls(
+            metric=metric,
             created_at=row["created_at"],
-            variant_name=row["variant_name"],
+            variant_name=variant,
             exposures=row["exposures"],
             control_exposures=row["control_exposures"],
             lift=row["lift"],
@@ -408,14 +414,21 @@ class Reads:
             promotions = await r._db.fetch(RQ["experiment_promotions"], experiment.id)
             return ExperimentHistory(
                 experiment=experiment,
-                snapshots=await r._evaluation_history(experiment.id, None),
+                snapshots=await r._evaluation_history(experiment.id, None, every_metric=True),
                 promotions=[Promotion.from_row(p) for p in promotions],
                 audit=(await r.audit_page(name, None, audit, 0, count=False)).items,
             )
 
-    async def _evaluation_history(self, experiment_id: int, limit: int | None) -> list[EvaluationSnapshot]:
-        rows = await self._db.fetch(RQ["evaluation_history"], experiment_id, limit)
-        return [EvaluationSnapshot.from_row(row) for row in rows]
+    async def _evaluation_history(
+        self, experiment_id: int, limit: int | None, *, every_metric: bool = False
+    ) -> list[EvaluationSnapshot]:
+        """The built-in metric's history (at most ``limit`` rows, oldest first), or with ``every_metric`` every
+        metric's. The other metrics' rows are thinned per metric, so all of them stay bounded."""
+        rows = await self._db.fetch(RQ["evaluation_history"], experiment_id, None)
+        out = [EvaluationSnapshot.from_row(row) for row in rows]
+        if not every_metric:
+            out = [s for s in out if s.metric == BUILTIN_METRIC]
+        return out if limit is None else out[:limit]
 
     # promotions
     async def promotions_page(

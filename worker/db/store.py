@@ -18,6 +18,7 @@ import asyncpg
 
 from worker.db.sql import Q
 from worker.decide import Decision
+from worker.domain.metric_history import metric_points
 
 SNAPSHOT_MIN_INTERVAL_S = 5.0
 SNAPSHOT_MAX_ROWS = 400
@@ -69,7 +70,7 @@ class HistoryRows:
         control = next((v for v in decision.variants if v.is_control), None)
         control_n = control.exposures if control is not None and comps else 0
         by_name = {v.name: v for v in decision.variants}
-        return cls(
+        rows = cls(
             [c.variant for c in comps],
             [by_name[c.variant].exposures if c.variant in by_name else 0 for c in comps],
             [control_n for _ in comps],
@@ -79,6 +80,17 @@ class HistoryRows:
             [finite(c.confidence) for c in comps],
             control_n,
         )
+        # Every other metric's points ride along (domain/metric_history.py); their control_exposures is the built-in
+        # control's, so that when a snapshot is due stays decided by the built-in metric alone.
+        for name, units, lift, lo, hi, conf in metric_points(decision.metrics) if comps else ():
+            rows.names.append(name)
+            rows.exposures.append(units)
+            rows.control_exposures.append(control_n)
+            rows.lift.append(finite(lift))
+            rows.ci_low.append(finite(lo))
+            rows.ci_high.append(finite(hi))
+            rows.confidence.append(finite(conf))
+        return rows
 
     def params(self) -> tuple[Any, ...]:
         """In the order of record_evaluation's $4..$11 and promote_write's $24..$31."""
@@ -280,6 +292,16 @@ async def record_many(
             s_lo.append(finite(c.ci_low))
             s_hi.append(finite(c.ci_high))
             s_conf.append(finite(c.confidence))
+            s_el.append(d.eligible)
+        for name, units, lift, lo, hi, conf in metric_points(d.metrics) if comps else ():
+            s_ids.append(d.experiment_id)
+            s_names.append(name)
+            s_n.append(units)
+            s_ctl.append(control.exposures if control is not None else 0)
+            s_lift.append(finite(lift))
+            s_lo.append(finite(lo))
+            s_hi.append(finite(hi))
+            s_conf.append(finite(conf))
             s_el.append(d.eligible)
     rows = await conn.fetch(
         Q["record_evaluations_bulk"],

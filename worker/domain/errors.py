@@ -48,6 +48,14 @@ class ApprovalNotPending(DomainError):
     """The approval was decided before (approved, declined, expired or closed); nothing changed."""
 
 
+class MetricNotFound(DomainError):
+    """The experiment has no metric (ab_metrics row) of that name."""
+
+
+class MetricExists(DomainError):
+    """The experiment already has a metric of that name; remove it before adding it again."""
+
+
 # The name the engine has always used; other modules import it from worker.engine.
 EngineError = DomainError
 
@@ -59,4 +67,6 @@ DOMAIN_ERRORS: tuple[type[DomainError], ...] = (
     AlreadyRolledBack,
     ApprovalNotFound,
     ApprovalNotPending,
+    MetricNotFound,
+    MetricExists,
 )

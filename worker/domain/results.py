@@ -53,6 +53,7 @@ class ScanItem(TypedDict):
     winningVariant: str | None
     reasons: list[str]
     promoted: bool
+    metrics: list[dict[str, Any]]  # the check data's metrics (Decision.to_check_data)
     error: NotRequired[str]
     dryRun: NotRequired[bool]
     promotionId: NotRequired[str | None]
@@ -122,6 +123,7 @@ class NotificationPayload(TypedDict):
     reason: str | None
     variants: list[dict[str, Any]]
     dryRun: bool
+    guardrails: NotRequired[list[dict[str, Any]]]  # from a decision: each guardrail's verdict for the variant
     trigger: NotRequired[str]  # promotion.rolled_back
     metric: NotRequired[str]  # guard.breached: the breached metric
     guard: NotRequired[dict[str, Any]]  # guard.breached: its numbers

@@ -12,7 +12,7 @@ import structlog
 
 from worker.cli import EXIT_OK, CliError, _config, _run_async, _settings, register
 from worker.config import ConfigError
-from worker.http.auth import ROLES, TOKENS_ENV, generate_token, parse_tokens, token_entry
+from worker.http.tokens import ROLES, TOKENS_ENV, generate_token, parse_tokens, token_entry
 
 log = structlog.get_logger("worker.http.serve")
 

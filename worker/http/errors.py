@@ -25,6 +25,8 @@ from worker.domain.errors import (
     DomainError,
     ExperimentNotFound,
     InvalidRequest,
+    MetricExists,
+    MetricNotFound,
     PromotionNotFound,
 )
 from worker.http.app import CTX
@@ -60,6 +62,8 @@ DOMAIN_ERRORS: dict[type[DomainError], tuple[int, str]] = {
     AlreadyRolledBack: (409, "already_rolled_back"),
     ApprovalNotFound: (404, "approval_not_found"),
     ApprovalNotPending: (409, "approval_not_pending"),
+    MetricNotFound: (404, "metric_not_found"),
+    MetricExists: (409, "metric_exists"),
 }
 
 

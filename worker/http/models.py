@@ -4,7 +4,7 @@ One model per ``action`` of the seed's POST (a discriminated union on ``action``
 fields, and one model per endpoint's query string. Every constraint the server enforces is a JSON Schema
 keyword here (lengths, ranges, patterns, NUL characters refused), so that a client generated from the document
 never sends a request the document allows and the server refuses. The few rules that span two fields are
-written as JSON Schema too (``json_schema_extra``) next to the code that enforces them (api.py).
+written as JSON Schema too (``json_schema_extra``) next to the code that enforces them (worker/http/api/).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ NonBlank = Annotated[str, Field(pattern=NON_BLANK_TEXT)]
 PresetName = Annotated[str, WithJsonSchema({"type": "string", "enum": list(PRESET_NAMES)})]
 # The overrides are checked by worker.config.load_config (a 400 invalid_config listing every problem).
 ConfigOverrides = Annotated[dict[str, Any], WithJsonSchema({"x-ref": CONFIG_REF})]
-# A rollback has no dry run: config.dryRun may only be false (api.py refuses true).
+# A rollback has no dry run: config.dryRun may only be false (api/actions.py refuses true).
 RollbackConfig = Annotated[
     dict[str, Any], WithJsonSchema({"allOf": [{"x-ref": CONFIG_REF}, {"properties": {"dryRun": {"const": False}}}]})
 ]
@@ -76,7 +76,7 @@ class _Request(BaseModel):
 
 
 class _DecidingRequest(_Request):
-    # dryRun and config.dryRun, when both given, must be equal (api._action_problems).
+    # dryRun and config.dryRun, when both given, must be equal (api/actions.py _action_problems).
     model_config = ConfigDict(json_schema_extra=_DRY_RUN_CONFLICT)
 
     config: ConfigOverrides | None = Field(None, description="Overrides for this request, camelCase.")
@@ -281,6 +281,40 @@ class CheckVariant(_Out):
     note: str | None = None
 
 
+class MetricControl(_Out):
+    variant: str
+    units: int
+    mean: float = Field(description="The control's estimate: conversion rate, mean, or ratio of sums.")
+
+
+class MetricTreatment(_Out):
+    variant: str
+    units: int
+    mean: float
+    lift: float | None = Field(description="Relative lift over control in percent (like improvement); null: none.")
+    interval: tuple[float, float] | None = Field(
+        description="Two-sided interval for the lift in percent at the configured alpha (always valid under the "
+        "sequential method); null when the lift is undefined."
+    )
+    pValue: float = Field(
+        description="Two-sided p-value before multiplicity adjustment; for a guardrail the one-sided "
+        "non-inferiority p-value."
+    )
+    verdict: Literal["better", "worse", "inconclusive", "non_inferior", "not_shown"]
+
+
+class MetricResult(_Out):
+    """One metric of the experiment: the built-in ``primary`` first, then the ab_metrics rows."""
+
+    name: str
+    role: Literal["primary", "guardrail", "secondary"]
+    kind: Literal["proportion", "mean", "ratio"]
+    direction: Literal["increase", "decrease"]
+    margin: float = Field(description="Relative non-inferiority margin of a guardrail (0.02: at most 2% worse).")
+    control: MetricControl
+    treatments: list[MetricTreatment]
+
+
 class CheckResult(_Out):
     """The seed's check result: eligibility, figures, safety checks, reasons."""
 
@@ -299,6 +333,7 @@ class CheckResult(_Out):
     variants: list[CheckVariant]
     srm: Srm | None
     evaluatedAt: str
+    metrics: list[MetricResult] = Field(description="Every metric with its role, lift, interval and verdict.")
 
 
 class PromoteResult(_Out):
@@ -329,6 +364,7 @@ class ScanItem(_Out):
     winningVariant: WinningVariant | None
     reasons: list[str]
     promoted: bool
+    metrics: list[MetricResult]
     error: str | None = None
     dryRun: bool | None = None
     promotionId: str | None = None
@@ -435,3 +471,95 @@ def action_response(body: dict[str, Any]) -> dict[str, Any]:
         ACTION_RESPONSE.validate_python(body), mode="json", exclude_unset=True
     )
     return out
+
+
+# ------------------------------------------------------------------------------------------------ metrics
+# /api/experiments/{name}/metrics: the experiment's metrics (ab_metrics rows) beside its built-in one. The
+# constraints are the table's (schema/0009), so that the document allows exactly what the database accepts.
+METRIC_NAME_TEXT = "^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$"
+PATTERN_MESSAGES[METRIC_NAME_TEXT] = (
+    "must be 1-100 letters, digits, '_', '.', ':' or '-', starting with a letter or digit (e.g. revenue_per_user)"
+)
+MetricKindName = Literal["proportion", "mean", "ratio"]
+MetricRoleName = Literal["primary", "guardrail", "secondary"]
+
+
+class MetricDefinitionRequest(BaseModel):
+    """A metric to add. Needs the operator role; audited (metric_added)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    name: str = Field(
+        pattern=METRIC_NAME_TEXT,
+        description="Unique within the experiment. 'primary' changes the built-in metric's role, direction or "
+        "margin (its kind must then be the built-in one: proportion for conversion, mean for mean experiments).",
+    )
+    kind: MetricKindName | None = Field(
+        None, description="proportion, mean or ratio; required except for 'primary' (default: the built-in kind)."
+    )
+    role: MetricRoleName | None = Field(
+        None,
+        description="primary (must win), guardrail (must not be worse beyond its margin) or secondary (reported, "
+        "never decides). Default: primary for 'primary', else secondary.",
+    )
+    direction: Literal["increase", "decrease"] = Field("increase", description="Which way is better.")
+    margin: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        allow_inf_nan=False,
+        description="A guardrail's relative non-inferiority margin: 0.02 = may be at most 2% worse than control.",
+    )
+    description: str = Field("", max_length=2000, pattern=NO_NUL_TEXT)
+    cuped: Literal["auto", "off"] = Field(
+        "auto",
+        description="Variance reduction with a pre-exposure covariate: auto (when every variant sent one) or off.",
+    )
+
+
+# The metric name in /api/experiments/{name}/metrics/{metric} (URL-decoded).
+METRIC_PATH_NAME: TypeAdapter[str] = TypeAdapter(
+    Annotated[str, Field(min_length=1, max_length=200, pattern=NO_NUL_TEXT)]
+)
+
+
+class MetricOut(_Out):
+    """One metric of an experiment; ``builtin``: the experiment's own metric_type metric (named primary)."""
+
+    name: str
+    kind: MetricKindName
+    role: MetricRoleName
+    direction: Literal["increase", "decrease"]
+    margin: float
+    description: str
+    cuped: Literal["auto", "off"]
+    builtin: bool
+    units: dict[str, int] = Field(
+        description="Units folded so far per variant: every variant's exposures for the built-in metric, the variants "
+        "with data for the others."
+    )
+    createdAt: str | None = Field(description="null for the built-in metric without an ab_metrics row")
+    updatedAt: str | None
+
+
+class MetricList(_Out):
+    experimentName: str
+    metricType: Literal["conversion", "mean"]
+    metrics: list[MetricOut] = Field(
+        description="The built-in metric first, then the ab_metrics rows in creation order."
+    )
+
+
+class MetricChange(_Out):
+    experimentName: str
+    metric: MetricOut
+
+
+class MetricListResponse(_Out):
+    success: Literal[True]
+    data: MetricList
+
+
+class MetricChangeResponse(_Out):
+    success: Literal[True]
+    data: MetricChange

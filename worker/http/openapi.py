@@ -1,7 +1,7 @@
 """The OpenAPI 3.1 document of the HTTP API, built from the same models the handlers validate with.
 
 The POST body, the POST answers, the query strings and the configuration are generated from the pydantic models
-(worker/http/models.py, worker/config.py); the read endpoints' answers are still written here. The tests validate
+(worker/http/models.py, worker/config/models.py); the read endpoints' answers are still written here. The tests validate
 every response they receive against this document, a property-based fuzz sends broken requests, and Schemathesis
 sends the requests the document allows (none may be refused); a change of behaviour that is not written down here
 fails the suite.
@@ -29,6 +29,8 @@ ERROR_CODES = (
     "not_found",
     "experiment_not_found",
     "promotion_not_found",
+    "metric_not_found",
+    "metric_exists",
     "method_not_allowed",
     "already_promoted",
     "already_rolled_back",
@@ -111,6 +113,20 @@ def _response_schemas() -> dict[str, Any]:
     raw = models.ACTION_RESPONSE.json_schema(by_alias=True, ref_template="#/components/schemas/{model}")
     defs = raw.pop("$defs", {})
     cleaned: dict[str, Any] = _clean({"ActionResponse": raw, **defs})
+    return cleaned
+
+
+def _metric_schemas() -> dict[str, Any]:
+    """The metrics routes' body and answers, from models.py."""
+    from pydantic.json_schema import models_json_schema
+
+    members: list[tuple[type[BaseModel], Any]] = [
+        (models.MetricDefinitionRequest, "validation"),
+        (models.MetricListResponse, "serialization"),
+        (models.MetricChangeResponse, "serialization"),
+    ]
+    _, raw = models_json_schema(members, by_alias=True, ref_template="#/components/schemas/{model}")
+    cleaned: dict[str, Any] = _clean(raw.get("$defs", {}))
     return cleaned
 
 
@@ -278,6 +294,7 @@ def _schemas() -> dict[str, Any]:
         **_config_schemas(),
         **_request_schemas(),
         **_response_schemas(),
+        **_metric_schemas(),
         "Error": _obj(
             {
                 "success": {"const": False},
@@ -391,8 +408,10 @@ _ERROR_TEXT = {
     "401": "No token, a malformed Authorization header, or an unknown token (`WWW-Authenticate: Bearer`).",
     "403": "The token's role is too weak for the action (`details.requiredRole`).",
     "404": "experiment_not_found, promotion_not_found or approval_not_found.",
+    "404m": "experiment_not_found, or metric_not_found (the experiment has no metric of that name).",
     "409": "already_promoted (the experiment has an active promotion), already_rolled_back, or "
     "approval_not_pending (approved, declined, expired or closed before; `details.status`).",
+    "409m": "metric_exists: the experiment already has a metric of that name (remove it first).",
     "413": "payload_too_large: the body is over AUTO_PROMOTION_MAX_BODY_BYTES.",
     "429": "rate_limited: over AUTO_PROMOTION_RATE_LIMIT scan/promote/rollback/approve/decline calls per minute for "
     "this token; "
@@ -404,9 +423,10 @@ _ERROR_TEXT = {
 
 def _errors(*statuses: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for status in statuses:
+    for key in statuses:
+        status = key.rstrip("m")  # "404m": the metrics routes' wording of a status
         response: dict[str, Any] = {
-            "description": _ERROR_TEXT[status],
+            "description": _ERROR_TEXT[key],
             "content": {"application/json": {"schema": _ref("Error")}},
         }
         if status in ("429", "503"):
@@ -430,6 +450,9 @@ def _param(
 
 
 _READ_ERRORS = ("400", "401", "500", "503")
+_EXPERIMENT_PATH = _param(
+    "name", _clean(models.EXPERIMENT_PATH_NAME.json_schema()), "Experiment name (URL-encoded)", "path", True
+)
 _VIEWER: list[dict[str, list[str]]] = [{"bearer": []}]
 
 _POST_DESCRIPTION = """The seed's actions and the approvals'. `check` needs the viewer role; `scan`, `promote`,
@@ -534,6 +557,50 @@ def _document() -> dict[str, Any]:
                         **_errors("400", "401", "404", "500", "503"),
                     },
                 }
+            },
+            "/api/experiments/{name}/metrics": {
+                "get": {
+                    "operationId": "listMetrics",
+                    "parameters": [_EXPERIMENT_PATH],
+                    "summary": "The experiment's metrics: the built-in one (primary), then its ab_metrics rows",
+                    "responses": {
+                        "200": _json("MetricListResponse", "The metrics"),
+                        **_errors("400", "401", "404", "500", "503"),
+                    },
+                },
+                "post": {
+                    "operationId": "addMetric",
+                    "parameters": [_EXPERIMENT_PATH],
+                    "summary": "Add a metric (an ab_metrics row); operator role, audited as metric_added",
+                    "description": "A primary metric must win, a guardrail must not be worse than control by more "
+                    "than its margin, a secondary one is only reported. The name `primary` changes the built-in "
+                    "metric's role, direction or margin. Producers then record it with `ab_record_metric`.",
+                    "x-roles": {"post": "operator"},
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": _ref("MetricDefinitionRequest")}},
+                    },
+                    "responses": {
+                        "201": _json("MetricChangeResponse", "The metric was added"),
+                        **_errors("400", "401", "403", "404", "409m", "413", "500", "503"),
+                    },
+                },
+            },
+            "/api/experiments/{name}/metrics/{metric}": {
+                "delete": {
+                    "operationId": "removeMetric",
+                    "parameters": [
+                        _EXPERIMENT_PATH,
+                        _param("metric", _clean(models.METRIC_PATH_NAME.json_schema()), "Metric name", "path", True),
+                    ],
+                    "summary": "Remove a metric with its statistics and queued updates; operator role, audited as "
+                    "metric_removed",
+                    "x-roles": {"delete": "operator"},
+                    "responses": {
+                        "200": _json("MetricChangeResponse", "The metric was removed (as it was)"),
+                        **_errors("400", "401", "403", "404m", "500", "503"),
+                    },
+                },
             },
             "/api/promotions": {
                 "get": {

@@ -349,8 +349,12 @@ def interval_bar(
     hi: float,
     width: int = 140,
     height: int = 18,
+    margin: float | None = None,
 ) -> str:
-    """A small decorative interval (the numbers sit next to it in text) on the shared scale [lo, hi]."""
+    """A small decorative interval (the numbers sit next to it in text) on the shared scale [lo, hi].
+
+    ``margin``: a guardrail's non-inferiority limit (a relative lift, e.g. -0.02), drawn as a solid red tick
+    distinct from the dashed zero line; the text beside the bar states it too."""
     if not _finite(lift) or hi <= lo:
         return ""
     assert lift is not None
@@ -371,7 +375,13 @@ def interval_bar(
         f'stroke-width="4" stroke-opacity="0.55"/>'
         f'<line x1="{_num(a)}" x2="{_num(a)}" y1="{_num(mid - 4)}" y2="{_num(mid + 4)}" stroke="{BAND_EDGE}"/>'
         f'<line x1="{_num(b)}" x2="{_num(b)}" y1="{_num(mid - 4)}" y2="{_num(mid + 4)}" stroke="{BAND_EDGE}"/>'
-        f'<circle cx="{_num(c)}" cy="{_num(mid)}" r="3.5" fill="{LINE}"/></svg>'
+        + (
+            f'<line class="margin" x1="{_num(x(margin, 0.0))}" x2="{_num(x(margin, 0.0))}" y1="0" y2="{height}" '
+            f'stroke="{ROLLBACK}" stroke-width="2"/>'
+            if margin is not None and math.isfinite(margin)
+            else ""
+        )
+        + f'<circle cx="{_num(c)}" cy="{_num(mid)}" r="3.5" fill="{LINE}"/></svg>'
     )
 
 

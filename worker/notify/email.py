@@ -97,6 +97,9 @@ def _text_body(facts: EventFacts, detailed: bool) -> str:
     if facts.safety_checks:
         lines += ["", "Safety checks:"]
         lines += [f"  [{c.verdict}] {c.name}" + (f": {c.message}" if c.message else "") for c in facts.safety_checks]
+    if facts.guardrails:
+        lines += ["", "Guardrails:"]
+        lines += [f"  [{'pass' if g.passed else 'FAIL'}] {g.line}" for g in facts.guardrails]
     if detailed and facts.variants:
         lines += ["", "Per-variant statistics:", text_table(facts.variant_table())]
     if facts.dry_run:
@@ -122,6 +125,9 @@ def _html_body(facts: EventFacts, detailed: bool) -> str:
             for c in facts.safety_checks
         )
         parts.append(f"<h3>Safety checks</h3><ul>{items}</ul>")
+    if facts.guardrails:
+        items = "".join(f"<li>[{'pass' if g.passed else 'FAIL'}] {e(g.line)}</li>" for g in facts.guardrails)
+        parts.append(f"<h3>Guardrails</h3><ul>{items}</ul>")
     if detailed and facts.variants:
         table = facts.variant_table()
         head = "".join(f"<th>{e(cell)}</th>" for cell in table[0])

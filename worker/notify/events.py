@@ -72,6 +72,37 @@ class VariantFact:
 
 
 @dataclass(frozen=True, slots=True)
+class GuardrailFact:
+    """One guardrail's verdict for the notified variant (lift, bound and margin in percent)."""
+
+    name: str
+    variant: str
+    verdict: str
+    direction: str
+    margin: float | None
+    lift: float | None
+    bound: float | None
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict == "non_inferior"
+
+    @property
+    def line(self) -> str:
+        """``revenue_per_user: non_inferior — variant-b -0.50% (lower bound -1.20%, margin -2.00%)``"""
+        side = "upper" if self.direction == "decrease" else "lower"
+        numbers = f"{self.variant} {format_percent(self.lift, signed=True)}"
+        if self.bound is not None:
+            numbers += f" ({side} bound {format_percent(self.bound, signed=True)}"
+            if self.margin is not None:
+                limit = 100.0 * (self.margin if self.direction == "decrease" else -self.margin)
+                numbers += f", margin {format_percent(limit, signed=True)}"
+            numbers += ")"
+        verdict = self.verdict.replace("_", "-") if self.passed else self.verdict.replace("_", " ").upper()
+        return f"{self.name}: {verdict} — {numbers}"
+
+
+@dataclass(frozen=True, slots=True)
 class EventFacts:
     """What a message says about one event, read from the engine's payload."""
 
@@ -94,6 +125,7 @@ class EventFacts:
     approval_id: str | None = None
     expires_at: str | None = None
     step: int | None = None
+    guardrails: tuple[GuardrailFact, ...] = ()
 
     @classmethod
     def from_payload(cls, event: str, payload: Mapping[str, Any], *, public_url: str | None) -> EventFacts:
@@ -121,6 +153,18 @@ class EventFacts:
             )
             for v in _dicts(payload.get("variants"))
         )
+        guardrails = tuple(
+            GuardrailFact(
+                name=_text(g.get("name")) or "guardrail",
+                variant=_text(g.get("variant")) or "?",
+                verdict=_text(g.get("verdict")) or "not_shown",
+                direction=_text(g.get("direction")) or "increase",
+                margin=_number(g.get("margin")),
+                lift=_number(g.get("lift")),
+                bound=_number(g.get("bound")),
+            )
+            for g in _dicts(payload.get("guardrails"))
+        )
         dashboard = None
         if public_url and _text(payload.get("experimentName")):
             dashboard = f"{public_url.rstrip('/')}/experiments/{quote(experiment, safe='')}"
@@ -144,6 +188,7 @@ class EventFacts:
             approval_id=_text(payload.get("approvalId")),
             expires_at=_text(payload.get("expiresAt")),
             step=_whole(payload.get("step")),
+            guardrails=guardrails,
         )
 
     @property

@@ -74,6 +74,8 @@ def build_pagerduty_event(facts: EventFacts, *, routing_key: str, action: Action
         details["Safety checks"] = [
             f"[{c.verdict}] {c.name}" + (f": {c.message}" if c.message else "") for c in facts.safety_checks
         ]
+    if facts.guardrails:
+        details["Guardrails"] = [f"[{'pass' if g.passed else 'FAIL'}] {g.line}" for g in facts.guardrails]
     body["payload"] = {
         "summary": summary if len(summary) <= _SUMMARY_MAX else summary[: _SUMMARY_MAX - 1] + "…",
         "source": SOURCE,

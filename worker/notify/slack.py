@@ -89,6 +89,14 @@ def build_slack_message(
                 "text": {"type": "mrkdwn", "text": _cut("*Safety checks*\n" + "\n".join(lines), _SECTION_MAX)},
             }
         )
+    if facts.guardrails:
+        lines = [f"{_VERDICT['pass' if g.passed else 'FAIL']} {escape(g.line)}" for g in facts.guardrails]
+        blocks.append(
+            {
+                "type": "section",
+                "text": {"type": "mrkdwn", "text": _cut("*Guardrails*\n" + "\n".join(lines), _SECTION_MAX)},
+            }
+        )
     if include_detailed_metrics and facts.variants:
         table = _cut(escape(text_table(facts.variant_table())), _SECTION_MAX - 40)
         blocks.append(

@@ -23,7 +23,7 @@ from worker.decide import Decision, ExperimentSnapshot, VariantSnapshot, failed_
 from worker.domain.errors import ExperimentNotFound, InvalidRequest
 from worker.stats import ExperimentAnalysis, StatsInputError, analyze_many
 
-# The longest alert lookback a config may set (config.py validates alertLookbackHours up to 90 days).
+# The longest alert lookback a config may set (worker/config validates alertLookbackHours up to 90 days).
 MAX_ALERT_LOOKBACK_S = 24 * 90 * 3600.0
 
 DecisionAndConfig = tuple[Decision, AutoPromotionConfig]

@@ -20,6 +20,7 @@ from worker.config import AutoPromotionConfig, Settings
 from worker.db.connect import Connection, json_safe
 from worker.db.store import OutboxRows
 from worker.decide import Decision
+from worker.domain.events import CommittedEvent
 from worker.domain.guard_rules import GuardBreach, WatchedPromotion, since_promotion_json
 from worker.domain.results import Evaluation, NotificationPayload, PromoteResult, RollbackResult
 from worker.notify.outbox import PlannedNotifications, config_rows, enqueue_notifications, plan_notifications
@@ -37,8 +38,8 @@ NotificationEvent = Literal[
     "approval.expired",
 ]
 PromotionMode = Literal["request", "scan", "daemon"]
-CommittedEvent = Literal["promotion.promoted", "promotion.rolled_back"]
-OnCommitted = Callable[[CommittedEvent, dict[str, Any]], None]
+# Called after a promotion or rollback commits, with a copy of its result (the daemon publishes committed_event).
+OnCommitted = Callable[[CommittedEvent, PromoteResult | RollbackResult], None]
 
 
 def payload(
@@ -57,8 +58,9 @@ def payload(
     control_variant: str | None = None,
     occurred_at: datetime | None = None,
 ) -> NotificationPayload:
-    """The payload every notification event shares."""
-    return {
+    """The payload every notification event shares (``guardrails``: from a decision, its guardrails' verdicts for
+    the variant)."""
+    out: NotificationPayload = {
         "event": event,
         "experimentName": experiment_name,
         "priority": priority,
@@ -77,6 +79,9 @@ def payload(
         "variants": decision.variant_stats_json() if decision else [],
         "dryRun": dry_run,
     }
+    if decision is not None:
+        out["guardrails"] = decision.guardrails_json(variant)
+    return out
 
 
 def breach_payload(watch: WatchedPromotion, row: Mapping[str, Any], breach: GuardBreach) -> NotificationPayload:
@@ -136,10 +141,10 @@ class Effects:
         )
 
     # ------------------------------------------------------------------------------ after the commit
-    def committed(self, event: CommittedEvent, data: Mapping[str, Any]) -> None:
+    def committed(self, event: CommittedEvent, data: PromoteResult | RollbackResult) -> None:
         """Tell the daemon (event bus, dispatcher) about a committed promotion or rollback."""
         if self.on_committed is not None:
-            self.on_committed(event, dict(data))
+            self.on_committed(event, data.copy())
 
     def evaluated(self, outcome: Evaluation) -> None:
         """Count an evaluation (not one that found nothing new)."""

@@ -13,6 +13,7 @@ from worker.db.sql import Q
 from worker.db.store import Seen
 from worker.decide import AlertInfo, Decision, ExperimentSnapshot, VariantSnapshot
 from worker.domain.errors import EngineError
+from worker.domain.metrics import MetricSnapshot, metric_snapshots
 from worker.domain.results import CheckResult, ScanItem, ScanResult
 from worker.services.deciding import MAX_ALERT_LOOKBACK_S, Decider, DecisionAndConfig
 from worker.services.effects import Effects
@@ -105,6 +106,7 @@ class ScanService:
                 "winningVariant": check["winningVariant"],
                 "reasons": list(decision.reasons),
                 "promoted": False,
+                "metrics": check["metrics"],
             }
             if "error" in decision.extra:
                 item["error"] = decision.extra["error"]
@@ -163,9 +165,12 @@ class ScanService:
         promo_rows = await conn.fetch(Q["all_active_promotions"])
         versions: dict[int, int] = {e["id"]: 0 for e in experiments}
         variants: dict[int, list[VariantSnapshot]] = {}
+        metrics: dict[int, tuple[MetricSnapshot, ...]] = {}
         for v in variant_rows:
             versions[v["experiment_id"]] += v["updates_folded"]
             variants.setdefault(v["experiment_id"], []).append(VariantSnapshot.from_row(v, lenient_sketch=True))
+            if v["metrics"] is not None:
+                metrics[v["experiment_id"]] = metric_snapshots(v["metrics"])
         global_alerts = tuple(
             AlertInfo.from_row(a, global_alert=True) for a in alert_rows if a["experiment_id"] is None
         )
@@ -192,6 +197,7 @@ class ScanService:
                         sorted((*alerts.get(exp["id"], ()), *global_alerts), key=lambda a: a.created_at, reverse=True)
                     ),
                     promotions_in_guard_window=in_guard,
+                    metrics=metrics.get(exp["id"], ()),
                 ),
             )
             for exp in experiments

@@ -10,12 +10,12 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from typing import Any
 
 import anyio
 import structlog
 from aiohttp import web
 
+from worker.domain.events import PromotionBusEvent, is_notified_event, notified_event
 from worker.http.app import CTX, AppContext
 from worker.listener import PROMOTION_CHANNEL, Listener, PromotionEvent
 
@@ -30,24 +30,9 @@ BRIDGE_STATE = "dashboard_events_bridge"
 FAULT_NAME = "dashboard.events_bridge"
 APPLICATION_NAME = "autopromote-dashboard"
 HEARTBEAT_S = 15.0  # the Listener's liveness probe interval: a dead socket shows here, not in a silent LISTEN
-# Same shape as the daemon's listener publishes: {"type": promotion|rollback, "event": <NOTIFY event>, ...}.
-_BRIDGE_EVENTS = {"promoted": "promotion", "rolled_back": "rollback", "rollback_requested": "rollback"}
 
 
-def _bus_event(event: object, experiment_name: object, promotion_id: object) -> dict[str, Any] | None:
-    kind = _BRIDGE_EVENTS.get(str(event))
-    if kind is None:
-        return None
-    return {
-        "type": kind,
-        "experimentName": experiment_name,
-        "promotionId": str(promotion_id) if promotion_id else None,
-        "event": event,
-        "source": "database",
-    }
-
-
-def _bridge_event(payload: str) -> dict[str, Any] | None:
+def _bridge_event(payload: str) -> PromotionBusEvent | None:
     """The bus event for one ab_promotion_events NOTIFY payload; None when it is not one we know."""
     try:
         data = json.loads(payload)
@@ -55,7 +40,10 @@ def _bridge_event(payload: str) -> dict[str, Any] | None:
         return None
     if not isinstance(data, dict):
         return None
-    return _bus_event(data.get("event"), data.get("experiment_name"), data.get("promotion_id"))
+    event, name = data.get("event"), data.get("experiment_name")
+    if not is_notified_event(event):
+        return None
+    return notified_event(event, name if isinstance(name, str) else None, data.get("promotion_id"), from_bridge=True)
 
 
 class _BridgeHooks:
@@ -70,9 +58,9 @@ class _BridgeHooks:
     def on_promotion_event(self, event: PromotionEvent) -> None:
         if self.ctx.health.details.get(BRIDGED_FLAG):
             return  # the daemon took over; its copy is already on the bus
-        published = _bus_event(event.event, event.experiment_name, event.promotion_id)
-        if published is not None:
-            self.ctx.events.publish(published)
+        self.ctx.events.publish(
+            notified_event(event.event, event.experiment_name, event.promotion_id, from_bridge=True)
+        )
 
     def on_connected(self, reconnected: bool) -> None:
         self.ctx.health.details[BRIDGE_STATE] = "listening"

@@ -11,12 +11,12 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from collections.abc import Mapping
 from typing import Any
 
 import structlog
 from aiohttp import web
 
+from worker.domain.events import BusEvent
 from worker.events import StreamClient, TooManyClients
 from worker.http.app import CTX
 from worker.http.errors import ApiError
@@ -35,7 +35,7 @@ STREAMS = web.AppKey[set[StreamClient]]("dashboard_streams")
 REFUSING = web.AppKey[set[bool]]("dashboard_refusing")
 
 
-def _public_event(event: Mapping[str, Any]) -> dict[str, Any] | None:
+def _public_event(event: BusEvent) -> dict[str, Any] | None:
     """The scalar fields of a bus event, strings cut short: enough for the page to know what to re-fetch."""
     if not isinstance(event.get("type"), str):
         return None
@@ -52,7 +52,7 @@ def _public_event(event: Mapping[str, Any]) -> dict[str, Any] | None:
     return out
 
 
-def _encode_event(event: Mapping[str, Any]) -> bytes | None:
+def _encode_event(event: BusEvent) -> bytes | None:
     """One bus event as a server-sent event; the bus calls this once per event for every /events client."""
     public = _public_event(event)
     if public is None:

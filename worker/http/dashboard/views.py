@@ -26,6 +26,7 @@ from worker.db.reads import (
     PromotionReport,
     StatusCount,
 )
+from worker.domain.metrics import BUILTIN_METRIC
 from worker.http.svg import DayCount, LiftPoint, interval_bar, interval_scale, lift_chart, pct, promotions_chart
 
 MAX_EXPERIMENTS = 300
@@ -285,6 +286,8 @@ def lift_charts(
     by_variant: dict[str, list[LiftPoint]] = {}
     raw: dict[str, list[EvaluationSnapshot]] = {}
     for s in snapshots:
+        if s.metric != BUILTIN_METRIC:
+            continue
         by_variant.setdefault(s.variant_name, []).append(
             LiftPoint(s.created_at, s.lift, s.ci_low, s.ci_high, s.eligible)
         )
@@ -315,6 +318,122 @@ def lift_charts(
     return charts
 
 
+VERDICT_LABELS = {
+    "better": ("▲", "better", "ok"),
+    "worse": ("▼", "worse", "bad"),
+    "inconclusive": ("…", "inconclusive", "neutral"),
+    "non_inferior": ("✓", "non-inferior", "ok"),
+    "not_shown": ("✗", "not shown", "bad"),
+}
+
+
+def _margin_line(m: Mapping[str, Any]) -> float | None:
+    """A guardrail's limit as a relative lift: -margin for an increase metric, +margin for a decrease one."""
+    margin = m.get("margin")
+    if m.get("role") != "guardrail" or not isinstance(margin, int | float):
+        return None
+    return -float(margin) if m.get("direction") != "decrease" else float(margin)
+
+
+def metrics_table(decision: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """One group per metric of the last decision: its role and, per treatment, the lift with its interval drawn as
+    a bar against the guardrail's margin, and the verdict in words."""
+    groups = []
+    for m in (decision or {}).get("metrics") or []:
+        if not isinstance(m, Mapping):
+            continue
+        limit = _margin_line(m)
+        treatments = [t for t in m.get("treatments") or [] if isinstance(t, Mapping)]
+
+        def frac(x: Any) -> float | None:
+            return float(x) / 100.0 if isinstance(x, int | float) else None
+
+        intervals: list[tuple[float | None, float | None, float | None]] = []
+        for t in treatments:
+            ci = t.get("interval") or [None, None]
+            intervals.append((frac(t.get("lift")), frac(ci[0]), frac(ci[1])))
+        lo, hi = interval_scale([*intervals, *([(limit, limit, limit)] if limit is not None else [])])
+        rows = []
+        for t, (lift, ci_low, ci_high) in zip(treatments, intervals, strict=True):
+            icon, words, cls = VERDICT_LABELS.get(str(t.get("verdict")), ("?", str(t.get("verdict")), "neutral"))
+            rows.append(
+                {
+                    "variant": t.get("variant"),
+                    "units": num(t.get("units")),
+                    "mean": num(t.get("mean"), 4),
+                    "lift": pct(lift),
+                    "ci_low": pct(ci_low),
+                    "ci_high": pct(ci_high),
+                    "has_lift": lift is not None,
+                    "bar": Markup(  # noqa: S704 - SVG escapes its labels
+                        interval_bar(lift, ci_low, ci_high, lo=lo, hi=hi, margin=limit)
+                    )
+                    if lift is not None
+                    else "",
+                    "p_value": num(t.get("pValue"), 4),
+                    "verdict": words,
+                    "icon": icon,
+                    "cls": cls,
+                }
+            )
+        raw_control = m.get("control")
+        control: Mapping[str, Any] = raw_control if isinstance(raw_control, Mapping) else {}
+        groups.append(
+            {
+                "name": m.get("name"),
+                "role": m.get("role"),
+                "kind": m.get("kind"),
+                "direction": "higher is better" if m.get("direction") != "decrease" else "lower is better",
+                "margin": pct(limit) if limit is not None else None,
+                "control": control.get("variant"),
+                "control_mean": num(control.get("mean"), 4),
+                "control_units": num(control.get("units")),
+                "p_label": "NI p-value" if m.get("role") == "guardrail" else "p-value",
+                "rows": rows,
+            }
+        )
+    return groups
+
+
+def metric_charts(
+    name: str,
+    decision: Mapping[str, Any] | None,
+    snapshots: Sequence[EvaluationSnapshot],
+    level: float,
+) -> list[dict[str, Any]]:
+    """A chart over time of every metric but the built-in one (whose chart is the lift chart), one per treatment,
+    in the order of the last decision's metrics; the margin of a guardrail is named in the title."""
+    by_key: dict[tuple[str, str], list[LiftPoint]] = {}
+    for s in snapshots:
+        if s.metric != BUILTIN_METRIC:
+            by_key.setdefault((s.metric, s.variant_name), []).append(
+                LiftPoint(s.created_at, s.lift, s.ci_low, s.ci_high, s.eligible)
+            )
+    described = {str(m.get("name")): m for m in (decision or {}).get("metrics") or [] if isinstance(m, Mapping)}
+    order = {n: i for i, n in enumerate(described)}
+    out = []
+    for i, ((metric, variant), points) in enumerate(
+        sorted(by_key.items(), key=lambda kv: (order.get(kv[0][0], len(order)), kv[0]))
+    ):
+        m = described.get(metric, {})
+        limit = _margin_line(m)
+        role = f"{m.get('role')} " if m.get("role") else ""
+        title = f"{role}{metric}: lift of {variant}" + (f" (margin {pct(limit)})" if limit is not None else "")
+        chart_id = f"metric-{slug(name)}-{i}"
+        out.append(
+            {
+                "metric": metric,
+                "title": title,
+                "wide": Markup(lift_chart(points, chart_id=chart_id, title=title, level=level)),  # noqa: S704
+                "narrow": Markup(  # noqa: S704
+                    lift_chart(points, chart_id=f"{chart_id}-n", title=title, level=level, compact=True)
+                ),
+                "kept": len(points),
+            }
+        )
+    return out
+
+
 def experiment_page(page: ExperimentHistory, level: float) -> dict[str, Any]:
     """The body of ``/experiments/{name}``."""
     exp = page.experiment
@@ -326,6 +445,8 @@ def experiment_page(page: ExperimentHistory, level: float) -> dict[str, Any]:
         "reasons": reasons(decision, exp.status),
         "actions": actions(exp),
         "charts": lift_charts(exp.name, control, page.snapshots, page.promotions, level),
+        "metrics": metrics_table(decision),
+        "metric_charts": metric_charts(exp.name, decision, page.snapshots, level),
         "variants": variants_table(exp, detailed=True),
         "checks": safety_checks(decision),
         "promotions": page.promotions,

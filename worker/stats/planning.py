@@ -1,0 +1,201 @@
+"""Sample-size planning for the test the worker runs: exposures per arm for a relative lift, fixed and sequential.
+
+The worker tests the relative lift (muB - muA)/|muA| with the delta-method variance (effects.effect_from_moments),
+so the plan does too: per exposure in each arm, Var(lift) * n = (varB + varA (1 + delta)^2) / muA^2, times
+1 - rho^2 when a covariate with correlation rho adjusts the estimate (CUPED). The fixed-horizon answer is the
+closed form n = v (z(1-alpha/2) + z(power))^2 / delta^2. The sequential answer is computed, not assumed: the n at
+which the confidence sequence, checked continuously, has stopped with a winner in ``power`` of the runs
+(stopping.crossing_cdf_grid).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import special
+
+from . import _validate as check
+from .errors import StatsInputError
+from .models import Correction, Method, MetricType
+from .stopping import FloatArray, crossing_cdf_grid, sequential_rho2, sequential_z_boundary
+
+__all__ = ["SamplePlan", "alpha_per_comparison", "auto_n_star", "plan_sample_size", "relative_lift_variance"]
+
+# Time steps of the grid per planned fixed-horizon sample: ~0.3% of n each, so the continuous-monitoring
+# correction is small and the answer is stable to well under 1%.
+_STEPS_PER_FIXED_N = 200
+
+
+@dataclass(frozen=True, slots=True)
+class SamplePlan:
+    """What an experiment needs: exposures per arm and days, for the chosen method and a fixed-horizon test."""
+
+    method: Method
+    exposures_per_arm: int
+    """Per arm, for ``method``: fixed, the closed form; sequential, where it has found the winner in ``power``."""
+    fixed_horizon_exposures_per_arm: int
+    median_exposures_per_arm: int
+    """The median stopping point (sequential) or the fixed horizon itself (fixed)."""
+    days: float | None
+    fixed_horizon_days: float | None
+    alpha_per_comparison: float
+    """The significance level one comparison is held to after the multiplicity split."""
+    n_star: float | None
+    """The sequential tuning N* (total over both arms) the plan assumed; None for fixed."""
+    variance_per_exposure: float
+    """Var(relative lift) x exposures per arm, after the covariate adjustment."""
+    variance_factor: float
+    """1 - rho^2: the variance left after the covariate adjustment."""
+
+
+def alpha_per_comparison(alpha: float, treatments: int, primary_metrics: int, correction: Correction) -> float:
+    """The level one treatment-vs-control comparison must reach, as the decision splits alpha.
+
+    Primary metrics: Bonferroni (alpha / m). Treatments: holm's first step is alpha / k, the level the best treatment
+    meets when all k are tested, and bh's is no stricter; a plan holds each treatment to alpha / k so it is safe for
+    both; ``none`` keeps alpha.
+    """
+    per_metric = alpha / primary_metrics
+    return per_metric if correction == "none" else per_metric / treatments
+
+
+def relative_lift_variance(
+    metric_type: MetricType, baseline: float, mde: float, sd: float | None, rho: float = 0.0
+) -> float:
+    """Var(relative lift) x exposures per arm at true lift ``mde``: the delta method the test uses, x (1 - rho^2)."""
+    r = 1.0 + mde
+    if metric_type == "conversion":
+        p_b = baseline * r
+        v = (p_b * (1.0 - p_b) + baseline * (1.0 - baseline) * r * r) / (baseline * baseline)
+    else:
+        assert sd is not None
+        v = sd * sd * (1.0 + r * r) / (baseline * baseline)
+    return v * (1.0 - rho * rho)
+
+
+def auto_n_star(fixed_horizon_per_arm: float) -> float:
+    """The tuning N* that ``sequentialTuning: auto`` sets: the planned total over both arms, 2 x n per arm.
+
+    The confidence sequence is tightest at N*; at the planned size it stops a true effect of the MDE soonest
+    (bench/bench_stats.py measures the median stopping point against the fixed horizon).
+    """
+    return min(max(2.0 * fixed_horizon_per_arm, 1.0), 1e12)
+
+
+def plan_sample_size(
+    metric_type: MetricType,
+    baseline: float,
+    mde: float,
+    *,
+    sd: float | None = None,
+    alpha: float = 0.05,
+    power: float = 0.8,
+    treatments: int = 1,
+    primary_metrics: int = 1,
+    correction: Correction = "holm",
+    rho: float = 0.0,
+    method: Method = "sequential",
+    n_star: float | None = None,
+    daily_exposures: float | None = None,
+    look_every: float | None = None,
+) -> SamplePlan:
+    """Exposures per arm (and days) to find a true relative lift of ``mde`` (0.05 = +5%) with ``power``.
+
+    ``n_star`` is the sequential tuning (total over both arms); None is ``auto`` (twice the fixed-horizon n per
+    arm). ``look_every`` (exposures per arm between evaluations) plans for a test checked in batches; None plans
+    for the worker's continuous checking. Raises StatsInputError for impossible inputs.
+    """
+    mt = check.metric_type(metric_type)
+    m = check.method(method)
+    c = check.correction(correction)
+    a = check.alpha(alpha)
+    b = check.real("baseline", baseline)
+    d = check.real("mde", mde)
+    pw = check.real("power", power)
+    r = check.real("rho", rho)
+    k = check.count("treatments", treatments)
+    pm = check.count("primary_metrics", primary_metrics)
+    if not d > 0.0:
+        raise StatsInputError(f"mde must be a positive relative lift, got {d!r}")
+    if not 0.5 <= pw < 1.0:
+        raise StatsInputError(f"power must be in [0.5, 1), got {pw!r}")
+    if not -1.0 < r < 1.0:
+        raise StatsInputError(f"rho must be in (-1, 1), got {r!r}")
+    if k < 1 or pm < 1:
+        raise StatsInputError("treatments and primary_metrics must be at least 1")
+    s: float | None = None
+    if mt == "conversion":
+        if not 0.0 < b < 1.0:
+            raise StatsInputError(f"a conversion baseline must be a rate in (0, 1), got {b!r}")
+        if not b * (1.0 + d) < 1.0:
+            raise StatsInputError(f"baseline x (1 + mde) = {b * (1.0 + d):.4g} is not a rate below 1")
+    else:
+        if b == 0.0:
+            raise StatsInputError("a mean baseline of 0 has no relative lift")
+        if sd is None:
+            raise StatsInputError("a mean metric needs its standard deviation (sd)")
+        s = check.real("sd", sd)
+        if not s > 0.0:
+            raise StatsInputError(f"sd must be positive, got {s!r}")
+    daily = None if daily_exposures is None else check.real("daily_exposures", daily_exposures)
+    if daily is not None and not daily > 0.0:
+        raise StatsInputError(f"daily_exposures must be positive, got {daily!r}")
+    ns = None if n_star is None else check.n_star(n_star)
+    if look_every is not None and not check.real("look_every", look_every) > 0.0:
+        raise StatsInputError(f"look_every must be positive, got {look_every!r}")
+
+    at = alpha_per_comparison(a, k, pm, c)
+    v = relative_lift_variance(mt, b, d, s, r)
+    drift = float(special.ndtri(1.0 - at / 2.0) + special.ndtri(pw))
+    n_fixed = v * drift * drift / (d * d)
+
+    def days(n: float) -> float | None:
+        return None if daily is None else n / daily
+
+    if m == "fixed":
+        n = math.ceil(n_fixed)
+        return SamplePlan(m, n, n, n, days(n), days(n), at, None, v, 1.0 - r * r)
+    tuning = auto_n_star(n_fixed) if ns is None else ns
+    t_power, t_median = _sequential_stopping(drift, n_fixed, a, at, tuning, pw, look_every)
+    n_seq = math.ceil(t_power * n_fixed)
+    nf = math.ceil(n_fixed)
+    return SamplePlan(m, n_seq, nf, math.ceil(t_median * n_fixed), days(n_seq), days(nf), at, tuning, v, 1.0 - r * r)
+
+
+def _sequential_stopping(
+    drift: float, n_fixed: float, alpha: float, alpha_test: float, n_star: float, power: float, look: float | None
+) -> tuple[float, float]:
+    """(t at which P(stopped) = power, median stopping t), t in units of the fixed-horizon n per arm.
+
+    In those units the z-process has drift z(1-alpha/2) + z_power per unit t, and the total sample size is 2 n t.
+    """
+    rho2 = float(sequential_rho2(alpha, n_star))
+
+    def boundary(t: FloatArray) -> FloatArray:
+        return np.sqrt(t) * sequential_z_boundary(2.0 * n_fixed * t, rho2, alpha_test)
+
+    t_max = 4.0
+    while True:
+        if look is None:
+            dt, continuous = 1.0 / _STEPS_PER_FIXED_N, True
+        else:
+            dt, continuous = look / n_fixed, False
+            if t_max / dt > 50_000:  # batches so small they are continuous checking in all but name
+                dt, continuous = 1.0 / _STEPS_PER_FIXED_N, True
+        ts, cdf = crossing_cdf_grid(drift, boundary, t_max, dt=dt, continuous=continuous)
+        if cdf[-1] >= power or t_max >= 1024.0:
+            break
+        t_max *= 4.0
+    if cdf[-1] < power:
+        raise StatsInputError("the sequential test does not reach that power within 1,000x the fixed horizon")
+    return _first_at(ts, cdf, power), _first_at(ts, cdf, 0.5)
+
+
+def _first_at(ts: FloatArray, cdf: FloatArray, q: float) -> float:
+    i = int(np.searchsorted(cdf, q))
+    if i == 0:
+        return float(ts[0]) * q / max(float(cdf[0]), 1e-300)
+    t0, t1, c0, c1 = float(ts[i - 1]), float(ts[i]), float(cdf[i - 1]), float(cdf[i])
+    return t0 + (t1 - t0) * (q - c0) / (c1 - c0) if c1 > c0 else t1
