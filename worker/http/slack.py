@@ -22,7 +22,7 @@ from urllib.parse import parse_qs
 import aiohttp
 import structlog
 from aiohttp import web
-from slack_sdk.signature import SignatureVerifier
+from slack_sdk.signature import Clock, SignatureVerifier
 
 from worker.db import approvals as db
 from worker.domain.errors import DomainError
@@ -65,6 +65,16 @@ class Interaction:
         return f"slack:{self.user_id}" + (f" ({self.user_name})" if self.user_name else "")
 
 
+class _FixedClock(Clock):
+    """The verifier's clock at the instant the timestamp was judged by (one ``now`` for both checks)."""
+
+    def __init__(self, at: float) -> None:
+        self.at = at
+
+    def now(self) -> float:
+        return self.at
+
+
 def _unauthorized(message: str) -> ApiError:
     return ApiError(401, "unauthorized", message, headers={"WWW-Authenticate": 'Slack-Signature realm="autopromote"'})
 
@@ -84,7 +94,7 @@ def verify(secret: str, body: bytes, headers: Mapping[str, str], *, now: float |
         body.decode("utf-8")
     except UnicodeDecodeError:
         raise _unauthorized("the signature does not match the body") from None
-    if not SignatureVerifier(secret).is_valid(body, timestamp, signature):
+    if not SignatureVerifier(secret, clock=_FixedClock(current)).is_valid(body, timestamp, signature):
         raise _unauthorized("the signature does not match the body (check SLACK_SIGNING_SECRET)")
     return signature
 

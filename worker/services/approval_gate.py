@@ -51,13 +51,17 @@ def requires_approval(cfg: AutoPromotionConfig, kind: ApprovalKind) -> bool:
     return require == "every_step" or (require == "promote" and kind == "promote")
 
 
-@dataclass(frozen=True, slots=True)
-class StepOutcome:
+class StepOutcome(Protocol):
     """What the rollout did with an approved step: advanced, or why not (the approval is then closed)."""
 
-    advanced: bool
-    reason: str | None = None
-    data: Mapping[str, Any] | None = None
+    @property
+    def advanced(self) -> bool: ...
+
+    @property
+    def reason(self) -> str | None: ...
+
+    @property
+    def data(self) -> Mapping[str, Any] | None: ...
 
 
 class StepApprovals(Protocol):
