@@ -42,6 +42,17 @@ def test_an_approval_request_carries_approve_and_decline_with_the_approval_id() 
     assert "Approval requested" in message["text"]
 
 
+def test_a_rollout_steps_approval_can_also_roll_back() -> None:
+    facts = _facts("approval.requested", approvalId=APPROVAL, promotionId=PROMOTION, step=2)
+    message = build_slack_message(facts, interactive=True)
+    assert [(b["action_id"], b["value"]) for b in _actions(message)] == [
+        ("approval.approve", APPROVAL),
+        ("approval.decline", APPROVAL),
+        ("promotion.rollback", PROMOTION),
+    ]
+    assert "step 2 of the rollout of variant-b waits for an approval" in message["text"]
+
+
 @pytest.mark.parametrize("event", ["promotion.promoted", "guard.breached"])
 def test_a_promotion_and_a_breach_carry_roll_back(event: str) -> None:
     message = build_slack_message(_facts(event, promotionId=PROMOTION), interactive=True)

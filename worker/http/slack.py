@@ -179,7 +179,16 @@ async def act(ctx: AppContext, click: Interaction) -> str:
                     f" of {escape(data['experimentName'])} (promotion {promotion['promotionId']})."
                 )
             if data["status"] == "approved":
-                return f":white_check_mark: Approved by {who}: {escape(data['experimentName'])} moved to the next step."
+                step = data.get("step") or {}
+                where = f"step {step['step']}" if "step" in step else "the next step"
+                share = (
+                    f" ({step['treatmentShare']:g}% of traffic)"
+                    if isinstance(step.get("treatmentShare"), float | int)
+                    else ""
+                )
+                return (
+                    f":white_check_mark: Approved by {who}: {escape(data['experimentName'])} moved to {where}{share}."
+                )
             return (
                 f":no_entry: Approved by {who}, but nothing changed: {escape(data['reason'] or 'not eligible')}. "
                 f"The approval is closed."

@@ -115,12 +115,27 @@ def build_slack_message(
 
 
 def buttons(facts: EventFacts) -> list[dict[str, Any]]:
-    """The buttons of an event's message: Approve / Decline (value: the approval id) on an approval request,
-    Roll back (value: the promotion id) on a promotion and a guard breach; none on a dry run or anything else."""
+    """The buttons of an event's message: Approve / Decline (value: the approval id) on an approval request (and
+    Roll back when it is a rollout step's), Roll back (value: the promotion id) on a promotion and a guard breach;
+    none on a dry run or anything else."""
     if facts.dry_run:
         return []
     experiment = escape(facts.experiment)
+    rollback = (
+        [
+            _button(
+                "Roll back",
+                ROLLBACK_ACTION,
+                facts.promotion_id,
+                "danger",
+                confirm=(f"Roll back the promotion of {experiment} and restore the previous weights?", "Roll back"),
+            )
+        ]
+        if facts.promotion_id
+        else []
+    )
     if facts.event == "approval.requested" and facts.approval_id:
+        # A rollout step's approval names its promotion: it can be rolled back from here too.
         return [
             _button("Approve", APPROVE_ACTION, facts.approval_id, "primary"),
             _button(
@@ -130,17 +145,10 @@ def buttons(facts: EventFacts) -> list[dict[str, Any]]:
                 "danger",
                 confirm=(f"Decline this approval of {experiment}? Nothing is promoted.", "Decline"),
             ),
+            *rollback,
         ]
-    if facts.event in ("promotion.promoted", "guard.breached") and facts.promotion_id:
-        return [
-            _button(
-                "Roll back",
-                ROLLBACK_ACTION,
-                facts.promotion_id,
-                "danger",
-                confirm=(f"Roll back the promotion of {experiment} and restore the previous weights?", "Roll back"),
-            )
-        ]
+    if facts.event in ("promotion.promoted", "guard.breached"):
+        return rollback
     return []
 
 

@@ -16,7 +16,7 @@ The seam with the rollout (worker.services.approvals carries out the decisions):
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -33,6 +33,7 @@ from worker.services.effects import Effects, payload
 log = structlog.get_logger("worker.approvals")
 
 EXPIRY_ACTOR = "autopromote-expiry"
+ROLLOUT_ACTOR = "autopromote-rollout"
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +94,8 @@ async def request_approval(
     new_eligibility: bool = True,
     step: int | None = None,
     subject: Mapping[str, Any] | None = None,
+    promotion_id: str | None = None,
+    control_variant: str | None = None,
 ) -> ApprovalOpened | None:
     """Open a pending approval (audit row and ``approval.requested`` notification included) in the caller's
     transaction, which holds the experiment's row lock; or the one pending already. None when nothing is pending and
@@ -130,8 +133,9 @@ async def request_approval(
         actor=actor,
         experiment_name=experiment_name,
         priority=priority,
-        promotion_id=None,
+        promotion_id=promotion_id,
         variant=variant,
+        control_variant=control_variant,
     )
     _approval_keys(body, opened)
     queued = await effects.notify(conn, body, cfg)
@@ -144,6 +148,50 @@ async def request_approval(
         expires_at=opened.expires_at.isoformat(),
     )
     return ApprovalOpened(opened, opened=True, queued=queued)
+
+
+StepRequester = Callable[[Connection, Any, Any, AutoPromotionConfig, Mapping[str, Any]], Awaitable[None]]
+
+
+def step_approval_requester(effects: Effects) -> StepRequester:
+    """The rollout's hook (``RolloutService.request_step_approval``) for a step ready to advance under
+    approval.require = every_step: called with the rollout's view, its decision, the config and the locked rollout
+    row, in the transaction that sets the rollout to awaiting_approval. Opens the ``step`` approval (its subject names
+    the rollout, its decision column keeps the guard the step was judged by)."""
+
+    async def request(
+        conn: Connection, view: Any, decision: Any, cfg: AutoPromotionConfig, row: Mapping[str, Any]
+    ) -> None:
+        nxt = decision.next_step if decision.next_step is not None else view.step + 1
+        snapshot = {
+            "rolloutId": str(view.rollout_id),
+            "promotionId": str(view.promotion_id),
+            "step": view.step,
+            "treatmentShare": view.share,
+            "nextStep": nxt,
+            "nextShare": view.plan.share(nxt),
+            "controlVariant": view.control,
+            "guard": [g.to_json() for g in decision.guard],
+        }
+        await request_approval(
+            conn,
+            effects,
+            experiment_id=view.experiment_id,
+            experiment_name=view.experiment_name,
+            priority=row["priority"],
+            kind="step",
+            cfg=cfg,
+            decision=None,
+            check=snapshot,
+            variant=view.winner,
+            actor=ROLLOUT_ACTOR,
+            step=nxt,
+            subject={"rolloutId": str(view.rollout_id), "promotionId": str(view.promotion_id), "fromStep": view.step},
+            promotion_id=str(view.promotion_id),
+            control_variant=view.control,
+        )
+
+    return request
 
 
 async def notify_expired(
