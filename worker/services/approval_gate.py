@@ -28,7 +28,7 @@ from worker.db import store
 from worker.db.approvals import Approval, ApprovalKind, ApprovalRequest
 from worker.db.connect import Connection
 from worker.decide import Decision
-from worker.services.effects import Effects, payload
+from worker.services.effects import Effects, approval_payload
 
 log = structlog.get_logger("worker.approvals")
 
@@ -94,7 +94,6 @@ async def request_approval(
     new_eligibility: bool = True,
     step: int | None = None,
     subject: Mapping[str, Any] | None = None,
-    promotion_id: str | None = None,
     control_variant: str | None = None,
 ) -> ApprovalOpened | None:
     """Open a pending approval (audit row and ``approval.requested`` notification included) in the caller's
@@ -127,17 +126,9 @@ async def request_approval(
         None,
         {"approvalId": str(opened.id), "kind": kind, "variant": variant, "step": step, "decision": dict(check)},
     )
-    body = payload(
-        "approval.requested",
-        decision,
-        actor=actor,
-        experiment_name=experiment_name,
-        priority=priority,
-        promotion_id=promotion_id,
-        variant=variant,
-        control_variant=control_variant,
+    body = approval_payload(
+        "approval.requested", opened, decision, actor=actor, priority=priority, control_variant=control_variant
     )
-    _approval_keys(body, opened)
     queued = await effects.notify(conn, body, cfg)
     log.info(
         "approval.requested",
@@ -187,7 +178,6 @@ def step_approval_requester(effects: Effects) -> StepRequester:
             actor=ROLLOUT_ACTOR,
             step=nxt,
             subject={"rolloutId": str(view.rollout_id), "promotionId": str(view.promotion_id), "fromStep": view.step},
-            promotion_id=str(view.promotion_id),
             control_variant=view.control,
         )
 
@@ -198,28 +188,8 @@ async def notify_expired(
     conn: Connection, effects: Effects, approval: Approval, *, priority: str, cfg: AutoPromotionConfig
 ) -> int:
     """The ``approval.expired`` notification of ``approval`` (declined by its expiry), in the caller's transaction."""
-    body = payload(
-        "approval.expired",
-        None,
-        actor=EXPIRY_ACTOR,
-        experiment_name=approval.experiment_name,
-        priority=priority,
-        promotion_id=None,
-        variant=approval.variant,
-        reason=approval.reason,
-        confidence=_number(approval.decision.get("confidence")),
-        improvement=_number(approval.decision.get("improvement")),
-        control_variant=_text(approval.decision.get("controlVariant")),
-    )
-    _approval_keys(body, approval)
+    body = approval_payload("approval.expired", approval, None, actor=EXPIRY_ACTOR, priority=priority)
     return await effects.notify(conn, body, cfg)
-
-
-def _approval_keys(body: Any, approval: Approval) -> None:
-    body["approvalId"] = str(approval.id)
-    body["approvalKind"] = approval.kind
-    body["expiresAt"] = approval.expires_at.isoformat()
-    body["step"] = approval.step
 
 
 def parse_approval_id(value: str | uuid.UUID | None) -> uuid.UUID | None:
@@ -230,11 +200,3 @@ def parse_approval_id(value: str | uuid.UUID | None) -> uuid.UUID | None:
         return uuid.UUID(str(value).strip())
     except ValueError:
         return None
-
-
-def _number(value: object) -> float | None:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-
-
-def _text(value: object) -> str | None:
-    return value if isinstance(value, str) else None
