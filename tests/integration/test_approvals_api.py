@@ -116,3 +116,27 @@ async def test_cli_lists_approves_and_declines(conn: asyncpg.Connection, db_url:
     assert await conn.fetchval("SELECT promoted_by FROM experiment_promotions") == "alice"
     for r in (asked, table, declined, approved, twice, unknown):
         assert "Traceback" not in r.stderr
+
+
+async def test_the_dashboard_lists_pending_approvals_with_their_buttons(
+    pool: asyncpg.Pool, conn: asyncpg.Connection
+) -> None:
+    await seed_winner(conn, "<b>cta</b>")
+    async with serve_api(pool, config=APPROVALS, full_app=True) as api:
+        approval_id = (await api.post({"action": "promote", "experimentName": "<b>cta</b>"})).body["data"]["approvalId"]
+        headers = {"Authorization": f"Bearer {VIEWER_TOKEN}", "Accept": "text/html"}
+        async with api.client.get("/promotions", headers=headers) as resp:
+            assert resp.status == 200
+            page = await resp.text()
+        assert "Pending approvals (1)" in page
+        assert (
+            f'data-action="approve" data-experiment="&lt;b&gt;cta&lt;/b&gt;" data-approval-id="{approval_id}"' in page
+        )
+        assert (
+            f'data-action="decline" data-experiment="&lt;b&gt;cta&lt;/b&gt;" data-approval-id="{approval_id}"' in page
+        )
+        assert "<b>cta</b>" not in page  # escaped everywhere
+        await api.post({"action": "decline", "approvalId": approval_id, "reason": "later"})
+        async with api.client.get("/fragments/promotions", headers=headers) as resp:
+            fragment = await resp.text()
+        assert "Pending approvals (0)" in fragment and "No approvals pending." in fragment
