@@ -328,6 +328,8 @@
     byId("confirm-text").textContent = opts.text;
     byId("confirm-ok").textContent = opts.confirmLabel;
     byId("confirm-ok").className = "btn " + (opts.danger ? "danger" : "primary");
+    byId("confirm-reason-label").textContent = "Reason for the " + (opts.reasonFor || "rollback") +
+      " (required, recorded in the audit log)";
     reasonField.hidden = !opts.needReason;
     reason.required = !!opts.needReason;
     reason.value = "";
@@ -371,7 +373,7 @@
                body: { action: "approve", approvalId: b.approvalId } };
     },
     decline: function (b) {
-      return { title: "Decline", confirmLabel: "Decline", needReason: true,
+      return { title: "Decline", confirmLabel: "Decline", needReason: true, reasonFor: "decline",
                text: "Decline the pending approval of “" + b.experiment + "”? Nothing is promoted.",
                body: { action: "decline", approvalId: b.approvalId } };
     }
