@@ -39,6 +39,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_stats.py
 	$(BIN)/python bench/bench_metrics.py
 	$(BIN)/python bench/bench_daemon.py
+	$(BIN)/python bench/bench_scan.py
 	$(BIN)/python bench/bench_replicas.py
 	$(BIN)/python bench/bench_serving.py
 	$(BIN)/python bench/bench_chaos.py

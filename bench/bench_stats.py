@@ -26,6 +26,7 @@ from scipy import stats as sps
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from worker.stats import VariantStats, analyze_experiment, analyze_many
+from worker.stats.cuped_vectorized import cuped_many
 from worker.stats.models import Method
 
 ALPHA = 0.05
@@ -151,6 +152,115 @@ def bench_aa(sims: int, seed: int) -> dict[str, Any]:
     return out
 
 
+# --- CUPED (issue "Decide with fewer users", part 1) ---------------------------------------------------------------
+
+CUPED_MEAN, CUPED_SD, CUPED_BATCH = 10.0, 10.0, 100  # normal outcomes, coefficient of variation 1; looks every 100/arm
+
+
+class _CupedSums:
+    """Running per-unit sums of `sims` two-arm experiments: y = mean·(1 + lift) + sd·(rho·x + sqrt(1 - rho²)·e)."""
+
+    def __init__(self, sims: int, rho: float, lift: float, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.rho, self.sims = rho, sims
+        self.means = np.array([CUPED_MEAN, CUPED_MEAN * (1.0 + lift)])
+        self.sums = np.zeros((6, sims, 2))  # n, Σy, Σy², Σx, Σx², Σxy per arm
+
+    def add_batch(self) -> None:
+        x = self.rng.standard_normal((self.sims, 2, CUPED_BATCH))
+        e = self.rng.standard_normal((self.sims, 2, CUPED_BATCH))
+        y = self.means[None, :, None] + CUPED_SD * (self.rho * x + np.sqrt(1.0 - self.rho**2) * e)
+        self.sums[0] += CUPED_BATCH
+        for j, v in enumerate((y, y * y, x, x * x, x * y), start=1):
+            self.sums[j] += v.sum(axis=2)
+
+    def analyze(self) -> Any:
+        return cuped_many(*self.sums, kind="mean", method="sequential", alpha=ALPHA, n_star=N_STAR)
+
+
+def _promotes(e: Any) -> Any:
+    return (e.p_value < ALPHA) & (e.estimate > 0.0)  # NaN estimates compare False
+
+
+def _median_ratio_interval(a: np.ndarray, b: np.ndarray, seed: int, draws: int = 400) -> list[float]:
+    """95% bootstrap interval (over simulated experiments) of 1 - median(a)/median(b), paired."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(a), size=(draws, len(a)))
+    ratios = 1.0 - np.median(a[idx], axis=1) / np.median(b[idx], axis=1)
+    return [round(float(q), 4) for q in np.percentile(ratios, [2.5, 97.5])]
+
+
+def _cuped_time_to_promote(rho: float, sims: int, max_looks: int, seed: int) -> dict[str, Any]:
+    """Exposures per arm at the first look where each estimator promotes a true +5% lift (the same units for both)."""
+    data = _CupedSums(sims, rho, 0.05, seed)
+    first = {"cuped": np.full(sims, np.inf), "unadjusted": np.full(sims, np.inf)}
+    reduction = np.full(sims, np.nan)
+    for look in range(max_looks):
+        data.add_batch()
+        res = data.analyze()
+        for name, e in (("cuped", res.adjusted), ("unadjusted", res.unadjusted)):
+            hit = _promotes(e) & np.isinf(first[name])
+            first[name][hit] = CUPED_BATCH * (look + 1)
+            if name == "cuped":
+                reduction[hit] = res.variance_reduction[hit]
+        if not (np.isinf(first["cuped"]).any() or np.isinf(first["unadjusted"]).any()):
+            break
+    med = {k: float(np.median(v)) for k, v in first.items()}
+    fewer = 1.0 - med["cuped"] / med["unadjusted"] if np.isfinite(med["unadjusted"]) else None
+    return {
+        "rho": rho,
+        "median_exposures_per_arm_to_promote": {k: (v if np.isfinite(v) else None) for k, v in med.items()},
+        "not_promoted_within_max_fraction": {k: round(float(np.isinf(v).mean()), 4) for k, v in first.items()},
+        "fewer_exposures_with_cuped": None if fewer is None else round(fewer, 4),
+        "fewer_exposures_with_cuped_95pct_bootstrap": _median_ratio_interval(first["cuped"], first["unadjusted"], seed),
+        "rho_squared": round(rho * rho, 4),  # what it saves a fixed-horizon test (n scales with the variance)
+        "median_variance_reduction_at_promotion": round(float(np.nanmedian(reduction)), 4),
+    }
+
+
+def _cuped_aa(rho: float, sims: int, looks: int, seed: int) -> dict[str, Any]:
+    """A/A: how often each estimator ever promotes (p < alpha and lift > 0), or is ever significant either way."""
+    data = _CupedSums(sims, rho, 0.0, seed)
+    promoted = {"cuped": np.zeros(sims, dtype=bool), "unadjusted": np.zeros(sims, dtype=bool)}
+    significant = {"cuped": np.zeros(sims, dtype=bool), "unadjusted": np.zeros(sims, dtype=bool)}
+    for _ in range(looks):
+        data.add_batch()
+        res = data.analyze()
+        for name, e in (("cuped", res.adjusted), ("unadjusted", res.unadjusted)):
+            significant[name] |= e.p_value < ALPHA
+            promoted[name] |= _promotes(e)
+    return {
+        "rho": rho,
+        "looks": looks,
+        "false_promotion_rate": {k: round(float(v.mean()), 4) for k, v in promoted.items()},
+        "ever_significant_either_way": {k: round(float(v.mean()), 4) for k, v in significant.items()},
+    }
+
+
+def bench_cuped(sims: int, aa_sims: int, seed: int) -> dict[str, Any]:
+    """CUPED vs the unadjusted estimate on the same simulated units: exposures to promote, and A/A at 200 looks."""
+    z = float(sps.norm.ppf(1 - ALPHA / 2) + sps.norm.ppf(0.8))
+    fixed_n = 2 * z * z * (CUPED_SD / (0.05 * CUPED_MEAN)) ** 2
+    max_looks = int(np.ceil(4 * fixed_n / CUPED_BATCH))
+    return {
+        "design": {
+            "outcome": f"normal, mean {CUPED_MEAN:g}, sd {CUPED_SD:g}; covariate standard normal, correlation rho",
+            "true_relative_lift": 0.05,
+            "alpha": ALPHA,
+            "method": "sequential",
+            "n_star": N_STAR,
+            "look_every_per_arm": CUPED_BATCH,
+            "promote_when": "two-sided always-valid p < alpha and lift > 0",
+            "simulations": sims,
+            "aa_simulations": aa_sims,
+            "max_exposures_per_arm": CUPED_BATCH * max_looks,
+            "fixed_horizon_n_per_arm_80pct_power_unadjusted": round(fixed_n, 1),
+        },
+        "time_to_promote": [_cuped_time_to_promote(rho, sims, max_looks, seed + k) for k, rho in enumerate((0.5, 0.7))],
+        "aa_200_looks": [_cuped_aa(rho, aa_sims, 200, seed + 10 + k) for k, rho in enumerate((0.0, 0.5, 0.7))],
+    }
+
+
 def machine() -> dict[str, Any]:
     return {
         "platform": platform.platform(),
@@ -179,11 +289,14 @@ def main(argv: list[str] | None = None) -> None:
         "analyze_many_10000x3": bench_vectorised(2 if quick else 15, args.seed),
         "power": bench_power(100 if quick else 2_000, args.seed + 1),
         "aa_false_positive_rate": bench_aa(200 if quick else 4_000, args.seed + 2),
+        "cuped": bench_cuped(200 if quick else 20_000, 200 if quick else 10_000, args.seed + 3),
     }
     result["targets"] = {
         "analyze_experiment_median_us_max": 50,
         "analyze_many_ms_max": 200,
         "power_ratio_max": 1.5,
+        "cuped_fewer_exposures_min": {"rho_0.5": 0.25, "rho_0.7": 0.45},
+        "cuped_aa_false_promotion_rate_max": ALPHA,
     }
     result["elapsed_s"] = round(time.perf_counter() - t0, 2)
     json.dump(result, sys.stdout, indent=2)

@@ -6,6 +6,7 @@ Exit codes: 0 done / eligible, 1 not eligible or refused, 2 bad usage or input, 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import sys
@@ -50,6 +51,14 @@ def _config(preset: str | None, overrides: dict[str, Any] | None = None) -> Effe
         return load_config(preset=preset, overrides=overrides)
     except ConfigError as exc:
         raise CliError(str(exc)) from None
+
+
+def settle_imports() -> None:
+    """Call once the command has imported what it runs (a short process): what exists now (modules, classes,
+    functions: hundreds of thousands of objects with numpy, scipy and pydantic) is moved out of the garbage
+    collector's view, so that the collections the command's own allocations trigger do not walk it again and again
+    (about a sixth of a 10,000-experiment scan's CPU time)."""
+    gc.freeze()
 
 
 def _run_async(fn: Callable[[], Awaitable[int]]) -> int:

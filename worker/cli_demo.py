@@ -37,6 +37,7 @@ async def run_demo(
     from worker.db.connect import connect, create_pool, redact_url, resolve_database
     from worker.db.migrate import migrate
     from worker.demo import (
+        CUPED_TWINS,
         DEMO_CONFIG_ENV,
         SCENARIOS,
         STATUS_QUERY,
@@ -99,7 +100,8 @@ async def run_demo(
                 left = max(0.0, duration - (time.monotonic() - started))
                 dash = f"http://127.0.0.1:{daemon.http_port}/" if daemon.http_port else "(starting)"
                 return [
-                    f"ab-autopromote demo  ·  {len(SCENARIOS)} experiments  ·  {left:4.0f} s left  ·  Ctrl-C stops",
+                    f"ab-autopromote demo  ·  {len(SCENARIOS) + len(CUPED_TWINS)} experiments  ·  {left:4.0f} s left"
+                    "  ·  Ctrl-C stops",
                     f"dashboard/API: {dash}   sign in with the token {operator_token}",
                     "  (paste it into the sign-in form; for promote/roll back, also under 'Operator token')",
                     f"database: {redact_url(db.url)}",
@@ -128,12 +130,15 @@ async def run_demo(
 
             if not display.live:
                 print(
-                    f"demo: {len(SCENARIOS)} experiments on {redact_url(db.url)}; running for {duration:.0f} s",
+                    f"demo: {len(SCENARIOS) + len(CUPED_TWINS)} experiments on {redact_url(db.url)}; "
+                    f"running for {duration:.0f} s",
                     file=out,
                     flush=True,
                 )
-                for s in SCENARIOS:
-                    print(f"scenario      {s.name:<16} {s.story}  (expected: {s.expected})", file=out, flush=True)
+                listed: list[tuple[str, str, str]] = [(s.name, s.story, s.expected) for s in SCENARIOS]
+                listed += [(t.name, t.story, t.expected) for t in CUPED_TWINS]
+                for name, story, expected in listed:
+                    print(f"scenario      {name:<16} {story}  (expected: {expected})", file=out, flush=True)
             try:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(signals)

@@ -11,7 +11,18 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from worker.cli import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, CliError, _config, _run_async, _settings, register
+from worker.cli import (
+    EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_USAGE,
+    CliError,
+    _config,
+    _run_async,
+    _settings,
+    register,
+    settle_imports,
+)
+from worker.cli_json import dumps_indented
 from worker.config import PRESET_NAMES, EffectiveConfig, Settings
 from worker.domain.errors import (
     AlreadyPromoted,
@@ -52,22 +63,21 @@ def exit_code(exc: DomainError) -> int:
 @asynccontextmanager
 async def open_engine(settings: Settings, config: EffectiveConfig) -> AsyncIterator[Any]:
     """An Engine on DATABASE_URL (or a migrated embedded server when it is unset)."""
-    from worker.db.connect import connect, create_pool, resolve_database
+    from worker.db.connect import create_pool, resolve_database
     from worker.db.migrate import migrate, pending_migrations
     from worker.engine import Engine
 
+    settle_imports()
     async with resolve_database(settings.database_url) as db:
-        conn = await connect(db.url)
-        try:
-            if db.embedded is not None:
-                print("note: DATABASE_URL is not set; using a throw-away embedded database", file=sys.stderr)
-                await migrate(conn)
-            elif await pending_migrations(conn):
-                raise CliError("the database schema is not up to date; run `autopromote migrate` first", EXIT_USAGE)
-        finally:
-            await conn.close()
         pool = await create_pool(db.url, min_size=1, max_size=4)
         try:
+            # On the pool's first connection: one connection set up, not two (the command is a short process).
+            async with pool.acquire() as conn:
+                if db.embedded is not None:
+                    print("note: DATABASE_URL is not set; using a throw-away embedded database", file=sys.stderr)
+                    await migrate(conn)
+                elif await pending_migrations(conn):
+                    raise CliError("the database schema is not up to date; run `autopromote migrate` first", EXIT_USAGE)
             yield Engine(pool, settings, config)
         finally:
             await pool.close()
@@ -96,7 +106,8 @@ def _engine_command(
                 raise CliError(exc.message, exit_code(exc)) from None
         if args.json:
             # Through the API's result model: the same keys and values as the API's ``data``, checked.
-            print(json.dumps(result.model_validate(data).model_dump(mode="json", exclude_unset=True), indent=2))
+            checked = result.model_validate(data).model_dump(mode="json", exclude_unset=True)
+            print(dumps_indented(checked))  # json.dumps(checked, indent=2), twice as fast (a scan's is ~10 MB)
         else:
             render(data)
         return EXIT_OK if ok(data) else EXIT_REFUSED
@@ -136,6 +147,22 @@ def _render_check(data: dict[str, Any]) -> None:
             for v in variants
         ]
         print(_table(rows, ["variant", "exposures", "rate", "lift", "confidence", "errors", "p95"]))
+    metrics = data.get("metrics") or []
+    if len(metrics) > 1:  # an experiment with ab_metrics rows: each metric's verdict per treatment
+        rows = [
+            [
+                m["name"],
+                m["role"] + (f" (margin {100 * m['margin']:.1f}%)" if m["role"] == "guardrail" else ""),
+                t["variant"],
+                "-" if t["lift"] is None else f"{t['lift']:+.2f}%",
+                "-" if t["interval"] is None else f"[{t['interval'][0]:+.2f}%, {t['interval'][1]:+.2f}%]",
+                f"{t['pValue']:.4g}",
+                t["verdict"],
+            ]
+            for m in metrics
+            for t in m["treatments"]
+        ]
+        print(_table(rows, ["metric", "role", "variant", "lift", "interval", "p", "verdict"]))
     print("safety checks:")
     for c in data.get("safetyChecks", []):
         mark = "pass" if c["passed"] else "FAIL"
@@ -144,6 +171,16 @@ def _render_check(data: dict[str, Any]) -> None:
         print("why not:")
         for r in data["reasons"]:
             print(f"  - {r}")
+    for m in data.get("metrics") or []:
+        for t in m.get("treatments") or []:
+            if t.get("varianceReduction") is not None and t.get("lift") is not None:
+                unadjusted = "-" if t.get("unadjustedLift") is None else f"{t['unadjustedLift']:+.2f}%"
+                print(
+                    f"CUPED on {m['name']}: {t['variant']} {t['lift']:+.2f}% adjusted ({unadjusted} without), "
+                    f"{100 * t['varianceReduction']:.0f}% less variance"
+                )
+    for note in data.get("notes") or []:
+        print(f"note: {note}")
 
 
 def _render_promote(data: dict[str, Any]) -> None:

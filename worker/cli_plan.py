@@ -84,7 +84,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     try:
         data = plan_experiment(req, config.config)
     except InvalidRequest as exc:
-        problems = exc.details.get("errors") or [exc.message]
+        problems = [e["message"] for e in exc.details.get("errors", [])] or [exc.message]
         raise CliError(
             "cannot plan:\n  - " + "\n  - ".join(problems) + "\nhint: autopromote plan --help lists every flag",
             EXIT_USAGE,

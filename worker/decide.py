@@ -14,6 +14,7 @@ from typing import Any, Literal
 from worker.config import AutoPromotionConfig
 from worker.domain.metric_rule import analyze_metrics, builtin_definition, rule, single_metric_analysis
 from worker.domain.metrics import BUILTIN_METRIC, MetricDefinition, MetricSnapshot, MetricSums, metric_snapshots
+from worker.domain.tuning import sequential_n_star
 from worker.stats import (
     Comparison,
     ExperimentAnalysis,
@@ -45,6 +46,12 @@ class VariantSnapshot:
     value_sum: float
     value_sum_sq: float
     latency: LatencySketch
+    # The built-in metric's CUPED covariate (schema/0009): pre_units of the exposures came with a pre-exposure
+    # value; the pre_* sums are over those units (None while none did).
+    pre_units: int = 0
+    pre_sum: float | None = None
+    pre_sum_sq: float | None = None
+    pre_value_product_sum: float | None = None
 
     @classmethod
     def from_row(cls, v: Mapping[str, Any], *, lenient_sketch: bool = False) -> VariantSnapshot:
@@ -67,6 +74,10 @@ class VariantSnapshot:
             value_sum=float(v["value_sum"]),
             value_sum_sq=float(v["value_sum_sq"]),
             latency=sketch,
+            pre_units=int(v.get("pre_units") or 0),
+            pre_sum=_opt_float(v.get("pre_sum")),
+            pre_sum_sq=_opt_float(v.get("pre_sum_sq")),
+            pre_value_product_sum=_opt_float(v.get("pre_value_product_sum")),
         )
 
     def to_stats(self) -> VariantStats:
@@ -284,6 +295,7 @@ class Decision:
             "srm": None if srm is None else {"pValue": _round(srm.p_value, 10), "flagged": srm.flagged},
             "evaluatedAt": self.evaluated_at.isoformat(),
             "metrics": [metric_json(m) for m in self.metrics],
+            "notes": [m.cuped_note for m in self.metrics if m.cuped_note],
         }
 
 
@@ -291,31 +303,46 @@ def _pct_or_none(x: float | None) -> float | None:
     return None if x is None else _round(100.0 * x)
 
 
+def _quick_round(x: float, scale: float) -> float:
+    """x rounded to 1/scale for display, without round(x, n)'s exact decimal rounding (the scan writes tens of
+    thousands of these); NaN, the infinities and huge values as _round."""
+    y = x * scale
+    if -9e15 < y < 9e15:
+        return round(y) / scale
+    return _round(x, 8)
+
+
 def metric_json(m: MetricAnalysis) -> dict[str, Any]:
-    """One ``metrics`` entry of the check data: lift and interval in percent (like ``improvement``); pValue the
-    raw two-sided one, or the one-sided non-inferiority p-value for guardrails."""
+    """One ``metrics`` entry of the check data: lift and interval in percent (like ``improvement``, the lift
+    rounded exactly as it); pValue the raw two-sided one, or the one-sided non-inferiority p-value for guardrails."""
     return {
         "name": m.name,
         "role": m.role,
         "kind": m.kind,
         "direction": m.direction,
         "margin": m.margin,
-        "control": {"variant": m.control, "units": m.control_units, "mean": _round(m.control_mean, 6)},
+        "control": {"variant": m.control, "units": m.control_units, "mean": _quick_round(m.control_mean, 1e6)},
         "treatments": [
             {
                 "variant": c.variant,
                 "units": c.units,
-                "mean": _round(c.mean, 6),
+                "mean": _quick_round(c.mean, 1e6),
                 "lift": _pct_or_none(c.lift),
                 "interval": None
                 if c.effect.ci_low is None or c.effect.ci_high is None
-                else [_round(100.0 * c.effect.ci_low), _round(100.0 * c.effect.ci_high)],
-                "pValue": _round(c.p_value, 8),
+                else [_quick_round(100.0 * c.effect.ci_low, 1e4), _quick_round(100.0 * c.effect.ci_high, 1e4)],
+                "pValue": _quick_round(c.p_value, 1e8),
                 "verdict": c.verdict,
+                "unadjustedLift": _pct_or_none(c.unadjusted_lift),
+                "varianceReduction": None if c.variance_reduction is None else _round(c.variance_reduction),
             }
             for c in m.comparisons
         ],
     }
+
+
+def _opt_float(x: Any) -> float | None:
+    return None if x is None else float(x)
 
 
 def _round(x: float | None, digits: int = 4) -> float:
@@ -349,13 +376,35 @@ def _fmt_num(x: float) -> str:
     return f"{x:,.0f}" if float(x).is_integer() else f"{x:,.2f}".rstrip("0").rstrip(".")
 
 
+def experiment_n_star(snapshot: ExperimentSnapshot, config: AutoPromotionConfig) -> float:
+    """The confidence sequence's N* for this experiment: the configured number, or auto's (domain/tuning.py)."""
+    if not isinstance(config.sequential_tuning, str):
+        return float(config.sequential_tuning)
+    control = next((v for v in snapshot.variants if v.is_control), None)
+    builtin = builtin_definition(snapshot.metric_type, snapshot.metrics)
+    primaries = (builtin.role == "primary") + sum(
+        m.definition.role == "primary" for m in snapshot.metrics if m.name != BUILTIN_METRIC
+    )
+    return sequential_n_star(
+        config,
+        snapshot.metric_type,
+        None if control is None else control.to_stats(),
+        sum(not v.is_control for v in snapshot.variants),
+        primaries,
+    )
+
+
 def decide(
-    snapshot: ExperimentSnapshot, config: AutoPromotionConfig, analysis: ExperimentAnalysis | None = None
+    snapshot: ExperimentSnapshot,
+    config: AutoPromotionConfig,
+    analysis: ExperimentAnalysis | None = None,
+    metrics: tuple[MetricAnalysis, ...] | None = None,
 ) -> Decision:
     """Evaluate every eligibility criterion; each one that fails adds a reason that names its numbers.
 
-    ``analysis`` may pass the statistics already computed for this snapshot and config (the scan's vectorised
-    path); otherwise they are computed here. Raises StatsInputError only when the recorded statistics are
+    ``analysis`` and ``metrics`` may pass the statistics already computed for this snapshot and config (the scan's
+    vectorised path: ``metrics`` is analyze_metrics of the snapshot's definitions); otherwise they are computed
+    here. Raises StatsInputError only when the recorded statistics are
     impossible (e.g. conversions > exposures).
     """
     precomputed = analysis
@@ -374,7 +423,7 @@ def decide(
     analysis = None
     winner: Comparison | None = None
     best: Comparison | None = None
-    metrics: tuple[MetricAnalysis, ...] = ()
+    judged: tuple[MetricAnalysis, ...] = ()
     oriented: float | None = None  # the winner's improvement in its deciding metric's good direction
     if control is None or not treatments:
         reasons.append(
@@ -386,11 +435,11 @@ def decide(
             metric_type=snapshot.metric_type,
             method=config.method,
             alpha=config.alpha,
-            n_star=config.sequential_tuning,
+            n_star=experiment_n_star(snapshot, config),
             correction=config.correction,
             srm_threshold=config.safety_checks.srm_threshold,
         )
-        winner, best, metrics, oriented = _judge(snapshot, config, analysis, control, treatments, reasons)
+        winner, best, judged, oriented = _judge(snapshot, config, analysis, control, treatments, reasons, metrics)
     candidate = winner or best
     cand_snap = next((v for v in treatments if candidate is not None and v.name == candidate.variant), None)
     if cand_snap is not None and control is not None:
@@ -431,7 +480,7 @@ def decide(
         metric_type=snapshot.metric_type,
         priority=snapshot.priority,
         evaluated_at=snapshot.now,
-        metrics=metrics,
+        metrics=judged,
     )
 
 
@@ -442,14 +491,16 @@ def _judge(
     control: VariantSnapshot,
     treatments: list[VariantSnapshot],
     reasons: list[str],
+    precomputed: tuple[MetricAnalysis, ...] | None = None,
 ) -> tuple[Comparison | None, Comparison | None, tuple[MetricAnalysis, ...], float | None]:
     """The winner and the best treatment, every metric's analysis, and the winner's improvement in its deciding
     metric's good direction; appends why there is no winner to ``reasons``.
 
-    Without ``ab_metrics`` rows: the single-metric rule on ``analysis``, exactly as before. With them: the
+    Without ``ab_metrics`` rows: the single-metric rule on ``analysis``, exactly as before. With them, or when the
+    built-in metric got CUPED covariates (so that its analysis is the adjusted one, or says why not): the
     several-metrics rule (domain/metric_rule.py), the built-in metric analysed beside the rows' metrics."""
     t = config.thresholds
-    if not snapshot.metrics:
+    if not snapshot.metrics and not any(v.pre_units for v in snapshot.variants):
         winner = analysis.winner()
         best = analysis.best()
         metrics: tuple[MetricAnalysis, ...] = (
@@ -466,13 +517,13 @@ def _judge(
                 )
         return winner, best, metrics, winner.improvement if winner is not None else None
     names = [v.name for v in treatments]
-    metrics = analyze_metrics(
-        _definitions(snapshot),
+    metrics = precomputed or analyze_metrics(
+        metric_definitions(snapshot),
         control.name,
         names,
         method=config.method,
         alpha=config.alpha,
-        n_star=config.sequential_tuning,
+        n_star=experiment_n_star(snapshot, config),
         correction=config.correction,
     )
     ruling = rule(metrics, names, t.min_confidence)
@@ -483,7 +534,7 @@ def _judge(
     return ruling.winner, ruling.candidate, metrics, oriented
 
 
-def _definitions(snapshot: ExperimentSnapshot) -> list[tuple[MetricDefinition, Mapping[str, MetricSums]]]:
+def metric_definitions(snapshot: ExperimentSnapshot) -> list[tuple[MetricDefinition, Mapping[str, MetricSums]]]:
     """The built-in metric (its sums from the variants' statistics) first, then each ``ab_metrics`` row's."""
     builtin = builtin_definition(snapshot.metric_type, snapshot.metrics)
     conversion = snapshot.metric_type == "conversion"
@@ -492,6 +543,10 @@ def _definitions(snapshot: ExperimentSnapshot) -> list[tuple[MetricDefinition, M
             units=v.exposures,
             value_sum=float(v.conversions) if conversion else v.value_sum,
             value_sum_sq=float(v.conversions) if conversion else v.value_sum_sq,
+            pre_units=v.pre_units,
+            pre_sum=v.pre_sum,
+            pre_sum_sq=v.pre_sum_sq,
+            pre_value_product_sum=v.pre_value_product_sum,
         )
         for v in snapshot.variants
     }
@@ -527,7 +582,7 @@ def run_safety_checks(
             candidate.to_stats(),
             method=config.method,
             alpha=config.alpha,
-            n_star=config.sequential_tuning,
+            n_star=experiment_n_star(snapshot, config),
         )
         base = f"Winner error rate: {_pct(rate)} (control {_pct(result.control_rate)})"
         if rate > sc.max_error_rate:
@@ -669,10 +724,13 @@ def failed_decision(snapshot: ExperimentSnapshot, config: AutoPromotionConfig, e
 
 
 def safe_decide(
-    snapshot: ExperimentSnapshot, config: AutoPromotionConfig, analysis: ExperimentAnalysis | None = None
+    snapshot: ExperimentSnapshot,
+    config: AutoPromotionConfig,
+    analysis: ExperimentAnalysis | None = None,
+    metrics: tuple[MetricAnalysis, ...] | None = None,
 ) -> Decision:
     """decide(), with impossible statistics turned into a not-eligible decision that says what is wrong."""
     try:
-        return decide(snapshot, config, analysis)
+        return decide(snapshot, config, analysis, metrics)
     except StatsInputError as exc:
         return failed_decision(snapshot, config, f"statistics cannot be computed: {exc}")

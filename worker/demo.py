@@ -2,7 +2,9 @@
 
 Eight experiments, a traffic simulator whose users are assigned by the OpenFeature provider
 (clients/openfeature-python, the same assignment as ab_assign) and whose metrics go in through ab_record_metrics
-in real time, the worker itself, and a local sink that prints each notification as it is delivered.
+in real time, the worker itself, and a local sink that prints each notification as it is delivered. Beside them,
+a CUPED experiment and its unadjusted twin (CUPED_TWINS): the same users, one sent with each user's pre-exposure
+value.
 """
 
 from __future__ import annotations
@@ -107,6 +109,68 @@ SCENARIOS: tuple[Scenario, ...] = (
     ),
 )
 
+
+@dataclass(frozen=True, slots=True)
+class CupedTwin:
+    """A ``mean`` experiment on order value per user, fed by CupedTwinTraffic; ``covariate``: sent with each
+    user's order value of the month before the experiment (CUPED), or the very same data without it."""
+
+    name: str
+    story: str
+    expected: str
+    covariate: bool
+    # Both twins need the same bar: 500 users per arm and a 1% lift (the demo's numbers are small, not its rule).
+    config: dict[str, Any] = field(
+        default_factory=lambda: {"thresholds": {"minSampleSize": 500, "minImprovement": 1.0}}
+    )
+
+
+CUPED_TWINS: tuple[CupedTwin, ...] = (
+    CupedTwin(
+        "order-value-cuped",
+        "CUPED: +3% order value, sent with last month's order value (correlation 0.8)",
+        "promoted first",
+        covariate=True,
+    ),
+    CupedTwin(
+        "order-value-plain",
+        "the same users and data as order-value-cuped, without the covariate",
+        "promoted later (or still waiting)",
+        covariate=False,
+    ),
+)
+TWIN_USERS_PER_TICK = 60  # per arm
+TWIN_MEAN, TWIN_SD, TWIN_LIFT, TWIN_RHO = 50.0, 20.0, 0.03, 0.8
+
+
+class CupedTwinTraffic:
+    """Users of both twins: each tick, TWIN_USERS_PER_TICK per arm, order value y (+3% in variant-b) and last
+    month's order value x, correlated TWIN_RHO. One set of users per tick goes to every twin still running: the
+    CUPED one gets Σx, Σx², Σxy too, the other only Σy, Σy², so any difference in their decisions is CUPED's."""
+
+    ARMS = (("control", 1.0), ("variant-b", 1.0 + TWIN_LIFT))
+
+    def __init__(self, seed: int) -> None:
+        self.rng = random.Random(seed)
+
+    def calls(self, running: set[str]) -> list[tuple[Any, ...]]:
+        """One ab_record_metrics call (record_metrics_covariate's arguments) per running twin and arm."""
+        out: list[tuple[Any, ...]] = []
+        for arm, factor in self.ARMS:
+            y_s = y_ss = x_s = x_ss = xy_s = 0.0
+            for _ in range(TWIN_USERS_PER_TICK):
+                z = self.rng.gauss(0.0, 1.0)
+                noise = self.rng.gauss(0.0, 1.0)
+                y = max(0.0, TWIN_MEAN * factor + TWIN_SD * (TWIN_RHO * z + math.sqrt(1 - TWIN_RHO**2) * noise))
+                x = max(0.0, TWIN_MEAN + TWIN_SD * z)
+                y_s, y_ss, x_s, x_ss, xy_s = y_s + y, y_ss + y * y, x_s + x, x_ss + x * x, xy_s + x * y
+            for twin in CUPED_TWINS:
+                if twin.name in running:
+                    pre = (x_s, x_ss, xy_s) if twin.covariate else (None, None, None)
+                    out.append((twin.name, arm, TWIN_USERS_PER_TICK, y_s, y_ss, *pre))
+        return out
+
+
 DEMO_CONFIG_ENV = {
     # The demo compresses days into a minute: experiments "started" two days ago, the guard watches for an
     # hour and acts after a few hundred exposures, and the reconciliation scan runs every 5 seconds.
@@ -117,6 +181,8 @@ DEMO_CONFIG_ENV = {
     "AUTO_PROMOTION_POLL_INTERVAL": "1",
     "AUTO_PROMOTION_NOTIFY_RATE": "20",
     "AUTO_PROMOTION_NOTIFY_BACKOFF": "0.2",
+    # Room for every demo winner inside the guard window at once (the default, 5, is about real traffic).
+    "AUTO_PROMOTION_MAX_CONCURRENT": "10",
 }
 
 
@@ -141,6 +207,10 @@ async def create_scenarios(conn: Connection, scenarios: tuple[Scenario, ...] = S
             if s.guardrail is not None:
                 g = s.guardrail
                 await conn.execute(DEMO["create_guardrail"], exp_id, g.name, g.margin, g.description)
+        for twin in CUPED_TWINS:
+            exp_id = await conn.fetchval(DEMO["create_mean_experiment"], twin.name, twin.story, twin.config)
+            for i, (arm_name, _) in enumerate(CupedTwinTraffic.ARMS):
+                await conn.execute(DEMO["create_variant"], exp_id, arm_name, i == 0, 1.0)
 
 
 def _binomial(rng: random.Random, n: int, p: float) -> int:
@@ -184,6 +254,7 @@ class TrafficSimulator:
         self.population = population
         self.rng = random.Random(seed)
         self.recorded_exposures = 0
+        self.twins = CupedTwinTraffic(seed + 1)
         self.provider: Any = None
         self._keep: dict[str, dict[str, float]] = {}  # SRM scenarios: share of each arm's users that get counted
         for s in scenarios:
@@ -257,13 +328,26 @@ class TrafficSimulator:
                 metric_calls.append(
                     (name, variant, scenario.guardrail.name, n, sum(orders), sum(x * x for x in orders))
                 )
-        if not calls:
+        twin_calls = self.twins.calls(self._running_twins())
+        if not calls and not twin_calls:
             return
         async with self.pool.acquire() as conn, conn.transaction():
-            await conn.executemany(DEMO["record_metrics"], calls)
+            if calls:
+                await conn.executemany(DEMO["record_metrics"], calls)
             if metric_calls:
                 await conn.executemany(DEMO["record_metric"], metric_calls)
-        self.recorded_exposures += sum(c[2] for c in calls)
+            if twin_calls:
+                await conn.executemany(DEMO["record_metrics_covariate"], twin_calls)
+        self.recorded_exposures += sum(c[2] for c in calls) + sum(c[2] for c in twin_calls)
+
+    def _running_twins(self) -> set[str]:
+        """The twins a real application would still split: not yet promoted (as the provider last heard)."""
+        out = set()
+        for twin in CUPED_TWINS:
+            exp = self.provider.experiment(twin.name) if self.provider is not None else None
+            if exp is None or exp.status == "running":
+                out.add(twin.name)
+        return out
 
     async def run(self, stop: anyio.Event) -> None:
         try:
@@ -431,6 +515,42 @@ def summary_lines(rows: list[Record]) -> list[str]:
     out += [f"promoted ({len(promoted)}):", *(promoted or ["  none"])]
     out += [f"blocked ({len(blocked)}):", *(blocked or ["  none"])]
     out += [f"rolled back ({len(rolled)}):", *(rolled or ["  none"])]
+    return out + cuped_lines(rows)
+
+
+def _users_per_arm(decision: dict[str, Any] | None) -> int | None:
+    variants = (decision or {}).get("variants") or []
+    return min((int(v["exposures"]) for v in variants), default=None)
+
+
+def _variance_reduction(decision: dict[str, Any]) -> float | None:
+    """The built-in metric's first treatment's varianceReduction in a stored decision (None: no CUPED)."""
+    for metric in decision.get("metrics") or []:
+        for t in metric.get("treatments") or []:
+            return None if t.get("varianceReduction") is None else float(t["varianceReduction"])
+    return None
+
+
+def cuped_lines(rows: list[Record]) -> list[str]:
+    """CUPED against its twin: how many users per arm each needed to decide (from the promotion's decision)."""
+    by_name = {r["name"]: r for r in rows}
+    out = ["CUPED vs the same data without the covariate:"]
+    for twin in CUPED_TWINS:
+        r = by_name.get(twin.name)
+        if r is None:
+            continue
+        promotion, decision = r["promotion"], r["decision"] or {}
+        if r["status"] == "promoted" and promotion:
+            users = _users_per_arm(promotion.get("decision"))
+            what = f"promoted {promotion['variant']} ({promotion['improvement']:+.1f}%) at {users or 0:,} users per arm"
+        else:
+            users = _users_per_arm(decision)
+            what = f"not decided yet at {users or 0:,} users per arm"
+        shown: dict[str, Any] = decision if decision.get("metrics") else (promotion or {}).get("decision") or {}
+        reduction = _variance_reduction(shown)
+        if reduction is not None:
+            what += f"; CUPED cut the lift's variance by {100 * reduction:.0f}%"
+        out.append(f"  {twin.name}: {what}")
     return out
 
 

@@ -36,6 +36,7 @@ PAGES = (
     ("experiment-blocked", f"/experiments/{BLOCKED}"),
     ("experiment-rolled-back", f"/experiments/{ROLLED_BACK}"),
     ("promotions", "/promotions"),
+    ("plan", "/plan?metricType=conversion&baseline=0.1&mde=10&dailyExposures=2000"),
 )
 
 
@@ -105,6 +106,10 @@ async def test_pages_load_with_demo_experiments_at_both_widths(
                     await expect(history).to_contain_text("checkout errors up since the promotion")
                     audit = page.locator("section", has=page.locator("#audit-h"))
                     await expect(audit.locator("tbody tr")).to_have_count(2)  # promoted, rolled_back
+                elif name == "plan":
+                    result = page.locator("section", has=page.locator("#plan-result-h"))
+                    await expect(result.locator("tbody tr")).to_have_count(3)  # exposures, days, median stop
+                    await expect(page.get_by_label("Minimum detectable effect (%)")).to_have_value("10")
                 else:
                     await expect(page.locator("#stats-h")).to_have_text("Last 30 days")
                     await expect(page.locator(".figures")).to_contain_text("Rollback rate")

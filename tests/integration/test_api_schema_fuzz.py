@@ -34,8 +34,15 @@ pytestmark = pytest.mark.slow
 EXAMPLES_PER_OPERATION = 60  # 12 operations: about 720 requests
 # Statuses a documented-valid request may get: the database's state, not the request's form.
 STATE_STATUSES = {
-    404: {"experiment_not_found", "promotion_not_found", "approval_not_found", "not_found", "metric_not_found"},
-    409: {"already_promoted", "already_rolled_back", "approval_not_pending", "metric_exists"},
+    404: {
+        "experiment_not_found",
+        "promotion_not_found",
+        "approval_not_found",
+        "rollout_not_found",
+        "not_found",
+        "metric_not_found",
+    },
+    409: {"already_promoted", "already_rolled_back", "approval_not_pending", "rollout_state_conflict", "metric_exists"},
 }
 
 
@@ -141,10 +148,14 @@ def test_the_document_has_every_operation(served: ServedApp) -> None:
         "GET /api/audit",
         "GET /api/approvals",
         "POST /api/slack/interactions",
+        "GET /api/plan",
         "GET /api/openapi.json",
     }
 
 
+# GET /api/plan is left out: its parameters have rules between them that a parameter list cannot state (a
+# conversion baseline below 1 once raised by the mde, sd only with mean metrics; the document says so in words);
+# tests/integration/test_api_plan.py checks its refusals.
 OPERATIONS = [
     "POST /api/experiments/auto-promote",
     "GET /api/experiments/auto-promote",

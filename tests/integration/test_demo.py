@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -33,6 +34,12 @@ def test_demo_runs_every_path_to_its_summary_without_a_terminal() -> None:
     assert "checkout-upsell: guardrail revenue_per_visit: variant-b is -" in summary
     assert "— not shown within the -2.0% margin" in summary
     assert "notification  webhook  promotion.promoted" in out
+    # CUPED decides on fewer users than its twin, which gets the same users' data without the covariate.
+    cuped = re.search(r"order-value-cuped: promoted variant-b \(\+[\d.]+%\) at ([\d,]+) users per arm; CUPED", summary)
+    assert cuped is not None, summary
+    plain = re.search(r"order-value-plain: (promoted variant-b \(\+[\d.]+%\)|not decided yet) at ([\d,]+)", summary)
+    assert plain is not None, summary
+    assert int(cuped.group(1).replace(",", "")) < int(plain.group(2).replace(",", ""))
     assert "notification  webhook  promotion.rolled_back" in out
     assert "dashboard/API was at http://127.0.0.1:" in out and "postgresql://" in out
     assert "sign in with the token ap_" in out  # the dashboard needs a token: the demo says which

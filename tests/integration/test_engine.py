@@ -464,6 +464,42 @@ async def test_scan_vectorised_statistics_agree_with_a_single_check(engine: Engi
         assert by_name[name]["reasons"] == single["reasons"]
 
 
+async def test_a_repeated_scan_answers_the_same_and_stores_only_what_changed(
+    engine: Engine, conn: asyncpg.Connection
+) -> None:
+    # A scan of experiments whose stored decisions already cover what it reads neither builds nor sends their
+    # decisions again; its answer must not change for that, and a change must still be stored.
+    await conn.execute(
+        """WITH e AS (INSERT INTO ab_experiments (name, status, started_at)
+                      SELECT 'same-' || g, 'running', now() - interval '2 days' FROM generate_series(1, 60) g
+                      RETURNING id)
+           INSERT INTO ab_variants (experiment_id, name, is_control)
+           SELECT id, v.name, v.ctl FROM e, (VALUES ('control', true), ('b', false)) AS v(name, ctl)"""
+    )
+    await conn.execute(
+        """INSERT INTO ab_variant_stats (variant_id, experiment_id, exposures, conversions)
+           SELECT v.id, v.experiment_id, 5000, CASE WHEN v.is_control THEN 500 ELSE 510 END FROM ab_variants v"""
+    )
+    await seed_winner(conn)
+    states = "SELECT experiment_id, evaluations, last_evaluated_at, decision FROM ab_experiment_state ORDER BY 1"
+    first = await engine.scan_and_promote_winners(dry_run=True)
+    stored = await conn.fetch(states)
+    assert first["scanned"] == 61 and first["eligible"] == 1 and len(stored) == 61
+    second = await engine.scan_and_promote_winners(dry_run=True)
+    assert second == first
+    assert await conn.fetch(states) == stored  # nothing written again
+    await record(conn, "same-7", "b", 1000, 400)
+    third = await engine.scan_and_promote_winners(dry_run=True)
+    changed = {r["experiment_id"] for r, old in zip(await conn.fetch(states), stored, strict=True) if r != old}
+    same_7 = await conn.fetchval("SELECT id FROM ab_experiments WHERE name = 'same-7'")
+    assert changed == {same_7}
+    by_name = {r["experimentName"]: r for r in third["results"]}
+    assert by_name["same-7"] != {r["experimentName"]: r for r in first["results"]}["same-7"]
+    assert [r for r in third["results"] if r["experimentName"] != "same-7"] == [
+        r for r in first["results"] if r["experimentName"] != "same-7"
+    ]
+
+
 async def test_batch_evaluation_promotes_records_and_skips_in_one_pass(
     engine: Engine, conn: asyncpg.Connection, db_url: str
 ) -> None:

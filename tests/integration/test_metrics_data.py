@@ -13,9 +13,10 @@ import pytest
 
 from tests.factories import create_experiment
 from worker.db.fold import fold_pending_updates
+from worker.db.metric_reads import bulk_metric_snapshots
 from worker.db.sql import Q
 from worker.decide import ExperimentSnapshot
-from worker.domain.metrics import MetricSums, metric_snapshots
+from worker.domain.metrics import MetricSums
 
 
 async def add_metric(
@@ -597,7 +598,7 @@ async def test_an_experiment_without_metric_rows_reads_as_before(conn: asyncpg.C
         assert row is not None and row["metrics"] is None, name
         assert ExperimentSnapshot.from_row(row).metrics == ()
     rows = await conn.fetch(Q["variants_with_stats_for"], [exp_id])
-    assert [r["metrics"] for r in rows] == [None, None]
+    assert [(r["metric_defs"], r["metric_sums"]) for r in rows] == [(None, None), (None, None)]
 
 
 async def test_every_read_of_the_decision_sees_the_same_metrics(conn: asyncpg.Connection) -> None:
@@ -620,10 +621,12 @@ async def test_every_read_of_the_decision_sees_the_same_metrics(conn: asyncpg.Co
             for r in await conn.fetch(Q["lock_running_snapshots"], ids, 3600.0)
         }
     bulk: dict[int, Any] = {}
-    for r in await conn.fetch(Q["variants_with_stats_for"], ids):
-        if r["metrics"] is not None:
+    rows = await conn.fetch(Q["variants_with_stats_for"], ids)
+    names = {r["variant_id"]: r["name"] for r in rows}
+    for r in rows:
+        if r["metric_defs"] is not None:
             assert r["is_control"]
-            bulk[r["experiment_id"]] = metric_snapshots(r["metrics"])
+            bulk[r["experiment_id"]] = bulk_metric_snapshots(r["metric_defs"], r["metric_sums"], names)
     assert locked == per_experiment
     assert {i: bulk.get(i, ()) for i in ids} == per_experiment
 
@@ -643,3 +646,64 @@ async def test_every_read_of_the_decision_sees_the_same_metrics(conn: asyncpg.Co
     )
     assert per_experiment[ids[1]] == ()
     assert per_experiment[ids[2]][0].sums["control"].units == 9
+
+
+async def test_the_readme_producer_examples_are_accepted(conn: asyncpg.Connection) -> None:
+    await create_experiment(conn, "checkout-test", ["control", "variant-b"])
+    await add_metric(conn, "checkout-test", "added_to_cart", "proportion")
+    await add_metric(conn, "checkout-test", "basket_value", "mean")
+    await add_metric(conn, "checkout-test", "revenue_per_session", "ratio")
+    await conn.execute(
+        "SELECT ab_record_metric('checkout-test', 'variant-b', 'added_to_cart', units => 120, value_sum => 31)"
+    )
+    await conn.execute(
+        "SELECT ab_record_metric('checkout-test', 'variant-b', 'basket_value', 120, value_sum => 5310.5,"
+        " value_sum_sq => 402133.25)"
+    )
+    await conn.execute(
+        "SELECT ab_record_metric('checkout-test', 'variant-b', 'revenue_per_session', 120, value_sum => 5310.5,"
+        " value_sum_sq => 402133.25, denominator_sum => 171, denominator_sum_sq => 305,"
+        " value_denominator_product_sum => 9120.0)"
+    )
+    rows = await conn.fetch(
+        """SELECT ab_record_metric(e, v, m, n, s, ss)
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::float8[], $6::float8[])
+                  AS t(e, v, m, n, s, ss)""",
+        ["checkout-test"] * 2,
+        ["control", "variant-b"],
+        ["basket_value"] * 2,
+        [10, 20],
+        [400.0, 900.0],
+        [20000.0, 50000.0],
+    )
+    assert len(rows) == 2 and await queued(conn) == 5
+
+
+async def test_the_scan_decides_on_the_metrics_it_read(pool: asyncpg.Pool, conn: asyncpg.Connection) -> None:
+    """The scan's bulk path hands each experiment's metrics to the decision, as the per-experiment read does."""
+    from worker.config import load_config, load_settings
+    from worker.engine import Engine
+
+    ids = [await create_experiment(conn, f"exp-{i}", ["control", "b"]) for i in range(3)]
+    await add_metric(conn, "exp-0", "basket", "mean", role="primary")
+    await add_metric(conn, "exp-2", "rps", "ratio")
+    await conn.execute("SELECT ab_record_metric('exp-0', 'b', 'basket', 3, 6, 14)")
+    await conn.execute("SELECT ab_record_metric('exp-2', 'control', 'rps', 2, 10, 100, 4, 10, 30)")
+    await conn.execute("SELECT ab_record_metrics('exp-1', 'b', 3, 1)")
+    await fold_pending_updates(conn)
+    engine = Engine(pool, load_settings({}), load_config(env={}))
+    seen: dict[int, ExperimentSnapshot] = {}
+    decide = engine.decider.decide_snapshots
+
+    async def capture(effective: Any, pairs: list[tuple[Any, ExperimentSnapshot]]) -> Any:
+        seen.update({s.id: s for _, s in pairs})
+        return await decide(effective, pairs)
+
+    engine.decider.decide_snapshots = capture  # type: ignore[method-assign]
+    experiments = list(await conn.fetch(Q["running_experiments"]))
+    decided, read_at = await engine.scans.decide_all(conn, engine.config, experiments)
+    assert len(decided) == 3 and set(seen) == set(ids)
+    for i in ids:
+        assert seen[i].metrics == (await snapshot(conn, i)).metrics
+        assert read_at[i].version == await conn.fetchval("SELECT ab_stats_version($1)", i)
+    assert seen[ids[0]].metrics[0].sums["b"].units == 3 and seen[ids[1]].metrics == ()

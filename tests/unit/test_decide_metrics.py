@@ -135,7 +135,11 @@ def test_an_experiment_without_rows_reports_its_builtin_metric() -> None:
     )
     assert m["control"] == {"variant": "control", "units": 20_000, "mean": 0.1}
     (t,) = m["treatments"]
-    assert set(t) == {"variant", "units", "mean", "lift", "interval", "pValue", "verdict"}
+    # issue 16 adds unadjustedLift and varianceReduction (no covariate here: the plain lift, and null)
+    assert set(t) == {"variant", "units", "mean", "lift", "interval", "pValue", "verdict", "unadjustedLift"} | {
+        "varianceReduction"
+    }
+    assert t["unadjustedLift"] == t["lift"] and t["varianceReduction"] is None
     assert t["lift"] == d.improvement and t["verdict"] == "better"
     lo, hi = t["interval"]
     assert lo < t["lift"] < hi
@@ -230,3 +234,19 @@ def test_the_guardrail_reason_for_a_decrease_metric_names_its_upper_bound() -> N
         r" — not shown within the \+2\.0% margin",
         r,
     ), r
+
+
+def test_the_cli_table_lists_each_metric_verdict(capsys: pytest.CaptureFixture[str]) -> None:
+    from worker.cli_engine import _render_check
+
+    guard = revenue(mean_sums(20_000, 10.0, 8.0), mean_sums(20_000, 9.6, 8.0))
+    _render_check(decide(snapshot(guard), config()).to_check_data())
+    out = capsys.readouterr().out
+    line = next(ln for ln in out.splitlines() if ln.startswith("revenue_per_user"))
+    assert (
+        "guardrail (margin 2.0%)" in line
+        and "variant-b" in line
+        and "-4.00%" in line
+        and line.rstrip().endswith("worse")
+    )
+    assert "guardrail revenue_per_user: variant-b is -4.0%" in out  # and the reason

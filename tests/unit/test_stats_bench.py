@@ -34,3 +34,21 @@ def test_bench_stats_quick_prints_one_json_object_with_expected_keys() -> None:
     for looks in (10, 50, 200):
         assert set(aa[f"looks_{looks}"]) == {"sequential", "fixed"}
         assert all(0.0 <= r <= 1.0 for r in aa[f"looks_{looks}"].values())
+
+
+@pytest.mark.slow
+def test_bench_stats_quick_reports_cuped_against_its_unadjusted_twin() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(BENCH), "--quick"], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    cuped = json.loads(proc.stdout)["cuped"]
+    assert [r["rho"] for r in cuped["time_to_promote"]] == [0.5, 0.7]
+    for r in cuped["time_to_promote"]:
+        med = r["median_exposures_per_arm_to_promote"]
+        assert med["cuped"] < med["unadjusted"]  # noisy at --quick sizes, but never the other way round
+        assert 0.0 < r["fewer_exposures_with_cuped"] < 1.0
+        assert abs(r["median_variance_reduction_at_promotion"] - r["rho_squared"]) < 0.05
+    for r in cuped["aa_200_looks"]:
+        assert r["looks"] == 200
+        assert 0.0 <= r["false_promotion_rate"]["cuped"] <= 0.1

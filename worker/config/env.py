@@ -99,8 +99,30 @@ def _parse_env_value(info: SettingInfo, raw: str) -> Any:
         return tuple(item for item in items if item)
     if ann is str:
         return value if value or not optional else None
+    if value == "" and optional:
+        return None  # an optional setting written empty is unset, as its .env.example line shows it
     if value == "":
         raise ValueError("is set but empty; give a value or unset the variable to use the default")
+    if origin is Literal:
+        allowed = [str(a) for a in get_args(ann)]
+        if value.lower() in allowed:
+            return value.lower()
+        raise ValueError(f"expected one of {', '.join(allowed)}, got {raw!r}")
+    if not optional and args and _number_or_word(args):
+        # A number or a word (sequentialTuning: 5000 or auto): the word as it is, anything else as the number.
+        words = [str(w) for a in args if get_origin(_leaf_type(a)) is Literal for w in get_args(_leaf_type(a))]
+        if value.lower() in words:
+            return value.lower()
+        number = next(_leaf_type(a) for a in args if _leaf_type(a) in (int, float))
+        try:
+            return _parse_scalar(number, value, raw)
+        except ValueError:
+            raise ValueError(f"expected {' or '.join(words)} or a number, got {raw!r}") from None
+    return _parse_scalar(ann, value, raw)
+
+
+def _parse_scalar(ann: Any, value: str, raw: str) -> Any:
+    """A bool, int or float from its (stripped, non-empty) text; any other type keeps the text."""
     if ann is bool:
         low = value.lower()
         if low in _TRUE:
@@ -121,12 +143,15 @@ def _parse_env_value(info: SettingInfo, raw: str) -> Any:
         if not math.isfinite(number):
             raise ValueError(f"expected a finite number, got {raw!r}")
         return number
-    if origin is Literal:
-        allowed = [str(a) for a in get_args(ann)]
-        if value.lower() in allowed:
-            return value.lower()
-        raise ValueError(f"expected one of {', '.join(allowed)}, got {raw!r}")
     return value
+
+
+def _number_or_word(args: list[Any]) -> bool:
+    """A union of one number type and Literal words (and nothing else)."""
+    kinds = [_leaf_type(a) for a in args]
+    numbers = [k for k in kinds if k in (int, float)]
+    words = [k for k in kinds if get_origin(k) is Literal]
+    return len(numbers) == 1 and len(numbers) + len(words) == len(kinds)
 
 
 def env_layer(env: Mapping[str, str], model: type[BaseModel] = AutoPromotionConfig) -> tuple[dict[str, Any], list[str]]:

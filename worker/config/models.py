@@ -2,8 +2,8 @@
 process runs), the field helpers that give every leaf field its environment variable and description, and
 ConfigError with how pydantic's validation errors read.
 
-Over 400 lines because each of the ~50 settings carries its range, environment name and one-line description
-here, the one source the environment parser, ``config show``, the README and ``.env.example`` read.
+Each of the ~50 settings carries its range, environment name and one-line description here: the one source the
+environment parser, ``config show``, the README and ``.env.example`` read.
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ from pydantic import (
     ConfigDict,
     Field,
     GetJsonSchemaHandler,
+    PlainValidator,
     ValidationError,
+    WithJsonSchema,
     model_validator,
 )
 from pydantic.alias_generators import to_camel
@@ -123,6 +125,24 @@ def setting(default: Any, env: str, description: str) -> Any:
 PositiveCount = Annotated[int, BeforeValidator(_whole_number), AfterValidator(_at_least(1)), JsonBounds(1)]
 PromotionLimit = Annotated[
     int, BeforeValidator(_whole_number), AfterValidator(_between(0, 10_000)), JsonBounds(0, 10_000)
+]
+
+
+def _sequential_tuning(v: Any) -> float | Literal["auto"]:
+    """auto, or N* as a number in [1, 1e12] (one message for both, not one per branch of the union)."""
+    if isinstance(v, str) and v.strip().lower() == "auto":
+        return "auto"
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise ValueError(f"must be auto or a number between 1 and 1e12, got {v!r}")
+    return _between(1, 1e12)(float(v))
+
+
+# sequentialTuning: N* (the total sample size the confidence sequence is tightest at) or auto (twice the
+# experiment's planned sample size per arm, worker.domain.tuning).
+SequentialTuning = Annotated[
+    float | Literal["auto"],
+    PlainValidator(_sequential_tuning),
+    WithJsonSchema({"anyOf": [{"type": "number", "minimum": 1, "maximum": 1e12}, {"const": "auto"}]}),
 ]
 
 
@@ -254,8 +274,15 @@ class AutoPromotionConfig(_Model):
         5, "AUTO_PROMOTION_MAX_CONCURRENT", "Promotions per scan, and promotions inside their guard window at once"
     )
     method: Method = setting("sequential", "AUTO_PROMOTION_METHOD", "sequential (peeking-safe) or fixed")
-    sequential_tuning: Annotated[float, AfterValidator(_between(1, 1e12)), JsonBounds(1, 1e12)] = setting(
-        5000.0, "AUTO_PROMOTION_SEQUENTIAL_TUNING", "N*: sample size the confidence sequence is tightest at"
+    sequential_tuning: SequentialTuning = setting(
+        5000.0,
+        "AUTO_PROMOTION_SEQUENTIAL_TUNING",
+        "N*: total sample size the confidence sequence is tightest at, or auto: twice the planned sample size",
+    )
+    planned_sample_size: PositiveCount | None = setting(
+        None,
+        "AUTO_PROMOTION_PLANNED_SAMPLE_SIZE",
+        "Exposures per arm an experiment is planned for (set in its config; sequentialTuning auto tunes to it)",
     )
     correction: Correction = setting(
         "holm", "AUTO_PROMOTION_CORRECTION", "Multiple-comparison correction: holm, bh or none"

@@ -53,17 +53,18 @@ class MetricSums:
     @classmethod
     def from_row(cls, r: Mapping[str, Any]) -> MetricSums:
         """From an ``ab_metric_stats`` row or its JSON form (the column names)."""
+        get = r.get  # the scan builds tens of thousands of these: positional, one lookup per column
         return cls(
-            units=int(r.get("units") or 0),
-            value_sum=float(r.get("value_sum") or 0.0),
-            value_sum_sq=float(r.get("value_sum_sq") or 0.0),
-            denominator_sum=_opt(r.get("denominator_sum")),
-            denominator_sum_sq=_opt(r.get("denominator_sum_sq")),
-            value_denominator_product_sum=_opt(r.get("value_denominator_product_sum")),
-            pre_units=int(r.get("pre_units") or 0),
-            pre_sum=_opt(r.get("pre_sum")),
-            pre_sum_sq=_opt(r.get("pre_sum_sq")),
-            pre_value_product_sum=_opt(r.get("pre_value_product_sum")),
+            int(get("units") or 0),
+            float(get("value_sum") or 0.0),
+            float(get("value_sum_sq") or 0.0),
+            _opt(get("denominator_sum")),
+            _opt(get("denominator_sum_sq")),
+            _opt(get("value_denominator_product_sum")),
+            int(get("pre_units") or 0),
+            _opt(get("pre_sum")),
+            _opt(get("pre_sum_sq")),
+            _opt(get("pre_value_product_sum")),
         )
 
     @property

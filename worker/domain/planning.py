@@ -17,6 +17,8 @@ from worker.stats import StatsInputError
 from worker.stats.planning import SamplePlan, plan_sample_size
 
 PlanMetricType = Literal["conversion", "mean"]
+Problem = tuple[str, str]
+"""(the input's name as the API spells it, what is wrong and what to send instead)"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,67 +37,89 @@ class PlanRequest:
     daily_exposures: float | None = None
 
 
-def _finite(out: list[str], name: str, value: float | None) -> bool:
+def _finite(out: list[Problem], name: str, value: float | None) -> bool:
     """True when ``value`` is a number to check further; a NaN or an infinity is a problem of its own."""
     if value is not None and not math.isfinite(value):
-        out.append(f"{name} must be a finite number, got {value}")
+        out.append((name, f"{name} must be a finite number, got {value}"))
         return False
     return value is not None
 
 
-def _metric_problems(req: PlanRequest) -> list[str]:
+def _metric_problems(req: PlanRequest) -> list[Problem]:
     """The metric's kind, baseline, sd and the MDE against them."""
-    out: list[str] = []
+    out: list[Problem] = []
     if req.metric_type not in ("conversion", "mean"):
-        out.append(f"metric type must be conversion or mean, got {req.metric_type!r}")
+        out.append(("metricType", f"metric type must be conversion or mean, got {req.metric_type!r}"))
     base_ok = _finite(out, "baseline", req.baseline)
     if base_ok and req.metric_type == "conversion" and not 0.0 < req.baseline < 1.0:
         out.append(
-            f"baseline must be a conversion rate between 0 and 1 for a conversion metric, got {req.baseline:g} "
-            "(e.g. 0.1 for 10%)"
+            (
+                "baseline",
+                f"baseline must be a conversion rate between 0 and 1 for a conversion metric, got {req.baseline:g} "
+                "(e.g. 0.1 for 10%)",
+            )
         )
         base_ok = False
     elif base_ok and req.metric_type == "mean" and req.baseline == 0.0:
-        out.append("baseline must not be 0 for a mean metric: a lift relative to 0 is undefined")
+        out.append(("baseline", "baseline must not be 0 for a mean metric: a lift relative to 0 is undefined"))
     if _finite(out, "mde", req.mde) and not 0.0 < req.mde <= 10_000.0:
-        out.append(f"mde must be a relative lift in percent above 0, got {req.mde:g} (5 means +5% over the baseline)")
+        out.append(
+            ("mde", f"mde must be a relative lift in percent above 0, got {req.mde:g} (5 means +5% over the baseline)")
+        )
     elif base_ok and req.metric_type == "conversion" and req.baseline * (1.0 + req.mde / 100.0) >= 1.0:
         out.append(
-            f"baseline {req.baseline:g} raised by the mde ({req.mde:g}%) is a rate of "
-            f"{req.baseline * (1.0 + req.mde / 100.0):.4g}, not below 1; plan a smaller mde"
+            (
+                "mde",
+                f"baseline {req.baseline:g} raised by the mde ({req.mde:g}%) is a rate of "
+                f"{req.baseline * (1.0 + req.mde / 100.0):.4g}, not below 1; plan a smaller mde",
+            )
         )
     if req.metric_type == "mean":
         if req.sd is None:
-            out.append("sd is required for a mean metric: the standard deviation of the value per exposure")
+            out.append(("sd", "sd is required for a mean metric: the standard deviation of the value per exposure"))
         elif _finite(out, "sd", req.sd) and not req.sd > 0.0:
-            out.append(f"sd must be above 0, got {req.sd:g}")
+            out.append(("sd", f"sd must be above 0, got {req.sd:g}"))
     elif req.sd is not None:
-        out.append("sd is only used by mean metrics (a conversion rate's spread follows from the rate); leave it out")
+        out.append(
+            ("sd", "sd is only used by mean metrics (a conversion rate's spread follows from the rate); leave it out")
+        )
     return out
 
 
-def _test_problems(req: PlanRequest) -> list[str]:
+def _test_problems(req: PlanRequest) -> list[Problem]:
     """alpha, power, the multiplicity counts, rho and the traffic."""
-    out: list[str] = []
+    out: list[Problem] = []
     if _finite(out, "alpha", req.alpha) and not 0.0 < req.alpha <= 0.5:
-        out.append(f"alpha must be above 0 and at most 0.5, got {req.alpha:g} (0.05 is 95% confidence)")
+        out.append(("alpha", f"alpha must be above 0 and at most 0.5, got {req.alpha:g} (0.05 is 95% confidence)"))
     if _finite(out, "power", req.power) and not 0.5 <= req.power < 1.0:
-        out.append(f"power must be at least 0.5 and below 1, got {req.power:g} (0.8 finds a true MDE 4 times in 5)")
+        out.append(
+            ("power", f"power must be at least 0.5 and below 1, got {req.power:g} (0.8 finds a true MDE 4 times in 5)")
+        )
     if not 1 <= req.treatments <= 100:
-        out.append(f"treatments must be between 1 and 100, got {req.treatments} (variants besides the control)")
+        out.append(
+            ("treatments", f"treatments must be between 1 and 100, got {req.treatments} (variants besides the control)")
+        )
     if not 1 <= req.primary_metrics <= 100:
-        out.append(f"primary metrics must be between 1 and 100, got {req.primary_metrics}")
+        out.append(("primaryMetrics", f"primary metrics must be between 1 and 100, got {req.primary_metrics}"))
     if _finite(out, "rho", req.rho) and not -1.0 < req.rho < 1.0:
         out.append(
-            f"rho must be a correlation strictly between -1 and 1, got {req.rho:g} "
-            "(the covariate's correlation with the metric; 0 without CUPED)"
+            (
+                "rho",
+                f"rho must be a correlation strictly between -1 and 1, got {req.rho:g} "
+                "(the covariate's correlation with the metric; 0 without CUPED)",
+            )
         )
-    if _finite(out, "daily exposures", req.daily_exposures) and not (req.daily_exposures or 0.0) > 0.0:
-        out.append(f"daily exposures must be above 0 (per arm), got {req.daily_exposures:g}; or leave it out")
+    if _finite(out, "dailyExposures", req.daily_exposures) and not (req.daily_exposures or 0.0) > 0.0:
+        out.append(
+            (
+                "dailyExposures",
+                f"daily exposures must be above 0 (per arm), got {req.daily_exposures:g}; or leave it out",
+            )
+        )
     return out
 
 
-def _problems(req: PlanRequest) -> list[str]:
+def _problems(req: PlanRequest) -> list[Problem]:
     """Every input that cannot be planned, each with what to send instead."""
     return _metric_problems(req) + _test_problems(req)
 
@@ -118,7 +142,10 @@ def plan_experiment(req: PlanRequest, config: AutoPromotionConfig) -> dict[str, 
     """
     problems = _problems(req)
     if problems:
-        raise InvalidRequest("cannot plan: " + "; ".join(problems), {"errors": problems})
+        raise InvalidRequest(
+            "cannot plan: " + "; ".join(m for _, m in problems),
+            {"errors": [{"field": f, "message": m} for f, m in problems]},
+        )
     common: dict[str, Any] = {
         "sd": req.sd,
         "alpha": req.alpha,
@@ -135,7 +162,7 @@ def plan_experiment(req: PlanRequest, config: AutoPromotionConfig) -> dict[str, 
             req.metric_type, req.baseline, req.mde / 100.0, method=config.method, n_star=n_star, **common
         )
     except StatsInputError as exc:
-        raise InvalidRequest(f"cannot plan: {exc}", {"errors": [str(exc)]}) from None
+        raise InvalidRequest(f"cannot plan: {exc}", {"errors": [{"field": "", "message": str(exc)}]}) from None
     return plan_json(req, config, plan)
 
 

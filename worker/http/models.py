@@ -219,6 +219,26 @@ class AuditQuery(_Page):
     )
 
 
+class PlanQuery(Query):
+    """``GET /api/plan``: the planner's inputs, as ``autopromote plan`` takes them (flags in camelCase)."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
+
+    metricType: Literal["conversion", "mean"] = Field(description="The metric's kind")
+    baseline: float = Field(description="The control's conversion rate (0.1 = 10%), or its mean (not 0)")
+    sd: float | None = Field(None, gt=0, description="Standard deviation of the value per exposure (mean metrics)")
+    mde: float = Field(gt=0, le=10_000, description="Minimum detectable effect: relative lift in percent (5 = +5%)")
+    alpha: float = Field(0.05, gt=0, le=0.5, description="Significance level")
+    power: float = Field(0.8, ge=0.5, lt=1, description="Probability of finding a true lift of mde")
+    treatments: int = Field(1, ge=1, le=100, description="Variants besides the control")
+    primaryMetrics: int = Field(1, ge=1, le=100, description="Primary metrics (alpha is split across them)")
+    rho: float = Field(0.0, gt=-1, lt=1, description="Covariate correlation for CUPED (variance x (1 - rho^2))")
+    dailyExposures: float | None = Field(None, gt=0, description="Exposures per arm per day (adds the days)")
+    preset: Literal["aggressive", "conservative", "balanced"] | None = Field(
+        None, description="Plan under this preset's configuration (method, sequentialTuning, correction)"
+    )
+
+
 # The experiment name in /api/experiments/{name} (URL-decoded).
 EXPERIMENT_PATH_NAME: TypeAdapter[str] = TypeAdapter(QueryText)
 
@@ -301,6 +321,13 @@ class MetricTreatment(_Out):
         "non-inferiority p-value."
     )
     verdict: Literal["better", "worse", "inconclusive", "non_inferior", "not_shown"]
+    unadjustedLift: float | None = Field(
+        description="The lift in percent without CUPED (equal to lift when CUPED did not apply); null: none."
+    )
+    varianceReduction: float | None = Field(
+        description="CUPED's variance reduction of the lift, 1 - Var(adjusted)/Var(unadjusted) (about the squared "
+        "correlation of the metric with its pre-exposure value); null when CUPED did not apply."
+    )
 
 
 class MetricResult(_Out):
@@ -334,6 +361,10 @@ class CheckResult(_Out):
     srm: Srm | None
     evaluatedAt: str
     metrics: list[MetricResult] = Field(description="Every metric with its role, lift, interval and verdict.")
+    notes: list[str] = Field(
+        description="What people should know that does not block a promotion, e.g. a metric whose CUPED covariate "
+        "is missing for some units (its unadjusted estimate is used)."
+    )
 
 
 class PromoteResult(_Out):
@@ -456,6 +487,45 @@ class DeclineResponse(_Out):
     action: Literal["decline"]
     data: ApprovalResult
     config: ConfigSummary
+
+
+class PlanAssumptions(_Out):
+    """Every input and configured value the plan rests on, and notes where a threshold binds first."""
+
+    metricType: Literal["conversion", "mean"]
+    baseline: float
+    sd: float | None
+    mde: float = Field(description="Relative lift in percent")
+    alpha: float
+    power: float
+    treatments: int
+    primaryMetrics: int
+    rho: float
+    dailyExposuresPerArm: float | None
+    correction: str
+    alphaPerComparison: float = Field(description="The level one treatment-vs-control comparison is held to")
+    varianceFactor: float = Field(description="1 - rho^2")
+    sequentialTuning: float | Literal["auto"]
+    nStar: float | None = Field(description="The confidence sequence's N* (total over both arms); null for fixed")
+    test: str
+    notes: list[str]
+
+
+class PlanResult(_Out):
+    """Exposures per arm and days for the configured method, and for a fixed-horizon test."""
+
+    exposuresPerArm: int = Field(description="For the configured method (sequential: where it reaches `power`)")
+    fixedHorizonExposuresPerArm: int
+    medianExposuresPerArm: int = Field(description="Sequential: the median stopping point; fixed: the horizon")
+    days: float | None = Field(description="exposuresPerArm / dailyExposures; null without dailyExposures")
+    fixedHorizonDays: float | None
+    method: Literal["sequential", "fixed"]
+    assumptions: PlanAssumptions
+
+
+class PlanResponse(_Out):
+    success: Literal[True]
+    data: PlanResult
 
 
 AnyActionResponse = (

@@ -392,8 +392,17 @@ def _schemas() -> dict[str, Any]:
             }
         ),
         "ApprovalList": page("approvals", "Approval"),
+        **_plan_schemas(),
     }
     return schemas
+
+
+def _plan_schemas() -> dict[str, Any]:
+    """The planner's answer, from its pydantic models (api.get_plan validates what it sends with them)."""
+    raw = models.PlanResponse.model_json_schema(by_alias=True, ref_template="#/components/schemas/{model}")
+    defs = raw.pop("$defs", {})
+    cleaned: dict[str, Any] = _clean({"PlanResponse": raw, **defs})
+    return cleaned
 
 
 def _ok(data: dict[str, Any]) -> dict[str, Any]:
@@ -662,6 +671,19 @@ def _document() -> dict[str, Any]:
                         },
                         **{k: {**v, "description": d} for k, v, d in _slack_errors()},
                     },
+                }
+            },
+            "/api/plan": {
+                "get": {
+                    "operationId": "plan",
+                    "summary": "Exposures per arm and days an experiment needs: configured method and fixed horizon",
+                    "description": "The same plan as `autopromote plan`: the sequential test's extra cost is computed "
+                    "from its first-passage law, not assumed. Needs the viewer role; reads nothing from the database. "
+                    "Rules between parameters (a 400 naming the parameter): a conversion `baseline` is a rate between "
+                    "0 and 1 and stays below 1 when raised by `mde`, and takes no `sd`; a mean metric needs `sd` and a "
+                    "`baseline` other than 0.",
+                    "parameters": _query_params(models.PlanQuery),
+                    "responses": {"200": _json("PlanResponse", "The plan"), **_errors(*_READ_ERRORS)},
                 }
             },
             "/api/openapi.json": {

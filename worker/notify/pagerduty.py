@@ -19,13 +19,14 @@ The dispatcher delivers a target's events of one promotion in order, so a resolv
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
-
-import aiohttp
+from typing import TYPE_CHECKING, Any, Literal
 
 from worker.notify.delivery import AttemptResult
 from worker.notify.events import EventFacts, format_percent
 from worker.notify.transport import post_json
+
+if TYPE_CHECKING:  # a type only: routing (which the engine imports) must not load the HTTP client
+    import aiohttp
 
 Action = Literal["trigger", "resolve"]
 SOURCE = "ab-autopromote"

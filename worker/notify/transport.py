@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-
-import aiohttp
+from typing import TYPE_CHECKING
 
 from worker.notify.delivery import USER_AGENT, AttemptResult, classify_http
+
+if TYPE_CHECKING:  # a type only: routing (which the engine imports) must not load the HTTP client
+    import aiohttp
 
 _MAX_BODY = 4096  # enough of an error answer to explain it; receivers' bodies are not stored whole
 

@@ -3,7 +3,7 @@ or many at once (many share vectorised statistics). Shared by promote, evaluate 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from typing import Any
 
 import anyio.lowlevel
@@ -19,9 +19,18 @@ from worker.config import (
 from worker.db.connect import Connection, Record
 from worker.db.sql import Q
 from worker.db.store import Seen
-from worker.decide import Decision, ExperimentSnapshot, VariantSnapshot, failed_decision, safe_decide
+from worker.decide import (
+    Decision,
+    ExperimentSnapshot,
+    VariantSnapshot,
+    failed_decision,
+    metric_definitions,
+    safe_decide,
+)
 from worker.domain.errors import ExperimentNotFound, InvalidRequest
+from worker.domain.metric_rule import analyze_metrics_many
 from worker.stats import ExperimentAnalysis, StatsInputError, analyze_many
+from worker.stats.metrics import MetricAnalysis
 
 # The longest alert lookback a config may set (worker/config validates alertLookbackHours up to 90 days).
 MAX_ALERT_LOOKBACK_S = 24 * 90 * 3600.0
@@ -89,6 +98,7 @@ class Decider:
         effective: EffectiveConfig,
         overrides: Mapping[str, Any] | None,
         analysis: ExperimentAnalysis | None = None,
+        metrics: tuple[MetricAnalysis, ...] | None = None,
     ) -> DecisionAndConfig:
         """The decision under the experiment's config (a failed decision when that config is invalid)."""
         try:
@@ -96,7 +106,7 @@ class Decider:
         except ConfigError as exc:
             cfg = effective.config
             return failed_decision(snapshot, cfg, "invalid per-experiment config: " + "; ".join(exc.errors)), cfg
-        return safe_decide(snapshot, cfg, analysis if not overrides else None), cfg
+        return safe_decide(snapshot, cfg, *((analysis, metrics) if not overrides else (None, None))), cfg
 
     async def decide_snapshots(
         self, effective: EffectiveConfig, pairs: list[tuple[Mapping[str, Any], ExperimentSnapshot]]
@@ -107,12 +117,15 @@ class Decider:
             if len(pairs) > 50
             else {}
         )
+        metrics = vectorised_metric_analyses(pairs, effective.config) if len(pairs) > 50 else {}
         out: list[DecisionAndConfig] = []
         for i, (exp, snapshot) in enumerate(pairs):
             if i % 250 == 249:
                 await anyio.lowlevel.checkpoint()  # thousands of decisions must not stall the event loop
             try:
-                out.append(self.decide(snapshot, effective, exp["config"], analyses.get(snapshot.id)))
+                out.append(
+                    self.decide(snapshot, effective, exp["config"], analyses.get(snapshot.id), metrics.get(snapshot.id))
+                )
             except Exception as exc:
                 why = f"evaluation failed: {type(exc).__name__}: {exc}"
                 out.append((failed_decision(snapshot, effective.config, why), effective.config))
@@ -127,6 +140,9 @@ def vectorised_analyses(
     Only experiments under the base config with a control first and at least one treatment; any group the
     vectorised path refuses falls back to the scalar path (decide computes it), so results never differ.
     """
+    tuning = cfg.sequential_tuning
+    if isinstance(tuning, str):
+        return {}  # auto: each experiment has an N* of its own (domain/tuning.py); decide() computes each
     groups: dict[tuple[int, str], list[tuple[int, list[VariantSnapshot]]]] = {}
     for exp in experiments:
         vs = variants.get(exp["id"], [])
@@ -147,7 +163,7 @@ def vectorised_analyses(
                 metric_type="mean" if mean_metric else "conversion",
                 method=cfg.method,
                 alpha=cfg.alpha,
-                n_star=cfg.sequential_tuning,
+                n_star=tuning,
                 correction=cfg.correction,
                 srm_threshold=cfg.safety_checks.srm_threshold,
             )
@@ -156,3 +172,27 @@ def vectorised_analyses(
         for e, (exp_id, vs) in enumerate(members):
             out[exp_id] = many.experiment(e, [v.name for v in vs])
     return out
+
+
+def vectorised_metric_analyses(
+    pairs: list[tuple[Mapping[str, Any], ExperimentSnapshot]], cfg: AutoPromotionConfig
+) -> dict[Hashable, tuple[MetricAnalysis, ...]]:
+    """The several-metrics statistics of many experiments in a few numpy calls (analyze_metrics_many).
+
+    Only experiments with ab_metrics rows under the base config, with one control and a treatment; the others (and
+    any the vectorised path refuses) are analysed by decide() itself, so results never differ."""
+    tuning = cfg.sequential_tuning
+    if isinstance(tuning, str):
+        return {}  # auto: each experiment has an N* of its own (domain/tuning.py); decide() computes each
+    items = []
+    for exp, s in pairs:
+        if exp["config"] or not s.metrics:
+            continue
+        controls = [v for v in s.variants if v.is_control]
+        treatments = [v.name for v in s.variants if not v.is_control]
+        if len(controls) != 1 or not treatments:
+            continue
+        items.append((s.id, metric_definitions(s), controls[0].name, treatments))
+    if not items:
+        return {}
+    return analyze_metrics_many(items, method=cfg.method, alpha=cfg.alpha, n_star=tuning, correction=cfg.correction)

@@ -95,7 +95,7 @@ class MetricDefinitions:
 
     @staticmethod
     async def _experiment(conn: Connection, name: str) -> Record:
-        if not isinstance(name, str) or not name.strip():
+        if not isinstance(name, str) or not name:  # a blank name is a name: looked up, not found
             raise InvalidRequest("the experiment name is required", {"field": "experimentName"})
         row = await conn.fetchrow(Q["experiment_by_name"], name)
         if row is None:

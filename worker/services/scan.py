@@ -9,11 +9,12 @@ from worker.config import AutoPromotionConfig, EffectiveConfig, Settings
 from worker.db import store
 from worker.db.connect import Connection, Pool, PostgresError, Record
 from worker.db.fold import fold_pending_updates
+from worker.db.metric_reads import bulk_metric_snapshots
 from worker.db.sql import Q
 from worker.db.store import Seen
-from worker.decide import AlertInfo, Decision, ExperimentSnapshot, VariantSnapshot
+from worker.decide import AlertInfo, Decision, ExperimentSnapshot, VariantSnapshot, metric_json
 from worker.domain.errors import EngineError
-from worker.domain.metrics import MetricSnapshot, metric_snapshots
+from worker.domain.metrics import MetricSnapshot
 from worker.domain.results import CheckResult, ScanItem, ScanResult
 from worker.services.deciding import MAX_ALERT_LOOKBACK_S, Decider, DecisionAndConfig
 from worker.services.effects import Effects
@@ -89,6 +90,10 @@ class ScanService:
                 for r in await conn.fetch(Q["fresh_states"], [e["id"] for e in chunk], SCAN_STATE_MIN_AGE_S)
             }
         )
+        # Experiments whose stored decision covers this read and says the same eligibility: storing the decision
+        # again would write nothing (record_evaluations_bulk), and a dry run of an eligible one was reported when it
+        # became eligible. Most of an unchanged scan's cost was building, encoding and sending those decisions.
+        covered = await self._covered(conn, seen)
         checks: dict[int, CheckResult] = {}
         to_record: list[Decision] = []
         for i, (decision, cfg) in enumerate(decided):
@@ -97,26 +102,51 @@ class ScanService:
             if fresh.get(decision.experiment_id) is decision.eligible and not decision.eligible:
                 tally.scanned += 1
                 continue
-            check = checks[decision.experiment_id] = decision.to_check_data()
+            unchanged = covered.get(decision.experiment_id) is decision.eligible
+            if unchanged and not decision.eligible:
+                # Of its check data only the winning variant (there is none without a winner) and the metrics are
+                # shown (Decision.to_check_data).
+                winning = decision.to_check_data()["winningVariant"] if decision.winner is not None else None
+                metrics = [metric_json(m) for m in decision.metrics]
+            else:
+                check = checks[decision.experiment_id] = decision.to_check_data()
+                winning, metrics = check["winningVariant"], check["metrics"]
             item: ScanItem = {
                 "experimentName": decision.experiment_name,
                 "eligible": decision.eligible,
                 "confidence": decision.confidence,
                 "improvement": decision.improvement,
-                "winningVariant": check["winningVariant"],
+                "winningVariant": winning,
                 "reasons": list(decision.reasons),
                 "promoted": False,
-                "metrics": check["metrics"],
+                "metrics": metrics,
             }
             if "error" in decision.extra:
                 item["error"] = decision.extra["error"]
             if decision.eligible:
                 tally.eligible += 1
-                await self._promote_one(conn, decision, cfg, item, tally, actor)
-            else:
+                if unchanged and (cfg.dry_run or not cfg.enabled):
+                    # Its dry run was reported already and nothing changed since: the locked re-check
+                    # (promote_locked) would store nothing and report nothing.
+                    item["dryRun"] = True
+                else:
+                    await self._promote_one(conn, decision, cfg, item, tally, actor)
+            elif not unchanged:
                 to_record.append(decision)
             tally.add(item)
         await store.record_many(conn, to_record, history=False, checks=checks, seen=seen)
+
+    @staticmethod
+    async def _covered(conn: Connection, seen: dict[int, Seen]) -> dict[int, bool | None]:
+        """The experiments among ``seen`` whose stored decision covers what they were read at (covered_states),
+        with the stored eligibility."""
+        known = [(exp_id, s) for exp_id, s in seen.items() if s.version is not None and s.snapshot is not None]
+        if not known:
+            return {}
+        rows = await conn.fetch(
+            Q["covered_states"], [exp_id for exp_id, _ in known], [s.version for _, s in known], known[0][1].snapshot
+        )
+        return {r["experiment_id"]: r["eligible"] for r in rows}
 
     async def _promote_one(
         self, conn: Connection, decision: Decision, cfg: AutoPromotionConfig, item: ScanItem, tally: _Tally, actor: str
@@ -165,12 +195,18 @@ class ScanService:
         promo_rows = await conn.fetch(Q["all_active_promotions"])
         versions: dict[int, int] = {e["id"]: 0 for e in experiments}
         variants: dict[int, list[VariantSnapshot]] = {}
-        metrics: dict[int, tuple[MetricSnapshot, ...]] = {}
+        metric_rows: dict[int, Record] = {}
+        variant_names: dict[int, str] = {}
         for v in variant_rows:
             versions[v["experiment_id"]] += v["updates_folded"]
             variants.setdefault(v["experiment_id"], []).append(VariantSnapshot.from_row(v, lenient_sketch=True))
-            if v["metrics"] is not None:
-                metrics[v["experiment_id"]] = metric_snapshots(v["metrics"])
+            variant_names[v["variant_id"]] = v["name"]
+            if v["metric_defs"] is not None:
+                metric_rows[v["experiment_id"]] = v
+        metrics: dict[int, tuple[MetricSnapshot, ...]] = {
+            exp_id: bulk_metric_snapshots(r["metric_defs"], r["metric_sums"], variant_names)
+            for exp_id, r in metric_rows.items()
+        }
         global_alerts = tuple(
             AlertInfo.from_row(a, global_alert=True) for a in alert_rows if a["experiment_id"] is None
         )

@@ -20,20 +20,23 @@ Roles decide what a metric's result means:
 ``not_shown`` is the verdict of a comparison that could not be computed (no data, zero variance, ...).
 
 The seam for adjusted estimators (CUPED) is ``arm_estimates``: everything downstream reads only the
-``ArmEstimate`` pair it returns.
+``ArmEstimate`` pair it returns. CUPED (cuped.py) adjusts a ``proportion`` or ``mean`` metric whose every unit sent
+its pre-exposure covariate (``cuped: auto``): the comparison's effect is then the adjusted one, and the
+unadjusted effect and the variance reduction ride along for reports.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal, Protocol
 
 from scipy import special
 
 from . import _validate as check
 from ._validate import _INT64_MAX
+from .cuped import CupedEffect, metric_cuped
 from .effects import (
     ONE_SIDED_MAX_TUNING_LEVEL,
     effect_from_moments,
@@ -54,6 +57,7 @@ __all__ = [
     "analyze_metric",
     "arm_estimate",
     "arm_estimates",
+    "assemble_metric",
     "builtin_metric_analysis",
     "metric_effect",
     "non_inferiority",
@@ -84,6 +88,15 @@ class MetricSumsLike(Protocol):
     def denominator_sum_sq(self) -> float | None: ...
     @property
     def value_denominator_product_sum(self) -> float | None: ...
+    # CUPED's covariate (cuped.CovariateSumsLike): pre_units of the units also sent their pre-exposure value.
+    @property
+    def pre_units(self) -> int: ...
+    @property
+    def pre_sum(self) -> float | None: ...
+    @property
+    def pre_sum_sq(self) -> float | None: ...
+    @property
+    def pre_value_product_sum(self) -> float | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,10 +130,17 @@ class MetricComparison:
     #                    treatments; secondary: the raw p-value
     verdict: Verdict
     non_inferiority: NonInferiority | None = None  # guardrails only
+    unadjusted: Effect | None = None  # CUPED applied: the estimate without the covariate (effect is adjusted)
+    variance_reduction: float | None = None  # CUPED applied: 1 - Var(adjusted lift)/Var(unadjusted lift)
 
     @property
     def lift(self) -> float | None:
         return self.effect.estimate
+
+    @property
+    def unadjusted_lift(self) -> float | None:
+        """The lift without CUPED: the lift itself when CUPED did not apply."""
+        return (self.unadjusted or self.effect).estimate
 
     @property
     def p_value(self) -> float:
@@ -143,6 +163,7 @@ class MetricAnalysis:
     comparisons: tuple[MetricComparison, ...]
     alpha: float
     method: Method
+    cuped_note: str | None = None  # why CUPED could not adjust this metric (covariates missing for some units)
 
     def comparison(self, variant: str) -> MetricComparison | None:
         return next((c for c in self.comparisons if c.variant == variant), None)
@@ -176,26 +197,37 @@ class MetricAnalysis:
         )
 
 
-def _count(label: str, x: object) -> int:
+Label = str | tuple[str, str]
+"""Who an arm is, for error messages only: a text, or (metric, variant), formatted when an error is raised."""
+
+
+def _label(label: Label, field: str) -> str:
+    who = label if isinstance(label, str) else f"metric {label[0]!r}: {label[1]}"
+    return f"{who}: {field}"
+
+
+def _count(label: Label, field: str, x: object) -> int:
     # The common case (an int from the data layer) without the general checker's isinstance chain.
     if type(x) is int and 0 <= x <= _INT64_MAX:
         return x
-    return check.count(label, x)
+    return check.count(_label(label, field), x)
 
 
-def _real(label: str, x: object) -> float:
+def _real(label: Label, field: str, x: object) -> float:
     if type(x) is float and math.isfinite(x):
         return x
-    return check.real(label, x)
+    return check.real(_label(label, field), x)
 
 
-def _opt_real(label: str, x: float | None) -> float:
+def _opt_real(label: Label, field: str, x: float | None) -> float:
     if x is None:
-        raise StatsInputError(f"{label} is missing: a ratio metric needs all five sums (Σx, Σx², Σy, Σy², Σxy)")
-    return _real(label, x)
+        raise StatsInputError(
+            f"{_label(label, field)} is missing: a ratio metric needs all five sums (Σx, Σx², Σy, Σy², Σxy)"
+        )
+    return _real(label, field, x)
 
 
-def arm_estimate(kind: Kind, sums: MetricSumsLike, label: str = "arm") -> ArmEstimate:
+def arm_estimate(kind: Kind, sums: MetricSumsLike, label: Label = "arm") -> ArmEstimate:
     """One arm's (n, mean, per-unit variance) of a metric from its sums, as gbstats' statistics compute them.
 
     proportion: p = value_sum/units, variance p(1-p). mean: Σx/n, (Σx² - (Σx)²/n)/(n-1) (checked and clamped as
@@ -203,33 +235,36 @@ def arm_estimate(kind: Kind, sums: MetricSumsLike, label: str = "arm") -> ArmEst
     var_x/μy² - 2 cov μx/μy³ + μx² var_y/μy⁴ (0 when μy = 0 or n <= 1), with the moments as the data give them.
     Raises StatsInputError for negative or non-integer counts, non-finite sums, or a proportion above 1.
     """
-    n = _count(label + ": units", sums.units)
-    s = _real(label + ": value_sum", sums.value_sum)
+    n = _count(label, "units", sums.units)
+    s = _real(label, "value_sum", sums.value_sum)
     if kind == "proportion":
         if s < 0.0 or s > n or not float(s).is_integer():
-            raise StatsInputError(f"{label}: a proportion's value_sum ({s!r}) must be a whole count in [0, units={n}]")
+            raise StatsInputError(
+                f"{_label(label, 'value_sum')}: a proportion's value_sum ({s!r}) must be a whole count in "
+                f"[0, units={n}]"
+            )
         if n == 0:
             return ArmEstimate(0, 0.0, 0.0)
         p = s / n
         return ArmEstimate(n, p, p * (1.0 - p))
-    ss = _real(label + ": value_sum_sq", sums.value_sum_sq)
+    ss = _real(label, "value_sum_sq", sums.value_sum_sq)
     if kind == "mean":
         if ss < 0.0:
-            raise StatsInputError(f"{label}: value_sum_sq must be >= 0, got {ss!r}")
+            raise StatsInputError(f"{_label(label, 'value_sum_sq')} must be >= 0, got {ss!r}")
         if n == 0:
             return ArmEstimate(0, 0.0, 0.0)
         mean = s / n
         centred = ss - s * mean
         if centred < -1e-9 * ss - 1e-300 or not math.isfinite(centred):
-            raise StatsInputError(f"{label}: value_sum_sq ({ss!r}) is smaller than value_sum**2/units")
+            raise StatsInputError(f"{_label(label, 'value_sum_sq')} ({ss!r}) is smaller than value_sum**2/units")
         return ArmEstimate(n, mean, 0.0 if n <= 1 else max(centred, 0.0) / (n - 1))
     if kind != "ratio":
         raise StatsInputError(f"metric kind must be one of {KINDS}, got {kind!r}")
-    d = _opt_real(label + ": denominator_sum", sums.denominator_sum)
-    dd = _opt_real(label + ": denominator_sum_sq", sums.denominator_sum_sq)
-    sd = _opt_real(label + ": value_denominator_product_sum", sums.value_denominator_product_sum)
-    if n == 0:
+    if n == 0:  # no data yet: nothing to require of the denominator
         return ArmEstimate(0, 0.0, 0.0)
+    d = _opt_real(label, "denominator_sum", sums.denominator_sum)
+    dd = _opt_real(label, "denominator_sum_sq", sums.denominator_sum_sq)
+    sd = _opt_real(label, "value_denominator_product_sum", sums.value_denominator_product_sum)
     mean = 0.0 if d == 0.0 else s / d
     mx, my = s / n, d / n
     if my == 0.0 or n <= 1:
@@ -245,7 +280,7 @@ def arm_estimates(
     kind: Kind,
     control: MetricSumsLike,
     treatment: MetricSumsLike,
-    labels: tuple[str, str] = ("control", "treatment"),
+    labels: tuple[Label, Label] = ("control", "treatment"),
     *,
     control_estimate: ArmEstimate | None = None,
 ) -> tuple[ArmEstimate, ArmEstimate]:
@@ -373,12 +408,14 @@ def analyze_metric(
     n_star: float = 5000,
     correction: Correction = "holm",
     primary_count: int = 1,
+    cuped: Literal["auto", "off"] = "auto",
 ) -> MetricAnalysis:
     """Every treatment against control on one metric, with its role's test and verdict (see the module doc).
 
     A treatment whose sums are None (no data recorded for it) is compared against an empty arm: ``not_shown``.
-    ``primary_count`` is the number of primary metrics alpha is split across (Bonferroni). Raises
-    StatsInputError for impossible sums or settings only.
+    ``primary_count`` is the number of primary metrics alpha is split across (Bonferroni). ``cuped``: auto
+    adjusts by the covariate when every unit sent one (cuped.metric_cuped), off never. Raises StatsInputError
+    for impossible sums or settings only.
     """
     k = _kind(kind)
     m, a, ns, corr = _settings(method, alpha, n_star, correction)
@@ -386,57 +423,114 @@ def analyze_metric(
         raise StatsInputError(f"metric role must be one of {ROLES}, got {role!r}")
     if direction not in DIRECTIONS:
         raise StatsInputError(f"metric direction must be one of {DIRECTIONS}, got {direction!r}")
-    mg = _real("margin", margin)
+    mg = _real("metric", "margin", margin)
     if mg < 0.0:
         raise StatsInputError(f"margin must be >= 0 (a relative margin: 0.02 = at most 2% worse), got {margin!r}")
     if isinstance(primary_count, bool) or not isinstance(primary_count, int) or primary_count < 1:
         raise StatsInputError(f"primary_count must be an integer >= 1, got {primary_count!r}")
     ctrl_name, ctrl_sums = control
-    label = f"metric {name!r}: {ctrl_name}"
+    label = (name, ctrl_name)
     ea = arm_estimate(k, ctrl_sums, label)
     arms: list[tuple[str, ArmEstimate, ArmEstimate, Effect]] = []
     for t_name, t_sums in treatments:
         if t_sums is None:
             ea_t, eb = ea, ArmEstimate(0, 0.0, 0.0)
         else:
-            ea_t, eb = arm_estimates(k, ctrl_sums, t_sums, (label, f"metric {name!r}: {t_name}"), control_estimate=ea)
+            ea_t, eb = arm_estimates(k, ctrl_sums, t_sums, (label, (name, t_name)), control_estimate=ea)
         arms.append((t_name, ea_t, eb, _effect(k, ea_t, eb, m, a, ns)))
-    comparisons: list[MetricComparison] = []
-    if role == "guardrail":
-        nis = [
+    by_cuped, cuped_note = metric_cuped(k, name, cuped, control, treatments, method=m, alpha=a, n_star=ns)
+    if by_cuped:
+        arms = [(t, ea_t, eb, by_cuped[t].adjusted if t in by_cuped else e) for t, ea_t, eb, e in arms]
+    nis = (
+        [
             non_inferiority(e, float(ea_t.n + eb.n), direction=direction, margin=mg, method=m, alpha=a, n_star=ns)
             for _, ea_t, eb, e in arms
         ]
-        adjusted = adjust_pvalues([ni.p_value for ni in nis], corr)
-        for (t_name, _, eb, e), ni, adj in zip(arms, nis, adjusted, strict=True):
+        if role == "guardrail"
+        else None
+    )
+    result = assemble_metric(
+        name,
+        k,
+        role,
+        direction,
+        mg,
+        (ctrl_name, ea.n, ea.mean),
+        [(t_name, eb.n, eb.mean, e) for t_name, _, eb, e in arms],
+        nis,
+        method=m,
+        alpha=a,
+        correction=corr,
+        primary_count=primary_count,
+    )
+    if not by_cuped and cuped_note is None:
+        return result
+    comparisons = tuple(_with_cuped(c, by_cuped.get(c.variant)) for c in result.comparisons)
+    return replace(result, comparisons=comparisons, cuped_note=cuped_note)
+
+
+def assemble_metric(
+    name: str,
+    kind: Kind,
+    role: Role,
+    direction: Direction,
+    margin: float,
+    control: tuple[str, int, float],
+    arms: Sequence[tuple[str, int, float, Effect]],
+    nis: Sequence[NonInferiority] | None,
+    *,
+    method: Method,
+    alpha: float,
+    correction: Correction,
+    primary_count: int,
+) -> MetricAnalysis:
+    """One metric's analysis from its comparisons (variant, units, mean, two-sided effect) and, for a guardrail,
+    their non-inferiority tests: the multiplicity adjustment of the role and the verdicts. Shared by the scalar
+    and the vectorised paths, so that both conclude alike."""
+    comparisons: list[MetricComparison] = []
+    if role == "guardrail":
+        assert nis is not None
+        adjusted = (nis[0].p_value,) if len(nis) == 1 else adjust_pvalues([ni.p_value for ni in nis], correction)
+        for (t_name, units, mean, e), ni, adj in zip(arms, nis, adjusted, strict=True):
             if e.estimate is None:
                 verdict: Verdict = "not_shown"
-            elif adj < a:
+            elif adj < alpha:
                 verdict = "non_inferior"
             else:
-                verdict = "worse" if two_sided_verdict(e, e.p_value, a, direction) == "worse" else "inconclusive"
-            comparisons.append(MetricComparison(t_name, eb.n, eb.mean, e, adj, verdict, ni))
+                verdict = "worse" if two_sided_verdict(e, e.p_value, alpha, direction) == "worse" else "inconclusive"
+            comparisons.append(MetricComparison(t_name, units, mean, e, adj, verdict, ni))
     else:
         raw = [e.p_value for *_, e in arms]
         if role == "primary":
-            adjusted = tuple(min(1.0, primary_count * p) for p in adjust_pvalues(raw, corr))
+            # one treatment: nothing to adjust across treatments (adjust_pvalues would return it as it is)
+            across = raw if len(raw) == 1 else adjust_pvalues(raw, correction)
+            adjusted = tuple(min(1.0, primary_count * p) for p in across)
         else:
             adjusted = tuple(raw)
-        for (t_name, _, eb, e), adj in zip(arms, adjusted, strict=True):
-            comparisons.append(MetricComparison(t_name, eb.n, eb.mean, e, adj, two_sided_verdict(e, adj, a, direction)))
+        for (t_name, units, mean, e), adj in zip(arms, adjusted, strict=True):
+            comparisons.append(
+                MetricComparison(t_name, units, mean, e, adj, two_sided_verdict(e, adj, alpha, direction))
+            )
+    ctrl_name, ctrl_units, ctrl_mean = control
     return MetricAnalysis(
         name=name,
-        kind=k,
+        kind=kind,
         role=role,
         direction=direction,
-        margin=mg,
+        margin=margin,
         control=ctrl_name,
-        control_units=ea.n,
-        control_mean=ea.mean,
+        control_units=ctrl_units,
+        control_mean=ctrl_mean,
         comparisons=tuple(comparisons),
-        alpha=a,
-        method=m,
+        alpha=alpha,
+        method=method,
     )
+
+
+def _with_cuped(c: MetricComparison, ce: CupedEffect | None) -> MetricComparison:
+    if ce is None:
+        return c
+    return replace(c, unadjusted=ce.unadjusted, variance_reduction=ce.variance_reduction)
 
 
 def builtin_metric_analysis(

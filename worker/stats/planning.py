@@ -23,9 +23,12 @@ from .stopping import FloatArray, crossing_cdf_grid, sequential_rho2, sequential
 
 __all__ = ["SamplePlan", "alpha_per_comparison", "auto_n_star", "plan_sample_size", "relative_lift_variance"]
 
-# Time steps of the grid per planned fixed-horizon sample: ~0.3% of n each, so the continuous-monitoring
-# correction is small and the answer is stable to well under 1%.
-_STEPS_PER_FIXED_N = 200
+# Time steps of the grid over its horizon (4 fixed-horizon samples at first: 0.5% of n each, so the
+# continuous-monitoring correction is small and the answer stable to well under 1%); a longer horizon, for a
+# badly tuned N*, keeps the count and takes longer steps.
+_GRID_STEPS = 800
+# No plan beyond this many exposures per arm (the statistics take counts up to 2**63; no experiment is this big).
+_MAX_EXPOSURES = 1e13
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,10 +71,10 @@ def relative_lift_variance(
     r = 1.0 + mde
     if metric_type == "conversion":
         p_b = baseline * r
-        v = (p_b * (1.0 - p_b) + baseline * (1.0 - baseline) * r * r) / (baseline * baseline)
+        v = (p_b * (1.0 - p_b) + baseline * (1.0 - baseline) * r * r) / baseline / baseline
     else:
         assert sd is not None
-        v = sd * sd * (1.0 + r * r) / (baseline * baseline)
+        v = (sd / baseline) * (sd / baseline) * (1.0 + r * r)
     return v * (1.0 - rho * rho)
 
 
@@ -125,20 +128,7 @@ def plan_sample_size(
         raise StatsInputError(f"rho must be in (-1, 1), got {r!r}")
     if k < 1 or pm < 1:
         raise StatsInputError("treatments and primary_metrics must be at least 1")
-    s: float | None = None
-    if mt == "conversion":
-        if not 0.0 < b < 1.0:
-            raise StatsInputError(f"a conversion baseline must be a rate in (0, 1), got {b!r}")
-        if not b * (1.0 + d) < 1.0:
-            raise StatsInputError(f"baseline x (1 + mde) = {b * (1.0 + d):.4g} is not a rate below 1")
-    else:
-        if b == 0.0:
-            raise StatsInputError("a mean baseline of 0 has no relative lift")
-        if sd is None:
-            raise StatsInputError("a mean metric needs its standard deviation (sd)")
-        s = check.real("sd", sd)
-        if not s > 0.0:
-            raise StatsInputError(f"sd must be positive, got {s!r}")
+    s = _checked_spread(mt, b, d, sd)
     daily = None if daily_exposures is None else check.real("daily_exposures", daily_exposures)
     if daily is not None and not daily > 0.0:
         raise StatsInputError(f"daily_exposures must be positive, got {daily!r}")
@@ -148,8 +138,14 @@ def plan_sample_size(
 
     at = alpha_per_comparison(a, k, pm, c)
     v = relative_lift_variance(mt, b, d, s, r)
-    drift = float(special.ndtri(1.0 - at / 2.0) + special.ndtri(pw))
-    n_fixed = v * drift * drift / (d * d)
+    # -ndtri(a/2), not ndtri(1 - a/2): 1 - a/2 rounds to 1 (and z to infinity) for a below ~1e-16.
+    drift = float(-special.ndtri(at / 2.0) + special.ndtri(pw))
+    n_fixed = v * (drift / d) * (drift / d)  # products overflow to inf (caught below); d * d underflows to 0
+    if not (math.isfinite(n_fixed) and n_fixed <= _MAX_EXPOSURES):
+        raise StatsInputError(
+            f"that needs more than {_MAX_EXPOSURES:.0e} exposures per arm; plan a larger mde (or a larger baseline "
+            "rate, or a smaller sd)"
+        )
 
     def days(n: float) -> float | None:
         return None if daily is None else n / daily
@@ -162,6 +158,24 @@ def plan_sample_size(
     n_seq = math.ceil(t_power * n_fixed)
     nf = math.ceil(n_fixed)
     return SamplePlan(m, n_seq, nf, math.ceil(t_median * n_fixed), days(n_seq), days(nf), at, tuning, v, 1.0 - r * r)
+
+
+def _checked_spread(metric_type: MetricType, baseline: float, mde: float, sd: float | None) -> float | None:
+    """The sd of a mean metric (None for a conversion rate), once the baseline and mde make a plannable pair."""
+    if metric_type == "conversion":
+        if not 0.0 < baseline < 1.0:
+            raise StatsInputError(f"a conversion baseline must be a rate in (0, 1), got {baseline!r}")
+        if not baseline * (1.0 + mde) < 1.0:
+            raise StatsInputError(f"baseline x (1 + mde) = {baseline * (1.0 + mde):.4g} is not a rate below 1")
+        return None
+    if baseline == 0.0:
+        raise StatsInputError("a mean baseline of 0 has no relative lift")
+    if sd is None:
+        raise StatsInputError("a mean metric needs its standard deviation (sd)")
+    s = check.real("sd", sd)
+    if not s > 0.0:
+        raise StatsInputError(f"sd must be positive, got {s!r}")
+    return s
 
 
 def _sequential_stopping(
@@ -178,18 +192,20 @@ def _sequential_stopping(
 
     t_max = 4.0
     while True:
-        if look is None:
-            dt, continuous = 1.0 / _STEPS_PER_FIXED_N, True
-        else:
+        dt, continuous = t_max / _GRID_STEPS, True
+        if look is not None and t_max * n_fixed / look <= 50 * _GRID_STEPS:
+            # Checked in batches of `look` exposures per arm (batches smaller than a grid step are continuous
+            # checking in all but name).
             dt, continuous = look / n_fixed, False
-            if t_max / dt > 50_000:  # batches so small they are continuous checking in all but name
-                dt, continuous = 1.0 / _STEPS_PER_FIXED_N, True
         ts, cdf = crossing_cdf_grid(drift, boundary, t_max, dt=dt, continuous=continuous)
         if cdf[-1] >= power or t_max >= 1024.0:
             break
         t_max *= 4.0
     if cdf[-1] < power:
-        raise StatsInputError("the sequential test does not reach that power within 1,000x the fixed horizon")
+        raise StatsInputError(
+            f"with N* = {n_star:g} the sequential test does not reach that power within 1,000 times the "
+            "fixed-horizon sample; set sequentialTuning to auto, or near twice the planned exposures per arm"
+        )
     return _first_at(ts, cdf, power), _first_at(ts, cdf, 0.5)
 
 

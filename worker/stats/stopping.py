@@ -63,7 +63,7 @@ def crossing_cdf_grid(
     continuous: bool = True,
     t0: float = 0.0,
     s0: float = 0.0,
-    nx: int = 2000,
+    nx: int | None = None,
 ) -> tuple[FloatArray, FloatArray]:
     """P(S has reached boundary(t) by t) for S(t0) = s0, S a Brownian motion with ``drift`` and variance t - t0.
 
@@ -71,18 +71,25 @@ def crossing_cdf_grid(
     checked at each time; ``continuous`` lowers it by Siegmund's shift so the result is that of a test checked
     continuously (the worker re-evaluates after every folded batch). Only the upper boundary stops the test.
     """
-    steps = max(1, (math.floor((t_max - t0) / dt + 1e-9)))
+    steps = max(1, math.floor((t_max - t0) / dt + 1e-9))
     ts = t0 + dt * np.arange(1, steps + 1, dtype=np.float64)
-    c = np.asarray(boundary(ts), dtype=np.float64)
+    # A boundary that is not a finite number (too early to be reached at all) stops nothing.
+    c = np.nan_to_num(np.asarray(boundary(ts), dtype=np.float64), nan=np.inf, neginf=np.inf)
     if continuous:
         c = c - SIEGMUND_SHIFT * math.sqrt(dt)
+    finite = c[np.isfinite(c)]
     span = math.sqrt(t_max - t0)
-    lo = min(s0, float(c.min())) + min(drift, 0.0) * (t_max - t0) - 8.0 * span - 1.0
-    hi = max(s0, float(c.max())) + 1.0
+    # The grid spans where the mass can be (10 sd beyond the drift): a boundary above it absorbs nothing anyway.
+    reach = s0 + max(drift, 0.0) * (t_max - t0) + 10.0 * span
+    top = min(float(finite.max()), reach) if finite.size else reach
+    lo = s0 + min(drift, 0.0) * (t_max - t0) - 10.0 * span - 1.0
+    hi = max(s0, top) + 1.0
+    sd = math.sqrt(dt)
+    if nx is None:  # a quarter of a step's standard deviation per cell, within sane bounds
+        nx = min(max(int((hi - lo) / (0.25 * sd)), 2000), 40_000)
     x = np.linspace(lo, hi, nx)
     dx = float(x[1] - x[0])
-    sd = math.sqrt(dt)
-    half = (math.ceil((8.0 * sd + abs(drift) * dt) / dx)) + 1
+    half = math.ceil((8.0 * sd + abs(drift) * dt) / dx) + 1
     kx = np.arange(-half, half + 1, dtype=np.float64) * dx
     # The transition density over one step, normalised on the grid so mass is conserved exactly.
     kernel = np.exp(-0.5 * ((kx - drift * dt) / sd) ** 2)

@@ -12,8 +12,8 @@ Response conventions (also in the OpenAPI document):
 
 The package: ``wire`` (reading requests, writing answers), ``actions`` (the seed endpoint's POST and GET),
 ``reads`` (experiments, promotions, stats, audit, the OpenAPI document), ``metrics`` (an experiment's metrics),
-``approvals`` (the approvals list; ``worker.http.slack`` is the Slack buttons' endpoint, installed here too).
-``add_routes`` installs them all.
+``plan`` (the planner), ``approvals`` (the approvals list; ``worker.http.slack`` is the Slack buttons' endpoint,
+installed here too). ``add_routes`` installs them all.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from worker.http.api.actions import (
 )
 from worker.http.api.approvals import approval_json, list_approvals
 from worker.http.api.metrics import add_metric, list_metrics, remove_metric
+from worker.http.api.plan import get_plan
 from worker.http.api.reads import (
     get_experiment,
     get_openapi,
@@ -55,6 +56,7 @@ __all__ = [
     "get_auto_promote",
     "get_experiment",
     "get_openapi",
+    "get_plan",
     "list_approvals",
     "list_audit",
     "list_experiments",
@@ -92,4 +94,5 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/approvals", list_approvals)
     # Authenticated by Slack's signature, not a token: see worker.http.slack.
     slack.add_routes(app)
+    app.router.add_get("/api/plan", get_plan)
     app.router.add_get("/api/openapi.json", get_openapi)

@@ -40,7 +40,7 @@ from worker.http.errors import ApiError
 log = structlog.get_logger("worker.http.dashboard")
 
 TEMPLATES = web.AppKey[jinja2.Environment]("dashboard_templates")
-NAV = (("overview", "/", "Experiments"), ("promotions", "/promotions", "Promotions"))
+NAV = (("overview", "/", "Experiments"), ("promotions", "/promotions", "Promotions"), ("plan", "/plan", "Plan"))
 
 
 # ----------------------------------------------------------------------------------------------- static files
@@ -402,6 +402,22 @@ async def promotions_fragment(request: web.Request) -> web.Response:
     return _render(request, "_promotions.html", {"r": await _promotions(request)})
 
 
+@_viewer_page
+async def plan_page(request: web.Request) -> web.Response:
+    """The planner's form (a GET form: the plan is a link one can share) and, once filled in, its answer."""
+    plan = views.plan_form(request.query, request.app[CTX].config.config)
+    return _page(
+        request,
+        "plan.html",
+        status=400 if plan["errors"] else 200,
+        title="Plan an experiment",
+        page="plan",
+        p=plan,
+        lead="Exposures per arm and days to find a true lift of the minimum detectable effect, for the configured "
+        "method and for a fixed-horizon test (autopromote plan, GET /api/plan).",
+    )
+
+
 @_viewer_data
 async def events_stream(request: web.Request) -> web.StreamResponse:
     """``text/event-stream`` of the EventBus (sse.py), for viewers."""
@@ -417,6 +433,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/", overview_page, name="dashboard")
     app.router.add_get("/experiments/{name:.+}", experiment_page, name="dashboard_experiment")
     app.router.add_get("/promotions", promotions_page, name="dashboard_promotions")
+    app.router.add_get("/plan", plan_page, name="dashboard_plan")
     app.router.add_get("/fragments/experiments", overview_fragment)
     app.router.add_get("/fragments/experiments-summary", summary_fragment)
     app.router.add_get("/fragments/experiment-card", card_fragment)

@@ -15,7 +15,9 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from markupsafe import Markup
+from pydantic import ValidationError
 
+from worker.config import AutoPromotionConfig
 from worker.db.reads import (
     Approval,
     AuditEntry,
@@ -26,7 +28,10 @@ from worker.db.reads import (
     PromotionReport,
     StatusCount,
 )
+from worker.domain.errors import InvalidRequest
 from worker.domain.metrics import BUILTIN_METRIC
+from worker.domain.planning import PlanRequest, plan_experiment
+from worker.http.models import PlanQuery
 from worker.http.svg import DayCount, LiftPoint, interval_bar, interval_scale, lift_chart, pct, promotions_chart
 
 MAX_EXPERIMENTS = 300
@@ -335,6 +340,15 @@ def _margin_line(m: Mapping[str, Any]) -> float | None:
     return -float(margin) if m.get("direction") != "decrease" else float(margin)
 
 
+def _cuped_line(t: Mapping[str, Any]) -> str | None:
+    """What CUPED did to a treatment's lift, in words (None when it did not apply)."""
+    reduction, unadjusted = t.get("varianceReduction"), t.get("unadjustedLift")
+    if not isinstance(reduction, int | float):
+        return None
+    without = pct(float(unadjusted) / 100.0) if isinstance(unadjusted, int | float) else "not computed"
+    return f"CUPED: {100.0 * float(reduction):.0f}% less variance; without it {without}"
+
+
 def metrics_table(decision: Mapping[str, Any] | None) -> list[dict[str, Any]]:
     """One group per metric of the last decision: its role and, per treatment, the lift with its interval drawn as
     a bar against the guardrail's margin, and the verdict in words."""
@@ -374,6 +388,7 @@ def metrics_table(decision: Mapping[str, Any] | None) -> list[dict[str, Any]]:
                     "verdict": words,
                     "icon": icon,
                     "cls": cls,
+                    "cuped": _cuped_line(t),
                 }
             )
         raw_control = m.get("control")
@@ -446,6 +461,7 @@ def experiment_page(page: ExperimentHistory, level: float) -> dict[str, Any]:
         "actions": actions(exp),
         "charts": lift_charts(exp.name, control, page.snapshots, page.promotions, level),
         "metrics": metrics_table(decision),
+        "metric_notes": [str(n) for n in (decision or {}).get("notes") or []],
         "metric_charts": metric_charts(exp.name, decision, page.snapshots, level),
         "variants": variants_table(exp, detailed=True),
         "checks": safety_checks(decision),
@@ -481,4 +497,90 @@ def promotions_page(report: PromotionReport, approvals: Sequence[Approval] = ())
         "active": report.active,
         "rolled_back": report.rolled_back,
         "approvals": list(approvals),
+    }
+
+
+# ------------------------------------------------------------------------------------------------- plan
+# The planner's form: (query name, label, hint). The names are GET /api/plan's, so the page's URL is the API's
+# query string too.
+PLAN_FIELDS: tuple[tuple[str, str, str], ...] = (
+    ("baseline", "Baseline", "the control's conversion rate (0.1 = 10%), or its mean"),
+    ("sd", "Standard deviation", "mean metrics only: per exposure"),
+    ("mde", "Minimum detectable effect (%)", "relative lift: 5 means +5% over the baseline"),
+    ("alpha", "Alpha", "significance level, 0.05 = 95% confidence"),
+    ("power", "Power", "chance of finding a true lift of the MDE"),
+    ("treatments", "Treatments", "variants besides the control"),
+    ("primaryMetrics", "Primary metrics", "alpha is split across them"),
+    ("rho", "Covariate correlation (rho)", "CUPED: variance x (1 - rho^2); 0 without"),
+    ("dailyExposures", "Daily exposures per arm", "optional: adds the days"),
+)
+PLAN_DEFAULTS = {
+    "metricType": "conversion",
+    "alpha": "0.05",
+    "power": "0.8",
+    "treatments": "1",
+    "primaryMetrics": "1",
+    "rho": "0",
+}
+
+
+def plan_form(query: Mapping[str, str], config: AutoPromotionConfig) -> dict[str, Any]:
+    """The form's values as entered, and either the plan (rows side by side) or every problem with the input."""
+    names = {"metricType", *(f for f, _, _ in PLAN_FIELDS)}
+    given = {k: v.strip() for k, v in query.items() if k in names and v.strip()}
+    values = {**PLAN_DEFAULTS, **given}
+    fields = [{"name": f, "label": label, "hint": hint, "value": values.get(f, "")} for f, label, hint in PLAN_FIELDS]
+    out: dict[str, Any] = {"fields": fields, "metric_type": values["metricType"], "errors": [], "result": None}
+    if not given:
+        return out
+    try:
+        q = PlanQuery.model_validate(values)
+    except ValidationError as exc:
+        out["errors"] = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        return out
+    req = PlanRequest(
+        metric_type=q.metricType,
+        baseline=q.baseline,
+        mde=q.mde,
+        sd=q.sd,
+        alpha=q.alpha,
+        power=q.power,
+        treatments=q.treatments,
+        primary_metrics=q.primaryMetrics,
+        rho=q.rho,
+        daily_exposures=q.dailyExposures,
+    )
+    try:
+        data = plan_experiment(req, config)
+    except InvalidRequest as exc:
+        out["errors"] = [e["message"] for e in exc.details.get("errors", [])] or [exc.message]
+        return out
+    out["result"] = plan_view(data)
+    return out
+
+
+def plan_view(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A plan (plan_experiment's answer) as table rows: the configured method beside a fixed-horizon test."""
+
+    def count(v: Any) -> str:
+        return "–" if v is None else f"{v:,}"
+
+    def days(v: Any) -> str:
+        return "–" if v is None else f"{v:g}"
+
+    a = data["assumptions"]
+    rows = [("Exposures per arm", count(data["exposuresPerArm"]), count(data["fixedHorizonExposuresPerArm"]))]
+    if data["days"] is not None:
+        rows.append(("Days", days(data["days"]), days(data["fixedHorizonDays"])))
+    if data["method"] == "sequential":
+        rows.append(("Median stopping point (exposures per arm)", count(data["medianExposuresPerArm"]), "–"))
+    return {
+        "method": data["method"],
+        "rows": rows,
+        "alpha_per_comparison": f"{a['alphaPerComparison']:.4g}",
+        "n_star": None if a["nStar"] is None else f"{a['nStar']:,.0f}",
+        "tuning": a["sequentialTuning"],
+        "test": a["test"],
+        "notes": a["notes"],
+        "json": json.dumps(data, indent=2),
     }
