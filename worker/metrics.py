@@ -45,6 +45,13 @@ NOTIFICATIONS_DEAD = Counter(
 GUARD_BREACHES = Counter(
     "autopromote_guard_breaches_total", "Post-promotion guard breaches, by metric", ["metric"], registry=REGISTRY
 )
+APPROVALS_DECIDED = Counter(
+    "autopromote_approvals_decided_total",
+    "Approvals decided: approved, declined (by an operator), expired (declined by the timeout), closed (approved, "
+    "but no longer eligible)",
+    ["outcome"],
+    registry=REGISTRY,
+)
 SCANS = Counter("autopromote_scans_total", "Reconciliation scans run by this replica", registry=REGISTRY)
 SCAN_DURATION = Histogram(
     "autopromote_scan_duration_seconds",

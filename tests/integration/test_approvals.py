@@ -18,6 +18,7 @@ from worker.db.connect import create_pool
 from worker.db.fold import fold_pending_updates
 from worker.domain.results import Evaluation
 from worker.engine import ApprovalNotFound, ApprovalNotPending, Engine, InvalidRequest
+from worker.metrics import REGISTRY
 
 WINNER = {"control": (17_500, 1_750), "variant-b": (17_000, 1_904)}  # 10.0% vs 11.2%: about +12%, eligible
 NAME = "homepage-cta-test"
@@ -53,6 +54,10 @@ async def more_data(conn: asyncpg.Connection) -> None:
     """More exposures for both variants (balanced: no sample-ratio mismatch), the winner still winning."""
     await record(conn, NAME, "control", 100, 10)
     await record(conn, NAME, "variant-b", 100, 12)
+
+
+def _decided(outcome: str) -> float:
+    return REGISTRY.get_sample_value("autopromote_approvals_decided_total", {"outcome": outcome}) or 0.0
 
 
 async def _approvals(conn: asyncpg.Connection) -> list[asyncpg.Record]:
@@ -257,6 +262,7 @@ async def test_expiry_declines_once_and_notifies(pool: asyncpg.Pool, engine: Eng
     approval_id = (await engine.promote_winner(NAME))["approvalId"]
     assert await engine.expire_approvals() == 0  # not due yet
     await _make_due(conn)
+    expired_before = _decided("expired")
     # Two replicas expire at once: one of them does it.
     other_pool = await create_pool(pool_url(pool), min_size=1, max_size=2)
     try:
@@ -272,6 +278,7 @@ async def test_expiry_declines_once_and_notifies(pool: asyncpg.Pool, engine: Eng
     finally:
         await other_pool.close()
     assert sorted(counts) == [0, 1]
+    assert _decided("expired") == expired_before + 1
     [row] = await _approvals(conn)
     assert row["status"] == "declined" and row["expired"] is True and row["decided_by"] == "autopromote-expiry"
     assert row["reason"].startswith("expired: nobody approved or declined it within 24 h")

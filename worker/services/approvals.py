@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 import structlog
 
+from worker import metrics
 from worker.config import EffectiveConfig, Settings
 from worker.db import approvals as db
 from worker.db import store
@@ -80,7 +81,10 @@ class ApprovalService:
             async with conn.transaction():
                 done = await self._approve_locked(conn, aid, experiment_id, effective, actor)
         if done.refusal is not None:
+            _count_refusal(done.refusal)
             raise done.refusal
+        assert done.result is not None
+        metrics.APPROVALS_DECIDED.labels(done.result["status"]).inc()
         if done.promoted is not None and done.promoted.action == "promoted":
             assert done.promoted.promotion is not None
             self.effects.promoted(done.promoted.experiment_name, done.promoted.promotion, "request")
@@ -103,7 +107,7 @@ class ApprovalService:
             return _Decided(refusal=_not_pending(approval))
         if due:
             expired = await self._expire_locked(conn, approval, exp, effective)
-            return _Decided(refusal=_not_pending(expired))
+            return _Decided(refusal=_not_pending(expired, expired_now=True))
         if approval.kind == "step":
             return await self._approve_step(conn, approval, actor)
         outcome = await self.promote.promote_approved(conn, experiment_id, effective, actor=actor)
@@ -153,7 +157,8 @@ class ApprovalService:
                 if approval.status != "pending":
                     done = _Decided(refusal=_not_pending(approval))
                 elif due:
-                    done = _Decided(refusal=_not_pending(await self._expire_locked(conn, approval, exp, self.config)))
+                    expired = await self._expire_locked(conn, approval, exp, self.config)
+                    done = _Decided(refusal=_not_pending(expired, expired_now=True))
                 else:
                     decided = await db.decide_approval(conn, aid, "declined", by=actor, reason=str(reason).strip())
                     assert decided is not None
@@ -162,8 +167,10 @@ class ApprovalService:
                     await self._audit(conn, decided, actor, {})
                     done = _Decided(result=_result(decided))
         if done.refusal is not None:
+            _count_refusal(done.refusal)
             raise done.refusal
         assert done.result is not None
+        metrics.APPROVALS_DECIDED.labels("declined").inc()
         log.info("approval.decided", experiment=done.result["experimentName"], approval_id=str(aid), status="declined")
         return done.result
 
@@ -182,6 +189,7 @@ class ApprovalService:
                         continue  # decided meanwhile
                     out.append(_result(await self._expire_locked(conn, locked[0], exp, self.config)))
         for r in out:
+            metrics.APPROVALS_DECIDED.labels("expired").inc()
             log.info("approval.expired", experiment=r["experimentName"], approval_id=r["approvalId"])
         return out
 
@@ -242,7 +250,13 @@ def _approval_id(value: str | uuid.UUID | None) -> uuid.UUID:
     return aid
 
 
-def _not_pending(approval: Approval) -> ApprovalNotPending:
+def _count_refusal(refusal: ApprovalNotPending) -> None:
+    """An approve or decline that found its approval past the timeout expired it (exactly once, committed)."""
+    if refusal.details.get("expiredNow"):
+        metrics.APPROVALS_DECIDED.labels("expired").inc()
+
+
+def _not_pending(approval: Approval, *, expired_now: bool = False) -> ApprovalNotPending:
     when = approval.decided_at.isoformat() if approval.decided_at else "?"
     what: Literal["expired", "approved", "declined", "closed"] = "expired" if approval.expired else approval.status  # type: ignore[assignment]
     return ApprovalNotPending(
@@ -254,6 +268,7 @@ def _not_pending(approval: Approval) -> ApprovalNotPending:
             "expired": approval.expired,
             "decidedAt": when,
             "decidedBy": approval.decided_by,
+            "expiredNow": expired_now,
         },
     )
 
