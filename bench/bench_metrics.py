@@ -323,6 +323,25 @@ async def _seed_scan(conn: Any, n: int, with_metrics: bool) -> None:
     )
 
 
+async def _engine_scans(url: str, repeats: int) -> list[float]:
+    """The same dry-run scan in this process (Engine.scan_and_promote_winners): no start-up, no output."""
+    from worker.config import load_settings
+    from worker.db.connect import create_pool
+    from worker.engine import Engine
+
+    pool = await create_pool(url, max_size=2)
+    try:
+        engine = Engine(pool, load_settings({"DATABASE_URL": url}), load_config(env={}, overrides={}))
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            await engine.scan_and_promote_winners(dry_run=True)
+            times.append(time.perf_counter() - t0)
+        return times
+    finally:
+        await pool.close()
+
+
 def _run_scan(url: str) -> tuple[float, dict[str, Any]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AUTO_PROMOTION_")}
     env["DATABASE_URL"] = url
@@ -452,6 +471,7 @@ async def bench_scan(admin_url: str, n: int, repeats: int) -> dict[str, Any]:
                     await conn.execute("ANALYZE")
                 finally:
                     await conn.close()
+                engine_times = await _engine_scans(url, repeats)
                 times, scanned, metrics = [], 0, 0
                 for _ in range(repeats):
                     elapsed, data = await asyncio.to_thread(_run_scan, url)
@@ -460,6 +480,8 @@ async def bench_scan(admin_url: str, n: int, repeats: int) -> dict[str, Any]:
                     results = data["data"]["results"] if "data" in data else data["results"]
                     metrics = max((len(r.get("metrics", [])) for r in results), default=0)
                 out[label] = {
+                    "engine_scan_seconds_median": round(statistics.median(engine_times), 3),
+                    "engine_scan_seconds_min": round(min(engine_times), 3),
                     "seconds_median": round(statistics.median(times), 3),
                     "seconds_min": round(min(times), 3),
                     "seconds_max": round(max(times), 3),
@@ -491,6 +513,15 @@ def machine() -> dict[str, Any]:
 
 
 def main() -> None:
+    import logging
+
+    import structlog
+
+    # stdout is the one JSON document: the engine's log lines (scan.completed, ...) go to stderr, warnings only.
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+    )
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small and noisy: a smoke run")
     parser.add_argument("--sims", type=int, default=None, help="simulations per scenario (default 1000; quick 40)")

@@ -137,3 +137,21 @@ def test_metrics_with_covariates_are_left_to_the_scalar_seam() -> None:
         correction="holm",
     )
     assert set(out) == {"off"}
+
+
+def test_the_scan_pauses_garbage_collection_only_for_its_chunk() -> None:
+    import gc
+
+    from worker.services.scan import collections_paused
+
+    assert gc.isenabled()
+    with collections_paused():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with collections_paused():
+            pass
+        assert not gc.isenabled()  # a caller that had it off keeps it off
+    finally:
+        gc.enable()

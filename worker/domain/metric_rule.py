@@ -195,6 +195,7 @@ def analyze_metrics_many(
         analyses = []
         i = start
         for d, _ in definitions:
+            guardrail = d.role == "guardrail"
             arms, nis = [], []
             for t in treatments:
                 defined = code[i] == 0
@@ -210,7 +211,8 @@ def analyze_metrics_many(
                     _opt(df[i]) if defined else None,
                 )
                 arms.append((t, n_b[i], mean_b[i], e))
-                nis.append(NonInferiority(ni_p[i], ni_b[i] if defined else None, defined and ni_p[i] < a))
+                if guardrail:
+                    nis.append(NonInferiority(ni_p[i], ni_b[i] if defined else None, defined and ni_p[i] < a))
                 i += 1
             try:
                 analyses.append(

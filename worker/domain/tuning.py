@@ -14,7 +14,10 @@ from __future__ import annotations
 
 from worker.config import AutoPromotionConfig
 from worker.stats import StatsInputError, VariantStats
-from worker.stats.planning import auto_n_star, plan_sample_size
+
+# worker.stats.planning is imported where it is used: it loads scipy.signal (with scipy.stats, optimize and
+# interpolate, about 0.4 s), which only an experiment with sequentialTuning auto needs, and every command that
+# decides would otherwise pay for at start-up (tests/unit/test_cli_startup.py).
 
 DEFAULT_N_STAR = 5000.0
 """The N* auto falls back to (the default sequentialTuning) while there is nothing to plan from."""
@@ -43,6 +46,8 @@ def planned_sample_size(
     else:
         baseline = control.value_sum / n
         sd = max(control.value_sum_sq / n - baseline * baseline, 0.0) ** 0.5 * (n / (n - 1)) ** 0.5
+    from worker.stats.planning import plan_sample_size
+
     try:
         plan = plan_sample_size(
             "conversion" if metric_type == "conversion" else "mean",
@@ -73,4 +78,8 @@ def sequential_n_star(
     if not isinstance(tuning, str):
         return float(tuning)
     planned = planned_sample_size(config, metric_type, control, treatments, primary_metrics)
-    return DEFAULT_N_STAR if planned is None else auto_n_star(planned)
+    if planned is None:
+        return DEFAULT_N_STAR
+    from worker.stats.planning import auto_n_star
+
+    return auto_n_star(planned)

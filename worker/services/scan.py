@@ -3,6 +3,10 @@ maxConcurrentPromotions), each on its locked row in a transaction of its own."""
 
 from __future__ import annotations
 
+import contextlib
+import gc
+from collections.abc import Iterator
+
 import anyio.lowlevel
 
 from worker.config import AutoPromotionConfig, EffectiveConfig, Settings
@@ -67,7 +71,8 @@ class ScanService:
             running = await conn.fetch(Q["running_experiments"])
             # In chunks: memory and event-loop stalls stay bounded however many experiments there are.
             for start in range(0, len(running), SCAN_CHUNK):
-                await self._scan_chunk(conn, list(running[start : start + SCAN_CHUNK]), tally, actor)
+                with collections_paused():
+                    await self._scan_chunk(conn, list(running[start : start + SCAN_CHUNK]), tally, actor)
         dry = effective.config.dry_run
         self.effects.scan_completed(tally.scanned, tally.eligible, tally.promoted, dry)
         return {
@@ -240,6 +245,21 @@ class ScanService:
         ]
         decided = await self.decider.decide_snapshots(effective, pairs)
         return decided, {exp_id: Seen(version, read_snapshot) for exp_id, version in versions.items()}
+
+
+@contextlib.contextmanager
+def collections_paused() -> Iterator[None]:
+    """No cyclic garbage collection while a chunk is decided: it allocates hundreds of thousands of short-lived,
+    acyclic objects (the decisions and, with several metrics, each metric's results), whose allocations would
+    trigger collections that walk every live decision again and again (a quarter of a 5-metric scan's time). Reference
+    counting still frees them; the collector runs again after the chunk, which bounds what waits for it."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 class _Tally:
