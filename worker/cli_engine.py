@@ -181,6 +181,25 @@ def _render_check(data: dict[str, Any]) -> None:
                 )
     for note in data.get("notes") or []:
         print(f"note: {note}")
+    eta = data.get("eta")
+    if eta:
+        print(f"eta ({eta['basis']}): {eta['message']}")
+
+
+def eta_cell(eta: dict[str, Any] | None) -> str:
+    """An ETA in a table cell: the median time left with its 80% interval, or what stands instead."""
+    if not eta:
+        return "-"
+    hours, lo_hi = eta.get("hoursRemaining"), eta.get("hoursInterval80")
+    if hours is not None and lo_hi:
+        if hours == 0:
+            return "now"
+        hi = "?" if lo_hi[1] is None else f"{lo_hi[1] / 24:.1f}"
+        return f"{hours / 24:.1f} d ({lo_hi[0] / 24:.1f}-{hi})"
+    n = eta.get("exposuresRemainingPerArm")
+    if n is not None:
+        return f"{n:,}/arm"
+    return "won't reach MDE" if str(eta.get("message", "")).startswith("will not reach") else "-"
 
 
 def _render_promote(data: dict[str, Any]) -> None:
@@ -211,9 +230,18 @@ def _render_scan(data: dict[str, Any]) -> None:
     for r in data["results"]:
         status = "promoted" if r.get("promoted") else ("eligible" if r["eligible"] else "blocked")
         why = r.get("error") or ("; ".join(r["reasons"]) if r["reasons"] else "")
-        rows.append([r["experimentName"], status, f"{r['confidence']:.2f}%", f"{r['improvement']:+.2f}%", why[:100]])
+        rows.append(
+            [
+                r["experimentName"],
+                status,
+                f"{r['confidence']:.2f}%",
+                f"{r['improvement']:+.2f}%",
+                eta_cell(r.get("eta")),
+                why[:100],
+            ]
+        )
     if rows:
-        print(_table(rows, ["experiment", "decision", "confidence", "improvement", "reason"]))
+        print(_table(rows, ["experiment", "decision", "confidence", "improvement", "eta (days, 80%)", "reason"]))
 
 
 def _render_rollback(data: dict[str, Any]) -> None:
@@ -244,7 +272,12 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
 def cmd_scan(args: argparse.Namespace) -> int:
     return _engine_command(
-        args, lambda e: e.scan_and_promote_winners(actor=args.actor), _render_scan, lambda d: True, ScanResult
+        args,
+        # The table shows each experiment's ETA; --json is the API's data, which leaves it out (it costs).
+        lambda e: e.scan_and_promote_winners(actor=args.actor, include_eta=not args.json),
+        _render_scan,
+        lambda d: True,
+        ScanResult,
     )
 
 

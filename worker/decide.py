@@ -179,6 +179,8 @@ class Decision:
     priority: str
     evaluated_at: datetime
     extra: dict[str, Any] = field(default_factory=dict)
+    n_star: float | None = None
+    """The confidence sequence's N* the sequential tests used (None for the fixed method or no test)."""
     metrics: tuple[MetricAnalysis, ...] = ()
     """Every metric's analysis, the built-in ``primary`` first (check data ``metrics``)."""
 
@@ -251,6 +253,7 @@ class Decision:
                 item.update(
                     {
                         "lift": _round(c.lift, 6) if c.lift is not None else None,
+                        "se": float(f"{c.se:.6g}") if c.se is not None and math.isfinite(c.se) else None,
                         "ciLow": _round(c.ci_low, 6) if c.ci_low is not None else None,
                         "ciHigh": _round(c.ci_high, 6) if c.ci_high is not None else None,
                         "pValue": _round(c.p_value, 8),
@@ -289,6 +292,7 @@ class Decision:
             "bestVariant": best.variant if best is not None else None,
             "controlVariant": self.analysis.control if self.analysis is not None else _control_name(self.variants),
             "method": self.method,
+            "nStar": None if self.n_star is None else round(self.n_star, 1),
             "metricType": self.metric_type,
             "priority": self.priority,
             "variants": self.variant_stats_json(),
@@ -481,6 +485,7 @@ def decide(
         priority=snapshot.priority,
         evaluated_at=snapshot.now,
         metrics=judged,
+        n_star=experiment_n_star(snapshot, config) if analysis is not None and config.method == "sequential" else None,
     )
 
 

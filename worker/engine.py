@@ -134,12 +134,15 @@ class Engine:
         actor: str = "autopromote",
         dry_run: bool | None = None,
         include_results: bool = True,
+        include_eta: bool = False,
     ) -> dict[str, Any]:
         """Evaluate every running experiment; promote the eligible ones (worker.services.scan). The approvals past
         approval.timeoutHours are declined as expired first (so a deployment that only runs scans from cron expires
         them too; the daemon's reconciliation scan is this call)."""
         await self.approvals.expire_due()
-        result = await self.scans.scan(config=config, actor=actor, dry_run=dry_run, include_results=include_results)
+        result = await self.scans.scan(
+            config=config, actor=actor, dry_run=dry_run, include_results=include_results, include_eta=include_eta
+        )
         return cast(dict[str, Any], result)
 
     async def rollback_promotion(

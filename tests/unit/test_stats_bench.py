@@ -34,6 +34,14 @@ def test_bench_stats_quick_prints_one_json_object_with_expected_keys() -> None:
     for looks in (10, 50, 200):
         assert set(aa[f"looks_{looks}"]) == {"sequential", "fixed"}
         assert all(0.0 <= r <= 1.0 for r in aa[f"looks_{looks}"].values())
+    assert out["planner"]["fixed_max_relative_error_vs_closed_form"] < 0.01  # exact, not simulated
+    assert "sequential_max_relative_error_vs_simulation" in out["planner"]
+    for step in ("look_every_100", "look_every_500"):
+        assert {"n_star_5000", "auto_planned_sample_size", "auto_from_observed_control"} <= set(
+            out["sequential_tuning"][step]
+        )
+    eta = out["eta_calibration"]["true_lift_is_mde"]
+    assert {"ratio_median_predicted_to_actual", "interval80_coverage"} <= eta.keys()
 
 
 @pytest.mark.slow

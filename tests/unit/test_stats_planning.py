@@ -16,7 +16,13 @@ from scipy import stats as sps
 
 from worker.stats import StatsInputError, VariantStats, analyze_many, compare_arms
 from worker.stats.effects import sequential_p_value, sequential_rho
-from worker.stats.planning import alpha_per_comparison, auto_n_star, plan_sample_size, relative_lift_variance
+from worker.stats.planning import (
+    alpha_per_comparison,
+    auto_n_star,
+    plan_sample_size,
+    relative_lift_variance,
+    z_diffusion,
+)
 from worker.stats.stopping import (
     crossing_cdf_grid,
     crossing_quantiles,
@@ -200,3 +206,36 @@ def test_the_sequential_plan_agrees_with_simulation_within_five_percent() -> Non
     step = plan.fixed_horizon_exposures_per_arm // 200
     stops = _simulated_stops(0.1, 0.1, plan.n_star, step, 1000, 3 * plan.fixed_horizon_exposures_per_arm)
     assert float(np.quantile(stops, 0.8)) == pytest.approx(plan.exposures_per_arm, rel=0.05)
+
+
+def test_analyze_many_takes_one_n_star_per_experiment() -> None:
+    exposures = np.array([[10_000, 10_000], [20_000, 20_000], [30_000, 30_000]])
+    conversions = np.array([[1_000, 1_080], [2_000, 2_130], [3_000, 3_100]])
+    n_stars = [7_000.0, 90_000.0, 1e6]
+    many = analyze_many(exposures, conversions, n_star=n_stars)
+    for e, ns in enumerate(n_stars):
+        variants = [
+            VariantStats("c", True, int(exposures[e, 0]), int(conversions[e, 0])),
+            VariantStats("b", False, int(exposures[e, 1]), int(conversions[e, 1])),
+        ]
+        one = compare_arms(*variants, n_star=ns)
+        assert float(many.p_value[e, 0]) == pytest.approx(one.p_value, rel=1e-12)
+        assert float(many.ci_low[e, 0]) == pytest.approx(one.ci_low, rel=1e-12)
+    with pytest.raises(StatsInputError, match="one per experiment"):
+        analyze_many(exposures, conversions, n_star=[5000.0, 5000.0])
+    with pytest.raises(StatsInputError, match="one per experiment"):
+        analyze_many(exposures, conversions, n_star=[5000.0, 0.5, 5000.0])
+
+
+def test_the_z_statistic_of_a_relative_lift_diffuses_slower_than_one() -> None:
+    """kappa by the delta method against the spread of z across simulated experiments at a fixed n."""
+    rng = np.random.default_rng(5)
+    n, p_a, p_b = 20_000, 0.1, 0.11
+    a = rng.binomial(n, p_a, 20_000) / n
+    b = rng.binomial(n, p_b, 20_000) / n
+    r = b / a
+    z = (r - 1) / np.sqrt((b * (1 - b) + a * (1 - a) * r * r) / (n * a * a))
+    kappa = float(z_diffusion("conversion", p_a, p_b))
+    assert kappa < 0.95
+    assert float(np.std(z)) == pytest.approx(kappa, rel=0.03)
+    assert float(z_diffusion("mean", 10.0, 10.0, 3.0)) == pytest.approx(1.0, abs=0.05)

@@ -58,6 +58,7 @@ class ScanItem(TypedDict):
     dryRun: NotRequired[bool]
     promotionId: NotRequired[str | None]
     approvalId: NotRequired[str]
+    eta: NotRequired[dict[str, Any] | None]  # when a decision is expected (results only, domain/eta.py)
 
 
 class ScanResult(TypedDict):

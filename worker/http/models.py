@@ -291,6 +291,7 @@ class CheckVariant(_Out):
     valueSum: float | None = None
     valueSumSq: float | None = None
     lift: float | None = None
+    se: float | None = Field(None, description="Standard error of the relative lift")
     ciLow: float | None = None
     ciHigh: float | None = None
     pValue: float | None = None
@@ -342,6 +343,22 @@ class MetricResult(_Out):
     treatments: list[MetricTreatment]
 
 
+class EtaResult(_Out):
+    """When the experiment is expected to be decided (worker/domain/eta.py); null numbers when not projected."""
+
+    exposuresRemainingPerArm: int | None = Field(description="Median exposures per arm still needed")
+    hoursRemaining: float | None = Field(description="Median hours still needed; null when the rate is unknown")
+    interval80: list[int | None] | None = Field(
+        description="Exposures per arm still needed: 10th and 90th percentile (90th null: beyond the horizon)"
+    )
+    hoursInterval80: list[float | None] | None = Field(description="The same interval in hours")
+    basis: Literal["observed", "planned"] = Field(description="Projected with the observed lift, or the planned MDE")
+    message: str
+    asOf: str | None = Field(
+        None, description="From a stored decision: the evaluation it was projected at (hours counted from now)"
+    )
+
+
 class CheckResult(_Out):
     """The seed's check result: eligibility, figures, safety checks, reasons."""
 
@@ -365,6 +382,8 @@ class CheckResult(_Out):
         description="What people should know that does not block a promotion, e.g. a metric whose CUPED covariate "
         "is missing for some units (its unadjusted estimate is used)."
     )
+    nStar: float | None = Field(None, description="The confidence sequence's N* (sequentialTuning); null for fixed")
+    eta: EtaResult | None = Field(None, description="When a decision is expected (running experiments)")
 
 
 class PromoteResult(_Out):
@@ -400,6 +419,7 @@ class ScanItem(_Out):
     dryRun: bool | None = None
     promotionId: str | None = None
     approvalId: str | None = None
+    eta: EtaResult | None = Field(None, description="When a decision is expected")
 
 
 class ScanResult(_Out):

@@ -228,7 +228,28 @@ def _schemas() -> dict[str, Any]:
             },
             "variants": _arr(_ref("VariantStats")),
             "lastDecision": last_decision,
-        }
+            "eta": {
+                "anyOf": [_ref("EtaResult"), {"type": "null"}],
+                "description": "GET /api/experiments/{name} only: when a decision is expected, from the last "
+                "decision (null unless running)",
+            },
+        },
+        required=[
+            "id",
+            "name",
+            "status",
+            "metricType",
+            "priority",
+            "description",
+            "config",
+            "startedAt",
+            "createdAt",
+            "updatedAt",
+            "activePromotionId",
+            "pendingUpdates",
+            "variants",
+            "lastDecision",
+        ],
     )
     promotion = _obj(
         {

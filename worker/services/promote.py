@@ -32,6 +32,7 @@ from worker.db.sql import Q
 from worker.db.store import HistoryRows, PromotionWrite, Seen
 from worker.decide import Decision, ExperimentSnapshot
 from worker.domain.errors import AlreadyPromoted, EngineError, ExperimentNotFound
+from worker.domain.eta import EtaRequest, check_eta
 from worker.domain.results import CheckResult, Evaluation, PromoteResult
 from worker.services.approval_gate import request_approval, requires_approval
 from worker.services.deciding import Decider
@@ -120,7 +121,10 @@ class PromoteService:
                     # Only a check under the server's own config is "the last decision"; a caller's what-if is not.
                     await self._store_check(conn, exp["id"], snapshot, decision, cfg, effective, seen)
         metrics.EVALUATIONS.labels("eligible" if decision.eligible else "not_eligible").inc()
-        return decision.to_check_data()
+        data = decision.to_check_data()
+        # At the edge, not in the evaluations: the projection costs about a millisecond.
+        data["eta"] = check_eta(EtaRequest(data, cfg, snapshot.status, snapshot.started_at, snapshot.now))
+        return data
 
     async def _store_check(
         self,

@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy import special
 
 from . import _validate as check
@@ -21,7 +22,14 @@ from .errors import StatsInputError
 from .models import Correction, Method, MetricType
 from .stopping import FloatArray, crossing_cdf_grid, sequential_rho2, sequential_z_boundary
 
-__all__ = ["SamplePlan", "alpha_per_comparison", "auto_n_star", "plan_sample_size", "relative_lift_variance"]
+__all__ = [
+    "SamplePlan",
+    "alpha_per_comparison",
+    "auto_n_star",
+    "plan_sample_size",
+    "relative_lift_variance",
+    "z_diffusion",
+]
 
 # Time steps of the grid over its horizon (4 fixed-horizon samples at first: 0.5% of n each, so the
 # continuous-monitoring correction is small and the answer stable to well under 1%); a longer horizon, for a
@@ -76,6 +84,36 @@ def relative_lift_variance(
         assert sd is not None
         v = (sd / baseline) * (sd / baseline) * (1.0 + r * r)
     return v * (1.0 - rho * rho)
+
+
+def z_diffusion(metric_type: MetricType, mean_a: ArrayLike, mean_b: ArrayLike, sd: ArrayLike = 1.0) -> FloatArray:
+    """How fast the test's z-statistic diffuses, per unit of information: kappa, 1 for a plain mean difference.
+
+    The relative lift's standard error moves with the estimate (it holds muB/muA, and a rate's variance holds the
+    rate), so z = lift / se rises less than the data do: its variance is kappa^2 = |grad z|^2 . (varA, varB) < 1
+    (delta method over both arms' means, per exposure). The sequential plan and the ETA run the z-process with
+    it; ~0.91 at a 10% rate and +10%, which moves the planned stopping quantiles by a few percent toward the
+    simulated ones.
+    """
+    ma = np.asarray(mean_a, dtype=np.float64)
+    mb = np.asarray(mean_b, dtype=np.float64)
+    sd2 = np.asarray(sd, dtype=np.float64) ** 2
+
+    def var(m: FloatArray) -> FloatArray:
+        return np.asarray(m * (1.0 - m) if metric_type == "conversion" else sd2 + 0.0 * m, dtype=np.float64)
+
+    def z(a: FloatArray, b: FloatArray) -> FloatArray:
+        r = b / a
+        with np.errstate(all="ignore"):
+            return np.asarray((r - 1.0) / np.sqrt((var(b) + var(a) * r * r) / (a * a)), dtype=np.float64)
+
+    ha = 1e-6 * np.maximum(np.abs(ma), 1e-12)
+    hb = 1e-6 * np.maximum(np.abs(mb), 1e-12)
+    ga = (z(ma + ha, mb) - z(ma - ha, mb)) / (2.0 * ha)
+    gb = (z(ma, mb + hb) - z(ma, mb - hb)) / (2.0 * hb)
+    kappa = np.sqrt(ga * ga * var(ma) + gb * gb * var(mb))
+    # Outside [0.5, 1.5] the linearisation is not to be trusted (a rate near 0 or 1): fall back to 1.
+    return np.asarray(np.where(np.isfinite(kappa) & (kappa > 0.5) & (kappa < 1.5), kappa, 1.0), dtype=np.float64)
 
 
 def auto_n_star(fixed_horizon_per_arm: float) -> float:
@@ -154,7 +192,8 @@ def plan_sample_size(
         n = math.ceil(n_fixed)
         return SamplePlan(m, n, n, n, days(n), days(n), at, None, v, 1.0 - r * r)
     tuning = auto_n_star(n_fixed) if ns is None else ns
-    t_power, t_median = _sequential_stopping(drift, n_fixed, a, at, tuning, pw, look_every)
+    kappa = float(z_diffusion(mt, b, b * (1.0 + d), 1.0 if s is None else s))
+    t_power, t_median = _sequential_stopping(drift / kappa, n_fixed, a, at, tuning, pw, look_every, kappa)
     n_seq = math.ceil(t_power * n_fixed)
     nf = math.ceil(n_fixed)
     return SamplePlan(m, n_seq, nf, math.ceil(t_median * n_fixed), days(n_seq), days(nf), at, tuning, v, 1.0 - r * r)
@@ -179,16 +218,24 @@ def _checked_spread(metric_type: MetricType, baseline: float, mde: float, sd: fl
 
 
 def _sequential_stopping(
-    drift: float, n_fixed: float, alpha: float, alpha_test: float, n_star: float, power: float, look: float | None
+    drift: float,
+    n_fixed: float,
+    alpha: float,
+    alpha_test: float,
+    n_star: float,
+    power: float,
+    look: float | None,
+    kappa: float = 1.0,
 ) -> tuple[float, float]:
     """(t at which P(stopped) = power, median stopping t), t in units of the fixed-horizon n per arm.
 
-    In those units the z-process has drift z(1-alpha/2) + z_power per unit t, and the total sample size is 2 n t.
+    In those units the z-process has drift z(1-alpha/2) + z_power per unit t, and the total sample size is 2 n t;
+    on the scale of its diffusion kappa (z_diffusion) both the drift and the boundary are divided by kappa.
     """
     rho2 = float(sequential_rho2(alpha, n_star))
 
     def boundary(t: FloatArray) -> FloatArray:
-        return np.sqrt(t) * sequential_z_boundary(2.0 * n_fixed * t, rho2, alpha_test)
+        return np.sqrt(t) * sequential_z_boundary(2.0 * n_fixed * t, rho2, alpha_test) / kappa
 
     t_max = 4.0
     while True:

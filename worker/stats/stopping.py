@@ -128,21 +128,38 @@ def _tangent_cdf(
     return np.asarray(np.clip(first + second, 0.0, 1.0), dtype=np.float64)
 
 
+def _line_cdf(t: FloatArray, a: FloatArray, nu: FloatArray) -> FloatArray:
+    """P(a Brownian motion with drift nu has risen by a > 0 within time t) (Bachelier-Levy); 0 for t <= 0."""
+    tt = np.maximum(t, 1e-300)
+    sq = np.sqrt(tt)
+    aa = np.maximum(a, 0.0)
+    first = special.ndtr((nu * tt - aa) / sq)
+    second = np.exp(np.minimum(2.0 * nu * aa + special.log_ndtr((-nu * tt - aa) / sq), 0.0))
+    return np.asarray(np.where(t > 0.0, np.clip(first + second, 0.0, 1.0), 0.0), dtype=np.float64)
+
+
 def crossing_quantiles(
     quantiles: ArrayLike,
     z_now: ArrayLike,
     drift: ArrayLike,
     boundary: Callable[[FloatArray], FloatArray],
     *,
+    slope: ArrayLike | None = None,
     weights: ArrayLike | None = None,
     s_max: float = 1e4,
-    iterations: int = 48,
+    iterations: int = 40,
+    grid: int = 96,
 ) -> FloatArray:
     """Scale factors s >= 1 of the data at which P(stopped by s) reaches each quantile (inf beyond s_max).
 
     Vectorised: z_now has shape (E,) (one per experiment), drift (E,) or (E, K) for K effect hypotheses mixed
-    with ``weights`` (K,) (a posterior over the effect); ``boundary`` maps an (E, Q, 1) array of s to the S-scale
-    boundary sqrt s * z-boundary (its per-experiment parameters shaped (E, 1, 1)). Returns shape (E, Q).
+    with ``weights`` (K,) (a posterior over the effect); ``boundary`` maps an array of s shaped (E, ..., n) to the
+    S-scale boundary sqrt s * z-boundary (its per-experiment parameters shaped (E, 1, 1)); it must be concave.
+
+    ``slope`` (E,) adds a second condition, S >= slope * s (a lift of at least the MDE: minImprovement), which
+    the test boundary alone cannot carry (the maximum of the two is not concave): past the point where the line
+    overtakes the boundary, a crossing of the boundary at u is followed by the first passage to the line from
+    there (Bachelier-Levy), summed over u on a geometric grid of ``grid`` points. Returns shape (E, Q).
     """
     q = np.asarray(quantiles, dtype=np.float64)
     z = np.asarray(z_now, dtype=np.float64)
@@ -152,17 +169,41 @@ def crossing_quantiles(
     w = np.ones(1) if weights is None else np.asarray(weights, dtype=np.float64)
     w = w / w.sum()
     e = z.shape[0]
+    zz, dd = z[:, None, None], d[:, None, :]  # (E, 1, 1), (E, 1, K)
 
-    def mixture(s: FloatArray) -> FloatArray:  # s: (E, Q) -> (E, Q)
-        cdf = _tangent_cdf(s[:, :, None], z[:, None, None], d[:, None, :], boundary)
-        return np.asarray((cdf * w).sum(axis=2), dtype=np.float64)
+    if slope is None:
+
+        def mixture(s: FloatArray) -> FloatArray:  # s: (E, Q) -> (E, Q)
+            cdf = _tangent_cdf(s[:, :, None], zz, dd, boundary)
+            return np.asarray((cdf * w).sum(axis=2), dtype=np.float64)
+
+    else:
+        b = np.asarray(slope, dtype=np.float64)[:, None, None]  # (E, 1, 1)
+        u = np.geomspace(1.0, s_max, grid + 1)
+        ug = np.broadcast_to(u, (e, 1, grid + 1))
+        dominates = b * ug > boundary(ug)  # (E, 1, U+1): the line above the test boundary
+        kink = np.where(dominates.any(axis=2), u[np.argmax(dominates, axis=2)], np.inf)[:, :, None]  # (E, 1, 1)
+        f1 = _tangent_cdf(ug, zz, d[:, :, None], boundary)  # (E, K, U+1): the test boundary alone
+        f1[:, :, 0] = 0.0
+        df = np.diff(f1, axis=2)[:, None, :, :]  # (E, 1, K, U)
+        mid = np.sqrt(u[:-1] * u[1:])
+        mg = np.broadcast_to(mid, (e, 1, grid))
+        gap = (b * mg - boundary(mg))[:, :, None, :]  # (E, 1, 1, U): from the boundary up to the line
+        after = (mg > kink)[:, :, None, :]
+        nu = (d - b[:, :, 0])[:, None, :, None]  # (E, 1, K, 1)
+
+        def mixture(s: FloatArray) -> FloatArray:
+            first = _tangent_cdf(np.minimum(s, kink[:, :, 0])[:, :, None], zz, dd, boundary)  # (E, Q, K)
+            later = _line_cdf(s[:, :, None, None] - mid, gap, nu)  # (E, Q, K, U)
+            cdf = first + (df * after * later).sum(axis=3)
+            return np.asarray((np.clip(cdf, 0.0, 1.0) * w).sum(axis=2), dtype=np.float64)
 
     lo = np.zeros((e, q.size))  # log s
     hi = np.full((e, q.size), math.log(s_max))
     reached = mixture(np.exp(hi)) >= q
     for _ in range(iterations):
-        mid = 0.5 * (lo + hi)
-        ok = mixture(np.exp(mid)) >= q
-        hi = np.where(ok, mid, hi)
-        lo = np.where(ok, lo, mid)
+        mid_s = 0.5 * (lo + hi)
+        ok = mixture(np.exp(mid_s)) >= q
+        hi = np.where(ok, mid_s, hi)
+        lo = np.where(ok, lo, mid_s)
     return np.asarray(np.where(reached, np.exp(hi), np.inf), dtype=np.float64)

@@ -174,7 +174,7 @@ def analyze_many(
     metric_type: MetricType = "conversion",
     method: Method = "sequential",
     alpha: float = 0.05,
-    n_star: float = 5000,
+    n_star: float | npt.ArrayLike = 5000,
     correction: Correction = "holm",
     srm_threshold: float = 0.001,
 ) -> ManyAnalysis:
@@ -183,18 +183,19 @@ def analyze_many(
     Conversion metrics need conversions; mean metrics need value_sum and value_sum_sq. weights has shape
     (V,) or (E, V) (default all 1). present (E, V) bool marks variants that exist, for batching
     experiments with fewer variants: absent ones are excluded from corrections and SRM (column 0 must be
-    present). Row e equals analyze_experiment on the same data (see ManyAnalysis.experiment). Raises
-    StatsInputError on bad shapes or values, as the scalar path would.
+    present). n_star is one number, or one per experiment (E,) (sequentialTuning auto tunes each experiment's).
+    Row e equals analyze_experiment on the same data (see ManyAnalysis.experiment). Raises StatsInputError on bad
+    shapes or values, as the scalar path would.
     """
     mt = check.metric_type(metric_type)
     m = check.method(method)
     a = check.alpha(alpha)
-    ns = check.n_star(n_star)
     corr = check.correction(correction)
     thr = check.threshold(srm_threshold)
 
     n = _counts("exposures", exposures, None)
     shape = n.shape
+    ns = _n_stars(n_star, shape[0])
     if shape[1] < 1:
         raise StatsInputError("need at least one variant (the control) per experiment")
     if present is None:
@@ -275,8 +276,21 @@ def analyze_many(
     )
 
 
+def _n_stars(x: Any, rows: int) -> float | F64:
+    """One N* for every experiment, or one per experiment as an (E, 1) column."""
+    if np.ndim(x) == 0:
+        return check.n_star(x)
+    try:
+        arr = np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise StatsInputError("n_star must be a number or one number per experiment") from None
+    if arr.shape != (rows,) or not np.all((arr >= 1.0) & (arr <= 1e12)):
+        raise StatsInputError(f"n_star must be a number or {rows} numbers (one per experiment), each in [1, 1e12]")
+    return arr[:, None]
+
+
 def _compare(
-    n: I64, mean: F64, var: F64, pres_t: B, mt: MetricType, m: Method, a: float, ns: float
+    n: I64, mean: F64, var: F64, pres_t: B, mt: MetricType, m: Method, a: float, ns: float | F64
 ) -> tuple[F64, F64, F64, F64, F64, I8]:
     """Per-treatment relative effect with the scalar path's reason precedence; call under errstate."""
     n_a, mu_a, v_a = n[:, :1], mean[:, :1], var[:, :1]

@@ -4,13 +4,16 @@ OpenAPI document, each with its JSON shape. Reads go through ``worker.db.reads.R
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 from pydantic import ValidationError
 
+from worker.config import ConfigError, EffectiveConfig, with_experiment_overrides
 from worker.db.reads import AuditEntry, EvaluationSnapshot, Experiment, Promotion, Reads, VariantStats
 from worker.domain.errors import ExperimentNotFound
+from worker.domain.eta import EtaRequest, stored_etas
 from worker.http import auth
 from worker.http.api.wire import ok, parse_query, validation_errors
 from worker.http.app import CTX
@@ -119,6 +122,19 @@ async def list_experiments(request: web.Request) -> web.Response:
     )
 
 
+def _eta(base: EffectiveConfig, row: Experiment) -> dict[str, Any] | None:
+    """The experiment's ETA from its last decision (domain/eta.py), under its own config; None when there is none
+    to give (not running, not evaluated, or a config that no longer validates)."""
+    if row.status != "running" or not row.decision or row.last_evaluated_at is None:
+        return None
+    try:
+        config = with_experiment_overrides(base, row.config if isinstance(row.config, dict) else None)
+    except ConfigError:
+        return None
+    request = EtaRequest(row.decision, config, row.status, row.started_at, row.last_evaluated_at)
+    return stored_etas([request], datetime.now(UTC))[0]
+
+
 def _name_from_path(request: web.Request) -> str:
     name = request.match_info["name"]
     try:
@@ -138,9 +154,12 @@ async def get_experiment(request: web.Request) -> web.Response:
     )
     if detail is None:
         raise ExperimentNotFound(f"no experiment named {name[:200]!r}", {"experimentName": name[:200]})
+    row = detail.experiment
+    experiment = _experiment_json(row, full_decision=True)
+    experiment["eta"] = _eta(ctx.config, row)
     return ok(
         {
-            "experiment": _experiment_json(detail.experiment, full_decision=True),
+            "experiment": experiment,
             "history": [_history_json(h) for h in detail.history],
             "promotions": [_promotion_json(p) for p in detail.promotions],
             "audit": [_audit_json(a) for a in detail.audit],

@@ -21,6 +21,7 @@ import hashlib
 import html
 import mimetypes
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
 from urllib.parse import urlsplit
@@ -301,7 +302,7 @@ def _reads(request: web.Request) -> Reads:
 
 async def _overview(request: web.Request) -> dict[str, Any]:
     experiments, counts = await _reads(request).experiments_overview(views.MAX_EXPERIMENTS)
-    return views.overview(experiments, counts)
+    return views.overview(experiments, counts, request.app[CTX].config)
 
 
 @_viewer_page
@@ -339,14 +340,16 @@ async def card_fragment(request: web.Request) -> web.Response:
     experiment = await _reads(request).experiment_card(name)
     if experiment is None:
         return _gone(request, name)
-    return _render(request, "_card.html", {"c": views.card(experiment)})
+    eta = views.etas([experiment], request.app[CTX].config, datetime.now(UTC))[0]
+    return _render(request, "_card.html", {"c": views.card(experiment, eta)})
 
 
 async def _experiment(request: web.Request, name: str) -> dict[str, Any] | None:
     page = await _reads(request).experiment_history(name, audit=views.AUDIT_ROWS)
     if page is None:
         return None
-    return views.experiment_page(page, request.app[CTX].config.config.thresholds.min_confidence)
+    config = request.app[CTX].config
+    return views.experiment_page(page, config.config.thresholds.min_confidence, config)
 
 
 @_viewer_page

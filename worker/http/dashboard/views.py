@@ -10,14 +10,14 @@ import hashlib
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlencode
 
 from markupsafe import Markup
 from pydantic import ValidationError
 
-from worker.config import AutoPromotionConfig
+from worker.config import AutoPromotionConfig, ConfigError, EffectiveConfig, with_experiment_overrides
 from worker.db.reads import (
     Approval,
     AuditEntry,
@@ -29,6 +29,7 @@ from worker.db.reads import (
     StatusCount,
 )
 from worker.domain.errors import InvalidRequest
+from worker.domain.eta import EtaRequest, stored_etas
 from worker.domain.metrics import BUILTIN_METRIC
 from worker.domain.planning import PlanRequest, plan_experiment
 from worker.http.models import PlanQuery
@@ -205,15 +206,66 @@ def actions(exp: Experiment) -> dict[str, Any]:
     }
 
 
-def card(exp: Experiment) -> dict[str, Any]:
-    """One experiment's card on the overview."""
+def card(exp: Experiment, eta: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """One experiment's card on the overview (``eta``: etas() of it, or None)."""
     return {
         "exp": exp,
         "decision": exp.decision or None,
         "variants": variants_table(exp),
         "reasons": reasons(exp.decision or None, exp.status),
         "actions": actions(exp),
+        "eta": eta_view(eta, exp.decision),
     }
+
+
+def etas(experiments: Sequence[Experiment], base: EffectiveConfig | None, now: datetime) -> list[dict[str, Any] | None]:
+    """The ETA of each running experiment from its last decision (domain/eta.py), in one vectorised pass."""
+    if base is None:
+        return [None] * len(experiments)
+    requests: list[EtaRequest] = []
+    where: list[int] = []
+    for i, exp in enumerate(experiments):
+        if exp.status != "running" or not exp.decision or exp.last_evaluated_at is None:
+            continue
+        try:
+            config = with_experiment_overrides(base, exp.config if isinstance(exp.config, dict) else None)
+        except ConfigError:
+            continue
+        requests.append(EtaRequest(exp.decision, config, exp.status, exp.started_at, exp.last_evaluated_at))
+        where.append(i)
+    out: list[dict[str, Any] | None] = [None] * len(experiments)
+    for i, eta in zip(where, stored_etas(requests, now), strict=True):
+        out[i] = eta
+    return out
+
+
+def _days_text(hours: float) -> str:
+    return f"{hours:.1f} hours" if hours < 48 else f"{hours / 24:.1f} days"
+
+
+def eta_view(eta: Mapping[str, Any] | None, decision: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """An ETA as the page shows it: a progress bar (exposures so far against those still needed) and the words."""
+    if not eta:
+        return None
+    remaining = eta.get("exposuresRemainingPerArm")
+    variants = {v.get("name"): v for v in (decision or {}).get("variants") or []}
+    arms = [variants.get((decision or {}).get(k)) for k in ("controlVariant", "bestVariant")]
+    so_far = sum(int(v.get("exposures") or 0) for v in arms if v) / 2
+    progress = None
+    if remaining is not None and so_far + remaining > 0:
+        progress = round(100 * so_far / (so_far + remaining))
+    hours, interval = eta.get("hoursRemaining"), eta.get("hoursInterval80")
+    if remaining == 0:
+        text = str(eta.get("message") or "decided")
+    elif hours is not None and interval:
+        upper = "longer" if interval[1] is None else _days_text(interval[1])
+        text = f"about {_days_text(hours)} left (80%: {_days_text(interval[0])} to {upper})"
+    elif remaining is not None:
+        text = f"about {remaining:,} more exposures per arm (exposure rate unknown)"
+    else:
+        text = str(eta.get("message") or "")
+    basis = "if the true lift is the MDE" if eta.get("basis") == "planned" else "at the observed lift"
+    return {"progress": progress, "text": text, "basis": basis, "message": eta.get("message")}
 
 
 def summary(counts: Sequence[StatusCount]) -> dict[str, Any]:
@@ -225,11 +277,17 @@ def summary(counts: Sequence[StatusCount]) -> dict[str, Any]:
     }
 
 
-def overview(experiments: Sequence[Experiment], counts: Sequence[StatusCount]) -> dict[str, Any]:
+def overview(
+    experiments: Sequence[Experiment],
+    counts: Sequence[StatusCount],
+    base: EffectiveConfig | None = None,
+    now: datetime | None = None,
+) -> dict[str, Any]:
     """The experiments list (the body of ``/`` and of ``/fragments/experiments``)."""
     total = sum(c.experiments for c in counts)
+    projected = etas(experiments, base, now or datetime.now(UTC))
     return {
-        "cards": [card(e) for e in experiments],
+        "cards": [card(e, eta) for e, eta in zip(experiments, projected, strict=True)],
         "summary": summary(counts),
         "shown": len(experiments),
         "total": total,
@@ -449,10 +507,13 @@ def metric_charts(
     return out
 
 
-def experiment_page(page: ExperimentHistory, level: float) -> dict[str, Any]:
+def experiment_page(
+    page: ExperimentHistory, level: float, base: EffectiveConfig | None = None, now: datetime | None = None
+) -> dict[str, Any]:
     """The body of ``/experiments/{name}``."""
     exp = page.experiment
     decision = exp.decision or None
+    eta = etas([exp], base, now or datetime.now(UTC))[0]
     control = (decision or {}).get("controlVariant") or next((v.name for v in exp.variants if v.is_control), None)
     return {
         "exp": exp,
@@ -465,6 +526,7 @@ def experiment_page(page: ExperimentHistory, level: float) -> dict[str, Any]:
         "metric_charts": metric_charts(exp.name, decision, page.snapshots, level),
         "variants": variants_table(exp, detailed=True),
         "checks": safety_checks(decision),
+        "eta": eta_view(eta, decision),
         "promotions": page.promotions,
         "audit": audit_rows(page.audit),
     }
