@@ -43,6 +43,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_replicas.py
 	$(BIN)/python bench/bench_serving.py
 	$(BIN)/python bench/bench_chaos.py
+	$(BIN)/python bench/bench_rollout.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -87,6 +87,7 @@ SECTIONS: list[tuple[str, Rule]] = [
     ("Thresholds", _path_prefix("thresholds.")),
     ("Safety checks", _path_prefix("safetyChecks.")),
     ("Post-promotion guard", _path_prefix("guard.")),
+    ("Progressive rollout (ramp)", _path_prefix("rollout.")),
     ("What to notify", _path_prefix("notifications.")),
     ("Slack", _env_prefix("SLACK_")),
     ("Email", _env_prefix("SMTP_", "ALERT_EMAIL_")),

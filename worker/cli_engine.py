@@ -1,4 +1,5 @@
-"""CLI commands over the engine: check, promote, scan, rollback. Tables by default; --json prints the API's data."""
+"""CLI commands over the engine: check, promote, scan, rollback, rollout pause|resume|show. Tables by default;
+--json prints the API's data."""
 
 from __future__ import annotations
 
@@ -35,8 +36,17 @@ from worker.domain.errors import (
     MetricExists,
     MetricNotFound,
     PromotionNotFound,
+    RolloutConflict,
+    RolloutNotFound,
 )
-from worker.http.models import ApprovalResult, CheckResult, PromoteResult, RollbackResult, ScanResult
+from worker.http.models import (
+    ApprovalResult,
+    CheckResult,
+    PromoteResult,
+    RollbackResult,
+    RolloutActionResult,
+    ScanResult,
+)
 
 # Every domain error's exit code, in one place: a wrong argument or name is a usage error (2, like argparse);
 # a refusal of a valid request (already promoted, already rolled back) is 1. A subclass not listed takes its
@@ -50,6 +60,8 @@ EXIT_CODES: dict[type[DomainError], int] = {
     AlreadyRolledBack: EXIT_REFUSED,
     ApprovalNotFound: EXIT_USAGE,
     ApprovalNotPending: EXIT_REFUSED,
+    RolloutNotFound: EXIT_USAGE,
+    RolloutConflict: EXIT_REFUSED,
     MetricNotFound: EXIT_USAGE,
     MetricExists: EXIT_REFUSED,
 }
@@ -184,6 +196,21 @@ def _render_check(data: dict[str, Any]) -> None:
     eta = data.get("eta")
     if eta:
         print(f"eta ({eta['basis']}): {eta['message']}")
+    if data.get("rollout"):
+        _render_ramp(data["rollout"])
+
+
+def _render_ramp(r: dict[str, Any]) -> None:
+    """Where a ramp is: its state, the shares, and the current step's guard."""
+    path = " -> ".join((f"[{s:g}%]" if i + 1 == r["step"] else f"{s:g}%") for i, s in enumerate(r["steps"]))
+    print(f"rollout: {r['state']}, step {r['step']} of {len(r['steps'])} at {r['treatmentShare']:g}%  ({path})")
+    print(f"  step began {r['stepStartedAt']}" + (f", next step at {r['nextStepAt']}" if r.get("nextStepAt") else ""))
+    for g in r.get("guard") or []:
+        interval = g.get("interval")
+        shown = "" if g.get("lift") is None else f"  {g['lift']:+.2f}"
+        if interval and interval[0] is not None and interval[1] is not None:
+            shown += f" [{interval[0]:+.2f}, {interval[1]:+.2f}]"
+        print(f"  guard {g['metric']}: {g['verdict']}{shown}")
 
 
 def eta_cell(eta: dict[str, Any] | None) -> str:
@@ -367,6 +394,26 @@ def cmd_approvals(args: argparse.Namespace) -> int:
     return _run_async(go)
 
 
+def _render_rollout_action(data: dict[str, Any]) -> None:
+    print(f"{data['experimentName']}:")
+    _render_ramp(data["rollout"])
+
+
+def cmd_rollout(args: argparse.Namespace) -> int:
+    async def act(e: Any) -> dict[str, Any]:
+        if args.rollout_command == "pause":
+            rollout = await e.rollouts.pause(args.name, actor=args.actor, reason=args.reason)
+        elif args.rollout_command == "resume":
+            rollout = await e.rollouts.resume(args.name, actor=args.actor)
+        else:
+            rollout = await e.rollouts.describe_named(args.name)
+            if rollout is None:
+                raise RolloutNotFound(f"experiment {args.name!r} has no rollout (or does not exist)")
+        return {"experimentName": args.name, "rollout": rollout}
+
+    return _engine_command(args, act, _render_rollout_action, lambda d: True, RolloutActionResult)
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", choices=PRESET_NAMES, help="preset to start from (default: AUTO_PROMOTION_PRESET)")
     p.add_argument("--json", action="store_true", help="print exactly the API's data object")
@@ -422,6 +469,24 @@ def _register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--actor", default="cli", help="who declines, recorded in the audit log (default: cli)")
     _common(p)
     p.set_defaults(handler=cmd_decline)
+
+    ramp = sub.add_parser("rollout", help="hold, resume or show a ramp (rollout.mode = ramp)")
+    ramp_sub = ramp.add_subparsers(dest="rollout_command", metavar="SUBCOMMAND", required=True)
+    p = ramp_sub.add_parser("pause", help="hold a ramp at its step (it stays guarded; audited)")
+    p.add_argument("name", metavar="EXPERIMENT", help="experiment name")
+    p.add_argument("--reason", help="why (recorded in the audit log)")
+    p.add_argument("--actor", default="cli", help="who acts, recorded in the audit log (default: cli)")
+    _common(p)
+    p.set_defaults(handler=cmd_rollout)
+    p = ramp_sub.add_parser("resume", help="let a paused ramp go on from its step (audited)")
+    p.add_argument("name", metavar="EXPERIMENT", help="experiment name")
+    p.add_argument("--actor", default="cli", help="who acts, recorded in the audit log (default: cli)")
+    _common(p)
+    p.set_defaults(handler=cmd_rollout)
+    p = ramp_sub.add_parser("show", help="where a ramp is and its current step's guard")
+    p.add_argument("name", metavar="EXPERIMENT", help="experiment name")
+    _common(p)
+    p.set_defaults(handler=cmd_rollout)
 
 
 register(_register)

@@ -35,7 +35,7 @@ from worker.config import EffectiveConfig, Settings
 from worker.db.connect import Pool, connect, create_pool, redact_url, resolve_database
 from worker.db.migrate import migrate, pending_migrations
 from worker.domain.events import CommittedEvent, committed_event, evaluation_event, notified_event
-from worker.domain.results import PromoteResult, RollbackResult
+from worker.domain.results import PromoteResult, RollbackResult, RolloutTransition
 from worker.engine import Engine, Evaluation
 from worker.evaluator import Evaluator, Folder, Wake, keep_session
 from worker.events import EventBus
@@ -122,6 +122,7 @@ class Daemon:
         )
         self.rollback_wake = Wake()
         self.guard_wake = Wake()
+        self.rollout_wake = Wake()
         interval = config.config.scan_interval_seconds
         leadership: Leadership = (
             LeaseLeadership(pool, self.identity, ttl=max(3 * interval, 10.0))
@@ -172,6 +173,7 @@ class Daemon:
                     ("evaluator", self.evaluator.run),
                     ("rollback_requests", self._rollbacks_loop),
                     ("guard", self._guard_loop),
+                    ("rollouts", self._rollouts_loop),
                     ("scanner", self.scanner.run),
                 ]
                 if self.listener is not None:
@@ -191,7 +193,7 @@ class Daemon:
 
     async def _fan_out_stop(self, stop: anyio.Event) -> None:
         await stop.wait()
-        for wake in (self.folder.wake, self.evaluator.wake, self.rollback_wake, self.guard_wake):
+        for wake in (self.folder.wake, self.evaluator.wake, self.rollback_wake, self.guard_wake, self.rollout_wake):
             wake.set()
 
     async def _supervise(self, name: str, task: Callable[[anyio.Event], Awaitable[None]], stop: anyio.Event) -> None:
@@ -237,6 +239,21 @@ class Daemon:
     async def _guard_loop(self, stop: anyio.Event) -> None:
         await self._run_on_wake("guard", self.guard_wake, stop, self._check_guard)
 
+    async def _rollouts_loop(self, stop: anyio.Event) -> None:
+        """The ramps' clock: check every unfinished rollout, then sleep until the soonest step's time minimum (or the
+        end of a holding window) is met, at most a poll interval; woken early by a rollout event from any replica.
+        Updates drive the rest (the evaluator checks a promoted experiment after every fold), so a quiet experiment
+        still advances on time and a worker that starts picks every rollout up where it was."""
+        fault = FaultLog("rollouts", self.faults)
+        while not stop.is_set():
+            try:
+                checked = await retrying(fault, stop, self.engine.rollouts.check)
+            except Stopped:
+                return
+            wait = checked.seconds_to_next()
+            within = self.settings.poll_interval if wait is None else min(wait + 0.005, self.settings.poll_interval)
+            await self.rollout_wake.wait(within)
+
     async def _run_on_wake(self, name: str, wake: Wake, stop: anyio.Event, fn: Callable[[], Awaitable[object]]) -> None:
         """Run ``fn`` whenever ``wake`` is set (coalescing), retrying database faults under the shared policy."""
         fault = FaultLog(name, self.faults)
@@ -259,6 +276,7 @@ class Daemon:
         """The reconciliation scan: expire overdue approvals and promote what became eligible (or ask for its
         approval), then guard checks and rollback requests."""
         result = await self.engine.scan_and_promote_winners(include_results=False)
+        ramps = await self.engine.rollouts.check(None)
         outcomes = await self.guard.check(None)
         rollbacks = await carry_out_rollback_requests(self.pool, self.engine)
         return {
@@ -266,6 +284,7 @@ class Daemon:
             "eligible": result["eligible"],
             "promoted": result["promoted"],
             "guard_actions": sum(1 for o in outcomes if o.action != "none"),
+            "rollout_transitions": sum(1 for o in ramps.outcomes if o.action != "none"),
             "rollback_requests": sum(1 for r in rollbacks if r.action == "rolled_back"),
         }
 
@@ -304,6 +323,8 @@ class Daemon:
     def on_promotion_event(self, event: PromotionEvent) -> None:
         if event.event == "rollback_requested":
             self.rollback_wake.set()
+        if event.event == "promoted" or event.event.startswith("rollout_"):
+            self.rollout_wake.set()  # a ramp started or moved (on any replica): the timer looks again
         self.events.publish(notified_event(event.event, event.experiment_name, event.promotion_id))
 
     def on_connected(self, reconnected: bool) -> None:
@@ -328,7 +349,7 @@ class Daemon:
         if self.events.subscriber_count:
             self.events.publish(evaluation_event(evaluation, latency))
 
-    def _on_committed(self, event: CommittedEvent, data: PromoteResult | RollbackResult) -> None:
+    def _on_committed(self, event: CommittedEvent, data: PromoteResult | RollbackResult | RolloutTransition) -> None:
         if self.dispatcher is not None:
             self.dispatcher.wake()
         if self.settings.poll_only:

@@ -1,6 +1,6 @@
 """`autopromote demo`: every path of the product, live, on an embedded PostgreSQL.
 
-Eight experiments, a traffic simulator whose users are assigned by the OpenFeature provider
+Ten experiments, a traffic simulator whose users are assigned by the OpenFeature provider
 (clients/openfeature-python, the same assignment as ab_assign) and whose metrics go in through ab_record_metrics
 in real time, the worker itself, and a local sink that prints each notification as it is delivered. Beside them,
 a CUPED experiment and its unadjusted twin (CUPED_TWINS): the same users, one sent with each user's pre-exposure
@@ -55,6 +55,8 @@ class Scenario:
     arms: tuple[Arm, ...]
     expected: str
     post_promotion_error_rate: float | None = None  # the guard scenario: errors jump after promotion
+    # A ramp scenario: the winner's errors jump (to post_promotion_error_rate) once it serves this share (%) or more
+    ramp_breach_share: float | None = None
     manual_rollback_after: float | None = None  # seconds after promotion
     config: dict[str, Any] = field(default_factory=dict)
     guardrail: Guardrail | None = None
@@ -106,6 +108,28 @@ SCENARIOS: tuple[Scenario, ...] = (
         (Arm("control", 0.10, order_value=50.0), Arm("variant-b", 0.135, order_value=34.0)),
         "blocked by guardrail revenue_per_visit",
         guardrail=Guardrail("revenue_per_visit", 0.02, "revenue per visit; may be at most 2% worse"),
+    ),
+    Scenario(
+        "onboarding-ramp",
+        "promoted step by step (rollout.mode ramp: 50 -> 75 -> 95 -> 100), each step guarded against the control",
+        (Arm("control", 0.10), Arm("variant-b", 0.135)),
+        "ramped to 100%",
+        config={
+            "rollout": {"mode": "ramp", "steps": [75], "stepMinutes": 0.03, "stepMinExposures": 600},
+            "guard": {"guardHours": 0.0015},
+        },
+    ),
+    Scenario(
+        "checkout-ramp",
+        "ramped (50 -> 60 -> 80 -> 95 -> 100), its errors jump at the second step: the step's guard rolls it back",
+        (Arm("control", 0.10), Arm("variant-b", 0.135)),
+        "rolled back at step 2",
+        post_promotion_error_rate=0.12,
+        ramp_breach_share=80.0,
+        config={
+            "rollout": {"mode": "ramp", "steps": [60, 80], "stepMinutes": 0.03, "stepMinExposures": 600},
+            "guard": {"guardHours": 0.05},
+        },
     ),
 )
 
@@ -318,7 +342,10 @@ class TrafficSimulator:
             n = n_users * self.visits
             error_rate = arm.error_rate
             if promoted and scenario.post_promotion_error_rate is not None:
-                error_rate = scenario.post_promotion_error_rate
+                if scenario.ramp_breach_share is None:
+                    error_rate = scenario.post_promotion_error_rate
+                elif variant != scenario.arms[0].name and _served_share(exp, variant) >= scenario.ramp_breach_share:
+                    error_rate = scenario.post_promotion_error_rate
             latencies = [round(self.rng.lognormvariate(math.log(arm.latency_ms), 0.35), 2) for _ in range(min(n, 40))]
             conversions = _binomial(self.rng, n, arm.rate)
             calls.append((name, variant, n, conversions, _binomial(self.rng, n, error_rate), latencies))
@@ -359,6 +386,14 @@ class TrafficSimulator:
         finally:
             with anyio.CancelScope(shield=True):
                 await self.close()
+
+
+def _served_share(exp: Any, variant: str) -> float:
+    """The share of traffic (percent) the provider serves ``variant`` of ``exp`` now."""
+    if exp is None or variant not in exp.variants:
+        return 0.0
+    i = exp.variants.index(variant)
+    return 100.0 * (float(exp.ends[i]) - (float(exp.ends[i - 1]) if i else 0.0))
 
 
 async def manual_rollbacks(pool: Pool, stop: anyio.Event, scenarios: tuple[Scenario, ...] = SCENARIOS) -> None:
@@ -412,11 +447,16 @@ class NotificationSink:
         body = await request.json()
         what = body.get("event", "?")
         exp = body.get("experimentName", "?")
-        extra = body.get("reason") or (
-            f"{body.get('variant')} at {body.get('confidence', 0):.1f}% confidence, {body.get('improvement', 0):+.1f}%"
-            if body.get("variant")
-            else ""
-        )
+        ramp = body.get("rollout") if isinstance(body.get("rollout"), dict) else None
+        confidence, improvement = body.get("confidence"), body.get("improvement")
+        if body.get("reason"):
+            extra = body["reason"]
+        elif ramp is not None:
+            extra = f"{body.get('variant')} at {ramp.get('treatmentShare')}% (step {ramp.get('step')})"
+        elif body.get("variant") and confidence is not None and improvement is not None:
+            extra = f"{body.get('variant')} at {confidence:.1f}% confidence, {improvement:+.1f}%"
+        else:
+            extra = str(body.get("variant") or "")
         self._emit(f"webhook  {what:<22} {exp:<16} {str(extra)[:90]}")
         return web.Response(text="ok")
 
@@ -433,7 +473,16 @@ def describe(row: Record) -> tuple[str, str, str, str]:
     promotion = row["promotion"]
     confidence = f"{decision.get('confidence', 0.0):6.2f}%" if decision else "     -"
     status = row["status"]
-    if status == "promoted" and promotion:
+    ramp = row["rollout"]
+    if status == "promoted" and promotion and ramp and ramp["state"] != "complete":
+        share = ramp["steps"][ramp["step"] - 1]
+        what = (
+            f"RAMPING {promotion['variant']} at {share:g}% (step {ramp['step']} of {len(ramp['steps'])}, "
+            f"{ramp['state']})"
+        )
+    elif status == "promoted" and promotion and ramp:
+        what = f"PROMOTED {promotion['variant']} ({promotion['improvement']:+.1f}%), ramped to 100%"
+    elif status == "promoted" and promotion:
         what = f"PROMOTED {promotion['variant']} ({promotion['improvement']:+.1f}%)"
     elif status == "rolled_back" and promotion:
         who = promotion.get("rolled_back_by") or "?"
@@ -499,9 +548,14 @@ def summary_lines(rows: list[Record]) -> list[str]:
         decision = r["decision"] or {}
         promotion = r["promotion"]
         if r["status"] == "promoted" and promotion:
+            ramp = r["rollout"]
+            path = ""
+            if ramp:
+                shares = " -> ".join(f"{x:g}%" for x in ramp["steps"])
+                path = f"; ramp {shares}: {ramp['state']} at step {ramp['step']}"
             promoted.append(
                 f"  {r['name']}: {promotion['variant']} at {promotion['confidence']:.2f}% confidence, "
-                f"{promotion['improvement']:+.2f}%"
+                f"{promotion['improvement']:+.2f}%{path}"
             )
         elif r["status"] == "rolled_back" and promotion:
             rolled.append(

@@ -34,6 +34,7 @@ from worker.domain.errors import ExperimentNotFound as ExperimentNotFound
 from worker.domain.errors import InvalidRequest as InvalidRequest
 from worker.domain.errors import PromotionNotFound as PromotionNotFound
 from worker.domain.results import Evaluation, EvaluationAction
+from worker.services.approval_gate import step_approval_requester
 from worker.services.approvals import ApprovalService
 from worker.services.deciding import MAX_ALERT_LOOKBACK_S, Decider
 from worker.services.deciding import vectorised_analyses as _vectorised_analyses  # noqa: F401
@@ -42,6 +43,7 @@ from worker.services.evaluate import EvaluateService, transient_db_error
 from worker.services.metric_definitions import MetricDefinitions, NewMetric
 from worker.services.promote import PromoteService
 from worker.services.rollback import RollbackService
+from worker.services.rollout import RolloutService
 from worker.services.scan import SCAN_CHUNK, SCAN_STATE_MIN_AGE_S, ScanService
 from worker.stats import ExperimentAnalysis
 
@@ -91,7 +93,13 @@ class Engine:
         self.evaluations = EvaluateService(pool, config, self.decider, self.promotions, self.effects)
         self.scans = ScanService(pool, settings, config, self.decider, self.promotions, self.effects)
         self.rollbacks = RollbackService(pool, config, self.decider, self.effects)
-        self.approvals = ApprovalService(pool, settings, config, self.decider, self.promotions, self.effects)
+        self.rollouts = RolloutService(pool, config, self.decider, self.effects, self.rollbacks)
+        # approval.require = every_step: a ramp's step ready to advance opens an approval (approval_gate), and a
+        # decided one is carried out by the rollout, both on the locked experiment.
+        self.rollouts.request_step_approval = step_approval_requester(self.effects)
+        self.approvals = ApprovalService(
+            pool, settings, config, self.decider, self.promotions, self.effects, steps=self.rollouts
+        )
         self.metric_definitions = MetricDefinitions(pool)
 
     @property
@@ -112,8 +120,13 @@ class Engine:
     async def check_promotion_eligibility(
         self, experiment_name: str, *, config: EffectiveConfig | None = None
     ) -> dict[str, Any]:
-        """The seed's check ``data`` for one experiment; ExperimentNotFound if it does not exist."""
-        return await self.promotions.check(experiment_name, config=config)
+        """The seed's check ``data`` for one experiment; ExperimentNotFound if it does not exist. An experiment
+        promoted by a ramp adds ``rollout`` (where the ramp is, its step's guard)."""
+        data = await self.promotions.check(experiment_name, config=config)
+        rollout = await self.rollouts.describe_named(experiment_name)
+        if rollout is not None:
+            data["rollout"] = rollout
+        return data
 
     async def promote_winner(
         self,

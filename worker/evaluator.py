@@ -126,6 +126,7 @@ class Evaluator:
         self.fresh = 0  # marked, but the stored decision already covered everything (see ab_evaluation_due)
         self.fault = FaultLog("evaluator", faults)
         self.guard_fault = FaultLog("evaluator.guard", faults)
+        self.ramp_fault = FaultLog("evaluator.rollouts", faults)
         self._busy_streak: dict[int, int] = {}  # experiment id -> busy answers in a row
         self._tg: anyio.abc.TaskGroup | None = None
 
@@ -210,16 +211,31 @@ class Evaluator:
             self.wake.set()
 
     async def _evaluate_now(self, batch: dict[int, datetime | None], stop: anyio.Event) -> list[int]:
-        """Evaluate a batch in one transaction (retried whole while the database is unusable); the busy ids."""
+        """Evaluate a batch in one transaction (retried whole while the database is unusable); the busy ids. The
+        ramps among the batch (rollout.mode = ramp) are checked at the same time, on a connection of their own: the
+        update that shows a breach rolls its ramp back without waiting for the batch's evaluation."""
+        evaluations: list[Evaluation] = []
+        stopped = False
+
+        async def evaluate() -> None:
+            nonlocal stopped
+            try:
+                evaluations.extend(await retrying(self.fault, stop, lambda: self.engine.evaluate_many(list(batch))))
+            except Stopped:
+                stopped = True
+
         try:
-            evaluations = await retrying(self.fault, stop, lambda: self.engine.evaluate_many(list(batch)))
-        except Stopped:
-            return []  # shutting down: the catch-up at the next start evaluates what was left
-        except Exception as exc:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._check_ramps, list(batch), stop)
+                tg.start_soon(evaluate)
+        except Exception as group:
+            exc = group.exceptions[0] if isinstance(group, ExceptionGroup) and len(group.exceptions) == 1 else group
             # A batch's bug must not stop the worker; the scan retries what it missed.
             metrics.EVALUATIONS.labels("error").inc()
             log.exception("evaluation.crashed", error=f"{type(exc).__name__}: {exc}", experiments=len(batch))
             return []
+        if stopped:
+            return []  # shutting down: the catch-up at the next start evaluates what was left
         self.fresh += sum(1 for e in evaluations if e.action == "fresh")
         busy = [e.experiment_id for e in evaluations if e.action == "busy"]
         self._note_busy(busy, [e.experiment_id for e in evaluations if e.action != "busy"])
@@ -237,13 +253,21 @@ class Evaluator:
                 self.on_evaluated(evaluation, latency)
         skipped = [e.experiment_id for e in evaluations if e.action == "skipped"]
         if skipped:
-            # Not running: promoted ones are the guard's. The update that shows a breach acts now; a database fault
-            # in the check is retried like the batch (the evaluations above are committed and reported already).
+            # Not running: promoted ones are the guard's (ramped ones were checked above). The update that shows a
+            # breach acts now; a database fault in the check is retried like the batch (the evaluations above are
+            # committed and reported already).
             try:
                 await retrying(self.guard_fault, stop, lambda: self.guard.check(skipped))
             except Stopped:
                 pass  # the guard's own loop checks every watched promotion at the next start
         return busy
+
+    async def _check_ramps(self, experiment_ids: list[int], stop: anyio.Event) -> None:
+        """The ramps among ``experiment_ids``: each step's guard, and what is due (worker.services.rollout)."""
+        try:
+            await retrying(self.ramp_fault, stop, lambda: self.engine.rollouts.check(experiment_ids))
+        except Stopped:
+            pass  # the rollout timer checks every ramp at the next start
 
     def _note_busy(self, busy: list[int], done: list[int]) -> None:
         for exp_id in done:

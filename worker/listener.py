@@ -41,7 +41,18 @@ class PromotionEvent(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
-    event: Literal["promoted", "rolled_back", "rollback_requested"]
+    event: Literal[
+        "promoted",
+        "rolled_back",
+        "rollback_requested",
+        # schema/0010: a rollout entered a state (rollout_<state>)
+        "rollout_ramping",
+        "rollout_holding",
+        "rollout_complete",
+        "rollout_rolled_back",
+        "rollout_paused",
+        "rollout_awaiting_approval",
+    ]
     promotion_id: uuid.UUID
     experiment_name: str
 

@@ -52,6 +52,12 @@ APPROVALS_DECIDED = Counter(
     ["outcome"],
     registry=REGISTRY,
 )
+ROLLOUT_TRANSITIONS = Counter(
+    "autopromote_rollout_transitions_total",
+    "Committed rollout transitions by this replica (advanced, completed, paused, resumed, awaiting_approval)",
+    ["action"],
+    registry=REGISTRY,
+)
 SCANS = Counter("autopromote_scans_total", "Reconciliation scans run by this replica", registry=REGISTRY)
 SCAN_DURATION = Histogram(
     "autopromote_scan_duration_seconds",

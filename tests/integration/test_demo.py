@@ -14,7 +14,7 @@ import pytest
 def test_demo_runs_every_path_to_its_summary_without_a_terminal() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AUTO_PROMOTION_", "DATABASE_URL"))}
     result = subprocess.run(
-        [sys.executable, "-m", "worker", "demo", "--duration", "25"],
+        [sys.executable, "-m", "worker", "demo", "--duration", "40"],
         capture_output=True,
         text=True,
         timeout=180,
@@ -33,6 +33,12 @@ def test_demo_runs_every_path_to_its_summary_without_a_terminal() -> None:
     assert "pricing-banner: variant-b rolled back by demo-operator" in summary
     assert "checkout-upsell: guardrail revenue_per_visit: variant-b is -" in summary
     assert "— not shown within the -2.0% margin" in summary
+    # rollout.mode ramp: one ramp reaches 100%, the other is rolled back by its second step's guard.
+    assert "onboarding-ramp: variant-b at" in summary and "complete at step 3" in summary
+    assert (
+        "checkout-ramp: variant-b rolled back by autopromote-guard: rollout step 2 of 4 (80% on variant-b)" in summary
+    )
+    assert "Rollout advanced: onboarding-ramp" in out and "Rollout complete: onboarding-ramp" in out
     assert "notification  webhook  promotion.promoted" in out
     # CUPED decides on fewer users than its twin, which gets the same users' data without the covariate.
     cuped = re.search(r"order-value-cuped: promoted variant-b \(\+[\d.]+%\) at ([\d,]+) users per arm; CUPED", summary)

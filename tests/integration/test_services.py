@@ -137,6 +137,7 @@ def test_guard_breach_payload_has_the_shape_of_every_other_event() -> None:
         "worker.services.promote",
         "worker.services.rollback",
         "worker.services.rollback_requests",
+        "worker.services.rollout",
         "worker.services.scan",
         "worker.guard",
         "worker.rollbacks",

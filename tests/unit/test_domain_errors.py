@@ -30,6 +30,8 @@ DOCUMENTED = {
     errors.AlreadyRolledBack: (409, "already_rolled_back", EXIT_REFUSED),
     errors.ApprovalNotFound: (404, "approval_not_found", EXIT_USAGE),
     errors.ApprovalNotPending: (409, "approval_not_pending", EXIT_REFUSED),
+    errors.RolloutNotFound: (404, "rollout_not_found", EXIT_USAGE),
+    errors.RolloutConflict: (409, "rollout_state_conflict", EXIT_REFUSED),
     errors.MetricNotFound: (404, "metric_not_found", EXIT_USAGE),
     errors.MetricExists: (409, "metric_exists", EXIT_REFUSED),
 }

@@ -9,6 +9,7 @@ environment parser, ``config show``, the README and ``.env.example`` read.
 from __future__ import annotations
 
 import fnmatch
+import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -245,6 +246,73 @@ class ApprovalPolicy(_Model):
     )
 
 
+RolloutMode = Literal["instant", "ramp"]
+
+
+def _rollout_steps(v: Any) -> Any:
+    """Step shares from JSON numbers or the environment's comma-separated text, as floats; anything else is left
+    to strict validation (which names the bad item)."""
+    if isinstance(v, str):
+        v = tuple(item.strip() for item in v.split(",") if item.strip())
+    if isinstance(v, list | tuple):
+        out: list[Any] = []
+        for item in v:
+            if isinstance(item, str):
+                try:
+                    item = float(item)
+                except ValueError:
+                    raise ValueError(f"expected numbers (percent), got {item!r}") from None
+            elif isinstance(item, int) and not isinstance(item, bool):
+                item = float(item)
+            out.append(item)
+        return tuple(out)
+    return v
+
+
+def _increasing_shares(v: tuple[float, ...]) -> tuple[float, ...]:
+    """The shares in increasing order, each once. JSON Schema cannot state an order (the OpenAPI document says
+    uniqueItems), so any order is accepted and the ramp takes them from the smallest; a share given twice is
+    refused, as the document says."""
+    for s in v:
+        if not math.isfinite(s) or not 1 <= s <= 99:
+            raise ValueError(f"each step is a treatment share in percent between 1 and 99, got {_num(s)}")
+    ordered = tuple(sorted(v))
+    for a, b in itertools.pairwise(ordered):
+        if b == a:
+            raise ValueError(f"each step may be given once, got {_num(a)} twice")
+    return ordered
+
+
+class Rollout(_Model):
+    """How a promotion reaches 100%: at once (instant) or step by step against the concurrent control (ramp)."""
+
+    mode: RolloutMode = setting(
+        "instant", "AUTO_PROMOTION_ROLLOUT_MODE", "instant (winner to 100% at once) or ramp (step by step, guarded)"
+    )
+    steps: Annotated[
+        tuple[float, ...],
+        BeforeValidator(_rollout_steps),
+        AfterValidator(_increasing_shares),
+        WithJsonSchema(
+            {"type": "array", "items": {"type": "number", "minimum": 1, "maximum": 99}, "uniqueItems": True}
+        ),
+    ] = setting(
+        (25.0, 50.0, 75.0),
+        "AUTO_PROMOTION_ROLLOUT_STEPS",
+        "Ramp steps: the winner's share in %, 1-99, each once, taken in increasing order (those at or below its test "
+        "share skipped)",
+    )
+    holdback: Annotated[float, AfterValidator(_between(0, 50)), JsonBounds(0, 50)] = setting(
+        5.0, "AUTO_PROMOTION_ROLLOUT_HOLDBACK", "% kept on the control after the last step until guardHours pass"
+    )
+    step_minutes: Annotated[float, AfterValidator(_between(0, 24 * 90 * 60)), JsonBounds(0, 24 * 90 * 60)] = setting(
+        60.0, "AUTO_PROMOTION_ROLLOUT_STEP_MINUTES", "Minimum minutes per ramp step (any number >= 0, e.g. 0.5)"
+    )
+    step_min_exposures: Annotated[
+        int, BeforeValidator(_whole_number), AfterValidator(_between(0, 10**12)), JsonBounds(0, 10**12)
+    ] = setting(1000, "AUTO_PROMOTION_ROLLOUT_STEP_MIN_EXPOSURES", "Minimum winner exposures per ramp step")
+
+
 class AutoPromotionConfig(_Model):
     """The decision configuration (the seed's AutoPromotionConfig plus statistics and guard)."""
 
@@ -292,6 +360,7 @@ class AutoPromotionConfig(_Model):
     )
     guard: Guard = Field(default_factory=Guard)
     approval: ApprovalPolicy = Field(default_factory=ApprovalPolicy)
+    rollout: Rollout = Field(default_factory=Rollout)
 
     @model_validator(mode="after")
     def _no_contradictions(self) -> AutoPromotionConfig:

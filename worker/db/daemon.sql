@@ -44,6 +44,8 @@ SELECT p.id, p.experiment_id, p.experiment_name, p.promoted_variant_name, p.cont
   FROM experiment_promotions p JOIN ab_experiments e ON e.id = p.experiment_id
  WHERE p.rollback_at IS NULL AND p.guard_until > now()
    AND ($1::bigint[] IS NULL OR p.experiment_id = ANY($1::bigint[]))
+   -- A ramped promotion is guarded step by step against the concurrent control (rollouts.sql), not here.
+   AND NOT EXISTS (SELECT 1 FROM experiment_rollouts r WHERE r.promotion_id = p.id)
  ORDER BY p.promoted_at;
 
 -- name: record_guard_breach

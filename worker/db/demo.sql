@@ -45,7 +45,7 @@ SELECT ab_request_rollback($1, $2, 'demo-operator');
 
 -- name: status
 -- One line per experiment for the demo's table: exposures per variant, last decision, last promotion (with the
--- decision it was made on).
+-- decision it was made on), its ramp.
 SELECT e.name, e.status,
        coalesce((SELECT json_agg(json_build_object('name', v.name, 'n', coalesce(s.exposures, 0)) ORDER BY v.id)
                    FROM ab_variants v LEFT JOIN ab_variant_stats s ON s.variant_id = v.id
@@ -54,6 +54,8 @@ SELECT e.name, e.status,
        (SELECT json_build_object('variant', p.promoted_variant_name, 'confidence', p.confidence,
                                  'improvement', p.improvement, 'rollback_reason', p.rollback_reason,
                                  'rolled_back_by', p.rolled_back_by, 'decision', p.decision)
-          FROM experiment_promotions p WHERE p.experiment_id = e.id ORDER BY p.promoted_at DESC LIMIT 1) AS promotion
+          FROM experiment_promotions p WHERE p.experiment_id = e.id ORDER BY p.promoted_at DESC LIMIT 1) AS promotion,
+       (SELECT json_build_object('state', r.state, 'step', r.step, 'steps', r.steps)
+          FROM experiment_rollouts r WHERE r.experiment_id = e.id ORDER BY r.created_at DESC LIMIT 1) AS rollout
   FROM ab_experiments e LEFT JOIN ab_experiment_state st ON st.experiment_id = e.id
  ORDER BY e.id;

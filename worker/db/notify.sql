@@ -2,10 +2,12 @@
 -- description; worker/db/sql.py loads them once (NQ) for worker/notify/outbox.py. Values always go through $n parameters.
 
 -- name: routable_configs
--- Enabled notification_configs rows subscribed to event $1 (the secret column is not read here).
+-- Enabled notification_configs rows subscribed to event $1 (the secret column is not read here); a ramped
+-- promotion's rollout.rolled_back also reaches the rows subscribed to promotion.rolled_back (routing.py says so too).
 SELECT id, name, channel, target, events, min_priority
   FROM notification_configs
- WHERE enabled AND $1::text = ANY (events)
+ WHERE enabled AND ($1::text = ANY (events)
+                    OR ($1::text = 'rollout.rolled_back' AND 'promotion.rolled_back' = ANY (events)))
  ORDER BY id;
 
 -- name: breach_triggered_refs

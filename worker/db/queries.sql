@@ -265,27 +265,14 @@ SELECT * FROM ab_experiments WHERE id = $1;
 -- Every running experiment (the scan's input).
 SELECT * FROM ab_experiments WHERE status = 'running' ORDER BY id;
 
--- name: restore_weight
--- Restore one variant's weight (rollback).
-UPDATE ab_variants SET traffic_weight = $3 WHERE experiment_id = $1 AND name = $2;
-
 -- name: insert_audit
 -- Append one audit row.
 INSERT INTO ab_promotion_audit_log (actor, action, experiment_id, experiment_name, promotion_id, details)
 VALUES ($1, $2, $3, $4, $5, $6) RETURNING id;
 
--- name: lock_promotion
--- Lock one promotion row.
-SELECT * FROM experiment_promotions WHERE id = $1 FOR UPDATE;
-
 -- name: promotion_by_id
 -- One promotion.
 SELECT * FROM experiment_promotions WHERE id = $1;
-
--- name: mark_rolled_back
--- Fill the rollback columns of a promotion.
-UPDATE experiment_promotions SET rollback_at = now(), rollback_reason = $2, rolled_back_by = $3 WHERE id = $1
-RETURNING rollback_at;
 
 -- name: pending_rollback_requests
 -- Rollbacks asked for with ab_request_rollback that nobody has carried out yet.
@@ -372,6 +359,9 @@ SELECT id, name, status, config, priority FROM ab_experiments WHERE id = $1 FOR 
 -- payload, $22 priority, $23 detailed), the last decision ($12) and its history snapshot per treatment ($24..$30
 -- arrays, $31 control exposures). $33, $34: the snapshot (text) and statistics version the decision was read in:
 -- the guard treats the critical alerts that snapshot could not see as raised after the promotion (schema/0007).
+-- $35: the ramp (rollout.mode = ramp, schema/0010) as JSON text, NULL for an instant promotion: {"steps", "holdback",
+-- "testShare", "control", "state", "weights"}; the weights are then the first step's instead of 100/0, and the
+-- experiment_rollouts row and its first step row are written too, with $10 as the statistics at the step's start.
 -- No row back means the concurrency limit was reached and nothing was written. The parameters are built in this
 -- order in one place only: worker.db.store.PromotionWrite.params.
 WITH p AS (
@@ -383,8 +373,24 @@ WITH p AS (
      WHERE ab_take_promotion_slot($32, $14)
     RETURNING id, promoted_at
 ), w AS (
-    UPDATE ab_variants SET traffic_weight = CASE WHEN name = $3 THEN 100 ELSE 0 END
+    UPDATE ab_variants
+       SET traffic_weight = CASE WHEN $35::text IS NULL THEN CASE WHEN name = $3 THEN 100 ELSE 0 END
+                                 ELSE coalesce(($35::text::jsonb -> 'weights' ->> name)::numeric, 0) END
      WHERE experiment_id = $1 AND EXISTS (SELECT 1 FROM p)
+    RETURNING 1
+), ro AS (
+    INSERT INTO experiment_rollouts (promotion_id, experiment_id, experiment_name, winner_variant, control_variant,
+                                     steps, holdback, test_share, step, state, step_stats)
+    SELECT p.id, $1, $2, $3, $35::text::jsonb ->> 'control',
+           ARRAY(SELECT x::float8 FROM jsonb_array_elements_text($35::text::jsonb -> 'steps') WITH ORDINALITY AS t(x, i)
+                  ORDER BY i),
+           ($35::text::jsonb ->> 'holdback')::float8, ($35::text::jsonb ->> 'testShare')::float8, 1,
+           $35::text::jsonb ->> 'state', $10
+      FROM p WHERE $35::text IS NOT NULL
+    RETURNING id
+), ros AS (
+    INSERT INTO experiment_rollout_steps (rollout_id, step, share, kind, stats)
+    SELECT ro.id, 1, ($35::text::jsonb -> 'steps' ->> 0)::float8, $35::text::jsonb ->> 'state', $10 FROM ro
     RETURNING 1
 ), s AS (
     UPDATE ab_experiments SET status = 'promoted' WHERE id = $1 AND EXISTS (SELECT 1 FROM p) RETURNING 1
@@ -417,7 +423,8 @@ WITH p AS (
      WHERE $31::bigint > 0
     RETURNING 1
 )
-SELECT p.id, p.promoted_at, (SELECT evaluations FROM st) AS evaluations, (SELECT count(*) FROM h) AS snapshots
+SELECT p.id, p.promoted_at, (SELECT evaluations FROM st) AS evaluations, (SELECT count(*) FROM h) AS snapshots,
+       (SELECT id FROM ro) AS rollout_id, (SELECT count(*) FROM ros) AS rollout_steps
   FROM p;
 
 -- name: record_evaluation

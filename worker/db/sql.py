@@ -6,7 +6,8 @@ without its ``.sql`` files fails at import with a message that says what to fix,
 Every ``.sql`` file of the package is loaded through here: ``Q`` (queries.sql, the engine's and the API's
 statements), ``DQ`` (daemon.sql, the long-running worker's own), ``NQ`` (notify.sql, the notification outbox),
 ``MQ`` (migrate.sql, the migrator's bookkeeping), ``DEMO`` (demo.sql, ``autopromote demo``), ``AQ``
-(approvals.sql, the approvals and the Slack interactions' replay guard) and ``RQ`` in worker.db.reads (reads.sql).
+(approvals.sql, the approvals and the Slack interactions' replay guard), ``RLQ`` (rollouts.sql, the progressive
+rollout) and ``RQ`` in worker.db.reads (reads.sql).
 """
 
 from __future__ import annotations
@@ -51,3 +52,4 @@ NQ: dict[str, str] = load_queries("worker.db", "notify.sql")
 DEMO: dict[str, str] = load_queries("worker.db", "demo.sql")
 MQ: dict[str, str] = load_queries("worker.db", "migrate.sql")
 AQ: dict[str, str] = load_queries("worker.db", "approvals.sql")
+RLQ: dict[str, str] = load_queries("worker.db", "rollouts.sql")

@@ -6,6 +6,7 @@ to the call (``PromotionWrite.params``, ``history_args``), never at the callers.
 
 from __future__ import annotations
 
+import json
 import math
 import uuid
 from collections.abc import Mapping, Sequence
@@ -123,7 +124,7 @@ class OutboxRows:
 @dataclass(frozen=True, slots=True)
 class PromotionWrite:
     """Everything one promotion writes (queries.sql ``promote_write``): one typed row, turned into the statement's
-    34 parameters in one place, ``params``."""
+    35 parameters in one place, ``params``."""
 
     experiment_id: int
     experiment_name: str
@@ -143,9 +144,10 @@ class PromotionWrite:
     outbox: OutboxRows
     history: HistoryRows
     seen: Seen
+    ramp: Mapping[str, Any] | None = None  # the first step of a ramp (rollout.mode = ramp); None: instant
 
     def params(self) -> tuple[Any, ...]:
-        """$1..$34 of promote_write, in order."""
+        """$1..$35 of promote_write, in order."""
         o = self.outbox
         return (
             self.experiment_id,
@@ -175,6 +177,7 @@ class PromotionWrite:
             PROMOTION_SLOT_LOCK,
             self.seen.snapshot,
             self.seen.version,  # $32..$34
+            json.dumps(dict(self.ramp)) if self.ramp is not None else None,  # $35
         )
 
 
@@ -185,6 +188,7 @@ class Promoted:
     promoted_at: datetime
     evaluations: int | None
     snapshots: int
+    rollout_id: uuid.UUID | None = None
 
 
 async def write_promotion(conn: asyncpg.Connection, write: PromotionWrite) -> Promoted | None:
@@ -194,7 +198,7 @@ async def write_promotion(conn: asyncpg.Connection, write: PromotionWrite) -> Pr
     if row is None:
         return None
     await thin_if_due(conn, write.experiment_id, row["evaluations"], row["snapshots"])
-    return Promoted(row["promoted_at"], row["evaluations"], row["snapshots"])
+    return Promoted(row["promoted_at"], row["evaluations"], row["snapshots"], row["rollout_id"])
 
 
 async def insert_audit(

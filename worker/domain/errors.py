@@ -48,6 +48,14 @@ class ApprovalNotPending(DomainError):
     """The approval was decided before (approved, declined, expired or closed); nothing changed."""
 
 
+class RolloutNotFound(DomainError):
+    """The experiment has no rollout in progress (never ramped, or its last one is complete or rolled back)."""
+
+
+class RolloutConflict(DomainError):
+    """The rollout is not in a state the request applies to (pause a paused ramp, resume one that is not)."""
+
+
 class MetricNotFound(DomainError):
     """The experiment has no metric (ab_metrics row) of that name."""
 
@@ -67,6 +75,8 @@ DOMAIN_ERRORS: tuple[type[DomainError], ...] = (
     AlreadyRolledBack,
     ApprovalNotFound,
     ApprovalNotPending,
+    RolloutNotFound,
+    RolloutConflict,
     MetricNotFound,
     MetricExists,
 )

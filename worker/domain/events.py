@@ -8,20 +8,50 @@ dashboard's ``/events`` stream encodes each event once for every client).
   ``notified_event``; ``event`` is the NOTIFY's name, e.g. ``promoted``) and, when the daemon does not LISTEN
   (poll-only), the engine's after-commit hook (``committed_event``; ``event`` is the notification event's name,
   e.g. ``promotion.promoted``). The dashboard compares the phase, so the same change reported twice shows once.
+- ``rollout``: a ramp (rollout.mode = ramp) entered a state: the ``rollout_<state>`` NOTIFY of schema/0010 and the
+  engine's ``rollout.*`` after-commit events (a ramp's rollback is a ``rollback``).
 """
 
 from __future__ import annotations
 
 import time
-from typing import Literal, NotRequired, TypedDict, TypeGuard
+from typing import Literal, NotRequired, TypedDict, TypeGuard, get_args
 
 from worker.domain.actions import EvaluationAction
-from worker.domain.results import Evaluation, PromoteResult, RollbackResult
+from worker.domain.results import Evaluation, PromoteResult, RollbackResult, RolloutTransition
 
 # The name of an ab_promotion_events NOTIFY (notify_promotion_event() in schema/0001_core.sql).
-NotifiedEvent = Literal["promoted", "rolled_back", "rollback_requested"]
+NotifiedEvent = Literal[
+    "promoted",
+    "rolled_back",
+    "rollback_requested",
+    # notify_rollout_event() in schema/0010_rollouts.sql: a ramp entered a state
+    "rollout_ramping",
+    "rollout_holding",
+    "rollout_complete",
+    "rollout_rolled_back",
+    "rollout_paused",
+    "rollout_awaiting_approval",
+]
+NOTIFIED_EVENTS: tuple[str, ...] = get_args(NotifiedEvent)
 # The engine's after-commit events (worker.services.effects.Effects.committed).
-CommittedEvent = Literal["promotion.promoted", "promotion.rolled_back"]
+CommittedEvent = Literal[
+    "promotion.promoted",
+    "promotion.rolled_back",
+    "rollout.advanced",
+    "rollout.completed",
+    "rollout.paused",
+    "rollout.resumed",
+    "rollout.awaiting_approval",
+]
+# A committed rollout transition's event, by the transition (worker.services.effects.Effects.rollout_moved).
+ROLLOUT_COMMITTED: dict[str, CommittedEvent] = {
+    "advanced": "rollout.advanced",
+    "completed": "rollout.completed",
+    "paused": "rollout.paused",
+    "resumed": "rollout.resumed",
+    "awaiting_approval": "rollout.awaiting_approval",
+}
 
 
 class EvaluationEvent(TypedDict):
@@ -41,9 +71,10 @@ class EvaluationEvent(TypedDict):
 
 
 class PromotionBusEvent(TypedDict):
-    """A promotion (``type`` promotion) or a rollback or its request (``type`` rollback)."""
+    """A promotion (``type`` promotion), a rollback or its request (``type`` rollback), or a ramp's transition
+    (``type`` rollout)."""
 
-    type: Literal["promotion", "rollback"]
+    type: Literal["promotion", "rollback", "rollout"]
     event: NotifiedEvent | CommittedEvent
     experimentName: str | None
     promotionId: str | None
@@ -54,12 +85,15 @@ class PromotionBusEvent(TypedDict):
 BusEvent = EvaluationEvent | PromotionBusEvent
 """Everything published on the EventBus."""
 
-_KINDS: dict[str, Literal["promotion", "rollback"]] = {
+_KINDS: dict[str, Literal["promotion", "rollback", "rollout"]] = {
     "promoted": "promotion",
     "rolled_back": "rollback",
     "rollback_requested": "rollback",
     "promotion.promoted": "promotion",
     "promotion.rolled_back": "rollback",
+    "rollout_rolled_back": "rollback",
+    **{e: "rollout" for e in NOTIFIED_EVENTS if e.startswith("rollout_") and e != "rollout_rolled_back"},
+    **{e: "rollout" for e in ROLLOUT_COMMITTED.values()},
 }
 
 
@@ -103,7 +137,9 @@ def notified_event(
     return out
 
 
-def committed_event(event: CommittedEvent, data: PromoteResult | RollbackResult) -> PromotionBusEvent:
+def committed_event(
+    event: CommittedEvent, data: PromoteResult | RollbackResult | RolloutTransition
+) -> PromotionBusEvent:
     """The bus event of the engine's after-commit hook (published by the daemon when it does not LISTEN)."""
     return {
         "type": _KINDS[event],
@@ -116,4 +152,4 @@ def committed_event(event: CommittedEvent, data: PromoteResult | RollbackResult)
 
 def is_notified_event(name: object) -> TypeGuard[NotifiedEvent]:
     """Whether ``name`` is an ab_promotion_events NOTIFY the bus reports."""
-    return name in ("promoted", "rolled_back", "rollback_requested")
+    return name in NOTIFIED_EVENTS

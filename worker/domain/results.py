@@ -41,6 +41,7 @@ class PromoteResult(TypedDict):
     enabled: NotRequired[bool]  # dry run: the experiment's enabled
     promotedAt: NotRequired[str]  # promoted: when (ISO 8601)
     approvalId: NotRequired[str]  # approval.require: the pending approval this promotion waits for
+    rollout: NotRequired[dict[str, Any]]  # promoted under rollout.mode = ramp: the ramp's first step
 
 
 class ScanItem(TypedDict):
@@ -133,6 +134,7 @@ class NotificationPayload(TypedDict):
     approvalKind: NotRequired[str]  # approval.*: promote | step
     expiresAt: NotRequired[str]  # approval.requested: when it expires as declined
     step: NotRequired[int | None]  # approval.* of kind step: the rollout step waiting to start
+    rollout: NotRequired[dict[str, Any]]  # rollout.*, and a ramped promotion's guard.breached: where the ramp is
 
 
 class ApprovalResult(TypedDict):
@@ -148,3 +150,16 @@ class ApprovalResult(TypedDict):
     expired: bool
     promotion: PromoteResult | None  # kind promote, approved or closed: the promotion (or why not)
     step: dict[str, Any] | None  # kind step: what the rollout did
+
+
+class RolloutTransition(TypedDict, total=False):
+    """A committed rollout transition, for the daemon's event bus (worker.services.rollout)."""
+
+    experimentName: str
+    promotionId: str
+    rolloutId: str
+    step: int
+    fromStep: int
+    treatmentShare: float
+    reason: str
+    guard: list[dict[str, Any]]

@@ -28,6 +28,8 @@ from worker.domain.errors import (
     MetricExists,
     MetricNotFound,
     PromotionNotFound,
+    RolloutConflict,
+    RolloutNotFound,
 )
 from worker.http.app import CTX
 from worker.retry import is_transient
@@ -62,6 +64,8 @@ DOMAIN_ERRORS: dict[type[DomainError], tuple[int, str]] = {
     AlreadyRolledBack: (409, "already_rolled_back"),
     ApprovalNotFound: (404, "approval_not_found"),
     ApprovalNotPending: (409, "approval_not_pending"),
+    RolloutNotFound: (404, "rollout_not_found"),
+    RolloutConflict: (409, "rollout_state_conflict"),
     MetricNotFound: (404, "metric_not_found"),
     MetricExists: (409, "metric_exists"),
 }

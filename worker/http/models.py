@@ -16,7 +16,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, 
 
 from worker.config import NON_BLANK_TEXT, PRESET_NAMES
 
-Action = Literal["scan", "promote", "check", "rollback", "approve", "decline"]
+Action = Literal["scan", "promote", "check", "rollback", "pause", "resume", "approve", "decline"]
 ACTIONS: tuple[str, ...] = get_args(Action)
 ExperimentStatus = Literal["draft", "running", "paused", "promoted", "rolled_back", "stopped"]
 MAX_REASON = 2000
@@ -142,13 +142,47 @@ class DeclineRequest(_Request):
     reason: NonBlank = Field(max_length=MAX_REASON, description="Why; recorded with the approval.")
 
 
-AnyActionRequest = CheckRequest | PromoteRequest | ScanRequest | RollbackRequest | ApproveRequest | DeclineRequest
-AutoPromoteRequest = Annotated[AnyActionRequest, Field(discriminator="action")]
-AUTO_PROMOTE_REQUEST: TypeAdapter[AnyActionRequest] = TypeAdapter(AutoPromoteRequest)
+class PauseRequest(_Request):
+    """Hold a ramp (rollout.mode = ramp) where it is; it stays guarded. Needs the operator role; audited."""
+
+    action: Literal["pause"]
+    experiment_name: NonBlank = Field(alias="experimentName")
+    reason: NonBlank | None = Field(None, max_length=MAX_REASON, description="Why; recorded with the pause.")
+
+
+class ResumeRequest(_Request):
+    """Let a paused ramp go on from its step. Needs the operator role; audited."""
+
+    action: Literal["resume"]
+    experiment_name: NonBlank = Field(alias="experimentName")
+
+
+ActionRequest = (
+    CheckRequest
+    | PromoteRequest
+    | ScanRequest
+    | RollbackRequest
+    | PauseRequest
+    | ResumeRequest
+    | ApproveRequest
+    | DeclineRequest
+)
+AnyActionRequest = ActionRequest  # the approvals' name for it
+AutoPromoteRequest = Annotated[ActionRequest, Field(discriminator="action")]
+AUTO_PROMOTE_REQUEST: TypeAdapter[ActionRequest] = TypeAdapter(AutoPromoteRequest)
 # Each action's own fields (by alias), to tell "belongs to another action" from "unknown".
 ACTION_FIELDS: dict[str, frozenset[str]] = {
     get_args(m.model_fields["action"].annotation)[0]: frozenset(f.alias or n for n, f in m.model_fields.items())
-    for m in (CheckRequest, PromoteRequest, ScanRequest, RollbackRequest, ApproveRequest, DeclineRequest)
+    for m in (
+        CheckRequest,
+        PromoteRequest,
+        ScanRequest,
+        RollbackRequest,
+        PauseRequest,
+        ResumeRequest,
+        ApproveRequest,
+        DeclineRequest,
+    )
 }
 
 
@@ -302,6 +336,29 @@ class CheckVariant(_Out):
     note: str | None = None
 
 
+class RolloutGuardItem(_Out):
+    """One metric of the current step's guard: the winner against the concurrent control since the step began."""
+
+    metric: str = Field(description="primary, error_rate, latency or critical_alert")
+    verdict: Literal["ok", "breach", "waiting"]
+    lift: float | None = Field(
+        description="primary: relative lift in %; error_rate: difference in percentage points; latency: P95 change in %"
+    )
+    interval: list[float | None] | None = Field(description="The always-valid interval of lift at the step's alpha")
+
+
+class RolloutStatus(_Out):
+    """Where a ramped promotion is (rollout.mode = ramp)."""
+
+    state: Literal["ramping", "holding", "complete", "rolled_back", "paused", "awaiting_approval"]
+    step: int = Field(description="1-based position in steps")
+    steps: list[float] = Field(description="Every treatment share of the ramp in %, the last one 100")
+    treatmentShare: float = Field(description="The winner's share now, in % (0 once rolled back)")
+    stepStartedAt: str
+    guard: list[RolloutGuardItem]
+    nextStepAt: str | None = Field(description="When the step's time minimum is met (holding: its end)")
+
+
 class MetricControl(_Out):
     variant: str
     units: int
@@ -384,6 +441,7 @@ class CheckResult(_Out):
     )
     nStar: float | None = Field(None, description="The confidence sequence's N* (sequentialTuning); null for fixed")
     eta: EtaResult | None = Field(None, description="When a decision is expected (running experiments)")
+    rollout: RolloutStatus | None = Field(None, description="The experiment's ramp, when it was promoted by one.")
 
 
 class PromoteResult(_Out):
@@ -404,6 +462,7 @@ class PromoteResult(_Out):
     approvalId: str | None = Field(
         None, description="Under approval.require: the pending approval this promotion waits for."
     )
+    rollout: RolloutStatus | None = Field(None, description="Under rollout.mode = ramp: the ramp's first step.")
 
 
 class ScanItem(_Out):
@@ -548,8 +607,36 @@ class PlanResponse(_Out):
     data: PlanResult
 
 
+class RolloutActionResult(_Out):
+    """A paused or resumed ramp: where it is now."""
+
+    experimentName: str
+    rollout: RolloutStatus
+
+
+class PauseResponse(_Out):
+    success: Literal[True]
+    action: Literal["pause"]
+    data: RolloutActionResult
+    config: ConfigSummary
+
+
+class ResumeResponse(_Out):
+    success: Literal[True]
+    action: Literal["resume"]
+    data: RolloutActionResult
+    config: ConfigSummary
+
+
 AnyActionResponse = (
-    CheckResponse | PromoteResponse | ScanResponse | RollbackResponse | ApproveResponse | DeclineResponse
+    CheckResponse
+    | PromoteResponse
+    | ScanResponse
+    | RollbackResponse
+    | PauseResponse
+    | ResumeResponse
+    | ApproveResponse
+    | DeclineResponse
 )
 ActionResponse = Annotated[AnyActionResponse, Field(discriminator="action")]
 ACTION_RESPONSE: TypeAdapter[AnyActionResponse] = TypeAdapter(ActionResponse)

@@ -29,6 +29,7 @@ ERROR_CODES = (
     "not_found",
     "experiment_not_found",
     "promotion_not_found",
+    "rollout_not_found",
     "metric_not_found",
     "metric_exists",
     "method_not_allowed",
@@ -36,6 +37,7 @@ ERROR_CODES = (
     "already_rolled_back",
     "approval_not_found",
     "approval_not_pending",
+    "rollout_state_conflict",
     "payload_too_large",
     "rate_limited",
     "internal_error",
@@ -102,7 +104,7 @@ def _request_schemas() -> dict[str, Any]:
     defs = raw.pop("$defs", {})
     raw["description"] = (
         "One object per action, each with exactly its own fields (others are refused). "
-        "check needs the viewer role; scan, promote and rollback need operator."
+        "check needs the viewer role; scan, promote, rollback, pause and resume need operator."
     )
     cleaned: dict[str, Any] = _clean({"AutoPromoteRequest": raw, **defs})
     return cleaned
@@ -363,6 +365,10 @@ def _schemas() -> dict[str, Any]:
                     "promotions": _arr(_ref("Promotion")),
                     "audit": _arr(_ref("AuditEntry")),
                     "alerts": _arr(alert),
+                    "rollout": {
+                        "anyOf": [_ref("RolloutStatus"), {"type": "null"}],
+                        "description": "The experiment's ramp (rollout.mode = ramp), null when it never ramped",
+                    },
                 }
             )
         ),
@@ -437,10 +443,12 @@ _ERROR_TEXT = {
     "(maxConcurrentPromotions, guard.guardHours, notifications.channels).",
     "401": "No token, a malformed Authorization header, or an unknown token (`WWW-Authenticate: Bearer`).",
     "403": "The token's role is too weak for the action (`details.requiredRole`).",
-    "404": "experiment_not_found, promotion_not_found or approval_not_found.",
+    "404": "experiment_not_found, promotion_not_found, approval_not_found, or rollout_not_found (pause/resume: no "
+    "ramp in progress).",
     "404m": "experiment_not_found, or metric_not_found (the experiment has no metric of that name).",
-    "409": "already_promoted (the experiment has an active promotion), already_rolled_back, or "
-    "approval_not_pending (approved, declined, expired or closed before; `details.status`).",
+    "409": "already_promoted (the experiment has an active promotion), already_rolled_back, approval_not_pending "
+    "(approved, declined, expired or closed before; `details.status`), or rollout_state_conflict (pause a paused "
+    "ramp, resume one that is not paused).",
     "409m": "metric_exists: the experiment already has a metric of that name (remove it first).",
     "413": "payload_too_large: the body is over AUTO_PROMOTION_MAX_BODY_BYTES.",
     "429": "rate_limited: over AUTO_PROMOTION_RATE_LIMIT scan/promote/rollback/approve/decline calls per minute for "
@@ -485,9 +493,9 @@ _EXPERIMENT_PATH = _param(
 )
 _VIEWER: list[dict[str, list[str]]] = [{"bearer": []}]
 
-_POST_DESCRIPTION = """The seed's actions and the approvals'. `check` needs the viewer role; `scan`, `promote`,
-`rollback`, `approve` and `decline` need operator, are audited with the token's name as the actor, and are rate
-limited per token (dry runs included).
+_POST_DESCRIPTION = """The seed's actions, a ramp's and the approvals'. `check` needs the viewer role; `scan`,
+`promote`, `rollback`, `pause`, `resume`, `approve` and `decline` need operator, are audited with the token's name as
+the actor, and are rate limited per token (dry runs included).
 
 Responses are `{success, action, data, config: {enabled, dryRun, preset}}` with `data` the engine's result:
 - `check`: the eligibility (`data.eligible`, `data.reasons`); `success` is true.
@@ -495,13 +503,16 @@ Responses are `{success, action, data, config: {enabled, dryRun, preset}}` with 
   `data.reasons`: the request was valid, the experiment was not ready. A dry run reports `success: true`
   when it would promote. 409 is reserved for "already promoted".
 - `scan`: counts and one result per running experiment; `success` is true.
-- `rollback`: the restored weights; 409 when already rolled back.
-- `approve` (`approvalId`): under `approval.require`, an eligible promotion waits as a pending approval
-  (`GET /api/approvals`). Approving decides again on the locked state and promotes in the same transaction:
-  `success` true with `data.status` approved and `data.promotion`; when it is no longer eligible, **200 with
-  `success: false`**, `data.status` closed and `data.reason`. 409 approval_not_pending when it was decided,
-  or expired, before.
-- `decline` (`approvalId`, `reason`): nothing is promoted; 409 approval_not_pending as for approve.
+- `rollback`: the restored weights; 409 when already rolled back. It rolls a ramp back at any step.
+- `pause` / `resume`: hold a ramp (rollout.mode = ramp) where it is, or let it go on; `data.rollout` says where it
+  is. 404 when the experiment has no ramp in progress, 409 when it is already paused (or, to resume, not paused).
+- `approve` (`approvalId`): under `approval.require`, an eligible promotion (or, under every_step, a ramp's next
+  step) waits as a pending approval (`GET /api/approvals`). Approving decides again on the locked state and acts
+  in the same transaction: `success` true with `data.status` approved and `data.promotion` (or `data.step`); when it
+  is no longer allowed, **200 with `success: false`**, `data.status` closed and `data.reason`. 409
+  approval_not_pending when it was decided, or expired, before.
+- `decline` (`approvalId`, `reason`): nothing is promoted (a ramp holds, paused); 409 approval_not_pending as for
+  approve.
 
 `dryRun` is accepted at the top level (as in the seed's example) and inside `config`. The body is read as
 JSON whatever the Content-Type. Fields an action does not use are refused rather than ignored."""
@@ -534,7 +545,7 @@ def _document() -> dict[str, Any]:
             "/api/experiments/auto-promote": {
                 "post": {
                     "operationId": "autoPromote",
-                    "summary": "Run scan, promote, check or rollback",
+                    "summary": "Run scan, promote, check, rollback, pause or resume",
                     "description": _POST_DESCRIPTION,
                     "x-roles": {
                         "check": "viewer",
@@ -543,6 +554,8 @@ def _document() -> dict[str, Any]:
                         "rollback": "operator",
                         "approve": "operator",
                         "decline": "operator",
+                        "pause": "operator",
+                        "resume": "operator",
                     },
                     "requestBody": {
                         "required": True,

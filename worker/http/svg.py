@@ -396,3 +396,78 @@ def interval_scale(intervals: Sequence[tuple[float | None, float | None, float |
     lo_v, hi_v = min(values), max(values)
     pad = max((hi_v - lo_v) * 0.1, 0.01)
     return lo_v - pad, hi_v + pad
+
+
+@dataclass(frozen=True, slots=True)
+class ShareStep:
+    """One step of a ramp: the winner's share (percent) from ``start`` until ``end`` (None: still on it)."""
+
+    start: datetime
+    end: datetime | None
+    share: float
+    outcome: str | None = None  # advanced, completed, rolled_back
+
+
+def share_chart(steps: Sequence[ShareStep], *, chart_id: str, now: datetime, compact: bool = False) -> str:
+    """The winner's share of traffic over a ramp, a step line from 0 to 100%, as an inline, responsive SVG. A
+    rollback drops the line to the test share (drawn dashed, and said in the text summary)."""
+    cid = _e(chart_id)
+    if not steps:
+        return f'<p class="chart-empty" id="{cid}">The ramp has no steps yet.</p>'
+    width, height, font = (360, 200, 12) if compact else (960, 220, 13)
+    left, right, top, bottom = (44, 14, 12, 40) if compact else (56, 20, 14, 42)
+    pw, ph = width - left - right, height - top - bottom
+    t0 = steps[0].start
+    t1 = max(now, *(s.end for s in steps if s.end is not None))
+    if t1 <= t0:
+        t1 = t0 + timedelta(minutes=1)
+    span = (t1 - t0).total_seconds()
+
+    def x(t: datetime) -> float:
+        return left + pw * min(max((t - t0).total_seconds() / span, 0.0), 1.0)
+
+    def y(v: float) -> float:
+        return top + ph * (1 - min(max(v, 0.0), 100.0) / 100.0)
+
+    parts = [f"step {i + 1} at {s.share:g}% from {s.start:%Y-%m-%d %H:%M:%S}" for i, s in enumerate(steps)]
+    last = steps[-1]
+    summary = (
+        "Winner's share: "
+        + "; ".join(parts)
+        + (f"; rolled back at step {len(steps)}" if last.outcome == "rolled_back" else "")
+        + "."
+    )
+    out = [
+        f'<svg class="chart" id="{cid}" viewBox="0 0 {width} {height}" role="img" '
+        f'aria-labelledby="{cid}-title {cid}-desc" xmlns="http://www.w3.org/2000/svg" '
+        f'font-family="system-ui, sans-serif" font-size="{font}">',
+        f'<title id="{cid}-title">Winner\'s share of traffic over the ramp</title>',
+        f'<desc id="{cid}-desc">{_e(summary)}</desc>',
+    ]
+    for tick in (0, 25, 50, 75, 100):
+        ty = y(tick)
+        out.append(f'<line x1="{left}" x2="{left + pw}" y1="{_num(ty)}" y2="{_num(ty)}" stroke="{GRID}"/>')
+        out.append(f'<text x="{left - 6}" y="{_num(ty + 4)}" text-anchor="end" fill="{MUTED}">{tick}%</text>')
+    for t, label in _time_ticks(t0, t1, 3 if compact else 6):
+        tx = x(t)
+        anchor = "start" if tx <= left + 1 else "end" if tx >= left + pw - 1 else "middle"
+        out.append(f'<text x="{_num(tx)}" y="{top + ph + 18}" text-anchor="{anchor}" fill="{MUTED}">{_e(label)}</text>')
+    points: list[tuple[float, float]] = []
+    for s in steps:
+        end = s.end or now
+        points += [(x(s.start), y(s.share)), (x(end), y(s.share))]
+        label = f"step at {s.share:g}% from {s.start:%H:%M:%S}" + (f" ({s.outcome})" if s.outcome else " (current)")
+        out.append(
+            f'<g><title>{_e(label)}</title><circle cx="{_num(x(s.start))}" cy="{_num(y(s.share))}" r="3.5" '
+            f'fill="{LINE}"/></g>'
+        )
+    out.append(f'<polyline points="{_pts(points)}" fill="none" stroke="{LINE}" stroke-width="2.5"/>')
+    if last.outcome == "rolled_back" and last.end is not None:
+        out.append(
+            f'<line x1="{_num(x(last.end))}" x2="{_num(x(last.end))}" y1="{top}" y2="{top + ph}" '
+            f'stroke="{ROLLBACK}" stroke-width="2" stroke-dasharray="5 3"/>'
+            f'<text x="{_num(x(last.end) - 4)}" y="{top + 12}" text-anchor="end" fill="{ROLLBACK}">rolled back</text>'
+        )
+    out.append(f'<line x1="{left}" x2="{left + pw}" y1="{top + ph}" y2="{top + ph}" stroke="{MUTED}"/>')
+    out.append("</svg>")
+    return "".join(out)

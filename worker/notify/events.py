@@ -16,12 +16,25 @@ EVENTS: tuple[str, ...] = (
     "promotion.eligible",
     "approval.requested",
     "approval.expired",
+    "rollout.advanced",
+    "rollout.completed",
+    "rollout.rolled_back",
 )
 # What a notification_configs row subscribes to by default (schema/0001); eligible is opt-in.
 DEFAULT_EVENTS: tuple[str, ...] = EVENTS[:4]
-# What the environment's default targets hear: the defaults, and the approvals (which happen only when
-# approval.require asks for them, and which nobody could act on unheard).
-ENV_EVENTS: tuple[str, ...] = (*DEFAULT_EVENTS, "approval.requested", "approval.expired")
+# What the environment's default targets hear: the defaults, the rollout's, and the approvals (which happen only
+# when approval.require asks for them, and which nobody could act on unheard).
+ENV_EVENTS: tuple[str, ...] = (
+    *DEFAULT_EVENTS,
+    "rollout.advanced",
+    "rollout.completed",
+    "rollout.rolled_back",
+    "approval.requested",
+    "approval.expired",
+)
+# A ramped promotion's rollback is rollout.rolled_back, and reaches every target subscribed to rollbacks:
+# notification_configs rows that list promotion.rolled_back hear it too (once).
+ALSO_SUBSCRIBED_AS: dict[str, str] = {"rollout.rolled_back": "promotion.rolled_back"}
 PRIORITIES: tuple[str, ...] = ("normal", "high", "critical")
 
 _TITLES = {
@@ -32,6 +45,9 @@ _TITLES = {
     "promotion.eligible": "Eligible for promotion (dry run)",
     "approval.requested": "Approval requested",
     "approval.expired": "Approval expired",
+    "rollout.advanced": "Rollout advanced",
+    "rollout.completed": "Rollout complete",
+    "rollout.rolled_back": "Rollout rolled back",
 }
 
 
@@ -126,6 +142,7 @@ class EventFacts:
     expires_at: str | None = None
     step: int | None = None
     guardrails: tuple[GuardrailFact, ...] = ()
+    rollout: RolloutFact | None = None
 
     @classmethod
     def from_payload(cls, event: str, payload: Mapping[str, Any], *, public_url: str | None) -> EventFacts:
@@ -189,6 +206,7 @@ class EventFacts:
             expires_at=_text(payload.get("expiresAt")),
             step=_whole(payload.get("step")),
             guardrails=guardrails,
+            rollout=RolloutFact.from_payload(payload.get("rollout")),
         )
 
     @property
@@ -221,6 +239,14 @@ class EventFacts:
                     f"step {self.step} of the rollout of {variant}" if self.step is not None else f"promoting {variant}"
                 )
                 return f"{self.experiment}: the approval of {what} expired unanswered; declined"
+            case "rollout.advanced":
+                share = self.rollout.share_text if self.rollout else "its next step"
+                return f"{self.experiment}: rollout of {variant} advanced to {share}"
+            case "rollout.completed":
+                return f"{self.experiment}: rollout of {variant} complete at 100%"
+            case "rollout.rolled_back":
+                where = f" at step {self.rollout.step} ({self.rollout.share_text})" if self.rollout else ""
+                return f"{self.experiment}: rollout of {variant} rolled back{where}"
         return f"{self.experiment}: {self.event}"
 
     @property
@@ -253,6 +279,10 @@ class EventFacts:
             rows.append(("Approval", self.approval_id))
         if self.expires_at and self.event == "approval.requested":
             rows.append(("Expires", self.expires_at))
+        if self.rollout is not None:
+            rows.append(("Rollout", self.rollout.summary))
+            for g in self.rollout.guard:
+                rows.append((f"Guard: {g}", self.rollout.guard[g]))
         return rows
 
     def variant_table(self) -> list[list[str]]:
@@ -273,6 +303,45 @@ class EventFacts:
                 ]
             )
         return table
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutFact:
+    """Where a ramp is, from a payload's ``rollout``: its step, the shares, and the verdicts of the step's guard."""
+
+    state: str
+    step: int
+    steps: tuple[float, ...]
+    share: float | None
+    guard: dict[str, str]
+
+    @classmethod
+    def from_payload(cls, value: object) -> RolloutFact | None:
+        if not isinstance(value, Mapping):
+            return None
+        steps = tuple(x for x in (_number(s) for s in value.get("steps") or ()) if x is not None)
+        step = _number(value.get("step"))
+        guard: dict[str, str] = {}
+        for g in _dicts(value.get("guard")):
+            lift = _number(g.get("lift"))
+            shown = "" if lift is None else f" ({lift:+.2f})"
+            guard[_text(g.get("metric")) or "?"] = f"{_text(g.get('verdict')) or '?'}{shown}"
+        return cls(
+            state=_text(value.get("state")) or "?",
+            step=int(step) if step is not None else 0,
+            steps=steps,
+            share=_number(value.get("treatmentShare")),
+            guard=guard,
+        )
+
+    @property
+    def share_text(self) -> str:
+        return "n/a" if self.share is None else f"{self.share:g}%"
+
+    @property
+    def summary(self) -> str:
+        path = " -> ".join(f"{s:g}%" for s in self.steps)
+        return f"{self.state}, step {self.step} of {len(self.steps)} ({self.share_text}); steps {path}"
 
 
 def format_percent(value: float | None, *, signed: bool = False) -> str:

@@ -135,7 +135,7 @@ async def enqueue_notifications(
     rows = config_rows(await conn.fetch(Q["routable_configs"], event))
     breached: list[str] = []
     promotion_id = _uuid_or_none(payload.get("promotionId"))
-    if event == "promotion.rolled_back" and promotion_id is not None:
+    if event in ("promotion.rolled_back", "rollout.rolled_back") and promotion_id is not None:
         breached = [r["target_ref"] for r in await conn.fetch(Q["breach_triggered_refs"], promotion_id)]
     planned = plan_notifications(
         event=event, payload=payload, config=config, settings=settings, rows=rows, breach_triggered_refs=breached

@@ -33,6 +33,7 @@ SOURCE = "ab-autopromote"
 _SEVERITY = {
     "guard.breached": "critical",
     "promotion.rolled_back": "error",
+    "rollout.rolled_back": "error",
     "promotion.failed": "error",
     "promotion.promoted": "warning",
 }
@@ -44,7 +45,7 @@ def pagerduty_action(event: str, priority: str, *, guard_breach_triggered: bool 
     match event:
         case "guard.breached":
             return "trigger"
-        case "promotion.rolled_back":
+        case "promotion.rolled_back" | "rollout.rolled_back":
             return "resolve" if guard_breach_triggered else "trigger"
         case "promotion.promoted" | "promotion.failed":
             return "trigger" if priority == "critical" else None

@@ -6,7 +6,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 from worker.config import AutoPromotionConfig, Settings
-from worker.notify.events import ENV_EVENTS, priority_rank
+from worker.notify.events import ALSO_SUBSCRIBED_AS, ENV_EVENTS, priority_rank
 from worker.notify.pagerduty import pagerduty_action
 from worker.notify.redact import split_addresses, target_label
 
@@ -88,7 +88,7 @@ def plan_routes(
     for row in rows:
         if (
             row.channel in notifications.channels
-            and event in row.events
+            and (event in row.events or ALSO_SUBSCRIBED_AS.get(event, event) in row.events)
             and (priority_rank(priority) >= priority_rank(row.min_priority))
         ):
             name = f' "{row.name}"' if row.name else ""

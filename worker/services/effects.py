@@ -9,7 +9,7 @@ payload's shape and an event's name are defined once.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Literal
 
@@ -21,9 +21,16 @@ from worker.db.approvals import Approval
 from worker.db.connect import Connection, json_safe
 from worker.db.store import OutboxRows
 from worker.decide import Decision
-from worker.domain.events import CommittedEvent
+from worker.domain.events import ROLLOUT_COMMITTED, CommittedEvent
 from worker.domain.guard_rules import GuardBreach, WatchedPromotion, since_promotion_json
-from worker.domain.results import Evaluation, NotificationPayload, PromoteResult, RollbackResult
+from worker.domain.results import (
+    Evaluation,
+    NotificationPayload,
+    PromoteResult,
+    RollbackResult,
+    RolloutTransition,
+)
+from worker.domain.rollout_rules import RolloutDecision, RolloutView
 from worker.notify.outbox import PlannedNotifications, config_rows, enqueue_notifications, plan_notifications
 
 log = structlog.get_logger("worker.engine")
@@ -37,10 +44,14 @@ NotificationEvent = Literal[
     "guard.breached",
     "approval.requested",
     "approval.expired",
+    "rollout.advanced",
+    "rollout.completed",
+    "rollout.rolled_back",
 ]
 PromotionMode = Literal["request", "scan", "daemon"]
-# Called after a promotion or rollback commits, with a copy of its result (the daemon publishes committed_event).
-OnCommitted = Callable[[CommittedEvent, PromoteResult | RollbackResult], None]
+# Called after a promotion, rollback or rollout transition commits, with a copy of its result (the daemon publishes
+# committed_event).
+OnCommitted = Callable[[CommittedEvent, PromoteResult | RollbackResult | RolloutTransition], None]
 
 
 def payload(
@@ -150,6 +161,59 @@ def _text(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+def rollout_payload(
+    event: NotificationEvent,
+    view: RolloutView,
+    row: Mapping[str, Any],
+    step: int,
+    share: float,
+    state: str,
+    decision: RolloutDecision,
+) -> NotificationPayload:
+    """rollout.advanced, rollout.completed (and a paused ramp's guard.breached): the shared shape, the step's numbers
+    since it began, and ``rollout`` = where the ramp is now and the guard of the step it left."""
+    out = payload(
+        event,
+        None,
+        actor=GUARD_ACTOR,
+        experiment_name=view.experiment_name,
+        priority=row["priority"],
+        promotion_id=view.promotion_id,
+        variant=view.winner,
+        reason=decision.reason or None,
+        confidence=row.get("promotion_confidence"),
+        improvement=row.get("promotion_improvement"),
+        control_variant=view.control,
+        occurred_at=row["now"],
+    )
+    out["variants"] = [
+        {
+            "name": name,
+            "isControl": name == view.control,
+            "exposures": t.exposures,
+            "conversions": t.conversions,
+            "rate": t.conversions / t.exposures if t.exposures else None,
+            "errors": t.errors,
+            "errorRate": t.errors / t.exposures if t.exposures else None,
+            "p95LatencyMs": t.latency.p95() if t.latency.count else None,
+            "latencySamples": t.latency.count,
+            "sinceStepStart": True,
+        }
+        for name, t in view.since_step().items()
+    ]
+    out["rollout"] = {
+        "state": state,
+        "step": step,
+        "steps": list(view.plan.shares),
+        "treatmentShare": share,
+        "fromStep": view.step,
+        "fromShare": view.share,
+        "stepStartedAt": view.step_started_at.isoformat(),
+        "guard": [g.to_json() for g in decision.guard],
+    }
+    return out
+
+
 def outbox_rows(planned: PlannedNotifications) -> OutboxRows:
     """Planned notifications as the column arrays of promote_write."""
     channels, config_ids, refs, labels, actions = planned.columns()
@@ -171,20 +235,28 @@ class Effects:
         )
         return queued
 
-    def plan(self, body: NotificationPayload, cfg: AutoPromotionConfig, configs: Any) -> PlannedNotifications:
+    def plan(
+        self,
+        body: NotificationPayload,
+        cfg: AutoPromotionConfig,
+        configs: Any,
+        breach_triggered_refs: Sequence[str] = (),
+    ) -> PlannedNotifications:
         """The outbox rows of ``body``, routed over ``configs`` (routable notification_configs rows as JSON), for a
-        statement that writes them itself (promote_write)."""
+        statement that writes them itself (promote_write, rollback_write); ``breach_triggered_refs``: the PagerDuty
+        targets that got this promotion's guard-breach trigger (a rollback resolves there)."""
         return plan_notifications(
             event=body["event"],
             payload=json_safe(body),
             config=cfg,
             settings=self.settings,
             rows=config_rows(configs or []),
+            breach_triggered_refs=breach_triggered_refs,
         )
 
     # ------------------------------------------------------------------------------ after the commit
-    def committed(self, event: CommittedEvent, data: PromoteResult | RollbackResult) -> None:
-        """Tell the daemon (event bus, dispatcher) about a committed promotion or rollback."""
+    def committed(self, event: CommittedEvent, data: PromoteResult | RollbackResult | RolloutTransition) -> None:
+        """Tell the daemon (event bus, dispatcher) about a committed promotion, rollback or rollout transition."""
         if self.on_committed is not None:
             self.on_committed(event, data.copy())
 
@@ -261,6 +333,21 @@ class Effects:
                 reason=b.reason,
                 action="notified",
             )
+
+    def rollout_moved(self, action: str, data: RolloutTransition) -> None:
+        """A committed rollout transition (advanced, completed, paused, resumed, awaiting_approval)."""
+        metrics.ROLLOUT_TRANSITIONS.labels(action).inc()
+        log.info(
+            f"rollout.{action}",
+            experiment=data.get("experimentName"),
+            promotion_id=data.get("promotionId"),
+            step=data.get("step"),
+            treatment_share=data.get("treatmentShare"),
+            reason=data.get("reason") or None,
+        )
+        event = ROLLOUT_COMMITTED.get(action)
+        if event is not None:
+            self.committed(event, data)
 
     def scan_completed(self, scanned: int, eligible: int, promoted: int, dry_run: bool) -> None:
         metrics.SCANS.inc()

@@ -34,6 +34,7 @@ from worker.decide import Decision, ExperimentSnapshot
 from worker.domain.errors import AlreadyPromoted, EngineError, ExperimentNotFound
 from worker.domain.eta import EtaRequest, check_eta
 from worker.domain.results import CheckResult, Evaluation, PromoteResult
+from worker.domain.rollout_rules import plan_ramp, ramp_weights, share_during_test, sums_json
 from worker.services.approval_gate import request_approval, requires_approval
 from worker.services.deciding import Decider
 from worker.services.effects import Effects, outbox_rows, payload
@@ -370,6 +371,8 @@ class PromoteService:
         snapshot, decision, cfg = d.snapshot, d.decision, d.cfg
         promotion_id = uuid.uuid4()
         previous_weights = {v.name: v.weight for v in snapshot.variants}
+        control = decision.analysis.control if decision.analysis else None
+        ramp = _ramp(cfg, previous_weights, winner.variant, control)
         planned = self.effects.plan(
             payload(
                 "promotion.promoted",
@@ -391,7 +394,7 @@ class PromoteService:
                 experiment_id=snapshot.id,
                 experiment_name=snapshot.name,
                 variant=winner.variant,
-                control_variant=decision.analysis.control if decision.analysis else None,
+                control_variant=control,
                 confidence=decision.confidence,
                 improvement=decision.improvement,
                 method=decision.method,
@@ -404,12 +407,14 @@ class PromoteService:
                     **self._audit_details(d),
                     "previousWeights": previous_weights,
                     "promotedVariant": winner.variant,
+                    **({"rollout": ramp} if ramp is not None else {}),
                 },
                 max_concurrent=cfg.max_concurrent_promotions,
                 promotion_id=promotion_id,
                 outbox=outbox_rows(planned),
                 history=HistoryRows.of(decision),
                 seen=d.seen,
+                ramp=ramp,
             ),
         )
         if written is None:
@@ -422,6 +427,16 @@ class PromoteService:
         self.effects.queued("promotion.promoted", snapshot.name, planned)
         result = d.result(success=True, promotion_id=str(promotion_id), queued=len(planned.routes))
         result["promotedAt"] = written.promoted_at.isoformat()
+        if ramp is not None:
+            result["rollout"] = {
+                "state": ramp["state"],
+                "step": 1,
+                "steps": ramp["steps"],
+                "treatmentShare": ramp["steps"][0],
+                "stepStartedAt": written.promoted_at.isoformat(),
+                "guard": [],
+                "nextStepAt": None,
+            }
         return d.evaluation("promoted", result)
 
     # ----------------------------------------------------------------------------- reports and failures
@@ -508,9 +523,11 @@ class PromoteService:
 
 
 def _baseline(snapshot: ExperimentSnapshot) -> dict[str, Any]:
-    """Each variant's totals at the promotion: what the guard subtracts to see what happened since."""
-    return {
-        v.name: {
+    """Each variant's totals at the promotion: what the guard subtracts to see what happened since (and, under a
+    ramp, the first step's start; its ab_metrics sums under ``metrics``, for the step's guardrails)."""
+    out: dict[str, Any] = {}
+    for v in snapshot.variants:
+        entry: dict[str, Any] = {
             "exposures": v.exposures,
             "conversions": v.conversions,
             "errors": v.errors,
@@ -518,5 +535,27 @@ def _baseline(snapshot: ExperimentSnapshot) -> dict[str, Any]:
             "valueSumSq": v.value_sum_sq,
             "latencySketch": v.latency.to_json(),
         }
-        for v in snapshot.variants
+        sums = {m.name: sums_json(m.sums[v.name]) for m in snapshot.metrics if v.name in m.sums}
+        if sums:
+            entry["metrics"] = sums
+        out[v.name] = entry
+    return out
+
+
+def _ramp(
+    cfg: AutoPromotionConfig, weights: Mapping[str, float], winner: str, control: str | None
+) -> dict[str, Any] | None:
+    """The first step of a ramp (promote_write's $35) under ``rollout.mode = ramp``; None for an instant promotion
+    (and for a test without a control, which has nothing to ramp against)."""
+    if cfg.rollout.mode != "ramp" or control is None:
+        return None
+    plan = plan_ramp(share_during_test(weights, winner), cfg.rollout.steps, cfg.rollout.holdback)
+    share = plan.share(1)
+    return {
+        "steps": list(plan.shares),
+        "holdback": plan.holdback,
+        "testShare": plan.test_share,
+        "control": control,
+        "state": plan.kind(1),
+        "weights": ramp_weights(list(weights), winner, control, share),
     }

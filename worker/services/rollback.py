@@ -8,17 +8,17 @@ CLI) raises the matching EngineError instead.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from worker.config import EffectiveConfig
-from worker.db import store
-from worker.db.connect import Pool
-from worker.db.sql import Q
+from worker.db.connect import Connection, Pool, json_safe
+from worker.db.sql import RLQ, Q
 from worker.domain.errors import AlreadyRolledBack, EngineError, InvalidRequest, PromotionNotFound
-from worker.domain.results import RollbackRefused, RollbackResult
+from worker.domain.results import NotificationPayload, RollbackRefused, RollbackResult
 from worker.services.deciding import Decider
-from worker.services.effects import Effects, payload
+from worker.services.effects import Effects, NotificationEvent, outbox_rows, payload
 
 
 def parse_promotion_id(promotion_id: str | uuid.UUID | None) -> uuid.UUID | RollbackRefused:
@@ -100,61 +100,151 @@ class RollbackService:
                 return RollbackRefused("not_found", f"no promotion with id {pid}", {"promotionId": str(pid)})
             # Same lock order as promote (experiment first), so the two cannot deadlock.
             exp = await conn.fetchrow(Q["lock_experiment"], promo["experiment_id"])
-            promo = await conn.fetchrow(Q["lock_promotion"], pid)
-            if promo["rollback_at"] is not None:
-                return RollbackRefused(
-                    "already_rolled_back",
-                    f"promotion {pid} was already rolled back at {promo['rollback_at'].isoformat()} "
-                    f"by {promo['rolled_back_by']}: {promo['rollback_reason']}",
-                    {"promotionId": str(pid), "rolledBackAt": promo["rollback_at"].isoformat()},
-                )
-            previous: dict[str, Any] = promo["previous_weights"] or {}
-            for name, weight in previous.items():
-                await conn.execute(Q["restore_weight"], promo["experiment_id"], name, weight)
-            await conn.execute(Q["set_status"], promo["experiment_id"], "rolled_back")
-            rolled_at = await conn.fetchval(Q["mark_rolled_back"], pid, reason, actor)
-            cfg = self.decider.cfg_or_base(effective, exp["config"] if exp else None)
-            await store.insert_audit(
+            result = await self.roll_back_locked(
                 conn,
-                actor,
-                "rolled_back",
-                promo["experiment_id"],
-                promo["experiment_name"],
                 pid,
-                {
-                    "reason": reason,
-                    "trigger": trigger,
-                    "restoredWeights": previous,
-                    "promotedVariant": promo["promoted_variant_name"],
-                    **(details or {}),
-                },
-            )
-            body = payload(
-                "promotion.rolled_back",
-                None,
+                reason,
                 actor=actor,
-                experiment_name=promo["experiment_name"],
+                trigger=trigger,
+                details=details,
+                config=effective,
+                overrides=exp["config"] if exp else None,
                 priority=exp["priority"] if exp else "normal",
-                promotion_id=pid,
-                variant=promo["promoted_variant_name"],
-                reason=reason,
-                confidence=promo["confidence"],
-                improvement=promo["improvement"],
-                control_variant=promo["control_variant_name"],
             )
-            body["trigger"] = trigger
+        if isinstance(result, RollbackRefused):
+            return result
+        self.effects.rolled_back(result)
+        return result
+
+    async def roll_back_locked(
+        self,
+        conn: Connection,
+        pid: uuid.UUID,
+        reason: str,
+        *,
+        actor: str,
+        trigger: str,
+        details: Mapping[str, Any] | None = None,
+        config: EffectiveConfig | None = None,
+        overrides: Mapping[str, Any] | None = None,
+        priority: str = "normal",
+        rollout_guard: list[dict[str, Any]] | None = None,
+        known: KnownRollback | None = None,
+    ) -> RollbackResult | RollbackRefused:
+        """The rollback itself, in the caller's transaction, the experiment row locked already: restore the previous
+        weights, mark the promotion (and its rollout, if it ramped) rolled back, audit, queue the notifications.
+        The caller runs ``effects.rolled_back`` after its commit.
+
+        ``known``: what the caller read already (a ramp's locked read: the promotion's figures, its routable targets
+        and breach triggers); the notifications then go into the same statement (one round trip, not four)."""
+        cfg = self.decider.cfg_or_base(config or self.config, overrides)
+        planned = None
+        if known is not None:
+            body = _body(
+                known.event, actor, priority, pid, reason, trigger, known.promotion, known.rollout, rollout_guard
+            )
+            planned = self.effects.plan(body, cfg, known.targets, known.breach_refs)
+        o = outbox_rows(planned) if planned is not None else None
+        written = await conn.fetchrow(
+            RLQ["rollback_write"],
+            pid,
+            reason,
+            actor,
+            json_safe({"reason": reason, "trigger": trigger, **(details or {})}),
+            rollout_guard or [],
+            o.channels if o else [],
+            o.config_ids if o else [],
+            o.target_refs if o else [],
+            o.target_labels if o else [],
+            o.actions if o else [],
+            (o.body or "{}") if o else "{}",
+            o.priority if o else priority,
+            o.detailed if o else False,
+            known.event if known is not None else "promotion.rolled_back",
+        )
+        if written is None:
+            promo = await conn.fetchrow(Q["promotion_by_id"], pid)
+            if promo is None:
+                return RollbackRefused("not_found", f"no promotion with id {pid}", {"promotionId": str(pid)})
+            return RollbackRefused(
+                "already_rolled_back",
+                f"promotion {pid} was already rolled back at {promo['rollback_at'].isoformat()} "
+                f"by {promo['rolled_back_by']}: {promo['rollback_reason']}",
+                {"promotionId": str(pid), "rolledBackAt": promo["rollback_at"].isoformat()},
+            )
+        previous: dict[str, Any] = written["previous_weights"] or {}
+        if planned is not None:
+            queued = len(planned.routes)
+            self.effects.queued(planned.event, written["experiment_name"], planned)  # type: ignore[arg-type]
+        else:
+            ramp: dict[str, Any] | None = None
+            if written["rollout_id"] is not None:
+                steps = [float(x) for x in written["rollout_steps"]]
+                step = int(written["rollout_step"])
+                ramp = {"step": step, "steps": steps, "treatmentShare": steps[step - 1]}
+            promotion = {
+                "experimentName": written["experiment_name"],
+                "variant": written["promoted_variant_name"],
+                "controlVariant": written["control_variant_name"],
+                "confidence": written["confidence"],
+                "improvement": written["improvement"],
+            }
+            event: NotificationEvent = "rollout.rolled_back" if ramp is not None else "promotion.rolled_back"
+            body = _body(event, actor, priority, pid, reason, trigger, promotion, ramp, rollout_guard)
             queued = await self.effects.notify(conn, body, cfg)
         result: RollbackResult = {
             "success": True,
             "promotionId": str(pid),
-            "experimentName": promo["experiment_name"],
-            "rolledBackVariantName": promo["promoted_variant_name"],
+            "experimentName": written["experiment_name"],
+            "rolledBackVariantName": written["promoted_variant_name"],
             "reason": reason,
             "rolledBackBy": actor,
-            "rolledBackAt": rolled_at.isoformat(),
+            "rolledBackAt": written["rollback_at"].isoformat(),
             "restoredWeights": previous,
             "trigger": trigger,
             "notificationsQueued": queued,
         }
-        self.effects.rolled_back(result)
         return result
+
+
+@dataclass(frozen=True, slots=True)
+class KnownRollback:
+    """What a caller that locked the rollout read already: the event, the promotion's figures (experimentName,
+    variant, controlVariant, confidence, improvement), where the ramp is, and where the notification goes."""
+
+    event: NotificationEvent
+    promotion: Mapping[str, Any]
+    rollout: Mapping[str, Any] | None
+    targets: Any  # routable notification_configs rows, as JSON
+    breach_refs: Sequence[str]
+
+
+def _body(
+    event: NotificationEvent,
+    actor: str,
+    priority: str,
+    pid: uuid.UUID,
+    reason: str,
+    trigger: str,
+    promotion: Mapping[str, Any],
+    ramp: Mapping[str, Any] | None,
+    rollout_guard: list[dict[str, Any]] | None,
+) -> NotificationPayload:
+    """The rolled-back notification: the shared shape, the trigger, and where a ramp was."""
+    body = payload(
+        event,
+        None,
+        actor=actor,
+        experiment_name=promotion["experimentName"],
+        priority=priority,
+        promotion_id=pid,
+        variant=promotion["variant"],
+        reason=reason,
+        confidence=promotion["confidence"],
+        improvement=promotion["improvement"],
+        control_variant=promotion["controlVariant"],
+    )
+    body["trigger"] = trigger
+    if ramp is not None:
+        body["rollout"] = {**ramp, "state": "rolled_back", "guard": rollout_guard or []}
+    return body

@@ -193,11 +193,24 @@ class LatencySketch:
 
         Exact when other is a genuine earlier state of self; otherwise the clamp silently drops negatives.
         """
-        bins = dict(self.bins())
-        for k, c in other.bins():
-            if k in bins:
-                bins[k] = max(0, bins[k] - c)
-        return LatencySketch(bins, max(0, self._zeros - other._zeros))
+        if other._count == 0:
+            return self
+        theirs = dict(zip(other._keys, other._counts, strict=True))
+        # Both operands are valid sketches already: the difference needs no second validation (the guard of a
+        # ramp subtracts two sketches per arm on every update).
+        keys: list[int] = []
+        counts: list[int] = []
+        for k, c in zip(self._keys, self._counts, strict=True):
+            left = c - theirs.get(k, 0)
+            if left > 0:
+                keys.append(k)
+                counts.append(left)
+        out = LatencySketch.__new__(LatencySketch)
+        out._keys = tuple(keys)
+        out._counts = tuple(counts)
+        out._zeros = max(0, self._zeros - other._zeros)
+        out._count = out._zeros + sum(counts)
+        return out
 
     def quantile(self, q: float) -> float | None:
         """Return the DDSketch estimate of quantile q in [0, 1] (within 1% relative), None when empty.

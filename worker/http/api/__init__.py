@@ -24,7 +24,6 @@ from worker.http import auth, slack
 from worker.http.api.actions import (
     LIMITER,
     MUTATING_ACTIONS,
-    ActionRequest,
     get_auto_promote,
     post_auto_promote,
     request_config,
@@ -45,6 +44,7 @@ from worker.http.api.reads import (
 from worker.http.api.wire import ok, parse_query, plain, read_json_object
 from worker.http.app import CTX
 from worker.http.errors import api_error_middleware
+from worker.http.models import ActionRequest
 from worker.http.ratelimit import SlidingWindowLimiter
 
 __all__ = [

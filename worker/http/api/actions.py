@@ -27,20 +27,21 @@ from worker.http.errors import (
 )
 from worker.http.models import (
     AUTO_PROMOTE_REQUEST,
-    AnyActionRequest,
+    ActionRequest,
     ApproveRequest,
     CheckRequest,
     ConfigQuery,
     DeclineRequest,
+    PauseRequest,
     PromoteRequest,
+    ResumeRequest,
     RollbackRequest,
     ScanRequest,
     action_response,
 )
 from worker.http.ratelimit import SlidingWindowLimiter
 
-ActionRequest = AnyActionRequest
-MUTATING_ACTIONS = frozenset({"scan", "promote", "rollback", "approve", "decline"})
+MUTATING_ACTIONS = frozenset({"scan", "promote", "rollback", "pause", "resume", "approve", "decline"})
 
 LIMITER: web.AppKey[SlidingWindowLimiter] = web.AppKey("rate_limiter", SlidingWindowLimiter)
 
@@ -48,8 +49,8 @@ LIMITER: web.AppKey[SlidingWindowLimiter] = web.AppKey("rate_limiter", SlidingWi
 def _action_problems(req: ActionRequest) -> list[dict[str, str]]:
     """The rules that span two fields (the document states them too: models.py)."""
     errors: list[dict[str, str]] = []
-    if isinstance(req, ApproveRequest | DeclineRequest):
-        return errors
+    if isinstance(req, PauseRequest | ResumeRequest | ApproveRequest | DeclineRequest):
+        return errors  # neither config nor dryRun: no decision of theirs to make drier
     nested = (req.config or {}).get("dryRun")
     if isinstance(req, RollbackRequest):
         if nested is True:
@@ -118,7 +119,7 @@ def _config_summary(effective: EffectiveConfig) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------ POST action
 async def post_auto_promote(request: web.Request) -> web.Response:
-    """The seed's POST: scan | promote | check | rollback | approve | decline."""
+    """The seed's POST: scan | promote | check | rollback, pause | resume of a ramp, approve | decline."""
     ctx = request.app[CTX]
     principal = await auth.require_role(request, "viewer")
     body = await read_json_object(request)
@@ -138,10 +139,11 @@ async def post_auto_promote(request: web.Request) -> web.Response:
         raise invalid_request(f"invalid request for action '{req.action}'", problems)
     # dryRun is one more request-layer value: the engine lays each experiment's own config over the request's,
     # so a request's dryRun: false cannot lift an experiment's dryRun: true (worker.config.with_experiment_overrides).
-    overrides = dict(getattr(req, "config", None) or {})
-    dry_run = getattr(req, "dry_run", None)
-    if dry_run is not None:
-        overrides["dryRun"] = dry_run
+    overrides: dict[str, Any] = {}
+    if isinstance(req, CheckRequest | PromoteRequest | ScanRequest | RollbackRequest):
+        overrides = dict(req.config or {})
+        if req.dry_run is not None:
+            overrides["dryRun"] = req.dry_run
     try:
         effective = request_config(ctx, req.preset, overrides)
     except ConfigError as exc:
@@ -188,6 +190,12 @@ async def _run_action(
     elif isinstance(req, RollbackRequest):
         data = await engine.rollback_promotion(req.promotion_id.strip(), req.reason, actor=actor, config=effective)
         success = True
+    elif isinstance(req, PauseRequest):
+        rollout = await engine.rollouts.pause(req.experiment_name, actor=actor, reason=req.reason)
+        data, success = {"experimentName": req.experiment_name, "rollout": rollout}, True
+    elif isinstance(req, ResumeRequest):
+        rollout = await engine.rollouts.resume(req.experiment_name, actor=actor)
+        data, success = {"experimentName": req.experiment_name, "rollout": rollout}, True
     elif isinstance(req, ApproveRequest):
         data = await engine.approve(req.approval_id.strip(), actor=actor, config=effective)
         success = data["status"] == "approved"

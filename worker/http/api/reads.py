@@ -157,6 +157,7 @@ async def get_experiment(request: web.Request) -> web.Response:
     row = detail.experiment
     experiment = _experiment_json(row, full_decision=True)
     experiment["eta"] = _eta(ctx.config, row)
+    rollout = await ctx.engine.rollouts.describe(detail.experiment.id)
     return ok(
         {
             "experiment": experiment,
@@ -173,6 +174,7 @@ async def get_experiment(request: web.Request) -> web.Response:
                 }
                 for a in detail.alerts
             ],
+            "rollout": rollout,
         }
     )
 

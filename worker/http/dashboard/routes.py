@@ -348,8 +348,11 @@ async def _experiment(request: web.Request, name: str) -> dict[str, Any] | None:
     page = await _reads(request).experiment_history(name, audit=views.AUDIT_ROWS)
     if page is None:
         return None
-    config = request.app[CTX].config
-    return views.experiment_page(page, config.config.thresholds.min_confidence, config)
+    ctx = request.app[CTX]
+    body = views.experiment_page(page, ctx.config.config.thresholds.min_confidence, ctx.config)
+    timeline = await ctx.engine.rollouts.timeline(page.experiment.id)
+    body["rollout"] = views.rollout_section(timeline, name, datetime.now(UTC))
+    return body
 
 
 @_viewer_page

@@ -33,13 +33,23 @@ from worker.domain.eta import EtaRequest, stored_etas
 from worker.domain.metrics import BUILTIN_METRIC
 from worker.domain.planning import PlanRequest, plan_experiment
 from worker.http.models import PlanQuery
-from worker.http.svg import DayCount, LiftPoint, interval_bar, interval_scale, lift_chart, pct, promotions_chart
+from worker.http.svg import (
+    DayCount,
+    LiftPoint,
+    ShareStep,
+    interval_bar,
+    interval_scale,
+    lift_chart,
+    pct,
+    promotions_chart,
+    share_chart,
+)
 
 MAX_EXPERIMENTS = 300
 AUDIT_ROWS = 100
 PROMOTION_ROWS = 100
 DEFAULT_DAYS = 30
-REFRESH_ALL = "evaluation promotion rollback"
+REFRESH_ALL = "evaluation promotion rollback rollout"
 REFRESH_PROMOTIONS = "promotion rollback"
 
 STATUS_LABELS = {
@@ -379,6 +389,92 @@ def lift_charts(
             }
         )
     return charts
+
+
+_GUARD_LABELS = {
+    "critical_alert": "Critical alerts",
+    "primary": "Primary metric (relative lift)",
+    "error_rate": "Error rate (percentage points)",
+    "latency": "P95 latency (change)",
+}
+_VERDICTS = {"ok": ("✓", "no harm shown"), "breach": ("✗", "breach"), "waiting": ("…", "waiting for data")}
+
+
+def _guard_rows(guard: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One row per metric of a step's guard: its verdict (icon and words), lift, interval and a bar on the row's own
+    scale (the metrics' units differ), with zero dashed and a guardrail's margin as a red tick."""
+    rows = []
+    for g in guard:
+        icon, words = _VERDICTS.get(str(g.get("verdict")), ("?", str(g.get("verdict"))))
+        interval = g.get("interval") or None
+        lift = g.get("lift")
+        metric = str(g.get("metric"))
+        margin = g.get("margin") if metric not in ("critical_alert", "error_rate", "latency") else None
+        unit = " pp" if metric == "error_rate" else "%"
+        bar = ""
+        if isinstance(lift, int | float) and interval and None not in interval:
+            lo_v, hi_v = float(interval[0]), float(interval[1])
+            edges = [0.0, lo_v, hi_v, float(lift), *([float(margin)] if isinstance(margin, int | float) else [])]
+            pad = max((max(edges) - min(edges)) * 0.08, 0.01)
+            # svg.py draws only numbers; the bar is decorative (the text beside it says the same).
+            bar = Markup(  # noqa: S704
+                interval_bar(
+                    float(lift),
+                    lo_v,
+                    hi_v,
+                    lo=min(edges) - pad,
+                    hi=max(edges) + pad,
+                    margin=float(margin) if isinstance(margin, int | float) and margin else None,
+                )
+            )
+        rows.append(
+            {
+                "metric": _GUARD_LABELS.get(metric, f"Guardrail {metric} (relative lift)"),
+                "verdict": g.get("verdict"),
+                "icon": icon,
+                "words": words,
+                "lift": "–" if lift is None else f"{lift:+.2f}{unit}",
+                "interval": "–"
+                if not interval or interval[0] is None or interval[1] is None
+                else f"[{interval[0]:+.2f}, {interval[1]:+.2f}]{unit}",
+                "margin": None if not isinstance(margin, int | float) or not margin else f"{margin:+g}%",
+                "bar": bar,
+            }
+        )
+    return rows
+
+
+def rollout_section(timeline: Mapping[str, Any] | None, name: str, now: datetime) -> dict[str, Any] | None:
+    """The ramp of ``/experiments/{name}``: where it is, the share over time, and each step's guard."""
+    if timeline is None:
+        return None
+    history = timeline["history"]
+    steps = [ShareStep(h["startedAt"], h["endedAt"], float(h["share"]), h["outcome"]) for h in history]
+    return {
+        "name": name,
+        "state": timeline["state"],
+        "step": timeline["step"],
+        "steps": " → ".join(f"{s:g}%" for s in timeline["steps"]),
+        "share": timeline["treatmentShare"],
+        "next": timeline["nextStepAt"],
+        "reason": timeline.get("reason"),
+        "can_pause": timeline["state"] in ("ramping", "holding", "awaiting_approval"),
+        "can_resume": timeline["state"] == "paused",
+        "chart_wide": Markup(share_chart(steps, chart_id="ramp", now=now)),  # noqa: S704
+        "chart_narrow": Markup(share_chart(steps, chart_id="ramp-n", now=now, compact=True)),  # noqa: S704
+        "history": [
+            {
+                "step": h["step"],
+                "share": h["share"],
+                "kind": h["kind"],
+                "started_at": h["startedAt"],
+                "ended_at": h["endedAt"],
+                "outcome": h["outcome"] or ("current" if timeline["state"] not in ("complete", "rolled_back") else "–"),
+                "guard": _guard_rows(h["guard"] or []),
+            }
+            for h in reversed(history)
+        ],
+    }
 
 
 VERDICT_LABELS = {

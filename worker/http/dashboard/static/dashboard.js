@@ -190,7 +190,8 @@
   // After an operator action: refresh what the matching event would (a check stores a decision but sends
   // no event; a promotion or rollback also arrives as an event, and the two refreshes coalesce).
   function refreshAfter(action, experimentName) {
-    var ev = { type: action === "check" ? "evaluation" : action === "promote" ? "promotion" : "rollback",
+    var ev = { type: action === "check" ? "evaluation" : action === "promote" ? "promotion" :
+                     action === "pause" || action === "resume" ? "rollout" : "rollback",
                experimentName: experimentName };
     var all = regions();
     var kinds = kindsOf(ev, all);
@@ -232,6 +233,8 @@
       case "rollback":
         if (phase(ev) === "rollback_requested") { return "Rollback requested for " + name; }
         return "Rollback of " + name + (ev.reason ? ": " + ev.reason : "");
+      case "rollout": return "Rollout of " + name + " " + String(ev.event || "").replace(/^rollout[._]/, "").replace("_", " ") +
+        (ev.treatmentShare !== undefined ? " (" + ev.treatmentShare + "%)" : "");
       case "evaluation":
         return "Evaluation of " + name + (ev.eligible === true ? ": eligible" : ev.eligible === false ? ": not eligible" : "");
       default: return ev.type + (ev.experimentName ? " · " + name : "");
@@ -376,6 +379,16 @@
       return { title: "Decline", confirmLabel: "Decline", needReason: true, reasonFor: "decline",
                text: "Decline the pending approval of “" + b.experiment + "”? Nothing is promoted.",
                body: { action: "decline", approvalId: b.approvalId } };
+    },
+    pause: function (b) {
+      return { title: "Pause the ramp", confirmLabel: "Pause",
+               text: "Hold the ramp of “" + b.experiment + "” at its step? It stays guarded; resume it later.",
+               body: { action: "pause", experimentName: b.experiment } };
+    },
+    resume: function (b) {
+      return { title: "Resume the ramp", confirmLabel: "Resume",
+               text: "Let the ramp of “" + b.experiment + "” go on from its step?",
+               body: { action: "resume", experimentName: b.experiment } };
     }
   };
 
@@ -414,6 +427,11 @@
       }
       return { kind: "error", title: "✗ Approved, but nothing changed for “" + data.experimentName + "”:",
                items: data.reason ? [data.reason] : [] };
+    }
+    if (action === "pause" || action === "resume") {
+      var r = data.rollout || {};
+      return { kind: "ok", title: "✓ The ramp of “" + (data.experimentName || "") + "” is " +
+               String(r.state || "").replace("_", " ") + " at " + r.treatmentShare + "% (step " + r.step + ").", items: [] };
     }
     return { kind: "ok", title: "✓ Rolled back " + (data.rolledBackVariantName || "the promotion") + " of “" +
              (data.experimentName || "") + "”.", items: data.reason ? ["reason: " + data.reason] : [] };
