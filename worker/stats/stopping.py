@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from scipy import signal, special
+from scipy import special
 
 __all__ = [
     "SIEGMUND_SHIFT",
@@ -92,6 +92,8 @@ def crossing_cdf_grid(
     half = math.ceil((8.0 * sd + abs(drift) * dt) / dx) + 1
     kx = np.arange(-half, half + 1, dtype=np.float64) * dx
     # The transition density over one step, normalised on the grid so mass is conserved exactly.
+    from scipy import signal  # here, not at the top: it loads scipy.stats and optimize (~0.4 s) for this only
+
     kernel = np.exp(-0.5 * ((kx - drift * dt) / sd) ** 2)
     kernel /= kernel.sum()
     density = np.zeros(nx)
