@@ -6,6 +6,7 @@ import json
 import uuid
 
 import asyncpg
+import pytest
 
 from tests.support.api import VIEWER_TOKEN, seed_winner, serve_api
 from tests.support.cli import run_cli
@@ -83,6 +84,7 @@ async def test_approve_of_what_stopped_being_eligible_is_200_with_success_false(
     assert await conn.fetchval("SELECT count(*) FROM experiment_promotions") == 0
 
 
+@pytest.mark.slow  # seven fresh interpreters
 async def test_cli_lists_approves_and_declines(conn: asyncpg.Connection, db_url: str) -> None:
     await seed_winner(conn)
     await seed_winner(conn, "pricing-page")
