@@ -9,6 +9,11 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 UPDATES_FOLDED = Counter(
     "autopromote_updates_folded_total", "Metric updates folded into per-variant statistics", registry=REGISTRY
 )
+FOLD_PARKED = Counter(
+    "autopromote_fold_parked_updates_total",
+    "Metric updates the fold moved to ab_metric_dead_letters because their totals would overflow",
+    registry=REGISTRY,
+)
 QUEUE_BACKLOG = Gauge(
     "autopromote_queue_backlog", "Metric updates waiting in ab_metric_updates (sampled)", registry=REGISTRY
 )
