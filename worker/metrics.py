@@ -50,6 +50,13 @@ NOTIFICATIONS_DEAD = Counter(
 GUARD_BREACHES = Counter(
     "autopromote_guard_breaches_total", "Post-promotion guard breaches, by metric", ["metric"], registry=REGISTRY
 )
+APPROVALS_DECIDED = Counter(
+    "autopromote_approvals_decided_total",
+    "Approvals decided: approved, declined (by an operator), expired (declined by the timeout), closed (approved, "
+    "but no longer eligible)",
+    ["outcome"],
+    registry=REGISTRY,
+)
 ROLLOUT_TRANSITIONS = Counter(
     "autopromote_rollout_transitions_total",
     "Committed rollout transitions by this replica (advanced, completed, paused, resumed, awaiting_approval)",
