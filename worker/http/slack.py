@@ -40,6 +40,7 @@ from worker.notify.slack import (
 log = structlog.get_logger("worker.http.slack")
 
 STALE_AFTER_S = 5 * 60  # Slack's own rule, and slack-sdk's
+TIMESTAMP_DIGITS = 12
 # Kept a day: a replay older than STALE_AFTER_S is refused by its timestamp anyway.
 REMEMBER_S = 24 * 3600.0
 RESPONSE_TIMEOUT_S = 2.5  # Slack waits 3 s for our answer; the replacement goes out before it
@@ -88,7 +89,9 @@ def verify(secret: str, body: bytes, headers: Mapping[str, str], *, now: float |
     if not timestamp.isascii() or not timestamp.isdigit():
         raise _unauthorized("X-Slack-Request-Timestamp must be a Unix time in seconds")
     current = time.time() if now is None else now
-    if abs(current - int(timestamp)) > STALE_AFTER_S:
+    # Longer than any Unix time in seconds for millennia: stale, before int() (ValueError past 4300 digits) or the
+    # subtraction from a float (OverflowError) could turn it into a 500.
+    if len(timestamp) > TIMESTAMP_DIGITS or abs(current - int(timestamp)) > STALE_AFTER_S:
         raise _unauthorized("stale: the request's timestamp is more than five minutes away from now")
     try:
         body.decode("utf-8")
@@ -107,7 +110,7 @@ def parse_interaction(body: bytes) -> Interaction:
         raise ApiError(400, "invalid_request", "no payload: this endpoint takes Slack's interaction payloads")
     try:
         payload = json.loads(raw[0])
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deep to be an interaction
         raise ApiError(400, "invalid_request", "the payload is not JSON") from None
     if not isinstance(payload, dict) or payload.get("type") != "block_actions":
         raise ApiError(400, "invalid_request", "only block_actions interactions (our buttons) are handled")
@@ -117,14 +120,16 @@ def parse_interaction(body: bytes) -> Interaction:
     action_id, value = action.get("action_id"), action.get("value")
     if action_id not in BUTTON_ACTIONS or not isinstance(value, str) or not value:
         raise ApiError(400, "invalid_request", "not one of our buttons", {"actionId": str(action_id)[:100]})
+    if "\x00" in value:  # PostgreSQL stores no NUL: recording the click would fail
+        raise ApiError(400, "invalid_request", "the button's value contains a NUL character")
     user_id = user.get("id")
-    if not isinstance(user_id, str) or not user_id:
+    if not isinstance(user_id, str) or not user_id or "\x00" in user_id:
         raise ApiError(400, "invalid_request", "the payload names no Slack user")
     response_url = payload.get("response_url")
     message = payload.get("message")
     return Interaction(
         user_id=user_id,
-        user_name=str(user.get("username") or user.get("name") or "")[:100],
+        user_name=str(user.get("username") or user.get("name") or "").replace("\x00", "")[:100],
         action_id=action_id,
         value=value[:200],
         response_url=response_url if isinstance(response_url, str) and response_url else None,
