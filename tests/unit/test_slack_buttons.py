@@ -12,7 +12,7 @@ from urllib.parse import quote
 import pytest
 
 from worker.http.errors import ApiError
-from worker.http.slack import STALE_AFTER_S, parse_interaction, verify
+from worker.http.slack import STALE_AFTER_S, parse_interaction, response_url_allowed, verify
 from worker.notify.events import EventFacts
 from worker.notify.slack import build_slack_message, outcome_message
 
@@ -196,3 +196,25 @@ def test_a_nul_in_the_user_name_does_not_reach_the_audit_log() -> None:
     # was recorded as seen, so the click was lost with a 500.
     click = parse_interaction(_click(APPROVAL, name="ali\x00ce"))
     assert click.actor == "slack:U1 (alice)"
+
+
+@pytest.mark.parametrize(
+    ("url", "allowed"),
+    [
+        ("https://hooks.slack.com/actions/T0/1/abc", True),
+        ("https://HOOKS.slack.com:443/actions/T0/1/abc", True),
+        ("http://hooks.slack.com/actions/T0/1/abc", False),
+        ("https://hooks.slack.com:8443/actions", False),
+        ("https://hooks.slack.com.example.org/actions", False),
+        ("https://hooks.slack.com@169.254.169.254/latest/meta-data", False),
+        ("https://169.254.169.254#@hooks.slack.com/", False),
+        ("http://127.0.0.1:8080/admin", False),
+        ("http://127.0.0.1:9000/actions/T0/1/abc", True),  # the origin of SLACK_WEBHOOK_URL below
+        ("http://127.0.0.1:99999/x", False),  # a port out of range: refused, not an exception
+        ("not a url", False),
+    ],
+)
+def test_the_response_url_must_be_slacks_origin(url: str, allowed: bool) -> None:
+    assert response_url_allowed(url, "http://127.0.0.1:9000/services/T0/B0/hook") is allowed
+    if "127.0.0.1" in url:
+        assert response_url_allowed(url, None) is False

@@ -7,7 +7,8 @@ of ``v0:{X-Slack-Request-Timestamp}:{raw body}`` under SLACK_SIGNING_SECRET, che
 nothing changes when one fails: no or a bad signature, or a stale timestamp: 401; a body that is no interaction we
 sent: 400; a Slack user not in AUTO_PROMOTION_SLACK_APPROVERS: 403; a request seen before (its signature is stored
 with a unique key, ab_slack_interactions): 401. Then the engine acts, through the same locked transactions as the
-CLI and the API, and the outcome replaces the message through the interaction's ``response_url``.
+CLI and the API, and the outcome replaces the message through the interaction's ``response_url`` when that is
+Slack's origin (https://hooks.slack.com) or SLACK_WEBHOOK_URL's (response_url_allowed), never any other server.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 import structlog
@@ -44,6 +45,26 @@ TIMESTAMP_DIGITS = 12
 # Kept a day: a replay older than STALE_AFTER_S is refused by its timestamp anyway.
 REMEMBER_S = 24 * 3600.0
 RESPONSE_TIMEOUT_S = 2.5  # Slack waits 3 s for our answer; the replacement goes out before it
+SLACK_ORIGIN = ("https", "hooks.slack.com", 443)  # where Slack's response_urls point
+
+
+def _origin(url: str) -> tuple[str, str, int | None] | None:
+    try:
+        parts = urlsplit(url)
+        port = parts.port or {"https": 443, "http": 80}.get(parts.scheme)
+    except ValueError:
+        return None
+    return (parts.scheme, (parts.hostname or "").lower(), port) if parts.hostname else None
+
+
+def response_url_allowed(url: str, webhook_url: str | None) -> bool:
+    """Whether the replacement may be posted to ``url``: Slack's origin (https://hooks.slack.com), or the origin of
+    SLACK_WEBHOOK_URL (a Slack stand-in on 127.0.0.1 in the tests). The URL comes in a signed request, but nothing
+    else than Slack is ever asked for, so a leaked signing secret cannot turn the worker against internal servers."""
+    origin = _origin(url)
+    return origin is not None and (
+        origin == SLACK_ORIGIN or (webhook_url is not None and origin == _origin(webhook_url))
+    )
 
 
 def add_routes(app: web.Application) -> None:
@@ -217,6 +238,9 @@ async def replace_message(ctx: AppContext, click: Interaction, outcome: str) -> 
     """POST the replacement to the interaction's response_url (signed by Slack, so Slack's); failures are logged:
     the action itself is done and audited."""
     assert click.response_url is not None
+    if not response_url_allowed(click.response_url, ctx.settings.slack_webhook_url):
+        log.warning("slack.response_url_refused", reason="not Slack's origin", url=click.response_url[:200])
+        return
     timeout = aiohttp.ClientTimeout(total=min(RESPONSE_TIMEOUT_S, ctx.settings.notify_timeout))
     try:
         async with (
