@@ -248,3 +248,13 @@ async def test_the_outcome_goes_only_to_slacks_origin(
         assert status == 200, answer
         assert await _state(conn) == ("declined", 0, "running")
         assert elsewhere.received(RESPONSE) == []
+
+
+async def test_a_body_over_the_limit_is_a_413_and_nothing_is_recorded(
+    pool: asyncpg.Pool, conn: asyncpg.Connection, receiver: FakeHTTPReceiver
+) -> None:
+    async with serve_api(pool, _env(receiver, AUTO_PROMOTION_MAX_BODY_BYTES="4096")) as api:
+        body = urlencode({"payload": json.dumps({"type": "block_actions", "pad": "x" * 8192})})
+        status, answer = await post_click(api, body, sign(body))
+        assert status == 413, answer
+        assert await conn.fetchval("SELECT count(*) FROM ab_slack_interactions") == 0
