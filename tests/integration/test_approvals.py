@@ -189,6 +189,28 @@ async def test_approve_of_what_is_no_longer_eligible_closes_it(engine: Engine, c
     assert (await _audit_actions(conn))[-2:] == ["promotion_refused", "approval_closed"]
 
 
+async def test_approve_never_promotes_another_winner_than_the_one_approved(
+    engine: Engine, conn: asyncpg.Connection
+) -> None:
+    # Three arms: variant-b wins when the approval is asked for; by approval time variant-c has overtaken it. The
+    # operator approved variant-b, so nothing is promoted: the approval is closed and says who wins now.
+    arms = {**WINNER, "variant-c": (17_200, 1_720)}
+    exp_id = await create_experiment(conn, NAME, list(arms))
+    for variant, (n, conv) in arms.items():
+        await record(conn, NAME, variant, n, conv)
+    approval_id = (await engine.promote_winner(NAME))["approvalId"]
+    [row] = await _approvals(conn)
+    assert row["variant"] == "variant-b"
+    await record(conn, NAME, "control", 8_000, 800)
+    await record(conn, NAME, "variant-b", 8_000, 880)
+    await record(conn, NAME, "variant-c", 8_000, 1_400)
+    data = await engine.approve(approval_id, actor="alice")
+    assert data["status"] == "closed", data
+    assert "variant-c" in data["reason"] and "variant-b" in data["reason"]
+    assert await conn.fetchval("SELECT count(*) FROM experiment_promotions") == 0
+    assert await conn.fetchval("SELECT status FROM ab_experiments WHERE id = $1", exp_id) == "running"
+
+
 async def test_approve_of_a_paused_experiment_closes_it(engine: Engine, conn: asyncpg.Connection) -> None:
     exp_id = await seed_winner(conn)
     approval_id = (await engine.promote_winner(NAME))["approvalId"]

@@ -229,3 +229,32 @@ async def test_buttons_are_off_without_a_signing_secret(
         body = urlencode({"payload": "{}"})
         status, answer = await post_click(api, body, sign(body))
         assert status == 404 and "SLACK_SIGNING_SECRET" in answer["error"]["message"]
+
+
+async def test_the_outcome_goes_only_to_slacks_origin(
+    pool: asyncpg.Pool, conn: asyncpg.Connection, receiver: FakeHTTPReceiver
+) -> None:
+    # The response_url is only ever Slack's (https://hooks.slack.com) or the origin of SLACK_WEBHOOK_URL (here the
+    # stand-in): a click naming another server (an internal service, say) is acted on, but nothing is posted there.
+    await seed_winner(conn)
+    async with (
+        FakeHTTPReceiver() as elsewhere,
+        serve_api(pool, _env(receiver), {"approval": {"require": "promote"}}) as api,
+    ):
+        await api.post({"action": "promote", "experimentName": NAME})
+        [message] = await deliver(pool, api, receiver, 1)
+        body = click_body(message, "approval.decline", user=APPROVER, response_url=elsewhere.url(RESPONSE))
+        status, answer = await post_click(api, body, sign(body))
+        assert status == 200, answer
+        assert await _state(conn) == ("declined", 0, "running")
+        assert elsewhere.received(RESPONSE) == []
+
+
+async def test_a_body_over_the_limit_is_a_413_and_nothing_is_recorded(
+    pool: asyncpg.Pool, conn: asyncpg.Connection, receiver: FakeHTTPReceiver
+) -> None:
+    async with serve_api(pool, _env(receiver, AUTO_PROMOTION_MAX_BODY_BYTES="4096")) as api:
+        body = urlencode({"payload": json.dumps({"type": "block_actions", "pad": "x" * 8192})})
+        status, answer = await post_click(api, body, sign(body))
+        assert status == 413, answer
+        assert await conn.fetchval("SELECT count(*) FROM ab_slack_interactions") == 0

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
 from worker.http.errors import ApiError
-from worker.http.slack import STALE_AFTER_S, parse_interaction, verify
+from worker.http.slack import STALE_AFTER_S, parse_interaction, response_url_allowed, verify
 from worker.notify.events import EventFacts
 from worker.notify.slack import build_slack_message, outcome_message
 
@@ -150,3 +152,69 @@ def test_signed_bodies_that_are_not_our_buttons_are_a_400(body: bytes) -> None:
     with pytest.raises(ApiError) as caught:
         parse_interaction(body)
     assert caught.value.status == 400
+
+
+@pytest.mark.parametrize("digits", [20, 400, 5000])
+def test_a_huge_timestamp_is_a_401_not_a_crash(digits: int) -> None:
+    # int() of 5000 digits raises ValueError and a 400-digit int does not fit a float (OverflowError): both were a 500.
+    body = b"payload=%7B%7D"
+    headers = _signed(body, NOW)
+    headers["X-Slack-Request-Timestamp"] = "9" * digits
+    with pytest.raises(ApiError) as caught:
+        verify(SECRET, body, headers, now=NOW + 0.5)  # a float, as time.time() is
+    assert caught.value.status == 401 and "stale" in caught.value.message
+
+
+def _click(value: str, user: str = "U1", name: str = "") -> bytes:
+    payload = json.dumps(
+        {
+            "type": "block_actions",
+            "user": {"id": user, "username": name},
+            "actions": [{"action_id": "approval.approve", "value": value}],
+        }
+    )
+    return b"payload=" + quote(payload).encode()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"payload=" + b"%5B" * 100_000,  # nested 100 000 deep: json raised RecursionError (a 500)
+        _click(APPROVAL + "\x00"),  # PostgreSQL refuses NUL in text: recording the click was a 500
+        _click(APPROVAL, user="U1\x00"),
+    ],
+    ids=["deeply nested", "NUL in the value", "NUL in the user"],
+)
+def test_signed_but_malformed_payloads_are_a_400(body: bytes) -> None:
+    with pytest.raises(ApiError) as caught:
+        parse_interaction(body)
+    assert caught.value.status == 400
+
+
+def test_a_nul_in_the_user_name_does_not_reach_the_audit_log() -> None:
+    # The actor (slack:U1 (name)) is written to the approval and the audit row: a NUL there failed after the click
+    # was recorded as seen, so the click was lost with a 500.
+    click = parse_interaction(_click(APPROVAL, name="ali\x00ce"))
+    assert click.actor == "slack:U1 (alice)"
+
+
+@pytest.mark.parametrize(
+    ("url", "allowed"),
+    [
+        ("https://hooks.slack.com/actions/T0/1/abc", True),
+        ("https://HOOKS.slack.com:443/actions/T0/1/abc", True),
+        ("http://hooks.slack.com/actions/T0/1/abc", False),
+        ("https://hooks.slack.com:8443/actions", False),
+        ("https://hooks.slack.com.example.org/actions", False),
+        ("https://hooks.slack.com@169.254.169.254/latest/meta-data", False),
+        ("https://169.254.169.254#@hooks.slack.com/", False),
+        ("http://127.0.0.1:8080/admin", False),
+        ("http://127.0.0.1:9000/actions/T0/1/abc", True),  # the origin of SLACK_WEBHOOK_URL below
+        ("http://127.0.0.1:99999/x", False),  # a port out of range: refused, not an exception
+        ("not a url", False),
+    ],
+)
+def test_the_response_url_must_be_slacks_origin(url: str, allowed: bool) -> None:
+    assert response_url_allowed(url, "http://127.0.0.1:9000/services/T0/B0/hook") is allowed
+    if "127.0.0.1" in url:
+        assert response_url_allowed(url, None) is False

@@ -7,7 +7,8 @@ of ``v0:{X-Slack-Request-Timestamp}:{raw body}`` under SLACK_SIGNING_SECRET, che
 nothing changes when one fails: no or a bad signature, or a stale timestamp: 401; a body that is no interaction we
 sent: 400; a Slack user not in AUTO_PROMOTION_SLACK_APPROVERS: 403; a request seen before (its signature is stored
 with a unique key, ab_slack_interactions): 401. Then the engine acts, through the same locked transactions as the
-CLI and the API, and the outcome replaces the message through the interaction's ``response_url``.
+CLI and the API, and the outcome replaces the message through the interaction's ``response_url`` when that is
+Slack's origin (https://hooks.slack.com) or SLACK_WEBHOOK_URL's (response_url_allowed), never any other server.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 import structlog
@@ -40,9 +41,30 @@ from worker.notify.slack import (
 log = structlog.get_logger("worker.http.slack")
 
 STALE_AFTER_S = 5 * 60  # Slack's own rule, and slack-sdk's
+TIMESTAMP_DIGITS = 12
 # Kept a day: a replay older than STALE_AFTER_S is refused by its timestamp anyway.
 REMEMBER_S = 24 * 3600.0
 RESPONSE_TIMEOUT_S = 2.5  # Slack waits 3 s for our answer; the replacement goes out before it
+SLACK_ORIGIN = ("https", "hooks.slack.com", 443)  # where Slack's response_urls point
+
+
+def _origin(url: str) -> tuple[str, str, int | None] | None:
+    try:
+        parts = urlsplit(url)
+        port = parts.port or {"https": 443, "http": 80}.get(parts.scheme)
+    except ValueError:
+        return None
+    return (parts.scheme, (parts.hostname or "").lower(), port) if parts.hostname else None
+
+
+def response_url_allowed(url: str, webhook_url: str | None) -> bool:
+    """Whether the replacement may be posted to ``url``: Slack's origin (https://hooks.slack.com), or the origin of
+    SLACK_WEBHOOK_URL (a Slack stand-in on 127.0.0.1 in the tests). The URL comes in a signed request, but nothing
+    else than Slack is ever asked for, so a leaked signing secret cannot turn the worker against internal servers."""
+    origin = _origin(url)
+    return origin is not None and (
+        origin == SLACK_ORIGIN or (webhook_url is not None and origin == _origin(webhook_url))
+    )
 
 
 def add_routes(app: web.Application) -> None:
@@ -88,7 +110,9 @@ def verify(secret: str, body: bytes, headers: Mapping[str, str], *, now: float |
     if not timestamp.isascii() or not timestamp.isdigit():
         raise _unauthorized("X-Slack-Request-Timestamp must be a Unix time in seconds")
     current = time.time() if now is None else now
-    if abs(current - int(timestamp)) > STALE_AFTER_S:
+    # Longer than any Unix time in seconds for millennia: stale, before int() (ValueError past 4300 digits) or the
+    # subtraction from a float (OverflowError) could turn it into a 500.
+    if len(timestamp) > TIMESTAMP_DIGITS or abs(current - int(timestamp)) > STALE_AFTER_S:
         raise _unauthorized("stale: the request's timestamp is more than five minutes away from now")
     try:
         body.decode("utf-8")
@@ -107,7 +131,7 @@ def parse_interaction(body: bytes) -> Interaction:
         raise ApiError(400, "invalid_request", "no payload: this endpoint takes Slack's interaction payloads")
     try:
         payload = json.loads(raw[0])
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deep to be an interaction
         raise ApiError(400, "invalid_request", "the payload is not JSON") from None
     if not isinstance(payload, dict) or payload.get("type") != "block_actions":
         raise ApiError(400, "invalid_request", "only block_actions interactions (our buttons) are handled")
@@ -117,14 +141,16 @@ def parse_interaction(body: bytes) -> Interaction:
     action_id, value = action.get("action_id"), action.get("value")
     if action_id not in BUTTON_ACTIONS or not isinstance(value, str) or not value:
         raise ApiError(400, "invalid_request", "not one of our buttons", {"actionId": str(action_id)[:100]})
+    if "\x00" in value:  # PostgreSQL stores no NUL: recording the click would fail
+        raise ApiError(400, "invalid_request", "the button's value contains a NUL character")
     user_id = user.get("id")
-    if not isinstance(user_id, str) or not user_id:
+    if not isinstance(user_id, str) or not user_id or "\x00" in user_id:
         raise ApiError(400, "invalid_request", "the payload names no Slack user")
     response_url = payload.get("response_url")
     message = payload.get("message")
     return Interaction(
         user_id=user_id,
-        user_name=str(user.get("username") or user.get("name") or "")[:100],
+        user_name=str(user.get("username") or user.get("name") or "").replace("\x00", "")[:100],
         action_id=action_id,
         value=value[:200],
         response_url=response_url if isinstance(response_url, str) and response_url else None,
@@ -212,6 +238,9 @@ async def replace_message(ctx: AppContext, click: Interaction, outcome: str) -> 
     """POST the replacement to the interaction's response_url (signed by Slack, so Slack's); failures are logged:
     the action itself is done and audited."""
     assert click.response_url is not None
+    if not response_url_allowed(click.response_url, ctx.settings.slack_webhook_url):
+        log.warning("slack.response_url_refused", reason="not Slack's origin", url=click.response_url[:200])
+        return
     timeout = aiohttp.ClientTimeout(total=min(RESPONSE_TIMEOUT_S, ctx.settings.notify_timeout))
     try:
         async with (

@@ -110,7 +110,9 @@ class ApprovalService:
             return _Decided(refusal=_not_pending(expired, expired_now=True))
         if approval.kind == "step":
             return await self._approve_step(conn, approval, actor)
-        outcome = await self.promote.promote_approved(conn, experiment_id, effective, actor=actor)
+        outcome = await self.promote.promote_approved(
+            conn, experiment_id, effective, actor=actor, variant=approval.variant
+        )
         promotion = outcome.promotion
         assert promotion is not None
         if outcome.action == "promoted":

@@ -258,11 +258,18 @@ class PromoteService:
         return await self._promote(conn, d)
 
     async def promote_approved(
-        self, conn: Connection, experiment_id: int, effective: EffectiveConfig, *, actor: str
+        self,
+        conn: Connection,
+        experiment_id: int,
+        effective: EffectiveConfig,
+        *,
+        actor: str,
+        variant: str | None = None,
     ) -> Evaluation:
         """An approved promotion, in the caller's transaction (which holds the experiment's row lock): fold, decide
         again on the locked state and promote what is still eligible, without asking for approval again; else the
-        refusal with its reasons (not eligible any more, promoted meanwhile, dry run, the concurrency limit)."""
+        refusal with its reasons (not eligible any more, promoted meanwhile, dry run, the concurrency limit, or a
+        winner other than ``variant``, the one approved)."""
         exp = await conn.fetchrow(Q["lock_experiment"], experiment_id)
         if exp is None:
             raise ExperimentNotFound(f"experiment {experiment_id} disappeared")
@@ -280,6 +287,11 @@ class PromoteService:
             why = ["dryRun is on or promotion is disabled (enabled: false) for this experiment: nothing is promoted"]
         elif not decision.eligible or decision.winner is None:
             why = list(decision.reasons) or ["no winner"]
+        elif variant is not None and decision.winner.variant != variant:
+            why = [
+                f"the winner is now {decision.winner.variant}, not {variant} as when the approval was asked for: "
+                "promote explicitly to ask for an approval of the new winner"
+            ]
         if not why:
             return await self._promote(conn, d)
         await store.insert_audit(
