@@ -254,7 +254,7 @@ class RolloutService:
             outcome,
             guard,
             share,
-            view.plan.kind(nxt),
+            "complete" if completing else view.plan.kind(nxt),  # holdback 0: completes on its holding step
             rs.guard_hours * 3600.0 + rs.step_minutes * 60.0,
             actor,
             "rollout_completed" if completing else "rollout_advanced",

@@ -1,0 +1,69 @@
+"""Review of the progressive rollout (issue 17) on the real PostgreSQL: edge cases of the ramp's transitions."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import asyncpg
+
+from tests.daemon_support import wait_for
+from tests.integration.test_rollout import NAME, WINNER, _engine, _harmless, _rollout, _weights
+from tests.factories import create_experiment, record
+
+RAMP0: dict[str, dict[str, Any]] = {
+    "rollout": {"mode": "ramp", "steps": [50], "holdback": 0, "stepMinutes": 0, "stepMinExposures": 2000},
+    "guard": {"guardHours": 0.0003, "minSamples": 200},
+    "safetyChecks": {"checkTrafficBalance": False},
+}
+
+
+async def test_a_ramp_without_holdback_holds_at_100_and_completes(pool: asyncpg.Pool, conn: asyncpg.Connection) -> None:
+    engine = _engine(pool)
+    exp_id = await create_experiment(conn, NAME, list(WINNER), weights=[80, 20], config=RAMP0)
+    for variant, (n, conv) in WINNER.items():
+        await record(conn, NAME, variant, n, conv)
+    promoted = await engine.promote_winner(NAME)
+    assert promoted["success"] and promoted["rollout"]["steps"] == [50.0, 100.0], promoted
+    await _harmless(conn, 2500, 2500)
+    assert [o.action for o in (await engine.rollouts.check()).outcomes] == ["advanced"]
+    r = await _rollout(conn, exp_id)
+    assert (r["state"], r["step"]) == ("holding", 2)
+    assert await _weights(conn, exp_id) == {"variant-b": 100.0, "control": 0.0}
+
+    async def completed() -> bool:
+        return any(o.action == "completed" for o in (await engine.rollouts.check()).outcomes)
+
+    await wait_for(completed, within=10, what="the holding window to end")
+    r = await _rollout(conn, exp_id)
+    assert (r["state"], r["step"]) == ("complete", 2)
+    steps = await conn.fetch("SELECT * FROM experiment_rollout_steps WHERE rollout_id = $1 ORDER BY step", r["id"])
+    assert [(s["step"], s["kind"], s["outcome"]) for s in steps] == [(1, "ramping", "advanced"), (2, "complete", None)]
+    assert {g["metric"] for g in steps[1]["guard"]} >= {"critical_alert"}  # the holding window's guard
+
+
+async def test_three_variants_rolled_back_after_complete_get_their_weights_back(
+    pool: asyncpg.Pool, conn: asyncpg.Connection
+) -> None:
+    engine = _engine(pool)
+    three = {**WINNER, "variant-c": (17_000, 1_700)}
+    exp_id = await create_experiment(conn, NAME, list(three), weights=[50, 30, 20], config=RAMP0)
+    for variant, (n, conv) in three.items():
+        await record(conn, NAME, variant, n, conv)
+    promoted = await engine.promote_winner(NAME)
+    assert promoted["success"], promoted
+    assert await _weights(conn, exp_id) == {"control": 50.0, "variant-b": 50.0, "variant-c": 0.0}
+    await _harmless(conn, 2500, 2500)
+    assert [o.action for o in (await engine.rollouts.check()).outcomes] == ["advanced"]
+
+    async def completed() -> bool:
+        return any(o.action == "completed" for o in (await engine.rollouts.check()).outcomes)
+
+    await wait_for(completed, within=10, what="the holding window to end")
+    await conn.execute("SELECT ab_request_rollback($1, 'late regression', 'carol')", uuid.UUID(promoted["promotionId"]))
+    from worker.rollbacks import carry_out_rollback_requests
+
+    assert [d.action for d in await carry_out_rollback_requests(pool, engine)] == ["rolled_back"]
+    assert await _weights(conn, exp_id) == {"control": 50.0, "variant-b": 30.0, "variant-c": 20.0}
+    r = await _rollout(conn, exp_id)
+    assert r["state"] == "rolled_back"
