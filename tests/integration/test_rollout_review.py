@@ -8,8 +8,8 @@ from typing import Any
 import asyncpg
 
 from tests.daemon_support import wait_for
-from tests.integration.test_rollout import NAME, WINNER, _engine, _harmless, _rollout, _weights
 from tests.factories import create_experiment, record
+from tests.integration.test_rollout import NAME, WINNER, _engine, _harmless, _rollout, _weights
 
 RAMP0: dict[str, dict[str, Any]] = {
     "rollout": {"mode": "ramp", "steps": [50], "holdback": 0, "stepMinutes": 0, "stepMinExposures": 2000},
@@ -67,3 +67,31 @@ async def test_three_variants_rolled_back_after_complete_get_their_weights_back(
     assert await _weights(conn, exp_id) == {"control": 50.0, "variant-b": 30.0, "variant-c": 20.0}
     r = await _rollout(conn, exp_id)
     assert r["state"] == "rolled_back"
+
+
+async def test_one_broken_rollout_does_not_hold_up_the_others(pool: asyncpg.Pool, conn: asyncpg.Connection) -> None:
+    from tests.integration.test_rollout import RAMP
+    from worker.db.fold import fold_pending_updates
+
+    engine = _engine(pool)
+    ids = {}
+    for name in ("broken-ramp", "healthy-ramp"):
+        ids[name] = await create_experiment(conn, name, list(WINNER), weights=[80, 20], config=RAMP)
+        for variant, (n, conv) in WINNER.items():
+            await record(conn, name, variant, n, conv)
+        assert (await engine.promote_winner(name))["success"]
+    # Bad data in one rollout (a sketch no worker writes): its check raises, every time.
+    await conn.execute(
+        "UPDATE experiment_rollouts SET step_stats = step_stats || "
+        '\'{"control": {"metrics": {"revenue": {"units": "many"}}}}\' WHERE experiment_id = $1',
+        ids["broken-ramp"],
+    )
+    lat = [20.0 + (i % 40) for i in range(400)]
+    for name in ids:
+        await record(conn, name, "variant-b", 2500, 275, 25, lat)
+        await record(conn, name, "control", 2500, 250, 25, lat)
+    await fold_pending_updates(conn)
+    checked = await engine.rollouts.check()
+    assert [(o.experiment_name, o.action) for o in checked.outcomes] == [("healthy-ramp", "advanced")]
+    assert checked.failed == [str((await _rollout(conn, ids["broken-ramp"]))["id"])]
+    assert await _weights(conn, ids["healthy-ramp"]) == {"variant-b": 50.0, "control": 50.0}
