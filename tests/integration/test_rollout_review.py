@@ -95,3 +95,29 @@ async def test_one_broken_rollout_does_not_hold_up_the_others(pool: asyncpg.Pool
     assert [(o.experiment_name, o.action) for o in checked.outcomes] == [("healthy-ramp", "advanced")]
     assert checked.failed == [str((await _rollout(conn, ids["broken-ramp"]))["id"])]
     assert await _weights(conn, ids["healthy-ramp"]) == {"variant-b": 50.0, "control": 50.0}
+
+
+async def test_a_ramp_still_under_way_counts_against_max_concurrent_promotions(
+    pool: asyncpg.Pool, conn: asyncpg.Connection
+) -> None:
+    # A step can last longer than the promotion's guard window (waiting for stepMinExposures on a quiet experiment,
+    # or paused): the ramp is still live, so it still takes one of maxConcurrentPromotions' slots.
+    from tests.integration.test_rollout import RAMP
+
+    engine = _engine(pool)
+    config = {**RAMP, "maxConcurrentPromotions": 1}
+    for name in ("slow-ramp", "next-one"):
+        await create_experiment(conn, name, list(WINNER), weights=[80, 20], config=config)
+        for variant, (n, conv) in WINNER.items():
+            await record(conn, name, variant, n, conv)
+    assert (await engine.promote_winner("slow-ramp"))["success"]
+    await conn.execute("UPDATE experiment_promotions SET guard_until = now() - interval '1 second'")
+    refused = await engine.promote_winner("next-one")
+    assert not refused["success"], refused
+    assert any("concurrency limit" in r for r in refused["reasons"]), refused
+
+    checked = await engine.check_promotion_eligibility("next-one")
+    assert not checked["eligible"], checked
+    # Once it completes (or is rolled back) the slot is free again.
+    await conn.execute("UPDATE experiment_rollouts SET state = 'complete'")
+    assert (await engine.promote_winner("next-one"))["success"]
