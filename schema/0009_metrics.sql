@@ -91,6 +91,17 @@ BEGIN
                              || 'a new one';
         END IF;
         NEW.updated_at := now();
+        -- A row named "primary" stands for the built-in metric, so the statistics recorded under its old name would
+        -- be hidden (never reported, never decided on) while still kept.
+        IF NEW.name = 'primary' AND OLD.name <> 'primary'
+           AND (EXISTS (SELECT 1 FROM ab_metric_stats s WHERE s.metric_id = OLD.id)
+                OR EXISTS (SELECT 1 FROM ab_metric_updates u WHERE u.metric_id = OLD.id)) THEN
+            RAISE EXCEPTION 'ab_metrics: metric "%" has recorded data and cannot be renamed "primary"', OLD.name
+                USING ERRCODE = '22023',
+                      HINT = '"primary" is the experiment''s built-in metric, so its data would be hidden: keep the '
+                             || 'name and set its role to primary, or add a row named "primary" to change the '
+                             || 'built-in metric';
+        END IF;
     END IF;
     IF NEW.name = 'primary' THEN
         SELECT e.metric_type INTO metric_type FROM ab_experiments e WHERE e.id = NEW.experiment_id;
@@ -126,15 +137,23 @@ CREATE TRIGGER ab_experiments_metric_type_kept BEFORE UPDATE OF metric_type ON a
     EXECUTE FUNCTION ab_experiments_metric_type_kept();
 
 -- Adding, removing or changing a metric changes the decision without a new statistics version (a guardrail without
--- data blocks, a margin moves the bar): forget what the experiment's stored decision saw, so that it is due again,
--- and wake the worker for it. The experiment row is locked first, as ab_alert_unblocked (schema/0007) does: an
--- evaluation that read the old definitions still holds it, so this waits for it to store its decision and then
--- forgets that decision, which could otherwise be stored after this ran and stand.
+-- data blocks, a margin moves the bar). Forgetting the stored decision (evaluated_version = NULL) is not enough on
+-- its own: the scan reads without the experiment's row lock, so a scan that read the old definitions can store its
+-- decision after this commits, and it would stand. As for alerts (schema/0007), the change records the id of its
+-- transaction on the experiment (metrics_changed_xact), and a stored decision covers the definitions only when that
+-- transaction is visible in the snapshot it was read in (ab_evaluation_due, ab_decision_covered below): whatever
+-- the order of the commits, a decision that could not see the change leaves the experiment due. The experiment row
+-- is updated (so locked) first, as before: an evaluation holding it is waited for. The worker is woken for it.
+ALTER TABLE ab_experiments ADD COLUMN metrics_changed_xact xid8;
+COMMENT ON COLUMN ab_experiments.metrics_changed_xact IS
+    'the transaction that last changed the experiment''s ab_metrics rows (NULL: never); see ab_evaluation_due';
+
 CREATE FUNCTION ab_metrics_changed() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     exp_id bigint := CASE WHEN TG_OP = 'DELETE' THEN OLD.experiment_id ELSE NEW.experiment_id END;
 BEGIN
-    PERFORM 1 FROM ab_experiments e WHERE e.id = exp_id FOR NO KEY UPDATE OF e;
+    UPDATE ab_experiments e SET metrics_changed_xact = pg_current_xact_id()
+     WHERE e.id = exp_id AND e.metrics_changed_xact IS DISTINCT FROM pg_current_xact_id();
     UPDATE ab_experiment_state st SET evaluated_version = NULL
      WHERE st.experiment_id = exp_id AND st.evaluated_version IS NOT NULL;
     PERFORM pg_notify('ab_metrics', exp_id::text);
@@ -147,6 +166,56 @@ CREATE TRIGGER ab_metrics_changed_update AFTER UPDATE ON ab_metrics
     WHEN ((OLD.name, OLD.role, OLD.direction, OLD.margin, OLD.cuped)
           IS DISTINCT FROM (NEW.name, NEW.role, NEW.direction, NEW.margin, NEW.cuped))
     EXECUTE FUNCTION ab_metrics_changed();
+
+-- schema/0007's ab_evaluation_due and ab_decision_covered, with the metric definitions (see ab_metrics_changed):
+-- a definition change whose transaction the stored decision's snapshot could not see leaves the experiment due, and
+-- a read that can see it is not covered by a stored decision that could not.
+CREATE OR REPLACE FUNCTION ab_evaluation_due(exp_id bigint) RETURNS boolean
+LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
+DECLARE
+    st ab_experiment_state%ROWTYPE;
+    changed xid8;
+BEGIN
+    SELECT * INTO st FROM ab_experiment_state WHERE experiment_id = exp_id;
+    IF NOT FOUND THEN
+        RETURN ab_stats_version(exp_id) > 0
+            OR EXISTS (SELECT 1 FROM ab_alerts a
+                        WHERE a.severity = 'critical' AND a.resolved_at IS NULL
+                          AND (a.experiment_id = exp_id OR a.experiment_id IS NULL));
+    END IF;
+    IF st.evaluated_version IS NULL OR st.evaluated_snapshot IS NULL THEN
+        RETURN true;  -- stored without saying what it saw (before 0007), or forgotten
+    END IF;
+    SELECT e.metrics_changed_xact INTO changed FROM ab_experiments e WHERE e.id = exp_id;
+    RETURN st.evaluated_version IS DISTINCT FROM ab_stats_version(exp_id)
+        OR (changed IS NOT NULL AND NOT pg_visible_in_snapshot(changed, st.evaluated_snapshot))
+        OR EXISTS (SELECT 1 FROM ab_alerts a
+                    WHERE a.severity = 'critical' AND a.resolved_at IS NULL
+                      AND (a.experiment_id = exp_id OR a.experiment_id IS NULL)
+                      AND NOT pg_visible_in_snapshot(a.xact_id, st.evaluated_snapshot));
+END $$;
+
+CREATE OR REPLACE FUNCTION ab_decision_covered(exp_id bigint, stored_version bigint, stored_snapshot pg_snapshot,
+                                               version bigint, snapshot pg_snapshot) RETURNS boolean
+LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
+DECLARE
+    changed xid8;
+BEGIN
+    IF stored_version IS NULL OR version IS NULL OR stored_snapshot IS NULL OR snapshot IS NULL
+       OR stored_version <> version THEN
+        RETURN false;
+    END IF;
+    SELECT e.metrics_changed_xact INTO changed FROM ab_experiments e WHERE e.id = exp_id;
+    IF changed IS NOT NULL AND pg_visible_in_snapshot(changed, snapshot)
+       AND NOT pg_visible_in_snapshot(changed, stored_snapshot) THEN
+        RETURN false;
+    END IF;
+    RETURN NOT EXISTS (SELECT 1 FROM ab_alerts a
+                        WHERE a.severity = 'critical' AND a.resolved_at IS NULL
+                          AND (a.experiment_id = exp_id OR a.experiment_id IS NULL)
+                          AND pg_visible_in_snapshot(a.xact_id, snapshot)
+                          AND NOT pg_visible_in_snapshot(a.xact_id, stored_snapshot));
+END $$;
 
 -- ---------------------------------------------------------------------------------------------------
 -- The queue: ab_metric_updates carries metric updates too
@@ -166,6 +235,33 @@ COMMENT ON COLUMN ab_metric_updates.metric_id IS
     'NULL: an ab_record_metrics update of the built-in metric; else an ab_record_metric update (exposures = units)';
 -- Removing a metric deletes its queued updates (ON DELETE CASCADE) through this index, not a scan of the queue.
 CREATE INDEX ab_metric_updates_metric_idx ON ab_metric_updates (metric_id) WHERE metric_id IS NOT NULL;
+
+-- The caps every queued update keeps (the producer functions refuse more with a message and a hint; these CHECKs
+-- back them up for rows written by other means): a count of at most 2^53 (exact as a float8, where the statistics
+-- compute) and sums of at most 1e150 in absolute value (their squares and products stay finite). A batch of the
+-- fold then always sums to finite numbers, and the fold checks the totals it would store (worker/db/queries.sql).
+ALTER TABLE ab_metric_updates
+    ADD CONSTRAINT ab_metric_updates_caps CHECK (
+        exposures <= 9007199254740992
+        AND abs(value_sum) <= 1e150::float8 AND abs(value_sum_sq) <= 1e150::float8
+        AND abs(denominator_sum) <= 1e150::float8 AND abs(denominator_sum_sq) <= 1e150::float8
+        AND abs(value_denominator_product_sum) <= 1e150::float8
+        AND abs(pre_sum) <= 1e150::float8 AND abs(pre_sum_sq) <= 1e150::float8
+        AND abs(pre_value_product_sum) <= 1e150::float8);
+
+-- Updates the fold could not add: their variant's (or metric's) totals would pass the caps above. The fold moves
+-- them here with the reason in the statement that claimed them (exactly once: a row is either folded or parked) and
+-- goes on with every other update; the folder logs each batch that parked rows and counts them
+-- (autopromote_fold_parked_updates_total). The rows are kept for an operator: no foreign keys, so removing the
+-- metric or experiment leaves them. The fold inserts "claimed.*, reason, parked_at": a column added to
+-- ab_metric_updates later must be added here too, at the same place.
+CREATE TABLE ab_metric_dead_letters (LIKE ab_metric_updates INCLUDING DEFAULTS);
+ALTER TABLE ab_metric_dead_letters
+    ADD COLUMN reason text NOT NULL,
+    ADD COLUMN parked_at timestamptz NOT NULL DEFAULT now();
+CREATE INDEX ab_metric_dead_letters_experiment_idx ON ab_metric_dead_letters (experiment_id);
+COMMENT ON TABLE ab_metric_dead_letters IS
+    'metric updates the fold parked because folding them would overflow their totals (see the reason)';
 
 -- ---------------------------------------------------------------------------------------------------
 -- Folded statistics
@@ -260,6 +356,25 @@ BEGIN
         RAISE EXCEPTION '%: % must be a finite number, got %', caller, arg_name, x
             USING ERRCODE = '22023', HINT = 'drop NaN or infinite values before summing';
     END IF;
+    IF abs(x) > 1e150::float8 THEN
+        RAISE EXCEPTION '%: % (%) is beyond the cap of 1e150 in absolute value', caller, arg_name, x
+            USING ERRCODE = '22023',
+                  HINT = 'the statistics square the sums, which must stay finite: record the values in a larger '
+                         || 'unit (e.g. thousands), or check the producer for a runaway value';
+    END IF;
+END $$;
+
+-- A count of units beyond 2^53 (exact as a float8, where the statistics compute; and bigint totals stay far from
+-- overflowing).
+CREATE FUNCTION ab_check_units(caller text, arg_name text, n bigint) RETURNS void
+LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    IF n > 9007199254740992 THEN
+        RAISE EXCEPTION '%: % (%) is beyond the cap of 2^53 (9007199254740992) per call', caller, arg_name, n
+            USING ERRCODE = '22023',
+                  HINT = 'record the units of new events only (a delta, not a running total), and check the '
+                         || 'producer for a runaway count';
+    END IF;
 END $$;
 
 -- The covariate sums of one update of n units whose values have sums sx, sxx: all three or none, finite, possible.
@@ -349,6 +464,7 @@ BEGIN
             ab_record_metrics.exposures, ab_record_metrics.conversions, ab_record_metrics.errors
             USING ERRCODE = '22023', HINT = 'record deltas of new events only; counts never go down';
     END IF;
+    PERFORM ab_check_units('ab_record_metrics', 'exposures', ab_record_metrics.exposures);
     IF ab_record_metrics.conversions > ab_record_metrics.exposures THEN
         RAISE EXCEPTION 'ab_record_metrics: conversions (%) greater than exposures (%)',
             ab_record_metrics.conversions, ab_record_metrics.exposures
@@ -411,6 +527,9 @@ BEGIN
                       HINT = 'value_sum_sq is the sum of the squared values (x1^2 + x2^2 + ...), not the square of '
                              || 'value_sum; both sums cover exactly the exposures of this call';
         END IF;
+        -- After the checks of 0006 (their messages stay as they were), the caps (see ab_check_finite).
+        PERFORM ab_check_finite('ab_record_metrics', 'value_sum', ab_record_metrics.value_sum);
+        PERFORM ab_check_finite('ab_record_metrics', 'value_sum_sq', ab_record_metrics.value_sum_sq);
     END IF;
     -- The covariate of the built-in metric: its value per exposure is the conversion (0/1, so Σx² = Σx) or the
     -- mean metric's value.
@@ -485,7 +604,9 @@ BEGIN
                   HINT = 'known variants: ' || coalesce((SELECT string_agg(v.name, ', ' ORDER BY v.id)
                                                           FROM ab_variants v WHERE v.experiment_id = exp_id), 'none');
     END IF;
-    SELECT * INTO m FROM ab_metrics am WHERE am.experiment_id = exp_id AND am.name = metric_name;
+    -- FOR SHARE: a removal of the metric (which locks it FOR NO KEY UPDATE, see delete_metric_updates in
+    -- worker/db/queries.sql) is waited for, and then the metric is gone; no update slips in behind it.
+    SELECT * INTO m FROM ab_metrics am WHERE am.experiment_id = exp_id AND am.name = metric_name FOR SHARE;
     IF NOT FOUND OR m.name = 'primary' THEN
         IF metric_name = 'primary' THEN
             RAISE EXCEPTION 'ab_record_metric: "primary" is experiment "%"''s built-in metric', experiment_name
@@ -510,6 +631,7 @@ BEGIN
         RAISE EXCEPTION 'ab_record_metric: units must not be negative (got %)', ab_record_metric.units
             USING ERRCODE = '22023', HINT = 'record the sums of new units only; counts never go down';
     END IF;
+    PERFORM ab_check_units(fn, 'units', ab_record_metric.units);
     PERFORM ab_check_finite(fn, 'value_sum', ab_record_metric.value_sum);
     PERFORM ab_check_finite(fn, 'value_sum_sq', ab_record_metric.value_sum_sq);
     PERFORM ab_check_finite(fn, 'denominator_sum', ab_record_metric.denominator_sum);
@@ -556,6 +678,13 @@ BEGIN
                             'denominator_sum_sq and value_denominator_product_sum are all required', metric_name
                 USING ERRCODE = '22023',
                       HINT = 'with numerator x and denominator y per unit pass Σx, Σx², Σy, Σy² and Σxy over the units';
+        END IF;
+        IF ab_record_metric.denominator_sum < 0 THEN
+            RAISE EXCEPTION 'ab_record_metric: metric "%" is a ratio; denominator_sum (%) must not be negative',
+                metric_name, ab_record_metric.denominator_sum
+                USING ERRCODE = '22023',
+                      HINT = 'the denominator counts or sums something a unit has (sessions, orders, items), never '
+                             || 'below 0; record the sum over the units of this call';
         END IF;
         IF has_pre THEN
             RAISE EXCEPTION 'ab_record_metric: metric "%" is a ratio; a pre-exposure covariate is for proportion and '

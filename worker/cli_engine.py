@@ -28,6 +28,8 @@ from worker.config import PRESET_NAMES, EffectiveConfig, Settings
 from worker.domain.errors import (
     AlreadyPromoted,
     AlreadyRolledBack,
+    ApprovalNotFound,
+    ApprovalNotPending,
     DomainError,
     ExperimentNotFound,
     InvalidRequest,
@@ -37,7 +39,14 @@ from worker.domain.errors import (
     RolloutConflict,
     RolloutNotFound,
 )
-from worker.http.models import CheckResult, PromoteResult, RollbackResult, RolloutActionResult, ScanResult
+from worker.http.models import (
+    ApprovalResult,
+    CheckResult,
+    PromoteResult,
+    RollbackResult,
+    RolloutActionResult,
+    ScanResult,
+)
 
 # Every domain error's exit code, in one place: a wrong argument or name is a usage error (2, like argparse);
 # a refusal of a valid request (already promoted, already rolled back) is 1. A subclass not listed takes its
@@ -49,6 +58,8 @@ EXIT_CODES: dict[type[DomainError], int] = {
     PromotionNotFound: EXIT_USAGE,
     AlreadyPromoted: EXIT_REFUSED,
     AlreadyRolledBack: EXIT_REFUSED,
+    ApprovalNotFound: EXIT_USAGE,
+    ApprovalNotPending: EXIT_REFUSED,
     RolloutNotFound: EXIT_USAGE,
     RolloutConflict: EXIT_REFUSED,
     MetricNotFound: EXIT_USAGE,
@@ -309,6 +320,80 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     )
 
 
+def _render_approval(data: dict[str, Any]) -> None:
+    status = data["status"]
+    what = "step of the rollout" if data["kind"] == "step" else "promotion"
+    print(f"{status} approval {data['approvalId']} ({what} of {data['experimentName']}) by {data['decidedBy']}")
+    promotion = data.get("promotion")
+    if status == "approved" and promotion and promotion.get("promotionId"):
+        print(f"promoted {promotion['promotedVariantName']}: promotion id {promotion['promotionId']}")
+    if data.get("reason"):
+        print(f"  - {data['reason']}")
+
+
+def cmd_approve(args: argparse.Namespace) -> int:
+    return _engine_command(
+        args,
+        lambda e: e.approve(args.approval_id, actor=args.actor),
+        _render_approval,
+        lambda d: d["status"] == "approved",
+        ApprovalResult,
+    )
+
+
+def cmd_decline(args: argparse.Namespace) -> int:
+    if not args.reason or not args.reason.strip():
+        raise CliError("--reason must not be empty: say why you decline", EXIT_USAGE)
+    return _engine_command(
+        args,
+        lambda e: e.decline(args.approval_id, args.reason, actor=args.actor),
+        _render_approval,
+        lambda d: True,
+        ApprovalResult,
+    )
+
+
+def cmd_approvals(args: argparse.Namespace) -> int:
+    from worker.db.reads import Reads
+    from worker.http.api.approvals import approval_json
+    from worker.http.api.wire import plain
+
+    if not 1 <= args.limit <= 10_000:
+        raise CliError(f"--limit must be between 1 and 10000, got {args.limit}", EXIT_USAGE)
+    settings = _settings()
+    config = _config(None)
+    status = None if args.status == "all" else args.status
+
+    async def go() -> int:
+        async with open_engine(settings, config) as engine:
+            items, total = await Reads(engine.pool).approvals_page(status, args.experiment, args.limit, 0)
+        if args.json:
+            print(json.dumps({"approvals": [plain(approval_json(a)) for a in items], "total": total}, indent=2))
+            return EXIT_OK
+        if not items:
+            print(f"no {args.status if status else ''} approvals".replace("  ", " "))
+            return EXIT_OK
+        rows = [
+            [
+                str(a.id),
+                a.experiment_name,
+                a.kind if a.step is None else f"{a.kind} {a.step}",
+                a.variant or "-",
+                "expired" if a.expired else a.status,
+                a.requested_at.strftime("%Y-%m-%d %H:%M:%S"),
+                a.expires_at.strftime("%Y-%m-%d %H:%M:%S") if a.status == "pending" else (a.decided_by or "-"),
+            ]
+            for a in items
+        ]
+        last = "expires (UTC)" if status == "pending" else "expires / decided by"
+        print(_table(rows, ["approval id", "experiment", "kind", "variant", "status", "requested (UTC)", last]))
+        if total > len(items):
+            print(f"({len(items)} of {total}; --limit shows more)", file=sys.stderr)
+        return EXIT_OK
+
+    return _run_async(go)
+
+
 def _render_rollout_action(data: dict[str, Any]) -> None:
     print(f"{data['experimentName']}:")
     _render_ramp(data["rollout"])
@@ -359,6 +444,31 @@ def _register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--actor", default="cli", help="who acts, recorded in the audit log (default: cli)")
     _common(p)
     p.set_defaults(handler=cmd_rollback)
+
+    p = sub.add_parser("approvals", help="approvals waiting for an operator (approval.require), or past ones")
+    p.add_argument(
+        "--status",
+        choices=("pending", "approved", "declined", "closed", "all"),
+        default="pending",
+        help="which approvals (default: pending)",
+    )
+    p.add_argument("--experiment", help="only this experiment's")
+    p.add_argument("--limit", type=int, default=100, help="at most this many, newest first (default: 100)")
+    p.add_argument("--json", action="store_true", help="print as JSON (the API's GET /api/approvals data)")
+    p.set_defaults(handler=cmd_approvals)
+
+    p = sub.add_parser("approve", help="approve a pending approval: re-check on the locked state and promote")
+    p.add_argument("approval_id", metavar="APPROVAL_ID")
+    p.add_argument("--actor", default="cli", help="who approves, recorded in the audit log (default: cli)")
+    _common(p)
+    p.set_defaults(handler=cmd_approve)
+
+    p = sub.add_parser("decline", help="decline a pending approval: nothing is promoted")
+    p.add_argument("approval_id", metavar="APPROVAL_ID")
+    p.add_argument("--reason", required=True, help="why (required, recorded with the approval)")
+    p.add_argument("--actor", default="cli", help="who declines, recorded in the audit log (default: cli)")
+    _common(p)
+    p.set_defaults(handler=cmd_decline)
 
     ramp = sub.add_parser("rollout", help="hold, resume or show a ramp (rollout.mode = ramp)")
     ramp_sub = ramp.add_subparsers(dest="rollout_command", metavar="SUBCOMMAND", required=True)

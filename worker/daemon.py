@@ -273,7 +273,8 @@ class Daemon:
         await self.guard.check(None)
 
     async def scan_once(self) -> dict[str, Any]:
-        """The reconciliation scan: promote what became eligible, then guard checks and rollback requests."""
+        """The reconciliation scan: expire overdue approvals and promote what became eligible (or ask for its
+        approval), then guard checks and rollback requests."""
         result = await self.engine.scan_and_promote_winners(include_results=False)
         ramps = await self.engine.rollouts.check(None)
         outcomes = await self.guard.check(None)

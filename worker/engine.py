@@ -27,11 +27,15 @@ from worker.decide import Decision, ExperimentSnapshot
 # Re-exported (``as``) under their old home: the daemon, guard, CLI and API import them from here.
 from worker.domain.errors import AlreadyPromoted as AlreadyPromoted
 from worker.domain.errors import AlreadyRolledBack as AlreadyRolledBack
+from worker.domain.errors import ApprovalNotFound as ApprovalNotFound
+from worker.domain.errors import ApprovalNotPending as ApprovalNotPending
 from worker.domain.errors import EngineError as EngineError
 from worker.domain.errors import ExperimentNotFound as ExperimentNotFound
 from worker.domain.errors import InvalidRequest as InvalidRequest
 from worker.domain.errors import PromotionNotFound as PromotionNotFound
 from worker.domain.results import Evaluation, EvaluationAction
+from worker.services.approval_gate import step_approval_requester
+from worker.services.approvals import ApprovalService
 from worker.services.deciding import MAX_ALERT_LOOKBACK_S, Decider
 from worker.services.deciding import vectorised_analyses as _vectorised_analyses  # noqa: F401
 from worker.services.effects import Effects, OnCommitted
@@ -55,6 +59,8 @@ __all__ = [
     "UNKNOWN",
     "AlreadyPromoted",
     "AlreadyRolledBack",
+    "ApprovalNotFound",
+    "ApprovalNotPending",
     "Engine",
     "EngineError",
     "Evaluation",
@@ -88,6 +94,12 @@ class Engine:
         self.scans = ScanService(pool, settings, config, self.decider, self.promotions, self.effects)
         self.rollbacks = RollbackService(pool, config, self.decider, self.effects)
         self.rollouts = RolloutService(pool, config, self.decider, self.effects, self.rollbacks)
+        # approval.require = every_step: a ramp's step ready to advance opens an approval (approval_gate), and a
+        # decided one is carried out by the rollout, both on the locked experiment.
+        self.rollouts.request_step_approval = step_approval_requester(self.effects)
+        self.approvals = ApprovalService(
+            pool, settings, config, self.decider, self.promotions, self.effects, steps=self.rollouts
+        )
         self.metric_definitions = MetricDefinitions(pool)
 
     @property
@@ -137,7 +149,10 @@ class Engine:
         include_results: bool = True,
         include_eta: bool = False,
     ) -> dict[str, Any]:
-        """Evaluate every running experiment; promote the eligible ones (worker.services.scan)."""
+        """Evaluate every running experiment; promote the eligible ones (worker.services.scan). The approvals past
+        approval.timeoutHours are declined as expired first (so a deployment that only runs scans from cron expires
+        them too; the daemon's reconciliation scan is this call)."""
+        await self.approvals.expire_due()
         result = await self.scans.scan(
             config=config, actor=actor, dry_run=dry_run, include_results=include_results, include_eta=include_eta
         )
@@ -161,6 +176,23 @@ class Engine:
             promotion_id, reason, actor=actor, trigger=trigger, config=config, details=details
         )
         return cast(dict[str, Any], result)
+
+    async def approve(
+        self, approval_id: str | uuid.UUID | None, *, actor: str = "autopromote", config: EffectiveConfig | None = None
+    ) -> dict[str, Any]:
+        """Approve a pending approval: decide again on the locked state and promote (or advance the step) in the same
+        transaction, or close it with the reasons (worker.services.approvals)."""
+        return cast(dict[str, Any], await self.approvals.approve(approval_id, actor=actor, config=config))
+
+    async def decline(
+        self, approval_id: str | uuid.UUID | None, reason: str | None, *, actor: str = "autopromote"
+    ) -> dict[str, Any]:
+        """Decline a pending approval (worker.services.approvals)."""
+        return cast(dict[str, Any], await self.approvals.decline(approval_id, reason, actor=actor))
+
+    async def expire_approvals(self) -> int:
+        """Decline the pending approvals past approval.timeoutHours, each exactly once; how many this call did."""
+        return len(await self.approvals.expire_due())
 
     async def list_metrics(self, experiment_name: str) -> dict[str, Any]:
         """The experiment's metrics: the built-in one, then its ab_metrics rows (worker.services.metric_definitions)."""

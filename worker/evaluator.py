@@ -407,7 +407,7 @@ class Folder:
                     ms=round(1000 * (time.perf_counter() - started), 2),
                     catch_up=catch_up,
                 )
-            if result.updates < limit or (stop is not None and stop.is_set()):
+            if result.claimed < limit or (stop is not None and stop.is_set()):
                 return total
 
 

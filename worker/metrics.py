@@ -9,6 +9,11 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 UPDATES_FOLDED = Counter(
     "autopromote_updates_folded_total", "Metric updates folded into per-variant statistics", registry=REGISTRY
 )
+FOLD_PARKED = Counter(
+    "autopromote_fold_parked_updates_total",
+    "Metric updates the fold moved to ab_metric_dead_letters because their totals would overflow",
+    registry=REGISTRY,
+)
 QUEUE_BACKLOG = Gauge(
     "autopromote_queue_backlog", "Metric updates waiting in ab_metric_updates (sampled)", registry=REGISTRY
 )
@@ -44,6 +49,13 @@ NOTIFICATIONS_DEAD = Counter(
 )
 GUARD_BREACHES = Counter(
     "autopromote_guard_breaches_total", "Post-promotion guard breaches, by metric", ["metric"], registry=REGISTRY
+)
+APPROVALS_DECIDED = Counter(
+    "autopromote_approvals_decided_total",
+    "Approvals decided: approved, declined (by an operator), expired (declined by the timeout), closed (approved, "
+    "but no longer eligible)",
+    ["outcome"],
+    registry=REGISTRY,
 )
 ROLLOUT_TRANSITIONS = Counter(
     "autopromote_rollout_transitions_total",

@@ -520,3 +520,50 @@ async def _wait_until(predicate: Any, within: float = 15.0) -> None:
     while not predicate():
         assert time.monotonic() < deadline, f"condition not met after {within} s"
         await asyncio.sleep(0.05)
+
+
+async def test_operator_approves_and_declines_from_the_page(
+    pool: asyncpg.Pool, conn: asyncpg.Connection, new_page: Any
+) -> None:
+    from playwright.async_api import expect
+
+    ctx = make_context(pool)
+    approvals: dict[str, str] = {}
+    for name in ("approve-me", "decline-me"):
+        await create_experiment(
+            conn, name, ["control", "variant-b"], started_hours_ago=48, config={"approval": {"require": "promote"}}
+        )
+        await record(conn, name, "control", 17_500, 1_750)
+        await record(conn, name, "variant-b", 17_000, 1_904)
+        approvals[name] = (await ctx.engine.promote_winner(name, actor="ops"))["approvalId"]
+    async with serve(ctx) as base:
+        page = await new_page(WIDE)
+        await _open(page, base + "/promotions")
+        pending = page.locator("section", has=page.locator("#approvals-h"))
+        await expect(pending.locator("h2")).to_have_text("Pending approvals (2)")
+        await page.evaluate(f"sessionStorage.setItem('autopromote.apiToken', '{OPERATOR_TOKEN}')")
+
+        await page.get_by_role("button", name="Approve the approval of approve-me").click()
+        dialog = page.locator("#confirm-dialog")
+        await expect(dialog).to_contain_text("approve-me")
+        await page.screenshot(path=str(screenshot_path("promotions-approve-dialog-1280")))
+        await dialog.get_by_role("button", name="Approve").click()
+        await expect(page.locator("#action-status")).to_contain_text("Approved: “approve-me” promoted variant-b.")
+        assert await conn.fetchval("SELECT promoted_by FROM experiment_promotions") == "ops"
+        assert await conn.fetchval("SELECT status FROM ab_approvals WHERE id = $1::uuid", approvals["approve-me"]) == (
+            "approved"
+        )
+
+        await page.get_by_role("button", name="Decline the approval of decline-me").click()
+        await dialog.get_by_role("button", name="Decline").click()  # no reason yet: the form refuses
+        await expect(dialog).to_be_visible()
+        await dialog.get_by_label("Reason for the decline").fill("pricing freeze until Monday")
+        await dialog.get_by_role("button", name="Decline").click()
+        await expect(page.locator("#action-status")).to_contain_text("Declined: “decline-me” is not promoted.")
+        row = await conn.fetchrow(
+            "SELECT status, reason FROM ab_approvals WHERE id = $1::uuid", approvals["decline-me"]
+        )
+        assert (row["status"], row["reason"]) == ("declined", "pricing freeze until Monday")
+        await expect(pending.locator("h2")).to_have_text("Pending approvals (0)")
+        await page.screenshot(path=str(screenshot_path("promotions-after-approvals-1280")), full_page=True)
+    assert new_page.errors == []

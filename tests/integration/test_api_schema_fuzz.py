@@ -31,11 +31,18 @@ from tests.support.api import OPERATOR_TOKEN, api_only_app, make_context, seed_w
 from worker.db.connect import connect, create_pool
 
 pytestmark = pytest.mark.slow
-EXAMPLES_PER_OPERATION = 60  # 10 operations: about 600 requests
+EXAMPLES_PER_OPERATION = 60  # 12 operations: about 720 requests
 # Statuses a documented-valid request may get: the database's state, not the request's form.
 STATE_STATUSES = {
-    404: {"experiment_not_found", "promotion_not_found", "not_found", "metric_not_found"},
-    409: {"already_promoted", "already_rolled_back", "metric_exists"},
+    404: {
+        "experiment_not_found",
+        "promotion_not_found",
+        "approval_not_found",
+        "rollout_not_found",
+        "not_found",
+        "metric_not_found",
+    },
+    409: {"already_promoted", "already_rolled_back", "approval_not_pending", "rollout_state_conflict", "metric_exists"},
 }
 
 
@@ -139,6 +146,8 @@ def test_the_document_has_every_operation(served: ServedApp) -> None:
         "GET /api/promotions",
         "GET /api/promotions/stats",
         "GET /api/audit",
+        "GET /api/approvals",
+        "POST /api/slack/interactions",
         "GET /api/plan",
         "GET /api/openapi.json",
     }
@@ -158,6 +167,9 @@ OPERATIONS = [
     "GET /api/promotions",
     "GET /api/promotions/stats",
     "GET /api/audit",
+    "GET /api/approvals",
+    # Without SLACK_SIGNING_SECRET (as here) every click is a documented 404.
+    "POST /api/slack/interactions",
 ]
 
 

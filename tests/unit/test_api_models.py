@@ -52,15 +52,18 @@ def test_one_branch_per_action_with_a_discriminator_and_exactly_its_fields() -> 
     request = schemas["AutoPromoteRequest"]
     assert request["discriminator"]["propertyName"] == "action"
     branches = {action: schemas[ref.rsplit("/", 1)[1]] for action, ref in request["discriminator"]["mapping"].items()}
-    assert set(branches) == {"scan", "promote", "check", "rollback", "pause", "resume"}
+    assert set(branches) == {"scan", "promote", "check", "rollback", "pause", "resume", "approve", "decline"}
     assert [b["$ref"] for b in request["oneOf"]] == [
-        request["discriminator"]["mapping"][a] for a in ("check", "promote", "scan", "rollback", "pause", "resume")
+        request["discriminator"]["mapping"][a]
+        for a in ("check", "promote", "scan", "rollback", "pause", "resume", "approve", "decline")
     ]
     for action, branch in branches.items():
         assert branch["additionalProperties"] is False
         assert set(branch["properties"]) == ACTION_FIELDS[action], action
     assert set(branches["check"]["required"]) == {"action", "experimentName"}
     assert set(branches["rollback"]["required"]) == {"action", "promotionId", "reason"}
+    assert set(branches["approve"]["required"]) == {"action", "approvalId"}
+    assert set(branches["decline"]["required"]) == {"action", "approvalId", "reason"}
     assert set(branches["pause"]["required"]) == {"action", "experimentName"}
     assert set(branches["resume"]["properties"]) == {"action", "experimentName", "preset"}
     assert "experimentName" not in branches["scan"]["properties"]

@@ -250,3 +250,41 @@ def test_the_cli_table_lists_each_metric_verdict(capsys: pytest.CaptureFixture[s
         and line.rstrip().endswith("worse")
     )
     assert "guardrail revenue_per_user: variant-b is -4.0%" in out  # and the reason
+
+
+def test_a_significantly_worse_treatment_of_a_decrease_primary_is_not_called_best() -> None:
+    """Review of issue 15: "best: variant-b at 100.00% confidence, +15.00%" named a treatment that raised a
+    lower-is-better primary metric significantly."""
+    row = MetricSnapshot(MetricDefinition("primary", "proportion", direction="decrease"), {})
+    vs = (variant("control", 20_000, 2000, control=True), variant("variant-b", 20_000, 2300))
+    d = decide(snapshot(row, variants=vs), config())
+    assert not d.eligible
+    (reason,) = [r for r in d.reasons if r.startswith("no treatment beats control")]
+    assert "best:" not in reason
+    assert re.search(r"closest variant-b at \+15\.00%, significantly worse at \d+\.\d\d% confidence", reason), reason
+    assert "decrease" in reason
+
+
+@pytest.mark.parametrize(("direction", "events"), [("decrease", 0), ("increase", 50_000), ("decrease", 50_000)])
+def test_a_proportion_guardrail_with_identical_constant_arms_passes(direction: str, events: int) -> None:
+    """Review of issue 15: a guardrail with no events in either arm (50000/0 vs 50000/0) was "not shown" forever and
+    blocked every promotion; identical constant arms show no difference, whatever the sample size."""
+    guard = MetricSnapshot(
+        MetricDefinition("refunds", "proportion", role="guardrail", direction=direction),  # type: ignore[arg-type]
+        {"control": MetricSums(50_000, events, events), "variant-b": MetricSums(50_000, events, events)},
+    )
+    d = decide(snapshot(guard), config())
+    assert d.eligible, d.reasons
+    (m,) = [m for m in d.to_check_data()["metrics"] if m["name"] == "refunds"]
+    assert m["treatments"][0]["verdict"] == "non_inferior"
+
+
+def test_a_proportion_guardrail_whose_control_has_no_events_says_why_it_is_not_shown() -> None:
+    guard = MetricSnapshot(
+        MetricDefinition("refunds", "proportion", role="guardrail", direction="decrease", margin=0.05),
+        {"control": MetricSums(50_000, 0, 0), "variant-b": MetricSums(50_000, 3, 3)},
+    )
+    d = decide(snapshot(guard), config())
+    assert not d.eligible
+    (reason,) = [r for r in d.reasons if r.startswith("guardrail refunds")]
+    assert "control has no events" in reason and "not shown" in reason and "relative margin" in reason, reason

@@ -28,6 +28,8 @@ DOCUMENTED = {
     errors.PromotionNotFound: (404, "promotion_not_found", EXIT_USAGE),
     errors.AlreadyPromoted: (409, "already_promoted", EXIT_REFUSED),
     errors.AlreadyRolledBack: (409, "already_rolled_back", EXIT_REFUSED),
+    errors.ApprovalNotFound: (404, "approval_not_found", EXIT_USAGE),
+    errors.ApprovalNotPending: (409, "approval_not_pending", EXIT_REFUSED),
     errors.RolloutNotFound: (404, "rollout_not_found", EXIT_USAGE),
     errors.RolloutConflict: (409, "rollout_state_conflict", EXIT_REFUSED),
     errors.MetricNotFound: (404, "metric_not_found", EXIT_USAGE),

@@ -292,3 +292,18 @@ def test_ratio_with_zero_denominator_is_undefined_not_an_error() -> None:
     e = metric_effect("ratio", zero, RATIO_B)
     assert e.estimate is None and e.reason is not None and e.p_value == 1.0
     assert math.isfinite(metric_effect("ratio", RATIO_B, RATIO_B).p_value)
+
+
+@pytest.mark.parametrize("direction", ["increase", "decrease"])
+def test_a_proportion_guardrail_with_no_events_in_either_arm_is_non_inferior(direction: str) -> None:
+    r = analyze_metric(
+        "refunds",
+        "proportion",
+        ("control", MetricSums(50_000, 0.0, 0.0)),
+        [("b", MetricSums(50_000, 0.0, 0.0)), ("c", MetricSums(50_000, 2.0, 2.0))],
+        role="guardrail",
+        direction=direction,  # type: ignore[arg-type]
+    )
+    b, c = r.comparisons
+    assert b.verdict == "non_inferior" and b.lift is None and b.effect.reason == "no conversions in either arm"
+    assert c.verdict == "not_shown"  # control at 0, events in the treatment: a relative margin of 0 allows none

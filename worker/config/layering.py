@@ -10,7 +10,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from worker.config.models import AutoPromotionConfig, ConfigError, EffectiveConfig, _format_validation_error
+from worker.config.models import (
+    APPROVAL_REQUIRE,
+    AutoPromotionConfig,
+    ConfigError,
+    EffectiveConfig,
+    _format_validation_error,
+)
 
 
 def _set_path(tree: dict[str, Any], path: str, value: Any) -> None:
@@ -60,6 +66,11 @@ def _both_enabled(a: bool, b: bool) -> bool:
     return a and b
 
 
+def _more_approvals(a: str, b: str) -> str:
+    """The stricter of two approval.require values (none < promote < every_step)."""
+    return max(a, b, key=APPROVAL_REQUIRE.index)
+
+
 def _union(a: Any, b: Any) -> tuple[Any, ...]:
     return tuple(dict.fromkeys((*a, *b)))
 
@@ -88,6 +99,7 @@ SAFER: dict[str, Callable[[Any, Any], Any]] = {
     "maxConcurrentPromotions": min,
     "guard.guardHours": max,
     "guard.autoRollback": _stricter_flag,
+    "approval.require": _more_approvals,
 }
 
 

@@ -231,6 +231,21 @@ class Guard(_Model):
     )
 
 
+ApprovalRequire = Literal["none", "promote", "every_step"]
+APPROVAL_REQUIRE: tuple[str, ...] = get_args(ApprovalRequire)
+
+
+class ApprovalPolicy(_Model):
+    require: ApprovalRequire = setting(
+        "none",
+        "AUTO_PROMOTION_REQUIRE_APPROVAL",
+        "none, promote (an eligible promotion waits for an operator's approval) or every_step (each rollout step too)",
+    )
+    timeout_hours: Annotated[float, AfterValidator(_between(0.01, 24 * 30)), JsonBounds(0.01, 24 * 30)] = setting(
+        24.0, "AUTO_PROMOTION_APPROVAL_TIMEOUT_HOURS", "Hours a pending approval waits before it expires as declined"
+    )
+
+
 RolloutMode = Literal["instant", "ramp"]
 
 
@@ -344,6 +359,7 @@ class AutoPromotionConfig(_Model):
         60.0, "AUTO_PROMOTION_SCAN_INTERVAL", "Seconds between reconciliation scans"
     )
     guard: Guard = Field(default_factory=Guard)
+    approval: ApprovalPolicy = Field(default_factory=ApprovalPolicy)
     rollout: Rollout = Field(default_factory=Rollout)
 
     @model_validator(mode="after")
@@ -426,7 +442,7 @@ class Settings(_Model):
     )
     api_tokens: str = setting("", "AUTO_PROMOTION_API_TOKENS", "API tokens as name:role:sha256hex, comma-separated")
     rate_limit_per_minute: Annotated[int, AfterValidator(_between(1, 100_000))] = setting(
-        30, "AUTO_PROMOTION_RATE_LIMIT", "scan/promote/rollback calls per token per minute"
+        30, "AUTO_PROMOTION_RATE_LIMIT", "scan/promote/rollback/approve/decline calls per token per minute"
     )
     metrics_auth: bool = setting(False, "AUTO_PROMOTION_METRICS_AUTH", "Require a token for /metrics")
     max_body_bytes: Annotated[int, AfterValidator(_between(1024, 100_000_000))] = setting(
@@ -436,6 +452,14 @@ class Settings(_Model):
         100, "AUTO_PROMOTION_SSE_MAX_CLIENTS", "Dashboard live-update streams (/events) open at once; more get 503"
     )
     slack_webhook_url: str | None = setting(None, "SLACK_WEBHOOK_URL", "Slack incoming-webhook URL")
+    slack_signing_secret: str | None = setting(
+        None,
+        "SLACK_SIGNING_SECRET",
+        "Slack app signing secret: turns on the Approve / Decline / Roll back buttons (POST /api/slack/interactions)",
+    )
+    slack_approvers: tuple[str, ...] = setting(
+        (), "AUTO_PROMOTION_SLACK_APPROVERS", "Slack user ids (U…) whose button clicks are acted on (comma-separated)"
+    )
     smtp_host: str | None = setting(None, "SMTP_HOST", "SMTP server host")
     smtp_port: Annotated[int, AfterValidator(_between(1, 65535))] = setting(587, "SMTP_PORT", "SMTP server port")
     smtp_security: Literal["starttls", "tls", "none"] = setting(

@@ -11,8 +11,11 @@ SELECT e.id
   FROM ab_experiments e
   LEFT JOIN ab_experiment_state st ON st.experiment_id = e.id
  WHERE e.status = 'running'
-   AND ab_stats_version(e.id) IS DISTINCT FROM coalesce(st.evaluated_version, CASE WHEN st.experiment_id IS NULL
-                                                                                THEN 0 END)
+   AND (ab_stats_version(e.id) IS DISTINCT FROM coalesce(st.evaluated_version, CASE WHEN st.experiment_id IS NULL
+                                                                                 THEN 0 END)
+        -- a metric definition changed that the last evaluation could not see (schema/0009)
+        OR (e.metrics_changed_xact IS NOT NULL AND st.evaluated_snapshot IS NOT NULL
+            AND NOT pg_visible_in_snapshot(e.metrics_changed_xact, st.evaluated_snapshot)))
  ORDER BY e.id;
 
 -- name: guarded_promotions

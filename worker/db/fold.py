@@ -11,8 +11,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
+import structlog
+
+from worker import metrics
 from worker.db.connect import Connection
 from worker.db.sql import Q
+
+log = structlog.get_logger("worker.fold")
 
 # RELAXED_COMMIT: a relaxed commit does not wait for the WAL flush. Used only for transactions whose loss in a
 # database crash loses
@@ -33,9 +38,18 @@ _FOLD_RELAXED = Q["fold_pending_relaxed"]
 class FoldResult:
     updates: int = 0
     experiments: dict[int, datetime] = field(default_factory=dict)  # experiment id -> latest recorded_at
+    # updates moved to ab_metric_dead_letters instead (their totals would overflow), per experiment id
+    parked: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def claimed(self) -> int:
+        """Updates taken off the queue: folded or parked (a batch is full when this reaches its limit)."""
+        return self.updates + sum(self.parked.values())
 
     def merge(self, other: FoldResult) -> None:
         self.updates += other.updates
+        for exp_id, n in other.parked.items():
+            self.parked[exp_id] = self.parked.get(exp_id, 0) + n
         for exp_id, ts in other.experiments.items():
             if exp_id not in self.experiments or ts > self.experiments[exp_id]:
                 self.experiments[exp_id] = ts
@@ -59,8 +73,20 @@ async def fold_batch(
         rows = await conn.fetch(_FOLD_SOME, limit, list(experiment_ids))
     result = FoldResult()
     for row in rows:
+        exp_id = int(row["experiment_id"])
         result.updates += int(row["updates"])
-        result.experiments[int(row["experiment_id"])] = row["last_recorded_at"]
+        if row["updates"]:
+            result.experiments[exp_id] = row["last_recorded_at"]
+        if row["parked"]:
+            result.parked[exp_id] = int(row["parked"])
+    if result.parked:
+        metrics.FOLD_PARKED.inc(sum(result.parked.values()))
+        log.error(
+            "fold.parked",
+            updates=sum(result.parked.values()),
+            experiments=sorted(result.parked),
+            hint="their totals would overflow; see ab_metric_dead_letters (reason column)",
+        )
     return result
 
 
@@ -83,6 +109,6 @@ async def fold_pending_updates(
                 batch = await fold_batch(conn, limit=batch_size, experiment_ids=experiment_ids)
         total.merge(batch)
         batches += 1
-        if batch.updates < batch_size:
+        if batch.claimed < batch_size:
             break
     return total

@@ -8,25 +8,80 @@
 -- The claimed rows are deleted by their ctid (a TID scan of exactly the rows the sub-select locked, which nobody else
 -- can change or move until this commits) rather than by "id IN (...)", which the planner ran as a hash join over the
 -- whole queue for every batch: 3x faster on a 1,000,000-row backlog.
+-- A group of claimed rows whose addition would take a total past the caps (2^53 counts, |sum| 1e150: the statistics
+-- square the sums) is not folded: its rows move to ab_metric_dead_letters with the reason, in the same statement, so
+-- one bad producer cannot stop the fold of every other experiment (schema/0009). The check reads the totals in the
+-- statement's snapshot; a concurrent fold of the same variant can overshoot a cap by its own batch at most, far
+-- inside the range of bigint and float8. parked = rows moved to the dead letters, per experiment. The parked rows are
+-- found from the offending groups (LATERAL: none in the common case, so the claimed rows are not scanned again).
 -- fold_pending_for and fold_pending_relaxed below are the same statement (tests/test_sql_loader.py checks it).
 WITH claimed AS (
     DELETE FROM ab_metric_updates
      WHERE ctid = ANY(ARRAY(SELECT ctid FROM ab_metric_updates ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED))
     RETURNING *
-), agg AS (
-    SELECT variant_id, min(experiment_id) AS experiment_id, count(*) AS n,
-           coalesce(sum(exposures) FILTER (WHERE metric_id IS NULL), 0) AS exposures,
+), base AS (
+    SELECT variant_id, min(experiment_id) AS experiment_id, count(*) AS n, sum(exposures) AS exposures,
            sum(conversions) AS conversions, sum(errors) AS errors,
-           coalesce(sum(value_sum) FILTER (WHERE metric_id IS NULL), 0) AS value_sum,
-           coalesce(sum(value_sum_sq) FILTER (WHERE metric_id IS NULL), 0) AS value_sum_sq,
+           coalesce(sum(value_sum), 0) AS value_sum, coalesce(sum(value_sum_sq), 0) AS value_sum_sq,
            ab_sketch_sum(latency_sketch) FILTER (WHERE latency_sketch IS NOT NULL) AS latency_sketch,
            sum(latency_count) AS latency_count,
-           coalesce(sum(exposures) FILTER (WHERE metric_id IS NULL AND pre_sum IS NOT NULL), 0) AS pre_units,
-           coalesce(sum(pre_sum) FILTER (WHERE metric_id IS NULL), 0) AS pre_sum,
-           coalesce(sum(pre_sum_sq) FILTER (WHERE metric_id IS NULL), 0) AS pre_sum_sq,
-           coalesce(sum(pre_value_product_sum) FILTER (WHERE metric_id IS NULL), 0) AS pre_value_product_sum,
+           coalesce(sum(exposures) FILTER (WHERE pre_sum IS NOT NULL), 0) AS pre_units,
+           coalesce(sum(pre_sum), 0) AS pre_sum, coalesce(sum(pre_sum_sq), 0) AS pre_sum_sq,
+           coalesce(sum(pre_value_product_sum), 0) AS pre_value_product_sum,
            max(recorded_at) AS last_recorded_at
-      FROM claimed GROUP BY variant_id
+      FROM claimed WHERE metric_id IS NULL GROUP BY variant_id
+), base_checked AS (
+    SELECT b.*,
+           CASE WHEN coalesce(s.exposures, 0) + b.exposures > 9007199254740992 THEN 'exposures'
+                WHEN abs(coalesce(s.value_sum, 0) + b.value_sum) > 1e150::float8 THEN 'value_sum'
+                WHEN coalesce(s.value_sum_sq, 0) + b.value_sum_sq > 1e150::float8 THEN 'value_sum_sq'
+                WHEN abs(coalesce(s.pre_sum, 0) + b.pre_sum) > 1e150::float8 THEN 'pre_sum'
+                WHEN coalesce(s.pre_sum_sq, 0) + b.pre_sum_sq > 1e150::float8 THEN 'pre_sum_sq'
+                WHEN abs(coalesce(s.pre_value_product_sum, 0) + b.pre_value_product_sum) > 1e150::float8
+                THEN 'pre_value_product_sum'
+           END AS overflow
+      FROM base b LEFT JOIN ab_variant_stats s ON s.variant_id = b.variant_id
+), metric_base AS (
+    SELECT metric_id, variant_id, min(experiment_id) AS experiment_id, count(*) AS n, sum(exposures) AS units,
+           sum(value_sum) AS value_sum, sum(value_sum_sq) AS value_sum_sq,
+           coalesce(sum(denominator_sum), 0) AS denominator_sum,
+           coalesce(sum(denominator_sum_sq), 0) AS denominator_sum_sq,
+           coalesce(sum(value_denominator_product_sum), 0) AS value_denominator_product_sum,
+           coalesce(sum(exposures) FILTER (WHERE pre_sum IS NOT NULL), 0) AS pre_units,
+           coalesce(sum(pre_sum), 0) AS pre_sum, coalesce(sum(pre_sum_sq), 0) AS pre_sum_sq,
+           coalesce(sum(pre_value_product_sum), 0) AS pre_value_product_sum,
+           max(recorded_at) AS last_recorded_at
+      FROM claimed WHERE metric_id IS NOT NULL GROUP BY metric_id, variant_id
+), metric_checked AS (
+    SELECT m.*,
+           CASE WHEN coalesce(s.units, 0) + m.units > 9007199254740992 THEN 'units'
+                WHEN abs(coalesce(s.value_sum, 0) + m.value_sum) > 1e150::float8 THEN 'value_sum'
+                WHEN coalesce(s.value_sum_sq, 0) + m.value_sum_sq > 1e150::float8 THEN 'value_sum_sq'
+                WHEN abs(coalesce(s.denominator_sum, 0) + m.denominator_sum) > 1e150::float8 THEN 'denominator_sum'
+                WHEN coalesce(s.denominator_sum_sq, 0) + m.denominator_sum_sq > 1e150::float8
+                THEN 'denominator_sum_sq'
+                WHEN abs(coalesce(s.value_denominator_product_sum, 0) + m.value_denominator_product_sum)
+                     > 1e150::float8 THEN 'value_denominator_product_sum'
+                WHEN abs(coalesce(s.pre_sum, 0) + m.pre_sum) > 1e150::float8 THEN 'pre_sum'
+                WHEN coalesce(s.pre_sum_sq, 0) + m.pre_sum_sq > 1e150::float8 THEN 'pre_sum_sq'
+                WHEN abs(coalesce(s.pre_value_product_sum, 0) + m.pre_value_product_sum) > 1e150::float8
+                THEN 'pre_value_product_sum'
+           END AS overflow
+      FROM metric_base m LEFT JOIN ab_metric_stats s ON s.metric_id = m.metric_id AND s.variant_id = m.variant_id
+), agg AS (
+    SELECT coalesce(b.variant_id, mv.variant_id) AS variant_id,
+           coalesce(b.experiment_id, mv.experiment_id) AS experiment_id,
+           coalesce(b.n, 0) + coalesce(mv.n, 0) AS n, coalesce(b.exposures, 0) AS exposures,
+           coalesce(b.conversions, 0) AS conversions, coalesce(b.errors, 0) AS errors,
+           coalesce(b.value_sum, 0) AS value_sum, coalesce(b.value_sum_sq, 0) AS value_sum_sq,
+           b.latency_sketch, coalesce(b.latency_count, 0) AS latency_count, coalesce(b.pre_units, 0) AS pre_units,
+           coalesce(b.pre_sum, 0) AS pre_sum, coalesce(b.pre_sum_sq, 0) AS pre_sum_sq,
+           coalesce(b.pre_value_product_sum, 0) AS pre_value_product_sum,
+           greatest(b.last_recorded_at, mv.last_recorded_at) AS last_recorded_at
+      FROM (SELECT * FROM base_checked WHERE overflow IS NULL) b
+      FULL JOIN (SELECT variant_id, min(experiment_id) AS experiment_id, sum(n) AS n,
+                        max(last_recorded_at) AS last_recorded_at
+                   FROM metric_checked WHERE overflow IS NULL GROUP BY variant_id) mv ON mv.variant_id = b.variant_id
 ), upserted AS (
     INSERT INTO ab_variant_stats AS s (variant_id, experiment_id, exposures, conversions, errors, value_sum,
                                       value_sum_sq, latency_sketch, latency_count, pre_units, pre_sum, pre_sum_sq,
@@ -50,16 +105,6 @@ WITH claimed AS (
         updates_folded = s.updates_folded + EXCLUDED.updates_folded,
         updated_at = now()
     RETURNING 1
-), metric_agg AS (
-    SELECT metric_id, variant_id, min(experiment_id) AS experiment_id, count(*) AS n, sum(exposures) AS units,
-           sum(value_sum) AS value_sum, sum(value_sum_sq) AS value_sum_sq,
-           coalesce(sum(denominator_sum), 0) AS denominator_sum,
-           coalesce(sum(denominator_sum_sq), 0) AS denominator_sum_sq,
-           coalesce(sum(value_denominator_product_sum), 0) AS value_denominator_product_sum,
-           coalesce(sum(exposures) FILTER (WHERE pre_sum IS NOT NULL), 0) AS pre_units,
-           coalesce(sum(pre_sum), 0) AS pre_sum, coalesce(sum(pre_sum_sq), 0) AS pre_sum_sq,
-           coalesce(sum(pre_value_product_sum), 0) AS pre_value_product_sum
-      FROM claimed WHERE metric_id IS NOT NULL GROUP BY metric_id, variant_id
 ), metric_upserted AS (
     INSERT INTO ab_metric_stats AS s (metric_id, variant_id, experiment_id, units, value_sum, value_sum_sq,
                                      denominator_sum, denominator_sum_sq, value_denominator_product_sum, pre_units,
@@ -67,7 +112,7 @@ WITH claimed AS (
     SELECT metric_id, variant_id, experiment_id, units, value_sum, value_sum_sq, denominator_sum,
            denominator_sum_sq, value_denominator_product_sum, pre_units, pre_sum, pre_sum_sq, pre_value_product_sum,
            n, now()
-      FROM metric_agg ORDER BY metric_id, variant_id
+      FROM metric_checked WHERE overflow IS NULL ORDER BY metric_id, variant_id
     ON CONFLICT (metric_id, variant_id) DO UPDATE SET
         units = s.units + EXCLUDED.units,
         value_sum = s.value_sum + EXCLUDED.value_sum,
@@ -82,10 +127,27 @@ WITH claimed AS (
         updates_folded = s.updates_folded + EXCLUDED.updates_folded,
         updated_at = now()
     RETURNING 1
+), parked AS (
+    INSERT INTO ab_metric_dead_letters
+    SELECT c.*, 'folding it would take the ' || b.overflow || ' total of its variant past the cap (2^53 counts, '
+                || '1e150 sums): the statistics would overflow', now()
+      FROM base_checked b,
+           LATERAL (SELECT * FROM claimed WHERE variant_id = b.variant_id AND metric_id IS NULL) c
+     WHERE b.overflow IS NOT NULL
+    UNION ALL
+    SELECT c.*, 'folding it would take the ' || m.overflow || ' total of its metric and variant past the cap '
+                || '(2^53 units, 1e150 sums): the statistics would overflow', now()
+      FROM metric_checked m,
+           LATERAL (SELECT * FROM claimed WHERE metric_id = m.metric_id AND variant_id = m.variant_id) c
+     WHERE m.overflow IS NOT NULL
+    RETURNING experiment_id
 )
 SELECT experiment_id, sum(n)::bigint AS updates, max(last_recorded_at) AS last_recorded_at,
-       (SELECT count(*) FROM upserted) + (SELECT count(*) FROM metric_upserted) AS variants
-  FROM agg GROUP BY experiment_id;
+       (SELECT count(*) FROM upserted) + (SELECT count(*) FROM metric_upserted) AS variants,
+       count(*) FILTER (WHERE n = 0) AS parked
+  FROM (SELECT experiment_id, n, last_recorded_at FROM agg
+        UNION ALL SELECT experiment_id, 0, NULL FROM parked) folded
+ GROUP BY experiment_id;
 
 -- name: fold_pending_for
 -- fold_pending for the experiments $2 only (a check or promotion folds its own experiment first).
@@ -93,20 +155,69 @@ WITH claimed AS (
     DELETE FROM ab_metric_updates
      WHERE ctid = ANY(ARRAY(SELECT ctid FROM ab_metric_updates WHERE experiment_id = ANY($2::bigint[]) ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED))
     RETURNING *
-), agg AS (
-    SELECT variant_id, min(experiment_id) AS experiment_id, count(*) AS n,
-           coalesce(sum(exposures) FILTER (WHERE metric_id IS NULL), 0) AS exposures,
+), base AS (
+    SELECT variant_id, min(experiment_id) AS experiment_id, count(*) AS n, sum(exposures) AS exposures,
            sum(conversions) AS conversions, sum(errors) AS errors,
-           coalesce(sum(value_sum) FILTER (WHERE metric_id IS NULL), 0) AS value_sum,
-           coalesce(sum(value_sum_sq) FILTER (WHERE metric_id IS NULL), 0) AS value_sum_sq,
+           coalesce(sum(value_sum), 0) AS value_sum, coalesce(sum(value_sum_sq), 0) AS value_sum_sq,
            ab_sketch_sum(latency_sketch) FILTER (WHERE latency_sketch IS NOT NULL) AS latency_sketch,
            sum(latency_count) AS latency_count,
-           coalesce(sum(exposures) FILTER (WHERE metric_id IS NULL AND pre_sum IS NOT NULL), 0) AS pre_units,
-           coalesce(sum(pre_sum) FILTER (WHERE metric_id IS NULL), 0) AS pre_sum,
-           coalesce(sum(pre_sum_sq) FILTER (WHERE metric_id IS NULL), 0) AS pre_sum_sq,
-           coalesce(sum(pre_value_product_sum) FILTER (WHERE metric_id IS NULL), 0) AS pre_value_product_sum,
+           coalesce(sum(exposures) FILTER (WHERE pre_sum IS NOT NULL), 0) AS pre_units,
+           coalesce(sum(pre_sum), 0) AS pre_sum, coalesce(sum(pre_sum_sq), 0) AS pre_sum_sq,
+           coalesce(sum(pre_value_product_sum), 0) AS pre_value_product_sum,
            max(recorded_at) AS last_recorded_at
-      FROM claimed GROUP BY variant_id
+      FROM claimed WHERE metric_id IS NULL GROUP BY variant_id
+), base_checked AS (
+    SELECT b.*,
+           CASE WHEN coalesce(s.exposures, 0) + b.exposures > 9007199254740992 THEN 'exposures'
+                WHEN abs(coalesce(s.value_sum, 0) + b.value_sum) > 1e150::float8 THEN 'value_sum'
+                WHEN coalesce(s.value_sum_sq, 0) + b.value_sum_sq > 1e150::float8 THEN 'value_sum_sq'
+                WHEN abs(coalesce(s.pre_sum, 0) + b.pre_sum) > 1e150::float8 THEN 'pre_sum'
+                WHEN coalesce(s.pre_sum_sq, 0) + b.pre_sum_sq > 1e150::float8 THEN 'pre_sum_sq'
+                WHEN abs(coalesce(s.pre_value_product_sum, 0) + b.pre_value_product_sum) > 1e150::float8
+                THEN 'pre_value_product_sum'
+           END AS overflow
+      FROM base b LEFT JOIN ab_variant_stats s ON s.variant_id = b.variant_id
+), metric_base AS (
+    SELECT metric_id, variant_id, min(experiment_id) AS experiment_id, count(*) AS n, sum(exposures) AS units,
+           sum(value_sum) AS value_sum, sum(value_sum_sq) AS value_sum_sq,
+           coalesce(sum(denominator_sum), 0) AS denominator_sum,
+           coalesce(sum(denominator_sum_sq), 0) AS denominator_sum_sq,
+           coalesce(sum(value_denominator_product_sum), 0) AS value_denominator_product_sum,
+           coalesce(sum(exposures) FILTER (WHERE pre_sum IS NOT NULL), 0) AS pre_units,
+           coalesce(sum(pre_sum), 0) AS pre_sum, coalesce(sum(pre_sum_sq), 0) AS pre_sum_sq,
+           coalesce(sum(pre_value_product_sum), 0) AS pre_value_product_sum,
+           max(recorded_at) AS last_recorded_at
+      FROM claimed WHERE metric_id IS NOT NULL GROUP BY metric_id, variant_id
+), metric_checked AS (
+    SELECT m.*,
+           CASE WHEN coalesce(s.units, 0) + m.units > 9007199254740992 THEN 'units'
+                WHEN abs(coalesce(s.value_sum, 0) + m.value_sum) > 1e150::float8 THEN 'value_sum'
+                WHEN coalesce(s.value_sum_sq, 0) + m.value_sum_sq > 1e150::float8 THEN 'value_sum_sq'
+                WHEN abs(coalesce(s.denominator_sum, 0) + m.denominator_sum) > 1e150::float8 THEN 'denominator_sum'
+                WHEN coalesce(s.denominator_sum_sq, 0) + m.denominator_sum_sq > 1e150::float8
+                THEN 'denominator_sum_sq'
+                WHEN abs(coalesce(s.value_denominator_product_sum, 0) + m.value_denominator_product_sum)
+                     > 1e150::float8 THEN 'value_denominator_product_sum'
+                WHEN abs(coalesce(s.pre_sum, 0) + m.pre_sum) > 1e150::float8 THEN 'pre_sum'
+                WHEN coalesce(s.pre_sum_sq, 0) + m.pre_sum_sq > 1e150::float8 THEN 'pre_sum_sq'
+                WHEN abs(coalesce(s.pre_value_product_sum, 0) + m.pre_value_product_sum) > 1e150::float8
+                THEN 'pre_value_product_sum'
+           END AS overflow
+      FROM metric_base m LEFT JOIN ab_metric_stats s ON s.metric_id = m.metric_id AND s.variant_id = m.variant_id
+), agg AS (
+    SELECT coalesce(b.variant_id, mv.variant_id) AS variant_id,
+           coalesce(b.experiment_id, mv.experiment_id) AS experiment_id,
+           coalesce(b.n, 0) + coalesce(mv.n, 0) AS n, coalesce(b.exposures, 0) AS exposures,
+           coalesce(b.conversions, 0) AS conversions, coalesce(b.errors, 0) AS errors,
+           coalesce(b.value_sum, 0) AS value_sum, coalesce(b.value_sum_sq, 0) AS value_sum_sq,
+           b.latency_sketch, coalesce(b.latency_count, 0) AS latency_count, coalesce(b.pre_units, 0) AS pre_units,
+           coalesce(b.pre_sum, 0) AS pre_sum, coalesce(b.pre_sum_sq, 0) AS pre_sum_sq,
+           coalesce(b.pre_value_product_sum, 0) AS pre_value_product_sum,
+           greatest(b.last_recorded_at, mv.last_recorded_at) AS last_recorded_at
+      FROM (SELECT * FROM base_checked WHERE overflow IS NULL) b
+      FULL JOIN (SELECT variant_id, min(experiment_id) AS experiment_id, sum(n) AS n,
+                        max(last_recorded_at) AS last_recorded_at
+                   FROM metric_checked WHERE overflow IS NULL GROUP BY variant_id) mv ON mv.variant_id = b.variant_id
 ), upserted AS (
     INSERT INTO ab_variant_stats AS s (variant_id, experiment_id, exposures, conversions, errors, value_sum,
                                       value_sum_sq, latency_sketch, latency_count, pre_units, pre_sum, pre_sum_sq,
@@ -130,16 +241,6 @@ WITH claimed AS (
         updates_folded = s.updates_folded + EXCLUDED.updates_folded,
         updated_at = now()
     RETURNING 1
-), metric_agg AS (
-    SELECT metric_id, variant_id, min(experiment_id) AS experiment_id, count(*) AS n, sum(exposures) AS units,
-           sum(value_sum) AS value_sum, sum(value_sum_sq) AS value_sum_sq,
-           coalesce(sum(denominator_sum), 0) AS denominator_sum,
-           coalesce(sum(denominator_sum_sq), 0) AS denominator_sum_sq,
-           coalesce(sum(value_denominator_product_sum), 0) AS value_denominator_product_sum,
-           coalesce(sum(exposures) FILTER (WHERE pre_sum IS NOT NULL), 0) AS pre_units,
-           coalesce(sum(pre_sum), 0) AS pre_sum, coalesce(sum(pre_sum_sq), 0) AS pre_sum_sq,
-           coalesce(sum(pre_value_product_sum), 0) AS pre_value_product_sum
-      FROM claimed WHERE metric_id IS NOT NULL GROUP BY metric_id, variant_id
 ), metric_upserted AS (
     INSERT INTO ab_metric_stats AS s (metric_id, variant_id, experiment_id, units, value_sum, value_sum_sq,
                                      denominator_sum, denominator_sum_sq, value_denominator_product_sum, pre_units,
@@ -147,7 +248,7 @@ WITH claimed AS (
     SELECT metric_id, variant_id, experiment_id, units, value_sum, value_sum_sq, denominator_sum,
            denominator_sum_sq, value_denominator_product_sum, pre_units, pre_sum, pre_sum_sq, pre_value_product_sum,
            n, now()
-      FROM metric_agg ORDER BY metric_id, variant_id
+      FROM metric_checked WHERE overflow IS NULL ORDER BY metric_id, variant_id
     ON CONFLICT (metric_id, variant_id) DO UPDATE SET
         units = s.units + EXCLUDED.units,
         value_sum = s.value_sum + EXCLUDED.value_sum,
@@ -162,10 +263,27 @@ WITH claimed AS (
         updates_folded = s.updates_folded + EXCLUDED.updates_folded,
         updated_at = now()
     RETURNING 1
+), parked AS (
+    INSERT INTO ab_metric_dead_letters
+    SELECT c.*, 'folding it would take the ' || b.overflow || ' total of its variant past the cap (2^53 counts, '
+                || '1e150 sums): the statistics would overflow', now()
+      FROM base_checked b,
+           LATERAL (SELECT * FROM claimed WHERE variant_id = b.variant_id AND metric_id IS NULL) c
+     WHERE b.overflow IS NOT NULL
+    UNION ALL
+    SELECT c.*, 'folding it would take the ' || m.overflow || ' total of its metric and variant past the cap '
+                || '(2^53 units, 1e150 sums): the statistics would overflow', now()
+      FROM metric_checked m,
+           LATERAL (SELECT * FROM claimed WHERE metric_id = m.metric_id AND variant_id = m.variant_id) c
+     WHERE m.overflow IS NOT NULL
+    RETURNING experiment_id
 )
 SELECT experiment_id, sum(n)::bigint AS updates, max(last_recorded_at) AS last_recorded_at,
-       (SELECT count(*) FROM upserted) + (SELECT count(*) FROM metric_upserted) AS variants
-  FROM agg GROUP BY experiment_id;
+       (SELECT count(*) FROM upserted) + (SELECT count(*) FROM metric_upserted) AS variants,
+       count(*) FILTER (WHERE n = 0) AS parked
+  FROM (SELECT experiment_id, n, last_recorded_at FROM agg
+        UNION ALL SELECT experiment_id, 0, NULL FROM parked) folded
+ GROUP BY experiment_id;
 
 -- name: fold_pending_relaxed
 -- fold_pending with a relaxed commit (the daemon's folder; see RELAXED_COMMIT in worker/db/fold.py).
@@ -173,20 +291,69 @@ WITH claimed AS (
     DELETE FROM ab_metric_updates
      WHERE ctid = ANY(ARRAY(SELECT ctid FROM ab_metric_updates ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED))
     RETURNING *
-), agg AS (
-    SELECT variant_id, min(experiment_id) AS experiment_id, count(*) AS n,
-           coalesce(sum(exposures) FILTER (WHERE metric_id IS NULL), 0) AS exposures,
+), base AS (
+    SELECT variant_id, min(experiment_id) AS experiment_id, count(*) AS n, sum(exposures) AS exposures,
            sum(conversions) AS conversions, sum(errors) AS errors,
-           coalesce(sum(value_sum) FILTER (WHERE metric_id IS NULL), 0) AS value_sum,
-           coalesce(sum(value_sum_sq) FILTER (WHERE metric_id IS NULL), 0) AS value_sum_sq,
+           coalesce(sum(value_sum), 0) AS value_sum, coalesce(sum(value_sum_sq), 0) AS value_sum_sq,
            ab_sketch_sum(latency_sketch) FILTER (WHERE latency_sketch IS NOT NULL) AS latency_sketch,
            sum(latency_count) AS latency_count,
-           coalesce(sum(exposures) FILTER (WHERE metric_id IS NULL AND pre_sum IS NOT NULL), 0) AS pre_units,
-           coalesce(sum(pre_sum) FILTER (WHERE metric_id IS NULL), 0) AS pre_sum,
-           coalesce(sum(pre_sum_sq) FILTER (WHERE metric_id IS NULL), 0) AS pre_sum_sq,
-           coalesce(sum(pre_value_product_sum) FILTER (WHERE metric_id IS NULL), 0) AS pre_value_product_sum,
+           coalesce(sum(exposures) FILTER (WHERE pre_sum IS NOT NULL), 0) AS pre_units,
+           coalesce(sum(pre_sum), 0) AS pre_sum, coalesce(sum(pre_sum_sq), 0) AS pre_sum_sq,
+           coalesce(sum(pre_value_product_sum), 0) AS pre_value_product_sum,
            max(recorded_at) AS last_recorded_at
-      FROM claimed GROUP BY variant_id
+      FROM claimed WHERE metric_id IS NULL GROUP BY variant_id
+), base_checked AS (
+    SELECT b.*,
+           CASE WHEN coalesce(s.exposures, 0) + b.exposures > 9007199254740992 THEN 'exposures'
+                WHEN abs(coalesce(s.value_sum, 0) + b.value_sum) > 1e150::float8 THEN 'value_sum'
+                WHEN coalesce(s.value_sum_sq, 0) + b.value_sum_sq > 1e150::float8 THEN 'value_sum_sq'
+                WHEN abs(coalesce(s.pre_sum, 0) + b.pre_sum) > 1e150::float8 THEN 'pre_sum'
+                WHEN coalesce(s.pre_sum_sq, 0) + b.pre_sum_sq > 1e150::float8 THEN 'pre_sum_sq'
+                WHEN abs(coalesce(s.pre_value_product_sum, 0) + b.pre_value_product_sum) > 1e150::float8
+                THEN 'pre_value_product_sum'
+           END AS overflow
+      FROM base b LEFT JOIN ab_variant_stats s ON s.variant_id = b.variant_id
+), metric_base AS (
+    SELECT metric_id, variant_id, min(experiment_id) AS experiment_id, count(*) AS n, sum(exposures) AS units,
+           sum(value_sum) AS value_sum, sum(value_sum_sq) AS value_sum_sq,
+           coalesce(sum(denominator_sum), 0) AS denominator_sum,
+           coalesce(sum(denominator_sum_sq), 0) AS denominator_sum_sq,
+           coalesce(sum(value_denominator_product_sum), 0) AS value_denominator_product_sum,
+           coalesce(sum(exposures) FILTER (WHERE pre_sum IS NOT NULL), 0) AS pre_units,
+           coalesce(sum(pre_sum), 0) AS pre_sum, coalesce(sum(pre_sum_sq), 0) AS pre_sum_sq,
+           coalesce(sum(pre_value_product_sum), 0) AS pre_value_product_sum,
+           max(recorded_at) AS last_recorded_at
+      FROM claimed WHERE metric_id IS NOT NULL GROUP BY metric_id, variant_id
+), metric_checked AS (
+    SELECT m.*,
+           CASE WHEN coalesce(s.units, 0) + m.units > 9007199254740992 THEN 'units'
+                WHEN abs(coalesce(s.value_sum, 0) + m.value_sum) > 1e150::float8 THEN 'value_sum'
+                WHEN coalesce(s.value_sum_sq, 0) + m.value_sum_sq > 1e150::float8 THEN 'value_sum_sq'
+                WHEN abs(coalesce(s.denominator_sum, 0) + m.denominator_sum) > 1e150::float8 THEN 'denominator_sum'
+                WHEN coalesce(s.denominator_sum_sq, 0) + m.denominator_sum_sq > 1e150::float8
+                THEN 'denominator_sum_sq'
+                WHEN abs(coalesce(s.value_denominator_product_sum, 0) + m.value_denominator_product_sum)
+                     > 1e150::float8 THEN 'value_denominator_product_sum'
+                WHEN abs(coalesce(s.pre_sum, 0) + m.pre_sum) > 1e150::float8 THEN 'pre_sum'
+                WHEN coalesce(s.pre_sum_sq, 0) + m.pre_sum_sq > 1e150::float8 THEN 'pre_sum_sq'
+                WHEN abs(coalesce(s.pre_value_product_sum, 0) + m.pre_value_product_sum) > 1e150::float8
+                THEN 'pre_value_product_sum'
+           END AS overflow
+      FROM metric_base m LEFT JOIN ab_metric_stats s ON s.metric_id = m.metric_id AND s.variant_id = m.variant_id
+), agg AS (
+    SELECT coalesce(b.variant_id, mv.variant_id) AS variant_id,
+           coalesce(b.experiment_id, mv.experiment_id) AS experiment_id,
+           coalesce(b.n, 0) + coalesce(mv.n, 0) AS n, coalesce(b.exposures, 0) AS exposures,
+           coalesce(b.conversions, 0) AS conversions, coalesce(b.errors, 0) AS errors,
+           coalesce(b.value_sum, 0) AS value_sum, coalesce(b.value_sum_sq, 0) AS value_sum_sq,
+           b.latency_sketch, coalesce(b.latency_count, 0) AS latency_count, coalesce(b.pre_units, 0) AS pre_units,
+           coalesce(b.pre_sum, 0) AS pre_sum, coalesce(b.pre_sum_sq, 0) AS pre_sum_sq,
+           coalesce(b.pre_value_product_sum, 0) AS pre_value_product_sum,
+           greatest(b.last_recorded_at, mv.last_recorded_at) AS last_recorded_at
+      FROM (SELECT * FROM base_checked WHERE overflow IS NULL) b
+      FULL JOIN (SELECT variant_id, min(experiment_id) AS experiment_id, sum(n) AS n,
+                        max(last_recorded_at) AS last_recorded_at
+                   FROM metric_checked WHERE overflow IS NULL GROUP BY variant_id) mv ON mv.variant_id = b.variant_id
 ), upserted AS (
     INSERT INTO ab_variant_stats AS s (variant_id, experiment_id, exposures, conversions, errors, value_sum,
                                       value_sum_sq, latency_sketch, latency_count, pre_units, pre_sum, pre_sum_sq,
@@ -210,16 +377,6 @@ WITH claimed AS (
         updates_folded = s.updates_folded + EXCLUDED.updates_folded,
         updated_at = now()
     RETURNING 1
-), metric_agg AS (
-    SELECT metric_id, variant_id, min(experiment_id) AS experiment_id, count(*) AS n, sum(exposures) AS units,
-           sum(value_sum) AS value_sum, sum(value_sum_sq) AS value_sum_sq,
-           coalesce(sum(denominator_sum), 0) AS denominator_sum,
-           coalesce(sum(denominator_sum_sq), 0) AS denominator_sum_sq,
-           coalesce(sum(value_denominator_product_sum), 0) AS value_denominator_product_sum,
-           coalesce(sum(exposures) FILTER (WHERE pre_sum IS NOT NULL), 0) AS pre_units,
-           coalesce(sum(pre_sum), 0) AS pre_sum, coalesce(sum(pre_sum_sq), 0) AS pre_sum_sq,
-           coalesce(sum(pre_value_product_sum), 0) AS pre_value_product_sum
-      FROM claimed WHERE metric_id IS NOT NULL GROUP BY metric_id, variant_id
 ), metric_upserted AS (
     INSERT INTO ab_metric_stats AS s (metric_id, variant_id, experiment_id, units, value_sum, value_sum_sq,
                                      denominator_sum, denominator_sum_sq, value_denominator_product_sum, pre_units,
@@ -227,7 +384,7 @@ WITH claimed AS (
     SELECT metric_id, variant_id, experiment_id, units, value_sum, value_sum_sq, denominator_sum,
            denominator_sum_sq, value_denominator_product_sum, pre_units, pre_sum, pre_sum_sq, pre_value_product_sum,
            n, now()
-      FROM metric_agg ORDER BY metric_id, variant_id
+      FROM metric_checked WHERE overflow IS NULL ORDER BY metric_id, variant_id
     ON CONFLICT (metric_id, variant_id) DO UPDATE SET
         units = s.units + EXCLUDED.units,
         value_sum = s.value_sum + EXCLUDED.value_sum,
@@ -242,10 +399,27 @@ WITH claimed AS (
         updates_folded = s.updates_folded + EXCLUDED.updates_folded,
         updated_at = now()
     RETURNING 1
+), parked AS (
+    INSERT INTO ab_metric_dead_letters
+    SELECT c.*, 'folding it would take the ' || b.overflow || ' total of its variant past the cap (2^53 counts, '
+                || '1e150 sums): the statistics would overflow', now()
+      FROM base_checked b,
+           LATERAL (SELECT * FROM claimed WHERE variant_id = b.variant_id AND metric_id IS NULL) c
+     WHERE b.overflow IS NOT NULL
+    UNION ALL
+    SELECT c.*, 'folding it would take the ' || m.overflow || ' total of its metric and variant past the cap '
+                || '(2^53 units, 1e150 sums): the statistics would overflow', now()
+      FROM metric_checked m,
+           LATERAL (SELECT * FROM claimed WHERE metric_id = m.metric_id AND variant_id = m.variant_id) c
+     WHERE m.overflow IS NOT NULL
+    RETURNING experiment_id
 )
 SELECT experiment_id, sum(n)::bigint AS updates, max(last_recorded_at) AS last_recorded_at,
-       (SELECT count(*) FROM upserted) + (SELECT count(*) FROM metric_upserted) AS variants, set_config('synchronous_commit', 'off', true) AS relaxed
-  FROM agg GROUP BY experiment_id;
+       (SELECT count(*) FROM upserted) + (SELECT count(*) FROM metric_upserted) AS variants, set_config('synchronous_commit', 'off', true) AS relaxed,
+       count(*) FILTER (WHERE n = 0) AS parked
+  FROM (SELECT experiment_id, n, last_recorded_at FROM agg
+        UNION ALL SELECT experiment_id, 0, NULL FROM parked) folded
+ GROUP BY experiment_id;
 
 -- name: queue_backlog
 -- Approximate number of pending metric updates (cheap: no full count on a large queue).
@@ -741,10 +915,16 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 RETURNING id, name, kind, role, direction, margin, description, cuped, created_at, updated_at;
 
 -- name: delete_metric_updates
--- The queued updates of metric $2 of experiment $1: deleted before the metric itself (delete_metric), so that a fold
--- holding some of them is waited for here, before the metric row is locked, instead of deadlocking with its cascade.
-DELETE FROM ab_metric_updates u USING ab_metrics m
- WHERE m.experiment_id = $1 AND m.name = $2 AND u.metric_id = m.id;
+-- The queued updates of metric $2 of experiment $1, deleted before the metric itself (delete_metric) in the order the
+-- fold takes its locks: a fold claims queue rows first and then needs the metric row (a FOR KEY SHARE, by the foreign
+-- key of ab_metric_stats), so deleting the metric row first and its queue rows by the cascade deadlocks with a fold
+-- holding some of them. The metric row is first locked FOR NO KEY UPDATE: that stops new updates (ab_record_metric
+-- takes FOR SHARE on it) until the removal commits, yet lets a fold's FOR KEY SHARE through; then a fold holding
+-- queued updates of the metric is waited for here, and none can arrive before delete_metric.
+WITH m AS (
+    SELECT id FROM ab_metrics WHERE experiment_id = $1 AND name = $2 FOR NO KEY UPDATE
+)
+DELETE FROM ab_metric_updates u USING m WHERE u.metric_id = m.id;
 
 -- name: delete_metric
 -- Remove the metric $2 of experiment $1 with its statistics (ON DELETE CASCADE).

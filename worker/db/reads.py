@@ -14,10 +14,12 @@ import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, fields
 from datetime import date, datetime
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar, cast
 
 import asyncpg
 
+from worker.db.approvals import Approval as Approval  # re-exported: the edges read approvals through here
+from worker.db.approvals import list_approvals
 from worker.db.sql import load_queries
 from worker.domain.metric_history import split_history_name
 from worker.domain.metrics import BUILTIN_METRIC
@@ -472,3 +474,11 @@ class Reads:
             rows = await r._db.fetch(RQ["audit_page"], experiment, action, limit, offset)
             total = await r._db.fetchval(RQ["audit_count"], experiment, action) if count else -1
         return Page([AuditEntry.from_row(row) for row in rows], int(total))
+
+    # approvals
+    async def approvals_page(
+        self, status: str | None, experiment: str | None, limit: int, offset: int
+    ) -> tuple[list[Approval], int]:
+        """Approvals with ``status`` (None: all), newest first, and how many match."""
+        async with self._one_connection() as r:
+            return await list_approvals(cast(asyncpg.Connection, r._db), status, experiment, limit, offset)

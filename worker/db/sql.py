@@ -5,8 +5,9 @@ A header is followed by comment lines that describe the query (dropped) and then
 without its ``.sql`` files fails at import with a message that says what to fix, not with a KeyError later.
 Every ``.sql`` file of the package is loaded through here: ``Q`` (queries.sql, the engine's and the API's
 statements), ``DQ`` (daemon.sql, the long-running worker's own), ``NQ`` (notify.sql, the notification outbox),
-``MQ`` (migrate.sql, the migrator's bookkeeping), ``DEMO`` (demo.sql, ``autopromote demo``), ``RLQ`` (rollouts.sql,
-the progressive rollout) and ``RQ`` in worker.db.reads (reads.sql).
+``MQ`` (migrate.sql, the migrator's bookkeeping), ``DEMO`` (demo.sql, ``autopromote demo``), ``AQ``
+(approvals.sql, the approvals and the Slack interactions' replay guard), ``RLQ`` (rollouts.sql, the progressive
+rollout) and ``RQ`` in worker.db.reads (reads.sql).
 """
 
 from __future__ import annotations
@@ -50,4 +51,5 @@ DQ: dict[str, str] = load_queries("worker.db", "daemon.sql")
 NQ: dict[str, str] = load_queries("worker.db", "notify.sql")
 DEMO: dict[str, str] = load_queries("worker.db", "demo.sql")
 MQ: dict[str, str] = load_queries("worker.db", "migrate.sql")
+AQ: dict[str, str] = load_queries("worker.db", "approvals.sql")
 RLQ: dict[str, str] = load_queries("worker.db", "rollouts.sql")

@@ -11,6 +11,7 @@ EvaluationAction = Literal[
     "promoted",  # promoted in this transaction
     "dry_run",  # would have been promoted (dryRun, or not enabled): reported, nothing changed
     "refused",  # an explicit promote of an experiment that is not eligible
+    "awaiting_approval",  # eligible, and approval.require says an operator approves first: a pending approval
     "failed",  # the evaluation raised; recorded as a failure
     "fresh",  # the stored decision already covers what it would read (schema/0007): not evaluated again
 ]

@@ -40,6 +40,14 @@ class AlreadyRolledBack(DomainError):
     """The promotion was rolled back before; nothing changed."""
 
 
+class ApprovalNotFound(DomainError):
+    """No approval has that id."""
+
+
+class ApprovalNotPending(DomainError):
+    """The approval was decided before (approved, declined, expired or closed); nothing changed."""
+
+
 class RolloutNotFound(DomainError):
     """The experiment has no rollout in progress (never ramped, or its last one is complete or rolled back)."""
 
@@ -65,6 +73,8 @@ DOMAIN_ERRORS: tuple[type[DomainError], ...] = (
     PromotionNotFound,
     AlreadyPromoted,
     AlreadyRolledBack,
+    ApprovalNotFound,
+    ApprovalNotPending,
     RolloutNotFound,
     RolloutConflict,
     MetricNotFound,

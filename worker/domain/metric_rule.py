@@ -254,11 +254,30 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100.0 * x:+.1f}%"
 
 
+# Why an undefined relative lift cannot pass a guardrail, after its reason (worker/stats/reasons.py): what the
+# numbers are and what would change it.
+_UNDEFINED_GUARDRAIL = {
+    stat_reasons.CONTROL_RATE_ZERO: (
+        "; control has no events, so the treatment's relative lift is undefined and a relative margin cannot be "
+        "tested (arms that both have no events pass)"
+    ),
+    stat_reasons.CONTROL_MEAN_ZERO: (
+        "; a relative margin of a control mean of 0 is 0: record the metric so that control's mean is not 0 "
+        "(e.g. shifted or as a proportion)"
+    ),
+    stat_reasons.ZERO_VARIANCE: (
+        "; every unit of an arm has the same value, so the relative lift has no standard error: it can be tested once "
+        "the values vary"
+    ),
+}
+
+
 def guardrail_reason(m: MetricAnalysis, c: MetricComparison) -> str:
     """Why a guardrail holds a treatment back, with its numbers."""
     if c.verdict == "not_shown":
         why = c.effect.reason or "no result"
-        return f"guardrail {m.name}: {c.variant} has no result ({why}) — not shown, so it blocks"
+        more = _UNDEFINED_GUARDRAIL.get(why, "")
+        return f"guardrail {m.name}: {c.variant} has no result ({why}) — not shown, so it blocks{more}"
     ni = c.non_inferiority
     bound = ni.bound if ni is not None else None
     side = "lower" if m.direction == "increase" else "upper"
@@ -276,10 +295,16 @@ def _primary_reason(m: MetricAnalysis, best: MetricComparison | None, min_confid
         why = best.effect.reason if best is not None else None
         return f"no winner on primary metric {m.name}: {why or 'lift undefined'}"
     conf = 100.0 * (1.0 - best.adjusted_p)
-    return (
-        f"no treatment beats control on primary metric {m.name} at {min_confidence:g}% confidence "
-        f"(best: {best.variant} at {conf:.2f}% confidence, {100.0 * best.lift:+.2f}%)"
-    )
+    head = f"no treatment beats control on primary metric {m.name} at {min_confidence:g}% confidence"
+    oriented = m.oriented(best.lift)
+    if best.verdict == "worse" or (oriented is not None and oriented <= 0.0):
+        # The "best" of treatments that all went the wrong way is no best: say which way and how sure.
+        how = f"significantly worse at {conf:.2f}% confidence" if best.verdict == "worse" else "not better"
+        return (
+            f"{head} (none moved it the better way, {m.direction}: closest {best.variant} at "
+            f"{100.0 * best.lift:+.2f}%, {how})"
+        )
+    return f"{head} (best: {best.variant} at {conf:.2f}% confidence, {100.0 * best.lift:+.2f}%)"
 
 
 def _best_on(m: MetricAnalysis, variants: Sequence[str]) -> MetricComparison | None:

@@ -40,6 +40,7 @@ class PromoteResult(TypedDict):
     reasons: NotRequired[list[str]]  # not promoted: why
     enabled: NotRequired[bool]  # dry run: the experiment's enabled
     promotedAt: NotRequired[str]  # promoted: when (ISO 8601)
+    approvalId: NotRequired[str]  # approval.require: the pending approval this promotion waits for
     rollout: NotRequired[dict[str, Any]]  # promoted under rollout.mode = ramp: the ramp's first step
 
 
@@ -57,6 +58,7 @@ class ScanItem(TypedDict):
     error: NotRequired[str]
     dryRun: NotRequired[bool]
     promotionId: NotRequired[str | None]
+    approvalId: NotRequired[str]
     eta: NotRequired[dict[str, Any] | None]  # when a decision is expected (results only, domain/eta.py)
 
 
@@ -128,7 +130,26 @@ class NotificationPayload(TypedDict):
     metric: NotRequired[str]  # guard.breached: the breached metric
     guard: NotRequired[dict[str, Any]]  # guard.breached: its numbers
     promotedAt: NotRequired[str]  # guard.breached
+    approvalId: NotRequired[str]  # approval.requested, approval.expired
+    approvalKind: NotRequired[str]  # approval.*: promote | step
+    expiresAt: NotRequired[str]  # approval.requested: when it expires as declined
+    step: NotRequired[int | None]  # approval.* of kind step: the rollout step waiting to start
     rollout: NotRequired[dict[str, Any]]  # rollout.*, and a ramped promotion's guard.breached: where the ramp is
+
+
+class ApprovalResult(TypedDict):
+    """The approve / decline ``data``: the approval as decided, and what approving it did."""
+
+    approvalId: str
+    experimentName: str
+    kind: str
+    status: str  # approved | declined | closed
+    decidedBy: str
+    decidedAt: str
+    reason: str | None
+    expired: bool
+    promotion: PromoteResult | None  # kind promote, approved or closed: the promotion (or why not)
+    step: dict[str, Any] | None  # kind step: what the rollout did
 
 
 class RolloutTransition(TypedDict, total=False):

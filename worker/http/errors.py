@@ -20,6 +20,8 @@ from worker.config import ConfigError
 from worker.domain.errors import (
     AlreadyPromoted,
     AlreadyRolledBack,
+    ApprovalNotFound,
+    ApprovalNotPending,
     DomainError,
     ExperimentNotFound,
     InvalidRequest,
@@ -60,6 +62,8 @@ DOMAIN_ERRORS: dict[type[DomainError], tuple[int, str]] = {
     PromotionNotFound: (404, "promotion_not_found"),
     AlreadyPromoted: (409, "already_promoted"),
     AlreadyRolledBack: (409, "already_rolled_back"),
+    ApprovalNotFound: (404, "approval_not_found"),
+    ApprovalNotPending: (409, "approval_not_pending"),
     RolloutNotFound: (404, "rollout_not_found"),
     RolloutConflict: (409, "rollout_state_conflict"),
     MetricNotFound: (404, "metric_not_found"),

@@ -16,7 +16,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, 
 
 from worker.config import NON_BLANK_TEXT, PRESET_NAMES
 
-Action = Literal["scan", "promote", "check", "rollback", "pause", "resume"]
+Action = Literal["scan", "promote", "check", "rollback", "pause", "resume", "approve", "decline"]
 ACTIONS: tuple[str, ...] = get_args(Action)
 ExperimentStatus = Literal["draft", "running", "paused", "promoted", "rolled_back", "stopped"]
 MAX_REASON = 2000
@@ -122,6 +122,26 @@ class RollbackRequest(_Request):
     dry_run: Literal[False] | None = Field(None, alias="dryRun", description="Only false: a rollback has no dry run.")
 
 
+ApprovalId = Annotated[str, AfterValidator(_is_uuid)]
+
+
+class ApproveRequest(_Request):
+    """Approve a pending approval: the decision is checked again on the locked state and, when still eligible, the
+    winner promoted (or the rollout step advanced) in the same transaction; else the approval is closed with the
+    reasons. Needs the operator role; audited."""
+
+    action: Literal["approve"]
+    approval_id: ApprovalId = Field(alias="approvalId", json_schema_extra={"format": "uuid", "pattern": UUID_TEXT})
+
+
+class DeclineRequest(_Request):
+    """Decline a pending approval: nothing is promoted. Needs the operator role; audited."""
+
+    action: Literal["decline"]
+    approval_id: ApprovalId = Field(alias="approvalId", json_schema_extra={"format": "uuid", "pattern": UUID_TEXT})
+    reason: NonBlank = Field(max_length=MAX_REASON, description="Why; recorded with the approval.")
+
+
 class PauseRequest(_Request):
     """Hold a ramp (rollout.mode = ramp) where it is; it stays guarded. Needs the operator role; audited."""
 
@@ -137,13 +157,32 @@ class ResumeRequest(_Request):
     experiment_name: NonBlank = Field(alias="experimentName")
 
 
-ActionRequest = CheckRequest | PromoteRequest | ScanRequest | RollbackRequest | PauseRequest | ResumeRequest
+ActionRequest = (
+    CheckRequest
+    | PromoteRequest
+    | ScanRequest
+    | RollbackRequest
+    | PauseRequest
+    | ResumeRequest
+    | ApproveRequest
+    | DeclineRequest
+)
+AnyActionRequest = ActionRequest  # the approvals' name for it
 AutoPromoteRequest = Annotated[ActionRequest, Field(discriminator="action")]
 AUTO_PROMOTE_REQUEST: TypeAdapter[ActionRequest] = TypeAdapter(AutoPromoteRequest)
 # Each action's own fields (by alias), to tell "belongs to another action" from "unknown".
 ACTION_FIELDS: dict[str, frozenset[str]] = {
     get_args(m.model_fields["action"].annotation)[0]: frozenset(f.alias or n for n, f in m.model_fields.items())
-    for m in (CheckRequest, PromoteRequest, ScanRequest, RollbackRequest, PauseRequest, ResumeRequest)
+    for m in (
+        CheckRequest,
+        PromoteRequest,
+        ScanRequest,
+        RollbackRequest,
+        PauseRequest,
+        ResumeRequest,
+        ApproveRequest,
+        DeclineRequest,
+    )
 }
 
 
@@ -184,6 +223,15 @@ class ExperimentsQuery(_Page):
 class PromotionsQuery(_Page):
     status: Literal["active", "rolled_back", "all"] = Field(
         "all", description="active (not rolled back; includes rollback_requested), rolled_back, or all"
+    )
+    experiment: Annotated[QueryText, Field(max_length=MAX_NAME)] | None = Field(
+        None, description="Only rows of this experiment (exact name)"
+    )
+
+
+class ApprovalsQuery(_Page):
+    status: Literal["pending", "approved", "declined", "closed", "all"] = Field(
+        "pending", description="pending (the default), approved, declined (expired ones too), closed, or all"
     )
     experiment: Annotated[QueryText, Field(max_length=MAX_NAME)] | None = Field(
         None, description="Only rows of this experiment (exact name)"
@@ -411,6 +459,9 @@ class PromoteResult(_Out):
     reasons: list[str] | None = Field(None, description="Why not (not promoted, or a dry run).")
     eligibility: CheckResult
     promotedAt: str | None = Field(None, description="When promoted (a promotion, not a dry run).")
+    approvalId: str | None = Field(
+        None, description="Under approval.require: the pending approval this promotion waits for."
+    )
     rollout: RolloutStatus | None = Field(None, description="Under rollout.mode = ramp: the ramp's first step.")
 
 
@@ -426,6 +477,7 @@ class ScanItem(_Out):
     error: str | None = None
     dryRun: bool | None = None
     promotionId: str | None = None
+    approvalId: str | None = None
     eta: EtaResult | None = Field(None, description="When a decision is expected")
 
 
@@ -448,6 +500,24 @@ class RollbackResult(_Out):
     restoredWeights: dict[str, float]
     trigger: str
     notificationsQueued: int
+
+
+class ApprovalResult(_Out):
+    """An approval as decided by approve or decline."""
+
+    approvalId: str
+    experimentName: str
+    kind: Literal["promote", "step"]
+    status: Literal["approved", "declined", "closed"] = Field(
+        description="approved: promoted (or the step advanced); declined; closed: approved, but the decision "
+        "checked again on the locked state refused it (reason)."
+    )
+    decidedBy: str
+    decidedAt: str
+    reason: str | None
+    expired: bool
+    promotion: PromoteResult | None = Field(description="kind promote, approved or closed: the promotion or why not")
+    step: dict[str, Any] | None = Field(description="kind step: what the rollout did")
 
 
 class ConfigSummary(_Out):
@@ -481,6 +551,20 @@ class RollbackResponse(_Out):
     success: Literal[True]
     action: Literal["rollback"]
     data: RollbackResult
+    config: ConfigSummary
+
+
+class ApproveResponse(_Out):
+    success: bool = Field(description="True when approved and acted on (status approved); false when closed.")
+    action: Literal["approve"]
+    data: ApprovalResult
+    config: ConfigSummary
+
+
+class DeclineResponse(_Out):
+    success: Literal[True]
+    action: Literal["decline"]
+    data: ApprovalResult
     config: ConfigSummary
 
 
@@ -544,7 +628,16 @@ class ResumeResponse(_Out):
     config: ConfigSummary
 
 
-AnyActionResponse = CheckResponse | PromoteResponse | ScanResponse | RollbackResponse | PauseResponse | ResumeResponse
+AnyActionResponse = (
+    CheckResponse
+    | PromoteResponse
+    | ScanResponse
+    | RollbackResponse
+    | PauseResponse
+    | ResumeResponse
+    | ApproveResponse
+    | DeclineResponse
+)
 ActionResponse = Annotated[AnyActionResponse, Field(discriminator="action")]
 ACTION_RESPONSE: TypeAdapter[AnyActionResponse] = TypeAdapter(ActionResponse)
 

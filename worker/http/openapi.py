@@ -35,6 +35,8 @@ ERROR_CODES = (
     "method_not_allowed",
     "already_promoted",
     "already_rolled_back",
+    "approval_not_found",
+    "approval_not_pending",
     "rollout_state_conflict",
     "payload_too_large",
     "rate_limited",
@@ -397,6 +399,26 @@ def _schemas() -> dict[str, Any]:
             )
         ),
         "AuditList": page("entries", "AuditEntry"),
+        "Approval": _obj(
+            {
+                "approvalId": STR,
+                "experimentName": STR,
+                "kind": {"type": "string", "enum": ["promote", "step"]},
+                "status": {"type": "string", "enum": ["pending", "approved", "declined", "closed"]},
+                "requestedAt": TIME,
+                "requestedBy": STR,
+                "expiresAt": TIME,
+                "variant": NSTR,
+                "step": NINT,
+                "decision": {**ANY_OBJECT, "description": "The decision (check data) the request was made on"},
+                "decidedAt": NTIME,
+                "decidedBy": NSTR,
+                "reason": NSTR,
+                "expired": BOOL,
+                "promotionId": NSTR,
+            }
+        ),
+        "ApprovalList": page("approvals", "Approval"),
         **_plan_schemas(),
     }
     return schemas
@@ -421,13 +443,16 @@ _ERROR_TEXT = {
     "(maxConcurrentPromotions, guard.guardHours, notifications.channels).",
     "401": "No token, a malformed Authorization header, or an unknown token (`WWW-Authenticate: Bearer`).",
     "403": "The token's role is too weak for the action (`details.requiredRole`).",
-    "404": "experiment_not_found, promotion_not_found or rollout_not_found (pause/resume: no ramp in progress).",
+    "404": "experiment_not_found, promotion_not_found, approval_not_found, or rollout_not_found (pause/resume: no "
+    "ramp in progress).",
     "404m": "experiment_not_found, or metric_not_found (the experiment has no metric of that name).",
-    "409": "already_promoted (the experiment has an active promotion), already_rolled_back, or "
-    "rollout_state_conflict (pause a paused ramp, resume one that is not paused).",
+    "409": "already_promoted (the experiment has an active promotion), already_rolled_back, approval_not_pending "
+    "(approved, declined, expired or closed before; `details.status`), or rollout_state_conflict (pause a paused "
+    "ramp, resume one that is not paused).",
     "409m": "metric_exists: the experiment already has a metric of that name (remove it first).",
     "413": "payload_too_large: the body is over AUTO_PROMOTION_MAX_BODY_BYTES.",
-    "429": "rate_limited: over AUTO_PROMOTION_RATE_LIMIT scan/promote/rollback calls per minute for this token; "
+    "429": "rate_limited: over AUTO_PROMOTION_RATE_LIMIT scan/promote/rollback/approve/decline calls per minute for "
+    "this token; "
     "see `Retry-After`.",
     "500": "internal_error: an unexpected failure, logged under `details.requestId`; no stack trace is sent.",
     "503": "database_unavailable: the database cannot be reached; see `Retry-After`.",
@@ -468,9 +493,9 @@ _EXPERIMENT_PATH = _param(
 )
 _VIEWER: list[dict[str, list[str]]] = [{"bearer": []}]
 
-_POST_DESCRIPTION = """The seed's actions. `check` needs the viewer role; `scan`, `promote`, `rollback`, `pause`
-and `resume` need operator, are audited with the token's name as the actor, and are rate limited per token (dry
-runs included).
+_POST_DESCRIPTION = """The seed's actions, a ramp's and the approvals'. `check` needs the viewer role; `scan`,
+`promote`, `rollback`, `pause`, `resume`, `approve` and `decline` need operator, are audited with the token's name as
+the actor, and are rate limited per token (dry runs included).
 
 Responses are `{success, action, data, config: {enabled, dryRun, preset}}` with `data` the engine's result:
 - `check`: the eligibility (`data.eligible`, `data.reasons`); `success` is true.
@@ -481,6 +506,13 @@ Responses are `{success, action, data, config: {enabled, dryRun, preset}}` with 
 - `rollback`: the restored weights; 409 when already rolled back. It rolls a ramp back at any step.
 - `pause` / `resume`: hold a ramp (rollout.mode = ramp) where it is, or let it go on; `data.rollout` says where it
   is. 404 when the experiment has no ramp in progress, 409 when it is already paused (or, to resume, not paused).
+- `approve` (`approvalId`): under `approval.require`, an eligible promotion (or, under every_step, a ramp's next
+  step) waits as a pending approval (`GET /api/approvals`). Approving decides again on the locked state and acts
+  in the same transaction: `success` true with `data.status` approved and `data.promotion` (or `data.step`); when it
+  is no longer allowed, **200 with `success: false`**, `data.status` closed and `data.reason`. 409
+  approval_not_pending when it was decided, or expired, before.
+- `decline` (`approvalId`, `reason`): nothing is promoted (a ramp holds, paused); 409 approval_not_pending as for
+  approve.
 
 `dryRun` is accepted at the top level (as in the seed's example) and inside `config`. The body is read as
 JSON whatever the Content-Type. Fields an action does not use are refused rather than ignored."""
@@ -520,6 +552,8 @@ def _document() -> dict[str, Any]:
                         "scan": "operator",
                         "promote": "operator",
                         "rollback": "operator",
+                        "approve": "operator",
+                        "decline": "operator",
                         "pause": "operator",
                         "resume": "operator",
                     },
@@ -635,6 +669,44 @@ def _document() -> dict[str, Any]:
                     "responses": {"200": _json("AuditList", "A page of audit rows"), **_errors(*_READ_ERRORS)},
                 }
             },
+            "/api/approvals": {
+                "get": {
+                    "operationId": "listApprovals",
+                    "summary": "Approvals (pending ones by default), newest first",
+                    "description": "Under approval.require an eligible promotion (or, under every_step, a rollout step "
+                    "ready to advance) waits here until an operator approves or declines it (the POST's actions "
+                    "approve and decline), or until approval.timeoutHours pass (then it is declined, `expired` true).",
+                    "parameters": _query_params(models.ApprovalsQuery),
+                    "responses": {"200": _json("ApprovalList", "A page of approvals"), **_errors(*_READ_ERRORS)},
+                }
+            },
+            "/api/slack/interactions": {
+                "post": {
+                    "operationId": "slackInteractions",
+                    "summary": "Slack's Interactivity request URL: the Approve / Decline / Roll back buttons",
+                    "description": "Authenticated by Slack's request signature (SLACK_SIGNING_SECRET: v0 HMAC-SHA256 "
+                    "of `v0:{timestamp}:{body}`), not by a bearer token. A timestamp older than five minutes, a "
+                    "request seen before, a bad or missing signature is a 401; a Slack user not in "
+                    "AUTO_PROMOTION_SLACK_APPROVERS a 403; nothing is changed then. The outcome replaces the "
+                    "message through the interaction's response_url. 404 when SLACK_SIGNING_SECRET is not set.",
+                    "security": [],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/x-www-form-urlencoded": {
+                                "schema": _obj({"payload": {**STR, "description": "The interaction, JSON"}})
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": {
+                            "description": "Acted on (the outcome goes to response_url)",
+                            "content": {"application/json": {"schema": _ok(_obj({"outcome": STR}))}},
+                        },
+                        **{k: {**v, "description": d} for k, v, d in _slack_errors()},
+                    },
+                }
+            },
             "/api/plan": {
                 "get": {
                     "operationId": "plan",
@@ -664,6 +736,17 @@ def _document() -> dict[str, Any]:
             },
         },
     }
+
+
+def _slack_errors() -> list[tuple[str, dict[str, Any], str]]:
+    texts = {
+        "400": "The signed body is not an interaction Slack sends (no payload, not JSON, no action).",
+        "401": "unauthorized: no signature, a bad one, a timestamp older than five minutes, or a replay.",
+        "403": "forbidden: the Slack user is not in AUTO_PROMOTION_SLACK_APPROVERS.",
+        "404": "not_found: SLACK_SIGNING_SECRET is not set, so Slack buttons are off.",
+    }
+    errors = _errors(*texts)
+    return [(status, errors[status], text) for status, text in texts.items()]
 
 
 def openapi_document() -> dict[str, Any]:

@@ -322,9 +322,12 @@ class Dispatcher:
         facts = EventFacts.from_payload(row.event, row.payload, public_url=self._settings.public_url)
         match row.channel:
             case "slack":
-                return await send_slack(
-                    http, target.address, build_slack_message(facts, include_detailed_metrics=detailed)
+                slack_message = build_slack_message(
+                    facts,
+                    include_detailed_metrics=detailed,
+                    interactive=bool(self._settings.slack_signing_secret),
                 )
+                return await send_slack(http, target.address, slack_message)
             case "pagerduty":
                 event = build_pagerduty_event(
                     facts, routing_key=target.address, action="resolve" if row.action == "resolve" else "trigger"

@@ -14,13 +14,24 @@ EVENTS: tuple[str, ...] = (
     "guard.breached",
     "promotion.failed",
     "promotion.eligible",
+    "approval.requested",
+    "approval.expired",
     "rollout.advanced",
     "rollout.completed",
     "rollout.rolled_back",
 )
-# What the environment defaults subscribe to (a notification_configs row by default: the first four); eligible is
-# opt-in.
-DEFAULT_EVENTS: tuple[str, ...] = (*EVENTS[:4], "rollout.advanced", "rollout.completed", "rollout.rolled_back")
+# What a notification_configs row subscribes to by default (schema/0001); eligible is opt-in.
+DEFAULT_EVENTS: tuple[str, ...] = EVENTS[:4]
+# What the environment's default targets hear: the defaults, the rollout's, and the approvals (which happen only
+# when approval.require asks for them, and which nobody could act on unheard).
+ENV_EVENTS: tuple[str, ...] = (
+    *DEFAULT_EVENTS,
+    "rollout.advanced",
+    "rollout.completed",
+    "rollout.rolled_back",
+    "approval.requested",
+    "approval.expired",
+)
 # A ramped promotion's rollback is rollout.rolled_back, and reaches every target subscribed to rollbacks:
 # notification_configs rows that list promotion.rolled_back hear it too (once).
 ALSO_SUBSCRIBED_AS: dict[str, str] = {"rollout.rolled_back": "promotion.rolled_back"}
@@ -32,6 +43,8 @@ _TITLES = {
     "guard.breached": "Guard breached",
     "promotion.failed": "Promotion failed",
     "promotion.eligible": "Eligible for promotion (dry run)",
+    "approval.requested": "Approval requested",
+    "approval.expired": "Approval expired",
     "rollout.advanced": "Rollout advanced",
     "rollout.completed": "Rollout complete",
     "rollout.rolled_back": "Rollout rolled back",
@@ -125,6 +138,9 @@ class EventFacts:
     safety_checks: tuple[SafetyCheckFact, ...]
     variants: tuple[VariantFact, ...]
     dashboard_url: str | None
+    approval_id: str | None = None
+    expires_at: str | None = None
+    step: int | None = None
     guardrails: tuple[GuardrailFact, ...] = ()
     rollout: RolloutFact | None = None
 
@@ -186,6 +202,9 @@ class EventFacts:
             safety_checks=checks,
             variants=variants,
             dashboard_url=dashboard,
+            approval_id=_text(payload.get("approvalId")),
+            expires_at=_text(payload.get("expiresAt")),
+            step=_whole(payload.get("step")),
             guardrails=guardrails,
             rollout=RolloutFact.from_payload(payload.get("rollout")),
         )
@@ -210,6 +229,16 @@ class EventFacts:
                 return f"{self.experiment}: promoting {variant} failed"
             case "promotion.eligible":
                 return f"{self.experiment}: {variant} is eligible for promotion{control} (dry run, nothing changed)"
+            case "approval.requested":
+                what = (
+                    f"step {self.step} of the rollout of {variant}" if self.step is not None else f"promoting {variant}"
+                )
+                return f"{self.experiment}: {what}{control} waits for an approval"
+            case "approval.expired":
+                what = (
+                    f"step {self.step} of the rollout of {variant}" if self.step is not None else f"promoting {variant}"
+                )
+                return f"{self.experiment}: the approval of {what} expired unanswered; declined"
             case "rollout.advanced":
                 share = self.rollout.share_text if self.rollout else "its next step"
                 return f"{self.experiment}: rollout of {variant} advanced to {share}"
@@ -222,7 +251,11 @@ class EventFacts:
 
     @property
     def variant_label(self) -> str:
-        return "Winning variant" if self.event in ("promotion.promoted", "promotion.eligible") else "Promoted variant"
+        return (
+            "Promoted variant"
+            if self.event in ("promotion.rolled_back", "guard.breached", "promotion.failed")
+            else ("Winning variant")
+        )
 
     def fact_rows(self) -> list[tuple[str, str]]:
         """The labelled facts every channel shows, in order."""
@@ -242,6 +275,10 @@ class EventFacts:
             rows.append(("When", self.occurred_at))
         if self.promotion_id:
             rows.append(("Promotion", self.promotion_id))
+        if self.approval_id:
+            rows.append(("Approval", self.approval_id))
+        if self.expires_at and self.event == "approval.requested":
+            rows.append(("Expires", self.expires_at))
         if self.rollout is not None:
             rows.append(("Rollout", self.rollout.summary))
             for g in self.rollout.guard:
@@ -348,6 +385,10 @@ def _number(value: object) -> float | None:
     except (TypeError, ValueError):
         return None
     return number if math.isfinite(number) else None
+
+
+def _whole(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _dicts(value: object) -> list[Mapping[str, Any]]:

@@ -6,7 +6,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 from worker.config import AutoPromotionConfig, Settings
-from worker.notify.events import ALSO_SUBSCRIBED_AS, DEFAULT_EVENTS, priority_rank
+from worker.notify.events import ALSO_SUBSCRIBED_AS, ENV_EVENTS, priority_rank
 from worker.notify.pagerduty import pagerduty_action
 from worker.notify.redact import split_addresses, target_label
 
@@ -75,7 +75,8 @@ def plan_routes(
     """Routes for ``event`` of an experiment with ``priority``.
 
     notification_configs rows match on channel, subscribed events and minimum priority; the environment's
-    defaults subscribe to the four main events, plus ``promotion.eligible`` when ``notifyEligible`` is on.
+    defaults subscribe to the four main events and the approvals' two, plus ``promotion.eligible`` when
+    ``notifyEligible`` is on.
     ``notifications.enabled`` and ``notifications.channels`` filter both. Two routes to the same channel and
     target collapse into one (a row wins over the environment default). ``breach_triggered_refs`` are the
     PagerDuty target_refs that already got this promotion's guard-breach trigger (so a rollback resolves).
@@ -92,7 +93,7 @@ def plan_routes(
         ):
             name = f' "{row.name}"' if row.name else ""
             candidates.append(_Candidate(row.channel, row.id, f"config:{row.id}", f"config {row.id}{name}", row.target))
-    env_events = (*DEFAULT_EVENTS, "promotion.eligible") if notifications.notify_eligible else DEFAULT_EVENTS
+    env_events = (*ENV_EVENTS, "promotion.eligible") if notifications.notify_eligible else ENV_EVENTS
     if event in env_events:
         candidates += [c for c in env_targets(settings) if c.channel in notifications.channels]
 

@@ -17,6 +17,7 @@ import structlog
 
 from worker import metrics
 from worker.config import AutoPromotionConfig, Settings
+from worker.db.approvals import Approval
 from worker.db.connect import Connection, json_safe
 from worker.db.store import OutboxRows
 from worker.decide import Decision
@@ -41,6 +42,8 @@ NotificationEvent = Literal[
     "promotion.failed",
     "promotion.rolled_back",
     "guard.breached",
+    "approval.requested",
+    "approval.expired",
     "rollout.advanced",
     "rollout.completed",
     "rollout.rolled_back",
@@ -115,6 +118,47 @@ def breach_payload(watch: WatchedPromotion, row: Mapping[str, Any], breach: Guar
     out["guard"] = breach.details
     out["promotedAt"] = watch.promoted_at.isoformat()
     return out
+
+
+def approval_payload(
+    event: Literal["approval.requested", "approval.expired"],
+    approval: Approval,
+    decision: Decision | None,
+    *,
+    actor: str,
+    priority: str,
+    control_variant: str | None = None,
+) -> NotificationPayload:
+    """approval.requested and approval.expired: the same shape, with the approval's id, kind, expiry and step; a
+    rollout step's approval names its promotion. Without a decision (a step, an expiry) the figures are the ones
+    the approval was asked on."""
+    asked = approval.decision
+    out = payload(
+        event,
+        decision,
+        actor=actor,
+        experiment_name=approval.experiment_name,
+        priority=priority,
+        promotion_id=_text(approval.subject.get("promotionId")),
+        variant=approval.variant,
+        reason=approval.reason if event == "approval.expired" else None,
+        confidence=None if decision else _number(asked.get("confidence")),
+        improvement=None if decision else _number(asked.get("improvement")),
+        control_variant=control_variant or _text(asked.get("controlVariant")),
+    )
+    out["approvalId"] = str(approval.id)
+    out["approvalKind"] = approval.kind
+    out["expiresAt"] = approval.expires_at.isoformat()
+    out["step"] = approval.step
+    return out
+
+
+def _number(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
 
 
 def rollout_payload(

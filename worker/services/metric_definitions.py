@@ -7,15 +7,19 @@ domain errors and writes the audit row in the same transaction as the change.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
+
 from worker.db import metric_definitions as db
 from worker.db import store
-from worker.db.connect import Connection, Pool, Record
+from worker.db.connect import Connection, Pool, PostgresError, Record
 from worker.db.sql import Q
 from worker.domain.errors import ExperimentNotFound, InvalidRequest, MetricExists, MetricNotFound
 from worker.domain.metrics import BUILTIN_METRIC
+from worker.retry import FaultLog, retrying
 
 BUILTIN_KIND = {"conversion": "proportion", "mean": "mean"}
 BUILTIN_DESCRIPTION = "the experiment's own metric_type metric, recorded with ab_record_metrics"
@@ -29,6 +33,11 @@ _FIELDS = (
     ("cuped", "cuped"),
     ("description", "description"),
 )
+
+
+def _rolled_back(exc: BaseException) -> bool:
+    """A transaction rollback (SQLSTATE class 40: deadlock detected, serialisation failure): worth running again."""
+    return isinstance(exc, PostgresError) and str(getattr(exc, "sqlstate", "") or "").startswith("40")
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,7 +178,19 @@ class MetricDefinitions:
         return {"experimentName": exp["name"], "metric": _metric_json(row, builtin=builtin, units={})}
 
     async def remove(self, experiment_name: str, metric_name: str, *, actor: str) -> dict[str, Any]:
-        """Remove a metric with its statistics and queued updates (MetricNotFound if there is none)."""
+        """Remove a metric with its statistics and queued updates (MetricNotFound if there is none).
+
+        The removal takes its locks in the fold's order (see delete_metric_updates in queries.sql); a transaction
+        rollback it still meets (a deadlock or serialisation failure with a writer outside the worker, SQLSTATE
+        class 40) is retried as a whole through worker/retry.py, and nothing else."""
+        return await retrying(
+            FaultLog("metrics.remove"),
+            anyio.Event(),
+            functools.partial(self._remove, experiment_name, metric_name, actor=actor),
+            retry_if=_rolled_back,
+        )
+
+    async def _remove(self, experiment_name: str, metric_name: str, *, actor: str) -> dict[str, Any]:
         async with self.pool.acquire() as conn, conn.transaction():
             exp = await self._experiment(conn, experiment_name)
             row = await db.delete_metric(conn, exp["id"], metric_name)

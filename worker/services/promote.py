@@ -8,7 +8,10 @@ Two ways in, each a plain path:
 * ``act_daemon`` — the daemon's evaluation (worker.services.evaluate): skips rows held elsewhere, relies on the
   folder having folded, and reports a dry run only when eligibility changes.
 
-Both end in ``_dry_run``, ``_refuse`` or ``_promote``; what follows a commit is worker.services.effects'.
+Both end in ``_dry_run``, ``_refuse``, ``_await_approval`` (approval.require: a pending approval instead of a
+promotion, worker.services.approval_gate) or ``_promote``; ``promote_approved`` is the way in of an approval
+(worker.services.approvals), which promotes what is still eligible without asking again. What follows a commit is
+worker.services.effects'.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from worker.domain.errors import AlreadyPromoted, EngineError, ExperimentNotFoun
 from worker.domain.eta import EtaRequest, check_eta
 from worker.domain.results import CheckResult, Evaluation, PromoteResult
 from worker.domain.rollout_rules import plan_ramp, ramp_weights, share_during_test, sums_json
+from worker.services.approval_gate import request_approval, requires_approval
 from worker.services.deciding import Decider
 from worker.services.effects import Effects, outbox_rows, payload
 from worker.stats import StatsInputError
@@ -67,7 +71,7 @@ class Decided:
 
     def evaluation(
         self,
-        action: Literal["evaluated", "fresh", "skipped", "refused", "dry_run", "promoted"],
+        action: Literal["evaluated", "fresh", "skipped", "refused", "dry_run", "promoted", "awaiting_approval"],
         result: PromoteResult | None = None,
         decision: Decision | None = None,
     ) -> Evaluation:
@@ -227,6 +231,8 @@ class PromoteService:
                     {**self._audit_details(d), "reasons": list(d.decision.reasons)},
                 )
             return await self._refuse(conn, d)
+        if requires_approval(d.cfg, "promote"):
+            return await self._await_approval(conn, d, mode)
         return await self._promote(conn, d)
 
     async def act_daemon(self, conn: Connection, d: Decided, *, alone: bool) -> Evaluation:
@@ -247,9 +253,50 @@ class PromoteService:
             return await self._dry_run(conn, d, report=True)
         if d.decision.winner is None:
             return await self._refuse(conn, d)
+        if requires_approval(d.cfg, "promote"):
+            return await self._await_approval(conn, d, "daemon")
         return await self._promote(conn, d)
 
-    # ------------------------------------------------------------------------------------ the three ends
+    async def promote_approved(
+        self, conn: Connection, experiment_id: int, effective: EffectiveConfig, *, actor: str
+    ) -> Evaluation:
+        """An approved promotion, in the caller's transaction (which holds the experiment's row lock): fold, decide
+        again on the locked state and promote what is still eligible, without asking for approval again; else the
+        refusal with its reasons (not eligible any more, promoted meanwhile, dry run, the concurrency limit)."""
+        exp = await conn.fetchrow(Q["lock_experiment"], experiment_id)
+        if exp is None:
+            raise ExperimentNotFound(f"experiment {experiment_id} disappeared")
+        await fold_pending_updates(conn, experiment_ids=[experiment_id], batch_size=self.settings.fold_batch_size)
+        row = await conn.fetchrow(
+            Q["experiment_snapshot"], experiment_id, self.decider.lookback_s(effective, exp["config"])
+        )
+        snapshot = ExperimentSnapshot.from_row(row)
+        decision, cfg = self.decider.decide(snapshot, effective, row["config"])
+        d = Decided(row, snapshot, decision, cfg, effective, actor)
+        why: list[str] = []
+        if snapshot.active_promotion_id is not None:
+            why = [f"already promoted meanwhile (promotion {snapshot.active_promotion_id})"]
+        elif d.dry:
+            why = ["dryRun is on or promotion is disabled (enabled: false) for this experiment: nothing is promoted"]
+        elif not decision.eligible or decision.winner is None:
+            why = list(decision.reasons) or ["no winner"]
+        if not why:
+            return await self._promote(conn, d)
+        await store.insert_audit(
+            conn,
+            actor,
+            "promotion_refused",
+            snapshot.id,
+            snapshot.name,
+            None,
+            {**self._audit_details(d), "reasons": why, "approved": True},
+        )
+        outcome = await self._refuse(conn, d)
+        assert outcome.promotion is not None
+        outcome.promotion["reasons"] = why
+        return outcome
+
+    # ------------------------------------------------------------------------------------ the four ends
     async def _dry_run(self, conn: Connection, d: Decided, *, report: bool) -> Evaluation:
         """A dry run, its decision stored already; ``report``: audit it and, when eligible, notify."""
         queued = 0
@@ -274,6 +321,45 @@ class PromoteService:
         result = d.result(success=False)
         result["reasons"] = list(final.reasons) or (["concurrency limit reached"] if decision is not None else [])
         return d.evaluation("refused", result, final)
+
+    async def _await_approval(self, conn: Connection, d: Decided, mode: RequestMode | Literal["daemon"]) -> Evaluation:
+        """Eligible under approval.require: a pending approval instead of a promotion (worker.services.approval_gate).
+
+        Requested once per eligibility: the stored eligibility, written in this same transaction, is the memory
+        (as for a dry run's report); an operator's explicit promote asks again after a decline.
+        """
+        previous, stored = await store.store_evaluation(conn, d.decision, d.check, seen=d.seen)
+        if mode == "daemon" and not stored:
+            return d.evaluation("fresh")  # another replica decided on the same read and asked already
+        winner = d.decision.winner
+        opened = await request_approval(
+            conn,
+            self.effects,
+            experiment_id=d.snapshot.id,
+            experiment_name=d.snapshot.name,
+            priority=d.snapshot.priority,
+            kind="promote",
+            cfg=d.cfg,
+            decision=d.decision,
+            check=d.check,
+            variant=winner.variant if winner is not None else None,
+            actor=d.actor,
+            new_eligibility=mode == "request" or previous is not True,
+        )
+        result = d.result(success=False, queued=opened.queued if opened else 0)
+        if opened is None:
+            result["reasons"] = [
+                f"waiting for an approval (approval.require = {d.cfg.approval.require}); this eligibility was "
+                "declined or has expired: promote explicitly to ask again"
+            ]
+            return d.evaluation("awaiting_approval", result)
+        approval = opened.approval
+        result["approvalId"] = str(approval.id)
+        result["reasons"] = [
+            f"waiting for approval {approval.id} (approval.require = {d.cfg.approval.require}); it expires as "
+            f"declined at {approval.expires_at.isoformat()}"
+        ]
+        return d.evaluation("awaiting_approval", result)
 
     def _audit_details(self, d: Decided) -> dict[str, Any]:
         return {"decision": d.check, "config": d.cfg.public(), "preset": d.effective.preset, "dryRun": False}

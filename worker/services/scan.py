@@ -193,6 +193,8 @@ class ScanService:
                 item["promotionId"] = outcome["promotionId"]
             elif not outcome["success"]:
                 item["reasons"] = outcome.get("reasons", [])
+                if "approvalId" in outcome:
+                    item["approvalId"] = outcome["approvalId"]
 
     async def decide_all(
         self, conn: Connection, effective: EffectiveConfig, experiments: list[Record]

@@ -469,6 +469,24 @@ def analyze_metric(
     return replace(result, comparisons=comparisons, cuped_note=cuped_note)
 
 
+# A guardrail on a proportion whose arms are identical and constant: no events in either arm, or every unit
+# converted in both. The relative lift is 0/0 there (effect_from_moments leaves it undefined), and the one-sided
+# test has no variance to work with; yet the data show no difference at all, and no sample of any size could show
+# one, so "not shown" would block the promotion forever. Such a guardrail passes: the samples are identical, and
+# the difference between the arms' rates is bounded by the exact one-sided bound of a rate with no events in n
+# units, 1 - alpha^(1/n) (3/n at alpha = 0.05), which the minimum sample size of the safety checks keeps small. A
+# control at 0 with events in the treatment (or a mean or ratio with zero variance) stays "not shown": a relative
+# margin of a control at 0 is 0, which no data can show (see the reason, and README "Several metrics").
+NI_IDENTICAL_CONSTANT = NonInferiority(0.0, 0.0, True)
+
+
+def _identical_constant_arms(kind: Kind, control: tuple[str, int, float], units: int, mean: float, e: Effect) -> bool:
+    if kind != "proportion" or e.estimate is not None:
+        return False
+    _, ctrl_units, ctrl_mean = control
+    return ctrl_units > 0 and units > 0 and ctrl_mean == mean and mean in (0.0, 1.0)
+
+
 def assemble_metric(
     name: str,
     kind: Kind,
@@ -490,10 +508,16 @@ def assemble_metric(
     comparisons: list[MetricComparison] = []
     if role == "guardrail":
         assert nis is not None
+        nis = [
+            NI_IDENTICAL_CONSTANT if _identical_constant_arms(kind, control, units, mean, e) else ni
+            for (_, units, mean, e), ni in zip(arms, nis, strict=True)
+        ]
         adjusted = (nis[0].p_value,) if len(nis) == 1 else adjust_pvalues([ni.p_value for ni in nis], correction)
         for (t_name, units, mean, e), ni, adj in zip(arms, nis, adjusted, strict=True):
-            if e.estimate is None:
-                verdict: Verdict = "not_shown"
+            if ni is NI_IDENTICAL_CONSTANT:
+                verdict: Verdict = "non_inferior"
+            elif e.estimate is None:
+                verdict = "not_shown"
             elif adj < alpha:
                 verdict = "non_inferior"
             else:

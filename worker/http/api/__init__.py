@@ -12,14 +12,15 @@ Response conventions (also in the OpenAPI document):
 
 The package: ``wire`` (reading requests, writing answers), ``actions`` (the seed endpoint's POST and GET),
 ``reads`` (experiments, promotions, stats, audit, the OpenAPI document), ``metrics`` (an experiment's metrics),
-``plan`` (the planner). ``add_routes`` installs them all.
+``plan`` (the planner), ``approvals`` (the approvals list; ``worker.http.slack`` is the Slack buttons' endpoint,
+installed here too). ``add_routes`` installs them all.
 """
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from worker.http import auth
+from worker.http import auth, slack
 from worker.http.api.actions import (
     LIMITER,
     MUTATING_ACTIONS,
@@ -29,6 +30,7 @@ from worker.http.api.actions import (
     server_layers,
     startup_env,
 )
+from worker.http.api.approvals import approval_json, list_approvals
 from worker.http.api.metrics import add_metric, list_metrics, remove_metric
 from worker.http.api.plan import get_plan
 from worker.http.api.reads import (
@@ -50,10 +52,12 @@ __all__ = [
     "MUTATING_ACTIONS",
     "ActionRequest",
     "add_routes",
+    "approval_json",
     "get_auto_promote",
     "get_experiment",
     "get_openapi",
     "get_plan",
+    "list_approvals",
     "list_audit",
     "list_experiments",
     "list_promotions",
@@ -87,5 +91,8 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/promotions", list_promotions)
     app.router.add_get("/api/promotions/stats", promotion_stats)
     app.router.add_get("/api/audit", list_audit)
+    app.router.add_get("/api/approvals", list_approvals)
+    # Authenticated by Slack's signature, not a token: see worker.http.slack.
+    slack.add_routes(app)
     app.router.add_get("/api/plan", get_plan)
     app.router.add_get("/api/openapi.json", get_openapi)

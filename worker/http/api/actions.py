@@ -28,8 +28,10 @@ from worker.http.errors import (
 from worker.http.models import (
     AUTO_PROMOTE_REQUEST,
     ActionRequest,
+    ApproveRequest,
     CheckRequest,
     ConfigQuery,
+    DeclineRequest,
     PauseRequest,
     PromoteRequest,
     ResumeRequest,
@@ -39,7 +41,7 @@ from worker.http.models import (
 )
 from worker.http.ratelimit import SlidingWindowLimiter
 
-MUTATING_ACTIONS = frozenset({"scan", "promote", "rollback", "pause", "resume"})
+MUTATING_ACTIONS = frozenset({"scan", "promote", "rollback", "pause", "resume", "approve", "decline"})
 
 LIMITER: web.AppKey[SlidingWindowLimiter] = web.AppKey("rate_limiter", SlidingWindowLimiter)
 
@@ -47,8 +49,8 @@ LIMITER: web.AppKey[SlidingWindowLimiter] = web.AppKey("rate_limiter", SlidingWi
 def _action_problems(req: ActionRequest) -> list[dict[str, str]]:
     """The rules that span two fields (the document states them too: models.py)."""
     errors: list[dict[str, str]] = []
-    if isinstance(req, PauseRequest | ResumeRequest):
-        return errors  # neither config nor dryRun: a pause changes no decision
+    if isinstance(req, PauseRequest | ResumeRequest | ApproveRequest | DeclineRequest):
+        return errors  # neither config nor dryRun: no decision of theirs to make drier
     nested = (req.config or {}).get("dryRun")
     if isinstance(req, RollbackRequest):
         if nested is True:
@@ -117,7 +119,7 @@ def _config_summary(effective: EffectiveConfig) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------ POST action
 async def post_auto_promote(request: web.Request) -> web.Response:
-    """The seed's POST: scan | promote | check | rollback, and pause | resume of a ramp."""
+    """The seed's POST: scan | promote | check | rollback, pause | resume of a ramp, approve | decline."""
     ctx = request.app[CTX]
     principal = await auth.require_role(request, "viewer")
     body = await read_json_object(request)
@@ -138,7 +140,7 @@ async def post_auto_promote(request: web.Request) -> web.Response:
     # dryRun is one more request-layer value: the engine lays each experiment's own config over the request's,
     # so a request's dryRun: false cannot lift an experiment's dryRun: true (worker.config.with_experiment_overrides).
     overrides: dict[str, Any] = {}
-    if not isinstance(req, PauseRequest | ResumeRequest):
+    if isinstance(req, CheckRequest | PromoteRequest | ScanRequest | RollbackRequest):
         overrides = dict(req.config or {})
         if req.dry_run is not None:
             overrides["dryRun"] = req.dry_run
@@ -155,8 +157,8 @@ async def post_auto_promote(request: web.Request) -> web.Response:
             raise ApiError(
                 429,
                 "rate_limited",
-                f"rate limit reached: {decision.limit} scan/promote/rollback calls per minute for token "
-                f"{principal.name!r}; retry in {decision.retry_after_header} s",
+                f"rate limit reached: {decision.limit} scan/promote/rollback/approve/decline calls per minute for "
+                f"token {principal.name!r}; retry in {decision.retry_after_header} s",
                 {"limit": decision.limit, "windowSeconds": 60, "retryAfterSeconds": int(decision.retry_after_header)},
                 headers={**headers, "Retry-After": decision.retry_after_header},
             )
@@ -191,9 +193,15 @@ async def _run_action(
     elif isinstance(req, PauseRequest):
         rollout = await engine.rollouts.pause(req.experiment_name, actor=actor, reason=req.reason)
         data, success = {"experimentName": req.experiment_name, "rollout": rollout}, True
-    else:
+    elif isinstance(req, ResumeRequest):
         rollout = await engine.rollouts.resume(req.experiment_name, actor=actor)
         data, success = {"experimentName": req.experiment_name, "rollout": rollout}, True
+    elif isinstance(req, ApproveRequest):
+        data = await engine.approve(req.approval_id.strip(), actor=actor, config=effective)
+        success = data["status"] == "approved"
+    else:
+        data = await engine.decline(req.approval_id.strip(), req.reason, actor=actor)
+        success = True
     return success, data
 
 

@@ -384,8 +384,10 @@ def _days(request: web.Request) -> int:
 
 
 async def _promotions(request: web.Request) -> dict[str, Any]:
-    report = await _reads(request).promotion_report(_days(request), lists=views.PROMOTION_ROWS)
-    return views.promotions_page(report)
+    reads = _reads(request)
+    report = await reads.promotion_report(_days(request), lists=views.PROMOTION_ROWS)
+    approvals, _ = await reads.approvals_page("pending", None, views.PROMOTION_ROWS, 0)
+    return views.promotions_page(report, approvals)
 
 
 @_viewer_page
@@ -396,7 +398,8 @@ async def promotions_page(request: web.Request) -> web.Response:
         title="Promotions",
         page="promotions",
         r=await _promotions(request),
-        lead="Active and rolled-back promotions, the promotion statistics and the rollback rate.",
+        lead="Approvals waiting for an operator, active and rolled-back promotions, the promotion statistics and "
+        "the rollback rate.",
     )
 
 

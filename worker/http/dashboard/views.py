@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from worker.config import AutoPromotionConfig, ConfigError, EffectiveConfig, with_experiment_overrides
 from worker.db.reads import (
+    Approval,
     AuditEntry,
     EvaluationSnapshot,
     Experiment,
@@ -628,8 +629,9 @@ def experiment_page(
 
 
 # ---------------------------------------------------------------------------------------- promotions page
-def promotions_page(report: PromotionReport) -> dict[str, Any]:
-    """The body of ``/promotions``: get_promotion_stats(), promotions per day, active and rolled back."""
+def promotions_page(report: PromotionReport, approvals: Sequence[Approval] = ()) -> dict[str, Any]:
+    """The body of ``/promotions``: the pending approvals, get_promotion_stats(), promotions per day, active and
+    rolled back."""
     stats = report.stats
     figures = [
         ("Promotions", num(stats.total_promotions)),
@@ -652,6 +654,7 @@ def promotions_page(report: PromotionReport) -> dict[str, Any]:
         "chart_narrow": Markup(promotions_chart(counts, chart_id="per-day-n", compact=True)),  # noqa: S704
         "active": report.active,
         "rolled_back": report.rolled_back,
+        "approvals": list(approvals),
     }
 
 

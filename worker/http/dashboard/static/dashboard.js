@@ -331,6 +331,8 @@
     byId("confirm-text").textContent = opts.text;
     byId("confirm-ok").textContent = opts.confirmLabel;
     byId("confirm-ok").className = "btn " + (opts.danger ? "danger" : "primary");
+    byId("confirm-reason-label").textContent = "Reason for the " + (opts.reasonFor || "rollback") +
+      " (required, recorded in the audit log)";
     reasonField.hidden = !opts.needReason;
     reason.required = !!opts.needReason;
     reason.value = "";
@@ -367,6 +369,17 @@
                text: "Roll back the promotion of “" + b.experiment + "” and restore the previous traffic weights?",
                body: { action: "rollback", promotionId: b.promotionId } };
     },
+    approve: function (b) {
+      return { title: "Approve", confirmLabel: "Approve", danger: true,
+               text: "Approve the pending approval of “" + b.experiment + "”? The decision is checked again now; " +
+                     "if it is still eligible, it is promoted (or its rollout step starts) at once.",
+               body: { action: "approve", approvalId: b.approvalId } };
+    },
+    decline: function (b) {
+      return { title: "Decline", confirmLabel: "Decline", needReason: true, reasonFor: "decline",
+               text: "Decline the pending approval of “" + b.experiment + "”? Nothing is promoted.",
+               body: { action: "decline", approvalId: b.approvalId } };
+    },
     pause: function (b) {
       return { title: "Pause the ramp", confirmLabel: "Pause",
                text: "Hold the ramp of “" + b.experiment + "” at its step? It stays guarded; resume it later.",
@@ -402,6 +415,19 @@
       return { kind: "error", title: "✗ Not promoted: “" + (data.experimentName || "") + "”" +
                (data.dryRun ? " (dry run)" : "") + ":", items: data.reasons || [] };
     }
+    if (action === "approve" || action === "decline") {
+      var p = data.promotion || {};
+      if (data.status === "approved") {
+        return { kind: "ok", title: "✓ Approved: “" + data.experimentName + "”" +
+                 (p.promotedVariantName ? " promoted " + p.promotedVariantName + "." : " moves on."),
+                 items: p.promotionId ? ["promotion id " + p.promotionId] : [] };
+      }
+      if (data.status === "declined") {
+        return { kind: "ok", title: "✓ Declined: “" + data.experimentName + "” is not promoted.", items: [] };
+      }
+      return { kind: "error", title: "✗ Approved, but nothing changed for “" + data.experimentName + "”:",
+               items: data.reason ? [data.reason] : [] };
+    }
     if (action === "pause" || action === "resume") {
       var r = data.rollout || {};
       return { kind: "ok", title: "✓ The ramp of “" + (data.experimentName || "") + "” is " +
@@ -433,7 +459,8 @@
       openTokenPanel("Enter an API token first: operator actions need one.");
       return;
     }
-    var b = { experiment: button.dataset.experiment || "", promotionId: button.dataset.promotionId || "" };
+    var b = { experiment: button.dataset.experiment || "", promotionId: button.dataset.promotionId || "",
+              approvalId: button.dataset.approvalId || "" };
     var plan = spec(b);
     dialogOpener = button;
     confirmAction(plan).then(function (answer) {
