@@ -121,3 +121,53 @@ async def test_a_ramp_still_under_way_counts_against_max_concurrent_promotions(
     # Once it completes (or is rolled back) the slot is free again.
     await conn.execute("UPDATE experiment_rollouts SET state = 'complete'")
     assert (await engine.promote_winner("next-one"))["success"]
+
+
+async def test_a_ramp_paused_while_awaiting_approval_asks_again_after_resume(
+    pool: asyncpg.Pool, conn: asyncpg.Connection
+) -> None:
+    # Paused while its step waited for an approval, then the approval was declined (or expired, or approved: each
+    # finds the rollout paused and leaves it): resume must not bring back an awaiting_approval that no approval
+    # will ever end. It resumes ramping, and the step, its minimums met, asks again.
+    from tests.integration import test_approvals_every_step as every
+
+    engine = every._engine(pool)
+    exp_id = await every._seed(conn)
+    await engine.approve((await engine.promote_winner(every.NAME))["approvalId"], actor="alice")
+    await every._harmless(conn, 2500, 7500)
+    await engine.rollouts.check()
+    step = await every._pending(conn)
+    assert (await _rollout(conn, exp_id))["state"] == "awaiting_approval"
+    await engine.rollouts.pause(every.NAME, actor="ops", reason="freeze")
+    await engine.decline(step["id"], "not now", actor="carol")
+    assert (await _rollout(conn, exp_id))["state"] == "paused"
+    resumed = await engine.rollouts.resume(every.NAME, actor="ops")
+    assert resumed["state"] == "ramping", resumed
+    await engine.rollouts.check()
+    assert (await _rollout(conn, exp_id))["state"] == "awaiting_approval"
+    again = await every._pending(conn)
+    assert again["id"] != step["id"] and again["step"] == 2
+    await engine.approve(again["id"], actor="bob")
+    r = await _rollout(conn, exp_id)
+    assert (r["state"], r["step"]) == ("ramping", 2)
+
+
+async def test_a_ramp_paused_and_resumed_while_its_approval_is_pending_keeps_that_approval(
+    pool: asyncpg.Pool, conn: asyncpg.Connection
+) -> None:
+    from tests.integration import test_approvals_every_step as every
+
+    engine = every._engine(pool)
+    exp_id = await every._seed(conn)
+    await engine.approve((await engine.promote_winner(every.NAME))["approvalId"], actor="alice")
+    await every._harmless(conn, 2500, 7500)
+    await engine.rollouts.check()
+    step = await every._pending(conn)
+    await engine.rollouts.pause(every.NAME, actor="ops")
+    await engine.rollouts.resume(every.NAME, actor="ops")
+    await engine.rollouts.check()
+    assert (await _rollout(conn, exp_id))["state"] == "awaiting_approval"
+    assert await conn.fetchval("SELECT count(*) FROM ab_approvals WHERE kind = 'step'") == 1
+    assert await conn.fetchval("SELECT count(*) FROM notification_outbox WHERE event = 'approval.requested'") == 2
+    await engine.approve(step["id"], actor="bob")
+    assert (await _rollout(conn, exp_id))["step"] == 2

@@ -418,11 +418,16 @@ class RolloutService:
                         f"the rollout of {experiment_name!r} is not paused (it is {state})", {"state": state}
                     )
                 why = (reason or "").strip() or None
+                # A ramp paused while its step waited for an approval resumes ramping: the approval may have been
+                # declined, expired or closed meanwhile (each leaves a paused rollout as it is), and nothing would end
+                # an awaiting_approval without one. The step, its minimums met, asks again (a still pending approval
+                # is kept: one per experiment).
+                back = "ramping" if row["paused_from"] == "awaiting_approval" else row["paused_from"]
                 await conn.fetchrow(
                     RLQ["rollout_set_state"],
                     row["id"],
                     row["transitions"],
-                    "paused" if pause else row["paused_from"],
+                    "paused" if pause else back,
                     state if pause else None,
                     f"paused by {actor}" + (f": {why}" if why else "") if pause else None,
                     actor,
