@@ -230,7 +230,10 @@ def test_cli_config_validate_lists_every_error_and_exits_1() -> None:
     bad = {"AUTO_PROMOTION_MIN_CONFIDENCE": "120", "AUTO_PROMOTION_ENABLED": "x"}
     result = _cli("config", "validate", env=bad)
     assert result.returncode == 1
-    assert "thresholds.minConfidence: must be between 50 and 99.999, got 120" in result.stderr
+    assert (
+        "AUTO_PROMOTION_MIN_CONFIDENCE (thresholds.minConfidence): must be between 50 and 99.999, got 120; "
+        "fix AUTO_PROMOTION_MIN_CONFIDENCE or unset it" in result.stderr
+    )
     assert "AUTO_PROMOTION_ENABLED" in result.stderr
     assert "Traceback" not in result.stderr
     assert _cli("config", "validate").returncode == 0

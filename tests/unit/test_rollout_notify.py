@@ -119,5 +119,7 @@ def test_rollout_settings_take_any_layer_and_fractional_minutes() -> None:
     )
     assert effective.sources["rollout.steps"] == "env:AUTO_PROMOTION_ROLLOUT_STEPS"
     assert load_config(env={}).config.rollout.mode == "instant"  # the seed's behaviour by default
-    with pytest.raises(ConfigError, match=r"rollout.steps: expected numbers \(percent\), got .ten."):
+    with pytest.raises(
+        ConfigError, match=r"AUTO_PROMOTION_ROLLOUT_STEPS \(rollout.steps\): expected numbers \(percent\), got .ten."
+    ):
         load_config(env={"AUTO_PROMOTION_ROLLOUT_STEPS": "10,ten"})

@@ -221,12 +221,12 @@ def load_config(
         try:
             AutoPromotionConfig.model_validate(_json_types(merged))
         except ValidationError as exc:
-            errors.extend(_format_validation_error(exc))
+            errors.extend(_format_validation_error(exc, sources=sources))
         raise ConfigError(errors)
     try:
         config = AutoPromotionConfig.model_validate(_json_types(merged))
     except ValidationError as exc:
-        raise ConfigError(_format_validation_error(exc)) from None
+        raise ConfigError(_format_validation_error(exc, sources=sources)) from None
     return EffectiveConfig(config, preset_name, sources)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import fnmatch
 import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, get_args
 
@@ -492,7 +492,11 @@ class Settings(_Model):
     )
 
 
-def _format_validation_error(exc: ValidationError, prefix: str = "") -> list[str]:
+def _format_validation_error(
+    exc: ValidationError, prefix: str = "", sources: Mapping[str, str] | None = None
+) -> list[str]:
+    """One line per error, ``path: message``; ``sources`` (path -> where the value came from, as
+    EffectiveConfig.sources): a value taken from the environment is named by its variable, with a hint."""
     out: list[str] = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"] if not isinstance(p, int))
@@ -506,6 +510,9 @@ def _format_validation_error(exc: ValidationError, prefix: str = "") -> list[str
             msg = f"{msg}, got {given!r}"
         if not loc:
             out.extend(part.strip() for part in msg.split("\n") if part.strip())
+        elif (source := (sources or {}).get(loc, "")).startswith("env:"):
+            var = source[len("env:") :]
+            out.append(f"{var} ({loc}): {msg}; fix {var} or unset it to use the default")
         else:
             out.append(f"{prefix}{loc}: {msg}")
     return out

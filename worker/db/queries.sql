@@ -485,7 +485,9 @@ SELECT e.id, e.name, e.status, e.started_at, e.metric_type, e.priority, e.config
          WHERE a.severity = 'critical' AND a.resolved_at IS NULL
            AND (a.experiment_id = e.id OR a.experiment_id IS NULL)
            AND a.created_at >= now() - make_interval(secs => $2)) AS critical_alerts,
-       (SELECT count(*) FROM experiment_promotions p WHERE p.rollback_at IS NULL AND p.guard_until > now())
+       (SELECT count(*) FROM experiment_promotions p WHERE p.rollback_at IS NULL
+           AND (p.guard_until > now() OR EXISTS (SELECT 1 FROM experiment_rollouts r WHERE r.promotion_id = p.id
+                                                     AND r.state NOT IN ('complete', 'rolled_back'))))
            AS promotions_in_guard_window,
        (SELECT coalesce(json_agg(json_build_object('id', c.id, 'name', c.name, 'channel', c.channel,
                                                    'target', c.target, 'events', c.events,
@@ -518,8 +520,12 @@ SELECT id, experiment_id, message, created_at FROM ab_alerts
  ORDER BY created_at DESC;
 
 -- name: all_active_promotions
--- Every active promotion: experiment id, promotion id, whether still inside its guard window.
-SELECT experiment_id, id, guard_until > now() AS in_guard FROM experiment_promotions WHERE rollback_at IS NULL;
+-- Every active promotion: experiment id, promotion id, whether still inside its guard window (a ramp still under
+-- way counts as inside it).
+SELECT experiment_id, id,
+       (p.guard_until > now() OR EXISTS (SELECT 1 FROM experiment_rollouts r WHERE r.promotion_id = p.id
+                                              AND r.state NOT IN ('complete', 'rolled_back'))) AS in_guard
+  FROM experiment_promotions p WHERE rollback_at IS NULL;
 
 -- name: lock_experiment
 -- Lock one experiment row until the end of the transaction. NO KEY UPDATE: producers' foreign-key checks (KEY
@@ -544,7 +550,12 @@ WITH p AS (
                                        previous_weights, baseline_stats, guard_until, decision, decision_snapshot)
     SELECT $15, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now() + make_interval(secs => $11), $12,
            $33::text::pg_snapshot
-     WHERE ab_take_promotion_slot($32, $14)
+     -- A ramp still under way holds its slot even once a long step outlasted its guard window (schema/0010):
+     -- ab_take_promotion_slot (schema/0005) counts guard windows only, so those ramps come off the limit.
+     WHERE ab_take_promotion_slot($32, $14 - (SELECT count(*)::int FROM experiment_promotions lp
+                                               JOIN experiment_rollouts lr ON lr.promotion_id = lp.id
+                                              WHERE lp.rollback_at IS NULL AND lp.guard_until <= now()
+                                                AND lr.state NOT IN ('complete', 'rolled_back')))
     RETURNING id, promoted_at
 ), w AS (
     UPDATE ab_variants
@@ -795,7 +806,9 @@ SELECT e.id, e.name, e.status, e.started_at, e.metric_type, e.priority, e.config
          WHERE a.severity = 'critical' AND a.resolved_at IS NULL
            AND (a.experiment_id = e.id OR a.experiment_id IS NULL)
            AND a.created_at >= now() - make_interval(secs => $2)) AS critical_alerts,
-       (SELECT count(*) FROM experiment_promotions p WHERE p.rollback_at IS NULL AND p.guard_until > now())
+       (SELECT count(*) FROM experiment_promotions p WHERE p.rollback_at IS NULL
+           AND (p.guard_until > now() OR EXISTS (SELECT 1 FROM experiment_rollouts r WHERE r.promotion_id = p.id
+                                                     AND r.state NOT IN ('complete', 'rolled_back'))))
            AS promotions_in_guard_window,
        (SELECT coalesce(json_agg(json_build_object('id', c.id, 'name', c.name, 'channel', c.channel,
                                                    'target', c.target, 'events', c.events,
@@ -847,7 +860,9 @@ SELECT e.id, e.name, e.status, e.started_at, e.metric_type, e.priority, e.config
          WHERE a.severity = 'critical' AND a.resolved_at IS NULL
            AND (a.experiment_id = e.id OR a.experiment_id IS NULL)
            AND a.created_at >= now() - make_interval(secs => $2)) AS critical_alerts,
-       (SELECT count(*) FROM experiment_promotions p WHERE p.rollback_at IS NULL AND p.guard_until > now())
+       (SELECT count(*) FROM experiment_promotions p WHERE p.rollback_at IS NULL
+           AND (p.guard_until > now() OR EXISTS (SELECT 1 FROM experiment_rollouts r WHERE r.promotion_id = p.id
+                                                     AND r.state NOT IN ('complete', 'rolled_back'))))
            AS promotions_in_guard_window,
        (SELECT coalesce(json_agg(json_build_object('id', c.id, 'name', c.name, 'channel', c.channel,
                                                    'target', c.target, 'events', c.events,

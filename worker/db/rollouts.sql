@@ -117,13 +117,16 @@ WITH r AS (
 ), ended AS (
     UPDATE experiment_rollout_steps st SET ended_at = now(), outcome = $8, guard = $9
       FROM r
-     WHERE st.rollout_id = r.id AND st.ended_at IS NULL
+     WHERE st.rollout_id = r.id AND st.ended_at IS NULL AND st.step <> $3
     RETURNING 1
 ), started AS (
+    -- A conflict is a rollout that completes on the step it held at (holdback 0: holding is at 100% already):
+    -- that row becomes the complete one and keeps the holding window's guard (one statement must not both end
+    -- and re-start the same row: ON CONFLICT cannot affect a row the ended CTE updated).
     INSERT INTO experiment_rollout_steps (rollout_id, step, share, kind, stats)
     SELECT r.id, $3, $10, $11, $5 FROM r
     ON CONFLICT (rollout_id, step) DO UPDATE SET started_at = now(), stats = EXCLUDED.stats, share = EXCLUDED.share,
-        kind = EXCLUDED.kind, ended_at = NULL, outcome = NULL, guard = '[]'
+        kind = EXCLUDED.kind, ended_at = NULL, outcome = NULL, guard = $9
     RETURNING 1
 ), g AS (
     UPDATE experiment_promotions p

@@ -39,6 +39,7 @@ from worker.domain.rollout_rules import (
     rollout_view_from_row,
     step_guard,
 )
+from worker.retry import is_transient
 from worker.services.deciding import Decider
 from worker.services.effects import GUARD_ACTOR, Effects, NotificationEvent, rollout_payload
 from worker.services.rollback import KnownRollback, RollbackService
@@ -70,6 +71,7 @@ class RolloutCheck:
     next_due: datetime | None = None
     now: datetime | None = None
     watched: int = 0
+    failed: list[str] = field(default_factory=list)  # rollouts whose check raised (a bug or bad data), by id
 
     def seconds_to_next(self) -> float | None:
         if self.next_due is None or self.now is None:
@@ -133,19 +135,35 @@ class RolloutService:
         out = RolloutCheck(watched=len(rows))
         for row in rows:
             out.now = row["now"]
-            view = rollout_view_from_row(row)
-            _, rs = self.settings_for(row["config"])
-            decision = decide_rollout(view, rs)
-            if decision.action == "stay":
-                due = decision.next_step_at
-                # A due time already past waits on exposures (each update checks again), not on the clock.
-                if due is not None and due > view.now and (out.next_due is None or due < out.next_due):
-                    out.next_due = due
-                continue
-            with structlog.contextvars.bound_contextvars(experiment=view.experiment_name):
-                outcome = await self.transition(view.experiment_id, uuid.UUID(view.rollout_id))
-            out.outcomes.append(outcome)
+            try:
+                await self._check_one(row, out)
+            except Exception as exc:
+                if is_transient(exc):
+                    raise  # the database is unusable for now: the caller retries the whole check
+                # A bug or bad data in one rollout must not hold up every other ramp (nor the evaluator's batch that
+                # checks it): it is logged and counted, and looked at again at the next check.
+                out.failed.append(str(row["id"]))
+                log.exception(
+                    "rollout.check_failed",
+                    experiment=row["experiment_name"],
+                    rollout_id=str(row["id"]),
+                    error=f"{type(exc).__name__}: {exc}"[:500],
+                )
         return out
+
+    async def _check_one(self, row: Mapping[str, Any], out: RolloutCheck) -> None:
+        view = rollout_view_from_row(row)
+        _, rs = self.settings_for(row["config"])
+        decision = decide_rollout(view, rs)
+        if decision.action == "stay":
+            due = decision.next_step_at
+            # A due time already past waits on exposures (each update checks again), not on the clock.
+            if due is not None and due > view.now and (out.next_due is None or due < out.next_due):
+                out.next_due = due
+            return
+        with structlog.contextvars.bound_contextvars(experiment=view.experiment_name):
+            outcome = await self.transition(view.experiment_id, uuid.UUID(view.rollout_id))
+        out.outcomes.append(outcome)
 
     async def transition(self, experiment_id: int, rollout_id: uuid.UUID) -> RolloutOutcome:
         """Decide one rollout again on its locked rows and carry out the decision, in one transaction."""
@@ -254,7 +272,7 @@ class RolloutService:
             outcome,
             guard,
             share,
-            view.plan.kind(nxt),
+            "complete" if completing else view.plan.kind(nxt),  # holdback 0: completes on its holding step
             rs.guard_hours * 3600.0 + rs.step_minutes * 60.0,
             actor,
             "rollout_completed" if completing else "rollout_advanced",
@@ -400,11 +418,16 @@ class RolloutService:
                         f"the rollout of {experiment_name!r} is not paused (it is {state})", {"state": state}
                     )
                 why = (reason or "").strip() or None
+                # A ramp paused while its step waited for an approval resumes ramping: the approval may have been
+                # declined, expired or closed meanwhile (each leaves a paused rollout as it is), and nothing would end
+                # an awaiting_approval without one. The step, its minimums met, asks again (a still pending approval
+                # is kept: one per experiment).
+                back = "ramping" if row["paused_from"] == "awaiting_approval" else row["paused_from"]
                 await conn.fetchrow(
                     RLQ["rollout_set_state"],
                     row["id"],
                     row["transitions"],
-                    "paused" if pause else row["paused_from"],
+                    "paused" if pause else back,
                     state if pause else None,
                     f"paused by {actor}" + (f": {why}" if why else "") if pause else None,
                     actor,
