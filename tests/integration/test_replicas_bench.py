@@ -2,31 +2,14 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.bench import run_quick_bench
 
 
 @pytest.mark.slow
 def test_bench_replicas_quick_reports_evaluations_per_folded_batch(admin_url: str) -> None:
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("AUTO_PROMOTION_")}, "DATABASE_URL": admin_url}
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "bench_replicas.py"), "--quick"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=280,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout)
+    result = run_quick_bench("bench_replicas.py", admin_url)
     assert result["bench"] == "replicas" and result["quick"] is True
     assert set(result["steady"]) == set(result["sequential"]) == {"1", "2"}
     for run in result["steady"].values():
