@@ -512,3 +512,46 @@ async def test_a_guardrail_shown_worse_than_its_margin_at_a_step_rolls_back(
     by_metric = {g["metric"]: g for g in step2["guard"]}
     assert by_metric["revenue"]["verdict"] == "breach" and by_metric["revenue"]["margin"] == -2.0
     assert by_metric["error_rate"]["verdict"] == "ok"  # the errors did not move: only the guardrail breached
+
+
+async def test_a_breach_locks_the_experiment_row_before_the_rollout_row(
+    pool: asyncpg.Pool, conn: asyncpg.Connection
+) -> None:
+    """The rollback's locked read is one statement (one round trip fewer on the breach path); it must still take the
+    experiment's row before the rollout's, the lock order of promotions and rollbacks, or two sessions deadlock."""
+    engine = _engine(pool)
+    exp_id = await _seed(conn)
+    assert (await engine.promote_winner(NAME))["success"]
+    await _harmless(conn, 2500, 7500)
+    assert [o.action for o in (await engine.rollouts.check()).outcomes] == ["advanced"]
+    await _record(conn, "variant-b", 3000, 330, 120)
+    await _record(conn, "control", 3000, 300, 30)
+
+    checked: list[Any] = []
+    async with pool.acquire() as holder, anyio.create_task_group() as tg:
+        held = holder.transaction()
+        await held.start()
+        await holder.execute("SELECT 1 FROM ab_experiments WHERE id = $1 FOR NO KEY UPDATE", exp_id)
+
+        async def check() -> None:
+            checked.append(await engine.rollouts.check())
+
+        tg.start_soon(check)
+        await wait_for(
+            lambda: conn.fetchval(
+                "SELECT count(*) > 0 FROM pg_stat_activity "
+                "WHERE wait_event_type = 'Lock' AND datname = current_database()"
+            ),
+            within=10,
+            what="the check waiting for the experiment's row",
+        )
+        # The check waits for the experiment's row and holds nothing of the rollout yet.
+        async with conn.transaction():
+            rows = await conn.fetch(
+                "SELECT id FROM experiment_rollouts WHERE experiment_id = $1 FOR NO KEY UPDATE NOWAIT", exp_id
+            )
+            assert len(rows) == 1
+        assert checked == []
+        await held.rollback()
+    assert [(o.action, o.step) for o in checked[0].outcomes] == [("rolled_back", 2)]
+    assert (await _rollout(conn, exp_id))["state"] == "rolled_back"

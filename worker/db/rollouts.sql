@@ -46,8 +46,11 @@ SELECT r.id, r.promotion_id, r.experiment_id, r.experiment_name, r.winner_varian
  ORDER BY r.step_started_at;
 
 -- name: rollout_locked
--- One rollout ($1) as active_rollouts reads it, its row locked until the end of the transaction (the caller has
--- locked the experiment first: the lock order of promotions and rollbacks). Finished ones come back too. Also what a
+-- One rollout ($1) as active_rollouts reads it, its row locked until the end of the transaction, after its
+-- experiment's row (the lock order of promotions and rollbacks: the EXISTS below locks the experiment while the
+-- rollout row is scanned, before LockRows locks the rollout; a caller that locked the experiment already holds it,
+-- so that is a no-op; one round trip fewer on the breach path). A rollout changed while the experiment was waited
+-- for comes back as committed (EvalPlanQual re-reads the locked row). Finished ones come back too. Also what a
 -- rollback needs to write its notifications in its one statement: the promotion's figures, the notification_configs
 -- rows a rollback is routed over, and the PagerDuty targets that got this promotion's guard-breach trigger.
 SELECT r.id, r.promotion_id, r.experiment_id, r.experiment_name, r.winner_variant, r.control_variant, r.steps,
@@ -95,6 +98,7 @@ SELECT r.id, r.promotion_id, r.experiment_id, r.experiment_name, r.winner_varian
   JOIN experiment_promotions p ON p.id = r.promotion_id
   JOIN ab_experiments e ON e.id = r.experiment_id
  WHERE r.id = $1
+   AND EXISTS (SELECT 1 FROM ab_experiments x WHERE x.id = r.experiment_id FOR NO KEY UPDATE)
    FOR NO KEY UPDATE OF r;
 
 -- name: rollout_step_write

@@ -162,15 +162,16 @@ class RolloutService:
                 out.next_due = due
             return
         with structlog.contextvars.bound_contextvars(experiment=view.experiment_name):
-            outcome = await self.transition(view.experiment_id, uuid.UUID(view.rollout_id))
+            outcome = await self.transition(uuid.UUID(view.rollout_id))
         out.outcomes.append(outcome)
 
-    async def transition(self, experiment_id: int, rollout_id: uuid.UUID) -> RolloutOutcome:
+    async def transition(self, rollout_id: uuid.UUID) -> RolloutOutcome:
         """Decide one rollout again on its locked rows and carry out the decision, in one transaction."""
         rolled: RollbackResult | None = None
         async with self.pool.acquire() as conn:
             async with conn.transaction():
-                await conn.execute(Q["lock_experiment"], experiment_id)
+                # One statement locks the experiment's row, then the rollout's (the lock order of promotions and
+                # rollbacks), and reads it: one round trip fewer between the breach and the restored weights.
                 row = await conn.fetchrow(RLQ["rollout_locked"], rollout_id)
                 if row is None or row["state"] in FINISHED:
                     return _nothing(row, rollout_id)
