@@ -42,7 +42,17 @@ from worker.events import EventBus
 from worker.guard import PostPromotionGuard, default_identity
 from worker.http.app import AppContext, Health, create_app
 from worker.listener import Listener, PromotionEvent
-from worker.retry import DB_ERRORS, FaultLog, Faults, Stopped, describe, is_database_error, is_read_only, retrying
+from worker.retry import (
+    DB_ERRORS,
+    FaultLog,
+    Faults,
+    Stopped,
+    describe,
+    is_database_error,
+    is_read_only,
+    retrying,
+    sleep_or_stop,
+)
 from worker.rollbacks import carry_out_rollback_requests
 from worker.scanner import AdvisoryLockLeadership, Leadership, LeaseLeadership, Scanner
 
@@ -52,6 +62,12 @@ EVENTS_BRIDGED = "events_bridged"  # health.details flag read by worker/http/das
 
 EXIT_OK, EXIT_BUG, EXIT_CONFIG, EXIT_DB = 0, 1, 2, 3
 _RESTART_FORGOTTEN_AFTER = 60.0  # seconds a restarted task must run before its next failure counts as a new fault
+# The rollout timer (_rollouts_loop): at least one full check of every ramp this often (the poll interval, if longer),
+# and at most one per _RAMP_CHECK_SPACING seconds however many rollout events arrive.
+_RAMP_RECHECK_SECONDS = 60.0
+# The events after which a ramp may have a new due time (a rollback, completion, pause or a pending approval has none).
+_RAMP_TIMER_EVENTS = frozenset({"promoted", "rollout_ramping", "rollout_holding"})
+_RAMP_CHECK_SPACING = 0.2
 FAULTS = "faults"  # health.details: task -> database error, while a task cannot use the database
 
 
@@ -245,14 +261,22 @@ class Daemon:
         Updates drive the rest (the evaluator checks a promoted experiment after every fold), so a quiet experiment
         still advances on time and a worker that starts picks every rollout up where it was."""
         fault = FaultLog("rollouts", self.faults)
+        # Nothing but the clock needs this loop between its due times: updates, alerts and rollout events (any
+        # replica's) reach the ramps through the evaluator or wake it. So it sleeps until the soonest due time, and
+        # no longer than a safety interval; a burst of events costs one check per _RAMP_CHECK_SPACING.
+        safety = max(self.settings.poll_interval, _RAMP_RECHECK_SECONDS)
         while not stop.is_set():
+            started = anyio.current_time()
             try:
                 checked = await retrying(fault, stop, self.engine.rollouts.check)
             except Stopped:
                 return
+            self.evaluator.ramps_seen(checked.ramping)
             wait = checked.seconds_to_next()
-            within = self.settings.poll_interval if wait is None else min(wait + 0.005, self.settings.poll_interval)
-            await self.rollout_wake.wait(within)
+            await self.rollout_wake.wait(safety if wait is None else min(wait + 0.005, safety))
+            spacing = started + _RAMP_CHECK_SPACING - anyio.current_time()
+            if spacing > 0 and not stop.is_set():
+                await sleep_or_stop(stop, spacing)
 
     async def _run_on_wake(self, name: str, wake: Wake, stop: anyio.Event, fn: Callable[[], Awaitable[object]]) -> None:
         """Run ``fn`` whenever ``wake`` is set (coalescing), retrying database faults under the shared policy."""
@@ -319,12 +343,13 @@ class Daemon:
         self.folder.hint(experiment_id)
         if experiment_id is None:
             self.guard_wake.set()  # a global critical alert: every watched promotion
+            self.rollout_wake.set()  # and every ramp
 
     def on_promotion_event(self, event: PromotionEvent) -> None:
         if event.event == "rollback_requested":
             self.rollback_wake.set()
-        if event.event == "promoted" or event.event.startswith("rollout_"):
-            self.rollout_wake.set()  # a ramp started or moved (on any replica): the timer looks again
+        if event.event in _RAMP_TIMER_EVENTS:
+            self.rollout_wake.set()  # a ramp started or moved on (on any replica): the timer looks at its due time
         self.events.publish(notified_event(event.event, event.experiment_name, event.promotion_id))
 
     def on_connected(self, reconnected: bool) -> None:

@@ -128,6 +128,8 @@ class Evaluator:
         self.guard_fault = FaultLog("evaluator.guard", faults)
         self.ramp_fault = FaultLog("evaluator.rollouts", faults)
         self._busy_streak: dict[int, int] = {}  # experiment id -> busy answers in a row
+        # Experiments whose ramp was in progress at their last check: checked, not evaluated (see _evaluate_now).
+        self._ramped: set[int] = set()
         self._tg: anyio.abc.TaskGroup | None = None
 
     @property
@@ -137,6 +139,10 @@ class Evaluator:
     @property
     def busy(self) -> bool:
         return bool(self._dirty or self._inflight)
+
+    def ramps_seen(self, experiment_ids: Iterable[int]) -> None:
+        """Every experiment with a ramp in progress, as a full check of them found it (the rollout timer)."""
+        self._ramped = set(experiment_ids)
 
     def mark(self, experiment_ids: Iterable[int]) -> None:
         """Evaluate these experiments (again) soon."""
@@ -211,38 +217,65 @@ class Evaluator:
             self.wake.set()
 
     async def _evaluate_now(self, batch: dict[int, datetime | None], stop: anyio.Event) -> list[int]:
-        """Evaluate a batch in one transaction (retried whole while the database is unusable); the busy ids. The
-        ramps among the batch (rollout.mode = ramp) are checked at the same time, on a connection of their own: the
-        update that shows a breach rolls its ramp back without waiting for the batch's evaluation."""
+        """Evaluate a batch in one transaction (retried whole while the database is unusable); the busy ids.
+
+        The ramps come first. An experiment whose ramp was in progress at its last check (``_ramped``) is not
+        evaluated (a promoted experiment is not running): its ramp is checked at once, beside the evaluation of the
+        rest, on a connection of its own, so the update that shows a breach rolls the ramp back without waiting for
+        an evaluation or its row lock. The others are evaluated; those that come back "skipped" (promoted, paused,
+        gone) go to the post-promotion guard and to the ramp check together (a ramp this worker has not seen yet:
+        another replica promoted it, or it began before a restart). A ramp found in progress is remembered, one
+        found finished (complete, rolled back) is forgotten and its experiment evaluated like any other. A batch
+        of running experiments, the common case, costs no ramp check at all."""
+        ramped = [i for i in batch if i in self._ramped]
+        rest = [i for i in batch if i not in self._ramped]
         evaluations: list[Evaluation] = []
+        checked: set[int] = set()  # checked for a ramp in this batch already
         stopped = False
 
-        async def evaluate() -> None:
+        async def evaluate(ids: list[int]) -> None:
             nonlocal stopped
             try:
-                evaluations.extend(await retrying(self.fault, stop, lambda: self.engine.evaluate_many(list(batch))))
+                evaluations.extend(await retrying(self.fault, stop, lambda: self.engine.evaluate_many(ids)))
             except Stopped:
                 stopped = True
 
+        async def check_ramped() -> None:
+            if not await self._check_ramps(ramped, stop):
+                return
+            checked.update(ramped)
+            ended = [i for i in ramped if i not in self._ramped]
+            if ended:
+                await evaluate(ended)  # their ramp is over: evaluated like any other experiment
+
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self._check_ramps, list(batch), stop)
-                tg.start_soon(evaluate)
+                if ramped:
+                    tg.start_soon(check_ramped)
+                if rest:
+                    tg.start_soon(evaluate, rest)
         except Exception as group:
-            exc = group.exceptions[0] if isinstance(group, ExceptionGroup) and len(group.exceptions) == 1 else group
+            exc = _single(group)
             # A batch's bug must not stop the worker; the scan retries what it missed.
             metrics.EVALUATIONS.labels("error").inc()
             log.exception("evaluation.crashed", error=f"{type(exc).__name__}: {exc}", experiments=len(batch))
             return []
         if stopped:
             return []  # shutting down: the catch-up at the next start evaluates what was left
+        self._report(evaluations, batch)
+        skipped = [e.experiment_id for e in evaluations if e.action == "skipped"]
+        if skipped:
+            await self._check_skipped(skipped, [i for i in skipped if i not in checked], stop)
+        return [e.experiment_id for e in evaluations if e.action == "busy"]
+
+    def _report(self, evaluations: list[Evaluation], batch: Mapping[int, datetime | None]) -> None:
         self.fresh += sum(1 for e in evaluations if e.action == "fresh")
         busy = [e.experiment_id for e in evaluations if e.action == "busy"]
         self._note_busy(busy, [e.experiment_id for e in evaluations if e.action != "busy"])
         now = time.time()
         for evaluation in evaluations:
             if evaluation.action in ("busy", "fresh"):
-                continue  # busy: retried below; fresh: another replica evaluated this change already
+                continue  # busy: retried by the caller; fresh: another replica evaluated this change already
             self.evaluations += 1
             recorded_at = batch.get(evaluation.experiment_id)
             latency = None
@@ -251,23 +284,35 @@ class Evaluator:
                 metrics.DECISION_LATENCY.observe(latency)
             if self.on_evaluated is not None:
                 self.on_evaluated(evaluation, latency)
-        skipped = [e.experiment_id for e in evaluations if e.action == "skipped"]
-        if skipped:
-            # Not running: promoted ones are the guard's (ramped ones were checked above). The update that shows a
-            # breach acts now; a database fault in the check is retried like the batch (the evaluations above are
-            # committed and reported already).
-            try:
-                await retrying(self.guard_fault, stop, lambda: self.guard.check(skipped))
-            except Stopped:
-                pass  # the guard's own loop checks every watched promotion at the next start
-        return busy
 
-    async def _check_ramps(self, experiment_ids: list[int], stop: anyio.Event) -> None:
-        """The ramps among ``experiment_ids``: each step's guard, and what is due (worker.services.rollout)."""
+    async def _check_skipped(self, skipped: list[int], unchecked: list[int], stop: anyio.Event) -> None:
+        """Not running: promoted ones are the guard's, ramped ones the ramp check's (``unchecked``: not checked for a
+        ramp in this batch yet). The update that shows a breach acts now; a database fault in either check is retried
+        like the batch (the evaluations are committed and reported already); an error that is not transient restarts
+        the evaluator (worker.daemon's supervisor)."""
+        if not unchecked:
+            await self._check_guard(skipped, stop)
+            return
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._check_guard, skipped, stop)
+            tg.start_soon(self._check_ramps, unchecked, stop)
+
+    async def _check_guard(self, experiment_ids: list[int], stop: anyio.Event) -> None:
         try:
-            await retrying(self.ramp_fault, stop, lambda: self.engine.rollouts.check(experiment_ids))
+            await retrying(self.guard_fault, stop, lambda: self.guard.check(experiment_ids))
         except Stopped:
-            pass  # the rollout timer checks every ramp at the next start
+            pass  # the guard's own loop checks every watched promotion at the next start
+
+    async def _check_ramps(self, experiment_ids: list[int], stop: anyio.Event) -> bool:
+        """The ramps among ``experiment_ids``: each step's guard, and what is due (worker.services.rollout); keeps
+        ``_ramped`` up to date. False when stopped first."""
+        try:
+            done = await retrying(self.ramp_fault, stop, lambda: self.engine.rollouts.check(experiment_ids))
+        except Stopped:
+            return False  # the rollout timer checks every ramp at the next start
+        self._ramped.difference_update(experiment_ids)
+        self._ramped.update(done.ramping)
+        return True
 
     def _note_busy(self, busy: list[int], done: list[int]) -> None:
         for exp_id in done:
@@ -409,6 +454,11 @@ class Folder:
                 )
             if result.claimed < limit or (stop is not None and stop.is_set()):
                 return total
+
+
+def _single(exc: Exception) -> BaseException:
+    """The one exception a task group raised, or the group."""
+    return exc.exceptions[0] if isinstance(exc, ExceptionGroup) and len(exc.exceptions) == 1 else exc
 
 
 def _gone(conn: Connection) -> bool:

@@ -50,9 +50,8 @@ SELECT r.id, r.promotion_id, r.experiment_id, r.experiment_name, r.winner_varian
 -- experiment's row (the lock order of promotions and rollbacks: the EXISTS below locks the experiment while the
 -- rollout row is scanned, before LockRows locks the rollout; a caller that locked the experiment already holds it,
 -- so that is a no-op; one round trip fewer on the breach path). A rollout changed while the experiment was waited
--- for comes back as committed (EvalPlanQual re-reads the locked row). Finished ones come back too. Also what a
--- rollback needs to write its notifications in its one statement: the promotion's figures, the notification_configs
--- rows a rollback is routed over, and the PagerDuty targets that got this promotion's guard-breach trigger.
+-- for comes back as committed (EvalPlanQual re-reads the locked row). Finished ones come back too. Also the
+-- promotion's figures (its notifications carry them).
 SELECT r.id, r.promotion_id, r.experiment_id, r.experiment_name, r.winner_variant, r.control_variant, r.steps,
        r.holdback, r.test_share, r.step, r.state, r.paused_from, r.step_started_at, r.step_stats, r.transitions,
        r.reason, e.config, e.priority, e.metric_type, now() AS now,
@@ -84,7 +83,19 @@ SELECT r.id, r.promotion_id, r.experiment_id, r.experiment_name, r.winner_varian
                              WHERE ms.metric_id = m.id))
                    ORDER BY m.id)
           FROM ab_metrics m WHERE m.experiment_id = r.experiment_id) AS metrics,
-       p.confidence AS promotion_confidence, p.improvement AS promotion_improvement,
+       p.confidence AS promotion_confidence, p.improvement AS promotion_improvement
+  FROM experiment_rollouts r
+  JOIN experiment_promotions p ON p.id = r.promotion_id
+  JOIN ab_experiments e ON e.id = r.experiment_id
+ WHERE r.id = $1
+   AND EXISTS (SELECT 1 FROM ab_experiments x WHERE x.id = r.experiment_id FOR NO KEY UPDATE)
+   FOR NO KEY UPDATE OF r;
+
+-- name: rollback_routes
+-- What a ramp's rollback writes its notifications from, in its one statement (rollback_write): the promotion's ($1)
+-- figures, the notification_configs rows a rollback is routed over, and the PagerDuty targets that got this
+-- promotion's guard-breach trigger (resolved by the rollback). No row: no such promotion.
+SELECT p.confidence AS promotion_confidence, p.improvement AS promotion_improvement,
        (SELECT coalesce(json_agg(json_build_object('id', c.id, 'name', c.name, 'channel', c.channel,
                                                    'target', c.target, 'events', c.events,
                                                    'min_priority', c.min_priority) ORDER BY c.id), '[]'::json)
@@ -92,14 +103,10 @@ SELECT r.id, r.promotion_id, r.experiment_id, r.experiment_name, r.winner_varian
          WHERE c.enabled AND ('rollout.rolled_back' = ANY (c.events) OR 'promotion.rolled_back' = ANY (c.events)))
            AS rollback_targets,
        ARRAY(SELECT DISTINCT o.target_ref FROM notification_outbox o
-              WHERE o.promotion_id = r.promotion_id AND o.channel = 'pagerduty' AND o.event = 'guard.breached'
+              WHERE o.promotion_id = p.id AND o.channel = 'pagerduty' AND o.event = 'guard.breached'
                 AND o.action = 'trigger') AS breach_refs
-  FROM experiment_rollouts r
-  JOIN experiment_promotions p ON p.id = r.promotion_id
-  JOIN ab_experiments e ON e.id = r.experiment_id
- WHERE r.id = $1
-   AND EXISTS (SELECT 1 FROM ab_experiments x WHERE x.id = r.experiment_id FOR NO KEY UPDATE)
-   FOR NO KEY UPDATE OF r;
+  FROM experiment_promotions p
+ WHERE p.id = $1;
 
 -- name: rollout_step_write
 -- A rollout moves to step $3 in state $4 (advance, hold, complete), in one statement, only if it is still at
@@ -191,9 +198,22 @@ SELECT id FROM ab_experiments WHERE name = $1;
 -- caller planned them already (event $14, one per route: $6..$10 arrays, $11 payload, $12 priority, $13 detailed;
 -- empty arrays: the caller queues them after). No row back: already rolled back, or no such promotion. Serves
 -- every rollback: a breach, ab_request_rollback, the API, the CLI, the dashboard.
+-- A ramp's guard rolls back in this one statement alone, with no transaction around it (the breach path's round
+-- trips: the check's read, this write): $15 names the rollout it decided on and $16 the transition it read. The
+-- EXISTS below locks the experiment's row, then the rollout's (the lock order of every transaction here; a caller
+-- that holds the experiment already passes NULLs), and the rollback happens only if the rollout is still at that
+-- transition and unfinished: a rollout that moved meanwhile is re-checked on the new row (EvalPlanQual), no row
+-- comes back, and the caller decides again under the locks.
 WITH p AS (
     UPDATE experiment_promotions SET rollback_at = now(), rollback_reason = $2, rolled_back_by = $3
      WHERE id = $1 AND rollback_at IS NULL
+       AND ($15::uuid IS NULL
+            OR EXISTS (SELECT 1 FROM experiment_rollouts cas
+                        WHERE cas.id = $15 AND cas.promotion_id = $1 AND cas.transitions = $16::bigint
+                          AND cas.state NOT IN ('complete', 'rolled_back')
+                          AND EXISTS (SELECT 1 FROM ab_experiments x WHERE x.id = cas.experiment_id
+                                         FOR NO KEY UPDATE)
+                          FOR NO KEY UPDATE OF cas))
     RETURNING id, experiment_id, experiment_name, previous_weights, promoted_variant_name, control_variant_name,
               confidence, improvement, rollback_at
 ), w AS (

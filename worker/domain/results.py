@@ -91,7 +91,7 @@ class RollbackResult(TypedDict):
 class RollbackRefused:
     """A rollback that changed nothing, as a value (the guard and the SQL requests act on it; the API raises)."""
 
-    why: Literal["invalid_request", "not_found", "already_rolled_back"]
+    why: Literal["invalid_request", "not_found", "already_rolled_back", "moved"]  # moved: see roll_back_locked
     message: str
     details: dict[str, Any]
 

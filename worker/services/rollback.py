@@ -130,13 +130,18 @@ class RollbackService:
         priority: str = "normal",
         rollout_guard: list[dict[str, Any]] | None = None,
         known: KnownRollback | None = None,
+        expect: tuple[uuid.UUID, int] | None = None,
     ) -> RollbackResult | RollbackRefused:
         """The rollback itself, in the caller's transaction, the experiment row locked already: restore the previous
         weights, mark the promotion (and its rollout, if it ramped) rolled back, audit, queue the notifications.
         The caller runs ``effects.rolled_back`` after its commit.
 
-        ``known``: what the caller read already (a ramp's locked read: the promotion's figures, its routable targets
-        and breach triggers); the notifications then go into the same statement (one round trip, not four)."""
+        ``known``: what the caller read already (a ramp's: the promotion's figures, its routable targets and breach
+        triggers); the notifications then go into the same statement (one round trip, not four).
+
+        ``expect``: (rollout id, transitions) for a ramp's guard that decided on an unlocked read, with no
+        transaction around this call: the one statement locks the experiment, then the rollout, and rolls back only
+        if the rollout is still at that transition; otherwise RollbackRefused("moved") and nothing is written."""
         cfg = self.decider.cfg_or_base(config or self.config, overrides)
         planned = None
         if known is not None:
@@ -161,7 +166,11 @@ class RollbackService:
             o.priority if o else priority,
             o.detailed if o else False,
             known.event if known is not None else "promotion.rolled_back",
+            expect[0] if expect is not None else None,
+            expect[1] if expect is not None else None,
         )
+        if written is None and expect is not None:
+            return RollbackRefused("moved", "the rollout moved on before its rollback", {"promotionId": str(pid)})
         if written is None:
             promo = await conn.fetchrow(Q["promotion_by_id"], pid)
             if promo is None:

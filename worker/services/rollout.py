@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
+import anyio
 import structlog
 
 from worker.config import AutoPromotionConfig, EffectiveConfig
@@ -72,6 +73,7 @@ class RolloutCheck:
     now: datetime | None = None
     watched: int = 0
     failed: list[str] = field(default_factory=list)  # rollouts whose check raised (a bug or bad data), by id
+    ramping: set[int] = field(default_factory=set)  # experiments (ids) whose rollout is still in progress after it
 
     def seconds_to_next(self) -> float | None:
         if self.next_due is None or self.now is None:
@@ -132,9 +134,10 @@ class RolloutService:
         """Decide every unfinished rollout (or those of ``experiment_ids``) and carry out what is due."""
         async with self.pool.acquire() as conn:
             rows = await conn.fetch(RLQ["active_rollouts"], None if experiment_ids is None else list(experiment_ids))
-        out = RolloutCheck(watched=len(rows))
+        out = RolloutCheck(watched=len(rows), ramping={row["experiment_id"] for row in rows})
         for row in rows:
             out.now = row["now"]
+            await anyio.lowlevel.checkpoint()  # a check of many ramps lets the loop's other work run in between
             try:
                 await self._check_one(row, out)
             except Exception as exc:
@@ -162,8 +165,30 @@ class RolloutService:
                 out.next_due = due
             return
         with structlog.contextvars.bound_contextvars(experiment=view.experiment_name):
-            outcome = await self.transition(uuid.UUID(view.rollout_id))
+            fast = await self._roll_back_now(view, decision, row) if decision.action == "rollback" else None
+            outcome = fast if fast is not None else await self.transition(uuid.UUID(view.rollout_id))
         out.outcomes.append(outcome)
+        if outcome.action in ("rolled_back", "completed"):
+            out.ramping.discard(view.experiment_id)
+
+    async def _roll_back_now(
+        self, view: RolloutView, decision: RolloutDecision, row: Mapping[str, Any]
+    ) -> RolloutOutcome | None:
+        """A breach, decided on the check's read: roll back in one statement, no transaction around it (two round
+        trips from the check's read to the restored weights, not four). It locks the experiment, then the rollout,
+        and writes only if the rollout is still at the transition the check read (rollback_write); None when it had
+        moved on, and the caller decides again under the locks (``transition``)."""
+        async with self.pool.acquire() as conn:
+            routes = await conn.fetchrow(RLQ["rollback_routes"], uuid.UUID(view.promotion_id))
+            if routes is None:
+                return None
+            outcome, rolled = await self._roll_back(
+                conn, view, decision, {**row, **routes}, expect=(uuid.UUID(view.rollout_id), view.transitions)
+            )
+        if rolled is None:
+            return None
+        self.effects.rolled_back(rolled)
+        return outcome
 
     async def transition(self, rollout_id: uuid.UUID) -> RolloutOutcome:
         """Decide one rollout again on its locked rows and carry out the decision, in one transaction."""
@@ -181,7 +206,8 @@ class RolloutService:
                 if decision.action == "stay":
                     return _nothing(row, rollout_id)
                 if decision.action == "rollback":
-                    outcome, rolled = await self._roll_back(conn, view, decision, row)
+                    routes = await conn.fetchrow(RLQ["rollback_routes"], uuid.UUID(view.promotion_id))
+                    outcome, rolled = await self._roll_back(conn, view, decision, {**row, **routes})
                 elif decision.action in ("pause", "await_approval"):
                     outcome = await self._hold(conn, view, decision, cfg, row)
                 else:
@@ -193,8 +219,15 @@ class RolloutService:
         return outcome
 
     async def _roll_back(
-        self, conn: Connection, view: RolloutView, decision: RolloutDecision, row: Mapping[str, Any]
+        self,
+        conn: Connection,
+        view: RolloutView,
+        decision: RolloutDecision,
+        row: Mapping[str, Any],
+        *,
+        expect: tuple[uuid.UUID, int] | None = None,
     ) -> tuple[RolloutOutcome, RollbackResult | None]:
+        """``row``: the rollout's row with its rollback_routes (rollouts.sql); ``expect``: see roll_back_locked."""
         guard = [g.to_json() for g in decision.guard]
         done = await self.rollbacks.roll_back_locked(
             conn,
@@ -219,6 +252,7 @@ class RolloutService:
                 row["rollback_targets"],
                 list(row["breach_refs"] or ()),
             ),
+            expect=expect,
         )
         if isinstance(done, RollbackRefused):
             return _nothing(row, uuid.UUID(view.rollout_id)), None
