@@ -726,8 +726,10 @@ def database_server() -> tuple[str, Any]:
     return embedded.url, embedded
 
 
-async def main(quick: bool, only: list[str] | None) -> dict[str, Any]:
+async def main(quick: bool, only: list[str] | None, rate: int | None = None) -> dict[str, Any]:
     params = QUICK if quick else FULL
+    if rate is not None:
+        params = {**params, "latency": {**params["latency"], "rate": rate}}
     admin_url, embedded = database_server()
     server = Server(admin_url, embedded)
     try:
@@ -773,6 +775,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a small smoke run")
     parser.add_argument("--only", nargs="*", help="run only these sections")
+    parser.add_argument("--rate", type=int, help="updates/s of decision_latency (default 1000)")
     args = parser.parse_args()
     import logging
 
@@ -782,4 +785,4 @@ if __name__ == "__main__":
         wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
     )
-    print(json.dumps(asyncio.run(main(args.quick, args.only)), indent=2, default=str))
+    print(json.dumps(asyncio.run(main(args.quick, args.only, args.rate)), indent=2, default=str))

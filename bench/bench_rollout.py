@@ -334,8 +334,10 @@ async def _all_seen(seen: dict[str, float], committed: dict[str, float]) -> bool
     return all(e in seen for e in committed)
 
 
-async def main(quick: bool, only: list[str] | None) -> dict[str, Any]:
+async def main(quick: bool, only: list[str] | None, rate: int | None = None) -> dict[str, Any]:
     params = QUICK if quick else FULL
+    if rate is not None:
+        params = {**params, "breach_latency": {**params["breach_latency"], "rate": rate}}
     admin_url, embedded = database_server()
     server = Server(admin_url, embedded)
     try:
@@ -365,5 +367,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a small smoke run")
     parser.add_argument("--only", nargs="+", choices=["false_rollback", "detection", "breach_latency"])
+    parser.add_argument("--rate", type=int, help="updates/s of breach_latency (default 1000; a slower machine's share)")
     args = parser.parse_args()
-    print(json.dumps(asyncio.run(main(args.quick, args.only)), indent=2))
+    print(json.dumps(asyncio.run(main(args.quick, args.only, args.rate)), indent=2))

@@ -62,9 +62,8 @@ EVENTS_BRIDGED = "events_bridged"  # health.details flag read by worker/http/das
 
 EXIT_OK, EXIT_BUG, EXIT_CONFIG, EXIT_DB = 0, 1, 2, 3
 _RESTART_FORGOTTEN_AFTER = 60.0  # seconds a restarted task must run before its next failure counts as a new fault
-# The rollout timer (_rollouts_loop): at least one full check of every ramp this often (the poll interval, if longer),
-# and at most one per _RAMP_CHECK_SPACING seconds however many rollout events arrive.
-_RAMP_RECHECK_SECONDS = 60.0
+# The rollout timer (_rollouts_loop): at most one full check of every ramp per _RAMP_CHECK_SPACING seconds, however
+# many rollout events arrive.
 # The events after which a ramp may have a new due time (a rollback, completion, pause or a pending approval has none).
 _RAMP_TIMER_EVENTS = frozenset({"promoted", "rollout_ramping", "rollout_holding"})
 _RAMP_CHECK_SPACING = 0.2
@@ -257,23 +256,22 @@ class Daemon:
 
     async def _rollouts_loop(self, stop: anyio.Event) -> None:
         """The ramps' clock: check every unfinished rollout, then sleep until the soonest step's time minimum (or the
-        end of a holding window) is met, at most a poll interval; woken early by a rollout event from any replica.
-        Updates drive the rest (the evaluator checks a promoted experiment after every fold), so a quiet experiment
-        still advances on time and a worker that starts picks every rollout up where it was."""
+        end of a holding window) is met, at most a poll interval (the fallback for a lost NOTIFY, poll-only mode, an
+        alert or a config written without one); woken early by a rollout event from any replica that may have moved
+        a due time, and by a global critical alert. Updates drive the rest (the evaluator checks a ramp after every
+        fold), so a quiet experiment still advances on time and a worker that starts picks every rollout up where it
+        was. However many events arrive, it checks at most once per _RAMP_CHECK_SPACING seconds."""
         fault = FaultLog("rollouts", self.faults)
-        # Nothing but the clock needs this loop between its due times: updates, alerts and rollout events (any
-        # replica's) reach the ramps through the evaluator or wake it. So it sleeps until the soonest due time, and
-        # no longer than a safety interval; a burst of events costs one check per _RAMP_CHECK_SPACING.
-        safety = max(self.settings.poll_interval, _RAMP_RECHECK_SECONDS)
         while not stop.is_set():
-            started = anyio.current_time()
+            started, generation = anyio.current_time(), self.evaluator.ramp_generation
             try:
                 checked = await retrying(fault, stop, self.engine.rollouts.check)
             except Stopped:
                 return
-            self.evaluator.ramps_seen(checked.ramping)
+            self.evaluator.ramps_seen(checked.ramping, generation)
             wait = checked.seconds_to_next()
-            await self.rollout_wake.wait(safety if wait is None else min(wait + 0.005, safety))
+            poll = self.settings.poll_interval
+            await self.rollout_wake.wait(poll if wait is None else min(wait + 0.005, poll))
             spacing = started + _RAMP_CHECK_SPACING - anyio.current_time()
             if spacing > 0 and not stop.is_set():
                 await sleep_or_stop(stop, spacing)

@@ -130,6 +130,7 @@ class Evaluator:
         self._busy_streak: dict[int, int] = {}  # experiment id -> busy answers in a row
         # Experiments whose ramp was in progress at their last check: checked, not evaluated (see _evaluate_now).
         self._ramped: set[int] = set()
+        self._ramp_generation = 0
         self._tg: anyio.abc.TaskGroup | None = None
 
     @property
@@ -140,9 +141,19 @@ class Evaluator:
     def busy(self) -> bool:
         return bool(self._dirty or self._inflight)
 
-    def ramps_seen(self, experiment_ids: Iterable[int]) -> None:
-        """Every experiment with a ramp in progress, as a full check of them found it (the rollout timer)."""
-        self._ramped = set(experiment_ids)
+    @property
+    def ramp_generation(self) -> int:
+        """Raised whenever a batch's ramp check changes what ``_ramped`` knows (see ramps_seen)."""
+        return self._ramp_generation
+
+    def ramps_seen(self, experiment_ids: Iterable[int], generation: int) -> None:
+        """Every experiment with a ramp in progress, as a full check found it (the rollout timer); ``generation``:
+        ramp_generation when that check began. If a batch learnt something since, the two are merged (a ramp ended
+        meanwhile costs one evaluation and check more, found ended then); otherwise the full check's list wins."""
+        if generation == self._ramp_generation:
+            self._ramped = set(experiment_ids)
+        else:
+            self._ramped.update(experiment_ids)
 
     def mark(self, experiment_ids: Iterable[int]) -> None:
         """Evaluate these experiments (again) soon."""
@@ -241,7 +252,9 @@ class Evaluator:
                 stopped = True
 
         async def check_ramped() -> None:
+            nonlocal stopped
             if not await self._check_ramps(ramped, stop):
+                stopped = True
                 return
             checked.update(ramped)
             ended = [i for i in ramped if i not in self._ramped]
@@ -295,7 +308,16 @@ class Evaluator:
             return
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._check_guard, skipped, stop)
-            tg.start_soon(self._check_ramps, unchecked, stop)
+            tg.start_soon(self._check_new_ramps, unchecked, stop)
+
+    async def _check_new_ramps(self, experiment_ids: list[int], stop: anyio.Event) -> None:
+        try:
+            await self._check_ramps(experiment_ids, stop)
+        except Exception as exc:
+            # As in a batch: a bug (or an error that is not transient) in one ramp check must not stop the worker or
+            # cancel the batches in flight; the rollout timer and the next update look again.
+            error = f"{type(exc).__name__}: {exc}"
+            log.exception("rollout.check_crashed", error=error, experiments=len(experiment_ids))
 
     async def _check_guard(self, experiment_ids: list[int], stop: anyio.Event) -> None:
         try:
@@ -312,6 +334,7 @@ class Evaluator:
             return False  # the rollout timer checks every ramp at the next start
         self._ramped.difference_update(experiment_ids)
         self._ramped.update(done.ramping)
+        self._ramp_generation += 1
         return True
 
     def _note_busy(self, busy: list[int], done: list[int]) -> None:

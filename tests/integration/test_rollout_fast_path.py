@@ -4,6 +4,7 @@ ramped experiments without evaluating them, and never checks ramps for a batch o
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -12,6 +13,7 @@ import asyncpg
 from tests.daemon_support import running_daemon, wait_for
 from tests.factories import create_experiment, record
 from tests.integration.test_rollout import NAME, RAMP, WINNER, _engine, _harmless, _record, _rollout, _seed, _weights
+from worker.db.fold import fold_pending_updates
 from worker.db.sql import RLQ
 from worker.domain.rollout_rules import decide_rollout, rollout_view_from_row
 
@@ -31,14 +33,18 @@ async def test_a_breach_rolls_back_in_one_statement_on_the_checks_read(
     await _harmless(conn, 2500, 7500)
     assert [o.action for o in (await engine.rollouts.check()).outcomes] == ["advanced"]
     await _breach_at_step_2(conn)
-    transactions = await conn.fetchval("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()")
+    locked: list[uuid.UUID] = []
+    real_transition = engine.rollouts.transition
+
+    async def transition(rollout_id: uuid.UUID) -> Any:
+        locked.append(rollout_id)
+        return await real_transition(rollout_id)
+
+    engine.rollouts.transition = transition  # type: ignore[method-assign]
     checked = await engine.rollouts.check([exp_id])
     assert [(o.action, o.step) for o in checked.outcomes] == [("rolled_back", 2)]
+    assert locked == []  # the one statement did it: no transaction that locks and reads the rollout again
     assert checked.ramping == set()  # the rollback ended the ramp: the evaluator forgets it
-    # The check's read, the routes' read and the rollback statement: three transactions, none of them explicit.
-    # (pg_stat_database counts this session's commits too, so the bound allows a few more.)
-    after = await conn.fetchval("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()")
-    assert after - transactions <= 6
     assert await _weights(conn, exp_id) == {"variant-b": 20.0, "control": 80.0}
     r = await _rollout(conn, exp_id)
     assert (r["state"], r["step"]) == ("rolled_back", 2)
@@ -48,32 +54,59 @@ async def test_a_breach_rolls_back_in_one_statement_on_the_checks_read(
     assert events == ["promotion.promoted", "rollout.advanced", "rollout.rolled_back"]
 
 
-async def test_a_breach_read_before_the_ramp_moved_writes_nothing_and_is_decided_again_under_the_locks(
-    pool: asyncpg.Pool, conn: asyncpg.Connection
-) -> None:
-    engine = _engine(pool)
-    exp_id = await _seed(conn)
+async def _stale_breach(engine: Any, conn: asyncpg.Connection, exp_id: int) -> tuple[Any, Any, Any]:
+    """A ramp at step 2 with a breach, and the check's read of it (view, decision, row)."""
     assert (await engine.promote_winner(NAME))["success"]
     await _harmless(conn, 2500, 7500)
     assert [o.action for o in (await engine.rollouts.check()).outcomes] == ["advanced"]
     await _breach_at_step_2(conn)
-    from worker.db.fold import fold_pending_updates
-
     await fold_pending_updates(conn)
     [row] = await conn.fetch(RLQ["active_rollouts"], [exp_id])
     view = rollout_view_from_row(row)
     _, settings = engine.rollouts.settings_for(row["config"])
     decision = decide_rollout(view, settings)
     assert decision.action == "rollback"
+    return view, decision, row
+
+
+async def _nothing_rolled_back(conn: asyncpg.Connection, exp_id: int) -> None:
+    promotion = await conn.fetchrow("SELECT rollback_at FROM experiment_promotions WHERE experiment_id = $1", exp_id)
+    assert promotion["rollback_at"] is None
+    assert await _weights(conn, exp_id) == {"variant-b": 50.0, "control": 50.0}
+    assert await conn.fetchval("SELECT count(*) FROM notification_outbox WHERE event LIKE '%rolled_back'") == 0
+    assert await conn.fetchval("SELECT count(*) FROM ab_promotion_audit_log WHERE action = 'rolled_back'") == 0
+
+
+async def test_a_breach_read_before_auto_rollback_was_turned_off_pauses_instead(
+    pool: asyncpg.Pool, conn: asyncpg.Connection
+) -> None:
+    engine = _engine(pool)
+    exp_id = await _seed(conn)
+    view, decision, row = await _stale_breach(engine, conn, exp_id)
+    # Meanwhile an operator turns the automatic rollback off (no transition: only the config says so).
+    await conn.execute(
+        "UPDATE ab_experiments SET config = jsonb_set(config, '{guard,autoRollback}', 'false') WHERE id = $1", exp_id
+    )
+    assert await engine.rollouts._roll_back_now(view, decision, row) is None
+    await _nothing_rolled_back(conn, exp_id)
+    # Decided again under the locks, on the config now: paused, not rolled back.
+    checked = await engine.rollouts.check()
+    assert [(o.action, o.step) for o in checked.outcomes] == [("paused", 2)]
+    await _nothing_rolled_back(conn, exp_id)
+
+
+async def test_a_breach_read_before_the_ramp_moved_writes_nothing_and_is_decided_again_under_the_locks(
+    pool: asyncpg.Pool, conn: asyncpg.Connection
+) -> None:
+    engine = _engine(pool)
+    exp_id = await _seed(conn)
+    view, decision, row = await _stale_breach(engine, conn, exp_id)
 
     # Meanwhile an operator pauses the ramp (a transition: the read above is stale now).
     await engine.rollouts.pause(NAME, actor="alice", reason="looking into it")
     assert await engine.rollouts._roll_back_now(view, decision, row) is None
-    promotion = await conn.fetchrow("SELECT rollback_at FROM experiment_promotions WHERE experiment_id = $1", exp_id)
-    assert promotion["rollback_at"] is None
+    await _nothing_rolled_back(conn, exp_id)
     assert (await _rollout(conn, exp_id))["state"] == "paused"
-    assert await _weights(conn, exp_id) == {"variant-b": 50.0, "control": 50.0}
-    assert await conn.fetchval("SELECT count(*) FROM notification_outbox WHERE event LIKE '%rolled_back'") == 0
 
     # The next check decides on the paused ramp (still guarded) and rolls it back, once.
     checked = await engine.rollouts.check()
@@ -157,3 +190,26 @@ def _seen(calls: list[Any], exp_id: int) -> bool:
 
 async def _has(calls: list[Any], exp_id: int) -> bool:
     return _seen(calls, exp_id)
+
+
+async def test_a_global_critical_alert_rolls_a_ramp_back_in_poll_only_mode(db_url: str) -> None:
+    """No NOTIFY reaches a poll-only worker: the rollout timer's poll-interval check is what finds the alert."""
+    async with running_daemon(db_url, AUTO_PROMOTION_POLL_INTERVAL="0.2", AUTO_PROMOTION_POLL_ONLY="true") as daemon:
+        async with daemon.pool.acquire() as conn:
+            exp_id = await create_experiment(conn, NAME, list(WINNER), weights=[80, 20], config=RAMP)
+            for variant, (n, conv) in WINNER.items():
+                await record(conn, NAME, variant, n, conv)
+            await wait_for(
+                lambda: conn.fetchval("SELECT count(*) FROM experiment_rollouts WHERE experiment_id = $1", exp_id),
+                within=10,
+                what="the ramp to start",
+            )
+            await conn.execute("SELECT ab_raise_alert(NULL, 'critical', 'payments are down')")
+            await wait_for(
+                lambda: conn.fetchval(
+                    "SELECT state = 'rolled_back' FROM experiment_rollouts WHERE experiment_id = $1", exp_id
+                ),
+                within=10,
+                what="the alert to roll the ramp back",
+            )
+            assert await _weights(conn, exp_id) == {"variant-b": 20.0, "control": 80.0}

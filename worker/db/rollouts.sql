@@ -202,8 +202,9 @@ SELECT id FROM ab_experiments WHERE name = $1;
 -- trips: the check's read, this write): $15 names the rollout it decided on and $16 the transition it read. The
 -- EXISTS below locks the experiment's row, then the rollout's (the lock order of every transaction here; a caller
 -- that holds the experiment already passes NULLs), and the rollback happens only if the rollout is still at that
--- transition and unfinished: a rollout that moved meanwhile is re-checked on the new row (EvalPlanQual), no row
--- comes back, and the caller decides again under the locks.
+-- transition and unfinished, and the experiment's config is still $17 (the guard's settings, autoRollback among
+-- them): a rollout or config that changed meanwhile is re-checked on the new row (EvalPlanQual), no row comes back,
+-- and the caller decides again under the locks.
 WITH p AS (
     UPDATE experiment_promotions SET rollback_at = now(), rollback_reason = $2, rolled_back_by = $3
      WHERE id = $1 AND rollback_at IS NULL
@@ -211,7 +212,8 @@ WITH p AS (
             OR EXISTS (SELECT 1 FROM experiment_rollouts cas
                         WHERE cas.id = $15 AND cas.promotion_id = $1 AND cas.transitions = $16::bigint
                           AND cas.state NOT IN ('complete', 'rolled_back')
-                          AND EXISTS (SELECT 1 FROM ab_experiments x WHERE x.id = cas.experiment_id
+                          AND EXISTS (SELECT 1 FROM ab_experiments x
+                                       WHERE x.id = cas.experiment_id AND x.config = $17::jsonb
                                          FOR NO KEY UPDATE)
                           FOR NO KEY UPDATE OF cas))
     RETURNING id, experiment_id, experiment_name, previous_weights, promoted_variant_name, control_variant_name,

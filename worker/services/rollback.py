@@ -41,6 +41,7 @@ def refusal_error(refused: RollbackRefused) -> EngineError:
         "invalid_request": InvalidRequest,
         "not_found": PromotionNotFound,
         "already_rolled_back": AlreadyRolledBack,
+        "moved": AlreadyRolledBack,  # only a ramp's guard asks with ``expect``; no API caller gets it
     }[refused.why]
     return kind(refused.message, refused.details)
 
@@ -141,7 +142,8 @@ class RollbackService:
 
         ``expect``: (rollout id, transitions) for a ramp's guard that decided on an unlocked read, with no
         transaction around this call: the one statement locks the experiment, then the rollout, and rolls back only
-        if the rollout is still at that transition; otherwise RollbackRefused("moved") and nothing is written."""
+        if the rollout is still at that transition and the experiment's config still ``overrides`` (what the guard
+        decided with); otherwise RollbackRefused("moved") and nothing is written."""
         cfg = self.decider.cfg_or_base(config or self.config, overrides)
         planned = None
         if known is not None:
@@ -168,6 +170,7 @@ class RollbackService:
             known.event if known is not None else "promotion.rolled_back",
             expect[0] if expect is not None else None,
             expect[1] if expect is not None else None,
+            json_safe(dict(overrides or {})) if expect is not None else None,
         )
         if written is None and expect is not None:
             return RollbackRefused("moved", "the rollout moved on before its rollback", {"promotionId": str(pid)})

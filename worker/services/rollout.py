@@ -18,7 +18,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 
 import anyio
@@ -170,6 +170,12 @@ class RolloutService:
         out.outcomes.append(outcome)
         if outcome.action in ("rolled_back", "completed"):
             out.ramping.discard(view.experiment_id)
+        elif outcome.action == "advanced":
+            # The new step's time minimum (a holding step: its window), for the timer's sleep.
+            holding = decision.next_state == "holding"
+            due = view.now + (timedelta(hours=rs.guard_hours) if holding else timedelta(minutes=rs.step_minutes))
+            if out.next_due is None or due < out.next_due:
+                out.next_due = due
 
     async def _roll_back_now(
         self, view: RolloutView, decision: RolloutDecision, row: Mapping[str, Any]
