@@ -11,7 +11,9 @@ Sections:
                    the winner's exposures in that step when the guard rolls it back
   breach_latency   on the real database, a worker process (`python -m worker run`) guarding `experiments` ramps
                    while producers record `rate` updates/s: commit of the update that shows a breach -> commit of the
-                   restored weights (seen as the rollback's NOTIFY)
+                   restored weights (seen as the rollback's NOTIFY); and, as the same run's baseline, commit of the
+                   update that makes a running experiment's winner -> commit of its promotion (`promotions` of them,
+                   between the breaches: the path bench_daemon.py's decision_latency measures)
 
 Uses DATABASE_URL (a role that may CREATE DATABASE) or starts an embedded PostgreSQL (as bench_daemon.py does).
 """
@@ -56,12 +58,12 @@ from worker.stats import LatencySketch  # noqa: E402
 FULL = {
     "false_rollback": {"runs": 2000, "updates_per_step": 50, "exposures_per_update": 400},
     "detection": {"runs": 500, "exposures_per_update": 100, "max_updates": 400},
-    "breach_latency": {"experiments": 200, "rate": 1000, "seconds": 20.0, "triggers": 100},
+    "breach_latency": {"experiments": 200, "rate": 1000, "seconds": 20.0, "triggers": 100, "promotions": 100},
 }
 QUICK = {
     "false_rollback": {"runs": 40, "updates_per_step": 20, "exposures_per_update": 400},
     "detection": {"runs": 20, "exposures_per_update": 100, "max_updates": 400},
-    "breach_latency": {"experiments": 20, "rate": 100, "seconds": 3.0, "triggers": 5},
+    "breach_latency": {"experiments": 20, "rate": 100, "seconds": 3.0, "triggers": 5, "promotions": 5},
 }
 TARGETS = {
     "false_rollback_rate_max": 0.05,
@@ -229,21 +231,16 @@ async def bench_breach_latency(server: Server, p: dict[str, Any]) -> dict[str, A
     }
     async with server.database("rollout") as url:
         conn = await connect(url)
-        await conn.execute(
-            "INSERT INTO ab_experiments (name, status, started_at) "
-            "SELECT 'ramp-' || lpad(i::text, 5, '0'), 'running', now() - interval '48 hours' "
-            "FROM generate_series(1, $1) i",
-            n,
-        )
-        await conn.execute(
-            "INSERT INTO ab_variants (experiment_id, name, is_control) "
-            "SELECT e.id, v.name, v.name = 'control' FROM ab_experiments e, (VALUES ('control'), ('variant-b')) v(name)"
-        )
-        names = [r["name"] for r in await conn.fetch("SELECT name FROM ab_experiments ORDER BY id")]
+        names = await _seed_two_arms(conn, "ramp", n)
+        # The baseline: running experiments whose control has its data and whose treatment has none until its
+        # trigger, which makes it the winner (bench_daemon.py's decision_latency).
+        promos = await _seed_two_arms(conn, "promo", p["promotions"])
         async with worker(url, env) as w:
             for name in names:
                 for variant, (ex, conv) in WINNER.items():
                     await conn.execute("SELECT ab_record_metrics($1, $2, $3, $4)", name, variant, ex, conv)
+            for name in promos:
+                await conn.execute("SELECT ab_record_metrics($1, 'control', $2, $3)", name, *WINNER["control"])
             await wait_until(lambda: conn.fetchval("SELECT count(*) = $1 FROM experiment_rollouts", n), 180, 0.1)
             # Each ramp's first step gets harmless data on both arms (past guard.minSamples), folded and checked.
             for name in names:
@@ -253,16 +250,20 @@ async def bench_breach_latency(server: Server, p: dict[str, Any]) -> dict[str, A
             await asyncio.sleep(1.0)
             listener = await connect(url)
             rolled_at: dict[str, float] = {}
+            promoted_at: dict[str, float] = {}
 
             def on_event(_c: Any, _pid: int, _channel: str, payload: str) -> None:
                 event = json.loads(payload)
                 if event.get("event") == "rolled_back":
                     rolled_at.setdefault(event["experiment_name"], time.perf_counter())
+                elif event.get("event") == "promoted":
+                    promoted_at.setdefault(event["experiment_name"], time.perf_counter())
 
             await listener.add_listener("ab_promotion_events", on_event)
             committed_at: dict[str, float] = {}
             noise = [await connect(url) for _ in range(2)]
             trig = await connect(url)
+            promo = await connect(url)
             triggers = random.Random(1).sample(names, n_triggers)
             quiet = [x for x in names if x not in set(triggers)] or names
             sent = 0
@@ -286,29 +287,30 @@ async def bench_breach_latency(server: Server, p: dict[str, Any]) -> dict[str, A
                     sent += 1
                     i += 1
 
-            async def fire_triggers() -> None:
-                nonlocal sent
-                gap = seconds / (n_triggers + 1)
-                for k, exp in enumerate(triggers, start=1):
-                    delay = start + k * gap - time.perf_counter()
-                    if delay > 0:
-                        await asyncio.sleep(delay)
-                    # The winner's errors jump from 1% to 10% in one update: the breach shows at once.
-                    await trig.execute("SELECT ab_record_metrics($1, 'variant-b', 3000, 330, 300)", exp)
-                    committed_at[exp] = time.perf_counter()
-                    sent += 1
-
+            promo_committed_at: dict[str, float] = {}
             assert w.proc is not None
             proc = psutil.Process(w.proc.pid)
             cpu0 = sum(proc.cpu_times()[:2])
-            await asyncio.gather(produce(noise[0], 2, 0), produce(noise[1], 2, 1), fire_triggers())
+            # The winner's errors jump from 1% to 10% in one update: the breach shows at once. The promotions' triggers
+            # fall between the breaches'.
+            breach_sql = "SELECT ab_record_metrics($1, 'variant-b', 3000, 330, 300)"
+            promote_sql = "SELECT ab_record_metrics($1, 'variant-b', $2, $3)"
+            fired = await asyncio.gather(
+                produce(noise[0], 2, 0),
+                produce(noise[1], 2, 1),
+                _fire(trig, triggers, start, seconds, breach_sql, (), committed_at),
+                _fire(promo, promos, start, seconds, promote_sql, WINNER["variant-b"], promo_committed_at, 0.5),
+            )
+            sent += fired[2] + fired[3]
             elapsed = time.perf_counter() - start
             worker_cpu = sum(proc.cpu_times()[:2]) - cpu0
             await wait_until(lambda: _all_seen(rolled_at, committed_at), 60, 0.05)
+            await wait_until(lambda: _all_seen(promoted_at, promo_committed_at), 60, 0.05)
             latencies = [rolled_at[e] - committed_at[e] for e in committed_at]
+            promotion = [promoted_at[e] - promo_committed_at[e] for e in promo_committed_at]
             rollbacks = await conn.fetchval("SELECT count(*) FROM experiment_rollouts WHERE state = 'rolled_back'")
             advanced = await conn.fetchval("SELECT count(*) FROM experiment_rollouts WHERE step > 1")
-            for c in (*noise, trig, listener):
+            for c in (*noise, trig, promo, listener):
                 await c.close()
         await conn.close()
     return {
@@ -327,7 +329,53 @@ async def bench_breach_latency(server: Server, p: dict[str, Any]) -> dict[str, A
         "max_ms": ms(max(latencies)),
         "mean_ms": ms(statistics.fmean(latencies)),
         "measured": "client-side: the breaching update's commit returned -> the rollback's NOTIFY arrived",
+        "baseline_promotion": {
+            "promotions": len(promotion),
+            "p50_ms": ms(pct(promotion, 50)),
+            "p99_ms": ms(pct(promotion, 99)),
+            "measured": "the same run: the update that makes a winner's commit returned -> the promotion's NOTIFY",
+        },
+        "breach_p50_over_promotion_p50": round(pct(latencies, 50) / pct(promotion, 50), 3),
+        "breach_p99_over_promotion_p99": round(pct(latencies, 99) / pct(promotion, 99), 3),
     }
+
+
+async def _fire(
+    c: asyncpg.Connection,
+    names: list[str],
+    start: float,
+    seconds: float,
+    sql: str,
+    args: tuple[Any, ...],
+    committed: dict[str, float],
+    offset: float = 0.0,
+) -> int:
+    """One update per experiment of ``names``, spread evenly over ``seconds``; when each commit returned."""
+    gap = seconds / (len(names) + 1)
+    for k, exp in enumerate(names, start=1):
+        delay = start + (k + offset) * gap - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        await c.execute(sql, exp, *args)
+        committed[exp] = time.perf_counter()
+    return len(names)
+
+
+async def _seed_two_arms(conn: asyncpg.Connection, prefix: str, n: int) -> list[str]:
+    """n running experiments named prefix-00001..., each with a control and a variant-b; their names."""
+    rows = await conn.fetch(
+        "INSERT INTO ab_experiments (name, status, started_at) "
+        "SELECT $1 || '-' || lpad(i::text, 5, '0'), 'running', now() - interval '48 hours' "
+        "FROM generate_series(1, $2) i RETURNING id, name",
+        prefix,
+        n,
+    )
+    await conn.execute(
+        "INSERT INTO ab_variants (experiment_id, name, is_control) "
+        "SELECT e, v.name, v.name = 'control' FROM unnest($1::bigint[]) e, (VALUES ('control'), ('variant-b')) v(name)",
+        [r["id"] for r in rows],
+    )
+    return sorted(r["name"] for r in rows)
 
 
 async def _all_seen(seen: dict[str, float], committed: dict[str, float]) -> bool:

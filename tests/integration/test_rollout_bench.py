@@ -18,3 +18,7 @@ def test_bench_rollout_quick_prints_every_section(admin_url: str) -> None:
     latency = result["breach_latency"]
     assert latency["rolled_back"] == latency["triggers"] and latency["false_rollbacks"] == 0
     assert {"p50_ms", "p99_ms", "achieved_rate_updates_per_s"} <= set(latency)
+    # The same run's baseline: every promotion trigger promoted, and the ratio is of two measured medians.
+    baseline = latency["baseline_promotion"]
+    assert baseline["promotions"] == 5 and baseline["p50_ms"] > 0
+    assert abs(latency["breach_p50_over_promotion_p50"] - latency["p50_ms"] / baseline["p50_ms"]) < 0.01
