@@ -5,8 +5,10 @@
 -- name: active_rollouts
 -- Every unfinished rollout (or those of the experiments $1), with everything its guard and state machine read:
 -- the rollout row, the experiment's config, the per-variant totals now (camelCase, as baseline_stats), the
--- critical alerts the promotion's decision could not see (schema/0007) and the ab_metrics rows with their sums
--- (schema/0009, as experiment_snapshot reads them: the step's guardrails). rollout_locked below shares its select list.
+-- critical alerts the promotion's decision could not see (schema/0007), the ab_metrics rows with their sums
+-- (schema/0009, as experiment_snapshot reads them: the step's guardrails), and what a rollback writes its
+-- notifications from (rollback_routes' columns: the routes, computed once per read; the PagerDuty triggers to resolve,
+-- by schema/0012's index), so a breach needs no other read. rollout_locked below shares the first part of its list.
 SELECT r.id, r.promotion_id, r.experiment_id, r.experiment_name, r.winner_variant, r.control_variant, r.steps,
        r.holdback, r.test_share, r.step, r.state, r.paused_from, r.step_started_at, r.step_stats, r.transitions,
        r.reason, e.config, e.priority, e.metric_type, now() AS now,
@@ -37,7 +39,17 @@ SELECT r.id, r.promotion_id, r.experiment_id, r.experiment_name, r.winner_varian
                               FROM ab_metric_stats ms JOIN ab_variants mv ON mv.id = ms.variant_id
                              WHERE ms.metric_id = m.id))
                    ORDER BY m.id)
-          FROM ab_metrics m WHERE m.experiment_id = r.experiment_id) AS metrics
+          FROM ab_metrics m WHERE m.experiment_id = r.experiment_id) AS metrics,
+       p.confidence AS promotion_confidence, p.improvement AS promotion_improvement,
+       (SELECT coalesce(json_agg(json_build_object('id', c.id, 'name', c.name, 'channel', c.channel,
+                                                   'target', c.target, 'events', c.events,
+                                                   'min_priority', c.min_priority) ORDER BY c.id), '[]'::json)
+          FROM notification_configs c
+         WHERE c.enabled AND ('rollout.rolled_back' = ANY (c.events) OR 'promotion.rolled_back' = ANY (c.events)))
+           AS rollback_targets,
+       ARRAY(SELECT DISTINCT o.target_ref FROM notification_outbox o
+              WHERE o.promotion_id = r.promotion_id AND o.channel = 'pagerduty' AND o.event = 'guard.breached'
+                AND o.action = 'trigger') AS breach_refs
   FROM experiment_rollouts r
   JOIN experiment_promotions p ON p.id = r.promotion_id
   JOIN ab_experiments e ON e.id = r.experiment_id

@@ -180,16 +180,14 @@ class RolloutService:
     async def _roll_back_now(
         self, view: RolloutView, decision: RolloutDecision, row: Mapping[str, Any]
     ) -> RolloutOutcome | None:
-        """A breach, decided on the check's read: roll back in one statement, no transaction around it (two round
-        trips from the check's read to the restored weights, not four). It locks the experiment, then the rollout,
-        and writes only if the rollout is still at the transition the check read (rollback_write); None when it had
-        moved on, and the caller decides again under the locks (``transition``)."""
+        """A breach, decided on the check's read (active_rollouts: it carries the notification routes too): roll
+        back in one statement, no transaction around it (one round trip from the check's read to the restored
+        weights, not five). It locks the experiment, then the rollout, and writes only if the rollout is still at
+        the transition the check read and the config is the one it decided with (rollback_write); None when either
+        had moved on, and the caller decides again under the locks (``transition``)."""
         async with self.pool.acquire() as conn:
-            routes = await conn.fetchrow(RLQ["rollback_routes"], uuid.UUID(view.promotion_id))
-            if routes is None:
-                return None
             outcome, rolled = await self._roll_back(
-                conn, view, decision, {**row, **routes}, expect=(uuid.UUID(view.rollout_id), view.transitions)
+                conn, view, decision, row, expect=(uuid.UUID(view.rollout_id), view.transitions)
             )
         if rolled is None:
             return None
