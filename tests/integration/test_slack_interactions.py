@@ -258,3 +258,33 @@ async def test_a_body_over_the_limit_is_a_413_and_nothing_is_recorded(
         status, answer = await post_click(api, body, sign(body))
         assert status == 413, answer
         assert await conn.fetchval("SELECT count(*) FROM ab_slack_interactions") == 0
+
+
+async def test_a_slow_click_is_answered_in_time_and_still_replaces_the_message(
+    pool: asyncpg.Pool, conn: asyncpg.Connection, receiver: FakeHTTPReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Slack shows an error unless the answer comes within 3 s: an action held up (here by a row another session
+    holds) is answered "pending" and carried out when it can, its outcome still replacing the message."""
+    from worker.http import slack
+
+    monkeypatch.setattr(slack, "ACK_WITHIN_S", 0.3)
+    exp_id = await seed_winner(conn)
+    async with serve_api(pool, _env(receiver), {"approval": {"require": "promote"}}) as api:
+        reply = await api.post({"action": "promote", "experimentName": NAME})
+        assert reply.body["data"]["approvalId"]
+        [message] = await deliver(pool, api, receiver, 1)
+        body = click_body(message, "approval.approve", user=APPROVER, response_url=receiver.url(RESPONSE))
+        async with pool.acquire() as holder:
+            held = holder.transaction()
+            await held.start()
+            await holder.execute("SELECT 1 FROM ab_experiments WHERE id = $1 FOR NO KEY UPDATE", exp_id)
+            started = time.monotonic()
+            status, answer = await post_click(api, body, sign(body))
+            assert status == 200 and answer["data"] == {"outcome": None, "pending": True}, answer
+            assert time.monotonic() - started < 2.0
+            assert await _state(conn) == ("pending", 0, "running")  # waiting for the row, nothing done yet
+            await held.rollback()
+        [replaced] = await receiver.wait_for(1, RESPONSE)
+        assert replaced.json()["text"].startswith(f":white_check_mark: Approved by <@{APPROVER}>: promoted variant-b")
+        assert await _state(conn) == ("approved", 1, "promoted")
+        assert await conn.fetchval("SELECT outcome IS NOT NULL FROM ab_slack_interactions") is True

@@ -9,10 +9,18 @@ sent: 400; a Slack user not in AUTO_PROMOTION_SLACK_APPROVERS: 403; a request se
 with a unique key, ab_slack_interactions): 401. Then the engine acts, through the same locked transactions as the
 CLI and the API, and the outcome replaces the message through the interaction's ``response_url`` when that is
 Slack's origin (https://hooks.slack.com) or SLACK_WEBHOOK_URL's (response_url_allowed), never any other server.
+
+Slack shows the user an error unless the answer comes within 3 s. The answer waits for the action and the
+replacement for at most ACK_WITHIN_S; an action that takes longer (a row held by another transaction, a slow
+database) is answered 200 with ``"pending": true`` and finishes in the background, where its outcome still replaces
+the message (the acknowledge-first pattern of Slack's own Bolt, without giving up the outcome in the common case).
+A shutdown waits for those for up to DRAIN_S.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import time
 from collections.abc import Mapping
@@ -44,7 +52,10 @@ STALE_AFTER_S = 5 * 60  # Slack's own rule, and slack-sdk's
 TIMESTAMP_DIGITS = 12
 # Kept a day: a replay older than STALE_AFTER_S is refused by its timestamp anyway.
 REMEMBER_S = 24 * 3600.0
-RESPONSE_TIMEOUT_S = 2.5  # Slack waits 3 s for our answer; the replacement goes out before it
+RESPONSE_TIMEOUT_S = 2.5  # posting the replacement to response_url
+ACK_WITHIN_S = 2.0  # Slack waits 3 s for our answer: what is not done by then finishes in the background
+DRAIN_S = 10.0  # a shutdown waits this long for clicks still being acted on
+TASKS = web.AppKey("slack_interactions", set[asyncio.Task[str]])
 SLACK_ORIGIN = ("https", "hooks.slack.com", 443)  # where Slack's response_urls point
 
 
@@ -69,6 +80,17 @@ def response_url_allowed(url: str, webhook_url: str | None) -> bool:
 
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/api/slack/interactions", post_interaction)
+    app[TASKS] = set()
+    app.on_cleanup.append(_drain)
+
+
+async def _drain(app: web.Application) -> None:
+    """At shutdown: let the clicks answered early finish acting (and replace their messages)."""
+    tasks: set[asyncio.Task[str]] = app[TASKS]
+    pending = set(tasks)
+    if pending:
+        log.info("slack.draining", interactions=len(pending))
+        await asyncio.wait(pending, timeout=DRAIN_S)
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,13 +204,41 @@ async def post_interaction(request: web.Request) -> web.Response:
     if not first:
         log.warning("slack.replayed", slack_user=click.user_id, action=click.action_id)
         raise _unauthorized("replayed: this request was acted on before")
+    tasks = request.app[TASKS]
+    task = asyncio.get_running_loop().create_task(_carry_out(ctx, click, signature))
+    tasks.add(task)
+    task.add_done_callback(functools.partial(_finished, tasks, click))
+    done, _ = await asyncio.wait({task}, timeout=ACK_WITHIN_S)
+    if not done:
+        log.info("slack.answered_early", slack_user=click.user_id, action=click.action_id, within_s=ACK_WITHIN_S)
+        return json_response({"success": True, "data": {"outcome": None, "pending": True}})
+    return json_response({"success": True, "data": {"outcome": task.result(), "pending": False}})
+
+
+async def _carry_out(ctx: AppContext, click: Interaction, signature: str) -> str:
+    """Act, record the outcome, replace the message; the outcome."""
     outcome = await act(ctx, click)
     async with ctx.pool.acquire() as conn:
         await db.slack_interaction_outcome(conn, signature, outcome)
     log.info("slack.interaction", slack_user=click.user_id, action=click.action_id, value=click.value)
     if click.response_url:
         await replace_message(ctx, click, outcome)
-    return json_response({"success": True, "data": {"outcome": outcome}})
+    return outcome
+
+
+def _finished(tasks: set[asyncio.Task[str]], click: Interaction, task: asyncio.Task[str]) -> None:
+    tasks.discard(task)
+    if task.cancelled():
+        log.warning("slack.interaction_cancelled", slack_user=click.user_id, action=click.action_id)
+    elif task.exception() is not None:
+        # Answered already (or the handler re-raises it below): logged here so a background failure is seen.
+        exc = task.exception()
+        log.error(
+            "slack.interaction_failed",
+            slack_user=click.user_id,
+            action=click.action_id,
+            error=f"{type(exc).__name__}: {exc}",
+        )
 
 
 async def act(ctx: AppContext, click: Interaction) -> str:
