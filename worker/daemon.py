@@ -20,6 +20,7 @@ session, and up to ``pool_size - 4`` evaluation-lock sessions (none in poll-only
 from __future__ import annotations
 
 import asyncio
+import functools
 import signal
 import time
 from collections.abc import Awaitable, Callable
@@ -138,6 +139,9 @@ class Daemon:
         self.rollback_wake = Wake()
         self.guard_wake = Wake()
         self.rollout_wake = Wake()
+        self._ramp_events: set[str] = set()  # experiments (names) of rollout events since the timer's last check
+        self._ramp_full = False  # a full check asked for (a global critical alert)
+        self._ramp_poll_at = 0.0  # when the timer's next full check is due at the latest (anyio time)
         interval = config.config.scan_interval_seconds
         leadership: Leadership = (
             LeaseLeadership(pool, self.identity, ttl=max(3 * interval, 10.0))
@@ -257,22 +261,41 @@ class Daemon:
     async def _rollouts_loop(self, stop: anyio.Event) -> None:
         """The ramps' clock: check every unfinished rollout, then sleep until the soonest step's time minimum (or the
         end of a holding window) is met, at most a poll interval (the fallback for a lost NOTIFY, poll-only mode, an
-        alert or a config written without one); woken early by a rollout event from any replica that may have moved
-        a due time, and by a global critical alert. Updates drive the rest (the evaluator checks a ramp after every
-        fold), so a quiet experiment still advances on time and a worker that starts picks every rollout up where it
-        was. However many events arrive, it checks at most once per _RAMP_CHECK_SPACING seconds."""
+        alert or a config written without one): each of those is a full check. A rollout event from any replica that
+        may have moved a due time (a promotion, a step begun) wakes it early for a check of those experiments alone,
+        whose due times join the soonest; a global critical alert wakes it for a full check. Updates drive the rest
+        (the evaluator checks a ramp after every fold), so a quiet experiment still advances on time and a worker that
+        starts picks every rollout up where it was. However many events arrive, it checks at most once per
+        _RAMP_CHECK_SPACING seconds."""
         fault = FaultLog("rollouts", self.faults)
+        due: float | None = None  # anyio time of the soonest due time known
+        full = True
         while not stop.is_set():
             started, generation = anyio.current_time(), self.evaluator.ramp_generation
+            names = None if full else sorted(self._ramp_events)
+            self._ramp_events.clear()
+            self._ramp_full = False
             try:
-                checked = await retrying(fault, stop, self.engine.rollouts.check)
+                check = functools.partial(self.engine.rollouts.check, experiment_names=names)
+                checked = await retrying(fault, stop, check)
             except Stopped:
                 return
-            self.evaluator.ramps_seen(checked.ramping, generation)
             wait = checked.seconds_to_next()
-            poll = self.settings.poll_interval
-            await self.rollout_wake.wait(poll if wait is None else min(wait + 0.005, poll))
-            spacing = started + _RAMP_CHECK_SPACING - anyio.current_time()
+            found = None if wait is None else anyio.current_time() + wait
+            if full:
+                self.evaluator.ramps_seen(checked.ramping, generation)
+                due = found
+            else:
+                self.evaluator.ramps_found(checked.ramping)
+                due = found if due is None or (found is not None and found < due) else due
+            poll_at = started + self.settings.poll_interval if full else self._ramp_poll_at
+            if full:
+                self._ramp_poll_at = poll_at
+            wake_at = poll_at if due is None else min(due + 0.005, poll_at)
+            woken = await self.rollout_wake.wait(max(0.0, wake_at - anyio.current_time()))
+            now = anyio.current_time()
+            full = not woken or self._ramp_full or now >= wake_at or not self._ramp_events
+            spacing = started + _RAMP_CHECK_SPACING - now
             if spacing > 0 and not stop.is_set():
                 await sleep_or_stop(stop, spacing)
 
@@ -341,13 +364,16 @@ class Daemon:
         self.folder.hint(experiment_id)
         if experiment_id is None:
             self.guard_wake.set()  # a global critical alert: every watched promotion
-            self.rollout_wake.set()  # and every ramp
+            self._ramp_full = True  # and every ramp
+            self.rollout_wake.set()
 
     def on_promotion_event(self, event: PromotionEvent) -> None:
         if event.event == "rollback_requested":
             self.rollback_wake.set()
         if event.event in _RAMP_TIMER_EVENTS:
-            self.rollout_wake.set()  # a ramp started or moved on (on any replica): the timer looks at its due time
+            # A ramp started or moved on (on any replica): the timer looks at that ramp's due time.
+            self._ramp_events.add(event.experiment_name)
+            self.rollout_wake.set()
         self.events.publish(notified_event(event.event, event.experiment_name, event.promotion_id))
 
     def on_connected(self, reconnected: bool) -> None:

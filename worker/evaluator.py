@@ -155,6 +155,10 @@ class Evaluator:
         else:
             self._ramped.update(experiment_ids)
 
+    def ramps_found(self, experiment_ids: Iterable[int]) -> None:
+        """Experiments with a ramp in progress, as a check of some of them found it (the timer, after an event)."""
+        self._ramped.update(experiment_ids)
+
     def mark(self, experiment_ids: Iterable[int]) -> None:
         """Evaluate these experiments (again) soon."""
         added = False

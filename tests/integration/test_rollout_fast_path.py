@@ -61,7 +61,7 @@ async def _stale_breach(engine: Any, conn: asyncpg.Connection, exp_id: int) -> t
     assert [o.action for o in (await engine.rollouts.check()).outcomes] == ["advanced"]
     await _breach_at_step_2(conn)
     await fold_pending_updates(conn)
-    [row] = await conn.fetch(RLQ["active_rollouts"], [exp_id])
+    [row] = await conn.fetch(RLQ["active_rollouts"], [exp_id], None)
     view = rollout_view_from_row(row)
     _, settings = engine.rollouts.settings_for(row["config"])
     decision = decide_rollout(view, settings)
@@ -124,9 +124,9 @@ async def test_the_evaluator_checks_ramps_only_for_experiments_that_are_not_runn
         evaluated: list[list[int]] = []
         real_check, real_evaluate = engine.rollouts.check, engine.evaluate_many
 
-        async def check(experiment_ids: Sequence[int] | None = None) -> Any:
+        async def check(experiment_ids: Sequence[int] | None = None, **kw: Any) -> Any:
             checked.append(None if experiment_ids is None else list(experiment_ids))
-            return await real_check(experiment_ids)
+            return await real_check(experiment_ids, **kw)
 
         async def evaluate_many(experiment_ids: list[int], **kw: Any) -> Any:
             evaluated.append(list(experiment_ids))
@@ -213,3 +213,28 @@ async def test_a_global_critical_alert_rolls_a_ramp_back_in_poll_only_mode(db_ur
                 what="the alert to roll the ramp back",
             )
             assert await _weights(conn, exp_id) == {"variant-b": 20.0, "control": 80.0}
+
+
+async def test_a_rollout_event_wakes_the_timer_for_that_ramp_alone(db_url: str) -> None:
+    """A promotion (or a step begun) on any replica may bring a ramp's due time forward: the timer checks that ramp,
+    not every ramp (a full check costs a decision per ramp); its poll-interval check stays a full one."""
+    async with running_daemon(db_url, AUTO_PROMOTION_POLL_INTERVAL="30") as daemon:
+        engine = daemon.engine
+        calls: list[tuple[Any, Any]] = []
+        real_check = engine.rollouts.check
+
+        async def check(experiment_ids: Sequence[int] | None = None, **kw: Any) -> Any:
+            calls.append((experiment_ids, kw.get("experiment_names")))
+            return await real_check(experiment_ids, **kw)
+
+        engine.rollouts.check = check  # type: ignore[method-assign]
+        async with daemon.pool.acquire() as conn:
+            await create_experiment(conn, NAME, list(WINNER), weights=[80, 20], config=RAMP)
+            for variant, (n, conv) in WINNER.items():
+                await record(conn, NAME, variant, n, conv)
+
+            async def timer_checked() -> bool:
+                return (None, [NAME]) in calls
+
+            await wait_for(timer_checked, within=10, what="the timer's check of the new ramp alone")
+        assert (None, None) not in calls  # no full check since the start (the poll interval is 30 s)

@@ -3,7 +3,8 @@
 -- schema/0010_rollouts.sql.
 
 -- name: active_rollouts
--- Every unfinished rollout (or those of the experiments $1), with everything its guard and state machine read:
+-- Every unfinished rollout (or those of the experiments $1, or of the experiments named $2), with everything its guard
+-- and state machine read:
 -- the rollout row, the experiment's config, the per-variant totals now (camelCase, as baseline_stats), the
 -- critical alerts the promotion's decision could not see (schema/0007), the ab_metrics rows with their sums
 -- (schema/0009, as experiment_snapshot reads them: the step's guardrails), and what a rollback writes its
@@ -55,6 +56,7 @@ SELECT r.id, r.promotion_id, r.experiment_id, r.experiment_name, r.winner_varian
   JOIN ab_experiments e ON e.id = r.experiment_id
  WHERE r.state NOT IN ('complete', 'rolled_back')
    AND ($1::bigint[] IS NULL OR r.experiment_id = ANY($1::bigint[]))
+   AND ($2::text[] IS NULL OR r.experiment_name = ANY($2::text[]))
  ORDER BY r.step_started_at;
 
 -- name: rollout_locked

@@ -131,12 +131,16 @@ class RolloutService:
         return cfg, ramp_settings(cfg)
 
     # ------------------------------------------------------------------------------------------- the check
-    async def check(self, experiment_ids: Sequence[int] | None = None) -> RolloutCheck:
-        """Decide every unfinished rollout (or those of ``experiment_ids``) and carry out what is due: every rollout
-        is decided first (no I/O), then the rollbacks are carried out, then the rest (advances, pauses, approvals),
-        so a breach never waits behind another ramp's transition."""
+    async def check(
+        self, experiment_ids: Sequence[int] | None = None, *, experiment_names: Sequence[str] | None = None
+    ) -> RolloutCheck:
+        """Decide every unfinished rollout (or those of ``experiment_ids``, or of ``experiment_names``) and carry out
+        what is due: every rollout is decided first (no I/O), then the rollbacks are carried out, then the rest
+        (advances, pauses, approvals), so a breach never waits behind another ramp's transition."""
+        ids = None if experiment_ids is None else list(experiment_ids)
+        names = None if experiment_names is None else list(experiment_names)
         async with self.pool.acquire() as conn:
-            rows = await conn.fetch(RLQ["active_rollouts"], None if experiment_ids is None else list(experiment_ids))
+            rows = await conn.fetch(RLQ["active_rollouts"], ids, names)
         out = RolloutCheck(watched=len(rows), ramping={row["experiment_id"] for row in rows})
         due: list[tuple[Mapping[str, Any], RolloutView, RampSettings, RolloutDecision]] = []
         for k, row in enumerate(rows):
@@ -562,7 +566,7 @@ class RolloutService:
             steps = await conn.fetch(RLQ["rollout_steps"], latest["id"])
             last = steps[-1]["guard"] if steps else []
             return describe_rollout(latest, [_public_guard(g) for g in (last or [])], None)
-        [row] = await conn.fetch(RLQ["active_rollouts"], [experiment_id]) or [None]
+        [row] = await conn.fetch(RLQ["active_rollouts"], [experiment_id], None) or [None]
         if row is None:
             return describe_rollout(latest, [], None)
         view = rollout_view_from_row(row)
