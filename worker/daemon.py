@@ -41,6 +41,7 @@ from worker.engine import Engine, Evaluation
 from worker.evaluator import Evaluator, Folder, Wake, keep_session
 from worker.events import EventBus
 from worker.guard import PostPromotionGuard, default_identity
+from worker.http import slack
 from worker.http.app import AppContext, Health, create_app
 from worker.listener import Listener, PromotionEvent
 from worker.retry import (
@@ -272,9 +273,10 @@ class Daemon:
         full = True
         while not stop.is_set():
             started, generation = anyio.current_time(), self.evaluator.ramp_generation
+            if full:
+                self._ramp_full = False  # this check covers it (an alert during the check asks again)
             names = None if full else sorted(self._ramp_events)
             self._ramp_events.clear()
-            self._ramp_full = False
             try:
                 check = functools.partial(self.engine.rollouts.check, experiment_names=names)
                 checked = await retrying(fault, stop, check)
@@ -285,19 +287,28 @@ class Daemon:
             if full:
                 self.evaluator.ramps_seen(checked.ramping, generation)
                 due = found
+                self._ramp_poll_at = started + self.settings.poll_interval
             else:
                 self.evaluator.ramps_found(checked.ramping)
                 due = found if due is None or (found is not None and found < due) else due
-            poll_at = started + self.settings.poll_interval if full else self._ramp_poll_at
-            if full:
-                self._ramp_poll_at = poll_at
-            wake_at = poll_at if due is None else min(due + 0.005, poll_at)
-            woken = await self.rollout_wake.wait(max(0.0, wake_at - anyio.current_time()))
-            now = anyio.current_time()
-            full = not woken or self._ramp_full or now >= wake_at or not self._ramp_events
-            spacing = started + _RAMP_CHECK_SPACING - now
+            full = await self._ramp_timer_wait(stop, due)
+            spacing = started + _RAMP_CHECK_SPACING - anyio.current_time()
             if spacing > 0 and not stop.is_set():
                 await sleep_or_stop(stop, spacing)
+            full = full or self._ramp_full  # a global alert during the spacing
+
+    async def _ramp_timer_wait(self, stop: anyio.Event, due: float | None) -> bool:
+        """Sleep until the soonest due time or the next poll (True: a full check is due then), a global critical
+        alert (True), or a rollout event (False: check those ramps). A wake-up whose events a check has taken
+        already is slept through."""
+        wake_at = self._ramp_poll_at if due is None else min(due + 0.005, self._ramp_poll_at)
+        while not stop.is_set():
+            woken = await self.rollout_wake.wait(max(0.0, wake_at - anyio.current_time()))
+            if not woken or anyio.current_time() >= wake_at or self._ramp_full:
+                return True
+            if self._ramp_events:
+                return False
+        return True
 
     async def _run_on_wake(self, name: str, wake: Wake, stop: anyio.Event, fn: Callable[[], Awaitable[object]]) -> None:
         """Run ``fn`` whenever ``wake`` is set (coalescing), retrying database faults under the shared policy."""
@@ -356,8 +367,12 @@ class Daemon:
             task_status.started()
             await http_stop.wait()
         finally:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(1.0):
-                await runner.cleanup()
+            with anyio.CancelScope(shield=True):
+                # Slack clicks answered early still act and replace their messages (the pool is open until after).
+                with anyio.move_on_after(slack.DRAIN_S):
+                    await slack.drain_interactions(runner.app)
+                with anyio.move_on_after(1.0):
+                    await runner.cleanup()
 
     # ------------------------------------------------------------------------------------- listener hooks
     def on_metrics(self, experiment_id: int | None) -> None:

@@ -4,6 +4,7 @@ ramped experiments without evaluating them, and never checks ramps for a batch o
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -52,6 +53,53 @@ async def test_a_breach_rolls_back_in_one_statement_on_the_checks_read(
     assert sum(1 for a in audit if a["action"] == "rolled_back") == 1
     events = [r["event"] for r in await conn.fetch("SELECT event FROM notification_outbox ORDER BY id")]
     assert events == ["promotion.promoted", "rollout.advanced", "rollout.rolled_back"]
+
+
+async def test_the_fast_rollback_routes_over_notification_configs_and_resolves_the_breach_incident(
+    pool: asyncpg.Pool, conn: asyncpg.Connection
+) -> None:
+    """The routes and the PagerDuty triggers come with the check's read (active_rollouts), not a read of their own."""
+    engine = _engine(pool)
+    exp_id = await _seed(conn)
+    webhook = await conn.fetchval(
+        "INSERT INTO notification_configs (name, channel, target, events) "
+        "VALUES ('ops hook', 'webhook', 'http://127.0.0.1:9/ops', ARRAY['rollout.rolled_back']) RETURNING id"
+    )
+    pager = await conn.fetchval(
+        "INSERT INTO notification_configs (name, channel, target, events) "
+        "VALUES ('on call', 'pagerduty', 'R0UTINGKEY0000000000000000000000', "
+        "ARRAY['guard.breached', 'rollout.rolled_back']) RETURNING id"
+    )
+    promoted = await engine.promote_winner(NAME)
+    assert promoted["success"]
+    await _harmless(conn, 2500, 7500)
+    assert [o.action for o in (await engine.rollouts.check()).outcomes] == ["advanced"]
+    # An earlier guard breach paged on-call for this promotion (the incident a rollback resolves).
+    await conn.execute(
+        "INSERT INTO notification_outbox (event, channel, config_id, target_ref, experiment_name, promotion_id, "
+        "payload, action, status) VALUES ('guard.breached', 'pagerduty', $1, $2, $3, $4, '{}', 'trigger', 'sent')",
+        pager,
+        f"config:{pager}",
+        NAME,
+        uuid.UUID(promoted["promotionId"]),
+    )
+    await _breach_at_step_2(conn)
+    locked: list[uuid.UUID] = []
+    real_transition = engine.rollouts.transition
+
+    async def transition(rollout_id: uuid.UUID) -> Any:
+        locked.append(rollout_id)
+        return await real_transition(rollout_id)
+
+    engine.rollouts.transition = transition  # type: ignore[method-assign]
+    checked = await engine.rollouts.check([exp_id])
+    assert [o.action for o in checked.outcomes] == ["rolled_back"] and locked == []
+    rows = await conn.fetch(
+        "SELECT channel, config_id, action FROM notification_outbox WHERE event = 'rollout.rolled_back' ORDER BY id"
+    )
+    by_channel = {(r["channel"], r["config_id"]): r["action"] for r in rows}
+    assert by_channel[("webhook", webhook)] is None
+    assert by_channel[("pagerduty", pager)] == "resolve"  # the incident the breach opened, not a new page
 
 
 async def _stale_breach(engine: Any, conn: asyncpg.Connection, exp_id: int) -> tuple[Any, Any, Any]:
@@ -217,24 +265,35 @@ async def test_a_global_critical_alert_rolls_a_ramp_back_in_poll_only_mode(db_ur
 
 async def test_a_rollout_event_wakes_the_timer_for_that_ramp_alone(db_url: str) -> None:
     """A promotion (or a step begun) on any replica may bring a ramp's due time forward: the timer checks that ramp,
-    not every ramp (a full check costs a decision per ramp); its poll-interval check stays a full one."""
+    not every ramp (a full check costs a decision per ramp), and wakes again at the due time it found, long before
+    its next poll-interval check (30 s here)."""
     async with running_daemon(db_url, AUTO_PROMOTION_POLL_INTERVAL="30") as daemon:
         engine = daemon.engine
-        calls: list[tuple[Any, Any]] = []
+        calls: list[tuple[Any, Any, float]] = []
         real_check = engine.rollouts.check
 
         async def check(experiment_ids: Sequence[int] | None = None, **kw: Any) -> Any:
-            calls.append((experiment_ids, kw.get("experiment_names")))
+            calls.append((experiment_ids, kw.get("experiment_names"), time.monotonic()))
             return await real_check(experiment_ids, **kw)
 
         engine.rollouts.check = check  # type: ignore[method-assign]
+        quick = {**RAMP, "rollout": {**RAMP["rollout"], "stepMinutes": 0.05, "stepMinExposures": 0}}
         async with daemon.pool.acquire() as conn:
-            await create_experiment(conn, NAME, list(WINNER), weights=[80, 20], config=RAMP)
+            exp_id = await create_experiment(conn, NAME, list(WINNER), weights=[80, 20], config=quick)
             for variant, (n, conv) in WINNER.items():
                 await record(conn, NAME, variant, n, conv)
 
             async def timer_checked() -> bool:
-                return (None, [NAME]) in calls
+                return any(c[:2] == (None, [NAME]) for c in calls)
 
             await wait_for(timer_checked, within=10, what="the timer's check of the new ramp alone")
-        assert (None, None) not in calls  # no full check since the start (the poll interval is 30 s)
+            targeted = next(c[2] for c in calls if c[:2] == (None, [NAME]))
+            # No update reaches the ramp: only the timer can move it, at the step's 3 s minimum.
+            await wait_for(
+                lambda: conn.fetchval("SELECT step > 1 FROM experiment_rollouts WHERE experiment_id = $1", exp_id),
+                within=15,
+                what="the timer to advance the quiet ramp at its due time",
+            )
+            assert time.monotonic() - targeted < 15
+        full_after = [c for c in calls if c[:2] == (None, None) and c[2] > targeted]
+        assert len(full_after) <= 2, calls  # the due time's check (and the next step's), no poll-interval ones

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlencode
 
+import anyio
 import asyncpg
 import pytest
 
@@ -288,3 +289,30 @@ async def test_a_slow_click_is_answered_in_time_and_still_replaces_the_message(
         assert replaced.json()["text"].startswith(f":white_check_mark: Approved by <@{APPROVER}>: promoted variant-b")
         assert await _state(conn) == ("approved", 1, "promoted")
         assert await conn.fetchval("SELECT outcome IS NOT NULL FROM ab_slack_interactions") is True
+
+
+async def test_a_click_that_fails_after_its_early_answer_says_so_in_the_message(
+    pool: asyncpg.Pool, conn: asyncpg.Connection, receiver: FakeHTTPReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The user saw no error (the answer went out early): the message itself tells them the click did not work."""
+    from worker.http import slack
+
+    monkeypatch.setattr(slack, "ACK_WITHIN_S", 0.1)
+
+    async def broken(ctx: Any, click: Any) -> str:
+        await anyio.sleep(0.5)
+        raise RuntimeError("a bug in the action")
+
+    monkeypatch.setattr(slack, "act", broken)
+    await seed_winner(conn)
+    async with serve_api(pool, _env(receiver), {"approval": {"require": "promote"}}) as api:
+        await api.post({"action": "promote", "experimentName": NAME})
+        [message] = await deliver(pool, api, receiver, 1)
+        body = click_body(message, "approval.approve", user=APPROVER, response_url=receiver.url(RESPONSE))
+        status, answer = await post_click(api, body, sign(body))
+        assert status == 200 and answer["data"]["pending"] is True, answer
+        [replaced] = await receiver.wait_for(1, RESPONSE)
+        text = replaced.json()["text"]
+        assert text.startswith(f":warning: <@{APPROVER}>, your click could not be carried out (RuntimeError)"), text
+        assert await _state(conn) == ("pending", 0, "running")
+        assert await conn.fetchval("SELECT outcome FROM ab_slack_interactions") is None

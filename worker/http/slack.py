@@ -20,6 +20,7 @@ A shutdown waits for those for up to DRAIN_S.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import time
@@ -54,7 +55,7 @@ TIMESTAMP_DIGITS = 12
 REMEMBER_S = 24 * 3600.0
 RESPONSE_TIMEOUT_S = 2.5  # posting the replacement to response_url
 ACK_WITHIN_S = 2.0  # Slack waits 3 s for our answer: what is not done by then finishes in the background
-DRAIN_S = 10.0  # a shutdown waits this long for clicks still being acted on
+DRAIN_S = 5.0  # a shutdown waits this long for clicks still being acted on (within the daemon's grace)
 TASKS = web.AppKey("slack_interactions", set[asyncio.Task[str]])
 SLACK_ORIGIN = ("https", "hooks.slack.com", 443)  # where Slack's response_urls point
 
@@ -84,13 +85,20 @@ def add_routes(app: web.Application) -> None:
     app.on_cleanup.append(_drain)
 
 
-async def _drain(app: web.Application) -> None:
-    """At shutdown: let the clicks answered early finish acting (and replace their messages)."""
+async def drain_interactions(app: web.Application) -> None:
+    """Wait for the clicks answered early to finish acting and replacing their messages (the daemon calls this
+    before it stops serving, bounded by DRAIN_S, while the pool is still open)."""
     tasks: set[asyncio.Task[str]] = app[TASKS]
     pending = set(tasks)
     if pending:
         log.info("slack.draining", interactions=len(pending))
-        await asyncio.wait(pending, timeout=DRAIN_S)
+        await asyncio.wait(pending)
+
+
+async def _drain(app: web.Application) -> None:
+    """The same at the app's cleanup, for a server run without the daemon (what the daemon drained is gone)."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(drain_interactions(app), DRAIN_S)
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +190,7 @@ def parse_interaction(body: bytes) -> Interaction:
 
 async def post_interaction(request: web.Request) -> web.Response:
     """Verify, authorise, act once, and replace the message with the outcome."""
+    answer_by = asyncio.get_running_loop().time() + ACK_WITHIN_S
     ctx = request.app[CTX]
     secret = ctx.settings.slack_signing_secret
     if not secret:
@@ -199,8 +208,6 @@ async def post_interaction(request: web.Request) -> web.Response:
         )
     async with ctx.pool.acquire() as conn:
         first = await db.record_slack_interaction(conn, signature, click.user_id, click.action_id, click.value)
-        if first:
-            await db.prune_slack_interactions(conn, REMEMBER_S)
     if not first:
         log.warning("slack.replayed", slack_user=click.user_id, action=click.action_id)
         raise _unauthorized("replayed: this request was acted on before")
@@ -208,7 +215,7 @@ async def post_interaction(request: web.Request) -> web.Response:
     task = asyncio.get_running_loop().create_task(_carry_out(ctx, click, signature))
     tasks.add(task)
     task.add_done_callback(functools.partial(_finished, tasks, click))
-    done, _ = await asyncio.wait({task}, timeout=ACK_WITHIN_S)
+    done, _ = await asyncio.wait({task}, timeout=max(0.05, answer_by - asyncio.get_running_loop().time()))
     if not done:
         log.info("slack.answered_early", slack_user=click.user_id, action=click.action_id, within_s=ACK_WITHIN_S)
         return json_response({"success": True, "data": {"outcome": None, "pending": True}})
@@ -216,10 +223,22 @@ async def post_interaction(request: web.Request) -> web.Response:
 
 
 async def _carry_out(ctx: AppContext, click: Interaction, signature: str) -> str:
-    """Act, record the outcome, replace the message; the outcome."""
-    outcome = await act(ctx, click)
-    async with ctx.pool.acquire() as conn:
-        await db.slack_interaction_outcome(conn, signature, outcome)
+    """Act, record the outcome, replace the message; the outcome. A failure that is not the domain's (the database
+    unreachable, a bug) replaces the message too, saying so: the click may have been answered already."""
+    try:
+        outcome = await act(ctx, click)
+        async with ctx.pool.acquire() as conn:
+            await db.slack_interaction_outcome(conn, signature, outcome)
+            await db.prune_slack_interactions(conn, REMEMBER_S)
+    except Exception as exc:
+        if click.response_url:
+            failed = (
+                f":warning: <@{click.user_id}>, your click could not be carried out ({escape(type(exc).__name__)}); "
+                "check the dashboard before you click again."
+            )
+            with contextlib.suppress(Exception):
+                await replace_message(ctx, click, failed)
+        raise
     log.info("slack.interaction", slack_user=click.user_id, action=click.action_id, value=click.value)
     if click.response_url:
         await replace_message(ctx, click, outcome)
@@ -231,7 +250,7 @@ def _finished(tasks: set[asyncio.Task[str]], click: Interaction, task: asyncio.T
     if task.cancelled():
         log.warning("slack.interaction_cancelled", slack_user=click.user_id, action=click.action_id)
     elif task.exception() is not None:
-        # Answered already (or the handler re-raises it below): logged here so a background failure is seen.
+        # Logged here so that a failure after the early answer is seen (in time, the handler reports it as well).
         exc = task.exception()
         log.error(
             "slack.interaction_failed",
