@@ -8,8 +8,8 @@
 -- the rollout row, the experiment's config, the per-variant totals now (camelCase, as baseline_stats), the
 -- critical alerts the promotion's decision could not see (schema/0007), the ab_metrics rows with their sums
 -- (schema/0009, as experiment_snapshot reads them: the step's guardrails), and what a rollback writes its
--- notifications from (rollback_routes' columns: the routes, computed once per read; the PagerDuty triggers to resolve,
--- by schema/0012's index), so a breach needs no other read. rollout_locked below shares the first part of its list.
+-- notifications from (the routes, computed once per read; the PagerDuty triggers to resolve, by schema/0012's
+-- index), so a breach needs no other read. A transition reads it again under rollout_locked.
 SELECT r.id, r.promotion_id, r.experiment_id, r.experiment_name, r.winner_variant, r.control_variant, r.steps,
        r.holdback, r.test_share, r.step, r.state, r.paused_from, r.step_started_at, r.step_stats, r.transitions,
        r.reason, e.config, e.priority, e.metric_type, now() AS now,
@@ -60,67 +60,18 @@ SELECT r.id, r.promotion_id, r.experiment_id, r.experiment_name, r.winner_varian
  ORDER BY r.step_started_at;
 
 -- name: rollout_locked
--- One rollout ($1) as active_rollouts reads it, its row locked until the end of the transaction, after its
--- experiment's row (the lock order of promotions and rollbacks: the EXISTS below locks the experiment while the
--- rollout row is scanned, before LockRows locks the rollout; a caller that locked the experiment already holds it,
--- so that is a no-op; one round trip fewer on the breach path). A rollout changed while the experiment was waited
--- for comes back as committed (EvalPlanQual re-reads the locked row). Finished ones come back too. Also the
--- promotion's figures (its notifications carry them).
-SELECT r.id, r.promotion_id, r.experiment_id, r.experiment_name, r.winner_variant, r.control_variant, r.steps,
-       r.holdback, r.test_share, r.step, r.state, r.paused_from, r.step_started_at, r.step_stats, r.transitions,
-       r.reason, e.config, e.priority, e.metric_type, now() AS now,
-       (SELECT coalesce(json_object_agg(v.name, json_build_object(
-                   'exposures', coalesce(s.exposures, 0), 'conversions', coalesce(s.conversions, 0),
-                   'errors', coalesce(s.errors, 0), 'valueSum', coalesce(s.value_sum, 0),
-                   'valueSumSq', coalesce(s.value_sum_sq, 0),
-                   'latencySketch', coalesce(s.latency_sketch, '{}'::jsonb))), '{}'::json)
-          FROM ab_variants v LEFT JOIN ab_variant_stats s ON s.variant_id = v.id
-         WHERE v.experiment_id = r.experiment_id) AS current_stats,
-       (SELECT coalesce(json_agg(json_build_object('id', a.id, 'message', a.message, 'created_at', a.created_at,
-                                                   'global', a.experiment_id IS NULL)
-                                 ORDER BY a.created_at, a.id), '[]'::json)
-          FROM ab_alerts a
-         WHERE a.severity = 'critical' AND a.resolved_at IS NULL
-           AND (a.experiment_id = r.experiment_id OR a.experiment_id IS NULL)
-           AND CASE WHEN p.decision_snapshot IS NULL THEN a.created_at >= p.promoted_at
-                    ELSE NOT pg_visible_in_snapshot(a.xact_id, p.decision_snapshot) END) AS new_alerts,
-       (SELECT json_agg(json_build_object(
-                   'name', m.name, 'kind', m.kind, 'role', m.role, 'direction', m.direction, 'margin', m.margin,
-                   'description', m.description, 'cuped', m.cuped,
-                   'sums', (SELECT coalesce(json_object_agg(mv.name, json_build_object(
-                                'units', ms.units, 'value_sum', ms.value_sum, 'value_sum_sq', ms.value_sum_sq,
-                                'denominator_sum', CASE WHEN m.kind = 'ratio' THEN ms.denominator_sum END,
-                                'denominator_sum_sq', CASE WHEN m.kind = 'ratio' THEN ms.denominator_sum_sq END,
-                                'value_denominator_product_sum',
-                                    CASE WHEN m.kind = 'ratio' THEN ms.value_denominator_product_sum END)), '{}'::json)
-                              FROM ab_metric_stats ms JOIN ab_variants mv ON mv.id = ms.variant_id
-                             WHERE ms.metric_id = m.id))
-                   ORDER BY m.id)
-          FROM ab_metrics m WHERE m.experiment_id = r.experiment_id) AS metrics,
-       p.confidence AS promotion_confidence, p.improvement AS promotion_improvement
+-- One rollout ($1), its row locked until the end of the transaction, after its experiment's row (the lock order of
+-- promotions and rollbacks: the EXISTS below locks the experiment while the rollout row is scanned, before LockRows
+-- locks the rollout; a caller that locked the experiment already holds it, so that is a no-op). A rollout changed
+-- while the experiment was waited for comes back as committed (EvalPlanQual re-reads the locked row). Finished ones
+-- come back too. The rollout's own columns: what its guard reads comes from active_rollouts, read after the lock
+-- (worker/services/rollout.py, _locked_read), so it sees what the lock waited for.
+SELECT r.id, r.promotion_id, r.experiment_id, r.experiment_name, r.steps, r.step, r.state, r.paused_from,
+       r.transitions, r.reason
   FROM experiment_rollouts r
-  JOIN experiment_promotions p ON p.id = r.promotion_id
-  JOIN ab_experiments e ON e.id = r.experiment_id
  WHERE r.id = $1
    AND EXISTS (SELECT 1 FROM ab_experiments x WHERE x.id = r.experiment_id FOR NO KEY UPDATE)
    FOR NO KEY UPDATE OF r;
-
--- name: rollback_routes
--- What a ramp's rollback writes its notifications from, in its one statement (rollback_write): the promotion's ($1)
--- figures, the notification_configs rows a rollback is routed over, and the PagerDuty targets that got this
--- promotion's guard-breach trigger (resolved by the rollback). No row: no such promotion.
-SELECT p.confidence AS promotion_confidence, p.improvement AS promotion_improvement,
-       (SELECT coalesce(json_agg(json_build_object('id', c.id, 'name', c.name, 'channel', c.channel,
-                                                   'target', c.target, 'events', c.events,
-                                                   'min_priority', c.min_priority) ORDER BY c.id), '[]'::json)
-          FROM notification_configs c
-         WHERE c.enabled AND ('rollout.rolled_back' = ANY (c.events) OR 'promotion.rolled_back' = ANY (c.events)))
-           AS rollback_targets,
-       ARRAY(SELECT DISTINCT o.target_ref FROM notification_outbox o
-              WHERE o.promotion_id = p.id AND o.channel = 'pagerduty' AND o.event = 'guard.breached'
-                AND o.action = 'trigger') AS breach_refs
-  FROM experiment_promotions p
- WHERE p.id = $1;
 
 -- name: rollout_step_write
 -- A rollout moves to step $3 in state $4 (advance, hold, complete), in one statement, only if it is still at

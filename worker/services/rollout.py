@@ -233,9 +233,7 @@ class RolloutService:
         rolled: RollbackResult | None = None
         async with self.pool.acquire() as conn:
             async with conn.transaction():
-                # One statement locks the experiment's row, then the rollout's (the lock order of promotions and
-                # rollbacks), and reads it: one round trip fewer between the breach and the restored weights.
-                row = await conn.fetchrow(RLQ["rollout_locked"], rollout_id)
+                row = await _locked_read(conn, rollout_id)
                 if row is None or row["state"] in FINISHED:
                     return _nothing(row, rollout_id)
                 view = rollout_view_from_row(row)
@@ -244,8 +242,7 @@ class RolloutService:
                 if decision.action == "stay":
                     return _nothing(row, rollout_id)
                 if decision.action == "rollback":
-                    routes = await conn.fetchrow(RLQ["rollback_routes"], uuid.UUID(view.promotion_id))
-                    outcome, rolled = await self._roll_back(conn, view, decision, {**row, **routes})
+                    outcome, rolled = await self._roll_back(conn, view, decision, row)
                 elif decision.action in ("pause", "await_approval"):
                     outcome = await self._hold(conn, view, decision, cfg, row)
                 else:
@@ -265,7 +262,7 @@ class RolloutService:
         *,
         expect: tuple[uuid.UUID, int] | None = None,
     ) -> tuple[RolloutOutcome, RollbackResult | None]:
-        """``row``: the rollout's row with its rollback_routes (rollouts.sql); ``expect``: see roll_back_locked."""
+        """``row``: the rollout's active_rollouts row (with the rollback's routes); ``expect``: see roll_back_locked."""
         guard = [g.to_json() for g in decision.guard]
         done = await self.rollbacks.roll_back_locked(
             conn,
@@ -412,7 +409,7 @@ class RolloutService:
         """An approved step, in the approval's transaction (the experiment's row locked by the caller): re-check the
         step's guard on the locked rollout and advance it, or say why not."""
         rollout_id = _uuid(approval.subject.get("rolloutId"))
-        row = None if rollout_id is None else await conn.fetchrow(RLQ["rollout_locked"], rollout_id)
+        row = None if rollout_id is None else await _locked_read(conn, rollout_id)
         if row is None:
             return ApprovedStep(False, "the approval names no rollout of this experiment")
         if row["state"] != "awaiting_approval":
@@ -608,6 +605,18 @@ def _uuid(value: object) -> uuid.UUID | None:
         return uuid.UUID(str(value))
     except ValueError:
         return None
+
+
+async def _locked_read(conn: Connection, rollout_id: uuid.UUID) -> Mapping[str, Any] | None:
+    """Lock the rollout (after its experiment: rollout_locked) and read it as a check does (active_rollouts, in the
+    caller's transaction, after the lock: what a concurrent transition committed is seen). A finished rollout comes
+    back as its locked row alone (its guard is not read); None: no such rollout."""
+    locked: Mapping[str, Any] | None = await conn.fetchrow(RLQ["rollout_locked"], rollout_id)
+    if locked is None or locked["state"] in FINISHED:
+        return locked
+    rows: list[Mapping[str, Any]] = await conn.fetch(RLQ["active_rollouts"], [locked["experiment_id"]], None)
+    [row] = [r for r in rows if r["id"] == rollout_id]  # locked and unfinished: active_rollouts has it
+    return row
 
 
 def _nothing(row: Mapping[str, Any] | None, rollout_id: uuid.UUID) -> RolloutOutcome:
